@@ -1,0 +1,1 @@
+"""REST blueprints: auth, exchange keys, account snapshots, orders, admin."""

@@ -1,0 +1,80 @@
+"""Admin endpoints (curl): health, stats, connections, cache clear, reconcile.
+
+Every call needs ``X-Admin-Token: <ADMIN_TOKEN>`` or an admin user's bearer token.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+
+from flask import Blueprint, request
+
+from api.common import bearer_token, services
+from api.errors import ApiError
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+def require_admin() -> None:
+    """401 unless the admin token or an admin user's token is presented."""
+    svc = services()
+    token = request.headers.get("X-Admin-Token", "")
+    if token and hmac.compare_digest(token.encode(), svc.config.ADMIN_TOKEN.encode()):
+        return
+    bearer = bearer_token()
+    if bearer:
+        try:
+            _, is_admin = svc.tokens.verify(bearer)
+        except Exception:  # any token problem is the same 401
+            is_admin = False
+        if is_admin:
+            return
+    raise ApiError("unauthorized", "admin token required (X-Admin-Token)", 401)
+
+
+@bp.get("/health")
+def health():  # type: ignore[no-untyped-def]
+    """``{"status": "ok"|"degraded", "db", "message_queue", "uptime_s"}``."""
+    svc = services()
+    db_ok = svc.db.ping()
+    mq = svc.message_queue_status()
+    status = "ok" if db_ok and mq in ("ok", "none") else "degraded"
+    return {"status": status, "db": "ok" if db_ok else "down", "message_queue": mq,
+            "uptime_s": int(time.monotonic() - svc.started_monotonic)}, 200 if status == "ok" else 503
+
+
+@bp.get("/stats")
+def stats():  # type: ignore[no-untyped-def]
+    """Connections, subscriptions, client cache, streams, pushes, write-behind."""
+    svc = services()
+    out = svc.hub.stats()
+    out["exchange_cache"] = svc.trading.stats()
+    out["streams"] = svc.streams.stats()
+    out["write_behind"] = svc.ledger_writer.stats()
+    return out
+
+
+@bp.get("/connections")
+def connections():  # type: ignore[no-untyped-def]
+    """``[{"sid", "user_id", "rooms", "connected_at"}]``."""
+    return [{"sid": c.sid, "user_id": c.user_id, "rooms": c.rooms(),
+             "connected_at": c.connected_at} for c in services().hub.connections()]
+
+
+@bp.post("/users/<int:user_id>/cache/clear")
+def clear_cache(user_id: int):  # type: ignore[no-untyped-def]
+    """``{"cleared": [{"user_id", "exchange", "testnet"}]}``."""
+    return {"cleared": services().trading.clear_user_cache(user_id)}
+
+
+@bp.post("/reconcile")
+def reconcile():  # type: ignore[no-untyped-def]
+    """Settle pending trades by asking the exchange: ``{"checked", "fixed", "details"}``."""
+    data = request.get_json(silent=True) or {}
+    if not isinstance(data, dict):
+        raise ApiError("invalid_json", "request body must be a JSON object")
+    user_id = data.get("user_id")
+    if user_id is not None and (not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0):
+        raise ApiError("validation_error", "user_id must be a positive integer", 400, "user_id")
+    return services().orders.reconcile_pending(user_id)

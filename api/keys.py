@@ -1,0 +1,50 @@
+"""Exchange API keys: GET/POST /api/exchange/keys, PUT/DELETE /api/exchange/keys/{id}."""
+from __future__ import annotations
+
+from flask import Blueprint, g
+
+from api.common import body, login_required, services
+from api.schemas import KeyCreate, KeyUpdate
+from models import ExchangeKey
+
+bp = Blueprint("keys", __name__, url_prefix="/api/exchange/keys")
+
+
+def key_json(k: ExchangeKey) -> dict:
+    """The public key object: never the secret, the API key masked."""
+    return {"id": k.id, "exchange": k.exchange, "testnet": k.testnet, "label": k.label,
+            "api_key_masked": k.api_key_masked, "status": k.status,
+            "created_at": k.created_at, "updated_at": k.updated_at}
+
+
+@bp.get("")
+@login_required
+def list_keys():  # type: ignore[no-untyped-def]
+    """200 the user's keys."""
+    return [key_json(k) for k in services().keys.list(g.user_id)]
+
+
+@bp.post("")
+@login_required
+def create_key():  # type: ignore[no-untyped-def]
+    """201 the key; 422 when the exchange rejects it; 409 when one exists for the venue."""
+    req = body(KeyCreate)
+    key = services().keys.create(g.user_id, req.exchange, req.api_key, req.api_secret,
+                                 req.testnet, req.label)
+    return key_json(key), 201
+
+
+@bp.put("/<int:key_id>")
+@login_required
+def update_key(key_id: int):  # type: ignore[no-untyped-def]
+    """200 the key; its cached client is dropped and its stream restarts."""
+    changes = body(KeyUpdate).model_dump(exclude_none=True)
+    return key_json(services().keys.update(g.user_id, key_id, changes))
+
+
+@bp.delete("/<int:key_id>")
+@login_required
+def delete_key(key_id: int):  # type: ignore[no-untyped-def]
+    """204; cached client dropped, stream stopped."""
+    services().keys.delete(g.user_id, key_id)
+    return "", 204

@@ -1,0 +1,61 @@
+"""POST /api/orders, DELETE /api/orders/{client_order_id}, GET /api/trades."""
+from __future__ import annotations
+
+from flask import Blueprint, g, request
+
+from api.common import body, login_required, query_int, services
+from api.errors import ApiError
+from api.schemas import OrderCreate
+from models import Trade, TradeStatus
+from services.serialize import dec
+
+bp = Blueprint("orders", __name__, url_prefix="/api")
+
+STATUSES = {s.value for s in TradeStatus}
+
+
+def trade_json(t: Trade) -> dict:
+    """The ledger record as CONTRACT.md shows it (decimal strings, ms UTC)."""
+    return {"id": t.id, "key_id": t.key_id, "symbol": t.symbol, "side": t.side,
+            "type": t.order_type, "quantity": dec(t.quantity), "price": dec(t.price),
+            "filled_quantity": dec(t.filled_quantity), "status": t.status,
+            "client_order_id": t.client_order_id, "entry_order_id": t.entry_order_id,
+            "entry_price": dec(t.entry_price), "exit_price": dec(t.exit_price),
+            "realized_pnl": dec(t.realized_pnl), "fees": dec(t.fees),
+            "error_code": t.error_code, "error_message": t.error_message,
+            "opened_at": t.opened_at, "closed_at": t.closed_at, "created_at": t.created_at}
+
+
+@bp.post("/orders")
+@login_required
+def place_order():  # type: ignore[no-untyped-def]
+    """201 ``{"trade"}``: written ``pending`` before the order is sent."""
+    req = body(OrderCreate)
+    problem = req.cross_field_error()
+    if problem:
+        raise ApiError("validation_error", problem[1], 400, problem[0])
+    trade = services().orders.place(g.user_id, req.key_id, req.symbol, req.side, req.type,
+                                    req.quantity, req.price, req.time_in_force,
+                                    req.reduce_only, req.client_order_id)
+    return {"trade": trade_json(trade)}, 201
+
+
+@bp.delete("/orders/<client_order_id>")
+@login_required
+def cancel_order(client_order_id: str):  # type: ignore[no-untyped-def]
+    """200 the record after cancel (it may be ``open``: the cancel raced a fill)."""
+    key = services().keys.resolve(g.user_id, query_int("key_id"))
+    return {"trade": trade_json(services().orders.cancel(g.user_id, key.id, client_order_id))}
+
+
+@bp.get("/trades")
+@login_required
+def trades():  # type: ignore[no-untyped-def]
+    """200 the user's trades, newest first; ``status`` a comma-separated filter."""
+    statuses = [s for s in request.args.get("status", "").split(",") if s]
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ApiError("validation_error", f"unknown status {unknown[0]!r}; one of "
+                       f"{', '.join(sorted(STATUSES))}", 400, "status")
+    rows = services().orders.trades(g.user_id, statuses, query_int("key_id"))
+    return [trade_json(t) for t in rows]

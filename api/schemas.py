@@ -1,0 +1,102 @@
+"""Request bodies and query strings, validated with pydantic (400 naming the field)."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+Symbol = Annotated[str, StringConstraints(min_length=2, max_length=32, pattern=r"^[A-Z0-9]+$")]
+ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=36,
+                                                 pattern=r"^[.A-Z:/a-z0-9_-]+$")]
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$")]
+Label = Annotated[str, StringConstraints(max_length=64)]
+
+
+class Strict(BaseModel):
+    """Base: unknown fields are refused, strings are not coerced from numbers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Credentials(Strict):
+    """POST /api/auth/register and /api/auth/login."""
+
+    username: Username
+    password: Password
+
+
+class KeyCreate(Strict):
+    """POST /api/exchange/keys."""
+
+    exchange: Literal["binance", "bybit"]
+    api_key: Secret
+    api_secret: Secret
+    testnet: bool = False
+    label: Label = ""
+
+
+class KeyUpdate(Strict):
+    """PUT /api/exchange/keys/{id}: any subset."""
+
+    api_key: Secret | None = None
+    api_secret: Secret | None = None
+    label: Label | None = None
+    testnet: bool | None = None
+
+
+def _decimal(value: object, field: str) -> Decimal:
+    if not isinstance(value, str):
+        raise ValueError("must be a decimal string such as \"0.001\"")
+    try:
+        d = Decimal(value)
+    except Exception as e:  # decimal.InvalidOperation
+        raise ValueError("must be a decimal string such as \"0.001\"") from e
+    if not d.is_finite() or d <= 0:
+        raise ValueError("must be a positive decimal string")
+    return d
+
+
+class OrderCreate(Strict):
+    """POST /api/orders. ``quantity`` and ``price`` are decimal strings."""
+
+    key_id: int = Field(gt=0)
+    symbol: Symbol
+    side: Literal["BUY", "SELL"]
+    type: Literal["MARKET", "LIMIT"]
+    quantity: Decimal
+    price: Decimal | None = None
+    time_in_force: Literal["GTC", "IOC", "FOK"] | None = None
+    reduce_only: bool = False
+    client_order_id: ClientOrderId | None = None
+
+    @field_validator("quantity", "price", mode="before")
+    @classmethod
+    def _dec(cls, v: object, info) -> Decimal | None:  # type: ignore[no-untyped-def]
+        return None if v is None and info.field_name == "price" else _decimal(v, info.field_name)
+
+    def cross_field_error(self) -> tuple[str, str] | None:
+        """``(field, message)`` when LIMIT lacks a price or MARKET has one."""
+        if self.type == "LIMIT" and self.price is None:
+            return "price", "price is required for LIMIT orders"
+        if self.type == "MARKET" and self.price is not None:
+            return "price", "price is not allowed for MARKET orders"
+        if self.type == "MARKET" and self.time_in_force is not None:
+            return "time_in_force", "time_in_force applies to LIMIT orders only"
+        return None
+
+
+class ClosePosition(Strict):
+    """POST /api/positions/close."""
+
+    key_id: int = Field(gt=0)
+    symbol: Symbol
+
+
+class Subscribe(Strict):
+    """Socket.IO ``subscribe`` / ``unsubscribe`` payload."""
+
+    types: list[Literal["balance", "positions", "pnl", "orders"]] = Field(min_length=1, max_length=4)
+    key_id: int | None = Field(default=None, gt=0)

@@ -1,0 +1,147 @@
+"""Entry point: ``create_app(config)``, the ``socketio`` object, and ``main()``.
+
+Wiring only: no business logic here. ``python app.py`` monkey-patches eventlet
+first thing, makes psycopg2 cooperative, migrates, starts the embedded simulator in
+the demo configuration, and serves.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__":  # monkey-patching must precede every other import
+    import eventlet
+
+    eventlet.monkey_patch()
+    from psycogreen.eventlet import patch_psycopg
+
+    patch_psycopg()
+
+import logging
+import signal
+import sys
+from functools import partial
+from typing import Any, Mapping
+
+from flask import Flask
+
+from api import account, admin, auth, keys, orders
+from api.errors import register_error_handlers
+from config import Config, ConfigError, load_config
+from exchanges.factory import create_client
+from extensions import limiter, socketio
+from models import Database
+from services import ledger
+from services.accounts import KeyService, UserService
+from services.account_stream import StreamSettings
+from services.container import Services
+from services.orders import OrderService
+from services.security import KeyCipher, TokenService
+from services.snapshots import SnapshotService
+from services.streams import StreamManager
+from services.trading import TradingService
+from ws.handlers import register_handlers
+from ws.hub import PushHub
+
+logger = logging.getLogger("app")
+
+
+def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
+    """Build the Flask app and bind every extension and service.
+
+    ``config``: a Config, or overrides applied on top of ``load_config()``.
+    The database must already be migrated (``alembic upgrade head``).
+    """
+    cfg = config if isinstance(config, Config) else load_config().with_overrides(config)
+    app = Flask(__name__, static_folder=None)
+    app.config.update(SECRET_KEY=cfg.SECRET_KEY, MAX_CONTENT_LENGTH=cfg.MAX_CONTENT_LENGTH,
+                      JSON_SORT_KEYS=False)
+    limiter.init_app(app)
+    socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
+                      cors_allowed_origins="*", max_http_buffer_size=cfg.MAX_CONTENT_LENGTH)
+    app.extensions["pushsrv"] = _build_services(cfg)
+    for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp):
+        app.register_blueprint(bp)
+    register_error_handlers(app)
+    register_handlers(socketio)
+    return app
+
+
+def _build_services(cfg: Config) -> Services:
+    db = Database(cfg.DATABASE_URL)
+    cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY)
+    tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
+
+    def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]
+        return create_client(exchange, api_key, api_secret, testnet, cfg.venue(exchange, testnet),
+                             timeout_s=cfg.EXCHANGE_TIMEOUT_S)
+
+    trading = TradingService(build_client, max_size=cfg.CLIENT_CACHE_MAX)
+
+    def client_for(key):  # type: ignore[no-untyped-def]
+        return trading.get_client(key.user_id, key.exchange, key.testnet, key.api_key,
+                                  cipher.decrypt(key.api_secret_encrypted))
+
+    hub = PushHub(socketio)
+    streams_ref: list[StreamManager] = []
+    writer = ledger.LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
+    ledger_api = _LedgerFacade(db, writer)
+    streams = StreamManager(db, cipher, trading, hub.publish, socketio.start_background_task,
+                            socketio.sleep, ledger_api,
+                            StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
+                                           recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S))
+    streams_ref.append(streams)
+    socketio.start_background_task(writer.run)
+    return Services(
+        config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
+        users=UserService(db, tokens),
+        keys=KeyService(db, cipher, build_client, trading, streams),
+        orders=OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S),
+        streams=streams,
+        snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
+        ledger_writer=writer, hub=hub)
+
+
+class _LedgerFacade:
+    """What a stream needs of the ledger: realized PnL and a non-blocking fill sink."""
+
+    def __init__(self, db: Database, writer: ledger.LedgerWriter) -> None:
+        self._db, self._writer = db, writer
+
+    def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
+        return ledger.realized_pnl(self._db, key_id)
+
+    def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit(key_id, fill)
+
+
+def main() -> None:
+    """Run the server (``python app.py``)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = load_config()
+    except ConfigError as e:
+        logger.error("configuration error: %s", e)
+        raise SystemExit(2)
+    from services import demo, schema
+    schema.upgrade(cfg.DATABASE_URL)
+    simulator = demo.start_embedded_simulator(cfg) if cfg.EMBED_SIMULATOR else None
+    app = create_app(cfg)
+    svc: Services = app.extensions["pushsrv"]
+    if simulator is not None:
+        demo.bootstrap(cfg, svc)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    logger.info("listening url=http://%s:%s env=%s", cfg.HOST, cfg.PORT, cfg.APP_ENV)
+    try:
+        socketio.run(app, host=cfg.HOST, port=cfg.PORT, max_size=cfg.MAX_WS_CONNECTIONS,
+                     log_output=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        logger.info("shutting down")
+        svc.shutdown()
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Settings from the environment, with a demo default that needs nothing installed.
+
+``APP_ENV=demo`` (default): SQLite file under ``var/``, the exchange simulator
+embedded on 127.0.0.1:``SIMULATOR_PORT`` with every venue URL pointed at it unless
+set, generated secrets kept in ``var/demo-secrets.json``. ``APP_ENV=production``:
+never starts the simulator and refuses to start without ``DATABASE_URL``,
+``SECRET_KEY``, ``KEY_ENCRYPTION_KEY`` and ``ADMIN_TOKEN``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from cryptography.fernet import Fernet
+
+from exchanges.types import VenueEndpoints
+
+ROOT = Path(__file__).resolve().parent
+VAR_DIR = ROOT / "var"
+
+# Real venue endpoints (CONTRACT.md "Where the server finds the exchanges").
+REAL_VENUE_URLS: dict[str, str] = {
+    "BINANCE_REST_URL": "https://fapi.binance.com",
+    "BINANCE_WS_URL": "wss://fstream.binance.com",
+    "BINANCE_TESTNET_REST_URL": "https://testnet.binancefuture.com",
+    "BINANCE_TESTNET_WS_URL": "wss://fstream.binancefuture.com",
+    "BYBIT_REST_URL": "https://api.bybit.com",
+    "BYBIT_WS_URL": "wss://stream.bybit.com",
+    "BYBIT_TESTNET_REST_URL": "https://api-testnet.bybit.com",
+    "BYBIT_TESTNET_WS_URL": "wss://stream-testnet.bybit.com",
+}
+REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "SECRET_KEY", "KEY_ENCRYPTION_KEY", "ADMIN_TOKEN")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot start a server; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings. Durations in seconds unless the name says ``_ms``."""
+
+    APP_ENV: str = "demo"
+    DATABASE_URL: str = ""
+    MESSAGE_QUEUE_URL: str | None = None
+    SECRET_KEY: str = ""
+    KEY_ENCRYPTION_KEY: str = ""
+    ADMIN_TOKEN: str = ""
+    HOST: str = "127.0.0.1"
+    PORT: int = 5000
+    ASYNC_MODE: str = "eventlet"
+    SIMULATOR_PORT: int = 9100
+    EMBED_SIMULATOR: bool = False
+    SIMULATOR_REPLAY_CSV: str | None = None
+    SIMULATOR_REPLAY_SYMBOL: str = "XRPUSDT"
+    VENUE_URLS: dict[str, str] = field(default_factory=lambda: dict(REAL_VENUE_URLS))
+    JWT_EXPIRES_S: int = 3600
+    LOGIN_RATE_LIMIT: str = "10 per minute"
+    MAX_CONTENT_LENGTH: int = 64 * 1024
+    EXCHANGE_TIMEOUT_S: float = 10.0
+    CLIENT_CACHE_MAX: int = 10_000
+    POLL_INTERVAL_S: float = 1.0
+    STREAM_RECV_TIMEOUT_S: float = 1.0
+    ORDER_CONFIRM_TIMEOUT_S: float = 5.0
+    MAX_WS_CONNECTIONS: int = 10_000
+    DEMO_USERNAME: str = "demo"
+    DEMO_PASSWORD: str = ""
+
+    def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
+        """REST and WS base URLs of ``exchange`` (``binance``/``bybit``), mainnet or testnet."""
+        prefix = exchange.upper() + ("_TESTNET" if testnet else "")
+        return VenueEndpoints(rest_url=self.VENUE_URLS[f"{prefix}_REST_URL"].rstrip("/"),
+                              ws_url=self.VENUE_URLS[f"{prefix}_WS_URL"].rstrip("/"))
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Config":
+        """A copy with ``overrides`` applied (unknown names raise ConfigError)."""
+        if not overrides:
+            return self
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return replace(self, **dict(overrides))
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _demo_secrets() -> dict[str, str]:
+    """Generated demo secrets, persisted so that restarts keep tokens and keys valid."""
+    path = VAR_DIR / "demo-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    values = {
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "ADMIN_TOKEN": secrets.token_urlsafe(24),
+        "DEMO_PASSWORD": secrets.token_urlsafe(9),
+    }
+    path.write_text(json.dumps(values, indent=2))
+    path.chmod(0o600)
+    return values
+
+
+def load_config(env: Mapping[str, str] | None = None) -> Config:
+    """Build the Config from ``env`` (default ``os.environ``).
+
+    Raises ConfigError naming every missing variable in production, or an unknown
+    ``APP_ENV``.
+    """
+    env = os.environ if env is None else env
+    app_env = env.get("APP_ENV", "demo")
+    if app_env not in ("demo", "production"):
+        raise ConfigError(f"APP_ENV must be 'demo' or 'production', not {app_env!r}")
+    values: dict[str, Any] = {"APP_ENV": app_env}
+    if app_env == "production":
+        missing = [name for name in REQUIRED_IN_PRODUCTION if not env.get(name)]
+        if missing:
+            raise ConfigError("production needs " + ", ".join(missing))
+        for name in REQUIRED_IN_PRODUCTION:
+            values[name] = env[name]
+        venue_urls = {k: env.get(k, v) for k, v in REAL_VENUE_URLS.items()}
+    else:
+        demo = _demo_secrets()
+        for name in ("SECRET_KEY", "KEY_ENCRYPTION_KEY", "ADMIN_TOKEN", "DEMO_PASSWORD"):
+            values[name] = env.get(name) or demo[name]
+        values["DATABASE_URL"] = env.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'demo.sqlite3'}"
+        sim_port = int(env.get("SIMULATOR_PORT", "9100"))
+        values["SIMULATOR_PORT"] = sim_port
+        values["EMBED_SIMULATOR"] = _bool(env.get("EMBED_SIMULATOR"), True)
+        sim_http, sim_ws = f"http://127.0.0.1:{sim_port}", f"ws://127.0.0.1:{sim_port}"
+        venue_urls = {k: env.get(k) or (sim_ws if k.endswith("_WS_URL") else sim_http)
+                      for k in REAL_VENUE_URLS}
+        default_csv = ROOT.parent / "shared" / "data" / "XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv"
+        values["SIMULATOR_REPLAY_CSV"] = env.get("SIMULATOR_REPLAY_CSV") or (
+            str(default_csv) if default_csv.exists() else None)
+    values["VENUE_URLS"] = venue_urls
+    if env.get("MESSAGE_QUEUE_URL"):
+        values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
+    for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),
+                       ("JWT_EXPIRES_S", int), ("POLL_INTERVAL_S", float),
+                       ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int),
+                       ("LOGIN_RATE_LIMIT", str)):
+        if env.get(name):
+            values[name] = cast(env[name])
+    return Config(**values)

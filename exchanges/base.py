@@ -1,0 +1,105 @@
+"""The one interface every exchange adapter implements.
+
+Adapters are synchronous (blocking I/O through ``requests``/``websocket-client``);
+under eventlet's monkey patching that I/O is cooperative, so the server may call
+them from green threads. Every method raises only ``exchanges.errors`` classes.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from exchanges.types import (
+    Balance, Fill, Order, OrderRequest, Position, StreamEvent, SymbolRules, Ticker,
+)
+
+
+@runtime_checkable
+class UserStream(Protocol):
+    """One live connection to an account's private push stream.
+
+    Life cycle: ``connect()`` (obtain the credential, e.g. a Binance listenKey, and
+    open the socket), then ``recv()`` in a loop, ``keepalive()`` on a timer, and
+    ``close()``. A dropped socket raises ``ExchangeUnavailable`` from ``recv``;
+    the caller reconnects (the reconnect loop lives in ``services``).
+    """
+
+    keepalive_interval_s: float
+
+    def connect(self) -> None:
+        """Open the stream. Raises AuthFailed, ExchangeUnavailable, ExchangeTimeout."""
+
+    def recv(self, timeout_s: float) -> list[StreamEvent]:
+        """Wait up to ``timeout_s`` seconds for frames; return the parsed events
+        (empty list on timeout or an ignored frame). Raises ExchangeUnavailable when
+        the connection is gone."""
+
+    def keepalive(self) -> None:
+        """Extend the stream credential (Binance ``PUT /fapi/v1/listenKey``)."""
+
+    def close(self) -> None:
+        """Close the socket and release the credential; never raises."""
+
+
+@runtime_checkable
+class ExchangeClient(Protocol):
+    """A signed REST client for one API key on one venue (mainnet or testnet).
+
+    Attributes:
+        exchange: ``"binance"`` or ``"bybit"``.
+        testnet: whether the key belongs to the venue's testnet.
+        created_at: construction time, ms UTC.
+    """
+
+    exchange: str
+    testnet: bool
+    created_at: int
+
+    def is_alive(self) -> bool:
+        """Cheap check that the client may be reused (not closed, session usable).
+        No network I/O."""
+
+    def validate_credentials(self) -> None:
+        """One signed call proving the key works. Raises AuthFailed (with the
+        exchange's code), ExchangeUnavailable, ExchangeTimeout."""
+
+    def server_time(self) -> int:
+        """The exchange's clock, ms UTC."""
+
+    def get_balance(self) -> Balance:
+        """Account totals and assets (Binance ``GET /fapi/v2/account``)."""
+
+    def get_positions(self) -> list[Position]:
+        """Open (non-zero) positions (Binance ``GET /fapi/v3/positionRisk``)."""
+
+    def get_open_orders(self, symbol: str | None = None) -> list[Order]:
+        """Open orders (Binance ``GET /fapi/v1/openOrders``)."""
+
+    def get_order(self, symbol: str, client_order_id: str | None = None,
+                  order_id: str | None = None) -> Order:
+        """One order by client or exchange id. Raises OrderNotFound."""
+
+    def create_order(self, request: OrderRequest) -> Order:
+        """Send a new order. Raises InvalidOrder, InsufficientBalance, ExchangeTimeout
+        (fate unknown: reconcile by ``client_order_id``)."""
+
+    def cancel_order(self, symbol: str, client_order_id: str | None = None,
+                     order_id: str | None = None) -> Order:
+        """Cancel an open order; returns it as CANCELED. Raises OrderNotFound when it
+        is unknown or already final (a cancel that raced a fill: query it again)."""
+
+    def get_fills(self, symbol: str, order_id: str | None = None,
+                  start_time: int | None = None, limit: int = 500) -> list[Fill]:
+        """Executions of the account on ``symbol`` (Binance ``GET /fapi/v1/userTrades``)."""
+
+    def get_symbol_rules(self, symbol: str) -> SymbolRules:
+        """Tick, lot and notional rules (cached by the adapter). Raises InvalidOrder
+        for an unknown symbol."""
+
+    def get_ticker(self, symbol: str) -> Ticker:
+        """Mark and last price of ``symbol``."""
+
+    def user_stream(self) -> UserStream:
+        """A new, not yet connected private stream for this key."""
+
+    def close(self) -> None:
+        """Release HTTP sessions; never raises."""

@@ -1,0 +1,95 @@
+"""Typed exchange errors: the class tells the caller what to do.
+
+Every adapter maps its library's exceptions here once, at the adapter boundary,
+with ``raise ... from e``. Callers retry on classes, never on message substrings.
+
+Hierarchy::
+
+    ExchangeError(exchange, code, message, http_status)
+      AuthFailed            bad/expired key or signature (Binance -2014/-2015/-1022, HTTP 401;
+                            Bybit 10003/10004/10005, HTTP 401)
+      RateLimited           HTTP 429 / Binance -1003 / Bybit 10006; ``retry_after_ms``
+        IpBanned            HTTP 418 (Binance IP ban); ``retry_after_ms``
+      ClockSkew             Binance -1021, Bybit 10002: timestamp outside recvWindow
+      ExchangeUnavailable   connection refused, HTTP 5xx, unparseable reply
+        ExchangeTimeout     no answer in time: the request's fate is unknown
+      ExchangeRejected      the exchange understood and refused the request
+        InsufficientBalance Binance -2019, Bybit 110004/110007
+        InvalidOrder        Binance -1102/-1111/-1121/-2022/-4xxx, Bybit 10001/110xxx
+        OrderNotFound       Binance -2013/-2011, Bybit 110001
+"""
+from __future__ import annotations
+
+
+class ExchangeError(Exception):
+    """Base of all exchange errors.
+
+    Attributes:
+        exchange: ``"binance"`` or ``"bybit"``.
+        code: the exchange's own error code (Binance negative int, Bybit retCode),
+            or ``None`` when there is none (network errors).
+        message: the exchange's message, never containing secrets.
+        http_status: the HTTP status of the reply, or ``None``.
+    """
+
+    def __init__(self, exchange: str, code: int | None, message: str,
+                 http_status: int | None = None) -> None:
+        super().__init__(f"{exchange} error {code}: {message}")
+        self.exchange = exchange
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+
+
+class AuthFailed(ExchangeError):
+    """The API key, secret or signature was refused. Do not retry."""
+
+
+class RateLimited(ExchangeError):
+    """The exchange asks us to slow down.
+
+    Attributes:
+        retry_after_ms: how long to wait before the next request, in milliseconds
+            (from ``Retry-After`` seconds or Bybit's reset timestamp), or ``None``.
+    """
+
+    def __init__(self, exchange: str, code: int | None, message: str,
+                 http_status: int | None = None, retry_after_ms: int | None = None) -> None:
+        super().__init__(exchange, code, message, http_status)
+        self.retry_after_ms = retry_after_ms
+
+
+class IpBanned(RateLimited):
+    """HTTP 418: the IP is banned until ``retry_after_ms`` passes. Never retry earlier."""
+
+
+class ClockSkew(ExchangeError):
+    """The request timestamp fell outside recvWindow: resample the clock offset, retry once."""
+
+
+class ExchangeUnavailable(ExchangeError):
+    """The exchange could not be reached or answered 5xx: keep the last value, mark it stale."""
+
+
+class ExchangeTimeout(ExchangeUnavailable):
+    """No answer in time. For an order the outcome is unknown: hand it to reconciliation."""
+
+
+class ExchangeRejected(ExchangeError):
+    """The exchange understood the request and refused it (HTTP 422 to our clients)."""
+
+
+class InsufficientBalance(ExchangeRejected):
+    """Not enough margin for the order."""
+
+
+class InvalidOrder(ExchangeRejected):
+    """Order parameters broke a trading rule (precision, min notional, reduce-only...)."""
+
+
+class OrderNotFound(ExchangeRejected):
+    """The exchange does not know the order (or it is already closed, for a cancel)."""
+
+
+class UnsupportedExchange(ValueError):
+    """The factory was asked for an exchange it has no adapter for."""

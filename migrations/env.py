@@ -1,0 +1,52 @@
+"""Alembic environment: migrates the database named by ``DATABASE_URL``.
+
+The URL comes from, in order: ``config.attributes["url"]`` (set by
+``services.schema.upgrade``), ``-x url=...``, then ``config.load_config()``
+(``DATABASE_URL`` or the demo SQLite file).
+"""
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from models import Base
+
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = context.config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
+    if url:
+        return url
+    from config import load_config
+    return load_config().DATABASE_URL
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
+                      render_as_batch=True, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        _run(conn)
+
+
+def _run(connection) -> None:  # type: ignore[no-untyped-def]
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=True, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,9 @@
+"""SQLAlchemy 2.x typed models and the engine/session setup. Knows nothing of exchanges."""
+from models.base import Base, Money, now_ms
+from models.db import Database
+from models.user import User
+from models.exchange_key import ExchangeKey
+from models.trade import Fill, Order, Trade, TradeStatus
+
+__all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
+           "TradeStatus", "Order", "Fill"]

@@ -1,0 +1,108 @@
+"""The trade ledger: trades (intent + outcome), exchange orders and fills.
+
+Orders and fills are unique by exchange ids so that replayed events write nothing
+twice; trades are unique by ``client_order_id`` so an order is registered before it
+is sent. Money columns are exact decimals, times ms UTC.
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import Enum
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, Money, now_ms
+
+
+class TradeStatus(str, Enum):
+    """Ledger states of CONTRACT.md: pending -> open -> closing -> closed, or
+    pending -> canceled / failed; closing -> exit_failed."""
+
+    PENDING = "pending"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+    EXIT_FAILED = "exit_failed"
+
+
+class Trade(Base):
+    """One entry order and what became of it."""
+
+    __tablename__ = "trades"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"), index=True)
+    exchange: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    order_type: Mapped[str] = mapped_column(String(16))
+    time_in_force: Mapped[str | None] = mapped_column(String(8))
+    reduce_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    quantity: Mapped[Decimal] = mapped_column(Money)
+    price: Mapped[Decimal | None] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=TradeStatus.PENDING.value)
+    client_order_id: Mapped[str] = mapped_column(String(36), unique=True)
+    entry_order_id: Mapped[str | None] = mapped_column(String(64))
+    filled_quantity: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    entry_price: Mapped[Decimal | None] = mapped_column(Money)
+    exit_price: Mapped[Decimal | None] = mapped_column(Money)
+    realized_pnl: Mapped[Decimal | None] = mapped_column(Money)
+    fees: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(String(255))
+    sent_at: Mapped[int | None] = mapped_column(BigInteger)
+    opened_at: Mapped[int | None] = mapped_column(BigInteger)
+    closed_at: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now_ms, onupdate=now_ms)
+
+
+class Order(Base):
+    """An exchange order as last reported, unique by (key, symbol, exchange order id)."""
+
+    __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("key_id", "symbol", "exchange_order_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"), index=True)
+    trade_id: Mapped[int | None] = mapped_column(ForeignKey("trades.id", ondelete="SET NULL"), index=True)
+    exchange_order_id: Mapped[str] = mapped_column(String(64))
+    client_order_id: Mapped[str] = mapped_column(String(64), index=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(20))
+    price: Mapped[Decimal] = mapped_column(Money)
+    quantity: Mapped[Decimal] = mapped_column(Money)
+    filled_quantity: Mapped[Decimal] = mapped_column(Money)
+    avg_price: Mapped[Decimal] = mapped_column(Money)
+    time_in_force: Mapped[str] = mapped_column(String(8))
+    reduce_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Fill(Base):
+    """One execution, unique by (key, symbol, exchange trade id)."""
+
+    __tablename__ = "fills"
+    __table_args__ = (UniqueConstraint("key_id", "symbol", "exchange_trade_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"), index=True)
+    trade_id: Mapped[int | None] = mapped_column(ForeignKey("trades.id", ondelete="SET NULL"), index=True)
+    exchange_trade_id: Mapped[str] = mapped_column(String(64))
+    exchange_order_id: Mapped[str] = mapped_column(String(64))
+    client_order_id: Mapped[str | None] = mapped_column(String(64))
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    price: Mapped[Decimal] = mapped_column(Money)
+    quantity: Mapped[Decimal] = mapped_column(Money)
+    fee: Mapped[Decimal] = mapped_column(Money)
+    fee_asset: Mapped[str] = mapped_column(String(16))
+    realized_pnl: Mapped[Decimal] = mapped_column(Money)
+    is_maker: Mapped[bool] = mapped_column(Boolean, default=False)
+    time: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,125 @@
+"""In-memory state of one account (one API key) and change detection for pushes.
+
+A push envelope (CONTRACT.md) is made only when a type's content (its ``data`` and
+``stale`` flag) changed since the last one; ``seq`` grows by one per
+(user, key, type).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+
+from exchanges.types import Balance, Order, Position
+from services import serialize
+
+ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
+
+
+def now_ms() -> int:
+    """Milliseconds since the Unix epoch, UTC."""
+    return int(time.time() * 1000)
+
+
+class AccountState:
+    """Last known balance, positions, open orders and realized PnL of one key.
+
+    Values are exactly what the exchange (or the ledger, for realized PnL) said; a
+    type never seen is ``None`` and is not pushed.
+    """
+
+    def __init__(self, user_id: int, key_id: int, exchange: str, testnet: bool) -> None:
+        self.user_id = user_id
+        self.key_id = key_id
+        self.exchange = exchange
+        self.testnet = testnet
+        self.balance: Balance | None = None
+        self.positions: dict[str, Position] | None = None
+        self.orders: dict[str, Order] | None = None
+        self.realized_pnl: Decimal | None = None
+        self._lock = threading.Lock()
+        self._seq: dict[str, int] = {}
+        self._last: dict[str, tuple] = {}
+        self._envelopes: dict[str, dict] = {}
+
+    # ---- updates ---------------------------------------------------------------
+    def set_balance(self, balance: Balance) -> None:
+        """Replace the balance snapshot."""
+        self.balance = balance
+
+    def set_positions(self, positions: list[Position]) -> None:
+        """Replace the open positions snapshot."""
+        self.positions = {p.symbol: p for p in positions if p.size != 0}
+
+    def set_orders(self, orders: list[Order]) -> None:
+        """Replace the open orders snapshot."""
+        self.orders = {o.order_id: o for o in orders if not o.status.is_final}
+
+    def apply_order(self, order: Order) -> None:
+        """Apply one order update; final orders leave the open set. Older updates
+        (smaller ``updated_at``) than the one held are ignored."""
+        if self.orders is None:
+            self.orders = {}
+        held = self.orders.get(order.order_id)
+        if held is not None and held.updated_at > order.updated_at:
+            return
+        if order.status.is_final:
+            self.orders.pop(order.order_id, None)
+        else:
+            self.orders[order.order_id] = order
+
+    # ---- payloads --------------------------------------------------------------
+    def data(self, kind: str):  # type: ignore[no-untyped-def]
+        """The CONTRACT.md ``data`` of ``kind``, or None when not known yet."""
+        if kind == "balance":
+            return None if self.balance is None else serialize.balance_data(self.balance)
+        if kind == "positions":
+            return None if self.positions is None else serialize.positions_data(self.positions.values())
+        if kind == "orders":
+            return None if self.orders is None else serialize.orders_data(self.orders.values())
+        if kind == "pnl":
+            if self.positions is None or self.realized_pnl is None:
+                return None
+            return serialize.pnl_data(self.positions.values(), self.realized_pnl)
+        raise ValueError(f"unknown type {kind!r}")
+
+    def envelope_if_changed(self, kind: str, source: str, as_of: int,
+                            stale: bool = False) -> dict | None:
+        """A new envelope when ``kind``'s content changed, else None.
+
+        ``source`` is ``stream``, ``rest`` or ``cache``; ``as_of`` the exchange time
+        of the data (ms UTC).
+        """
+        data = self.data(kind)
+        if data is None:
+            return None
+        with self._lock:
+            if self._last.get(kind) == (data, stale):
+                return None
+            self._last[kind] = (data, stale)
+            seq = self._seq.get(kind, 0) + 1
+            self._seq[kind] = seq
+            envelope = {"type": kind, "user_id": self.user_id, "key_id": self.key_id,
+                        "exchange": self.exchange, "testnet": self.testnet, "seq": seq,
+                        "as_of": as_of, "sent_at": 0, "source": source, "stale": stale,
+                        "data": data}
+            self._envelopes[kind] = envelope
+            return envelope
+
+    def mark_stale(self, kinds: tuple[str, ...] = ACCOUNT_TYPES) -> list[dict]:
+        """Envelopes of the last known values flagged ``stale`` (the exchange is
+        unreachable); one per type that was not stale already."""
+        out = []
+        for kind in kinds:
+            held = self._envelopes.get(kind)
+            if held is not None and not held["stale"]:
+                env = self.envelope_if_changed(kind, held["source"], held["as_of"], stale=True)
+                if env:
+                    out.append(env)
+        return out
+
+    def cached(self, kinds: tuple[str, ...] | list[str]) -> list[dict]:
+        """Copies of the last envelopes of ``kinds`` with ``source: "cache"`` (for a
+        new subscriber); their ``seq`` is the current one."""
+        with self._lock:
+            return [dict(self._envelopes[k], source="cache") for k in kinds if k in self._envelopes]

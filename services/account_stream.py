@@ -1,0 +1,243 @@
+"""One account stream per API key: REST snapshot, then the exchange's own push.
+
+The loop (one green thread per key, shared by all the user's sockets):
+
+1. get the exchange client from TradingService; take a REST snapshot of balance,
+   positions and open orders; push what changed;
+2. open the user data stream (Binance listenKey); state ``live``; apply order
+   events at once (``source: "stream"``), and refresh balance and positions by REST
+   after account events and, while positions are open, every ``poll_interval_s``
+   for the mark price (``source: "rest"``);
+3. when the stream cannot be opened or drops: state ``reconnecting``/``polling``,
+   poll balance, positions and orders by REST at the bounded rate, and retry the
+   stream with exponential backoff and jitter;
+4. when REST fails too: state ``down`` and the last known values are pushed once
+   with ``stale: true``, never replaced by invented ones.
+
+Every REST endpoint is called at most once per ``poll_interval_s`` per key.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from exchanges.base import ExchangeClient, UserStream
+from exchanges.errors import AuthFailed, ExchangeError
+from exchanges.types import AccountEvent, OrderEvent, StreamExpired
+from services.account_state import AccountState, now_ms
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Timing of a stream, seconds."""
+
+    poll_interval_s: float = 1.0
+    recv_timeout_s: float = 1.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+
+class AccountStream:
+    """Follows one account and publishes CONTRACT.md envelopes through ``publish``.
+
+    Args:
+        state: the account's in-memory state (owned by this stream).
+        get_client: returns the (cached) exchange client for the key; raises
+            ExchangeError or ValueError (undecryptable secret).
+        realized_pnl: returns the ledger's realized PnL of the key (Decimal).
+        publish: called with each envelope to emit; also with ``stream_status``
+            dicts (``{"type": "stream_status", "user_id", "key_id", "exchange",
+            "state", "since"}``).
+        on_fill: called with each Fill seen on the stream (the ledger records it).
+        sleep: cooperative sleep (``socketio.sleep``).
+    """
+
+    def __init__(self, state: AccountState, get_client: Callable[[], ExchangeClient],
+                 realized_pnl: Callable[[], object], publish: Publish,
+                 on_fill: Callable[[object], None], sleep: Callable[[float], None],
+                 settings: StreamSettings = StreamSettings()) -> None:
+        self.state = state
+        self._get_client = get_client
+        self._realized_pnl = realized_pnl
+        self._publish = publish
+        self._on_fill = on_fill
+        self._sleep = sleep
+        self.settings = settings
+        self.status = "reconnecting"
+        self.since = now_ms()
+        self.running = True
+        self.stream: UserStream | None = None
+        self.events_seen = 0
+        self._last_call: dict[str, float] = {}
+        self._refresh_due = False
+        self._failures = 0
+
+    # ---- public ------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to end and close the socket (the loop exits within one recv)."""
+        self.running = False
+        if self.stream is not None:
+            self.stream.close()
+
+    def refresh_realized(self) -> None:
+        """Re-read the ledger's realized PnL and push ``pnl`` if it changed."""
+        try:
+            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
+        except Exception:  # isolation boundary: a ledger read failure must not kill the stream
+            logger.exception("realized pnl read failed key_id=%s", self.state.key_id)
+            return
+        self._emit(("pnl",), "rest", now_ms())
+
+    def run(self) -> None:
+        """The stream loop; returns when ``stop()`` was called."""
+        next_stream_try = 0.0
+        while self.running:
+            try:
+                client = self._get_client()
+                if self.stream is None and time.monotonic() >= next_stream_try:
+                    self._snapshot(client, force=True)
+                    self._open_stream(client)
+                    self._failures = 0
+                if self.stream is not None:
+                    self._consume(client)
+                else:
+                    self._poll(client)
+                    self._set_status("polling")
+                    self._sleep(self.settings.poll_interval_s / 4)
+            except AuthFailed as e:
+                logger.warning("account stream auth failed key_id=%s code=%s",
+                               self.state.key_id, e.code)
+                self._drop_stream()
+                self._set_status("down")
+                self._sleep(self.settings.backoff_max_s)
+            except ExchangeError as e:
+                self._drop_stream()
+                self._failures += 1
+                delay = min(self.settings.backoff_max_s,
+                            self.settings.backoff_base_s * 2 ** (self._failures - 1))
+                next_stream_try = time.monotonic() + delay * (0.5 + random.random() / 2)
+                logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
+                               self.state.key_id, type(e).__name__, e.code, delay)
+                if self.status != "down":
+                    self._set_status("reconnecting")
+                self._sleep(min(delay, self.settings.poll_interval_s))
+            except Exception:  # isolation boundary: one account's bug must not stop the loop
+                logger.exception("account stream crashed key_id=%s", self.state.key_id)
+                self._drop_stream()
+                self._sleep(self.settings.backoff_max_s)
+        self._drop_stream()
+        self._set_status("down")
+
+    # ---- internals -----------------------------------------------------------------
+    def _open_stream(self, client: ExchangeClient) -> None:
+        stream = client.user_stream()
+        stream.connect()
+        self.stream = stream
+        self._keepalive_at = time.monotonic() + stream.keepalive_interval_s
+        self._set_status("live")
+        logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
+                    self.state.exchange)
+
+    def _consume(self, client: ExchangeClient) -> None:
+        assert self.stream is not None
+        events = self.stream.recv(self.settings.recv_timeout_s)
+        if not self.running:
+            return
+        changed: set[str] = set()
+        as_of = 0
+        for event in events:
+            self.events_seen += 1
+            if isinstance(event, OrderEvent):
+                self.state.apply_order(event.order)
+                changed.add("orders")
+                as_of = max(as_of, event.event_time)
+                if event.fill is not None:
+                    self._on_fill(event.fill)
+            elif isinstance(event, AccountEvent):
+                self._refresh_due = True
+                as_of = max(as_of, event.event_time)
+            elif isinstance(event, StreamExpired):
+                logger.info("stream credential expired key_id=%s", self.state.key_id)
+                self._drop_stream()
+                return
+        if changed:
+            self._emit(tuple(changed), "stream", as_of or now_ms())
+        if self._refresh_due or self.state.positions:
+            self._poll(client, kinds=("balance", "positions"), event_time=as_of or None)
+        if time.monotonic() >= self._keepalive_at:
+            self.stream.keepalive()
+            self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s
+
+    def _due(self, endpoint: str, force: bool) -> bool:
+        now = time.monotonic()
+        if not force and now - self._last_call.get(endpoint, -1e9) < self.settings.poll_interval_s:
+            return False
+        self._last_call[endpoint] = now
+        return True
+
+    def _snapshot(self, client: ExchangeClient, force: bool = False) -> None:
+        self._poll(client, kinds=("balance", "positions", "orders"), force=force)
+        if self.state.realized_pnl is None:
+            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
+            self._emit(("pnl",), "rest", now_ms())
+
+    def _poll(self, client: ExchangeClient,
+              kinds: tuple[str, ...] = ("balance", "positions", "orders"),
+              force: bool = False, event_time: int | None = None) -> None:
+        """REST refresh of ``kinds``, each at most once per poll interval.
+
+        On an exchange error the last known values are pushed once with
+        ``stale: true``, the state becomes ``down`` and the error is re-raised."""
+        changed = []
+        try:
+            if "balance" in kinds and self._due("balance", force):
+                self.state.set_balance(client.get_balance())
+                self._refresh_due = False
+                changed.append("balance")
+            if "positions" in kinds and self._due("positions", force):
+                self.state.set_positions(client.get_positions())
+                changed += ["positions", "pnl"]
+            if "orders" in kinds and self._due("orders", force):
+                self.state.set_orders(client.get_open_orders())
+                changed.append("orders")
+        except ExchangeError as e:
+            logger.warning("account rest call failed key_id=%s kind=%s code=%s",
+                           self.state.key_id, type(e).__name__, e.code)
+            self._emit(tuple(changed), "rest", event_time or now_ms())
+            self._set_status("down")
+            stale_kinds = tuple(k for k in ("balance", "positions", "pnl", "orders")
+                                if k not in changed)
+            for env in self.state.mark_stale(stale_kinds):
+                self._send(env)
+            raise
+        self._emit(tuple(changed), "rest", event_time or now_ms())
+
+    def _emit(self, kinds: tuple[str, ...], source: str, as_of: int) -> None:
+        for kind in kinds:
+            env = self.state.envelope_if_changed(kind, source, as_of)
+            if env is not None:
+                self._send(env)
+
+    def _send(self, env: dict) -> None:
+        env["sent_at"] = now_ms()
+        self._publish(env)
+
+    def _set_status(self, status: str) -> None:
+        if status == self.status:
+            return
+        self.status, self.since = status, now_ms()
+        self._publish({"type": "stream_status", "user_id": self.state.user_id,
+                       "key_id": self.state.key_id, "exchange": self.state.exchange,
+                       "state": status, "since": self.since})
+
+    def _drop_stream(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.close()

@@ -1,0 +1,168 @@
+"""Users and their exchange API keys.
+
+A key is checked with one signed exchange call before it is saved; its secret is
+stored Fernet-encrypted and never returned. Changing or deleting a key drops the
+cached client and stops its stream (the next subscription restarts it).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from exchanges.base import ExchangeClient
+from models import Database, ExchangeKey, User, now_ms
+from services.keyring import get_owned_key
+from services.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from services.security import KeyCipher, TokenService, hash_password, verify_password
+from services.streams import StreamManager
+from services.trading import TradingService
+
+logger = logging.getLogger(__name__)
+
+# (exchange, api_key, api_secret, testnet) -> a fresh, uncached client
+BuildClient = Callable[[str, str, str, bool], ExchangeClient]
+
+
+class UserService:
+    """Registration, login and lookup of users."""
+
+    def __init__(self, db: Database, tokens: TokenService) -> None:
+        self._db = db
+        self.tokens = tokens
+
+    def register(self, username: str, password: str, is_admin: bool = False) -> User:
+        """Create a user. Raises Conflict when the username is taken."""
+        user = User(username=username, password_hash=hash_password(password), is_admin=is_admin)
+        try:
+            with self._db.transaction() as s:
+                s.add(user)
+        except IntegrityError as e:
+            raise Conflict("username_taken", "username is already taken", "username") from e
+        logger.info("user registered user_id=%s", user.id)
+        return user
+
+    def login(self, username: str, password: str) -> tuple[str, int]:
+        """``(access_token, expires_in_s)``. Raises Unauthorized on a bad pair
+        (same answer and cost for an unknown user)."""
+        with self._db.session() as s:
+            user = s.scalars(select(User).where(User.username == username)).first()
+        if not verify_password(user.password_hash if user else None, password) or user is None:
+            raise Unauthorized("invalid_credentials", "wrong username or password")
+        return self.tokens.issue(user.id, user.is_admin), self.tokens.expires_s
+
+    def get(self, user_id: int) -> User:
+        """The user. Raises Unauthorized when it no longer exists (stale token)."""
+        with self._db.session() as s:
+            user = s.get(User, user_id)
+        if user is None:
+            raise Unauthorized("unauthorized", "user no longer exists")
+        return user
+
+    def by_username(self, username: str) -> User | None:
+        """The user named ``username`` or None."""
+        with self._db.session() as s:
+            return s.scalars(select(User).where(User.username == username)).first()
+
+
+class KeyService:
+    """CRUD of exchange API keys, scoped to their owner."""
+
+    def __init__(self, db: Database, cipher: KeyCipher, build_client: BuildClient,
+                 trading: TradingService, streams: StreamManager) -> None:
+        self._db = db
+        self._cipher = cipher
+        self._build = build_client
+        self._trading = trading
+        self._streams = streams
+
+    def list(self, user_id: int) -> list[ExchangeKey]:
+        """The user's keys, oldest first."""
+        with self._db.session() as s:
+            return list(s.scalars(select(ExchangeKey).where(
+                ExchangeKey.user_id == user_id, ExchangeKey.status != "deleted")
+                .order_by(ExchangeKey.id)))
+
+    def get(self, user_id: int, key_id: int) -> ExchangeKey:
+        """One of the user's keys. Raises NotFound (also for another user's key)."""
+        return get_owned_key(self._db, user_id, key_id)
+
+    def resolve(self, user_id: int, key_id: int | None) -> ExchangeKey:
+        """``key_id``'s key, or the user's only key when ``key_id`` is None.
+        Raises NotFound, or ValidationFailed when the user has several keys."""
+        if key_id is not None:
+            return self.get(user_id, key_id)
+        keys = self.list(user_id)
+        if len(keys) == 1:
+            return keys[0]
+        if not keys:
+            raise NotFound("key_not_found", "the user has no API key", "key_id")
+        raise ValidationFailed("key_id_required", "key_id is required when the user has "
+                               "more than one key", "key_id")
+
+    def _check(self, exchange: str, api_key: str, api_secret: str, testnet: bool) -> None:
+        client = self._build(exchange, api_key, api_secret, testnet)
+        try:
+            client.validate_credentials()
+        finally:
+            client.close()
+
+    def create(self, user_id: int, exchange: str, api_key: str, api_secret: str,
+               testnet: bool, label: str) -> ExchangeKey:
+        """Validate with the exchange, then store. Raises AuthFailed (the exchange's
+        code), Conflict (a key for this exchange and network exists), Exchange*."""
+        existing = [k for k in self.list(user_id) if k.exchange == exchange and k.testnet == testnet]
+        if existing:
+            raise Conflict("key_exists", f"a {exchange} {'testnet' if testnet else 'mainnet'} "
+                           f"key exists (id {existing[0].id}); update it instead", "exchange")
+        self._check(exchange, api_key, api_secret, testnet)
+        key = ExchangeKey(user_id=user_id, exchange=exchange, testnet=testnet, label=label,
+                          api_key=api_key, api_secret_encrypted=self._cipher.encrypt(api_secret))
+        with self._db.transaction() as s:
+            s.add(key)
+        logger.info("api key added user_id=%s key_id=%s exchange=%s testnet=%s",
+                    user_id, key.id, exchange, testnet)
+        return key
+
+    def update(self, user_id: int, key_id: int, changes: dict) -> ExchangeKey:
+        """Apply any of ``api_key``, ``api_secret``, ``label``, ``testnet``; a new
+        credential is validated first. Drops the cached client and stops the stream."""
+        key = self.get(user_id, key_id)
+        api_key = changes.get("api_key", key.api_key)
+        testnet = changes.get("testnet", key.testnet)
+        credential_changed = any(k in changes for k in ("api_key", "api_secret", "testnet"))
+        if credential_changed:
+            secret = changes.get("api_secret") or self._cipher.decrypt(key.api_secret_encrypted)
+            self._check(key.exchange, api_key, secret, testnet)
+        with self._db.transaction() as s:
+            row = s.get(ExchangeKey, key_id)
+            assert row is not None
+            old_testnet = row.testnet
+            row.api_key, row.testnet = api_key, testnet
+            row.label = changes.get("label", row.label)
+            if "api_secret" in changes:
+                row.api_secret_encrypted = self._cipher.encrypt(changes["api_secret"])
+            row.status = "active"
+            row.updated_at = now_ms()
+        if credential_changed:
+            self._trading.clear_user_cache(user_id, key.exchange, old_testnet)
+            self._streams.stop_key(key_id)
+        logger.info("api key updated user_id=%s key_id=%s", user_id, key_id)
+        return row
+
+    def delete(self, user_id: int, key_id: int) -> None:
+        """Delete the key: its secret is erased and it disappears from every answer,
+        while the row stays so that the ledger keeps its trades and fills. Drops the
+        cached client and stops the stream."""
+        key = self.get(user_id, key_id)
+        self._streams.stop_key(key_id)
+        self._trading.clear_user_cache(user_id, key.exchange, key.testnet)
+        with self._db.transaction() as s:
+            row = s.get(ExchangeKey, key_id)
+            assert row is not None
+            row.status = "deleted"
+            row.api_secret_encrypted = b""
+            row.updated_at = now_ms()
+        logger.info("api key deleted user_id=%s key_id=%s", user_id, key_id)

@@ -1,0 +1,81 @@
+"""The demo configuration: the embedded simulator process and a ready ``demo`` user.
+
+The simulator is a separate process reached over the network, like a real exchange.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from config import ROOT, Config
+from services.container import Services
+
+logger = logging.getLogger(__name__)
+
+DEMO_API_KEY = "demo-binance-key-0001"
+DEMO_BALANCE = "10000"
+
+
+def _sim_url(cfg: Config) -> str:
+    return f"http://127.0.0.1:{cfg.SIMULATOR_PORT}"
+
+
+def _sim_post(cfg: Config, path: str, body: dict) -> int:
+    req = urllib.request.Request(_sim_url(cfg) + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def start_embedded_simulator(cfg: Config) -> subprocess.Popen:
+    """Start ``python -m exchanges.simulator`` on 127.0.0.1:SIMULATOR_PORT and wait
+    until it answers (at most 15 s). Raises RuntimeError when it does not start."""
+    log = (ROOT / "var" / "simulator.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "exchanges.simulator", "--host", "127.0.0.1",
+                             "--port", str(cfg.SIMULATOR_PORT)], cwd=str(ROOT),
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"simulator exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(_sim_url(cfg) + "/api/v3/ping", timeout=1):
+                logger.info("simulator started url=%s log=%s", _sim_url(cfg), log)
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError(f"simulator did not answer on port {cfg.SIMULATOR_PORT}; see {log}")
+
+
+def bootstrap(cfg: Config, svc: Services) -> None:
+    """Create (or refresh) the ``demo`` user with a funded simulator key, start the
+    recorded price replay, and log what to do next."""
+    user = svc.users.by_username(cfg.DEMO_USERNAME)
+    if user is None:
+        user = svc.users.register(cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD)
+    demo_secret = cfg.SECRET_KEY[:32]  # stable across restarts, never logged
+    keys = svc.keys.list(user.id)
+    if cfg.EMBED_SIMULATOR:
+        _sim_post(cfg, "/_sim/accounts", {"api_key": DEMO_API_KEY, "api_secret": demo_secret,
+                                          "balances": {"USDT": DEMO_BALANCE}})
+        if cfg.SIMULATOR_REPLAY_CSV and Path(cfg.SIMULATOR_REPLAY_CSV).exists():
+            _sim_post(cfg, "/_sim/replay", {"symbol": cfg.SIMULATOR_REPLAY_SYMBOL,
+                                            "csv": cfg.SIMULATOR_REPLAY_CSV,
+                                            "seconds_per_candle": 1})
+    if not keys:
+        svc.keys.create(user.id, "binance", DEMO_API_KEY, demo_secret, False, "demo simulator")
+    logger.info("demo ready username=%s password=%s admin_token_file=%s",
+                cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD, ROOT / "var" / "demo-secrets.json")
+    logger.info("next: python examples/client.py --url http://%s:%s --username %s --password %s",
+                cfg.HOST, cfg.PORT, cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD)

@@ -1,0 +1,222 @@
+"""OrderService: places and cancels orders with the ledger written first.
+
+``place``: validate against the symbol's trading rules before any network call,
+commit a ``pending`` trade with a fresh ``client_order_id``, send, then record
+what the exchange answered (order row, fills) and move the trade forward through
+``ledger.settle_trade_from_fills``. An order whose fate is unknown (timeout)
+stays ``pending`` for reconciliation; it is never assumed filled or failed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from decimal import Decimal
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from exchanges.base import ExchangeClient
+from exchanges.errors import ExchangeRejected, ExchangeUnavailable, OrderNotFound
+from exchanges.types import Order as OrderInfo, OrderRequest, SymbolRules
+from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
+from services import ledger
+from services.errors import Conflict, NotFound, ValidationFailed
+from services.keyring import get_owned_key
+from services.serialize import dec
+
+logger = logging.getLogger(__name__)
+
+ClientFor = Callable[[ExchangeKey], ExchangeClient]
+
+
+def new_client_order_id() -> str:
+    """A fresh id matching Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$`` (32 chars)."""
+    return "pps-" + uuid.uuid4().hex[:28]
+
+
+def check_rules(rules: SymbolRules, quantity: Decimal, price: Decimal | None,
+                reference_price: Decimal | None) -> None:
+    """Raise ValidationFailed (naming the field) when the order breaks the symbol's
+    tick size, step size, min/max quantity or min notional (Binance exchangeInfo
+    PRICE_FILTER, LOT_SIZE, MIN_NOTIONAL)."""
+    if quantity % rules.step_size != 0:
+        raise ValidationFailed("invalid_quantity",
+                               f"quantity must be a multiple of {dec(rules.step_size)}", "quantity")
+    if quantity < rules.min_qty or quantity > rules.max_qty:
+        raise ValidationFailed("invalid_quantity", f"quantity must be between "
+                               f"{dec(rules.min_qty)} and {dec(rules.max_qty)}", "quantity")
+    if price is not None and price % rules.tick_size != 0:
+        raise ValidationFailed("invalid_price",
+                               f"price must be a multiple of {dec(rules.tick_size)}", "price")
+    notional_price = price if price is not None else reference_price
+    if notional_price is not None and quantity * notional_price < rules.min_notional:
+        raise ValidationFailed("min_notional", f"order notional must be at least "
+                               f"{dec(rules.min_notional)}", "quantity")
+
+
+class OrderService:
+    """Order placement, cancellation and the trade list.
+
+    Args:
+        db: the database.
+        client_for: returns the exchange client of an ExchangeKey row (cached).
+        confirm_timeout_s: how long ``place`` queries a MARKET order that came back
+            unfilled before leaving it ``pending`` for the stream/reconciler.
+        sleep: cooperative sleep.
+    """
+
+    def __init__(self, db: Database, client_for: ClientFor, sleep: Callable[[float], None],
+                 confirm_timeout_s: float = 5.0) -> None:
+        self._db = db
+        self._client_for = client_for
+        self._sleep = sleep
+        self._confirm_timeout_s = confirm_timeout_s
+
+    def place(self, user_id: int, key_id: int, symbol: str, side: str, type_: str,
+              quantity: Decimal, price: Decimal | None, time_in_force: str | None,
+              reduce_only: bool, client_order_id: str | None) -> Trade:
+        """Place an order; returns the ledger record (``pending``, ``open``,
+        ``canceled`` or ``failed``).
+
+        Raises NotFound (key), ValidationFailed (rules), Conflict (duplicate
+        client_order_id), ExchangeRejected (the trade is stored ``failed``),
+        ExchangeUnavailable/ExchangeTimeout (the trade stays ``pending``).
+        """
+        key = get_owned_key(self._db, user_id, key_id)
+        client = self._client_for(key)
+        rules = client.get_symbol_rules(symbol)
+        reference = None if price is not None else client.get_ticker(symbol).mark_price
+        check_rules(rules, quantity, price, reference)
+        tif = (time_in_force or "GTC") if type_ == "LIMIT" else None
+        coid = client_order_id or new_client_order_id()
+        trade = Trade(user_id=user_id, key_id=key_id, exchange=key.exchange, symbol=symbol,
+                      side=side, order_type=type_, time_in_force=tif, reduce_only=reduce_only,
+                      quantity=quantity, price=price, status=TradeStatus.PENDING.value,
+                      client_order_id=coid, sent_at=now_ms())
+        try:
+            with self._db.transaction() as s:
+                s.add(trade)
+        except IntegrityError as e:
+            raise Conflict("duplicate_client_order_id",
+                           f"client_order_id {coid} is already used", "client_order_id") from e
+        request = OrderRequest(symbol=symbol, side=side, type=type_, quantity=quantity,
+                               client_order_id=coid, price=price, time_in_force=tif,
+                               reduce_only=reduce_only)
+        try:
+            order = client.create_order(request)
+        except ExchangeRejected as e:
+            self._fail(trade.id, e)
+            raise
+        except ExchangeUnavailable:
+            logger.warning("order fate unknown, left pending client_order_id=%s key_id=%s",
+                           coid, key_id)
+            raise
+        if type_ == "MARKET" and not order.status.is_final:
+            order = self._await_final(client, order)
+        return self.record(key_id, trade.id, client, order)
+
+    def _await_final(self, client: ExchangeClient, order: OrderInfo) -> OrderInfo:
+        deadline = time.monotonic() + self._confirm_timeout_s
+        while not order.status.is_final and time.monotonic() < deadline:
+            self._sleep(0.1)
+            order = client.get_order(order.symbol, order_id=order.order_id)
+        return order
+
+    def record(self, key_id: int, trade_id: int, client: ExchangeClient,
+               order: OrderInfo) -> Trade:
+        """Store the order's state and its fills (queried from the exchange) and move
+        the trade forward. Idempotent."""
+        fills = (client.get_fills(order.symbol, order_id=order.order_id)
+                 if order.filled_quantity > 0 else [])
+        with self._db.transaction() as s:
+            trade = s.get(Trade, trade_id)
+            assert trade is not None
+            trade.entry_order_id = order.order_id
+            ledger.upsert_order(s, key_id, order, trade.id)
+            for fill in fills:
+                ledger.upsert_fill(s, key_id, fill, trade.id)
+            s.flush()
+            ledger.settle_trade_from_fills(s, trade, order)
+        return trade
+
+    def _fail(self, trade_id: int, error: ExchangeRejected) -> None:
+        with self._db.transaction() as s:
+            trade = s.get(Trade, trade_id)
+            assert trade is not None
+            trade.status = TradeStatus.FAILED.value
+            trade.error_code = str(error.code)
+            trade.error_message = error.message[:255]
+            trade.closed_at = now_ms()
+
+    def cancel(self, user_id: int, key_id: int, client_order_id: str) -> Trade:
+        """Cancel the trade's entry order and return the record afterwards.
+
+        A cancel that raced a fill ends ``open`` with the fill recorded (the order is
+        queried again after OrderNotFound). Raises NotFound for an unknown or another
+        user's order.
+        """
+        key = get_owned_key(self._db, user_id, key_id)
+        with self._db.session() as s:
+            trade = s.scalars(select(Trade).where(Trade.client_order_id == client_order_id,
+                                                  Trade.key_id == key_id)).first()
+        if trade is None:
+            raise NotFound("order_not_found", f"no order {client_order_id}", "client_order_id")
+        client = self._client_for(key)
+        try:
+            order = client.cancel_order(trade.symbol, client_order_id=client_order_id)
+        except OrderNotFound:
+            order = client.get_order(trade.symbol, client_order_id=client_order_id)
+        return self.record(key_id, trade.id, client, order)
+
+    def trades(self, user_id: int, statuses: list[str] | None, key_id: int | None) -> list[Trade]:
+        """The user's trades, newest first, optionally filtered by status and key."""
+        stmt = select(Trade).where(Trade.user_id == user_id)
+        if statuses:
+            stmt = stmt.where(Trade.status.in_(statuses))
+        if key_id is not None:
+            stmt = stmt.where(Trade.key_id == key_id)
+        with self._db.session() as s:
+            return list(s.scalars(stmt.order_by(Trade.id.desc()).limit(1000)))
+
+    def reconcile_pending(self, user_id: int | None = None, max_age_ms: int = 7 * 86_400_000,
+                          not_found_grace_ms: int = 60_000) -> dict:
+        """Settle ``pending`` trades by looking their ``client_order_id`` up on the
+        exchange (one account at a time, keys never mixed).
+
+        A trade the exchange does not know becomes ``failed`` only once
+        ``not_found_grace_ms`` (the maximum recvWindow, 60 s per Binance docs) has
+        passed since it was sent. Returns ``{"checked", "fixed", "details": [
+        {"client_order_id", "key_id", "from", "to"} or {..., "error"}]}``.
+        """
+        since = now_ms() - max_age_ms
+        stmt = select(Trade).where(Trade.status == TradeStatus.PENDING.value,
+                                   Trade.created_at >= since)
+        if user_id is not None:
+            stmt = stmt.where(Trade.user_id == user_id)
+        with self._db.session() as s:
+            pending = list(s.scalars(stmt.order_by(Trade.key_id, Trade.id).limit(500)))
+        details, fixed = [], 0
+        for trade in pending:
+            detail = {"client_order_id": trade.client_order_id, "key_id": trade.key_id,
+                      "from": trade.status}
+            try:
+                key = get_owned_key(self._db, trade.user_id, trade.key_id)
+                client = self._client_for(key)
+                try:
+                    order = client.get_order(trade.symbol, client_order_id=trade.client_order_id)
+                except OrderNotFound as e:
+                    if now_ms() - (trade.sent_at or trade.created_at) < not_found_grace_ms:
+                        continue
+                    self._fail(trade.id, e)
+                    settled_status = TradeStatus.FAILED.value
+                else:
+                    settled_status = self.record(trade.key_id, trade.id, client, order).status
+            except (ExchangeUnavailable, NotFound, ExchangeRejected) as e:
+                details.append({**detail, "error": str(e)})
+                continue
+            if settled_status != trade.status:
+                fixed += 1
+                details.append({**detail, "to": settled_status})
+        return {"checked": len(pending), "fixed": fixed, "details": details}

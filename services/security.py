@@ -1,0 +1,86 @@
+"""Password hashing (Argon2id), access tokens (JWT, HS256) and API-secret encryption
+(Fernet). No secret handled here is ever logged."""
+from __future__ import annotations
+
+import time
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from services.errors import Unauthorized
+
+_hasher = PasswordHasher()  # Argon2id, memory-hard (RFC 9106 defaults of argon2-cffi)
+# A valid hash to verify against when the user does not exist (same cost either way).
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    """Argon2id hash string of ``password``."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches; takes the same time for an unknown user (pass None)."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class TokenService:
+    """Issues and checks JWT access tokens.
+
+    Claims: ``sub`` (user id as a string), ``iat``, ``exp`` (seconds, per RFC 7519),
+    ``adm`` (bool).
+    """
+
+    algorithm = "HS256"
+
+    def __init__(self, secret_key: str, expires_s: int) -> None:
+        self._key = secret_key
+        self.expires_s = expires_s
+
+    def issue(self, user_id: int, is_admin: bool) -> str:
+        """A signed token valid for ``expires_s`` seconds."""
+        now = int(time.time())
+        claims = {"sub": str(user_id), "iat": now, "exp": now + self.expires_s, "adm": is_admin}
+        return jwt.encode(claims, self._key, algorithm=self.algorithm)
+
+    def verify(self, token: str | None) -> tuple[int, bool]:
+        """``(user_id, is_admin)`` of a valid token. Raises Unauthorized otherwise."""
+        if not token:
+            raise Unauthorized("unauthorized", "missing access token")
+        try:
+            claims = jwt.decode(token, self._key, algorithms=[self.algorithm],
+                                options={"require": ["exp", "sub"]})
+            return int(claims["sub"]), bool(claims.get("adm", False))
+        except jwt.ExpiredSignatureError as e:
+            raise Unauthorized("token_expired", "access token expired") from e
+        except (jwt.InvalidTokenError, ValueError) as e:
+            raise Unauthorized("unauthorized", "invalid access token") from e
+
+
+class KeyCipher:
+    """Encrypts API secrets with Fernet keys from the environment.
+
+    ``keys``: the current key first, then older keys still accepted for decryption
+    (a rotation re-encrypts with the first).
+    """
+
+    def __init__(self, *keys: str) -> None:
+        if not keys or not keys[0]:
+            raise ValueError("KEY_ENCRYPTION_KEY is required")
+        self._fernet = MultiFernet([Fernet(k.encode() if isinstance(k, str) else k) for k in keys])
+
+    def encrypt(self, secret: str) -> bytes:
+        """Fernet token (bytes) of ``secret``."""
+        return self._fernet.encrypt(secret.encode())
+
+    def decrypt(self, token: bytes) -> str:
+        """The clear secret. Raises ValueError when no configured key opens the token."""
+        try:
+            return self._fernet.decrypt(bytes(token)).decode()
+        except InvalidToken as e:
+            raise ValueError("stored API secret cannot be decrypted with the configured keys") from e

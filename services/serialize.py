@@ -1,0 +1,74 @@
+"""Exchange types -> CONTRACT.md ``data`` payloads (decimal strings, ms UTC)."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Iterable
+
+from exchanges.types import Balance, Order, Position
+
+
+def dec(value: Decimal | None) -> str | None:
+    """A Decimal as a plain decimal string (``"0.001"``, never ``"1E-3"``); None stays None."""
+    if value is None:
+        return None
+    text = f"{value.normalize():f}" if value == value.to_integral() else f"{value:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def balance_data(balance: Balance) -> dict:
+    """CONTRACT.md ``balance`` data."""
+    return {
+        "total_wallet_balance": dec(balance.total_wallet_balance),
+        "total_unrealized_pnl": dec(balance.total_unrealized_pnl),
+        "total_margin_balance": dec(balance.total_margin_balance),
+        "available_balance": dec(balance.available_balance),
+        "assets": [{"asset": a.asset, "wallet_balance": dec(a.wallet_balance),
+                    "available_balance": dec(a.available_balance),
+                    "unrealized_pnl": dec(a.unrealized_pnl),
+                    "margin_balance": dec(a.margin_balance)} for a in balance.assets],
+    }
+
+
+def positions_data(positions: Iterable[Position]) -> list[dict]:
+    """CONTRACT.md ``positions`` data: open positions, sorted by symbol."""
+    return [{"symbol": p.symbol, "side": p.side, "size": dec(p.size),
+             "entry_price": dec(p.entry_price), "mark_price": dec(p.mark_price),
+             "unrealized_pnl": dec(p.unrealized_pnl), "leverage": dec(p.leverage),
+             "liquidation_price": dec(p.liquidation_price), "margin_type": p.margin_type}
+            for p in sorted(positions, key=lambda p: (p.symbol, p.side)) if p.size != 0]
+
+
+def roe_pct(p: Position) -> Decimal:
+    """Return on initial margin in percent: ``unrealized / (size * entry / leverage) * 100``,
+    rounded to 2 places (Binance app's ROE definition)."""
+    margin = p.size * p.entry_price / (p.leverage or Decimal(1))
+    if margin == 0:
+        return Decimal(0)
+    return (p.unrealized_pnl / margin * 100).quantize(Decimal("0.01"))
+
+
+def pnl_data(positions: Iterable[Position], realized_pnl: Decimal) -> dict:
+    """CONTRACT.md ``pnl`` data; ``realized_pnl`` comes from the ledger."""
+    open_positions = [p for p in sorted(positions, key=lambda p: p.symbol) if p.size != 0]
+    total = sum((p.unrealized_pnl for p in open_positions), Decimal(0))
+    return {"unrealized_pnl": dec(total), "realized_pnl": dec(realized_pnl),
+            "positions": [{"symbol": p.symbol, "side": p.side,
+                           "unrealized_pnl": dec(p.unrealized_pnl),
+                           "roe_pct": dec(roe_pct(p))} for p in open_positions]}
+
+
+def order_data(o: Order) -> dict:
+    """One CONTRACT.md ``orders`` row."""
+    return {"client_order_id": o.client_order_id, "order_id": o.order_id, "symbol": o.symbol,
+            "side": o.side, "type": o.type, "status": o.status.value, "price": dec(o.price),
+            "quantity": dec(o.quantity), "filled_quantity": dec(o.filled_quantity),
+            "avg_price": dec(o.avg_price), "time_in_force": o.time_in_force,
+            "reduce_only": o.reduce_only, "updated_at": o.updated_at}
+
+
+def orders_data(orders: Iterable[Order]) -> list[dict]:
+    """CONTRACT.md ``orders`` data: open orders, oldest update first."""
+    return [order_data(o) for o in sorted(orders, key=lambda o: (o.updated_at, o.order_id))
+            if not o.status.is_final]

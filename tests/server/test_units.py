@@ -1,0 +1,131 @@
+"""Config, security, payload serialisation and change detection."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from cryptography.fernet import Fernet
+
+from config import ConfigError, load_config
+from exchanges.types import AssetBalance, Balance, Order, OrderStatus, Position
+from services.account_state import AccountState
+from services.errors import Unauthorized
+from services.security import KeyCipher, TokenService, hash_password, verify_password
+from services.serialize import dec, pnl_data
+
+
+def test_production_refuses_to_start_naming_what_is_missing() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config({"APP_ENV": "production", "SECRET_KEY": "x"})
+    for name in ("DATABASE_URL", "KEY_ENCRYPTION_KEY", "ADMIN_TOKEN"):
+        assert name in str(e.value)
+    assert "SECRET_KEY" not in str(e.value)
+
+
+def test_production_defaults_to_real_venues_and_honours_overrides() -> None:
+    env = {"APP_ENV": "production", "DATABASE_URL": "sqlite://", "SECRET_KEY": "s",
+           "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": "a",
+           "BINANCE_TESTNET_REST_URL": "http://127.0.0.1:1"}
+    cfg = load_config(env)
+    assert cfg.venue("binance", False).rest_url == "https://fapi.binance.com"
+    assert cfg.venue("binance", False).ws_url == "wss://fstream.binance.com"
+    assert cfg.venue("binance", True).rest_url == "http://127.0.0.1:1"
+    assert cfg.venue("bybit", True).rest_url == "https://api-testnet.bybit.com"
+    assert not cfg.EMBED_SIMULATOR
+
+
+def test_passwords_are_argon2id_and_verify() -> None:
+    h = hash_password("correct horse")
+    assert h.startswith("$argon2id$")
+    assert verify_password(h, "correct horse")
+    assert not verify_password(h, "wrong horse")
+    assert not verify_password(None, "anything")
+
+
+def test_tokens_expire_and_reject_tampering() -> None:
+    tokens = TokenService("k" * 32, expires_s=60)
+    tok = tokens.issue(7, False)
+    assert tokens.verify(tok) == (7, False)
+    with pytest.raises(Unauthorized):
+        tokens.verify(tok[:-2] + ("AA" if tok[-2:] != "AA" else "BB"))
+    with pytest.raises(Unauthorized):
+        TokenService("other-key" * 4, 60).verify(tok)
+    expired = TokenService("k" * 32, expires_s=-10).issue(7, False)
+    with pytest.raises(Unauthorized) as e:
+        tokens.verify(expired)
+    assert e.value.code == "token_expired"
+
+
+def test_cipher_round_trip_and_rotation() -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    token = KeyCipher(old).encrypt("s3cr3t")
+    assert b"s3cr3t" not in token
+    assert KeyCipher(new, old).decrypt(token) == "s3cr3t"
+    with pytest.raises(ValueError):
+        KeyCipher(new).decrypt(token)
+
+
+def test_decimal_strings_never_scientific() -> None:
+    assert dec(Decimal("1E-7")) == "0.0000001"
+    assert dec(Decimal("64210.50")) == "64210.5"
+    assert dec(Decimal("1E+3")) == "1000"
+    assert dec(Decimal("0E-8")) == "0"
+
+
+def _pos(upnl: str, mark: str = "101") -> Position:
+    return Position("BTCUSDT", "LONG", Decimal("0.01"), Decimal("100"), Decimal(mark),
+                    Decimal(upnl), Decimal("20"), Decimal("50"), "cross")
+
+
+def test_pnl_roe_and_totals() -> None:
+    data = pnl_data([_pos("0.01")], Decimal("-1.5"))
+    # margin = 0.01 * 100 / 20 = 0.05; roe = 0.01 / 0.05 = 20 %
+    assert data == {"unrealized_pnl": "0.01", "realized_pnl": "-1.5",
+                    "positions": [{"symbol": "BTCUSDT", "side": "LONG",
+                                   "unrealized_pnl": "0.01", "roe_pct": "20"}]}
+
+
+def test_change_detection_pushes_only_on_change_and_seq_grows() -> None:
+    state = AccountState(4, 7, "binance", False)
+    assert state.envelope_if_changed("positions", "rest", 1) is None  # nothing known yet
+    state.set_positions([_pos("0.01")])
+    first = state.envelope_if_changed("positions", "rest", 1)
+    assert first is not None and first["seq"] == 1 and first["data"][0]["unrealized_pnl"] == "0.01"
+    state.set_positions([_pos("0.01")])
+    assert state.envelope_if_changed("positions", "rest", 2) is None
+    state.set_positions([_pos("0.02", mark="102")])
+    second = state.envelope_if_changed("positions", "stream", 3)
+    assert second["seq"] == 2 and second["source"] == "stream"
+    stale = state.mark_stale(("positions",))
+    assert len(stale) == 1 and stale[0]["stale"] and stale[0]["data"] == second["data"]
+    assert state.mark_stale(("positions",)) == []
+    assert state.cached(["positions"])[0]["source"] == "cache"
+
+
+def test_final_orders_leave_the_open_set_and_old_updates_are_ignored() -> None:
+    state = AccountState(1, 1, "binance", False)
+    state.set_orders([])
+
+    def order(status: OrderStatus, t: int) -> Order:
+        return Order("c1", "10", "BTCUSDT", "BUY", "LIMIT", status, Decimal("100"),
+                     Decimal("1"), Decimal("0"), Decimal("0"), "GTC", False, t)
+    state.apply_order(order(OrderStatus.NEW, 1))
+    assert [o["status"] for o in state.data("orders")] == ["NEW"]
+    state.apply_order(order(OrderStatus.CANCELED, 3))
+    assert state.data("orders") == []
+    state.set_orders([order(OrderStatus.NEW, 5)])
+    state.apply_order(order(OrderStatus.CANCELED, 4))  # older than what we hold
+    assert len(state.data("orders")) == 1
+
+
+def test_balance_payload_shape() -> None:
+    state = AccountState(1, 1, "binance", False)
+    state.set_balance(Balance(Decimal("100"), Decimal("1"), Decimal("101"), Decimal("90"),
+                              (AssetBalance("USDT", Decimal("100"), Decimal("90"), Decimal("1"),
+                                            Decimal("101")),)))
+    env = state.envelope_if_changed("balance", "rest", 5)
+    assert env["data"]["assets"][0] == {"asset": "USDT", "wallet_balance": "100",
+                                        "available_balance": "90", "unrealized_pnl": "1",
+                                        "margin_balance": "101"}
+    assert set(env) == {"type", "user_id", "key_id", "exchange", "testnet", "seq", "as_of",
+                        "sent_at", "source", "stale", "data"}

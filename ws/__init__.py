@@ -1,0 +1,1 @@
+"""Socket.IO: connection handlers and the push hub."""

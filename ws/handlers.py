@@ -1,0 +1,107 @@
+"""Socket.IO handlers (namespace ``/``): connect, subscribe, unsubscribe, disconnect.
+
+Thin: each validates, calls the hub or a service, and acks CONTRACT.md's shape.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, request
+from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_room
+from pydantic import ValidationError
+
+from api.errors import to_api_error
+from api.schemas import Subscribe
+from services.errors import NotFound, ServiceError, Unauthorized
+from ws.hub import room
+
+logger = logging.getLogger(__name__)
+
+
+def _svc():  # type: ignore[no-untyped-def]
+    return current_app.extensions["pushsrv"]
+
+
+def _error_ack(e: Exception) -> dict:
+    err = to_api_error(e)
+    if err is None:
+        logger.exception("socket handler failed sid=%s", request.sid)
+        return {"ok": False, "error": {"code": "internal_error", "message": "internal error"}}
+    return {"ok": False, **err.body()}
+
+
+def register_handlers(socketio: SocketIO) -> None:
+    """Attach the handlers to ``socketio``."""
+
+    @socketio.on("connect")
+    def on_connect(auth=None):  # type: ignore[no-untyped-def]
+        token = (auth or {}).get("token") if isinstance(auth, dict) else None
+        token = token or request.args.get("token")
+        try:
+            user_id, _ = _svc().tokens.verify(token)
+        except Unauthorized:
+            raise ConnectionRefusedError("unauthorized")
+        _svc().hub.add(request.sid, user_id)
+        join_room(room("user", user_id))
+        logger.info("socket connected user_id=%s sid=%s", user_id, request.sid)
+
+    @socketio.on("subscribe")
+    def on_subscribe(data=None):  # type: ignore[no-untyped-def]
+        svc = _svc()
+        conn = svc.hub.get(request.sid)
+        if conn is None:
+            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+        try:
+            req = Subscribe.model_validate(data if isinstance(data, dict) else {})
+            keys = ([svc.keys.get(conn.user_id, req.key_id)] if req.key_id
+                    else svc.keys.list(conn.user_id))
+            if not keys:
+                raise NotFound("key_not_found", "the user has no API key", "key_id")
+            streams = [svc.streams.ensure(conn.user_id, k.id) for k in keys]
+        except (ValidationError, ServiceError, ValueError) as e:
+            return _error_ack(e)
+        for kind in req.types:
+            join_room(room(kind, conn.user_id))
+        conn.types.update(req.types)
+        conn.key_ids.update(k.id for k in keys)
+        snapshot = [env for s in streams for env in s.state.cached(req.types)]
+        statuses = [{"key_id": s.state.key_id, "exchange": s.state.exchange,
+                     "state": s.status, "since": s.since} for s in streams]
+        socketio.start_background_task(_send_snapshot, svc.hub, socketio, request.sid,
+                                       snapshot, statuses)
+        return {"ok": True, "subscribed": sorted(conn.types),
+                "rooms": [room(t, conn.user_id) for t in sorted(conn.types)]}
+
+    @socketio.on("unsubscribe")
+    def on_unsubscribe(data=None):  # type: ignore[no-untyped-def]
+        conn = _svc().hub.get(request.sid)
+        if conn is None:
+            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+        try:
+            req = Subscribe.model_validate(data if isinstance(data, dict) else {})
+        except ValidationError as e:
+            return _error_ack(e)
+        for kind in req.types:
+            leave_room(room(kind, conn.user_id))
+            conn.types.discard(kind)
+        return {"ok": True, "subscribed": sorted(conn.types)}
+
+    @socketio.on("disconnect")
+    def on_disconnect(*_args):  # type: ignore[no-untyped-def]
+        svc = _svc()
+        conn, last = svc.hub.remove(request.sid)
+        if conn is None:
+            return
+        logger.info("socket disconnected user_id=%s sid=%s last=%s", conn.user_id,
+                    request.sid, last)
+        if last:
+            svc.streams.stop_user(conn.user_id)
+            svc.trading.clear_user_cache(conn.user_id)
+
+
+def _send_snapshot(hub, socketio: SocketIO, sid: str, envelopes: list[dict],  # type: ignore[no-untyped-def]
+                   statuses: list[dict]) -> None:
+    """After the ack: the current snapshot and stream states to the new subscriber."""
+    hub.send_to(sid, envelopes)
+    for status in statuses:
+        socketio.emit("stream_status", status, to=sid)

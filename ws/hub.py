@@ -1,0 +1,129 @@
+"""The push hub: who is connected, who is subscribed to what, and the emit function
+handed to services.
+
+Rooms: ``<type>_<user_id>`` for the account types (CONTRACT.md), and
+``user_<user_id>`` (every connection of the user) for ``stream_status`` and ``error``.
+Room names come from the authenticated user only.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from flask_socketio import SocketIO
+
+ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
+
+
+@dataclass
+class Connection:
+    """One Socket.IO connection. ``connected_at`` ms UTC."""
+
+    sid: str
+    user_id: int
+    connected_at: int
+    types: set[str] = field(default_factory=set)
+    key_ids: set[int] = field(default_factory=set)
+
+    def rooms(self) -> list[str]:
+        """The rooms this connection is in."""
+        return [f"user_{self.user_id}"] + sorted(f"{t}_{self.user_id}" for t in self.types)
+
+
+def room(kind: str, user_id: int) -> str:
+    """The room of ``kind`` (an account type or ``user``) for ``user_id``."""
+    return f"{kind}_{user_id}"
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class PushHub:
+    """Registry of connections (keyed by sid) and the emitter.
+
+    ``publish(envelope)`` is given to services: account envelopes go to their type's
+    room, ``stream_status`` to the user's room. After each emit the hub yields so
+    that one burst never delays everyone else.
+    """
+
+    def __init__(self, socketio: SocketIO) -> None:
+        self._sio = socketio
+        self._lock = threading.Lock()
+        self._conns: dict[str, Connection] = {}
+        self._by_user: dict[int, set[str]] = {}
+        self.pushes: dict[str, int] = {}
+        self._latency_ms: deque[float] = deque(maxlen=20_000)
+
+    # ---- registry -----------------------------------------------------------
+    def add(self, sid: str, user_id: int) -> Connection:
+        """Register a new authenticated connection."""
+        conn = Connection(sid, user_id, int(time.time() * 1000))
+        with self._lock:
+            self._conns[sid] = conn
+            self._by_user.setdefault(user_id, set()).add(sid)
+        return conn
+
+    def remove(self, sid: str) -> tuple[Connection | None, bool]:
+        """Forget ``sid``; returns ``(connection, was_users_last)``."""
+        with self._lock:
+            conn = self._conns.pop(sid, None)
+            if conn is None:
+                return None, False
+            sids = self._by_user.get(conn.user_id, set())
+            sids.discard(sid)
+            last = not sids
+            if last:
+                self._by_user.pop(conn.user_id, None)
+        return conn, last
+
+    def get(self, sid: str) -> Connection | None:
+        """The connection of ``sid`` or None."""
+        with self._lock:
+            return self._conns.get(sid)
+
+    def connections(self) -> list[Connection]:
+        """A snapshot of every connection."""
+        with self._lock:
+            return list(self._conns.values())
+
+    # ---- emit ------------------------------------------------------------------
+    def publish(self, envelope: dict) -> None:
+        """Emit one envelope from a service (any green thread)."""
+        kind = envelope["type"]
+        if kind == "stream_status":
+            payload = {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}
+            self._sio.emit("stream_status", payload, to=room("user", envelope["user_id"]))
+        else:
+            self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
+            self._count(envelope)
+        self._sio.sleep(0)
+
+    def send_to(self, sid: str, envelopes: list[dict]) -> None:
+        """Emit envelopes to one connection (the snapshot on subscribe)."""
+        for env in envelopes:
+            env["sent_at"] = int(time.time() * 1000)
+            self._sio.emit(env["type"], env, to=sid)
+            self._count(envelope=env, latency=False)
+        self._sio.sleep(0)
+
+    def _count(self, envelope: dict, latency: bool = True) -> None:
+        kind = envelope["type"]
+        self.pushes[kind] = self.pushes.get(kind, 0) + 1
+        if latency and envelope.get("source") == "stream":
+            self._latency_ms.append(envelope["sent_at"] - envelope["as_of"])
+
+    def stats(self) -> dict:
+        """Connection, subscription and push figures for ``/admin/stats``."""
+        conns = self.connections()
+        subs = {t: sum(1 for c in conns if t in c.types) for t in ACCOUNT_TYPES}
+        lat = sorted(self._latency_ms)
+        return {"connections": len(conns), "users_online": len({c.user_id for c in conns}),
+                "subscriptions": subs,
+                "push": {"by_type": dict(self.pushes), "total": sum(self.pushes.values()),
+                         "stream_latency_ms": {"samples": len(lat), "p50": _percentile(lat, 0.5),
+                                               "p99": _percentile(lat, 0.99)}}}
