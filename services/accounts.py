@@ -128,7 +128,8 @@ class KeyService:
 
     def update(self, user_id: int, key_id: int, changes: dict) -> ExchangeKey:
         """Apply any of ``api_key``, ``api_secret``, ``label``, ``testnet``; a new
-        credential is validated first. Drops the cached client and stops the stream."""
+        credential is validated first. Drops the cached client and stops the stream
+        (the next subscription starts it with the new values)."""
         key = self.get(user_id, key_id)
         api_key = changes.get("api_key", key.api_key)
         testnet = changes.get("testnet", key.testnet)
@@ -146,9 +147,8 @@ class KeyService:
                 row.api_secret_encrypted = self._cipher.encrypt(changes["api_secret"])
             row.status = "active"
             row.updated_at = now_ms()
-        if credential_changed:
-            self._trading.clear_user_cache(user_id, key.exchange, old_testnet)
-            self._streams.stop_key(key_id)
+        self._trading.clear_user_cache(user_id, key.exchange, old_testnet)
+        self._streams.stop_key(key_id)
         logger.info("api key updated user_id=%s key_id=%s", user_id, key_id)
         return row
 

@@ -113,11 +113,11 @@ class TradingService:
         return [{"user_id": k[0], "exchange": k[1], "testnet": k[2]} for k in keys]
 
     def stats(self) -> dict:
-        """``{"size", "entries": [{"user_id", "exchange", "testnet", "created_at"}]}``."""
+        """``{"size", "builds", "entries": [{"user_id", "exchange", "testnet", "created_at"}]}``."""
         with self._lock:
             entries = [{"user_id": k[0], "exchange": k[1], "testnet": k[2],
                         "created_at": e.client.created_at} for k, e in self._entries.items()]
-        return {"size": len(entries), "entries": entries}
+        return {"size": len(entries), "builds": self.builds, "entries": entries}
 
     def close(self) -> None:
         """Close every client (shutdown)."""

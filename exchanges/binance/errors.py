@@ -1,0 +1,132 @@
+"""Map python-binance and ``requests`` exceptions to ``exchanges.errors`` classes.
+
+This is the only place where Binance error codes are interpreted. Callers use
+:func:`binance_errors` around every library call::
+
+    with binance_errors():
+        raw = client.futures_account()
+
+which re-raises the library's exception as a typed ``ExchangeError`` ``from`` the
+original. Sources: Binance USD-M "Error Codes" page
+(developers.binance.com/docs/derivatives/usds-margined-futures/error-code) and the
+"General Info" page (HTTP 4xx/418/429/5xx semantics, ``Retry-After``).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+from urllib3.exceptions import ReadTimeoutError
+
+from exchanges.errors import (
+    AuthFailed, ClockSkew, ExchangeError, ExchangeTimeout, ExchangeUnavailable,
+    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+)
+
+logger = logging.getLogger(__name__)
+
+EXCHANGE = "binance"
+_MAX_MESSAGE = 300
+
+# Binance error code -> class, for replies whose HTTP status is not decisive on its own.
+CODE_TABLE: dict[int, type[ExchangeError]] = {
+    -1022: AuthFailed,          # Signature for this request is not valid.
+    -2014: AuthFailed,          # API-key format invalid.
+    -2015: AuthFailed,          # Invalid API-key, IP, or permissions for action.
+    -1003: RateLimited,         # Too many requests.
+    -1021: ClockSkew,           # Timestamp for this request is outside of the recvWindow.
+    -1001: ExchangeUnavailable,  # Internal error; unable to process your request.
+    -1007: ExchangeTimeout,     # Timeout waiting for response from backend; status unknown.
+    -1125: ExchangeUnavailable,  # This listenKey does not exist: the stream must reconnect.
+    -2019: InsufficientBalance,  # Margin is insufficient.
+    -2013: OrderNotFound,       # Order does not exist. (GET /fapi/v1/order)
+    -2011: OrderNotFound,       # Unknown order sent. (DELETE /fapi/v1/order)
+}
+
+
+def retry_after_ms(response: requests.Response | None) -> int | None:
+    """The reply's ``Retry-After`` header (integer seconds, per Binance "General
+    Info") in milliseconds, or ``None`` when absent or not a number."""
+    if response is None:
+        return None
+    value = response.headers.get("Retry-After") if response.headers is not None else None
+    if value is None:
+        return None
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        return None
+    return max(0, int(seconds * 1000))
+
+
+def _from_api_exception(e: BinanceAPIException) -> ExchangeError:
+    status = int(e.status_code) if e.status_code is not None else None
+    code = e.code if isinstance(e.code, int) and e.code != 0 else None
+    message = str(e.message or "")[:_MAX_MESSAGE]
+    if status == 418:
+        return IpBanned(EXCHANGE, code, message, status, retry_after_ms(e.response))
+    if status == 429 or code == -1003:
+        return RateLimited(EXCHANGE, code, message, status, retry_after_ms(e.response))
+    cls = CODE_TABLE.get(code) if code is not None else None
+    if cls is not None:
+        return cls(EXCHANGE, code, message, status)
+    if status == 401:
+        return AuthFailed(EXCHANGE, code, message, status)
+    if status == 408:
+        return ExchangeTimeout(EXCHANGE, code, message, status)
+    if status is None or status >= 500 or code is None:
+        # 5xx: "the request's execution status is UNKNOWN"; a body without a code is
+        # not a Binance reply we understand (proxy page, bad JSON).
+        return ExchangeUnavailable(EXCHANGE, code, message, status)
+    return InvalidOrder(EXCHANGE, code, message, status)
+
+
+def to_exchange_error(e: BaseException) -> ExchangeError:
+    """Return the ``ExchangeError`` for a library exception (does not raise).
+
+    Table (first match wins):
+      HTTP 418 -> IpBanned; HTTP 429 or -1003 -> RateLimited (``retry_after_ms`` from
+      ``Retry-After``); -1022/-2014/-2015 or HTTP 401 -> AuthFailed; -1021 -> ClockSkew;
+      -2019 -> InsufficientBalance; -2013/-2011 -> OrderNotFound; -1007/HTTP 408 ->
+      ExchangeTimeout; -1125 (listenKey gone), -1001, HTTP 5xx, a reply without a code,
+      an unparseable 2xx body, connection errors -> ExchangeUnavailable;
+      ``requests`` timeouts (including a read timeout surfacing as ConnectionError)
+      -> ExchangeTimeout; any other 4xx -> InvalidOrder with Binance's code and msg.
+    Other exception types map to ExchangeUnavailable.
+    """
+    if isinstance(e, ExchangeError):
+        return e
+    if isinstance(e, BinanceAPIException):
+        return _from_api_exception(e)
+    if isinstance(e, BinanceRequestException):
+        return ExchangeUnavailable(EXCHANGE, None, str(e.message)[:_MAX_MESSAGE])
+    if isinstance(e, requests.Timeout):
+        # Includes ConnectTimeout: treated as "fate unknown", the conservative side.
+        return ExchangeTimeout(EXCHANGE, None, f"timeout: {type(e).__name__}")
+    if isinstance(e, requests.ConnectionError):
+        if e.args and isinstance(e.args[0], ReadTimeoutError):
+            # requests raises ConnectionError(ReadTimeoutError) when the body stalls.
+            return ExchangeTimeout(EXCHANGE, None, "timeout while reading the reply")
+        return ExchangeUnavailable(EXCHANGE, None, f"connection error: {type(e).__name__}")
+    if isinstance(e, (requests.RequestException, ValueError, OSError)):
+        return ExchangeUnavailable(EXCHANGE, None, f"{type(e).__name__}: {str(e)[:_MAX_MESSAGE]}")
+    return ExchangeUnavailable(EXCHANGE, None, f"unexpected {type(e).__name__}")
+
+
+@contextmanager
+def binance_errors() -> Iterator[None]:
+    """Context manager translating python-binance / requests exceptions raised in its
+    body into ``exchanges.errors`` classes (``raise ... from e``)."""
+    try:
+        yield
+    except ExchangeError:
+        raise
+    except (BinanceAPIException, BinanceRequestException, requests.RequestException,
+            ValueError, OSError) as e:
+        err = to_exchange_error(e)
+        logger.debug("binance error mapped kind=%s code=%s status=%s",
+                     type(err).__name__, err.code, err.http_status)
+        raise err from e

@@ -1,0 +1,364 @@
+"""Pure functions: raw Binance USD-M JSON (already ``json.loads``-ed) -> ``exchanges.types``.
+
+No I/O, no logging of payloads. Decimals are built from Binance's decimal strings
+(``Decimal(str(v))``, never via float); ids become ``str``; times become ``int`` ms
+UTC (``int(v)`` also accepts the stringified ints of ccxt recordings and the
+string ``E`` of the current ``listenKeyExpired`` example).
+
+Malformed payloads raise ``ExchangeUnavailable`` ("unparseable reply").
+
+Sources (developers.binance.com/docs/derivatives/usds-margined-futures/...):
+``trade/rest-api/New-Order`` / ``Query-Order`` (order objects),
+``account/rest-api/Account-Information-V2``, ``trade/rest-api/Position-Information-V2``
+and ``-V3``, ``trade/rest-api/Account-Trade-List``,
+``market-data/rest-api/Exchange-Information``, ``user-data-streams/Event-Order-Update``,
+``Event-Balance-and-Position-Update``, ``Event-User-Data-Stream-Expired``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
+from functools import wraps
+from typing import Any, TypeVar
+
+from exchanges.errors import ExchangeUnavailable
+from exchanges.types import (
+    AccountEvent, AssetBalance, Balance, Fill, Order, OrderEvent, OrderStatus, Position,
+    PositionUpdate, StreamEvent, StreamExpired, SymbolRules, Ticker, WalletUpdate,
+)
+
+EXCHANGE = "binance"
+ZERO = Decimal(0)
+
+# Binance order status ("status" in REST, "X" in ORDER_TRADE_UPDATE) -> OrderStatus.
+ORDER_STATUS: dict[str, OrderStatus] = {
+    "NEW": OrderStatus.NEW,
+    "PARTIALLY_FILLED": OrderStatus.PARTIALLY_FILLED,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELED": OrderStatus.CANCELED,
+    "REJECTED": OrderStatus.REJECTED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "EXPIRED_IN_MATCH": OrderStatus.EXPIRED,   # self-trade prevention expired it
+}
+
+# Binance order side -> our side (same words; the table rejects anything else).
+ORDER_SIDE: dict[str, str] = {"BUY": "BUY", "SELL": "SELL"}
+
+# ACCOUNT_UPDATE / positionRisk margin type -> ours.
+MARGIN_TYPE: dict[str, str] = {"cross": "cross", "crossed": "cross", "isolated": "isolated"}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _parser(fn: F) -> F:
+    """Turn KeyError/ValueError/TypeError/InvalidOperation in a parser into
+    ExchangeUnavailable (the reply was not the documented shape)."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ExchangeUnavailable:
+            raise
+        except (KeyError, ValueError, TypeError, InvalidOperation, AttributeError) as e:
+            raise ExchangeUnavailable(
+                EXCHANGE, None, f"unparseable reply in {fn.__name__}: {type(e).__name__} {e}",
+            ) from e
+    return wrapper  # type: ignore[return-value]
+
+
+def dec(value: Any) -> Decimal:
+    """A Binance decimal string (or int) as Decimal. ``None``/``""`` -> 0."""
+    if value is None or value == "":
+        return ZERO
+    if isinstance(value, float):
+        raise ValueError("float in a decimal field")
+    return Decimal(str(value))
+
+
+def ms(value: Any) -> int:
+    """A ms timestamp that may arrive as int or numeric string. ``None`` -> 0."""
+    if value is None or value == "":
+        return 0
+    return int(value)
+
+
+def as_bool(value: Any) -> bool:
+    """A JSON bool, or Binance's occasional ``"true"``/``"false"`` string."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"not a boolean: {value!r}")
+        return value.lower() == "true"
+    return bool(value)
+
+
+def order_status(raw: str) -> OrderStatus:
+    """Map a Binance order status through :data:`ORDER_STATUS`; unknown -> ValueError."""
+    try:
+        return ORDER_STATUS[raw]
+    except KeyError:
+        raise ValueError(f"unknown order status {raw!r}") from None
+
+
+def order_side(raw: str) -> str:
+    """``BUY``/``SELL`` through :data:`ORDER_SIDE`; anything else -> ValueError."""
+    try:
+        return ORDER_SIDE[raw]
+    except KeyError:
+        raise ValueError(f"unknown order side {raw!r}") from None
+
+
+def margin_type(raw: str) -> str:
+    """``cross``/``isolated`` through :data:`MARGIN_TYPE` (case-insensitive)."""
+    try:
+        return MARGIN_TYPE[raw.lower()]
+    except KeyError:
+        raise ValueError(f"unknown margin type {raw!r}") from None
+
+
+# ---- REST -------------------------------------------------------------------
+
+@_parser
+def parse_server_time(raw: Mapping[str, Any]) -> int:
+    """``GET /fapi/v1/time`` ``{"serverTime": ms}`` -> ms UTC."""
+    return ms(raw["serverTime"])
+
+
+@_parser
+def parse_order(raw: Mapping[str, Any]) -> Order:
+    """An order object of POST/GET/DELETE ``/fapi/v1/order`` or ``openOrders``.
+
+    ``avgPrice`` is absent in ACK replies and some doc examples -> 0.
+    ``updated_at`` is ``updateTime`` (falls back to ``time``).
+    """
+    return Order(
+        client_order_id=str(raw["clientOrderId"]),
+        order_id=str(raw["orderId"]),
+        symbol=raw["symbol"],
+        side=order_side(raw["side"]),
+        type=raw["type"],
+        status=order_status(raw["status"]),
+        price=dec(raw.get("price")),
+        quantity=dec(raw["origQty"]),
+        filled_quantity=dec(raw.get("executedQty")),
+        avg_price=dec(raw.get("avgPrice")),
+        time_in_force=raw.get("timeInForce", "GTC"),
+        reduce_only=as_bool(raw.get("reduceOnly", False)),
+        updated_at=ms(raw.get("updateTime") or raw.get("time")),
+    )
+
+
+@_parser
+def parse_fill(raw: Mapping[str, Any]) -> Fill:
+    """One row of ``GET /fapi/v1/userTrades`` (no client order id in that reply)."""
+    return Fill(
+        trade_id=str(raw["id"]),
+        order_id=str(raw["orderId"]),
+        client_order_id=None,
+        symbol=raw["symbol"],
+        side=order_side(raw["side"]),
+        price=dec(raw["price"]),
+        quantity=dec(raw["qty"]),
+        fee=dec(raw.get("commission")),
+        fee_asset=raw.get("commissionAsset", ""),
+        realized_pnl=dec(raw.get("realizedPnl")),
+        is_maker=as_bool(raw.get("maker", False)),
+        time=ms(raw["time"]),
+    )
+
+
+@_parser
+def parse_balance(raw: Mapping[str, Any]) -> Balance:
+    """``GET /fapi/v2/account`` (or v3) -> Balance.
+
+    Assets are kept when ``walletBalance`` or ``marginBalance`` is non-zero; an asset's
+    available balance is its ``availableBalance``. ``updated_at`` is the newest of the
+    top-level and per-asset ``updateTime``.
+    """
+    assets = []
+    newest = ms(raw.get("updateTime"))
+    for a in raw.get("assets", []):
+        wallet, margin = dec(a.get("walletBalance")), dec(a.get("marginBalance"))
+        if wallet == 0 and margin == 0:
+            continue
+        assets.append(AssetBalance(
+            asset=a["asset"], wallet_balance=wallet,
+            available_balance=dec(a.get("availableBalance")),
+            unrealized_pnl=dec(a.get("unrealizedProfit")), margin_balance=margin,
+        ))
+        newest = max(newest, ms(a.get("updateTime")))
+    return Balance(
+        total_wallet_balance=dec(raw["totalWalletBalance"]),
+        total_unrealized_pnl=dec(raw["totalUnrealizedProfit"]),
+        total_margin_balance=dec(raw["totalMarginBalance"]),
+        available_balance=dec(raw["availableBalance"]),
+        assets=tuple(assets),
+        updated_at=newest,
+    )
+
+
+@_parser
+def parse_position(raw: Mapping[str, Any]) -> Position | None:
+    """One row of ``GET /fapi/v2/positionRisk`` (or v3) -> Position, ``None`` when flat.
+
+    v2 carries ``leverage`` and ``marginType``. v3 has neither: leverage is then
+    ``notional / initialMargin`` (initial margin = notional / leverage) and the margin
+    type is ``isolated`` when ``isolatedWallet`` is non-zero. One-way mode: ``positionAmt``
+    is signed, > 0 is LONG.
+    """
+    amount = dec(raw["positionAmt"])
+    if amount == 0:
+        return None
+    if raw.get("leverage") not in (None, ""):
+        leverage = dec(raw["leverage"])
+    else:
+        initial = dec(raw.get("initialMargin"))
+        leverage = (abs(dec(raw.get("notional"))) / initial).quantize(Decimal(1)) \
+            if initial != 0 else ZERO
+    if raw.get("marginType"):
+        mtype = margin_type(raw["marginType"])
+    else:
+        mtype = "isolated" if dec(raw.get("isolatedWallet")) != 0 else "cross"
+    return Position(
+        symbol=raw["symbol"],
+        side="LONG" if amount > 0 else "SHORT",
+        size=abs(amount),
+        entry_price=dec(raw.get("entryPrice")),
+        mark_price=dec(raw.get("markPrice")),
+        unrealized_pnl=dec(raw.get("unRealizedProfit")),
+        leverage=leverage,
+        liquidation_price=dec(raw.get("liquidationPrice")),
+        margin_type=mtype,
+        updated_at=ms(raw.get("updateTime")),
+    )
+
+
+def parse_positions(rows: list[Mapping[str, Any]]) -> list[Position]:
+    """All non-zero positions of a positionRisk reply, in reply order."""
+    return [p for p in (parse_position(r) for r in rows) if p is not None]
+
+
+@_parser
+def parse_symbol_rules(exchange_info: Mapping[str, Any]) -> dict[str, SymbolRules]:
+    """``GET /fapi/v1/exchangeInfo`` -> {symbol: SymbolRules} from the PRICE_FILTER
+    (``tickSize``), LOT_SIZE (``stepSize``/``minQty``/``maxQty``) and MIN_NOTIONAL
+    (``notional``; 0 when the filter is absent) filters."""
+    rules: dict[str, SymbolRules] = {}
+    for s in exchange_info["symbols"]:
+        filters = {f["filterType"]: f for f in s.get("filters", [])}
+        price_f, lot_f = filters["PRICE_FILTER"], filters["LOT_SIZE"]
+        rules[s["symbol"]] = SymbolRules(
+            symbol=s["symbol"],
+            tick_size=dec(price_f["tickSize"]),
+            step_size=dec(lot_f["stepSize"]),
+            min_qty=dec(lot_f["minQty"]),
+            max_qty=dec(lot_f["maxQty"]),
+            min_notional=dec(filters.get("MIN_NOTIONAL", {}).get("notional")),
+        )
+    return rules
+
+
+@_parser
+def parse_ticker(premium_index: Mapping[str, Any], last: Mapping[str, Any],
+                 book: Mapping[str, Any]) -> Ticker:
+    """``premiumIndex`` (mark), ``/fapi/v2/ticker/price`` (last) and
+    ``/fapi/v1/ticker/bookTicker`` (bid/ask) of one symbol -> Ticker; ``ts`` is the
+    newest of their ``time`` fields."""
+    return Ticker(
+        symbol=premium_index["symbol"],
+        last_price=dec(last["price"]),
+        mark_price=dec(premium_index["markPrice"]),
+        bid=dec(book["bidPrice"]),
+        ask=dec(book["askPrice"]),
+        ts=max(ms(premium_index.get("time")), ms(last.get("time")), ms(book.get("time"))),
+    )
+
+
+# ---- user data stream -----------------------------------------------------------
+
+def _stream_order(o: Mapping[str, Any], event_time: int) -> Order:
+    return Order(
+        client_order_id=str(o["c"]),
+        order_id=str(o["i"]),
+        symbol=o["s"],
+        side=order_side(o["S"]),
+        type=o["o"],
+        status=order_status(o["X"]),
+        price=dec(o.get("p")),
+        quantity=dec(o["q"]),
+        filled_quantity=dec(o.get("z")),
+        avg_price=dec(o.get("ap")),
+        time_in_force=o.get("f", "GTC"),
+        reduce_only=as_bool(o.get("R", False)),
+        updated_at=ms(o.get("T")) or event_time,
+    )
+
+
+def _stream_fill(o: Mapping[str, Any]) -> Fill:
+    return Fill(
+        trade_id=str(o["t"]),
+        order_id=str(o["i"]),
+        client_order_id=str(o["c"]),
+        symbol=o["s"],
+        side=order_side(o["S"]),
+        price=dec(o["L"]),
+        quantity=dec(o["l"]),
+        fee=dec(o.get("n")),
+        fee_asset=o.get("N") or "",
+        realized_pnl=dec(o.get("rp")),
+        is_maker=as_bool(o.get("m", False)),
+        time=ms(o["T"]),
+    )
+
+
+@_parser
+def parse_order_update(msg: Mapping[str, Any]) -> OrderEvent:
+    """``ORDER_TRADE_UPDATE`` -> OrderEvent; ``fill`` set when ``o.x == "TRADE"``
+    (trade id ``t``, last qty/price ``l``/``L``, fee ``n``/``N``, realized ``rp``,
+    maker ``m``, time ``T``)."""
+    o = msg["o"]
+    event_time = ms(msg.get("E"))
+    fill = _stream_fill(o) if o.get("x") == "TRADE" else None
+    return OrderEvent(order=_stream_order(o, event_time), fill=fill, event_time=event_time)
+
+
+@_parser
+def parse_account_update(msg: Mapping[str, Any]) -> AccountEvent:
+    """``ACCOUNT_UPDATE`` -> AccountEvent: wallets from ``a.B`` (``wb``, ``cw``),
+    positions from ``a.P`` (``pa`` signed, ``ep``, ``up``, ``mt``); reason ``a.m``."""
+    a = msg["a"]
+    wallets = tuple(
+        WalletUpdate(asset=b["a"], wallet_balance=dec(b["wb"]), cross_wallet_balance=dec(b.get("cw")))
+        for b in a.get("B", [])
+    )
+    positions = tuple(
+        PositionUpdate(symbol=p["s"], amount=dec(p["pa"]), entry_price=dec(p.get("ep")),
+                       unrealized_pnl=dec(p.get("up")), margin_type=margin_type(p.get("mt", "cross")))
+        for p in a.get("P", [])
+    )
+    return AccountEvent(reason=a.get("m", ""), wallets=wallets, positions=positions,
+                        event_time=ms(msg.get("E")))
+
+
+def parse_user_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
+    """One decoded user-data frame -> events (``[]`` for frames we ignore).
+
+    Handles ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired (``E`` as int or
+    string). ``{"e": "error", ...}``, TRADE_LITE, ACCOUNT_CONFIG_UPDATE and unknown
+    ``e`` are ignored. A ``{"stream": ..., "data": {...}}`` wrapper (``/stream`` path)
+    is unwrapped. Raises ExchangeUnavailable for a known event that does not parse.
+    """
+    if "e" not in msg and isinstance(msg.get("data"), Mapping):
+        msg = msg["data"]
+    kind = msg.get("e")
+    if kind == "ORDER_TRADE_UPDATE":
+        return [parse_order_update(msg)]
+    if kind == "ACCOUNT_UPDATE":
+        return [parse_account_update(msg)]
+    if kind == "listenKeyExpired":
+        return [_parse_expired(msg)]
+    return []
+
+
+@_parser
+def _parse_expired(msg: Mapping[str, Any]) -> StreamExpired:
+    return StreamExpired(event_time=ms(msg.get("E")))

@@ -1,0 +1,163 @@
+"""Binance USD-M user data stream over ``websocket-client``.
+
+Why not python-binance's ``ThreadedWebsocketManager``: it runs an asyncio loop in a
+thread (and builds an ``AsyncClient`` that pings the spot host), which does not mix
+with eventlet's monkey patching. ``websocket-client`` is plain blocking sockets, so
+under eventlet every ``recv`` is a cooperative green wait.
+
+Protocol (developers.binance.com/docs/derivatives/usds-margined-futures/user-data-streams):
+``POST /fapi/v1/listenKey`` returns the account's active key (valid 60 min, extended
+by ``PUT``, released by ``DELETE``); the socket is
+``{ws_url}/private/ws?listenKey=<key>`` (the legacy ``/ws/<key>`` path also exists).
+No auth or subscribe frame: the key in the URL is the credential. The server sends
+pings; ``websocket-client`` answers them inside ``recv``.
+
+Note: Binance keeps one listenKey per account, so ``close()`` (which DELETEs it) also
+ends any other stream on the same API key. The design runs one stream per key.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+import websocket
+from binance.client import Client
+
+from exchanges.binance.errors import EXCHANGE, binance_errors
+from exchanges.binance.mapping import parse_user_event
+from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
+from exchanges.types import StreamEvent
+
+logger = logging.getLogger(__name__)
+
+LISTEN_KEY_VALIDITY_S = 60 * 60
+KEEPALIVE_INTERVAL_S = 30 * 60
+
+
+def _mask(value: str | None) -> str:
+    return (value[:4] + "...") if value else "-"
+
+
+class BinanceUserStream:
+    """``exchanges.base.UserStream`` for one Binance USD-M key.
+
+    Args:
+        client: the python-binance ``Client`` of the owning ``BinanceFuturesClient``
+            (already pointed at the venue's REST URL); used for the listenKey calls.
+        ws_url: the venue's WebSocket base, e.g. ``wss://fstream.binance.com``.
+        timeout_s: connect timeout (seconds) for the listenKey POST and the handshake.
+        key_hint: masked API key for log lines.
+    """
+
+    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
+
+    def __init__(self, client: Client, ws_url: str, timeout_s: float = 10.0,
+                 key_hint: str = "-") -> None:
+        self._client = client
+        self._ws_url = ws_url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._key_hint = key_hint
+        self._listen_key: str | None = None
+        self._ws: websocket.WebSocket | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the socket is open (as far as we know without I/O)."""
+        return self._ws is not None and bool(self._ws.connected)
+
+    def connect(self) -> None:
+        """``POST /fapi/v1/listenKey`` then open ``/private/ws?listenKey=``.
+
+        Raises AuthFailed (-2015 etc. from the POST), RateLimited, ExchangeTimeout,
+        ExchangeUnavailable (handshake refused, connection error).
+        """
+        with binance_errors():
+            listen_key = self._client.futures_stream_get_listen_key()
+        self._listen_key = listen_key
+        url = f"{self._ws_url}/private/ws?listenKey={listen_key}"
+        try:
+            self._ws = websocket.create_connection(url, timeout=self._timeout_s)
+        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
+            raise ExchangeTimeout(EXCHANGE, None, "user stream handshake timed out") from e
+        except websocket.WebSocketBadStatusException as e:
+            raise ExchangeUnavailable(EXCHANGE, None, "user stream handshake refused",
+                                      getattr(e, "status_code", None)) from e
+        except (websocket.WebSocketException, OSError) as e:
+            raise ExchangeUnavailable(EXCHANGE, None,
+                                      f"user stream connect failed: {type(e).__name__}") from e
+        logger.info("binance user stream connected key=%s listen_key=%s",
+                    self._key_hint, _mask(listen_key))
+
+    def recv(self, timeout_s: float) -> list[StreamEvent]:
+        """Wait up to ``timeout_s`` seconds for one frame and return its events.
+
+        Returns ``[]`` on timeout or for an ignored frame (``error``, unknown ``e``).
+        Raises ExchangeUnavailable when the socket is closed or broken, or a known
+        event does not parse (reconnect and resnapshot).
+        """
+        ws = self._ws
+        if ws is None:
+            raise ExchangeUnavailable(EXCHANGE, None, "user stream not connected")
+        try:
+            ws.settimeout(timeout_s)
+            opcode, data = ws.recv_data()
+        except (websocket.WebSocketTimeoutException, socket.timeout):
+            return []
+        except (websocket.WebSocketException, OSError, AttributeError) as e:
+            # AttributeError: websocket-client drops ws.sock when closed concurrently.
+            raise ExchangeUnavailable(EXCHANGE, None,
+                                      f"user stream connection lost: {type(e).__name__}") from e
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            raise ExchangeUnavailable(EXCHANGE, None, f"user stream closed by server code={code}")
+        if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            return []
+        return self._parse(data)
+
+    def _parse(self, data: bytes | str) -> list[StreamEvent]:
+        try:
+            msg: Any = json.loads(data)
+        except ValueError as e:
+            raise ExchangeUnavailable(EXCHANGE, None, "user stream sent non-JSON frame") from e
+        if not isinstance(msg, dict):
+            return []
+        if msg.get("e") == "error":
+            logger.debug("binance user stream error frame key=%s type=%s",
+                         self._key_hint, msg.get("type"))
+        events = parse_user_event(msg)
+        if not events and msg.get("e") not in ("error", None):
+            logger.debug("binance user stream ignored event e=%s", msg.get("e"))
+        return events
+
+    def keepalive(self) -> None:
+        """``PUT /fapi/v1/listenKey``: extend the key by 60 min. Raises
+        ExchangeUnavailable when the key is gone (-1125: reconnect), RateLimited,
+        ExchangeTimeout."""
+        if self._listen_key is None:
+            raise ExchangeUnavailable(EXCHANGE, None, "user stream not connected")
+        listen_key = self._listen_key
+        with binance_errors():
+            self._client.futures_stream_keepalive(listen_key)
+        logger.debug("binance user stream keepalive key=%s listen_key=%s",
+                     self._key_hint, _mask(listen_key))
+
+    def close(self) -> None:
+        """Close the socket and ``DELETE /fapi/v1/listenKey``; never raises (errors are
+        logged at debug)."""
+        ws, self._ws = self._ws, None
+        listen_key, self._listen_key = self._listen_key, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except Exception as e:  # isolation boundary: close must not raise
+                logger.debug("binance user stream socket close failed err=%s", type(e).__name__)
+        if listen_key is not None:
+            try:
+                with binance_errors():
+                    self._client.futures_stream_close(listen_key)
+            except Exception as e:  # isolation boundary: close must not raise
+                logger.debug("binance listenKey close failed key=%s listen_key=%s err=%s",
+                             self._key_hint, _mask(listen_key), type(e).__name__)
+        logger.info("binance user stream closed key=%s", self._key_hint)
