@@ -7,6 +7,9 @@ the demo configuration, and serves.
 from __future__ import annotations
 
 if __name__ == "__main__":  # monkey-patching must precede every other import
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
     import eventlet
 
     eventlet.monkey_patch()
@@ -116,6 +119,7 @@ def main() -> None:
     """Run the server (``python app.py``)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         cfg = load_config()
     except ConfigError as e:

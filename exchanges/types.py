@@ -181,6 +181,15 @@ class OrderEvent:
 
 
 @dataclass(frozen=True)
+class FillEvent:
+    """An execution reported on its own (Bybit ``execution`` topic), not inside an
+    order update. ``event_time`` in ms UTC."""
+
+    fill: Fill
+    event_time: int
+
+
+@dataclass(frozen=True)
 class WalletUpdate:
     """Wallet balance of one asset after an account change (Binance ``a.B[]``)."""
 
@@ -218,7 +227,7 @@ class StreamExpired:
     event_time: int
 
 
-StreamEvent = Union[OrderEvent, AccountEvent, StreamExpired]
+StreamEvent = Union[OrderEvent, FillEvent, AccountEvent, StreamExpired]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError
-from exchanges.types import AccountEvent, OrderEvent, StreamExpired
+from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
 from services.account_state import AccountState, now_ms
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,9 @@ class AccountStream:
                 as_of = max(as_of, event.event_time)
                 if event.fill is not None:
                     self._on_fill(event.fill)
+            elif isinstance(event, FillEvent):
+                self._on_fill(event.fill)
+                as_of = max(as_of, event.event_time)
             elif isinstance(event, AccountEvent):
                 self._refresh_due = True
                 as_of = max(as_of, event.event_time)

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import time
+from decimal import Decimal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_API_KEY = "demo-binance-key-0001"
 DEMO_BALANCE = "10000"
+DEMO_POSITION_QTY = "100"
 
 
 def _sim_url(cfg: Config) -> str:
@@ -74,7 +76,14 @@ def bootstrap(cfg: Config, svc: Services) -> None:
                                             "csv": cfg.SIMULATOR_REPLAY_CSV,
                                             "seconds_per_candle": 1})
     if not keys:
-        svc.keys.create(user.id, "binance", DEMO_API_KEY, demo_secret, False, "demo simulator")
+        key = svc.keys.create(user.id, "binance", DEMO_API_KEY, demo_secret, False, "demo simulator")
+        keys = [key]
+    if cfg.EMBED_SIMULATOR and not svc.orders.trades(user.id, ["open"], keys[0].id):
+        # a small position on the replayed symbol, so that PnL moves on screen
+        trade = svc.orders.place(user.id, keys[0].id, cfg.SIMULATOR_REPLAY_SYMBOL, "BUY",
+                                 "MARKET", Decimal(DEMO_POSITION_QTY), None, None, False, None)
+        logger.info("demo position opened symbol=%s quantity=%s status=%s",
+                    trade.symbol, DEMO_POSITION_QTY, trade.status)
     logger.info("demo ready username=%s password=%s admin_token_file=%s",
                 cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD, ROOT / "var" / "demo-secrets.json")
     logger.info("next: python examples/client.py --url http://%s:%s --username %s --password %s",
