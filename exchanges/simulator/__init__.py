@@ -1,0 +1,14 @@
+"""A local, wire-compatible stand-in for Binance USD-M futures (Bybit v5 to follow).
+
+Run it with ``python -m exchanges.simulator --host 127.0.0.1 --port 9100``; the real
+``python-binance`` client works against it unchanged once its base URLs point here.
+
+Layout:
+- ``models``, ``engine``, ``margin``: the protocol-neutral matching engine, accounts
+  and positions (Decimal, ms times, events published to listeners);
+- ``market``: seeded random walk and CSV candle replay;
+- ``faults``: fault injection, the server clock, REST request counters;
+- ``binance_*``: the Binance REST + WebSocket protocol layer;
+- ``control``: the loopback-only ``/_sim/*`` API for demos and tests;
+- ``server``: assembly (``build_app``, ``serve``) and ``__main__``: the command line.
+"""

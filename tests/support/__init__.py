@@ -1,0 +1,1 @@
+"""Reusable test helpers: processes (simulator, server) and their control APIs."""
