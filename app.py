@@ -28,7 +28,7 @@ from flask import Flask
 from api import account, admin, auth, keys, orders
 from api.errors import register_error_handlers
 from config import Config, ConfigError, load_config
-from exchanges.factory import create_client
+from exchanges.factory import create_client, create_market_stream
 from extensions import limiter, socketio
 from models import Database
 from services import ledger
@@ -39,6 +39,7 @@ from services.orders import OrderService
 from services.security import KeyCipher, TokenService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
+from services.tickers import TickerHub
 from services.trading import TradingService
 from ws.handlers import register_handlers
 from ws.hub import PushHub
@@ -83,13 +84,18 @@ def _build_services(cfg: Config) -> Services:
                                   cipher.decrypt(key.api_secret_encrypted))
 
     hub = PushHub(socketio)
+    tickers = TickerHub(
+        lambda exchange, testnet, symbol: create_market_stream(
+            exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
+        hub.publish, socketio.start_background_task, socketio.sleep)
     streams_ref: list[StreamManager] = []
     writer = ledger.LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
     ledger_api = _LedgerFacade(db, writer)
     streams = StreamManager(db, cipher, trading, hub.publish, socketio.start_background_task,
                             socketio.sleep, ledger_api,
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
-                                           recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S))
+                                           recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
+                            tickers=tickers)
     streams_ref.append(streams)
     socketio.start_background_task(writer.run)
     return Services(
@@ -99,7 +105,7 @@ def _build_services(cfg: Config) -> Services:
         orders=OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S),
         streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
-        ledger_writer=writer, hub=hub)
+        ledger_writer=writer, hub=hub, tickers=tickers)
 
 
 class _LedgerFacade:

@@ -51,6 +51,7 @@ def stats():  # type: ignore[no-untyped-def]
     out = svc.hub.stats()
     out["exchange_cache"] = svc.trading.stats()
     out["streams"] = svc.streams.stats()
+    out["tickers"] = svc.tickers.stats()
     out["write_behind"] = svc.ledger_writer.stats()
     return out
 

@@ -100,3 +100,10 @@ class Subscribe(Strict):
 
     types: list[Literal["balance", "positions", "pnl", "orders"]] = Field(min_length=1, max_length=4)
     key_id: int | None = Field(default=None, gt=0)
+
+
+class TickerSubscribe(Strict):
+    """Socket.IO ``subscribe_ticker`` / ``unsubscribe_ticker`` payload."""
+
+    exchange: Literal["binance", "bybit"]
+    symbols: list[Symbol] = Field(min_length=1, max_length=50)

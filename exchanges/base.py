@@ -41,6 +41,23 @@ class UserStream(Protocol):
 
 
 @runtime_checkable
+class MarketStream(Protocol):
+    """A public price stream of one symbol (no key). ``connect()``, then ``recv()``
+    in a loop, then ``close()``; a dropped socket raises ExchangeUnavailable."""
+
+    symbol: str
+
+    def connect(self) -> None:
+        """Open the stream. Raises ExchangeUnavailable, ExchangeTimeout."""
+
+    def recv(self, timeout_s: float) -> list[Ticker]:
+        """Ticks received within ``timeout_s`` seconds (empty on timeout)."""
+
+    def close(self) -> None:
+        """Close the socket; never raises."""
+
+
+@runtime_checkable
 class ExchangeClient(Protocol):
     """A signed REST client for one API key on one venue (mainnet or testnet).
 

@@ -1,22 +1,37 @@
 """Build an ``ExchangeClient`` for a venue from credentials and endpoints."""
 from __future__ import annotations
 
-from exchanges.base import ExchangeClient
+from exchanges.base import ExchangeClient, MarketStream
 from exchanges.errors import UnsupportedExchange
 from exchanges.types import VenueEndpoints
 
-SUPPORTED_EXCHANGES = ("binance",)
+SUPPORTED_EXCHANGES = ("binance", "bybit")
 
 
 def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,
                   endpoints: VenueEndpoints, timeout_s: float = 10.0) -> ExchangeClient:
     """Return a ready client for ``exchange`` talking to ``endpoints``.
 
-    No network I/O happens here (python-binance's construction-time ping is off).
+    No network I/O happens here (python-binance's construction-time ping is off;
+    pybit's ``HTTP`` does none).
     Raises UnsupportedExchange for a venue without an adapter.
     """
     if exchange == "binance":
         from exchanges.binance.client import BinanceFuturesClient
         return BinanceFuturesClient(api_key, api_secret, testnet=testnet,
                                     endpoints=endpoints, timeout_s=timeout_s)
+    if exchange == "bybit":
+        from exchanges.bybit.client import BybitLinearClient
+        return BybitLinearClient(api_key, api_secret, testnet=testnet,
+                                 endpoints=endpoints, timeout_s=timeout_s)
     raise UnsupportedExchange(f"no adapter for exchange {exchange!r}")
+
+
+def create_market_stream(exchange: str, symbol: str, endpoints: VenueEndpoints,
+                         timeout_s: float = 10.0) -> MarketStream:
+    """A not yet connected public price stream of ``symbol`` on ``exchange``.
+    Raises UnsupportedExchange for a venue without one."""
+    if exchange == "binance":
+        from exchanges.binance.market import BinanceMarkPriceStream
+        return BinanceMarkPriceStream(symbol, endpoints.ws_url, timeout_s)
+    raise UnsupportedExchange(f"no market stream for exchange {exchange!r}")

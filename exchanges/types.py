@@ -154,14 +154,14 @@ class SymbolRules:
 
 @dataclass(frozen=True)
 class Ticker:
-    """Market prices of a symbol; ``bid``/``ask`` may equal ``last_price`` when the
-    venue reports no book. ``ts`` in ms UTC."""
+    """Market prices of a symbol. A field the source does not carry is None (a mark
+    price stream has no book), never a guess. ``ts`` in ms UTC."""
 
     symbol: str
-    last_price: Decimal
+    last_price: Decimal | None
     mark_price: Decimal
-    bid: Decimal
-    ask: Decimal
+    bid: Decimal | None
+    ask: Decimal | None
     ts: int
 
 

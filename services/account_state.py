@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from decimal import Decimal
 
 from exchanges.types import Balance, Order, Position
@@ -67,6 +68,38 @@ class AccountState:
             self.orders.pop(order.order_id, None)
         else:
             self.orders[order.order_id] = order
+
+    def apply_mark(self, symbol: str, mark_price: Decimal) -> bool:
+        """Revalue the ``symbol`` position at a new mark price. True if it changed.
+
+        unrealized PnL = (mark - entry) * size, negated for SHORT (Binance USD-M
+        "Unrealized PnL" definition); the balance's total and the margin asset's
+        unrealized PnL and margin balance move by the same delta
+        (marginBalance = walletBalance + unrealizedProfit). ``available_balance``
+        is left as the exchange last reported it.
+        """
+        held = (self.positions or {}).get(symbol)
+        if held is None or held.mark_price == mark_price:
+            return False
+        sign = 1 if held.side == "LONG" else -1
+        upnl = (mark_price - held.entry_price) * held.size * sign
+        delta = upnl - held.unrealized_pnl
+        assert self.positions is not None
+        self.positions[symbol] = replace(held, mark_price=mark_price, unrealized_pnl=upnl)
+        b = self.balance
+        if b is not None and delta:
+            margin_asset = "USDT" if symbol.endswith("USDT") else None
+            assets = tuple(replace(a, unrealized_pnl=a.unrealized_pnl + delta,
+                                   margin_balance=a.margin_balance + delta)
+                           if a.asset == margin_asset else a for a in b.assets)
+            self.balance = replace(b, total_unrealized_pnl=b.total_unrealized_pnl + delta,
+                                   total_margin_balance=b.total_margin_balance + delta,
+                                   assets=assets)
+        return True
+
+    def position_symbols(self) -> set[str]:
+        """Symbols with an open position."""
+        return set(self.positions or {})
 
     # ---- payloads --------------------------------------------------------------
     def data(self, kind: str):  # type: ignore[no-untyped-def]

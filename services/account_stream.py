@@ -2,12 +2,14 @@
 
 The loop (one green thread per key, shared by all the user's sockets):
 
-1. get the exchange client from TradingService; take a REST snapshot of balance,
-   positions and open orders; push what changed;
-2. open the user data stream (Binance listenKey); state ``live``; apply order
-   events at once (``source: "stream"``), and refresh balance and positions by REST
-   after account events and, while positions are open, every ``poll_interval_s``
-   for the mark price (``source: "rest"``);
+1. get the exchange client from TradingService; open the user data stream
+   (Binance listenKey); then take a REST snapshot of balance, positions and open
+   orders (events that arrive meanwhile wait in the socket) and push what changed;
+2. state ``live``; apply order events at once (``source: "stream"``), refresh
+   balance and positions by REST after account events (``source: "rest"``), and
+   revalue open positions from the shared mark price streams of the TickerHub
+   (``source: "stream"``); only when a held symbol gets no tick for
+   ``MARK_STALE_S`` are positions polled, every ``poll_interval_s``;
 3. when the stream cannot be opened or drops: state ``reconnecting``/``polling``,
    poll balance, positions and orders by REST at the bounded rate, and retry the
    stream with exponential backoff and jitter;
@@ -26,12 +28,13 @@ from typing import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError
-from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
+from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired, Ticker
 from services.account_state import AccountState, now_ms
 
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[dict], None]
+MARK_STALE_S = 3.0  # no mark tick for this long: poll positions by REST instead
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,15 @@ class AccountStream:
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it).
         sleep: cooperative sleep (``socketio.sleep``).
+        tickers: the shared TickerHub; while every open position's symbol gets mark
+            price ticks, positions, pnl and balance are revalued from them and no
+            periodic REST polling happens. None: poll while positions are open.
     """
 
     def __init__(self, state: AccountState, get_client: Callable[[], ExchangeClient],
                  realized_pnl: Callable[[], object], publish: Publish,
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
-                 settings: StreamSettings = StreamSettings()) -> None:
+                 settings: StreamSettings = StreamSettings(), tickers=None) -> None:  # type: ignore[no-untyped-def]
         self.state = state
         self._get_client = get_client
         self._realized_pnl = realized_pnl
@@ -78,13 +84,48 @@ class AccountStream:
         self._last_call: dict[str, float] = {}
         self._refresh_due = False
         self._failures = 0
+        self._tickers = tickers
+        self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
 
     # ---- public ------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to end and close the socket (the loop exits within one recv)."""
         self.running = False
+        if self._tickers is not None:
+            self._tickers.unsubscribe_all(self._subscriber)
         if self.stream is not None:
             self.stream.close()
+
+    @property
+    def _subscriber(self) -> str:
+        return f"key:{self.state.key_id}"
+
+    def on_tick(self, tick: Ticker) -> None:
+        """A mark price tick of a held symbol: revalue and push what changed."""
+        self._tick_seen[tick.symbol] = time.monotonic()
+        if self.running and self.state.apply_mark(tick.symbol, tick.mark_price):
+            self._emit(("positions", "pnl", "balance"), "stream", tick.ts)
+
+    def _sync_tickers(self) -> None:
+        """Follow the mark price of exactly the symbols with an open position."""
+        if self._tickers is None:
+            return
+        held = self.state.position_symbols()
+        for symbol in held - set(self._tick_seen):
+            self._tick_seen[symbol] = time.monotonic()  # grace until the first tick
+            self._tickers.subscribe(self.state.exchange, self.state.testnet, symbol,
+                                    self._subscriber, self.on_tick)
+        for symbol in set(self._tick_seen) - held:
+            del self._tick_seen[symbol]
+            self._tickers.unsubscribe(self.state.exchange, self.state.testnet, symbol,
+                                      self._subscriber)
+
+    def _marks_stale(self) -> bool:
+        if self._tickers is None:
+            return bool(self.state.positions)
+        now = time.monotonic()
+        return any(now - self._tick_seen.get(s, 0.0) > MARK_STALE_S
+                   for s in self.state.position_symbols())
 
     def refresh_realized(self) -> None:
         """Re-read the ledger's realized PnL and push ``pnl`` if it changed."""
@@ -102,8 +143,10 @@ class AccountStream:
             try:
                 client = self._get_client()
                 if self.stream is None and time.monotonic() >= next_stream_try:
-                    self._snapshot(client, force=True)
+                    # stream first, snapshot second: an event that happens in between
+                    # waits in the socket and is applied after the snapshot
                     self._open_stream(client)
+                    self._snapshot(client, force=True)
                     self._failures = 0
                 if self.stream is not None:
                     self._consume(client)
@@ -172,7 +215,7 @@ class AccountStream:
                 return
         if changed:
             self._emit(tuple(changed), "stream", as_of or now_ms())
-        if self._refresh_due or self.state.positions:
+        if self._refresh_due or self._marks_stale():
             self._poll(client, kinds=("balance", "positions"), event_time=as_of or None)
         if time.monotonic() >= self._keepalive_at:
             self.stream.keepalive()
@@ -206,6 +249,7 @@ class AccountStream:
                 changed.append("balance")
             if "positions" in kinds and self._due("positions", force):
                 self.state.set_positions(client.get_positions())
+                self._sync_tickers()
                 changed += ["positions", "pnl"]
             if "orders" in kinds and self._due("orders", force):
                 self.state.set_orders(client.get_open_orders())

@@ -12,6 +12,7 @@ from services.orders import OrderService
 from services.security import KeyCipher, TokenService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
+from services.tickers import TickerHub
 from services.trading import TradingService
 
 
@@ -31,6 +32,7 @@ class Services:
     snapshots: SnapshotService
     ledger_writer: LedgerWriter
     hub: object
+    tickers: TickerHub
     started_monotonic: float = field(default_factory=time.monotonic)
 
     def message_queue_status(self) -> str:
@@ -48,6 +50,7 @@ class Services:
     def shutdown(self) -> None:
         """Stop streams, flush the write-behind queue, close clients and the pool."""
         self.streams.stop_all()
+        self.tickers.stop_all()
         self.ledger_writer.stop(drain=True)
         self.trading.close()
         self.db.dispose()

@@ -15,7 +15,8 @@ from decimal import Decimal
 from typing import Callable
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeRejected, ExchangeUnavailable, OrderNotFound
@@ -130,8 +131,16 @@ class OrderService:
         the trade forward. Idempotent."""
         fills = (client.get_fills(order.symbol, order_id=order.order_id)
                  if order.filled_quantity > 0 else [])
+        for attempt in Retrying(retry=retry_if_exception_type(OperationalError),
+                                stop=stop_after_attempt(3), wait=wait_exponential_jitter(0.05, 1),
+                                reraise=True):
+            with attempt:
+                return self._record_once(key_id, trade_id, order, fills)
+        raise AssertionError("unreachable")
+
+    def _record_once(self, key_id: int, trade_id: int, order: OrderInfo, fills: list) -> Trade:
         with self._db.transaction() as s:
-            trade = s.get(Trade, trade_id)
+            trade = s.get(Trade, trade_id, with_for_update=True)  # lock order: trade, then fills
             assert trade is not None
             trade.entry_order_id = order.order_id
             ledger.upsert_order(s, key_id, order, trade.id)

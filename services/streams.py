@@ -29,11 +29,12 @@ class StreamManager:
         spawn: starts a background task (``socketio.start_background_task``).
         sleep: cooperative sleep (``socketio.sleep``).
         ledger: provides ``realized_pnl(key_id)`` and ``record_fill(key_id, fill)``.
+        tickers: the shared TickerHub for mark prices (None: poll positions).
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
                  publish: Publish, spawn: Callable, sleep: Callable[[float], None],
-                 ledger, settings: StreamSettings = StreamSettings()) -> None:  # type: ignore[no-untyped-def]
+                 ledger, settings: StreamSettings = StreamSettings(), tickers=None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._cipher = cipher
         self._trading = trading
@@ -42,6 +43,7 @@ class StreamManager:
         self._sleep = sleep
         self._ledger = ledger
         self._settings = settings
+        self._tickers = tickers
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
         self.started = 0
@@ -63,7 +65,7 @@ class StreamManager:
             realized_pnl=lambda: self._ledger.realized_pnl(key_id),
             publish=self._publish,
             on_fill=lambda fill: self._ledger.record_fill(user_id, key_id, fill),
-            sleep=self._sleep, settings=self._settings)
+            sleep=self._sleep, settings=self._settings, tickers=self._tickers)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:

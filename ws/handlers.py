@@ -11,8 +11,9 @@ from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_ro
 from pydantic import ValidationError
 
 from api.errors import to_api_error
-from api.schemas import Subscribe
+from api.schemas import Subscribe, TickerSubscribe
 from services.errors import NotFound, ServiceError, Unauthorized
+from services.tickers import ticker_room
 from ws.hub import room
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,44 @@ def register_handlers(socketio: SocketIO) -> None:
             conn.types.discard(kind)
         return {"ok": True, "subscribed": sorted(conn.types)}
 
+    @socketio.on("subscribe_ticker")
+    def on_subscribe_ticker(data=None):  # type: ignore[no-untyped-def]
+        svc = _svc()
+        conn = svc.hub.get(request.sid)
+        if conn is None:
+            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+        try:
+            req = TickerSubscribe.model_validate(data if isinstance(data, dict) else {})
+        except ValidationError as e:
+            return _error_ack(e)
+        cached = []
+        for symbol in req.symbols:
+            join_room(ticker_room(req.exchange, symbol))
+            conn.tickers.add((req.exchange, symbol))
+            svc.tickers.subscribe(req.exchange, False, symbol, f"sid:{request.sid}")
+            env = svc.tickers.envelope(req.exchange, symbol)
+            if env is not None:
+                cached.append(env)
+        socketio.start_background_task(svc.hub.send_to, request.sid, cached)
+        return {"ok": True, "subscribed": sorted(s for e, s in conn.tickers if e == req.exchange),
+                "rooms": [ticker_room(req.exchange, s) for s in req.symbols]}
+
+    @socketio.on("unsubscribe_ticker")
+    def on_unsubscribe_ticker(data=None):  # type: ignore[no-untyped-def]
+        svc = _svc()
+        conn = svc.hub.get(request.sid)
+        if conn is None:
+            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+        try:
+            req = TickerSubscribe.model_validate(data if isinstance(data, dict) else {})
+        except ValidationError as e:
+            return _error_ack(e)
+        for symbol in req.symbols:
+            leave_room(ticker_room(req.exchange, symbol))
+            conn.tickers.discard((req.exchange, symbol))
+            svc.tickers.unsubscribe(req.exchange, False, symbol, f"sid:{request.sid}")
+        return {"ok": True, "subscribed": sorted(s for e, s in conn.tickers if e == req.exchange)}
+
     @socketio.on("disconnect")
     def on_disconnect(*_args):  # type: ignore[no-untyped-def]
         svc = _svc()
@@ -94,6 +133,8 @@ def register_handlers(socketio: SocketIO) -> None:
             return
         logger.info("socket disconnected user_id=%s sid=%s last=%s", conn.user_id,
                     request.sid, last)
+        if conn.tickers:
+            svc.tickers.unsubscribe_all(f"sid:{request.sid}")
         if last:
             svc.streams.stop_user(conn.user_id)
             svc.trading.clear_user_cache(conn.user_id)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from flask_socketio import SocketIO
 
+from services.tickers import ticker_room
+
 ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
 
 
@@ -26,10 +28,12 @@ class Connection:
     connected_at: int
     types: set[str] = field(default_factory=set)
     key_ids: set[int] = field(default_factory=set)
+    tickers: set[tuple[str, str]] = field(default_factory=set)  # (exchange, SYMBOL)
 
     def rooms(self) -> list[str]:
         """The rooms this connection is in."""
-        return [f"user_{self.user_id}"] + sorted(f"{t}_{self.user_id}" for t in self.types)
+        return ([f"user_{self.user_id}"] + sorted(f"{t}_{self.user_id}" for t in self.types)
+                + sorted(ticker_room(e, s) for e, s in self.tickers))
 
 
 def room(kind: str, user_id: int) -> str:
@@ -98,6 +102,10 @@ class PushHub:
         if kind == "stream_status":
             payload = {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}
             self._sio.emit("stream_status", payload, to=room("user", envelope["user_id"]))
+        elif kind == "ticker":
+            self._sio.emit("ticker", envelope,
+                           to=ticker_room(envelope["exchange"], envelope["data"]["symbol"]))
+            self._count(envelope)
         else:
             self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
             self._count(envelope)

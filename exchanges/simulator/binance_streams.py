@@ -236,12 +236,24 @@ class BinanceStreams:
         conn = StreamConn(ws, "market", symbol=symbol, connected_ms=self.clock.now_ms())
         subs = self.market.setdefault(symbol, set())
         subs.add(conn)
+        # Like Binance, the stream also pushes on its interval (1 s or 3 s) whether or
+        # not the price moved, starting right after the handshake.
+        interval_s = 1.0 if stream.endswith("@1s") else 3.0
+        ticker = asyncio.get_running_loop().create_task(self._tick_every(conn, symbol, interval_s))
         try:
             await ws.prepare(request)
             await self._pump(conn)
         finally:
             subs.discard(conn)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
         return ws
+
+    async def _tick_every(self, conn: StreamConn, symbol: str, interval_s: float) -> None:
+        while True:
+            conn.send(json.dumps(bf.mark_price_update(symbol, self.engine.prices[symbol],
+                                                      self.clock.now_ms())))
+            await asyncio.sleep(interval_s)
 
     async def _serve_user(self, request: web.Request, key: str) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True, heartbeat=None)

@@ -83,7 +83,7 @@ class Account:
 class Listener:
     """A real python-socketio client that queues every server event it receives."""
 
-    EVENTS = ("balance", "positions", "pnl", "orders", "stream_status", "error")
+    EVENTS = ("balance", "positions", "pnl", "orders", "stream_status", "error", "ticker")
 
     def __init__(self, url: str, token: str | None) -> None:
         self.events: queue.Queue = queue.Queue()

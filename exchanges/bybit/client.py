@@ -1,0 +1,430 @@
+"""Bybit v5 linear (USDT perpetual) REST adapter on pybit's ``unified_trading.HTTP``.
+
+Routing: pybit hard-codes ``https://api[-testnet].bybit.com``, so we build it with
+``testnet=False`` and set ``session.endpoint = endpoints.rest_url`` (pybit composes
+``f"{self.endpoint}/v5/..."`` per call). Construction does no network I/O.
+
+pybit's own retries never happen (pybit 5.17.0 ``_http_manager._submit_request``):
+``max_retries=1`` loops once; ``force_retry=False`` re-raises network errors and turns
+bad JSON into ``FailedRequestError(409)`` at once; ``retry_codes`` must be *empty* so
+10002/10006 raise ``InvalidRequestError`` instead of sleeping, widening
+``recv_window`` by 2500 ms (10002) and ending in "Retries exceeded". Passing
+``retry_codes=set()`` is not enough (``__post_init__`` swaps a falsy value for its
+defaults), so :class:`_OffsetHTTP` empties it after ``__post_init__``.
+``recv_window`` stays 5000 ms.
+
+Clock: pybit signs with the local clock; :class:`_OffsetHTTP` overrides
+``_prepare_headers`` to add ``time_offset_ms``, sampled from ``GET /v5/market/time``
+(median of 3) before the first signed call. On 10002 (ClockSkew) we resample once
+and, for GETs and ``create_order`` only, retry once (safe: the ``orderLinkId`` is
+fixed, a replay of an order that went through gets 110072). Bybit doc
+``v5/guide.mdx`` "Authentication": ``server_time - recv_window <= timestamp <
+server_time + 1000``.
+
+Every public method raises only ``exchanges.errors`` classes; blocking I/O goes
+through ``requests`` (cooperative under eventlet's monkey patching).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from pybit import _helpers
+from pybit.unified_trading import HTTP
+
+from exchanges.bybit import mapping
+from exchanges.bybit.errors import EXCHANGE, bybit_errors
+from exchanges.bybit.stream import BybitUserStream
+from exchanges.errors import ClockSkew, ExchangeError, InvalidOrder, OrderNotFound
+from exchanges.types import (
+    Balance, Fill, Order, OrderRequest, OrderStatus, Position, SymbolRules, Ticker,
+    VenueEndpoints,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CATEGORY = "linear"
+SETTLE_COIN = "USDT"
+RECV_WINDOW_MS = 5000
+SYMBOL_RULES_TTL_S = 3600.0
+CLOCK_SAMPLES = 3
+MAX_PAGES = 20
+LOOKUP_DELAYS_S = (0.05, 0.2, 0.5)   # re-reads of an order right after create/cancel
+SIDE = {"BUY": "Buy", "SELL": "Sell"}
+ORDER_TYPE = {"MARKET": "Market", "LIMIT": "Limit"}
+TIME_IN_FORCE = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "GTX": "PostOnly"}
+
+
+def now_ms() -> int:
+    """Local wall clock, ms UTC."""
+    return int(time.time() * 1000)
+
+
+def mask(secret: str | None, keep: int = 4) -> str:
+    """First ``keep`` characters of a key followed by ``...`` (for logs)."""
+    return secret[:keep] + "..." if secret else "-"
+
+
+class _OffsetHTTP(HTTP):
+    """pybit ``HTTP`` whose signed ``X-BAPI-TIMESTAMP`` is local clock +
+    ``time_offset_ms`` and whose internal retry codes are empty (see module doc)."""
+
+    time_offset_ms: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.retry_codes = set()      # pybit turns an empty set into its defaults
+        self.time_offset_ms = 0
+
+    def _prepare_headers(self, payload: Any, recv_window: int,
+                         content_type: str = "application/json") -> dict[str, str]:
+        # Same headers as pybit 5.17.0 _V5HTTPManager._prepare_headers (HMAC, str
+        # payloads only), with the timestamp shifted by our clock offset.
+        timestamp = _helpers.generate_timestamp() + self.time_offset_ms
+        signature = self._auth(payload=payload, recv_window=recv_window, timestamp=timestamp)
+        return {
+            "Content-Type": content_type,
+            "X-BAPI-API-KEY": self.api_key,
+            "X-BAPI-SIGN": signature,
+            "X-BAPI-SIGN-TYPE": "2",
+            "X-BAPI-TIMESTAMP": str(timestamp),
+            "X-BAPI-RECV-WINDOW": str(recv_window),
+        }
+
+
+class BybitLinearClient:
+    """``exchanges.base.ExchangeClient`` for one Bybit unified-account API key,
+    trading ``category=linear`` USDT perpetuals.
+
+    Args:
+        api_key, api_secret: the key pair (the secret is never logged).
+        testnet: whether ``endpoints`` is the testnet (informational; routing comes
+            from ``endpoints``).
+        endpoints: ``rest_url`` like ``https://api.bybit.com`` and ``ws_url`` like
+            ``wss://stream.bybit.com`` (``/v5/private`` is appended).
+        timeout_s: per-request ``requests`` timeout, seconds.
+    """
+
+    exchange = EXCHANGE
+
+    def __init__(self, api_key: str, api_secret: str, testnet: bool,
+                 endpoints: VenueEndpoints, timeout_s: float = 10.0) -> None:
+        self.testnet = testnet
+        self.created_at = now_ms()
+        self.endpoints = endpoints
+        self.timeout_s = timeout_s
+        self._api_key, self._api_secret = api_key, api_secret
+        self._api_key_hint = mask(api_key)
+        self._http = _OffsetHTTP(api_key=api_key, api_secret=api_secret, testnet=False,
+                                 timeout=timeout_s, recv_window=RECV_WINDOW_MS, max_retries=1,
+                                 retry_delay=0, retry_codes=set(), log_requests=False)
+        self._http.endpoint = endpoints.rest_url.rstrip("/")
+        self._closed = False
+        self._clock_synced = False
+        self._rules_lock = threading.Lock()
+        self._rules: dict[str, SymbolRules] = {}
+        self._rules_fetched_at: float | None = None   # time.monotonic() of the last fetch
+
+    def __repr__(self) -> str:
+        return (f"BybitLinearClient(key={self._api_key_hint}, testnet={self.testnet}, "
+                f"rest={self.endpoints.rest_url})")
+
+    # ---- clock ---------------------------------------------------------------
+
+    @property
+    def time_offset_ms(self) -> int:
+        """Current server-minus-local clock offset, ms."""
+        return self._http.time_offset_ms
+
+    def server_now_ms(self) -> int:
+        """The server's clock as we estimate it (local + offset), ms UTC; no I/O."""
+        return now_ms() + self._http.time_offset_ms
+
+    def sync_clock(self) -> int:
+        """Sample ``GET /v5/market/time`` ``CLOCK_SAMPLES`` times, set the signing
+        offset to the median of ``server - local midpoint`` and return it (ms).
+        Raises ExchangeUnavailable/ExchangeTimeout/RateLimited."""
+        offsets = []
+        for _ in range(CLOCK_SAMPLES):
+            before = time.time() * 1000
+            server = mapping.parse_server_time(self._public(self._http.get_server_time))
+            after = time.time() * 1000
+            offsets.append(int(server - (before + after) / 2))
+        offset = sorted(offsets)[len(offsets) // 2]
+        self._http.time_offset_ms = offset
+        self._clock_synced = True
+        logger.info("bybit clock synced key=%s offset_ms=%s", self._api_key_hint, offset)
+        return offset
+
+    def _signed(self, call: Callable[[], T], retry_on_skew: bool) -> T:
+        """Run a signed pybit call with error mapping and the clock-skew rule
+        (``retry_on_skew`` only for GETs and ``create_order``, see module doc)."""
+        if not self._clock_synced:
+            self.sync_clock()
+        try:
+            with bybit_errors(self.server_now_ms):
+                return call()
+        except ClockSkew:
+            logger.warning("bybit clock skew key=%s retry=%s", self._api_key_hint, retry_on_skew)
+            self.sync_clock()
+            if not retry_on_skew:
+                raise
+            with bybit_errors(self.server_now_ms):
+                return call()
+
+    def _public(self, call: Callable[[], T]) -> T:
+        with bybit_errors(self.server_now_ms):
+            return call()
+
+    def _paged(self, call: Callable[..., Any], params: dict[str, Any], page_size: int,
+               max_rows: int | None = None, signed: bool = True) -> list[dict[str, Any]]:
+        """GET following ``nextPageCursor`` (at most ``MAX_PAGES`` pages or ``max_rows``
+        rows). Returns the raw ``result.list`` rows."""
+        rows: list[dict[str, Any]] = []
+        cursor = ""
+        for _ in range(MAX_PAGES):
+            page = dict(params, limit=page_size)
+            if cursor:
+                page["cursor"] = cursor
+            fetch = lambda page=page: call(**page)  # noqa: E731
+            raw = self._signed(fetch, retry_on_skew=True) if signed else self._public(fetch)
+            rows.extend(mapping.rows_of(raw))
+            cursor = str(mapping.result_of(raw).get("nextPageCursor") or "")
+            if not cursor or (max_rows is not None and len(rows) >= max_rows):
+                break
+        return rows if max_rows is None else rows[:max_rows]
+
+    # ---- ExchangeClient ------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        """True until ``close()``; no network I/O."""
+        return not self._closed and self._http.client is not None
+
+    def validate_credentials(self) -> None:
+        """One signed call (``GET /v5/account/wallet-balance?accountType=UNIFIED``).
+        Raises AuthFailed (10003/10004/10005 or HTTP 401), ExchangeUnavailable,
+        ExchangeTimeout."""
+        self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
+                     retry_on_skew=True)
+
+    def server_time(self) -> int:
+        """``GET /v5/market/time``, ms UTC."""
+        return mapping.parse_server_time(self._public(self._http.get_server_time))
+
+    def get_balance(self) -> Balance:
+        """``GET /v5/account/wallet-balance?accountType=UNIFIED`` -> Balance (totals in
+        USD, assets per coin; see ``mapping.parse_balance``)."""
+        raw = self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
+                           retry_on_skew=True)
+        return mapping.parse_balance(raw)
+
+    def get_positions(self) -> list[Position]:
+        """Open USDT-settled linear positions (``GET /v5/position/list`` with
+        ``settleCoin=USDT``, which returns only size > 0; pages of 200)."""
+        rows = self._paged(self._http.get_positions,
+                           {"category": CATEGORY, "settleCoin": SETTLE_COIN}, 200)
+        return [p for p in (mapping.parse_position(r) for r in rows) if p is not None]
+
+    def get_open_orders(self, symbol: str | None = None) -> list[Order]:
+        """``GET /v5/order/realtime`` for ``symbol`` (all USDT linear symbols when
+        None; pages of 50). Only orders in an open state are returned."""
+        params = {"category": CATEGORY}
+        params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
+        rows = self._paged(self._http.get_open_orders, params, 50)
+        return [o for o in (mapping.parse_order(r) for r in rows) if not o.status.is_final]
+
+    def get_order(self, symbol: str, client_order_id: str | None = None,
+                  order_id: str | None = None) -> Order:
+        """One order by ``orderId`` (preferred) or ``orderLinkId``: ``/v5/order/realtime``
+        (open and recent closed orders), then ``/v5/order/history``. Raises
+        OrderNotFound (code 110001) when neither knows it, ValueError without an id."""
+        ref = _order_ref(symbol, client_order_id, order_id)
+        for call in (self._http.get_open_orders, self._http.get_order_history):
+            raw = self._signed(lambda call=call: call(**ref), retry_on_skew=True)
+            orders = mapping.parse_orders(raw)
+            if orders:
+                return orders[0]
+        raise OrderNotFound(EXCHANGE, 110001, "Order does not exist.")
+
+    def create_order(self, request: OrderRequest) -> Order:
+        """``POST /v5/order/create``, then read the order back (``get_order``; for
+        MARKET/IOC/FOK until final) since Bybit acknowledges with ``{orderId,
+        orderLinkId}`` only. If the read-back fails after the ack, the order is known to
+        be accepted and is returned as NEW built from the request and the ack (later
+        stream or poll updates move it forward). Raises InvalidOrder (local check, 10001,
+        110xxx, 110072 duplicate orderLinkId), InsufficientBalance (110004/110007/110012),
+        ExchangeTimeout (fate unknown: reconcile by ``client_order_id``), RateLimited,
+        AuthFailed.
+        """
+        params = order_params(request)
+        logger.info("bybit create_order key=%s symbol=%s side=%s type=%s qty=%s coid=%s",
+                    self._api_key_hint, request.symbol, params["side"], params["orderType"],
+                    params["qty"], request.client_order_id)
+        raw = self._signed(lambda: self._http.place_order(**params), retry_on_skew=True)
+        order_id = str(mapping.result_of(raw).get("orderId") or "")
+        # MARKET, IOC and FOK orders end at once on the exchange: read until final.
+        immediate = params["orderType"] == "Market" or params.get("timeInForce") in ("IOC", "FOK")
+        try:
+            return self._read_back(request.symbol, order_id, request.client_order_id,
+                                   want_final=immediate)
+        except ExchangeError as e:
+            logger.warning("bybit create_order read-back failed key=%s order_id=%s err=%s",
+                           self._api_key_hint, order_id, type(e).__name__)
+            return _acked_order(request, order_id, mapping.ms(raw.get("time")) or now_ms())
+
+    def cancel_order(self, symbol: str, client_order_id: str | None = None,
+                     order_id: str | None = None) -> Order:
+        """``POST /v5/order/cancel`` then read the order back until it is final.
+        Raises OrderNotFound (110001 unknown or already closed, 110008/110010) and,
+        on 10002, ClockSkew after resampling (a cancel is not retried here)."""
+        ref = _order_ref(symbol, client_order_id, order_id)
+        logger.info("bybit cancel_order key=%s symbol=%s order_id=%s coid=%s",
+                    self._api_key_hint, symbol, order_id, client_order_id)
+        raw = self._signed(lambda: self._http.cancel_order(**ref), retry_on_skew=False)
+        acked_id = str(mapping.result_of(raw).get("orderId") or order_id or "")
+        return self._read_back(symbol, acked_id, client_order_id, want_final=True)
+
+    def _read_back(self, symbol: str, order_id: str, client_order_id: str | None,
+                   want_final: bool) -> Order:
+        """``get_order`` with short pauses (``LOOKUP_DELAYS_S``) while the order is not
+        visible yet, or (``want_final``) not final yet; returns the last state seen."""
+        last: Order | None = None
+        for delay in (0.0, *LOOKUP_DELAYS_S):
+            if delay:
+                time.sleep(delay)
+            try:
+                last = self.get_order(symbol, client_order_id=client_order_id,
+                                      order_id=order_id or None)
+            except OrderNotFound:
+                continue
+            if not want_final or last.status.is_final:
+                return last
+        if last is None:
+            raise OrderNotFound(EXCHANGE, 110001, "Order does not exist.")
+        return last
+
+    def get_fills(self, symbol: str, order_id: str | None = None,
+                  start_time: int | None = None, limit: int = 500) -> list[Fill]:
+        """Trades from ``GET /v5/execution/list`` (pages of up to 100, newest first
+        on the wire), returned oldest first; ``start_time`` ms UTC (Bybit then
+        covers 7 days from it)."""
+        params: dict[str, Any] = {"category": CATEGORY, "symbol": symbol}
+        if order_id is not None:
+            params["orderId"] = str(order_id)
+        if start_time is not None:
+            params["startTime"] = int(start_time)
+        rows = self._paged(self._http.get_executions, params, min(100, max(1, int(limit))),
+                           max_rows=int(limit))
+        fills = [mapping.parse_fill(r) for r in rows if mapping.is_trade(r)]
+        return sorted(fills, key=lambda f: (f.time, f.trade_id))
+
+    def get_symbol_rules(self, symbol: str) -> SymbolRules:
+        """Rules of ``symbol`` from ``GET /v5/market/instruments-info?category=linear``,
+        cached per client for ``SYMBOL_RULES_TTL_S``. Raises InvalidOrder(10001) for an
+        unknown symbol."""
+        with self._rules_lock:
+            fetched = self._rules_fetched_at
+            fresh = fetched is not None and time.monotonic() - fetched < SYMBOL_RULES_TTL_S
+            rules = self._rules.get(symbol) if fresh else None
+        if rules is None and not fresh:
+            rows = self._paged(self._http.get_instruments_info, {"category": CATEGORY}, 1000,
+                               signed=False)
+            parsed = {r.symbol: r for r in (mapping.parse_instrument(row) for row in rows)}
+            with self._rules_lock:
+                self._rules, self._rules_fetched_at = parsed, time.monotonic()
+            rules = parsed.get(symbol)
+        if rules is None:
+            raise InvalidOrder(EXCHANGE, 10001, f"Invalid symbol {symbol}.")
+        return rules
+
+    def get_ticker(self, symbol: str) -> Ticker:
+        """``GET /v5/market/tickers?category=linear&symbol=`` -> last, mark, best bid/ask.
+        Raises InvalidOrder(10001) for an unknown symbol."""
+        raw = self._public(lambda: self._http.get_tickers(category=CATEGORY, symbol=symbol))
+        ticker = mapping.parse_ticker(raw)
+        if ticker is None:
+            raise InvalidOrder(EXCHANGE, 10001, f"Invalid symbol {symbol}.")
+        return ticker
+
+    def user_stream(self) -> BybitUserStream:
+        """A new, unconnected private stream for this key (its auth ``expires`` uses
+        this client's clock offset)."""
+        return BybitUserStream(self._api_key, self._api_secret, self.endpoints.ws_url,
+                               self.timeout_s, server_now_ms=self._stream_clock,
+                               key_hint=self._api_key_hint)
+
+    def _stream_clock(self) -> int:
+        if not self._clock_synced:
+            self.sync_clock()
+        return self.server_now_ms()
+
+    def close(self) -> None:
+        """Close the HTTP session; never raises."""
+        self._closed = True
+        try:
+            self._http.client.close()
+        except Exception as e:  # isolation boundary: close must not raise
+            logger.debug("bybit close failed key=%s err=%s", self._api_key_hint, type(e).__name__)
+
+
+def _order_ref(symbol: str, client_order_id: str | None, order_id: str | None) -> dict[str, str]:
+    if order_id is not None:
+        return {"category": CATEGORY, "symbol": symbol, "orderId": str(order_id)}
+    if client_order_id is not None:
+        return {"category": CATEGORY, "symbol": symbol, "orderLinkId": client_order_id}
+    raise ValueError("order_id or client_order_id is required")
+
+
+def order_params(request: OrderRequest) -> dict[str, Any]:
+    """``POST /v5/order/create`` body for ``request``: qty/price as plain decimal
+    strings, ``orderType`` Market/Limit, ``timeInForce`` GTC/IOC/FOK/PostOnly (LIMIT
+    only; GTX -> PostOnly; default GTC), ``reduceOnly`` a JSON bool, ``orderLinkId`` the
+    client order id. Raises InvalidOrder (code None) for an unsupported type, side or
+    time in force, or a LIMIT without price. Bybit doc ``order/create-order.mdx``.
+    """
+    order_type, side = request.type.upper(), request.side.upper()
+    if order_type not in ORDER_TYPE:
+        raise InvalidOrder(EXCHANGE, None, f"unsupported order type {request.type}")
+    if side not in SIDE:
+        raise InvalidOrder(EXCHANGE, None, f"unsupported side {request.side}")
+    params: dict[str, Any] = {
+        "category": CATEGORY,
+        "symbol": request.symbol,
+        "side": SIDE[side],
+        "orderType": ORDER_TYPE[order_type],
+        "qty": _plain(request.quantity),
+    }
+    if order_type == "LIMIT":
+        if request.price is None:
+            raise InvalidOrder(EXCHANGE, None, "LIMIT order without price")
+        tif = (request.time_in_force or "GTC").upper()
+        if tif not in TIME_IN_FORCE:
+            raise InvalidOrder(EXCHANGE, None, f"unsupported time in force {request.time_in_force}")
+        params["price"] = _plain(request.price)
+        params["timeInForce"] = TIME_IN_FORCE[tif]
+    params["orderLinkId"] = request.client_order_id
+    params["reduceOnly"] = bool(request.reduce_only)
+    return params
+
+
+def _acked_order(request: OrderRequest, order_id: str, at_ms: int) -> Order:
+    """The order as accepted (NEW, nothing filled) from the request and Bybit's ack."""
+    limit = request.type.upper() == "LIMIT"
+    return Order(
+        client_order_id=request.client_order_id, order_id=order_id, symbol=request.symbol,
+        side=request.side.upper(), type=request.type.upper(), status=OrderStatus.NEW,
+        price=Decimal(request.price or 0) if limit else Decimal(0),
+        quantity=Decimal(request.quantity), filled_quantity=Decimal(0), avg_price=Decimal(0),
+        time_in_force=(request.time_in_force or "GTC").upper() if limit else "IOC",
+        reduce_only=request.reduce_only, updated_at=at_ms)
+
+
+def _plain(d: Decimal) -> str:
+    """Decimal as a plain decimal string (``Decimal("1E-3")`` -> ``"0.001"``)."""
+    return f"{Decimal(d):f}"

@@ -1,0 +1,91 @@
+"""A JSON-over-WebSocket connection on ``websocket-client`` (blocking sockets, so
+cooperative under eventlet's monkey patching), shared by the venues' streams."""
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import websocket
+
+from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
+
+
+class JsonWebSocket:
+    """One WebSocket whose text frames are JSON.
+
+    Args:
+        exchange: venue name for the errors raised.
+        what: a short label (``"mark price stream"``) for error messages.
+    """
+
+    def __init__(self, exchange: str, what: str) -> None:
+        self._exchange = exchange
+        self._what = what
+        self._ws: websocket.WebSocket | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the socket is open."""
+        return self._ws is not None
+
+    def connect(self, url: str, timeout_s: float) -> None:
+        """Open ``url``. Raises ExchangeTimeout or ExchangeUnavailable."""
+        try:
+            self._ws = websocket.create_connection(url, timeout=timeout_s,
+                                                   enable_multithread=True)
+        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
+            raise ExchangeTimeout(self._exchange, None, f"{self._what} connect timed out") from e
+        except (websocket.WebSocketException, OSError) as e:
+            raise ExchangeUnavailable(self._exchange, None,
+                                      f"{self._what} connect failed: {type(e).__name__}") from e
+
+    def send_json(self, payload: dict) -> None:
+        """Send one text frame. Raises ExchangeUnavailable when the socket is gone."""
+        ws = self._ws
+        if ws is None:
+            raise ExchangeUnavailable(self._exchange, None, f"{self._what} not connected")
+        try:
+            ws.send(json.dumps(payload))
+        except (websocket.WebSocketException, OSError, AttributeError) as e:
+            raise ExchangeUnavailable(self._exchange, None,
+                                      f"{self._what} send failed: {type(e).__name__}") from e
+
+    def recv_json(self, timeout_s: float) -> Any | None:
+        """The next JSON frame, or None on timeout or a non-data frame.
+
+        Raises ExchangeUnavailable when the socket is closed, broken or sends
+        something that is not JSON.
+        """
+        ws = self._ws
+        if ws is None:
+            raise ExchangeUnavailable(self._exchange, None, f"{self._what} not connected")
+        try:
+            ws.settimeout(timeout_s)
+            opcode, data = ws.recv_data()
+        except (websocket.WebSocketTimeoutException, socket.timeout):
+            return None
+        except (websocket.WebSocketException, OSError, AttributeError) as e:
+            # AttributeError: websocket-client drops ws.sock when closed concurrently.
+            raise ExchangeUnavailable(self._exchange, None,
+                                      f"{self._what} connection lost: {type(e).__name__}") from e
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            raise ExchangeUnavailable(self._exchange, None,
+                                      f"{self._what} closed by server code={code}")
+        if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise ExchangeUnavailable(self._exchange, None,
+                                      f"{self._what} sent a non-JSON frame") from e
+
+    def close(self) -> None:
+        """Close the socket; never raises."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except Exception:  # isolation boundary: close must not raise
+                pass

@@ -1,0 +1,190 @@
+"""TickerHub: one upstream market stream per (exchange, testnet, symbol), shared by
+every subscriber, stopped when the last one leaves.
+
+Subscribers are Socket.IO connections (they get ``ticker`` envelopes in room
+``ticker_<exchange>_<SYMBOL>``, mainnet only, as CONTRACT.md fixes the room name)
+and account streams (they get a callback with each tick to revalue positions).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Callable
+
+from exchanges.base import MarketStream
+from exchanges.errors import ExchangeError
+from exchanges.types import Ticker
+from services.account_state import now_ms
+from services.serialize import dec
+
+logger = logging.getLogger(__name__)
+
+VenueSymbol = tuple[str, bool, str]  # (exchange, testnet, SYMBOL)
+OpenStream = Callable[[str, bool, str], MarketStream]
+
+
+def ticker_room(exchange: str, symbol: str) -> str:
+    """CONTRACT.md room of a symbol's tickers."""
+    return f"ticker_{exchange}_{symbol}"
+
+
+class _Upstream:
+    def __init__(self, key: VenueSymbol) -> None:
+        self.key = key
+        self.subscribers: dict[str, Callable[[Ticker], None] | None] = {}
+        self.running = True
+        self.stream: MarketStream | None = None
+        self.last: Ticker | None = None
+        self.seq = 0
+        self.state = "reconnecting"
+        self.ticks = 0
+
+
+class TickerHub:
+    """Owns the market streams.
+
+    Args:
+        open_stream: builds a not yet connected MarketStream for (exchange, testnet, symbol).
+        publish: emits an envelope (``{"type": "ticker", ...}``) to its room.
+        spawn: starts a background task; sleep: cooperative sleep.
+    """
+
+    def __init__(self, open_stream: OpenStream, publish: Callable[[dict], None],
+                 spawn: Callable, sleep: Callable[[float], None],
+                 backoff_max_s: float = 30.0) -> None:
+        self._open = open_stream
+        self._publish = publish
+        self._spawn = spawn
+        self._sleep = sleep
+        self._backoff_max_s = backoff_max_s
+        self._lock = threading.Lock()
+        self._upstreams: dict[VenueSymbol, _Upstream] = {}
+
+    def subscribe(self, exchange: str, testnet: bool, symbol: str, subscriber: str,
+                  on_tick: Callable[[Ticker], None] | None = None) -> Ticker | None:
+        """Add ``subscriber`` (``sid:<sid>`` or ``key:<id>``) to the symbol's stream,
+        starting it if needed; returns the last tick known (None if none yet)."""
+        key = (exchange, testnet, symbol)
+        with self._lock:
+            up = self._upstreams.get(key)
+            started = up is None
+            if up is None:
+                up = self._upstreams[key] = _Upstream(key)
+            up.subscribers[subscriber] = on_tick
+        if started:
+            self._spawn(self._run, up)
+            logger.info("market stream started exchange=%s testnet=%s symbol=%s", *key)
+        return up.last
+
+    def unsubscribe(self, exchange: str, testnet: bool, symbol: str, subscriber: str) -> None:
+        """Remove ``subscriber``; the stream stops when it was the last."""
+        key = (exchange, testnet, symbol)
+        with self._lock:
+            up = self._upstreams.get(key)
+            if up is None:
+                return
+            up.subscribers.pop(subscriber, None)
+            if up.subscribers:
+                return
+            del self._upstreams[key]
+        up.running = False
+        if up.stream is not None:
+            up.stream.close()
+        logger.info("market stream stopped exchange=%s testnet=%s symbol=%s", *key)
+
+    def unsubscribe_all(self, subscriber: str) -> None:
+        """Remove ``subscriber`` from every stream."""
+        with self._lock:
+            keys = [k for k, up in self._upstreams.items() if subscriber in up.subscribers]
+        for key in keys:
+            self.unsubscribe(*key, subscriber)
+
+    def envelope(self, exchange: str, symbol: str) -> dict | None:
+        """The last mainnet ticker envelope of ``symbol`` (``source: "cache"``)."""
+        with self._lock:
+            up = self._upstreams.get((exchange, False, symbol))
+        if up is None or up.last is None:
+            return None
+        return dict(self._envelope(up, up.last), source="cache")
+
+    def stats(self) -> dict:
+        """``{"streams", "by_state", "subscribers", "ticks"}``."""
+        with self._lock:
+            ups = list(self._upstreams.values())
+        by_state: dict[str, int] = {}
+        for up in ups:
+            by_state[up.state] = by_state.get(up.state, 0) + 1
+        return {"streams": len(ups), "by_state": by_state,
+                "subscribers": sum(len(u.subscribers) for u in ups),
+                "ticks": sum(u.ticks for u in ups)}
+
+    def stop_all(self) -> None:
+        """Stop every stream (shutdown)."""
+        with self._lock:
+            ups = list(self._upstreams.values())
+            self._upstreams.clear()
+        for up in ups:
+            up.running = False
+            if up.stream is not None:
+                up.stream.close()
+
+    # ---- the upstream loop -----------------------------------------------------
+    def _run(self, up: _Upstream) -> None:
+        failures = 0
+        while up.running:
+            try:
+                stream = self._open(*up.key)
+                stream.connect()
+                up.stream, up.state = stream, "live"
+                failures = 0
+                while up.running:
+                    for tick in stream.recv(1.0):
+                        self._deliver(up, tick)
+            except ExchangeError as e:
+                up.state = "reconnecting"
+                failures += 1
+                delay = min(self._backoff_max_s, 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+                if up.running:
+                    logger.warning("market stream error exchange=%s symbol=%s kind=%s retry_in_s=%.1f",
+                                   up.key[0], up.key[2], type(e).__name__, delay)
+                    self._sleep(delay)
+            except Exception:  # isolation boundary: one symbol's bug must not stop the hub
+                logger.exception("market stream crashed exchange=%s symbol=%s", up.key[0], up.key[2])
+                self._sleep(self._backoff_max_s)
+            finally:
+                if up.stream is not None:
+                    up.stream.close()
+                    up.stream = None
+        up.state = "down"
+
+    def _deliver(self, up: _Upstream, tick: Ticker) -> None:
+        up.ticks += 1
+        if up.last is not None and (up.last.mark_price, up.last.last_price, up.last.bid,
+                                    up.last.ask) == (tick.mark_price, tick.last_price,
+                                                     tick.bid, tick.ask):
+            return
+        up.last = tick
+        up.seq += 1
+        with self._lock:
+            subscribers = list(up.subscribers.items())
+        callbacks = [cb for _, cb in subscribers if cb is not None]
+        if not up.key[1] and any(cb is None for _, cb in subscribers):
+            env = self._envelope(up, tick)
+            env["sent_at"] = now_ms()
+            self._publish(env)
+        for cb in callbacks:
+            try:
+                cb(tick)
+            except Exception:  # isolation boundary: one subscriber's failure does not stop the next
+                logger.exception("tick subscriber failed symbol=%s", tick.symbol)
+
+    @staticmethod
+    def _envelope(up: _Upstream, tick: Ticker) -> dict:
+        exchange, testnet, symbol = up.key
+        return {"type": "ticker", "user_id": None, "key_id": None, "exchange": exchange,
+                "testnet": testnet, "seq": up.seq, "as_of": tick.ts, "sent_at": 0,
+                "source": "stream", "stale": False,
+                "data": {"symbol": symbol, "last_price": dec(tick.last_price),
+                         "mark_price": dec(tick.mark_price), "bid": dec(tick.bid),
+                         "ask": dec(tick.ask), "ts": tick.ts}}
