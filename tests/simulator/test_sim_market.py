@@ -27,6 +27,8 @@ def test_replay_walks_the_candles_in_order(sim, tmp_path):
     csv.write_text(CSV)
     ws = websocket.create_connection(f"{sim.ws_url}/ws/xrpusdt@markPrice", timeout=5)
     try:
+        # the stream pushes the current price at once (then every 3 s); skip that one
+        assert len(recv_json_until(ws, lambda fs: len(fs) >= 1, timeout=5)) == 1
         info = sim.replay("XRPUSDT", csv, seconds_per_candle=0.2)
         assert info["candles"] == 3 and info["points_total"] == 12
         frames = recv_json_until(ws, lambda fs: len(fs) >= len(PATH), timeout=10)
@@ -100,3 +102,14 @@ def test_random_walk_is_seeded_and_stays_on_the_tick():
     assert _walk(42) == _walk(42)
     assert _walk(42) != _walk(43)
     assert all(p % D("0.1") == 0 and p > 0 for p in _walk(1, 200))
+
+
+def test_mark_price_stream_pushes_on_its_interval_without_a_move(sim):
+    ws = websocket.create_connection(f"{sim.ws_url}/market/ws/btcusdt@markPrice@1s", timeout=5)
+    try:
+        frames = recv_json_until(ws, lambda fs: len(fs) >= 3, timeout=5)
+    finally:
+        ws.close()
+    assert len({f["p"] for f in frames}) == 1          # the price did not move...
+    gaps = [b["E"] - a["E"] for a, b in zip(frames, frames[1:])]
+    assert all(900 <= g <= 1500 for g in gaps), gaps   # ...yet a frame came every second
