@@ -29,6 +29,7 @@ from api import account, admin, auth, keys, orders
 from api.errors import register_error_handlers
 from config import Config, ConfigError, load_config
 from exchanges.factory import create_client, create_market_stream
+from exchanges.governor import Governors
 from extensions import limiter, socketio
 from models import Database
 from services import ledger
@@ -73,9 +74,12 @@ def _build_services(cfg: Config) -> Services:
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
 
+    governors = Governors()
+
     def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]
         return create_client(exchange, api_key, api_secret, testnet, cfg.venue(exchange, testnet),
-                             timeout_s=cfg.EXCHANGE_TIMEOUT_S)
+                             timeout_s=cfg.EXCHANGE_TIMEOUT_S,
+                             governor=governors.get(exchange, testnet))
 
     trading = TradingService(build_client, max_size=cfg.CLIENT_CACHE_MAX)
 
@@ -105,7 +109,7 @@ def _build_services(cfg: Config) -> Services:
         orders=OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S),
         streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
-        ledger_writer=writer, hub=hub, tickers=tickers)
+        ledger_writer=writer, hub=hub, tickers=tickers, governors=governors)
 
 
 class _LedgerFacade:

@@ -52,6 +52,7 @@ def stats():  # type: ignore[no-untyped-def]
     out["exchange_cache"] = svc.trading.stats()
     out["streams"] = svc.streams.stats()
     out["tickers"] = svc.tickers.stats()
+    out["rate_limits"] = svc.governors.stats()
     out["write_behind"] = svc.ledger_writer.stats()
     return out
 

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from exchanges.base import ExchangeClient, MarketStream
 from exchanges.errors import UnsupportedExchange
+from exchanges.governor import RateGovernor
 from exchanges.types import VenueEndpoints
 
 SUPPORTED_EXCHANGES = ("binance", "bybit")
 
 
 def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,
-                  endpoints: VenueEndpoints, timeout_s: float = 10.0) -> ExchangeClient:
-    """Return a ready client for ``exchange`` talking to ``endpoints``.
+                  endpoints: VenueEndpoints, timeout_s: float = 10.0,
+                  governor: RateGovernor | None = None) -> ExchangeClient:
+    """Return a ready client for ``exchange`` talking to ``endpoints``, its REST calls
+    admitted by the venue's shared ``governor`` when one is given.
 
     No network I/O happens here (python-binance's construction-time ping is off;
     pybit's ``HTTP`` does none).
@@ -19,7 +22,7 @@ def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,
     if exchange == "binance":
         from exchanges.binance.client import BinanceFuturesClient
         return BinanceFuturesClient(api_key, api_secret, testnet=testnet,
-                                    endpoints=endpoints, timeout_s=timeout_s)
+                                    endpoints=endpoints, timeout_s=timeout_s, governor=governor)
     if exchange == "bybit":
         from exchanges.bybit.client import BybitLinearClient
         return BybitLinearClient(api_key, api_secret, testnet=testnet,

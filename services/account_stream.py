@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 Publish = Callable[[dict], None]
 MARK_STALE_S = 3.0  # no mark tick for this long: poll positions by REST instead
+GAP_SLACK_MS = 5_000  # the gap fill starts this much before the last event seen
+# Binance: "A single connection to stream.binance.com is only valid for 24 hours"
+MAX_CONNECTION_S = 23.5 * 3600
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class StreamSettings:
     recv_timeout_s: float = 1.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
+    quiet_check_s: float = 300.0  # no account event for this long: check by REST
 
 
 class AccountStream:
@@ -86,6 +90,8 @@ class AccountStream:
         self._failures = 0
         self._tickers = tickers
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
+        self._resume_from_ms: int | None = None  # exchange time up to which events were seen
+        self._connected_at = self._last_event_at = 0.0
 
     # ---- public ------------------------------------------------------------------
     def stop(self) -> None:
@@ -143,10 +149,7 @@ class AccountStream:
             try:
                 client = self._get_client()
                 if self.stream is None and time.monotonic() >= next_stream_try:
-                    # stream first, snapshot second: an event that happens in between
-                    # waits in the socket and is applied after the snapshot
-                    self._open_stream(client)
-                    self._snapshot(client, force=True)
+                    self._connect(client)
                     self._failures = 0
                 if self.stream is not None:
                     self._consume(client)
@@ -179,14 +182,39 @@ class AccountStream:
         self._set_status("down")
 
     # ---- internals -----------------------------------------------------------------
-    def _open_stream(self, client: ExchangeClient) -> None:
+    def _connect(self, client: ExchangeClient) -> None:
+        """Stream first, snapshot second (an event that happens in between waits in the
+        socket and is applied after it), then, on a reconnect, the gap fill; only
+        then ``live``."""
+        symbols = self._symbols_of_interest()  # before the snapshot replaces them
         stream = client.user_stream()
         stream.connect()
         self.stream = stream
-        self._keepalive_at = time.monotonic() + stream.keepalive_interval_s
+        now = time.monotonic()
+        self._keepalive_at = now + stream.keepalive_interval_s
+        self._connected_at = self._last_event_at = now
+        self._snapshot(client, force=True)
+        if self._resume_from_ms is not None:
+            self._gap_fill(client, symbols | self._symbols_of_interest())
+        self._resume_from_ms = now_ms()
         self._set_status("live")
         logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
                     self.state.exchange)
+
+    def _symbols_of_interest(self) -> set[str]:
+        return self.state.position_symbols() | {o.symbol for o in (self.state.orders or {}).values()}
+
+    def _gap_fill(self, client: ExchangeClient, symbols: set[str]) -> None:
+        """Hand the ledger every fill since the last event seen before the drop (the
+        stream does not replay a gap); the ledger's upsert by trade id makes a fill
+        seen twice count once."""
+        since = (self._resume_from_ms or now_ms()) - GAP_SLACK_MS
+        found = 0
+        for symbol in sorted(symbols):
+            for fill in client.get_fills(symbol, start_time=since):
+                self._on_fill(fill)
+                found += 1
+        logger.info("gap fill key_id=%s symbols=%s fills=%s", self.state.key_id, len(symbols), found)
 
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
@@ -195,8 +223,10 @@ class AccountStream:
             return
         changed: set[str] = set()
         as_of = 0
+        now = time.monotonic()
         for event in events:
             self.events_seen += 1
+            self._last_event_at = now
             if isinstance(event, OrderEvent):
                 self.state.apply_order(event.order)
                 changed.add("orders")
@@ -212,11 +242,23 @@ class AccountStream:
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
                 self._drop_stream()
+                self._set_status("reconnecting")
                 return
         if changed:
             self._emit(tuple(changed), "stream", as_of or now_ms())
+        if as_of:
+            self._resume_from_ms = max(self._resume_from_ms or 0, as_of)
         if self._refresh_due or self._marks_stale():
             self._poll(client, kinds=("balance", "positions"), event_time=as_of or None)
+        if now - self._last_event_at > self.settings.quiet_check_s:
+            logger.info("quiet account stream checked by rest key_id=%s", self.state.key_id)
+            self._poll(client)
+            self._last_event_at = now
+        if now - self._connected_at > MAX_CONNECTION_S:
+            logger.info("account stream renewed before the 24 h limit key_id=%s", self.state.key_id)
+            self._drop_stream()
+            self._set_status("reconnecting")
+            return
         if time.monotonic() >= self._keepalive_at:
             self.stream.keepalive()
             self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from config import Config
+from exchanges.governor import Governors
 from models import Database
 from services.accounts import KeyService, UserService
 from services.ledger import LedgerWriter
@@ -33,6 +34,7 @@ class Services:
     ledger_writer: LedgerWriter
     hub: object
     tickers: TickerHub
+    governors: Governors
     started_monotonic: float = field(default_factory=time.monotonic)
 
     def message_queue_status(self) -> str:

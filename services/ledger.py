@@ -92,13 +92,13 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | N
 
 def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
     """Record one fill and move its trade forward (idempotent). True if the fill was new."""
-    trade = None
-    if fill.client_order_id:
-        # lock the trade first: every writer of a trade's fills takes this lock before
-        # inserting, so two writers of the same fill serialise instead of deadlocking
-        trade = session.scalars(select(Trade).where(
-            Trade.client_order_id == fill.client_order_id, Trade.key_id == key_id)
-            .with_for_update()).first()
+    # Lock the trade first: every writer of a trade's fills takes this lock before
+    # inserting, so two writers of the same fill serialise instead of deadlocking.
+    # REST fills (Binance userTrades) carry no clientOrderId: match the order id then.
+    match = (Trade.client_order_id == fill.client_order_id if fill.client_order_id
+             else Trade.entry_order_id == fill.order_id)
+    trade = session.scalars(select(Trade).where(match, Trade.key_id == key_id)
+                            .with_for_update()).first()
     new = upsert_fill(session, key_id, fill, trade.id if trade else None)
     if trade is not None and new:
         settle_trade_from_fills(session, trade)

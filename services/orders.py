@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from exchanges.base import ExchangeClient
-from exchanges.errors import ExchangeRejected, ExchangeUnavailable, OrderNotFound
+from exchanges.errors import (
+    ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound, RateLimited,
+)
 from exchanges.types import Order as OrderInfo, OrderRequest, SymbolRules
 from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
 from services import ledger
@@ -107,7 +109,7 @@ class OrderService:
                                reduce_only=reduce_only)
         try:
             order = client.create_order(request)
-        except ExchangeRejected as e:
+        except (ExchangeRejected, RateLimited) as e:  # refused: nothing was executed
             self._fail(trade.id, e)
             raise
         except ExchangeUnavailable:
@@ -150,12 +152,12 @@ class OrderService:
             ledger.settle_trade_from_fills(s, trade, order)
         return trade
 
-    def _fail(self, trade_id: int, error: ExchangeRejected) -> None:
+    def _fail(self, trade_id: int, error: ExchangeError) -> None:
         with self._db.transaction() as s:
             trade = s.get(Trade, trade_id)
             assert trade is not None
             trade.status = TradeStatus.FAILED.value
-            trade.error_code = str(error.code)
+            trade.error_code = str(error.code) if error.code is not None else type(error).__name__
             trade.error_message = error.message[:255]
             trade.closed_at = now_ms()
 

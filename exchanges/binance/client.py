@@ -29,7 +29,8 @@ from binance.client import Client
 from exchanges.binance import mapping
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.stream import BinanceUserStream
-from exchanges.errors import ClockSkew, InvalidOrder
+from exchanges.errors import ClockSkew, InvalidOrder, RateLimited
+from exchanges.governor import ORDER, QUERY, RateGovernor
 from exchanges.types import (
     Balance, Fill, Order, OrderRequest, Position, SymbolRules, Ticker, VenueEndpoints,
 )
@@ -65,13 +66,16 @@ class BinanceFuturesClient:
         endpoints: ``rest_url`` like ``https://fapi.binance.com`` (``/fapi`` and
             ``/api`` are appended) and ``ws_url`` like ``wss://fstream.binance.com``.
         timeout_s: per-request ``requests`` timeout, seconds.
+        governor: the venue's shared RateGovernor (None: no admission control).
     """
 
     exchange = EXCHANGE
 
     def __init__(self, api_key: str, api_secret: str, testnet: bool,
-                 endpoints: VenueEndpoints, timeout_s: float = 10.0) -> None:
+                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
+                 governor: RateGovernor | None = None) -> None:
         self.testnet = testnet
+        self._governor = governor
         self.created_at = now_ms()
         self.endpoints = endpoints
         self.timeout_s = timeout_s
@@ -100,8 +104,7 @@ class BinanceFuturesClient:
         offsets = []
         for _ in range(CLOCK_SAMPLES):
             before = time.time() * 1000
-            with binance_errors():
-                raw = self._client.futures_time()
+            raw = self._public(self._client.futures_time)
             server = mapping.parse_server_time(raw)
             after = time.time() * 1000
             offsets.append(int(server - (before + after) / 2))
@@ -111,7 +114,7 @@ class BinanceFuturesClient:
         logger.info("binance clock synced key=%s offset_ms=%s", self._api_key_hint, offset)
         return offset
 
-    def _signed(self, call: Callable[[], T], retry_on_skew: bool) -> T:
+    def _signed(self, call: Callable[[], T], retry_on_skew: bool, priority: str = QUERY) -> T:
         """Run a signed library call with error mapping and the clock-skew rule.
 
         ``retry_on_skew`` must be True only for idempotent GETs and ``create_order``
@@ -122,19 +125,38 @@ class BinanceFuturesClient:
         if not self._clock_synced:
             self.sync_clock()
         try:
-            with binance_errors():
-                return call()
+            return self._io(call, priority)
         except ClockSkew:
             logger.warning("binance clock skew key=%s retry=%s", self._api_key_hint, retry_on_skew)
             self.sync_clock()
             if not retry_on_skew:
                 raise
-            with binance_errors():
-                return call()
+            return self._io(call, priority)
 
     def _public(self, call: Callable[[], T]) -> T:
-        with binance_errors():
-            return call()
+        return self._io(call, QUERY)
+
+    def _io(self, call: Callable[[], T], priority: str) -> T:
+        """One request through the venue's rate governor (when there is one): refused
+        locally while backing off, its weight header recorded after the reply."""
+        gov = self._governor
+        if gov is not None:
+            gov.before(priority)
+        try:
+            with binance_errors():
+                return call()
+        except RateLimited as e:
+            if gov is not None:
+                gov.on_limited(e)
+            raise
+        finally:
+            if gov is not None:
+                gov.after(self._used_weight())
+
+    def _used_weight(self) -> int | None:
+        response = getattr(self._client, "response", None)
+        value = response.headers.get("X-MBX-USED-WEIGHT-1M") if response is not None else None
+        return int(value) if value and value.isdigit() else None
 
     # ---- ExchangeClient ------------------------------------------------------
 
@@ -194,7 +216,7 @@ class BinanceFuturesClient:
                     self._api_key_hint, request.symbol, request.side, request.type,
                     params["quantity"], request.client_order_id)
         raw = self._signed(lambda: self._client.futures_create_order(**params),
-                           retry_on_skew=True)
+                           retry_on_skew=True, priority=ORDER)
         return mapping.parse_order(raw)
 
     def cancel_order(self, symbol: str, client_order_id: str | None = None,
@@ -206,7 +228,7 @@ class BinanceFuturesClient:
         logger.info("binance cancel_order key=%s symbol=%s order_id=%s coid=%s",
                     self._api_key_hint, symbol, order_id, client_order_id)
         raw = self._signed(lambda: self._client.futures_cancel_order(**params),
-                           retry_on_skew=False)
+                           retry_on_skew=False, priority=ORDER)
         return mapping.parse_order(raw)
 
     def get_fills(self, symbol: str, order_id: str | None = None,

@@ -32,7 +32,7 @@ def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
         url = f"sqlite:///{tmp / 'e2e.sqlite3'}"
     else:
         url, drop = make_pg_database(request.getfixturevalue("pg_server"))
-    srv = start_server(url, sim.url, sim.ws_url, tmp)
+    srv = start_server(url, sim.url, sim.ws_url, tmp, extra_env={"EXCHANGE_TIMEOUT_S": "3"})
     yield srv
     srv.stop()
     if drop:
