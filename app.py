@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from api import account, admin, auth, keys, orders
+from api import account, admin, auth, keys, metrics, openapi, orders
 from api.errors import register_error_handlers
 from config import Config, ConfigError, load_config
 from exchanges.factory import create_client, create_market_stream
@@ -36,9 +36,11 @@ from services import ledger
 from services.accounts import KeyService, UserService
 from services.account_stream import StreamSettings
 from services.container import Services
+from services.metrics import Metrics
 from services.orders import OrderService
 from services.security import KeyCipher, TokenService
 from services.snapshots import SnapshotService
+from services.reconciler import Reconciler
 from services.streams import StreamManager
 from services.tickers import TickerHub
 from services.trading import TradingService
@@ -62,7 +64,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
                       cors_allowed_origins="*", max_http_buffer_size=cfg.MAX_CONTENT_LENGTH)
     app.extensions["pushsrv"] = _build_services(cfg)
-    for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp):
+    for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp):
         app.register_blueprint(bp)
     register_error_handlers(app)
     register_handlers(socketio)
@@ -93,23 +95,31 @@ def _build_services(cfg: Config) -> Services:
             exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
         hub.publish, socketio.start_background_task, socketio.sleep)
     streams_ref: list[StreamManager] = []
+    orders = OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S)
+    reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR)
     writer = ledger.LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
     ledger_api = _LedgerFacade(db, writer)
     streams = StreamManager(db, cipher, trading, hub.publish, socketio.start_background_task,
                             socketio.sleep, ledger_api,
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
-                            tickers=tickers)
+                            tickers=tickers, on_reconnected=reconciler.reconcile_key_id)
     streams_ref.append(streams)
+    metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
+                      ledger_writer=writer, governors=governors)
+    hub.on_stream_latency = metrics.observe_stream_latency
     socketio.start_background_task(writer.run)
+    if cfg.RECONCILE_INTERVAL_S > 0:
+        socketio.start_background_task(reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
+                                       socketio.sleep)
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
         keys=KeyService(db, cipher, build_client, trading, streams),
-        orders=OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S),
+        orders=orders, reconciler=reconciler,
         streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
-        ledger_writer=writer, hub=hub, tickers=tickers, governors=governors)
+        ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics)
 
 
 class _LedgerFacade:

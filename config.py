@@ -67,6 +67,8 @@ class Config:
     STREAM_RECV_TIMEOUT_S: float = 1.0
     ORDER_CONFIRM_TIMEOUT_S: float = 5.0
     MAX_WS_CONNECTIONS: int = 10_000
+    RECONCILE_INTERVAL_S: float = 60.0
+    RECONCILE_REPAIR: bool = False
     DEMO_USERNAME: str = "demo"
     DEMO_PASSWORD: str = ""
 
@@ -143,11 +145,13 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         values["SIMULATOR_REPLAY_CSV"] = env.get("SIMULATOR_REPLAY_CSV") or (
             str(default_csv) if default_csv.exists() else None)
     values["VENUE_URLS"] = venue_urls
+    values["RECONCILE_REPAIR"] = _bool(env.get("RECONCILE_REPAIR"), False)
     if env.get("MESSAGE_QUEUE_URL"):
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),
                        ("JWT_EXPIRES_S", int), ("POLL_INTERVAL_S", float),
                        ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int),
+                       ("RECONCILE_INTERVAL_S", float),
                        ("LOGIN_RATE_LIMIT", str)):
         if env.get(name):
             values[name] = cast(env[name])

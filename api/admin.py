@@ -53,6 +53,7 @@ def stats():  # type: ignore[no-untyped-def]
     out["streams"] = svc.streams.stats()
     out["tickers"] = svc.tickers.stats()
     out["rate_limits"] = svc.governors.stats()
+    out["reconcile"] = svc.reconciler.stats()
     out["write_behind"] = svc.ledger_writer.stats()
     return out
 
@@ -72,11 +73,12 @@ def clear_cache(user_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/reconcile")
 def reconcile():  # type: ignore[no-untyped-def]
-    """Settle pending trades by asking the exchange: ``{"checked", "fixed", "details"}``."""
+    """Reconcile the ledger with the exchange (all accounts with ledger activity, or
+    one user's): ``{"checked", "fixed", "details"}``."""
     data = request.get_json(silent=True) or {}
     if not isinstance(data, dict):
         raise ApiError("invalid_json", "request body must be a JSON object")
     user_id = data.get("user_id")
     if user_id is not None and (not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0):
         raise ApiError("validation_error", "user_id must be a positive integer", 400, "user_id")
-    return services().orders.reconcile_pending(user_id)
+    return services().reconciler.reconcile(user_id)

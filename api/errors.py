@@ -106,6 +106,9 @@ def register_error_handlers(app: Flask) -> None:
     def _any(e: Exception):  # type: ignore[no-untyped-def]
         err = to_api_error(e)
         if err is not None:
+            metrics = getattr(app.extensions.get("pushsrv"), "metrics", None)
+            if metrics is not None and isinstance(e, xe.ExchangeError):
+                metrics.count_exchange_error(e.exchange, type(e).__name__)
             return _respond(err)
         db = app.extensions.get("db")
         if isinstance(e, SQLAlchemyError):

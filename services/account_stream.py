@@ -64,6 +64,8 @@ class AccountStream:
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it).
         sleep: cooperative sleep (``socketio.sleep``).
+        on_reconnected: called with the key id after a reconnect went live (the
+            reconciler runs for the account).
         tickers: the shared TickerHub; while every open position's symbol gets mark
             price ticks, positions, pnl and balance are revalued from them and no
             periodic REST polling happens. None: poll while positions are open.
@@ -72,7 +74,8 @@ class AccountStream:
     def __init__(self, state: AccountState, get_client: Callable[[], ExchangeClient],
                  realized_pnl: Callable[[], object], publish: Publish,
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
-                 settings: StreamSettings = StreamSettings(), tickers=None) -> None:  # type: ignore[no-untyped-def]
+                 settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
+                 on_reconnected: Callable[[int], None] | None = None) -> None:
         self.state = state
         self._get_client = get_client
         self._realized_pnl = realized_pnl
@@ -89,6 +92,7 @@ class AccountStream:
         self._refresh_due = False
         self._failures = 0
         self._tickers = tickers
+        self._on_reconnected = on_reconnected
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
@@ -194,12 +198,15 @@ class AccountStream:
         self._keepalive_at = now + stream.keepalive_interval_s
         self._connected_at = self._last_event_at = now
         self._snapshot(client, force=True)
-        if self._resume_from_ms is not None:
+        reconnect = self._resume_from_ms is not None
+        if reconnect:
             self._gap_fill(client, symbols | self._symbols_of_interest())
         self._resume_from_ms = now_ms()
         self._set_status("live")
         logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
                     self.state.exchange)
+        if reconnect and self._on_reconnected is not None:
+            self._on_reconnected(self.state.key_id)
 
     def _symbols_of_interest(self) -> set[str]:
         return self.state.position_symbols() | {o.symbol for o in (self.state.orders or {}).values()}

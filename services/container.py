@@ -9,7 +9,9 @@ from exchanges.governor import Governors
 from models import Database
 from services.accounts import KeyService, UserService
 from services.ledger import LedgerWriter
+from services.metrics import Metrics
 from services.orders import OrderService
+from services.reconciler import Reconciler
 from services.security import KeyCipher, TokenService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
@@ -29,12 +31,14 @@ class Services:
     users: UserService
     keys: KeyService
     orders: OrderService
+    reconciler: Reconciler
     streams: StreamManager
     snapshots: SnapshotService
     ledger_writer: LedgerWriter
     hub: object
     tickers: TickerHub
     governors: Governors
+    metrics: Metrics | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
 
     def message_queue_status(self) -> str:

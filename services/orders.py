@@ -191,43 +191,21 @@ class OrderService:
         with self._db.session() as s:
             return list(s.scalars(stmt.order_by(Trade.id.desc()).limit(1000)))
 
-    def reconcile_pending(self, user_id: int | None = None, max_age_ms: int = 7 * 86_400_000,
-                          not_found_grace_ms: int = 60_000) -> dict:
-        """Settle ``pending`` trades by looking their ``client_order_id`` up on the
-        exchange (one account at a time, keys never mixed).
+    def settle_pending(self, trade: Trade, client: ExchangeClient,
+                       not_found_grace_ms: int = 60_000) -> str:
+        """Look a ``pending`` trade up on the exchange by ``client_order_id`` and record
+        what it says; returns the trade's status afterwards.
 
         A trade the exchange does not know becomes ``failed`` only once
         ``not_found_grace_ms`` (the maximum recvWindow, 60 s per Binance docs) has
-        passed since it was sent. Returns ``{"checked", "fixed", "details": [
-        {"client_order_id", "key_id", "from", "to"} or {..., "error"}]}``.
+        passed since it was sent; before that it stays ``pending``.
         """
-        since = now_ms() - max_age_ms
-        stmt = select(Trade).where(Trade.status == TradeStatus.PENDING.value,
-                                   Trade.created_at >= since)
-        if user_id is not None:
-            stmt = stmt.where(Trade.user_id == user_id)
-        with self._db.session() as s:
-            pending = list(s.scalars(stmt.order_by(Trade.key_id, Trade.id).limit(500)))
-        details, fixed = [], 0
-        for trade in pending:
-            detail = {"client_order_id": trade.client_order_id, "key_id": trade.key_id,
-                      "from": trade.status}
-            try:
-                key = get_owned_key(self._db, trade.user_id, trade.key_id)
-                client = self._client_for(key)
-                try:
-                    order = client.get_order(trade.symbol, client_order_id=trade.client_order_id)
-                except OrderNotFound as e:
-                    if now_ms() - (trade.sent_at or trade.created_at) < not_found_grace_ms:
-                        continue
-                    self._fail(trade.id, e)
-                    settled_status = TradeStatus.FAILED.value
-                else:
-                    settled_status = self.record(trade.key_id, trade.id, client, order).status
-            except (ExchangeUnavailable, NotFound, ExchangeRejected) as e:
-                details.append({**detail, "error": str(e)})
-                continue
-            if settled_status != trade.status:
-                fixed += 1
-                details.append({**detail, "to": settled_status})
-        return {"checked": len(pending), "fixed": fixed, "details": details}
+        try:
+            order = client.get_order(trade.symbol, client_order_id=trade.client_order_id)
+        except OrderNotFound as e:
+            if now_ms() - (trade.sent_at or trade.created_at) < not_found_grace_ms:
+                return trade.status
+            self._fail(trade.id, e)
+            return TradeStatus.FAILED.value
+        return self.record(trade.key_id, trade.id, client, order).status
+

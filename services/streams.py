@@ -30,11 +30,14 @@ class StreamManager:
         sleep: cooperative sleep (``socketio.sleep``).
         ledger: provides ``realized_pnl(key_id)`` and ``record_fill(key_id, fill)``.
         tickers: the shared TickerHub for mark prices (None: poll positions).
+        on_reconnected: run (as a background task) with a key id after its stream
+            reconnected (the reconciler).
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
                  publish: Publish, spawn: Callable, sleep: Callable[[float], None],
-                 ledger, settings: StreamSettings = StreamSettings(), tickers=None) -> None:  # type: ignore[no-untyped-def]
+                 ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
+                 on_reconnected: Callable[[int], None] | None = None) -> None:
         self._db = db
         self._cipher = cipher
         self._trading = trading
@@ -44,6 +47,7 @@ class StreamManager:
         self._ledger = ledger
         self._settings = settings
         self._tickers = tickers
+        self._on_reconnected = on_reconnected
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
         self.started = 0
@@ -65,7 +69,8 @@ class StreamManager:
             realized_pnl=lambda: self._ledger.realized_pnl(key_id),
             publish=self._publish,
             on_fill=lambda fill: self._ledger.record_fill(user_id, key_id, fill),
-            sleep=self._sleep, settings=self._settings, tickers=self._tickers)
+            sleep=self._sleep, settings=self._settings, tickers=self._tickers,
+            on_reconnected=self._reconnected if self._on_reconnected else None)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:
@@ -101,6 +106,10 @@ class StreamManager:
         if keys:
             logger.info("account streams stopped user_id=%s count=%s", user_id, len(keys))
         return keys
+
+    def _reconnected(self, key_id: int) -> None:
+        assert self._on_reconnected is not None
+        self._spawn(self._on_reconnected, key_id)
 
     def fills_recorded(self, key_id: int) -> None:
         """The ledger made fills of ``key_id`` durable: push the new realized PnL."""

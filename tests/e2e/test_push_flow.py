@@ -135,3 +135,16 @@ def test_bad_subscriptions_get_a_not_ok_ack(account, listen) -> None:  # type: i
     assert ack["ok"] is False and ack["error"]["code"] == "key_not_found"
     ack = lst.call("unsubscribe", {"types": ["balance"]})
     assert ack == {"ok": True, "subscribed": []}
+
+
+def test_cancel_that_raced_a_fill_ends_open_with_the_fill(account, sim) -> None:  # type: ignore[no-untyped-def]
+    sim.set_price("BTCUSDT", "60000")
+    r = account.post("/api/orders", {"key_id": account.key_id, "symbol": "BTCUSDT", "side": "BUY",
+                                     "type": "LIMIT", "quantity": "0.010", "price": "55000"})
+    trade = r.json()["trade"]
+    sim.fill(trade["entry_order_id"])  # the fill lands just before our cancel
+    r = account.delete(f"/api/orders/{trade['client_order_id']}?key_id={account.key_id}")
+    assert r.status_code == 200, r.text
+    t = r.json()["trade"]
+    assert t["status"] == "open" and t["filled_quantity"] == "0.01"
+    assert Decimal(t["entry_price"]) == Decimal("55000")

@@ -67,7 +67,8 @@ def start_server(database_url: str, sim_url: str, sim_ws_url: str, log_dir: Path
         "BINANCE_REST_URL": sim_url, "BINANCE_WS_URL": sim_ws_url,
         "BINANCE_TESTNET_REST_URL": sim_url, "BINANCE_TESTNET_WS_URL": sim_ws_url,
     })
-    env.update(extra_env or {})
+    env.update(extra_env or {})  # may pin SECRET_KEY etc. so that a restart keeps them
+    admin_token, secret_key = env["ADMIN_TOKEN"], env["SECRET_KEY"]
     log_path = log_dir / f"server-{port}.log"
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=str(ROOT), env=env,
                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)

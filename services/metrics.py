@@ -1,0 +1,166 @@
+"""Prometheus metrics of one app, in the app's own ``CollectorRegistry``.
+
+Never the global default registry: tests build several apps in one process, and
+each app's figures belong to that app alone.
+
+Two kinds of metrics:
+
+- read at scrape time by a custom collector from the services' existing
+  ``stats()`` methods (connections, subscriptions, client cache, streams,
+  write-behind queue, rate governors, pushes): no bookkeeping in hot paths;
+- observed as things happen: the push latency histogram (fed by the push hub for
+  envelopes with ``source == "stream"``) and the exchange errors answered by the
+  REST API.
+
+Labels carry only bounded values: account types, stream states, venue names,
+exchange names and exception class names. Never a user id, key id or secret.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "pushsrv"
+ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
+ACCOUNT_STREAM_STATES = ("live", "reconnecting", "polling", "down")
+TICKER_STREAM_STATES = ("live", "reconnecting", "down")
+# exchange event time -> emit, seconds
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class StatsSource(Protocol):
+    """Anything with a ``stats() -> dict`` method."""
+
+    def stats(self) -> dict:
+        """Current figures."""
+        ...
+
+
+class Metrics:
+    """The app's registry and the metrics observed outside a scrape.
+
+    Args:
+        hub, trading, streams, tickers, ledger_writer, governors: the services whose
+            ``stats()`` the collector reads at scrape time (``PushHub``,
+            ``TradingService``, ``StreamManager``, ``TickerHub``, ``LedgerWriter``,
+            ``Governors``).
+    """
+
+    def __init__(self, *, hub: StatsSource, trading: StatsSource, streams: StatsSource,
+                 tickers: StatsSource, ledger_writer: StatsSource, governors: StatsSource) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.push_latency = Histogram(
+            f"{PREFIX}_push_latency_seconds",
+            "Exchange event time to Socket.IO emit for stream-sourced pushes, seconds "
+            "(negative clock differences count as 0)",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.exchange_errors = Counter(
+            f"{PREFIX}_api_exchange_errors",
+            "Exchange errors answered by the REST API, by exchange and error class",
+            ["exchange", "kind"], registry=self.registry)
+        self.registry.register(_StatsCollector(hub=hub, trading=trading, streams=streams,
+                                               tickers=tickers, ledger_writer=ledger_writer,
+                                               governors=governors))
+
+    def observe_stream_latency(self, seconds: float) -> None:
+        """Record one push latency (exchange event time -> emit) in seconds; the push
+        hub calls this in its emit path, so it must stay cheap and never raise."""
+        self.push_latency.observe(max(0.0, seconds))
+
+    def count_exchange_error(self, exchange: str, kind: str) -> None:
+        """Count one exchange error turned into an API answer. ``exchange``:
+        ``"binance"``/``"bybit"``; ``kind``: the ExchangeError subclass name."""
+        self.exchange_errors.labels(exchange=exchange or "unknown", kind=kind).inc()
+
+
+class _StatsCollector(Collector):
+    """Builds gauge and counter families from the services' ``stats()`` at scrape time."""
+
+    def __init__(self, **sources: StatsSource) -> None:
+        self._src = sources
+
+    def describe(self) -> Iterable[Metric]:
+        """No up-front description: the families are built at collect time."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """One family per figure; a failing source is logged and skipped, so one
+        broken service never empties the whole scrape."""
+        for name, build in (("hub", _hub_families), ("trading", _trading_families),
+                            ("streams", _stream_families), ("tickers", _ticker_families),
+                            ("ledger_writer", _ledger_families), ("governors", _governor_families)):
+            try:
+                families = list(build(self._src[name].stats()))
+            except Exception:  # isolation boundary: one source's failure
+                logger.exception("metrics source failed source=%s", name)
+                continue
+            yield from families
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _by_label(kind: type, name: str, doc: str, label: str, values: dict[str, Any],
+              known: Iterable[str] = ()) -> Metric:
+    family = kind(f"{PREFIX}_{name}", doc, labels=[label])
+    for key in list(known) + sorted(k for k in values if k not in set(known)):
+        family.add_metric([str(key)], float(values.get(key, 0) or 0))
+    return family
+
+
+def _hub_families(s: dict) -> Iterable[Metric]:
+    yield _gauge("ws_connections", "Open Socket.IO connections", s["connections"])
+    yield _gauge("users_online", "Users with at least one open connection", s["users_online"])
+    yield _by_label(GaugeMetricFamily, "subscriptions", "Connections subscribed, by account type",
+                    "type", s["subscriptions"], ACCOUNT_TYPES)
+    yield _by_label(CounterMetricFamily, "pushes", "Envelopes emitted since start, by type",
+                    "type", s["push"]["by_type"], ACCOUNT_TYPES + ("ticker",))
+
+
+def _trading_families(s: dict) -> Iterable[Metric]:
+    yield _gauge("exchange_clients_cached", "Exchange clients in the per-user cache", s["size"])
+    yield CounterMetricFamily(f"{PREFIX}_exchange_clients_built",
+                              "Exchange clients built since start", value=s["builds"])
+
+
+def _stream_families(s: dict) -> Iterable[Metric]:
+    yield _by_label(GaugeMetricFamily, "account_streams", "Account streams (one per API key), by state",
+                    "state", s["by_state"], ACCOUNT_STREAM_STATES)
+
+
+def _ticker_families(s: dict) -> Iterable[Metric]:
+    yield _by_label(GaugeMetricFamily, "ticker_streams", "Shared market price streams, by state",
+                    "state", s["by_state"], TICKER_STREAM_STATES)
+
+
+def _ledger_families(s: dict) -> Iterable[Metric]:
+    yield _gauge("ledger_queue_depth", "Fills waiting in the write-behind queue", s["depth"])
+    yield CounterMetricFamily(f"{PREFIX}_ledger_fills_written",
+                              "Fills written by the write-behind writer since start", value=s["written"])
+    yield CounterMetricFamily(f"{PREFIX}_ledger_write_retries",
+                              "Failed write-behind attempts (retried) since start", value=s["retries"])
+
+
+def _governor_families(s: dict) -> Iterable[Metric]:
+    used = GaugeMetricFamily(f"{PREFIX}_rate_limit_weight_used",
+                             "Request weight used in the current minute, by venue", labels=["venue"])
+    limit = GaugeMetricFamily(f"{PREFIX}_rate_limit_weight_limit",
+                              "Request weight allowed per minute, by venue", labels=["venue"])
+    blocked = GaugeMetricFamily(f"{PREFIX}_rate_limit_blocked_seconds",
+                                "Time until requests to the venue are allowed again, seconds",
+                                labels=["venue"])
+    limited = CounterMetricFamily(f"{PREFIX}_rate_limit_exchange_limited",
+                                  "Rate-limit answers (429/418) received from the venue", labels=["venue"])
+    for venue, g in sorted(s.items()):
+        used.add_metric([venue], g["used_weight_1m"])
+        limit.add_metric([venue], g["weight_limit"])
+        blocked.add_metric([venue], g["blocked_for_ms"] / 1000)
+        limited.add_metric([venue], g["limited_by_exchange"])
+    yield from (used, limit, blocked, limited)

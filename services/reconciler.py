@@ -1,0 +1,206 @@
+"""Reconciliation: the exchange is the source of truth, the ledger is made to agree.
+
+Per account (one API key; keys are never mixed), at start-up, after every stream
+reconnect, every ``interval_s`` and on ``POST /admin/reconcile``:
+
+1. settle recent ``pending`` trades by ``client_order_id``;
+2. record fills the exchange has and the ledger lacks (symbols the ledger or the
+   exchange show activity in, over ``fill_lookback_ms``);
+3. compare open positions both ways: the ledger's net quantity per symbol (signed
+   filled quantity of its ``open``/``closing``/``exit_failed`` trades) against the
+   exchange's; each difference is reported (answer, log, counters) and, with
+   ``repair``, closed by an adjusting ``open`` trade at the exchange's entry price
+   (``order_type`` ``RECONCILED``), so that the ledger again matches the exchange.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from decimal import Decimal
+from typing import Callable
+
+from sqlalchemy import select
+
+from exchanges.base import ExchangeClient
+from exchanges.errors import ExchangeError
+from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
+from services import ledger
+from services.errors import ServiceError
+from services.orders import OrderService
+from services.serialize import dec
+
+logger = logging.getLogger(__name__)
+
+HOLDING = (TradeStatus.OPEN.value, TradeStatus.CLOSING.value, TradeStatus.EXIT_FAILED.value)
+
+
+class Reconciler:
+    """Settles the ledger against the exchange.
+
+    Args:
+        db: the database; orders: the OrderService (settles pending trades);
+        client_for: the cached exchange client of an ExchangeKey row;
+        repair: write adjusting trades for position differences (``RECONCILE_REPAIR``);
+        on_difference: called with each difference dict (logs, metrics);
+        pending_max_age_ms / fill_lookback_ms: how far back to look.
+    """
+
+    def __init__(self, db: Database, orders: OrderService,
+                 client_for: Callable[[ExchangeKey], ExchangeClient], repair: bool = False,
+                 pending_max_age_ms: int = 7 * 86_400_000,
+                 fill_lookback_ms: int = 86_400_000) -> None:
+        self._db = db
+        self._orders = orders
+        self._client_for = client_for
+        self.repair = repair
+        self._pending_max_age_ms = pending_max_age_ms
+        self._fill_lookback_ms = fill_lookback_ms
+        self._lock = threading.Lock()
+        self.runs = 0
+        self.differences = 0
+        self.repaired = 0
+        self.last_run_ms = 0
+
+    # ---- entry points ---------------------------------------------------------
+    def reconcile(self, user_id: int | None = None) -> dict:
+        """Every account with ledger activity (or all of ``user_id``'s keys).
+        ``{"checked", "fixed", "details": [...]}`` as ``POST /admin/reconcile`` answers."""
+        stmt = select(ExchangeKey).where(ExchangeKey.status != "deleted")
+        if user_id is not None:
+            stmt = stmt.where(ExchangeKey.user_id == user_id)
+        else:
+            active = select(Trade.key_id).where(Trade.status.in_(HOLDING + (TradeStatus.PENDING.value,)))
+            stmt = stmt.where(ExchangeKey.id.in_(active))
+        with self._db.session() as s:
+            keys = list(s.scalars(stmt.order_by(ExchangeKey.id)))
+        total = {"checked": 0, "fixed": 0, "details": []}
+        for key in keys:
+            result = self.reconcile_key(key)
+            for k in ("checked", "fixed"):
+                total[k] += result[k]
+            total["details"] += result["details"]
+        return total
+
+    def reconcile_key(self, key: ExchangeKey) -> dict:
+        """One account. Exchange errors are reported in ``details``, never raised."""
+        details: list[dict] = []
+        checked = fixed = 0
+        try:
+            client = self._client_for(key)
+            checked, fixed = self._settle_pending(key, client, details)
+            fixed += self._missing_fills(key, client, details)
+            checked += 1
+            fixed += self._positions(key, client, details)
+        except (ExchangeError, ServiceError, ValueError) as e:
+            details.append({"key_id": key.id, "error": f"{type(e).__name__}: {e}"})
+        with self._lock:
+            self.runs += 1
+            self.last_run_ms = now_ms()
+        return {"checked": checked, "fixed": fixed, "details": details}
+
+    def run_periodic(self, interval_s: float, sleep: Callable[[float], None],
+                     first_delay_s: float = 2.0) -> None:
+        """Reconcile every account with ledger activity now (start-up) and then every
+        ``interval_s`` seconds, forever (a background task)."""
+        sleep(first_delay_s)
+        while True:
+            try:
+                result = self.reconcile()
+                if result["fixed"]:
+                    logger.info("reconcile run checked=%s fixed=%s", result["checked"], result["fixed"])
+            except Exception:  # isolation boundary: the next period tries again
+                logger.exception("reconcile run failed")
+            sleep(interval_s)
+
+    def reconcile_key_id(self, key_id: int) -> None:
+        """Reconcile one account by key id (after a stream reconnect)."""
+        with self._db.session() as s:
+            key = s.get(ExchangeKey, key_id)
+        if key is not None and key.status != "deleted":
+            self.reconcile_key(key)
+
+    def stats(self) -> dict:
+        """``{"runs", "differences", "repaired", "last_run_ms", "repair"}``."""
+        with self._lock:
+            return {"runs": self.runs, "differences": self.differences,
+                    "repaired": self.repaired, "last_run_ms": self.last_run_ms,
+                    "repair": self.repair}
+
+    # ---- the three steps ----------------------------------------------------------
+    def _settle_pending(self, key: ExchangeKey, client: ExchangeClient,
+                        details: list[dict]) -> tuple[int, int]:
+        since = now_ms() - self._pending_max_age_ms
+        with self._db.session() as s:
+            pending = list(s.scalars(select(Trade).where(
+                Trade.key_id == key.id, Trade.status == TradeStatus.PENDING.value,
+                Trade.created_at >= since).order_by(Trade.id).limit(500)))
+        fixed = 0
+        for trade in pending:
+            status = self._orders.settle_pending(trade, client)
+            if status != trade.status:
+                fixed += 1
+                details.append({"client_order_id": trade.client_order_id, "key_id": key.id,
+                                "from": trade.status, "to": status})
+        return len(pending), fixed
+
+    def _missing_fills(self, key: ExchangeKey, client: ExchangeClient, details: list[dict]) -> int:
+        since = now_ms() - self._fill_lookback_ms
+        with self._db.session() as s:
+            symbols = set(s.scalars(select(Trade.symbol).where(
+                Trade.key_id == key.id, Trade.created_at >= since).distinct()))
+        symbols |= {p.symbol for p in client.get_positions()}
+        new = 0
+        for symbol in sorted(symbols):
+            fills = client.get_fills(symbol, start_time=since)
+            with self._db.transaction() as s:
+                for fill in fills:
+                    if ledger.apply_fill(s, key.id, fill):
+                        new += 1
+                        details.append({"key_id": key.id, "symbol": symbol,
+                                        "fill_recorded": fill.trade_id})
+        return new
+
+    def _positions(self, key: ExchangeKey, client: ExchangeClient, details: list[dict]) -> int:
+        exchange_net: dict[str, Decimal] = {}
+        entry: dict[str, Decimal] = {}
+        for p in client.get_positions():
+            exchange_net[p.symbol] = p.size if p.side == "LONG" else -p.size
+            entry[p.symbol] = p.entry_price
+        with self._db.session() as s:
+            rows = s.execute(select(Trade.symbol, Trade.side, Trade.filled_quantity).where(
+                Trade.key_id == key.id, Trade.status.in_(HOLDING))).all()
+        ledger_net: dict[str, Decimal] = {}
+        for r in rows:
+            signed = r.filled_quantity if r.side == "BUY" else -r.filled_quantity
+            ledger_net[r.symbol] = ledger_net.get(r.symbol, Decimal(0)) + signed
+        repaired = 0
+        for symbol in sorted(set(exchange_net) | set(ledger_net)):
+            ex, led = exchange_net.get(symbol, Decimal(0)), ledger_net.get(symbol, Decimal(0))
+            if ex == led:
+                continue
+            kind = ("exchange_only" if led == 0 else "ledger_only" if ex == 0 else "size_mismatch")
+            diff = {"key_id": key.id, "symbol": symbol, "difference": kind,
+                    "exchange": dec(ex), "ledger": dec(led), "repaired": False}
+            with self._lock:
+                self.differences += 1
+            if self.repair:
+                self._adjust(key, symbol, ex - led, entry.get(symbol))
+                diff["repaired"] = True
+                repaired += 1
+                with self._lock:
+                    self.repaired += 1
+            logger.warning("reconcile position difference key_id=%s symbol=%s kind=%s "
+                           "exchange=%s ledger=%s repaired=%s", key.id, symbol, kind,
+                           diff["exchange"], diff["ledger"], diff["repaired"])
+            details.append(diff)
+        return repaired
+
+    def _adjust(self, key: ExchangeKey, symbol: str, delta: Decimal, price: Decimal | None) -> None:
+        with self._db.transaction() as s:
+            s.add(Trade(user_id=key.user_id, key_id=key.id, exchange=key.exchange, symbol=symbol,
+                        side="BUY" if delta > 0 else "SELL", order_type="RECONCILED",
+                        quantity=abs(delta), filled_quantity=abs(delta), entry_price=price,
+                        status=TradeStatus.OPEN.value, opened_at=now_ms(),
+                        client_order_id="recon-" + uuid.uuid4().hex[:26],
+                        error_message="adjustment recorded by reconciliation"))
