@@ -37,12 +37,14 @@ from services.accounts import KeyService, UserService
 from services.account_stream import StreamSettings
 from services.container import Services
 from services.metrics import Metrics
+from services.exits import ExitService, ExitSettings
 from services.orders import OrderService
 from services.security import KeyCipher, TokenService
 from services.snapshots import SnapshotService
 from services.reconciler import Reconciler
 from services.streams import StreamManager
 from services.tickers import TickerHub
+from services.write_behind import LedgerWriter
 from services.trading import TradingService
 from ws.handlers import register_handlers
 from ws.hub import PushHub
@@ -97,7 +99,7 @@ def _build_services(cfg: Config) -> Services:
     streams_ref: list[StreamManager] = []
     orders = OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S)
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR)
-    writer = ledger.LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
+    writer = LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
     ledger_api = _LedgerFacade(db, writer)
     streams = StreamManager(db, cipher, trading, hub.publish, socketio.start_background_task,
                             socketio.sleep, ledger_api,
@@ -117,6 +119,8 @@ def _build_services(cfg: Config) -> Services:
         users=UserService(db, tokens),
         keys=KeyService(db, cipher, build_client, trading, streams),
         orders=orders, reconciler=reconciler,
+        exits=ExitService(db, client_for, socketio.start_background_task, hub.publish,
+                          ExitSettings(cfg.EXIT_MAX_RETRIES, cfg.EXIT_MAX_SLIPPAGE, cfg.EXIT_DEADLINE_S)),
         streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics)
@@ -125,14 +129,17 @@ def _build_services(cfg: Config) -> Services:
 class _LedgerFacade:
     """What a stream needs of the ledger: realized PnL and a non-blocking fill sink."""
 
-    def __init__(self, db: Database, writer: ledger.LedgerWriter) -> None:
+    def __init__(self, db: Database, writer: LedgerWriter) -> None:
         self._db, self._writer = db, writer
 
     def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
         return ledger.realized_pnl(self._db, key_id)
 
     def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
-        self._writer.submit(key_id, fill)
+        self._writer.submit_fill(key_id, fill)
+
+    def record_order(self, key_id: int, order) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit_order(key_id, order)
 
 
 def main() -> None:

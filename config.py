@@ -68,6 +68,9 @@ class Config:
     ORDER_CONFIRM_TIMEOUT_S: float = 5.0
     MAX_WS_CONNECTIONS: int = 10_000
     RECONCILE_INTERVAL_S: float = 60.0
+    EXIT_MAX_SLIPPAGE: int = 10  # ticks
+    EXIT_MAX_RETRIES: int = 5
+    EXIT_DEADLINE_S: float = 30.0
     RECONCILE_REPAIR: bool = False
     DEMO_USERNAME: str = "demo"
     DEMO_PASSWORD: str = ""
@@ -151,7 +154,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),
                        ("JWT_EXPIRES_S", int), ("POLL_INTERVAL_S", float),
                        ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int),
-                       ("RECONCILE_INTERVAL_S", float),
+                       ("RECONCILE_INTERVAL_S", float), ("EXIT_MAX_SLIPPAGE", int),
+                       ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str)):
         if env.get(name):
             values[name] = cast(env[name])

@@ -5,8 +5,8 @@ from flask import Blueprint, g, request
 
 from api.common import body, login_required, query_int, services
 from api.errors import ApiError
-from api.schemas import OrderCreate
-from models import Trade, TradeStatus
+from api.schemas import ClosePosition, OrderCreate
+from models import Exit, Trade, TradeStatus
 from services.serialize import dec
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
@@ -59,3 +59,32 @@ def trades():  # type: ignore[no-untyped-def]
                        f"{', '.join(sorted(STATUSES))}", 400, "status")
     rows = services().orders.trades(g.user_id, statuses, query_int("key_id"))
     return [trade_json(t) for t in rows]
+
+
+def exit_json(e: Exit) -> dict:
+    """An exit record (decimal strings, ms UTC)."""
+    return {"id": e.id, "key_id": e.key_id, "symbol": e.symbol, "side": e.side,
+            "quantity": dec(e.quantity), "status": e.status, "attempts": e.attempts,
+            "first_price": dec(e.first_price), "last_price": dec(e.last_price),
+            "exit_price": dec(e.exit_price), "realized_pnl": dec(e.realized_pnl),
+            "reason": e.reason, "created_at": e.created_at, "updated_at": e.updated_at}
+
+
+@bp.post("/positions/close")
+@login_required
+def close_position():  # type: ignore[no-untyped-def]
+    """202 ``{"exit", "started"}``: a FOK chase starts, or (``started`` false) the exit
+    already working for this position is returned (the duplicate-exit guard)."""
+    req = body(ClosePosition)
+    exit_, started = services().exits.close_position(g.user_id, req.key_id, req.symbol)
+    return {"exit": exit_json(exit_), "started": started}, 202
+
+
+@bp.get("/exits/<int:exit_id>")
+@login_required
+def get_exit(exit_id: int):  # type: ignore[no-untyped-def]
+    """200 the exit record; 404 for an unknown or another user's exit."""
+    exit_ = services().exits.get(g.user_id, exit_id)
+    if exit_ is None:
+        raise ApiError("not_found", f"no exit {exit_id}", 404)
+    return {"exit": exit_json(exit_)}

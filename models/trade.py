@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from enum import Enum
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, Money, now_ms
@@ -106,3 +106,40 @@ class Fill(Base):
     realized_pnl: Mapped[Decimal] = mapped_column(Money)
     is_maker: Mapped[bool] = mapped_column(Boolean, default=False)
     time: Mapped[int] = mapped_column(BigInteger)
+
+
+class ExitStatus(str, Enum):
+    """An exit's life: ``working`` (the FOK chase runs), ``filled``, ``failed``."""
+
+    WORKING = "working"
+    FILLED = "filled"
+    FAILED = "failed"
+
+
+class Exit(Base):
+    """One attempt to close a position: at most one ``working`` per (key, symbol),
+    enforced by a partial unique index (the duplicate-exit guard)."""
+
+    __tablename__ = "exits"
+    __table_args__ = (
+        Index("uq_exits_working_key_symbol", "key_id", "symbol", unique=True,
+              sqlite_where=text("status = 'working'"),
+              postgresql_where=text("status = 'working'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"))
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    quantity: Mapped[Decimal] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default=ExitStatus.WORKING.value)
+    attempts: Mapped[int] = mapped_column(default=0)
+    first_price: Mapped[Decimal | None] = mapped_column(Money)
+    last_price: Mapped[Decimal | None] = mapped_column(Money)
+    exit_price: Mapped[Decimal | None] = mapped_column(Money)
+    realized_pnl: Mapped[Decimal | None] = mapped_column(Money)
+    reason: Mapped[str | None] = mapped_column(String(255))
+    client_order_ids: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now_ms, onupdate=now_ms)

@@ -63,6 +63,7 @@ class AccountStream:
             dicts (``{"type": "stream_status", "user_id", "key_id", "exchange",
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it).
+        on_order: called with each order update seen on the stream (write-behind).
         sleep: cooperative sleep (``socketio.sleep``).
         on_reconnected: called with the key id after a reconnect went live (the
             reconciler runs for the account).
@@ -75,7 +76,8 @@ class AccountStream:
                  realized_pnl: Callable[[], object], publish: Publish,
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
                  settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
-                 on_reconnected: Callable[[int], None] | None = None) -> None:
+                 on_reconnected: Callable[[int], None] | None = None,
+                 on_order: Callable[[object], None] | None = None) -> None:
         self.state = state
         self._get_client = get_client
         self._realized_pnl = realized_pnl
@@ -93,6 +95,7 @@ class AccountStream:
         self._failures = 0
         self._tickers = tickers
         self._on_reconnected = on_reconnected
+        self._on_order = on_order
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
@@ -236,6 +239,8 @@ class AccountStream:
             self._last_event_at = now
             if isinstance(event, OrderEvent):
                 self.state.apply_order(event.order)
+                if self._on_order is not None:
+                    self._on_order(event.order)
                 changed.add("orders")
                 as_of = max(as_of, event.event_time)
                 if event.fill is not None:

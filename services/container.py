@@ -8,8 +8,9 @@ from config import Config
 from exchanges.governor import Governors
 from models import Database
 from services.accounts import KeyService, UserService
-from services.ledger import LedgerWriter
+from services.write_behind import LedgerWriter
 from services.metrics import Metrics
+from services.exits import ExitService
 from services.orders import OrderService
 from services.reconciler import Reconciler
 from services.security import KeyCipher, TokenService
@@ -32,6 +33,7 @@ class Services:
     keys: KeyService
     orders: OrderService
     reconciler: Reconciler
+    exits: ExitService
     streams: StreamManager
     snapshots: SnapshotService
     ledger_writer: LedgerWriter

@@ -1,6 +1,6 @@
 """The ledger's persistence: idempotent upserts of fills and orders, the trade
-state derived from its fills, realized PnL, and a write-behind writer so that no
-exchange event handler waits for the database.
+state derived from its fills, and realized PnL. (The write-behind writer that
+calls these for stream events is ``services.write_behind``.)
 
 Upserts are keyed by exchange ids (``(key_id, symbol, exchange_trade_id)`` for
 fills, ``(key_id, symbol, exchange_order_id)`` for orders): a replayed event writes
@@ -10,16 +10,11 @@ its fills, so applying the same fill again cannot move them.
 from __future__ import annotations
 
 import logging
-import queue
-import time
 from decimal import Decimal
-from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
 from models import Database, Fill, Order, Trade, TradeStatus, now_ms
@@ -61,12 +56,15 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
     return session.execute(stmt).rowcount == 1
 
 
+NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStatus.FAILED.value)
+
+
 def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | None = None) -> None:
     """Derive the trade's filled quantity, average entry price and fees from its fills
-    and the order's last state; move ``pending`` forward, never backward.
+    and the order's last state; the state only moves forward.
 
-    pending + any fill -> open; pending + order final with no fill -> canceled
-    (or failed when REJECTED/EXPIRED with nothing filled).
+    Any fill -> open (also from canceled/failed: a fill proves execution); pending
+    + order final with no fill -> canceled (or failed when REJECTED/EXPIRED).
     """
     rows = session.execute(select(Fill.quantity, Fill.price, Fill.fee)
                            .where(Fill.trade_id == trade.id)).all()
@@ -76,18 +74,32 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | N
         trade.filled_quantity = qty
         trade.entry_price = (notional / qty).quantize(Decimal("1e-12")).normalize()
         trade.fees = sum((r.fee for r in rows), Decimal(0))
-    if trade.status != TradeStatus.PENDING.value:
-        return
-    if qty > 0:
+    if qty > 0 and trade.status in NOT_EXECUTED:
+        # a fill proves execution: an entry seen canceled/failed/pending first (a cancel
+        # that raced a fill, updates out of order) ends open with its fills
         trade.status = TradeStatus.OPEN.value
         trade.opened_at = trade.opened_at or now_ms()
-    elif order is not None and order.status.is_final:
-        if order.status == OrderStatus.CANCELED:
-            trade.status = TradeStatus.CANCELED.value
-        elif order.status != OrderStatus.FILLED:
-            trade.status = TradeStatus.FAILED.value
+        trade.closed_at = None
+        trade.error_code = trade.error_message = None
+    elif trade.status == TradeStatus.PENDING.value and order is not None and order.status.is_final:
+        if order.status == OrderStatus.FILLED:
+            return  # its fills are on their way (stream or query); they open the trade
+        trade.status = (TradeStatus.CANCELED.value if order.status == OrderStatus.CANCELED
+                        else TradeStatus.FAILED.value)
+        if trade.status == TradeStatus.FAILED.value:
             trade.error_code = trade.error_code or order.status.value.lower()
         trade.closed_at = now_ms()
+
+
+def apply_order(session: Session, key_id: int, order: OrderInfo) -> None:
+    """Record an order update seen on a stream, linked to its trade by client order id."""
+    trade = session.scalars(select(Trade).where(
+        Trade.client_order_id == order.client_order_id, Trade.key_id == key_id)
+        .with_for_update()).first()
+    upsert_order(session, key_id, order, trade.id if trade else None)
+    if trade is not None:
+        session.flush()
+        settle_trade_from_fills(session, trade, order)
 
 
 def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
@@ -100,94 +112,9 @@ def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
     trade = session.scalars(select(Trade).where(match, Trade.key_id == key_id)
                             .with_for_update()).first()
     new = upsert_fill(session, key_id, fill, trade.id if trade else None)
-    if trade is not None and new:
+    if trade is not None:
         settle_trade_from_fills(session, trade)
     return new
-
-
-class LedgerWriter:
-    """Write-behind queue for fills seen on exchange streams.
-
-    ``submit`` never touches the database; one background worker writes in batches,
-    retrying with exponential backoff and jitter while the database is unavailable.
-    Nothing is dropped: the queue is unbounded here (bounding with backpressure is
-    the ledger issue's work) and its depth is reported.
-
-    Args:
-        db: the database.
-        on_recorded: called with a key id after its new fills were committed.
-    """
-
-    def __init__(self, db: Database, on_recorded: Callable[[int], None]) -> None:
-        self._db = db
-        self._on_recorded = on_recorded
-        self._queue: queue.Queue = queue.Queue()
-        self.written = 0
-        self.failures = 0
-        self.last_write_ms = 0.0
-        self._running = False
-
-    def submit(self, key_id: int, fill: FillEvent) -> None:
-        """Queue one fill of ``key_id`` for writing."""
-        self._queue.put((time.monotonic(), key_id, fill))
-
-    def run(self) -> None:
-        """The worker loop (start it as a background task)."""
-        self._running = True
-        while self._running:
-            try:
-                first = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < 200:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._write(batch)
-            except Exception:  # isolation boundary: keep the fills, retry later
-                logger.exception("ledger write failed batch=%s; requeued", len(batch))
-                self.failures += 1
-                for item in batch:
-                    self._queue.put(item)
-                time.sleep(1.0)
-
-    def stop(self, drain: bool = True) -> None:
-        """Stop the worker; with ``drain`` write what is queued first."""
-        self._running = False
-        if drain:
-            batch = []
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if batch:
-                self._write(batch)
-
-    def _write(self, batch: list) -> None:
-        started = time.monotonic()
-        for attempt in Retrying(retry=retry_if_exception_type(OperationalError),
-                                wait=wait_exponential_jitter(initial=0.1, max=5.0)):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    self.failures += 1
-                keys = set()
-                with self._db.transaction() as s:
-                    for _, key_id, fill in batch:
-                        if apply_fill(s, key_id, fill):
-                            keys.add(key_id)
-        self.written += len(batch)
-        self.last_write_ms = (time.monotonic() - started) * 1000
-        for key_id in keys:
-            self._on_recorded(key_id)
-
-    def stats(self) -> dict:
-        """``{"depth", "written", "retries", "last_write_ms"}``."""
-        return {"depth": self._queue.qsize(), "written": self.written,
-                "retries": self.failures, "last_write_ms": round(self.last_write_ms, 3)}
 
 
 def realized_pnl(db: Database, key_id: int) -> Decimal:

@@ -28,7 +28,8 @@ class StreamManager:
         publish: where envelopes go (the push hub's emit function).
         spawn: starts a background task (``socketio.start_background_task``).
         sleep: cooperative sleep (``socketio.sleep``).
-        ledger: provides ``realized_pnl(key_id)`` and ``record_fill(key_id, fill)``.
+        ledger: provides ``realized_pnl(key_id)``, ``record_fill(user_id, key_id, fill)``
+            and ``record_order(key_id, order)`` (non-blocking: write-behind).
         tickers: the shared TickerHub for mark prices (None: poll positions).
         on_reconnected: run (as a background task) with a key id after its stream
             reconnected (the reconciler).
@@ -69,6 +70,7 @@ class StreamManager:
             realized_pnl=lambda: self._ledger.realized_pnl(key_id),
             publish=self._publish,
             on_fill=lambda fill: self._ledger.record_fill(user_id, key_id, fill),
+            on_order=lambda order: self._ledger.record_order(key_id, order),
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None)
         with self._lock:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from flask_socketio import SocketIO
 
@@ -52,11 +53,14 @@ class PushHub:
 
     ``publish(envelope)`` is given to services: account envelopes go to their type's
     room, ``stream_status`` to the user's room. After each emit the hub yields so
-    that one burst never delays everyone else.
+    that one burst never delays everyone else. ``on_stream_latency`` (optional) is
+    called with each stream-sourced push's latency in seconds (the metrics histogram).
     """
 
-    def __init__(self, socketio: SocketIO) -> None:
+    def __init__(self, socketio: SocketIO,
+                 on_stream_latency: Callable[[float], None] | None = None) -> None:
         self._sio = socketio
+        self.on_stream_latency = on_stream_latency
         self._lock = threading.Lock()
         self._conns: dict[str, Connection] = {}
         self._by_user: dict[int, set[str]] = {}
@@ -102,6 +106,9 @@ class PushHub:
         if kind == "stream_status":
             payload = {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}
             self._sio.emit("stream_status", payload, to=room("user", envelope["user_id"]))
+        elif kind == "error":
+            self._sio.emit("error", {"code": envelope["code"], "message": envelope["message"]},
+                           to=room("user", envelope["user_id"]))
         elif kind == "ticker":
             self._sio.emit("ticker", envelope,
                            to=ticker_room(envelope["exchange"], envelope["data"]["symbol"]))
@@ -123,7 +130,10 @@ class PushHub:
         kind = envelope["type"]
         self.pushes[kind] = self.pushes.get(kind, 0) + 1
         if latency and envelope.get("source") == "stream":
-            self._latency_ms.append(envelope["sent_at"] - envelope["as_of"])
+            latency_ms = envelope["sent_at"] - envelope["as_of"]
+            self._latency_ms.append(latency_ms)
+            if self.on_stream_latency is not None:
+                self.on_stream_latency(latency_ms / 1000)
 
     def stats(self) -> dict:
         """Connection, subscription and push figures for ``/admin/stats``."""

@@ -32,7 +32,8 @@ def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
         url = f"sqlite:///{tmp / 'e2e.sqlite3'}"
     else:
         url, drop = make_pg_database(request.getfixturevalue("pg_server"))
-    srv = start_server(url, sim.url, sim.ws_url, tmp, extra_env={"EXCHANGE_TIMEOUT_S": "3"})
+    srv = start_server(url, sim.url, sim.ws_url, tmp, extra_env={"EXCHANGE_TIMEOUT_S": "3",
+                                                                         "EXIT_MAX_SLIPPAGE": "3"})
     yield srv
     srv.stop()
     if drop:

@@ -1,0 +1,159 @@
+"""Write-behind: stream events reach the database without any event handler waiting.
+
+Handlers update in-memory state, then ``submit_fill``/``submit_order`` here; one
+background worker writes in batches through the ledger's idempotent upserts (a
+replayed event writes nothing twice), retrying with exponential backoff and jitter
+for as long as the database is unavailable. Nothing is dropped: when the bounded
+queue is full, ``submit`` waits (backpressure on that one stream) and counts it.
+What a crash loses from the queue, the reconciler restores from the exchange.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import deque
+from typing import Callable
+
+from sqlalchemy.exc import OperationalError
+from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from exchanges.types import Fill as FillEvent, Order as OrderInfo
+from models import Database
+from services import ledger
+
+logger = logging.getLogger(__name__)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+
+
+class LedgerWriter:
+    """The write-behind queue and its worker.
+
+    Args:
+        db: the database.
+        on_recorded: called with a key id after new fills of it were committed.
+        max_depth: queue bound; beyond it ``submit`` blocks (backpressure).
+        batch_size: events per transaction at most.
+    """
+
+    def __init__(self, db: Database, on_recorded: Callable[[int], None],
+                 max_depth: int = 100_000, batch_size: int = 200) -> None:
+        self._db = db
+        self._on_recorded = on_recorded
+        self._queue: queue.Queue = queue.Queue(maxsize=max_depth)
+        self._batch_size = batch_size
+        self._running = False
+        self._inflight_since: float | None = None
+        self._latency_ms: deque[float] = deque(maxlen=10_000)
+        self.written = 0
+        self.retries = 0
+        self.failures = 0
+        self.backpressure_waits = 0
+        self.last_error: str | None = None
+
+    # ---- producers (exchange event handlers) ------------------------------------
+    def submit_fill(self, key_id: int, fill: FillEvent) -> None:
+        """Queue one fill of ``key_id``."""
+        self._put(("fill", key_id, fill))
+
+    def submit_order(self, key_id: int, order: OrderInfo) -> None:
+        """Queue one order update of ``key_id``."""
+        self._put(("order", key_id, order))
+
+    def _put(self, item: tuple) -> None:  # type: ignore[type-arg]
+        entry = (time.monotonic(),) + item
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.backpressure_waits += 1
+            logger.warning("write-behind queue full depth=%s; waiting", self._queue.qsize())
+            self._queue.put(entry)
+
+    # ---- the worker ----------------------------------------------------------------
+    def run(self) -> None:
+        """The worker loop (a background task) until ``stop()``."""
+        self._running = True
+        while self._running:
+            try:
+                batch = [self._queue.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write_keeping(batch)
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop the worker; with ``drain``, write what is queued first (shutdown)."""
+        self._running = False
+        batch = []
+        while drain:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if batch:
+            self._write_keeping(batch)
+
+    def _write_keeping(self, batch: list) -> None:
+        self._inflight_since = min(item[0] for item in batch)
+        try:
+            self._write(batch)
+        except Exception as e:  # isolation boundary: a bad batch is kept, not lost
+            self.failures += 1
+            self.last_error = type(e).__name__
+            logger.exception("write-behind batch failed size=%s; written one by one", len(batch))
+            for item in batch:  # isolate the poison event; the rest still lands
+                try:
+                    self._write([item])
+                except Exception:  # logged with its ids; the reconciler restores it
+                    logger.exception("write-behind event not writable kind=%s key_id=%s",
+                                     item[1], item[2])
+        finally:
+            self._inflight_since = None
+
+    def _write(self, batch: list) -> None:
+        for attempt in Retrying(retry=retry_if_exception_type(OperationalError),
+                                wait=wait_exponential_jitter(initial=0.1, max=5.0)):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.retries += 1
+                    self.last_error = "OperationalError"
+                keys = set()
+                with self._db.transaction() as s:
+                    for _, kind, key_id, event in batch:
+                        if kind == "fill":
+                            if ledger.apply_fill(s, key_id, event):
+                                keys.add(key_id)
+                        else:
+                            ledger.apply_order(s, key_id, event)
+        done = time.monotonic()
+        self._latency_ms.extend((done - item[0]) * 1000 for item in batch)
+        self.written += len(batch)
+        self.last_error = None
+        for key_id in keys:
+            self._on_recorded(key_id)
+
+    def stats(self) -> dict:
+        """``{"healthy", "depth", "written", "retries", "failures", "backpressure_waits",
+        "oldest_unwritten_age_ms", "write_latency_ms": {"p50", "p99"}, "last_error"}``;
+        latency is enqueue -> commit."""
+        now = time.monotonic()
+        oldest = self._inflight_since
+        try:
+            head = self._queue.queue[0][0]
+            oldest = head if oldest is None else min(oldest, head)
+        except IndexError:
+            pass
+        lat = sorted(self._latency_ms)
+        return {"healthy": self.last_error is None, "depth": self._queue.qsize(),
+                "written": self.written, "retries": self.retries, "failures": self.failures,
+                "backpressure_waits": self.backpressure_waits,
+                "oldest_unwritten_age_ms": int((now - oldest) * 1000) if oldest else 0,
+                "write_latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)},
+                "last_error": self.last_error}

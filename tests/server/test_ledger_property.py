@@ -1,0 +1,93 @@
+"""Property: any order of duplicated, reordered updates ends where the clean sequence does."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from sqlalchemy import delete, func, select
+
+from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
+from models import Database, ExchangeKey, Fill, Order, Trade, User
+from services import ledger
+from services.schema import upgrade
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'l.sqlite3'}"
+    upgrade(url)
+    database = Database(url)
+    with database.transaction() as s:
+        s.add(User(id=1, username="p", password_hash="x"))
+        s.flush()
+        s.add(ExchangeKey(id=1, user_id=1, exchange="binance", api_key="k", api_secret_encrypted=b"x"))
+    yield database
+    database.dispose()
+
+
+def _fill(i: int, qty: str, price: str) -> FillEvent:
+    return FillEvent(trade_id=str(100 + i), order_id="9", client_order_id="c-1", symbol="BTCUSDT",
+                     side="BUY", price=Decimal(price), quantity=Decimal(qty), fee=Decimal("0.01"),
+                     fee_asset="USDT", realized_pnl=Decimal(0), is_maker=True, time=1000 + i)
+
+
+def _order(status: OrderStatus, filled: str, t: int) -> OrderInfo:
+    return OrderInfo("c-1", "9", "BTCUSDT", "BUY", "LIMIT", status, Decimal("100"), Decimal("3"),
+                     Decimal(filled), Decimal("100"), "GTC", False, t)
+
+
+FILLS = [_fill(0, "1", "100"), _fill(1, "1.5", "99.5"), _fill(2, "0.5", "99")]
+ORDERS = [_order(OrderStatus.NEW, "0", 1), _order(OrderStatus.PARTIALLY_FILLED, "1", 2),
+          _order(OrderStatus.PARTIALLY_FILLED, "2.5", 3), _order(OrderStatus.FILLED, "3", 4)]
+EVENTS = [("fill", f) for f in FILLS] + [("order", o) for o in ORDERS]
+
+
+def _replay(db: Database, events: list) -> tuple:  # type: ignore[type-arg]
+    with db.transaction() as s:
+        for table in (Fill, Order, Trade):
+            s.execute(delete(table))
+        s.add(Trade(id=1, user_id=1, key_id=1, exchange="binance", symbol="BTCUSDT", side="BUY",
+                    order_type="LIMIT", quantity=Decimal("3"), price=Decimal("100"),
+                    client_order_id="c-1", entry_order_id="9"))
+    for kind, ev in events:
+        with db.transaction() as s:
+            if kind == "fill":
+                ledger.apply_fill(s, 1, ev)
+            else:
+                trade = s.get(Trade, 1)
+                ledger.upsert_order(s, 1, ev, 1)
+                s.flush()
+                ledger.settle_trade_from_fills(s, trade, ev)
+    with db.session() as s:
+        t = s.get(Trade, 1)
+        o = s.scalars(select(Order)).one()
+        n_fills = s.scalar(select(func.count()).select_from(Fill))
+        return (t.status, t.filled_quantity, t.entry_price, t.fees, o.status, o.filled_quantity,
+                n_fills)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(EVENTS))), min_size=0, max_size=12), st.randoms())
+def test_duplicated_reordered_updates_end_in_the_clean_state(db, extra, rnd) -> None:  # type: ignore[no-untyped-def]
+    clean = _replay(db, EVENTS)
+    assert clean[0] == "open" and clean[1] == Decimal("3") and clean[6] == 3
+    assert clean[4] == "FILLED"
+    noisy = EVENTS + [EVENTS[i] for i in extra]   # every update at least once, some again
+    rnd.shuffle(noisy)
+    assert _replay(db, noisy) == clean
+
+
+CANCEL_EVENTS = [("fill", FILLS[0]), ("order", _order(OrderStatus.NEW, "0", 1)),
+                 ("order", _order(OrderStatus.PARTIALLY_FILLED, "1", 2)),
+                 ("order", _order(OrderStatus.CANCELED, "1", 3))]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(range(len(CANCEL_EVENTS))), min_size=0, max_size=8), st.randoms())
+def test_a_cancel_that_raced_a_fill_ends_open_in_any_order(db, extra, rnd) -> None:  # type: ignore[no-untyped-def]
+    clean = _replay(db, CANCEL_EVENTS)
+    assert clean[0] == "open" and clean[1] == Decimal("1") and clean[4] == "CANCELED"
+    noisy = CANCEL_EVENTS + [CANCEL_EVENTS[i] for i in extra]
+    rnd.shuffle(noisy)
+    assert _replay(db, noisy) == clean
