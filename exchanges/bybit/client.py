@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from pybit import _helpers
+from pybit._http_manager import _V5HTTPManager
 from pybit.unified_trading import HTTP
 
 from exchanges.bybit import mapping
@@ -78,7 +79,13 @@ class _OffsetHTTP(HTTP):
     time_offset_ms: int = 0
 
     def __post_init__(self) -> None:
+        # pybit adds a StreamHandler to its module logger per session when the root
+        # logger has none: drop it, logging configuration is the application's.
+        pybit_logger = logging.getLogger(_V5HTTPManager.__module__)
+        before = list(pybit_logger.handlers)
         super().__post_init__()
+        for handler in [h for h in pybit_logger.handlers if h not in before]:
+            pybit_logger.removeHandler(handler)
         self.retry_codes = set()      # pybit turns an empty set into its defaults
         self.time_offset_ms = 0
 
@@ -140,7 +147,7 @@ class BybitLinearClient:
     @property
     def time_offset_ms(self) -> int:
         """Current server-minus-local clock offset, ms."""
-        return self._http.time_offset_ms
+        return int(self._http.time_offset_ms)
 
     def server_now_ms(self) -> int:
         """The server's clock as we estimate it (local + offset), ms UTC; no I/O."""
@@ -218,22 +225,19 @@ class BybitLinearClient:
         return mapping.parse_server_time(self._public(self._http.get_server_time))
 
     def get_balance(self) -> Balance:
-        """``GET /v5/account/wallet-balance?accountType=UNIFIED`` -> Balance (totals in
-        USD, assets per coin; see ``mapping.parse_balance``)."""
+        """``GET /v5/account/wallet-balance?accountType=UNIFIED`` (``mapping.parse_balance``)."""
         raw = self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
                            retry_on_skew=True)
         return mapping.parse_balance(raw)
 
     def get_positions(self) -> list[Position]:
-        """Open USDT-settled linear positions (``GET /v5/position/list`` with
-        ``settleCoin=USDT``, which returns only size > 0; pages of 200)."""
+        """Open positions: ``GET /v5/position/list?settleCoin=USDT`` (size > 0 only)."""
         rows = self._paged(self._http.get_positions,
                            {"category": CATEGORY, "settleCoin": SETTLE_COIN}, 200)
         return [p for p in (mapping.parse_position(r) for r in rows) if p is not None]
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
-        """``GET /v5/order/realtime`` for ``symbol`` (all USDT linear symbols when
-        None; pages of 50). Only orders in an open state are returned."""
+        """Open orders of ``symbol`` (all USDT symbols when None), ``/v5/order/realtime``."""
         params = {"category": CATEGORY}
         params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
         rows = self._paged(self._http.get_open_orders, params, 50)
@@ -344,8 +348,7 @@ class BybitLinearClient:
         return rules
 
     def get_ticker(self, symbol: str) -> Ticker:
-        """``GET /v5/market/tickers?category=linear&symbol=`` -> last, mark, best bid/ask.
-        Raises InvalidOrder(10001) for an unknown symbol."""
+        """``GET /v5/market/tickers``. Raises InvalidOrder(10001) for an unknown symbol."""
         raw = self._public(lambda: self._http.get_tickers(category=CATEGORY, symbol=symbol))
         ticker = mapping.parse_ticker(raw)
         if ticker is None:
@@ -353,8 +356,7 @@ class BybitLinearClient:
         return ticker
 
     def user_stream(self) -> BybitUserStream:
-        """A new, unconnected private stream for this key (its auth ``expires`` uses
-        this client's clock offset)."""
+        """A new, unconnected private stream (auth ``expires`` uses our clock offset)."""
         return BybitUserStream(self._api_key, self._api_secret, self.endpoints.ws_url,
                                self.timeout_s, server_now_ms=self._stream_clock,
                                key_hint=self._api_key_hint)

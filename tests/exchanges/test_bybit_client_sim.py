@@ -12,19 +12,17 @@ from decimal import Decimal as D
 import pytest
 
 from exchanges.bybit.client import BybitLinearClient
-from exchanges.errors import AuthFailed, ClockSkew, ExchangeUnavailable, OrderNotFound, RateLimited
+from exchanges.errors import (
+    AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance,
+    InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+)
 from exchanges.types import (
     AccountEvent, FillEvent, OrderEvent, OrderRequest, OrderStatus, VenueEndpoints,
 )
-from tests.support.simulator import REPO_ROOT, start_simulator
+from tests.support.simulator import start_simulator
 
 SYMBOL = "BTCUSDT"
 PRICE = D("50000")
-
-pytestmark = pytest.mark.skipif(
-    not any((REPO_ROOT / "exchanges" / "simulator").glob("bybit*")),
-    reason="the simulator has no Bybit v5 protocol layer yet")
-
 
 @pytest.fixture(scope="module")
 def sim():
@@ -74,7 +72,7 @@ def test_bad_key_is_auth_failed(endpoints):
     c = BybitLinearClient("no-such-key", "whatever", False, endpoints, 5)
     with pytest.raises(AuthFailed) as info:
         c.validate_credentials()
-    assert info.value.http_status == 401 or info.value.code == 10003
+    assert info.value.http_status == 401     # pybit raises on the status, body unread
     c.close()
 
 
@@ -82,7 +80,7 @@ def test_bad_secret_is_auth_failed(account, endpoints):
     c = BybitLinearClient(account[0], "wrong-secret", False, endpoints, 5)
     with pytest.raises(AuthFailed) as info:
         c.validate_credentials()
-    assert info.value.code == 10004 or info.value.http_status == 401
+    assert info.value.code == 10004
     c.close()
 
 
@@ -111,7 +109,8 @@ def test_market_order_fills_and_shows_in_positions_and_fills(client):
     assert again.order_id == o.order_id and again.status is OrderStatus.FILLED
     [p] = [p for p in client.get_positions() if p.symbol == SYMBOL]
     assert (p.side, p.size) == ("LONG", D("0.010"))
-    assert p.entry_price == o.avg_price and p.leverage > 0 and p.mark_price > 0
+    assert p.entry_price == o.avg_price and p.leverage == D("20") and p.mark_price > 0
+    assert p.margin_type == "cross"
     fills = client.get_fills(SYMBOL, order_id=o.order_id)
     assert sum(f.quantity for f in fills) == D("0.010")
     assert all(f.order_id == o.order_id and f.fee >= 0 for f in fills)
@@ -207,13 +206,66 @@ def test_user_stream_bad_secret_is_auth_failed(account, endpoints):
         c.close()
 
 
-def test_http_429_is_rate_limited(client, sim):
+def test_rate_limit_10006_is_rate_limited(client, sim):
     client.validate_credentials()
     sim.add_fault(kind="http_429", count=1)
     with pytest.raises(RateLimited) as info:
         client.get_balance()
-    assert info.value.http_status == 429 or info.value.code == 10006
+    assert info.value.code == 10006
+    assert info.value.retry_after_ms is not None and info.value.retry_after_ms > 0
     client.get_balance()
+
+
+def test_http_403_is_ip_banned(client, sim):
+    client.validate_credentials()
+    sim.add_fault(kind="http_418", count=1)
+    with pytest.raises(IpBanned) as info:
+        client.get_positions()
+    assert info.value.http_status == 403 and info.value.retry_after_ms > 0
+
+
+def test_http_5xx_is_unavailable(client, sim):
+    client.validate_credentials()
+    sim.add_fault(kind="http_5xx", count=1)
+    with pytest.raises(ExchangeUnavailable) as info:
+        client.get_open_orders()
+    assert info.value.http_status == 503
+
+
+def test_order_rejections(client):
+    with pytest.raises(InsufficientBalance) as info:
+        client.create_order(market("BUY", "5"))
+    assert info.value.code == 110007
+    with pytest.raises(InvalidOrder) as info:
+        client.create_order(market("BUY", "0.0001"))
+    assert info.value.code == 10001
+    req = market("BUY", "0.010")
+    client.create_order(req)
+    with pytest.raises(InvalidOrder) as info:
+        client.create_order(req)
+    assert info.value.code == 110072
+
+
+def test_reject_orders_fault_gives_rejected(client, sim):
+    sim.add_fault(kind="reject_orders", count=1)
+    o = client.create_order(OrderRequest(SYMBOL, "BUY", "LIMIT", D("0.010"), coid(),
+                                         price=PRICE * D("0.9")))
+    assert o.status is OrderStatus.REJECTED
+
+
+def test_timeout_on_create_then_reconcile_by_client_id(account, endpoints, sim):
+    c = BybitLinearClient(account[0], account[1], False, endpoints, timeout_s=1)
+    try:
+        c.validate_credentials()
+        sim.add_fault(kind="timeout", ms=2500, api_key=account[0])
+        req = market("BUY", "0.010")
+        with pytest.raises(ExchangeTimeout):
+            c.create_order(req)
+        time.sleep(1.6)     # let the held reply go
+        o = c.get_order(SYMBOL, client_order_id=req.client_order_id)
+        assert o.status is OrderStatus.FILLED
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("skew_ms", [-5000, 25000])

@@ -76,6 +76,17 @@ def test_plain_pybit_would_restore_its_retry_codes():
     plain.client.close()
 
 
+def test_no_pybit_log_handler_per_session(monkeypatch):
+    import logging
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])          # as in a process without logging setup
+    pybit_logger = logging.getLogger("pybit._http_manager")
+    before = list(pybit_logger.handlers)
+    for _ in range(3):
+        BybitLinearClient("k", "s", False, ENDPOINTS, 1).close()
+    assert pybit_logger.handlers == before
+
+
 def test_factory_builds_bybit():
     assert SUPPORTED_EXCHANGES == ("binance", "bybit")
     c = create_client("bybit", "k", "s", False, ENDPOINTS, 2)

@@ -1,0 +1,72 @@
+"""PostgreSQL unavailable for 10 s while fills arrive: no event lost, the write-behind
+queue drains afterwards, and pushes never stop meanwhile."""
+from __future__ import annotations
+
+import time
+
+from tests.conftest import make_pg_database
+from tests.e2e.conftest import Account, Listener
+from tests.support.server import free_port, start_server
+from tests.support.tcpproxy import TcpProxy
+
+
+def _wait(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url, drop = make_pg_database(pg_server)
+    proxy = TcpProxy(("127.0.0.1", 5432), free_port())
+    proxy.restore()
+    proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    server = start_server(proxied, sim.url, sim.ws_url, tmp_path,
+                          extra_env={"RECONCILE_INTERVAL_S": "0"})  # only write-behind may help
+    lst = None
+    try:
+        acct = Account(server, sim)
+        sim.set_price("BTCUSDT", "60000")
+        lst = Listener(server.url, acct.token)
+        lst.call("subscribe", {"types": ["orders", "positions"]})
+        lst.wait_for("stream_status", lambda d: d["state"] == "live")
+        trades = []
+        for price in ("50000", "50100", "50200"):
+            r = acct.post("/api/orders", {"key_id": acct.key_id, "symbol": "BTCUSDT", "side": "BUY",
+                                          "type": "LIMIT", "quantity": "0.010", "price": price})
+            assert r.status_code == 201, r.text
+            trades.append(r.json()["trade"])
+        lst.wait_for("orders", lambda d: len(d["data"]) == 3)
+
+        proxy.cut()
+        cut_at = time.monotonic()
+        mark = lst.mark()
+        for t in trades:
+            sim.fill(t["entry_order_id"])
+        # pushes go on without the database
+        lst.wait_for("positions", lambda d: d["data"] and d["data"][0]["size"] == "0.03", since=mark)
+        lst.wait_for("orders", lambda d: d["data"] == [], since=mark)
+        _wait(lambda: not acct.admin("GET", "/admin/stats").json()["write_behind"]["healthy"],
+              timeout=10)
+        time.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
+        during = acct.admin("GET", "/admin/stats").json()["write_behind"]
+        assert during["retries"] > 0 and during["oldest_unwritten_age_ms"] > 5000, during
+
+        proxy.restore()
+        drained = _wait(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
+            acct.admin("GET", "/admin/stats").json()["write_behind"]), timeout=30)
+        assert drained["written"] >= 6  # 3 fills + 3 order updates at least
+        opened = _wait(lambda: (lambda ts: ts if len(ts) == 3 else None)(
+            acct.get("/api/trades?status=open").json()), timeout=15)
+        assert sorted(t["filled_quantity"] for t in opened) == ["0.01"] * 3
+        assert {t["client_order_id"] for t in opened} == {t["client_order_id"] for t in trades}
+    finally:
+        if lst is not None:
+            lst.close()
+        server.stop()
+        proxy.cut()
+        drop()
