@@ -37,4 +37,7 @@ def create_market_stream(exchange: str, symbol: str, endpoints: VenueEndpoints,
     if exchange == "binance":
         from exchanges.binance.market import BinanceMarkPriceStream
         return BinanceMarkPriceStream(symbol, endpoints.ws_url, timeout_s)
+    if exchange == "bybit":
+        from exchanges.bybit.market import BybitTickerStream
+        return BybitTickerStream(symbol, endpoints.ws_url, timeout_s)
     raise UnsupportedExchange(f"no market stream for exchange {exchange!r}")

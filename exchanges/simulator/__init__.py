@@ -1,4 +1,4 @@
-"""A local, wire-compatible stand-in for Binance USD-M futures (Bybit v5 to follow).
+"""A local, wire-compatible stand-in for Binance USD-M futures (and Bybit v5 linear (protocol layers over one engine)).
 
 Run it with ``python -m exchanges.simulator --host 127.0.0.1 --port 9100``; the real
 ``python-binance`` client works against it unchanged once its base URLs point here.

@@ -8,7 +8,9 @@ Replies are JSON; errors are ``{"error": {"code": "snake_case", "message": "..."
   409 when it exists with another secret.
 - ``POST /_sim/price {"symbol", "price"}``: sets the mark/last price now -> 200.
 - ``POST /_sim/faults {...}`` -> 201; ``DELETE /_sim/faults`` -> 200; ``GET /_sim/faults``.
-- ``POST /_sim/orders/{order_id}/fill {"quantity"?, "price"?}`` -> 200 the order.
+- ``POST /_sim/orders/{order_id}/fill {"quantity"?, "price"?}`` -> 200 the order
+  (``order_id``: the engine's integer id, or an id a protocol layer hands out and
+  registered a parser for in ``order_id_parsers``, e.g. a Bybit ``orderId``).
 - ``GET /_sim/state[?api_key=K]`` -> everything (one account's part with ``api_key``).
 - ``POST /_sim/replay {"symbol", "csv", "seconds_per_candle"?: 1}`` -> 201.
 """
@@ -94,12 +96,14 @@ def fill_state(fill: Fill) -> dict:
 
 class Control:
     """The ``/_sim`` handlers. ``stream_snapshots``: callables returning the open streams
-    of each protocol layer (list of dicts)."""
+    of each protocol layer (list of dicts). ``order_id_parsers``: callables turning a
+    protocol layer's order id text into the engine id (None when not theirs)."""
 
     def __init__(self, engine: Engine, faults: FaultRegistry, stats: RequestStats,
                  market: MarketFeed, stream_snapshots: list[Callable[[], list[dict]]]) -> None:
         self.engine, self.faults, self.stats, self.market = engine, faults, stats, market
         self.stream_snapshots = stream_snapshots
+        self.order_id_parsers: list[Callable[[str], int | None]] = []
 
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -193,10 +197,15 @@ class Control:
 
     async def fill(self, request: web.Request) -> web.Response:
         """Fill a resting order now (partial when quantity < remaining)."""
+        text = request.match_info["order_id"]
         try:
-            order_id = int(request.match_info["order_id"])
+            order_id = int(text)
         except ValueError:
-            raise BadRequest("invalid_order_id", "order id must be an integer") from None
+            parsed = (parse(text) for parse in self.order_id_parsers)
+            order_id = next((i for i in parsed if i is not None), None)
+            if order_id is None:
+                raise BadRequest("invalid_order_id", "order id must be an integer or an "
+                                                     "exchange order id") from None
         body = await self._body(request)
         try:
             order = self.engine.fill_order(order_id, _decimal(body, "quantity", False),

@@ -1,7 +1,8 @@
 """Assembly of the simulator: one aiohttp app serving REST and WebSocket on one port.
 
 ``build_app(config)`` wires the protocol-neutral core (engine, market feed, faults,
-clock, request stats) to the Binance protocol layer and the ``/_sim`` control API.
+clock, request stats) to the Binance and Bybit protocol layers (one engine: an api key
+trades the same account through both) and the ``/_sim`` control API.
 ``serve(config)`` starts it inside a running event loop and returns the runner and
 the bound port (``port=0`` picks a free one), for ``__main__`` or for embedding.
 """
@@ -14,6 +15,10 @@ from aiohttp import web
 
 from exchanges.simulator.binance_api import BinanceApi
 from exchanges.simulator.binance_streams import BinanceStreams
+from exchanges.simulator.bybit_api import BybitApi
+from exchanges.simulator.bybit_format import parse_order_uuid
+from exchanges.simulator.bybit_ledger import BybitLedger
+from exchanges.simulator.bybit_streams import BybitStreams
 from exchanges.simulator.control import Control
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, RequestStats
@@ -55,6 +60,8 @@ class Simulator:
     binance_streams: BinanceStreams
     binance_api: BinanceApi
     control: Control
+    bybit_streams: BybitStreams
+    bybit_api: BybitApi
 
 
 SIM_KEY = web.AppKey("simulator", Simulator)
@@ -71,18 +78,27 @@ def build_app(config: SimConfig | None = None) -> web.Application:
                         volatility=config.volatility)
     streams = BinanceStreams(engine, faults, clock, validity_s=config.listen_key_ttl_s)
     api = BinanceApi(engine, faults, clock, stats, streams)
-    control = Control(engine, faults, stats, market, [streams.snapshot])
-    sim = Simulator(config, faults, clock, engine, stats, market, streams, api, control)
+    ledger = BybitLedger(engine)        # engine listener: before the Bybit fan-out
+    bybit_streams = BybitStreams(engine, faults, clock, ledger)
+    bybit_api = BybitApi(engine, faults, clock, stats, ledger)
+    control = Control(engine, faults, stats, market, [streams.snapshot, bybit_streams.snapshot])
+    control.order_id_parsers.append(parse_order_uuid)
+    sim = Simulator(config, faults, clock, engine, stats, market, streams, api, control,
+                    bybit_streams, bybit_api)
 
-    app = web.Application(middlewares=[control.middleware, api.middleware],
+    app = web.Application(middlewares=[control.middleware, api.middleware,
+                                       bybit_api.middleware],
                           client_max_size=1024 * 1024)
     app[SIM_KEY] = sim
     api.add_routes(app)
+    bybit_api.add_routes(app)
     control.add_routes(app)
     app.router.add_get("/private/ws", streams.handle_private)
     app.router.add_get("/private/ws/{key}", streams.handle_private)
     app.router.add_get("/ws/{name}", streams.handle_ws)
     app.router.add_get("/market/ws/{name}", streams.handle_ws)
+    app.router.add_get("/v5/private", bybit_streams.handle_private)
+    app.router.add_get("/v5/public/linear", bybit_streams.handle_public)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -92,6 +108,7 @@ async def _on_startup(app: web.Application) -> None:
     sim = app[SIM_KEY]
     sim.market.start()
     sim.binance_streams.start()
+    sim.bybit_streams.start()
     for symbol, path in sim.config.replays:
         sim.market.start_replay(symbol, path, sim.config.seconds_per_candle)
 
@@ -99,6 +116,7 @@ async def _on_startup(app: web.Application) -> None:
 async def _on_shutdown(app: web.Application) -> None:
     sim = app[SIM_KEY]
     await sim.binance_streams.stop()
+    await sim.bybit_streams.stop()
     await sim.market.stop()
 
 

@@ -109,6 +109,40 @@ class SimulatorProcess:
         client.API_URL = self.url + "/api"
         return client
 
+    def bybit_client(self, api_key: str, api_secret: str):  # -> pybit.unified_trading.HTTP
+        """A real pybit ``HTTP`` pointed at this simulator (``max_retries=1``,
+        ``retry_delay=0``: a 10002/10006 reply ends in one attempt; pybit still sleeps
+        until ``X-Bapi-Limit-Reset-Timestamp`` on 10006 unless ``retry_codes`` is
+        emptied after construction)."""
+        from pybit.unified_trading import HTTP
+        session = HTTP(api_key=api_key, api_secret=api_secret, testnet=False,
+                       max_retries=1, retry_delay=0)
+        session.endpoint = self.url
+        return session
+
+    def bybit_private_ws(self, api_key: str, api_secret: str,
+                         topics: Sequence[str] = ("order", "execution", "position", "wallet"),
+                         timeout: float = 5.0) -> websocket.WebSocket:
+        """A websocket-client socket on ``/v5/private``, authenticated with pybit's auth
+        frame (``expires`` 5 s ahead) and subscribed to ``topics`` in one frame (none when
+        empty). The replies are read; AssertionError when one says ``success: false``."""
+        import hashlib
+        import hmac
+        ws = websocket.create_connection(self.ws_url + "/v5/private", timeout=timeout)
+        expires = int(time.time() * 1000) + 5000
+        signature = hmac.new(api_secret.encode(), f"GET/realtime{expires}".encode(),
+                             hashlib.sha256).hexdigest()
+        frames = [{"op": "auth", "args": [api_key, expires, signature]}]
+        if topics:
+            frames.append({"op": "subscribe", "req_id": "sub-1", "args": list(topics)})
+        for frame in frames:
+            ws.send(json.dumps(frame))
+            [reply] = recv_json_until(ws, lambda fs: len(fs) == 1, timeout)
+            if not reply.get("success"):
+                ws.close()
+                raise AssertionError(f"{frame['op']} refused: {reply}")
+        return ws
+
     def log_text(self) -> str:
         """Everything the process has logged so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -1,0 +1,224 @@
+"""Bybit v5 order and execution endpoints (all private, ``category=linear`` only).
+
+- ``POST /v5/order/create``: ``Market``/``Limit``, ``timeInForce`` GTC/IOC/FOK/PostOnly
+  (Market always IOC), ``reduceOnly``, ``orderLinkId`` (<= 36 of ``[A-Za-z0-9_-]``,
+  unique for ever per account: a reuse is 110072), ``positionIdx`` 0 only. Conditional
+  and TP/SL parameters are refused with 10001 (not simulated). Reply ``{orderId,
+  orderLinkId}``: an acknowledgement; the state is read from ``/v5/order/realtime`` or
+  the ``order`` topic. The reject_orders fault acknowledges the order and ends it at
+  once with ``orderStatus`` Rejected.
+- ``POST /v5/order/cancel`` (``orderId`` wins over ``orderLinkId``; unknown or final ->
+  110001), ``POST /v5/order/cancel-all`` (``symbol`` or ``settleCoin``).
+- ``GET /v5/order/realtime``: open orders (newest first) by ``symbol``/``baseCoin``/
+  ``settleCoin``; by ``orderId``/``orderLinkId`` any order of the account whatever its
+  status (real Bybit keeps the recent 500 closed ones); ``openOnly=1``: closed only.
+- ``GET /v5/order/history``: all statuses, default window the last 7 days.
+- ``GET /v5/execution/list``: fills, newest first, default window the last 7 days.
+"""
+from __future__ import annotations
+
+import re
+
+from exchanges.simulator.bybit_auth import (
+    BybitError, Ctx, Handler, category, page, params_error,
+)
+from exchanges.simulator.bybit_format import (
+    SIDES, TYPES, execution_row, link_id, order_row, order_status, order_uuid,
+    parse_order_uuid,
+)
+from exchanges.simulator.bybit_ledger import BybitLedger
+from exchanges.simulator.engine import Engine
+from exchanges.simulator.faults import FaultRegistry
+from exchanges.simulator.models import GTX, LIMIT, MARGIN_ASSET, Order
+
+LINK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+TIF_IN = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "PostOnly": GTX}
+SIDE_IN = {v: k for k, v in SIDES.items()}
+TYPE_IN = {v: k for k, v in TYPES.items()}
+WEEK_MS = 7 * 24 * 3600 * 1000
+CLOSED_KEPT = 500
+UNSUPPORTED = ("triggerPrice", "takeProfit", "stopLoss", "tpslMode", "orderIv")
+
+
+class BybitOrders:
+    """The order handlers; ``table()`` lists ``(method, path, handler, private)``."""
+
+    def __init__(self, engine: Engine, faults: FaultRegistry, ledger: BybitLedger) -> None:
+        self.engine, self.faults, self.ledger = engine, faults, ledger
+
+    def table(self) -> list[tuple[str, str, Handler, bool]]:
+        """Routes served by this module."""
+        return [
+            ("POST", "/v5/order/create", self.create, True),
+            ("POST", "/v5/order/cancel", self.cancel, True),
+            ("POST", "/v5/order/cancel-all", self.cancel_all, True),
+            ("GET", "/v5/order/realtime", self.realtime, True),
+            ("GET", "/v5/order/history", self.history, True),
+            ("GET", "/v5/execution/list", self.executions, True),
+        ]
+
+    # ---- create / cancel -----------------------------------------------------------
+    async def create(self, ctx: Ctx) -> dict:
+        """Place an order; ``{orderId, orderLinkId}`` (see the module docstring)."""
+        p = ctx.params
+        category(p)
+        symbol = p.require("symbol")
+        spec = self.engine.spec(symbol)
+        side = SIDE_IN.get(p.require("side"))
+        type_ = TYPE_IN.get(p.require("orderType"))
+        if side is None or type_ is None:
+            raise params_error("side or orderType invalid")
+        qty = p.decimal("qty", required=True)
+        price = tif = None
+        if type_ == LIMIT:
+            price = p.decimal("price", required=True)
+            tif = TIF_IN.get(p.get("timeInForce") or "GTC")
+            if tif is None:
+                raise params_error("timeInForce invalid")
+            if price > 0 and not spec.on_tick(price):
+                raise params_error(f"price precision invalid, tickSize {spec.tick:f}")
+        if qty > 0 and not spec.on_step(qty):
+            raise params_error(f"qty precision invalid, qtyStep {spec.step:f}")
+        if p.integer("positionIdx", 0) != 0:
+            raise params_error("position idx not match position mode")
+        if any(p.get(name) is not None for name in UNSUPPORTED):
+            raise params_error("conditional and TP/SL orders are not simulated")
+        link = p.get("orderLinkId") or ""
+        if link and not LINK_ID_RE.match(link):
+            raise params_error("orderLinkId invalid")
+        if link and link in ctx.account.client_ids:
+            raise BybitError(110072, "OrderLinkedID is duplicate")
+        rejected = self.faults.take("reject_orders", ctx.api_key) is not None
+        with self.ledger.rejecting(ctx.api_key if rejected else None):
+            order = self.engine.place_order(
+                ctx.api_key, symbol, side, type_, qty, price=price, time_in_force=tif,
+                reduce_only=p.boolean("reduceOnly"), client_order_id=link,
+                force_expire=rejected)
+        return {"orderId": order_uuid(order.order_id), "orderLinkId": link}
+
+    def _find(self, ctx: Ctx, symbol: str | None = None) -> Order | None:
+        """The account's order named by ``orderId`` (wins) or ``orderLinkId``."""
+        text, link = ctx.params.get("orderId"), ctx.params.get("orderLinkId")
+        account = ctx.account
+        if text is not None:
+            order_id = parse_order_uuid(text)
+        elif link is not None:
+            order_id = account.client_ids.get(link)
+        else:
+            raise params_error("orderId or orderLinkId is required")
+        order = self.engine.orders.get(order_id) if order_id is not None else None
+        if order is None or order.api_key != account.api_key or \
+                (symbol is not None and order.symbol != symbol):
+            return None
+        return order
+
+    async def cancel(self, ctx: Ctx) -> dict:
+        """Cancel one open order; 110001 when unknown or already final."""
+        category(ctx.params)
+        symbol = ctx.params.require("symbol")
+        self.engine.spec(symbol)
+        order = self._find(ctx, symbol)
+        if order is None or not order.is_open:
+            raise BybitError(110001, "order not exists or too late to cancel")
+        self.engine.cancel_order(ctx.api_key, symbol, order.order_id)
+        return {"orderId": order_uuid(order.order_id), "orderLinkId": link_id(order)}
+
+    async def cancel_all(self, ctx: Ctx) -> dict:
+        """Cancel the open orders of ``symbol`` (or every symbol for ``settleCoin``)."""
+        category(ctx.params)
+        symbol, settle = ctx.params.get("symbol"), ctx.params.get("settleCoin")
+        if symbol is not None:
+            symbols = [symbol]
+        elif settle is not None:
+            symbols = list(self.engine.symbols) if settle == MARGIN_ASSET else []
+        else:
+            raise params_error("symbol or settleCoin is required")
+        done = []
+        for sym in symbols:
+            done += [{"orderId": order_uuid(o.order_id), "orderLinkId": link_id(o)}
+                     for o in self.engine.cancel_all(ctx.api_key, sym)]
+        return {"list": done, "success": "1"}
+
+    # ---- queries -------------------------------------------------------------------
+    def _matches(self, order: Order, symbol: str | None, base: str | None,
+                 settle: str | None) -> bool:
+        return (symbol is None or order.symbol == symbol) and \
+            (base is None or self.engine.symbols[order.symbol].base == base) and \
+            (settle is None or settle == MARGIN_ASSET)
+
+    def _listing(self, ctx: Ctx, orders: list[Order], shape: str) -> dict:
+        orders.sort(key=lambda o: o.order_id, reverse=True)     # newest first
+        chunk, cursor = page(orders, ctx.params, 20, 50)
+        return {"category": "linear", "nextPageCursor": cursor,
+                "list": [order_row(self.engine, self.ledger, o, shape) for o in chunk]}
+
+    async def realtime(self, ctx: Ctx) -> dict:
+        """Open orders, or one order by id whatever its status (module docstring)."""
+        p = ctx.params
+        category(p)
+        symbol, base, settle = p.get("symbol"), p.get("baseCoin"), p.get("settleCoin")
+        if p.get("orderId") is not None or p.get("orderLinkId") is not None:
+            order = self._find(ctx)
+            return self._listing(ctx, [order] if order is not None else [], "rest")
+        if symbol is None and base is None and settle is None:
+            raise params_error("symbol, baseCoin or settleCoin is required")
+        if symbol is not None:
+            self.engine.spec(symbol)
+        if p.integer("openOnly", 0) == 0:
+            orders = [o for o in ctx.account.open_orders.values()
+                      if self._matches(o, symbol, base, settle)]
+        else:
+            closed = [self.engine.orders[i] for i in ctx.account.order_ids
+                      if not self.engine.orders[i].is_open]
+            orders = [o for o in closed[-CLOSED_KEPT:] if self._matches(o, symbol, base, settle)]
+        return self._listing(ctx, orders, "rest")
+
+    def _window(self, ctx: Ctx) -> tuple[int, int]:
+        """``(startTime, endTime)``: both or neither (the last 7 days; no upper bound, so a
+        per-key clock_skew fault cannot hide fresh orders), at most 7 days apart."""
+        start, end = ctx.params.integer("startTime"), ctx.params.integer("endTime")
+        if start is None and end is None:
+            return ctx.now - WEEK_MS, ctx.now + WEEK_MS
+        if start is None or end is None:
+            start = end - WEEK_MS if start is None else start
+            end = start + WEEK_MS if end is None else end
+        if end < start or end - start > WEEK_MS:
+            raise params_error("startTime and endTime must be within 7 days")
+        return start, end
+
+    async def history(self, ctx: Ctx) -> dict:
+        """Orders of every status in the time window, newest first."""
+        p = ctx.params
+        category(p)
+        if p.get("orderId") is not None or p.get("orderLinkId") is not None:
+            order = self._find(ctx)
+            return self._listing(ctx, [order] if order is not None else [], "history")
+        symbol, base, settle = p.get("symbol"), p.get("baseCoin"), p.get("settleCoin")
+        status = p.get("orderStatus")
+        start, end = self._window(ctx)
+        orders = [o for o in (self.engine.orders[i] for i in ctx.account.order_ids)
+                  if start <= o.time <= end and self._matches(o, symbol, base, settle)
+                  and (status is None or order_status(o, self.ledger.order(o)) == status)]
+        return self._listing(ctx, orders, "history")
+
+    async def executions(self, ctx: Ctx) -> dict:
+        """Fills (``execType`` Trade) by symbol/orderId/orderLinkId/time, newest first."""
+        p = ctx.params
+        category(p)
+        symbol, base = p.get("symbol"), p.get("baseCoin")
+        exec_type = p.get("execType")
+        order_id: int | None = None
+        if p.get("orderId") is not None or p.get("orderLinkId") is not None:
+            order = self._find(ctx)
+            if order is None:
+                return {"category": "linear", "nextPageCursor": "", "list": []}
+            order_id = order.order_id
+        start, end = self._window(ctx)
+        fills = [f for f in reversed(ctx.account.fills)
+                 if start <= f.time <= end and exec_type in (None, "Trade")
+                 and (order_id is None or f.order_id == order_id)
+                 and (symbol is None or f.symbol == symbol)
+                 and (base is None or self.engine.symbols[f.symbol].base == base)]
+        chunk, cursor = page(fills, p, 50, 100)
+        return {"category": "linear", "nextPageCursor": cursor,
+                "list": [execution_row(self.engine, self.ledger, f) for f in chunk]}

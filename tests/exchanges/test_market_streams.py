@@ -1,0 +1,42 @@
+"""Public price streams of both venues against the simulator."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from exchanges.factory import create_market_stream
+from exchanges.types import VenueEndpoints
+from tests.support.simulator import start_simulator
+
+
+@pytest.fixture(scope="module")
+def sim():  # type: ignore[no-untyped-def]
+    proc = start_simulator()
+    yield proc
+    proc.stop()
+
+
+def _ticks_until(stream, predicate, tries: int = 20):  # type: ignore[no-untyped-def]
+    for _ in range(tries):
+        for tick in stream.recv(1.0):
+            if predicate(tick):
+                return tick
+    raise AssertionError("no matching tick")
+
+
+@pytest.mark.parametrize("exchange", ["binance", "bybit"])
+def test_price_moves_arrive_as_ticks(sim, exchange) -> None:  # type: ignore[no-untyped-def]
+    sim.set_price("ETHUSDT", "3400")
+    stream = create_market_stream(exchange, "ETHUSDT", VenueEndpoints(sim.url, sim.ws_url))
+    stream.connect()
+    try:
+        _ticks_until(stream, lambda t: t.mark_price == Decimal("3400"))
+        sim.set_price("ETHUSDT", "3411.5")
+        tick = _ticks_until(stream, lambda t: t.mark_price == Decimal("3411.5"))
+        assert tick.symbol == "ETHUSDT" and tick.ts > 0
+        if exchange == "bybit":   # the public ticker carries the book too
+            assert tick.bid == Decimal("3411.49") and tick.ask == Decimal("3411.51")
+            assert tick.last_price == Decimal("3411.5")
+    finally:
+        stream.close()
