@@ -21,7 +21,7 @@ logger = logging.getLogger("exchanges.simulator")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m exchanges.simulator",
-                                     description="Local Binance USD-M futures simulator")
+                                     description="Local Binance USD-M and Bybit v5 linear simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100, help="0 = any free port")
     parser.add_argument("--seed", type=int, default=None, help="random-walk seed")

@@ -66,6 +66,8 @@ def start_server(database_url: str, sim_url: str, sim_ws_url: str, log_dir: Path
         "HOST": "127.0.0.1", "PORT": str(port), "PYTHONUNBUFFERED": "1",
         "BINANCE_REST_URL": sim_url, "BINANCE_WS_URL": sim_ws_url,
         "BINANCE_TESTNET_REST_URL": sim_url, "BINANCE_TESTNET_WS_URL": sim_ws_url,
+        "BYBIT_REST_URL": sim_url, "BYBIT_WS_URL": sim_ws_url,
+        "BYBIT_TESTNET_REST_URL": sim_url, "BYBIT_TESTNET_WS_URL": sim_ws_url,
     })
     env.update(extra_env or {})  # may pin SECRET_KEY etc. so that a restart keeps them
     admin_token, secret_key = env["ADMIN_TOKEN"], env["SECRET_KEY"]
