@@ -26,7 +26,7 @@ def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,
     if exchange == "bybit":
         from exchanges.bybit.client import BybitLinearClient
         return BybitLinearClient(api_key, api_secret, testnet=testnet,
-                                 endpoints=endpoints, timeout_s=timeout_s)
+                                 endpoints=endpoints, timeout_s=timeout_s, governor=governor)
     raise UnsupportedExchange(f"no adapter for exchange {exchange!r}")
 
 

@@ -10,10 +10,10 @@ bad JSON into ``FailedRequestError(409)`` at once; ``retry_codes`` must be *empt
 10002/10006 raise ``InvalidRequestError`` instead of sleeping, widening
 ``recv_window`` by 2500 ms (10002) and ending in "Retries exceeded". Passing
 ``retry_codes=set()`` is not enough (``__post_init__`` swaps a falsy value for its
-defaults), so :class:`_OffsetHTTP` empties it after ``__post_init__``.
+defaults), so :class:`OffsetHTTP` empties it after ``__post_init__``.
 ``recv_window`` stays 5000 ms.
 
-Clock: pybit signs with the local clock; :class:`_OffsetHTTP` overrides
+Clock: pybit signs with the local clock; :class:`OffsetHTTP` overrides
 ``_prepare_headers`` to add ``time_offset_ms``, sampled from ``GET /v5/market/time``
 (median of 3) before the first signed call. On 10002 (ClockSkew) we resample once
 and, for GETs and ``create_order`` only, retry once (safe: the ``orderLinkId`` is
@@ -33,14 +33,12 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from pybit import _helpers
-from pybit._http_manager import _V5HTTPManager
-from pybit.unified_trading import HTTP
-
 from exchanges.bybit import mapping
 from exchanges.bybit.errors import EXCHANGE, bybit_errors
+from exchanges.bybit.http import OffsetHTTP
 from exchanges.bybit.stream import BybitUserStream
-from exchanges.errors import ClockSkew, ExchangeError, InvalidOrder, OrderNotFound
+from exchanges.errors import ClockSkew, ExchangeError, InvalidOrder, OrderNotFound, RateLimited
+from exchanges.governor import ORDER, QUERY, RateGovernor
 from exchanges.types import (
     Balance, Fill, Order, OrderRequest, OrderStatus, Position, SymbolRules, Ticker,
     VenueEndpoints,
@@ -72,39 +70,6 @@ def mask(secret: str | None, keep: int = 4) -> str:
     return secret[:keep] + "..." if secret else "-"
 
 
-class _OffsetHTTP(HTTP):
-    """pybit ``HTTP`` whose signed ``X-BAPI-TIMESTAMP`` is local clock +
-    ``time_offset_ms`` and whose internal retry codes are empty (see module doc)."""
-
-    time_offset_ms: int = 0
-
-    def __post_init__(self) -> None:
-        # pybit adds a StreamHandler to its module logger per session when the root
-        # logger has none: drop it, logging configuration is the application's.
-        pybit_logger = logging.getLogger(_V5HTTPManager.__module__)
-        before = list(pybit_logger.handlers)
-        super().__post_init__()
-        for handler in [h for h in pybit_logger.handlers if h not in before]:
-            pybit_logger.removeHandler(handler)
-        self.retry_codes = set()      # pybit turns an empty set into its defaults
-        self.time_offset_ms = 0
-
-    def _prepare_headers(self, payload: Any, recv_window: int,
-                         content_type: str = "application/json") -> dict[str, str]:
-        # Same headers as pybit 5.17.0 _V5HTTPManager._prepare_headers (HMAC, str
-        # payloads only), with the timestamp shifted by our clock offset.
-        timestamp = _helpers.generate_timestamp() + self.time_offset_ms
-        signature = self._auth(payload=payload, recv_window=recv_window, timestamp=timestamp)
-        return {
-            "Content-Type": content_type,
-            "X-BAPI-API-KEY": self.api_key,
-            "X-BAPI-SIGN": signature,
-            "X-BAPI-SIGN-TYPE": "2",
-            "X-BAPI-TIMESTAMP": str(timestamp),
-            "X-BAPI-RECV-WINDOW": str(recv_window),
-        }
-
-
 class BybitLinearClient:
     """``exchanges.base.ExchangeClient`` for one Bybit unified-account API key,
     trading ``category=linear`` USDT perpetuals.
@@ -116,19 +81,22 @@ class BybitLinearClient:
         endpoints: ``rest_url`` like ``https://api.bybit.com`` and ``ws_url`` like
             ``wss://stream.bybit.com`` (``/v5/private`` is appended).
         timeout_s: per-request ``requests`` timeout, seconds.
+        governor: the venue's shared RateGovernor (None: no admission control).
     """
 
     exchange = EXCHANGE
 
     def __init__(self, api_key: str, api_secret: str, testnet: bool,
-                 endpoints: VenueEndpoints, timeout_s: float = 10.0) -> None:
+                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
+                 governor: RateGovernor | None = None) -> None:
         self.testnet = testnet
+        self._governor = governor
         self.created_at = now_ms()
         self.endpoints = endpoints
         self.timeout_s = timeout_s
         self._api_key, self._api_secret = api_key, api_secret
         self._api_key_hint = mask(api_key)
-        self._http = _OffsetHTTP(api_key=api_key, api_secret=api_secret, testnet=False,
+        self._http = OffsetHTTP(api_key=api_key, api_secret=api_secret, testnet=False,
                                  timeout=timeout_s, recv_window=RECV_WINDOW_MS, max_retries=1,
                                  retry_delay=0, retry_codes=set(), log_requests=False)
         self._http.endpoint = endpoints.rest_url.rstrip("/")
@@ -169,25 +137,38 @@ class BybitLinearClient:
         logger.info("bybit clock synced key=%s offset_ms=%s", self._api_key_hint, offset)
         return offset
 
-    def _signed(self, call: Callable[[], T], retry_on_skew: bool) -> T:
+    def _signed(self, call: Callable[[], T], retry_on_skew: bool, priority: str = QUERY) -> T:
         """Run a signed pybit call with error mapping and the clock-skew rule
         (``retry_on_skew`` only for GETs and ``create_order``, see module doc)."""
         if not self._clock_synced:
             self.sync_clock()
         try:
-            with bybit_errors(self.server_now_ms):
-                return call()
+            return self._io(call, priority)
         except ClockSkew:
             logger.warning("bybit clock skew key=%s retry=%s", self._api_key_hint, retry_on_skew)
             self.sync_clock()
             if not retry_on_skew:
                 raise
-            with bybit_errors(self.server_now_ms):
-                return call()
+            return self._io(call, priority)
 
     def _public(self, call: Callable[[], T]) -> T:
-        with bybit_errors(self.server_now_ms):
-            return call()
+        return self._io(call, QUERY)
+
+    def _io(self, call: Callable[[], T], priority: str) -> T:
+        """One request through the venue's rate governor (when there is one): refused
+        locally while backing off after 10006/403. (pybit does not hand back the
+        ``X-Bapi-Limit-Status`` headers without changing every call's return shape,
+        so no weight is recorded for Bybit.)"""
+        gov = self._governor
+        if gov is not None:
+            gov.before(priority)
+        try:
+            with bybit_errors(self.server_now_ms):
+                return call()
+        except RateLimited as e:
+            if gov is not None:
+                gov.on_limited(e)
+            raise
 
     def _paged(self, call: Callable[..., Any], params: dict[str, Any], page_size: int,
                max_rows: int | None = None, signed: bool = True) -> list[dict[str, Any]]:
@@ -270,7 +251,8 @@ class BybitLinearClient:
         logger.info("bybit create_order key=%s symbol=%s side=%s type=%s qty=%s coid=%s",
                     self._api_key_hint, request.symbol, params["side"], params["orderType"],
                     params["qty"], request.client_order_id)
-        raw = self._signed(lambda: self._http.place_order(**params), retry_on_skew=True)
+        raw = self._signed(lambda: self._http.place_order(**params), retry_on_skew=True,
+                           priority=ORDER)
         order_id = str(mapping.result_of(raw).get("orderId") or "")
         # MARKET, IOC and FOK orders end at once on the exchange: read until final.
         immediate = params["orderType"] == "Market" or params.get("timeInForce") in ("IOC", "FOK")
@@ -290,7 +272,8 @@ class BybitLinearClient:
         ref = _order_ref(symbol, client_order_id, order_id)
         logger.info("bybit cancel_order key=%s symbol=%s order_id=%s coid=%s",
                     self._api_key_hint, symbol, order_id, client_order_id)
-        raw = self._signed(lambda: self._http.cancel_order(**ref), retry_on_skew=False)
+        raw = self._signed(lambda: self._http.cancel_order(**ref), retry_on_skew=False,
+                           priority=ORDER)
         acked_id = str(mapping.result_of(raw).get("orderId") or order_id or "")
         return self._read_back(symbol, acked_id, client_order_id, want_final=True)
 

@@ -70,7 +70,7 @@ def test_construction_is_offline_and_redirected(client):
 
 
 def test_plain_pybit_would_restore_its_retry_codes():
-    """Why _OffsetHTTP empties retry_codes after __post_init__."""
+    """Why OffsetHTTP empties retry_codes after __post_init__."""
     plain = HTTP(api_key="k", api_secret="s", retry_codes=set())
     assert 10002 in plain.retry_codes and 10006 in plain.retry_codes
     plain.client.close()

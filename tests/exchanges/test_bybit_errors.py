@@ -8,7 +8,7 @@ import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from urllib3.exceptions import ReadTimeoutError
 
-from exchanges.bybit.client import _OffsetHTTP
+from exchanges.bybit.http import OffsetHTTP as _OffsetHTTP
 from exchanges.bybit.errors import bybit_errors, retry_after_ms, to_exchange_error
 from exchanges.errors import (
     AuthFailed, ClockSkew, ExchangeRejected, ExchangeTimeout, ExchangeUnavailable,
