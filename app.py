@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from api import account, admin, auth, keys, metrics, openapi, orders
+from api import account, admin, auth, console, keys, metrics, openapi, orders
 from api.errors import register_error_handlers
 from config import Config, ConfigError, load_config
 from exchanges.factory import create_client, create_market_stream
@@ -38,6 +38,7 @@ from services.account_stream import StreamSettings
 from services.container import Services
 from services.metrics import Metrics
 from services.exits import ExitService, ExitSettings
+from services.leases import LocalLeases, RedisLeases
 from services.orders import OrderService
 from services.security import KeyCipher, TokenService
 from services.snapshots import SnapshotService
@@ -64,9 +65,11 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
                       JSON_SORT_KEYS=False)
     limiter.init_app(app)
     socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
-                      cors_allowed_origins="*", max_http_buffer_size=cfg.MAX_CONTENT_LENGTH)
+                      channel=cfg.MESSAGE_QUEUE_CHANNEL, cors_allowed_origins="*",
+                      max_http_buffer_size=cfg.MAX_CONTENT_LENGTH)
     app.extensions["pushsrv"] = _build_services(cfg)
-    for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp):
+    for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
+               console.bp):
         app.register_blueprint(bp)
     register_error_handlers(app)
     register_handlers(socketio)
@@ -97,6 +100,8 @@ def _build_services(cfg: Config) -> Services:
             exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
         hub.publish, socketio.start_background_task, socketio.sleep)
     streams_ref: list[StreamManager] = []
+    leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000))
+              if cfg.MESSAGE_QUEUE_URL else LocalLeases())
     orders = OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S)
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR)
     writer = LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
@@ -105,7 +110,8 @@ def _build_services(cfg: Config) -> Services:
                             socketio.sleep, ledger_api,
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
-                            tickers=tickers, on_reconnected=reconciler.reconcile_key_id)
+                            tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
+                            leases=leases)
     streams_ref.append(streams)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors)
@@ -113,7 +119,7 @@ def _build_services(cfg: Config) -> Services:
     socketio.start_background_task(writer.run)
     if cfg.RECONCILE_INTERVAL_S > 0:
         socketio.start_background_task(reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
-                                       socketio.sleep)
+                                       socketio.sleep, 2.0, leases)
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),

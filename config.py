@@ -47,6 +47,8 @@ class Config:
     APP_ENV: str = "demo"
     DATABASE_URL: str = ""
     MESSAGE_QUEUE_URL: str | None = None
+    MESSAGE_QUEUE_CHANNEL: str = "pushsrv"
+    LEASE_TTL_S: float = 15.0
     SECRET_KEY: str = ""
     KEY_ENCRYPTION_KEY: str = ""
     ADMIN_TOKEN: str = ""
@@ -155,6 +157,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("JWT_EXPIRES_S", int), ("POLL_INTERVAL_S", float),
                        ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int),
                        ("RECONCILE_INTERVAL_S", float), ("EXIT_MAX_SLIPPAGE", int),
+                       ("MESSAGE_QUEUE_CHANNEL", str), ("LEASE_TTL_S", float),
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str)):
         if env.get(name):

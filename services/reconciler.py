@@ -100,11 +100,15 @@ class Reconciler:
         return {"checked": checked, "fixed": fixed, "details": details}
 
     def run_periodic(self, interval_s: float, sleep: Callable[[float], None],
-                     first_delay_s: float = 2.0) -> None:
+                     first_delay_s: float = 2.0, leases=None) -> None:  # type: ignore[no-untyped-def]
         """Reconcile every account with ledger activity now (start-up) and then every
-        ``interval_s`` seconds, forever (a background task)."""
+        ``interval_s`` seconds, forever (a background task). With several processes
+        only the one holding the ``reconciler`` lease runs a period."""
         sleep(first_delay_s)
         while True:
+            if leases is not None and not leases.acquire("reconciler"):
+                sleep(interval_s)
+                continue
             try:
                 result = self.reconcile()
                 if result["fixed"]:

@@ -1,7 +1,9 @@
 """StreamManager: starts, finds and stops the account streams (one per API key).
 
 Streams start on first demand (a subscription), are shared by every socket of the
-user, and stop when the user's last connection is gone or the key changes.
+user, and stop when the user's last connection is gone or the key changes. With
+several server processes, a key's stream runs only in the process holding its
+lease (services.leases); the others follow it and take over when the owner dies.
 """
 from __future__ import annotations
 
@@ -13,10 +15,15 @@ from models import Database
 from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
 from services.keyring import get_owned_key
+from services.leases import LocalLeases
 from services.security import KeyCipher
 from services.trading import TradingService
 
 logger = logging.getLogger(__name__)
+
+
+def _lease(key_id: int) -> str:
+    return f"stream:{key_id}"
 
 
 class StreamManager:
@@ -33,12 +40,14 @@ class StreamManager:
         tickers: the shared TickerHub for mark prices (None: poll positions).
         on_reconnected: run (as a background task) with a key id after its stream
             reconnected (the reconciler).
+        leases: LocalLeases (one process) or RedisLeases (several).
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
                  publish: Publish, spawn: Callable, sleep: Callable[[float], None],
                  ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
-                 on_reconnected: Callable[[int], None] | None = None) -> None:
+                 on_reconnected: Callable[[int], None] | None = None,
+                 leases=None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._cipher = cipher
         self._trading = trading
@@ -49,17 +58,31 @@ class StreamManager:
         self._settings = settings
         self._tickers = tickers
         self._on_reconnected = on_reconnected
+        self._leases = leases or LocalLeases()
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
+        self._followed: dict[int, int] = {}  # key_id -> user_id, owned by another process
         self.started = 0
+        self.takeovers = 0
+        if self._leases.distributed:
+            spawn(self._maintain_leases)
 
-    def ensure(self, user_id: int, key_id: int) -> AccountStream:
-        """The running stream of ``key_id``, started if needed. Raises NotFound when
-        the key is not the user's."""
+    def ensure(self, user_id: int, key_id: int) -> AccountStream | None:
+        """The running stream of ``key_id``, started if needed; None when another
+        process holds its lease (this one follows it). Raises NotFound when the key
+        is not the user's."""
         with self._lock:
             stream = self._streams.get(key_id)
             if stream is not None and stream.state.user_id == user_id:
                 return stream
+        get_owned_key(self._db, user_id, key_id)
+        if not self._leases.acquire(_lease(key_id)):
+            with self._lock:
+                self._followed[key_id] = user_id
+            return None
+        return self._start(user_id, key_id)
+
+    def _start(self, user_id: int, key_id: int) -> AccountStream:
         key = get_owned_key(self._db, user_id, key_id)
         state = AccountState(user_id, key.id, key.exchange, key.testnet)
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
@@ -78,10 +101,41 @@ class StreamManager:
             if existing is not None:
                 return existing
             self._streams[key_id] = stream
+            self._followed.pop(key_id, None)
             self.started += 1
         self._spawn(stream.run)
         logger.info("account stream started user_id=%s key_id=%s", user_id, key_id)
         return stream
+
+    def _maintain_leases(self) -> None:
+        """Renew our leases every third of their TTL (a stream whose lease was lost
+        stops) and try to take over the streams we follow."""
+        interval_s = self._leases.ttl_ms / 3000
+        while True:
+            self._sleep(interval_s)
+            try:
+                with self._lock:
+                    owned = list(self._streams)
+                    followed = list(self._followed.items())
+                for key_id in owned:
+                    if not self._leases.renew(_lease(key_id)):
+                        logger.warning("stream lease lost key_id=%s", key_id)
+                        stream = self._pop(key_id)
+                        if stream is not None:
+                            stream.stop()
+                            with self._lock:
+                                self._followed[key_id] = stream.state.user_id
+                for key_id, user_id in followed:
+                    if self._leases.acquire(_lease(key_id)):
+                        self.takeovers += 1
+                        logger.info("stream lease taken over key_id=%s", key_id)
+                        self._start(user_id, key_id)
+            except Exception:  # isolation boundary: Redis or a key lookup failed; retry
+                logger.exception("stream lease maintenance failed")
+
+    def _pop(self, key_id: int) -> AccountStream | None:
+        with self._lock:
+            return self._streams.pop(key_id, None)
 
     def get(self, key_id: int) -> AccountStream | None:
         """The running stream of ``key_id`` or None."""
@@ -89,9 +143,12 @@ class StreamManager:
             return self._streams.get(key_id)
 
     def stop_key(self, key_id: int) -> bool:
-        """Stop the stream of one key (key changed or deleted). True if one ran."""
+        """Stop the stream of one key (key changed or deleted), in whichever process
+        runs it (its lease is dropped). True if one ran here."""
         with self._lock:
             stream = self._streams.pop(key_id, None)
+            self._followed.pop(key_id, None)
+        self._leases.force_release(_lease(key_id))
         if stream is None:
             return False
         stream.stop()
@@ -103,8 +160,11 @@ class StreamManager:
         with self._lock:
             keys = [k for k, s in self._streams.items() if s.state.user_id == user_id]
             streams = [self._streams.pop(k) for k in keys]
+            for k in [k for k, u in self._followed.items() if u == user_id]:
+                del self._followed[k]
         for stream in streams:
             stream.stop()
+            self._leases.release(_lease(stream.state.key_id))
         if keys:
             logger.info("account streams stopped user_id=%s count=%s", user_id, len(keys))
         return keys
@@ -126,8 +186,11 @@ class StreamManager:
         by_state: dict[str, int] = {}
         for s in streams:
             by_state[s.status] = by_state.get(s.status, 0) + 1
+        with self._lock:
+            followed = len(self._followed)
         return {"running": len(streams), "started": self.started, "by_state": by_state,
-                "events_seen": sum(s.events_seen for s in streams)}
+                "events_seen": sum(s.events_seen for s in streams), "followed": followed,
+                "takeovers": self.takeovers}
 
     def stop_all(self) -> None:
         """Stop every stream (shutdown)."""
@@ -136,3 +199,4 @@ class StreamManager:
             self._streams.clear()
         for s in streams:
             s.stop()
+            self._leases.release(_lease(s.state.key_id))

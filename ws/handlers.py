@@ -11,6 +11,7 @@ from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_ro
 from pydantic import ValidationError
 
 from api.errors import to_api_error
+from exchanges.errors import ExchangeError
 from api.schemas import Subscribe, TickerSubscribe
 from services.errors import NotFound, ServiceError, Unauthorized
 from services.tickers import ticker_room
@@ -65,11 +66,15 @@ def register_handlers(socketio: SocketIO) -> None:
             join_room(room(kind, conn.user_id))
         conn.types.update(req.types)
         conn.key_ids.update(k.id for k in keys)
-        snapshot = [env for s in streams for env in s.state.cached(req.types)]
+        local = [s for s in streams if s is not None]
+        snapshot = [env for s in local for env in s.state.cached(req.types)]
         statuses = [{"key_id": s.state.key_id, "exchange": s.state.exchange,
-                     "state": s.status, "since": s.since} for s in streams]
-        socketio.start_background_task(_send_snapshot, svc.hub, socketio, request.sid,
-                                       snapshot, statuses)
+                     "state": s.status, "since": s.since} for s in local]
+        # keys whose stream runs in another process: a REST snapshot for this socket
+        remote = [(conn.user_id, k, kind) for k, s in zip(keys, streams) if s is None
+                  for kind in req.types]
+        socketio.start_background_task(_send_snapshot, svc, socketio, request.sid,
+                                       snapshot, statuses, remote)
         return {"ok": True, "subscribed": sorted(conn.types),
                 "rooms": [room(t, conn.user_id) for t in sorted(conn.types)]}
 
@@ -140,9 +145,14 @@ def register_handlers(socketio: SocketIO) -> None:
             svc.trading.clear_user_cache(conn.user_id)
 
 
-def _send_snapshot(hub, socketio: SocketIO, sid: str, envelopes: list[dict],  # type: ignore[no-untyped-def]
-                   statuses: list[dict]) -> None:
+def _send_snapshot(svc, socketio: SocketIO, sid: str, envelopes: list[dict],  # type: ignore[no-untyped-def]
+                   statuses: list[dict], remote: list[tuple]) -> None:
     """After the ack: the current snapshot and stream states to the new subscriber."""
-    hub.send_to(sid, envelopes)
+    for user_id, key, kind in remote:
+        try:
+            envelopes.append(svc.snapshots.envelope(user_id, key, kind))
+        except ExchangeError as e:
+            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)}, to=sid)
+    svc.hub.send_to(sid, envelopes)
     for status in statuses:
         socketio.emit("stream_status", status, to=sid)
