@@ -73,12 +73,43 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
         app.register_blueprint(bp)
     register_error_handlers(app)
     register_handlers(socketio)
+    register_cli(app)
     return app
+
+
+def register_cli(app: Flask) -> None:
+    """Operator commands: ``flask --app app create-admin USERNAME`` (password from
+    ``ADMIN_PASSWORD`` or a prompt) and ``flask --app app rotate-encryption-key``
+    (re-encrypts every stored secret with ``NEW_KEY_ENCRYPTION_KEY``)."""
+    import os
+
+    import click
+
+    from services import maintenance
+
+    @app.cli.command("create-admin")
+    @click.argument("username")
+    @click.password_option(envvar="ADMIN_PASSWORD")
+    def create_admin(username: str, password: str) -> None:
+        svc: Services = app.extensions["pushsrv"]
+        user_id, created = maintenance.create_admin(svc.db, svc.users, username, password)
+        click.echo(f"admin user {'created' if created else 'updated'} id={user_id}")
+
+    @app.cli.command("rotate-encryption-key")
+    def rotate_encryption_key() -> None:
+        svc: Services = app.extensions["pushsrv"]
+        new_key = os.environ.get("NEW_KEY_ENCRYPTION_KEY", "")
+        if not new_key:
+            raise click.UsageError("set NEW_KEY_ENCRYPTION_KEY to the new Fernet key")
+        old = [svc.config.KEY_ENCRYPTION_KEY, *svc.config.OLD_KEY_ENCRYPTION_KEYS]
+        count = maintenance.rotate_encryption_key(svc.db, old, new_key)
+        click.echo(f"re-encrypted {count} secrets; now set KEY_ENCRYPTION_KEY to the new key "
+                   "(keep the old one in OLD_KEY_ENCRYPTION_KEYS until every process restarted)")
 
 
 def _build_services(cfg: Config) -> Services:
     db = Database(cfg.DATABASE_URL)
-    cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY)
+    cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
 
     governors = Governors()

@@ -51,6 +51,7 @@ class Config:
     LEASE_TTL_S: float = 15.0
     SECRET_KEY: str = ""
     KEY_ENCRYPTION_KEY: str = ""
+    OLD_KEY_ENCRYPTION_KEYS: tuple[str, ...] = ()  # still accepted while rotating
     ADMIN_TOKEN: str = ""
     HOST: str = "127.0.0.1"
     PORT: int = 5000
@@ -151,6 +152,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
             str(default_csv) if default_csv.exists() else None)
     values["VENUE_URLS"] = venue_urls
     values["RECONCILE_REPAIR"] = _bool(env.get("RECONCILE_REPAIR"), False)
+    values["OLD_KEY_ENCRYPTION_KEYS"] = tuple(
+        k.strip() for k in env.get("OLD_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip())
     if env.get("MESSAGE_QUEUE_URL"):
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),

@@ -78,6 +78,14 @@ class KeyCipher:
         """Fernet token (bytes) of ``secret``."""
         return self._fernet.encrypt(secret.encode())
 
+    def rotate(self, token: bytes) -> bytes:
+        """``token`` re-encrypted with the current (first) key. Raises ValueError when
+        no configured key opens it."""
+        try:
+            return self._fernet.rotate(bytes(token))
+        except InvalidToken as e:
+            raise ValueError("stored API secret cannot be decrypted with the configured keys") from e
+
     def decrypt(self, token: bytes) -> str:
         """The clear secret. Raises ValueError when no configured key opens the token."""
         try:
