@@ -19,6 +19,8 @@ from ws.hub import room
 
 logger = logging.getLogger(__name__)
 
+NOT_CONNECTED = {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+
 
 def _svc():  # type: ignore[no-untyped-def]
     return current_app.extensions["pushsrv"]
@@ -52,7 +54,7 @@ def register_handlers(socketio: SocketIO) -> None:
         svc = _svc()
         conn = svc.hub.get(request.sid)
         if conn is None:
-            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+            return NOT_CONNECTED
         try:
             req = Subscribe.model_validate(data if isinstance(data, dict) else {})
             keys = ([svc.keys.get(conn.user_id, req.key_id)] if req.key_id
@@ -82,7 +84,7 @@ def register_handlers(socketio: SocketIO) -> None:
     def on_unsubscribe(data=None):  # type: ignore[no-untyped-def]
         conn = _svc().hub.get(request.sid)
         if conn is None:
-            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+            return NOT_CONNECTED
         try:
             req = Subscribe.model_validate(data if isinstance(data, dict) else {})
         except ValidationError as e:
@@ -92,16 +94,22 @@ def register_handlers(socketio: SocketIO) -> None:
             conn.types.discard(kind)
         return {"ok": True, "subscribed": sorted(conn.types)}
 
-    @socketio.on("subscribe_ticker")
-    def on_subscribe_ticker(data=None):  # type: ignore[no-untyped-def]
+    def _ticker_request(data):  # type: ignore[no-untyped-def]
+        """``(svc, conn, request)`` or ``(None, None, not-ok ack)``."""
         svc = _svc()
         conn = svc.hub.get(request.sid)
         if conn is None:
-            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
+            return None, None, NOT_CONNECTED
         try:
-            req = TickerSubscribe.model_validate(data if isinstance(data, dict) else {})
+            return svc, conn, TickerSubscribe.model_validate(data if isinstance(data, dict) else {})
         except ValidationError as e:
-            return _error_ack(e)
+            return None, None, _error_ack(e)
+
+    @socketio.on("subscribe_ticker")
+    def on_subscribe_ticker(data=None):  # type: ignore[no-untyped-def]
+        svc, conn, req = _ticker_request(data)
+        if svc is None:
+            return req
         cached = []
         for symbol in req.symbols:
             join_room(ticker_room(req.exchange, symbol))
@@ -116,14 +124,9 @@ def register_handlers(socketio: SocketIO) -> None:
 
     @socketio.on("unsubscribe_ticker")
     def on_unsubscribe_ticker(data=None):  # type: ignore[no-untyped-def]
-        svc = _svc()
-        conn = svc.hub.get(request.sid)
-        if conn is None:
-            return {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
-        try:
-            req = TickerSubscribe.model_validate(data if isinstance(data, dict) else {})
-        except ValidationError as e:
-            return _error_ack(e)
+        svc, conn, req = _ticker_request(data)
+        if svc is None:
+            return req
         for symbol in req.symbols:
             leave_room(ticker_room(req.exchange, symbol))
             conn.tickers.discard((req.exchange, symbol))

@@ -29,8 +29,9 @@ from binance.client import Client
 from exchanges.binance import mapping
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.stream import BinanceUserStream
-from exchanges.errors import ClockSkew, InvalidOrder, RateLimited
-from exchanges.governor import ORDER, QUERY, RateGovernor
+from exchanges.errors import InvalidOrder
+from exchanges.governor import ORDER, RateGovernor
+from exchanges.rest_base import GovernedRestClient
 from exchanges.types import (
     Balance, Fill, Order, OrderRequest, Position, SymbolRules, Ticker, VenueEndpoints,
 )
@@ -56,7 +57,7 @@ def mask(secret: str | None, keep: int = 4) -> str:
     return secret[:keep] + "..."
 
 
-class BinanceFuturesClient:
+class BinanceFuturesClient(GovernedRestClient):
     """``exchanges.base.ExchangeClient`` for one Binance USD-M API key.
 
     Args:
@@ -114,44 +115,8 @@ class BinanceFuturesClient:
         logger.info("binance clock synced key=%s offset_ms=%s", self._api_key_hint, offset)
         return offset
 
-    def _signed(self, call: Callable[[], T], retry_on_skew: bool, priority: str = QUERY) -> T:
-        """Run a signed library call with error mapping and the clock-skew rule.
-
-        ``retry_on_skew`` must be True only for idempotent GETs and ``create_order``
-        (safe there because ``newClientOrderId`` is fixed by the caller: a replay of an
-        order that did go through is refused as -4116 "ClientOrderId is duplicated",
-        and -1021 itself means Binance rejected the request before matching).
-        """
-        if not self._clock_synced:
-            self.sync_clock()
-        try:
-            return self._io(call, priority)
-        except ClockSkew:
-            logger.warning("binance clock skew key=%s retry=%s", self._api_key_hint, retry_on_skew)
-            self.sync_clock()
-            if not retry_on_skew:
-                raise
-            return self._io(call, priority)
-
-    def _public(self, call: Callable[[], T]) -> T:
-        return self._io(call, QUERY)
-
-    def _io(self, call: Callable[[], T], priority: str) -> T:
-        """One request through the venue's rate governor (when there is one): refused
-        locally while backing off, its weight header recorded after the reply."""
-        gov = self._governor
-        if gov is not None:
-            gov.before(priority)
-        try:
-            with binance_errors():
-                return call()
-        except RateLimited as e:
-            if gov is not None:
-                gov.on_limited(e)
-            raise
-        finally:
-            if gov is not None:
-                gov.after(self._used_weight())
+    def _errors(self):  # type: ignore[no-untyped-def]
+        return binance_errors()
 
     def _used_weight(self) -> int | None:
         response = getattr(self._client, "response", None)

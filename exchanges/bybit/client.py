@@ -37,8 +37,9 @@ from exchanges.bybit import mapping
 from exchanges.bybit.errors import EXCHANGE, bybit_errors
 from exchanges.bybit.http import OffsetHTTP
 from exchanges.bybit.stream import BybitUserStream
-from exchanges.errors import ClockSkew, ExchangeError, InvalidOrder, OrderNotFound, RateLimited
-from exchanges.governor import ORDER, QUERY, RateGovernor
+from exchanges.errors import ExchangeError, InvalidOrder, OrderNotFound
+from exchanges.governor import ORDER, RateGovernor
+from exchanges.rest_base import GovernedRestClient
 from exchanges.types import (
     Balance, Fill, Order, OrderRequest, OrderStatus, Position, SymbolRules, Ticker,
     VenueEndpoints,
@@ -70,7 +71,7 @@ def mask(secret: str | None, keep: int = 4) -> str:
     return secret[:keep] + "..." if secret else "-"
 
 
-class BybitLinearClient:
+class BybitLinearClient(GovernedRestClient):
     """``exchanges.base.ExchangeClient`` for one Bybit unified-account API key,
     trading ``category=linear`` USDT perpetuals.
 
@@ -137,38 +138,10 @@ class BybitLinearClient:
         logger.info("bybit clock synced key=%s offset_ms=%s", self._api_key_hint, offset)
         return offset
 
-    def _signed(self, call: Callable[[], T], retry_on_skew: bool, priority: str = QUERY) -> T:
-        """Run a signed pybit call with error mapping and the clock-skew rule
-        (``retry_on_skew`` only for GETs and ``create_order``, see module doc)."""
-        if not self._clock_synced:
-            self.sync_clock()
-        try:
-            return self._io(call, priority)
-        except ClockSkew:
-            logger.warning("bybit clock skew key=%s retry=%s", self._api_key_hint, retry_on_skew)
-            self.sync_clock()
-            if not retry_on_skew:
-                raise
-            return self._io(call, priority)
-
-    def _public(self, call: Callable[[], T]) -> T:
-        return self._io(call, QUERY)
-
-    def _io(self, call: Callable[[], T], priority: str) -> T:
-        """One request through the venue's rate governor (when there is one): refused
-        locally while backing off after 10006/403. (pybit does not hand back the
-        ``X-Bapi-Limit-Status`` headers without changing every call's return shape,
-        so no weight is recorded for Bybit.)"""
-        gov = self._governor
-        if gov is not None:
-            gov.before(priority)
-        try:
-            with bybit_errors(self.server_now_ms):
-                return call()
-        except RateLimited as e:
-            if gov is not None:
-                gov.on_limited(e)
-            raise
+    def _errors(self):  # type: ignore[no-untyped-def]
+        # pybit does not hand back the X-Bapi-Limit-Status headers without changing
+        # every call's return shape, so no weight is recorded for Bybit
+        return bybit_errors(self.server_now_ms)
 
     def _paged(self, call: Callable[..., Any], params: dict[str, Any], page_size: int,
                max_rows: int | None = None, signed: bool = True) -> list[dict[str, Any]]:

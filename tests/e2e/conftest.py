@@ -40,6 +40,18 @@ def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
         drop()
 
 
+def wait_until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` every 0.2 s until it returns something truthy; return it.
+    Raises AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
 class Account:
     """A registered user with a funded simulator key and REST helpers."""
 

@@ -5,19 +5,9 @@ from __future__ import annotations
 import time
 
 from tests.conftest import make_pg_database
-from tests.e2e.conftest import Account, Listener
+from tests.e2e.conftest import Account, Listener, wait_until
 from tests.support.server import free_port, start_server
 from tests.support.tcpproxy import TcpProxy
-
-
-def _wait(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -50,17 +40,17 @@ def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path
         # pushes go on without the database
         lst.wait_for("positions", lambda d: d["data"] and d["data"][0]["size"] == "0.03", since=mark)
         lst.wait_for("orders", lambda d: d["data"] == [], since=mark)
-        _wait(lambda: not acct.admin("GET", "/admin/stats").json()["write_behind"]["healthy"],
+        wait_until(lambda: not acct.admin("GET", "/admin/stats").json()["write_behind"]["healthy"],
               timeout=10)
         time.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
         during = acct.admin("GET", "/admin/stats").json()["write_behind"]
         assert during["retries"] > 0 and during["oldest_unwritten_age_ms"] > 5000, during
 
         proxy.restore()
-        drained = _wait(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
+        drained = wait_until(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
             acct.admin("GET", "/admin/stats").json()["write_behind"]), timeout=30)
         assert drained["written"] >= 6  # 3 fills + 3 order updates at least
-        opened = _wait(lambda: (lambda ts: ts if len(ts) == 3 else None)(
+        opened = wait_until(lambda: (lambda ts: ts if len(ts) == 3 else None)(
             acct.get("/api/trades?status=open").json()), timeout=15)
         assert sorted(t["filled_quantity"] for t in opened) == ["0.01"] * 3
         assert {t["client_order_id"] for t in opened} == {t["client_order_id"] for t in trades}

@@ -1,18 +1,9 @@
 """Closing positions: duplicate-exit guard, FOK chase, slippage bound, FIFO PnL."""
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
-
-def _wait(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
+from tests.e2e.conftest import wait_until
 
 
 def _open_long(account, qty: str = "0.010", symbol: str = "BTCUSDT") -> dict:  # type: ignore[no-untyped-def]
@@ -23,7 +14,7 @@ def _open_long(account, qty: str = "0.010", symbol: str = "BTCUSDT") -> dict:  #
 
 
 def _final_exit(account, exit_id: int) -> dict:  # type: ignore[no-untyped-def]
-    return _wait(lambda: (lambda e: e if e["status"] != "working" else None)(
+    return wait_until(lambda: (lambda e: e if e["status"] != "working" else None)(
         account.get(f"/api/exits/{exit_id}").json()["exit"]))
 
 

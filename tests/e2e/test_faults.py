@@ -5,15 +5,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
-
-def _wait(predicate, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
+from tests.e2e.conftest import wait_until
 
 
 def _live(lst, account, since: int = 0) -> None:  # type: ignore[no-untyped-def]
@@ -43,7 +35,7 @@ def test_fill_while_the_stream_is_down_arrives_once_after_reconnect(account, lis
     pos = lst.wait_for("positions", lambda d: len(d["data"]) == 1, since=mark)["data"][0]
     assert pos["size"] == "0.01"
     lst.wait_for("orders", lambda d: d["data"] == [], since=mark)
-    t = _wait(lambda: [x for x in account.get("/api/trades?status=open").json()
+    t = wait_until(lambda: [x for x in account.get("/api/trades?status=open").json()
                        if x["client_order_id"] == trade["client_order_id"]])[0]
     assert t["filled_quantity"] == "0.01" and Decimal(t["entry_price"]) == Decimal("50000")
     time.sleep(1.0)  # a duplicate would have been written by now
@@ -82,7 +74,7 @@ def test_rate_limit_storm_backs_off_without_hammering(account, sim) -> None:  # 
     assert stats["refused_locally"] >= 9 and stats["blocked_for_ms"] > 0
     sim.clear_faults()
     # the back-off is per venue (Binance limits per IP): it ends for everyone together
-    _wait(lambda: account.admin("GET", "/admin/stats").json()["rate_limits"]["binance"]
+    wait_until(lambda: account.admin("GET", "/admin/stats").json()["rate_limits"]["binance"]
           ["blocked_for_ms"] == 0, timeout=10)
     assert account.get(f"/api/account/balance?key_id={account.key_id}").status_code == 200
 

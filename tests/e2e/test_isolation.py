@@ -5,17 +5,7 @@ import concurrent.futures
 import json
 import time
 
-from tests.e2e.conftest import Account
-
-
-def _wait(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+from tests.e2e.conftest import Account, wait_until
 
 
 def _cache_entries(acct: Account) -> list:
@@ -72,12 +62,12 @@ def test_last_disconnect_empties_the_client_cache(server, sim, listen) -> None: 
     first.call("subscribe", {"types": ["balance"]})
     second.call("subscribe", {"types": ["balance"]})
     first.wait_for("balance")
-    assert _wait(lambda: _cache_entries(acct))
+    assert wait_until(lambda: _cache_entries(acct))
     first.close()
     time.sleep(0.5)
     assert _cache_entries(acct), "one connection remains: the client must stay"
     second.close()
-    _wait(lambda: not _cache_entries(acct))
+    wait_until(lambda: not _cache_entries(acct))
 
 
 def test_key_update_drops_the_cached_client_and_restarts_the_stream(server, sim, listen) -> None:  # type: ignore[no-untyped-def]
@@ -85,14 +75,14 @@ def test_key_update_drops_the_cached_client_and_restarts_the_stream(server, sim,
     lst = listen(acct.token)
     lst.call("subscribe", {"types": ["balance"]})
     lst.wait_for("balance")
-    before = _wait(lambda: _cache_entries(acct))[0]["created_at"]
+    before = wait_until(lambda: _cache_entries(acct))[0]["created_at"]
     time.sleep(0.01)
     r = acct.put(f"/api/exchange/keys/{acct.key_id}", {"api_secret": acct.api_secret})
     assert r.status_code == 200
     # the old client is gone; re-subscribing builds a new one
     assert not _cache_entries(acct) or _cache_entries(acct)[0]["created_at"] != before
     lst.call("subscribe", {"types": ["balance"]})
-    after = _wait(lambda: _cache_entries(acct))[0]["created_at"]
+    after = wait_until(lambda: _cache_entries(acct))[0]["created_at"]
     assert after != before
     bad = acct.put(f"/api/exchange/keys/{acct.key_id}", {"api_secret": "wrong-secret"})
     assert bad.status_code == 422 and bad.json()["error"]["exchange_code"] == -1022

@@ -2,25 +2,14 @@
 positions that differ between the exchange and the ledger."""
 from __future__ import annotations
 
-import time
 import uuid
 from decimal import Decimal
 
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.e2e.conftest import Account
+from tests.e2e.conftest import Account, wait_until
 from tests.support.server import start_server
-
-
-def _wait(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -58,7 +47,7 @@ def test_kill_9_between_order_sent_and_fill_ends_open_after_restart(sim, restart
     sim.fill(trade["entry_order_id"])    # the fill happens while the server is dead
     server = restartable()
     acct.server = server
-    t = _wait(lambda: [x for x in acct.get("/api/trades?status=open").json()
+    t = wait_until(lambda: [x for x in acct.get("/api/trades?status=open").json()
                        if x["client_order_id"] == trade["client_order_id"]], timeout=20)[0]
     assert t["filled_quantity"] == "0.01" and Decimal(t["entry_price"]) == Decimal("58000")
     assert "reconcile" in server.log()

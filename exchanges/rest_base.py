@@ -1,0 +1,75 @@
+"""What every venue's signed REST client does the same way: the clock-skew rule and
+admission through the venue's rate governor. Subclasses supply the library error
+mapping (``_errors``), ``sync_clock`` and, where the venue reports it, the used
+request weight (``_used_weight``)."""
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager
+from typing import Callable, TypeVar
+
+from exchanges.errors import ClockSkew, RateLimited
+from exchanges.governor import QUERY, RateGovernor
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class GovernedRestClient:
+    """Mixin for venue clients. Expects ``exchange``, ``_api_key_hint``,
+    ``_clock_synced`` and ``_governor`` (a RateGovernor or None) on the instance."""
+
+    exchange: str
+    _api_key_hint: str
+    _clock_synced: bool
+    _governor: RateGovernor | None
+
+    def _errors(self) -> AbstractContextManager[None]:
+        """Maps the library's exceptions to ``exchanges.errors`` (raise ... from e)."""
+        raise NotImplementedError
+
+    def sync_clock(self) -> int:
+        """Resample the server clock offset; returns it in ms."""
+        raise NotImplementedError
+
+    def _used_weight(self) -> int | None:
+        """Request weight the venue reported for the last reply, if it does."""
+        return None
+
+    def _signed(self, call: Callable[[], T], retry_on_skew: bool, priority: str = QUERY) -> T:
+        """Run a signed call with error mapping and the clock-skew rule: on ClockSkew
+        (Binance -1021, Bybit 10002) resample the offset once and, when
+        ``retry_on_skew`` (idempotent GETs and ``create_order`` with its fixed client
+        order id only), retry once. recvWindow is never widened."""
+        if not self._clock_synced:
+            self.sync_clock()
+        try:
+            return self._io(call, priority)
+        except ClockSkew:
+            logger.warning("clock skew exchange=%s key=%s retry=%s", self.exchange,
+                           self._api_key_hint, retry_on_skew)
+            self.sync_clock()
+            if not retry_on_skew:
+                raise
+            return self._io(call, priority)
+
+    def _public(self, call: Callable[[], T]) -> T:
+        return self._io(call, QUERY)
+
+    def _io(self, call: Callable[[], T], priority: str) -> T:
+        """One request through the venue's rate governor (when there is one): refused
+        locally while backing off, the reported weight recorded after the reply."""
+        gov = self._governor
+        if gov is not None:
+            gov.before(priority)
+        try:
+            with self._errors():
+                return call()
+        except RateLimited as e:
+            if gov is not None:
+                gov.on_limited(e)
+            raise
+        finally:
+            if gov is not None:
+                gov.after(self._used_weight())

@@ -1,0 +1,195 @@
+"""The web console at ``/`` end to end: the real simulator and the real server as
+processes, the page in headless Chromium (Debian's ``/usr/bin/chromium``, driven by
+Playwright for Python; ``make test`` installs it via ``scripts/install-browser.sh``).
+
+Without Chromium (or Playwright) the test is skipped, except under ``CI=true``
+where it fails.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.server import start_server
+from tests.support.simulator import start_simulator
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium's own connections (updates,
+# sync, ...) are refused by the closed test network and slow the start down.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 10_000
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required in CI: run `make install-browser` / "
+                    f"`pip install -r requirements-dev.txt`)")
+    pytest.skip(f"{reason}; install it with `make install-browser` (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """Headless Chromium from Debian's package, via Playwright."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        _missing(f"Chromium not installed at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright (Python package) not installed")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The simulator and a server on a fresh SQLite database."""
+    tmp = tmp_path_factory.mktemp("console")
+    sim = start_simulator()
+    srv = None
+    try:
+        srv = start_server(f"sqlite:///{tmp / 'console.sqlite3'}", sim.url, sim.ws_url, tmp,
+                           extra_env={"EXCHANGE_TIMEOUT_S": "3"})
+        yield sim, srv
+    finally:
+        if srv is not None:
+            srv.stop()
+        sim.stop()
+
+
+def make_user(server, sim) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """Register a user with a funded simulator key over REST (as tests/e2e ``Account``);
+    returns ``(username, password)``."""
+    username, password = "u" + uuid.uuid4().hex[:10], "pw-" + uuid.uuid4().hex
+    api_key, api_secret = "key" + uuid.uuid4().hex, "sec" + uuid.uuid4().hex
+    sim.create_account(api_key, api_secret, balances={"USDT": "10000"})
+    creds = {"username": username, "password": password}
+    assert requests.post(server.url + "/api/auth/register", json=creds, timeout=15).status_code == 201
+    token = requests.post(server.url + "/api/auth/login", json=creds, timeout=15).json()["access_token"]
+    r = requests.post(server.url + "/api/exchange/keys", timeout=15,
+                      headers={"Authorization": f"Bearer {token}"},
+                      json={"exchange": "binance", "api_key": api_key, "api_secret": api_secret,
+                            "label": "main"})
+    assert r.status_code == 201, r.text
+    return username, password
+
+
+def test_console_login_order_position_pnl(browser, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    sim, server = stack
+    sim.set_price("BTCUSDT", "60000")
+    username, password = make_user(server, sim)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        page.goto(server.url + "/")
+        expect(page).to_have_title("pushsrv console")
+
+        # a wrong password: the API's error message is shown
+        page.get_by_test_id("login-username").fill(username)
+        page.get_by_test_id("login-password").fill("wrong-password")
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("message")).to_be_visible()
+        expect(page.get_by_test_id("message")).not_to_have_text("")
+
+        page.get_by_test_id("login-password").fill(password)
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("whoami")).to_have_text(username)
+        expect(page.get_by_test_id("conn-status")).to_have_text("online")
+
+        # the balance snapshot arrives over Socket.IO, shown as the decimal string it is
+        expect(page.get_by_test_id("bal-wallet")).to_have_text(re.compile(r"^10000(\.0*)?$"))
+        expect(page.get_by_test_id("key-row")).to_have_count(1)
+        expect(page.get_by_test_id("stream-status")).to_have_text(
+            re.compile(r"live|polling|reconnecting"))
+
+        # an invalid order: the server's validation message reaches the user
+        page.get_by_test_id("order-quantity").fill("abc")
+        page.get_by_test_id("order-submit").click()
+        expect(page.get_by_test_id("message")).to_contain_text("quantity")
+
+        # a MARKET buy opens a position
+        page.get_by_test_id("order-symbol").fill("BTCUSDT")
+        page.get_by_test_id("order-side").select_option("BUY")
+        page.get_by_test_id("order-type").select_option("MARKET")
+        page.get_by_test_id("order-quantity").fill("0.01")
+        page.get_by_test_id("order-submit").click()
+        expect(page.get_by_test_id("order-result")).to_contain_text("open")
+        row = page.locator('[data-testid="position-row"][data-symbol="BTCUSDT"]')
+        expect(row).to_have_count(1)
+        expect(row.locator('[data-field="side"]')).to_have_text("LONG")
+        expect(row.locator('[data-field="size"]')).to_have_text(re.compile(r"^0\.010*$"))
+        expect(row.locator('[data-field="mark_price"]')).to_have_text(re.compile(r"^60000"))
+
+        # the price moves: mark price, unrealized PnL and the chart follow
+        before = page.get_by_test_id("pnl-unrealized").inner_text()
+        sim.set_price("BTCUSDT", "61000")
+        expect(row.locator('[data-field="mark_price"]')).to_have_text(re.compile(r"^61000"))
+        expect(page.get_by_test_id("pnl-unrealized")).not_to_have_text(before)
+        expect(page.get_by_test_id("pnl-unrealized")).to_have_text(re.compile(r"^(9|10)\.\d*$"))
+        expect(row.locator('[data-field="unrealized_pnl"]')).to_have_text(re.compile(r"^(9|10)\.\d*$"))
+        points = page.get_by_test_id("pnl-line").get_attribute("points") or ""
+        assert len(points.split()) >= 2, points
+
+        shot = tmp_path / "console.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+
+        # a resting LIMIT order shows up in open orders and is canceled from there
+        page.get_by_test_id("order-type").select_option("LIMIT")
+        page.get_by_test_id("order-price").fill("50000")
+        page.get_by_test_id("order-submit").click()
+        expect(page.get_by_test_id("order-result")).to_contain_text("pending")
+        order = page.get_by_test_id("order-row")
+        expect(order).to_have_count(1)
+        expect(order.locator('[data-field="price"]')).to_have_text(re.compile(r"^50000"))
+        order.get_by_test_id("order-cancel").click()
+        expect(page.get_by_test_id("order-row")).to_have_count(0)
+
+        # closing the position empties the positions table
+        row.get_by_test_id("position-close").click()
+        expect(page.get_by_test_id("position-row")).to_have_count(0)
+
+        # keys: add a testnet key (checked by the exchange), then delete it
+        api_key, api_secret = "key" + uuid.uuid4().hex, "sec" + uuid.uuid4().hex
+        sim.create_account(api_key, api_secret)
+        page.get_by_test_id("key-api-key").fill(api_key)
+        page.get_by_test_id("key-api-secret").fill(api_secret)
+        page.get_by_test_id("key-testnet").check()
+        page.get_by_test_id("key-label").fill("second")
+        page.get_by_test_id("key-submit").click()
+        expect(page.get_by_test_id("key-row")).to_have_count(2)
+        expect(page.get_by_test_id("key-row").nth(1)).to_contain_text(api_key[-4:])
+        assert api_secret[3:] not in page.inner_text("body")   # never shown back
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_test_id("key-row").nth(1).get_by_test_id("key-delete").click()
+        expect(page.get_by_test_id("key-row")).to_have_count(1)
+        assert not page_errors, page_errors
+    finally:
+        page.close()
+
+
+def test_static_files_are_served(stack) -> None:  # type: ignore[no-untyped-def]
+    """``/`` and ``/static/...`` come from ``web/``; nothing outside it leaks."""
+    _, server = stack
+    index = requests.get(server.url + "/", timeout=10)
+    assert index.status_code == 200 and index.headers["Content-Type"].startswith("text/html")
+    assert "/static/console.js" in index.text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", index.text), "no external resources"
+    js = requests.get(server.url + "/static/vendor/socket.io.min.js", timeout=10)
+    assert js.status_code == 200 and "Socket.IO v4" in js.text[:200]
+    for escape in ("/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/vendor/%2e%2e/%2e%2e/app.py"):
+        assert requests.get(server.url + escape, timeout=10).status_code == 404, escape
+    assert requests.get(server.url + "/static/nope.js", timeout=10).status_code == 404
