@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run simulator migrate test test-fast bench clean
+.PHONY: install install-browser run simulator migrate test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ simulator: install ## the exchange simulator alone on 127.0.0.1:9100
 migrate: install ## alembic upgrade head on DATABASE_URL (default: the demo SQLite file)
 	$(PY) -m alembic upgrade head
 
-test: install ## the whole suite (unit, integration on SQLite and PostgreSQL, end-to-end)
+install-browser: ## Debian's chromium for tests/browser (apt-get, only when /usr/bin/chromium is missing)
+	sh scripts/install-browser.sh
+
+test: install ## the whole suite (unit, integration on SQLite and PostgreSQL, end-to-end, browser)
+	sh scripts/install-browser.sh
 	$(PY) -m pytest -q
 
 bench: install ## benchmarks (not tests): prints figures

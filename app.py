@@ -189,7 +189,10 @@ def main() -> None:
     except ConfigError as e:
         logger.error("configuration error: %s", e)
         raise SystemExit(2)
-    from services import demo, schema
+    from services import demo, schema, security
+    if cfg.ASYNC_MODE == "eventlet":
+        from eventlet import tpool
+        security.configure_offload(tpool.execute)
     schema.upgrade(cfg.DATABASE_URL)
     simulator = demo.start_embedded_simulator(cfg) if cfg.EMBED_SIMULATOR else None
     app = create_app(cfg)

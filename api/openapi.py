@@ -203,6 +203,10 @@ OPERATIONS: dict[str, Op] = {
     "openapi.spec": Op("This OpenAPI document", (200, "OpenAPI 3.1", {"application/json": {
         "schema": {"type": "object"}}}), None, (), "none"),
     "openapi.docs": Op("HTML rendering of this document", (200, "HTML page", HTML), None, (), "none"),
+    "console.index": Op("The web console (HTML page)", (200, "HTML page", HTML), None, (), "none"),
+    "console.static": Op("A file of the web console (script, style sheet, vendored client)",
+                         (200, "The file", {"*/*": {"schema": {"type": "string"}}}), None, (404,),
+                         "none"),
 }
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, KeyCreate, KeyUpdate, OrderCreate,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import jwt
 from argon2 import PasswordHasher
@@ -14,19 +15,33 @@ from services.errors import Unauthorized
 _hasher = PasswordHasher()  # Argon2id, memory-hard (RFC 9106 defaults of argon2-cffi)
 # A valid hash to verify against when the user does not exist (same cost either way).
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+# Runs the CPU-bound KDF: directly, or in an OS thread pool so that an event hub is
+# never blocked for the ~50 ms a hash takes (argon2-cffi releases the GIL).
+_offload: Callable[..., Any] = lambda fn, *args: fn(*args)  # noqa: E731
+
+
+def configure_offload(run_in_thread: Callable[..., Any]) -> None:
+    """Route password hashing through ``run_in_thread(fn, *args)`` (e.g.
+    ``eventlet.tpool.execute``)."""
+    global _offload
+    _offload = run_in_thread
 
 
 def hash_password(password: str) -> str:
     """Argon2id hash string of ``password``."""
-    return _hasher.hash(password)
+    return _offload(_hasher.hash, password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """True when ``password`` matches; takes the same time for an unknown user (pass None)."""
-    try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
-    except (VerificationError, InvalidHashError):
-        return False
+    return bool(_offload(_verify, password_hash or _DUMMY_HASH, password)) and password_hash is not None
 
 
 class TokenService:

@@ -1,0 +1,385 @@
+/* pushsrv web console: REST (login, keys, orders) + Socket.IO pushes (balance,
+ * positions, pnl, orders, stream_status). Plain browser JavaScript, no build step.
+ *
+ * Money values arrive as decimal strings and are shown exactly as received; the
+ * only float conversion is for the PnL chart's y coordinates. All data is put in
+ * the page with textContent (never innerHTML). */
+"use strict";
+
+const TOKEN_KEY = "pushsrv.token";
+const TYPES = ["balance", "positions", "pnl", "orders"];
+const CHART_POINTS = 60;
+
+const state = {
+  token: null,
+  socket: null,
+  keys: [],            // GET /api/exchange/keys
+  activeKeyId: null,   // the key whose data is shown and used for orders
+  latest: {},          // key_id -> {type -> envelope}
+  streams: {},         // key_id -> stream_status payload
+  pnlSeries: {},       // key_id -> [unrealized_pnl string, ...] (last CHART_POINTS)
+};
+
+const $ = (id) => document.getElementById(id);
+
+/* ---------- small DOM helpers ---------- */
+
+function el(tag, text, attrs) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+/** A table row of text cells; `fields` names each cell (data-field) for tests. */
+function row(values, fields, attrs) {
+  const tr = el("tr", null, attrs);
+  values.forEach((v, i) => tr.appendChild(el("td", v ?? "-", fields ? { "data-field": fields[i] } : {})));
+  return tr;
+}
+
+function emptyRow(tbody, cols, text) {
+  const td = el("td", text, { colspan: cols });
+  td.className = "empty";
+  const tr = el("tr");
+  tr.appendChild(td);
+  tbody.replaceChildren(tr);
+}
+
+/** Colour a cell by the sign of a decimal string, without converting it. */
+function signClass(s) {
+  if (typeof s !== "string") return "";
+  if (s.startsWith("-")) return /[1-9]/.test(s) ? "neg" : "";
+  return /[1-9]/.test(s) ? "pos" : "";
+}
+
+/** Show a decimal string as-is; `signed` colours it by sign (for PnL figures). */
+function setFigure(id, value, signed) {
+  const node = $(id);
+  node.textContent = value ?? "-";
+  node.className = signed ? signClass(value) : "";
+}
+
+function showMessage(text, kind) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = kind || "error";
+  box.hidden = !text;
+}
+
+function button(text, testid, onClick, secondary) {
+  const b = el("button", text, { type: "button", "data-testid": testid });
+  if (secondary) b.className = "secondary";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+/* ---------- REST ---------- */
+
+/** fetch JSON with the bearer token; throws Error(error.message) on a non-2xx answer. */
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!resp.ok) {
+    const err = (data && data.error) || {};
+    const e = new Error(err.message || `HTTP ${resp.status}`);
+    e.status = resp.status;
+    e.code = err.code;
+    if (resp.status === 401 && state.token && path !== "/api/auth/login") logout("Session expired: log in again.");
+    throw e;
+  }
+  return data;
+}
+
+/** Run an async action, showing its error message to the user. */
+async function guarded(action) {
+  try {
+    return await action();
+  } catch (e) {
+    showMessage(e.message || String(e), "error");
+    return undefined;
+  }
+}
+
+/* ---------- login / logout ---------- */
+
+async function login(ev) {
+  ev.preventDefault();
+  await guarded(async () => {
+    const data = await api("POST", "/api/auth/login",
+      { username: $("login-username").value.trim(), password: $("login-password").value });
+    $("login-password").value = "";
+    state.token = data.access_token;
+    sessionStorage.setItem(TOKEN_KEY, state.token);
+    await start();
+  });
+}
+
+function logout(reason) {
+  if (state.socket) state.socket.disconnect();
+  Object.assign(state, { token: null, socket: null, keys: [], activeKeyId: null, latest: {}, streams: {}, pnlSeries: {} });
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("app-view").hidden = true;
+  $("login-view").hidden = false;
+  $("logout").hidden = true;
+  $("whoami").textContent = "";
+  setConn("offline", "");
+  showMessage(typeof reason === "string" ? reason : "", "info");
+}
+
+/** After a token is known: who am I, the keys, then the socket. */
+async function start() {
+  const me = await api("GET", "/api/auth/me");
+  $("whoami").textContent = me.username + (me.is_admin ? " (admin)" : "");
+  $("login-view").hidden = true;
+  $("app-view").hidden = false;
+  $("logout").hidden = false;
+  showMessage("");
+  await loadKeys();
+  connectSocket();
+}
+
+/* ---------- API keys ---------- */
+
+async function loadKeys() {
+  state.keys = await api("GET", "/api/exchange/keys");
+  if (!state.keys.some((k) => k.id === state.activeKeyId)) {
+    state.activeKeyId = state.keys.length ? state.keys[0].id : null;
+  }
+  renderKeys();
+  renderAll();
+}
+
+function renderKeys() {
+  const body = $("keys-body");
+  if (!state.keys.length) emptyRow(body, 8, "No API key yet: add one below.");
+  else body.replaceChildren(...state.keys.map((k) => {
+    const tr = row([k.id, k.exchange, k.testnet ? "testnet" : "mainnet", k.label, k.api_key_masked, k.status],
+      ["id", "exchange", "net", "label", "api_key_masked", "status"], { "data-testid": "key-row", "data-key-id": k.id });
+    const st = state.streams[k.id];
+    const badge = el("span", st ? st.state : "-", { "data-testid": "stream-status", title: st ? "since " + new Date(st.since).toLocaleTimeString() : "" });
+    badge.className = st ? "badge state-" + st.state : "";
+    tr.appendChild(el("td")).appendChild(badge);
+    tr.appendChild(el("td")).appendChild(button("Delete", "key-delete", () => deleteKey(k), true));
+    return tr;
+  }));
+  const sel = $("active-key");
+  sel.replaceChildren(...state.keys.map((k) =>
+    el("option", `#${k.id} ${k.exchange}${k.testnet ? " testnet" : ""} ${k.label || ""}`.trim(), { value: k.id })));
+  if (state.activeKeyId !== null) sel.value = String(state.activeKeyId);
+}
+
+async function addKey(ev) {
+  ev.preventDefault();
+  await guarded(async () => {
+    const key = await api("POST", "/api/exchange/keys", {
+      exchange: $("key-exchange").value, api_key: $("key-api-key").value.trim(),
+      api_secret: $("key-api-secret").value.trim(), testnet: $("key-testnet").checked,
+      label: $("key-label").value.trim(),
+    });
+    $("key-form").reset();
+    showMessage(`Key #${key.id} added.`, "info");
+    await loadKeys();
+    subscribe();
+  });
+}
+
+async function deleteKey(k) {
+  if (!window.confirm(`Delete key #${k.id} (${k.exchange} ${k.api_key_masked})?`)) return;
+  await guarded(async () => {
+    await api("DELETE", `/api/exchange/keys/${k.id}`);
+    delete state.latest[k.id];
+    delete state.streams[k.id];
+    delete state.pnlSeries[k.id];
+    showMessage(`Key #${k.id} deleted.`, "info");
+    await loadKeys();
+  });
+}
+
+/* ---------- Socket.IO ---------- */
+
+function setConn(text, cls) {
+  const badge = $("conn-status");
+  badge.textContent = text;
+  badge.className = "badge " + (cls || "");
+}
+
+function connectSocket() {
+  if (state.socket) state.socket.disconnect();
+  const socket = io({ auth: { token: state.token }, transports: ["websocket"] });
+  state.socket = socket;
+  socket.on("connect", () => { setConn("online", "online"); subscribe(); });
+  socket.on("disconnect", (reason) => setConn("offline: " + reason, "error"));
+  socket.on("connect_error", (err) => {
+    setConn("connect error", "error");
+    if (err && err.message === "unauthorized") logout("Session expired: log in again.");
+  });
+  for (const type of TYPES) socket.on(type, (env) => onPush(type, env));
+  socket.on("stream_status", (st) => { state.streams[st.key_id] = st; renderKeys(); });
+  socket.on("error", (err) => showMessage((err && err.message) || "server error", "error"));
+}
+
+/** subscribe to all four types for every key of the user (no key_id). */
+function subscribe() {
+  if (!state.socket || !state.socket.connected || !state.keys.length) return;
+  state.socket.emit("subscribe", { types: TYPES }, (ack) => {
+    if (!ack || !ack.ok) showMessage("subscribe failed: " + ((ack && ack.error && ack.error.message) || "no answer"), "error");
+  });
+}
+
+function onPush(type, env) {
+  const perKey = (state.latest[env.key_id] = state.latest[env.key_id] || {});
+  const prev = perKey[type];
+  if (prev && prev.seq > env.seq && env.seq !== 0) return;  // an older push arriving late
+  perKey[type] = env;
+  if (type === "pnl") {
+    const series = (state.pnlSeries[env.key_id] = state.pnlSeries[env.key_id] || []);
+    series.push(env.data.unrealized_pnl);
+    if (series.length > CHART_POINTS) series.shift();
+  }
+  if (env.key_id === state.activeKeyId) render(type);
+}
+
+/* ---------- rendering of the pushed data ---------- */
+
+function current(type) {
+  return (state.latest[state.activeKeyId] || {})[type];
+}
+
+function meta(env) {
+  if (!env) return "";
+  return `seq ${env.seq} · ${env.source}${env.stale ? " · STALE" : ""} · ${new Date(env.as_of).toLocaleTimeString()}`;
+}
+
+function renderAll() { TYPES.forEach(render); }
+
+function render(type) {
+  const env = current(type);
+  if ($(type + "-meta")) $(type + "-meta").textContent = meta(env);
+  ({ balance: renderBalance, positions: renderPositions, pnl: renderPnl, orders: renderOrders })[type](env && env.data);
+}
+
+function renderBalance(b) {
+  setFigure("bal-wallet", b && b.total_wallet_balance);
+  setFigure("bal-unrealized", b && b.total_unrealized_pnl, true);
+  setFigure("bal-margin", b && b.total_margin_balance);
+  setFigure("bal-available", b && b.available_balance);
+  const body = $("assets-body");
+  if (!b || !b.assets.length) return emptyRow(body, 5, b ? "No assets." : "Waiting for data...");
+  body.replaceChildren(...b.assets.map((a) => row(
+    [a.asset, a.wallet_balance, a.available_balance, a.unrealized_pnl, a.margin_balance],
+    ["asset", "wallet_balance", "available_balance", "unrealized_pnl", "margin_balance"], { "data-testid": "asset-row" })));
+}
+
+function renderPositions(list) {
+  const body = $("positions-body");
+  if (!list || !list.length) return emptyRow(body, 9, list ? "No open position." : "Waiting for data...");
+  body.replaceChildren(...list.map((p) => {
+    const tr = row([p.symbol, p.side, p.size, p.entry_price, p.mark_price, p.unrealized_pnl, p.leverage, p.liquidation_price],
+      ["symbol", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "leverage", "liquidation_price"],
+      { "data-testid": "position-row", "data-symbol": p.symbol });
+    tr.children[5].className = signClass(p.unrealized_pnl);
+    tr.appendChild(el("td")).appendChild(button("Close", "position-close", () => closePosition(p.symbol), true));
+    return tr;
+  }));
+}
+
+function renderPnl(p) {
+  setFigure("pnl-unrealized", p && p.unrealized_pnl, true);
+  setFigure("pnl-realized", p && p.realized_pnl, true);
+  drawChart(state.pnlSeries[state.activeKeyId] || []);
+}
+
+/** Polyline of the last unrealized PnL values; y scaled to their range (0 included). */
+function drawChart(series) {
+  const W = 300, H = 80, PAD = 4;
+  const ys = series.map(Number).filter(Number.isFinite);  // the one place floats are used
+  if (!ys.length) { $("pnl-line").setAttribute("points", ""); return; }
+  const lo = Math.min(0, ...ys), hi = Math.max(0, ...ys);
+  const span = hi - lo || 1;
+  const y = (v) => (H - PAD - ((v - lo) / span) * (H - 2 * PAD)).toFixed(1);
+  const step = ys.length > 1 ? W / (CHART_POINTS - 1) : 0;
+  const x0 = W - step * (ys.length - 1);
+  $("pnl-line").setAttribute("points", ys.map((v, i) => `${(x0 + i * step).toFixed(1)},${y(v)}`).join(" "));
+  $("pnl-zero").setAttribute("y1", y(0));
+  $("pnl-zero").setAttribute("y2", y(0));
+}
+
+function renderOrders(list) {
+  const body = $("orders-body");
+  if (!list || !list.length) return emptyRow(body, 9, list ? "No open order." : "Waiting for data...");
+  body.replaceChildren(...list.map((o) => {
+    const tr = row([o.client_order_id, o.symbol, o.side, o.type, o.status, o.price, o.quantity, o.filled_quantity],
+      ["client_order_id", "symbol", "side", "type", "status", "price", "quantity", "filled_quantity"],
+      { "data-testid": "order-row", "data-client-order-id": o.client_order_id });
+    tr.appendChild(el("td")).appendChild(button("Cancel", "order-cancel", () => cancelOrder(o.client_order_id), true));
+    return tr;
+  }));
+}
+
+/* ---------- orders and positions ---------- */
+
+function requireKey() {
+  if (state.activeKeyId === null) throw new Error("Add an API key first.");
+  return state.activeKeyId;
+}
+
+async function placeOrder(ev) {
+  ev.preventDefault();
+  await guarded(async () => {
+    const type = $("order-type").value;
+    const order = { key_id: requireKey(), symbol: $("order-symbol").value.trim().toUpperCase(),
+      side: $("order-side").value, type, quantity: $("order-quantity").value.trim() };
+    if (type === "LIMIT") order.price = $("order-price").value.trim();
+    $("order-submit").disabled = true;
+    try {
+      const { trade } = await api("POST", "/api/orders", order);
+      $("order-result").textContent = `${trade.side} ${trade.quantity} ${trade.symbol}: ${trade.status}` +
+        (trade.entry_price ? ` at ${trade.entry_price}` : "") + ` (${trade.client_order_id})`;
+      showMessage("");
+    } finally {
+      $("order-submit").disabled = false;
+    }
+  });
+}
+
+async function cancelOrder(clientOrderId) {
+  await guarded(async () => {
+    const { trade } = await api("DELETE", `/api/orders/${encodeURIComponent(clientOrderId)}?key_id=${requireKey()}`);
+    showMessage(`Order ${clientOrderId}: ${trade.status}.`, "info");
+  });
+}
+
+async function closePosition(symbol) {
+  await guarded(async () => {
+    const res = await api("POST", "/api/positions/close", { key_id: requireKey(), symbol });
+    showMessage(`Closing ${symbol}: exit #${res.exit.id} ${res.exit.status}` +
+      (res.started ? "." : " (an exit was already working)."), "info");
+  });
+}
+
+/* ---------- wiring ---------- */
+
+function init() {
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", () => logout(""));
+  $("key-form").addEventListener("submit", addKey);
+  $("order-form").addEventListener("submit", placeOrder);
+  $("order-type").addEventListener("change", () => {
+    $("order-price").disabled = $("order-type").value !== "LIMIT";
+  });
+  $("active-key").addEventListener("change", () => {
+    state.activeKeyId = Number($("active-key").value);
+    renderAll();
+  });
+  renderAll();
+  state.token = sessionStorage.getItem(TOKEN_KEY);
+  if (state.token) guarded(start);  // a stale token: the 401 handler in api() logs out
+}
+
+init();
