@@ -5,6 +5,7 @@ request weight (``_used_weight``)."""
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Callable, TypeVar
 
@@ -16,8 +17,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class GovernedRestClient:
-    """Mixin for venue clients. Expects ``exchange``, ``_api_key_hint``,
+class GovernedRestClient(ABC):
+    """Base of the venue clients. Expects ``exchange``, ``_api_key_hint``,
     ``_clock_synced`` and ``_governor`` (a RateGovernor or None) on the instance."""
 
     exchange: str
@@ -25,13 +26,13 @@ class GovernedRestClient:
     _clock_synced: bool
     _governor: RateGovernor | None
 
+    @abstractmethod
     def _errors(self) -> AbstractContextManager[None]:
         """Maps the library's exceptions to ``exchanges.errors`` (raise ... from e)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sync_clock(self) -> int:
         """Resample the server clock offset; returns it in ms."""
-        raise NotImplementedError
 
     def _used_weight(self) -> int | None:
         """Request weight the venue reported for the last reply, if it does."""
