@@ -18,6 +18,7 @@ if __name__ == "__main__":  # monkey-patching must precede every other import
     patch_psycopg()
 
 import logging
+import os
 import signal
 import sys
 from functools import partial
@@ -199,19 +200,25 @@ def main() -> None:
     svc: Services = app.extensions["pushsrv"]
     if simulator is not None:
         demo.bootstrap(cfg, svc)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def shutdown(*_args) -> None:  # type: ignore[no-untyped-def]
+        """Graceful stop: streams off, write-behind flushed, then exit."""
+        logger.info("shutting down")
+        try:
+            svc.shutdown()
+        finally:
+            if simulator is not None:
+                simulator.terminate()
+                simulator.wait(10)
+            logging.shutdown()
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, lambda *_: socketio.start_background_task(shutdown))
     logger.info("listening url=http://%s:%s env=%s", cfg.HOST, cfg.PORT, cfg.APP_ENV)
     try:
         socketio.run(app, host=cfg.HOST, port=cfg.PORT, max_size=cfg.MAX_WS_CONNECTIONS,
                      log_output=False)
     except KeyboardInterrupt:
-        pass
-    finally:
-        logger.info("shutting down")
-        svc.shutdown()
-        if simulator is not None:
-            simulator.terminate()
-            simulator.wait(10)
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class AccountState:
         self.balance: Balance | None = None
         self.positions: dict[str, Position] | None = None
         self.orders: dict[str, Order] | None = None
-        self.realized_pnl: Decimal | None = None
+        self.realized_pnl = None  # services.ledger.Realized once read from the ledger
         self._lock = threading.Lock()
         self._seq: dict[str, int] = {}
         self._last: dict[str, tuple] = {}

@@ -34,7 +34,7 @@ from services.account_state import AccountState, now_ms
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[dict], None]
-MARK_STALE_S = 3.0  # no mark tick for this long: poll positions by REST instead
+MARK_STALE_S = 5.0  # no mark tick for this long: poll positions by REST instead
 GAP_SLACK_MS = 5_000  # the gap fill starts this much before the last event seen
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
 MAX_CONNECTION_S = 23.5 * 3600
@@ -58,7 +58,8 @@ class AccountStream:
         state: the account's in-memory state (owned by this stream).
         get_client: returns the (cached) exchange client for the key; raises
             ExchangeError or ValueError (undecryptable secret).
-        realized_pnl: returns the ledger's realized PnL of the key (Decimal).
+        realized_pnl: returns the ledger's realized PnL of the key
+            (``services.ledger.Realized``).
         publish: called with each envelope to emit; also with ``stream_status``
             dicts (``{"type": "stream_status", "user_id", "key_id", "exchange",
             "state", "since"}``).
@@ -91,7 +92,7 @@ class AccountStream:
         self.stream: UserStream | None = None
         self.events_seen = 0
         self._last_call: dict[str, float] = {}
-        self._refresh_due = False
+        self._refresh_due: set[str] = set()  # kinds an account event made stale
         self._failures = 0
         self._tickers = tickers
         self._on_reconnected = on_reconnected
@@ -172,6 +173,8 @@ class AccountStream:
                 self._sleep(self.settings.backoff_max_s)
             except ExchangeError as e:
                 self._drop_stream()
+                if not self.running:
+                    break  # stop() closed the socket under us
                 self._failures += 1
                 delay = min(self.settings.backoff_max_s,
                             self.settings.backoff_base_s * 2 ** (self._failures - 1))
@@ -249,7 +252,7 @@ class AccountStream:
                 self._on_fill(event.fill)
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, AccountEvent):
-                self._refresh_due = True
+                self._refresh_due |= {"balance", "positions"}
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
@@ -260,8 +263,10 @@ class AccountStream:
             self._emit(tuple(changed), "stream", as_of or now_ms())
         if as_of:
             self._resume_from_ms = max(self._resume_from_ms or 0, as_of)
-        if self._refresh_due or self._marks_stale():
-            self._poll(client, kinds=("balance", "positions"), event_time=as_of or None)
+        stale_marks = self._marks_stale()
+        if self._refresh_due or stale_marks:
+            kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
+            self._poll(client, kinds=kinds, event_time=as_of or None)
         if now - self._last_event_at > self.settings.quiet_check_s:
             logger.info("quiet account stream checked by rest key_id=%s", self.state.key_id)
             self._poll(client)
@@ -299,10 +304,11 @@ class AccountStream:
         try:
             if "balance" in kinds and self._due("balance", force):
                 self.state.set_balance(client.get_balance())
-                self._refresh_due = False
+                self._refresh_due.discard("balance")
                 changed.append("balance")
             if "positions" in kinds and self._due("positions", force):
                 self.state.set_positions(client.get_positions())
+                self._refresh_due.discard("positions")
                 self._sync_tickers()
                 changed += ["positions", "pnl"]
             if "orders" in kinds and self._due("orders", force):

@@ -10,6 +10,7 @@ its fills, so applying the same fill again cannot move them.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -45,7 +46,10 @@ def upsert_order(session: Session, key_id: int, order: OrderInfo, trade_id: int 
 
 
 def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | None) -> bool:
-    """Insert the fill unless (key, symbol, exchange trade id) exists. True if new."""
+    """Insert the fill unless (key, symbol, exchange trade id) exists. True if new.
+
+    A stored fill whose realized PnL is 0 takes a later report's non-zero figure
+    (Bybit's REST execution list has no PnL; its stream's execution has ``execPnl``)."""
     stmt = _insert(session, Fill.__table__).values(
         key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
         exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
@@ -53,7 +57,15 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
         fee=fill.fee, fee_asset=fill.fee_asset, realized_pnl=fill.realized_pnl,
         is_maker=fill.is_maker, time=fill.time,
     ).on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
-    return session.execute(stmt).rowcount == 1
+    if session.execute(stmt).rowcount == 1:
+        return True
+    if fill.realized_pnl:
+        stored = session.scalars(select(Fill).where(
+            Fill.key_id == key_id, Fill.symbol == fill.symbol,
+            Fill.exchange_trade_id == fill.trade_id)).first()
+        if stored is not None and stored.realized_pnl == 0:
+            stored.realized_pnl = fill.realized_pnl
+    return False
 
 
 NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStatus.FAILED.value)
@@ -117,9 +129,21 @@ def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
     return new
 
 
-def realized_pnl(db: Database, key_id: int) -> Decimal:
-    """All-time realized PnL of the key from the ledger's fills: exchange realized
-    profit minus fees (quote currency, Decimal)."""
+@dataclass(frozen=True)
+class Realized:
+    """Realized PnL of one key from the ledger: exchange-reported realized profit
+    minus fees, quote currency; ``today`` counts fills since 00:00 UTC."""
+
+    all_time: Decimal
+    today: Decimal
+
+
+def realized_pnl(db: Database, key_id: int, now: int | None = None) -> Realized:
+    """The key's realized PnL, all time and today (UTC)."""
+    day_start = (now or now_ms()) // 86_400_000 * 86_400_000
     with db.session() as s:
-        rows = s.execute(select(Fill.realized_pnl, Fill.fee).where(Fill.key_id == key_id)).all()
-    return sum((r.realized_pnl - r.fee for r in rows), Decimal(0))
+        rows = s.execute(select(Fill.realized_pnl, Fill.fee, Fill.time)
+                         .where(Fill.key_id == key_id)).all()
+    total = sum((r.realized_pnl - r.fee for r in rows), Decimal(0))
+    today = sum((r.realized_pnl - r.fee for r in rows if r.time >= day_start), Decimal(0))
+    return Realized(total, today)

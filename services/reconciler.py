@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from decimal import Decimal
 from typing import Callable
@@ -42,20 +43,21 @@ class Reconciler:
         db: the database; orders: the OrderService (settles pending trades);
         client_for: the cached exchange client of an ExchangeKey row;
         repair: write adjusting trades for position differences (``RECONCILE_REPAIR``);
-        on_difference: called with each difference dict (logs, metrics);
         pending_max_age_ms / fill_lookback_ms: how far back to look.
+        confirm_delay_s: a position difference must still be there this much later.
     """
 
     def __init__(self, db: Database, orders: OrderService,
                  client_for: Callable[[ExchangeKey], ExchangeClient], repair: bool = False,
                  pending_max_age_ms: int = 7 * 86_400_000,
-                 fill_lookback_ms: int = 86_400_000) -> None:
+                 fill_lookback_ms: int = 86_400_000, confirm_delay_s: float = 1.0) -> None:
         self._db = db
         self._orders = orders
         self._client_for = client_for
         self.repair = repair
         self._pending_max_age_ms = pending_max_age_ms
         self._fill_lookback_ms = fill_lookback_ms
+        self.confirm_delay_s = confirm_delay_s
         self._lock = threading.Lock()
         self.runs = 0
         self.differences = 0
@@ -165,7 +167,9 @@ class Reconciler:
                                         "fill_recorded": fill.trade_id})
         return new
 
-    def _positions(self, key: ExchangeKey, client: ExchangeClient, details: list[dict]) -> int:
+    def _nets(self, key: ExchangeKey, client: ExchangeClient
+              ) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
+        """``(exchange net, ledger net, exchange entry price)`` per symbol."""
         exchange_net: dict[str, Decimal] = {}
         entry: dict[str, Decimal] = {}
         for p in client.get_positions():
@@ -178,18 +182,32 @@ class Reconciler:
         for r in rows:
             signed = r.filled_quantity if r.side == "BUY" else -r.filled_quantity
             ledger_net[r.symbol] = ledger_net.get(r.symbol, Decimal(0)) + signed
+        return exchange_net, ledger_net, entry
+
+    def _differences(self, key: ExchangeKey, client: ExchangeClient) -> dict[str, tuple]:
+        ex, led, entry = self._nets(key, client)
+        return {sym: (ex.get(sym, Decimal(0)), led.get(sym, Decimal(0)), entry.get(sym))
+                for sym in set(ex) | set(led) if ex.get(sym, Decimal(0)) != led.get(sym, Decimal(0))}
+
+    def _positions(self, key: ExchangeKey, client: ExchangeClient, details: list[dict]) -> int:
+        """Differences seen twice, ``confirm_delay_s`` apart with the same figures, are
+        real: a fill in flight (sent by the exchange, not yet through the write-behind
+        queue) shows once and is gone on the second look."""
+        first = self._differences(key, client)
+        if not first:
+            return 0
+        time.sleep(self.confirm_delay_s)
+        second = self._differences(key, client)
         repaired = 0
-        for symbol in sorted(set(exchange_net) | set(ledger_net)):
-            ex, led = exchange_net.get(symbol, Decimal(0)), ledger_net.get(symbol, Decimal(0))
-            if ex == led:
-                continue
+        for symbol in sorted(s for s in second if first.get(s, (None, None))[:2] == second[s][:2]):
+            ex, led, price = second[symbol]
             kind = ("exchange_only" if led == 0 else "ledger_only" if ex == 0 else "size_mismatch")
             diff = {"key_id": key.id, "symbol": symbol, "difference": kind,
                     "exchange": dec(ex), "ledger": dec(led), "repaired": False}
             with self._lock:
                 self.differences += 1
             if self.repair:
-                self._adjust(key, symbol, ex - led, entry.get(symbol))
+                self._adjust(key, symbol, ex - led, price)
                 diff["repaired"] = True
                 repaired += 1
                 with self._lock:

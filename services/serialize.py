@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from exchanges.types import Balance, Order, Position
+
+if TYPE_CHECKING:
+    from services.ledger import Realized
 
 
 def dec(value: Decimal | None) -> str | None:
@@ -49,11 +52,13 @@ def roe_pct(p: Position) -> Decimal:
     return (p.unrealized_pnl / margin * 100).quantize(Decimal("0.01"))
 
 
-def pnl_data(positions: Iterable[Position], realized_pnl: Decimal) -> dict:
-    """CONTRACT.md ``pnl`` data; ``realized_pnl`` comes from the ledger."""
+def pnl_data(positions: Iterable[Position], realized: Realized) -> dict:
+    """CONTRACT.md ``pnl`` data plus ``realized_pnl_today``; realized figures come
+    from the ledger (``services.ledger.Realized``)."""
     open_positions = [p for p in sorted(positions, key=lambda p: p.symbol) if p.size != 0]
     total = sum((p.unrealized_pnl for p in open_positions), Decimal(0))
-    return {"unrealized_pnl": dec(total), "realized_pnl": dec(realized_pnl),
+    return {"unrealized_pnl": dec(total), "realized_pnl": dec(realized.all_time),
+            "realized_pnl_today": dec(realized.today),
             "positions": [{"symbol": p.symbol, "side": p.side,
                            "unrealized_pnl": dec(p.unrealized_pnl),
                            "roe_pct": dec(roe_pct(p))} for p in open_positions]}

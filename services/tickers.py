@@ -159,17 +159,19 @@ class TickerHub:
         up.state = "down"
 
     def _deliver(self, up: _Upstream, tick: Ticker) -> None:
+        """Every tick reaches the callbacks (they learn the stream is alive and revalue
+        only on a change); sockets get an envelope only when a price changed."""
         up.ticks += 1
-        if up.last is not None and (up.last.mark_price, up.last.last_price, up.last.bid,
-                                    up.last.ask) == (tick.mark_price, tick.last_price,
-                                                     tick.bid, tick.ask):
-            return
-        up.last = tick
-        up.seq += 1
+        changed = up.last is None or (up.last.mark_price, up.last.last_price, up.last.bid,
+                                      up.last.ask) != (tick.mark_price, tick.last_price,
+                                                       tick.bid, tick.ask)
+        if changed:
+            up.last = tick
+            up.seq += 1
         with self._lock:
             subscribers = list(up.subscribers.items())
         callbacks = [cb for _, cb in subscribers if cb is not None]
-        if not up.key[1] and any(cb is None for _, cb in subscribers):
+        if changed and not up.key[1] and any(cb is None for _, cb in subscribers):
             env = self._envelope(up, tick)
             env["sent_at"] = now_ms()
             self._publish(env)

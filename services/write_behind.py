@@ -15,14 +15,22 @@ import time
 from collections import deque
 from typing import Callable
 
-from sqlalchemy.exc import OperationalError
-from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
 
 from exchanges.types import Fill as FillEvent, Order as OrderInfo
 from models import Database
 from services import ledger
 
 logger = logging.getLogger(__name__)
+
+
+def database_unavailable(e: BaseException) -> bool:
+    """True for errors that mean "the database cannot be reached right now" (retry
+    forever), as opposed to a bad statement: connection refused or reset, a pooled
+    connection found dead, a server shutting down, a deadlock or serialisation loss."""
+    return isinstance(e, (OperationalError, InterfaceError)) or (
+        isinstance(e, DBAPIError) and e.connection_invalidated)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -118,12 +126,12 @@ class LedgerWriter:
             self._inflight_since = None
 
     def _write(self, batch: list) -> None:
-        for attempt in Retrying(retry=retry_if_exception_type(OperationalError),
+        for attempt in Retrying(retry=retry_if_exception(database_unavailable),
                                 wait=wait_exponential_jitter(initial=0.1, max=5.0)):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.retries += 1
-                    self.last_error = "OperationalError"
+                    self.last_error = "database unavailable"
                 keys = set()
                 with self._db.transaction() as s:
                     for _, kind, key_id, event in batch:

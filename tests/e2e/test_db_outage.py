@@ -49,7 +49,7 @@ def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path
         proxy.restore()
         drained = wait_until(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
             acct.admin("GET", "/admin/stats").json()["write_behind"]), timeout=30)
-        assert drained["written"] >= 6  # 3 fills + 3 order updates at least
+        assert drained["written"] >= 6, drained  # 3 fills + 3 order updates at least
         opened = wait_until(lambda: (lambda ts: ts if len(ts) == 3 else None)(
             acct.get("/api/trades?status=open").json()), timeout=15)
         assert sorted(t["filled_quantity"] for t in opened) == ["0.01"] * 3

@@ -91,3 +91,33 @@ def test_a_cancel_that_raced_a_fill_ends_open_in_any_order(db, extra, rnd) -> No
     noisy = CANCEL_EVENTS + [CANCEL_EVENTS[i] for i in extra]
     rnd.shuffle(noisy)
     assert _replay(db, noisy) == clean
+
+
+def test_realized_pnl_all_time_and_today_and_late_pnl_completes_a_fill(db) -> None:  # type: ignore[no-untyped-def]
+    with db.transaction() as s:
+        for table in (Fill, Order, Trade):
+            s.execute(delete(table))
+    day = 1_795_600_000_000 // 86_400_000 * 86_400_000
+    yesterday = FillEvent("y1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
+                          Decimal("0.1"), "USDT", Decimal("5"), False, day - 1000)
+    today = FillEvent("t1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
+                      Decimal("0.1"), "USDT", Decimal("0"), False, day + 1000)
+    with db.transaction() as s:
+        ledger.apply_fill(s, 1, yesterday)
+        ledger.apply_fill(s, 1, today)
+    r = ledger.realized_pnl(db, 1, now=day + 5000)
+    assert (r.all_time, r.today) == (Decimal("4.8"), Decimal("-0.1"))
+    # the same execution reported again with its PnL (Bybit stream after REST) completes it
+    with db.transaction() as s:
+        assert not ledger.apply_fill(s, 1, FillEvent(**{**today.__dict__, "realized_pnl": Decimal("2")}))
+    r = ledger.realized_pnl(db, 1, now=day + 5000)
+    assert (r.all_time, r.today) == (Decimal("6.8"), Decimal("1.9"))
+
+
+def test_connection_errors_are_retried_and_bad_statements_are_not() -> None:
+    from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+    from services.write_behind import database_unavailable
+    assert database_unavailable(OperationalError("SELECT 1", {}, Exception("refused")))
+    assert database_unavailable(InterfaceError("SELECT 1", {}, Exception("connection already closed")))
+    assert not database_unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not database_unavailable(ValueError("bug"))

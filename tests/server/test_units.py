@@ -11,6 +11,7 @@ from exchanges.types import AssetBalance, Balance, Order, OrderStatus, Position
 from services.account_state import AccountState
 from services.errors import Unauthorized
 from services.security import KeyCipher, TokenService, hash_password, verify_password
+from services.ledger import Realized
 from services.serialize import dec, pnl_data
 
 
@@ -78,9 +79,9 @@ def _pos(upnl: str, mark: str = "101") -> Position:
 
 
 def test_pnl_roe_and_totals() -> None:
-    data = pnl_data([_pos("0.01")], Decimal("-1.5"))
+    data = pnl_data([_pos("0.01")], Realized(Decimal("-1.5"), Decimal("0.25")))
     # margin = 0.01 * 100 / 20 = 0.05; roe = 0.01 / 0.05 = 20 %
-    assert data == {"unrealized_pnl": "0.01", "realized_pnl": "-1.5",
+    assert data == {"unrealized_pnl": "0.01", "realized_pnl": "-1.5", "realized_pnl_today": "0.25",
                     "positions": [{"symbol": "BTCUSDT", "side": "LONG",
                                    "unrealized_pnl": "0.01", "roe_pct": "20"}]}
 
