@@ -1,0 +1,296 @@
+"""Shared pieces of the benchmarks: processes and databases, account setup over REST,
+Socket.IO listeners, statistics and /proc figures.
+
+Everything talks to 127.0.0.1 only (the simulator and server helpers of
+``tests/support`` bind there). Times are seconds unless a name ends in ``_ms``.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+import socketio
+from requests.adapters import HTTPAdapter
+
+from tests.support.server import ServerProcess, start_server
+from tests.support.simulator import SimulatorProcess, start_simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+ACCOUNT_TYPES = ["balance", "positions", "pnl", "orders"]
+EVENTS = ("balance", "positions", "pnl", "orders", "stream_status", "error")
+REQUEST_TIMEOUT_S = 60.0
+
+
+# ---- statistics and /proc -------------------------------------------------------------
+def pct(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile ``q`` (0..1) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def lat_ms(values_ms: list[float]) -> dict:
+    """``{"n", "p50_ms", "p99_ms", "max_ms"}`` of latencies given in milliseconds."""
+    r = lambda v: None if v is None else round(v, 1)  # noqa: E731
+    return {"n": len(values_ms), "p50_ms": r(pct(values_ms, 0.5)),
+            "p99_ms": r(pct(values_ms, 0.99)), "max_ms": r(max(values_ms) if values_ms else None)}
+
+
+def lat_s(values_s: list[float]) -> dict:
+    """``lat_ms`` of latencies given in seconds."""
+    return lat_ms([v * 1000 for v in values_s])
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Resident set size (VmRSS of /proc/<pid>/status) in MiB; None when unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return round(int(match.group(1)) / 1024, 1) if match else None
+
+
+def cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system, /proc/<pid>/stat) used by the process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def log_problems(path: Path, start: int = 0, end: int | None = None, limit: int = 6) -> dict:
+    """In bytes ``[start, end)`` of a log file: the count of ``ERROR``/``Traceback`` lines
+    (and the first ``limit``) and of ``WARNING`` lines."""
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
+            lines = f.read(None if end is None else max(0, end - start)).decode(errors="replace").splitlines()
+    except OSError:
+        return {"errors": None, "warnings": None, "first": []}
+    bad = [ln for ln in lines if " ERROR " in ln or ln.startswith("Traceback")]
+    return {"errors": len(bad), "warnings": sum(" WARNING " in ln for ln in lines),
+            "first": [ln[:240] for ln in bad[:limit]]}
+
+
+# ---- processes ----------------------------------------------------------------------------
+class Stack:
+    """Database + simulator + server, started in order and stopped in reverse.
+
+    ``db``: ``sqlite`` (a file in a temp dir) or ``postgresql`` (a fresh database
+    made like ``tests/conftest.make_pg_database``, dropped on stop). Logs go to
+    ``log_dir`` (the server's as ``server-<port>.log``; the simulator's is copied
+    there as ``simulator.log`` before the helper deletes it).
+    """
+
+    def __init__(self, db: str, log_dir: Path, extra_env: dict | None = None) -> None:
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+        self._drop: Callable[[], None] | None = None
+        self.sim: SimulatorProcess | None = None
+        self.server: ServerProcess | None = None
+        if db == "sqlite":
+            self.db_url = f"sqlite:///{self._tmp / 'bench.sqlite3'}"
+        elif db == "postgresql":
+            from tests.conftest import PG_ADMIN_URL, make_pg_database
+            self.db_url, self._drop = make_pg_database(PG_ADMIN_URL)
+        else:
+            raise ValueError(f"unknown db {db!r}")
+        try:
+            self.sim = start_simulator()
+            # one pooled session is shared by the setup threads: make the pool big enough
+            self.sim._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
+            self.server = start_server(self.db_url, self.sim.url, self.sim.ws_url, log_dir,
+                                       extra_env=extra_env)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the server, keep the simulator log, stop the simulator, drop the database."""
+        if self.server is not None:
+            self.server.stop()
+        if self.sim is not None:
+            shutil.copy(self.sim.log_path, self.log_dir / "simulator.log")
+            self.sim.stop()
+        if self._drop is not None:
+            self._drop()
+            self._drop = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# ---- REST --------------------------------------------------------------------------------
+_local = threading.local()
+
+
+def rest(method: str, url: str, token: str | None = None, body: dict | None = None,
+         headers: dict | None = None) -> requests.Response:
+    """One HTTP call on this thread's keep-alive session (bearer ``token`` if given)."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    headers = dict(headers or {}, **({"Authorization": f"Bearer {token}"} if token else {}))
+    return session.request(method, url, json=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
+
+
+@dataclass
+class Account:
+    """An app user with one simulator-funded Binance key. ``steps_s``: seconds spent in
+    each setup call (sim account, register, login, key)."""
+
+    username: str
+    password: str
+    api_key: str
+    api_secret: str
+    user_id: int = 0
+    token: str = ""
+    key_id: int = 0
+    steps_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def setup_s(self) -> float:
+        return sum(self.steps_s.values())
+
+
+def _expect(resp: requests.Response, status: int, what: str) -> dict:
+    if resp.status_code != status:
+        raise RuntimeError(f"{what}: HTTP {resp.status_code}: {resp.text[:200]}")
+    return resp.json()
+
+
+def create_account(server_url: str, sim: SimulatorProcess, tag: str) -> Account:
+    """Simulator account (USDT 10000) + register + login + ``POST /api/exchange/keys``."""
+    acct = Account("b" + tag, "pw-" + uuid.uuid4().hex, "bk" + uuid.uuid4().hex,
+                   "bs" + uuid.uuid4().hex)
+    t = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        acct.steps_s[name], t = now - t, now
+    sim.create_account(acct.api_key, acct.api_secret, balances={"USDT": "10000"})
+    step("sim_account")
+    creds = {"username": acct.username, "password": acct.password}
+    acct.user_id = _expect(rest("POST", server_url + "/api/auth/register", body=creds), 201,
+                           "register")["id"]
+    step("register")
+    acct.token = _expect(rest("POST", server_url + "/api/auth/login", body=creds), 200,
+                         "login")["access_token"]
+    step("login")
+    key = {"exchange": "binance", "api_key": acct.api_key, "api_secret": acct.api_secret,
+           "testnet": False, "label": "bench"}
+    acct.key_id = _expect(rest("POST", server_url + "/api/exchange/keys", acct.token, key), 201,
+                          "add key")["id"]
+    step("add_key")
+    return acct
+
+
+def run_pool(fn: Callable[[int], Any], n: int, workers: int) -> tuple[list, list[str]]:
+    """``fn(i)`` for i in range(n) on ``workers`` threads; ``(results in order with None
+    for failures, error strings)``."""
+    results: list = [None] * n
+    errors: list[str] = []
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(fn, i): i for i in range(n)}
+        for fut, i in futures.items():
+            try:
+                results[i] = fut.result()
+            except Exception as e:  # one failed account must not stop the bench
+                errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+    return results, errors
+
+
+# ---- Socket.IO ---------------------------------------------------------------------------
+class Listener:
+    """One python-socketio ``AsyncClient`` subscribed to the four account types. Every
+    event is kept as ``(time.time() at receipt, name, data)`` in ``events``."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[float, str, Any]] = []
+        self._arrived = asyncio.Event()
+        for name in EVENTS:
+            self.sio.on(name, self._handler(name))
+
+    def _handler(self, name: str) -> Callable[[Any], None]:
+        def handle(data: Any = None) -> None:
+            self.events.append((time.time(), name, data))
+            self._arrived.set()
+        return handle
+
+    async def open(self, url: str, timeout: float) -> float:
+        """Connect, subscribe (ack must be ok) and wait for one push of each account type;
+        returns the seconds this took. Raises on refusal, bad ack or timeout."""
+        t0 = time.time()
+        deadline = time.monotonic() + timeout
+        await self.sio.connect(url, auth={"token": self.account.token},
+                               transports=["websocket"], wait_timeout=timeout)
+        ack = await self.sio.call("subscribe", {"types": ACCOUNT_TYPES}, timeout=timeout)
+        if not (isinstance(ack, dict) and ack.get("ok")):
+            raise RuntimeError(f"subscribe refused: {ack}")
+        while not set(ACCOUNT_TYPES) <= {name for _, name, _ in self.events}:
+            self._arrived.clear()
+            await asyncio.wait_for(self._arrived.wait(), max(0.01, deadline - time.monotonic()))
+        return time.time() - t0
+
+    def last(self, name: str) -> Any:
+        """The data of the latest ``name`` event, or None."""
+        for _, got, data in reversed(self.events):
+            if got == name:
+                return data
+        return None
+
+    def count(self, t_from: float, t_to: float) -> int:
+        """Events received in ``[t_from, t_to)``."""
+        return sum(1 for t, _, _ in self.events if t_from <= t < t_to)
+
+
+async def first_events(items: list[tuple[Listener, float, str, Callable[[Any], bool]]],
+                       timeout: float) -> list[tuple[float, Any] | None]:
+    """For each ``(listener, since, name, predicate)``: the first ``(t, data)`` event named
+    ``name`` received at or after ``since`` whose data satisfies ``predicate``; waits up
+    to ``timeout`` seconds for the missing ones (None when still missing)."""
+    found: list[tuple[float, Any] | None] = [None] * len(items)
+    cursor = [0] * len(items)
+    deadline = time.monotonic() + timeout
+    while True:
+        for i, (lst, since, name, pred) in enumerate(items):
+            if found[i] is not None:
+                continue
+            events = lst.events
+            for j in range(cursor[i], len(events)):
+                t, got, data = events[j]
+                if t >= since and got == name and pred(data):
+                    found[i] = (t, data)
+                    break
+            cursor[i] = len(events) if found[i] is None else j
+        if all(f is not None for f in found) or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
+async def loop_lag(samples: list[tuple[float, float]], period: float = 0.05) -> None:
+    """Appends ``(time.time(), lag_s)``: how late this process's event loop woke up from a
+    ``period`` sleep (the bench's own delay added to every receive time). Runs until
+    cancelled."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(period)
+        samples.append((time.time(), time.monotonic() - t - period))
