@@ -134,7 +134,8 @@ def _build_services(cfg: Config) -> Services:
     streams_ref: list[StreamManager] = []
     leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000))
               if cfg.MESSAGE_QUEUE_URL else LocalLeases())
-    orders = OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S)
+    orders = OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S,
+                          spawn=socketio.start_background_task)
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR)
     writer = LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
     ledger_api = _LedgerFacade(db, writer)
@@ -146,7 +147,7 @@ def _build_services(cfg: Config) -> Services:
                             leases=leases)
     streams_ref.append(streams)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
-                      ledger_writer=writer, governors=governors)
+                      ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
     socketio.start_background_task(writer.run)
     if cfg.RECONCILE_INTERVAL_S > 0:

@@ -36,7 +36,7 @@ def place_order():  # type: ignore[no-untyped-def]
         raise ApiError("validation_error", problem[1], 400, problem[0])
     trade = services().orders.place(g.user_id, req.key_id, req.symbol, req.side, req.type,
                                     req.quantity, req.price, req.time_in_force,
-                                    req.reduce_only, req.client_order_id)
+                                    req.reduce_only, req.client_order_id, req.timeout_s)
     return {"trade": trade_json(trade)}, 201
 
 

@@ -60,7 +60,8 @@ def _decimal(value: object, field: str) -> Decimal:
 
 
 class OrderCreate(Strict):
-    """POST /api/orders. ``quantity`` and ``price`` are decimal strings."""
+    """POST /api/orders. ``quantity`` and ``price`` are decimal strings; ``timeout_s``
+    (LIMIT only, seconds): cancel the order if it has not filled by then."""
 
     key_id: int = Field(gt=0)
     symbol: Symbol
@@ -71,6 +72,7 @@ class OrderCreate(Strict):
     time_in_force: Literal["GTC", "IOC", "FOK"] | None = None
     reduce_only: bool = False
     client_order_id: ClientOrderId | None = None
+    timeout_s: int | None = Field(default=None, gt=0, le=86_400)
 
     @field_validator("quantity", "price", mode="before")
     @classmethod
@@ -85,6 +87,8 @@ class OrderCreate(Strict):
             return "price", "price is not allowed for MARKET orders"
         if self.type == "MARKET" and self.time_in_force is not None:
             return "time_in_force", "time_in_force applies to LIMIT orders only"
+        if self.type == "MARKET" and self.timeout_s is not None:
+            return "timeout_s", "timeout_s applies to LIMIT orders only"
         return None
 
 

@@ -53,7 +53,8 @@ class Metrics:
     """
 
     def __init__(self, *, hub: StatsSource, trading: StatsSource, streams: StatsSource,
-                 tickers: StatsSource, ledger_writer: StatsSource, governors: StatsSource) -> None:
+                 tickers: StatsSource, ledger_writer: StatsSource, governors: StatsSource,
+                 reconciler: StatsSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.push_latency = Histogram(
             f"{PREFIX}_push_latency_seconds",
@@ -64,9 +65,11 @@ class Metrics:
             f"{PREFIX}_api_exchange_errors",
             "Exchange errors answered by the REST API, by exchange and error class",
             ["exchange", "kind"], registry=self.registry)
-        self.registry.register(_StatsCollector(hub=hub, trading=trading, streams=streams,
-                                               tickers=tickers, ledger_writer=ledger_writer,
-                                               governors=governors))
+        sources = dict(hub=hub, trading=trading, streams=streams, tickers=tickers,
+                       ledger_writer=ledger_writer, governors=governors)
+        if reconciler is not None:
+            sources["reconciler"] = reconciler
+        self.registry.register(_StatsCollector(**sources))
 
     def observe_stream_latency(self, seconds: float) -> None:
         """Record one push latency (exchange event time -> emit) in seconds; the push
@@ -94,7 +97,10 @@ class _StatsCollector(Collector):
         broken service never empties the whole scrape."""
         for name, build in (("hub", _hub_families), ("trading", _trading_families),
                             ("streams", _stream_families), ("tickers", _ticker_families),
-                            ("ledger_writer", _ledger_families), ("governors", _governor_families)):
+                            ("ledger_writer", _ledger_families), ("governors", _governor_families),
+                            ("reconciler", _reconcile_families)):
+            if name not in self._src:
+                continue
             try:
                 families = list(build(self._src[name].stats()))
             except Exception:  # isolation boundary: one source's failure
@@ -146,6 +152,19 @@ def _ledger_families(s: dict) -> Iterable[Metric]:
                               "Fills written by the write-behind writer since start", value=s["written"])
     yield CounterMetricFamily(f"{PREFIX}_ledger_write_retries",
                               "Failed write-behind attempts (retried) since start", value=s["retries"])
+    yield _gauge("ledger_oldest_unwritten_age_seconds",
+                 "Age of the oldest event not yet written by the write-behind writer",
+                 s["oldest_unwritten_age_ms"] / 1000)
+
+
+def _reconcile_families(s: dict) -> Iterable[Metric]:
+    yield CounterMetricFamily(f"{PREFIX}_reconcile_runs", "Account reconciliations since start",
+                              value=s["runs"])
+    yield CounterMetricFamily(f"{PREFIX}_reconcile_differences",
+                              "Position differences between exchange and ledger found since start",
+                              value=s["differences"])
+    yield CounterMetricFamily(f"{PREFIX}_reconcile_repaired",
+                              "Position differences repaired since start", value=s["repaired"])
 
 
 def _governor_families(s: dict) -> Iterable[Metric]:

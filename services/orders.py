@@ -71,17 +71,20 @@ class OrderService:
     """
 
     def __init__(self, db: Database, client_for: ClientFor, sleep: Callable[[float], None],
-                 confirm_timeout_s: float = 5.0) -> None:
+                 confirm_timeout_s: float = 5.0, spawn: Callable | None = None) -> None:
         self._db = db
         self._client_for = client_for
         self._sleep = sleep
+        self._spawn = spawn
         self._confirm_timeout_s = confirm_timeout_s
 
     def place(self, user_id: int, key_id: int, symbol: str, side: str, type_: str,
               quantity: Decimal, price: Decimal | None, time_in_force: str | None,
-              reduce_only: bool, client_order_id: str | None) -> Trade:
+              reduce_only: bool, client_order_id: str | None,
+              timeout_s: float | None = None) -> Trade:
         """Place an order; returns the ledger record (``pending``, ``open``,
-        ``canceled`` or ``failed``).
+        ``canceled`` or ``failed``). A LIMIT order with ``timeout_s`` that is still
+        ``pending`` then is cancelled and queried again (``expire``).
 
         Raises NotFound (key), ValidationFailed (rules), Conflict (duplicate
         client_order_id), ExchangeRejected (the trade is stored ``failed``),
@@ -118,7 +121,32 @@ class OrderService:
             raise
         if type_ == "MARKET" and not order.status.is_final:
             order = self._await_final(client, order)
-        return self.record(key_id, trade.id, client, order)
+        recorded = self.record(key_id, trade.id, client, order)
+        if timeout_s and recorded.status == TradeStatus.PENDING.value and self._spawn:
+            self._spawn(self.expire, user_id, key_id, coid, timeout_s)
+        return recorded
+
+    def expire(self, user_id: int, key_id: int, client_order_id: str, after_s: float) -> None:
+        """After ``after_s`` seconds, cancel the entry if its trade is still ``pending``,
+        then query the order again: a cancel that raced a fill ends ``open`` with the
+        fill, never ``pending`` or ``canceled``. Errors are logged; the reconciler
+        settles what is left."""
+        self._sleep(after_s)
+        with self._db.session() as s:
+            trade = s.scalars(select(Trade).where(Trade.client_order_id == client_order_id)).first()
+        if trade is None or trade.status != TradeStatus.PENDING.value:
+            return
+        try:
+            self.cancel(user_id, key_id, client_order_id)
+            key = get_owned_key(self._db, user_id, key_id)
+            client = self._client_for(key)
+            order = client.get_order(trade.symbol, client_order_id=client_order_id)
+            settled = self.record(key_id, trade.id, client, order)
+            logger.info("limit order timed out client_order_id=%s status=%s",
+                        client_order_id, settled.status)
+        except (ExchangeError, NotFound) as e:
+            logger.warning("limit order timeout handling failed client_order_id=%s kind=%s",
+                           client_order_id, type(e).__name__)
 
     def _await_final(self, client: ExchangeClient, order: OrderInfo) -> OrderInfo:
         deadline = time.monotonic() + self._confirm_timeout_s

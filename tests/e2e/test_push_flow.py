@@ -7,6 +7,8 @@ from decimal import Decimal
 import pytest
 import socketio
 
+from tests.e2e.conftest import wait_until
+
 
 def test_subscribe_snapshot_order_fill_and_price_move(account, listen, sim) -> None:  # type: ignore[no-untyped-def]
     sim.set_price("BTCUSDT", "60000")
@@ -148,3 +150,30 @@ def test_cancel_that_raced_a_fill_ends_open_with_the_fill(account, sim) -> None:
     t = r.json()["trade"]
     assert t["status"] == "open" and t["filled_quantity"] == "0.01"
     assert Decimal(t["entry_price"]) == Decimal("55000")
+
+
+def test_limit_order_timeout_cancels_it(account) -> None:  # type: ignore[no-untyped-def]
+    r = account.post("/api/orders", {"key_id": account.key_id, "symbol": "BTCUSDT", "side": "BUY",
+                                     "type": "LIMIT", "quantity": "0.010", "price": "20000",
+                                     "timeout_s": 1})
+    assert r.status_code == 201 and r.json()["trade"]["status"] == "pending"
+    coid = r.json()["trade"]["client_order_id"]
+    done = wait_until(lambda: [t for t in account.get("/api/trades?status=canceled").json()
+                               if t["client_order_id"] == coid], timeout=10)
+    assert done[0]["filled_quantity"] == "0"
+    bad = account.post("/api/orders", {"key_id": account.key_id, "symbol": "BTCUSDT", "side": "BUY",
+                                       "type": "MARKET", "quantity": "0.010", "timeout_s": 5})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "timeout_s"
+
+
+def test_limit_order_timeout_that_races_a_fill_ends_open(account, sim) -> None:  # type: ignore[no-untyped-def]
+    sim.set_price("BTCUSDT", "60000")
+    r = account.post("/api/orders", {"key_id": account.key_id, "symbol": "BTCUSDT", "side": "BUY",
+                                     "type": "LIMIT", "quantity": "0.010", "price": "30000",
+                                     "timeout_s": 2})
+    trade = r.json()["trade"]
+    sim.fill(trade["entry_order_id"])      # fills just before the timeout's cancel
+    done = wait_until(lambda: [t for t in account.get("/api/trades?status=open").json()
+                               if t["client_order_id"] == trade["client_order_id"]], timeout=10)
+    assert done[0]["filled_quantity"] == "0.01"
+    assert account.get("/api/trades?status=canceled").json() == []

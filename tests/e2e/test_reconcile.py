@@ -69,3 +69,6 @@ def test_position_made_outside_the_ledger_is_reported_and_repaired(sim, restarta
     assert not [d for d in again["details"] if "difference" in d]
     stats = acct.admin("GET", "/admin/stats").json()["reconcile"]
     assert stats["differences"] >= 1 and stats["repaired"] >= 1
+    metrics = acct.admin("GET", "/metrics").text
+    line = [m for m in metrics.splitlines() if m.startswith("pushsrv_reconcile_differences_total")]
+    assert line and float(line[0].split()[-1]) >= 1

@@ -16,6 +16,8 @@ FAMILIES = {
     "pushsrv_account_streams", "pushsrv_ticker_streams",
     "pushsrv_ledger_queue_depth", "pushsrv_ledger_fills_written", "pushsrv_ledger_write_retries",
     "pushsrv_pushes", "pushsrv_push_latency_seconds", "pushsrv_api_exchange_errors",
+    "pushsrv_reconcile_runs", "pushsrv_reconcile_differences", "pushsrv_reconcile_repaired",
+    "pushsrv_ledger_oldest_unwritten_age_seconds",
 }
 
 
@@ -136,7 +138,8 @@ def _sources(**override) -> dict:  # type: ignore[no-untyped-def]
         "trading": _Fixed({"size": 1, "builds": 4, "entries": []}),
         "streams": _Fixed({"running": 1, "started": 1, "by_state": {"live": 1}, "events_seen": 0}),
         "tickers": _Fixed({"streams": 0, "by_state": {}, "subscribers": 0, "ticks": 0}),
-        "ledger_writer": _Fixed({"depth": 5, "written": 7, "retries": 1, "last_write_ms": 0.0}),
+        "ledger_writer": _Fixed({"depth": 5, "written": 7, "retries": 1, "last_write_ms": 0.0,
+                                          "oldest_unwritten_age_ms": 2500}),
         "governors": _Fixed({"binance-testnet": {"used_weight_1m": 40, "weight_limit": 2400,
                                                  "blocked_for_ms": 1500, "limited_by_exchange": 2}}),
     }
@@ -160,6 +163,7 @@ def test_registries_are_per_instance_and_read_stats() -> None:
     assert va[("pushsrv_rate_limit_weight_used", (("venue", "binance-testnet"),))] == 40
     assert va[("pushsrv_rate_limit_blocked_seconds", (("venue", "binance-testnet"),))] == 1.5
     assert va[("pushsrv_ledger_fills_written_total", ())] == 7
+    assert va[("pushsrv_ledger_oldest_unwritten_age_seconds", ())] == 2.5
 
 
 def test_one_failing_source_does_not_empty_the_scrape() -> None:
