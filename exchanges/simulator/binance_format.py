@@ -128,6 +128,12 @@ def account_update(engine: Engine, account: Account, reason: str, event_ms: int,
         "P": rows, "m": reason}}
 
 
+def book_ticker_event(symbol: str, bid: Decimal, ask: Decimal, event_ms: int, update_id: int) -> dict:
+    """A ``bookTicker`` frame (best bid/ask; quantities are nominal)."""
+    return {"e": "bookTicker", "u": update_id, "E": event_ms, "T": event_ms, "s": symbol,
+            "b": f"{bid:f}", "B": "10", "a": f"{ask:f}", "A": "10"}
+
+
 def mark_price_update(symbol: str, price: Decimal, event_ms: int) -> dict:
     """A ``markPriceUpdate`` frame (mark = index = estimated settle price)."""
     text = money(price)

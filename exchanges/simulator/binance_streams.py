@@ -2,7 +2,8 @@
 
 Paths (one aiohttp app):
 - user data: ``/private/ws?listenKey=<lk>``, ``/private/ws/<lk>``, ``/ws/<lk>``;
-- market: ``/ws/<symbol>@markPrice`` (also ``@markPrice@1s``), same under ``/market/ws/``.
+- market: ``/ws/<symbol>@markPrice`` (also ``@markPrice@1s``), same under ``/market/ws/``;
+  book: ``<symbol>@bookTicker`` under ``/ws/`` and ``/public/ws/``.
 
 Frames are raw event JSON (no ``{"stream","data"}`` wrapper). A listenKey lives 60
 min (``--listen-key-ttl-s``) from its last POST/PUT; on expiry every connection of it
@@ -14,6 +15,7 @@ code 1011. Fan-out per event is O(connections of that account or symbol).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import secrets
@@ -81,6 +83,8 @@ class BinanceStreams:
         self.keys: dict[str, ListenKey] = {}
         self.by_api_key: dict[str, ListenKey] = {}
         self.market: dict[str, set[StreamConn]] = {}
+        self.book: dict[str, set[StreamConn]] = {}   # @bookTicker subscribers
+        self._book_ids = itertools.count(1)
         self._sweeper: asyncio.Task | None = None
         engine.add_listener(self.on_event)
         faults.add_hook("drop_ws", self.drop)
@@ -151,7 +155,8 @@ class BinanceStreams:
         conns = [c for lk in self.keys.values() if api_key is None or lk.api_key == api_key
                  for c in lk.conns]
         if api_key is None:
-            conns += [c for subs in self.market.values() for c in subs]
+            conns += [c for group in (self.market, self.book) for subs in group.values()
+                      for c in subs]
         for conn in conns:
             conn.close(1011, b"dropped by fault")
         return len(conns)
@@ -168,7 +173,7 @@ class BinanceStreams:
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
         for conn in [c for lk in self.keys.values() for c in lk.conns] + \
-                [c for subs in self.market.values() for c in subs]:
+                [c for group in (self.market, self.book) for subs in group.values() for c in subs]:
             conn.close(1001, b"server shutdown")
 
     async def _sweep(self) -> None:
@@ -187,6 +192,13 @@ class BinanceStreams:
             if subs:
                 frame = json.dumps(bf.mark_price_update(event.symbol, event.price, event.time))
                 for conn in subs:
+                    conn.send(frame)
+            book = self.book.get(event.symbol)
+            if book:
+                bid, ask = self.engine.bid_ask(event.symbol)
+                frame = json.dumps(bf.book_ticker_event(event.symbol, bid, ask, event.time,
+                                                  next(self._book_ids)))
+                for conn in book:
                     conn.send(frame)
             return
         if isinstance(event, OrderEvent):
@@ -227,19 +239,21 @@ class BinanceStreams:
         symbol, _, stream = name.partition("@")
         symbol = symbol.upper()
         ws = web.WebSocketResponse(autoping=True, heartbeat=None)
-        if stream not in ("markPrice", "markPrice@1s", "markPrice@3s") or \
+        if stream not in ("markPrice", "markPrice@1s", "markPrice@3s", "bookTicker") or \
                 symbol not in self.engine.symbols:
             await ws.prepare(request)
             await ws.close(code=1008, message=b"unsupported stream")
             return ws
         # Registered before the handshake completes, so no event after it is missed.
-        conn = StreamConn(ws, "market", symbol=symbol, connected_ms=self.clock.now_ms())
-        subs = self.market.setdefault(symbol, set())
+        kind = "book" if stream == "bookTicker" else "market"
+        conn = StreamConn(ws, kind, symbol=symbol, connected_ms=self.clock.now_ms())
+        subs = (self.book if kind == "book" else self.market).setdefault(symbol, set())
         subs.add(conn)
-        # Like Binance, the stream also pushes on its interval (1 s or 3 s) whether or
-        # not the price moved, starting right after the handshake.
-        interval_s = 1.0 if stream.endswith("@1s") else 3.0
-        ticker = asyncio.get_running_loop().create_task(self._tick_every(conn, symbol, interval_s))
+        # Like Binance, markPrice also pushes on its interval (1 s or 3 s) whether or
+        # not the price moved; bookTicker sends the current book at once, then changes.
+        interval_s = None if kind == "book" else (1.0 if stream.endswith("@1s") else 3.0)
+        ticker = asyncio.get_running_loop().create_task(
+            self._tick_every(conn, symbol, interval_s))
         try:
             await ws.prepare(request)
             await self._pump(conn)
@@ -249,11 +263,25 @@ class BinanceStreams:
             await asyncio.gather(ticker, return_exceptions=True)
         return ws
 
-    async def _tick_every(self, conn: StreamConn, symbol: str, interval_s: float) -> None:
-        while True:
-            conn.send(json.dumps(bf.mark_price_update(symbol, self.engine.prices[symbol],
-                                                      self.clock.now_ms())))
-            await asyncio.sleep(interval_s)
+    def _frame(self, conn: StreamConn, symbol: str) -> str:
+        if conn.kind == "book":
+            bid, ask = self.engine.bid_ask(symbol)
+            return json.dumps(bf.book_ticker_event(symbol, bid, ask, self.clock.now_ms(),
+                                                        next(self._book_ids)))
+        return json.dumps(bf.mark_price_update(symbol, self.engine.prices[symbol],
+                                               self.clock.now_ms()))
+
+    async def _tick_every(self, conn: StreamConn, symbol: str, interval_s: float | None) -> None:
+        try:
+            while True:
+                conn.send(self._frame(conn, symbol))
+                if interval_s is None:
+                    return
+                await asyncio.sleep(interval_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must show, not silence the stream
+            logger.exception("market stream writer failed symbol=%s kind=%s", symbol, conn.kind)
 
     async def _serve_user(self, request: web.Request, key: str) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True, heartbeat=None)
@@ -306,4 +334,7 @@ class BinanceStreams:
         out += [{"protocol": "binance", "kind": "market", "symbol": symbol,
                  "stream": f"{symbol.lower()}@markPrice", "connections": len(subs)}
                 for symbol, subs in self.market.items() if subs]
+        out += [{"protocol": "binance", "kind": "book", "symbol": symbol,
+                 "stream": f"{symbol.lower()}@bookTicker", "connections": len(subs)}
+                for symbol, subs in self.book.items() if subs]
         return out

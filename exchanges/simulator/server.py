@@ -97,6 +97,7 @@ def build_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/private/ws/{key}", streams.handle_private)
     app.router.add_get("/ws/{name}", streams.handle_ws)
     app.router.add_get("/market/ws/{name}", streams.handle_ws)
+    app.router.add_get("/public/ws/{name}", streams.handle_ws)
     app.router.add_get("/v5/private", bybit_streams.handle_private)
     app.router.add_get("/v5/public/linear", bybit_streams.handle_public)
     app.on_startup.append(_on_startup)

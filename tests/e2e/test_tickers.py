@@ -14,6 +14,8 @@ def test_subscribe_ticker_pushes_price_moves_and_shares_one_upstream(account, li
     sim.set_price("ETHUSDT", "3456.78")
     tick = first.wait_for("ticker", lambda d: d["data"]["mark_price"] == "3456.78", since=mark)
     assert tick["exchange"] == "binance" and tick["data"]["symbol"] == "ETHUSDT"
+    book = first.wait_for("ticker", lambda d: d["data"]["bid"] == "3456.77", since=mark)
+    assert book["data"]["ask"] == "3456.79" and book["data"]["last_price"] is None
     assert tick["source"] == "stream" and tick["as_of"] > 0
     second.wait_for("ticker", lambda d: d["data"]["mark_price"] == "3456.78")
     streams = [s for s in sim.state()["streams"] if "ethusdt@markprice" in str(s).lower()]

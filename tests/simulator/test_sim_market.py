@@ -113,3 +113,16 @@ def test_mark_price_stream_pushes_on_its_interval_without_a_move(sim):
     assert len({f["p"] for f in frames}) == 1          # the price did not move...
     gaps = [b["E"] - a["E"] for a, b in zip(frames, frames[1:])]
     assert all(900 <= g <= 1500 for g in gaps), gaps   # ...yet a frame came every second
+
+
+def test_book_ticker_stream_sends_the_book_at_once_and_on_moves(sim):
+    ws = websocket.create_connection(f"{sim.ws_url}/public/ws/ethusdt@bookTicker", timeout=5)
+    try:
+        first = recv_json_until(ws, lambda fs: len(fs) >= 1, timeout=5)[0]
+        sim.set_price("ETHUSDT", "3500")
+        moved = recv_json_until(ws, lambda fs: any(f["b"] == "3499.99" for f in fs), timeout=5)
+    finally:
+        ws.close()
+    assert first["e"] == "bookTicker" and first["s"] == "ETHUSDT"
+    assert D(first["a"]) - D(first["b"]) == D("0.02")       # one tick each side of the mark
+    assert [f for f in moved if f["b"] == "3499.99"][0]["a"] == "3500.01"
