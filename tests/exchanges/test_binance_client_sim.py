@@ -1,7 +1,10 @@
-"""BinanceFuturesClient and BinanceUserStream against the local exchange simulator.
+"""BinanceFuturesClient and BinanceUserStream against the local exchange simulator:
+the Binance-only behaviour.
 
-Real python-binance and websocket-client talk to ``tests.support.simulator``'s
-process over loopback; nothing is stubbed.
+What both adapters must do (credentials, snapshots, orders, fills, cancel races,
+rejections with codes, 429, clock skew, stream events and drops) is asserted once for
+both venues in ``test_contract.py``. Real python-binance and websocket-client talk to
+``tests.support.simulator``'s process over loopback; nothing is stubbed.
 """
 from __future__ import annotations
 
@@ -12,10 +15,8 @@ from decimal import Decimal as D
 import pytest
 
 from exchanges.binance.client import BinanceFuturesClient
-from exchanges.errors import AuthFailed, ClockSkew, ExchangeUnavailable, OrderNotFound, RateLimited
-from exchanges.types import (
-    AccountEvent, OrderEvent, OrderRequest, OrderStatus, StreamExpired, VenueEndpoints,
-)
+from exchanges.errors import ClockSkew
+from exchanges.types import OrderRequest, OrderStatus, StreamExpired, VenueEndpoints
 from tests.support.simulator import start_simulator
 
 SYMBOL = "BTCUSDT"
@@ -57,91 +58,6 @@ def coid() -> str:
     return "t-" + uuid.uuid4().hex[:20]
 
 
-def market(side: str = "BUY", qty: str = "0.010") -> OrderRequest:
-    return OrderRequest(SYMBOL, side, "MARKET", D(qty), coid())
-
-
-def test_validate_credentials_ok(client):
-    client.validate_credentials()
-    assert abs(client.server_time() - int(time.time() * 1000)) < 60_000
-
-
-def test_bad_secret_is_auth_failed(account, endpoints):
-    c = BinanceFuturesClient(account[0], "wrong-secret", False, endpoints, 5)
-    with pytest.raises(AuthFailed) as info:
-        c.validate_credentials()
-    assert info.value.code == -1022
-
-
-def test_bad_key_is_auth_failed(endpoints):
-    c = BinanceFuturesClient("no-such-key", "whatever", False, endpoints, 5)
-    with pytest.raises(AuthFailed) as info:
-        c.validate_credentials()
-    assert info.value.code in (-2015, -2014)
-
-
-def test_balance(client):
-    b = client.get_balance()
-    usdt = next(a for a in b.assets if a.asset == "USDT")
-    assert usdt.wallet_balance == D("10000")
-    assert b.total_wallet_balance == D("10000")
-
-
-def test_symbol_rules_and_ticker(client):
-    r = client.get_symbol_rules(SYMBOL)
-    assert r.tick_size > 0 and r.step_size > 0 and r.min_qty > 0
-    t = client.get_ticker(SYMBOL)
-    assert t.symbol == SYMBOL and t.mark_price > 0 and t.last_price > 0
-    assert t.bid <= t.ask
-
-
-def test_market_order_fills_and_shows_in_positions_and_fills(client):
-    req = market("BUY", "0.010")
-    o = client.create_order(req)
-    assert o.client_order_id == req.client_order_id
-    assert o.status is OrderStatus.FILLED
-    assert o.filled_quantity == D("0.010") and o.avg_price > 0
-    again = client.get_order(SYMBOL, client_order_id=req.client_order_id)
-    assert again.order_id == o.order_id and again.status is OrderStatus.FILLED
-    [p] = [p for p in client.get_positions() if p.symbol == SYMBOL]
-    assert (p.side, p.size) == ("LONG", D("0.010"))
-    assert p.entry_price == o.avg_price and p.leverage > 0
-    fills = client.get_fills(SYMBOL, order_id=o.order_id)
-    assert sum(f.quantity for f in fills) == D("0.010")
-    assert all(f.order_id == o.order_id and f.fee >= 0 for f in fills)
-
-
-def test_limit_rests_then_cancel(client):
-    req = OrderRequest(SYMBOL, "BUY", "LIMIT", D("0.010"), coid(), price=PRICE * D("0.9"))
-    o = client.create_order(req)
-    assert o.status is OrderStatus.NEW and o.price == PRICE * D("0.9")
-    assert o.order_id in [x.order_id for x in client.get_open_orders(SYMBOL)]
-    assert o.order_id in [x.order_id for x in client.get_open_orders()]
-    c = client.cancel_order(SYMBOL, order_id=o.order_id)
-    assert c.status is OrderStatus.CANCELED and c.order_id == o.order_id
-    assert o.order_id not in [x.order_id for x in client.get_open_orders(SYMBOL)]
-    with pytest.raises(OrderNotFound) as info:
-        client.cancel_order(SYMBOL, order_id=o.order_id)
-    assert info.value.code == -2011
-
-
-def test_limit_filled_by_simulator(client, sim):
-    o = client.create_order(OrderRequest(SYMBOL, "SELL", "LIMIT", D("0.020"), coid(),
-                                         price=PRICE * D("1.05")))
-    sim.fill(o.order_id, quantity="0.005")
-    part = client.get_order(SYMBOL, order_id=o.order_id)
-    assert part.status is OrderStatus.PARTIALLY_FILLED and part.filled_quantity == D("0.005")
-    sim.fill(o.order_id)
-    done = client.get_order(SYMBOL, order_id=o.order_id)
-    assert done.status is OrderStatus.FILLED and done.filled_quantity == D("0.020")
-
-
-def test_get_order_unknown(client):
-    with pytest.raises(OrderNotFound) as info:
-        client.get_order(SYMBOL, client_order_id="never-sent")
-    assert info.value.code == -2013
-
-
 def _collect(stream, want, deadline_s=5.0):
     """Receive until ``want(events)`` holds or the deadline passes."""
     events = []
@@ -149,43 +65,6 @@ def _collect(stream, want, deadline_s=5.0):
     while time.monotonic() < end and not want(events):
         events.extend(stream.recv(timeout_s=0.5))
     return events
-
-
-def test_user_stream_order_and_account_events(client):
-    stream = client.user_stream()
-    stream.connect()
-    try:
-        assert stream.recv(timeout_s=0.2) == []
-        req = market("BUY", "0.010")
-        o = client.create_order(req)
-
-        def done(evs):
-            return (any(isinstance(e, OrderEvent) and e.fill is not None for e in evs)
-                    and any(isinstance(e, AccountEvent) for e in evs))
-        events = _collect(stream, done)
-        fills = [e for e in events if isinstance(e, OrderEvent) and e.fill is not None]
-        assert fills, events
-        ev = fills[-1]
-        assert ev.order.client_order_id == req.client_order_id and ev.order.order_id == o.order_id
-        assert ev.fill.order_id == o.order_id and ev.fill.quantity > 0 and ev.fill.price > 0
-        assert ev.event_time > 0
-        acct = [e for e in events if isinstance(e, AccountEvent)]
-        assert acct, events
-        assert any(p.symbol == SYMBOL and p.amount == D("0.010") for a in acct for p in a.positions)
-        assert any(w.asset == "USDT" for a in acct for w in a.wallets)
-        stream.keepalive()
-    finally:
-        stream.close()
-
-
-def test_http_429_is_rate_limited(client, sim):
-    client.validate_credentials()
-    sim.add_fault(kind="http_429", count=1)
-    with pytest.raises(RateLimited) as info:
-        client.get_balance()
-    assert info.value.http_status == 429
-    assert info.value.retry_after_ms is not None and info.value.retry_after_ms > 0
-    client.get_balance()
 
 
 @pytest.mark.parametrize("skew_ms", [-5000, 25000])
@@ -209,17 +88,6 @@ def test_clock_skew_cancel_not_retried_but_resampled(client, sim):
         client.cancel_order(SYMBOL, order_id=o.order_id)
     assert info.value.code == -1021
     assert client.cancel_order(SYMBOL, order_id=o.order_id).status is OrderStatus.CANCELED
-
-
-def test_user_stream_dropped_socket_raises(client, sim, account):
-    stream = client.user_stream()
-    stream.connect()
-    try:
-        sim.add_fault(kind="drop_ws", api_key=account[0])
-        with pytest.raises(ExchangeUnavailable):
-            _collect(stream, lambda evs: False, deadline_s=3.0)
-    finally:
-        stream.close()
 
 
 def test_user_stream_listen_key_expired(client, sim, account):
