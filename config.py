@@ -67,7 +67,7 @@ class Config:
     EXCHANGE_TIMEOUT_S: float = 10.0
     CLIENT_CACHE_MAX: int = 10_000
     POLL_INTERVAL_S: float = 1.0
-    STREAM_RECV_TIMEOUT_S: float = 1.0
+    STREAM_RECV_TIMEOUT_S: float = 3.0
     ORDER_CONFIRM_TIMEOUT_S: float = 5.0
     MAX_WS_CONNECTIONS: int = 10_000
     RECONCILE_INTERVAL_S: float = 60.0

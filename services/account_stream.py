@@ -45,7 +45,7 @@ class StreamSettings:
     """Timing of a stream, seconds."""
 
     poll_interval_s: float = 1.0
-    recv_timeout_s: float = 1.0
+    recv_timeout_s: float = 3.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     quiet_check_s: float = 300.0  # no account event for this long: check by REST
@@ -231,7 +231,13 @@ class AccountStream:
 
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
-        events = self.stream.recv(self.settings.recv_timeout_s)
+        timeout = self.settings.recv_timeout_s
+        if self._refresh_due:  # wake when the rate bound lets the pending refresh go
+            now = time.monotonic()
+            timeout = min(timeout, max(0.0, min(
+                self._last_call.get(k, -1e9) + self.settings.poll_interval_s - now
+                for k in self._refresh_due)))
+        events = self.stream.recv(timeout)
         if not self.running:
             return
         changed: set[str] = set()

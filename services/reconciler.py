@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError
+from exchanges.types import Position
 from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
 from services import ledger
 from services.errors import ServiceError
@@ -91,9 +92,10 @@ class Reconciler:
         try:
             client = self._client_for(key)
             checked, fixed = self._settle_pending(key, client, details)
-            fixed += self._missing_fills(key, client, details)
+            positions = client.get_positions()  # one call serves steps 2 and 3
+            fixed += self._missing_fills(key, client, {p.symbol for p in positions}, details)
             checked += 1
-            fixed += self._positions(key, client, details)
+            fixed += self._positions(key, client, positions, details)
         except (ExchangeError, ServiceError, ValueError) as e:
             details.append({"key_id": key.id, "error": f"{type(e).__name__}: {e}"})
         with self._lock:
@@ -150,12 +152,13 @@ class Reconciler:
                                 "from": trade.status, "to": status})
         return len(pending), fixed
 
-    def _missing_fills(self, key: ExchangeKey, client: ExchangeClient, details: list[dict]) -> int:
+    def _missing_fills(self, key: ExchangeKey, client: ExchangeClient, held: set[str],
+                       details: list[dict]) -> int:
         since = now_ms() - self._fill_lookback_ms
         with self._db.session() as s:
             symbols = set(s.scalars(select(Trade.symbol).where(
                 Trade.key_id == key.id, Trade.created_at >= since).distinct()))
-        symbols |= {p.symbol for p in client.get_positions()}
+        symbols |= held
         new = 0
         for symbol in sorted(symbols):
             fills = client.get_fills(symbol, start_time=since)
@@ -167,12 +170,12 @@ class Reconciler:
                                         "fill_recorded": fill.trade_id})
         return new
 
-    def _nets(self, key: ExchangeKey, client: ExchangeClient
+    def _nets(self, key: ExchangeKey, positions: list[Position]
               ) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
         """``(exchange net, ledger net, exchange entry price)`` per symbol."""
         exchange_net: dict[str, Decimal] = {}
         entry: dict[str, Decimal] = {}
-        for p in client.get_positions():
+        for p in positions:
             exchange_net[p.symbol] = p.size if p.side == "LONG" else -p.size
             entry[p.symbol] = p.entry_price
         with self._db.session() as s:
@@ -184,20 +187,21 @@ class Reconciler:
             ledger_net[r.symbol] = ledger_net.get(r.symbol, Decimal(0)) + signed
         return exchange_net, ledger_net, entry
 
-    def _differences(self, key: ExchangeKey, client: ExchangeClient) -> dict[str, tuple]:
-        ex, led, entry = self._nets(key, client)
+    def _differences(self, key: ExchangeKey, positions: list[Position]) -> dict[str, tuple]:
+        ex, led, entry = self._nets(key, positions)
         return {sym: (ex.get(sym, Decimal(0)), led.get(sym, Decimal(0)), entry.get(sym))
                 for sym in set(ex) | set(led) if ex.get(sym, Decimal(0)) != led.get(sym, Decimal(0))}
 
-    def _positions(self, key: ExchangeKey, client: ExchangeClient, details: list[dict]) -> int:
+    def _positions(self, key: ExchangeKey, client: ExchangeClient, positions: list[Position],
+                   details: list[dict]) -> int:
         """Differences seen twice, ``confirm_delay_s`` apart with the same figures, are
         real: a fill in flight (sent by the exchange, not yet through the write-behind
         queue) shows once and is gone on the second look."""
-        first = self._differences(key, client)
+        first = self._differences(key, positions)
         if not first:
             return 0
         time.sleep(self.confirm_delay_s)
-        second = self._differences(key, client)
+        second = self._differences(key, client.get_positions())
         repaired = 0
         for symbol in sorted(s for s in second if first.get(s, (None, None))[:2] == second[s][:2]):
             ex, led, price = second[symbol]
