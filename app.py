@@ -7,7 +7,12 @@ the demo configuration, and serves.
 from __future__ import annotations
 
 if __name__ == "__main__":  # monkey-patching must precede every other import
+    import os as _os
     import warnings
+
+    # OS threads for blocking C work (Argon2: 64 MiB each): bounded, so a login burst
+    # costs at most 4 x 64 MiB, not eventlet's default 20 threads' worth
+    _os.environ.setdefault("EVENTLET_THREADPOOL_SIZE", "4")
 
     warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
     import eventlet
