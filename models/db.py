@@ -9,6 +9,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
+# A network partition can leave a transaction open on the server side, holding row
+# locks, until TCP notices (hours): the server ends such sessions itself, a lock wait
+# fails instead of hanging (the caller retries), and dead peers are found by keepalives.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "options": "-c lock_timeout=5000 -c statement_timeout=30000"
+               " -c idle_in_transaction_session_timeout=30000",
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+}
+
+
 class Database:
     """Owns the engine and the session factory.
 
@@ -21,7 +32,8 @@ class Database:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10)
+            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10,
+                          connect_args=POSTGRES_CONNECT_ARGS)
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
