@@ -157,7 +157,7 @@ def _build_services(cfg: Config) -> Services:
     socketio.start_background_task(writer.run)
     if cfg.RECONCILE_INTERVAL_S > 0:
         socketio.start_background_task(reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
-                                       socketio.sleep, 2.0, leases)
+                                       socketio.sleep, 2.0, leases, cfg.RECONCILE_BATCH)
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),

@@ -75,6 +75,7 @@ class Config:
     EXIT_MAX_RETRIES: int = 5
     EXIT_DEADLINE_S: float = 30.0
     RECONCILE_REPAIR: bool = False
+    RECONCILE_BATCH: int = 50  # accounts without pending trades checked per period
     DEMO_USERNAME: str = "demo"
     DEMO_PASSWORD: str = ""
 
@@ -161,6 +162,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int),
                        ("RECONCILE_INTERVAL_S", float), ("EXIT_MAX_SLIPPAGE", int),
                        ("MESSAGE_QUEUE_CHANNEL", str), ("LEASE_TTL_S", float),
+                       ("RECONCILE_BATCH", int),
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str)):
         if env.get(name):

@@ -59,6 +59,7 @@ class Reconciler:
         self._pending_max_age_ms = pending_max_age_ms
         self._fill_lookback_ms = fill_lookback_ms
         self.confirm_delay_s = confirm_delay_s
+        self._cursor = 0  # last key id of the previous periodic batch
         self._lock = threading.Lock()
         self.runs = 0
         self.differences = 0
@@ -66,17 +67,22 @@ class Reconciler:
         self.last_run_ms = 0
 
     # ---- entry points ---------------------------------------------------------
-    def reconcile(self, user_id: int | None = None) -> dict:
+    def reconcile(self, user_id: int | None = None, batch: int | None = None) -> dict:
         """Every account with ledger activity (or all of ``user_id``'s keys).
-        ``{"checked", "fixed", "details": [...]}`` as ``POST /admin/reconcile`` answers."""
+        ``{"checked", "fixed", "details": [...]}`` as ``POST /admin/reconcile`` answers.
+
+        With ``batch`` (the periodic run), every account with a ``pending`` trade plus
+        the next ``batch`` other active accounts in key order (round robin): the REST
+        load stays bounded however many accounts there are (Binance counts request
+        weight per IP: 1,000 accounts every minute would spend the whole budget)."""
         stmt = select(ExchangeKey).where(ExchangeKey.status != "deleted")
         if user_id is not None:
-            stmt = stmt.where(ExchangeKey.user_id == user_id)
+            keys = self._keys(stmt.where(ExchangeKey.user_id == user_id))
         else:
             active = select(Trade.key_id).where(Trade.status.in_(HOLDING + (TradeStatus.PENDING.value,)))
-            stmt = stmt.where(ExchangeKey.id.in_(active))
-        with self._db.session() as s:
-            keys = list(s.scalars(stmt.order_by(ExchangeKey.id)))
+            keys = self._keys(stmt.where(ExchangeKey.id.in_(active)))
+            if batch is not None:
+                keys = self._next_batch(keys, batch)
         total = {"checked": 0, "fixed": 0, "details": []}
         for key in keys:
             result = self.reconcile_key(key)
@@ -84,6 +90,21 @@ class Reconciler:
                 total[k] += result[k]
             total["details"] += result["details"]
         return total
+
+    def _keys(self, stmt) -> list[ExchangeKey]:  # type: ignore[no-untyped-def]
+        with self._db.session() as s:
+            return list(s.scalars(stmt.order_by(ExchangeKey.id)))
+
+    def _next_batch(self, keys: list[ExchangeKey], batch: int) -> list[ExchangeKey]:
+        with self._db.session() as s:
+            pending = set(s.scalars(select(Trade.key_id).where(
+                Trade.status == TradeStatus.PENDING.value).distinct()))
+        rest = [k for k in keys if k.id not in pending]
+        after = [k for k in rest if k.id > self._cursor] + [k for k in rest if k.id <= self._cursor]
+        chosen = after[:batch]
+        if chosen:
+            self._cursor = chosen[-1].id
+        return [k for k in keys if k.id in pending] + chosen
 
     def reconcile_key(self, key: ExchangeKey) -> dict:
         """One account. Exchange errors are reported in ``details``, never raised."""
@@ -104,17 +125,19 @@ class Reconciler:
         return {"checked": checked, "fixed": fixed, "details": details}
 
     def run_periodic(self, interval_s: float, sleep: Callable[[float], None],
-                     first_delay_s: float = 2.0, leases=None) -> None:  # type: ignore[no-untyped-def]
+                     first_delay_s: float = 2.0, leases=None,  # type: ignore[no-untyped-def]
+                     batch: int = 50) -> None:
         """Reconcile every account with ledger activity now (start-up) and then every
         ``interval_s`` seconds, forever (a background task). With several processes
-        only the one holding the ``reconciler`` lease runs a period."""
+        only the one holding the ``reconciler`` lease runs a period. Each period covers
+        the accounts with pending trades and ``batch`` others, round robin."""
         sleep(first_delay_s)
         while True:
             if leases is not None and not leases.acquire("reconciler"):
                 sleep(interval_s)
                 continue
             try:
-                result = self.reconcile()
+                result = self.reconcile(batch=batch)
                 if result["fixed"]:
                     logger.info("reconcile run checked=%s fixed=%s", result["checked"], result["fixed"])
             except Exception:  # isolation boundary: the next period tries again

@@ -121,3 +121,20 @@ def test_connection_errors_are_retried_and_bad_statements_are_not() -> None:
     assert database_unavailable(InterfaceError("SELECT 1", {}, Exception("connection already closed")))
     assert not database_unavailable(IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not database_unavailable(ValueError("bug"))
+
+
+def test_periodic_reconcile_takes_pending_accounts_and_a_round_robin_batch(db) -> None:  # type: ignore[no-untyped-def]
+    from services.reconciler import Reconciler
+
+    class Key:
+        def __init__(self, id_: int) -> None:
+            self.id = id_
+
+    rec = Reconciler(db, orders=None, client_for=None)  # type: ignore[arg-type]
+    with db.transaction() as s:
+        for table in (Fill, Order, Trade):
+            s.execute(delete(table))
+    keys = [Key(i) for i in range(1, 8)]
+    assert [k.id for k in rec._next_batch(keys, 3)] == [1, 2, 3]
+    assert [k.id for k in rec._next_batch(keys, 3)] == [4, 5, 6]
+    assert [k.id for k in rec._next_batch(keys, 3)] == [7, 1, 2]
