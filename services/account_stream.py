@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 Publish = Callable[[dict], None]
 MARK_STALE_S = 5.0  # no mark tick for this long: poll positions by REST instead
+MAX_BATCH = 200  # frames taken in one go during a burst
 GAP_SLACK_MS = 5_000  # the gap fill starts this much before the last event seen
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
 MAX_CONNECTION_S = 23.5 * 3600
@@ -238,6 +239,15 @@ class AccountStream:
                 self._last_call.get(k, -1e9) + self.settings.poll_interval_s - now
                 for k in self._refresh_due)))
         events = self.stream.recv(timeout)
+        # a burst: take what is already waiting (up to MAX_BATCH frames) and push each
+        # changed type once for the lot instead of once per frame
+        for _ in range(MAX_BATCH):
+            if not events or not self.running:
+                break
+            more = self.stream.recv(0.001)
+            if not more:
+                break
+            events += more
         if not self.running:
             return
         changed: set[str] = set()

@@ -71,15 +71,18 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
 NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStatus.FAILED.value)
 
 
-def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | None = None) -> None:
+def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | None = None,
+                            rows: list | None = None) -> None:
     """Derive the trade's filled quantity, average entry price and fees from its fills
-    and the order's last state; the state only moves forward.
+    (``rows`` of (quantity, price, fee), read here when not given) and the order's
+    last state; the state only moves forward.
 
     Any fill -> open (also from canceled/failed: a fill proves execution); pending
     + order final with no fill -> canceled (or failed when REJECTED/EXPIRED).
     """
-    rows = session.execute(select(Fill.quantity, Fill.price, Fill.fee)
-                           .where(Fill.trade_id == trade.id)).all()
+    if rows is None:
+        rows = session.execute(select(Fill.quantity, Fill.price, Fill.fee)
+                               .where(Fill.trade_id == trade.id)).all()
     qty = sum((r.quantity for r in rows), Decimal(0))
     if qty > 0:
         notional = sum((r.quantity * r.price for r in rows), Decimal(0))
@@ -127,6 +130,73 @@ def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
     if trade is not None:
         settle_trade_from_fills(session, trade)
     return new
+
+
+def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
+                fills: list[tuple[int, FillEvent]]) -> set[int]:
+    """The write-behind writer's unit of work: many stream events in a handful of
+    statements (each statement is a round trip, and under load every round trip waits
+    for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one.
+    Returns the key ids that got new fills."""
+    latest: dict[tuple, tuple[int, OrderInfo]] = {}
+    for key_id, o in orders:  # the newest update of each order wins
+        k = (key_id, o.symbol, o.order_id)
+        if k not in latest or latest[k][1].updated_at <= o.updated_at:
+            latest[k] = (key_id, o)
+    coids = {o.client_order_id for _, o in latest.values()} | {
+        f.client_order_id for _, f in fills if f.client_order_id}
+    order_ids = {f.order_id for _, f in fills if not f.client_order_id}
+    key_ids = {k for k, _ in orders} | {k for k, _ in fills}
+    trades = list(session.scalars(select(Trade).where(
+        Trade.key_id.in_(key_ids),
+        Trade.client_order_id.in_(coids) | Trade.entry_order_id.in_(order_ids))
+        .order_by(Trade.id).with_for_update()))  # one lock order for every writer
+    by_coid = {(t.key_id, t.client_order_id): t for t in trades}
+    by_oid = {(t.key_id, t.entry_order_id): t for t in trades if t.entry_order_id}
+
+    def trade_of(key_id: int, coid: str | None, order_id: str) -> Trade | None:
+        return by_coid.get((key_id, coid)) if coid else by_oid.get((key_id, order_id))
+
+    for key_id, o in latest.values():
+        t = trade_of(key_id, o.client_order_id, o.order_id)
+        upsert_order(session, key_id, o, t.id if t else None)
+    new_keys: set[int] = set()
+    touched: dict[int, Trade] = {}
+    if fills:
+        values = []
+        for key_id, f in fills:
+            t = trade_of(key_id, f.client_order_id, f.order_id)
+            if t is not None:
+                touched[t.id] = t
+            values.append(dict(key_id=key_id, trade_id=t.id if t else None,
+                               exchange_trade_id=f.trade_id, exchange_order_id=f.order_id,
+                               client_order_id=f.client_order_id, symbol=f.symbol, side=f.side,
+                               price=f.price, quantity=f.quantity, fee=f.fee,
+                               fee_asset=f.fee_asset, realized_pnl=f.realized_pnl,
+                               is_maker=f.is_maker, time=f.time))
+        stmt = (_insert(session, Fill.__table__).values(values)
+                .on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
+                .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
+        inserted = {(r.key_id, r.exchange_trade_id) for r in session.execute(stmt)}
+        new_keys = {k for k, _ in inserted}
+        for key_id, f in fills:  # late PnL for a fill stored without it (rare)
+            if (key_id, f.trade_id) not in inserted and f.realized_pnl:
+                upsert_fill(session, key_id, f, None)
+    for key_id, o in latest.values():
+        t = trade_of(key_id, o.client_order_id, o.order_id)
+        if t is not None:
+            touched[t.id] = t
+    if touched:
+        session.flush()
+        rows: dict[int, list] = {tid: [] for tid in touched}
+        for r in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
+                                 .where(Fill.trade_id.in_(list(touched)))):
+            rows[r.trade_id].append(r)
+        last_order = {trade_of(k, o.client_order_id, o.order_id).id: o  # type: ignore[union-attr]
+                      for k, o in latest.values() if trade_of(k, o.client_order_id, o.order_id)}
+        for tid, t in touched.items():
+            settle_trade_from_fills(session, t, last_order.get(tid), rows[tid])
+    return new_keys
 
 
 @dataclass(frozen=True)

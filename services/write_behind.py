@@ -132,14 +132,10 @@ class LedgerWriter:
                 if attempt.retry_state.attempt_number > 1:
                     self.retries += 1
                     self.last_error = "database unavailable"
-                keys = set()
                 with self._db.transaction() as s:
-                    for _, kind, key_id, event in batch:
-                        if kind == "fill":
-                            if ledger.apply_fill(s, key_id, event):
-                                keys.add(key_id)
-                        else:
-                            ledger.apply_order(s, key_id, event)
+                    keys = ledger.apply_batch(
+                        s, [(k, e) for _, kind, k, e in batch if kind == "order"],
+                        [(k, e) for _, kind, k, e in batch if kind == "fill"])
         done = time.monotonic()
         self._latency_ms.extend((done - item[0]) * 1000 for item in batch)
         self.written += len(batch)

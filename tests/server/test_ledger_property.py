@@ -138,3 +138,35 @@ def test_periodic_reconcile_takes_pending_accounts_and_a_round_robin_batch(db) -
     assert [k.id for k in rec._next_batch(keys, 3)] == [1, 2, 3]
     assert [k.id for k in rec._next_batch(keys, 3)] == [4, 5, 6]
     assert [k.id for k in rec._next_batch(keys, 3)] == [7, 1, 2]
+
+
+def _replay_batched(db: Database, events: list, cuts: list[int]) -> tuple:  # type: ignore[type-arg]
+    """Like ``_replay``, but through the write-behind's ``apply_batch`` in chunks."""
+    with db.transaction() as s:
+        for table in (Fill, Order, Trade):
+            s.execute(delete(table))
+        s.add(Trade(id=1, user_id=1, key_id=1, exchange="binance", symbol="BTCUSDT", side="BUY",
+                    order_type="LIMIT", quantity=Decimal("3"), price=Decimal("100"),
+                    client_order_id="c-1", entry_order_id="9"))
+    bounds = sorted({0, len(events), *[c % (len(events) + 1) for c in cuts]})
+    for a, b in zip(bounds, bounds[1:]):
+        chunk = events[a:b]
+        with db.transaction() as s:
+            ledger.apply_batch(s, [(1, e) for k, e in chunk if k == "order"],
+                               [(1, e) for k, e in chunk if k == "fill"])
+    with db.session() as s:
+        t = s.get(Trade, 1)
+        o = s.scalars(select(Order)).one()
+        n_fills = s.scalar(select(func.count()).select_from(Fill))
+        return (t.status, t.filled_quantity, t.entry_price, t.fees, o.status, o.filled_quantity,
+                n_fills)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(EVENTS))), min_size=0, max_size=12), st.randoms(),
+       st.lists(st.integers(min_value=0, max_value=40), max_size=5))
+def test_batched_writes_end_in_the_clean_state(db, extra, rnd, cuts) -> None:  # type: ignore[no-untyped-def]
+    clean = _replay(db, EVENTS)
+    noisy = EVENTS + [EVENTS[i] for i in extra]
+    rnd.shuffle(noisy)
+    assert _replay_batched(db, noisy, cuts) == clean
