@@ -22,6 +22,9 @@ from services.trading import TradingService
 logger = logging.getLogger(__name__)
 
 
+REALIZED_REFRESH_S = 1.0
+
+
 def _lease(key_id: int) -> str:
     return f"stream:{key_id}"
 
@@ -62,6 +65,7 @@ class StreamManager:
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
         self._followed: dict[int, int] = {}  # key_id -> user_id, owned by another process
+        self._realized_pending: set[int] = set()
         self.started = 0
         self.takeovers = 0
         if self._leases.distributed:
@@ -174,10 +178,23 @@ class StreamManager:
         self._spawn(self._on_reconnected, key_id)
 
     def fills_recorded(self, key_id: int) -> None:
-        """The ledger made fills of ``key_id`` durable: push the new realized PnL."""
+        """The ledger made fills of ``key_id`` durable: push the new realized PnL, at
+        most once per ``REALIZED_REFRESH_S`` per key (a burst of fills is one read of
+        the ledger, not one per write batch)."""
         stream = self.get(key_id)
-        if stream is not None:
-            self._spawn(stream.refresh_realized)
+        if stream is None:
+            return
+        with self._lock:
+            if key_id in self._realized_pending:
+                return
+            self._realized_pending.add(key_id)
+
+        def refresh() -> None:
+            self._sleep(REALIZED_REFRESH_S)
+            with self._lock:
+                self._realized_pending.discard(key_id)
+            stream.refresh_realized()
+        self._spawn(refresh)
 
     def stats(self) -> dict:
         """``{"running", "started", "by_state": {state: n}, "events_seen"}``."""
