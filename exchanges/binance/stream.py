@@ -78,7 +78,8 @@ class BinanceUserStream:
         self._listen_key = listen_key
         url = f"{self._ws_url}/private/ws?listenKey={listen_key}"
         try:
-            self._ws = websocket.create_connection(url, timeout=self._timeout_s)
+            self._ws = websocket.create_connection(url, timeout=self._timeout_s,
+                                                   skip_utf8_validation=True)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
             raise ExchangeTimeout(EXCHANGE, None, "user stream handshake timed out") from e
         except websocket.WebSocketBadStatusException as e:

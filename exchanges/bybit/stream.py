@@ -94,7 +94,7 @@ class BybitUserStream:
         try:
             # enable_multithread: keepalive() may send from another green thread.
             ws = websocket.create_connection(self._url, timeout=self._timeout_s,
-                                             enable_multithread=True)
+                                             skip_utf8_validation=True, enable_multithread=True)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
             raise ExchangeTimeout(EXCHANGE, None, "private stream handshake timed out") from e
         except websocket.WebSocketBadStatusException as e:

@@ -64,7 +64,7 @@ def connected(monkeypatch):
     def make(script):
         ws, lib, urls = FakeWS(script), FakeLib(), []
         monkeypatch.setattr(stream_mod.websocket, "create_connection",
-                            lambda url, timeout: urls.append((url, timeout)) or ws)
+                            lambda url, timeout, **kw: urls.append((url, timeout)) or ws)
         s = BinanceUserStream(lib, "ws://sim:1/", timeout_s=4, key_hint="ab...")
         s.connect()
         return s, ws, lib, urls
@@ -141,7 +141,7 @@ def test_listen_key_auth_error_mapped():
 
 
 def test_handshake_refused(monkeypatch):
-    def refuse(url, timeout):
+    def refuse(url, timeout, **kw):
         raise websocket.WebSocketBadStatusException("Handshake status %d %s", 404, "Not Found")
     monkeypatch.setattr(stream_mod.websocket, "create_connection", refuse)
     s = BinanceUserStream(FakeLib(), "ws://x")

@@ -80,7 +80,8 @@ def make(monkeypatch):
 
 def test_connect_auth_and_subscribe_frames(make):
     s, ws, urls = make([AUTH_OK, "SUB_OK"])
-    assert urls == [("ws://sim:1/v5/private", 4, {"enable_multithread": True})]
+    assert urls == [("ws://sim:1/v5/private", 4, {"skip_utf8_validation": True,
+                                                  "enable_multithread": True})]
     auth, sub = ws.sent
     expires = SERVER_NOW + 5000
     assert auth == {"op": "auth", "args": ["key1", expires, auth_signature("secret1", expires)]}
