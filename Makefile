@@ -33,6 +33,8 @@ test: install ## the whole suite (unit, integration on SQLite and PostgreSQL, en
 bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.push_latency --clients 200
 	$(PY) -m bench.push_latency --clients 1000
+	$(PY) -m bench.streams --clients 1000
+	$(PY) -m bench.ledger
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
