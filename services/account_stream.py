@@ -16,7 +16,9 @@ The loop (one green thread per key, shared by all the user's sockets):
 4. when REST fails too: state ``down`` and the last known values are pushed once
    with ``stale: true``, never replaced by invented ones.
 
-Every REST endpoint is called at most once per ``poll_interval_s`` per key.
+Every REST endpoint is called at most once per ``poll_interval_s`` per key, and while
+many accounts poll at once the interval stretches so that all of them together stay
+within the StreamManager's polling budget.
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ class AccountStream:
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it).
         on_order: called with each order update seen on the stream (write-behind).
+        poll_scale: factor (>= 1) stretching the polling interval while many
+            accounts poll at once, so that the fallback's total REST rate stays bounded.
         sleep: cooperative sleep (``socketio.sleep``).
         on_reconnected: called with the key id after a reconnect went live (the
             reconciler runs for the account).
@@ -79,7 +83,8 @@ class AccountStream:
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
                  settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
                  on_reconnected: Callable[[int], None] | None = None,
-                 on_order: Callable[[object], None] | None = None) -> None:
+                 on_order: Callable[[object], None] | None = None,
+                 poll_scale: Callable[[], float] = lambda: 1.0) -> None:
         self.state = state
         self._get_client = get_client
         self._realized_pnl = realized_pnl
@@ -98,6 +103,7 @@ class AccountStream:
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._on_order = on_order
+        self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
@@ -165,7 +171,7 @@ class AccountStream:
                 else:
                     self._poll(client)
                     self._set_status("polling")
-                    self._sleep(self.settings.poll_interval_s / 4)
+                    self._sleep(self._interval / 4)
             except AuthFailed as e:
                 logger.warning("account stream auth failed key_id=%s code=%s",
                                self.state.key_id, e.code)
@@ -296,9 +302,13 @@ class AccountStream:
             self.stream.keepalive()
             self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s
 
+    @property
+    def _interval(self) -> float:
+        return self.settings.poll_interval_s * (self._poll_scale() if self.stream is None else 1.0)
+
     def _due(self, endpoint: str, force: bool) -> bool:
         now = time.monotonic()
-        if not force and now - self._last_call.get(endpoint, -1e9) < self.settings.poll_interval_s:
+        if not force and now - self._last_call.get(endpoint, -1e9) < self._interval:
             return False
         self._last_call[endpoint] = now
         return True

@@ -130,3 +130,16 @@ def test_balance_payload_shape() -> None:
                                         "margin_balance": "101"}
     assert set(env) == {"type", "user_id", "key_id", "exchange", "testnet", "seq", "as_of",
                         "sent_at", "source", "stale", "data"}
+
+
+def test_polling_interval_stretches_with_the_number_of_polling_accounts() -> None:
+    from types import SimpleNamespace
+
+    from services.streams import POLLING_KEYS_PER_S, StreamManager
+    mgr = StreamManager(None, None, None, lambda e: None, lambda *a: None,  # type: ignore[arg-type]
+                        lambda s: None, None)
+    live, down = SimpleNamespace(stream=object()), SimpleNamespace(stream=None)
+    mgr._streams = {i: live for i in range(500)}
+    assert mgr._poll_scale() == 1.0                      # streams up: no stretch
+    mgr._streams.update({1000 + i: down for i in range(3 * POLLING_KEYS_PER_S)})
+    assert mgr._poll_scale() == 3.0                      # 300 polling -> every 3 intervals
