@@ -247,10 +247,15 @@ class AccountStream:
         events = self.stream.recv(timeout)
         # a burst: take what is already waiting (up to MAX_BATCH frames) and push each
         # changed type once for the lot instead of once per frame
+        dropped: ExchangeError | None = None
         for _ in range(MAX_BATCH):
             if not events or not self.running:
                 break
-            more = self.stream.recv(0.001)
+            try:
+                more = self.stream.recv(0.001)
+            except ExchangeError as e:  # apply what was received before the drop first
+                dropped = e
+                break
             if not more:
                 break
             events += more
@@ -283,6 +288,8 @@ class AccountStream:
                 return
         if changed:
             self._emit(tuple(changed), "stream", as_of or now_ms())
+        if dropped is not None:
+            raise dropped
         if as_of:
             self._resume_from_ms = max(self._resume_from_ms or 0, as_of)
         stale_marks = self._marks_stale()

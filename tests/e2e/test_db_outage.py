@@ -47,13 +47,13 @@ def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path
         assert during["retries"] > 0 and during["oldest_unwritten_age_ms"] > 5000, during
 
         proxy.restore()
-        drained = wait_until(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
-            acct.admin("GET", "/admin/stats").json()["write_behind"]), timeout=30)
-        assert drained["written"] >= 6, drained  # 3 fills + 3 order updates at least
         opened = wait_until(lambda: (lambda ts: ts if len(ts) == 3 else None)(
-            acct.get("/api/trades?status=open").json()), timeout=15)
+            acct.get("/api/trades?status=open").json()), timeout=30)
         assert sorted(t["filled_quantity"] for t in opened) == ["0.01"] * 3
         assert {t["client_order_id"] for t in opened} == {t["client_order_id"] for t in trades}
+        drained = wait_until(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
+            acct.admin("GET", "/admin/stats").json()["write_behind"]), timeout=30)
+        assert drained["written"] >= 6, drained  # the 3 fills and their order updates at least
     finally:
         if lst is not None:
             lst.close()
