@@ -5,7 +5,7 @@ timed. Real server (``python app.py``, eventlet), simulator and PostgreSQL, on 1
     .venv/bin/python -m bench.ledger [--rate 1000] [--burst-s 10] [--outage-s 10]
 
 Prints ``section.figure: value`` lines and the outage series, writes the same as JSON to
-``bench/results/ledger.json``; logs in ``bench/results/logs_ledger/``. Units are in the
+``bench/results/ledger.json`` (``ledger_<rate>.json`` for another ``--rate``); logs in ``bench/results/logs_ledger/``. Units are in the
 names (``_s``, ``_ms``, ``per_s``); latency blocks are ``{n, p50_ms, p99_ms, max_ms}``.
 
 Setup: a fresh database (``tests/conftest.make_pg_database``) that the server reaches only
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         proxy.stop()
         drop()
     print_lines("", res)
-    out = RESULTS_DIR / "ledger.json"
+    out = RESULTS_DIR / ("ledger.json" if args.rate == 1000 else f"ledger_{args.rate:g}.json")
     out.write_text(json.dumps(res, indent=2))
     print(f"written: {out}")
     if "failure" in res:

@@ -72,7 +72,11 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for s in (src, dst):  # shutdown first: a bare close() while the other pipe
+                try:              # thread is blocked reading leaves the peer connected
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 try:
                     s.close()
                 except OSError:
