@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError
 from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired, Ticker
@@ -152,6 +154,10 @@ class AccountStream:
         """Re-read the ledger's realized PnL and push ``pnl`` if it changed."""
         try:
             self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
+        except SQLAlchemyError as e:  # the database is away: keep the last value
+            logger.warning("realized pnl read failed key_id=%s kind=%s", self.state.key_id,
+                           type(e).__name__)
+            return
         except Exception:  # isolation boundary: a ledger read failure must not kill the stream
             logger.exception("realized pnl read failed key_id=%s", self.state.key_id)
             return
@@ -188,7 +194,7 @@ class AccountStream:
                 next_stream_try = time.monotonic() + delay * (0.5 + random.random() / 2)
                 logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
                                self.state.key_id, type(e).__name__, e.code, delay)
-                if self.status != "down":
+                if self.status not in ("down", "polling"):  # no flapping while polling
                     self._set_status("reconnecting")
                 self._sleep(min(delay, self.settings.poll_interval_s))
             except Exception:  # isolation boundary: one account's bug must not stop the loop
