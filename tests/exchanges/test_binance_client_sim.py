@@ -16,35 +16,10 @@ import pytest
 
 from exchanges.binance.client import BinanceFuturesClient
 from exchanges.errors import ClockSkew
-from exchanges.types import OrderRequest, OrderStatus, StreamExpired, VenueEndpoints
-from tests.support.simulator import start_simulator
+from exchanges.types import OrderRequest, OrderStatus, StreamExpired
 
 SYMBOL = "BTCUSDT"
 PRICE = D("50000")
-
-
-@pytest.fixture(scope="module")
-def sim():
-    proc = start_simulator()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def endpoints(sim):
-    return VenueEndpoints(rest_url=sim.url, ws_url=sim.ws_url)
-
-
-@pytest.fixture
-def account(sim):
-    """A fresh funded account per test: (api_key, api_secret)."""
-    key, secret = "k" + uuid.uuid4().hex[:20], "s" + uuid.uuid4().hex
-    sim.create_account(key, secret, balances={"USDT": "10000"})
-    sim.set_price(SYMBOL, str(PRICE))
-    yield key, secret
-    sim.clear_faults()
 
 
 @pytest.fixture

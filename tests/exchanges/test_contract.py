@@ -27,7 +27,6 @@ from exchanges.factory import create_client
 from exchanges.types import (
     AccountEvent, FillEvent, OrderEvent, OrderRequest, OrderStatus, VenueEndpoints,
 )
-from tests.support.simulator import start_simulator
 
 
 @dataclass(frozen=True)
@@ -65,20 +64,6 @@ VENUES = {
 SYMBOL = "BTCUSDT"
 PRICE = D("50000")
 FUNDS = D("10000")
-
-
-@pytest.fixture(scope="module")
-def sim():
-    proc = start_simulator()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def endpoints(sim):
-    return VenueEndpoints(rest_url=sim.url, ws_url=sim.ws_url)
 
 
 @pytest.fixture(scope="module", params=list(VENUES))
