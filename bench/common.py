@@ -7,6 +7,7 @@ Everything talks to 127.0.0.1 only (the simulator and server helpers of
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import re
@@ -294,3 +295,75 @@ async def loop_lag(samples: list[tuple[float, float]], period: float = 0.05) -> 
         t = time.monotonic()
         await asyncio.sleep(period)
         samples.append((time.time(), time.monotonic() - t - period))
+
+
+# ---- helpers of the streams benchmark (asyncio side) ---------------------------------------
+VENUES = ("binance", "bybit")
+
+
+def row(rows, symbol: str = "XRPUSDT"):  # type: ignore[no-untyped-def]
+    return next((r for r in rows or [] if r.get("symbol") == symbol), None)
+
+
+def th(ctx: dict, fn, *args, **kw):  # type: ignore[no-untyped-def]
+    """Run a blocking call on the bench's thread pool (an awaitable)."""
+    return asyncio.get_running_loop().run_in_executor(ctx["pool"], lambda: fn(*args, **kw))
+
+
+async def admin_stats(ctx: dict) -> dict:
+    return (await th(ctx, rest, "GET", ctx["url"] + "/admin/stats",
+                     headers={"X-Admin-Token": ctx["server"].admin_token})).json()
+
+
+def all_live(st: dict) -> bool:
+    return st["running"] > 0 and st["by_state"].get("live") == st["running"]
+
+
+async def wait_states(ctx: dict, done, timeout: float) -> dict:  # type: ignore[no-untyped-def]
+    """Poll ``/admin/stats`` ``streams`` every 0.5 s until ``done(streams)``; seconds taken."""
+    t0 = time.time()
+    while True:
+        st = (await admin_stats(ctx))["streams"]
+        if done(st) or time.time() - t0 > timeout:
+            return {"s": round(time.time() - t0, 2), "reached": done(st), "by_state": st["by_state"]}
+        await asyncio.sleep(0.5)
+
+
+def per_venue(items: list, found: list) -> dict:
+    """Latency blocks by venue: ``items`` ``(client, t0, ...)``, ``found`` the
+    ``first_events`` results (None = missing)."""
+    return {v: {**lat_s([f[0] - it[1] for it, f in zip(items, found) if it[0].exchange == v and f]),
+                "missing": sum(1 for it, f in zip(items, found) if it[0].exchange == v and not f)}
+            for v in VENUES}
+
+
+async def sampler(out: list, fetch, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    """Append ``(mid time, fetch(), call seconds)`` every ~0.5 s until ``stop``."""
+    while not stop.is_set():
+        t = time.time()
+        try:
+            got = await fetch()
+        except Exception:  # a missed sample only widens the spacing
+            continue
+        out.append(((t + time.time()) / 2, got, time.time() - t))
+        await asyncio.sleep(max(0.0, 0.5 - (time.time() - t)))
+
+
+def calls_at(sims: list, t: float, venue: str) -> float:
+    """Simulator calls of ``venue`` at time ``t``, interpolated between samples."""
+    a = max((s for s in sims if s[0] <= t), key=lambda s: s[0], default=sims[0])
+    b = min((s for s in sims if s[0] > t), key=lambda s: s[0], default=a)
+    return a[1][venue] + ((b[1][venue] - a[1][venue]) * (t - a[0]) / (b[0] - a[0]) if b is not a else 0)
+
+
+def print_lines(prefix: str, value: object) -> None:
+    if prefix.endswith("series"):
+        print(f"{prefix}:")
+        for line in value:  # type: ignore[attr-defined]
+            print("   ", line)
+    elif isinstance(value, dict) and value and not {"p50_ms", "by_type"} & value.keys() \
+            and not prefix.endswith(("by_state", "top", "cpu_pct", "errors")):
+        for k, v in value.items():
+            print_lines(f"{prefix}.{k}" if prefix else str(k), v)
+    else:
+        print(f"{prefix}: {json.dumps(value)}", flush=True)

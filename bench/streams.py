@@ -14,7 +14,7 @@ Setup: each account = simulator account + register + login + ``POST /api/exchang
 (binance or bybit) + a MARKET BUY 10 XRPUSDT (the open position) + a resting LIMIT BUY
 0.1 ETHUSDT @ 1700 (market 3400: it only fills when told to). Every client subscribes to
 the four types. The simulator's WebSocket URL handed to the server is a small gate
-process of this file (``gate_main``) that forwards every exchange WebSocket to the
+process (``bench.gate``) that forwards every exchange WebSocket to the
 simulator and can refuse the private ones (HTTP 503 on the handshake, open ones reset):
 that is the outage used for the polling fallback. The simulator is not told anything,
 REST keeps working: this is what a venue's user data stream being down looks like to the
@@ -60,10 +60,7 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -75,87 +72,16 @@ from pathlib import Path
 
 from requests.adapters import HTTPAdapter
 
-from bench.common import (RESULTS_DIR, ROOT, Account, Listener, _expect, cpu_s, first_events,
-                          lat_s, log_problems, loop_lag, pct, rest, run_pool)
-from tests.support.server import free_port, start_server
+from bench.common import (RESULTS_DIR, VENUES, Account, Listener, _expect, admin_stats,
+                          all_live, calls_at, cpu_s, first_events, lat_s, log_problems,
+                          loop_lag, pct, per_venue, print_lines, rest, row, run_pool, sampler,
+                          th, wait_states)
+from bench.gate import Gate
+from tests.support.server import start_server
 from tests.support.simulator import start_simulator
 
-VENUES = ("binance", "bybit")
 PRICE0, PRICE_STEP = Decimal("1.2"), Decimal("0.001")
 ETH_PRICE, ETH_QTY, FILL_QTY = "1700", "0.1", Decimal("0.001")
-PRIVATE_PATH = re.compile(r"^/(private/|v5/private|ws/[^@/]+$)")  # user data stream paths
-
-
-# ---- the gate: a WebSocket forwarder that can refuse the private streams ------------------
-async def gate_main(port: int, target: int) -> None:
-    """Forward 127.0.0.1:``port`` to the simulator on ``target``. Reads a mode per stdin
-    line (``none``, ``private``, ``all``): refused paths get HTTP 503, open ones are reset;
-    answers ``ok <reset count>``."""
-    mode, conns = ["none"], set()
-
-    def refused(private: bool) -> bool:
-        return mode[0] == "all" or (private and mode[0] == "private")
-
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except OSError:
-            pass
-        w.close()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            head = await r.readuntil(b"\r\n\r\n")
-            private = bool(PRIVATE_PATH.match(head.split(b" ", 2)[1].decode().split("?")[0]))
-            if refused(private):
-                w.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                await w.drain()
-                raise ValueError("refused")
-            ur, uw = await asyncio.open_connection("127.0.0.1", target)
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
-            return w.close()
-        uw.write(head)
-        conns.add(entry := (private, w, uw))
-        await asyncio.gather(pipe(r, uw), pipe(ur, w))
-        conns.discard(entry)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
-    stdin = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    print("ready", flush=True)
-    while line := await stdin.readline():
-        mode[0] = line.decode().strip()
-        victims = [c for c in conns if refused(c[0])]
-        for _, *writers in victims:
-            [w.transport.abort() for w in writers]
-        print(f"ok {len(victims)}", flush=True)
-    server.close()
-
-
-class Gate:
-    """The gate process; ``ws_url`` is what the server gets as every venue's WS URL."""
-
-    def __init__(self, target_port: int) -> None:
-        self.port = free_port()
-        self.ws_url, self.proc = f"ws://127.0.0.1:{self.port}", subprocess.Popen(
-            [sys.executable, "-c", "import asyncio, bench.streams as b; "
-             f"asyncio.run(b.gate_main({self.port}, {target_port}))"],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("gate did not start")
-
-    def set(self, mode: str) -> int:
-        """Switch to ``mode``; returns how many open connections were reset."""
-        print(mode, file=self.proc.stdin, flush=True)
-        return int(self.proc.stdout.readline().split()[1])
-
-    def stop(self) -> None:
-        self.proc.stdin.close()  # the gate ends at end of input
-        self.proc.wait(10)
-
-
 # ---- setup --------------------------------------------------------------------------------
 class Client:
     """One account's Socket.IO listener plus its venue and resting ETHUSDT order."""
@@ -186,41 +112,7 @@ def make_client(url: str, sim, tag: str, exchange: str) -> Client:  # type: igno
     return Client(a, exchange, trade.get("entry_order_id") or "", trade["client_order_id"])
 
 
-def row(rows, symbol: str = "XRPUSDT"):  # type: ignore[no-untyped-def]
-    return next((r for r in rows or [] if r.get("symbol") == symbol), None)
-
-
-def th(ctx: dict, fn, *args, **kw):  # type: ignore[no-untyped-def]
-    """Run a blocking call on the bench's thread pool (an awaitable)."""
-    return asyncio.get_running_loop().run_in_executor(ctx["pool"], lambda: fn(*args, **kw))
-
-
-async def admin_stats(ctx: dict) -> dict:
-    return (await th(ctx, rest, "GET", ctx["url"] + "/admin/stats",
-                     headers={"X-Admin-Token": ctx["server"].admin_token})).json()
-
-
-def all_live(st: dict) -> bool:
-    return st["running"] > 0 and st["by_state"].get("live") == st["running"]
-
-
-async def wait_states(ctx: dict, done, timeout: float) -> dict:  # type: ignore[no-untyped-def]
-    """Poll ``/admin/stats`` ``streams`` every 0.5 s until ``done(streams)``; seconds taken."""
-    t0 = time.time()
-    while True:
-        st = (await admin_stats(ctx))["streams"]
-        if done(st) or time.time() - t0 > timeout:
-            return {"s": round(time.time() - t0, 2), "reached": done(st), "by_state": st["by_state"]}
-        await asyncio.sleep(0.5)
-
-
 # ---- one measuring window -----------------------------------------------------------------
-def per_venue(items: list, found: list) -> dict:
-    """Latency blocks by venue: ``items`` ``(client, t0, ...)``, ``found`` the
-    ``first_events`` results (None = missing)."""
-    return {v: {**lat_s([f[0] - it[1] for it, f in zip(items, found) if it[0].exchange == v and f]),
-                "missing": sum(1 for it, f in zip(items, found) if it[0].exchange == v and not f)}
-            for v in VENUES}
 
 
 def rest_rates(clients: list[Client], before: dict, after: dict, seconds: float) -> dict:
@@ -299,23 +191,6 @@ async def window(ctx: dict, clients: list[Client], args: argparse.Namespace) -> 
 
 
 # ---- the reconnect storm ------------------------------------------------------------------
-async def sampler(out: list, fetch, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
-    """Append ``(mid time, fetch(), call seconds)`` every ~0.5 s until ``stop``."""
-    while not stop.is_set():
-        t = time.time()
-        try:
-            got = await fetch()
-        except Exception:  # a missed sample only widens the spacing
-            continue
-        out.append(((t + time.time()) / 2, got, time.time() - t))
-        await asyncio.sleep(max(0.0, 0.5 - (time.time() - t)))
-
-
-def calls_at(sims: list, t: float, venue: str) -> float:
-    """Simulator calls of ``venue`` at time ``t``, interpolated between samples."""
-    a = max((s for s in sims if s[0] <= t), key=lambda s: s[0], default=sims[0])
-    b = min((s for s in sims if s[0] > t), key=lambda s: s[0], default=a)
-    return a[1][venue] + ((b[1][venue] - a[1][venue]) * (t - a[0]) / (b[0] - a[0]) if b is not a else 0)
 
 
 async def storm(ctx: dict, clients: list[Client], args: argparse.Namespace) -> dict:
@@ -450,19 +325,6 @@ async def run(args: argparse.Namespace, ctx: dict, res: dict) -> None:
             except Exception:  # the server may be gone; stopping follows anyway
                 break
             await asyncio.sleep(0.5)
-
-
-def print_lines(prefix: str, value: object) -> None:
-    if prefix.endswith("series"):
-        print(f"{prefix}:")
-        for line in value:  # type: ignore[attr-defined]
-            print("   ", line)
-    elif isinstance(value, dict) and value and not {"p50_ms", "by_type"} & value.keys() \
-            and not prefix.endswith(("by_state", "top", "cpu_pct", "errors")):
-        for k, v in value.items():
-            print_lines(f"{prefix}.{k}" if prefix else str(k), v)
-    else:
-        print(f"{prefix}: {json.dumps(value)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
