@@ -55,6 +55,7 @@ from services.write_behind import LedgerWriter
 from services.trading import TradingService
 from ws.handlers import register_handlers
 from ws.hub import PushHub
+from ws.packet import Packet
 
 logger = logging.getLogger("app")
 
@@ -72,7 +73,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     limiter.init_app(app)
     socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
                       channel=cfg.MESSAGE_QUEUE_CHANNEL, cors_allowed_origins="*",
-                      max_http_buffer_size=cfg.MAX_CONTENT_LENGTH)
+                      max_http_buffer_size=cfg.MAX_CONTENT_LENGTH, serializer=Packet)
     app.extensions["pushsrv"] = _build_services(cfg)
     for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
                console.bp):
@@ -149,7 +150,7 @@ def _build_services(cfg: Config) -> Services:
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
-                            leases=leases)
+                            leases=leases, audience=hub.has_audience)
     streams_ref.append(streams)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
@@ -184,6 +185,9 @@ class _LedgerFacade:
 
     def record_order(self, key_id: int, order) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_order(key_id, order)
+
+    def record_positions(self, key_id: int, positions, as_of: int) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit_positions(key_id, positions, as_of)
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -73,6 +75,19 @@ def cpu_s(pid: int | None) -> float | None:
     except (OSError, TypeError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(pid: int, seconds: float, path: Path) -> "subprocess.Popen | None":
+    """Start ``py-spy record`` (sampling, 50 Hz, collapsed stacks ``path``) on ``pid``
+    for ``seconds``; None when py-spy is not installed (``pip install py-spy``: a
+    developer tool, not a dependency of the project)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("profile: py-spy not found, not profiling", flush=True)
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50",
+                             "-f", "raw", "-o", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def log_problems(path: Path, start: int = 0, end: int | None = None, limit: int = 6) -> dict:

@@ -58,11 +58,13 @@ import asyncio
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -72,7 +74,7 @@ from requests.adapters import HTTPAdapter
 from sqlalchemy import create_engine, make_url, text
 
 from bench.common import (RESULTS_DIR, ROOT, Listener, _expect, cpu_s, create_account, first_events, lat_ms,
-                          lat_s, log_problems, rest, run_pool)
+                          lat_s, log_problems, profile, rest, run_pool)
 from bench.streams import admin_stats, print_lines, row, sampler, th
 from tests.conftest import PG_ADMIN_URL, make_pg_database
 from tests.support.server import free_port, start_server
@@ -262,10 +264,17 @@ async def run(args: argparse.Namespace, ctx: dict, res: dict) -> None:
     filler = Filler(sim, plan, args.rate, args.workers)
     filling = asyncio.get_running_loop().run_in_executor(None, filler.run, t0, t_restore)
     pid = ctx["server"].proc.pid
-    cpu0 = cpu_s(pid)
+    cpu0, sim_cpu0, load0 = cpu_s(pid), cpu_s(sim.proc.pid), os.times()
+    if args.profile:
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        profile(pid, args.burst_s, Path(args.profile))
     await asyncio.sleep(max(0.0, t_cut - time.time()))
     res["write_behind_at_burst_end"] = (await admin_stats(ctx))["write_behind"]
     res["server_cpu_pct_burst"] = round((cpu_s(pid) - cpu0) * 100 / (time.time() - t0), 1)
+    res["simulator_cpu_pct_burst"] = round((cpu_s(sim.proc.pid) - sim_cpu0) * 100 / (time.time() - t0), 1)
+    load1 = os.times()
+    res["bench_cpu_pct_burst"] = round((load1.user + load1.system - load0.user - load0.system)
+                                       * 100 / (time.time() - t0), 1)
     ctx["proxy"].cut()
     await asyncio.sleep(max(0.0, t_restore - time.time()))
     ctx["proxy"].restore()
@@ -331,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--observers", type=int, default=5)
     p.add_argument("--workers", type=int, default=8, help="threads making fills")
     p.add_argument("--drain-timeout-s", type=float, default=120.0)
+    p.add_argument("--profile", metavar="PATH", help="py-spy the server during the burst (collapsed stacks)")
     p.add_argument("--raw-proxy", action="store_true", help="TcpProxy exactly as in tests/support (see ProxyProcess)")
     args = p.parse_args(argv)
     log_dir = RESULTS_DIR / "logs_ledger"

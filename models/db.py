@@ -32,8 +32,12 @@ class Database:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
+            # values_plus_batch: an executemany UPDATE (the trades a write-behind batch
+            # settles) is one round trip per 100 rows, not one per row
             kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10,
                           connect_args=POSTGRES_CONNECT_ARGS)
+            if url.startswith("postgresql+psycopg2") or url.startswith("postgresql://"):
+                kwargs["executemany_mode"] = "values_plus_batch"
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):

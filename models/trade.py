@@ -143,3 +143,25 @@ class Exit(Base):
     client_order_ids: Mapped[str] = mapped_column(String(1024), default="")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now_ms, onupdate=now_ms)
+
+
+class Position(Base):
+    """The exchange's position of one key in one symbol (one-way mode) as last
+    reported, written behind by the account stream: keyed by (key, symbol), ``size``
+    positive with ``side`` LONG/SHORT, 0 once closed; ``updated_at`` (ms UTC) is the
+    report's time and a row never goes back to an older report. Mark price and
+    unrealized PnL are not kept (they move with every tick)."""
+
+    __tablename__ = "positions"
+    __table_args__ = (UniqueConstraint("key_id", "symbol"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"))
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(5))
+    size: Mapped[Decimal] = mapped_column(Money)
+    entry_price: Mapped[Decimal] = mapped_column(Money)
+    leverage: Mapped[Decimal] = mapped_column(Money)
+    liquidation_price: Mapped[Decimal] = mapped_column(Money)
+    margin_type: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[int] = mapped_column(BigInteger)

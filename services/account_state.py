@@ -42,6 +42,8 @@ class AccountState:
         self._seq: dict[str, int] = {}
         self._last: dict[str, tuple] = {}
         self._envelopes: dict[str, dict] = {}
+        self._unseen: dict[str, tuple[str, int]] = {}  # kind -> (source, as_of) not built
+        self._order_rows: dict[str, tuple[Order, dict]] = {}  # order id -> (order, its row)
 
     # ---- updates ---------------------------------------------------------------
     def set_balance(self, balance: Balance) -> None:
@@ -109,12 +111,33 @@ class AccountState:
         if kind == "positions":
             return None if self.positions is None else serialize.positions_data(self.positions.values())
         if kind == "orders":
-            return None if self.orders is None else serialize.orders_data(self.orders.values())
+            return None if self.orders is None else self._orders_data()
         if kind == "pnl":
             if self.positions is None or self.realized_pnl is None:
                 return None
             return serialize.pnl_data(self.positions.values(), self.realized_pnl)
         raise ValueError(f"unknown type {kind!r}")
+
+    def _orders_data(self) -> list[dict]:
+        """CONTRACT.md ``orders`` data: the open orders, oldest update first, each
+        order's row built once per update (an account with many open orders sends
+        all of them again on every fill)."""
+        assert self.orders is not None
+        rows = []
+        for o in sorted(self.orders.values(), key=lambda o: (o.updated_at, o.order_id)):
+            held = self._order_rows.get(o.order_id)
+            if held is None or held[0] is not o:
+                held = self._order_rows[o.order_id] = (o, serialize.order_data(o))
+            rows.append(held[1])
+        if len(self._order_rows) > 2 * len(self.orders) + 16:
+            self._order_rows = {k: v for k, v in self._order_rows.items() if k in self.orders}
+        return rows
+
+    def note_unseen(self, kind: str, source: str, as_of: int) -> None:
+        """``kind`` changed but nobody is subscribed: its envelope is built only when
+        a subscriber asks for it (``cached``)."""
+        with self._lock:
+            self._unseen[kind] = (source, as_of)
 
     def envelope_if_changed(self, kind: str, source: str, as_of: int,
                             stale: bool = False) -> dict | None:
@@ -123,6 +146,8 @@ class AccountState:
         ``source`` is ``stream``, ``rest`` or ``cache``; ``as_of`` the exchange time
         of the data (ms UTC).
         """
+        with self._lock:
+            self._unseen.pop(kind, None)
         data = self.data(kind)
         if data is None:
             return None
@@ -153,6 +178,11 @@ class AccountState:
 
     def cached(self, kinds: tuple[str, ...] | list[str]) -> list[dict]:
         """Copies of the last envelopes of ``kinds`` with ``source: "cache"`` (for a
-        new subscriber); their ``seq`` is the current one."""
+        new subscriber); their ``seq`` is the current one. Types that changed while
+        nobody was subscribed (``note_unseen``) are built first."""
+        with self._lock:
+            unseen = [(k, self._unseen[k]) for k in kinds if k in self._unseen]
+        for kind, (source, as_of) in unseen:
+            self.envelope_if_changed(kind, source, as_of)
         with self._lock:
             return [dict(self._envelopes[k], source="cache") for k in kinds if k in self._envelopes]

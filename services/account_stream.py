@@ -70,6 +70,12 @@ class AccountStream:
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it).
         on_order: called with each order update seen on the stream (write-behind).
+        on_positions: called with ``(open positions, as_of ms)`` when a REST snapshot
+            changed a position's side, size, entry price, leverage or margin type
+            (write-behind; mark price moves are not reported).
+        audience: ``audience(user_id, kind)`` is False when nobody would receive a
+            ``kind`` push of this user (no subscriber anywhere): its payload is then
+            not built; the state builds it when a subscriber asks (``cached``).
         poll_scale: factor (>= 1) stretching the polling interval while many
             accounts poll at once, so that the fallback's total REST rate stays bounded.
         sleep: cooperative sleep (``socketio.sleep``).
@@ -86,8 +92,13 @@ class AccountStream:
                  settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
                  on_reconnected: Callable[[int], None] | None = None,
                  on_order: Callable[[object], None] | None = None,
-                 poll_scale: Callable[[], float] = lambda: 1.0) -> None:
+                 poll_scale: Callable[[], float] = lambda: 1.0,
+                 audience: Callable[[int, str], bool] | None = None,
+                 on_positions: Callable[[list, int], None] | None = None) -> None:
         self.state = state
+        self._on_positions = on_positions
+        self._positions_reported: tuple | None = None
+        self._audience = audience
         self._get_client = get_client
         self._realized_pnl = realized_pnl
         self._publish = publish
@@ -348,6 +359,7 @@ class AccountStream:
             if "positions" in kinds and self._due("positions", force):
                 self.state.set_positions(client.get_positions())
                 self._refresh_due.discard("positions")
+                self._report_positions()
                 self._sync_tickers()
                 changed += ["positions", "pnl"]
             if "orders" in kinds and self._due("orders", force):
@@ -365,8 +377,19 @@ class AccountStream:
             raise
         self._emit(tuple(changed), "rest", event_time or now_ms())
 
+    def _report_positions(self) -> None:
+        held = sorted((self.state.positions or {}).values(), key=lambda p: p.symbol)
+        shape = tuple((p.symbol, p.side, p.size, p.entry_price, p.leverage, p.margin_type)
+                      for p in held)
+        if self._on_positions is not None and shape != self._positions_reported:
+            self._positions_reported = shape
+            self._on_positions(held, now_ms())
+
     def _emit(self, kinds: tuple[str, ...], source: str, as_of: int) -> None:
         for kind in kinds:
+            if self._audience is not None and not self._audience(self.state.user_id, kind):
+                self.state.note_unseen(kind, source, as_of)
+                continue
             env = self.state.envelope_if_changed(kind, source, as_of)
             if env is not None:
                 self._send(env)

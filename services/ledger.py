@@ -13,12 +13,13 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
-from models import Database, Fill, Order, Trade, TradeStatus, now_ms
+from exchanges.types import Position as PositionInfo
+from models import Database, Fill, Order, Position, Trade, TradeStatus, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +29,33 @@ def _insert(session: Session, table):  # type: ignore[no-untyped-def]
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
 
 
-def upsert_order(session: Session, key_id: int, order: OrderInfo, trade_id: int | None) -> None:
-    """Insert or update the order row keyed by (key, symbol, exchange order id); an
-    update with an older ``updated_at`` than the stored one changes nothing."""
-    values = dict(key_id=key_id, trade_id=trade_id, exchange_order_id=order.order_id,
-                  client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
-                  type=order.type, status=order.status.value, price=order.price,
-                  quantity=order.quantity, filled_quantity=order.filled_quantity,
-                  avg_price=order.avg_price, time_in_force=order.time_in_force,
-                  reduce_only=order.reduce_only, updated_at=order.updated_at)
-    stmt = _insert(session, Order.__table__).values(**values)
+def _order_row(key_id: int, order: OrderInfo, trade_id: int | None) -> dict:
+    return dict(key_id=key_id, trade_id=trade_id, exchange_order_id=order.order_id,
+                client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
+                type=order.type, status=order.status.value, price=order.price,
+                quantity=order.quantity, filled_quantity=order.filled_quantity,
+                avg_price=order.avg_price, time_in_force=order.time_in_force,
+                reduce_only=order.reduce_only, updated_at=order.updated_at)
+
+
+def upsert_orders(session: Session, rows: list[dict]) -> None:
+    """Insert or update order rows (``_order_row`` dicts, at most one per order) keyed
+    by (key, symbol, exchange order id); an update with an older ``updated_at`` than
+    the stored one changes nothing. One cached statement executed for all rows
+    (SQLAlchemy's "insertmanyvalues": a few round trips, no per-batch compile)."""
+    if not rows:
+        return
+    stmt = _insert(session, Order.__table__)
     update = {k: stmt.excluded[k] for k in ("status", "filled_quantity", "avg_price", "updated_at")}
     stmt = stmt.on_conflict_do_update(
         index_elements=["key_id", "symbol", "exchange_order_id"], set_=update,
         where=Order.__table__.c.updated_at <= stmt.excluded.updated_at)
-    session.execute(stmt)
+    session.execute(stmt, rows)
+
+
+def upsert_order(session: Session, key_id: int, order: OrderInfo, trade_id: int | None) -> None:
+    """Insert or update one order row (see ``upsert_orders``)."""
+    upsert_orders(session, [_order_row(key_id, order, trade_id)])
 
 
 def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | None) -> bool:
@@ -66,6 +79,32 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
         if stored is not None and stored.realized_pnl == 0:
             stored.realized_pnl = fill.realized_pnl
     return False
+
+
+def upsert_positions(session: Session, snapshots: dict[int, tuple[int, list[PositionInfo]]]) -> None:
+    """Store each key's open positions as last reported: ``snapshots`` maps a key id
+    to ``(as_of ms UTC, open positions)``. Rows are keyed by (key, symbol); a symbol
+    of the key missing from its snapshot is closed (``size`` 0). A row already holding
+    a newer report (``updated_at``) is left alone, so replays and reordering are
+    harmless."""
+    table = Position.__table__
+    rows = [dict(key_id=key_id, symbol=p.symbol, side=p.side, size=p.size,
+                 entry_price=p.entry_price, leverage=p.leverage,
+                 liquidation_price=p.liquidation_price, margin_type=p.margin_type,
+                 updated_at=as_of)
+            for key_id, (as_of, held) in snapshots.items() for p in held]
+    if rows:
+        stmt = _insert(session, table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key_id", "symbol"],
+            set_={k: stmt.excluded[k] for k in ("side", "size", "entry_price", "leverage",
+                                                "liquidation_price", "margin_type", "updated_at")},
+            where=table.c.updated_at <= stmt.excluded.updated_at)
+        session.execute(stmt, rows)
+    for key_id, (as_of, held) in snapshots.items():
+        session.execute(update(table).where(
+            table.c.key_id == key_id, table.c.symbol.not_in([p.symbol for p in held]),
+            table.c.updated_at < as_of).values(size=Decimal(0), updated_at=as_of))
 
 
 NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStatus.FAILED.value)
@@ -133,11 +172,19 @@ def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
 
 
 def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
-                fills: list[tuple[int, FillEvent]]) -> set[int]:
+                fills: list[tuple[int, FillEvent]],
+                positions: list[tuple[int, int, list[PositionInfo]]] = ()) -> set[int]:  # type: ignore[assignment]
     """The write-behind writer's unit of work: many stream events in a handful of
     statements (each statement is a round trip, and under load every round trip waits
-    for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one.
-    Returns the key ids that got new fills."""
+    for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one, and
+    ``upsert_positions`` with each key's newest snapshot of ``positions`` (tuples of
+    key id, as_of ms, open positions). Returns the key ids that got new fills."""
+    newest: dict[int, tuple[int, list[PositionInfo]]] = {}
+    for key_id, as_of, held in positions:
+        if key_id not in newest or newest[key_id][0] <= as_of:
+            newest[key_id] = (as_of, held)
+    if newest:
+        upsert_positions(session, newest)
     latest: dict[tuple, tuple[int, OrderInfo]] = {}
     for key_id, o in orders:  # the newest update of each order wins
         k = (key_id, o.symbol, o.order_id)
@@ -157,9 +204,11 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
     def trade_of(key_id: int, coid: str | None, order_id: str) -> Trade | None:
         return by_coid.get((key_id, coid)) if coid else by_oid.get((key_id, order_id))
 
+    order_rows = []
     for key_id, o in latest.values():
         t = trade_of(key_id, o.client_order_id, o.order_id)
-        upsert_order(session, key_id, o, t.id if t else None)
+        order_rows.append(_order_row(key_id, o, t.id if t else None))
+    upsert_orders(session, order_rows)
     new_keys: set[int] = set()
     touched: dict[int, Trade] = {}
     if fills:
@@ -174,10 +223,10 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
                                price=f.price, quantity=f.quantity, fee=f.fee,
                                fee_asset=f.fee_asset, realized_pnl=f.realized_pnl,
                                is_maker=f.is_maker, time=f.time))
-        stmt = (_insert(session, Fill.__table__).values(values)
+        stmt = (_insert(session, Fill.__table__)
                 .on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
                 .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
-        inserted = {(r.key_id, r.exchange_trade_id) for r in session.execute(stmt)}
+        inserted = {(r.key_id, r.exchange_trade_id) for r in session.execute(stmt, values)}
         new_keys = {k for k, _ in inserted}
         for key_id, f in fills:  # late PnL for a fill stored without it (rare)
             if (key_id, f.trade_id) not in inserted and f.realized_pnl:
@@ -212,6 +261,14 @@ def realized_pnl(db: Database, key_id: int, now: int | None = None) -> Realized:
     """The key's realized PnL, all time and today (UTC)."""
     day_start = (now or now_ms()) // 86_400_000 * 86_400_000
     with db.session() as s:
+        if s.get_bind().dialect.name == "postgresql":  # NUMERIC sums are exact: sum there
+            net = Fill.realized_pnl - Fill.fee
+            total, today = s.execute(select(
+                func.coalesce(func.sum(net), 0),
+                func.coalesce(func.sum(case((Fill.time >= day_start, net), else_=0)), 0))
+                .where(Fill.key_id == key_id)).one()
+            return Realized(Decimal(total).normalize(), Decimal(today).normalize())
+        # SQLite stores decimal strings (its SUM would go through float): sum here
         rows = s.execute(select(Fill.realized_pnl, Fill.fee, Fill.time)
                          .where(Fill.key_id == key_id)).all()
     total = sum((r.realized_pnl - r.fee for r in rows), Decimal(0))

@@ -71,9 +71,3 @@ def order_data(o: Order) -> dict:
             "quantity": dec(o.quantity), "filled_quantity": dec(o.filled_quantity),
             "avg_price": dec(o.avg_price), "time_in_force": o.time_in_force,
             "reduce_only": o.reduce_only, "updated_at": o.updated_at}
-
-
-def orders_data(orders: Iterable[Order]) -> list[dict]:
-    """CONTRACT.md ``orders`` data: open orders, oldest update first."""
-    return [order_data(o) for o in sorted(orders, key=lambda o: (o.updated_at, o.order_id))
-            if not o.status.is_final]

@@ -39,19 +39,23 @@ class StreamManager:
         publish: where envelopes go (the push hub's emit function).
         spawn: starts a background task (``socketio.start_background_task``).
         sleep: cooperative sleep (``socketio.sleep``).
-        ledger: provides ``realized_pnl(key_id)``, ``record_fill(user_id, key_id, fill)``
-            and ``record_order(key_id, order)`` (non-blocking: write-behind).
+        ledger: provides ``realized_pnl(key_id)``, ``record_fill(user_id, key_id, fill)``,
+            ``record_order(key_id, order)`` and ``record_positions(key_id, positions,
+            as_of)`` (non-blocking: write-behind).
         tickers: the shared TickerHub for mark prices (None: poll positions).
         on_reconnected: run (as a background task) with a key id after its stream
             reconnected (the reconciler).
         leases: LocalLeases (one process) or RedisLeases (several).
+        audience: ``audience(user_id, kind)``, False when no socket would receive
+            the push (the hub's ``has_audience``); None: always build pushes.
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
                  publish: Publish, spawn: Callable, sleep: Callable[[float], None],
                  ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
                  on_reconnected: Callable[[int], None] | None = None,
-                 leases=None) -> None:  # type: ignore[no-untyped-def]
+                 leases=None, audience: Callable[[int, str], bool] | None = None,
+                 ) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._cipher = cipher
         self._trading = trading
@@ -63,6 +67,7 @@ class StreamManager:
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._leases = leases or LocalLeases()
+        self._audience = audience
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
         self._followed: dict[int, int] = {}  # key_id -> user_id, owned by another process
@@ -99,9 +104,10 @@ class StreamManager:
             publish=self._publish,
             on_fill=lambda fill: self._ledger.record_fill(user_id, key_id, fill),
             on_order=lambda order: self._ledger.record_order(key_id, order),
+            on_positions=lambda held, as_of: self._ledger.record_positions(key_id, held, as_of),
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
-            poll_scale=self._poll_scale)
+            poll_scale=self._poll_scale, audience=self._audience)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:

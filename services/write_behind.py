@@ -1,6 +1,7 @@
 """Write-behind: stream events reach the database without any event handler waiting.
 
-Handlers update in-memory state, then ``submit_fill``/``submit_order`` here; one
+Handlers update in-memory state, then ``submit_fill``/``submit_order``/
+``submit_positions`` here; one
 background worker writes in batches through the ledger's idempotent upserts (a
 replayed event writes nothing twice), retrying with exponential backoff and jitter
 for as long as the database is unavailable. Nothing is dropped: when the bounded
@@ -18,7 +19,7 @@ from typing import Callable
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
 
-from exchanges.types import Fill as FillEvent, Order as OrderInfo
+from exchanges.types import Fill as FillEvent, Order as OrderInfo, Position as PositionInfo
 from models import Database
 from services import ledger
 
@@ -70,6 +71,10 @@ class LedgerWriter:
     def submit_order(self, key_id: int, order: OrderInfo) -> None:
         """Queue one order update of ``key_id``."""
         self._put(("order", key_id, order))
+
+    def submit_positions(self, key_id: int, positions: list[PositionInfo], as_of: int) -> None:
+        """Queue the open positions of ``key_id`` as reported at ``as_of`` (ms UTC)."""
+        self._put(("positions", key_id, (as_of, list(positions))))
 
     def _put(self, item: tuple) -> None:  # type: ignore[type-arg]
         entry = (time.monotonic(),) + item
@@ -135,7 +140,8 @@ class LedgerWriter:
                 with self._db.transaction() as s:
                     keys = ledger.apply_batch(
                         s, [(k, e) for _, kind, k, e in batch if kind == "order"],
-                        [(k, e) for _, kind, k, e in batch if kind == "fill"])
+                        [(k, e) for _, kind, k, e in batch if kind == "fill"],
+                        [(k, e[0], e[1]) for _, kind, k, e in batch if kind == "positions"])
         done = time.monotonic()
         self._latency_ms.extend((done - item[0]) * 1000 for item in batch)
         self.written += len(batch)

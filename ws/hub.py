@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from flask_socketio import SocketIO
+from socketio import PubSubManager
 
 from services.tickers import ticker_room
 
@@ -100,6 +101,15 @@ class PushHub:
             return list(self._conns.values())
 
     # ---- emit ------------------------------------------------------------------
+    def has_audience(self, user_id: int, kind: str) -> bool:
+        """False when no connection is in ``kind``'s room of ``user_id``, so its push
+        need not be built. Always True with a message queue (the subscribers may be
+        on another server process)."""
+        manager = self._sio.server.manager
+        if isinstance(manager, PubSubManager):
+            return True
+        return bool(manager.rooms.get("/", {}).get(room(kind, user_id)))
+
     def publish(self, envelope: dict) -> None:
         """Emit one envelope from a service (any green thread)."""
         kind = envelope["type"]

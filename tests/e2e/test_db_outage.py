@@ -1,8 +1,12 @@
 """PostgreSQL unavailable for 10 s while fills arrive: no event lost, the write-behind
-queue drains afterwards, and pushes never stop meanwhile."""
+queue drains afterwards (fills, order states and the position), and pushes never
+stop meanwhile."""
 from __future__ import annotations
 
 import time
+from decimal import Decimal
+
+from sqlalchemy import create_engine, text
 
 from tests.conftest import make_pg_database
 from tests.e2e.conftest import Account, Listener, wait_until
@@ -54,6 +58,16 @@ def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path
         drained = wait_until(lambda: (lambda w: w if w["depth"] == 0 and w["healthy"] else None)(
             acct.admin("GET", "/admin/stats").json()["write_behind"]), timeout=30)
         assert drained["written"] >= 6, drained  # the 3 fills and their order updates at least
+        # the position the stream reported while the database was away is stored too
+        engine = create_engine(url)
+        try:
+            with engine.connect() as c:
+                stored = c.execute(text("SELECT symbol, side, size, entry_price FROM positions"
+                                        " WHERE key_id = :k"), {"k": acct.key_id}).all()
+        finally:
+            engine.dispose()
+        assert [(s, side, Decimal(size), Decimal(entry)) for s, side, size, entry in stored] == [
+            ("BTCUSDT", "LONG", Decimal("0.03"), Decimal("50100"))]
     finally:
         if lst is not None:
             lst.close()

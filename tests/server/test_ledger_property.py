@@ -170,3 +170,39 @@ def test_batched_writes_end_in_the_clean_state(db, extra, rnd, cuts) -> None:  #
     noisy = EVENTS + [EVENTS[i] for i in extra]
     rnd.shuffle(noisy)
     assert _replay_batched(db, noisy, cuts) == clean
+
+
+def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -> None:  # type: ignore[no-untyped-def]
+    from exchanges.types import Position as PositionInfo
+    from models import Position
+    db = Database(database_url)
+    with db.transaction() as s:
+        s.add(User(id=1, username="p", password_hash="x"))
+        s.flush()
+        s.add_all([ExchangeKey(id=k, user_id=1, exchange="binance", api_key=f"k{k}",
+                               api_secret_encrypted=b"x") for k in (1, 2)])
+
+    def pos(symbol: str, size: str, entry: str) -> PositionInfo:
+        return PositionInfo(symbol, "LONG", Decimal(size), Decimal(entry), Decimal(entry),
+                            Decimal(0), Decimal(10), Decimal(0), "cross")
+
+    def stored() -> dict:
+        with db.session() as s:
+            return {(r.key_id, r.symbol): (r.size, r.entry_price, r.updated_at)
+                    for r in s.scalars(select(Position))}
+    btc1, btc2, eth = pos("BTCUSDT", "0.01", "100"), pos("BTCUSDT", "0.03", "102"), pos("ETHUSDT", "1", "5")
+    with db.transaction() as s:  # one batch: the newest snapshot of each key wins
+        ledger.apply_batch(s, [], [], [(1, 10, [btc1]), (1, 20, [btc2, eth]), (2, 15, [btc1])])
+    assert stored() == {(1, "BTCUSDT"): (Decimal("0.03"), Decimal("102"), 20),
+                        (1, "ETHUSDT"): (Decimal("1"), Decimal("5"), 20),
+                        (2, "BTCUSDT"): (Decimal("0.01"), Decimal("100"), 15)}
+    with db.transaction() as s:  # a late older report changes nothing
+        ledger.apply_batch(s, [], [], [(1, 12, [btc1])])
+    with db.transaction() as s:  # BTC closed: missing from the newer snapshot
+        ledger.apply_batch(s, [], [], [(1, 30, [eth])])
+    with db.transaction() as s:  # the same snapshot replayed
+        ledger.apply_batch(s, [], [], [(1, 30, [eth])])
+    assert stored() == {(1, "BTCUSDT"): (Decimal("0"), Decimal("102"), 30),
+                        (1, "ETHUSDT"): (Decimal("1"), Decimal("5"), 30),
+                        (2, "BTCUSDT"): (Decimal("0.01"), Decimal("100"), 15)}
+    db.dispose()

@@ -119,6 +119,56 @@ def test_final_orders_leave_the_open_set_and_old_updates_are_ignored() -> None:
     assert len(state.data("orders")) == 1
 
 
+def test_order_rows_follow_every_update_of_a_held_order() -> None:
+    state = AccountState(1, 1, "binance", False)
+    state.set_orders([])
+
+    def order(oid: str, filled: str, t: int) -> Order:
+        return Order("c" + oid, oid, "BTCUSDT", "BUY", "LIMIT", OrderStatus.PARTIALLY_FILLED,
+                     Decimal("100"), Decimal("2"), Decimal(filled), Decimal("100"), "GTC", False, t)
+    state.apply_order(order("1", "0.5", 1))
+    state.apply_order(order("2", "0.1", 2))
+    assert [r["filled_quantity"] for r in state.data("orders")] == ["0.5", "0.1"]
+    state.apply_order(order("1", "1.5", 3))  # now the newest: listed last, new figure
+    assert [(r["order_id"], r["filled_quantity"]) for r in state.data("orders")] == [
+        ("2", "0.1"), ("1", "1.5")]
+
+
+def test_a_type_nobody_receives_is_built_when_a_subscriber_asks() -> None:
+    from services.account_stream import AccountStream
+    state = AccountState(3, 9, "binance", False)
+    sent: list[dict] = []
+    listening: set[str] = set()
+    stream = AccountStream(state, get_client=lambda: None, realized_pnl=lambda: None,  # type: ignore[arg-type, return-value]
+                           publish=sent.append, on_fill=lambda f: None, sleep=lambda s: None,
+                           audience=lambda uid, kind: uid == 3 and kind in listening)
+    state.set_positions([_pos("0.01")])
+    stream._emit(("positions",), "stream", 10)
+    assert sent == []  # not built, not sent
+    state.set_positions([_pos("0.02", mark="102")])
+    stream._emit(("positions",), "stream", 11)
+    assert sent == []
+    snap = state.cached(["positions"])  # a subscriber arrives: the current value, once
+    assert [(e["seq"], e["as_of"], e["source"], e["data"][0]["unrealized_pnl"]) for e in snap] == [
+        (1, 11, "cache", "0.02")]
+    listening.add("positions")
+    state.set_positions([_pos("0.03", mark="103")])
+    stream._emit(("positions",), "stream", 12)
+    assert [(e["seq"], e["data"][0]["unrealized_pnl"]) for e in sent] == [(2, "0.03")]
+
+
+def test_the_packet_binary_check_agrees_with_python_socketio() -> None:
+    from socketio.packet import Packet as Original
+
+    from ws.packet import Packet
+    for data in (["orders", {"data": [{"a": "1", "b": [1, 2, {"c": None}]}]}],
+                 ["x", {"data": [{"a": "1"}, {"b": [b"raw"]}]}], [b"top"], "text", [],
+                 ["x", {"d": bytearray(b"1")}], ["x", ("tuple", b"not walked")]):
+        assert Packet.data_is_binary(data) == Original.data_is_binary(data), data
+    pkt = Packet(2, data=["orders", {"n": 1}], namespace="/")
+    assert pkt.encode() == Original(2, data=["orders", {"n": 1}], namespace="/").encode()
+
+
 def test_balance_payload_shape() -> None:
     state = AccountState(1, 1, "binance", False)
     state.set_balance(Balance(Decimal("100"), Decimal("1"), Decimal("101"), Decimal("90"),
