@@ -150,7 +150,7 @@ def _build_services(cfg: Config) -> Services:
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
-                            leases=leases, audience=hub.has_audience)
+                            leases=leases, audience=hub.has_audience, governors=governors)
     streams_ref.append(streams)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)

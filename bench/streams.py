@@ -47,10 +47,15 @@ fault to its last ``stream_status`` ``live`` seen by its client (``not_recovered
 ``live`` after its drop). ``rest.<venue>``: simulator request counts sampled every ~0.5 s
 (``state_call_ms`` says how long one ``/_sim/state`` took, i.e. the real sample spacing):
 ``peak_per_s`` the highest rate between two samples, ``calls_first_60s`` the calls in the
-60 s after the fault (interpolated, to compare with ``weight_limit_per_min`` of the
-server's governor: Binance allows 2400 weight per minute per IP; the simulator charges 1
-per request and per api key, so request counts, not real weights, are compared),
-``governor`` the diff of ``/admin/stats`` ``rate_limits`` over the storm. ``series``: per
+60 s after the fault, ``governor`` the diff of ``/admin/stats`` ``rate_limits`` over the
+storm (``limited_by_exchange``: 429s the simulator answered).
+
+Request weight: the simulator counts Binance weight per IP with each endpoint's real
+weight and, once every stream is live after setup, enforces ``--ip-weight-limit`` (2400,
+Binance USD-M's; 0 = off) with 429 ``-1003``. ``<phase>.binance_ip_weight_per_min`` and
+``storm.binance_ip_weight_per_min``: the simulator's per-minute weight of the server's IP
+in the minutes the phase touched (max), beside ``polling_refresh_s``, the server's
+interval between two REST refreshes of one polling account (``/admin/stats``). ``series``: per
 ~1 s, REST calls/s by venue and ``streams.by_state``. The database is a SQLite file.
 """
 from __future__ import annotations
@@ -131,6 +136,14 @@ def rest_rates(clients: list[Client], before: dict, after: dict, seconds: float)
     return out
 
 
+async def ip_weight(ctx: dict, t_start: float, t_end: float) -> int:
+    """The highest per-minute Binance weight the simulator counted for an IP in the
+    minutes overlapping [t_start, t_end]."""
+    hist = (await th(ctx, ctx["sim"].state))["weight_per_minute"]
+    return max((w for k, h in hist.items() if k.startswith("binance ")
+                for m, w in h.items() if int(m) + 60 > t_start and int(m) < t_end), default=0)
+
+
 async def window(ctx: dict, clients: list[Client], args: argparse.Namespace) -> dict:
     sim, lags = ctx["sim"], ctx["lags"]
     for c in clients:
@@ -165,7 +178,11 @@ async def window(ctx: dict, clients: list[Client], args: argparse.Namespace) -> 
     seconds = (t_end := time.time()) - t_start
     cpu = {n: round((cpu_s(p) - cpu0[n]) * 100 / seconds, 1) for n, p in pids.items() if cpu0[n] is not None}
     after = (await th(ctx, sim.state))["requests"]
-    by_state = (await admin_stats(ctx))["streams"]["by_state"]
+    stats = await admin_stats(ctx)
+    by_state = stats["streams"]["by_state"]
+    weight = {"binance_ip_weight_per_min": await ip_weight(ctx, t_start, t_end),
+              "polling_refresh_s": stats["streams"].get("polling_refresh_s"),
+              "rate_limits": stats["rate_limits"]}
 
     def pnl_is(c: Client, price: Decimal):  # type: ignore[no-untyped-def]
         want = c.held[0] * (price - c.held[1])
@@ -186,7 +203,7 @@ async def window(ctx: dict, clients: list[Client], args: argparse.Namespace) -> 
             "msgs": {"total": sum(names.values()), "per_s": round(sum(names.values()) / seconds, 1),
                      "by_type": dict(names)},
             "rest_per_key_per_min": rest_rates(clients, before, after, seconds),
-            "cpu_pct": cpu, "by_state": by_state, "bench_loop_lag_ms": {
+            **weight, "cpu_pct": cpu, "by_state": by_state, "bench_loop_lag_ms": {
                 "p99": round(pct(in_win, 0.99) or 0, 1), "max": round(max(in_win, default=0), 1)}}
 
 
@@ -240,7 +257,7 @@ async def storm(ctx: dict, clients: list[Client], args: argparse.Namespace) -> d
             "covered_s": round(sims[-1][0] - t_fault, 1), "weight_limit_per_min": gov[-1].get("weight_limit"),
             "governor": {k: gov[-1].get(k, 0) - g0.get(v, {}).get(k, 0)
                          for k in ("requests", "refused_locally", "limited_by_exchange")}
-            | {f"max_{k}": max(g.get(k, 0) for g in gov) for k in ("used_weight_1m", "blocked_for_ms")}}
+            | {f"max_{k}": max(g.get(k, 0) for g in gov) for k in ("used_weight", "blocked_for_ms")}}
     series, last = [], None
     for s in sims:
         if s[0] >= t_fault - 1 and (last is None or s[0] - last[0] >= 0.9):
@@ -250,6 +267,7 @@ async def storm(ctx: dict, clients: list[Client], args: argparse.Namespace) -> d
             series.append(f"t={s[0] - t_fault:+6.1f}s {rates} " + " ".join(f"{k}={x}" for k, x in sorted(st.items())))
             last = s
     return {"dropped_sockets": affected, "all_live_s": all_live_s, "seen_drop": seen_drop,
+            "binance_ip_weight_per_min": await ip_weight(ctx, t_fault, time.time()),
             "clients_live_s": lat_s(per_client), "not_recovered": n - len(per_client),
             "end_by_state": admins[-1][1]["streams"]["by_state"], "rest": rest_out,
             "state_call_ms": {"p50": round((pct([s[2] for s in sims], 0.5) or 0) * 1000),
@@ -293,6 +311,10 @@ async def run(args: argparse.Namespace, ctx: dict, res: dict) -> None:
         res["connect"] = await connect_all(ctx, clients, args.connect_concurrency)
         n = len(clients := [c for c in clients if c.lst.sio.connected])
         res["initial_live"] = await wait_states(ctx, lambda s: s["by_state"].get("live") == n, 180)
+        if args.ip_weight_limit:
+            await th(ctx, lambda: _expect(sim._session.put(
+                f"{sim.url}/_sim/limits", json={"ip_weight_limit": args.ip_weight_limit}, timeout=10),
+                200, "limits"))
         await asyncio.sleep(3)
         res["live"] = await window(ctx, clients, args)
         t = time.time()
@@ -336,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--outage", choices=("private", "all"), default="private",
                    help="which exchange WebSockets the gate refuses in the polling phase")
     p.add_argument("--storm-timeout-s", type=float, default=300.0)
+    p.add_argument("--ip-weight-limit", type=int, default=2400,
+                   help="Binance weight per IP per minute the simulator enforces after setup (0: off)")
     p.add_argument("--reconcile-interval-s", type=float, default=0.0, help="server RECONCILE_INTERVAL_S")
     p.add_argument("--connect-concurrency", type=int, default=50)
     p.add_argument("--setup-workers", type=int, default=16)

@@ -51,12 +51,16 @@ class RateLimited(ExchangeError):
     Attributes:
         retry_after_ms: how long to wait before the next request, in milliseconds
             (from ``Retry-After`` seconds or Bybit's reset timestamp), or ``None``.
+        per_account: True when the limit is the account's own (Bybit 10006: per UID
+            and endpoint), not the IP's: other accounts may go on.
     """
 
     def __init__(self, exchange: str, code: int | None, message: str,
-                 http_status: int | None = None, retry_after_ms: int | None = None) -> None:
+                 http_status: int | None = None, retry_after_ms: int | None = None,
+                 per_account: bool = False) -> None:
         super().__init__(exchange, code, message, http_status)
         self.retry_after_ms = retry_after_ms
+        self.per_account = per_account
 
 
 class IpBanned(RateLimited):

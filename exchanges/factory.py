@@ -8,6 +8,11 @@ from exchanges.types import VenueEndpoints
 
 SUPPORTED_EXCHANGES = ("binance", "bybit")
 
+# The IP weight of one REST refresh of balance, positions and open orders (what the
+# polling fallback does per account): Binance account 5 + positionRisk 5 + openOrders
+# of every symbol 40; Bybit three requests of weight 1.
+POLL_ROUND_WEIGHT = {"binance": 50, "bybit": 3}
+
 
 def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,
                   endpoints: VenueEndpoints, timeout_s: float = 10.0,

@@ -2,12 +2,19 @@
 every API key's client in the process.
 
 Binance USD-M counts request weight per IP per minute (``X-MBX-USED-WEIGHT-1M``,
-limit 2400) and answers 429 (then 418, an IP ban) with ``Retry-After`` when it is
-exceeded ("Repeatedly violating rate limits and/or failing to back off after
-receiving 429s will result in an automated IP ban" - Binance USD-M "General Info").
-So: queries stop at ``query_share`` of the limit, keeping the rest for orders and
-cancels; after a 429/418 nothing is sent until ``Retry-After`` has passed, and the
-callers get a local RateLimited at once instead of hitting the exchange again.
+limit 2400; each endpoint has its weight, e.g. 5 for the account, 40 for the open
+orders of every symbol) and answers 429 (then 418, an IP ban) with ``Retry-After``
+when it is exceeded ("Repeatedly violating rate limits and/or failing to back off
+after receiving 429s will result in an automated IP ban" - Binance USD-M "General
+Info"). Bybit v5 allows 600 requests per 5 s per IP (HTTP 403 beyond it, "wait at
+least 10 minutes") besides its per-UID per-endpoint limits (retCode 10006, which
+``GovernedRestClient`` keeps to the one key).
+
+So: each request's weight is counted here before it is sent, and the exchange's own
+figure (when it reports one) is taken when higher; queries stop at ``query_share``
+of the limit, keeping the rest for orders and cancels; after a 429/418/403 nothing
+is sent until ``Retry-After`` has passed, and the callers get a local RateLimited at
+once instead of hitting the exchange again.
 """
 from __future__ import annotations
 
@@ -20,36 +27,51 @@ from exchanges.errors import IpBanned, RateLimited
 ORDER = "order"   # order placement and cancel: may use the whole budget
 QUERY = "query"   # snapshots, polls, lookups: only ``query_share`` of it
 
+# (weight limit, window in seconds) per IP: Binance USD-M "General Info" (REQUEST_WEIGHT
+# 2400 / minute); Bybit v5 "Rate Limit Rules" (600 requests / 5 s per IP).
+VENUE_LIMITS = {"binance": (2400, 60.0), "bybit": (600, 5.0)}
+
 
 class RateGovernor:
     """Admission control for one venue's REST calls.
 
     Args:
         exchange: venue name for the errors raised.
-        weight_limit: requests weight allowed per minute (Binance USD-M: 2400).
+        weight_limit: request weight allowed per window (Binance USD-M: 2400).
+        window_s: the window, aligned to the wall clock like the exchange's (60 s).
         query_share: fraction of the limit queries may use (orders get the rest).
-        clock: seconds, monotonic (injectable for tests).
+        clock: seconds, monotonic (injectable for tests); ``wall``: seconds since the
+            epoch (the windows).
     """
 
-    def __init__(self, exchange: str, weight_limit: int = 2400, query_share: float = 0.8,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, exchange: str, weight_limit: int = 2400, window_s: float = 60.0,
+                 query_share: float = 0.8, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.exchange = exchange
         self.weight_limit = weight_limit
+        self.window_s = window_s
         self.query_share = query_share
         self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
         self._blocked_until = 0.0
         self._banned = False
-        self._used = 0
-        self._used_minute = -1
+        self._window = -1
+        self._local = 0      # weight admitted here in the current window
+        self._reported = 0   # the highest weight the exchange reported in it
         self.refused_locally = 0
         self.limited_by_exchange = 0
         self.requests = 0
 
-    def before(self, priority: str = QUERY) -> None:
-        """Admit one request or raise RateLimited/IpBanned (nothing is sent).
+    def _roll(self) -> int:
+        window = int(self._wall() // self.window_s)
+        if window != self._window:
+            self._window, self._local, self._reported = window, 0, 0
+        return window
 
-        ``retry_after_ms`` says when to try again."""
+    def before(self, priority: str = QUERY, weight: int = 1) -> None:
+        """Admit one request of ``weight`` or raise RateLimited/IpBanned (nothing is
+        sent). ``retry_after_ms`` says when to try again."""
         now = self._clock()
         with self._lock:
             if now < self._blocked_until:
@@ -58,13 +80,15 @@ class RateGovernor:
                 cls = IpBanned if self._banned else RateLimited
                 raise cls(self.exchange, None, "backing off after the exchange's rate limit",
                           None, wait_ms)
-            minute = int(time.time() // 60)
-            used = self._used if minute == self._used_minute else 0
-            if priority != ORDER and used >= self.weight_limit * self.query_share:
+            window = self._roll()
+            budget = self.weight_limit * (1.0 if priority == ORDER else self.query_share)
+            if weight and max(self._local, self._reported) + weight > budget:
                 self.refused_locally += 1
-                wait_ms = int((60 - time.time() % 60) * 1000) + 1
-                raise RateLimited(self.exchange, None, "query budget of this minute used up",
+                wait_ms = int(((window + 1) * self.window_s - self._wall()) * 1000) + 1
+                what = "weight" if priority == ORDER else "query budget"
+                raise RateLimited(self.exchange, None, f"{what} of this window used up",
                                   None, wait_ms)
+            self._local += weight
             self.requests += 1
 
     def after(self, used_weight: int | None) -> None:
@@ -72,33 +96,40 @@ class RateGovernor:
         if used_weight is None:
             return
         with self._lock:
-            self._used, self._used_minute = used_weight, int(time.time() // 60)
+            self._roll()
+            self._reported = max(self._reported, used_weight)
 
     def on_limited(self, error: RateLimited) -> None:
-        """The exchange answered 429/418: send nothing until its Retry-After passes
-        (60 s when it gave none)."""
+        """The exchange answered 429/418 (Bybit: 403): send nothing until its
+        Retry-After passes (60 s when it gave none)."""
         wait_s = (error.retry_after_ms or 60_000) / 1000
         with self._lock:
             self.limited_by_exchange += 1
             self._blocked_until = max(self._blocked_until, self._clock() + wait_s)
             self._banned = isinstance(error, IpBanned) or self._banned
 
+    def query_weight_per_s(self) -> float:
+        """The weight per second queries may use on average."""
+        return self.weight_limit * self.query_share / self.window_s
+
     def stats(self) -> dict:
-        """``{"requests", "used_weight_1m", "weight_limit", "blocked_for_ms", "banned",
-        "refused_locally", "limited_by_exchange"}``."""
+        """``{"requests", "used_weight", "weight_limit", "window_s", "blocked_for_ms",
+        "banned", "refused_locally", "limited_by_exchange"}``; ``used_weight`` is of
+        the current window."""
         now = self._clock()
         with self._lock:
+            self._roll()
             blocked_ms = max(0, int((self._blocked_until - now) * 1000))
-            used = self._used if int(time.time() // 60) == self._used_minute else 0
-            return {"requests": self.requests, "used_weight_1m": used,
-                    "weight_limit": self.weight_limit, "blocked_for_ms": blocked_ms,
-                    "banned": self._banned and blocked_ms > 0,
+            return {"requests": self.requests, "used_weight": max(self._local, self._reported),
+                    "weight_limit": self.weight_limit, "window_s": self.window_s,
+                    "blocked_for_ms": blocked_ms, "banned": self._banned and blocked_ms > 0,
                     "refused_locally": self.refused_locally,
                     "limited_by_exchange": self.limited_by_exchange}
 
 
 class Governors:
-    """The governors of this process, one per (exchange, testnet), made on first use."""
+    """The governors of this process, one per (exchange, testnet), made on first use
+    with the venue's ``VENUE_LIMITS``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -109,7 +140,9 @@ class Governors:
         with self._lock:
             gov = self._by_venue.get((exchange, testnet))
             if gov is None:
-                gov = self._by_venue[(exchange, testnet)] = RateGovernor(exchange)
+                limit, window_s = VENUE_LIMITS.get(exchange, (2400, 60.0))
+                gov = self._by_venue[(exchange, testnet)] = RateGovernor(
+                    exchange, weight_limit=limit, window_s=window_s)
             return gov
 
     def stats(self) -> dict:

@@ -169,16 +169,16 @@ def _reconcile_families(s: dict) -> Iterable[Metric]:
 
 def _governor_families(s: dict) -> Iterable[Metric]:
     used = GaugeMetricFamily(f"{PREFIX}_rate_limit_weight_used",
-                             "Request weight used in the current minute, by venue", labels=["venue"])
+                             "Request weight used in the venue's current window, by venue", labels=["venue"])
     limit = GaugeMetricFamily(f"{PREFIX}_rate_limit_weight_limit",
-                              "Request weight allowed per minute, by venue", labels=["venue"])
+                              "Request weight allowed per window (Binance 60 s, Bybit 5 s), by venue", labels=["venue"])
     blocked = GaugeMetricFamily(f"{PREFIX}_rate_limit_blocked_seconds",
                                 "Time until requests to the venue are allowed again, seconds",
                                 labels=["venue"])
     limited = CounterMetricFamily(f"{PREFIX}_rate_limit_exchange_limited",
                                   "Rate-limit answers (429/418) received from the venue", labels=["venue"])
     for venue, g in sorted(s.items()):
-        used.add_metric([venue], g["used_weight_1m"])
+        used.add_metric([venue], g["used_weight"])
         limit.add_metric([venue], g["weight_limit"])
         blocked.add_metric([venue], g["blocked_for_ms"] / 1000)
         limited.add_metric([venue], g["limited_by_exchange"])

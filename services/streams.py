@@ -11,6 +11,8 @@ import logging
 import threading
 from typing import Callable
 
+from exchanges.factory import POLL_ROUND_WEIGHT
+from exchanges.governor import Governors
 from models import Database
 from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 REALIZED_REFRESH_S = 1.0
 POLLING_KEYS_PER_S = 100  # accounts polled per second in all while streams are down
+POLLING_SHARE = 0.5  # of a venue's query budget (its governor) the polling may use
 
 
 def _lease(key_id: int) -> str:
@@ -48,6 +51,8 @@ class StreamManager:
         leases: LocalLeases (one process) or RedisLeases (several).
         audience: ``audience(user_id, kind)``, False when no socket would receive
             the push (the hub's ``has_audience``); None: always build pushes.
+        governors: the venues' rate governors; the polling fallback is paced to
+            ``POLLING_SHARE`` of their query budget (None: ``POLLING_KEYS_PER_S`` only).
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
@@ -55,7 +60,7 @@ class StreamManager:
                  ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
                  on_reconnected: Callable[[int], None] | None = None,
                  leases=None, audience: Callable[[int, str], bool] | None = None,
-                 ) -> None:  # type: ignore[no-untyped-def]
+                 governors: Governors | None = None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._cipher = cipher
         self._trading = trading
@@ -68,6 +73,7 @@ class StreamManager:
         self._on_reconnected = on_reconnected
         self._leases = leases or LocalLeases()
         self._audience = audience
+        self._governors = governors
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
         self._followed: dict[int, int] = {}  # key_id -> user_id, owned by another process
@@ -107,7 +113,7 @@ class StreamManager:
             on_positions=lambda held, as_of: self._ledger.record_positions(key_id, held, as_of),
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
-            poll_scale=self._poll_scale, audience=self._audience)
+            poll_scale=lambda: self._poll_scale(exchange, testnet), audience=self._audience)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:
@@ -119,15 +125,29 @@ class StreamManager:
         logger.info("account stream started user_id=%s key_id=%s", user_id, key_id)
         return stream
 
-    def _poll_scale(self) -> float:
-        """How much to stretch the polling interval: with ``n`` accounts polling, each
-        polls every ``max(1, n / POLLING_KEYS_PER_S)`` intervals, so the fallback
-        makes at most about ``3 * POLLING_KEYS_PER_S`` REST calls a second in all
-        (instead of 3,000 a second for 1,000 keys, which the benchmark showed the
-        server cannot sustain and the venue's per-IP limit would refuse)."""
+    def _polling_keys_per_s(self, exchange: str, testnet: bool) -> float:
+        """Accounts of the venue the polling fallback may refresh per second: at most
+        ``POLLING_KEYS_PER_S`` (what this server sustains), and within
+        ``POLLING_SHARE`` of the venue's per-IP query budget at
+        ``POLL_ROUND_WEIGHT`` per account (Binance: 2400 * 0.8 / 60 * 0.5 / 50 =
+        0.32 accounts a second)."""
+        rate = float(POLLING_KEYS_PER_S)
+        if self._governors is not None:
+            budget = self._governors.get(exchange, testnet).query_weight_per_s() * POLLING_SHARE
+            rate = min(rate, budget / POLL_ROUND_WEIGHT.get(exchange, 1))
+        return rate
+
+    def _poll_scale(self, exchange: str, testnet: bool) -> float:
+        """How much to stretch the polling interval of the venue's accounts: with ``n``
+        of them polling, each polls every ``max(1, n / (rate * interval))``
+        intervals, ``rate`` being ``_polling_keys_per_s`` (the benchmark showed 1,000
+        accounts polled every second saturate the server, and the venue's per-IP
+        limit would refuse them)."""
         with self._lock:
-            polling = sum(1 for s in self._streams.values() if s.stream is None)
-        return max(1.0, polling / POLLING_KEYS_PER_S)
+            polling = sum(1 for s in self._streams.values() if s.stream is None
+                          and (s.state.exchange, s.state.testnet) == (exchange, testnet))
+        rate = self._polling_keys_per_s(exchange, testnet)
+        return max(1.0, polling / (rate * self._settings.poll_interval_s))
 
     def _maintain_leases(self) -> None:
         """Renew our leases every third of their TTL (a stream whose lease was lost
@@ -215,17 +235,24 @@ class StreamManager:
         self._spawn(refresh)
 
     def stats(self) -> dict:
-        """``{"running", "started", "by_state": {state: n}, "events_seen"}``."""
+        """``{"running", "started", "by_state": {state: n}, "events_seen", "followed",
+        "takeovers", "polling_refresh_s": {"<exchange>[-testnet]": seconds between two
+        REST refreshes of one polling account}}``."""
         with self._lock:
             streams = list(self._streams.values())
         by_state: dict[str, int] = {}
+        refresh: dict[str, float] = {}
         for s in streams:
             by_state[s.status] = by_state.get(s.status, 0) + 1
+            venue = f"{s.state.exchange}{'-testnet' if s.state.testnet else ''}"
+            if s.stream is None and venue not in refresh:
+                refresh[venue] = round(self._settings.poll_interval_s * self._poll_scale(
+                    s.state.exchange, s.state.testnet), 1)
         with self._lock:
             followed = len(self._followed)
         return {"running": len(streams), "started": self.started, "by_state": by_state,
                 "events_seen": sum(s.events_seen for s in streams), "followed": followed,
-                "takeovers": self.takeovers}
+                "takeovers": self.takeovers, "polling_refresh_s": refresh}
 
     def stop_all(self) -> None:
         """Stop every stream (shutdown)."""

@@ -132,7 +132,8 @@ class BinanceFuturesClient(GovernedRestClient):
     def validate_credentials(self) -> None:
         """One signed call (``GET /fapi/v3/balance``). Raises AuthFailed with Binance's
         code (-2015 bad key, -1022 bad signature), ExchangeUnavailable, ExchangeTimeout."""
-        self._signed(lambda: self._client.futures_account_balance(), retry_on_skew=True)
+        self._signed(lambda: self._client.futures_account_balance(), retry_on_skew=True,
+                     weight=5)
 
     def server_time(self) -> int:
         """``GET /fapi/v1/time`` serverTime, ms UTC."""
@@ -141,21 +142,22 @@ class BinanceFuturesClient(GovernedRestClient):
     def get_balance(self) -> Balance:
         """``GET /fapi/v2/account`` -> Balance (assets with a non-zero wallet or margin
         balance)."""
-        raw = self._signed(lambda: self._client.futures_account(), retry_on_skew=True)
+        raw = self._signed(lambda: self._client.futures_account(), retry_on_skew=True, weight=5)
         return mapping.parse_balance(raw)
 
     def get_positions(self) -> list[Position]:
         """Non-zero positions from ``GET /fapi/v2/positionRisk`` (v2 because it carries
         ``leverage`` and ``marginType``, which v3 lacks)."""
         raw = self._signed(lambda: self._client.futures_position_information(version=2),
-                           retry_on_skew=True)
+                           retry_on_skew=True, weight=5)
         return mapping.parse_positions(raw)
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
-        """``GET /fapi/v1/openOrders`` (all symbols when ``symbol`` is None)."""
+        """``GET /fapi/v1/openOrders`` (all symbols when ``symbol`` is None: weight 40
+        instead of 1)."""
         params = {"symbol": symbol} if symbol else {}
         raw = self._signed(lambda: self._client.futures_get_open_orders(**params),
-                           retry_on_skew=True)
+                           retry_on_skew=True, weight=1 if symbol else 40)
         return [mapping.parse_order(o) for o in raw]
 
     def get_order(self, symbol: str, client_order_id: str | None = None,
@@ -181,7 +183,7 @@ class BinanceFuturesClient(GovernedRestClient):
                     self._api_key_hint, request.symbol, request.side, request.type,
                     params["quantity"], request.client_order_id)
         raw = self._signed(lambda: self._client.futures_create_order(**params),
-                           retry_on_skew=True, priority=ORDER)
+                           retry_on_skew=True, priority=ORDER, weight=0)  # counts on order limits
         return mapping.parse_order(raw)
 
     def cancel_order(self, symbol: str, client_order_id: str | None = None,
@@ -205,7 +207,7 @@ class BinanceFuturesClient(GovernedRestClient):
         if start_time is not None:
             params["startTime"] = int(start_time)
         raw = self._signed(lambda: self._client.futures_account_trades(**params),
-                           retry_on_skew=True)
+                           retry_on_skew=True, weight=5)
         return [mapping.parse_fill(t) for t in raw]
 
     def get_symbol_rules(self, symbol: str) -> SymbolRules:
@@ -230,7 +232,7 @@ class BinanceFuturesClient(GovernedRestClient):
         bid/ask (``/fapi/v1/ticker/bookTicker``) of ``symbol``."""
         premium = self._public(lambda: self._client.futures_mark_price(symbol=symbol))
         last = self._public(lambda: self._client.futures_symbol_ticker(symbol=symbol))
-        book = self._public(lambda: self._client.futures_orderbook_ticker(symbol=symbol))
+        book = self._public(lambda: self._client.futures_orderbook_ticker(symbol=symbol), weight=2)
         return mapping.parse_ticker(premium, last, book)
 
     def user_stream(self) -> BinanceUserStream:

@@ -95,8 +95,9 @@ def retry_after_ms(headers: Mapping[str, Any] | None,
 def _from_ret_code(code: int, message: str, headers: Mapping[str, Any] | None,
                    server_now_ms: Callable[[], int] | None) -> ExchangeError:
     cls = CODE_TABLE.get(code)
-    if cls is RateLimited:
-        return RateLimited(EXCHANGE, code, message, 200, retry_after_ms(headers, server_now_ms))
+    if cls is RateLimited:  # 10006 is the UID's per-endpoint limit, 10018 the IP's
+        return RateLimited(EXCHANGE, code, message, 200, retry_after_ms(headers, server_now_ms),
+                           per_account=code == 10006)
     if cls is not None:
         return cls(EXCHANGE, code, message, 200)
     # 10001 parameter error, 110xxx order/position rules, 170xxx/3400xx...: the

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds-per-candle", type=float, default=1.0)
     parser.add_argument("--listen-key-ttl-s", type=float, default=3600.0,
                         help="listenKey validity in seconds (Binance: 3600)")
+    parser.add_argument("--ip-weight-limit", type=int, default=0,
+                        help="Binance request weight per IP per minute, 429 beyond it "
+                             "(Binance USD-M: 2400; 0 = report only); also PUT /_sim/limits")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     replays = []
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = SimConfig(host=args.host, port=args.port, seed=args.seed, tick_ms=args.tick_ms,
                        replays=args.replays, seconds_per_candle=args.seconds_per_candle,
-                       volatility=args.volatility, listen_key_ttl_s=args.listen_key_ttl_s)
+                       volatility=args.volatility, listen_key_ttl_s=args.listen_key_ttl_s,
+                       ip_weight_limit=args.ip_weight_limit)
     asyncio.run(run(config))
 
 

@@ -3,7 +3,10 @@
 Serves ``/api/v3/{ping,time}`` and ``/fapi/v1|v2|v3/...`` so that the real
 python-binance ``Client`` works unchanged (see EXCHANGE_PROTOCOLS.md §1-2). Errors
 are ``{"code", "msg"}`` with a real HTTP status and JSON content type; every reply
-carries ``X-MBX-USED-WEIGHT-1M``. Faults (``faults.FaultRegistry``) are applied in
+carries ``X-MBX-USED-WEIGHT-1M``: the request weight used in the current minute by
+the client's IP, as Binance counts it (per IP, each endpoint its documented weight,
+``request_weight``). With ``--ip-weight-limit`` (``RequestStats.ip_weight_limit``) a
+request beyond the limit gets HTTP 429 ``-1003`` with ``Retry-After``. Faults (``faults.FaultRegistry``) are applied in
 the middleware, before/after the handler, for REST paths only.
 
 ``reject_orders`` fault: a LIMIT IOC/FOK order is accepted and expires at once
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -32,6 +36,24 @@ from exchanges.simulator.faults import Clock, FaultRegistry, RequestStats
 from exchanges.simulator.models import EngineError
 
 logger = logging.getLogger(__name__)
+
+# Request weights of the endpoints served (Binance USD-M "General Info" and each
+# endpoint's page): openOrders costs 40 without a symbol; a new order costs 0 on the
+# IP limit (it counts on the account's order limits instead).
+WEIGHTS = {
+    ("GET", "/fapi/v2/account"): 5, ("GET", "/fapi/v3/account"): 5,
+    ("GET", "/fapi/v2/balance"): 5, ("GET", "/fapi/v3/balance"): 5,
+    ("GET", "/fapi/v2/positionRisk"): 5, ("GET", "/fapi/v3/positionRisk"): 5,
+    ("GET", "/fapi/v1/userTrades"): 5, ("GET", "/fapi/v1/allOrders"): 5,
+    ("POST", "/fapi/v1/order"): 0, ("GET", "/fapi/v1/ticker/bookTicker"): 2,
+}
+
+
+def request_weight(method: str, path: str, has_symbol: bool) -> int:
+    """The IP request weight of one call (1 unless ``WEIGHTS`` says otherwise)."""
+    if method == "GET" and path == "/fapi/v1/openOrders":
+        return 1 if has_symbol else 40
+    return WEIGHTS.get((method, path), 1)
 
 
 class BinanceApi:
@@ -54,9 +76,16 @@ class BinanceApi:
         if not self.is_rest_path(request.path):
             return await handler(request)
         api_key = request.headers.get("X-MBX-APIKEY") or None
+        cost = request_weight(request.method, request.path, "symbol" in request.rel_url.query)
         weight = self.stats.record(api_key, request.remote or "",
-                                   f"{request.method} {request.path}")
+                                   f"{request.method} {request.path}", cost)
         headers = {"X-MBX-USED-WEIGHT-1M": str(weight)}
+        limit = self.stats.ip_weight_limit
+        if limit and weight > limit:  # Binance: 429 -1003, Retry-After to the next minute
+            retry_s = max(1, 60 - int(time.time()) % 60)
+            return error_response(BinanceError(
+                -1003, f"Too many requests; current limit of IP is {limit} requests per minute.",
+                429), {**headers, "Retry-After": str(retry_s)})
         plan = self.faults.plan_rest(api_key)
         if plan.delay_before_ms:
             await asyncio.sleep(plan.delay_before_ms / 1000)

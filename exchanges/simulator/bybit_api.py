@@ -65,7 +65,7 @@ class BybitApi:
             return await handler(request)
         api_key = request.headers.get("X-BAPI-API-KEY") or None
         endpoint = f"{request.method} {request.path}"
-        self.stats.record(api_key, request.remote or "", endpoint)
+        self.stats.record(api_key, request.remote or "", endpoint, venue="bybit")
         limit = ORDER_LIMIT if request.path in ORDER_PATHS else QUERY_LIMIT
         used = self._count(api_key or f"ip:{request.remote}", endpoint)
         plan = self.faults.plan_rest(api_key)

@@ -11,7 +11,10 @@ Replies are JSON; errors are ``{"error": {"code": "snake_case", "message": "..."
 - ``POST /_sim/orders/{order_id}/fill {"quantity"?, "price"?}`` -> 200 the order
   (``order_id``: the engine's integer id, or an id a protocol layer hands out and
   registered a parser for in ``order_id_parsers``, e.g. a Bybit ``orderId``).
-- ``GET /_sim/state[?api_key=K]`` -> everything (one account's part with ``api_key``).
+- ``GET /_sim/state[?api_key=K]`` -> everything (one account's part with ``api_key``),
+  with ``weight_per_minute``: ``{"<venue> <ip>": {"<minute epoch s>": weight}}``.
+- ``PUT /_sim/limits {"ip_weight_limit": N}`` -> 200: enforce Binance's per-IP weight
+  limit from now on (0: off).
 - ``POST /_sim/replay {"symbol", "csv", "seconds_per_candle"?: 1}`` -> 201.
 """
 from __future__ import annotations
@@ -129,6 +132,17 @@ class Control:
         app.router.add_post("/_sim/orders/{order_id}/fill", self.fill)
         app.router.add_get("/_sim/state", self.state)
         app.router.add_post("/_sim/replay", self.replay)
+        app.router.add_put("/_sim/limits", self.set_limits)
+
+    async def set_limits(self, request: web.Request) -> web.Response:
+        """``{"ip_weight_limit": N}`` (integer >= 0)."""
+        body = await self._body(request)
+        limit = body.get("ip_weight_limit")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise BadRequest("invalid_ip_weight_limit", "ip_weight_limit must be an integer >= 0")
+        self.stats.ip_weight_limit = limit
+        logger.info("ip weight limit set limit=%d", limit)
+        return web.json_response({"ip_weight_limit": limit})
 
     @staticmethod
     async def _body(request: web.Request) -> dict:
@@ -265,4 +279,6 @@ class Control:
             "orders": orders, "fills": fills, "streams": streams, "prices": prices,
             "faults": self.faults.snapshot(),
             "replays": {s: r.to_json() for s, r in self.market.replays.items()},
-            "requests": requests})
+            "requests": requests,
+            "weight_per_minute": {who: {str(m): w for m, w in sorted(h.items())}
+                                  for who, h in self.stats.weight_history.items()}})

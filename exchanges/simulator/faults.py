@@ -212,23 +212,30 @@ class Clock:
 
 
 class RequestStats:
-    """REST request counters: per api key and endpoint since start, and a used-weight
-    counter per api key (or client IP) per wall-clock minute (1 per request)."""
+    """REST request counters: per api key and endpoint since start, and the request
+    weight used per client IP per wall-clock minute (Binance counts weight per IP).
 
-    def __init__(self) -> None:
+    ``ip_weight_limit``: weight per IP per minute beyond which Binance requests are
+    refused (0: never). ``weight_history``: ``{"<venue> <ip>": {minute (epoch s):
+    weight}}`` of the last 30 minutes (Bybit requests weigh 1 each)."""
+
+    def __init__(self, ip_weight_limit: int = 0) -> None:
         self.counts: dict[str, dict[str, int]] = {}
-        self._weights: dict[str, list[int]] = {}
+        self.ip_weight_limit = ip_weight_limit
+        self.weight_history: dict[str, dict[int, int]] = {}
 
-    def record(self, api_key: str | None, ip: str, endpoint: str) -> int:
-        """Count one request; returns the weight used in the current minute."""
+    def record(self, api_key: str | None, ip: str, endpoint: str, weight: int = 1,
+               venue: str = "binance") -> int:
+        """Count one request of ``weight``; returns the IP's weight on ``venue`` in the
+        current minute."""
         per_key = self.counts.setdefault(api_key or "_anonymous", {})
         per_key[endpoint] = per_key.get(endpoint, 0) + 1
-        minute = int(time.time() // 60)
-        bucket = self._weights.setdefault(api_key or f"ip:{ip}", [minute, 0])
-        if bucket[0] != minute:
-            bucket[0], bucket[1] = minute, 0
-        bucket[1] += 1
-        return bucket[1]
+        minute = int(time.time() // 60) * 60
+        history = self.weight_history.setdefault(f"{venue} {ip}", {})
+        history[minute] = history.get(minute, 0) + weight
+        if len(history) > 30:
+            del history[min(history)]
+        return history[minute]
 
 
 def mask(api_key: str | None) -> str:

@@ -34,7 +34,9 @@ class SimConfig:
     ``port`` 0 = any free port; ``seed`` None = unseeded walk; ``tick_ms`` <= 0 switches
     the random walk off; ``replays``: ``(symbol, csv path)`` pairs started at boot with
     ``seconds_per_candle``; ``volatility``: std-dev of the log return per walk tick;
-    ``listen_key_ttl_s``: listenKey validity after POST/PUT (Binance: 60 min).
+    ``listen_key_ttl_s``: listenKey validity after POST/PUT (Binance: 60 min);
+    ``ip_weight_limit``: Binance request weight per IP per minute beyond which requests
+    get 429 ``-1003`` (Binance USD-M: 2400; 0 = not enforced, only reported).
     """
 
     host: str = "127.0.0.1"
@@ -45,6 +47,7 @@ class SimConfig:
     seconds_per_candle: float = 1.0
     volatility: float = 0.0003
     listen_key_ttl_s: float = 3600.0
+    ip_weight_limit: int = 0
 
 
 @dataclass
@@ -73,7 +76,7 @@ def build_app(config: SimConfig | None = None) -> web.Application:
     faults = FaultRegistry()
     clock = Clock(faults)
     engine = Engine(now_ms=clock.now_ms)
-    stats = RequestStats()
+    stats = RequestStats(config.ip_weight_limit)
     market = MarketFeed(engine, seed=config.seed, tick_ms=config.tick_ms,
                         volatility=config.volatility)
     streams = BinanceStreams(engine, faults, clock, validity_s=config.listen_key_ttl_s)

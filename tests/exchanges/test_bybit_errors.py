@@ -86,6 +86,13 @@ def test_10006_with_reset_header(session):
     err = to_exchange_error(e, server_now_ms=lambda: NOW)
     assert type(err) is RateLimited
     assert (err.code, err.http_status, err.retry_after_ms) == (10006, 200, 1500)
+    assert err.per_account  # the UID's per-endpoint limit: other keys may go on
+
+
+def test_10018_is_the_ip_limit(session):
+    err = to_exchange_error(ret(session, 10018, "Exceeded the IP Rate Limit."),
+                            server_now_ms=lambda: NOW)
+    assert type(err) is RateLimited and not err.per_account
 
 
 def test_10006_reset_in_the_past_is_zero(session):

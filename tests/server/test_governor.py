@@ -50,7 +50,7 @@ def test_queries_stop_at_their_share_and_orders_keep_the_rest() -> None:
         gov.before(QUERY)
     assert 0 < e.value.retry_after_ms <= 60_001
     gov.before(ORDER)  # orders still go
-    assert gov.stats()["used_weight_1m"] == 80
+    assert gov.stats()["used_weight"] == 80
 
 
 def test_one_governor_per_venue() -> None:
@@ -58,3 +58,60 @@ def test_one_governor_per_venue() -> None:
     assert govs.get("binance", False) is govs.get("binance", False)
     assert govs.get("binance", True) is not govs.get("binance", False)
     assert set(govs.stats()) == {"binance", "binance-testnet"}
+
+
+def test_weights_are_counted_here_before_the_exchange_reports_them() -> None:
+    wall = Clock()
+    wall.now = 600.0  # a window starts
+    gov = RateGovernor("binance", weight_limit=100, window_s=60, query_share=0.8, wall=wall)
+    for _ in range(16):
+        gov.before(QUERY, weight=5)        # 80 = the query share, no header seen
+    with pytest.raises(RateLimited) as e:
+        gov.before(QUERY, weight=5)
+    assert 59_000 < e.value.retry_after_ms <= 60_001  # until the window ends
+    gov.before(ORDER, weight=0)           # a new order costs no IP weight
+    gov.before(ORDER, weight=20)          # orders may use the rest of the limit
+    with pytest.raises(RateLimited):
+        gov.before(ORDER, weight=1)
+    gov.after(30)                         # a lower report changes nothing
+    assert gov.stats()["used_weight"] == 100
+    wall.now += 60                        # the next window
+    gov.before(QUERY, weight=40)
+    assert gov.stats()["used_weight"] == 40 and gov.stats()["refused_locally"] == 2
+
+
+def test_venues_get_their_own_limits() -> None:
+    govs = Governors()
+    assert (govs.get("binance", False).weight_limit, govs.get("binance", False).window_s) == (2400, 60.0)
+    assert (govs.get("bybit", True).weight_limit, govs.get("bybit", True).window_s) == (600, 5.0)
+
+
+def test_an_accounts_own_limit_holds_back_that_account_only() -> None:
+    from contextlib import nullcontext
+
+    from exchanges.rest_base import GovernedRestClient
+
+    class Client(GovernedRestClient):
+        exchange, _api_key_hint, _clock_synced = "bybit", "...k", True
+
+        def __init__(self, gov: RateGovernor) -> None:
+            self._governor = gov
+
+        def _errors(self):  # type: ignore[no-untyped-def]
+            return nullcontext()
+
+        def sync_clock(self) -> int:
+            return 0
+
+    def limited() -> None:
+        raise RateLimited("bybit", 10006, "Too many visits", 200, 5000, per_account=True)
+
+    gov = RateGovernor("bybit", weight_limit=600, window_s=5)
+    one, other = Client(gov), Client(gov)
+    with pytest.raises(RateLimited):
+        one._signed(limited, retry_on_skew=True)
+    with pytest.raises(RateLimited) as e:  # refused here, nothing sent
+        one._signed(lambda: "sent", retry_on_skew=True)
+    assert e.value.code is None and 4000 < e.value.retry_after_ms <= 5001
+    assert other._signed(lambda: "sent", retry_on_skew=True) == "sent"
+    assert gov.stats()["limited_by_exchange"] == 0 and gov.stats()["blocked_for_ms"] == 0

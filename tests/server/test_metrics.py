@@ -140,7 +140,7 @@ def _sources(**override) -> dict:  # type: ignore[no-untyped-def]
         "tickers": _Fixed({"streams": 0, "by_state": {}, "subscribers": 0, "ticks": 0}),
         "ledger_writer": _Fixed({"depth": 5, "written": 7, "retries": 1, "last_write_ms": 0.0,
                                           "oldest_unwritten_age_ms": 2500}),
-        "governors": _Fixed({"binance-testnet": {"used_weight_1m": 40, "weight_limit": 2400,
+        "governors": _Fixed({"binance-testnet": {"used_weight": 40, "weight_limit": 2400,
                                                  "blocked_for_ms": 1500, "limited_by_exchange": 2}}),
     }
     return {**base, **override}

@@ -185,11 +185,23 @@ def test_balance_payload_shape() -> None:
 def test_polling_interval_stretches_with_the_number_of_polling_accounts() -> None:
     from types import SimpleNamespace
 
+    from exchanges.governor import Governors
     from services.streams import POLLING_KEYS_PER_S, StreamManager
     mgr = StreamManager(None, None, None, lambda e: None, lambda *a: None,  # type: ignore[arg-type]
                         lambda s: None, None)
-    live, down = SimpleNamespace(stream=object()), SimpleNamespace(stream=None)
+    venue = {"binance": SimpleNamespace(exchange="binance", testnet=False),
+             "bybit": SimpleNamespace(exchange="bybit", testnet=False)}
+    live = SimpleNamespace(stream=object(), state=venue["binance"])
     mgr._streams = {i: live for i in range(500)}
-    assert mgr._poll_scale() == 1.0                      # streams up: no stretch
-    mgr._streams.update({1000 + i: down for i in range(3 * POLLING_KEYS_PER_S)})
-    assert mgr._poll_scale() == 3.0                      # 300 polling -> every 3 intervals
+    assert mgr._poll_scale("binance", False) == 1.0      # streams up: no stretch
+    mgr._streams.update({1000 + i: SimpleNamespace(stream=None, state=venue["binance"])
+                         for i in range(3 * POLLING_KEYS_PER_S)})
+    assert mgr._poll_scale("binance", False) == 3.0      # 300 polling -> every 3 intervals
+    assert mgr._poll_scale("bybit", False) == 1.0        # the other venue's are not counted
+    # with the venues' governors: Binance's 2400 weight a minute, half of its 80 % query
+    # share for polling, 50 per account -> 0.32 accounts a second: 300 take 937.5 s
+    mgr._governors = Governors()
+    assert mgr._poll_scale("binance", False) == 300 / 0.32
+    mgr._streams.update({2000 + i: SimpleNamespace(stream=None, state=venue["bybit"])
+                         for i in range(480)})  # Bybit: 600 / 5 s * 0.8 * 0.5 / 3 = 16 a second
+    assert mgr._poll_scale("bybit", False) == 30.0

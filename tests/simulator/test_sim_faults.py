@@ -108,3 +108,34 @@ def test_request_counts_per_key_and_endpoint(sim, account):
     used = int(c.response.headers["X-MBX-USED-WEIGHT-1M"])
     c.futures_time()
     assert int(c.response.headers["X-MBX-USED-WEIGHT-1M"]) in (used + 1, 1)   # 1: new minute
+
+
+def test_weight_is_counted_per_ip_with_each_endpoints_weight_and_can_be_enforced(sim, new_account):
+    a, b = new_account(), new_account()
+    if time.time() % 60 > 55:  # the whole test within one minute of the weight counter
+        time.sleep(61 - time.time() % 60)
+
+    def used(acct) -> int:  # type: ignore[no-untyped-def]
+        return int(acct.client.response.headers["X-MBX-USED-WEIGHT-1M"])
+    a.client.futures_time()
+    base = used(a)
+    a.client.futures_account()
+    assert used(a) == base + 5
+    b.client.futures_get_open_orders()               # another key, the same IP: all symbols
+    assert used(b) == base + 5 + 40
+    b.client.futures_get_open_orders(symbol=SYMBOL)  # one symbol
+    assert used(b) == base + 46
+    limit = base + 46 + 10
+    assert requests.put(f"{sim.url}/_sim/limits", json={"ip_weight_limit": limit}).status_code == 200
+    try:
+        a.client.futures_account()                   # 51 of 56: still served
+        with pytest.raises(BinanceAPIException) as e:
+            b.client.futures_get_open_orders()       # would make 91
+        assert (e.value.status_code, e.value.code) == (429, -1003)
+        assert 1 <= int(e.value.response.headers["Retry-After"]) <= 60
+        weights = sim.state()["weight_per_minute"]
+        assert max(max(w.values()) for k, w in weights.items() if k.startswith("binance ")) >= limit
+    finally:
+        requests.put(f"{sim.url}/_sim/limits", json={"ip_weight_limit": 0})
+    bad = requests.put(f"{sim.url}/_sim/limits", json={"ip_weight_limit": -1})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_ip_weight_limit"
