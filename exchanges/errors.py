@@ -63,6 +63,12 @@ class RateLimited(ExchangeError):
         self.per_account = per_account
 
 
+class ThrottledLocally(RateLimited):
+    """Refused before sending (nothing reached the exchange): the venue's rate budget
+    (``exchanges.governor``), its back-off after a 429, or this account's own back-off
+    holds requests until ``retry_after_ms`` has passed."""
+
+
 class IpBanned(RateLimited):
     """HTTP 418: the IP is banned until ``retry_after_ms`` passes. Never retry earlier."""
 

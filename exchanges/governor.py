@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable
 
-from exchanges.errors import IpBanned, RateLimited
+from exchanges.errors import IpBanned, RateLimited, ThrottledLocally
 
 ORDER = "order"   # order placement and cancel: may use the whole budget
 QUERY = "query"   # snapshots, polls, lookups: only ``query_share`` of it
@@ -70,14 +70,14 @@ class RateGovernor:
         return window
 
     def before(self, priority: str = QUERY, weight: int = 1) -> None:
-        """Admit one request of ``weight`` or raise RateLimited/IpBanned (nothing is
-        sent). ``retry_after_ms`` says when to try again."""
+        """Admit one request of ``weight`` or raise ThrottledLocally (IpBanned during a
+        ban); nothing is sent. ``retry_after_ms`` says when to try again."""
         now = self._clock()
         with self._lock:
             if now < self._blocked_until:
                 self.refused_locally += 1
                 wait_ms = int((self._blocked_until - now) * 1000) + 1
-                cls = IpBanned if self._banned else RateLimited
+                cls = IpBanned if self._banned else ThrottledLocally
                 raise cls(self.exchange, None, "backing off after the exchange's rate limit",
                           None, wait_ms)
             window = self._roll()
@@ -86,8 +86,8 @@ class RateGovernor:
                 self.refused_locally += 1
                 wait_ms = int(((window + 1) * self.window_s - self._wall()) * 1000) + 1
                 what = "weight" if priority == ORDER else "query budget"
-                raise RateLimited(self.exchange, None, f"{what} of this window used up",
-                                  None, wait_ms)
+                raise ThrottledLocally(self.exchange, None, f"{what} of this window used up",
+                                       None, wait_ms)
             self._local += weight
             self.requests += 1
 

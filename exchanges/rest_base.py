@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import Callable, TypeVar
 
-from exchanges.errors import ClockSkew, RateLimited
+from exchanges.errors import ClockSkew, RateLimited, ThrottledLocally
 from exchanges.governor import QUERY, RateGovernor
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ class GovernedRestClient(ABC):
         back this client, not the venue."""
         now = time.monotonic()
         if now < self._account_blocked_until:
-            raise RateLimited(self.exchange, None, "backing off after this account's rate limit",
-                              None, int((self._account_blocked_until - now) * 1000) + 1)
+            raise ThrottledLocally(self.exchange, None, "backing off after this account's rate limit",
+                                   None, int((self._account_blocked_until - now) * 1000) + 1)
         gov = self._governor
         if gov is not None:
             gov.before(priority, weight)

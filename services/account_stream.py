@@ -31,7 +31,7 @@ from typing import Callable
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchanges.base import ExchangeClient, UserStream
-from exchanges.errors import AuthFailed, ExchangeError
+from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
 from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired, Ticker
 from services.account_state import AccountState, now_ms
 
@@ -120,6 +120,8 @@ class AccountStream:
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
+        self._refresh_held_until = 0.0  # the rate governor held a refresh back until then
+        self.refreshes_held = 0
 
     # ---- public ------------------------------------------------------------------
     def stop(self) -> None:
@@ -199,12 +201,18 @@ class AccountStream:
                 self._drop_stream()
                 if not self.running:
                     break  # stop() closed the socket under us
-                self._failures += 1
-                delay = min(self.settings.backoff_max_s,
-                            self.settings.backoff_base_s * 2 ** (self._failures - 1))
-                next_stream_try = time.monotonic() + delay * (0.5 + random.random() / 2)
-                logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
-                               self.state.key_id, type(e).__name__, e.code, delay)
+                if isinstance(e, ThrottledLocally):  # the venue's budget: when it allows
+                    delay = (e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4)
+                    logger.info("account stream held by the rate governor key_id=%s retry_in_s=%.1f",
+                                self.state.key_id, delay)
+                else:
+                    self._failures += 1
+                    delay = min(self.settings.backoff_max_s,
+                                self.settings.backoff_base_s * 2 ** (self._failures - 1))
+                    delay *= 0.5 + random.random() / 2
+                    logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
+                                   self.state.key_id, type(e).__name__, e.code, delay)
+                next_stream_try = time.monotonic() + delay
                 if self.status not in ("down", "polling"):  # no flapping while polling
                     self._set_status("reconnecting")
                 self._sleep(min(delay, self.settings.poll_interval_s))
@@ -258,7 +266,7 @@ class AccountStream:
         timeout = self.settings.recv_timeout_s
         if self._refresh_due:  # wake when the rate bound lets the pending refresh go
             now = time.monotonic()
-            timeout = min(timeout, max(0.0, min(
+            timeout = min(timeout, max(0.0, self._refresh_held_until - now, min(
                 self._last_call.get(k, -1e9) + self.settings.poll_interval_s - now
                 for k in self._refresh_due)))
         events = self.stream.recv(timeout)
@@ -310,9 +318,14 @@ class AccountStream:
         if as_of:
             self._resume_from_ms = max(self._resume_from_ms or 0, as_of)
         stale_marks = self._marks_stale()
-        if self._refresh_due or stale_marks:
+        if (self._refresh_due or stale_marks) and now >= self._refresh_held_until:
             kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
-            self._poll(client, kinds=kinds, event_time=as_of or None)
+            try:
+                self._poll(client, kinds=kinds, event_time=as_of or None)
+            except ThrottledLocally as e:  # the venue's budget is used up: later, same stream
+                self._refresh_held_until = now + (e.retry_after_ms or 1000) / 1000 * (
+                    1 + random.random() / 4)
+                self.refreshes_held += 1
         if now - self._last_event_at > self.settings.quiet_check_s:
             logger.info("quiet account stream checked by rest key_id=%s", self.state.key_id)
             self._poll(client)
@@ -349,7 +362,10 @@ class AccountStream:
         """REST refresh of ``kinds``, each at most once per poll interval.
 
         On an exchange error the last known values are pushed once with
-        ``stale: true``, the state becomes ``down`` and the error is re-raised."""
+        ``stale: true``, the state becomes ``down`` and the error is re-raised. A
+        request the rate governor held back (ThrottledLocally: nothing was sent) is
+        re-raised without that: the exchange was not found unreachable, the refresh is
+        only late."""
         changed = []
         try:
             if "balance" in kinds and self._due("balance", force):
@@ -366,9 +382,11 @@ class AccountStream:
                 self.state.set_orders(client.get_open_orders())
                 changed.append("orders")
         except ExchangeError as e:
+            self._emit(tuple(changed), "rest", event_time or now_ms())
+            if isinstance(e, ThrottledLocally):
+                raise
             logger.warning("account rest call failed key_id=%s kind=%s code=%s",
                            self.state.key_id, type(e).__name__, e.code)
-            self._emit(tuple(changed), "rest", event_time or now_ms())
             self._set_status("down")
             stale_kinds = tuple(k for k in ("balance", "positions", "pnl", "orders")
                                 if k not in changed)

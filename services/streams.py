@@ -235,7 +235,8 @@ class StreamManager:
         self._spawn(refresh)
 
     def stats(self) -> dict:
-        """``{"running", "started", "by_state": {state: n}, "events_seen", "followed",
+        """``{"running", "started", "by_state": {state: n}, "events_seen", "refreshes_held"
+        (REST refreshes after account events the rate governor postponed), "followed",
         "takeovers", "polling_refresh_s": {"<exchange>[-testnet]": seconds between two
         REST refreshes of one polling account}}``."""
         with self._lock:
@@ -252,6 +253,7 @@ class StreamManager:
             followed = len(self._followed)
         return {"running": len(streams), "started": self.started, "by_state": by_state,
                 "events_seen": sum(s.events_seen for s in streams), "followed": followed,
+                "refreshes_held": sum(s.refreshes_held for s in streams),
                 "takeovers": self.takeovers, "polling_refresh_s": refresh}
 
     def stop_all(self) -> None:

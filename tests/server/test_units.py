@@ -205,3 +205,45 @@ def test_polling_interval_stretches_with_the_number_of_polling_accounts() -> Non
     mgr._streams.update({2000 + i: SimpleNamespace(stream=None, state=venue["bybit"])
                          for i in range(480)})  # Bybit: 600 / 5 s * 0.8 * 0.5 / 3 = 16 a second
     assert mgr._poll_scale("bybit", False) == 30.0
+
+
+def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
+    import time as clock
+
+    from exchanges.errors import ThrottledLocally
+    from exchanges.types import AccountEvent
+    from services.account_stream import AccountStream
+
+    class Stream:
+        keepalive_interval_s = 1e9
+
+        def __init__(self) -> None:
+            self.frames = [[AccountEvent("ORDER", (), (), 1_000)]]
+
+        def recv(self, timeout: float) -> list:
+            return self.frames.pop(0) if self.frames else []
+
+        def close(self) -> None:
+            self.closed = True
+
+    class Client:
+        calls = 0
+
+        def get_balance(self):  # type: ignore[no-untyped-def]
+            Client.calls += 1
+            raise ThrottledLocally("binance", None, "query budget of this window used up", None, 20_000)
+
+    state = AccountState(1, 2, "binance", False)
+    state.set_balance(Balance(Decimal("100"), Decimal("0"), Decimal("100"), Decimal("90"), ()))
+    state.envelope_if_changed("balance", "rest", 1)
+    sent: list[dict] = []
+    stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
+                           publish=sent.append, on_fill=lambda f: None, sleep=lambda s: None)
+    stream.stream, stream.status = Stream(), "live"  # type: ignore[assignment]
+    stream._connected_at = stream._last_event_at = clock.monotonic()
+    stream._keepalive_at = clock.monotonic() + 1e9
+    stream._consume(Client())                 # ACCOUNT_UPDATE -> balance refresh -> held back
+    assert stream.stream is not None and stream.status == "live" and stream.refreshes_held == 1
+    assert sent == [] and "balance" in stream._refresh_due  # nothing marked stale, still due
+    stream._consume(Client())                 # within the 20 s: not asked again
+    assert Client.calls == 1 and stream.stream is not None
