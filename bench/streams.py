@@ -20,6 +20,10 @@ that is the outage used for the polling fallback. The simulator is not told anyt
 REST keeps working: this is what a venue's user data stream being down looks like to the
 server. ``--outage all`` refuses the market streams too (then positions are polled).
 
+``initial_live``: from the end of the connects until every stream is ``live`` (each
+first snapshot costs 45 of Binance's 2400 weight a minute, paced by the server's
+governor, so 500 Binance accounts behind one IP take minutes).
+
 Figures, per phase ``live`` (streams up) and ``polling`` (private streams refused):
 
 - ``<phase>.pnl.<venue>``: every ``--move-every-s`` XRPUSDT is set to a new price; per
@@ -310,7 +314,8 @@ async def run(args: argparse.Namespace, ctx: dict, res: dict) -> None:
     try:
         res["connect"] = await connect_all(ctx, clients, args.connect_concurrency)
         n = len(clients := [c for c in clients if c.lst.sio.connected])
-        res["initial_live"] = await wait_states(ctx, lambda s: s["by_state"].get("live") == n, 180)
+        res["initial_live"] = await wait_states(ctx, lambda s: s["by_state"].get("live") == n,
+                                                args.initial_timeout_s)
         if args.ip_weight_limit:
             await th(ctx, lambda: _expect(sim._session.put(
                 f"{sim.url}/_sim/limits", json={"ip_weight_limit": args.ip_weight_limit}, timeout=10),
@@ -324,7 +329,7 @@ async def run(args: argparse.Namespace, ctx: dict, res: dict) -> None:
         await asyncio.sleep(3)
         res["polling"] = await window(ctx, clients, args)
         await th(ctx, ctx["gate"].set, "none")
-        back = await wait_states(ctx, all_live, 300)
+        back = await wait_states(ctx, all_live, args.storm_timeout_s)
         res["switch"].update(back_to_live_s=back["s"], back_reached=back["reached"], back_by_state=back["by_state"],
                              outage_s=round(time.time() - t, 1))
         await asyncio.sleep(5)
@@ -357,7 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fills-per-s", type=float, default=20.0, help="partial fills per second")
     p.add_argument("--outage", choices=("private", "all"), default="private",
                    help="which exchange WebSockets the gate refuses in the polling phase")
-    p.add_argument("--storm-timeout-s", type=float, default=300.0)
+    p.add_argument("--storm-timeout-s", type=float, default=600.0,
+                   help="how long to wait for every stream to be live again (after the outage, in the storm)")
+    p.add_argument("--initial-timeout-s", type=float, default=1200.0,
+                   help="how long to wait for every stream to be live after setup")
     p.add_argument("--ip-weight-limit", type=int, default=2400,
                    help="Binance weight per IP per minute the simulator enforces after setup (0: off)")
     p.add_argument("--reconcile-interval-s", type=float, default=0.0, help="server RECONCILE_INTERVAL_S")

@@ -8,10 +8,17 @@ from exchanges.types import VenueEndpoints
 
 SUPPORTED_EXCHANGES = ("binance", "bybit")
 
+# Venues where the open orders of every symbol cost more than asking symbol by symbol
+# (Binance USD-M openOrders: 40 without a symbol, 1 with one); the polling fallback
+# then asks per known symbol and for everything every ``FULL_ORDERS_EVERY`` rounds.
+OPEN_ORDERS_PER_SYMBOL = {"binance": True, "bybit": False}
+FULL_ORDERS_EVERY = 10
+
 # The IP weight of one REST refresh of balance, positions and open orders (what the
-# polling fallback does per account): Binance account 5 + positionRisk 5 + openOrders
-# of every symbol 40; Bybit three requests of weight 1.
-POLL_ROUND_WEIGHT = {"binance": 50, "bybit": 3}
+# polling fallback does per account), on average: Binance account 5 + positionRisk 5 +
+# openOrders per known symbol 1 (say 2 symbols) or, one round in 10, of every symbol 40;
+# Bybit three requests of weight 1.
+POLL_ROUND_WEIGHT = {"binance": 16, "bybit": 3}
 
 
 def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from decimal import Decimal
 
-from exchanges.types import Balance, Order, Position
+from exchanges.types import AccountEvent, Balance, Order, Position
 from services import serialize
 
 ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
@@ -88,16 +88,84 @@ class AccountState:
         delta = upnl - held.unrealized_pnl
         assert self.positions is not None
         self.positions[symbol] = replace(held, mark_price=mark_price, unrealized_pnl=upnl)
-        b = self.balance
-        if b is not None and delta:
-            margin_asset = "USDT" if symbol.endswith("USDT") else None
-            assets = tuple(replace(a, unrealized_pnl=a.unrealized_pnl + delta,
-                                   margin_balance=a.margin_balance + delta)
-                           if a.asset == margin_asset else a for a in b.assets)
-            self.balance = replace(b, total_unrealized_pnl=b.total_unrealized_pnl + delta,
-                                   total_margin_balance=b.total_margin_balance + delta,
-                                   assets=assets)
+        self._move_unrealized(symbol, delta)
         return True
+
+    def apply_account_event(self, event: AccountEvent) -> tuple[set[str], set[str]]:
+        """Apply an account update from the stream (Binance ACCOUNT_UPDATE, Bybit
+        ``position``/``wallet``): positions take the event's size, side, entry price and
+        unrealized PnL (recomputed at the mark price held, like ``apply_mark``, when
+        there is one), wallets their balance, and the balance totals move by the same
+        deltas. Returns ``(changed, incomplete)``: the types
+        changed now, and those a REST refresh must complete: the event carries no
+        available balance, and a position that is new or changed size has no
+        leverage or liquidation price in it."""
+        changed: set[str] = set()
+        incomplete: set[str] = set()
+        if event.positions:
+            if self.positions is None:
+                incomplete.add("positions")
+            else:
+                for u in event.positions:
+                    held = self.positions.get(u.symbol)
+                    if u.amount == 0:
+                        if held is not None:
+                            self._move_unrealized(u.symbol, -held.unrealized_pnl)
+                            del self.positions[u.symbol]
+                            changed |= {"positions", "pnl"}
+                        continue
+                    if held is None:
+                        incomplete.add("positions")
+                        continue
+                    side, size = ("LONG" if u.amount > 0 else "SHORT"), abs(u.amount)
+                    if size != held.size or side != held.side:
+                        incomplete.add("positions")
+                    upnl = u.unrealized_pnl  # the exchange's, at its mark; ours when we have one
+                    if held.mark_price:
+                        upnl = (held.mark_price - u.entry_price) * size * (1 if side == "LONG" else -1)
+                    moved = replace(held, side=side, size=size, entry_price=u.entry_price,
+                                    unrealized_pnl=upnl, margin_type=u.margin_type)
+                    if moved != held:
+                        self._move_unrealized(u.symbol, upnl - held.unrealized_pnl)
+                        self.positions[u.symbol] = moved
+                        changed |= {"positions", "pnl"}
+        if event.wallets:
+            incomplete.add("balance")  # available balance is not in the event
+            b = self.balance
+            if b is not None:
+                rows = {a.asset: a for a in b.assets}
+                delta = Decimal(0)
+                for w in event.wallets:
+                    row = rows.get(w.asset)
+                    if row is None or row.wallet_balance == w.wallet_balance:
+                        continue
+                    if w.asset == "USDT":
+                        delta += w.wallet_balance - row.wallet_balance
+                    rows[w.asset] = replace(row, wallet_balance=w.wallet_balance,
+                                            margin_balance=w.wallet_balance + row.unrealized_pnl)
+                assets = tuple(rows[a.asset] for a in b.assets)
+                if assets != b.assets:
+                    self.balance = replace(b, assets=assets,
+                                           total_wallet_balance=b.total_wallet_balance + delta,
+                                           total_margin_balance=b.total_margin_balance + delta)
+                    changed.add("balance")
+        if "positions" in changed and self.balance is not None:
+            changed.add("balance")
+        return changed, incomplete
+
+    def _move_unrealized(self, symbol: str, delta: Decimal) -> None:
+        """Move the balance's unrealized PnL and margin balance (total and the margin
+        asset's) by ``delta`` of ``symbol``'s position."""
+        b = self.balance
+        if b is None or not delta:
+            return
+        margin_asset = "USDT" if symbol.endswith("USDT") else None
+        assets = tuple(replace(a, unrealized_pnl=a.unrealized_pnl + delta,
+                               margin_balance=a.margin_balance + delta)
+                       if a.asset == margin_asset else a for a in b.assets)
+        self.balance = replace(b, total_unrealized_pnl=b.total_unrealized_pnl + delta,
+                               total_margin_balance=b.total_margin_balance + delta,
+                               assets=assets)
 
     def position_symbols(self) -> set[str]:
         """Symbols with an open position."""

@@ -5,20 +5,22 @@ The loop (one green thread per key, shared by all the user's sockets):
 1. get the exchange client from TradingService; open the user data stream
    (Binance listenKey); then take a REST snapshot of balance, positions and open
    orders (events that arrive meanwhile wait in the socket) and push what changed;
-2. state ``live``; apply order events at once (``source: "stream"``), refresh
-   balance and positions by REST after account events (``source: "rest"``), and
-   revalue open positions from the shared mark price streams of the TickerHub
-   (``source: "stream"``); only when a held symbol gets no tick for
-   ``MARK_STALE_S`` are positions polled, every ``poll_interval_s``;
+2. state ``live``; apply order and account events at once (``source: "stream"``),
+   complete what account events lack (available balance, a new position's leverage
+   and liquidation price) by REST at most every ``event_refresh_s`` and only when the
+   venue's rate governor has budget for it (``source: "rest"``), and revalue open
+   positions from the shared mark price streams of the TickerHub (``source:
+   "stream"``); only when a held symbol gets no tick for ``MARK_STALE_S`` are
+   positions polled, every ``event_refresh_s``;
 3. when the stream cannot be opened or drops: state ``reconnecting``/``polling``,
    poll balance, positions and orders by REST at the bounded rate, and retry the
    stream with exponential backoff and jitter;
 4. when REST fails too: state ``down`` and the last known values are pushed once
    with ``stale: true``, never replaced by invented ones.
 
-Every REST endpoint is called at most once per ``poll_interval_s`` per key, and while
-many accounts poll at once the interval stretches so that all of them together stay
-within the StreamManager's polling budget.
+While polling, every REST endpoint is called at most once per ``poll_interval_s`` per
+key, and while many accounts poll at once the interval stretches so that all of them
+together stay within the StreamManager's polling budget (a share of the venue's).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
+from exchanges.factory import FULL_ORDERS_EVERY, OPEN_ORDERS_PER_SYMBOL
 from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired, Ticker
 from services.account_state import AccountState, now_ms
 
@@ -54,6 +57,10 @@ class StreamSettings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     quiet_check_s: float = 300.0  # no account event for this long: check by REST
+    # a live stream's REST completion after account events (available balance,
+    # liquidation price), at most this often per type: the events themselves are pushed
+    # at once, and 2400 weight a minute per IP is shared by every Binance account
+    event_refresh_s: float = 5.0
 
 
 class AccountStream:
@@ -121,6 +128,7 @@ class AccountStream:
         self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
         self._refresh_held_until = 0.0  # the rate governor held a refresh back until then
+        self._order_rounds = 0
         self.refreshes_held = 0
 
     # ---- public ------------------------------------------------------------------
@@ -267,7 +275,7 @@ class AccountStream:
         if self._refresh_due:  # wake when the rate bound lets the pending refresh go
             now = time.monotonic()
             timeout = min(timeout, max(0.0, self._refresh_held_until - now, min(
-                self._last_call.get(k, -1e9) + self.settings.poll_interval_s - now
+                self._last_call.get(k, -1e9) + self._interval - now
                 for k in self._refresh_due)))
         events = self.stream.recv(timeout)
         # a burst: take what is already waiting (up to MAX_BATCH frames) and push each
@@ -303,8 +311,13 @@ class AccountStream:
             elif isinstance(event, FillEvent):
                 self._on_fill(event.fill)
                 as_of = max(as_of, event.event_time)
-            elif isinstance(event, AccountEvent):
-                self._refresh_due |= {"balance", "positions"}
+            elif isinstance(event, AccountEvent):  # pushed now; REST completes it later
+                applied, incomplete = self.state.apply_account_event(event)
+                changed |= applied
+                self._refresh_due |= incomplete
+                if "positions" in applied:
+                    self._report_positions()
+                    self._sync_tickers()
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
@@ -341,7 +354,9 @@ class AccountStream:
 
     @property
     def _interval(self) -> float:
-        return self.settings.poll_interval_s * (self._poll_scale() if self.stream is None else 1.0)
+        if self.stream is not None:
+            return self.settings.event_refresh_s
+        return self.settings.poll_interval_s * self._poll_scale()
 
     def _due(self, endpoint: str, force: bool) -> bool:
         now = time.monotonic()
@@ -379,7 +394,7 @@ class AccountStream:
                 self._sync_tickers()
                 changed += ["positions", "pnl"]
             if "orders" in kinds and self._due("orders", force):
-                self.state.set_orders(client.get_open_orders())
+                self.state.set_orders(self._open_orders(client))
                 changed.append("orders")
         except ExchangeError as e:
             self._emit(tuple(changed), "rest", event_time or now_ms())
@@ -394,6 +409,20 @@ class AccountStream:
                 self._send(env)
             raise
         self._emit(tuple(changed), "rest", event_time or now_ms())
+
+    def _open_orders(self, client: ExchangeClient) -> list:
+        """Open orders by REST: of every symbol on the first snapshot and one round in
+        ``FULL_ORDERS_EVERY``; otherwise, where that is cheaper
+        (``OPEN_ORDERS_PER_SYMBOL``: Binance weighs 40 against 1 per symbol), only of
+        the symbols held or with open orders, when there are at most 5 (an order
+        placed elsewhere in a new symbol while the stream is down shows at the next
+        full round)."""
+        self._order_rounds += 1
+        symbols = sorted(self._symbols_of_interest())
+        if (self.state.orders is None or not OPEN_ORDERS_PER_SYMBOL.get(self.state.exchange)
+                or self._order_rounds % FULL_ORDERS_EVERY == 0 or len(symbols) > 5):
+            return client.get_open_orders()
+        return [o for s in symbols for o in client.get_open_orders(s)]
 
     def _report_positions(self) -> None:
         held = sorted((self.state.positions or {}).values(), key=lambda p: p.symbol)

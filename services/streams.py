@@ -129,8 +129,8 @@ class StreamManager:
         """Accounts of the venue the polling fallback may refresh per second: at most
         ``POLLING_KEYS_PER_S`` (what this server sustains), and within
         ``POLLING_SHARE`` of the venue's per-IP query budget at
-        ``POLL_ROUND_WEIGHT`` per account (Binance: 2400 * 0.8 / 60 * 0.5 / 50 =
-        0.32 accounts a second)."""
+        ``POLL_ROUND_WEIGHT`` per account (Binance: 2400 * 0.8 / 60 * 0.5 / 16 = 1
+        account a second)."""
         rate = float(POLLING_KEYS_PER_S)
         if self._governors is not None:
             budget = self._governors.get(exchange, testnet).query_weight_per_s() * POLLING_SHARE

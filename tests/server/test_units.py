@@ -199,9 +199,9 @@ def test_polling_interval_stretches_with_the_number_of_polling_accounts() -> Non
     assert mgr._poll_scale("binance", False) == 3.0      # 300 polling -> every 3 intervals
     assert mgr._poll_scale("bybit", False) == 1.0        # the other venue's are not counted
     # with the venues' governors: Binance's 2400 weight a minute, half of its 80 % query
-    # share for polling, 50 per account -> 0.32 accounts a second: 300 take 937.5 s
+    # share for polling, about 16 per account -> 1 account a second: 300 take 300 s
     mgr._governors = Governors()
-    assert mgr._poll_scale("binance", False) == 300 / 0.32
+    assert mgr._poll_scale("binance", False) == 300.0
     mgr._streams.update({2000 + i: SimpleNamespace(stream=None, state=venue["bybit"])
                          for i in range(480)})  # Bybit: 600 / 5 s * 0.8 * 0.5 / 3 = 16 a second
     assert mgr._poll_scale("bybit", False) == 30.0
@@ -211,14 +211,15 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
     import time as clock
 
     from exchanges.errors import ThrottledLocally
-    from exchanges.types import AccountEvent
+    from exchanges.types import AccountEvent, WalletUpdate
     from services.account_stream import AccountStream
 
     class Stream:
         keepalive_interval_s = 1e9
 
-        def __init__(self) -> None:
-            self.frames = [[AccountEvent("ORDER", (), (), 1_000)]]
+        def __init__(self) -> None:  # a wallet change: available balance needs REST
+            self.frames = [[AccountEvent("ORDER", (WalletUpdate("USDT", Decimal("100"), Decimal("100")),),
+                                         (), 1_000)]]
 
         def recv(self, timeout: float) -> list:
             return self.frames.pop(0) if self.frames else []
@@ -247,3 +248,56 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
     assert sent == [] and "balance" in stream._refresh_due  # nothing marked stale, still due
     stream._consume(Client())                 # within the 20 s: not asked again
     assert Client.calls == 1 and stream.stream is not None
+
+
+def test_account_events_are_applied_at_once_and_rest_completes_the_rest() -> None:
+    from exchanges.types import AccountEvent, PositionUpdate, WalletUpdate
+    state = AccountState(1, 1, "binance", False)
+    state.set_positions([_pos("0.01")])                  # 0.01 BTC @ 100, mark 101
+    state.set_balance(Balance(Decimal("1000"), Decimal("0.01"), Decimal("1000.01"), Decimal("900"),
+                              (AssetBalance("USDT", Decimal("1000"), Decimal("900"), Decimal("0.01"),
+                                            Decimal("1000.01")),)))
+    # a fill added 0.02 @ 100.3 and paid a fee: ACCOUNT_UPDATE with the new position and wallet
+    changed, incomplete = state.apply_account_event(AccountEvent("ORDER", (
+        WalletUpdate("USDT", Decimal("999.9"), Decimal("999.9")),), (
+        PositionUpdate("BTCUSDT", Decimal("0.03"), Decimal("100.2"), Decimal("0.02"), "cross"),), 5))
+    assert changed == {"positions", "pnl", "balance"} and incomplete == {"positions", "balance"}
+    p = state.positions["BTCUSDT"]
+    assert (p.size, p.entry_price, p.unrealized_pnl, p.leverage) == (
+        Decimal("0.03"), Decimal("100.2"), Decimal("0.024"), Decimal("20"))  # at our mark, 101
+    b = state.balance
+    assert (b.total_wallet_balance, b.total_unrealized_pnl, b.total_margin_balance,
+            b.available_balance) == (Decimal("999.9"), Decimal("0.024"), Decimal("999.924"),
+                                     Decimal("900"))  # available: REST's, until it refreshes
+    assert b.assets[0].margin_balance == Decimal("999.924")
+    # a position in a symbol not held yet needs REST (no leverage in the event)
+    changed, incomplete = state.apply_account_event(AccountEvent("ORDER", (), (
+        PositionUpdate("ETHUSDT", Decimal("-1"), Decimal("3000"), Decimal("0"), "cross"),), 6))
+    assert changed == set() and incomplete == {"positions"} and "ETHUSDT" not in state.positions
+    # closed: gone at once, its unrealized PnL leaves the totals
+    changed, incomplete = state.apply_account_event(AccountEvent("ORDER", (), (
+        PositionUpdate("BTCUSDT", Decimal("0"), Decimal("0"), Decimal("0"), "cross"),), 7))
+    assert changed == {"positions", "pnl", "balance"} and incomplete == set()
+    assert state.positions == {} and state.balance.total_unrealized_pnl == 0
+
+
+def test_binance_open_orders_are_asked_per_known_symbol_with_a_full_round_in_ten() -> None:
+    from services.account_stream import AccountStream
+    asked: list = []
+
+    class Client:
+        def get_open_orders(self, symbol=None):  # type: ignore[no-untyped-def]
+            asked.append(symbol)
+            return []
+    for exchange, per_symbol in (("binance", True), ("bybit", False)):
+        asked.clear()
+        state = AccountState(1, 1, exchange, False)
+        stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
+                               publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None)
+        stream._open_orders(Client())        # first snapshot: everything
+        state.set_orders([])
+        state.set_positions([_pos("0.01")])  # BTCUSDT held
+        for _ in range(10):
+            stream._open_orders(Client())
+        want = [None] + (["BTCUSDT"] * 8 + [None, "BTCUSDT"] if per_symbol else [None] * 10)
+        assert asked == want, exchange
