@@ -21,7 +21,7 @@ REST keeps working: this is what a venue's user data stream being down looks lik
 server. ``--outage all`` refuses the market streams too (then positions are polled).
 
 ``initial_live``: from the end of the connects until every stream is ``live`` (each
-first snapshot costs 45 of Binance's 2400 weight a minute, paced by the server's
+first snapshot costs about 50 of Binance's 2400 weight a minute, paced by the server's
 governor, so 500 Binance accounts behind one IP take minutes).
 
 Figures, per phase ``live`` (streams up) and ``polling`` (private streams refused):
