@@ -78,8 +78,8 @@ class AccountStream:
         on_fill: called with each Fill seen on the stream (the ledger records it).
         on_order: called with each order update seen on the stream (write-behind).
         on_positions: called with ``(open positions, as_of ms)`` when a REST snapshot
-            changed a position's side, size, entry price, leverage or margin type
-            (write-behind; mark price moves are not reported).
+            or an account event changed a position's side, size, entry price,
+            leverage or margin type (write-behind; mark price moves are not reported).
         audience: ``audience(user_id, kind)`` is False when nobody would receive a
             ``kind`` push of this user (no subscriber anywhere): its payload is then
             not built; the state builds it when a subscriber asks (``cached``).
@@ -198,7 +198,9 @@ class AccountStream:
                 else:
                     self._poll(client)
                     self._set_status("polling")
-                    self._sleep(self._interval / 4)
+                    # wake for the next poll or the next stream attempt, whichever is first
+                    self._sleep(max(0.05, min(self._interval / 4,
+                                              next_stream_try - time.monotonic())))
             except AuthFailed as e:
                 logger.warning("account stream auth failed key_id=%s code=%s",
                                self.state.key_id, e.code)
@@ -213,6 +215,9 @@ class AccountStream:
                     delay = (e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4)
                     logger.info("account stream held by the rate governor key_id=%s retry_in_s=%.1f",
                                 self.state.key_id, delay)
+                    if self.status == "polling":  # a poll was held: the stream may still try
+                        self._sleep(max(0.05, min(delay, next_stream_try - time.monotonic())))
+                        continue
                 else:
                     self._failures += 1
                     delay = min(self.settings.backoff_max_s,
@@ -333,16 +338,12 @@ class AccountStream:
         stale_marks = self._marks_stale()
         if (self._refresh_due or stale_marks) and now >= self._refresh_held_until:
             kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
-            try:
-                self._poll(client, kinds=kinds, event_time=as_of or None)
-            except ThrottledLocally as e:  # the venue's budget is used up: later, same stream
-                self._refresh_held_until = now + (e.retry_after_ms or 1000) / 1000 * (
-                    1 + random.random() / 4)
-                self.refreshes_held += 1
-        if now - self._last_event_at > self.settings.quiet_check_s:
+            self._refresh_unless_held(client, kinds, as_of or None)
+        if now - self._last_event_at > self.settings.quiet_check_s \
+                and now >= self._refresh_held_until:
             logger.info("quiet account stream checked by rest key_id=%s", self.state.key_id)
-            self._poll(client)
-            self._last_event_at = now
+            if self._refresh_unless_held(client, ("balance", "positions", "orders"), None):
+                self._last_event_at = now
         if now - self._connected_at > MAX_CONNECTION_S:
             logger.info("account stream renewed before the 24 h limit key_id=%s", self.state.key_id)
             self._drop_stream()
@@ -351,6 +352,19 @@ class AccountStream:
         if time.monotonic() >= self._keepalive_at:
             self.stream.keepalive()
             self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s
+
+    def _refresh_unless_held(self, client: ExchangeClient, kinds: tuple[str, ...],
+                             event_time: int | None) -> bool:
+        """``_poll`` for a live stream: when the venue's budget is used up
+        (ThrottledLocally) the refresh waits, the stream stays. True if it ran."""
+        try:
+            self._poll(client, kinds=kinds, event_time=event_time)
+            return True
+        except ThrottledLocally as e:
+            self._refresh_held_until = time.monotonic() + (e.retry_after_ms or 1000) / 1000 * (
+                1 + random.random() / 4)
+            self.refreshes_held += 1
+            return False
 
     @property
     def _interval(self) -> float:

@@ -238,7 +238,8 @@ class BinanceFuturesClient(GovernedRestClient):
     def user_stream(self) -> BinanceUserStream:
         """A new, unconnected user-data stream for this key."""
         return BinanceUserStream(self._client, self.endpoints.ws_url, self.timeout_s,
-                                 key_hint=self._api_key_hint)
+                                 key_hint=self._api_key_hint,
+                                 rest=lambda call, priority: self._io(call, priority, 1))
 
     def close(self) -> None:
         """Close the HTTP session; never raises."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import websocket
 from binance.client import Client
@@ -28,6 +28,7 @@ from binance.client import Client
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.mapping import parse_user_event
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
+from exchanges.governor import ORDER, QUERY
 from exchanges.types import StreamEvent
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ def _mask(value: str | None) -> str:
     return (value[:4] + "...") if value else "-"
 
 
+def _mapped(call: Callable[[], Any], priority: str) -> Any:
+    with binance_errors():
+        return call()
+
+
 class BinanceUserStream:
     """``exchanges.base.UserStream`` for one Binance USD-M key.
 
@@ -49,13 +55,19 @@ class BinanceUserStream:
         ws_url: the venue's WebSocket base, e.g. ``wss://fstream.binance.com``.
         timeout_s: connect timeout (seconds) for the listenKey POST and the handshake.
         key_hint: masked API key for log lines.
+        rest: runs one listenKey call, ``rest(call, priority)``, mapping the library's
+            errors (the owning client passes its rate-governed ``_io``: each listenKey
+            call weighs 1; keepalives go with order priority, since a lapsed key costs
+            a reconnect and a snapshot). Default: errors mapped, no governor.
     """
 
     keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
 
     def __init__(self, client: Client, ws_url: str, timeout_s: float = 10.0,
-                 key_hint: str = "-") -> None:
+                 key_hint: str = "-",
+                 rest: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
         self._client = client
+        self._rest = rest or _mapped
         self._ws_url = ws_url.rstrip("/")
         self._timeout_s = timeout_s
         self._key_hint = key_hint
@@ -73,8 +85,7 @@ class BinanceUserStream:
         Raises AuthFailed (-2015 etc. from the POST), RateLimited, ExchangeTimeout,
         ExchangeUnavailable (handshake refused, connection error).
         """
-        with binance_errors():
-            listen_key = self._client.futures_stream_get_listen_key()
+        listen_key = self._rest(self._client.futures_stream_get_listen_key, QUERY)
         self._listen_key = listen_key
         url = f"{self._ws_url}/private/ws?listenKey={listen_key}"
         try:
@@ -139,8 +150,7 @@ class BinanceUserStream:
         if self._listen_key is None:
             raise ExchangeUnavailable(EXCHANGE, None, "user stream not connected")
         listen_key = self._listen_key
-        with binance_errors():
-            self._client.futures_stream_keepalive(listen_key)
+        self._rest(lambda: self._client.futures_stream_keepalive(listen_key), ORDER)
         logger.debug("binance user stream keepalive key=%s listen_key=%s",
                      self._key_hint, _mask(listen_key))
 
@@ -156,8 +166,7 @@ class BinanceUserStream:
                 logger.debug("binance user stream socket close failed err=%s", type(e).__name__)
         if listen_key is not None:
             try:
-                with binance_errors():
-                    self._client.futures_stream_close(listen_key)
+                self._rest(lambda: self._client.futures_stream_close(listen_key), QUERY)
             except Exception as e:  # isolation boundary: close must not raise
                 logger.debug("binance listenKey close failed key=%s listen_key=%s err=%s",
                              self._key_hint, _mask(listen_key), type(e).__name__)
