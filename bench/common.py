@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -157,12 +158,19 @@ _local = threading.local()
 
 def rest(method: str, url: str, token: str | None = None, body: dict | None = None,
          headers: dict | None = None) -> requests.Response:
-    """One HTTP call on this thread's keep-alive session (bearer ``token`` if given)."""
+    """One HTTP call on this thread's keep-alive session (bearer ``token`` if given).
+    A 429 is retried after its ``Retry-After`` (as an app would), up to 10 times: the
+    server answers 429 when the exchange's rate budget for its IP is used up."""
     session = getattr(_local, "session", None)
     if session is None:
         session = _local.session = requests.Session()
     headers = dict(headers or {}, **({"Authorization": f"Bearer {token}"} if token else {}))
-    return session.request(method, url, json=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
+    for _ in range(10):
+        resp = session.request(method, url, json=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        if resp.status_code != 429:
+            return resp
+        time.sleep(min(70.0, float(resp.headers.get("Retry-After") or 5)) * (1 + random.random() / 4))
+    return resp
 
 
 @dataclass

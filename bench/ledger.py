@@ -39,6 +39,11 @@ Figures:
   the first ``pnl`` push with the ETHUSDT unrealized PnL of that price (the hub's stalls
   show here as ``max_ms``); ``max_gap_ms`` the longest time an observer got no ``pnl``
   push (moves come every 100 ms); ``missed`` moves never pushed.
+- ``server_cpu_pct_burst``, ``simulator_cpu_pct_burst``, ``bench_cpu_pct_burst``: CPU
+  time / burst time per process (100 = one core; the machine has two, so when the three
+  add up to about 200 the fill rate is bounded by the machine, not by the server).
+- ``--profile PATH``: ``py-spy record`` of the server during the burst, collapsed stacks
+  (py-spy is not a dependency: ``pip install py-spy`` into the venv first).
 - ``admin_rtt_ms.<phase>``: round trip of ``GET /admin/stats`` (sampled every 0.5 s; it
   touches no database), another view of how responsive the server stayed.
 - ``series``: every ~0.5 s from 0.5 s before the cut to 5 s after the restore, then every

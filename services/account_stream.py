@@ -211,20 +211,21 @@ class AccountStream:
                 self._drop_stream()
                 if not self.running:
                     break  # stop() closed the socket under us
-                if isinstance(e, ThrottledLocally):  # the venue's budget: when it allows
+                if isinstance(e, ThrottledLocally):
+                    # the venue's budget is used up: neither a poll nor a reconnect could
+                    # go before it allows (counted in the governor's refused_locally)
                     delay = (e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4)
-                    logger.info("account stream held by the rate governor key_id=%s retry_in_s=%.1f",
-                                self.state.key_id, delay)
-                    if self.status == "polling":  # a poll was held: the stream may still try
-                        self._sleep(max(0.05, min(delay, next_stream_try - time.monotonic())))
-                        continue
-                else:
-                    self._failures += 1
-                    delay = min(self.settings.backoff_max_s,
-                                self.settings.backoff_base_s * 2 ** (self._failures - 1))
-                    delay *= 0.5 + random.random() / 2
-                    logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
-                                   self.state.key_id, type(e).__name__, e.code, delay)
+                    logger.debug("account stream held by the rate governor key_id=%s "
+                                 "retry_in_s=%.1f", self.state.key_id, delay)
+                    next_stream_try = max(next_stream_try, time.monotonic() + delay)
+                    self._sleep(delay)
+                    continue
+                self._failures += 1
+                delay = min(self.settings.backoff_max_s,
+                            self.settings.backoff_base_s * 2 ** (self._failures - 1))
+                delay *= 0.5 + random.random() / 2
+                logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
+                               self.state.key_id, type(e).__name__, e.code, delay)
                 next_stream_try = time.monotonic() + delay
                 if self.status not in ("down", "polling"):  # no flapping while polling
                     self._set_status("reconnecting")
@@ -350,8 +351,11 @@ class AccountStream:
             self._set_status("reconnecting")
             return
         if time.monotonic() >= self._keepalive_at:
-            self.stream.keepalive()
-            self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s
+            try:
+                self.stream.keepalive()
+                self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s
+            except ThrottledLocally as e:  # well inside the key's validity: try again soon
+                self._keepalive_at = time.monotonic() + (e.retry_after_ms or 1000) / 1000
 
     def _refresh_unless_held(self, client: ExchangeClient, kinds: tuple[str, ...],
                              event_time: int | None) -> bool:

@@ -301,3 +301,30 @@ def test_binance_open_orders_are_asked_per_known_symbol_with_a_full_round_in_ten
             stream._open_orders(Client())
         want = [None] + (["BTCUSDT"] * 8 + [None, "BTCUSDT"] if per_symbol else [None] * 10)
         assert asked == want, exchange
+
+
+def test_a_stream_the_rate_governor_holds_waits_for_the_budget_instead_of_spinning() -> None:
+    from exchanges.errors import ThrottledLocally
+    from services.account_stream import AccountStream
+
+    def held() -> None:
+        raise ThrottledLocally("binance", None, "query budget of this window used up", None, 30_000)
+
+    class Client:
+        def user_stream(self):  # type: ignore[no-untyped-def]
+            from types import SimpleNamespace
+            return SimpleNamespace(connect=held)
+
+        def get_balance(self):  # type: ignore[no-untyped-def]
+            held()
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        if len(sleeps) == 4:
+            stream.running = False
+    stream = AccountStream(AccountState(1, 1, "binance", False), get_client=Client,
+                           realized_pnl=lambda: None, publish=lambda e: None,  # type: ignore[arg-type, return-value]
+                           on_fill=lambda f: None, sleep=sleep)
+    stream.run()  # connect held, then the poll held, ...: each waits out Retry-After
+    assert len(sleeps) == 4 and all(30 <= s <= 37.5 for s in sleeps), sleeps
