@@ -186,8 +186,8 @@ class _LedgerFacade:
     def record_order(self, key_id: int, order) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_order(key_id, order)
 
-    def record_positions(self, key_id: int, positions, as_of: int) -> None:  # type: ignore[no-untyped-def]
-        self._writer.submit_positions(key_id, positions, as_of)
+    def record_positions(self, key_id: int, positions, as_of: int, complete: bool) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit_positions(key_id, positions, as_of, complete)
 
 
 def main() -> None:

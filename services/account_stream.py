@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -77,9 +78,11 @@ class AccountStream:
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it).
         on_order: called with each order update seen on the stream (write-behind).
-        on_positions: called with ``(open positions, as_of ms)`` when a REST snapshot
-            or an account event changed a position's side, size, entry price,
-            leverage or margin type (write-behind; mark price moves are not reported).
+        on_positions: called with ``(positions, as_of ms, complete)`` when a REST
+            snapshot or an account event changed a position's side, size, entry price,
+            leverage or margin type: the open ones plus those closed since the last
+            call (size 0); ``complete`` on a stream's first call, when other stored
+            symbols are closed too (write-behind; mark price moves are not reported).
         audience: ``audience(user_id, kind)`` is False when nobody would receive a
             ``kind`` push of this user (no subscriber anywhere): its payload is then
             not built; the state builds it when a subscriber asks (``cached``).
@@ -101,10 +104,11 @@ class AccountStream:
                  on_order: Callable[[object], None] | None = None,
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
-                 on_positions: Callable[[list, int], None] | None = None) -> None:
+                 on_positions: Callable[[list, int, bool], None] | None = None) -> None:
         self.state = state
         self._on_positions = on_positions
-        self._positions_reported: tuple | None = None
+        self._positions_shape: tuple | None = None
+        self._positions_reported: dict = {}
         self._audience = audience
         self._get_client = get_client
         self._realized_pnl = realized_pnl
@@ -443,12 +447,19 @@ class AccountStream:
         return [o for s in symbols for o in client.get_open_orders(s)]
 
     def _report_positions(self) -> None:
-        held = sorted((self.state.positions or {}).values(), key=lambda p: p.symbol)
+        """Hand the write-behind the open positions when their shape changed, with the
+        ones closed since the last report as size 0; the first report of this stream
+        is marked complete (the ledger then closes every other stored symbol)."""
+        held = {p.symbol: p for p in (self.state.positions or {}).values()}
         shape = tuple((p.symbol, p.side, p.size, p.entry_price, p.leverage, p.margin_type)
-                      for p in held)
-        if self._on_positions is not None and shape != self._positions_reported:
-            self._positions_reported = shape
-            self._on_positions(held, now_ms())
+                      for p in sorted(held.values(), key=lambda p: p.symbol))
+        if self._on_positions is None or shape == self._positions_shape:
+            return
+        first = self._positions_shape is None
+        closed = [replace(p, size=Decimal(0)) for s, p in self._positions_reported.items()
+                  if s not in held]
+        self._positions_shape, self._positions_reported = shape, held
+        self._on_positions(list(held.values()) + closed, now_ms(), first)
 
     def _emit(self, kinds: tuple[str, ...], source: str, as_of: int) -> None:
         for kind in kinds:

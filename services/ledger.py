@@ -81,18 +81,20 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
     return False
 
 
-def upsert_positions(session: Session, snapshots: dict[int, tuple[int, list[PositionInfo]]]) -> None:
-    """Store each key's open positions as last reported: ``snapshots`` maps a key id
-    to ``(as_of ms UTC, open positions)``. Rows are keyed by (key, symbol); a symbol
-    of the key missing from its snapshot is closed (``size`` 0). A row already holding
-    a newer report (``updated_at``) is left alone, so replays and reordering are
-    harmless."""
+def upsert_positions(session: Session,
+                     snapshots: dict[int, tuple[int, list[PositionInfo], bool]]) -> None:
+    """Store each key's positions as last reported: ``snapshots`` maps a key id to
+    ``(as_of ms UTC, positions, complete)``; a closed one has ``size`` 0. Rows are
+    keyed by (key, symbol), all in one statement; when ``complete`` (a stream's first
+    report: all the key's open positions), every other stored symbol of the key is
+    closed too. A row already holding a newer report (``updated_at``) is left
+    alone, so replays and reordering are harmless."""
     table = Position.__table__
     rows = [dict(key_id=key_id, symbol=p.symbol, side=p.side, size=p.size,
                  entry_price=p.entry_price, leverage=p.leverage,
                  liquidation_price=p.liquidation_price, margin_type=p.margin_type,
                  updated_at=as_of)
-            for key_id, (as_of, held) in snapshots.items() for p in held]
+            for key_id, (as_of, held, _) in snapshots.items() for p in held]
     if rows:
         stmt = _insert(session, table)
         stmt = stmt.on_conflict_do_update(
@@ -101,7 +103,9 @@ def upsert_positions(session: Session, snapshots: dict[int, tuple[int, list[Posi
                                                 "liquidation_price", "margin_type", "updated_at")},
             where=table.c.updated_at <= stmt.excluded.updated_at)
         session.execute(stmt, rows)
-    for key_id, (as_of, held) in snapshots.items():
+    for key_id, (as_of, held, complete) in snapshots.items():
+        if not complete:
+            continue
         session.execute(update(table).where(
             table.c.key_id == key_id, table.c.symbol.not_in([p.symbol for p in held]),
             table.c.updated_at < as_of).values(size=Decimal(0), updated_at=as_of))
@@ -173,18 +177,21 @@ def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
 
 def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
                 fills: list[tuple[int, FillEvent]],
-                positions: list[tuple[int, int, list[PositionInfo]]] = ()) -> set[int]:  # type: ignore[assignment]
+                positions: list[tuple[int, int, list[PositionInfo], bool]] = ()) -> set[int]:  # type: ignore[assignment]
     """The write-behind writer's unit of work: many stream events in a handful of
     statements (each statement is a round trip, and under load every round trip waits
     for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one, and
-    ``upsert_positions`` with each key's newest snapshot of ``positions`` (tuples of
-    key id, as_of ms, open positions). Returns the key ids that got new fills."""
-    newest: dict[int, tuple[int, list[PositionInfo]]] = {}
-    for key_id, as_of, held in positions:
-        if key_id not in newest or newest[key_id][0] <= as_of:
-            newest[key_id] = (as_of, held)
+    ``upsert_positions`` with ``positions`` (tuples of key id, as_of ms, positions,
+    complete) merged per key: the newest report of each symbol, complete if any was.
+    Returns the key ids that got new fills."""
+    newest: dict[int, tuple[int, dict[str, PositionInfo], bool]] = {}
+    for key_id, as_of, held, complete in sorted(positions, key=lambda p: p[1]):
+        _, symbols, was_complete = newest.get(key_id, (0, {}, False))
+        newest[key_id] = (as_of, {**symbols, **{p.symbol: p for p in held}},
+                          complete or was_complete)
     if newest:
-        upsert_positions(session, newest)
+        upsert_positions(session, {k: (as_of, list(held.values()), complete)
+                                   for k, (as_of, held, complete) in newest.items()})
     latest: dict[tuple, tuple[int, OrderInfo]] = {}
     for key_id, o in orders:  # the newest update of each order wins
         k = (key_id, o.symbol, o.order_id)

@@ -44,7 +44,7 @@ class StreamManager:
         sleep: cooperative sleep (``socketio.sleep``).
         ledger: provides ``realized_pnl(key_id)``, ``record_fill(user_id, key_id, fill)``,
             ``record_order(key_id, order)`` and ``record_positions(key_id, positions,
-            as_of)`` (non-blocking: write-behind).
+            as_of, complete)`` (non-blocking: write-behind).
         tickers: the shared TickerHub for mark prices (None: poll positions).
         on_reconnected: run (as a background task) with a key id after its stream
             reconnected (the reconciler).
@@ -110,7 +110,8 @@ class StreamManager:
             publish=self._publish,
             on_fill=lambda fill: self._ledger.record_fill(user_id, key_id, fill),
             on_order=lambda order: self._ledger.record_order(key_id, order),
-            on_positions=lambda held, as_of: self._ledger.record_positions(key_id, held, as_of),
+            on_positions=lambda held, as_of, complete: self._ledger.record_positions(
+                key_id, held, as_of, complete),
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
             poll_scale=lambda: self._poll_scale(exchange, testnet), audience=self._audience)

@@ -72,9 +72,11 @@ class LedgerWriter:
         """Queue one order update of ``key_id``."""
         self._put(("order", key_id, order))
 
-    def submit_positions(self, key_id: int, positions: list[PositionInfo], as_of: int) -> None:
-        """Queue the open positions of ``key_id`` as reported at ``as_of`` (ms UTC)."""
-        self._put(("positions", key_id, (as_of, list(positions))))
+    def submit_positions(self, key_id: int, positions: list[PositionInfo], as_of: int,
+                         complete: bool = False) -> None:
+        """Queue positions of ``key_id`` as reported at ``as_of`` (ms UTC); with
+        ``complete`` they are all its open positions (see ``ledger.upsert_positions``)."""
+        self._put(("positions", key_id, (as_of, list(positions), complete)))
 
     def _put(self, item: tuple) -> None:  # type: ignore[type-arg]
         entry = (time.monotonic(),) + item
@@ -141,7 +143,7 @@ class LedgerWriter:
                     keys = ledger.apply_batch(
                         s, [(k, e) for _, kind, k, e in batch if kind == "order"],
                         [(k, e) for _, kind, k, e in batch if kind == "fill"],
-                        [(k, e[0], e[1]) for _, kind, k, e in batch if kind == "positions"])
+                        [(k, *e) for _, kind, k, e in batch if kind == "positions"])
         done = time.monotonic()
         self._latency_ms.extend((done - item[0]) * 1000 for item in batch)
         self.written += len(batch)

@@ -173,6 +173,8 @@ def test_batched_writes_end_in_the_clean_state(db, extra, rnd, cuts) -> None:  #
 
 
 def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
     from exchanges.types import Position as PositionInfo
     from models import Position
     db = Database(database_url)
@@ -191,18 +193,26 @@ def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -
             return {(r.key_id, r.symbol): (r.size, r.entry_price, r.updated_at)
                     for r in s.scalars(select(Position))}
     btc1, btc2, eth = pos("BTCUSDT", "0.01", "100"), pos("BTCUSDT", "0.03", "102"), pos("ETHUSDT", "1", "5")
-    with db.transaction() as s:  # one batch: the newest snapshot of each key wins
-        ledger.apply_batch(s, [], [], [(1, 10, [btc1]), (1, 20, [btc2, eth]), (2, 15, [btc1])])
+    sol = pos("SOLUSDT", "3", "150")
+    with db.transaction() as s:  # one batch: the newest report of each symbol wins
+        ledger.apply_batch(s, [], [], [(1, 10, [btc1, sol], True), (1, 20, [btc2, eth], False),
+                                       (2, 15, [btc1], True)])
     assert stored() == {(1, "BTCUSDT"): (Decimal("0.03"), Decimal("102"), 20),
                         (1, "ETHUSDT"): (Decimal("1"), Decimal("5"), 20),
+                        (1, "SOLUSDT"): (Decimal("3"), Decimal("150"), 20),
                         (2, "BTCUSDT"): (Decimal("0.01"), Decimal("100"), 15)}
     with db.transaction() as s:  # a late older report changes nothing
-        ledger.apply_batch(s, [], [], [(1, 12, [btc1])])
-    with db.transaction() as s:  # BTC closed: missing from the newer snapshot
-        ledger.apply_batch(s, [], [], [(1, 30, [eth])])
-    with db.transaction() as s:  # the same snapshot replayed
-        ledger.apply_batch(s, [], [], [(1, 30, [eth])])
-    assert stored() == {(1, "BTCUSDT"): (Decimal("0"), Decimal("102"), 30),
-                        (1, "ETHUSDT"): (Decimal("1"), Decimal("5"), 30),
+        ledger.apply_batch(s, [], [], [(1, 12, [btc1], False)])
+    with db.transaction() as s:  # BTC reported closed (size 0)
+        ledger.apply_batch(s, [], [], [(1, 30, [eth, replace(btc2, size=Decimal(0))], False)])
+    with db.transaction() as s:  # the same report replayed
+        ledger.apply_batch(s, [], [], [(1, 30, [eth, replace(btc2, size=Decimal(0))], False)])
+    assert stored()[(1, "BTCUSDT")] == (Decimal("0"), Decimal("102"), 30)
+    assert stored()[(1, "SOLUSDT")] == (Decimal("3"), Decimal("150"), 20)
+    with db.transaction() as s:  # a restarted stream's first report: SOL closed meanwhile
+        ledger.apply_batch(s, [], [], [(1, 40, [eth], True)])
+    assert stored() == {(1, "BTCUSDT"): (Decimal("0"), Decimal("102"), 40),
+                        (1, "ETHUSDT"): (Decimal("1"), Decimal("5"), 40),
+                        (1, "SOLUSDT"): (Decimal("0"), Decimal("150"), 40),
                         (2, "BTCUSDT"): (Decimal("0.01"), Decimal("100"), 15)}
     db.dispose()

@@ -328,3 +328,21 @@ def test_a_stream_the_rate_governor_holds_waits_for_the_budget_instead_of_spinni
                            on_fill=lambda f: None, sleep=sleep)
     stream.run()  # connect held, then the poll held, ...: each waits out Retry-After
     assert len(sleeps) == 4 and all(30 <= s <= 37.5 for s in sleeps), sleeps
+
+
+def test_position_reports_carry_closed_symbols_and_the_first_is_complete() -> None:
+    from services.account_stream import AccountStream
+    reports: list = []
+    state = AccountState(1, 1, "binance", False)
+    stream = AccountStream(state, get_client=lambda: None, realized_pnl=lambda: None,  # type: ignore[arg-type, return-value]
+                           publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None,
+                           on_positions=lambda held, as_of, complete: reports.append(
+                               ([(p.symbol, p.size) for p in held], complete)))
+    state.set_positions([_pos("0.01")])
+    stream._report_positions()
+    stream._report_positions()               # unchanged: not reported again
+    state.set_positions([_pos("0.02", mark="102")])
+    stream._report_positions()               # the mark moved only: not reported
+    state.set_positions([])
+    stream._report_positions()               # closed: reported with size 0
+    assert reports == [([("BTCUSDT", Decimal("0.01"))], True), ([("BTCUSDT", Decimal("0"))], False)]
