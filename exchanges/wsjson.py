@@ -15,6 +15,17 @@ import websocket
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
 
 
+MIN_WAIT_S = 0.001
+
+
+def set_wait(ws: websocket.WebSocket, timeout_s: float) -> None:
+    """Give ``ws`` a read timeout of ``timeout_s`` seconds, at least ``MIN_WAIT_S``: a
+    caller whose deadline has just passed asks for 0 or less, and a zero socket timeout
+    would be non-blocking mode, whose EAGAIN (BlockingIOError) reads as a lost
+    connection and costs a reconnect."""
+    ws.settimeout(max(MIN_WAIT_S, timeout_s))
+
+
 class JsonWebSocket:
     """One WebSocket whose text frames are JSON.
 
@@ -66,7 +77,7 @@ class JsonWebSocket:
         if ws is None:
             raise ExchangeUnavailable(self._exchange, None, f"{self._what} not connected")
         try:
-            ws.settimeout(timeout_s)
+            set_wait(ws, timeout_s)
             opcode, data = ws.recv_data()
         except (websocket.WebSocketTimeoutException, socket.timeout):
             return None

@@ -30,6 +30,7 @@ from exchanges.binance.mapping import parse_user_event
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
 from exchanges.governor import ORDER, QUERY
 from exchanges.types import StreamEvent
+from exchanges.wsjson import set_wait
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class BinanceUserStream:
         if ws is None:
             raise ExchangeUnavailable(EXCHANGE, None, "user stream not connected")
         try:
-            ws.settimeout(timeout_s)
+            set_wait(ws, timeout_s)
             opcode, data = ws.recv_data()
         except (websocket.WebSocketTimeoutException, socket.timeout):
             return []

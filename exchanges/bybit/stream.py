@@ -37,6 +37,7 @@ from exchanges.bybit.errors import EXCHANGE
 from exchanges.bybit.mapping import parse_private_event
 from exchanges.errors import AuthFailed, ExchangeTimeout, ExchangeUnavailable
 from exchanges.types import StreamEvent
+from exchanges.wsjson import set_wait
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class BybitUserStream:
         if ws is None:
             raise ExchangeUnavailable(EXCHANGE, None, "private stream not connected")
         try:
-            ws.settimeout(timeout_s)
+            set_wait(ws, timeout_s)
             opcode, data = ws.recv_data()
         except (websocket.WebSocketTimeoutException, socket.timeout):
             return None

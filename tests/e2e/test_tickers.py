@@ -31,6 +31,7 @@ def test_pnl_follows_mark_ticks_without_rest_polling(account, listen, sim) -> No
     lst = listen(account.token)
     lst.call("subscribe", {"types": ["positions", "pnl", "balance"]})
     lst.wait_for("stream_status", lambda d: d["state"] == "live")
+    since_live = lst.mark()
     r = account.post("/api/orders", {"key_id": account.key_id, "symbol": "XRPUSDT", "side": "SELL",
                                      "type": "MARKET", "quantity": "100"})
     assert r.status_code == 201 and r.json()["trade"]["status"] == "open", r.text
@@ -53,3 +54,7 @@ def test_pnl_follows_mark_ticks_without_rest_polling(account, listen, sim) -> No
     polled = {k: after.get(k, 0) - before.get(k, 0) for k in after
               if after.get(k, 0) != before.get(k, 0) and "listenKey" not in k}
     assert polled == {}, f"REST calls while the streams were live: {polled}"
+    # the REST completion of the fill's account event ran without dropping the stream
+    # (a zero socket timeout once read as a lost connection and forced a reconnect)
+    statuses = [d["state"] for n, d in lst.all[since_live:] if n == "stream_status"]
+    assert statuses == [], statuses

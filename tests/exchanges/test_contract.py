@@ -347,6 +347,21 @@ def test_user_stream_order_fill_and_account_events(client, venue):
         stream.close()
 
 
+def test_user_stream_recv_with_no_time_left_is_no_events_not_a_drop(client):
+    """A caller whose deadline has just passed asks with ``timeout_s=0`` (or a hair
+    below): that is "nothing yet", never a lost connection (a zero socket timeout is
+    non-blocking mode, whose EAGAIN once read as a drop and cost a reconnect)."""
+    stream = client.user_stream()
+    stream.connect()
+    try:
+        for timeout_s in (0.0, -0.002, 0.0):
+            assert stream.recv(timeout_s=timeout_s) == []
+        assert stream.connected
+        assert stream.recv(timeout_s=0.1) == []  # still a working blocking socket
+    finally:
+        stream.close()
+
+
 def test_user_stream_dropped_socket_raises_unavailable(client, sim, account):
     stream = client.user_stream()
     stream.connect()

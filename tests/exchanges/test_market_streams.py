@@ -41,3 +41,19 @@ def test_price_moves_arrive_as_ticks(sim, exchange) -> None:  # type: ignore[no-
             assert tick.last_price == Decimal("3411.5")
     finally:
         stream.close()
+
+
+@pytest.mark.parametrize("exchange", ["binance", "bybit"])
+def test_recv_with_no_time_left_keeps_the_stream(sim, exchange) -> None:  # type: ignore[no-untyped-def]
+    """``recv(0)`` (a deadline just passed) is "no tick yet", not a lost connection."""
+    sim.set_price("ETHUSDT", "3400")
+    stream = create_market_stream(exchange, "ETHUSDT", VenueEndpoints(sim.url, sim.ws_url))
+    stream.connect()
+    try:
+        _ticks_until(stream, lambda t: t.mark_price == Decimal("3400"))
+        for _ in range(20):  # raised ExchangeUnavailable (BlockingIOError) before the fix
+            assert all(t.symbol == "ETHUSDT" for t in stream.recv(0.0))
+        sim.set_price("ETHUSDT", "3401")
+        _ticks_until(stream, lambda t: t.mark_price == Decimal("3401"))
+    finally:
+        stream.close()
