@@ -119,12 +119,12 @@ def _build_services(cfg: Config) -> Services:
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
 
-    governors = Governors()
+    governors = Governors(cfg.EGRESS_IPS)
 
     def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]
         return create_client(exchange, api_key, api_secret, testnet, cfg.venue(exchange, testnet),
                              timeout_s=cfg.EXCHANGE_TIMEOUT_S,
-                             governor=governors.get(exchange, testnet))
+                             governor=governors.for_key(exchange, testnet, api_key))
 
     trading = TradingService(build_client, max_size=cfg.CLIENT_CACHE_MAX)
 

@@ -8,6 +8,7 @@ never starts the simulator and refuses to start without ``DATABASE_URL``,
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -66,6 +67,7 @@ class Config:
     MAX_CONTENT_LENGTH: int = 64 * 1024
     EXCHANGE_TIMEOUT_S: float = 10.0
     CLIENT_CACHE_MAX: int = 10_000
+    EGRESS_IPS: tuple[str, ...] = ()  # source addresses for exchange traffic (exchanges.egress)
     POLL_INTERVAL_S: float = 1.0
     STREAM_RECV_TIMEOUT_S: float = 3.0
     ORDER_CONFIRM_TIMEOUT_S: float = 5.0
@@ -100,6 +102,20 @@ def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _egress_ips(value: str) -> tuple[str, ...]:
+    """``EGRESS_IPS``: comma-separated local IP addresses, each checked. Raises
+    ConfigError naming the one that is not an address."""
+    out = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ConfigError(f"EGRESS_IPS: {item!r} is not an IP address") from None
+    return tuple(dict.fromkeys(out))
 
 
 def _demo_secrets() -> dict[str, str]:
@@ -155,6 +171,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     values["RECONCILE_REPAIR"] = _bool(env.get("RECONCILE_REPAIR"), False)
     values["OLD_KEY_ENCRYPTION_KEYS"] = tuple(
         k.strip() for k in env.get("OLD_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip())
+    values["EGRESS_IPS"] = _egress_ips(env.get("EGRESS_IPS", ""))
     if env.get("MESSAGE_QUEUE_URL"):
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),

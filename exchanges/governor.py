@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Callable
 
+from exchanges.egress import egress_for
 from exchanges.errors import IpBanned, RateLimited, ThrottledLocally
 
 ORDER = "order"   # order placement and cancel: may use the whole budget
@@ -42,12 +44,15 @@ class RateGovernor:
         query_share: fraction of the limit queries may use (orders get the rest).
         clock: seconds, monotonic (injectable for tests); ``wall``: seconds since the
             epoch (the windows).
+        egress: the local source address whose budget this is (None: the host's
+            default route); the clients it admits bind to it.
     """
 
     def __init__(self, exchange: str, weight_limit: int = 2400, window_s: float = 60.0,
                  query_share: float = 0.8, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, egress: str | None = None) -> None:
         self.exchange = exchange
+        self.egress = egress
         self.weight_limit = weight_limit
         self.window_s = window_s
         self.query_share = query_share
@@ -128,25 +133,38 @@ class RateGovernor:
 
 
 class Governors:
-    """The governors of this process, one per (exchange, testnet), made on first use
-    with the venue's ``VENUE_LIMITS``."""
+    """The governors of this process, one per (exchange, testnet, egress address), made
+    on first use with the venue's ``VENUE_LIMITS``.
 
-    def __init__(self) -> None:
+    Args:
+        egress_ips: the host's source addresses for exchange traffic (``EGRESS_IPS``);
+            each API key is assigned one (``exchanges.egress.egress_for``). Empty: one
+            governor per venue, on the default route.
+    """
+
+    def __init__(self, egress_ips: Sequence[str] = ()) -> None:
         self._lock = threading.Lock()
-        self._by_venue: dict[tuple[str, bool], RateGovernor] = {}
+        self._egress_ips = tuple(egress_ips)
+        self._by_venue: dict[tuple[str, bool, str | None], RateGovernor] = {}
 
-    def get(self, exchange: str, testnet: bool) -> RateGovernor:
-        """The venue's governor."""
+    def get(self, exchange: str, testnet: bool, egress: str | None = None) -> RateGovernor:
+        """The governor of the venue's traffic from ``egress`` (None: default route)."""
         with self._lock:
-            gov = self._by_venue.get((exchange, testnet))
+            gov = self._by_venue.get((exchange, testnet, egress))
             if gov is None:
                 limit, window_s = VENUE_LIMITS.get(exchange, (2400, 60.0))
-                gov = self._by_venue[(exchange, testnet)] = RateGovernor(
-                    exchange, weight_limit=limit, window_s=window_s)
+                gov = self._by_venue[(exchange, testnet, egress)] = RateGovernor(
+                    exchange, weight_limit=limit, window_s=window_s, egress=egress)
             return gov
 
+    def for_key(self, exchange: str, testnet: bool, api_key: str) -> RateGovernor:
+        """The governor of ``api_key``'s egress address on the venue (its
+        ``egress`` is the address the key's clients bind to)."""
+        return self.get(exchange, testnet, egress_for(api_key, self._egress_ips))
+
     def stats(self) -> dict:
-        """``{"<exchange>[-testnet]": governor stats}``."""
+        """``{"<exchange>[-testnet][@<egress address>]": governor stats}``."""
         with self._lock:
             items = list(self._by_venue.items())
-        return {f"{ex}{'-testnet' if tn else ''}": g.stats() for (ex, tn), g in items}
+        return {f"{ex}{'-testnet' if tn else ''}{'@' + eg if eg else ''}": g.stats()
+                for (ex, tn, eg), g in items}

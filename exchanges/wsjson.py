@@ -12,10 +12,22 @@ from typing import Any
 
 import websocket
 
+from exchanges.egress import bound_socket
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
 
 
 MIN_WAIT_S = 0.001
+
+
+def create_connection(url: str, timeout_s: float, source_address: str | None = None,
+                      **options: Any) -> websocket.WebSocket:
+    """``websocket.create_connection`` with UTF-8 validation off, from
+    ``source_address`` when one is given (``exchanges.egress``). Raises what
+    websocket-client raises, and OSError from the bound connect."""
+    if source_address:
+        options["socket"] = bound_socket(url, timeout_s, source_address)
+    return websocket.create_connection(url, timeout=timeout_s, skip_utf8_validation=True,
+                                       **options)
 
 
 def set_wait(ws: websocket.WebSocket, timeout_s: float) -> None:
@@ -47,9 +59,7 @@ class JsonWebSocket:
     def connect(self, url: str, timeout_s: float) -> None:
         """Open ``url``. Raises ExchangeTimeout or ExchangeUnavailable."""
         try:
-            self._ws = websocket.create_connection(url, timeout=timeout_s,
-                                                   skip_utf8_validation=True,
-                                                   enable_multithread=True)
+            self._ws = create_connection(url, timeout_s, enable_multithread=True)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
             raise ExchangeTimeout(self._exchange, None, f"{self._what} connect timed out") from e
         except (websocket.WebSocketException, OSError) as e:

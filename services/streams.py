@@ -29,6 +29,9 @@ POLLING_KEYS_PER_S = 100  # accounts polled per second in all while streams are 
 POLLING_SHARE = 0.5  # of a venue's query budget (its governor) the polling may use
 
 
+PaceGroup = tuple[str, bool, str | None]  # (exchange, testnet, egress address)
+
+
 def _lease(key_id: int) -> str:
     return f"stream:{key_id}"
 
@@ -76,6 +79,7 @@ class StreamManager:
         self._governors = governors
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
+        self._groups: dict[int, PaceGroup] = {}  # key_id -> its polling pace group
         self._followed: dict[int, int] = {}  # key_id -> user_id, owned by another process
         self._realized_pending: set[int] = set()
         self.started = 0
@@ -103,6 +107,7 @@ class StreamManager:
         state = AccountState(user_id, key.id, key.exchange, key.testnet)
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
+        group = self._pace_group(exchange, testnet, api_key)
         stream = AccountStream(
             state, get_client=lambda: self._trading.get_client(
                 user_id, exchange, testnet, api_key, self._cipher.decrypt(encrypted)),
@@ -114,40 +119,49 @@ class StreamManager:
                 key_id, held, as_of, complete),
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
-            poll_scale=lambda: self._poll_scale(exchange, testnet), audience=self._audience)
+            poll_scale=lambda: self._poll_scale(group), audience=self._audience)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:
                 return existing
             self._streams[key_id] = stream
+            self._groups[key_id] = group
             self._followed.pop(key_id, None)
             self.started += 1
         self._spawn(stream.run)
         logger.info("account stream started user_id=%s key_id=%s", user_id, key_id)
         return stream
 
-    def _polling_keys_per_s(self, exchange: str, testnet: bool) -> float:
-        """Accounts of the venue the polling fallback may refresh per second: at most
-        ``POLLING_KEYS_PER_S`` (what this server sustains), and within
-        ``POLLING_SHARE`` of the venue's per-IP query budget at
-        ``POLL_ROUND_WEIGHT`` per account (Binance: 2400 * 0.8 / 60 * 0.5 / 16 = 1
-        account a second)."""
+    def _pace_group(self, exchange: str, testnet: bool, api_key: str) -> PaceGroup:
+        """``(exchange, testnet, egress address)``: the accounts whose polling shares
+        one rate governor's budget (egress None without governors or EGRESS_IPS)."""
+        egress = (self._governors.for_key(exchange, testnet, api_key).egress
+                  if self._governors is not None else None)
+        return exchange, testnet, egress
+
+    def _polling_keys_per_s(self, group: PaceGroup) -> float:
+        """Accounts of the pace group the polling fallback may refresh per second: at
+        most ``POLLING_KEYS_PER_S`` (what this server sustains), and within
+        ``POLLING_SHARE`` of the group's per-IP query budget at ``POLL_ROUND_WEIGHT``
+        per account (Binance: 2400 * 0.8 / 60 * 0.5 / 16 = 1 account a second)."""
         rate = float(POLLING_KEYS_PER_S)
         if self._governors is not None:
-            budget = self._governors.get(exchange, testnet).query_weight_per_s() * POLLING_SHARE
+            exchange, testnet, egress = group
+            budget = self._governors.get(exchange, testnet, egress).query_weight_per_s() \
+                * POLLING_SHARE
             rate = min(rate, budget / POLL_ROUND_WEIGHT.get(exchange, 1))
         return rate
 
-    def _poll_scale(self, exchange: str, testnet: bool) -> float:
-        """How much to stretch the polling interval of the venue's accounts: with ``n``
-        of them polling, each polls every ``max(1, n / (rate * interval))``
+    def _poll_scale(self, group: PaceGroup) -> float:
+        """How much to stretch the polling interval of the group's accounts: with
+        ``n`` of them polling, each polls every ``max(1, n / (rate * interval))``
         intervals, ``rate`` being ``_polling_keys_per_s`` (the benchmark showed 1,000
         accounts polled every second saturate the server, and the venue's per-IP
         limit would refuse them)."""
         with self._lock:
-            polling = sum(1 for s in self._streams.values() if s.stream is None
-                          and (s.state.exchange, s.state.testnet) == (exchange, testnet))
-        rate = self._polling_keys_per_s(exchange, testnet)
+            polling = sum(1 for key_id, s in self._streams.items()
+                          if s.stream is None and self._groups.get(key_id) == group)
+        rate = self._polling_keys_per_s(group)
         return max(1.0, polling / (rate * self._settings.poll_interval_s))
 
     def _maintain_leases(self) -> None:
@@ -238,23 +252,27 @@ class StreamManager:
     def stats(self) -> dict:
         """``{"running", "started", "by_state": {state: n}, "events_seen", "refreshes_held"
         (REST refreshes after account events the rate governor postponed), "followed",
-        "takeovers", "polling_refresh_s": {"<exchange>[-testnet]": seconds between two
-        REST refreshes of one polling account}}``."""
+        "takeovers", "polling_refresh_s": {"<exchange>[-testnet][@<egress>]": seconds
+        between two REST refreshes of one polling account}}``."""
         with self._lock:
-            streams = list(self._streams.values())
+            streams = list(self._streams.items())
+            groups = dict(self._groups)
         by_state: dict[str, int] = {}
         refresh: dict[str, float] = {}
-        for s in streams:
+        for key_id, s in streams:
             by_state[s.status] = by_state.get(s.status, 0) + 1
-            venue = f"{s.state.exchange}{'-testnet' if s.state.testnet else ''}"
-            if s.stream is None and venue not in refresh:
-                refresh[venue] = round(self._settings.poll_interval_s * self._poll_scale(
-                    s.state.exchange, s.state.testnet), 1)
+            group = groups.get(key_id)
+            if s.stream is None and group is not None:
+                exchange, testnet, egress = group
+                name = f"{exchange}{'-testnet' if testnet else ''}{'@' + egress if egress else ''}"
+                if name not in refresh:
+                    refresh[name] = round(self._settings.poll_interval_s
+                                          * self._poll_scale(group), 1)
         with self._lock:
             followed = len(self._followed)
         return {"running": len(streams), "started": self.started, "by_state": by_state,
-                "events_seen": sum(s.events_seen for s in streams), "followed": followed,
-                "refreshes_held": sum(s.refreshes_held for s in streams),
+                "events_seen": sum(s.events_seen for _, s in streams), "followed": followed,
+                "refreshes_held": sum(s.refreshes_held for _, s in streams),
                 "takeovers": self.takeovers, "polling_refresh_s": refresh}
 
     def stop_all(self) -> None:

@@ -29,6 +29,7 @@ from binance.client import Client
 from exchanges.binance import mapping
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.stream import BinanceUserStream
+from exchanges.egress import bind_session
 from exchanges.errors import InvalidOrder
 from exchanges.governor import ORDER, RateGovernor
 from exchanges.rest_base import GovernedRestClient
@@ -67,7 +68,9 @@ class BinanceFuturesClient(GovernedRestClient):
         endpoints: ``rest_url`` like ``https://fapi.binance.com`` (``/fapi`` and
             ``/api`` are appended) and ``ws_url`` like ``wss://fstream.binance.com``.
         timeout_s: per-request ``requests`` timeout, seconds.
-        governor: the venue's shared RateGovernor (None: no admission control).
+        governor: the venue's shared RateGovernor (None: no admission control); its
+            ``egress`` address, when set, is where this key's REST session and
+            private stream connect from.
     """
 
     exchange = EXCHANGE
@@ -86,6 +89,9 @@ class BinanceFuturesClient(GovernedRestClient):
                               ping=False, testnet=False)
         self._client.FUTURES_URL = rest + "/fapi"
         self._client.API_URL = rest + "/api"
+        self._egress = governor.egress if governor is not None else None
+        if self._egress:
+            bind_session(self._client.session, self._egress)
         self._closed = False
         self._clock_synced = False
         self._rules_lock = threading.Lock()
@@ -239,7 +245,8 @@ class BinanceFuturesClient(GovernedRestClient):
         """A new, unconnected user-data stream for this key."""
         return BinanceUserStream(self._client, self.endpoints.ws_url, self.timeout_s,
                                  key_hint=self._api_key_hint,
-                                 rest=lambda call, priority: self._io(call, priority, 1))
+                                 rest=lambda call, priority: self._io(call, priority, 1),
+                                 source_address=self._egress)
 
     def close(self) -> None:
         """Close the HTTP session; never raises."""

@@ -30,7 +30,7 @@ from exchanges.binance.mapping import parse_user_event
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
 from exchanges.governor import ORDER, QUERY
 from exchanges.types import StreamEvent
-from exchanges.wsjson import set_wait
+from exchanges.wsjson import create_connection, set_wait
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,18 @@ class BinanceUserStream:
             errors (the owning client passes its rate-governed ``_io``: each listenKey
             call weighs 1; keepalives go with order priority, since a lapsed key costs
             a reconnect and a snapshot). Default: errors mapped, no governor.
+        source_address: the local address the socket leaves from (the key's egress,
+            ``exchanges.egress``); None: the default route.
     """
 
     keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
 
     def __init__(self, client: Client, ws_url: str, timeout_s: float = 10.0,
                  key_hint: str = "-",
-                 rest: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
+                 rest: Callable[[Callable[[], Any], str], Any] | None = None,
+                 source_address: str | None = None) -> None:
         self._client = client
+        self._source_address = source_address
         self._rest = rest or _mapped
         self._ws_url = ws_url.rstrip("/")
         self._timeout_s = timeout_s
@@ -90,8 +94,7 @@ class BinanceUserStream:
         self._listen_key = listen_key
         url = f"{self._ws_url}/private/ws?listenKey={listen_key}"
         try:
-            self._ws = websocket.create_connection(url, timeout=self._timeout_s,
-                                                   skip_utf8_validation=True)
+            self._ws = create_connection(url, self._timeout_s, self._source_address)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
             raise ExchangeTimeout(EXCHANGE, None, "user stream handshake timed out") from e
         except websocket.WebSocketBadStatusException as e:

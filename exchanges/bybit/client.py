@@ -37,6 +37,7 @@ from exchanges.bybit import mapping
 from exchanges.bybit.errors import EXCHANGE, bybit_errors
 from exchanges.bybit.http import OffsetHTTP
 from exchanges.bybit.stream import BybitUserStream
+from exchanges.egress import bind_session
 from exchanges.errors import ExchangeError, InvalidOrder, OrderNotFound
 from exchanges.governor import ORDER, RateGovernor
 from exchanges.rest_base import GovernedRestClient
@@ -82,7 +83,9 @@ class BybitLinearClient(GovernedRestClient):
         endpoints: ``rest_url`` like ``https://api.bybit.com`` and ``ws_url`` like
             ``wss://stream.bybit.com`` (``/v5/private`` is appended).
         timeout_s: per-request ``requests`` timeout, seconds.
-        governor: the venue's shared RateGovernor (None: no admission control).
+        governor: the venue's shared RateGovernor (None: no admission control); its
+            ``egress`` address, when set, is where this key's REST session and
+            private stream connect from.
     """
 
     exchange = EXCHANGE
@@ -101,6 +104,9 @@ class BybitLinearClient(GovernedRestClient):
                                  timeout=timeout_s, recv_window=RECV_WINDOW_MS, max_retries=1,
                                  retry_delay=0, retry_codes=set(), log_requests=False)
         self._http.endpoint = endpoints.rest_url.rstrip("/")
+        self._egress = governor.egress if governor is not None else None
+        if self._egress:
+            bind_session(self._http.client, self._egress)
         self._closed = False
         self._clock_synced = False
         self._rules_lock = threading.Lock()
@@ -315,7 +321,7 @@ class BybitLinearClient(GovernedRestClient):
         """A new, unconnected private stream (auth ``expires`` uses our clock offset)."""
         return BybitUserStream(self._api_key, self._api_secret, self.endpoints.ws_url,
                                self.timeout_s, server_now_ms=self._stream_clock,
-                               key_hint=self._api_key_hint)
+                               key_hint=self._api_key_hint, source_address=self._egress)
 
     def _stream_clock(self) -> int:
         if not self._clock_synced:

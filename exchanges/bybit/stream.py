@@ -37,7 +37,7 @@ from exchanges.bybit.errors import EXCHANGE
 from exchanges.bybit.mapping import parse_private_event
 from exchanges.errors import AuthFailed, ExchangeTimeout, ExchangeUnavailable
 from exchanges.types import StreamEvent
-from exchanges.wsjson import set_wait
+from exchanges.wsjson import create_connection, set_wait
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,17 @@ class BybitUserStream:
         server_now_ms: the server's clock in ms UTC (local + the client's offset);
             default the local clock.
         key_hint: masked API key for log lines.
+        source_address: the local address the socket leaves from (the key's egress,
+            ``exchanges.egress``); None: the default route.
     """
 
     keepalive_interval_s: float = PING_INTERVAL_S
 
     def __init__(self, api_key: str, api_secret: str, ws_url: str, timeout_s: float = 10.0,
-                 server_now_ms: Callable[[], int] | None = None, key_hint: str = "-") -> None:
+                 server_now_ms: Callable[[], int] | None = None, key_hint: str = "-",
+                 source_address: str | None = None) -> None:
         self._api_key, self._api_secret = api_key, api_secret
+        self._source_address = source_address
         self._url = ws_url.rstrip("/") + PRIVATE_PATH
         self._timeout_s = timeout_s
         self._server_now_ms = server_now_ms or (lambda: int(time.time() * 1000))
@@ -94,8 +98,8 @@ class BybitUserStream:
         """
         try:
             # enable_multithread: keepalive() may send from another green thread.
-            ws = websocket.create_connection(self._url, timeout=self._timeout_s,
-                                             skip_utf8_validation=True, enable_multithread=True)
+            ws = create_connection(self._url, self._timeout_s, self._source_address,
+                                   enable_multithread=True)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
             raise ExchangeTimeout(EXCHANGE, None, "private stream handshake timed out") from e
         except websocket.WebSocketBadStatusException as e:

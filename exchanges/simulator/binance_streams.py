@@ -54,6 +54,7 @@ class StreamConn:
     symbol: str | None = None
     connected_ms: int = 0
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    peer: str = ""  # the client's IP address
 
     def send(self, text: str) -> None:
         """Queue a text frame (never blocks)."""
@@ -291,7 +292,7 @@ class BinanceStreams:
             await ws.close(code=1008, message=b"invalid listenKey")
             return ws
         conn = StreamConn(ws, "user", api_key=lk.api_key, listen_key=lk.key,
-                          connected_ms=self.clock.now_ms())
+                          connected_ms=self.clock.now_ms(), peer=request.remote or "")
         lk.conns.add(conn)    # before the handshake completes: no event is missed
         logger.debug("user stream open api_key=%s", mask(lk.api_key))
         try:
@@ -330,6 +331,7 @@ class BinanceStreams:
         now = time.monotonic()
         out = [{"protocol": "binance", "kind": "user", "listen_key": lk.key,
                 "api_key": lk.api_key, "connections": len(lk.conns),
+                "peers": sorted(c.peer for c in lk.conns),
                 "expires_in_s": round(lk.expires - now, 1)} for lk in self.keys.values()]
         out += [{"protocol": "binance", "kind": "market", "symbol": symbol,
                  "stream": f"{symbol.lower()}@markPrice", "connections": len(subs)}

@@ -64,6 +64,7 @@ class BybitConn:
     api_key: str | None = None
     topics: set[str] = field(default_factory=set)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    peer: str = ""  # the client's IP address
 
     def send(self, payload: dict | str) -> None:
         """Queue a text frame (a dict is JSON-encoded)."""
@@ -178,7 +179,8 @@ class BybitStreams:
 
     async def _serve(self, request: web.Request, kind: str) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True, heartbeat=None)
-        conn = BybitConn(ws, kind, uuid.uuid4().hex[:20] + "-" + kind[:3])
+        conn = BybitConn(ws, kind, uuid.uuid4().hex[:20] + "-" + kind[:3],
+                         peer=request.remote or "")
         self.conns.add(conn)
         writer = asyncio.get_running_loop().create_task(self._write(conn))
         try:
@@ -323,6 +325,7 @@ class BybitStreams:
             row = {"protocol": "bybit", "kind": conn.kind, "conn_id": conn.conn_id,
                    "topics": sorted(conn.topics)}
             if conn.kind == "private":
-                row.update({"api_key": conn.api_key, "authenticated": conn.api_key is not None})
+                row.update({"api_key": conn.api_key, "authenticated": conn.api_key is not None,
+                            "peers": [conn.peer]})
             out.append(row)
         return out

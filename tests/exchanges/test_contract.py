@@ -24,6 +24,7 @@ from exchanges.errors import (
     OrderNotFound, RateLimited,
 )
 from exchanges.factory import create_client
+from exchanges.governor import Governors
 from exchanges.types import (
     AccountEvent, FillEvent, OrderEvent, OrderRequest, OrderStatus, VenueEndpoints,
 )
@@ -371,3 +372,25 @@ def test_user_stream_dropped_socket_raises_unavailable(client, sim, account):
             collect(stream, lambda evs: False, deadline_s=3.0)
     finally:
         stream.close()
+
+
+# ---- egress address ---------------------------------------------------------------------
+
+def test_rest_and_user_stream_leave_from_the_keys_egress_address(venue, account, endpoints, sim):
+    """With ``EGRESS_IPS`` the key's governor names its source address: the REST
+    session and the private stream bind to it, so the exchange counts this key's
+    weight against that address (127.0.0.2 is loopback too on Linux)."""
+    gov = Governors(["127.0.0.2"]).for_key(venue.name, False, account[0])
+    assert gov.egress == "127.0.0.2"
+    c = create_client(venue.name, *account, False, endpoints, timeout_s=5, governor=gov)
+    stream = c.user_stream()
+    try:
+        c.get_balance()
+        stream.connect()
+        [row] = [s for s in sim.state()["streams"] if s.get("api_key") == account[0]]
+        assert row["peers"] == ["127.0.0.2"], row
+        assert f"{venue.name} 127.0.0.2" in sim.state()["weight_per_minute"]  # REST, per IP
+        assert gov.stats()["requests"] >= 1
+    finally:
+        stream.close()
+        c.close()

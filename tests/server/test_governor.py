@@ -60,6 +60,34 @@ def test_one_governor_per_venue() -> None:
     assert set(govs.stats()) == {"binance", "binance-testnet"}
 
 
+def test_each_egress_address_has_its_own_governor_and_keys_stay_on_theirs() -> None:
+    from exchanges.egress import egress_for
+    addresses = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    govs = Governors(addresses)
+    keys = [f"key-{i}" for i in range(300)]
+    picked = [govs.for_key("binance", False, k) for k in keys]
+    assert all(g.egress == egress_for(k, addresses) for g, k in zip(picked, keys))
+    assert [govs.for_key("binance", False, k) for k in keys] == picked  # stable per key
+    per_address = {a: sum(g.egress == a for g in picked) for a in addresses}
+    assert all(60 <= n <= 140 for n in per_address.values()), per_address  # spread
+    assert len({id(g) for g in picked}) == 3
+    assert set(govs.stats()) == {"binance@10.0.0.1", "binance@10.0.0.2", "binance@10.0.0.3"}
+    assert govs.for_key("bybit", False, "key-1") is not govs.for_key("binance", False, "key-1")
+    assert Governors().for_key("binance", False, "key-1").egress is None  # default route
+    assert egress_for("key-1", []) is None
+
+
+def test_egress_ips_setting_is_checked() -> None:
+    from config import ConfigError, load_config
+    env = {"APP_ENV": "production", "DATABASE_URL": "sqlite://", "SECRET_KEY": "s",
+           "KEY_ENCRYPTION_KEY": "k", "ADMIN_TOKEN": "a"}
+    assert load_config({**env, "EGRESS_IPS": "127.0.0.1, 127.0.0.2,127.0.0.1"}).EGRESS_IPS == (
+        "127.0.0.1", "127.0.0.2")
+    assert load_config(env).EGRESS_IPS == ()
+    with pytest.raises(ConfigError, match="EGRESS_IPS: 'eth0'"):
+        load_config({**env, "EGRESS_IPS": "127.0.0.1,eth0"})
+
+
 def test_weights_are_counted_here_before_the_exchange_reports_them() -> None:
     wall = Clock()
     wall.now = 600.0  # a window starts

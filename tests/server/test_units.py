@@ -189,22 +189,29 @@ def test_polling_interval_stretches_with_the_number_of_polling_accounts() -> Non
     from services.streams import POLLING_KEYS_PER_S, StreamManager
     mgr = StreamManager(None, None, None, lambda e: None, lambda *a: None,  # type: ignore[arg-type]
                         lambda s: None, None)
-    venue = {"binance": SimpleNamespace(exchange="binance", testnet=False),
-             "bybit": SimpleNamespace(exchange="bybit", testnet=False)}
-    live = SimpleNamespace(stream=object(), state=venue["binance"])
-    mgr._streams = {i: live for i in range(500)}
-    assert mgr._poll_scale("binance", False) == 1.0      # streams up: no stretch
-    mgr._streams.update({1000 + i: SimpleNamespace(stream=None, state=venue["binance"])
-                         for i in range(3 * POLLING_KEYS_PER_S)})
-    assert mgr._poll_scale("binance", False) == 3.0      # 300 polling -> every 3 intervals
-    assert mgr._poll_scale("bybit", False) == 1.0        # the other venue's are not counted
+    binance, bybit = ("binance", False, None), ("bybit", False, None)
+
+    def add(first: int, n: int, group, live: bool) -> None:  # type: ignore[no-untyped-def]
+        for i in range(first, first + n):
+            mgr._streams[i] = SimpleNamespace(stream=object() if live else None)
+            mgr._groups[i] = group
+
+    add(0, 500, binance, live=True)
+    assert mgr._poll_scale(binance) == 1.0      # streams up: no stretch
+    add(1000, 3 * POLLING_KEYS_PER_S, binance, live=False)
+    assert mgr._poll_scale(binance) == 3.0      # 300 polling -> every 3 intervals
+    assert mgr._poll_scale(bybit) == 1.0        # the other venue's are not counted
     # with the venues' governors: Binance's 2400 weight a minute, half of its 80 % query
     # share for polling, about 16 per account -> 1 account a second: 300 take 300 s
     mgr._governors = Governors()
-    assert mgr._poll_scale("binance", False) == 300.0
-    mgr._streams.update({2000 + i: SimpleNamespace(stream=None, state=venue["bybit"])
-                         for i in range(480)})  # Bybit: 600 / 5 s * 0.8 * 0.5 / 3 = 16 a second
-    assert mgr._poll_scale("bybit", False) == 30.0
+    assert mgr._poll_scale(binance) == 300.0
+    add(2000, 480, bybit, live=False)  # Bybit: 600 / 5 s * 0.8 * 0.5 / 3 = 16 a second
+    assert mgr._poll_scale(bybit) == 30.0
+    # a second egress address has its own budget: its 100 polling accounts take 100 s,
+    # and the first address's 300 are not slowed by them
+    other = ("binance", False, "127.0.0.2")
+    add(3000, 100, other, live=False)
+    assert mgr._poll_scale(other) == 100.0 and mgr._poll_scale(binance) == 300.0
 
 
 def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:

@@ -1,0 +1,58 @@
+"""Egress addresses: the local source address an API key's exchange traffic leaves from.
+
+Binance counts request weight per IP (2,400 a minute on USD-M) and Bybit its 600
+requests per 5 s per IP, so one address caps how many accounts one server can
+snapshot, poll and recover after a reconnect storm. With ``EGRESS_IPS`` set, each key
+is assigned one of the host's addresses (stable: the same key always leaves from the
+same one, in every process and after restarts), its REST session and its private
+WebSocket bind to it, and the rate governor is kept per (venue, address). Every
+address must be routable from the host and, where the exchange key has an IP
+whitelist, be on it. Public market streams are not bound (they carry no weight).
+"""
+from __future__ import annotations
+
+import socket
+import ssl
+import zlib
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import requests
+from requests_toolbelt.adapters.source import SourceAddressAdapter
+
+
+def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
+    """The source address of ``api_key``'s traffic among ``addresses`` (CRC-32 of the
+    key modulo their number), or None (the operating system's choice) when none are
+    configured."""
+    if not addresses:
+        return None
+    return addresses[zlib.crc32(api_key.encode()) % len(addresses)]
+
+
+def bind_session(session: requests.Session, source_address: str) -> None:
+    """Make every connection ``session`` opens leave from ``source_address``
+    (requests-toolbelt's SourceAddressAdapter on ``http://`` and ``https://``)."""
+    adapter = SourceAddressAdapter(source_address)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+def bound_socket(url: str, timeout_s: float, source_address: str) -> socket.socket:
+    """A TCP connection to ``url``'s host (``ws://`` or ``wss://``) from
+    ``source_address``, TLS-wrapped (certificate and host name checked) for ``wss``,
+    for ``websocket.create_connection(url, socket=...)`` (which then skips its own
+    connect and TLS). Raises OSError (socket.timeout, ssl.SSLError)."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
+    sock = socket.create_connection((host, port), timeout=timeout_s,
+                                    source_address=(source_address, 0))
+    if not secure:
+        return sock
+    try:
+        return ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+    except Exception:
+        sock.close()
+        raise
