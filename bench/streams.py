@@ -57,10 +57,15 @@ storm (``limited_by_exchange``: 429s the simulator answered).
 Request weight: the simulator counts Binance weight per IP with each endpoint's real
 weight and, once every stream is live after setup, enforces ``--ip-weight-limit`` (2400,
 Binance USD-M's; 0 = off) with 429 ``-1003``. ``<phase>.binance_ip_weight_per_min`` and
-``storm.binance_ip_weight_per_min``: the simulator's per-minute weight of the server's IP
-in the minutes the phase touched (max), beside ``polling_refresh_s``, the server's
+``storm.binance_ip_weight_per_min``: the simulator's per-minute weight of the server's
+busiest IP in the minutes the phase touched (max), beside ``polling_refresh_s``, the server's
 interval between two REST refreshes of one polling account (``/admin/stats``). ``series``: per
 ~1 s, REST calls/s by venue and ``streams.by_state``. The database is a SQLite file.
+
+``--egress-ips N``: the server gets ``EGRESS_IPS=127.0.0.1,...,127.0.0.N`` (loopback
+addresses, so no setup is needed on Linux): each key's REST and private stream leave
+from one of them and each address has its own weight budget (the simulator counts and
+enforces the limit per address). Results then go to ``streams_<clients>_ips<N>.json``.
 """
 from __future__ import annotations
 
@@ -214,6 +219,18 @@ async def window(ctx: dict, clients: list[Client], args: argparse.Namespace) -> 
 # ---- the reconnect storm ------------------------------------------------------------------
 
 
+def venue_governor(rate_limits: dict, venue: str) -> dict:
+    """The venue's governors of ``/admin/stats`` ``rate_limits`` (one per egress
+    address, ``binance@127.0.0.2``) as one: counters summed, ``used_weight`` and
+    ``blocked_for_ms`` of the busiest address, ``weight_limit`` per address."""
+    govs = [g for k, g in rate_limits.items() if k == venue or k.startswith(venue + "@")]
+    out = {k: sum(g.get(k, 0) for g in govs) for k in ("requests", "refused_locally", "limited_by_exchange")}
+    out |= {k: max((g.get(k, 0) for g in govs), default=0) for k in ("used_weight", "blocked_for_ms")}
+    out["weight_limit"] = govs[0].get("weight_limit") if govs else None
+    out["addresses"] = len(govs)
+    return out
+
+
 async def storm(ctx: dict, clients: list[Client], args: argparse.Namespace) -> dict:
     sim, n = ctx["sim"], len(clients)
     venue_of = {c.lst.account.api_key: c.exchange for c in clients}
@@ -254,12 +271,12 @@ async def storm(ctx: dict, clients: list[Client], args: argparse.Namespace) -> d
     rest_out = {}
     for v in VENUES:
         pairs = [(a, b) for a, b in zip(sims, sims[1:]) if b[0] > t_fault]
-        gov = [a[1]["rate_limits"].get(v, {}) for a in admins]
+        gov = [venue_governor(a[1]["rate_limits"], v) for a in admins]
         rest_out[v] = {
             "peak_per_s": round(max(((b[1][v] - a[1][v]) / (b[0] - a[0]) for a, b in pairs), default=0), 1),
             "calls_first_60s": round(calls_at(sims, t_fault + 60, v) - calls_at(sims, t_fault, v)),
             "covered_s": round(sims[-1][0] - t_fault, 1), "weight_limit_per_min": gov[-1].get("weight_limit"),
-            "governor": {k: gov[-1].get(k, 0) - g0.get(v, {}).get(k, 0)
+            "governor": {k: gov[-1].get(k, 0) - venue_governor(g0, v).get(k, 0)
                          for k in ("requests", "refused_locally", "limited_by_exchange")}
             | {f"max_{k}": max(g.get(k, 0) for g in gov) for k in ("used_weight", "blocked_for_ms")}}
     series, last = [], None
@@ -369,19 +386,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ip-weight-limit", type=int, default=2400,
                    help="Binance weight per IP per minute the simulator enforces after setup (0: off)")
     p.add_argument("--reconcile-interval-s", type=float, default=0.0, help="server RECONCILE_INTERVAL_S")
+    p.add_argument("--egress-ips", type=int, default=1,
+                   help="loopback source addresses the server spreads its keys over "
+                        "(EGRESS_IPS=127.0.0.1..127.0.0.N; each has its own weight budget)")
     p.add_argument("--connect-concurrency", type=int, default=50)
     p.add_argument("--setup-workers", type=int, default=16)
     args = p.parse_args(argv)
-    log_dir = RESULTS_DIR / f"logs_streams_{args.clients}"
+    name = f"streams_{args.clients}" + (f"_ips{args.egress_ips}" if args.egress_ips > 1 else "")
+    log_dir = RESULTS_DIR / f"logs_{name}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    res: dict = {"clients": args.clients, "window_s": args.window_s, "outage": args.outage}
+    res: dict = {"clients": args.clients, "window_s": args.window_s, "outage": args.outage,
+                 "egress_ips": args.egress_ips}
     tmp, ctx, sim, gate, server = Path(tempfile.mkdtemp(prefix="bench-streams-")), {}, None, None, None
     try:
         sim = start_simulator()
         sim._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
         gate = Gate(sim.port)
         server = start_server(f"sqlite:///{tmp / 'bench.sqlite3'}", sim.url, gate.ws_url, log_dir,
-                              extra_env={"RECONCILE_INTERVAL_S": str(args.reconcile_interval_s)})
+                              extra_env={"RECONCILE_INTERVAL_S": str(args.reconcile_interval_s),
+                                         "EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in
+                                                                range(1, args.egress_ips + 1))})
         ctx = {"sim": sim, "gate": gate, "server": server, "url": server.url, "pool": ThreadPoolExecutor(8)}
         budget = args.clients * 1.5 + 4 * args.window_s + args.storm_timeout_s + 900
         asyncio.run(asyncio.wait_for(run(args, ctx, res), budget))
@@ -404,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
             ctx["pool"].shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
     print_lines("", res)
-    out = RESULTS_DIR / f"streams_{args.clients}.json"
+    out = RESULTS_DIR / f"{name}.json"
     out.write_text(json.dumps(res, indent=2))
     print(f"written: {out}")
     if "failure" in res:
