@@ -5,6 +5,8 @@ The loop (one green thread per key, shared by all the user's sockets):
 1. get the exchange client from TradingService; open the user data stream
    (Binance listenKey); then take a REST snapshot of balance, positions and open
    orders (events that arrive meanwhile wait in the socket) and push what changed;
+   after a reconnect, hand the ledger the fills of the gap; a request the venue's
+   rate governor holds back waits for its budget with the stream kept open;
 2. state ``live``; apply order and account events at once (``source: "stream"``),
    complete what account events lack (available balance, a new position's leverage
    and liquidation price) by REST at most every ``event_refresh_s`` and only when the
@@ -29,7 +31,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Callable
+from typing import Callable, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -41,6 +43,7 @@ from services.account_state import AccountState, now_ms
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Publish = Callable[[dict], None]
 MARK_STALE_S = 5.0  # no mark tick for this long: poll positions by REST instead
 MAX_BATCH = 200  # frames taken in one go during a burst
@@ -89,8 +92,10 @@ class AccountStream:
         poll_scale: factor (>= 1) stretching the polling interval while many
             accounts poll at once, so that the fallback's total REST rate stays bounded.
         sleep: cooperative sleep (``socketio.sleep``).
-        on_reconnected: called with the key id after a reconnect went live (the
-            reconciler runs for the account).
+        on_reconnected: ``on_reconnected(key_id, positions, fill_symbols)`` after a
+            reconnect went live (the reconciler runs for the account), with the
+            positions of the snapshot just taken (list[Position]) and the symbols whose
+            fills the gap fill just fetched (set[str]), so that it need not ask again.
         tickers: the shared TickerHub; while every open position's symbol gets mark
             price ticks, positions, pnl and balance are revalued from them and no
             periodic REST polling happens. None: poll while positions are open.
@@ -100,7 +105,7 @@ class AccountStream:
                  realized_pnl: Callable[[], object], publish: Publish,
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
                  settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
-                 on_reconnected: Callable[[int], None] | None = None,
+                 on_reconnected: Callable[[int, list, set], None] | None = None,
                  on_order: Callable[[object], None] | None = None,
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
@@ -245,7 +250,9 @@ class AccountStream:
     def _connect(self, client: ExchangeClient) -> None:
         """Stream first, snapshot second (an event that happens in between waits in the
         socket and is applied after it), then, on a reconnect, the gap fill; only
-        then ``live``."""
+        then ``live``. A snapshot or gap-fill request the rate governor holds back
+        waits for the venue's budget with the stream kept open (closing it would
+        spend a new listenKey and a new snapshot on the next try)."""
         symbols = self._symbols_of_interest()  # before the snapshot replaces them
         stream = client.user_stream()
         stream.connect()
@@ -253,16 +260,22 @@ class AccountStream:
         now = time.monotonic()
         self._keepalive_at = now + stream.keepalive_interval_s
         self._connected_at = self._last_event_at = now
-        self._snapshot(client, force=True)
+        for kind in ("balance", "positions", "orders"):
+            self._when_allowed(lambda k=kind: self._poll(client, kinds=(k,), force=True))
+        if self.state.realized_pnl is None:
+            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
+            self._emit(("pnl",), "rest", now_ms())
         reconnect = self._resume_from_ms is not None
         if reconnect:
-            self._gap_fill(client, symbols | self._symbols_of_interest())
+            symbols |= self._symbols_of_interest()
+            self._gap_fill(client, symbols)
         self._resume_from_ms = now_ms()
         self._set_status("live")
         logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
                     self.state.exchange)
         if reconnect and self._on_reconnected is not None:
-            self._on_reconnected(self.state.key_id)
+            self._on_reconnected(self.state.key_id, list((self.state.positions or {}).values()),
+                                 symbols)
 
     def _symbols_of_interest(self) -> set[str]:
         return self.state.position_symbols() | {o.symbol for o in (self.state.orders or {}).values()}
@@ -274,10 +287,23 @@ class AccountStream:
         since = (self._resume_from_ms or now_ms()) - GAP_SLACK_MS
         found = 0
         for symbol in sorted(symbols):
-            for fill in client.get_fills(symbol, start_time=since):
+            for fill in self._when_allowed(lambda s=symbol: client.get_fills(s, start_time=since)):
                 self._on_fill(fill)
                 found += 1
         logger.info("gap fill key_id=%s symbols=%s fills=%s", self.state.key_id, len(symbols), found)
+
+    def _when_allowed(self, call: Callable[[], T]) -> T:
+        """``call()``, waiting out the rate governor's Retry-After (with jitter) as
+        often as it holds the request back (ThrottledLocally: nothing was sent).
+        Re-raises it once the stream was stopped."""
+        while True:
+            try:
+                return call()
+            except ThrottledLocally as e:
+                if not self.running:
+                    raise
+                self.refreshes_held += 1
+                self._sleep((e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4))
 
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
@@ -386,12 +412,6 @@ class AccountStream:
             return False
         self._last_call[endpoint] = now
         return True
-
-    def _snapshot(self, client: ExchangeClient, force: bool = False) -> None:
-        self._poll(client, kinds=("balance", "positions", "orders"), force=force)
-        if self.state.realized_pnl is None:
-            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
-            self._emit(("pnl",), "rest", now_ms())
 
     def _poll(self, client: ExchangeClient,
               kinds: tuple[str, ...] = ("balance", "positions", "orders"),

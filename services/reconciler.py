@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from decimal import Decimal
 from typing import Callable
 
@@ -106,15 +107,25 @@ class Reconciler:
             self._cursor = chosen[-1].id
         return [k for k in keys if k.id in pending] + chosen
 
-    def reconcile_key(self, key: ExchangeKey) -> dict:
-        """One account. Exchange errors are reported in ``details``, never raised."""
+    def reconcile_key(self, key: ExchangeKey, positions: list[Position] | None = None,
+                      fills_checked: Collection[str] = ()) -> dict:
+        """One account. Exchange errors are reported in ``details``, never raised.
+
+        ``positions``: the exchange's positions when the caller just fetched them
+        (None: asked here); ``fills_checked``: symbols whose recent fills the caller
+        just fetched and handed to the ledger (a reconnected stream's gap fill), not
+        asked again (every fill before the gap went through the stream and the
+        write-behind, which never drops one; what a crash lost, the start-up run
+        finds)."""
         details: list[dict] = []
         checked = fixed = 0
         try:
             client = self._client_for(key)
             checked, fixed = self._settle_pending(key, client, details)
-            positions = client.get_positions()  # one call serves steps 2 and 3
-            fixed += self._missing_fills(key, client, {p.symbol for p in positions}, details)
+            if positions is None:
+                positions = client.get_positions()  # one call serves steps 2 and 3
+            fixed += self._missing_fills(key, client, {p.symbol for p in positions}, details,
+                                         skip=fills_checked)
             checked += 1
             fixed += self._positions(key, client, positions, details)
         except (ExchangeError, ServiceError, ValueError) as e:
@@ -144,12 +155,15 @@ class Reconciler:
                 logger.exception("reconcile run failed")
             sleep(interval_s)
 
-    def reconcile_key_id(self, key_id: int) -> None:
-        """Reconcile one account by key id (after a stream reconnect)."""
+    def reconcile_key_id(self, key_id: int, positions: list[Position] | None = None,
+                         fills_checked: Collection[str] = ()) -> None:
+        """Reconcile one account by key id (after a stream reconnect: with the
+        positions of its snapshot and the symbols its gap fill covered, see
+        ``reconcile_key``)."""
         with self._db.session() as s:
             key = s.get(ExchangeKey, key_id)
         if key is not None and key.status != "deleted":
-            self.reconcile_key(key)
+            self.reconcile_key(key, positions, fills_checked)
 
     def stats(self) -> dict:
         """``{"runs", "differences", "repaired", "last_run_ms", "repair"}``."""
@@ -176,12 +190,12 @@ class Reconciler:
         return len(pending), fixed
 
     def _missing_fills(self, key: ExchangeKey, client: ExchangeClient, held: set[str],
-                       details: list[dict]) -> int:
+                       details: list[dict], skip: Collection[str] = ()) -> int:
         since = now_ms() - self._fill_lookback_ms
         with self._db.session() as s:
             symbols = set(s.scalars(select(Trade.symbol).where(
                 Trade.key_id == key.id, Trade.created_at >= since).distinct()))
-        symbols |= held
+        symbols = (symbols | held) - set(skip)
         new = 0
         for symbol in sorted(symbols):
             fills = client.get_fills(symbol, start_time=since)

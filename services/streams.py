@@ -49,8 +49,9 @@ class StreamManager:
             ``record_order(key_id, order)`` and ``record_positions(key_id, positions,
             as_of, complete)`` (non-blocking: write-behind).
         tickers: the shared TickerHub for mark prices (None: poll positions).
-        on_reconnected: run (as a background task) with a key id after its stream
-            reconnected (the reconciler).
+        on_reconnected: run (as a background task) after a stream reconnected, with
+            the key id, the positions of its snapshot and the symbols it gap-filled
+            (the reconciler's ``reconcile_key_id``).
         leases: LocalLeases (one process) or RedisLeases (several).
         audience: ``audience(user_id, kind)``, False when no socket would receive
             the push (the hub's ``has_audience``); None: always build pushes.
@@ -61,7 +62,7 @@ class StreamManager:
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
                  publish: Publish, spawn: Callable, sleep: Callable[[float], None],
                  ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
-                 on_reconnected: Callable[[int], None] | None = None,
+                 on_reconnected: Callable[[int, list, set], None] | None = None,
                  leases=None, audience: Callable[[int, str], bool] | None = None,
                  governors: Governors | None = None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
@@ -226,9 +227,9 @@ class StreamManager:
             logger.info("account streams stopped user_id=%s count=%s", user_id, len(keys))
         return keys
 
-    def _reconnected(self, key_id: int) -> None:
+    def _reconnected(self, key_id: int, positions: list, fill_symbols: set) -> None:
         assert self._on_reconnected is not None
-        self._spawn(self._on_reconnected, key_id)
+        self._spawn(self._on_reconnected, key_id, positions, fill_symbols)
 
     def fills_recorded(self, key_id: int) -> None:
         """The ledger made fills of ``key_id`` durable: push the new realized PnL, at
@@ -251,7 +252,8 @@ class StreamManager:
 
     def stats(self) -> dict:
         """``{"running", "started", "by_state": {state: n}, "events_seen", "refreshes_held"
-        (REST refreshes after account events the rate governor postponed), "followed",
+        (REST calls of live streams and of (re)connect snapshots and gap fills that
+        waited for the rate governor's budget), "followed",
         "takeovers", "polling_refresh_s": {"<exchange>[-testnet][@<egress>]": seconds
         between two REST refreshes of one polling account}}``."""
         with self._lock:

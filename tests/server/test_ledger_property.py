@@ -216,3 +216,46 @@ def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -
                         (1, "SOLUSDT"): (Decimal("0"), Decimal("150"), 40),
                         (2, "BTCUSDT"): (Decimal("0.01"), Decimal("100"), 15)}
     db.dispose()
+
+
+def test_reconcile_after_a_reconnect_reuses_the_streams_snapshot_and_gap_fill(db) -> None:  # type: ignore[no-untyped-def]
+    """The stream just fetched the positions and the fills of the gap: the reconcile
+    that follows asks neither again (Binance weighs positionRisk and userTrades 5 each,
+    which a reconnect storm of hundreds of accounts pays against one IP's budget), but
+    still looks at a recently traded symbol the gap fill did not cover."""
+    from exchanges.types import Position
+    from services.reconciler import Reconciler
+
+    _replay(db, EVENTS)  # one BTCUSDT trade of 3, recent
+    with db.transaction() as s:
+        s.add(Trade(id=2, user_id=1, key_id=1, exchange="binance", symbol="ETHUSDT", side="BUY",
+                    order_type="LIMIT", quantity=Decimal("1"), price=Decimal("100"),
+                    client_order_id="c-2", entry_order_id="10", status="canceled"))
+
+    class Client:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def get_positions(self) -> list:
+            self.calls.append(("positions",))
+            return []
+
+        def get_fills(self, symbol: str, start_time: int | None = None) -> list:
+            self.calls.append(("fills", symbol))
+            return []
+
+    client = Client()
+    rec = Reconciler(db, orders=None, client_for=lambda key: client,  # type: ignore[arg-type]
+                     pending_max_age_ms=0)
+    held = Position("BTCUSDT", "LONG", Decimal("3"), Decimal("100"), Decimal("100"), Decimal(0),
+                    Decimal("20"), Decimal("0"), "cross")
+    with db.session() as s:
+        key = s.get(ExchangeKey, 1)
+    out = rec.reconcile_key(key, positions=[held], fills_checked={"BTCUSDT"})
+    assert "error" not in str(out["details"]), out
+    assert client.calls == [("fills", "ETHUSDT")]
+    client.calls.clear()
+    rec.reconcile_key(key)  # the periodic run asks for everything
+    assert client.calls[0] == ("positions",)
+    assert sorted(c for c in client.calls[1:] if c[0] == "fills") == [("fills", "BTCUSDT"),
+                                                                      ("fills", "ETHUSDT")]

@@ -257,6 +257,69 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
     assert Client.calls == 1 and stream.stream is not None
 
 
+def test_a_reconnect_whose_snapshot_is_held_back_keeps_its_stream_and_waits() -> None:
+    """Held back by the rate governor between the stream's connect and ``live``: the
+    stream stays open and the held call is tried again after Retry-After; calls that
+    went through are not repeated, and no new listenKey is spent."""
+    from exchanges.errors import ThrottledLocally
+    from services.account_stream import AccountStream
+
+    class Stream:
+        keepalive_interval_s = 1e9
+        closed = False
+
+        def connect(self) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+    calls: list[str] = []
+    held = {"positions": 1, "fills": 2}  # refusals left per kind
+
+    def answer(kind: str, value):  # type: ignore[no-untyped-def]
+        calls.append(kind)
+        if held.get(kind):
+            held[kind] -= 1
+            raise ThrottledLocally("binance", None, "query budget of this window used up", None, 7_000)
+        return value
+
+    class Client:
+        streams = 0
+
+        def user_stream(self) -> Stream:
+            Client.streams += 1
+            return Stream()
+
+        def get_balance(self):  # type: ignore[no-untyped-def]
+            return answer("balance", Balance(Decimal("100"), Decimal("0"), Decimal("100"),
+                                             Decimal("90"), ()))
+
+        def get_positions(self) -> list:
+            return answer("positions", [_pos("0.01")])
+
+        def get_open_orders(self, symbol=None) -> list:  # type: ignore[no-untyped-def]
+            return answer("orders", [])
+
+        def get_fills(self, symbol: str, start_time=None) -> list:  # type: ignore[no-untyped-def]
+            return answer("fills", [])
+
+    slept: list[float] = []
+    reconnected: list[tuple] = []
+    state = AccountState(1, 2, "binance", False)
+    stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
+                           publish=lambda env: None, on_fill=lambda f: None, sleep=slept.append,
+                           on_reconnected=lambda *a: reconnected.append(a))
+    stream._resume_from_ms = 1_000  # a reconnect: the gap fill follows the snapshot
+    stream._connect(Client())
+    assert stream.status == "live" and Client.streams == 1 and not stream.stream.closed  # type: ignore[union-attr]
+    assert calls == ["balance", "positions", "positions", "orders", "fills", "fills", "fills"]
+    assert len(slept) == 3 and all(7.0 <= s <= 8.75 for s in slept)  # Retry-After + jitter
+    assert stream.refreshes_held == 3
+    assert [(k, [p.symbol for p in ps], syms) for k, ps, syms in reconnected] == [
+        (2, ["BTCUSDT"], {"BTCUSDT"})]
+
+
 def test_account_events_are_applied_at_once_and_rest_completes_the_rest() -> None:
     from exchanges.types import AccountEvent, PositionUpdate, WalletUpdate
     state = AccountState(1, 1, "binance", False)
