@@ -249,6 +249,7 @@ class Listener:
         self.account = account
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: list[tuple[float, str, Any]] = []
+        self.opened_at = 0.0
         self._arrived = asyncio.Event()
         for name in EVENTS:
             self.sio.on(name, self._handler(name))
@@ -259,20 +260,32 @@ class Listener:
             self._arrived.set()
         return handle
 
-    async def open(self, url: str, timeout: float) -> float:
-        """Connect, subscribe (ack must be ok) and wait for one push of each account type;
-        returns the seconds this took. Raises on refusal, bad ack or timeout."""
-        t0 = time.time()
+    async def open(self, url: str, timeout: float, wait_data: bool = True) -> float:
+        """Connect, subscribe (ack must be ok) and, with ``wait_data``, wait for one push
+        of each account type; returns the seconds this took. Raises on refusal, bad ack
+        or timeout. Without ``wait_data``, ``first_data_s()`` tells when the pushes came."""
+        t0 = self.opened_at = time.time()
         deadline = time.monotonic() + timeout
         await self.sio.connect(url, auth={"token": self.account.token},
                                transports=["websocket"], wait_timeout=timeout)
         ack = await self.sio.call("subscribe", {"types": ACCOUNT_TYPES}, timeout=timeout)
         if not (isinstance(ack, dict) and ack.get("ok")):
             raise RuntimeError(f"subscribe refused: {ack}")
-        while not set(ACCOUNT_TYPES) <= {name for _, name, _ in self.events}:
+        while wait_data and not set(ACCOUNT_TYPES) <= {name for _, name, _ in self.events}:
             self._arrived.clear()
             await asyncio.wait_for(self._arrived.wait(), max(0.01, deadline - time.monotonic()))
         return time.time() - t0
+
+    def first_data_s(self) -> float | None:
+        """Seconds from ``open`` to the first push of every account type (None: some
+        type has not come yet)."""
+        first: dict[str, float] = {}
+        for t, name, _ in self.events:
+            if name in ACCOUNT_TYPES:
+                first.setdefault(name, t)
+        if not set(ACCOUNT_TYPES) <= set(first):
+            return None
+        return max(first.values()) - self.opened_at
 
     def last(self, name: str) -> Any:
         """The data of the latest ``name`` event, or None."""

@@ -20,9 +20,12 @@ that is the outage used for the polling fallback. The simulator is not told anyt
 REST keeps working: this is what a venue's user data stream being down looks like to the
 server. ``--outage all`` refuses the market streams too (then positions are polled).
 
-``initial_live``: from the end of the connects until every stream is ``live`` (each
-first snapshot costs about 50 of Binance's 2400 weight a minute, paced by the server's
-governor, so 500 Binance accounts behind one IP take minutes).
+``connect``: per client, Socket.IO connect plus the ``subscribe`` ack (the server starts
+the account's stream then). ``initial_live``: from the end of the connects until every
+stream is ``live`` (each first snapshot costs about 50 of Binance's 2400 weight a
+minute, paced by the server's governor, so 500 Binance accounts behind one IP take
+minutes); ``initial_live.first_data``: per client, from its connect to the first push
+of every account type (its snapshot).
 
 Figures, per phase ``live`` (streams up) and ``polling`` (private streams refused):
 
@@ -303,7 +306,7 @@ async def connect_all(ctx: dict, clients: list[Client], concurrency: int) -> dic
     async def one(c: Client) -> None:
         async with sem:
             try:
-                times.append(await c.lst.open(ctx["url"], timeout=60))
+                times.append(await c.lst.open(ctx["url"], timeout=60, wait_data=False))
             except Exception as e:  # counted and reported
                 errors[f"{type(e).__name__}: {str(e)[:100]}"] += 1
     t0 = time.time()
@@ -333,6 +336,9 @@ async def run(args: argparse.Namespace, ctx: dict, res: dict) -> None:
         n = len(clients := [c for c in clients if c.lst.sio.connected])
         res["initial_live"] = await wait_states(ctx, lambda s: s["by_state"].get("live") == n,
                                                 args.initial_timeout_s)
+        first = [c.lst.first_data_s() for c in clients]
+        res["initial_live"]["first_data"] = lat_s([x for x in first if x is not None]) | {
+            "missing": sum(1 for x in first if x is None)}
         if args.ip_weight_limit:
             await th(ctx, lambda: _expect(sim._session.put(
                 f"{sim.url}/_sim/limits", json={"ip_weight_limit": args.ip_weight_limit}, timeout=10),
