@@ -34,6 +34,7 @@ bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.push_latency --clients 200
 	$(PY) -m bench.push_latency --clients 1000
 	$(PY) -m bench.streams --clients 1000
+	$(PY) -m bench.streams --clients 1000 --egress-ips 4
 	$(PY) -m bench.ledger
 
 clean:
