@@ -28,7 +28,7 @@ from binance.client import Client
 
 from exchanges.binance import mapping
 from exchanges.binance.errors import EXCHANGE, binance_errors
-from exchanges.binance.stream import BinanceUserStream
+from exchanges.binance.stream import BinanceUserStream, ListenKeyHold
 from exchanges.egress import bind_session
 from exchanges.errors import InvalidOrder
 from exchanges.governor import ORDER, RateGovernor
@@ -92,6 +92,7 @@ class BinanceFuturesClient(GovernedRestClient):
         self._egress = governor.egress if governor is not None else None
         if self._egress:
             bind_session(self._client.session, self._egress)
+        self._listen_key_hold = ListenKeyHold()
         self._closed = False
         self._clock_synced = False
         self._rules_lock = threading.Lock()
@@ -246,7 +247,7 @@ class BinanceFuturesClient(GovernedRestClient):
         return BinanceUserStream(self._client, self.endpoints.ws_url, self.timeout_s,
                                  key_hint=self._api_key_hint,
                                  rest=lambda call, priority: self._io(call, priority, 1),
-                                 source_address=self._egress)
+                                 source_address=self._egress, hold=self._listen_key_hold)
 
     def close(self) -> None:
         """Close the HTTP session; never raises."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from typing import Any, Callable
 
 import websocket
@@ -47,6 +48,38 @@ def _mapped(call: Callable[[], Any], priority: str) -> Any:
         return call()
 
 
+class ListenKeyHold:
+    """The listenKey of a connect whose handshake failed on the way or on the server's
+    side (timeout, connection error, HTTP 5xx), for the next connect of the same API
+    key within ``REUSE_S``: it opens the socket with it instead of a new ``POST``.
+
+    Why: while a venue's user data streams are down, every account retries with
+    backoff, and a POST per try (weight 1 each) spent about half an IP's query budget
+    in ``bench.streams`` (7 POSTs per key per minute) that the polling fallback needed.
+    The key stays valid: a POST extends it by 60 minutes, and Binance answers a POST
+    with the account's active key anyway (USD-M "Start User Data Stream"). A handshake
+    refused with 4xx (the key is not valid) holds nothing; the next connect POSTs."""
+
+    REUSE_S = 600.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._key: str | None = None
+        self._posted_at = 0.0
+
+    def take(self) -> tuple[str, float] | None:
+        """``(listen_key, posted_at)`` if a key is held and was POSTed at most
+        ``REUSE_S`` ago (it is given out once), else None."""
+        key, self._key = self._key, None
+        if key is not None and self._clock() - self._posted_at <= self.REUSE_S:
+            return key, self._posted_at
+        return None
+
+    def hold(self, listen_key: str, posted_at: float) -> None:
+        """Keep ``listen_key``, POSTed at ``posted_at`` (``clock()``)."""
+        self._key, self._posted_at = listen_key, posted_at
+
+
 class BinanceUserStream:
     """``exchanges.base.UserStream`` for one Binance USD-M key.
 
@@ -62,6 +95,8 @@ class BinanceUserStream:
             a reconnect and a snapshot). Default: errors mapped, no governor.
         source_address: the local address the socket leaves from (the key's egress,
             ``exchanges.egress``); None: the default route.
+        hold: the key's ListenKeyHold, shared by its successive streams (None: every
+            connect POSTs).
     """
 
     keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
@@ -69,8 +104,10 @@ class BinanceUserStream:
     def __init__(self, client: Client, ws_url: str, timeout_s: float = 10.0,
                  key_hint: str = "-",
                  rest: Callable[[Callable[[], Any], str], Any] | None = None,
-                 source_address: str | None = None) -> None:
+                 source_address: str | None = None, hold: ListenKeyHold | None = None) -> None:
         self._client = client
+        self._hold = hold
+        self._posted_at = 0.0
         self._source_address = source_address
         self._rest = rest or _mapped
         self._ws_url = ws_url.rstrip("/")
@@ -85,26 +122,41 @@ class BinanceUserStream:
         return self._ws is not None and bool(self._ws.connected)
 
     def connect(self) -> None:
-        """``POST /fapi/v1/listenKey`` then open ``/private/ws?listenKey=``.
+        """``POST /fapi/v1/listenKey`` (unless the key's ListenKeyHold has one) then open
+        ``/private/ws?listenKey=``.
 
         Raises AuthFailed (-2015 etc. from the POST), RateLimited, ExchangeTimeout,
         ExchangeUnavailable (handshake refused, connection error).
         """
-        listen_key = self._rest(self._client.futures_stream_get_listen_key, QUERY)
+        held = self._hold.take() if self._hold is not None else None
+        if held is not None:
+            listen_key, self._posted_at = held
+        else:
+            listen_key = self._rest(self._client.futures_stream_get_listen_key, QUERY)
+            self._posted_at = time.monotonic()
         self._listen_key = listen_key
         url = f"{self._ws_url}/private/ws?listenKey={listen_key}"
         try:
             self._ws = create_connection(url, self._timeout_s, self._source_address)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
+            self._hold_key()
             raise ExchangeTimeout(EXCHANGE, None, "user stream handshake timed out") from e
         except websocket.WebSocketBadStatusException as e:
+            status = getattr(e, "status_code", None)
+            if status is None or status >= 500:
+                self._hold_key()
             raise ExchangeUnavailable(EXCHANGE, None, "user stream handshake refused",
-                                      getattr(e, "status_code", None)) from e
+                                      status) from e
         except (websocket.WebSocketException, OSError) as e:
+            self._hold_key()
             raise ExchangeUnavailable(EXCHANGE, None,
                                       f"user stream connect failed: {type(e).__name__}") from e
         logger.info("binance user stream connected key=%s listen_key=%s",
                     self._key_hint, _mask(listen_key))
+
+    def _hold_key(self) -> None:
+        if self._hold is not None and self._listen_key is not None:
+            self._hold.hold(self._listen_key, self._posted_at)
 
     def recv(self, timeout_s: float) -> list[StreamEvent]:
         """Wait up to ``timeout_s`` seconds for one frame and return its events.

@@ -74,3 +74,36 @@ def test_user_stream_listen_key_expired(client, sim, account):
         assert any(isinstance(e, StreamExpired) and e.event_time > 0 for e in events), events
     finally:
         stream.close()
+
+
+def test_a_failed_handshake_keeps_its_listen_key_for_the_next_connect(account, sim):
+    """While the stream endpoint is unreachable, retries reuse the listenKey POSTed for
+    the first try (no POST, weight 1, per retry); once it is reachable, that key opens
+    the stream."""
+    from exchanges.errors import ExchangeUnavailable
+    from exchanges.types import VenueEndpoints
+    from tests.support.server import free_port
+
+    dead = VenueEndpoints(sim.url, f"ws://127.0.0.1:{free_port()}")  # nothing listens there
+    c = BinanceFuturesClient(account[0], account[1], testnet=False, endpoints=dead, timeout_s=5)
+
+    def posts() -> int:
+        return sim.state()["requests"].get(account[0], {}).get("POST /fapi/v1/listenKey", 0)
+    try:
+        for _ in range(3):
+            with pytest.raises(ExchangeUnavailable):
+                c.user_stream().connect()
+        assert posts() == 1
+        c.endpoints = VenueEndpoints(sim.url, sim.ws_url)
+        stream = c.user_stream()
+        stream.connect()
+        try:
+            assert posts() == 1 and stream.connected
+        finally:
+            stream.close()  # DELETEs the key: the next connect POSTs again
+        stream = c.user_stream()
+        stream.connect()
+        stream.close()
+        assert posts() == 2
+    finally:
+        c.close()

@@ -147,3 +147,31 @@ def test_handshake_refused(monkeypatch):
     s = BinanceUserStream(FakeLib(), "ws://x")
     with pytest.raises(ExchangeUnavailable):
         s.connect()
+
+
+@pytest.mark.parametrize("status, posts", [(503, 1), (400, 2)])
+def test_a_refused_handshake_holds_the_listen_key_only_on_a_server_error(monkeypatch, status, posts):
+    """5xx: the key is fine, the next connect reuses it; 4xx: the key may not be,
+    the next connect POSTs a new one."""
+    from exchanges.binance.stream import ListenKeyHold
+
+    def refuse(url, timeout, **kw):  # type: ignore[no-untyped-def]
+        raise websocket.WebSocketBadStatusException("Handshake status %d", status)
+    monkeypatch.setattr(stream_mod.websocket, "create_connection", refuse)
+    lib, hold = FakeLib(), ListenKeyHold()
+    for _ in range(2):
+        with pytest.raises(ExchangeUnavailable) as e:
+            BinanceUserStream(lib, "ws://sim:1/", hold=hold).connect()
+        assert e.value.http_status == status
+    assert lib.calls == ["post"] * posts
+
+
+def test_a_held_listen_key_is_not_reused_once_it_is_old() -> None:
+    from exchanges.binance.stream import ListenKeyHold
+    now = [100.0]
+    hold = ListenKeyHold(clock=lambda: now[0])
+    hold.hold("LK1", posted_at=100.0)
+    assert hold.take() == ("LK1", 100.0) and hold.take() is None  # given out once
+    hold.hold("LK1", posted_at=100.0)  # a reuse that failed again keeps the POST time
+    now[0] += ListenKeyHold.REUSE_S + 1
+    assert hold.take() is None
