@@ -119,7 +119,7 @@ def _build_services(cfg: Config) -> Services:
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
 
-    governors = Governors(cfg.EGRESS_IPS)
+    governors = Governors(cfg.EGRESS_IPS, cfg.EXCHANGE_WEIGHT_LIMITS)
 
     def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]
         return create_client(exchange, api_key, api_secret, testnet, cfg.venue(exchange, testnet),

@@ -68,6 +68,7 @@ class Config:
     EXCHANGE_TIMEOUT_S: float = 10.0
     CLIENT_CACHE_MAX: int = 10_000
     EGRESS_IPS: tuple[str, ...] = ()  # source addresses for exchange traffic (exchanges.egress)
+    EXCHANGE_WEIGHT_LIMITS: dict[str, int] = field(default_factory=dict)  # per IP and window
     POLL_INTERVAL_S: float = 1.0
     STREAM_RECV_TIMEOUT_S: float = 3.0
     ORDER_CONFIRM_TIMEOUT_S: float = 5.0
@@ -116,6 +117,21 @@ def _egress_ips(value: str) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(f"EGRESS_IPS: {item!r} is not an IP address") from None
     return tuple(dict.fromkeys(out))
+
+
+def _weight_limits(value: str) -> dict[str, int]:
+    """``EXCHANGE_WEIGHT_LIMITS``: ``binance=2400,bybit=600`` (request weight per IP
+    and window). Raises ConfigError naming a malformed item."""
+    out: dict[str, int] = {}
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        name, _, number = item.partition("=")
+        if name.strip() not in ("binance", "bybit") or not number.strip().isdigit() \
+                or int(number) <= 0:
+            raise ConfigError(f"EXCHANGE_WEIGHT_LIMITS: {item!r} is not <binance|bybit>=<positive integer>")
+        out[name.strip()] = int(number)
+    return out
 
 
 def _demo_secrets() -> dict[str, str]:
@@ -172,6 +188,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     values["OLD_KEY_ENCRYPTION_KEYS"] = tuple(
         k.strip() for k in env.get("OLD_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip())
     values["EGRESS_IPS"] = _egress_ips(env.get("EGRESS_IPS", ""))
+    values["EXCHANGE_WEIGHT_LIMITS"] = _weight_limits(env.get("EXCHANGE_WEIGHT_LIMITS", ""))
     if env.get("MESSAGE_QUEUE_URL"):
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),

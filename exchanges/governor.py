@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Callable
 
 from exchanges.egress import egress_for
@@ -140,11 +140,16 @@ class Governors:
         egress_ips: the host's source addresses for exchange traffic (``EGRESS_IPS``);
             each API key is assigned one (``exchanges.egress.egress_for``). Empty: one
             governor per venue, on the default route.
+        weight_limits: ``{exchange: weight per window}`` replacing ``VENUE_LIMITS``'
+            figure (``EXCHANGE_WEIGHT_LIMITS``: when an exchange changes its limit, or
+            in tests against a simulator that does not enforce one).
     """
 
-    def __init__(self, egress_ips: Sequence[str] = ()) -> None:
+    def __init__(self, egress_ips: Sequence[str] = (),
+                 weight_limits: Mapping[str, int] | None = None) -> None:
         self._lock = threading.Lock()
         self._egress_ips = tuple(egress_ips)
+        self._weight_limits = dict(weight_limits or {})
         self._by_venue: dict[tuple[str, bool, str | None], RateGovernor] = {}
 
     def get(self, exchange: str, testnet: bool, egress: str | None = None) -> RateGovernor:
@@ -153,6 +158,7 @@ class Governors:
             gov = self._by_venue.get((exchange, testnet, egress))
             if gov is None:
                 limit, window_s = VENUE_LIMITS.get(exchange, (2400, 60.0))
+                limit = self._weight_limits.get(exchange, limit)
                 gov = self._by_venue[(exchange, testnet, egress)] = RateGovernor(
                     exchange, weight_limit=limit, window_s=window_s, egress=egress)
             return gov

@@ -86,6 +86,11 @@ def test_egress_ips_setting_is_checked() -> None:
     assert load_config(env).EGRESS_IPS == ()
     with pytest.raises(ConfigError, match="EGRESS_IPS: 'eth0'"):
         load_config({**env, "EGRESS_IPS": "127.0.0.1,eth0"})
+    cfg = load_config({**env, "EXCHANGE_WEIGHT_LIMITS": "binance=6000"})
+    assert Governors(weight_limits=cfg.EXCHANGE_WEIGHT_LIMITS).get("binance", False).weight_limit == 6000
+    assert Governors(weight_limits=cfg.EXCHANGE_WEIGHT_LIMITS).get("bybit", False).weight_limit == 600
+    with pytest.raises(ConfigError, match="EXCHANGE_WEIGHT_LIMITS: 'kraken=5'"):
+        load_config({**env, "EXCHANGE_WEIGHT_LIMITS": "kraken=5"})
 
 
 def test_weights_are_counted_here_before_the_exchange_reports_them() -> None:
