@@ -134,7 +134,7 @@ class Stack:
             # one pooled session is shared by the setup threads: make the pool big enough
             self.sim._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
             self.server = start_server(self.db_url, self.sim.url, self.sim.ws_url, log_dir,
-                                       extra_env=extra_env)
+                                       extra_env=extra_env, real_limits=True)
         except BaseException:
             self.stop()
             raise

@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         server = start_server(f"sqlite:///{tmp / 'bench.sqlite3'}", sim.url, gate.ws_url, log_dir,
                               extra_env={"RECONCILE_INTERVAL_S": str(args.reconcile_interval_s),
                                          "EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in
-                                                                range(1, args.egress_ips + 1))})
+                                                                range(1, args.egress_ips + 1))},
+                              real_limits=True)
         ctx = {"sim": sim, "gate": gate, "server": server, "url": server.url, "pool": ThreadPoolExecutor(8)}
         budget = args.clients * 1.5 + 4 * args.window_s + args.storm_timeout_s + 900
         asyncio.run(asyncio.wait_for(run(args, ctx, res), budget))

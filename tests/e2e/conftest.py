@@ -32,12 +32,8 @@ def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
         url = f"sqlite:///{tmp / 'e2e.sqlite3'}"
     else:
         url, drop = make_pg_database(request.getfixturevalue("pg_server"))
-    # the simulator enforces no weight limit here, and a module's tests start dozens of
-    # Binance streams (about 50 weight each) within a minute on one server: the real
-    # 2400 would hold some of them back, which is not what these tests are about
-    srv = start_server(url, sim.url, sim.ws_url, tmp, extra_env={
-        "EXCHANGE_TIMEOUT_S": "3", "EXIT_MAX_SLIPPAGE": "3",
-        "EXCHANGE_WEIGHT_LIMITS": "binance=100000,bybit=100000"})
+    srv = start_server(url, sim.url, sim.ws_url, tmp, extra_env={"EXCHANGE_TIMEOUT_S": "3",
+                                                                         "EXIT_MAX_SLIPPAGE": "3"})
     yield srv
     srv.stop()
     if drop:

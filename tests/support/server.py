@@ -53,9 +53,16 @@ class ServerProcess:
 
 
 def start_server(database_url: str, sim_url: str, sim_ws_url: str, log_dir: Path,
-                 extra_env: dict | None = None, port: int | None = None) -> ServerProcess:
+                 extra_env: dict | None = None, port: int | None = None,
+                 real_limits: bool = False) -> ServerProcess:
     """Start ``python app.py`` in production mode pointed at the simulator, after
-    ``alembic upgrade head`` (the server migrates itself too). Waits for /admin/health."""
+    ``alembic upgrade head`` (the server migrates itself too). Waits for /admin/health.
+
+    Without ``real_limits`` the server's rate governors allow 100,000 weight per
+    window: the simulator enforces no limit unless a test asks, and a module's tests
+    start dozens of Binance streams (about 50 weight each) within a minute on one
+    server, which the real 2400 would partly hold back; that is not what they test.
+    The benchmarks keep the real limits."""
     port = port or free_port()
     admin_token = "test-admin-" + os.urandom(8).hex()
     secret_key = os.urandom(24).hex()
@@ -68,6 +75,7 @@ def start_server(database_url: str, sim_url: str, sim_ws_url: str, log_dir: Path
         "BINANCE_TESTNET_REST_URL": sim_url, "BINANCE_TESTNET_WS_URL": sim_ws_url,
         "BYBIT_REST_URL": sim_url, "BYBIT_WS_URL": sim_ws_url,
         "BYBIT_TESTNET_REST_URL": sim_url, "BYBIT_TESTNET_WS_URL": sim_ws_url,
+        "EXCHANGE_WEIGHT_LIMITS": "" if real_limits else "binance=100000,bybit=100000",
     })
     env.update(extra_env or {})  # may pin SECRET_KEY etc. so that a restart keeps them
     admin_token, secret_key = env["ADMIN_TOKEN"], env["SECRET_KEY"]
