@@ -52,6 +52,12 @@ GAP_SLACK_MS = 5_000  # the gap fill starts this much before the last event seen
 MAX_CONNECTION_S = 23.5 * 3600
 
 
+def _held_for_s(e: ThrottledLocally) -> float:
+    """How long to wait after the rate governor held a request back: its Retry-After
+    (1 s when it gave none) plus up to 25 % jitter, so held streams do not wake as one."""
+    return (e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4)
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """Timing of a stream, seconds."""
@@ -223,7 +229,7 @@ class AccountStream:
                 if isinstance(e, ThrottledLocally):
                     # the venue's budget is used up: neither a poll nor a reconnect could
                     # go before it allows (counted in the governor's refused_locally)
-                    delay = (e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4)
+                    delay = _held_for_s(e)
                     logger.debug("account stream held by the rate governor key_id=%s "
                                  "retry_in_s=%.1f", self.state.key_id, delay)
                     next_stream_try = max(next_stream_try, time.monotonic() + delay)
@@ -303,7 +309,7 @@ class AccountStream:
                 if not self.running:
                     raise
                 self.refreshes_held += 1
-                self._sleep((e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4))
+                self._sleep(_held_for_s(e))
 
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
@@ -395,8 +401,7 @@ class AccountStream:
             self._poll(client, kinds=kinds, event_time=event_time)
             return True
         except ThrottledLocally as e:
-            self._refresh_held_until = time.monotonic() + (e.retry_after_ms or 1000) / 1000 * (
-                1 + random.random() / 4)
+            self._refresh_held_until = time.monotonic() + _held_for_s(e)
             self.refreshes_held += 1
             return False
 
