@@ -17,8 +17,9 @@ install: $(STAMP)
 run: install ## the server on the demo default: SQLite + embedded simulator + demo user
 	$(PY) app.py
 
-simulator: install ## the exchange simulator alone on 127.0.0.1:9100
-	$(PY) -m exchanges.simulator --host 127.0.0.1 --port 9100
+simulator: install ## the exchange simulator alone on 127.0.0.1:9100, replaying the real XRPUSDT path
+	$(PY) -m exchanges.simulator --host 127.0.0.1 --port 9100 \
+		--replay XRPUSDT=exchanges/simulator/data/XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv
 
 migrate: install ## alembic upgrade head on DATABASE_URL (default: the demo SQLite file)
 	$(PY) -m alembic upgrade head

@@ -22,6 +22,8 @@ from exchanges.types import VenueEndpoints
 
 ROOT = Path(__file__).resolve().parent
 VAR_DIR = ROOT / "var"
+# The demo's price path, inside the repository (provenance: exchanges/simulator/data/README.md)
+DEFAULT_REPLAY_CSV = ROOT / "exchanges" / "simulator" / "data" / "XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv"
 
 # Real venue endpoints (CONTRACT.md "Where the server finds the exchanges").
 REAL_VENUE_URLS: dict[str, str] = {
@@ -180,9 +182,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         sim_http, sim_ws = f"http://127.0.0.1:{sim_port}", f"ws://127.0.0.1:{sim_port}"
         venue_urls = {k: env.get(k) or (sim_ws if k.endswith("_WS_URL") else sim_http)
                       for k in REAL_VENUE_URLS}
-        default_csv = ROOT.parent / "shared" / "data" / "XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv"
-        values["SIMULATOR_REPLAY_CSV"] = env.get("SIMULATOR_REPLAY_CSV") or (
-            str(default_csv) if default_csv.exists() else None)
+        # a configured path that does not exist is kept: the demo warns about it
+        values["SIMULATOR_REPLAY_CSV"] = env.get("SIMULATOR_REPLAY_CSV") or str(DEFAULT_REPLAY_CSV)
     values["VENUE_URLS"] = venue_urls
     values["RECONCILE_REPAIR"] = _bool(env.get("RECONCILE_REPAIR"), False)
     values["OLD_KEY_ENCRYPTION_KEYS"] = tuple(

@@ -60,6 +60,26 @@ def start_embedded_simulator(cfg: Config) -> subprocess.Popen:
     raise RuntimeError(f"simulator did not answer on port {cfg.SIMULATOR_PORT}; see {log}")
 
 
+def _start_replay(cfg: Config) -> None:
+    """Ask the simulator to replay ``SIMULATOR_REPLAY_CSV``; a missing or refused file
+    is a warning (prices then follow the simulator's random walk), never a stop."""
+    path = cfg.SIMULATOR_REPLAY_CSV
+    if not path:
+        logger.info("demo replay off: prices follow the simulator's random walk")
+        return
+    if not Path(path).is_file():
+        logger.warning("demo replay csv not found path=%s: prices follow the simulator's "
+                       "random walk", path)
+        return
+    status = _sim_post(cfg, "/_sim/replay", {"symbol": cfg.SIMULATOR_REPLAY_SYMBOL,
+                                             "csv": path, "seconds_per_candle": 1})
+    if status == 201:
+        logger.info("demo replay started symbol=%s csv=%s seconds_per_candle=1",
+                    cfg.SIMULATOR_REPLAY_SYMBOL, path)
+    else:
+        logger.warning("demo replay refused by the simulator status=%s path=%s", status, path)
+
+
 def bootstrap(cfg: Config, svc: Services) -> None:
     """Create (or refresh) the ``demo`` user with a funded simulator key, start the
     recorded price replay, and log what to do next."""
@@ -71,10 +91,7 @@ def bootstrap(cfg: Config, svc: Services) -> None:
     if cfg.EMBED_SIMULATOR:
         _sim_post(cfg, "/_sim/accounts", {"api_key": DEMO_API_KEY, "api_secret": demo_secret,
                                           "balances": {"USDT": DEMO_BALANCE}})
-        if cfg.SIMULATOR_REPLAY_CSV and Path(cfg.SIMULATOR_REPLAY_CSV).exists():
-            _sim_post(cfg, "/_sim/replay", {"symbol": cfg.SIMULATOR_REPLAY_SYMBOL,
-                                            "csv": cfg.SIMULATOR_REPLAY_CSV,
-                                            "seconds_per_candle": 1})
+        _start_replay(cfg)
     if not keys:
         key = svc.keys.create(user.id, "binance", DEMO_API_KEY, demo_secret, False, "demo simulator")
         keys = [key]
@@ -86,5 +103,16 @@ def bootstrap(cfg: Config, svc: Services) -> None:
                     trade.symbol, DEMO_POSITION_QTY, trade.status)
     logger.info("demo ready username=%s password=%s admin_token_file=%s",
                 cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD, ROOT / "var" / "demo-secrets.json")
-    logger.info("next: python examples/client.py --url http://%s:%s --username %s --password %s",
-                cfg.HOST, cfg.PORT, cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD)
+    logger.info("next: %s examples/client.py --url http://%s:%s --username %s --password %s",
+                _python_command(), cfg.HOST, cfg.PORT, cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD)
+
+
+def _python_command() -> str:
+    """The interpreter running this server, as a user would type it from the project
+    folder (``.venv/bin/python``), so that the logged ``next:`` command finds the
+    installed packages."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)

@@ -11,11 +11,15 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from exchanges.simulator.market import load_candle_path
 from exchanges.simulator.server import SimConfig, serve
 
 logger = logging.getLogger("exchanges.simulator")
+
+# Real XRPUSDT 5-minute candles shipped with the package (provenance: data/README.md)
+DEFAULT_REPLAY_CSV = Path(__file__).resolve().parent / "data" / "XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +63,9 @@ async def run(config: SimConfig) -> None:
     logger.info("simulator listening host=%s port=%d url=http://%s:%d seed=%s tick_ms=%d "
                 "replays=%d", config.host, port, config.host, port, config.seed,
                 config.tick_ms, len(config.replays))
+    if not config.replays:
+        logger.info("no replay at start: prices follow the random walk until POST /_sim/replay "
+                    "(e.g. --replay XRPUSDT=%s)", DEFAULT_REPLAY_CSV)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,6 +1,6 @@
 """Binance USD-M JSON shapes built from engine objects (REST replies and WS events).
 
-Shapes follow the fixtures in ``shared/fixtures/binance/``: decimals are strings,
+Shapes follow the fixtures in ``tests/fixtures/binance/``: decimals are strings,
 ids and times are JSON numbers (ms). Prices use the symbol's price precision,
 quantities its quantity precision, money 8 decimal places.
 """

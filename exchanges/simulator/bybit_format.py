@@ -1,6 +1,6 @@
 """Bybit v5 (linear) JSON shapes of orders and executions, plus the id codec.
 
-Shapes follow ``shared/fixtures/bybit/`` (``rest_v5_order_realtime.json``,
+Shapes follow ``tests/fixtures/bybit/`` (``rest_v5_order_realtime.json``,
 ``rest_v5_order_history.json``, ``rest_v5_execution_list.json``,
 ``ws_private_order.json``, ``ws_private_execution.json``) plus the fields the v5 docs
 list for linear: decimals are strings, times inside ``result`` are ms as strings,

@@ -132,8 +132,8 @@ class MarketFeed:
         replay.position = 1
         replay.task = asyncio.get_running_loop().create_task(self._replay(replay))
         self.replays[symbol] = replay
-        logger.info("replay started symbol=%s candles=%d seconds_per_candle=%s",
-                    symbol, len(points) // 4, seconds_per_candle)
+        logger.info("replay started symbol=%s csv=%s candles=%d seconds_per_candle=%s",
+                    symbol, csv_path, len(points) // 4, seconds_per_candle)
         return replay
 
     async def _replay(self, replay: Replay) -> None:

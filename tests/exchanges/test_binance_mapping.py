@@ -1,7 +1,6 @@
 """exchanges.binance.mapping on recorded/documented Binance payloads.
 
-Fixtures: ``../shared/fixtures/binance`` beside the checkout (provenance in that
-folder's SOURCES.json).
+Fixtures: ``tests/fixtures/binance`` (provenance in ``tests/fixtures/SOURCES.json``).
 """
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ from exchanges.binance import mapping
 from exchanges.errors import ExchangeUnavailable
 from exchanges.types import AccountEvent, OrderEvent, OrderStatus, StreamExpired
 
-# shared/ lies beside the checkout (DEVELOPERS.md; CI clones main with shared/ beside it)
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "binance"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "binance"
 
 
 def load(name: str):

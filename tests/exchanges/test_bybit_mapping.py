@@ -1,7 +1,7 @@
 """exchanges.bybit.mapping on the documented Bybit v5 payloads.
 
-Fixtures: ``../shared/fixtures/bybit`` beside the checkout (provenance in
-``shared/fixtures/SOURCES.json``: bybit-exchange/docs examples).
+Fixtures: ``tests/fixtures/bybit`` (provenance in ``tests/fixtures/SOURCES.json``:
+bybit-exchange/docs examples).
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from exchanges.bybit import mapping
 from exchanges.errors import ExchangeUnavailable
 from exchanges.types import AccountEvent, FillEvent, OrderEvent, OrderStatus
 
-# shared/ lies beside the checkout (DEVELOPERS.md; CI clones main with shared/ beside it)
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bybit"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bybit"
 
 
 def load(name: str):

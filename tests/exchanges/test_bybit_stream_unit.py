@@ -14,7 +14,7 @@ from exchanges.errors import AuthFailed, ExchangeTimeout, ExchangeUnavailable
 from exchanges.types import AccountEvent, FillEvent, OrderEvent
 
 TEXT, CLOSE = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_CLOSE
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bybit"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bybit"
 SERVER_NOW = 1_700_000_000_000
 
 

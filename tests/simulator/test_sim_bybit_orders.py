@@ -11,7 +11,7 @@ from pybit.exceptions import InvalidRequestError
 
 SYMBOL = "BTCUSDT"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bybit"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bybit"
 
 
 def fixture_keys(name: str) -> set[str]:

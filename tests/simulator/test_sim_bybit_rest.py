@@ -1,5 +1,5 @@
 """Bybit v5 REST through the real pybit HTTP: signing, timestamps, keys, market data,
-wallet and positions (shapes checked against shared/fixtures/bybit/)."""
+wallet and positions (shapes checked against tests/fixtures/bybit/)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from exchanges.simulator.bybit_auth import BybitError, sign, verify_request
 from exchanges.simulator.engine import Engine
 
 SYMBOL = "BTCUSDT"
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bybit"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bybit"
 
 
 def fixture_row(name: str) -> dict:

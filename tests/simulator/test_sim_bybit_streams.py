@@ -16,7 +16,7 @@ import websocket
 from tests.support.simulator import recv_json_until, wait_ws_closed
 
 SYMBOL = "BTCUSDT"
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bybit"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bybit"
 TOPICS = ("order", "execution", "position", "wallet")
 
 

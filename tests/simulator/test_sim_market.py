@@ -10,7 +10,7 @@ from exchanges.simulator.engine import Engine
 from exchanges.simulator.market import MarketFeed
 from tests.support.simulator import recv_json_until, start_simulator
 
-# The first three candles of shared/data/XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv.
+# The first three candles of exchanges/simulator/data/XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv.
 CSV = """open_time_ms,open,high,low,close,volume
 1636934400000,1.1893,1.1954,1.1891,1.1941,9289043.5
 1636934700000,1.1941,1.1993,1.1934,1.1972,7267451.9

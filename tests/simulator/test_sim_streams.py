@@ -12,7 +12,7 @@ from tests.support.simulator import recv_json_until, start_simulator, wait_ws_cl
 
 SYMBOL = "BTCUSDT"
 
-# Field sets of the real captures in shared/fixtures/binance/
+# Field sets of the real captures in tests/fixtures/binance/
 # (ws_ORDER_TRADE_UPDATE_real_SUSHIUSDT_FILLED.json, ws_ACCOUNT_UPDATE_real_BTCUSDT.json).
 OTU_KEYS = {"e", "T", "E", "o"}
 OTU_ORDER_KEYS = {"s", "c", "S", "o", "f", "q", "p", "ap", "sp", "x", "X", "i", "l", "z", "L",
