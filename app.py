@@ -25,15 +25,14 @@ if __name__ == "__main__":  # monkey-patching must precede every other import
 import logging
 import os
 import signal
-import sys
 from functools import partial
 from typing import Any, Mapping
 
 from flask import Flask
 
-from api import account, admin, auth, console, keys, metrics, openapi, orders
+from api import account, admin, auth, console, health, keys, metrics, openapi, orders
 from api.errors import register_error_handlers
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, load_config, log_format, log_level
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
 from extensions import limiter, socketio
@@ -66,17 +65,22 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     ``config``: a Config, or overrides applied on top of ``load_config()``.
     The database must already be migrated (``alembic upgrade head``).
     """
-    cfg = config if isinstance(config, Config) else load_config().with_overrides(config)
+    try:
+        cfg = config if isinstance(config, Config) else load_config().with_overrides(config)
+    except ConfigError as e:
+        if config is None and _under_flask_cli():
+            return _config_error_app(e)  # `flask --app app ...`: a clear error, not a traceback
+        raise
     app = Flask(__name__, static_folder=None)
     app.config.update(SECRET_KEY=cfg.SECRET_KEY, MAX_CONTENT_LENGTH=cfg.MAX_CONTENT_LENGTH,
                       JSON_SORT_KEYS=False)
     limiter.init_app(app)
     socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
-                      channel=cfg.MESSAGE_QUEUE_CHANNEL, cors_allowed_origins="*",
+                      channel=cfg.MESSAGE_QUEUE_CHANNEL, cors_allowed_origins=cfg.socketio_cors(),
                       max_http_buffer_size=cfg.MAX_CONTENT_LENGTH, serializer=Packet)
     app.extensions["pushsrv"] = _build_services(cfg)
     for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
-               console.bp):
+               console.bp, health.bp):
         app.register_blueprint(bp)
     register_error_handlers(app)
     register_handlers(socketio)
@@ -84,15 +88,69 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     return app
 
 
+def _under_flask_cli() -> bool:
+    """True when the ``flask`` command line is loading the app (a click context is
+    active); gunicorn and ``python app.py`` have none."""
+    import click
+    return click.get_current_context(silent=True) is not None
+
+
+def _generate_keys_command():  # type: ignore[no-untyped-def]
+    """``generate-keys``: fresh SECRET_KEY, KEY_ENCRYPTION_KEY (Fernet) and ADMIN_TOKEN
+    as ``NAME=value`` lines (append them to ``.env``). Needs no configuration."""
+    import secrets
+
+    import click
+    from cryptography.fernet import Fernet
+
+    @click.command("generate-keys", help="Print fresh SECRET_KEY, KEY_ENCRYPTION_KEY (Fernet) "
+                                         "and ADMIN_TOKEN lines for the environment file.")
+    def generate_keys() -> None:
+        click.echo(f"SECRET_KEY={secrets.token_urlsafe(48)}")
+        click.echo(f"KEY_ENCRYPTION_KEY={Fernet.generate_key().decode()}")
+        click.echo(f"ADMIN_TOKEN={secrets.token_urlsafe(32)}")
+    return generate_keys
+
+
+def _config_error_app(error: ConfigError) -> Flask:
+    """What ``flask --app app`` gets when the environment cannot configure a server:
+    ``generate-keys`` still works; every other command stops with the configuration
+    error (exit status 1, no traceback)."""
+    import click
+    from flask.cli import AppGroup
+
+    generate_keys = _generate_keys_command()
+
+    class _Commands(AppGroup):
+        def list_commands(self, ctx):  # type: ignore[no-untyped-def]
+            return [generate_keys.name]
+
+        def get_command(self, ctx, name):  # type: ignore[no-untyped-def]
+            if name == generate_keys.name:
+                return generate_keys
+
+            def refuse() -> None:
+                raise click.ClickException(f"configuration error: {error}")
+            return click.Command(name, callback=refuse, context_settings={
+                "ignore_unknown_options": True, "allow_extra_args": True})
+
+    app = Flask(__name__, static_folder=None)
+    app.cli = _Commands(app.name)
+    return app
+
+
 def register_cli(app: Flask) -> None:
     """Operator commands: ``flask --app app create-admin USERNAME`` (password from
-    ``ADMIN_PASSWORD`` or a prompt) and ``flask --app app rotate-encryption-key``
-    (re-encrypts every stored secret with ``NEW_KEY_ENCRYPTION_KEY``)."""
+    ``ADMIN_PASSWORD`` or a prompt), ``flask --app app rotate-encryption-key``
+    (re-encrypts every stored secret with ``NEW_KEY_ENCRYPTION_KEY``) and
+    ``flask --app app generate-keys`` (fresh secrets for the environment file)."""
     import os
 
     import click
 
     from services import maintenance
+
+    app.cli.add_command(_generate_keys_command())
 
     @app.cli.command("create-admin")
     @click.argument("username")
@@ -192,12 +250,13 @@ class _LedgerFacade:
 
 def main() -> None:
     """Run the server (``python app.py``)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import logsetup
     try:
+        logsetup.configure(log_format(), log_level())
         cfg = load_config()
     except ConfigError as e:
+        if not logging.getLogger().handlers:
+            logsetup.configure()
         logger.error("configuration error: %s", e)
         raise SystemExit(2)
     from services import demo, schema, security

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -83,6 +84,18 @@ class Config:
     RECONCILE_BATCH: int = 50  # accounts without pending trades checked per period
     DEMO_USERNAME: str = "demo"
     DEMO_PASSWORD: str = ""
+    # Socket.IO origins allowed to connect from a browser: ("*",) any, () the
+    # server's own origin only (the production default), else the listed ones
+    CORS_ORIGINS: tuple[str, ...] = ()
+    LOG_FORMAT: str = "plain"  # or "json" (logsetup.py)
+    LOG_LEVEL: str = "INFO"
+
+    def socketio_cors(self) -> str | list[str] | None:
+        """``cors_allowed_origins`` for Flask-SocketIO: ``"*"``, a list, or None
+        (same origin only)."""
+        if "*" in self.CORS_ORIGINS:
+            return "*"
+        return list(self.CORS_ORIGINS) or None
 
     def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
         """REST and WS base URLs of ``exchange`` (``binance``/``bybit``), mainnet or testnet."""
@@ -134,6 +147,22 @@ def _weight_limits(value: str) -> dict[str, int]:
             raise ConfigError(f"EXCHANGE_WEIGHT_LIMITS: {item!r} is not <binance|bybit>=<positive integer>")
         out[name.strip()] = int(number)
     return out
+
+
+def _cors_origins(value: str | None, app_env: str) -> tuple[str, ...]:
+    """``CORS_ORIGINS``: ``*`` or comma-separated origins (``https://app.example.com``).
+    Unset: any origin in the demo, the server's own origin only in production.
+    Raises ConfigError naming an origin that is not ``scheme://host[:port]``."""
+    if value is None or not value.strip():
+        return ("*",) if app_env == "demo" else ()
+    out = []
+    for item in (v.strip().rstrip("/") for v in value.split(",")):
+        if not item:
+            continue
+        if item != "*" and not re.fullmatch(r"https?://[^/\s]+", item):
+            raise ConfigError(f"CORS_ORIGINS: {item!r} is not * or scheme://host[:port]")
+        out.append(item)
+    return tuple(out)
 
 
 def _demo_secrets() -> dict[str, str]:
@@ -190,6 +219,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         k.strip() for k in env.get("OLD_KEY_ENCRYPTION_KEYS", "").split(",") if k.strip())
     values["EGRESS_IPS"] = _egress_ips(env.get("EGRESS_IPS", ""))
     values["EXCHANGE_WEIGHT_LIMITS"] = _weight_limits(env.get("EXCHANGE_WEIGHT_LIMITS", ""))
+    values["CORS_ORIGINS"] = _cors_origins(env.get("CORS_ORIGINS"), app_env)
+    values["LOG_FORMAT"] = log_format(env)
+    values["LOG_LEVEL"] = log_level(env)
     if env.get("MESSAGE_QUEUE_URL"):
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),
@@ -203,3 +235,24 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         if env.get(name):
             values[name] = cast(env[name])
     return Config(**values)
+
+
+def log_format(env: Mapping[str, str] | None = None) -> str:
+    """``LOG_FORMAT``: ``plain`` (default, ``key=value`` lines) or ``json``. Read
+    before the rest of the configuration, so that its errors are logged in the right
+    format. Raises ConfigError for another value."""
+    env = os.environ if env is None else env
+    value = (env.get("LOG_FORMAT") or "plain").strip().lower()
+    if value not in ("plain", "json"):
+        raise ConfigError(f"LOG_FORMAT must be 'plain' or 'json', not {value!r}")
+    return value
+
+
+def log_level(env: Mapping[str, str] | None = None) -> str:
+    """``LOG_LEVEL``: DEBUG, INFO (default), WARNING or ERROR. Raises ConfigError for
+    another value."""
+    env = os.environ if env is None else env
+    value = (env.get("LOG_LEVEL") or "INFO").strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {value!r}")
+    return value

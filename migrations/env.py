@@ -2,7 +2,8 @@
 
 The URL comes from, in order: ``config.attributes["url"]`` (set by
 ``services.schema.upgrade``), ``-x url=...``, then ``config.load_config()``
-(``DATABASE_URL`` or the demo SQLite file).
+(``DATABASE_URL`` or the demo SQLite file). Under ``APP_ENV=production`` only
+``DATABASE_URL`` is needed; without it the command ends with one line naming it.
 """
 from __future__ import annotations
 
@@ -18,8 +19,19 @@ def _url() -> str:
     url = context.config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
     if url:
         return url
-    from config import load_config
-    return load_config().DATABASE_URL
+    import os
+
+    from config import ConfigError, load_config
+    if os.environ.get("APP_ENV") == "production":
+        # migrating needs only the database: the server's other secrets may be absent
+        if not os.environ.get("DATABASE_URL"):
+            raise SystemExit("configuration error: APP_ENV=production needs DATABASE_URL "
+                             "(the database to migrate)")
+        return os.environ["DATABASE_URL"]
+    try:
+        return load_config().DATABASE_URL
+    except ConfigError as e:  # one line on stderr and exit status 1, no traceback
+        raise SystemExit(f"configuration error: {e}") from None
 
 
 def run_migrations_offline() -> None:
