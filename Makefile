@@ -1,18 +1,35 @@
 # Everything the project needs is installed by this file: `make run`, `make test`.
+# `make run` installs the runtime lock only (requirements.lock); `make test` adds the
+# development lock (requirements-dev.lock: tests, browser driver, pip-tools). Both
+# install with `pip install --require-hashes`: exactly the tested versions.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+# pip-compile flags shared by both locks; no --upgrade: existing pins (and, with
+# --reuse-hashes, their hashes) are kept, so a re-lock after adding one pin only
+# resolves what is new
+LOCK_FLAGS := --quiet --generate-hashes --reuse-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-browser run simulator migrate test test-fast bench clean
+.PHONY: install install-dev install-browser run simulator migrate test test-fast bench docs lock clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $(STAMP)
 
-install: $(STAMP)
+$(RUNTIME): requirements.lock | $(PY)
+	$(PIP) install --quiet --require-hashes -r requirements.lock
+	touch $@
+
+$(DEV): requirements-dev.lock $(RUNTIME)
+	$(PIP) install --quiet --require-hashes -r requirements-dev.lock
+	touch $@
+
+install: $(RUNTIME) ## the runtime requirements only (what the server needs)
+
+install-dev: $(DEV) ## runtime plus development requirements
 
 run: install ## the server on the demo default: SQLite + embedded simulator + demo user
 	$(PY) app.py
@@ -27,7 +44,7 @@ migrate: install ## alembic upgrade head on DATABASE_URL (default: the demo SQLi
 install-browser: ## Debian's chromium for tests/browser (apt-get, only when /usr/bin/chromium is missing)
 	sh scripts/install-browser.sh
 
-test: install ## the whole suite (unit, integration on SQLite and PostgreSQL, end-to-end, browser)
+test: install-dev ## the whole suite (unit, integration on SQLite and PostgreSQL, end-to-end, browser)
 	sh scripts/install-browser.sh
 	$(PY) -m pytest -q
 
@@ -37,6 +54,16 @@ bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.streams --clients 1000
 	$(PY) -m bench.streams --clients 1000 --egress-ips 4
 	$(PY) -m bench.ledger
+
+docs: install ## regenerate docs/openapi.json from the app
+	$(PY) scripts/dump_openapi.py
+
+# Re-resolve the locks after editing requirements.txt or requirements-dev.txt. The
+# development lock is constrained by the runtime lock, so both agree on every version.
+lock: install-dev ## regenerate requirements.lock and requirements-dev.lock (pip-tools)
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --output-file requirements.lock requirements.txt
+	$(VENV)/bin/pip-compile $(LOCK_FLAGS) --constraint requirements.lock \
+		--output-file requirements-dev.lock requirements-dev.txt
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -35,7 +35,8 @@ def test_healthz_and_readyz_need_no_token(client) -> None:  # type: ignore[no-un
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_readyz_is_503_naming_the_message_queue_that_does_not_answer(database_url) -> None:  # type: ignore[no-untyped-def]
     app = create_app(make_config(database_url,
-                                 MESSAGE_QUEUE_URL=f"redis://127.0.0.1:{free_port()}/0"))
+                                 MESSAGE_QUEUE_URL=f"redis://127.0.0.1:{free_port()}/0",
+                                 RECONCILE_INTERVAL_S=0))
     try:
         r = app.test_client().get("/readyz")
         assert r.status_code == 503
