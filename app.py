@@ -25,6 +25,7 @@ if __name__ == "__main__":  # monkey-patching must precede every other import
 import logging
 import os
 import signal
+import sys
 from functools import partial
 from typing import Any, Mapping
 
@@ -65,6 +66,8 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     ``config``: a Config, or overrides applied on top of ``load_config()``.
     The database must already be migrated (``alembic upgrade head``).
     """
+    if config is None and _under_flask_cli() and "generate-keys" in sys.argv[1:]:
+        return _config_error_app(None)  # needs no configuration, builds no services
     try:
         cfg = config if isinstance(config, Config) else load_config().with_overrides(config)
     except ConfigError as e:
@@ -112,10 +115,10 @@ def _generate_keys_command():  # type: ignore[no-untyped-def]
     return generate_keys
 
 
-def _config_error_app(error: ConfigError) -> Flask:
-    """What ``flask --app app`` gets when the environment cannot configure a server:
-    ``generate-keys`` still works; every other command stops with the configuration
-    error (exit status 1, no traceback)."""
+def _config_error_app(error: ConfigError | None) -> Flask:
+    """What ``flask --app app`` gets for ``generate-keys`` (``error`` None) or when the
+    environment cannot configure a server: ``generate-keys`` works; every other
+    command stops with the configuration error (exit status 1, no traceback)."""
     import click
     from flask.cli import AppGroup
 
