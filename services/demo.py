@@ -103,16 +103,16 @@ def bootstrap(cfg: Config, svc: Services) -> None:
                     trade.symbol, DEMO_POSITION_QTY, trade.status)
     logger.info("demo ready username=%s password=%s admin_token_file=%s",
                 cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD, ROOT / "var" / "demo-secrets.json")
-    logger.info("next: %s examples/client.py --url http://%s:%s --username %s --password %s",
-                _python_command(), cfg.HOST, cfg.PORT, cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD)
+    logger.info("next: %s %s --url http://%s:%s --username %s --password %s",
+                _as_typed(Path(sys.executable)), _as_typed(ROOT / "examples" / "client.py"),
+                cfg.HOST, cfg.PORT, cfg.DEMO_USERNAME, cfg.DEMO_PASSWORD)
 
 
-def _python_command() -> str:
-    """The interpreter running this server, as a user would type it from the project
-    folder (``.venv/bin/python``), so that the logged ``next:`` command finds the
-    installed packages."""
-    exe = Path(sys.executable)
+def _as_typed(path: Path) -> str:
+    """``path`` as a user would type it in the current folder: relative when it lies
+    below it (``.venv/bin/python`` from the project folder), else absolute. The
+    logged ``next:`` command thus runs the interpreter that has the packages."""
     try:
-        return str(exe.relative_to(Path.cwd()))
+        return str(path.relative_to(Path.cwd()))
     except ValueError:
-        return str(exe)
+        return str(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from config import DEFAULT_REPLAY_CSV, ROOT, load_config
 from exchanges.simulator.market import load_candle_path
 from services import demo
+from tests.support.simulator import start_simulator
 
 # the parent folder's shared/ (by relative path, ROOT.parent or parents[N]): beside the checkout
 OUTSIDE = re.compile(r"""\.\./shared|parent\s*/\s*["']shared["']|parents\[\d\]\s*/\s*["']shared["']""")
@@ -48,3 +49,14 @@ def test_a_missing_replay_file_is_a_warning_naming_it(caplog, tmp_path) -> None:
         demo._start_replay(cfg)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "gone.csv" in warnings[0].getMessage()
+
+
+def test_the_simulator_log_names_the_file_it_replays() -> None:
+    sim = start_simulator(extra_args=("--replay", f"XRPUSDT={DEFAULT_REPLAY_CSV}"))
+    try:
+        log = sim.log_path.read_text()
+        assert f"replay started symbol=XRPUSDT csv={DEFAULT_REPLAY_CSV} candles=1999" in log
+        assert sim.state()["replays"]["XRPUSDT"]["running"]
+    finally:
+        sim.stop()
+
