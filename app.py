@@ -33,6 +33,7 @@ from flask import Flask
 
 from api import account, admin, auth, console, health, keys, metrics, openapi, orders
 from api.errors import register_error_handlers
+from appcli import config_error_app, generate_keys_command, under_flask_cli
 from config import Config, ConfigError, load_config, log_format, log_level
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
@@ -66,13 +67,13 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     ``config``: a Config, or overrides applied on top of ``load_config()``.
     The database must already be migrated (``alembic upgrade head``).
     """
-    if config is None and _under_flask_cli() and "generate-keys" in sys.argv[1:]:
-        return _config_error_app(None)  # needs no configuration, builds no services
+    if config is None and under_flask_cli() and "generate-keys" in sys.argv[1:]:
+        return config_error_app(None)  # needs no configuration, builds no services
     try:
         cfg = config if isinstance(config, Config) else load_config().with_overrides(config)
     except ConfigError as e:
-        if config is None and _under_flask_cli():
-            return _config_error_app(e)  # `flask --app app ...`: a clear error, not a traceback
+        if config is None and under_flask_cli():
+            return config_error_app(e)  # `flask --app app ...`: a clear error, not a traceback
         raise
     app = Flask(__name__, static_folder=None)
     app.config.update(SECRET_KEY=cfg.SECRET_KEY, MAX_CONTENT_LENGTH=cfg.MAX_CONTENT_LENGTH,
@@ -91,57 +92,6 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     return app
 
 
-def _under_flask_cli() -> bool:
-    """True when the ``flask`` command line is loading the app (a click context is
-    active); gunicorn and ``python app.py`` have none."""
-    import click
-    return click.get_current_context(silent=True) is not None
-
-
-def _generate_keys_command():  # type: ignore[no-untyped-def]
-    """``generate-keys``: fresh SECRET_KEY, KEY_ENCRYPTION_KEY (Fernet) and ADMIN_TOKEN
-    as ``NAME=value`` lines (append them to ``.env``). Needs no configuration."""
-    import secrets
-
-    import click
-    from cryptography.fernet import Fernet
-
-    @click.command("generate-keys", help="Print fresh SECRET_KEY, KEY_ENCRYPTION_KEY (Fernet) "
-                                         "and ADMIN_TOKEN lines for the environment file.")
-    def generate_keys() -> None:
-        click.echo(f"SECRET_KEY={secrets.token_urlsafe(48)}")
-        click.echo(f"KEY_ENCRYPTION_KEY={Fernet.generate_key().decode()}")
-        click.echo(f"ADMIN_TOKEN={secrets.token_urlsafe(32)}")
-    return generate_keys
-
-
-def _config_error_app(error: ConfigError | None) -> Flask:
-    """What ``flask --app app`` gets for ``generate-keys`` (``error`` None) or when the
-    environment cannot configure a server: ``generate-keys`` works; every other
-    command stops with the configuration error (exit status 1, no traceback)."""
-    import click
-    from flask.cli import AppGroup
-
-    generate_keys = _generate_keys_command()
-
-    class _Commands(AppGroup):
-        def list_commands(self, ctx):  # type: ignore[no-untyped-def]
-            return [generate_keys.name]
-
-        def get_command(self, ctx, name):  # type: ignore[no-untyped-def]
-            if name == generate_keys.name:
-                return generate_keys
-
-            def refuse() -> None:
-                raise click.ClickException(f"configuration error: {error}")
-            return click.Command(name, callback=refuse, context_settings={
-                "ignore_unknown_options": True, "allow_extra_args": True})
-
-    app = Flask(__name__, static_folder=None)
-    app.cli = _Commands(app.name)
-    return app
-
-
 def register_cli(app: Flask) -> None:
     """Operator commands: ``flask --app app create-admin USERNAME`` (password from
     ``ADMIN_PASSWORD`` or a prompt), ``flask --app app rotate-encryption-key``
@@ -153,7 +103,7 @@ def register_cli(app: Flask) -> None:
 
     from services import maintenance
 
-    app.cli.add_command(_generate_keys_command())
+    app.cli.add_command(generate_keys_command())
 
     @app.cli.command("create-admin")
     @click.argument("username")
