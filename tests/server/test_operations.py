@@ -18,6 +18,7 @@ from app import create_app
 from config import ROOT, ConfigError, load_config
 from logsetup import JsonFormatter
 from tests.server.conftest import make_config
+from tests.e2e.test_multiprocess import redis_url  # noqa: F401 - the Redis fixture
 from tests.support.server import free_port
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
@@ -31,13 +32,18 @@ def test_healthz_and_readyz_need_no_token(client) -> None:  # type: ignore[no-un
     assert r.get_json() == {"status": "ready", "checks": {"database": "ok", "message_queue": "none"}}
 
 
-# Flask-SocketIO's Redis listener thread fails on the closed port too: expected here
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_readyz_is_503_naming_the_message_queue_that_does_not_answer(database_url) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(make_config(database_url,
-                                 MESSAGE_QUEUE_URL=f"redis://127.0.0.1:{free_port()}/0",
-                                 RECONCILE_INTERVAL_S=0))
+def test_readyz_is_503_naming_the_message_queue_that_does_not_answer(database_url, redis_url) -> None:  # type: ignore[no-untyped-def]
+    # /readyz pings the configured queue for real on every call: a live Redis, then an
+    # address that does not answer (a closed port). The in-process app itself runs
+    # without the queue (its Socket.IO listener thread would outlive the test).
+    app = create_app(make_config(database_url, RECONCILE_INTERVAL_S=0))
+    svc = app.extensions["pushsrv"]
     try:
+        svc.config = svc.config.with_overrides({"MESSAGE_QUEUE_URL": redis_url})
+        ok = app.test_client().get("/readyz")
+        assert ok.status_code == 200 and ok.get_json()["checks"]["message_queue"] == "ok"
+        svc.config = svc.config.with_overrides(
+            {"MESSAGE_QUEUE_URL": f"redis://127.0.0.1:{free_port()}/0"})
         r = app.test_client().get("/readyz")
         assert r.status_code == 503
         body = r.get_json()
@@ -46,7 +52,7 @@ def test_readyz_is_503_naming_the_message_queue_that_does_not_answer(database_ur
         assert body["error"]["code"] == "not_ready"
         assert app.test_client().get("/healthz").status_code == 200  # alive all the same
     finally:
-        app.extensions["pushsrv"].shutdown()
+        svc.shutdown()
 
 
 def test_readyz_is_503_naming_the_database_that_does_not_answer(tmp_path) -> None:  # type: ignore[no-untyped-def]
