@@ -77,5 +77,7 @@ def reconcile():  # type: ignore[no-untyped-def]
     """Reconcile the ledger with the exchange (all accounts with ledger activity, or
     one user's): ``{"checked", "fixed", "details"}``."""
     data = json_object(optional=True)
-    user_id = None if data.get("user_id") is None else parse_id(data["user_id"], "user_id")
+    user_id = data.get("user_id")
+    if user_id is not None:
+        user_id = parse_id(user_id, "user_id", from_json=True)
     return services().reconciler.reconcile(user_id)

@@ -52,11 +52,12 @@ def invalid(field: str | None, message: str, code: str = "validation_error") -> 
     return ApiError(code, f"{field}: {message}" if field else message, 400, field)
 
 
-def parse_id(value: Any, field: str) -> int:
-    """``value`` (an int, or a string of ASCII digits from a path or query) as an id
-    in 1..MAX_ID. Raises ApiError 400 naming ``field`` otherwise (bool, float,
-    Unicode digits, signs, spaces, out of range)."""
-    if isinstance(value, bool):
+def parse_id(value: Any, field: str, from_json: bool = False) -> int:
+    """``value`` as an id in 1..MAX_ID: an int, or (unless ``from_json``: a JSON body
+    or Socket.IO payload must carry a number) a string of ASCII digits from a path or
+    query. Raises ApiError 400 naming ``field`` otherwise (bool, float, Unicode digits,
+    signs, spaces, out of range)."""
+    if isinstance(value, bool) or (from_json and not isinstance(value, int)):
         raise invalid(field, "must be an integer id")
     if isinstance(value, str):
         if not _ASCII_DIGITS.fullmatch(value):
