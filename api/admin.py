@@ -66,10 +66,10 @@ def connections():  # type: ignore[no-untyped-def]
              "connected_at": c.connected_at} for c in services().hub.connections()]
 
 
-@bp.post("/users/<int:user_id>/cache/clear")
-def clear_cache(user_id: int):  # type: ignore[no-untyped-def]
+@bp.post("/users/<user_id>/cache/clear")
+def clear_cache(user_id: str):  # type: ignore[no-untyped-def]
     """``{"cleared": [{"user_id", "exchange", "testnet"}]}``."""
-    return {"cleared": services().trading.clear_user_cache(user_id)}
+    return {"cleared": services().trading.clear_user_cache(parse_id(user_id, "user_id"))}
 
 
 @bp.post("/reconcile")

@@ -222,7 +222,7 @@ OPERATIONS: dict[str, Op] = {
     "admin.connections": Op("Open Socket.IO connections", (200, "Connections", "[Connection]"),
                             None, (401,), "admin"),
     "admin.clear_cache": Op("Drop a user's cached exchange clients", (200, "Cleared", "CacheCleared"),
-                            None, (401,), "admin"),
+                            None, (400, 401), "admin", path_schemas={"user_id": ID}),
     "admin.reconcile": Op("Reconcile the ledger with the exchange", (200, "Result", "ReconcileResult"),
                           "ReconcileRequest", (400, 401, 413), "admin"),
     "metrics.metrics": Op("Prometheus metrics (text format 0.0.4); no token from a loopback peer",

@@ -145,7 +145,7 @@ def json_object(optional: bool = False) -> dict:
     if request.content_length is not None and limit and request.content_length > limit:
         raise ApiError("request_entity_too_large", "request body too large", 413)
     raw = request.get_data(cache=True)
-    if optional and not raw.strip():
+    if optional and not raw:
         return {}
     data = parse_json(raw, limit)
     if not isinstance(data, dict):
