@@ -22,8 +22,15 @@ def limiter_storage_uri(storage_uri: str | None, message_queue_url: str | None) 
 
 def init_limiter(app: Flask, storage_uri: str | None, message_queue_url: str | None,
                  key_prefix: str = "pushsrv") -> None:
-    """Bind ``limiter`` to ``app`` with the storage chosen by ``limiter_storage_uri``."""
-    app.config["RATELIMIT_STORAGE_URI"] = limiter_storage_uri(storage_uri, message_queue_url)
+    """Bind ``limiter`` to ``app`` with the storage chosen by ``limiter_storage_uri``.
+    A storage failure raises ``limits.errors.StorageError`` (answered 503 by
+    api/errors.py: the limits fail closed), within 1 s for Redis."""
+    uri = limiter_storage_uri(storage_uri, message_queue_url)
+    app.config["RATELIMIT_STORAGE_URI"] = uri
+    options: dict = {"wrap_exceptions": True}
+    if uri.startswith(("redis", "rediss")):
+        options.update(socket_timeout=1, socket_connect_timeout=1)
+    app.config["RATELIMIT_STORAGE_OPTIONS"] = options
     app.config["RATELIMIT_KEY_PREFIX"] = key_prefix
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)

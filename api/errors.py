@@ -8,6 +8,7 @@ import math
 import time
 
 from flask import Flask, jsonify
+from limits.errors import StorageError
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
@@ -79,6 +80,10 @@ def to_api_error(e: Exception) -> ApiError | None:
                         "cannot be represented", 400)
     if isinstance(e, ValidationError):
         return from_validation(e)
+    if isinstance(e, StorageError):  # the rate-limit counters cannot be reached: fail closed
+        logger.warning("rate limit storage unavailable error=%s", type(e.storage_error).__name__)
+        return ApiError("rate_limit_unavailable", "rate limiting is unavailable; retry later", 503,
+                        headers={"Retry-After": "5"})
     if isinstance(e, ServiceError):
         return ApiError(e.code, e.message, e.status, e.field)
     if isinstance(e, xe.ExchangeError):

@@ -147,3 +147,17 @@ def test_limits_hold_across_two_processes_sharing_redis(pg_server, tmp_path) -> 
         for s in servers:
             s.stop()
         drop()
+
+
+def test_unreachable_limit_storage_fails_closed(database_url) -> None:  # type: ignore[no-untyped-def]
+    from app import create_app
+    from tests.server.conftest import make_config
+    app = create_app(make_config(database_url, RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0"))
+    try:
+        client = app.test_client()
+        for path, body in [("/api/auth/login", {"username": "alice", "password": "password123"}),
+                           ("/api/auth/refresh", {"refresh_token": "x" * 43})]:
+            r = client.post(path, json=body)
+            assert r.status_code == 503 and r.get_json()["error"]["code"] == "rate_limit_unavailable"
+    finally:
+        app.extensions["pushsrv"].shutdown()
