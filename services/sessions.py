@@ -22,7 +22,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from models import AuthSession, Database, RefreshToken, User, now_ms
 from services.errors import NotFound, Unauthorized
@@ -119,6 +119,11 @@ class SessionService:
                 sess.last_used_at = now
                 refresh = self._new_refresh(s, sess.id, now)
                 user = s.get(User, sess.user_id)
+                # rotated tokens past their expiry answer "expired" anyway: no need to
+                # keep them for reuse detection
+                s.execute(delete(RefreshToken).where(RefreshToken.session_id == sess.id,
+                                                     RefreshToken.rotated_at.is_not(None),
+                                                     RefreshToken.expires_at <= now))
         if not won:
             self._revoke(sess.id, "reuse")
             logger.warning("refresh token reused: session revoked user_id=%s session_id=%s",

@@ -121,7 +121,21 @@ def test_refresh_token_expires(database_url) -> None:  # type: ignore[no-untyped
         time.sleep(1.1)
         r = _refresh(client, fresh["refresh_token"])
         assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_refresh_token"
+        # an expired rotated token is "invalid", not "reused": the session is not revoked
+        r = _refresh(client, pair["refresh_token"])
+        assert r.get_json()["error"]["code"] == "invalid_refresh_token"
         assert client.get("/api/auth/sessions", headers=_bearer(fresh)).get_json() == []
+        # a fresh login, refreshed after its first token expired, prunes the rotated rows
+        second = _login(client)
+        newer = _refresh(client, second["refresh_token"]).get_json()
+        time.sleep(0.6)
+        newest = _refresh(client, newer["refresh_token"]).get_json()
+        time.sleep(0.6)
+        _refresh(client, newest["refresh_token"])
+        with app.extensions["pushsrv"].db.session() as s:
+            rows = list(s.scalars(select(RefreshToken).where(
+                RefreshToken.session_id == second["session_id"])))
+        assert len(rows) < 4  # the first token (expired, rotated) was deleted
     finally:
         app.extensions["pushsrv"].shutdown()
 
