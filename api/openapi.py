@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from api.schemas import (CLIENT_ORDER_ID_PATTERN, ClosePosition, Credentials, KeyCreate, KeyUpdate,
                          LogoutRequest, OrderCreate, RefreshRequest, Subscribe, TickerSubscribe)
-from api.validation import DECIMAL_PATTERN, MAX_ID
+from api.validation import DECIMAL_PATTERN, MAX_ID, invalid
 from models import TradeStatus
 
 bp = Blueprint("openapi", __name__)
@@ -142,6 +142,11 @@ ERRORS: dict[int, str] = {
     504: "Exchange timed out (an order stays pending for reconciliation)",
 }
 CALLS_EXCHANGE = (400, 401, 404, 422, 429, 502, 503, 504)
+
+# Blueprints whose query parameters are exactly those documented: an unknown one is a
+# 400 naming it, as an unknown body field is (a typo such as ``?keyid=`` never passes
+# silently). The console, the spec and /metrics are not JSON APIs and are left alone.
+STRICT_QUERY_BLUEPRINTS = ("auth", "keys", "account", "orders", "admin")
 
 SECURITY: dict[str, list[dict]] = {
     "bearer": [{"bearerAuth": []}],
@@ -271,7 +276,8 @@ def _operation(endpoint: str, op: Op, path_params: list[tuple[str, str | None]])
     responses: dict[str, Any] = {str(status): {"description": description}}
     if body_schema is not None:
         responses[str(status)]["content"] = _content(body_schema)
-    for code in op.errors:
+    strict = endpoint.split(".", 1)[0] in STRICT_QUERY_BLUEPRINTS  # unknown query -> 400
+    for code in sorted(set(op.errors) | ({400} if strict else set())):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
     out: dict[str, Any] = {"operationId": endpoint.replace(".", "_"), "summary": op.summary,
                            "tags": [endpoint.split(".", 1)[0]], "security": SECURITY[op.security],
@@ -327,6 +333,20 @@ def build_spec(app: Flask) -> dict:
             },
         },
     }
+
+
+@bp.before_app_request
+def refuse_unknown_query() -> None:
+    """400 ``validation_error`` naming the first query parameter the operation does not
+    document (``OPERATIONS[endpoint].query``)."""
+    endpoint = request.endpoint or ""
+    op = OPERATIONS.get(endpoint)
+    if op is None or endpoint.split(".", 1)[0] not in STRICT_QUERY_BLUEPRINTS:
+        return
+    unknown = [name for name in request.args if name not in op.query]
+    if unknown:
+        raise invalid(unknown[0][:64], "is not a query parameter of this operation "
+                      f"(known: {', '.join(op.query) or 'none'})")
 
 
 @bp.get("/api/openapi.json")

@@ -172,3 +172,11 @@ def test_parse_id_is_the_shared_rule() -> None:
         assert e.value.status == 400 and e.value.field == "key_id"
     with pytest.raises(ApiError):
         parse_id("7", "key_id", from_json=True)
+
+
+def test_unknown_query_parameters_are_refused_on_api_routes(client) -> None:  # type: ignore[no-untyped-def]
+    h = auth_header(client)
+    _error(client.get("/api/trades?keyid=1", headers=h), field="keyid")
+    _error(client.get("/api/auth/me?x=1", headers=h), field="x")
+    assert client.get("/api/trades?key_id=&status=open", headers=h).status_code == 200
+    assert client.get("/api/openapi.json?v=2").status_code == 200  # not an API route
