@@ -70,9 +70,10 @@ class LoginLimits:
         if breached:
             reset = max(strategy.get_window_stats(item, key).reset_time for item, key in breached)
             retry_s = max(1, math.ceil(reset - time.time()))
+            which = ",".join("username" if key.startswith(f"{self._scope}:user:") else "address"
+                             for _, key in breached)
             logger.info("login attempt refused scope=%s limit=%s retry_after_s=%s",
-                        self._scope, "username" if breached[-1][1].split(":")[1] == "user"
-                        else "address", retry_s)
+                        self._scope, which, retry_s)
             raise ApiError("rate_limited", f"too many attempts; retry in {retry_s} s", 429,
                            headers={"Retry-After": str(retry_s)})
         return Attempt(tuple(counted))
