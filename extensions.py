@@ -29,7 +29,8 @@ def init_limiter(app: Flask, storage_uri: str | None, message_queue_url: str | N
     app.config["RATELIMIT_STORAGE_URI"] = uri
     options: dict = {"wrap_exceptions": True}
     if uri.startswith(("redis", "rediss")):
-        options.update(socket_timeout=1, socket_connect_timeout=1)
+        # one deployment's counters apart from another's on a shared Redis
+        options.update(socket_timeout=1, socket_connect_timeout=1, key_prefix=f"LIMITS:{key_prefix}")
     app.config["RATELIMIT_STORAGE_OPTIONS"] = options
     app.config["RATELIMIT_KEY_PREFIX"] = key_prefix
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
