@@ -37,7 +37,7 @@ from appcli import config_error_app, generate_keys_command, under_flask_cli
 from config import Config, ConfigError, load_config, log_format, log_level
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
-from extensions import limiter, socketio
+from extensions import init_limiter, socketio
 from models import Database
 from services import ledger
 from services.accounts import KeyService, UserService
@@ -48,6 +48,7 @@ from services.exits import ExitService, ExitSettings
 from services.leases import LocalLeases, RedisLeases
 from services.orders import OrderService
 from services.security import KeyCipher, TokenService
+from services.sessions import SessionService
 from services.snapshots import SnapshotService
 from services.reconciler import Reconciler
 from services.streams import StreamManager
@@ -78,7 +79,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(SECRET_KEY=cfg.SECRET_KEY, MAX_CONTENT_LENGTH=cfg.MAX_CONTENT_LENGTH,
                       JSON_SORT_KEYS=False)
-    limiter.init_app(app)
+    init_limiter(app, cfg.RATELIMIT_STORAGE_URI, cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL)
     socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
                       channel=cfg.MESSAGE_QUEUE_CHANNEL, cors_allowed_origins=cfg.socketio_cors(),
                       max_http_buffer_size=cfg.MAX_CONTENT_LENGTH, serializer=Packet)
@@ -173,6 +174,7 @@ def _build_services(cfg: Config) -> Services:
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
+        sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
         keys=KeyService(db, cipher, build_client, trading, streams),
         orders=orders, reconciler=reconciler,
         exits=ExitService(db, client_for, socketio.start_background_task, hub.publish,

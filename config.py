@@ -96,6 +96,12 @@ class Config:
         if "*" in self.CORS_ORIGINS:
             return "*"
         return list(self.CORS_ORIGINS) or None
+    # Login and session limits (api/ratelimit.py, services/sessions.py). LOGIN_RATE_LIMIT
+    # above is per client address; this one per username (a bounded lockout).
+    LOGIN_USERNAME_RATE_LIMIT: str = "10 per 5 minutes"
+    REFRESH_RATE_LIMIT: str = "30 per minute"  # per client address
+    RATELIMIT_STORAGE_URI: str | None = None  # default: MESSAGE_QUEUE_URL, else memory
+    REFRESH_EXPIRES_S: int = 30 * 24 * 3600
 
     def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
         """REST and WS base URLs of ``exchange`` (``binance``/``bybit``), mainnet or testnet."""
@@ -231,7 +237,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("MESSAGE_QUEUE_CHANNEL", str), ("LEASE_TTL_S", float),
                        ("RECONCILE_BATCH", int),
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
-                       ("LOGIN_RATE_LIMIT", str)):
+                       ("LOGIN_RATE_LIMIT", str), ("LOGIN_USERNAME_RATE_LIMIT", str),
+                       ("REFRESH_RATE_LIMIT", str), ("RATELIMIT_STORAGE_URI", str),
+                       ("REFRESH_EXPIRES_S", int)):
         if env.get(name):
             values[name] = cast(env[name])
     return Config(**values)

@@ -11,6 +11,7 @@ from flask import Blueprint, request
 
 from api.common import bearer_token, services
 from api.errors import ApiError
+from api.validation import json_object, parse_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -65,20 +66,18 @@ def connections():  # type: ignore[no-untyped-def]
              "connected_at": c.connected_at} for c in services().hub.connections()]
 
 
-@bp.post("/users/<int:user_id>/cache/clear")
-def clear_cache(user_id: int):  # type: ignore[no-untyped-def]
+@bp.post("/users/<user_id>/cache/clear")
+def clear_cache(user_id: str):  # type: ignore[no-untyped-def]
     """``{"cleared": [{"user_id", "exchange", "testnet"}]}``."""
-    return {"cleared": services().trading.clear_user_cache(user_id)}
+    return {"cleared": services().trading.clear_user_cache(parse_id(user_id, "user_id"))}
 
 
 @bp.post("/reconcile")
 def reconcile():  # type: ignore[no-untyped-def]
     """Reconcile the ledger with the exchange (all accounts with ledger activity, or
     one user's): ``{"checked", "fixed", "details"}``."""
-    data = request.get_json(silent=True) or {}
-    if not isinstance(data, dict):
-        raise ApiError("invalid_json", "request body must be a JSON object")
+    data = json_object(optional=True)
     user_id = data.get("user_id")
-    if user_id is not None and (not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0):
-        raise ApiError("validation_error", "user_id must be a positive integer", 400, "user_id")
+    if user_id is not None:
+        user_id = parse_id(user_id, "user_id", from_json=True)
     return services().reconciler.reconcile(user_id)

@@ -1,13 +1,28 @@
-"""POST /api/auth/register, POST /api/auth/login, GET /api/auth/me."""
+"""Users and sessions: register, login, me, refresh, logout, the session list.
+
+Login attempts are counted before the password is checked (api/ratelimit.py);
+refresh is limited per address by Flask-Limiter (counted before the view runs).
+"""
 from __future__ import annotations
 
-from flask import Blueprint, g
+from flask import Blueprint, g, request
 
-from api.common import body, login_required, services
-from api.schemas import Credentials
+from api.common import bearer_token, body, login_required, services
+from api.ratelimit import LoginLimits
+from api.schemas import Credentials, LogoutRequest, RefreshRequest
+from api.validation import check_text, parse_id
 from extensions import limiter
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+
+
+def _user_agent() -> str:
+    """The client's User-Agent, cut to 256 characters, control characters dropped."""
+    agent = request.headers.get("User-Agent", "")[:256]
+    try:
+        return check_text(agent)
+    except ValueError:
+        return "".join(ch for ch in agent if ch.isprintable())
 
 
 @bp.post("/register")
@@ -19,12 +34,35 @@ def register():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/login")
-@limiter.limit(lambda: services().config.LOGIN_RATE_LIMIT, deduct_when=lambda r: r.status_code == 401)
 def login():  # type: ignore[no-untyped-def]
-    """200 ``{"access_token", "token_type", "expires_in"}``; 401; 429 after repeated failures."""
+    """200 ``{"access_token", "token_type", "expires_in", "refresh_token",
+    "refresh_expires_in", "session_id"}``; 401; 429 (``Retry-After``) when the
+    address or the username used up its attempts."""
     creds = body(Credentials)
-    token, expires_in = services().users.login(creds.username, creds.password)
-    return {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
+    cfg = services().config
+    limits = LoginLimits(cfg.LOGIN_RATE_LIMIT, cfg.LOGIN_USERNAME_RATE_LIMIT)
+    attempt = limits.begin(creds.username)
+    pair = services().sessions.login(creds.username, creds.password, _user_agent())
+    limits.succeeded(attempt)
+    return pair.body()
+
+
+@bp.post("/refresh")
+@limiter.limit(lambda: services().config.REFRESH_RATE_LIMIT)
+def refresh():  # type: ignore[no-untyped-def]
+    """200 a new token pair; the presented refresh token stops working; a rotated one
+    presented again ends its session; 401 otherwise."""
+    return services().sessions.refresh(body(RefreshRequest).refresh_token).body()
+
+
+@bp.post("/logout")
+@limiter.limit(lambda: services().config.REFRESH_RATE_LIMIT)
+def logout():  # type: ignore[no-untyped-def]
+    """204: the session of the given refresh token (or of the bearer token) ends."""
+    req = body(LogoutRequest, optional=True)
+    session_id = None if req.refresh_token else services().tokens.session_id(bearer_token())
+    services().sessions.logout(req.refresh_token, session_id)
+    return "", 204
 
 
 @bp.get("/me")
@@ -33,3 +71,21 @@ def me():  # type: ignore[no-untyped-def]
     """200 ``{"id", "username", "is_admin"}``."""
     user = services().users.get(g.user_id)
     return {"id": user.id, "username": user.username, "is_admin": user.is_admin}
+
+
+@bp.get("/sessions")
+@login_required
+def list_sessions():  # type: ignore[no-untyped-def]
+    """200 ``[{"id", "created_at", "last_used_at", "user_agent", "current"}]``."""
+    current = services().tokens.session_id(bearer_token())
+    return [{"id": s.id, "created_at": s.created_at, "last_used_at": s.last_used_at,
+             "user_agent": s.user_agent, "current": s.id == current}
+            for s in services().sessions.list(g.user_id)]
+
+
+@bp.delete("/sessions/<session_id>")
+@login_required
+def end_session(session_id: str):  # type: ignore[no-untyped-def]
+    """204; 404 for an unknown, ended or another user's session."""
+    services().sessions.end(g.user_id, parse_id(session_id, "session_id"))
+    return "", 204

@@ -7,30 +7,22 @@ from typing import Callable, TypeVar
 from flask import current_app, g, request
 from pydantic import BaseModel
 
-from api.errors import ApiError
+from api.validation import json_object, query_id
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def body(model: type[M]) -> M:
-    """The JSON body validated as ``model``. Raises ApiError 400 for a body that is not
-    a JSON object, or pydantic's ValidationError (mapped to 400 naming the field)."""
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError("invalid_json", "request body must be a JSON object")
-    return model.model_validate(data)
+def body(model: type[M], optional: bool = False) -> M:
+    """The JSON body validated as ``model`` (size and depth checked before parsing,
+    ``api/validation.py``); an empty body is ``{}`` when ``optional``. Raises ApiError
+    400/413, or pydantic's ValidationError (mapped to 400 naming the field)."""
+    return model.model_validate(json_object(optional))
 
 
 def query_int(name: str, required: bool = False) -> int | None:
-    """A positive integer query parameter, or None. Raises ApiError 400 naming it."""
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        if required:
-            raise ApiError("validation_error", f"{name} is required", 400, name)
-        return None
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ApiError("validation_error", f"{name} must be a positive integer", 400, name)
-    return int(raw)
+    """An id query parameter (ASCII digits, 1..MAX_ID), or None. Raises ApiError 400
+    naming it. Same as ``api.validation.query_id``."""
+    return query_id(name, required)
 
 
 def bearer_token() -> str | None:

@@ -2,14 +2,19 @@
 with CONTRACT.md's status. Never a stack trace in a response."""
 from __future__ import annotations
 
+import decimal
 import logging
+import math
+import time
 
 from flask import Flask, jsonify
+from limits.errors import StorageError
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from exchanges import errors as xe
+from extensions import limiter
 from services.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -60,12 +65,25 @@ def from_exchange(e: xe.ExchangeError) -> ApiError:
     return ApiError(code, msg, 422)
 
 
+# Raised by arithmetic or a driver on a value the input layer (api/validation.py)
+# should have refused: still the client's input, so a 400, never a 500.
+INPUT_ERRORS = (OverflowError, RecursionError, decimal.InvalidOperation, UnicodeEncodeError)
+
+
 def to_api_error(e: Exception) -> ApiError | None:
     """Map a known exception to an ApiError; None when it is a bug (-> 500)."""
     if isinstance(e, ApiError):
         return e
+    if isinstance(e, INPUT_ERRORS):
+        logger.warning("input refused late error=%s", type(e).__name__)
+        return ApiError("validation_error", "a value in the request is out of range or "
+                        "cannot be represented", 400)
     if isinstance(e, ValidationError):
         return from_validation(e)
+    if isinstance(e, StorageError):  # the rate-limit counters cannot be reached: fail closed
+        logger.warning("rate limit storage unavailable error=%s", type(e.storage_error).__name__)
+        return ApiError("rate_limit_unavailable", "rate limiting is unavailable; retry later", 503,
+                        headers={"Retry-After": "5"})
     if isinstance(e, ServiceError):
         return ApiError(e.code, e.message, e.status, e.field)
     if isinstance(e, xe.ExchangeError):
@@ -87,6 +105,18 @@ def _respond(err: ApiError):  # type: ignore[no-untyped-def]
     return resp
 
 
+def _retry_after_s(header: str | None) -> int:
+    """Seconds until Flask-Limiter's breached window frees (its ``current_limit``),
+    else the header it set, else 60."""
+    try:
+        current = limiter.current_limit
+    except Exception:  # outside a limited request: nothing to read
+        current = None
+    if current is not None:
+        return max(1, math.ceil(current.reset_at - time.time()))
+    return int(header) if header and header.isdigit() else 60
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the JSON error handlers on ``app``."""
 
@@ -94,9 +124,12 @@ def register_error_handlers(app: Flask) -> None:
     def _http(e: HTTPException):  # type: ignore[no-untyped-def]
         code = (e.name or "error").lower().replace(" ", "_")
         headers = {}
+        original = e.get_response().headers
+        if "Allow" in original:  # 405 Method Not Allowed (RFC 9110 section 15.5.6)
+            headers["Allow"] = original["Allow"]
         if e.code == 429:
             code = "rate_limited"
-            headers["Retry-After"] = e.get_response().headers.get("Retry-After", "60")
+            headers["Retry-After"] = str(_retry_after_s(original.get("Retry-After")))
         message = e.description or e.name
         if e.code == 413:
             message = "request body too large"

@@ -5,6 +5,7 @@ from flask import Blueprint, g
 
 from api.common import body, login_required, services
 from api.schemas import KeyCreate, KeyUpdate
+from api.validation import parse_id
 from models import ExchangeKey
 
 bp = Blueprint("keys", __name__, url_prefix="/api/exchange/keys")
@@ -34,17 +35,18 @@ def create_key():  # type: ignore[no-untyped-def]
     return key_json(key), 201
 
 
-@bp.put("/<int:key_id>")
+@bp.put("/<key_id>")
 @login_required
-def update_key(key_id: int):  # type: ignore[no-untyped-def]
+def update_key(key_id: str):  # type: ignore[no-untyped-def]
     """200 the key; its cached client is dropped and its stream restarts."""
+    kid = parse_id(key_id, "key_id")
     changes = body(KeyUpdate).model_dump(exclude_none=True)
-    return key_json(services().keys.update(g.user_id, key_id, changes))
+    return key_json(services().keys.update(g.user_id, kid, changes))
 
 
-@bp.delete("/<int:key_id>")
+@bp.delete("/<key_id>")
 @login_required
-def delete_key(key_id: int):  # type: ignore[no-untyped-def]
+def delete_key(key_id: str):  # type: ignore[no-untyped-def]
     """204; cached client dropped, stream stopped."""
-    services().keys.delete(g.user_id, key_id)
+    services().keys.delete(g.user_id, parse_id(key_id, "key_id"))
     return "", 204

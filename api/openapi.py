@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from api.schemas import (ClosePosition, Credentials, KeyCreate, KeyUpdate, OrderCreate, Subscribe,
-                         TickerSubscribe)
+from api.schemas import (CLIENT_ORDER_ID_PATTERN, ClosePosition, Credentials, KeyCreate, KeyUpdate,
+                         LogoutRequest, OrderCreate, RefreshRequest, Subscribe, TickerSubscribe)
+from api.validation import DECIMAL_PATTERN, MAX_ID, invalid
+from models import TradeStatus
 
 bp = Blueprint("openapi", __name__)
 
@@ -34,8 +36,9 @@ class _DecimalAsString(GenerateJsonSchema):
     ``number | string``, which would invite floats."""
 
     def decimal_schema(self, schema: core_schema.DecimalSchema) -> JsonSchemaValue:
-        """A decimal string such as ``"0.001"``."""
-        return {"type": "string", "format": "decimal", "examples": ["0.001"]}
+        """A decimal string such as ``"0.001"``: the server's own rule (DECIMAL_PATTERN)."""
+        return {"type": "string", "format": "decimal", "pattern": DECIMAL_PATTERN,
+                "examples": ["0.001"]}
 
 
 def _t(spec: str) -> dict:
@@ -79,14 +82,20 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
                              exchange_code={"description": "the exchange's own error code"})),
     "User": _obj(id="integer", username="string"),
     "Me": _obj(id="integer", username="string", is_admin="boolean"),
-    "Token": _obj(access_token="string", token_type=_enum("Bearer"), expires_in="integer"),
+    "Token": _obj(access_token="string", token_type=_enum("Bearer"),
+                  expires_in={"type": "integer", "description": "seconds"},
+                  refresh_token={"type": "string", "description": "rotating; send it to "
+                                 "POST /api/auth/refresh before the access token expires"},
+                  refresh_expires_in={"type": "integer", "description": "seconds"},
+                  session_id="integer"),
+    "Session": _obj(id="integer", created_at="ms", last_used_at="ms", user_agent="string",
+                    current={"type": "boolean", "description": "the session of this access token"}),
     "ExchangeKey": _obj(id="integer", exchange=_enum("binance", "bybit"), testnet="boolean",
                         label="string", api_key_masked="string", status="string",
                         created_at="ms", updated_at="ms"),
     "Trade": _obj(id="integer", key_id="integer", symbol="string", side=_enum("BUY", "SELL"),
                   type="string", quantity="decimal", price="decimal?", filled_quantity="decimal?",
-                  status=_enum("pending", "open", "closing", "closed", "canceled", "failed",
-                               "exit_failed"),
+                  status=_enum(*(t.value for t in TradeStatus)),
                   client_order_id="string", entry_order_id="string?", entry_price="decimal?",
                   exit_price="decimal?", realized_pnl="decimal?", fees="decimal?",
                   error_code="string?", error_message="string?", opened_at="ms?",
@@ -112,7 +121,8 @@ RESPONSE_SCHEMAS: dict[str, dict] = {
               "additionalProperties": True},
     "Connection": _obj(sid="string", user_id="integer", rooms="[string]", connected_at="ms"),
     "CacheCleared": _obj(cleared="[any]"),
-    "ReconcileRequest": {**_obj(("user_id",), user_id={"type": "integer", "exclusiveMinimum": 0}),
+    "ReconcileRequest": {**_obj(("user_id",), user_id={"type": "integer", "minimum": 1,
+                                                       "maximum": MAX_ID}),
                          "additionalProperties": True},
     "ReconcileResult": _obj(checked="integer", fixed="integer", details="[any]"),
 }
@@ -122,6 +132,7 @@ ERRORS: dict[int, str] = {
     401: "No or bad credentials",
     403: "Authenticated but not allowed",
     404: "Not found (also another user's resource)",
+    405: "Method not allowed; ``Allow`` lists the methods of this path",
     409: "Conflict",
     413: "Request body too large",
     422: "The exchange refused it (``exchange_code`` carries its code)",
@@ -132,10 +143,16 @@ ERRORS: dict[int, str] = {
 }
 CALLS_EXCHANGE = (400, 401, 404, 422, 429, 502, 503, 504)
 
+# Blueprints whose query parameters are exactly those documented: an unknown one is a
+# 400 naming it, as an unknown body field is (a typo such as ``?keyid=`` never passes
+# silently). The console, the spec and /metrics are not JSON APIs and are left alone.
+STRICT_QUERY_BLUEPRINTS = ("auth", "keys", "account", "orders", "admin")
+
 SECURITY: dict[str, list[dict]] = {
     "bearer": [{"bearerAuth": []}],
     "none": [],
     "admin": [{"adminToken": []}, {"bearerAuth": []}],
+    "optional": [{"bearerAuth": []}, {}],
     "metrics": [{}, {"adminToken": []}, {"bearerAuth": []}],
 }
 
@@ -154,40 +171,55 @@ class Op:
     path_schemas: dict[str, dict] = field(default_factory=dict)
 
 
-KEY_ID_QUERY = {"key_id": {"type": "integer", "exclusiveMinimum": 0,
-                           "description": "optional when the user has one key"}}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID,
+      "description": "an id: ASCII digits, 1 to 2^31-1 (the database's INTEGER range)"}
+KEY_ID_QUERY = {"key_id": {**ID, "description": "optional when the user has one key"}}
+STATUSES = "|".join(t.value for t in TradeStatus)
+STATUS_QUERY = {"type": "string", "pattern": f"^(({STATUSES})(,({STATUSES}))*)?$",
+                "description": "comma-separated statuses: " + ", ".join(t.value for t in TradeStatus),
+                "examples": ["pending,open,closed"]}
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 OPERATIONS: dict[str, Op] = {
-    "auth.register": Op("Create a user", (201, "Created", "User"), Credentials, (400, 409), "none"),
-    "auth.login": Op("Log in: a bearer token", (200, "Logged in", "Token"), Credentials,
-                     (400, 401, 429), "none"),
+    "auth.register": Op("Create a user", (201, "Created", "User"), Credentials, (400, 409, 413),
+                        "none"),
+    "auth.login": Op("Log in: an access token and a refresh token (a new session)",
+                     (200, "Logged in", "Token"), Credentials, (400, 401, 413, 429), "none"),
+    "auth.refresh": Op("A new token pair; the refresh token presented stops working, and one "
+                       "already rotated ends its session", (200, "Refreshed", "Token"),
+                       RefreshRequest, (400, 401, 413, 429), "none"),
+    "auth.logout": Op("End the session of the refresh token given (or of the bearer token)",
+                      (204, "Logged out", None), LogoutRequest, (400, 401, 413, 429), "optional"),
+    "auth.list_sessions": Op("The user's live sessions", (200, "Sessions", "[Session]")),
+    "auth.end_session": Op("End one of the user's sessions", (204, "Ended", None), None,
+                           (400, 401, 404), path_schemas={"session_id": ID}),
     "auth.me": Op("The authenticated user", (200, "The user", "Me")),
     "keys.list_keys": Op("The user's exchange API keys", (200, "Keys", "[ExchangeKey]")),
     "keys.create_key": Op("Add an exchange API key (checked with one signed call first)",
-                          (201, "Created", "ExchangeKey"), KeyCreate, CALLS_EXCHANGE + (409,)),
+                          (201, "Created", "ExchangeKey"), KeyCreate, CALLS_EXCHANGE + (409, 413)),
     "keys.update_key": Op("Change a key; its cached client is dropped, its stream restarts",
-                          (200, "The key", "ExchangeKey"), KeyUpdate, CALLS_EXCHANGE + (409,)),
+                          (200, "The key", "ExchangeKey"), KeyUpdate, CALLS_EXCHANGE + (409, 413),
+                          path_schemas={"key_id": ID}),
     "keys.delete_key": Op("Delete a key; its client is dropped, its stream stopped",
-                          (204, "Deleted", None), None, (401, 404)),
+                          (204, "Deleted", None), None, (400, 401, 404), path_schemas={"key_id": ID}),
     "account.snapshot": Op("Account snapshot: the envelope of the push", (200, "Envelope", "Envelope"),
                            None, CALLS_EXCHANGE, query=KEY_ID_QUERY,
                            path_schemas={"kind": _enum("balance", "positions", "pnl", "orders")}),
     "orders.place_order": Op("Place an order (recorded pending before it is sent)",
                              (201, "The ledger record", "TradeResult"), OrderCreate,
-                             CALLS_EXCHANGE + (409,)),
+                             CALLS_EXCHANGE + (409, 413)),
     "orders.cancel_order": Op("Cancel an order (the record may turn out filled)",
                               (200, "The ledger record", "TradeResult"), None, CALLS_EXCHANGE,
-                              query=KEY_ID_QUERY),
-    "orders.trades": Op("The user's trades, newest first", (200, "Trades", "[Trade]"), None, (400, 401),
-                        query={**KEY_ID_QUERY, "status": {
-                            "type": "string", "description": "comma-separated statuses",
-                            "examples": ["pending,open,closed"]}}),
+                              query=KEY_ID_QUERY, path_schemas={"client_order_id": {
+                                  "type": "string", "pattern": CLIENT_ORDER_ID_PATTERN}}),
+    "orders.trades": Op("The user's trades, newest first", (200, "Trades", "[Trade]"), None,
+                        (400, 401, 404), query={**KEY_ID_QUERY, "status": STATUS_QUERY}),
     "orders.close_position": Op("Close a position: an exit by FOK limit with a bounded price chase",
                                 (202, "The exit record", "ExitStarted"), ClosePosition,
-                                CALLS_EXCHANGE + (409,)),
-    "orders.get_exit": Op("One exit record", (200, "The exit record", "ExitResult"), None, (401, 404)),
+                                CALLS_EXCHANGE + (409, 413)),
+    "orders.get_exit": Op("One exit record", (200, "The exit record", "ExitResult"), None,
+                          (400, 401, 404), path_schemas={"exit_id": ID}),
     "admin.health": Op("Health; 503 when degraded", (200, "Healthy", "Health"), None, (401, 503),
                        "admin"),
     "admin.stats": Op("Connections, subscriptions, caches, streams, pushes", (200, "Stats", "Stats"),
@@ -195,9 +227,9 @@ OPERATIONS: dict[str, Op] = {
     "admin.connections": Op("Open Socket.IO connections", (200, "Connections", "[Connection]"),
                             None, (401,), "admin"),
     "admin.clear_cache": Op("Drop a user's cached exchange clients", (200, "Cleared", "CacheCleared"),
-                            None, (401,), "admin"),
+                            None, (400, 401), "admin", path_schemas={"user_id": ID}),
     "admin.reconcile": Op("Reconcile the ledger with the exchange", (200, "Result", "ReconcileResult"),
-                          "ReconcileRequest", (400, 401), "admin"),
+                          "ReconcileRequest", (400, 401, 413), "admin"),
     "metrics.metrics": Op("Prometheus metrics (text format 0.0.4); no token from a loopback peer",
                           (200, "Metrics", TEXT), None, (401,), "metrics"),
     "openapi.spec": Op("This OpenAPI document", (200, "OpenAPI 3.1", {"application/json": {
@@ -210,7 +242,8 @@ OPERATIONS: dict[str, Op] = {
 }
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, KeyCreate, KeyUpdate, OrderCreate,
-                                              ClosePosition, Subscribe, TickerSubscribe)
+                                              ClosePosition, Subscribe, TickerSubscribe,
+                                              RefreshRequest, LogoutRequest)
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
 
@@ -243,7 +276,8 @@ def _operation(endpoint: str, op: Op, path_params: list[tuple[str, str | None]])
     responses: dict[str, Any] = {str(status): {"description": description}}
     if body_schema is not None:
         responses[str(status)]["content"] = _content(body_schema)
-    for code in op.errors:
+    strict = endpoint.split(".", 1)[0] in STRICT_QUERY_BLUEPRINTS  # unknown query -> 400
+    for code in sorted(set(op.errors) | ({400} if strict else set())):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
     out: dict[str, Any] = {"operationId": endpoint.replace(".", "_"), "summary": op.summary,
                            "tags": [endpoint.split(".", 1)[0]], "security": SECURITY[op.security],
@@ -252,7 +286,7 @@ def _operation(endpoint: str, op: Op, path_params: list[tuple[str, str | None]])
         out["parameters"] = params
     if op.request is not None:
         name = op.request if isinstance(op.request, str) else op.request.__name__
-        out["requestBody"] = {"required": name != "ReconcileRequest",
+        out["requestBody"] = {"required": name not in ("ReconcileRequest", "LogoutRequest"),
                               "content": {"application/json": {"schema": {"$ref": REF + name}}}}
     return out
 
@@ -274,7 +308,11 @@ def build_spec(app: Flask) -> dict:
                      "content": {"application/json": {"schema": {"$ref": REF + "Error"}}}}
         for code, text in ERRORS.items()}
     error_responses["E429"]["headers"] = {"Retry-After": {
-        "description": "seconds to wait", "schema": {"type": "integer"}}}
+        "description": "seconds until the breached window frees", "required": True,
+        "schema": {"type": "integer", "minimum": 1}}}
+    error_responses["E405"]["headers"] = {"Allow": {
+        "description": "the methods this path supports", "required": True,
+        "schema": {"type": "string"}}}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "pushsrv", "version": API_VERSION,
@@ -295,6 +333,20 @@ def build_spec(app: Flask) -> dict:
             },
         },
     }
+
+
+@bp.before_app_request
+def refuse_unknown_query() -> None:
+    """400 ``validation_error`` naming the first query parameter the operation does not
+    document (``OPERATIONS[endpoint].query``)."""
+    endpoint = request.endpoint or ""
+    op = OPERATIONS.get(endpoint)
+    if op is None or endpoint.split(".", 1)[0] not in STRICT_QUERY_BLUEPRINTS:
+        return
+    unknown = [name for name in request.args if name not in op.query]
+    if unknown:
+        raise invalid(unknown[0][:64], "is not a query parameter of this operation "
+                      f"(known: {', '.join(op.query) or 'none'})")
 
 
 @bp.get("/api/openapi.json")

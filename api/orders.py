@@ -1,17 +1,21 @@
 """POST /api/orders, DELETE /api/orders/{client_order_id}, GET /api/trades."""
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, g, request
 
 from api.common import body, login_required, query_int, services
 from api.errors import ApiError
-from api.schemas import ClosePosition, OrderCreate
+from api.schemas import CLIENT_ORDER_ID_PATTERN, ClosePosition, OrderCreate
+from api.validation import invalid, parse_id
 from models import Exit, Trade, TradeStatus
 from services.serialize import dec
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
 
 STATUSES = {s.value for s in TradeStatus}
+_CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
 
 
 def trade_json(t: Trade) -> dict:
@@ -44,6 +48,8 @@ def place_order():  # type: ignore[no-untyped-def]
 @login_required
 def cancel_order(client_order_id: str):  # type: ignore[no-untyped-def]
     """200 the record after cancel (it may be ``open``: the cancel raced a fill)."""
+    if not _CLIENT_ORDER_ID.fullmatch(client_order_id):
+        raise invalid("client_order_id", "must be 1-36 characters of [.A-Z:/a-z0-9_-]")
     key = services().keys.resolve(g.user_id, query_int("key_id"))
     return {"trade": trade_json(services().orders.cancel(g.user_id, key.id, client_order_id))}
 
@@ -80,11 +86,11 @@ def close_position():  # type: ignore[no-untyped-def]
     return {"exit": exit_json(exit_), "started": started}, 202
 
 
-@bp.get("/exits/<int:exit_id>")
+@bp.get("/exits/<exit_id>")
 @login_required
-def get_exit(exit_id: int):  # type: ignore[no-untyped-def]
+def get_exit(exit_id: str):  # type: ignore[no-untyped-def]
     """200 the exit record; 404 for an unknown or another user's exit."""
-    exit_ = services().exits.get(g.user_id, exit_id)
+    exit_ = services().exits.get(g.user_id, parse_id(exit_id, "exit_id"))
     if exit_ is None:
         raise ApiError("not_found", f"no exit {exit_id}", 404)
     return {"exit": exit_json(exit_)}

@@ -4,15 +4,22 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from api.validation import CREDENTIAL_PATTERN, MAX_ID, check_decimal, check_text
+
+# Text fields refuse control characters and lone surrogates (api/validation.py).
+NoControl = AfterValidator(check_text)
 Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256), NoControl]
 Symbol = Annotated[str, StringConstraints(min_length=2, max_length=32, pattern=r"^[A-Z0-9]+$")]
+CLIENT_ORDER_ID_PATTERN = r"^[.A-Z:/a-z0-9_-]{1,36}$"  # Binance newClientOrderId
 ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=36,
-                                                 pattern=r"^[.A-Z:/a-z0-9_-]+$")]
-Secret = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$")]
-Label = Annotated[str, StringConstraints(max_length=64)]
+                                                 pattern=CLIENT_ORDER_ID_PATTERN)]
+# Printable ASCII, no spaces: what the venues accept in an API-key header.
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=CREDENTIAL_PATTERN)]
+Label = Annotated[str, StringConstraints(max_length=64), NoControl]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Strict(BaseModel):
@@ -47,23 +54,11 @@ class KeyUpdate(Strict):
     testnet: bool | None = None
 
 
-def _decimal(value: object, field: str) -> Decimal:
-    if not isinstance(value, str):
-        raise ValueError("must be a decimal string such as \"0.001\"")
-    try:
-        d = Decimal(value)
-    except Exception as e:  # decimal.InvalidOperation
-        raise ValueError("must be a decimal string such as \"0.001\"") from e
-    if not d.is_finite() or d <= 0:
-        raise ValueError("must be a positive decimal string")
-    return d
-
-
 class OrderCreate(Strict):
     """POST /api/orders. ``quantity`` and ``price`` are decimal strings; ``timeout_s``
     (LIMIT only, seconds): cancel the order if it has not filled by then."""
 
-    key_id: int = Field(gt=0)
+    key_id: Id
     symbol: Symbol
     side: Literal["BUY", "SELL"]
     type: Literal["MARKET", "LIMIT"]
@@ -77,7 +72,7 @@ class OrderCreate(Strict):
     @field_validator("quantity", "price", mode="before")
     @classmethod
     def _dec(cls, v: object, info) -> Decimal | None:  # type: ignore[no-untyped-def]
-        return None if v is None and info.field_name == "price" else _decimal(v, info.field_name)
+        return None if v is None and info.field_name == "price" else check_decimal(v)
 
     def cross_field_error(self) -> tuple[str, str] | None:
         """``(field, message)`` when LIMIT lacks a price or MARKET has one."""
@@ -95,7 +90,7 @@ class OrderCreate(Strict):
 class ClosePosition(Strict):
     """POST /api/positions/close."""
 
-    key_id: int = Field(gt=0)
+    key_id: Id
     symbol: Symbol
 
 
@@ -103,7 +98,7 @@ class Subscribe(Strict):
     """Socket.IO ``subscribe`` / ``unsubscribe`` payload."""
 
     types: list[Literal["balance", "positions", "pnl", "orders"]] = Field(min_length=1, max_length=4)
-    key_id: int | None = Field(default=None, gt=0)
+    key_id: Id | None = None
 
 
 class TickerSubscribe(Strict):
@@ -111,3 +106,20 @@ class TickerSubscribe(Strict):
 
     exchange: Literal["binance", "bybit"]
     symbols: list[Symbol] = Field(min_length=1, max_length=50)
+
+
+RefreshTokenStr = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                                   pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class RefreshRequest(Strict):
+    """POST /api/auth/refresh."""
+
+    refresh_token: RefreshTokenStr
+
+
+class LogoutRequest(Strict):
+    """POST /api/auth/logout: the refresh token of the session to end, or nothing
+    (then the session of the bearer access token ends)."""
+
+    refresh_token: RefreshTokenStr | None = None

@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> None:
         sim._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
         gate = Gate(sim.port)
         server = start_server(f"sqlite:///{tmp / 'bench.sqlite3'}", sim.url, gate.ws_url, log_dir,
-                              extra_env={"RECONCILE_INTERVAL_S": str(args.reconcile_interval_s),
+                              extra_env={"LOGIN_RATE_LIMIT": "100000 per minute",  # setup threads
+                                         "RECONCILE_INTERVAL_S": str(args.reconcile_interval_s),
                                          "EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in
                                                                 range(1, args.egress_ips + 1))},
                               real_limits=True)

@@ -14,6 +14,7 @@ from services.exits import ExitService
 from services.orders import OrderService
 from services.reconciler import Reconciler
 from services.security import KeyCipher, TokenService
+from services.sessions import SessionService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
 from services.tickers import TickerHub
@@ -41,6 +42,7 @@ class Services:
     tickers: TickerHub
     governors: Governors
     metrics: Metrics | None = None
+    sessions: SessionService | None = None  # login sessions, refresh tokens
     started_monotonic: float = field(default_factory=time.monotonic)
 
     def message_queue_status(self) -> str:

@@ -48,7 +48,8 @@ class TokenService:
     """Issues and checks JWT access tokens.
 
     Claims: ``sub`` (user id as a string), ``iat``, ``exp`` (seconds, per RFC 7519),
-    ``adm`` (bool).
+    ``adm`` (bool), ``sid`` (the login session, services/sessions.py; absent on tokens
+    issued without one).
     """
 
     algorithm = "HS256"
@@ -57,23 +58,37 @@ class TokenService:
         self._key = secret_key
         self.expires_s = expires_s
 
-    def issue(self, user_id: int, is_admin: bool) -> str:
+    def issue(self, user_id: int, is_admin: bool, session_id: int | None = None) -> str:
         """A signed token valid for ``expires_s`` seconds."""
         now = int(time.time())
-        claims = {"sub": str(user_id), "iat": now, "exp": now + self.expires_s, "adm": is_admin}
+        claims: dict[str, Any] = {"sub": str(user_id), "iat": now, "exp": now + self.expires_s,
+                                  "adm": is_admin}
+        if session_id is not None:
+            claims["sid"] = session_id
         return jwt.encode(claims, self._key, algorithm=self.algorithm)
 
     def verify(self, token: str | None) -> tuple[int, bool]:
         """``(user_id, is_admin)`` of a valid token. Raises Unauthorized otherwise."""
+        claims = self.claims(token)
+        return int(claims["sub"]), bool(claims.get("adm", False))
+
+    def session_id(self, token: str | None) -> int | None:
+        """The ``sid`` claim of a valid token (None without one). Raises Unauthorized."""
+        sid = self.claims(token).get("sid")
+        return sid if isinstance(sid, int) and not isinstance(sid, bool) else None
+
+    def claims(self, token: str | None) -> dict[str, Any]:
+        """The claims of a valid token. Raises Unauthorized otherwise."""
         if not token:
             raise Unauthorized("unauthorized", "missing access token")
         try:
             claims = jwt.decode(token, self._key, algorithms=[self.algorithm],
                                 options={"require": ["exp", "sub"]})
-            return int(claims["sub"]), bool(claims.get("adm", False))
+            int(claims["sub"])
+            return claims
         except jwt.ExpiredSignatureError as e:
             raise Unauthorized("token_expired", "access token expired") from e
-        except (jwt.InvalidTokenError, ValueError) as e:
+        except (jwt.InvalidTokenError, ValueError, TypeError) as e:
             raise Unauthorized("unauthorized", "invalid access token") from e
 
 
