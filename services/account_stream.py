@@ -40,6 +40,7 @@ from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
 from exchanges.factory import FULL_ORDERS_EVERY, OPEN_ORDERS_PER_SYMBOL
 from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired, Ticker
 from services.account_state import AccountState, now_ms
+from services.push import DirectPush, Push
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,10 @@ class AccountStream:
                  on_order: Callable[[object], None] | None = None,
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
-                 on_positions: Callable[[list, int, bool], None] | None = None) -> None:
+                 on_positions: Callable[[list, int, bool], None] | None = None,
+                 push: Push | None = None) -> None:
         self.state = state
+        self._push = push or DirectPush(publish, audience)
         self._on_positions = on_positions
         self._positions_shape: tuple | None = None
         self._positions_reported: dict = {}
@@ -130,6 +133,7 @@ class AccountStream:
         self.status = "reconnecting"
         self.since = now_ms()
         self.running = True
+        self._quiet = False
         self.stream: UserStream | None = None
         self.events_seen = 0
         self._last_call: dict[str, float] = {}
@@ -140,16 +144,17 @@ class AccountStream:
         self._on_order = on_order
         self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
-        self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
         self._refresh_held_until = 0.0  # the rate governor held a refresh back until then
         self._order_rounds = 0
         self.refreshes_held = 0
 
     # ---- public ------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the loop to end and close the socket (the loop exits within one recv)."""
+    def stop(self, quiet: bool = False) -> None:
+        """Ask the loop to end and close the socket (the loop exits within one recv).
+        ``quiet``: a restart follows, so no ``stream_status`` ``down`` is pushed."""
         self.running = False
+        self._quiet = quiet
         if self._tickers is not None:
             self._tickers.unsubscribe_all(self._subscriber)
         if self.stream is not None:
@@ -157,13 +162,17 @@ class AccountStream:
 
     @property
     def _subscriber(self) -> str:
-        return f"key:{self.state.key_id}"
+        return f"key:{self.state.key_id}:{id(self):x}"
 
     def on_tick(self, tick: Ticker) -> None:
         """A mark price tick of a held symbol: revalue and push what changed."""
         self._tick_seen[tick.symbol] = time.monotonic()
-        if self.running and self.state.apply_mark(tick.symbol, tick.mark_price):
-            self._emit(("positions", "pnl", "balance"), "stream", tick.ts)
+        if not self.running:
+            return
+        if self.state.unknown:
+            self.state.mark_known(tick.symbol)
+        for kind in self.state.apply_mark(tick.symbol, tick.mark_price):
+            self._push.offer(self.state, kind, "stream", tick.ts, True)
 
     def _sync_tickers(self) -> None:
         """Follow the mark price of exactly the symbols with an open position."""
@@ -250,7 +259,8 @@ class AccountStream:
                 self._drop_stream()
                 self._sleep(self.settings.backoff_max_s)
         self._drop_stream()
-        self._set_status("down")
+        if not self._quiet:
+            self._set_status("down")
 
     # ---- internals -----------------------------------------------------------------
     def _connect(self, client: ExchangeClient) -> None:
@@ -271,11 +281,11 @@ class AccountStream:
         if self.state.realized_pnl is None:
             self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
             self._emit(("pnl",), "rest", now_ms())
-        reconnect = self._resume_from_ms is not None
+        reconnect = self.state.resume_from_ms is not None
         if reconnect:
             symbols |= self._symbols_of_interest()
             self._gap_fill(client, symbols)
-        self._resume_from_ms = now_ms()
+        self.state.resume_from_ms = now_ms()
         self._set_status("live")
         logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
                     self.state.exchange)
@@ -290,12 +300,13 @@ class AccountStream:
         """Hand the ledger every fill since the last event seen before the drop (the
         stream does not replay a gap); the ledger's upsert by trade id makes a fill
         seen twice count once."""
-        since = (self._resume_from_ms or now_ms()) - GAP_SLACK_MS
+        since = (self.state.resume_from_ms or now_ms()) - GAP_SLACK_MS
         found = 0
         for symbol in sorted(symbols):
             for fill in self._when_allowed(lambda s=symbol: client.get_fills(s, start_time=since)):
-                self._on_fill(fill)
+                self._fill(fill)
                 found += 1
+        self._flush_fills(now_ms())
         logger.info("gap fill key_id=%s symbols=%s fills=%s", self.state.key_id, len(symbols), found)
 
     def _when_allowed(self, call: Callable[[], T]) -> T:
@@ -349,9 +360,9 @@ class AccountStream:
                 changed.add("orders")
                 as_of = max(as_of, event.event_time)
                 if event.fill is not None:
-                    self._on_fill(event.fill)
+                    self._fill(event.fill)
             elif isinstance(event, FillEvent):
-                self._on_fill(event.fill)
+                self._fill(event.fill)
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, AccountEvent):  # pushed now; REST completes it later
                 applied, incomplete = self.state.apply_account_event(event)
@@ -366,12 +377,13 @@ class AccountStream:
                 self._drop_stream()
                 self._set_status("reconnecting")
                 return
+        self._flush_fills(as_of or now_ms())
         if changed:
             self._emit(tuple(changed), "stream", as_of or now_ms())
         if dropped is not None:
             raise dropped
         if as_of:
-            self._resume_from_ms = max(self._resume_from_ms or 0, as_of)
+            self.state.resume_from_ms = max(self.state.resume_from_ms or 0, as_of)
         stale_marks = self._marks_stale()
         if (self._refresh_due or stale_marks) and now >= self._refresh_held_until:
             kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
@@ -487,17 +499,26 @@ class AccountStream:
         self._on_positions(list(held.values()) + closed, now_ms(), first)
 
     def _emit(self, kinds: tuple[str, ...], source: str, as_of: int) -> None:
+        """An account event or a REST result changed ``kinds``: pushed at once to
+        whoever listens (compared with the last envelope first)."""
         for kind in kinds:
-            if self._audience is not None and not self._audience(self.state.user_id, kind):
-                self.state.note_unseen(kind, source, as_of)
-                continue
-            env = self.state.envelope_if_changed(kind, source, as_of)
-            if env is not None:
-                self._send(env)
+            self._push.offer(self.state, kind, source, as_of, False)
 
     def _send(self, env: dict) -> None:
         env["sent_at"] = now_ms()
-        self._publish(env)
+        self._push.deliver(self.state, env)
+
+    def _fill(self, fill) -> None:  # type: ignore[no-untyped-def]
+        """A fill seen on the stream or by the gap fill: to the ledger, and queued for
+        the next ``fills`` push unless this trade id was pushed already."""
+        self._on_fill(fill)
+        self.state.add_fill(fill)
+
+    def _flush_fills(self, as_of: int) -> None:
+        """Push the queued fills as one ``fills`` envelope (never conflated)."""
+        env = self.state.fills_envelope(as_of)
+        if env is not None:
+            self._push.deliver(self.state, env)
 
     def _set_status(self, status: str) -> None:
         if status == self.status:

@@ -14,6 +14,7 @@ from services.exits import ExitService
 from services.orders import OrderService
 from services.reconciler import Reconciler
 from services.security import KeyCipher, TokenService
+from services.resume import ResumeService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
 from services.tickers import TickerHub
@@ -40,6 +41,7 @@ class Services:
     hub: object
     tickers: TickerHub
     governors: Governors
+    resume: ResumeService | None = None
     metrics: Metrics | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Callable
 
 from exchanges.base import MarketStream
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 VenueSymbol = tuple[str, bool, str]  # (exchange, testnet, SYMBOL)
 OpenStream = Callable[[str, bool, str], MarketStream]
+YIELD_EVERY_S = 0.002  # a tick's delivery yields to other green threads this often
 
 
 def ticker_room(exchange: str, symbol: str) -> str:
@@ -160,7 +162,12 @@ class TickerHub:
 
     def _deliver(self, up: _Upstream, tick: Ticker) -> None:
         """Every tick reaches the callbacks (they learn the stream is alive and revalue
-        only on a change); sockets get an envelope only when a price changed."""
+        only on a change); sockets get an envelope only when a price changed.
+
+        Fair to every holder: each tick starts one further along the list of
+        callbacks (nobody is always last), and the loop yields to the other green
+        threads (the sockets' writers among them) every ``YIELD_EVERY_S`` of work,
+        so no delivery holds the hub for long."""
         up.ticks += 1
         changed = up.last is None or (up.last.mark_price, up.last.last_price, up.last.bid,
                                       up.last.ask) != (tick.mark_price, tick.last_price,
@@ -175,11 +182,18 @@ class TickerHub:
             env = self._envelope(up, tick)
             env["sent_at"] = now_ms()
             self._publish(env)
-        for cb in callbacks:
+        if not callbacks:
+            return
+        start = up.ticks % len(callbacks)
+        sliced_at = time.perf_counter()
+        for cb in callbacks[start:] + callbacks[:start]:
             try:
                 cb(tick)
             except Exception:  # isolation boundary: one subscriber's failure does not stop the next
                 logger.exception("tick subscriber failed symbol=%s", tick.symbol)
+            if time.perf_counter() - sliced_at > YIELD_EVERY_S:
+                self._sleep(0)
+                sliced_at = time.perf_counter()
 
     @staticmethod
     def _envelope(up: _Upstream, tick: Ticker) -> dict:

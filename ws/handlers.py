@@ -12,10 +12,11 @@ from pydantic import ValidationError
 
 from api.errors import to_api_error
 from exchanges.errors import ExchangeError
-from api.schemas import Subscribe, TickerSubscribe
-from services.errors import NotFound, ServiceError, Unauthorized
+from api.schemas import TickerSubscribe
+from services.errors import NotFound, ServiceError, Unauthorized, ValidationFailed
 from services.tickers import ticker_room
 from ws.hub import room
+from ws.schemas import Subscribe, Unsubscribe
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def register_handlers(socketio: SocketIO) -> None:
             user_id, _ = _svc().tokens.verify(token)
         except Unauthorized:
             raise ConnectionRefusedError("unauthorized")
-        _svc().hub.add(request.sid, user_id)
+        _svc().hub.add(request.sid, user_id,
+                       socketio.server.manager.eio_sid_from_sid(request.sid, "/"))
         join_room(room("user", user_id))
         logger.info("socket connected user_id=%s sid=%s", user_id, request.sid)
 
@@ -56,9 +58,12 @@ def register_handlers(socketio: SocketIO) -> None:
         if conn is None:
             return NOT_CONNECTED
         try:
-            req = Subscribe.model_validate(data if isinstance(data, dict) else {})
-            keys = ([svc.keys.get(conn.user_id, req.key_id)] if req.key_id
-                    else svc.keys.list(conn.user_id))
+            payload = dict(data) if isinstance(data, dict) else {}
+            key_id = parse_key_id(payload.pop("key_id", None))
+            req = Subscribe.model_validate(payload)
+            if req.since and key_id is None:
+                raise ValidationFailed("key_id_required", "since requires key_id", "key_id")
+            keys = [svc.keys.get(conn.user_id, key_id)] if key_id else svc.keys.list(conn.user_id)
             if not keys:
                 raise NotFound("key_not_found", "the user has no API key", "key_id")
             streams = [svc.streams.ensure(conn.user_id, k.id) for k in keys]
@@ -68,30 +73,38 @@ def register_handlers(socketio: SocketIO) -> None:
             join_room(room(kind, conn.user_id))
         conn.types.update(req.types)
         conn.key_ids.update(k.id for k in keys)
+        conn.hz.update(req.rates())
         local = [s for s in streams if s is not None]
-        snapshot = [env for s in local for env in s.state.cached(req.types)]
+        since = {k: p.model_dump(exclude_none=True) for k, p in (req.since or {}).items()}
+        resumed, plans = svc.resume.plan([s.state for s in local], list(req.types), since)
         statuses = [{"key_id": s.state.key_id, "exchange": s.state.exchange,
                      "state": s.status, "since": s.since} for s in local]
         # keys whose stream runs in another process: a REST snapshot for this socket
         remote = [(conn.user_id, k, kind) for k, s in zip(keys, streams) if s is None
-                  for kind in req.types]
-        socketio.start_background_task(_send_snapshot, svc, socketio, request.sid,
-                                       snapshot, statuses, remote)
-        return {"ok": True, "subscribed": sorted(conn.types),
-                "rooms": [room(t, conn.user_id) for t in sorted(conn.types)]}
+                  for kind in req.types if kind != "fills"]
+        socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
+                                       statuses, remote)
+        ack = {"ok": True, "subscribed": sorted(conn.types),
+               "rooms": [room(t, conn.user_id) for t in sorted(conn.types)]}
+        if req.since is not None:  # per type: was the client's copy continued
+            ack["resumed"] = {kind: resumed.get(kind, False) for kind in req.types}
+        return ack
 
     @socketio.on("unsubscribe")
     def on_unsubscribe(data=None):  # type: ignore[no-untyped-def]
-        conn = _svc().hub.get(request.sid)
+        svc = _svc()
+        conn = svc.hub.get(request.sid)
         if conn is None:
             return NOT_CONNECTED
         try:
-            req = Subscribe.model_validate(data if isinstance(data, dict) else {})
+            req = Unsubscribe.model_validate(data if isinstance(data, dict) else {})
         except ValidationError as e:
             return _error_ack(e)
         for kind in req.types:
             leave_room(room(kind, conn.user_id))
             conn.types.discard(kind)
+        if svc.hub.fanout is not None:
+            svc.hub.fanout.detach(request.sid, kinds=set(req.types))
         return {"ok": True, "subscribed": sorted(conn.types)}
 
     def _ticker_request(data):  # type: ignore[no-untyped-def]
@@ -148,14 +161,30 @@ def register_handlers(socketio: SocketIO) -> None:
             svc.trading.clear_user_cache(conn.user_id)
 
 
-def _send_snapshot(svc, socketio: SocketIO, sid: str, envelopes: list[dict],  # type: ignore[no-untyped-def]
-                   statuses: list[dict], remote: list[tuple]) -> None:
-    """After the ack: the current snapshot and stream states to the new subscriber."""
+def parse_key_id(value: object) -> int | None:
+    """``key_id`` of a subscribe payload: None or a positive integer. Raises
+    ValidationFailed naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValidationFailed("validation_error", "key_id: must be a positive integer",
+                               "key_id")
+    return value
+
+
+def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[dict],  # type: ignore[no-untyped-def]
+                   remote: list[tuple]) -> None:
+    """After the ack: each type's first envelopes (snapshot or resume) and then its
+    live pushes, the stream states, and REST snapshots of keys streamed elsewhere."""
+    for plan in plans:
+        svc.hub.attach(conn, plan.state, plan.kind, plan.first)
+    envelopes = []
     for user_id, key, kind in remote:
         try:
             envelopes.append(svc.snapshots.envelope(user_id, key, kind))
         except ExchangeError as e:
-            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)}, to=sid)
-    svc.hub.send_to(sid, envelopes)
+            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)},
+                          to=conn.sid)
+    svc.hub.send_to(conn.sid, envelopes)
     for status in statuses:
-        socketio.emit("stream_status", status, to=sid)
+        socketio.emit("stream_status", status, to=conn.sid)
