@@ -28,12 +28,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Plan:
-    """What to send one subscriber of ``state``'s ``kind`` before live pushes;
-    ``first`` is called when its live pushes start (see ws.fanout.Fanout.attach)."""
+    """What to send one subscriber of ``state``'s ``kind`` before live pushes.
+
+    ``prepare`` (may be None) runs first, in a background task, outside any lock
+    (the ledger read of a fills replay); ``wait_live``: run it once the stream is
+    live, so that the fills its gap fill finds are in the replay and not pushed to
+    this subscriber a second time; ``first`` is called when the live pushes start
+    (see ws.fanout.Fanout.attach). ``error`` is set by ``prepare`` when it failed."""
 
     state: AccountState
     kind: str
     first: Callable[[], list[dict]]
+    prepare: Callable[[], None] | None = None
+    wait_live: bool = False
+    error: str | None = None
 
 
 class ResumeService:
@@ -53,11 +61,11 @@ class ResumeService:
             for kind in kinds:
                 pos = (since or {}).get(kind)
                 if kind == "fills":
-                    ok, first = self._fills(state, pos)
+                    ok, plan = self._fills(state, pos)
                 else:
-                    ok, first = self._state(state, kind, pos)
+                    ok, plan = self._state(state, kind, pos)
                 resumed[kind] = resumed.get(kind, True) and ok
-                plans.append(Plan(state, kind, first))
+                plans.append(plan)
         return resumed, plans
 
     @staticmethod
@@ -67,34 +75,37 @@ class ResumeService:
 
         if (not pos or pos.get("epoch") != state.epoch or pos.get("seq") is None
                 or state.last(kind) is None or pos["seq"] > state.seq(kind)):
-            return False, snapshot
+            return False, Plan(state, kind, snapshot)
         seq = pos["seq"]
 
         def continued() -> list[dict]:
             if seq == state.seq(kind) and not state.pending(kind):
                 return []  # the client holds the current value
             return state.cached([kind])
-        return True, continued
+        return True, Plan(state, kind, continued)
 
     def _fills(self, state: AccountState, pos: dict | None):  # type: ignore[no-untyped-def]
         def empty() -> list[dict]:
             return [state.fills_snapshot([])]
 
         if not pos:
-            return False, empty
+            return False, Plan(state, "fills", empty)
         if pos.get("epoch") == state.epoch and pos.get("seq") is not None \
                 and state.fills_after(pos["seq"]) is not None:
             seq = pos["seq"]
-            return True, lambda: state.fills_after(seq) or []
+            return True, Plan(state, "fills", lambda: state.fills_after(seq) or [])
         if pos.get("time") is None:
-            return False, empty
+            return False, Plan(state, "fills", empty)
         since_ms = pos["time"]
-        try:
-            durable = self._feed.since(state.key_id, since_ms)
-        except SQLAlchemyError as e:
-            logger.warning("fills replay read failed key_id=%s kind=%s", state.key_id,
-                           type(e).__name__)
-            return False, empty
+        durable: list[dict] = []
+
+        def prepare() -> None:
+            try:
+                durable.extend(self._feed.since(state.key_id, since_ms))
+            except SQLAlchemyError as e:
+                logger.warning("fills replay read failed key_id=%s kind=%s", state.key_id,
+                               type(e).__name__)
+                plan.error = "the fills of the ledger could not be read; try again"
 
         def replay() -> list[dict]:
             rows: dict[tuple[str, str], dict] = {(r["symbol"], r["trade_id"]): r for r in durable}
@@ -103,4 +114,5 @@ class ResumeService:
                     rows.setdefault((r["symbol"], r["trade_id"]), r)
             return [state.fills_snapshot(sorted(rows.values(),
                                                 key=lambda r: (r["time"], r["trade_id"])))]
-        return True, replay
+        plan = Plan(state, "fills", replay, prepare, wait_live=True)
+        return True, plan

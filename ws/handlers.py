@@ -5,6 +5,7 @@ Thin: each validates, calls the hub or a service, and acks CONTRACT.md's shape.
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_room
@@ -20,6 +21,7 @@ from ws.schemas import Subscribe, Unsubscribe
 
 logger = logging.getLogger(__name__)
 
+LIVE_WAIT_S = 10.0  # a fills replay waits this long at most for a starting stream's gap fill
 NOT_CONNECTED = {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
 
 
@@ -176,7 +178,18 @@ def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[di
                    remote: list[tuple]) -> None:
     """After the ack: each type's first envelopes (snapshot or resume) and then its
     live pushes, the stream states, and REST snapshots of keys streamed elsewhere."""
-    for plan in plans:
+    for plan in sorted(plans, key=lambda p: p.wait_live):  # a replay's wait delays no other
+        if plan.prepare is not None:
+            if plan.wait_live:
+                stream = svc.streams.get(plan.state.key_id)
+                deadline = time.monotonic() + LIVE_WAIT_S
+                while stream is not None and stream.status not in ("live", "down") \
+                        and time.monotonic() < deadline:
+                    socketio.sleep(0.05)
+            plan.prepare()
+            if plan.error:
+                socketio.emit("error", {"code": "replay_unavailable", "message": plan.error},
+                              to=conn.sid)
         svc.hub.attach(conn, plan.state, plan.kind, plan.first)
     envelopes = []
     for user_id, key, kind in remote:
