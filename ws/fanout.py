@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # symbol but matters less on a phone than the pnl figure.
 DEFAULT_MAX_HZ = {"pnl": 10.0, "positions": 4.0, "balance": 1.0, "orders": 10.0}
 MAX_HZ_LIMIT = 50.0
+EARLY_S = 0.001  # a connection due within this is served now (timers may wake a bit early)
 
 
 @dataclass(eq=False)
@@ -74,10 +75,13 @@ class Fanout:
             ``_send_eio_packet``).
         spawn: starts a background task; sleep: cooperative sleep.
         on_push: called with each envelope built for delivery (counters, latency).
+        clock: monotonic seconds.
     """
 
     def __init__(self, server, spawn: Callable, sleep: Callable[[float], None],  # type: ignore[no-untyped-def]
-                 on_push: Callable[[dict], None] = lambda env: None) -> None:
+                 on_push: Callable[[dict], None] = lambda env: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._server = server
         self._spawn = spawn
         self._sleep = sleep
@@ -151,9 +155,9 @@ class Fanout:
         with ch.lock:
             self._follow(ch, state)
             subs = list(ch.subs.values())
-            now = time.monotonic()
+            now = self._clock()
             if mark:
-                due = [s for s in subs if s.next_at <= now]
+                due = [s for s in subs if s.next_at <= now + EARLY_S]
                 if not due:
                     state.note_unseen(kind, source, as_of)
                     self.conflated += 1
@@ -211,7 +215,7 @@ class Fanout:
         self._spawn(self._timer, ch, at)
 
     def _timer(self, ch: Channel, at: float) -> None:
-        self._sleep(max(0.0, at - time.monotonic()))
+        self._sleep(max(0.0, at - self._clock()))
         with ch.lock:
             if ch.timer_at != at:
                 return  # an earlier timer took over
@@ -227,9 +231,9 @@ class Fanout:
         state = ch.state
         if state is None or not ch.subs:
             return
-        now = time.monotonic()
+        now = self._clock()
         subs = list(ch.subs.values())
-        if state.pending(ch.kind) and any(s.next_at <= now for s in subs):
+        if state.pending(ch.kind) and any(s.next_at <= now + EARLY_S for s in subs):
             env = state.build_pending(ch.kind)
             if env is not None:
                 self._on_push(env)
@@ -244,7 +248,7 @@ class Fanout:
         for sub in subs:
             if sub.last_seq >= env["seq"] and not state.pending(ch.kind):
                 continue
-            if sub.next_at <= now:
+            if sub.next_at <= now + EARLY_S:
                 if sub.last_seq < env["seq"]:
                     self._send(sub, env, pkt)
                     self.timer_pushes += 1
