@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import replace
 from decimal import Decimal
 
-from exchanges.types import AccountEvent, Balance, Fill, Order, Position
+from exchanges.types import AccountEvent, AssetBalance, Balance, Fill, Order, Position
 from services import serialize
 
 STATE_TYPES = ("balance", "positions", "pnl", "orders")
@@ -126,7 +126,11 @@ class AccountState:
         upnl = (mark_price - held.entry_price) * held.size * sign
         delta = upnl - held.unrealized_pnl
         assert self.positions is not None
-        self.positions[symbol] = replace(held, mark_price=mark_price, unrealized_pnl=upnl)
+        # the constructor, not dataclasses.replace: this runs per holder per tick
+        self.positions[symbol] = Position(held.symbol, held.side, held.size, held.entry_price,
+                                          mark_price, upnl, held.leverage,
+                                          held.liquidation_price, held.margin_type,
+                                          held.updated_at)
         if delta and self.balance is not None:
             self._move_unrealized(symbol, delta)
             return ("positions", "pnl", "balance")
@@ -228,12 +232,12 @@ class AccountState:
         if b is None or not delta:
             return
         margin_asset = "USDT" if symbol.endswith("USDT") else None
-        assets = tuple(replace(a, unrealized_pnl=a.unrealized_pnl + delta,
-                               margin_balance=a.margin_balance + delta)
+        assets = tuple(AssetBalance(a.asset, a.wallet_balance, a.available_balance,
+                                    a.unrealized_pnl + delta, a.margin_balance + delta)
                        if a.asset == margin_asset else a for a in b.assets)
-        self.balance = replace(b, total_unrealized_pnl=b.total_unrealized_pnl + delta,
-                               total_margin_balance=b.total_margin_balance + delta,
-                               assets=assets)
+        self.balance = Balance(b.total_wallet_balance, b.total_unrealized_pnl + delta,
+                               b.total_margin_balance + delta, b.available_balance, assets,
+                               b.updated_at)
 
     def position_symbols(self) -> set[str]:
         """Symbols with an open position."""

@@ -14,7 +14,9 @@ def dec(value: Decimal | None) -> str | None:
     """A Decimal as a plain decimal string (``"0.001"``, never ``"1E-3"``); None stays None."""
     if value is None:
         return None
-    text = f"{value.normalize():f}" if value == value.to_integral() else f"{value:f}"
+    text = str(value)  # C-fast; exponent form only for very small or normalized values
+    if "E" in text:
+        text = f"{value.normalize():f}" if value == value.to_integral() else f"{value:f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"

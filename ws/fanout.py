@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 # mark-driven pushes per second per connection and type when ``max_hz`` is not given;
 # account events are never held back. ``balance`` moves with every tick of every held
 # symbol but matters less on a phone than the pnl figure.
-DEFAULT_MAX_HZ = {"pnl": 10.0, "positions": 4.0, "balance": 1.0, "orders": 10.0}
+# ``pnl`` (the figure a trader watches) up to 10 a second; ``positions`` (whose rows
+# also carry the mark price) once a second; ``balance`` every 2 s.
+DEFAULT_MAX_HZ = {"pnl": 10.0, "positions": 1.0, "balance": 0.5, "orders": 10.0}
 MAX_HZ_LIMIT = 50.0
 EARLY_S = 0.001  # a connection due within this is served now (timers may wake a bit early)
 
@@ -153,11 +155,13 @@ class Fanout:
             state.note_unseen(kind, source, as_of)  # built when a subscriber asks
             return
         with ch.lock:
-            self._follow(ch, state)
+            if ch.epoch != state.epoch or ch.state is not state:
+                self._follow(ch, state)
             subs = list(ch.subs.values())
             now = self._clock()
             if mark:
-                due = [s for s in subs if s.next_at <= now + EARLY_S]
+                due = subs if len(subs) == 1 and subs[0].next_at <= now + EARLY_S else [
+                    s for s in subs if s.next_at <= now + EARLY_S]
                 if not due:
                     state.note_unseen(kind, source, as_of)
                     self.conflated += 1
