@@ -19,17 +19,15 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import replace
 from decimal import Decimal
 
-from exchanges.types import AccountEvent, AssetBalance, Balance, Fill, Order, Position
+from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
 from services import serialize
+from services.fill_log import FillLog
 
 STATE_TYPES = ("balance", "positions", "pnl", "orders")
 ACCOUNT_TYPES = STATE_TYPES + ("fills",)
-FILLS_KEPT = 500  # fills envelopes kept per key for a resume by (epoch, seq)
-TRADE_IDS_KEPT = 5_000  # trade ids remembered per key so that a fill is pushed once
 
 # the epoch prefix of this process: a restart can never reuse an epoch
 _BOOT = f"{int(time.time() * 1000):x}-{os.getpid():x}-{os.urandom(3).hex()}"
@@ -46,7 +44,7 @@ def new_epoch() -> str:
     return f"{_BOOT}-{next(_EPOCHS)}"
 
 
-class AccountState:
+class AccountState(FillLog):
     """Last known balance, positions, open orders and realized PnL of one key, and the
     key's push sequence (``epoch``, ``seq`` per type).
 
@@ -76,9 +74,7 @@ class AccountState:
         self._unseen: dict[str, tuple[str, int]] = {}  # kind -> (source, as_of) not built
         self._order_rows: dict[str, tuple[Order, dict]] = {}  # order id -> (order, its row)
         self._position_rows: dict[str, tuple[Position, dict]] = {}
-        self._fills_pending: list[Fill] = []
-        self._fill_ids: dict[tuple[str, str], None] = {}  # (symbol, trade id), oldest first
-        self.fills_log: deque[dict] = deque(maxlen=FILLS_KEPT)  # the last fills envelopes
+        self._init_fills()
 
     # ---- updates ---------------------------------------------------------------
     def set_balance(self, balance: Balance) -> None:
@@ -243,52 +239,6 @@ class AccountState:
         """Symbols with an open position."""
         return set(self.positions or {})
 
-    # ---- fills -----------------------------------------------------------------
-    def add_fill(self, fill: Fill) -> bool:
-        """Queue a fill for the next ``fills`` envelope; False when this trade id was
-        pushed already (a gap fill repeats what the stream delivered)."""
-        ident = (fill.symbol, fill.trade_id)
-        with self._lock:
-            if ident in self._fill_ids:
-                return False
-            self._fill_ids[ident] = None
-            if len(self._fill_ids) > TRADE_IDS_KEPT:
-                del self._fill_ids[next(iter(self._fill_ids))]
-            self._fills_pending.append(fill)
-        return True
-
-    def fills_envelope(self, as_of: int) -> dict | None:
-        """The ``fills`` envelope of the queued fills (oldest first), sequenced and kept
-        in ``fills_log``; None when none is queued. Built whether or not anybody
-        listens: a fill's place in the sequence is what a resume refers to."""
-        with self._lock:
-            fills, self._fills_pending = self._fills_pending, []
-            if not fills:
-                return None
-            fills.sort(key=lambda f: (f.time, f.trade_id))
-            env = self._sequence("fills", "stream", as_of, False,
-                                 [serialize.fill_data(f) for f in fills])
-            self.fills_log.append(env)
-            return env
-
-    def fills_after(self, seq: int) -> list[dict] | None:
-        """The kept fills envelopes with a ``seq`` above ``seq``, oldest first; None
-        when ``seq`` is not in the kept range (older than the log, or ahead of it)."""
-        with self._lock:
-            current = self._seq.get("fills", 0)
-            if seq > current or seq < 0:
-                return None
-            log = list(self.fills_log)
-            if seq < current and (not log or log[0]["seq"] > seq + 1):
-                return None
-            return [e for e in log if e["seq"] > seq]
-
-    def recent_fills(self) -> list[dict]:
-        """The fill rows of the kept envelopes, oldest first (not yet durable ones
-        among them)."""
-        with self._lock:
-            return [row for env in self.fills_log for row in env["data"]]
-
     # ---- payloads --------------------------------------------------------------
     def data(self, kind: str):  # type: ignore[no-untyped-def]
         """The CONTRACT.md ``data`` of ``kind``, or None when not known yet."""
@@ -438,11 +388,3 @@ class AccountState:
             if "fills" in kinds:
                 out.append(self.fills_snapshot([]))
             return out
-
-    def fills_snapshot(self, rows: list[dict]) -> dict:
-        """A ``fills`` envelope of ``rows`` (a resume's replay, or ``[]``) at the
-        current ``seq``, ``source: "cache"``: not a new push, so no seq is spent."""
-        return {"type": "fills", "user_id": self.user_id, "key_id": self.key_id,
-                "exchange": self.exchange, "testnet": self.testnet, "epoch": self.epoch,
-                "seq": self._seq.get("fills", 0), "as_of": now_ms(), "sent_at": now_ms(),
-                "source": "cache", "stale": False, "data": rows}

@@ -90,6 +90,7 @@ class Fanout:
         self._on_push = on_push
         self._lock = threading.Lock()
         self._channels: dict[tuple[int, str], Channel] = {}
+        self._by_sid: dict[str, set[tuple[int, str]]] = {}  # sid -> its channels' keys
         self.conflated = 0  # mark-driven changes noted instead of sent at once
         self.timer_pushes = 0
 
@@ -108,13 +109,20 @@ class Fanout:
                 self._send(sub, env, self._encode(env))
             sub.last_seq = max(sub.last_seq, state.seq(kind))
             ch.subs[sid] = sub
+        with self._lock:
+            self._by_sid.setdefault(sid, set()).add((state.key_id, kind))
 
     def detach(self, sid: str, key_ids: set[int] | None = None,
                kinds: set[str] | None = None) -> None:
         """Unsubscribe ``sid`` from the channels of ``key_ids`` x ``kinds`` (None: all)."""
         with self._lock:
-            channels = [c for (k, t), c in self._channels.items()
-                        if (key_ids is None or k in key_ids) and (kinds is None or t in kinds)]
+            mine = self._by_sid.get(sid, set())
+            picked = {(k, t) for k, t in mine
+                      if (key_ids is None or k in key_ids) and (kinds is None or t in kinds)}
+            mine -= picked
+            if not mine:
+                self._by_sid.pop(sid, None)
+            channels = [c for c in (self._channels.get(p) for p in picked) if c is not None]
         for ch in channels:
             with ch.lock:
                 ch.subs.pop(sid, None)

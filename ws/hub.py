@@ -175,6 +175,8 @@ class PushHub:
         snapshot or replay); with a message queue, send ``first()`` (the room brings
         the live ones)."""
         fanout = self.fanout
+        if self.get(conn.sid) is None:
+            return  # disconnected before its snapshot went out
         if fanout is not None:
             fanout.attach(conn.sid, conn.eio_sid, state, kind, conn.max_hz(kind), first)
         else:
