@@ -66,6 +66,7 @@ class Channel:
     state: object = None  # the AccountState last seen (its epoch, its envelopes)
     epoch: str | None = None
     packet: tuple[int, object] | None = None  # (seq, Engine.IO packet)
+    snapshot: tuple[int, object] | None = None  # (seq, packet) of the cached copy
     timer_at: float | None = None
 
 
@@ -106,7 +107,7 @@ class Fanout:
             self._follow(ch, state)
             sub = Sub(sid, eio_sid, interval, last_seq=0)
             for env in first():
-                self._send(sub, env, self._encode(env))
+                self._send(sub, env, self._snapshot_packet(ch, env))
             sub.last_seq = max(sub.last_seq, state.seq(kind))
             ch.subs[sid] = sub
         with self._lock:
@@ -149,7 +150,7 @@ class Fanout:
         to the old sequence."""
         ch.state = state
         if ch.epoch != state.epoch:
-            ch.epoch, ch.packet = state.epoch, None
+            ch.epoch, ch.packet, ch.snapshot = state.epoch, None, None
             for sub in ch.subs.values():
                 sub.last_seq = 0
 
@@ -210,6 +211,15 @@ class Fanout:
             return  # never a repeat, never backwards
         self._server._send_eio_packet(sub.eio_sid, pkt)
         sub.last_seq = max(sub.last_seq, seq)
+
+    def _snapshot_packet(self, ch: Channel, env: dict):  # type: ignore[no-untyped-def]
+        """The packet of a subscriber's first envelope; a state's cached copy is the same
+        for every subscriber of that seq (a reconnect storm), so it is encoded once."""
+        if env.get("source") != "cache" or env["type"] == "fills" or env.get("epoch") != ch.epoch:
+            return self._encode(env)
+        if ch.snapshot is None or ch.snapshot[0] != env["seq"]:
+            ch.snapshot = (env["seq"], self._encode(env))
+        return ch.snapshot[1]
 
     def _encode(self, env: dict):  # type: ignore[no-untyped-def]
         """One Engine.IO MESSAGE packet for the event (python-socketio's packet class,

@@ -65,16 +65,18 @@ def register_handlers(socketio: SocketIO) -> None:
             req = Subscribe.model_validate(payload)
             if req.since and key_id is None:
                 raise ValidationFailed("key_id_required", "since requires key_id", "key_id")
-            keys = [svc.keys.get(conn.user_id, key_id)] if key_id else svc.keys.list(conn.user_id)
-            if not keys:
+            # a key whose stream runs here is the user's (ensure checks): no lookup
+            key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
+            if not key_ids:
                 raise NotFound("key_not_found", "the user has no API key", "key_id")
-            streams = [svc.streams.ensure(conn.user_id, k.id) for k in keys]
+            streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
+            keys = {k: svc.keys.get(conn.user_id, k) for k, s in zip(key_ids, streams) if s is None}
         except (ValidationError, ServiceError, ValueError) as e:
             return _error_ack(e)
         for kind in req.types:
             join_room(room(kind, conn.user_id))
         conn.types.update(req.types)
-        conn.key_ids.update(k.id for k in keys)
+        conn.key_ids.update(key_ids)
         conn.hz.update(req.rates())
         local = [s for s in streams if s is not None]
         since = {k: p.model_dump(exclude_none=True) for k, p in (req.since or {}).items()}
@@ -82,7 +84,7 @@ def register_handlers(socketio: SocketIO) -> None:
         statuses = [{"key_id": s.state.key_id, "exchange": s.state.exchange,
                      "state": s.status, "since": s.since} for s in local]
         # keys whose stream runs in another process: a REST snapshot for this socket
-        remote = [(conn.user_id, k, kind) for k, s in zip(keys, streams) if s is None
+        remote = [(conn.user_id, key, kind) for key in keys.values()
                   for kind in req.types if kind != "fills"]
         socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
                                        statuses, remote)
