@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,15 +26,26 @@ MARK_STALE_S = 5.0  # no mark tick for this long: poll positions by REST instead
 class AccountPusher:
     """Mark price revaluation and every push of one account stream."""
 
-    def on_tick(self, tick: Ticker) -> None:
-        """A mark price tick of a held symbol: revalue and push what changed."""
+    def on_tick(self, tick: Ticker) -> Callable[[], None] | None:
+        """A mark price tick of a held symbol: revalue and push ``pnl`` now; returns
+        the push of the other types that moved (positions, balance) for the TickerHub
+        to run once every holder got its ``pnl`` (None when nothing else moved)."""
         self._tick_seen[tick.symbol] = time.monotonic()
         if not self.running:
-            return
+            return None
         if self.state.unknown:
             self.state.mark_known(tick.symbol)
-        for kind in self.state.apply_mark(tick.symbol, tick.mark_price):
-            self._push.offer(self.state, kind, "stream", tick.ts, True)
+        kinds = self.state.apply_mark(tick.symbol, tick.mark_price)
+        if not kinds:
+            return None
+        state, offer, as_of = self.state, self._push.offer, tick.ts
+        offer(state, "pnl", "stream", as_of, True)
+
+        def rest() -> None:
+            for kind in kinds:
+                if kind != "pnl":
+                    offer(state, kind, "stream", as_of, True)
+        return rest
 
     def _sync_tickers(self) -> None:
         """Follow the mark price of exactly the symbols with an open position."""
