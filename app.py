@@ -50,6 +50,8 @@ from services.orders import OrderService
 from services.security import KeyCipher, TokenService
 from services.sessions import SessionService
 from services.snapshots import SnapshotService
+from services.fill_feed import FillFeed
+from services.resume import ResumeService
 from services.reconciler import Reconciler
 from services.streams import StreamManager
 from services.tickers import TickerHub
@@ -162,7 +164,8 @@ def _build_services(cfg: Config) -> Services:
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
-                            leases=leases, audience=hub.has_audience, governors=governors)
+                            leases=leases, audience=hub.has_audience, governors=governors,
+                            push=hub)
     streams_ref.append(streams)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
@@ -181,6 +184,7 @@ def _build_services(cfg: Config) -> Services:
                           ExitSettings(cfg.EXIT_MAX_RETRIES, cfg.EXIT_MAX_SLIPPAGE, cfg.EXIT_DEADLINE_S)),
         streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
+        resume=ResumeService(FillFeed(db)),
         ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics)
 
 

@@ -20,9 +20,10 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from api.schemas import (CLIENT_ORDER_ID_PATTERN, ClosePosition, Credentials, KeyCreate, KeyUpdate,
-                         LogoutRequest, OrderCreate, RefreshRequest, Subscribe, TickerSubscribe)
+                         LogoutRequest, OrderCreate, RefreshRequest, TickerSubscribe)
 from api.validation import DECIMAL_PATTERN, MAX_ID, invalid
 from models import TradeStatus
+from ws.schemas import Subscribe, Unsubscribe
 
 bp = Blueprint("openapi", __name__)
 
@@ -242,7 +243,7 @@ OPERATIONS: dict[str, Op] = {
 }
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, KeyCreate, KeyUpdate, OrderCreate,
-                                              ClosePosition, Subscribe, TickerSubscribe,
+                                              ClosePosition, Subscribe, Unsubscribe, TickerSubscribe,
                                               RefreshRequest, LogoutRequest)
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}

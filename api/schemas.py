@@ -94,13 +94,6 @@ class ClosePosition(Strict):
     symbol: Symbol
 
 
-class Subscribe(Strict):
-    """Socket.IO ``subscribe`` / ``unsubscribe`` payload."""
-
-    types: list[Literal["balance", "positions", "pnl", "orders"]] = Field(min_length=1, max_length=4)
-    key_id: Id | None = None
-
-
 class TickerSubscribe(Strict):
     """Socket.IO ``subscribe_ticker`` / ``unsubscribe_ticker`` payload."""
 

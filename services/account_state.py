@@ -1,20 +1,37 @@
-"""In-memory state of one account (one API key) and change detection for pushes.
+"""In-memory state of one account (one API key), its push sequence and change detection.
 
-A push envelope (CONTRACT.md) is made only when a type's content (its ``data`` and
-``stale`` flag) changed since the last one; ``seq`` grows by one per
-(user, key, type).
+An envelope (CONTRACT.md) carries ``epoch`` and ``seq``: ``seq`` grows by exactly one
+per built envelope of a (user, key, type) within one ``epoch``. The state object is
+what carries the sequence, so it outlives its stream: ``services.streams`` keeps it
+while the stream restarts (exchange reconnect, key update, the user's sockets
+leaving and coming back within the retention time) and makes a new one, with a new
+epoch, only when it cannot vouch for continuity (process start, the stream having
+run in another process).
+
+Change detection: a mark price move changes positions, pnl and balance by numbers
+the state computes itself (``apply_mark``), so those envelopes are built without
+comparing payloads; a REST snapshot may or may not differ from what was held, so
+its payload is compared with the last one (``envelope_if_changed``).
 """
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 from dataclasses import replace
 from decimal import Decimal
 
-from exchanges.types import AccountEvent, Balance, Order, Position
+from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
 from services import serialize
+from services.fill_log import FillLog
 
-ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
+STATE_TYPES = ("balance", "positions", "pnl", "orders")
+ACCOUNT_TYPES = STATE_TYPES + ("fills",)
+
+# the epoch prefix of this process: a restart can never reuse an epoch
+_BOOT = f"{int(time.time() * 1000):x}-{os.getpid():x}-{os.urandom(3).hex()}"
+_EPOCHS = itertools.count(1)
 
 
 def now_ms() -> int:
@@ -22,28 +39,42 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class AccountState:
-    """Last known balance, positions, open orders and realized PnL of one key.
+def new_epoch() -> str:
+    """A string no other state of this or any earlier process carries."""
+    return f"{_BOOT}-{next(_EPOCHS)}"
+
+
+class AccountState(FillLog):
+    """Last known balance, positions, open orders and realized PnL of one key, and the
+    key's push sequence (``epoch``, ``seq`` per type).
 
     Values are exactly what the exchange (or the ledger, for realized PnL) said; a
-    type never seen is ``None`` and is not pushed.
+    type never seen is ``None`` and is not pushed. A position field an account event
+    did not carry (Binance ACCOUNT_UPDATE: leverage, liquidation price) is listed in
+    ``unknown[symbol]`` and pushed as ``null`` until a REST snapshot gives it.
     """
 
-    def __init__(self, user_id: int, key_id: int, exchange: str, testnet: bool) -> None:
+    def __init__(self, user_id: int, key_id: int, exchange: str, testnet: bool,
+                 epoch: str | None = None) -> None:
         self.user_id = user_id
         self.key_id = key_id
         self.exchange = exchange
         self.testnet = testnet
+        self.epoch = epoch or new_epoch()
         self.balance: Balance | None = None
         self.positions: dict[str, Position] | None = None
         self.orders: dict[str, Order] | None = None
+        self.unknown: dict[str, frozenset[str]] = {}  # symbol -> fields not known yet
         self.realized_pnl = None  # services.ledger.Realized once read from the ledger
+        self.resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._lock = threading.Lock()
         self._seq: dict[str, int] = {}
         self._last: dict[str, tuple] = {}
         self._envelopes: dict[str, dict] = {}
         self._unseen: dict[str, tuple[str, int]] = {}  # kind -> (source, as_of) not built
         self._order_rows: dict[str, tuple[Order, dict]] = {}  # order id -> (order, its row)
+        self._position_rows: dict[str, tuple[Position, dict]] = {}
+        self._init_fills()
 
     # ---- updates ---------------------------------------------------------------
     def set_balance(self, balance: Balance) -> None:
@@ -51,8 +82,9 @@ class AccountState:
         self.balance = balance
 
     def set_positions(self, positions: list[Position]) -> None:
-        """Replace the open positions snapshot."""
+        """Replace the open positions snapshot (complete: every field known)."""
         self.positions = {p.symbol: p for p in positions if p.size != 0}
+        self.unknown = {}
 
     def set_orders(self, orders: list[Order]) -> None:
         """Replace the open orders snapshot."""
@@ -71,8 +103,11 @@ class AccountState:
         else:
             self.orders[order.order_id] = order
 
-    def apply_mark(self, symbol: str, mark_price: Decimal) -> bool:
-        """Revalue the ``symbol`` position at a new mark price. True if it changed.
+    def apply_mark(self, symbol: str, mark_price: Decimal) -> tuple[str, ...]:
+        """Revalue the ``symbol`` position at a new mark price; returns the types this
+        changed (``()`` when nothing moved): positions and pnl, and balance when the
+        unrealized PnL moved and a balance is known. No payload is built or compared:
+        the mark price is the only input that moved.
 
         unrealized PnL = (mark - entry) * size, negated for SHORT (Binance USD-M
         "Unrealized PnL" definition); the balance's total and the margin asset's
@@ -82,24 +117,32 @@ class AccountState:
         """
         held = (self.positions or {}).get(symbol)
         if held is None or held.mark_price == mark_price:
-            return False
+            return ()
         sign = 1 if held.side == "LONG" else -1
         upnl = (mark_price - held.entry_price) * held.size * sign
         delta = upnl - held.unrealized_pnl
         assert self.positions is not None
-        self.positions[symbol] = replace(held, mark_price=mark_price, unrealized_pnl=upnl)
-        self._move_unrealized(symbol, delta)
-        return True
+        # the constructor, not dataclasses.replace: this runs per holder per tick
+        self.positions[symbol] = Position(held.symbol, held.side, held.size, held.entry_price,
+                                          mark_price, upnl, held.leverage,
+                                          held.liquidation_price, held.margin_type,
+                                          held.updated_at)
+        if delta and self.balance is not None:
+            self._move_unrealized(symbol, delta)
+            return ("positions", "pnl", "balance")
+        return ("positions", "pnl")
 
     def apply_account_event(self, event: AccountEvent) -> tuple[set[str], set[str]]:
         """Apply an account update from the stream (Binance ACCOUNT_UPDATE, Bybit
         ``position``/``wallet``): positions take the event's size, side, entry price and
         unrealized PnL (recomputed at the mark price held, like ``apply_mark``, when
         there is one), wallets their balance, and the balance totals move by the same
-        deltas. Returns ``(changed, incomplete)``: the types
-        changed now, and those a REST refresh must complete: the event carries no
-        available balance, and a position that is new or changed size has no
-        leverage or liquidation price in it."""
+        deltas. A position in a symbol not held yet is added at once with what the
+        event carries; its mark price, leverage and liquidation price are unknown
+        (``null`` in pushes) until REST completes them. Returns ``(changed,
+        incomplete)``: the types changed now, and those a REST refresh must complete
+        (the event carries no available balance, and a position that is new or
+        changed size has no leverage or liquidation price in it)."""
         changed: set[str] = set()
         incomplete: set[str] = set()
         if event.positions:
@@ -107,28 +150,7 @@ class AccountState:
                 incomplete.add("positions")
             else:
                 for u in event.positions:
-                    held = self.positions.get(u.symbol)
-                    if u.amount == 0:
-                        if held is not None:
-                            self._move_unrealized(u.symbol, -held.unrealized_pnl)
-                            del self.positions[u.symbol]
-                            changed |= {"positions", "pnl"}
-                        continue
-                    if held is None:
-                        incomplete.add("positions")
-                        continue
-                    side, size = ("LONG" if u.amount > 0 else "SHORT"), abs(u.amount)
-                    if size != held.size or side != held.side:
-                        incomplete.add("positions")
-                    upnl = u.unrealized_pnl  # the exchange's, at its mark; ours when we have one
-                    if held.mark_price:
-                        upnl = (held.mark_price - u.entry_price) * size * (1 if side == "LONG" else -1)
-                    moved = replace(held, side=side, size=size, entry_price=u.entry_price,
-                                    unrealized_pnl=upnl, margin_type=u.margin_type)
-                    if moved != held:
-                        self._move_unrealized(u.symbol, upnl - held.unrealized_pnl)
-                        self.positions[u.symbol] = moved
-                        changed |= {"positions", "pnl"}
+                    changed |= self._apply_position_update(u, incomplete)
         if event.wallets:
             incomplete.add("balance")  # available balance is not in the event
             b = self.balance
@@ -153,6 +175,52 @@ class AccountState:
             changed.add("balance")
         return changed, incomplete
 
+    def _apply_position_update(self, u, incomplete: set[str]) -> set[str]:  # type: ignore[no-untyped-def]
+        assert self.positions is not None
+        held = self.positions.get(u.symbol)
+        if u.amount == 0:
+            if held is None:
+                return set()
+            self._move_unrealized(u.symbol, -held.unrealized_pnl)
+            del self.positions[u.symbol]
+            self.unknown.pop(u.symbol, None)
+            return {"positions", "pnl"}
+        side, size = ("LONG" if u.amount > 0 else "SHORT"), abs(u.amount)
+        if held is None:
+            # the event's own figures; what it does not carry is unknown, never guessed
+            incomplete.add("positions")
+            self.positions[u.symbol] = Position(
+                u.symbol, side, size, u.entry_price, Decimal(0), u.unrealized_pnl,
+                Decimal(0), Decimal(0), u.margin_type)
+            self.unknown[u.symbol] = frozenset({"mark_price", "leverage", "liquidation_price"})
+            self._move_unrealized(u.symbol, u.unrealized_pnl)
+            return {"positions", "pnl"}
+        if size != held.size or side != held.side:
+            incomplete.add("positions")
+            if u.symbol in self.unknown or held.liquidation_price:
+                self.unknown[u.symbol] = self.unknown.get(u.symbol, frozenset()) | {
+                    "liquidation_price"}
+        upnl = u.unrealized_pnl  # the exchange's, at its mark; ours when we have one
+        if held.mark_price and "mark_price" not in self.unknown.get(u.symbol, ()):
+            upnl = (held.mark_price - u.entry_price) * size * (1 if side == "LONG" else -1)
+        moved = replace(held, side=side, size=size, entry_price=u.entry_price,
+                        unrealized_pnl=upnl, margin_type=u.margin_type)
+        if moved == held:
+            return set()
+        self._move_unrealized(u.symbol, upnl - held.unrealized_pnl)
+        self.positions[u.symbol] = moved
+        return {"positions", "pnl"}
+
+    def mark_known(self, symbol: str) -> None:
+        """A mark price tick of ``symbol`` arrived: its mark price is known now."""
+        fields = self.unknown.get(symbol)
+        if fields and "mark_price" in fields:
+            rest = fields - {"mark_price"}
+            if rest:
+                self.unknown[symbol] = rest
+            else:
+                del self.unknown[symbol]
+
     def _move_unrealized(self, symbol: str, delta: Decimal) -> None:
         """Move the balance's unrealized PnL and margin balance (total and the margin
         asset's) by ``delta`` of ``symbol``'s position."""
@@ -160,12 +228,12 @@ class AccountState:
         if b is None or not delta:
             return
         margin_asset = "USDT" if symbol.endswith("USDT") else None
-        assets = tuple(replace(a, unrealized_pnl=a.unrealized_pnl + delta,
-                               margin_balance=a.margin_balance + delta)
+        assets = tuple(AssetBalance(a.asset, a.wallet_balance, a.available_balance,
+                                    a.unrealized_pnl + delta, a.margin_balance + delta)
                        if a.asset == margin_asset else a for a in b.assets)
-        self.balance = replace(b, total_unrealized_pnl=b.total_unrealized_pnl + delta,
-                               total_margin_balance=b.total_margin_balance + delta,
-                               assets=assets)
+        self.balance = Balance(b.total_wallet_balance, b.total_unrealized_pnl + delta,
+                               b.total_margin_balance + delta, b.available_balance, assets,
+                               b.updated_at)
 
     def position_symbols(self) -> set[str]:
         """Symbols with an open position."""
@@ -177,14 +245,34 @@ class AccountState:
         if kind == "balance":
             return None if self.balance is None else serialize.balance_data(self.balance)
         if kind == "positions":
-            return None if self.positions is None else serialize.positions_data(self.positions.values())
+            return None if self.positions is None else self._positions_data()
         if kind == "orders":
             return None if self.orders is None else self._orders_data()
         if kind == "pnl":
             if self.positions is None or self.realized_pnl is None:
                 return None
-            return serialize.pnl_data(self.positions.values(), self.realized_pnl)
+            return serialize.pnl_data(self.positions.values(), self.realized_pnl,
+                                      self.unknown)
+        if kind == "fills":
+            return []
         raise ValueError(f"unknown type {kind!r}")
+
+    def _positions_data(self) -> list[dict]:
+        """``positions`` data with each position's row built once per change of it."""
+        assert self.positions is not None
+        rows = []
+        for p in sorted(self.positions.values(), key=lambda p: (p.symbol, p.side)):
+            held = self._position_rows.get(p.symbol)
+            if held is None or held[0] is not p:
+                row = serialize.position_row(p)
+                for name in self.unknown.get(p.symbol, ()):
+                    row[name] = None
+                held = self._position_rows[p.symbol] = (p, row)
+            rows.append(held[1])
+        if len(self._position_rows) > len(self.positions) + 16:
+            self._position_rows = {k: v for k, v in self._position_rows.items()
+                                   if k in self.positions}
+        return rows
 
     def _orders_data(self) -> list[dict]:
         """CONTRACT.md ``orders`` data: the open orders, oldest update first, each
@@ -202,10 +290,35 @@ class AccountState:
         return rows
 
     def note_unseen(self, kind: str, source: str, as_of: int) -> None:
-        """``kind`` changed but nobody is subscribed: its envelope is built only when
-        a subscriber asks for it (``cached``)."""
+        """``kind`` changed but no push of it is due: its envelope is built when one
+        is (``pending``) or a subscriber asks for it (``cached``)."""
         with self._lock:
             self._unseen[kind] = (source, as_of)
+
+    def pending(self, kind: str) -> bool:
+        """True when ``kind`` changed since its last envelope was built."""
+        return kind in self._unseen
+
+    def build_pending(self, kind: str) -> dict | None:
+        """Build the envelope of a change noted by ``note_unseen`` (the mark price
+        moved: known changed, not compared); None when nothing is pending."""
+        with self._lock:
+            noted = self._unseen.pop(kind, None)
+        if noted is None:
+            return None
+        return self.envelope(kind, noted[0], noted[1])
+
+    def envelope(self, kind: str, source: str, as_of: int) -> dict | None:
+        """A new envelope of ``kind`` without comparing it with the last one (the
+        caller knows it changed: a mark price move); None when not known yet."""
+        with self._lock:
+            self._unseen.pop(kind, None)
+        data = self.data(kind)
+        if data is None:
+            return None
+        with self._lock:
+            self._last.pop(kind, None)  # compared lazily, only if a REST result comes
+            return self._sequence(kind, source, as_of, False, data)
 
     def envelope_if_changed(self, kind: str, source: str, as_of: int,
                             stale: bool = False) -> dict | None:
@@ -220,19 +333,35 @@ class AccountState:
         if data is None:
             return None
         with self._lock:
-            if self._last.get(kind) == (data, stale):
+            last = self._last.get(kind)
+            if last is None and kind in self._envelopes:
+                held = self._envelopes[kind]
+                last = (held["data"], held["stale"])
+            if last == (data, stale):
                 return None
             self._last[kind] = (data, stale)
-            seq = self._seq.get(kind, 0) + 1
-            self._seq[kind] = seq
-            envelope = {"type": kind, "user_id": self.user_id, "key_id": self.key_id,
-                        "exchange": self.exchange, "testnet": self.testnet, "seq": seq,
-                        "as_of": as_of, "sent_at": 0, "source": source, "stale": stale,
-                        "data": data}
-            self._envelopes[kind] = envelope
-            return envelope
+            return self._sequence(kind, source, as_of, stale, data)
 
-    def mark_stale(self, kinds: tuple[str, ...] = ACCOUNT_TYPES) -> list[dict]:
+    def _sequence(self, kind: str, source: str, as_of: int, stale: bool, data) -> dict:  # type: ignore[no-untyped-def]
+        """The next envelope of ``kind`` (caller holds the lock)."""
+        seq = self._seq.get(kind, 0) + 1
+        self._seq[kind] = seq
+        envelope = {"type": kind, "user_id": self.user_id, "key_id": self.key_id,
+                    "exchange": self.exchange, "testnet": self.testnet,
+                    "epoch": self.epoch, "seq": seq, "as_of": as_of, "sent_at": now_ms(),
+                    "source": source, "stale": stale, "data": data}
+        self._envelopes[kind] = envelope
+        return envelope
+
+    def seq(self, kind: str) -> int:
+        """The ``seq`` of the last envelope of ``kind`` (0: none yet in this epoch)."""
+        return self._seq.get(kind, 0)
+
+    def last(self, kind: str) -> dict | None:
+        """The last envelope built of ``kind`` (not a copy: do not change it)."""
+        return self._envelopes.get(kind)
+
+    def mark_stale(self, kinds: tuple[str, ...] = STATE_TYPES) -> list[dict]:
         """Envelopes of the last known values flagged ``stale`` (the exchange is
         unreachable); one per type that was not stale already."""
         out = []
@@ -247,10 +376,15 @@ class AccountState:
     def cached(self, kinds: tuple[str, ...] | list[str]) -> list[dict]:
         """Copies of the last envelopes of ``kinds`` with ``source: "cache"`` (for a
         new subscriber); their ``seq`` is the current one. Types that changed while
-        nobody was subscribed (``note_unseen``) are built first."""
+        no push of them was due (``note_unseen``) are built first. ``fills``: an
+        empty list at the current ``seq`` (a subscription sends no old fills)."""
         with self._lock:
             unseen = [(k, self._unseen[k]) for k in kinds if k in self._unseen]
         for kind, (source, as_of) in unseen:
-            self.envelope_if_changed(kind, source, as_of)
+            self.envelope(kind, source, as_of)
         with self._lock:
-            return [dict(self._envelopes[k], source="cache") for k in kinds if k in self._envelopes]
+            out = [dict(self._envelopes[k], source="cache") for k in kinds
+                   if k in self._envelopes and k != "fills"]
+            if "fills" in kinds:
+                out.append(self.fills_snapshot([]))
+            return out

@@ -23,57 +23,37 @@ The loop (one green thread per key, shared by all the user's sockets):
 While polling, every REST endpoint is called at most once per ``poll_interval_s`` per
 key, and while many accounts poll at once the interval stretches so that all of them
 together stay within the StreamManager's polling budget (a share of the venue's).
+
+This file is the reconnect loop (connect, snapshot, consume, back off); its parts:
+``services.account_refresh`` (REST), ``services.account_push`` (mark ticks and
+pushes), ``services.position_report`` (positions to the ledger).
 """
 from __future__ import annotations
 
 import logging
 import random
 import time
-from dataclasses import dataclass, replace
-from decimal import Decimal
-from typing import Callable, TypeVar
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
-from exchanges.factory import FULL_ORDERS_EVERY, OPEN_ORDERS_PER_SYMBOL
-from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired, Ticker
+from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
+from services.account_push import MARK_STALE_S, AccountPusher
+from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
+from services.position_report import PositionReporter
+from services.push import DirectPush, Push
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Publish = Callable[[dict], None]
-MARK_STALE_S = 5.0  # no mark tick for this long: poll positions by REST instead
 MAX_BATCH = 200  # frames taken in one go during a burst
-GAP_SLACK_MS = 5_000  # the gap fill starts this much before the last event seen
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
 MAX_CONNECTION_S = 23.5 * 3600
+__all__ = ["AccountStream", "StreamSettings", "Publish", "MARK_STALE_S"]
 
 
-def _held_for_s(e: ThrottledLocally) -> float:
-    """How long to wait after the rate governor held a request back: its Retry-After
-    (1 s when it gave none) plus up to 25 % jitter, so held streams do not wake as one."""
-    return (e.retry_after_ms or 1000) / 1000 * (1 + random.random() / 4)
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """Timing of a stream, seconds."""
-
-    poll_interval_s: float = 1.0
-    recv_timeout_s: float = 3.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
-    quiet_check_s: float = 300.0  # no account event for this long: check by REST
-    # a live stream's REST completion after account events (available balance,
-    # liquidation price), at most this often per type: the events themselves are pushed
-    # at once, and 2400 weight a minute per IP is shared by every Binance account
-    event_refresh_s: float = 5.0
-
-
-class AccountStream:
+class AccountStream(RestRefresher, AccountPusher, PositionReporter):
     """Follows one account and publishes CONTRACT.md envelopes through ``publish``.
 
     Args:
@@ -115,8 +95,10 @@ class AccountStream:
                  on_order: Callable[[object], None] | None = None,
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
-                 on_positions: Callable[[list, int, bool], None] | None = None) -> None:
+                 on_positions: Callable[[list, int, bool], None] | None = None,
+                 push: Push | None = None) -> None:
         self.state = state
+        self._push = push or DirectPush(publish, audience)
         self._on_positions = on_positions
         self._positions_shape: tuple | None = None
         self._positions_reported: dict = {}
@@ -130,6 +112,7 @@ class AccountStream:
         self.status = "reconnecting"
         self.since = now_ms()
         self.running = True
+        self._quiet = False
         self.stream: UserStream | None = None
         self.events_seen = 0
         self._last_call: dict[str, float] = {}
@@ -140,16 +123,17 @@ class AccountStream:
         self._on_order = on_order
         self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
-        self._resume_from_ms: int | None = None  # exchange time up to which events were seen
         self._connected_at = self._last_event_at = 0.0
         self._refresh_held_until = 0.0  # the rate governor held a refresh back until then
         self._order_rounds = 0
         self.refreshes_held = 0
 
     # ---- public ------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the loop to end and close the socket (the loop exits within one recv)."""
+    def stop(self, quiet: bool = False) -> None:
+        """Ask the loop to end and close the socket (the loop exits within one recv).
+        ``quiet``: a restart follows, so no ``stream_status`` ``down`` is pushed."""
         self.running = False
+        self._quiet = quiet
         if self._tickers is not None:
             self._tickers.unsubscribe_all(self._subscriber)
         if self.stream is not None:
@@ -157,47 +141,7 @@ class AccountStream:
 
     @property
     def _subscriber(self) -> str:
-        return f"key:{self.state.key_id}"
-
-    def on_tick(self, tick: Ticker) -> None:
-        """A mark price tick of a held symbol: revalue and push what changed."""
-        self._tick_seen[tick.symbol] = time.monotonic()
-        if self.running and self.state.apply_mark(tick.symbol, tick.mark_price):
-            self._emit(("positions", "pnl", "balance"), "stream", tick.ts)
-
-    def _sync_tickers(self) -> None:
-        """Follow the mark price of exactly the symbols with an open position."""
-        if self._tickers is None:
-            return
-        held = self.state.position_symbols()
-        for symbol in held - set(self._tick_seen):
-            self._tick_seen[symbol] = time.monotonic()  # grace until the first tick
-            self._tickers.subscribe(self.state.exchange, self.state.testnet, symbol,
-                                    self._subscriber, self.on_tick)
-        for symbol in set(self._tick_seen) - held:
-            del self._tick_seen[symbol]
-            self._tickers.unsubscribe(self.state.exchange, self.state.testnet, symbol,
-                                      self._subscriber)
-
-    def _marks_stale(self) -> bool:
-        if self._tickers is None:
-            return bool(self.state.positions)
-        now = time.monotonic()
-        return any(now - self._tick_seen.get(s, 0.0) > MARK_STALE_S
-                   for s in self.state.position_symbols())
-
-    def refresh_realized(self) -> None:
-        """Re-read the ledger's realized PnL and push ``pnl`` if it changed."""
-        try:
-            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
-        except SQLAlchemyError as e:  # the database is away: keep the last value
-            logger.warning("realized pnl read failed key_id=%s kind=%s", self.state.key_id,
-                           type(e).__name__)
-            return
-        except Exception:  # isolation boundary: a ledger read failure must not kill the stream
-            logger.exception("realized pnl read failed key_id=%s", self.state.key_id)
-            return
-        self._emit(("pnl",), "rest", now_ms())
+        return f"key:{self.state.key_id}:{id(self):x}"
 
     def run(self) -> None:
         """The stream loop; returns when ``stop()`` was called."""
@@ -250,7 +194,8 @@ class AccountStream:
                 self._drop_stream()
                 self._sleep(self.settings.backoff_max_s)
         self._drop_stream()
-        self._set_status("down")
+        if not self._quiet:
+            self._set_status("down")
 
     # ---- internals -----------------------------------------------------------------
     def _connect(self, client: ExchangeClient) -> None:
@@ -271,45 +216,17 @@ class AccountStream:
         if self.state.realized_pnl is None:
             self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
             self._emit(("pnl",), "rest", now_ms())
-        reconnect = self._resume_from_ms is not None
+        reconnect = self.state.resume_from_ms is not None
         if reconnect:
             symbols |= self._symbols_of_interest()
             self._gap_fill(client, symbols)
-        self._resume_from_ms = now_ms()
+        self.state.resume_from_ms = now_ms()
         self._set_status("live")
         logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
                     self.state.exchange)
         if reconnect and self._on_reconnected is not None:
             self._on_reconnected(self.state.key_id, list((self.state.positions or {}).values()),
                                  symbols)
-
-    def _symbols_of_interest(self) -> set[str]:
-        return self.state.position_symbols() | {o.symbol for o in (self.state.orders or {}).values()}
-
-    def _gap_fill(self, client: ExchangeClient, symbols: set[str]) -> None:
-        """Hand the ledger every fill since the last event seen before the drop (the
-        stream does not replay a gap); the ledger's upsert by trade id makes a fill
-        seen twice count once."""
-        since = (self._resume_from_ms or now_ms()) - GAP_SLACK_MS
-        found = 0
-        for symbol in sorted(symbols):
-            for fill in self._when_allowed(lambda s=symbol: client.get_fills(s, start_time=since)):
-                self._on_fill(fill)
-                found += 1
-        logger.info("gap fill key_id=%s symbols=%s fills=%s", self.state.key_id, len(symbols), found)
-
-    def _when_allowed(self, call: Callable[[], T]) -> T:
-        """``call()``, waiting out the rate governor's Retry-After (with jitter) as
-        often as it holds the request back (ThrottledLocally: nothing was sent).
-        Re-raises it once the stream was stopped."""
-        while True:
-            try:
-                return call()
-            except ThrottledLocally as e:
-                if not self.running:
-                    raise
-                self.refreshes_held += 1
-                self._sleep(_held_for_s(e))
 
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
@@ -349,9 +266,9 @@ class AccountStream:
                 changed.add("orders")
                 as_of = max(as_of, event.event_time)
                 if event.fill is not None:
-                    self._on_fill(event.fill)
+                    self._fill(event.fill)
             elif isinstance(event, FillEvent):
-                self._on_fill(event.fill)
+                self._fill(event.fill)
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, AccountEvent):  # pushed now; REST completes it later
                 applied, incomplete = self.state.apply_account_event(event)
@@ -366,12 +283,13 @@ class AccountStream:
                 self._drop_stream()
                 self._set_status("reconnecting")
                 return
+        self._flush_fills(as_of or now_ms())
         if changed:
             self._emit(tuple(changed), "stream", as_of or now_ms())
         if dropped is not None:
             raise dropped
         if as_of:
-            self._resume_from_ms = max(self._resume_from_ms or 0, as_of)
+            self.state.resume_from_ms = max(self.state.resume_from_ms or 0, as_of)
         stale_marks = self._marks_stale()
         if (self._refresh_due or stale_marks) and now >= self._refresh_held_until:
             kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
@@ -392,120 +310,6 @@ class AccountStream:
                 self._keepalive_at = time.monotonic() + self.stream.keepalive_interval_s
             except ThrottledLocally as e:  # well inside the key's validity: try again soon
                 self._keepalive_at = time.monotonic() + (e.retry_after_ms or 1000) / 1000
-
-    def _refresh_unless_held(self, client: ExchangeClient, kinds: tuple[str, ...],
-                             event_time: int | None) -> bool:
-        """``_poll`` for a live stream: when the venue's budget is used up
-        (ThrottledLocally) the refresh waits, the stream stays. True if it ran."""
-        try:
-            self._poll(client, kinds=kinds, event_time=event_time)
-            return True
-        except ThrottledLocally as e:
-            self._refresh_held_until = time.monotonic() + _held_for_s(e)
-            self.refreshes_held += 1
-            return False
-
-    @property
-    def _interval(self) -> float:
-        if self.stream is not None:
-            return self.settings.event_refresh_s
-        return self.settings.poll_interval_s * self._poll_scale()
-
-    def _due(self, endpoint: str, force: bool) -> bool:
-        now = time.monotonic()
-        if not force and now - self._last_call.get(endpoint, -1e9) < self._interval:
-            return False
-        self._last_call[endpoint] = now
-        return True
-
-    def _poll(self, client: ExchangeClient,
-              kinds: tuple[str, ...] = ("balance", "positions", "orders"),
-              force: bool = False, event_time: int | None = None) -> None:
-        """REST refresh of ``kinds``, each at most once per poll interval.
-
-        On an exchange error the last known values are pushed once with
-        ``stale: true``, the state becomes ``down`` and the error is re-raised. A
-        request the rate governor held back (ThrottledLocally: nothing was sent) is
-        re-raised without that: the exchange was not found unreachable, the refresh is
-        only late."""
-        changed = []
-        try:
-            if "balance" in kinds and self._due("balance", force):
-                self.state.set_balance(client.get_balance())
-                self._refresh_due.discard("balance")
-                changed.append("balance")
-            if "positions" in kinds and self._due("positions", force):
-                self.state.set_positions(client.get_positions())
-                self._refresh_due.discard("positions")
-                self._report_positions()
-                self._sync_tickers()
-                changed += ["positions", "pnl"]
-            if "orders" in kinds and self._due("orders", force):
-                self.state.set_orders(self._open_orders(client))
-                changed.append("orders")
-        except ExchangeError as e:
-            self._emit(tuple(changed), "rest", event_time or now_ms())
-            if isinstance(e, ThrottledLocally):
-                raise
-            logger.warning("account rest call failed key_id=%s kind=%s code=%s",
-                           self.state.key_id, type(e).__name__, e.code)
-            self._set_status("down")
-            stale_kinds = tuple(k for k in ("balance", "positions", "pnl", "orders")
-                                if k not in changed)
-            for env in self.state.mark_stale(stale_kinds):
-                self._send(env)
-            raise
-        self._emit(tuple(changed), "rest", event_time or now_ms())
-
-    def _open_orders(self, client: ExchangeClient) -> list:
-        """Open orders by REST: of every symbol on the first snapshot and one round in
-        ``FULL_ORDERS_EVERY``; otherwise, where that is cheaper
-        (``OPEN_ORDERS_PER_SYMBOL``: Binance weighs 40 against 1 per symbol), only of
-        the symbols held or with open orders, when there are at most 5 (an order
-        placed elsewhere in a new symbol while the stream is down shows at the next
-        full round)."""
-        self._order_rounds += 1
-        symbols = sorted(self._symbols_of_interest())
-        if (self.state.orders is None or not OPEN_ORDERS_PER_SYMBOL.get(self.state.exchange)
-                or self._order_rounds % FULL_ORDERS_EVERY == 0 or len(symbols) > 5):
-            return client.get_open_orders()
-        return [o for s in symbols for o in client.get_open_orders(s)]
-
-    def _report_positions(self) -> None:
-        """Hand the write-behind the open positions when their shape changed, with the
-        ones closed since the last report as size 0; the first report of this stream
-        is marked complete (the ledger then closes every other stored symbol)."""
-        held = {p.symbol: p for p in (self.state.positions or {}).values()}
-        shape = tuple((p.symbol, p.side, p.size, p.entry_price, p.leverage, p.margin_type)
-                      for p in sorted(held.values(), key=lambda p: p.symbol))
-        if self._on_positions is None or shape == self._positions_shape:
-            return
-        first = self._positions_shape is None
-        closed = [replace(p, size=Decimal(0)) for s, p in self._positions_reported.items()
-                  if s not in held]
-        self._positions_shape, self._positions_reported = shape, held
-        self._on_positions(list(held.values()) + closed, now_ms(), first)
-
-    def _emit(self, kinds: tuple[str, ...], source: str, as_of: int) -> None:
-        for kind in kinds:
-            if self._audience is not None and not self._audience(self.state.user_id, kind):
-                self.state.note_unseen(kind, source, as_of)
-                continue
-            env = self.state.envelope_if_changed(kind, source, as_of)
-            if env is not None:
-                self._send(env)
-
-    def _send(self, env: dict) -> None:
-        env["sent_at"] = now_ms()
-        self._publish(env)
-
-    def _set_status(self, status: str) -> None:
-        if status == self.status:
-            return
-        self.status, self.since = status, now_ms()
-        self._publish({"type": "stream_status", "user_id": self.state.user_id,
-                       "key_id": self.state.key_id, "exchange": self.state.exchange,
-                       "state": status, "since": self.since})
 
     def _drop_stream(self) -> None:
         if self.stream is not None:

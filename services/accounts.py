@@ -1,8 +1,9 @@
 """Users and their exchange API keys.
 
 A key is checked with one signed exchange call before it is saved; its secret is
-stored Fernet-encrypted and never returned. Changing or deleting a key drops the
-cached client and stops its stream (the next subscription restarts it).
+stored Fernet-encrypted and never returned. Changing a key drops the cached client
+and restarts its stream with the new values (subscribers keep receiving); deleting
+it stops the stream (subscribers get ``stream_status`` ``down``).
 """
 from __future__ import annotations
 
@@ -128,8 +129,9 @@ class KeyService:
 
     def update(self, user_id: int, key_id: int, changes: dict) -> ExchangeKey:
         """Apply any of ``api_key``, ``api_secret``, ``label``, ``testnet``; a new
-        credential is validated first. Drops the cached client and stops the stream
-        (the next subscription starts it with the new values)."""
+        credential is validated first. Drops the cached client and restarts a running
+        stream with the new values on the same push state, so subscribers keep
+        receiving without subscribing again and the sequence continues."""
         key = self.get(user_id, key_id)
         api_key = changes.get("api_key", key.api_key)
         testnet = changes.get("testnet", key.testnet)
@@ -148,14 +150,16 @@ class KeyService:
             row.status = "active"
             row.updated_at = now_ms()
         self._trading.clear_user_cache(user_id, key.exchange, old_testnet)
-        self._streams.stop_key(key_id)
+        if credential_changed:  # a label is no stream value: the stream stays as it is
+            self._streams.restart_key(user_id, key_id)
         logger.info("api key updated user_id=%s key_id=%s", user_id, key_id)
         return row
 
     def delete(self, user_id: int, key_id: int) -> None:
         """Delete the key: its secret is erased and it disappears from every answer,
         while the row stays so that the ledger keeps its trades and fills. Drops the
-        cached client and stops the stream."""
+        cached client and stops the stream (its subscribers get ``stream_status``
+        ``down``; its push state is forgotten)."""
         key = self.get(user_id, key_id)
         self._streams.stop_key(key_id)
         self._trading.clear_user_cache(user_id, key.exchange, key.testnet)

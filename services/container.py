@@ -14,6 +14,7 @@ from services.exits import ExitService
 from services.orders import OrderService
 from services.reconciler import Reconciler
 from services.security import KeyCipher, TokenService
+from services.resume import ResumeService
 from services.sessions import SessionService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
@@ -41,6 +42,7 @@ class Services:
     hub: object
     tickers: TickerHub
     governors: Governors
+    resume: ResumeService | None = None
     metrics: Metrics | None = None
     sessions: SessionService | None = None  # login sessions, refresh tokens
     started_monotonic: float = field(default_factory=time.monotonic)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Collection, Iterable, Mapping
 
-from exchanges.types import Balance, Order, Position
+from exchanges.types import Balance, Fill, Order, Position
 
 if TYPE_CHECKING:
     from services.ledger import Realized
@@ -14,7 +14,9 @@ def dec(value: Decimal | None) -> str | None:
     """A Decimal as a plain decimal string (``"0.001"``, never ``"1E-3"``); None stays None."""
     if value is None:
         return None
-    text = f"{value.normalize():f}" if value == value.to_integral() else f"{value:f}"
+    text = str(value)  # C-fast; exponent form only for very small or normalized values
+    if "E" in text:
+        text = f"{value.normalize():f}" if value == value.to_integral() else f"{value:f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"
@@ -34,13 +36,18 @@ def balance_data(balance: Balance) -> dict:
     }
 
 
+def position_row(p: Position) -> dict:
+    """One CONTRACT.md ``positions`` row."""
+    return {"symbol": p.symbol, "side": p.side, "size": dec(p.size),
+            "entry_price": dec(p.entry_price), "mark_price": dec(p.mark_price),
+            "unrealized_pnl": dec(p.unrealized_pnl), "leverage": dec(p.leverage),
+            "liquidation_price": dec(p.liquidation_price), "margin_type": p.margin_type}
+
+
 def positions_data(positions: Iterable[Position]) -> list[dict]:
     """CONTRACT.md ``positions`` data: open positions, sorted by symbol."""
-    return [{"symbol": p.symbol, "side": p.side, "size": dec(p.size),
-             "entry_price": dec(p.entry_price), "mark_price": dec(p.mark_price),
-             "unrealized_pnl": dec(p.unrealized_pnl), "leverage": dec(p.leverage),
-             "liquidation_price": dec(p.liquidation_price), "margin_type": p.margin_type}
-            for p in sorted(positions, key=lambda p: (p.symbol, p.side)) if p.size != 0]
+    return [position_row(p) for p in sorted(positions, key=lambda p: (p.symbol, p.side))
+            if p.size != 0]
 
 
 def roe_pct(p: Position) -> Decimal:
@@ -52,16 +59,20 @@ def roe_pct(p: Position) -> Decimal:
     return (p.unrealized_pnl / margin * 100).quantize(Decimal("0.01"))
 
 
-def pnl_data(positions: Iterable[Position], realized: Realized) -> dict:
+def pnl_data(positions: Iterable[Position], realized: Realized,
+             unknown: Mapping[str, Collection[str]] | None = None) -> dict:
     """CONTRACT.md ``pnl`` data plus ``realized_pnl_today``; realized figures come
-    from the ledger (``services.ledger.Realized``)."""
+    from the ledger (``services.ledger.Realized``). ``roe_pct`` is ``null`` for a
+    position whose leverage is not known yet (``unknown[symbol]`` names it)."""
     open_positions = [p for p in sorted(positions, key=lambda p: p.symbol) if p.size != 0]
     total = sum((p.unrealized_pnl for p in open_positions), Decimal(0))
+    unknown = unknown or {}
     return {"unrealized_pnl": dec(total), "realized_pnl": dec(realized.all_time),
             "realized_pnl_today": dec(realized.today),
             "positions": [{"symbol": p.symbol, "side": p.side,
                            "unrealized_pnl": dec(p.unrealized_pnl),
-                           "roe_pct": dec(roe_pct(p))} for p in open_positions]}
+                           "roe_pct": None if "leverage" in unknown.get(p.symbol, ())
+                           else dec(roe_pct(p))} for p in open_positions]}
 
 
 def order_data(o: Order) -> dict:
@@ -71,3 +82,11 @@ def order_data(o: Order) -> dict:
             "quantity": dec(o.quantity), "filled_quantity": dec(o.filled_quantity),
             "avg_price": dec(o.avg_price), "time_in_force": o.time_in_force,
             "reduce_only": o.reduce_only, "updated_at": o.updated_at}
+
+
+def fill_data(f: Fill) -> dict:
+    """One CONTRACT.md ``fills`` row (``trade_id`` is the exchange's trade id)."""
+    return {"trade_id": f.trade_id, "order_id": f.order_id,
+            "client_order_id": f.client_order_id, "symbol": f.symbol, "side": f.side,
+            "price": dec(f.price), "quantity": dec(f.quantity), "fee": dec(f.fee),
+            "fee_asset": f.fee_asset, "realized_pnl": dec(f.realized_pnl), "time": f.time}

@@ -1,14 +1,25 @@
 """StreamManager: starts, finds and stops the account streams (one per API key).
 
 Streams start on first demand (a subscription), are shared by every socket of the
-user, and stop when the user's last connection is gone or the key changes. With
-several server processes, a key's stream runs only in the process holding its
-lease (services.leases); the others follow it and take over when the owner dies.
+user, stop when the user's last connection is gone or the key is deleted, and
+restart in place when the key changes. With several server processes, a key's
+stream runs only in the process holding its lease (services.leases); the others
+follow it and take over when the owner dies.
+
+Push continuity: a key's AccountState (its epoch and seq per type) outlives its
+stream. It is kept for ``RETAIN_S`` after the stream stops (at most ``RETAIN_MAX``
+keys, the oldest dropped first) and reused when the stream starts again in this
+process, so the sequence continues. It is dropped, and the next start begins a new
+epoch, when continuity cannot be vouched for: the key was deleted, or (several
+processes) the lease was released or lost, since another process may have pushed
+in between.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
 from typing import Callable
 
 from exchanges.factory import POLL_ROUND_WEIGHT
@@ -27,6 +38,8 @@ logger = logging.getLogger(__name__)
 REALIZED_REFRESH_S = 1.0
 POLLING_KEYS_PER_S = 100  # accounts polled per second in all while streams are down
 POLLING_SHARE = 0.5  # of a venue's query budget (its governor) the polling may use
+RETAIN_S = 900.0  # a stopped stream's push state is kept this long for a restart
+RETAIN_MAX = 20_000  # push states kept at most (an AccountState of one account: ~10 KB)
 
 
 PaceGroup = tuple[str, bool, str | None]  # (exchange, testnet, egress address)
@@ -64,7 +77,7 @@ class StreamManager:
                  ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
                  on_reconnected: Callable[[int, list, set], None] | None = None,
                  leases=None, audience: Callable[[int, str], bool] | None = None,
-                 governors: Governors | None = None) -> None:  # type: ignore[no-untyped-def]
+                 governors: Governors | None = None, push=None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._cipher = cipher
         self._trading = trading
@@ -78,6 +91,8 @@ class StreamManager:
         self._leases = leases or LocalLeases()
         self._audience = audience
         self._governors = governors
+        self._push = push  # services.push.Push; None: DirectPush over ``publish``
+        self._retained: OrderedDict[int, tuple[AccountState, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._streams: dict[int, AccountStream] = {}
         self._groups: dict[int, PaceGroup] = {}  # key_id -> its polling pace group
@@ -103,9 +118,41 @@ class StreamManager:
             return None
         return self._start(user_id, key_id)
 
+    def _take_state(self, user_id: int, key) -> AccountState:  # type: ignore[no-untyped-def]
+        """The key's retained push state (its sequence continues), else a new one."""
+        now = time.monotonic()
+        with self._lock:
+            while self._retained:
+                oldest_key, (_, stopped_at) = next(iter(self._retained.items()))
+                if now - stopped_at < RETAIN_S and len(self._retained) <= RETAIN_MAX:
+                    break
+                del self._retained[oldest_key]
+            held = self._retained.pop(key.id, None)
+        if held is not None and held[0].user_id == user_id and held[0].exchange == key.exchange:
+            state = held[0]
+            state.testnet = key.testnet
+            return state
+        return AccountState(user_id, key.id, key.exchange, key.testnet)
+
+    def _retain(self, stream: AccountStream, keep: bool) -> None:
+        """Keep a stopped stream's push state for a restart (``keep``), or forget it."""
+        with self._lock:
+            self._retained.pop(stream.state.key_id, None)
+            if keep:
+                self._retained[stream.state.key_id] = (stream.state, time.monotonic())
+
+    def state_of(self, key_id: int) -> AccountState | None:
+        """The push state of ``key_id``: its running stream's, else the retained one."""
+        with self._lock:
+            stream = self._streams.get(key_id)
+            if stream is not None:
+                return stream.state
+            held = self._retained.get(key_id)
+            return held[0] if held else None
+
     def _start(self, user_id: int, key_id: int) -> AccountStream:
         key = get_owned_key(self._db, user_id, key_id)
-        state = AccountState(user_id, key.id, key.exchange, key.testnet)
+        state = self._take_state(user_id, key)
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
         group = self._pace_group(exchange, testnet, api_key)
@@ -120,10 +167,12 @@ class StreamManager:
                 key_id, held, as_of, complete),
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
-            poll_scale=lambda: self._poll_scale(group), audience=self._audience)
+            poll_scale=lambda: self._poll_scale(group), audience=self._audience,
+            push=self._push)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:
+                self._retained.setdefault(key_id, (state, time.monotonic()))
                 return existing
             self._streams[key_id] = stream
             self._groups[key_id] = group
@@ -181,6 +230,7 @@ class StreamManager:
                         stream = self._pop(key_id)
                         if stream is not None:
                             stream.stop()
+                            self._retain(stream, keep=False)  # another process takes over
                             with self._lock:
                                 self._followed[key_id] = stream.state.user_id
                 for key_id, user_id in followed:
@@ -201,16 +251,36 @@ class StreamManager:
             return self._streams.get(key_id)
 
     def stop_key(self, key_id: int) -> bool:
-        """Stop the stream of one key (key changed or deleted), in whichever process
-        runs it (its lease is dropped). True if one ran here."""
+        """Stop the stream of one key (key deleted), in whichever process runs it (its
+        lease is dropped); its push state is forgotten. True if one ran here."""
         with self._lock:
             stream = self._streams.pop(key_id, None)
             self._followed.pop(key_id, None)
+            self._retained.pop(key_id, None)
         self._leases.force_release(_lease(key_id))
         if stream is None:
             return False
         stream.stop()
         logger.info("account stream stopped key_id=%s", key_id)
+        return True
+
+    def restart_key(self, user_id: int, key_id: int) -> bool:
+        """The key changed: a stream running here stops and starts again at once with
+        the key's new values, on the same push state (subscribers keep receiving,
+        the sequence continues; the lease is kept). A stream another process runs
+        is told to stop by dropping its lease; this process takes it over (a new
+        epoch there). True if a stream was restarted here."""
+        with self._lock:
+            stream = self._streams.pop(key_id, None)
+            followed = self._followed.get(key_id)
+        if stream is None:
+            if followed is not None:
+                self._leases.force_release(_lease(key_id))
+            return False
+        stream.stop(quiet=True)
+        self._retain(stream, keep=True)
+        self._start(user_id, key_id)
+        logger.info("account stream restarted key_id=%s", key_id)
         return True
 
     def stop_user(self, user_id: int) -> list[int]:
@@ -222,6 +292,8 @@ class StreamManager:
                 del self._followed[k]
         for stream in streams:
             stream.stop()
+            # several processes: once released, another one may push: a new epoch then
+            self._retain(stream, keep=not self._leases.distributed)
             self._leases.release(_lease(stream.state.key_id))
         if keys:
             logger.info("account streams stopped user_id=%s count=%s", user_id, len(keys))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Callable
 
 from exchanges.base import MarketStream
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 VenueSymbol = tuple[str, bool, str]  # (exchange, testnet, SYMBOL)
 OpenStream = Callable[[str, bool, str], MarketStream]
+YIELD_EVERY_S = 0.002  # a tick's delivery yields to other green threads this often
 
 
 def ticker_room(exchange: str, symbol: str) -> str:
@@ -32,7 +34,7 @@ def ticker_room(exchange: str, symbol: str) -> str:
 class _Upstream:
     def __init__(self, key: VenueSymbol) -> None:
         self.key = key
-        self.subscribers: dict[str, Callable[[Ticker], None] | None] = {}
+        self.subscribers: dict[str, Callable[[Ticker], object] | None] = {}
         self.running = True
         self.stream: MarketStream | None = None
         self.last: Ticker | None = None
@@ -62,7 +64,7 @@ class TickerHub:
         self._upstreams: dict[VenueSymbol, _Upstream] = {}
 
     def subscribe(self, exchange: str, testnet: bool, symbol: str, subscriber: str,
-                  on_tick: Callable[[Ticker], None] | None = None) -> Ticker | None:
+                  on_tick: Callable[[Ticker], object] | None = None) -> Ticker | None:
         """Add ``subscriber`` (``sid:<sid>`` or ``key:<id>``) to the symbol's stream,
         starting it if needed; returns the last tick known (None if none yet)."""
         key = (exchange, testnet, symbol)
@@ -160,7 +162,14 @@ class TickerHub:
 
     def _deliver(self, up: _Upstream, tick: Ticker) -> None:
         """Every tick reaches the callbacks (they learn the stream is alive and revalue
-        only on a change); sockets get an envelope only when a price changed."""
+        only on a change); sockets get an envelope only when a price changed.
+
+        Fair to every holder: each tick starts at a random place in the list of
+        callbacks (nobody is always last), and the loop yields to the other green
+        threads (the sockets' writers among them) every ``YIELD_EVERY_S`` of work,
+        so no delivery holds the hub for long. A callback may return a callable: the
+        less urgent part of its work, run after every callback had its turn (an
+        account stream pushes ``pnl`` first, positions and balance after)."""
         up.ticks += 1
         changed = up.last is None or (up.last.mark_price, up.last.last_price, up.last.bid,
                                       up.last.ask) != (tick.mark_price, tick.last_price,
@@ -175,11 +184,29 @@ class TickerHub:
             env = self._envelope(up, tick)
             env["sent_at"] = now_ms()
             self._publish(env)
-        for cb in callbacks:
+        if not callbacks:
+            return
+        start = random.randrange(len(callbacks))
+        later = self._run_all(callbacks[start:] + callbacks[:start], tick)
+        if later:
+            self._run_all(later, None)
+
+    def _run_all(self, calls: list, arg) -> list:  # type: ignore[no-untyped-def]
+        """Call each (with ``arg`` unless None), yielding every ``YIELD_EVERY_S``;
+        returns what the calls returned that is callable."""
+        later = []
+        sliced_at = time.perf_counter()
+        for call in calls:
             try:
-                cb(tick)
+                rest = call(arg) if arg is not None else call()
+                if rest is not None:
+                    later.append(rest)
             except Exception:  # isolation boundary: one subscriber's failure does not stop the next
-                logger.exception("tick subscriber failed symbol=%s", tick.symbol)
+                logger.exception("tick subscriber failed")
+            if time.perf_counter() - sliced_at > YIELD_EVERY_S:
+                self._sleep(0)
+                sliced_at = time.perf_counter()
+        return later
 
     @staticmethod
     def _envelope(up: _Upstream, tick: Ticker) -> dict:

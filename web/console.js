@@ -16,6 +16,7 @@ const state = {
   keys: [],            // GET /api/exchange/keys
   activeKeyId: null,   // the key whose data is shown and used for orders
   latest: {},          // key_id -> {type -> envelope}
+  highest: {},         // key_id -> {type -> {epoch, seq}}: the newest position seen
   streams: {},         // key_id -> stream_status payload
   pnlSeries: {},       // key_id -> [unrealized_pnl string, ...] (last CHART_POINTS)
 };
@@ -224,18 +225,38 @@ function connectSocket() {
   socket.on("error", (err) => showMessage((err && err.message) || "server error", "error"));
 }
 
-/** subscribe to all four types for every key of the user (no key_id). */
+/** subscribe to the four types of every key of the user, one subscribe per key,
+ * resuming from the newest (epoch, seq) already held of each type (after a
+ * reconnect nothing current is sent again). */
 function subscribe() {
   if (!state.socket || !state.socket.connected || !state.keys.length) return;
-  state.socket.emit("subscribe", { types: TYPES }, (ack) => {
-    if (!ack || !ack.ok) showMessage("subscribe failed: " + ((ack && ack.error && ack.error.message) || "no answer"), "error");
-  });
+  for (const key of state.keys) {
+    const held = state.highest[key.id] || {};
+    const since = {};
+    for (const type of TYPES) if (held[type]) since[type] = held[type];
+    const body = { types: TYPES, key_id: key.id };
+    if (Object.keys(since).length) body.since = since;
+    state.socket.emit("subscribe", body, (ack) => {
+      if (!ack || !ack.ok) showMessage("subscribe failed: " + ((ack && ack.error && ack.error.message) || "no answer"), "error");
+    });
+  }
+}
+
+/** True for a true duplicate only: the same epoch and a seq not above the highest
+ * seen of that key and type. A new epoch is always taken (the server restarted or
+ * the stream moved), and a seq gap is conflation, not loss (CONTRACT.md). */
+function isDuplicate(type, env) {
+  const held = (state.highest[env.key_id] || {})[type];
+  return Boolean(held) && held.epoch === env.epoch && env.seq <= held.seq;
 }
 
 function onPush(type, env) {
+  if (isDuplicate(type, env)) return;
   const perKey = (state.latest[env.key_id] = state.latest[env.key_id] || {});
-  const prev = perKey[type];
-  if (prev && prev.seq > env.seq && env.seq !== 0) return;  // an older push arriving late
+  if (env.seq > 0) {  // seq 0: a REST snapshot outside the pushed sequence
+    const highest = (state.highest[env.key_id] = state.highest[env.key_id] || {});
+    highest[type] = { epoch: env.epoch, seq: env.seq };
+  }
   perKey[type] = env;
   if (type === "pnl") {
     const series = (state.pnlSeries[env.key_id] = state.pnlSeries[env.key_id] || []);
@@ -253,7 +274,7 @@ function current(type) {
 
 function meta(env) {
   if (!env) return "";
-  return `seq ${env.seq} · ${env.source}${env.stale ? " · STALE" : ""} · ${new Date(env.as_of).toLocaleTimeString()}`;
+  return `seq ${env.seq}${env.epoch ? " @" + String(env.epoch).slice(-6) : ""} · ${env.source}${env.stale ? " · STALE" : ""} · ${new Date(env.as_of).toLocaleTimeString()}`;
 }
 
 function renderAll() { TYPES.forEach(render); }

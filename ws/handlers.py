@@ -5,6 +5,7 @@ Thin: each validates, calls the hub or a service, and acks CONTRACT.md's shape.
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_room
@@ -12,13 +13,15 @@ from pydantic import ValidationError
 
 from api.errors import to_api_error
 from exchanges.errors import ExchangeError
-from api.schemas import Subscribe, TickerSubscribe
-from services.errors import NotFound, Unauthorized
+from api.schemas import TickerSubscribe
+from services.errors import NotFound, Unauthorized, ValidationFailed
 from services.tickers import ticker_room
 from ws.hub import room
+from ws.schemas import Subscribe, Unsubscribe
 
 logger = logging.getLogger(__name__)
 
+LIVE_WAIT_S = 10.0  # a fills replay waits this long at most for a starting stream's gap fill
 NOT_CONNECTED = {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
 
 
@@ -45,7 +48,8 @@ def register_handlers(socketio: SocketIO) -> None:
             user_id, _ = _svc().tokens.verify(token)
         except Unauthorized:
             raise ConnectionRefusedError("unauthorized")
-        _svc().hub.add(request.sid, user_id)
+        _svc().hub.add(request.sid, user_id,
+                       socketio.server.manager.eio_sid_from_sid(request.sid, "/"))
         join_room(room("user", user_id))
         logger.info("socket connected user_id=%s sid=%s", user_id, request.sid)
 
@@ -57,41 +61,53 @@ def register_handlers(socketio: SocketIO) -> None:
             return NOT_CONNECTED
         try:
             req = Subscribe.model_validate(data if isinstance(data, dict) else {})
-            keys = ([svc.keys.get(conn.user_id, req.key_id)] if req.key_id
-                    else svc.keys.list(conn.user_id))
-            if not keys:
+            key_id = req.key_id
+            if req.since and key_id is None:
+                raise ValidationFailed("key_id_required", "since requires key_id", "key_id")
+            # a key whose stream runs here is the user's (ensure checks): no lookup
+            key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
+            if not key_ids:
                 raise NotFound("key_not_found", "the user has no API key", "key_id")
-            streams = [svc.streams.ensure(conn.user_id, k.id) for k in keys]
+            streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
+            keys = {k: svc.keys.get(conn.user_id, k) for k, s in zip(key_ids, streams) if s is None}
         except Exception as e:  # every subscribe gets an ack; _error_ack logs a bug's traceback
             return _error_ack(e)
         for kind in req.types:
             join_room(room(kind, conn.user_id))
         conn.types.update(req.types)
-        conn.key_ids.update(k.id for k in keys)
+        conn.key_ids.update(key_ids)
+        conn.hz.update(req.rates())
         local = [s for s in streams if s is not None]
-        snapshot = [env for s in local for env in s.state.cached(req.types)]
+        since = {k: p.model_dump(exclude_none=True) for k, p in (req.since or {}).items()}
+        resumed, plans = svc.resume.plan([s.state for s in local], list(req.types), since)
         statuses = [{"key_id": s.state.key_id, "exchange": s.state.exchange,
                      "state": s.status, "since": s.since} for s in local]
         # keys whose stream runs in another process: a REST snapshot for this socket
-        remote = [(conn.user_id, k, kind) for k, s in zip(keys, streams) if s is None
-                  for kind in req.types]
-        socketio.start_background_task(_send_snapshot, svc, socketio, request.sid,
-                                       snapshot, statuses, remote)
-        return {"ok": True, "subscribed": sorted(conn.types),
-                "rooms": [room(t, conn.user_id) for t in sorted(conn.types)]}
+        remote = [(conn.user_id, key, kind) for key in keys.values()
+                  for kind in req.types if kind != "fills"]
+        socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
+                                       statuses, remote)
+        ack = {"ok": True, "subscribed": sorted(conn.types),
+               "rooms": [room(t, conn.user_id) for t in sorted(conn.types)]}
+        if req.since is not None:  # per type: was the client's copy continued
+            ack["resumed"] = {kind: resumed.get(kind, False) for kind in req.types}
+        return ack
 
     @socketio.on("unsubscribe")
     def on_unsubscribe(data=None):  # type: ignore[no-untyped-def]
-        conn = _svc().hub.get(request.sid)
+        svc = _svc()
+        conn = svc.hub.get(request.sid)
         if conn is None:
             return NOT_CONNECTED
         try:
-            req = Subscribe.model_validate(data if isinstance(data, dict) else {})
+            req = Unsubscribe.model_validate(data if isinstance(data, dict) else {})
         except ValidationError as e:
             return _error_ack(e)
         for kind in req.types:
             leave_room(room(kind, conn.user_id))
             conn.types.discard(kind)
+        if svc.hub.fanout is not None:
+            svc.hub.fanout.detach(request.sid, kinds=set(req.types))
         return {"ok": True, "subscribed": sorted(conn.types)}
 
     def _ticker_request(data):  # type: ignore[no-untyped-def]
@@ -148,14 +164,30 @@ def register_handlers(socketio: SocketIO) -> None:
             svc.trading.clear_user_cache(conn.user_id)
 
 
-def _send_snapshot(svc, socketio: SocketIO, sid: str, envelopes: list[dict],  # type: ignore[no-untyped-def]
-                   statuses: list[dict], remote: list[tuple]) -> None:
-    """After the ack: the current snapshot and stream states to the new subscriber."""
+def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[dict],  # type: ignore[no-untyped-def]
+                   remote: list[tuple]) -> None:
+    """After the ack: each type's first envelopes (snapshot or resume) and then its
+    live pushes, the stream states, and REST snapshots of keys streamed elsewhere."""
+    for plan in sorted(plans, key=lambda p: p.wait_live):  # a replay's wait delays no other
+        if plan.prepare is not None:
+            if plan.wait_live:
+                stream = svc.streams.get(plan.state.key_id)
+                deadline = time.monotonic() + LIVE_WAIT_S
+                while stream is not None and stream.status not in ("live", "down") \
+                        and time.monotonic() < deadline:
+                    socketio.sleep(0.05)
+            plan.prepare()
+            if plan.error:
+                socketio.emit("error", {"code": "replay_unavailable", "message": plan.error},
+                              to=conn.sid)
+        svc.hub.attach(conn, plan.state, plan.kind, plan.first)
+    envelopes = []
     for user_id, key, kind in remote:
         try:
             envelopes.append(svc.snapshots.envelope(user_id, key, kind))
         except ExchangeError as e:
-            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)}, to=sid)
-    svc.hub.send_to(sid, envelopes)
+            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)},
+                          to=conn.sid)
+    svc.hub.send_to(conn.sid, envelopes)
     for status in statuses:
-        socketio.emit("stream_status", status, to=sid)
+        socketio.emit("stream_status", status, to=conn.sid)

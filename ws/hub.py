@@ -3,7 +3,9 @@ handed to services.
 
 Rooms: ``<type>_<user_id>`` for the account types (CONTRACT.md), and
 ``user_<user_id>`` (every connection of the user) for ``stream_status`` and ``error``.
-Room names come from the authenticated user only.
+Room names come from the authenticated user only. Account envelopes reach the
+connections of this process through ``ws.fanout`` (per connection, conflated, encoded
+once); with a message queue they are emitted to the rooms through it instead.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from typing import Callable
 from flask_socketio import SocketIO
 from socketio import PubSubManager
 
+from services.account_state import ACCOUNT_TYPES
 from services.tickers import ticker_room
-
-ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
+from ws.fanout import DEFAULT_MAX_HZ, Fanout
 
 
 @dataclass
@@ -28,9 +30,18 @@ class Connection:
     sid: str
     user_id: int
     connected_at: int
+    eio_sid: str = ""
     types: set[str] = field(default_factory=set)
     key_ids: set[int] = field(default_factory=set)
     tickers: set[tuple[str, str]] = field(default_factory=set)  # (exchange, SYMBOL)
+
+    hz: dict[str, float] = field(default_factory=dict)  # type -> max_hz asked for
+
+    def max_hz(self, kind: str) -> float | None:
+        """Mark-driven pushes a second of ``kind`` for this connection (None: no bound)."""
+        if kind == "fills":
+            return None
+        return self.hz.get(kind, DEFAULT_MAX_HZ.get(kind))
 
     def rooms(self) -> list[str]:
         """The rooms this connection is in."""
@@ -67,11 +78,20 @@ class PushHub:
         self._by_user: dict[int, set[str]] = {}
         self.pushes: dict[str, int] = {}
         self._latency_ms: deque[float] = deque(maxlen=20_000)
+        self._fanout: Fanout | None = None
+
+    @property
+    def fanout(self) -> Fanout | None:
+        """The per-connection delivery; None with a message queue (rooms instead)."""
+        if self._fanout is None and not isinstance(self._sio.server.manager, PubSubManager):
+            self._fanout = Fanout(self._sio.server, self._sio.start_background_task,
+                                  self._sio.sleep, on_push=self._count)
+        return self._fanout
 
     # ---- registry -----------------------------------------------------------
-    def add(self, sid: str, user_id: int) -> Connection:
-        """Register a new authenticated connection."""
-        conn = Connection(sid, user_id, int(time.time() * 1000))
+    def add(self, sid: str, user_id: int, eio_sid: str = "") -> Connection:
+        """Register a new authenticated connection (``eio_sid``: its Engine.IO id)."""
+        conn = Connection(sid, user_id, int(time.time() * 1000), eio_sid)
         with self._lock:
             self._conns[sid] = conn
             self._by_user.setdefault(user_id, set()).add(sid)
@@ -88,6 +108,8 @@ class PushHub:
             last = not sids
             if last:
                 self._by_user.pop(conn.user_id, None)
+        if self.fanout is not None:
+            self.fanout.detach(sid)
         return conn, last
 
     def get(self, sid: str) -> Connection | None:
@@ -110,6 +132,27 @@ class PushHub:
             return True
         return bool(manager.rooms.get("/", {}).get(room(kind, user_id)))
 
+    def offer(self, state, kind: str, source: str, as_of: int, mark: bool) -> None:  # type: ignore[no-untyped-def]
+        """An account type of ``state`` (services.account_state.AccountState)
+        changed; see ``Fanout.offer``. With a message queue: built (compared unless
+        ``mark``) and emitted to the type's room when anybody may listen."""
+        fanout = self.fanout
+        if fanout is not None:
+            fanout.offer(state, kind, source, as_of, mark)
+            return
+        env = (state.envelope(kind, source, as_of) if mark
+               else state.envelope_if_changed(kind, source, as_of))
+        if env is not None:
+            self.publish(env)
+
+    def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
+        """A built account envelope (``fills``, ``stale`` values) to its subscribers now."""
+        fanout = self.fanout
+        if fanout is not None:
+            fanout.deliver(state, env)
+        else:
+            self.publish(env)
+
     def publish(self, envelope: dict) -> None:
         """Emit one envelope from a service (any green thread)."""
         kind = envelope["type"]
@@ -126,7 +169,18 @@ class PushHub:
         else:
             self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
             self._count(envelope)
-        self._sio.sleep(0)
+
+    def attach(self, conn: Connection, state, kind: str, first) -> None:  # type: ignore[no-untyped-def]
+        """Start ``conn``'s live pushes of ``state``'s ``kind`` after ``first()`` (its
+        snapshot or replay); with a message queue, send ``first()`` (the room brings
+        the live ones)."""
+        fanout = self.fanout
+        if self.get(conn.sid) is None:
+            return  # disconnected before its snapshot went out
+        if fanout is not None:
+            fanout.attach(conn.sid, conn.eio_sid, state, kind, conn.max_hz(kind), first)
+        else:
+            self.send_to(conn.sid, first())
 
     def send_to(self, sid: str, envelopes: list[dict]) -> None:
         """Emit envelopes to one connection (the snapshot on subscribe)."""
@@ -134,7 +188,6 @@ class PushHub:
             env["sent_at"] = int(time.time() * 1000)
             self._sio.emit(env["type"], env, to=sid)
             self._count(envelope=env, latency=False)
-        self._sio.sleep(0)
 
     def _count(self, envelope: dict, latency: bool = True) -> None:
         kind = envelope["type"]
@@ -150,8 +203,10 @@ class PushHub:
         conns = self.connections()
         subs = {t: sum(1 for c in conns if t in c.types) for t in ACCOUNT_TYPES}
         lat = sorted(self._latency_ms)
+        fanout = self.fanout.stats() if self.fanout is not None else None
         return {"connections": len(conns), "users_online": len({c.user_id for c in conns}),
                 "subscriptions": subs,
                 "push": {"by_type": dict(self.pushes), "total": sum(self.pushes.values()),
+                         "fanout": fanout,
                          "stream_latency_ms": {"samples": len(lat), "p50": _percentile(lat, 0.5),
                                                "p99": _percentile(lat, 0.99)}}}

@@ -142,6 +142,19 @@ def test_console_login_order_position_pnl(browser, stack, tmp_path: Path) -> Non
         points = page.get_by_test_id("pnl-line").get_attribute("points") or ""
         assert len(points.split()) >= 2, points
 
+        # the console follows epoch + seq: it drops only a true duplicate (same epoch,
+        # seq not above the highest seen) and takes a new epoch even at a lower seq
+        shown = page.get_by_test_id("pnl-unrealized").inner_text()
+        pushed = page.evaluate("() => JSON.parse(JSON.stringify(state.latest[state.activeKeyId].pnl))")
+        assert pushed["epoch"] and pushed["seq"] >= 1
+        for seq in (pushed["seq"], pushed["seq"] - 1):
+            page.evaluate("(e) => onPush('pnl', e)", {**pushed, "seq": seq, "data": {
+                **pushed["data"], "unrealized_pnl": "12345"}})
+        expect(page.get_by_test_id("pnl-unrealized")).to_have_text(shown)
+        page.evaluate("(e) => onPush('pnl', e)", {**pushed, "epoch": "restarted", "seq": 1,
+                                                  "data": {**pushed["data"], "unrealized_pnl": "777"}})
+        expect(page.get_by_test_id("pnl-unrealized")).to_have_text("777")
+
         shot = tmp_path / "console.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000

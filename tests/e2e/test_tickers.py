@@ -36,7 +36,8 @@ def test_pnl_follows_mark_ticks_without_rest_polling(account, listen, sim) -> No
                                      "type": "MARKET", "quantity": "100"})
     assert r.status_code == 201 and r.json()["trade"]["status"] == "open", r.text
     entry = Decimal(r.json()["trade"]["entry_price"])
-    lst.wait_for("positions", lambda d: len(d["data"]) == 1)
+    # shown from the stream at once; settled once REST completed what the event lacks
+    lst.wait_for("positions", lambda d: len(d["data"]) == 1 and d["data"][0]["leverage"])
     time.sleep(1.5)  # let the account settle into stream mode
     before = dict(sim.state()["requests"].get(account.api_key, {}))
     mark = lst.mark()

@@ -178,7 +178,7 @@ def test_balance_payload_shape() -> None:
     assert env["data"]["assets"][0] == {"asset": "USDT", "wallet_balance": "100",
                                         "available_balance": "90", "unrealized_pnl": "1",
                                         "margin_balance": "101"}
-    assert set(env) == {"type", "user_id", "key_id", "exchange", "testnet", "seq", "as_of",
+    assert set(env) == {"type", "user_id", "key_id", "exchange", "testnet", "epoch", "seq", "as_of",
                         "sent_at", "source", "stale", "data"}
 
 
@@ -310,7 +310,7 @@ def test_a_reconnect_whose_snapshot_is_held_back_keeps_its_stream_and_waits() ->
     stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
                            publish=lambda env: None, on_fill=lambda f: None, sleep=slept.append,
                            on_reconnected=lambda *a: reconnected.append(a))
-    stream._resume_from_ms = 1_000  # a reconnect: the gap fill follows the snapshot
+    stream.state.resume_from_ms = 1_000  # a reconnect: the gap fill follows the snapshot
     stream._connect(Client())
     assert stream.status == "live" and Client.streams == 1 and not stream.stream.closed  # type: ignore[union-attr]
     assert calls == ["balance", "positions", "positions", "orders", "fills", "fills", "fills"]
@@ -340,10 +340,24 @@ def test_account_events_are_applied_at_once_and_rest_completes_the_rest() -> Non
             b.available_balance) == (Decimal("999.9"), Decimal("0.024"), Decimal("999.924"),
                                      Decimal("900"))  # available: REST's, until it refreshes
     assert b.assets[0].margin_balance == Decimal("999.924")
-    # a position in a symbol not held yet needs REST (no leverage in the event)
+    # a position in a symbol not held yet: shown at once with what the event carries;
+    # its mark price, leverage and liquidation price are null until REST (never guessed)
     changed, incomplete = state.apply_account_event(AccountEvent("ORDER", (), (
         PositionUpdate("ETHUSDT", Decimal("-1"), Decimal("3000"), Decimal("0"), "cross"),), 6))
-    assert changed == set() and incomplete == {"positions"} and "ETHUSDT" not in state.positions
+    assert changed == {"positions", "pnl", "balance"} and incomplete == {"positions"}
+    eth = [r for r in state.data("positions") if r["symbol"] == "ETHUSDT"]
+    assert eth == [{"symbol": "ETHUSDT", "side": "SHORT", "size": "1", "entry_price": "3000",
+                    "mark_price": None, "unrealized_pnl": "0", "leverage": None,
+                    "liquidation_price": None, "margin_type": "cross"}]
+    state.realized_pnl = Realized(Decimal(0), Decimal(0))
+    assert [p["roe_pct"] for p in state.data("pnl")["positions"]
+            if p["symbol"] == "ETHUSDT"] == [None]
+    state.mark_known("ETHUSDT")                          # a mark tick: that much is known
+    assert state.apply_mark("ETHUSDT", Decimal("2990")) == ("positions", "pnl", "balance")
+    eth = [r for r in state.data("positions") if r["symbol"] == "ETHUSDT"][0]
+    assert (eth["mark_price"], eth["unrealized_pnl"], eth["leverage"]) == ("2990", "10", None)
+    state.apply_account_event(AccountEvent("ORDER", (), (
+        PositionUpdate("ETHUSDT", Decimal("0"), Decimal("0"), Decimal("0"), "cross"),), 6))
     # closed: gone at once, its unrealized PnL leaves the totals
     changed, incomplete = state.apply_account_event(AccountEvent("ORDER", (), (
         PositionUpdate("BTCUSDT", Decimal("0"), Decimal("0"), Decimal("0"), "cross"),), 7))

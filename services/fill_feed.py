@@ -1,0 +1,38 @@
+"""Read-only access to the ledger's fills for the ``fills`` push type's replay.
+
+Reads the ``fills`` table (``models.Fill``, written by the ledger's write-behind)
+and never writes it: a resume with ``since: {"fills": {"time": T}}`` gets every fill
+of the key with exchange time >= T from here, which holds across a server restart.
+"""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from models import Database, Fill
+from services.serialize import dec
+
+REPLAY_LIMIT = 10_000  # fills sent by one resume at most (the oldest first)
+
+
+def fill_row(f: Fill) -> dict:
+    """A ``models.Fill`` as a CONTRACT.md ``fills`` row (``trade_id``: the exchange's)."""
+    return {"trade_id": f.exchange_trade_id, "order_id": f.exchange_order_id,
+            "client_order_id": f.client_order_id, "symbol": f.symbol, "side": f.side,
+            "price": dec(f.price), "quantity": dec(f.quantity), "fee": dec(f.fee),
+            "fee_asset": f.fee_asset, "realized_pnl": dec(f.realized_pnl), "time": f.time}
+
+
+class FillFeed:
+    """Fills of a key from the ledger, oldest first."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def since(self, key_id: int, time_ms: int, limit: int = REPLAY_LIMIT) -> list[dict]:
+        """Rows of every fill of ``key_id`` with exchange time >= ``time_ms`` (ms UTC),
+        ordered by time then ledger id, at most ``limit``. Raises SQLAlchemyError when
+        the database cannot answer."""
+        with self._db.session() as s:
+            rows = s.scalars(select(Fill).where(Fill.key_id == key_id, Fill.time >= time_ms)
+                             .order_by(Fill.time, Fill.id).limit(limit)).all()
+            return [fill_row(f) for f in rows]

@@ -1,0 +1,118 @@
+"""What a new subscriber is sent first: the snapshot, or the continuation of the
+copy it already holds (``since`` on subscribe, CONTRACT.md "Resume on subscribe").
+
+States (balance, positions, pnl, orders): only the latest matters. Same epoch and
+``seq`` current: nothing is re-sent; same epoch and an older ``seq``: the current
+envelope; anything else: the current snapshot (``resumed: false``).
+
+Fills are events. Same epoch and a ``seq`` still in the key's kept log: the
+envelopes after it, as they were sent (same ``seq``). ``{"time": T}`` (also across
+a server restart): every fill of the key with exchange time >= T, from the ledger
+plus the fills not yet durable, oldest first, in one envelope at the current
+``seq``. Otherwise: an empty snapshot and ``resumed: false`` (the client may ask
+again with ``time``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.account_state import AccountState
+from services.fill_feed import FillFeed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What to send one subscriber of ``state``'s ``kind`` before live pushes.
+
+    ``prepare`` (may be None) runs first, in a background task, outside any lock
+    (the ledger read of a fills replay); ``wait_live``: run it once the stream is
+    live, so that the fills its gap fill finds are in the replay and not pushed to
+    this subscriber a second time; ``first`` is called when the live pushes start
+    (see ws.fanout.Fanout.attach). ``error`` is set by ``prepare`` when it failed."""
+
+    state: AccountState
+    kind: str
+    first: Callable[[], list[dict]]
+    prepare: Callable[[], None] | None = None
+    wait_live: bool = False
+    error: str | None = None
+
+
+class ResumeService:
+    """Plans the first envelopes of a subscription (reads the ledger for fills)."""
+
+    def __init__(self, feed: FillFeed) -> None:
+        self._feed = feed
+
+    def plan(self, states: list[AccountState], kinds: list[str],
+             since: dict[str, dict] | None) -> tuple[dict[str, bool], list[Plan]]:
+        """``(resumed per kind, plans)`` for the keys' states. ``since`` maps a kind to
+        ``{"epoch", "seq"}`` and/or (fills) ``{"time"}``; it names one key's position,
+        so it is given with one state only."""
+        resumed: dict[str, bool] = {}
+        plans: list[Plan] = []
+        for state in states:
+            for kind in kinds:
+                pos = (since or {}).get(kind)
+                if kind == "fills":
+                    ok, plan = self._fills(state, pos)
+                else:
+                    ok, plan = self._state(state, kind, pos)
+                resumed[kind] = resumed.get(kind, True) and ok
+                plans.append(plan)
+        return resumed, plans
+
+    @staticmethod
+    def _state(state: AccountState, kind: str, pos: dict | None):  # type: ignore[no-untyped-def]
+        def snapshot() -> list[dict]:
+            return state.cached([kind])
+
+        if (not pos or pos.get("epoch") != state.epoch or pos.get("seq") is None
+                or state.last(kind) is None or pos["seq"] > state.seq(kind)):
+            return False, Plan(state, kind, snapshot)
+        seq = pos["seq"]
+
+        def continued() -> list[dict]:
+            if seq == state.seq(kind) and not state.pending(kind):
+                return []  # the client holds the current value
+            return state.cached([kind])
+        return True, Plan(state, kind, continued)
+
+    def _fills(self, state: AccountState, pos: dict | None):  # type: ignore[no-untyped-def]
+        def empty() -> list[dict]:
+            return [state.fills_snapshot([])]
+
+        if not pos:
+            return False, Plan(state, "fills", empty)
+        if pos.get("epoch") == state.epoch and pos.get("seq") is not None \
+                and state.fills_after(pos["seq"]) is not None:
+            seq = pos["seq"]
+            return True, Plan(state, "fills", lambda: state.fills_after(seq) or [])
+        if pos.get("time") is None:
+            return False, Plan(state, "fills", empty)
+        since_ms = pos["time"]
+        durable: list[dict] = []
+
+        def prepare() -> None:
+            try:
+                durable.extend(self._feed.since(state.key_id, since_ms))
+            except SQLAlchemyError as e:
+                logger.warning("fills replay read failed key_id=%s kind=%s", state.key_id,
+                               type(e).__name__)
+                plan.error = "the fills of the ledger could not be read; try again"
+
+        def replay() -> list[dict]:
+            rows: dict[tuple[str, str], dict] = {(r["symbol"], r["trade_id"]): r for r in durable}
+            for r in state.recent_fills():  # pushed, maybe not yet written by the ledger
+                if r["time"] >= since_ms:
+                    rows.setdefault((r["symbol"], r["trade_id"]), r)
+            return [state.fills_snapshot(sorted(rows.values(),
+                                                key=lambda r: (r["time"], r["trade_id"])))]
+        plan = Plan(state, "fills", replay, prepare, wait_live=True)
+        return True, plan

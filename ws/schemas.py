@@ -1,0 +1,79 @@
+"""Socket.IO ``subscribe`` / ``unsubscribe`` payloads (CONTRACT.md, with the second
+round's ``since`` and ``max_hz``), validated with pydantic: a bad payload gets an ack
+``{"ok": false, "error": {"code", "message", "field"}}`` naming the field."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from api.validation import MAX_ID
+from ws.fanout import MAX_HZ_LIMIT
+
+AccountType = Literal["balance", "positions", "pnl", "orders", "fills"]
+Hz = float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Position(_Strict):
+    """A client's last envelope of a type: ``{"epoch", "seq"}``; for ``fills`` also
+    (or instead) ``{"time": T}``: every fill with exchange time >= T (ms UTC)."""
+
+    epoch: str | None = Field(default=None, min_length=1, max_length=100)
+    seq: int | None = Field(default=None, ge=0)
+    time: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Position":
+        if (self.epoch is None) != (self.seq is None):
+            raise ValueError("give both epoch and seq")
+        if self.epoch is None and self.time is None:
+            raise ValueError("give epoch and seq (or time, for fills)")
+        return self
+
+
+class Subscribe(_Strict):
+    """``subscribe``: ``types``, optional ``key_id`` (an id in 1..2^31-1, as on REST), optional
+    ``since`` per type and ``max_hz`` (one number for every type, or per type;
+    mark-driven pushes a second, at most ``MAX_HZ_LIMIT``)."""
+
+    types: list[AccountType] = Field(min_length=1, max_length=5)
+    key_id: int | None = Field(default=None, gt=0, le=MAX_ID)
+    since: dict[AccountType, Position] | None = None
+    max_hz: Hz | dict[AccountType, Hz] | None = None
+
+    @field_validator("max_hz")
+    @classmethod
+    def _rates(cls, v):  # type: ignore[no-untyped-def]
+        rates = v if isinstance(v, dict) else ({} if v is None else {"all": v})
+        for name, hz in rates.items():
+            if isinstance(hz, bool) or not 0 < hz <= MAX_HZ_LIMIT:
+                raise ValueError(f"max_hz{'' if name == 'all' else ' of ' + name} must be "
+                                 f"a number above 0 and at most {MAX_HZ_LIMIT:g}")
+        return v
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, v):  # type: ignore[no-untyped-def]
+        for kind, pos in (v or {}).items():
+            if pos.time is not None and kind != "fills":
+                raise ValueError(f"{kind}: time is accepted for fills only")
+        return v
+
+    def rates(self) -> dict[str, float]:
+        """``max_hz`` per type asked for (types not named keep the defaults)."""
+        if self.max_hz is None:
+            return {}
+        if isinstance(self.max_hz, dict):
+            return {k: float(v) for k, v in self.max_hz.items()}
+        return {k: float(self.max_hz) for k in ("balance", "positions", "pnl", "orders")}
+
+
+class Unsubscribe(_Strict):
+    """``unsubscribe``: the types to leave (``key_id`` accepted and ignored, as before)."""
+
+    types: list[AccountType] = Field(min_length=1, max_length=5)
+    key_id: int | None = Field(default=None, gt=0, le=MAX_ID)
