@@ -3,7 +3,8 @@ from models.base import Base, Money, now_ms
 from models.db import Database
 from models.user import User
 from models.exchange_key import ExchangeKey
-from models.trade import Exit, ExitStatus, Fill, Order, Position, Trade, TradeStatus
+from models.trade import DeadLetter, Exit, ExitStatus, Fill, Order, Position, Trade, TradeStatus
 
 __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
-           "TradeStatus", "Order", "Fill", "Position", "Exit", "ExitStatus"]
+           "TradeStatus", "Order", "Fill", "Position", "Exit", "ExitStatus",
+           "DeadLetter"]
