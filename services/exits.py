@@ -31,13 +31,14 @@ from models import Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeSt
 from services import book, ledger
 from services.errors import Conflict
 from services.keyring import get_owned_key
+from services.orders import NOT_FOUND_GRACE_MS
 
 logger = logging.getLogger(__name__)
 
 HOLDING = (TradeStatus.OPEN.value, TradeStatus.EXIT_FAILED.value)
 # an attempt the exchange does not know may still be in flight this long after it was
 # noted (a request executed late within its recvWindow): recovery waits that long
-IN_FLIGHT_GRACE_MS = 10_000
+IN_FLIGHT_GRACE_MS = NOT_FOUND_GRACE_MS
 
 
 @dataclass(frozen=True)

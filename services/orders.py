@@ -32,9 +32,12 @@ from services.serialize import dec
 logger = logging.getLogger(__name__)
 
 ClientFor = Callable[[ExchangeKey], ExchangeClient]
-# an order the exchange does not know is not assumed missing before this (the maximum
-# recvWindow, 60 s per Binance docs: a request may still be executed until then)
-NOT_FOUND_GRACE_MS = 60_000
+# An order the exchange does not know is assumed never to have arrived only this long
+# after it was sent: the exchange refuses a request whose timestamp is older than its
+# recvWindow on arrival (Binance "General Info / Timing security"; Bybit v5 guide
+# "Authentication"), and our clients sign with 10,000 ms (Binance) / 5,000 ms (Bybit);
+# 5 s more for the clock offset.
+NOT_FOUND_GRACE_MS = 15_000
 
 
 def new_client_order_id() -> str:
@@ -280,13 +283,13 @@ class OrderService:
             return list(s.scalars(stmt.order_by(Trade.id.desc()).limit(1000)))
 
     def settle_pending(self, trade: Trade, client: ExchangeClient,
-                       not_found_grace_ms: int = 60_000) -> str:
+                       not_found_grace_ms: int = NOT_FOUND_GRACE_MS) -> str:
         """Look a ``pending`` trade up on the exchange by ``client_order_id`` and record
         what it says; returns the trade's status afterwards.
 
         A trade the exchange does not know becomes ``failed`` only once
-        ``not_found_grace_ms`` (the maximum recvWindow, 60 s per Binance docs) has
-        passed since it was sent; before that it stays ``pending``.
+        ``not_found_grace_ms`` (``NOT_FOUND_GRACE_MS``: our recvWindow plus a margin)
+        has passed since it was sent; before that it stays ``pending``.
         """
         try:
             order = client.get_order(trade.symbol, client_order_id=trade.client_order_id)
