@@ -46,6 +46,7 @@ class _Lot:
     price: Decimal
     sign: int  # +1 long, -1 short
     fill_id: str | None  # exchange trade id of the fill that opened it
+    fee_rate: Decimal = ZERO  # that fill's fee per unit (an unowned lot's fee follows it)
 
 
 @dataclass
@@ -95,19 +96,26 @@ def compute(fills: list, adjustments: list[Trade]) -> Book:
             lot.quantity -= take
             remaining -= take
             gross = (price - lot.price) * take * lot.sign
-            if lot.owner is not None:
+            if lot.owner is not None:  # the lot's trade is (partly) closed by this fill
                 tb = book.trades.setdefault(lot.owner, TradeBook())
                 tb.matched += take
                 tb.matched_notional += take * price
                 tb.gross += gross
                 if owner is None and qty:
                     tb.fee_share += fee * take / qty
+            elif owner is not None:  # a trade's fill closes what an unowned fill opened
+                tb = book.trades[owner]  # (an exit that sold more than the ledger knew)
+                tb.matched += take
+                tb.matched_notional += take * lot.price
+                tb.gross += gross  # the round trip's PnL, whoever books it
+                tb.fee_share += lot.fee_rate * take
             if owner is None and order_id is not None:
                 book.order_gross[order_id] = book.order_gross.get(order_id, ZERO) + gross
             if lot.quantity == 0:
                 lots.popleft()
         if remaining > 0:
-            lots.append(_Lot(owner, remaining, price, sign, fill_id))
+            lots.append(_Lot(owner, remaining, price, sign, fill_id,
+                             fee / qty if owner is None and qty else ZERO))
     for lot in lots:
         signed = lot.quantity * lot.sign
         book.net += signed

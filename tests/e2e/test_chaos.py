@@ -22,9 +22,9 @@ def test_seeded_chaos_ends_with_the_ledger_equal_to_the_exchange(database, seed,
     else:
         url, drop = make_pg_database(request.getfixturevalue("pg_server"))
     try:
-        figures = ChaosRun(sim, url, tmp_path, seed, rounds=10, database=database).run()
+        figures = ChaosRun(sim, url, tmp_path, seed, rounds=12, database=database).run()
     finally:
         if drop:
             drop()
-    assert figures.rounds == 10 and figures.fills > 0
+    assert figures.rounds == 12 and figures.fills > 0
     assert figures.clean, figures.problems

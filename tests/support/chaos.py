@@ -39,8 +39,8 @@ from tests.support.server import ServerProcess, free_port, start_server
 
 SYMBOLS = {"BTCUSDT": (Decimal("60000"), Decimal("0.10"), ("0.002", "0.003", "0.005")),
            "ETHUSDT": (Decimal("3400"), Decimal("0.01"), ("0.030", "0.050", "0.080"))}
-ACTIONS = ("market", "market", "rest", "rest", "timeout", "timeout", "ioc", "fok",
-           "close", "fill", "fill", "fill")
+ACTIONS = ("market", "market", "market", "rest", "rest", "timeout", "timeout", "ioc", "fok",
+           "close", "close", "fill", "fill", "fill", "fill", "move")
 FAULTS = (None, None, None, None, "kill_request", "kill_held", "kill_before_fill",
           "kill_exit", "drop_ws", "expire_listen_key", "http_5xx", "timeout", "latency",
           "http_429", "reject_orders")
@@ -189,6 +189,13 @@ class ChaosRun:
         if kind == "fill":
             self._fill_some()
             return
+        if kind == "move":  # the market moves a little (resting orders it crosses fill)
+            symbol = self.rng.choice(sorted(SYMBOLS))
+            price, tick, _ = SYMBOLS[symbol]
+            step = price * Decimal("0.002") * self.rng.choice((-1, 1))
+            mark = Decimal(self.sim.state()["prices"][symbol]["price"]) + step
+            self.sim.set_price(symbol, f"{(mark / tick).to_integral_value() * tick:f}")
+            return
         if kind == "close":
             held = self._positions()
             if held:
@@ -211,7 +218,8 @@ class ChaosRun:
         fault = self.rng.choice(FAULTS)
         if fault == "kill_exit":
             kind = "close"
-        if kind == "close" and not self._positions():
+        if kind in ("close", "move") and fault is not None and fault.startswith("kill_") \
+                and kind != "close" or (kind == "close" and not self._positions()):
             kind = "market"
         key = self.api_key
         if fault is not None:
@@ -243,6 +251,8 @@ class ChaosRun:
             self.sim.add_fault(kind=fault, api_key=key, **extra)
             self._act(kind)
             self.sim.clear_faults()
+            if fault == "http_429":
+                time.sleep(1.2)  # the server backs off for the Retry-After (1 s)
         else:
             self._act(kind)
         self.figures.rounds += 1
