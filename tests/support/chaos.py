@@ -40,7 +40,7 @@ from tests.support.server import ServerProcess, free_port, start_server
 SYMBOLS = {"BTCUSDT": (Decimal("60000"), Decimal("0.10"), ("0.002", "0.003", "0.005")),
            "ETHUSDT": (Decimal("3400"), Decimal("0.01"), ("0.030", "0.050", "0.080"))}
 ACTIONS = ("market", "market", "market", "rest", "rest", "timeout", "timeout", "ioc", "fok",
-           "close", "close", "fill", "fill", "fill", "fill", "move")
+           "close", "close", "fill", "fill", "fill", "fill", "move", "pair")
 FAULTS = (None, None, None, None, "kill_request", "kill_held", "kill_before_fill",
           "kill_exit", "drop_ws", "expire_listen_key", "http_5xx", "timeout", "latency",
           "http_429", "reject_orders")
@@ -196,6 +196,17 @@ class ChaosRun:
             mark = Decimal(self.sim.state()["prices"][symbol]["price"]) + step
             self.sim.set_price(symbol, f"{(mark / tick).to_integral_value() * tick:f}")
             return
+        if kind == "pair":  # two orders at once
+            kinds = [self.rng.choice(("market", "rest", "timeout", "ioc")) for _ in range(2)]
+            bodies = [self._order_body(k) for k in kinds]
+            self.figures.orders += 2
+            threads = [threading.Thread(target=self._req, args=("POST", "/api/orders", b),
+                                        daemon=True) for b in bodies]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            return
         if kind == "close":
             held = self._positions()
             if held:
@@ -218,8 +229,8 @@ class ChaosRun:
         fault = self.rng.choice(FAULTS)
         if fault == "kill_exit":
             kind = "close"
-        if kind in ("close", "move") and fault is not None and fault.startswith("kill_") \
-                and kind != "close" or (kind == "close" and not self._positions()):
+        if (kind == "move" and fault is not None and fault.startswith("kill_")) or (
+                kind == "close" and not self._positions()):
             kind = "market"
         key = self.api_key
         if fault is not None:
@@ -352,6 +363,11 @@ class ChaosRun:
             if e.status == "working":
                 f.stranded_exits += 1
                 f.problems.append(f"exit {e.id} working")
+            filled = [o for c, o in orders.items() if c.startswith(f"exit-{e.id}-")
+                      and Decimal(o["executed_qty"]) > 0]
+            if (e.status == "filled") != bool(filled):
+                f.state_mismatches += 1
+                f.problems.append(f"exit {e.id} {e.status}, exchange filled {len(filled)}")
         positions = {p["symbol"]: Decimal(p["amount"]) for p in truth["positions"]}
         for sym in SYMBOLS:
             if positions.get(sym, Decimal(0)) != nets[sym]:
