@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import Fill, Order, Trade, TradeStatus, now_ms
@@ -196,3 +196,21 @@ def lock_keys(session: Session, key_ids) -> None:  # type: ignore[no-untyped-def
     if ids and session.get_bind().dialect.name == "postgresql":
         session.execute(select(ExchangeKey.id).where(ExchangeKey.id.in_(ids))
                         .order_by(ExchangeKey.id).with_for_update())
+
+
+def needing_settle(session: Session, pairs: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Of ``pairs`` (key id, symbol), those whose book can differ from "every fill opens":
+    fills on both sides, or an adjustment trade. For the others ``settle_symbol``
+    would change nothing (nothing is consumed), so the write-behind skips it: a key
+    that only adds to one side (a resting order filled in parts) costs one grouped
+    query per batch, not a read of its whole history."""
+    if not pairs:
+        return set()
+    both = set(session.execute(
+        select(Fill.key_id, Fill.symbol).where(tuple_(Fill.key_id, Fill.symbol).in_(list(pairs)))
+        .group_by(Fill.key_id, Fill.symbol).having(func.count(func.distinct(Fill.side)) > 1)).all())
+    adjusted = set(session.execute(
+        select(Trade.key_id, Trade.symbol).where(
+            tuple_(Trade.key_id, Trade.symbol).in_(list(pairs)),
+            Trade.order_type == "RECONCILED").distinct()).all())
+    return {(k, s) for k, s in both | adjusted}

@@ -316,7 +316,7 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
             settle_trade_from_fills(session, t, last_order.get(tid), rows[tid])
     if symbols:
         session.flush()
-        for key_id, symbol in sorted(symbols):
+        for key_id, symbol in sorted(book.needing_settle(session, symbols)):
             book.settle_symbol(session, key_id, symbol)
     return new_keys
 

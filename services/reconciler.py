@@ -138,8 +138,9 @@ class Reconciler:
         (None: asked here); ``fills_checked``: symbols whose recent fills the caller
         just fetched and handed to the ledger (a reconnected stream's gap fill), not
         asked again (every fill before the gap went through the stream and the
-        write-behind, which never drops one; what a crash lost, the start-up run
-        finds)."""
+        write-behind, which never drops one: what it cannot store on its own is a dead
+        letter, retried by step 0 of every run; what a crash lost from its queue, the
+        start-up run finds on the exchange)."""
         details: list[dict] = []
         checked = fixed = 0
         try:

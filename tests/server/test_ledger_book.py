@@ -214,3 +214,22 @@ def test_events_round_trip_through_their_dead_letter_payload() -> None:
     p = Position("BTCUSDT", "LONG", D("0.01"), D("100"), D("101"), D("0.01"), D("20"), D("0"), "cross", 5)
     assert decode_event("order", encode_event("order", o)) == o
     assert decode_event("positions", encode_event("positions", (9, [p], True))) == (9, [p], True)
+
+
+def test_dead_letters_show_in_admin_stats_and_metrics(app, client) -> None:  # type: ignore[no-untyped-def]
+    import time
+    writer = app.extensions["pushsrv"].ledger_writer
+    writer.submit_fill(99, fill("88", "BUY", "1", "100", 12))  # key 99 does not exist
+    deadline = time.monotonic() + 10
+    while writer.stats()["dead_lettered"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = client.get("/admin/stats", headers={"X-Admin-Token": "admin-token"}).get_json()
+    assert stats["write_behind"]["dead_letters"] == 1
+    assert stats["write_behind"]["dead_lettered"] == 1
+    text = client.get("/metrics", headers={"X-Admin-Token": "admin-token"}).get_data(as_text=True)
+    assert "pushsrv_ledger_dead_letters 1.0" in text
+    assert "pushsrv_ledger_dead_lettered_total 1.0" in text
+    # a reconcile retries it (still failing: the row stays, one attempt more)
+    client.post("/admin/reconcile", headers={"X-Admin-Token": "admin-token"}, json={})
+    with app.extensions["pushsrv"].db.session() as s:
+        assert s.scalars(select(DeadLetter.attempts)).one() == 2
