@@ -127,10 +127,11 @@ def compute(fills: list, adjustments: list[Trade]) -> Book:
     return book
 
 
-def load(session: Session, key_id: int, symbol: str) -> tuple[Book, list[Trade]]:
-    """The book of (key, symbol) and the trades it covers (locked for update)."""
-    trades = list(session.scalars(select(Trade).where(
-        Trade.key_id == key_id, Trade.symbol == symbol).order_by(Trade.id).with_for_update()))
+def load(session: Session, key_id: int, symbol: str, lock: bool = True) -> tuple[Book, list[Trade]]:
+    """The book of (key, symbol) and the trades it covers (locked for update unless
+    ``lock`` is False: a reader that writes nothing)."""
+    stmt = select(Trade).where(Trade.key_id == key_id, Trade.symbol == symbol).order_by(Trade.id)
+    trades = list(session.scalars(stmt.with_for_update() if lock else stmt))
     fills = session.execute(select(
         Fill.id, Fill.trade_id, Fill.exchange_trade_id, Fill.exchange_order_id, Fill.side,
         Fill.price, Fill.quantity, Fill.fee, Fill.time).where(

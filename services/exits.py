@@ -312,6 +312,8 @@ class ExitService:
                 for t in trades:
                     t.status = TradeStatus.EXIT_FAILED.value
                     t.error_message = f"exit failed: {reason}"[:255]
+                s.flush()
+                book.settle_symbol(s, e.key_id, e.symbol)  # what another fill closed is closed
             else:
                 e.status, e.exit_price = ExitStatus.FILLED.value, order.avg_price
                 exit_fee = sum((f.fee for f in s.scalars(select(Fill).where(

@@ -299,7 +299,7 @@ class Reconciler:
         out: dict[str, tuple] = {}
         with self._db.session() as s:
             for symbol in sorted(self._symbols(key, positions)):
-                derived, _ = book.load(s, key.id, symbol)
+                derived, _ = book.load(s, key.id, symbol, lock=False)
                 ex = exchange_net.get(symbol, Decimal(0))
                 if ex != derived.net:
                     out[symbol] = ("fills_missing", ex, derived.net, entry.get(symbol),
@@ -311,7 +311,6 @@ class Reconciler:
                             else "size_mismatch")
                     out[symbol] = (kind, ex, led, entry.get(symbol),
                                    "fills of orders the ledger did not place")
-            s.rollback()  # book.load locks the trades: release them now
         return out
 
     def _positions(self, key: ExchangeKey, client: ExchangeClient, positions: list[Position],

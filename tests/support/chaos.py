@@ -324,7 +324,7 @@ class ChaosRun:
                 trades = list(s.scalars(select(Trade).where(Trade.key_id == self.key_id)))
                 exits = list(s.scalars(select(Exit).where(Exit.key_id == self.key_id)))
             with db.session() as s:
-                nets = {sym: book.load(s, self.key_id, sym)[0].net for sym in SYMBOLS}
+                nets = {sym: book.load(s, self.key_id, sym, lock=False)[0].net for sym in SYMBOLS}
         finally:
             db.dispose()
         for k in sim_fills:
