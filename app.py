@@ -156,8 +156,12 @@ def _build_services(cfg: Config) -> Services:
               if cfg.MESSAGE_QUEUE_URL else LocalLeases())
     orders = OrderService(db, client_for, socketio.sleep, cfg.ORDER_CONFIRM_TIMEOUT_S,
                           spawn=socketio.start_background_task)
-    reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR)
     writer = LedgerWriter(db, on_recorded=lambda key_id: streams_ref[0].fills_recorded(key_id))
+    exits = ExitService(db, client_for, socketio.start_background_task, hub.publish,
+                        ExitSettings(cfg.EXIT_MAX_RETRIES, cfg.EXIT_MAX_SLIPPAGE, cfg.EXIT_DEADLINE_S),
+                        orphan_after_ms=15_000 if cfg.MESSAGE_QUEUE_URL else 0)
+    reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
+                            dead_letters=writer)
     ledger_api = _LedgerFacade(db, writer)
     streams = StreamManager(db, cipher, trading, hub.publish, socketio.start_background_task,
                             socketio.sleep, ledger_api,
@@ -171,6 +175,7 @@ def _build_services(cfg: Config) -> Services:
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
     socketio.start_background_task(writer.run)
+    socketio.start_background_task(reconciler.start_up)  # timeouts and exits left by a crash
     if cfg.RECONCILE_INTERVAL_S > 0:
         socketio.start_background_task(reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
                                        socketio.sleep, 2.0, leases, cfg.RECONCILE_BATCH)
@@ -180,8 +185,7 @@ def _build_services(cfg: Config) -> Services:
         sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
         keys=KeyService(db, cipher, build_client, trading, streams),
         orders=orders, reconciler=reconciler,
-        exits=ExitService(db, client_for, socketio.start_background_task, hub.publish,
-                          ExitSettings(cfg.EXIT_MAX_RETRIES, cfg.EXIT_MAX_SLIPPAGE, cfg.EXIT_DEADLINE_S)),
+        exits=exits,
         streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),

@@ -4,8 +4,8 @@ from models.db import Database
 from models.user import User
 from models.exchange_key import ExchangeKey
 from models.session import AuthSession, RefreshToken
-from models.trade import Exit, ExitStatus, Fill, Order, Position, Trade, TradeStatus
+from models.trade import DeadLetter, Exit, ExitStatus, Fill, Order, Position, Trade, TradeStatus
 
 __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
            "TradeStatus", "Order", "Fill", "Position", "Exit", "ExitStatus",
-           "AuthSession", "RefreshToken"]
+           "DeadLetter", "AuthSession", "RefreshToken"]

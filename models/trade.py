@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from enum import Enum
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, Money, now_ms
@@ -55,6 +55,9 @@ class Trade(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[int | None] = mapped_column(BigInteger)
+    # LIMIT ``timeout_s``: when the rest of the entry is to be cancelled (ms UTC);
+    # NULL when there is none or once it was carried out (durable: re-armed at start-up)
+    cancel_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     opened_at: Mapped[int | None] = mapped_column(BigInteger)
     closed_at: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
@@ -89,7 +92,9 @@ class Fill(Base):
     """One execution, unique by (key, symbol, exchange trade id)."""
 
     __tablename__ = "fills"
-    __table_args__ = (UniqueConstraint("key_id", "symbol", "exchange_trade_id"),)
+    __table_args__ = (UniqueConstraint("key_id", "symbol", "exchange_trade_id"),
+                      Index("ix_fills_key_id_symbol_exchange_order_id",
+                            "key_id", "symbol", "exchange_order_id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"), index=True)
@@ -118,10 +123,13 @@ class ExitStatus(str, Enum):
 
 class Exit(Base):
     """One attempt to close a position: at most one ``working`` per (key, symbol),
-    enforced by a partial unique index (the duplicate-exit guard)."""
+    enforced by a partial unique index (the duplicate-exit guard). The row is the
+    chase's durable intent: ``client_order_ids`` holds every attempt's id before it is
+    sent and ``deadline_at`` its end, so a restart resumes or settles it."""
 
     __tablename__ = "exits"
     __table_args__ = (
+        Index("ix_exits_status", "status"),
         Index("uq_exits_working_key_symbol", "key_id", "symbol", unique=True,
               sqlite_where=text("status = 'working'"),
               postgresql_where=text("status = 'working'")),
@@ -141,6 +149,7 @@ class Exit(Base):
     realized_pnl: Mapped[Decimal | None] = mapped_column(Money)
     reason: Mapped[str | None] = mapped_column(String(255))
     client_order_ids: Mapped[str] = mapped_column(String(1024), default="")
+    deadline_at: Mapped[int | None] = mapped_column(BigInteger)  # end of the chase, ms UTC
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now_ms, onupdate=now_ms)
 
@@ -165,3 +174,20 @@ class Position(Base):
     liquidation_price: Mapped[Decimal] = mapped_column(Money)
     margin_type: Mapped[str] = mapped_column(String(16))
     updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeadLetter(Base):
+    """A write-behind event that could not be stored on its own (a bad statement, not
+    an unreachable database): kept with its error and retried by the reconciler until
+    it is stored, then deleted. ``payload`` is the event as JSON (decimal strings)."""
+
+    __tablename__ = "ledger_dead_letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # fill | order | positions
+    key_id: Mapped[int] = mapped_column()
+    payload: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    retried_at: Mapped[int | None] = mapped_column(BigInteger)

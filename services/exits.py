@@ -6,13 +6,16 @@ request gets the working exit back); FOK limit reduce-only at the best bid (long
 or ask (short); when it expires unfilled (or is rejected), one tick worse, at most
 ``max_retries`` retries, at most ``max_slippage_ticks`` from the first price, within
 ``deadline_s``; then a clear final state. Exit fills are matched to the entry
-trades FIFO; each entry trade is ``closed`` with its exit price and realized PnL
-(fees included), or ``exit_failed`` (position still open) when the chase gives up.
+trades FIFO by the symbol's book (``services.book``): each entry trade it consumes is
+``closed`` with its exit price and realized PnL (fees included), what it did not
+consume stays ``open``; ``exit_failed`` (position still open) when the chase gives up.
+An exit is a row first: a crash leaves it ``working``, and ``recover`` settles it from
+the exchange's orders (by client order id) or resumes the chase.
 """
 from __future__ import annotations
 
 import logging
-import time
+import threading
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,13 +28,17 @@ from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound
 from exchanges.types import Order as OrderInfo, OrderRequest, OrderStatus
 from models import Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeStatus, now_ms
-from services import ledger
+from services import book, ledger
 from services.errors import Conflict
 from services.keyring import get_owned_key
+from services.orders import NOT_FOUND_GRACE_MS
 
 logger = logging.getLogger(__name__)
 
 HOLDING = (TradeStatus.OPEN.value, TradeStatus.EXIT_FAILED.value)
+# an attempt the exchange does not know may still be in flight this long after it was
+# noted (a request executed late within its recvWindow): recovery waits that long
+IN_FLIGHT_GRACE_MS = NOT_FOUND_GRACE_MS
 
 
 @dataclass(frozen=True)
@@ -44,28 +51,44 @@ class ExitSettings:
 
 
 class ExitService:
-    """Starts and runs exits.
+    """Starts, runs, resumes and settles exits.
+
+    The ``exits`` row is the chase's durable intent: every attempt's client order id
+    is stored before it is sent and ``deadline_at`` bounds the chase, so an exit left
+    ``working`` by a crash is picked up (``recover``) at start-up and by the
+    reconciler: settled from the exchange's truth (its orders, by client order id) or
+    its chase resumed.
 
     Args:
         db: the database; client_for: the cached exchange client of a key row;
-        spawn: starts a background task; publish: emits ``error`` events to the user.
+        spawn: starts a background task; publish: emits ``error`` events to the user;
+        orphan_after_ms: a ``working`` exit that no chase of this process runs is
+            taken over once its row is this old (0 with one process; with several,
+            another process's chase touches its row at every attempt).
     """
 
     def __init__(self, db: Database, client_for: Callable[[ExchangeKey], ExchangeClient],
                  spawn: Callable, publish: Callable[[dict], None],
-                 settings: ExitSettings = ExitSettings()) -> None:
+                 settings: ExitSettings = ExitSettings(), orphan_after_ms: int = 0) -> None:
         self._db = db
         self._client_for = client_for
         self._spawn = spawn
         self._publish = publish
         self.settings = settings
+        self.orphan_after_ms = orphan_after_ms
+        self._live: set[int] = set()
+        self._live_lock = threading.Lock()
 
     def close_position(self, user_id: int, key_id: int, symbol: str) -> tuple[Exit, bool]:
         """``(exit, started)``: a new working exit (started=True), or the one already
-        working for this position (started=False). Raises NotFound (key), Conflict
-        (no open position), ExchangeError (the position lookup failed)."""
+        working for this position (started=False; an orphaned one is resumed or settled
+        first). Raises NotFound (key), Conflict (no open position), ExchangeError (the
+        position lookup failed)."""
         key = get_owned_key(self._db, user_id, key_id)
         working = self._working(key_id, symbol)
+        if working is not None and self._orphaned(working):
+            self.recover(working.id)
+            working = self._working(key_id, symbol)
         if working is not None:
             return working, False
         client = self._client_for(key)
@@ -74,7 +97,8 @@ class ExitService:
             raise Conflict("no_position", f"no open {symbol} position", "symbol")
         exit_ = Exit(user_id=user_id, key_id=key_id, symbol=symbol, quantity=position.size,
                      side="SELL" if position.side == "LONG" else "BUY",
-                     status=ExitStatus.WORKING.value)
+                     status=ExitStatus.WORKING.value,
+                     deadline_at=now_ms() + int(self.settings.deadline_s * 1000))
         try:
             with self._db.transaction() as s:
                 s.add(exit_)
@@ -87,7 +111,7 @@ class ExitService:
             return working, False
         logger.info("exit started exit_id=%s key_id=%s symbol=%s side=%s qty=%s",
                     exit_.id, key_id, symbol, exit_.side, exit_.quantity)
-        self._spawn(self.run, exit_.id, key)
+        self._start(exit_.id, key)
         return exit_, True
 
     def get(self, user_id: int, exit_id: int) -> Exit | None:
@@ -107,6 +131,83 @@ class ExitService:
                                     Trade.status.in_(HOLDING + (TradeStatus.CLOSING.value,)))
                 .order_by(Trade.opened_at, Trade.id))
 
+    def chasing(self, exit_id: int) -> bool:
+        """True while a chase of this process runs the exit."""
+        with self._live_lock:
+            return exit_id in self._live
+
+    def _orphaned(self, e: Exit) -> bool:
+        return not self.chasing(e.id) and now_ms() - e.updated_at >= self.orphan_after_ms
+
+    def _start(self, exit_id: int, key: ExchangeKey) -> None:
+        with self._live_lock:
+            if exit_id in self._live:
+                return
+            self._live.add(exit_id)
+        self._spawn(self.run, exit_id, key)
+
+    # ---- recovery (start-up, reconciler) ------------------------------------------
+    def working_orphans(self, key_id: int | None = None) -> list[int]:
+        """Ids of ``working`` exits no chase runs (see ``orphan_after_ms``)."""
+        stmt = select(Exit).where(Exit.status == ExitStatus.WORKING.value)
+        if key_id is not None:
+            stmt = stmt.where(Exit.key_id == key_id)
+        with self._db.session() as s:
+            rows = list(s.scalars(stmt.order_by(Exit.id)))
+        return [e.id for e in rows if self._orphaned(e)]
+
+    def recover(self, exit_id: int) -> str:
+        """Settle or resume an orphaned ``working`` exit from the exchange's truth; returns
+        what was done: ``filled`` (an attempt filled: the ledger is matched to it),
+        ``resumed`` (no attempt filled, the deadline is ahead: the chase goes on from
+        where it stopped), ``failed`` (deadline passed, bounds reached or nothing left
+        to close), ``unknown`` (the exchange could not be asked, or an attempt may still
+        be in flight: the next reconcile tries again), ``live`` (a chase runs it)."""
+        with self._db.session() as s:
+            e = s.get(Exit, exit_id)
+            key = s.get(ExchangeKey, e.key_id) if e is not None else None
+        if e is None or key is None or e.status != ExitStatus.WORKING.value:
+            return e.status if e is not None else "gone"
+        if self.chasing(exit_id):
+            return "live"
+        client = self._client_for(key)
+        unsure = False
+        try:
+            for coid in [c for c in e.client_order_ids.split(",") if c]:
+                try:
+                    order = client.get_order(e.symbol, client_order_id=coid)
+                except OrderNotFound:
+                    # never arrived, or still in flight: only trusted after a grace
+                    unsure = unsure or now_ms() - e.updated_at < IN_FLIGHT_GRACE_MS
+                    continue
+                if order.filled_quantity > 0:
+                    self._record_order(key.id, client, order)
+                    self._finish(exit_id, key, order, None)
+                    return "filled"
+                if not order.status.is_final:
+                    unsure = True  # a resting attempt: never for a FOK, but be safe
+            if unsure:
+                return "unknown"
+            position = next((p for p in client.get_positions() if p.symbol == e.symbol), None)
+        except ExchangeError as err:
+            logger.warning("exit recovery could not ask the exchange exit_id=%s kind=%s",
+                           exit_id, type(err).__name__)
+            return "unknown"
+        if position is None or position.size == 0:
+            self._finish(exit_id, key, None, "position already flat on the exchange")
+            return "failed"
+        if (e.deadline_at or 0) <= now_ms() or e.attempts > self.settings.max_retries:
+            self._finish(exit_id, key, None, "interrupted; its deadline passed")
+            return "failed"
+        with self._db.transaction() as s:
+            row = s.get(Exit, exit_id, with_for_update=True)
+            assert row is not None
+            row.quantity = position.size  # what is to close now (entry fills since)
+            row.side = "SELL" if position.side == "LONG" else "BUY"
+        logger.info("exit resumed exit_id=%s attempts=%s", exit_id, e.attempts)
+        self._start(exit_id, key)
+        return "resumed"
+
     # ---- the chase (background task) -------------------------------------------
     def run(self, exit_id: int, key: ExchangeKey) -> None:
         """Chase until filled or a bound is hit; never raises."""
@@ -115,6 +216,9 @@ class ExitService:
         except Exception as e:  # isolation boundary: the exit must end in a final state
             logger.exception("exit crashed exit_id=%s", exit_id)
             self._finish(exit_id, key, None, f"internal error: {type(e).__name__}")
+        finally:
+            with self._live_lock:
+                self._live.discard(exit_id)
 
     def _chase(self, exit_id: int, key: ExchangeKey) -> None:
         with self._db.session() as s:
@@ -122,17 +226,21 @@ class ExitService:
         assert exit_ is not None
         client = self._client_for(key)
         tick = client.get_symbol_rules(exit_.symbol).tick_size
-        ticker = client.get_ticker(exit_.symbol)
-        best = ticker.bid if exit_.side == "SELL" else ticker.ask
-        if best is None:
-            self._finish(exit_id, key, None, "no best bid/ask from the exchange")
-            return
         step = -tick if exit_.side == "SELL" else tick   # one tick worse for us each time
-        deadline = time.monotonic() + self.settings.deadline_s
-        price, reason = best, "retries exhausted"
-        coids: list[str] = []
-        for attempt in range(self.settings.max_retries + 1):
-            if time.monotonic() > deadline:
+        coids = [c for c in exit_.client_order_ids.split(",") if c]
+        if exit_.first_price is not None and exit_.last_price is not None:  # resumed
+            best, price = exit_.first_price, exit_.last_price + step
+        else:
+            ticker = client.get_ticker(exit_.symbol)
+            best = ticker.bid if exit_.side == "SELL" else ticker.ask
+            if best is None:
+                self._finish(exit_id, key, None, "no best bid/ask from the exchange")
+                return
+            price = best
+        deadline_ms = exit_.deadline_at or now_ms() + int(self.settings.deadline_s * 1000)
+        reason = "retries exhausted"
+        for attempt in range(exit_.attempts, self.settings.max_retries + 1):
+            if now_ms() > deadline_ms:
                 reason = f"deadline of {self.settings.deadline_s:g} s passed"
                 break
             if abs(price - best) > tick * self.settings.max_slippage_ticks:
@@ -140,7 +248,7 @@ class ExitService:
                 break
             coid = f"exit-{exit_id}-{attempt}-{uuid.uuid4().hex[:8]}"
             coids.append(coid)
-            self._note_attempt(exit_id, attempt + 1, price, coids, best)
+            self._note_attempt(exit_id, attempt + 1, price, coids, best)  # intent first
             order = self._send(client, exit_, price, coid)
             if order is not None and order.filled_quantity > 0:
                 self._record_order(key.id, client, order)
@@ -171,9 +279,12 @@ class ExitService:
     def _record_order(self, key_id: int, client: ExchangeClient, order: OrderInfo) -> None:
         fills = client.get_fills(order.symbol, order_id=order.order_id)
         with self._db.transaction() as s:
+            book.lock_keys(s, [key_id])
             ledger.upsert_order(s, key_id, order, None)
             for fill in fills:
                 ledger.upsert_fill(s, key_id, fill, None)
+            s.flush()
+            book.settle_symbol(s, key_id, order.symbol)
 
     def _note_attempt(self, exit_id: int, attempts: int, price: Decimal, coids: list[str],
                       first: Decimal) -> None:
@@ -185,73 +296,37 @@ class ExitService:
 
     def _finish(self, exit_id: int, key: ExchangeKey, order: OrderInfo | None,
                 reason: str | None) -> None:
+        """Final state. Filled: the exit's fills are in the ledger; the symbol's book
+        (``services.book``) matches them FIFO to the lots open now, closing what they
+        consumed; what is left open (entry fills the exit did not cover) is ``open``
+        again. Failed: the position's trades are ``exit_failed``."""
         with self._db.transaction() as s:
+            book.lock_keys(s, [key.id])
             e = s.get(Exit, exit_id, with_for_update=True)
             assert e is not None
+            if e.status != ExitStatus.WORKING.value:
+                return  # settled by another path (a recovery racing the chase)
             trades = list(s.scalars(self._holding(e.key_id, e.symbol).with_for_update()))
             if order is None:
                 e.status, e.reason = ExitStatus.FAILED.value, reason
                 for t in trades:
                     t.status = TradeStatus.EXIT_FAILED.value
                     t.error_message = f"exit failed: {reason}"[:255]
+                s.flush()
+                book.settle_symbol(s, e.key_id, e.symbol)  # what another fill closed is closed
             else:
                 e.status, e.exit_price = ExitStatus.FILLED.value, order.avg_price
                 exit_fee = sum((f.fee for f in s.scalars(select(Fill).where(
-                    Fill.key_id == e.key_id, Fill.exchange_order_id == order.order_id))),
-                    Decimal(0))
-                e.realized_pnl = match_fifo(trades, e.side, order.filled_quantity,
-                                            order.avg_price, exit_fee)
+                    Fill.key_id == e.key_id, Fill.symbol == e.symbol,
+                    Fill.exchange_order_id == order.order_id))), Decimal(0))
+                result = book.settle_symbol(s, e.key_id, e.symbol)
+                e.realized_pnl = result.order_gross.get(order.order_id, Decimal(0)) - exit_fee
+                for t in trades:
+                    if t.status == TradeStatus.CLOSING.value:
+                        t.status = TradeStatus.OPEN.value  # lots the exit did not consume
         if order is None:
             logger.warning("exit failed exit_id=%s reason=%s", exit_id, reason)
             self._publish({"type": "error", "user_id": key.user_id, "key_id": key.id,
                            "code": "exit_failed", "message": f"exit {exit_id} failed: {reason}"})
         else:
             logger.info("exit filled exit_id=%s price=%s", exit_id, order.avg_price)
-
-
-def match_fifo(trades: list[Trade], exit_side: str, quantity: Decimal, price: Decimal,
-               exit_fee: Decimal) -> Decimal:
-    """Match an exit fill to the position's trades first-in-first-out and close them.
-
-    Entry trades (the side opposite ``exit_side``) are consumed oldest first, first by
-    earlier reducing trades of the exit's side, then by the exit. Each entry trade gets
-    ``exit_price`` (average of what consumed it) and ``realized_pnl`` =
-    gross PnL of its lots - its own fees - its share of the exit fee; a reducing trade
-    is closed with ``realized_pnl`` = -its fees (its gains are booked on the entries).
-    Returns the exit's realized PnL (gross on the exit quantity - exit fee). Decimal.
-    """
-    entry_side = "BUY" if exit_side == "SELL" else "SELL"
-    sign = 1 if entry_side == "BUY" else -1
-    lots = [[t, t.filled_quantity, Decimal(0), Decimal(0)] for t in trades
-            if t.side == entry_side]  # trade, remaining, matched qty, matched notional
-    reducers = [(t.filled_quantity, t.entry_price or Decimal(0), t) for t in trades
-                if t.side == exit_side] + [(quantity, price, None)]
-    exit_gross = Decimal(0)
-    for qty, px, reducer in reducers:
-        for lot in lots:
-            if qty <= 0:
-                break
-            take = min(qty, lot[1])
-            if take <= 0:
-                continue
-            lot[1] -= take
-            lot[2] += take
-            lot[3] += take * px
-            qty -= take
-            if reducer is None:
-                exit_gross += (px - (lot[0].entry_price or Decimal(0))) * take * sign
-        if reducer is not None:
-            reducer.status, reducer.closed_at = TradeStatus.CLOSED.value, now_ms()
-            reducer.realized_pnl = -reducer.fees
-    total_entry = sum((lot[2] for lot in lots), Decimal(0)) or Decimal(1)
-    for t, remaining, matched, notional in lots:
-        if matched == 0:
-            continue
-        exit_avg = notional / matched
-        fee_share = exit_fee * matched / total_entry
-        t.exit_price = exit_avg.quantize(Decimal("1e-12")).normalize()
-        t.realized_pnl = ((exit_avg - (t.entry_price or Decimal(0))) * matched * sign
-                          - t.fees - fee_share)
-        t.status = TradeStatus.CLOSED.value if remaining == 0 else TradeStatus.OPEN.value
-        t.closed_at = now_ms() if remaining == 0 else None
-    return exit_gross - exit_fee

@@ -10,7 +10,7 @@ its fills, so applying the same fill again cannot move them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from sqlalchemy import case, func, select, update
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
 from exchanges.types import Position as PositionInfo
 from models import Database, Fill, Order, Position, Trade, TradeStatus, now_ms
+from services import book
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ def upsert_order(session: Session, key_id: int, order: OrderInfo, trade_id: int 
 def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | None) -> bool:
     """Insert the fill unless (key, symbol, exchange trade id) exists. True if new.
 
-    A stored fill whose realized PnL is 0 takes a later report's non-zero figure
-    (Bybit's REST execution list has no PnL; its stream's execution has ``execPnl``)."""
+    A stored fill that no trade holds yet takes ``trade_id`` (a link learnt later: the
+    fill came first from a source without the client order id); a stored fill whose
+    realized PnL is 0 takes a later report's non-zero figure (Bybit's REST execution
+    list has no PnL; its stream's execution has ``execPnl``)."""
     stmt = _insert(session, Fill.__table__).values(
         key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
         exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
@@ -72,12 +75,17 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
     ).on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
     if session.execute(stmt).rowcount == 1:
         return True
-    if fill.realized_pnl:
+    if trade_id is not None or fill.realized_pnl or fill.client_order_id:
         stored = session.scalars(select(Fill).where(
             Fill.key_id == key_id, Fill.symbol == fill.symbol,
             Fill.exchange_trade_id == fill.trade_id)).first()
-        if stored is not None and stored.realized_pnl == 0:
-            stored.realized_pnl = fill.realized_pnl
+        if stored is not None:
+            if stored.trade_id is None and trade_id is not None:
+                stored.trade_id = trade_id
+            if stored.client_order_id is None and fill.client_order_id:
+                stored.client_order_id = fill.client_order_id
+            if fill.realized_pnl and stored.realized_pnl == 0:
+                stored.realized_pnl = fill.realized_pnl
     return False
 
 
@@ -149,29 +157,57 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | N
         trade.closed_at = now_ms()
 
 
+def _learn_order_id(session: Session, trade: Trade, order_id: str) -> None:
+    """The entry's exchange order id became known (a send that timed out leaves it
+    unknown): store it and link the fills and orders stored without a trade."""
+    if trade.entry_order_id is None and order_id:
+        trade.entry_order_id = order_id
+    book.link_fills(session, trade)
+
+
+def _coid_of_order(session: Session, key_id: int, symbol: str, order_id: str) -> str | None:
+    return session.scalars(select(Order.client_order_id).where(
+        Order.key_id == key_id, Order.symbol == symbol,
+        Order.exchange_order_id == order_id)).first()
+
+
 def apply_order(session: Session, key_id: int, order: OrderInfo) -> None:
-    """Record an order update seen on a stream, linked to its trade by client order id."""
+    """Record an order update seen on a stream, linked to its trade by client order id
+    (which also teaches the trade its exchange order id and links its stored fills)."""
+    book.lock_keys(session, [key_id])
     trade = session.scalars(select(Trade).where(
         Trade.client_order_id == order.client_order_id, Trade.key_id == key_id)
         .with_for_update()).first()
     upsert_order(session, key_id, order, trade.id if trade else None)
     if trade is not None:
+        _learn_order_id(session, trade, order.order_id)
         session.flush()
         settle_trade_from_fills(session, trade, order)
+        session.flush()
+        book.settle_symbol(session, key_id, order.symbol)
 
 
 def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
-    """Record one fill and move its trade forward (idempotent). True if the fill was new."""
-    # Lock the trade first: every writer of a trade's fills takes this lock before
-    # inserting, so two writers of the same fill serialise instead of deadlocking.
-    # REST fills (Binance userTrades) carry no clientOrderId: match the order id then.
-    match = (Trade.client_order_id == fill.client_order_id if fill.client_order_id
-             else Trade.entry_order_id == fill.order_id)
-    trade = session.scalars(select(Trade).where(match, Trade.key_id == key_id)
-                            .with_for_update()).first()
+    """Record one fill and move its trade and the symbol's book forward (idempotent).
+    The trade is found by the fill's client order id, else (REST fills: Binance
+    userTrades carry no clientOrderId) by the entry's exchange order id or the client
+    order id of the stored order. True if the fill was new."""
+    book.lock_keys(session, [key_id])
+    coid = fill.client_order_id or _coid_of_order(session, key_id, fill.symbol, fill.order_id)
+    match = Trade.entry_order_id == fill.order_id
+    if coid:
+        match = match | (Trade.client_order_id == coid)
+    trade = session.scalars(select(Trade).where(match, Trade.key_id == key_id,
+                                                Trade.symbol == fill.symbol)
+                            .order_by(Trade.id).with_for_update()).first()
+    if coid and not fill.client_order_id:
+        fill = replace(fill, client_order_id=coid)
     new = upsert_fill(session, key_id, fill, trade.id if trade else None)
     if trade is not None:
+        session.flush()
         settle_trade_from_fills(session, trade)
+    session.flush()
+    book.settle_symbol(session, key_id, fill.symbol)
     return new
 
 
@@ -184,6 +220,8 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
     ``upsert_positions`` with ``positions`` (tuples of key id, as_of ms, positions,
     complete) merged per key: the newest report of each symbol, complete if any was.
     Returns the key ids that got new fills."""
+    book.lock_keys(session, [k for k, _ in orders] + [k for k, _ in fills]
+                   + [p[0] for p in positions])
     newest: dict[int, tuple[int, dict[str, PositionInfo], bool]] = {}
     for key_id, as_of, held, complete in sorted(positions, key=lambda p: p[1]):
         _, symbols, was_complete = newest.get(key_id, (0, {}, False))
@@ -197,31 +235,51 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
         k = (key_id, o.symbol, o.order_id)
         if k not in latest or latest[k][1].updated_at <= o.updated_at:
             latest[k] = (key_id, o)
+    # a fill without a client order id (REST) takes its order's, from this batch or stored
+    coid_of = {k: o.client_order_id for k, (_, o) in latest.items()}
+    unknown = {(k, f.symbol, f.order_id) for k, f in fills
+               if not f.client_order_id and (k, f.symbol, f.order_id) not in coid_of}
+    if unknown:
+        for r in session.execute(select(Order.key_id, Order.symbol, Order.exchange_order_id,
+                                        Order.client_order_id).where(
+                Order.key_id.in_({k for k, _, _ in unknown}),
+                Order.exchange_order_id.in_({o for _, _, o in unknown}))):
+            coid_of[(r.key_id, r.symbol, r.exchange_order_id)] = r.client_order_id
+    fills = [(k, f if f.client_order_id else
+              replace(f, client_order_id=coid_of.get((k, f.symbol, f.order_id))))
+             for k, f in fills]
     coids = {o.client_order_id for _, o in latest.values()} | {
         f.client_order_id for _, f in fills if f.client_order_id}
-    order_ids = {f.order_id for _, f in fills if not f.client_order_id}
+    order_ids = {f.order_id for _, f in fills} | {o.order_id for _, o in latest.values()}
     key_ids = {k for k, _ in orders} | {k for k, _ in fills}
     trades = list(session.scalars(select(Trade).where(
         Trade.key_id.in_(key_ids),
         Trade.client_order_id.in_(coids) | Trade.entry_order_id.in_(order_ids))
         .order_by(Trade.id).with_for_update()))  # one lock order for every writer
     by_coid = {(t.key_id, t.client_order_id): t for t in trades}
-    by_oid = {(t.key_id, t.entry_order_id): t for t in trades if t.entry_order_id}
+    by_oid = {(t.key_id, t.symbol, t.entry_order_id): t for t in trades if t.entry_order_id}
 
-    def trade_of(key_id: int, coid: str | None, order_id: str) -> Trade | None:
-        return by_coid.get((key_id, coid)) if coid else by_oid.get((key_id, order_id))
+    def trade_of(key_id: int, coid: str | None, symbol: str, order_id: str) -> Trade | None:
+        return (by_coid.get((key_id, coid)) if coid else None) or by_oid.get(
+            (key_id, symbol, order_id))
 
     order_rows = []
+    touched: dict[int, Trade] = {}
+    symbols: set[tuple[int, str]] = set()
     for key_id, o in latest.values():
-        t = trade_of(key_id, o.client_order_id, o.order_id)
+        t = trade_of(key_id, o.client_order_id, o.symbol, o.order_id)
         order_rows.append(_order_row(key_id, o, t.id if t else None))
+        if t is not None:
+            touched[t.id] = t
+            if t.entry_order_id is None:  # learnt now: link what was stored without it
+                t.entry_order_id = o.order_id
+                by_oid[(key_id, o.symbol, o.order_id)] = t
     upsert_orders(session, order_rows)
     new_keys: set[int] = set()
-    touched: dict[int, Trade] = {}
     if fills:
         values = []
         for key_id, f in fills:
-            t = trade_of(key_id, f.client_order_id, f.order_id)
+            t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
             if t is not None:
                 touched[t.id] = t
             values.append(dict(key_id=key_id, trade_id=t.id if t else None,
@@ -235,23 +293,31 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
                 .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
         inserted = {(r.key_id, r.exchange_trade_id) for r in session.execute(stmt, values)}
         new_keys = {k for k, _ in inserted}
-        for key_id, f in fills:  # late PnL for a fill stored without it (rare)
-            if (key_id, f.trade_id) not in inserted and f.realized_pnl:
-                upsert_fill(session, key_id, f, None)
-    for key_id, o in latest.values():
-        t = trade_of(key_id, o.client_order_id, o.order_id)
-        if t is not None:
-            touched[t.id] = t
+        symbols |= {(k, f.symbol) for k, f in fills if (k, f.trade_id) in inserted}
+        for key_id, f in fills:  # a fill stored before: a late trade link or PnL (rare)
+            if (key_id, f.trade_id) not in inserted and (f.realized_pnl or f.client_order_id):
+                t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
+                upsert_fill(session, key_id, f, t.id if t else None)
     if touched:
         session.flush()
+        for t in touched.values():
+            book.link_fills(session, t)
+            symbols.add((t.key_id, t.symbol))
         rows: dict[int, list] = {tid: [] for tid in touched}
         for r in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
                                  .where(Fill.trade_id.in_(list(touched)))):
             rows[r.trade_id].append(r)
-        last_order = {trade_of(k, o.client_order_id, o.order_id).id: o  # type: ignore[union-attr]
-                      for k, o in latest.values() if trade_of(k, o.client_order_id, o.order_id)}
+        last_order: dict[int, OrderInfo] = {}
+        for k, o in latest.values():
+            t = trade_of(k, o.client_order_id, o.symbol, o.order_id)
+            if t is not None:
+                last_order[t.id] = o
         for tid, t in touched.items():
             settle_trade_from_fills(session, t, last_order.get(tid), rows[tid])
+    if symbols:
+        session.flush()
+        for key_id, symbol in sorted(book.needing_settle(session, symbols)):
+            book.settle_symbol(session, key_id, symbol)
     return new_keys
 
 

@@ -155,6 +155,12 @@ def _ledger_families(s: dict) -> Iterable[Metric]:
     yield _gauge("ledger_oldest_unwritten_age_seconds",
                  "Age of the oldest event not yet written by the write-behind writer",
                  s["oldest_unwritten_age_ms"] / 1000)
+    yield _gauge("ledger_dead_letters",
+                 "Write-behind events that could not be stored on their own, waiting for "
+                 "the reconciler's retry", s.get("dead_letters", 0))
+    yield CounterMetricFamily(f"{PREFIX}_ledger_dead_lettered",
+                              "Write-behind events sent to the dead-letter table since start",
+                              value=s.get("dead_lettered", 0))
 
 
 def _reconcile_families(s: dict) -> Iterable[Metric]:

@@ -24,7 +24,7 @@ from exchanges.errors import (
 )
 from exchanges.types import Order as OrderInfo, OrderRequest, SymbolRules
 from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
-from services import ledger
+from services import book, ledger
 from services.errors import Conflict, NotFound, ValidationFailed
 from services.keyring import get_owned_key
 from services.serialize import dec
@@ -32,6 +32,12 @@ from services.serialize import dec
 logger = logging.getLogger(__name__)
 
 ClientFor = Callable[[ExchangeKey], ExchangeClient]
+# An order the exchange does not know is assumed never to have arrived only this long
+# after it was sent: the exchange refuses a request whose timestamp is older than its
+# recvWindow on arrival (Binance "General Info / Timing security"; Bybit v5 guide
+# "Authentication"), and our clients sign with 10,000 ms (Binance) / 5,000 ms (Bybit);
+# 5 s more for the clock offset.
+NOT_FOUND_GRACE_MS = 15_000
 
 
 def new_client_order_id() -> str:
@@ -97,10 +103,13 @@ class OrderService:
         check_rules(rules, quantity, price, reference)
         tif = (time_in_force or "GTC") if type_ == "LIMIT" else None
         coid = client_order_id or new_client_order_id()
+        sent_at = now_ms()
+        cancel_at = (sent_at + int(timeout_s * 1000)
+                     if timeout_s and type_ == "LIMIT" and tif not in ("IOC", "FOK") else None)
         trade = Trade(user_id=user_id, key_id=key_id, exchange=key.exchange, symbol=symbol,
                       side=side, order_type=type_, time_in_force=tif, reduce_only=reduce_only,
                       quantity=quantity, price=price, status=TradeStatus.PENDING.value,
-                      client_order_id=coid, sent_at=now_ms())
+                      client_order_id=coid, sent_at=sent_at, cancel_at=cancel_at)
         try:
             with self._db.transaction() as s:
                 s.add(trade)
@@ -118,35 +127,81 @@ class OrderService:
         except ExchangeUnavailable:
             logger.warning("order fate unknown, left pending client_order_id=%s key_id=%s",
                            coid, key_id)
+            if cancel_at is not None and self._spawn:  # it may rest: the timeout still holds
+                self._spawn(self.expire, trade.id, timeout_s)
             raise
         if type_ == "MARKET" and not order.status.is_final:
             order = self._await_final(client, order)
         recorded = self.record(key_id, trade.id, client, order)
-        if timeout_s and recorded.status == TradeStatus.PENDING.value and self._spawn:
-            self._spawn(self.expire, user_id, key_id, coid, timeout_s)
+        if recorded.cancel_at is not None and self._spawn:
+            self._spawn(self.expire, trade.id, timeout_s)
         return recorded
 
-    def expire(self, user_id: int, key_id: int, client_order_id: str, after_s: float) -> None:
-        """After ``after_s`` seconds, cancel the entry if its trade is still ``pending``,
-        then query the order again: a cancel that raced a fill ends ``open`` with the
-        fill, never ``pending`` or ``canceled``. Errors are logged; the reconciler
-        settles what is left."""
+    def expire(self, trade_id: int, after_s: float) -> None:
+        """The in-process timer of a LIMIT ``timeout_s`` (a background task): after
+        ``after_s`` seconds run ``run_timeout``. The deadline is also a row
+        (``trades.cancel_at``): if this process dies first, the start-up and the
+        reconciler carry it out (``due_timeouts``)."""
         self._sleep(after_s)
+        self.run_timeout(trade_id)
+
+    def run_timeout(self, trade_id: int) -> str | None:
+        """Carry out a LIMIT entry's ``timeout_s`` once ``cancel_at`` has passed: cancel
+        what is still resting, then query the order again and record it. What
+        ``timeout_s`` means: the unfilled rest is cancelled at the timeout; a trade with
+        no fill ends ``canceled``, a partly filled one ends ``open`` with the filled part
+        (a cancel that raced a fill ends ``open`` with the fill, never ``pending``).
+        ``cancel_at`` is cleared once the order is final on the exchange; on an exchange
+        error it stays for the next reconcile. Returns the trade's status afterwards,
+        None when there was nothing (more) to do."""
         with self._db.session() as s:
-            trade = s.scalars(select(Trade).where(Trade.client_order_id == client_order_id)).first()
-        if trade is None or trade.status != TradeStatus.PENDING.value:
-            return
+            trade = s.get(Trade, trade_id)
+            key = s.get(ExchangeKey, trade.key_id) if trade is not None else None
+        if trade is None or key is None or trade.cancel_at is None or trade.cancel_at > now_ms():
+            return None
+        client = self._client_for(key)
+        coid = trade.client_order_id
         try:
-            self.cancel(user_id, key_id, client_order_id)
-            key = get_owned_key(self._db, user_id, key_id)
-            client = self._client_for(key)
-            order = client.get_order(trade.symbol, client_order_id=client_order_id)
-            settled = self.record(key_id, trade.id, client, order)
-            logger.info("limit order timed out client_order_id=%s status=%s",
-                        client_order_id, settled.status)
-        except (ExchangeError, NotFound) as e:
-            logger.warning("limit order timeout handling failed client_order_id=%s kind=%s",
-                           client_order_id, type(e).__name__)
+            try:
+                client.cancel_order(trade.symbol, client_order_id=coid)
+            except OrderNotFound:
+                pass  # already final (or never arrived): the query below says which
+            try:
+                order = client.get_order(trade.symbol, client_order_id=coid)
+            except OrderNotFound as e:
+                if now_ms() - (trade.sent_at or trade.created_at) < NOT_FOUND_GRACE_MS:
+                    return trade.status
+                self._fail(trade.id, e)
+                return TradeStatus.FAILED.value
+            settled = self.record(trade.key_id, trade.id, client, order)
+        except ExchangeError as e:
+            logger.warning("limit order timeout failed, kept for the reconciler "
+                           "client_order_id=%s kind=%s", coid, type(e).__name__)
+            return trade.status
+        logger.info("limit order timed out client_order_id=%s status=%s filled=%s",
+                    coid, settled.status, settled.filled_quantity)
+        return settled.status
+
+    def due_timeouts(self, key_id: int | None = None, limit: int = 500) -> list[int]:
+        """Ids of trades whose LIMIT timeout is due (``cancel_at`` passed), oldest first."""
+        stmt = select(Trade.id).where(Trade.cancel_at.is_not(None), Trade.cancel_at <= now_ms())
+        if key_id is not None:
+            stmt = stmt.where(Trade.key_id == key_id)
+        with self._db.session() as s:
+            return list(s.scalars(stmt.order_by(Trade.cancel_at).limit(limit)))
+
+    def arm_timeouts(self) -> int:
+        """At start-up: re-arm every LIMIT timeout still outstanding (``cancel_at`` set),
+        due ones at once. Returns how many."""
+        with self._db.session() as s:
+            rows = s.execute(select(Trade.id, Trade.cancel_at).where(
+                Trade.cancel_at.is_not(None))).all()
+        if self._spawn:
+            for r in rows:
+                self._spawn(self.expire, r.id, max(0.0, (r.cancel_at - now_ms()) / 1000))
+        if rows:
+            logger.info("limit timeouts re-armed count=%s", len(rows))
+        return len(rows)
 
     def _await_final(self, client: ExchangeClient, order: OrderInfo) -> OrderInfo:
         deadline = time.monotonic() + self._confirm_timeout_s
@@ -170,14 +225,21 @@ class OrderService:
 
     def _record_once(self, key_id: int, trade_id: int, order: OrderInfo, fills: list) -> Trade:
         with self._db.transaction() as s:
-            trade = s.get(Trade, trade_id, with_for_update=True)  # lock order: trade, then fills
+            book.lock_keys(s, [key_id])  # lock order: key, trade, then fills
+            trade = s.get(Trade, trade_id, with_for_update=True)
             assert trade is not None
             trade.entry_order_id = order.order_id
+            if order.status.is_final:
+                trade.cancel_at = None  # nothing rests any more: the timeout is moot
             ledger.upsert_order(s, key_id, order, trade.id)
             for fill in fills:
                 ledger.upsert_fill(s, key_id, fill, trade.id)
             s.flush()
+            book.link_fills(s, trade)  # fills stored before the order id was known
+            s.flush()
             ledger.settle_trade_from_fills(s, trade, order)
+            s.flush()
+            book.settle_symbol(s, key_id, trade.symbol)
         return trade
 
     def _fail(self, trade_id: int, error: ExchangeError) -> None:
@@ -185,6 +247,7 @@ class OrderService:
             trade = s.get(Trade, trade_id)
             assert trade is not None
             trade.status = TradeStatus.FAILED.value
+            trade.cancel_at = None
             trade.error_code = str(error.code) if error.code is not None else type(error).__name__
             trade.error_message = error.message[:255]
             trade.closed_at = now_ms()
@@ -220,13 +283,13 @@ class OrderService:
             return list(s.scalars(stmt.order_by(Trade.id.desc()).limit(1000)))
 
     def settle_pending(self, trade: Trade, client: ExchangeClient,
-                       not_found_grace_ms: int = 60_000) -> str:
+                       not_found_grace_ms: int = NOT_FOUND_GRACE_MS) -> str:
         """Look a ``pending`` trade up on the exchange by ``client_order_id`` and record
         what it says; returns the trade's status afterwards.
 
         A trade the exchange does not know becomes ``failed`` only once
-        ``not_found_grace_ms`` (the maximum recvWindow, 60 s per Binance docs) has
-        passed since it was sent; before that it stays ``pending``.
+        ``not_found_grace_ms`` (``NOT_FOUND_GRACE_MS``: our recvWindow plus a margin)
+        has passed since it was sent; before that it stays ``pending``.
         """
         try:
             order = client.get_order(trade.symbol, client_order_id=trade.client_order_id)

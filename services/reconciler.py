@@ -3,14 +3,28 @@
 Per account (one API key; keys are never mixed), at start-up, after every stream
 reconnect, every ``interval_s`` and on ``POST /admin/reconcile``:
 
-1. settle recent ``pending`` trades by ``client_order_id``;
-2. record fills the exchange has and the ledger lacks (symbols the ledger or the
-   exchange show activity in, over ``fill_lookback_ms``);
-3. compare open positions both ways: the ledger's net quantity per symbol (signed
-   filled quantity of its ``open``/``closing``/``exit_failed`` trades) against the
-   exchange's; each difference is reported (answer, log, counters) and, with
-   ``repair``, closed by an adjusting ``open`` trade at the exchange's entry price
-   (``order_type`` ``RECONCILED``), so that the ledger again matches the exchange.
+0. retry the write-behind's dead letters (events it could not store on their own);
+1. carry out LIMIT timeouts that are due (``trades.cancel_at``: cancel, query again);
+2. settle recent ``pending`` trades by ``client_order_id`` (an order the exchange
+   reports filled gets its fills fetched by order id and linked);
+3. record fills the exchange has and the ledger lacks (symbols the ledger or the
+   exchange show activity in, over ``fill_lookback_ms``); each is linked to its trade
+   and the symbol's book (``services.book``) is recomputed;
+4. settle or resume exits left ``working`` with no chase (``ExitService.recover``);
+5. compare positions both ways: the ledger's net per symbol (the signed sum of its
+   fills, plus earlier adjustments) against the exchange's. Two kinds of difference
+   are reported (answer, log, counters), each seen twice ``confirm_delay_s`` apart:
+   ``fills_missing`` (the exchange's position is not the sum of the fills the ledger
+   could get: fills older than the lookback, or not served) and activity the ledger
+   cannot attribute to a trade of its own (fills of orders placed outside the app).
+   With ``repair`` (``RECONCILE_REPAIR``) both are adopted into a ``RECONCILED`` trade
+   (the unattributed fills are linked to it; missing fills are stood in for at the
+   exchange's entry price) so that the ledger's trades again add up to the exchange's
+   position; without it they are reported with their reason and left alone.
+
+Steps 0-4 always run: they only record what the exchange says happened. The
+exchange is the source of truth; ``repair`` decides only whether the ledger invents
+trades for what it did not place.
 """
 from __future__ import annotations
 
@@ -22,13 +36,13 @@ from collections.abc import Collection
 from decimal import Decimal
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError
 from exchanges.types import Position
-from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
-from services import ledger
+from models import Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms
+from services import book, ledger
 from services.errors import ServiceError
 from services.orders import OrderService
 from services.serialize import dec
@@ -52,9 +66,12 @@ class Reconciler:
     def __init__(self, db: Database, orders: OrderService,
                  client_for: Callable[[ExchangeKey], ExchangeClient], repair: bool = False,
                  pending_max_age_ms: int = 7 * 86_400_000,
-                 fill_lookback_ms: int = 86_400_000, confirm_delay_s: float = 1.0) -> None:
+                 fill_lookback_ms: int = 86_400_000, confirm_delay_s: float = 1.0,
+                 exits=None, dead_letters=None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
         self._orders = orders
+        self._exits = exits  # ExitService (recover orphaned exits) or None
+        self._dead_letters = dead_letters  # LedgerWriter (retry_dead_letters) or None
         self._client_for = client_for
         self.repair = repair
         self._pending_max_age_ms = pending_max_age_ms
@@ -76,12 +93,18 @@ class Reconciler:
         the next ``batch`` other active accounts in key order (round robin): the REST
         load stays bounded however many accounts there are (Binance counts request
         weight per IP: 1,000 accounts every minute would spend the whole budget)."""
+        if self._dead_letters is not None:
+            self._dead_letters.retry_dead_letters()
         stmt = select(ExchangeKey).where(ExchangeKey.status != "deleted")
         if user_id is not None:
             keys = self._keys(stmt.where(ExchangeKey.user_id == user_id))
         else:
-            active = select(Trade.key_id).where(Trade.status.in_(HOLDING + (TradeStatus.PENDING.value,)))
-            keys = self._keys(stmt.where(ExchangeKey.id.in_(active)))
+            recent = now_ms() - self._fill_lookback_ms
+            active = select(Trade.key_id).where(
+                Trade.status.in_(HOLDING + (TradeStatus.PENDING.value,))
+                | (Trade.updated_at >= recent) | Trade.cancel_at.is_not(None))
+            exiting = select(Exit.key_id).where(Exit.status == ExitStatus.WORKING.value)
+            keys = self._keys(stmt.where(ExchangeKey.id.in_(active) | ExchangeKey.id.in_(exiting)))
             if batch is not None:
                 keys = self._next_batch(keys, batch)
         total = {"checked": 0, "fixed": 0, "details": []}
@@ -115,17 +138,23 @@ class Reconciler:
         (None: asked here); ``fills_checked``: symbols whose recent fills the caller
         just fetched and handed to the ledger (a reconnected stream's gap fill), not
         asked again (every fill before the gap went through the stream and the
-        write-behind, which never drops one; what a crash lost, the start-up run
-        finds)."""
+        write-behind, which never drops one: what it cannot store on its own is a dead
+        letter, retried by step 0 of every run; what a crash lost from its queue, the
+        start-up run finds on the exchange)."""
         details: list[dict] = []
         checked = fixed = 0
         try:
             client = self._client_for(key)
-            checked, fixed = self._settle_pending(key, client, details)
+            fixed += self._timeouts(key, details)
+            checked, settled = self._settle_pending(key, client, details)
+            fixed += settled
             if positions is None:
-                positions = client.get_positions()  # one call serves steps 2 and 3
+                positions = client.get_positions()  # one call serves steps 3 and 5
             fixed += self._missing_fills(key, client, {p.symbol for p in positions}, details,
                                          skip=fills_checked)
+            if self._recover_exits(key, details):
+                fixed += 1
+                positions = client.get_positions()  # an exit settled or moved on
             checked += 1
             fixed += self._positions(key, client, positions, details)
         except (ExchangeError, ServiceError, ValueError) as e:
@@ -134,6 +163,22 @@ class Reconciler:
             self.runs += 1
             self.last_run_ms = now_ms()
         return {"checked": checked, "fixed": fixed, "details": details}
+
+    def start_up(self) -> None:
+        """At start-up (a background task): re-arm the LIMIT timeouts still outstanding,
+        settle or resume the exits a crash left ``working``, retry dead letters. Never
+        raises (what fails here, the periodic run and ``POST /admin/reconcile`` redo)."""
+        try:
+            if self._orders is not None:
+                self._orders.arm_timeouts()
+            if self._exits is not None:
+                for exit_id in self._exits.working_orphans():
+                    logger.info("exit left working at start-up exit_id=%s outcome=%s",
+                                exit_id, self._exits.recover(exit_id))
+            if self._dead_letters is not None:
+                self._dead_letters.retry_dead_letters()
+        except Exception:  # isolation boundary: the server starts whatever happens here
+            logger.exception("start-up recovery failed")
 
     def run_periodic(self, interval_s: float, sleep: Callable[[float], None],
                      first_delay_s: float = 2.0, leases=None,  # type: ignore[no-untyped-def]
@@ -172,7 +217,7 @@ class Reconciler:
                     "repaired": self.repaired, "last_run_ms": self.last_run_ms,
                     "repair": self.repair}
 
-    # ---- the three steps ----------------------------------------------------------
+    # ---- the steps ----------------------------------------------------------
     def _settle_pending(self, key: ExchangeKey, client: ExchangeClient,
                         details: list[dict]) -> tuple[int, int]:
         since = now_ms() - self._pending_max_age_ms
@@ -199,35 +244,74 @@ class Reconciler:
         new = 0
         for symbol in sorted(symbols):
             fills = client.get_fills(symbol, start_time=since)
+            if not fills:
+                continue
             with self._db.transaction() as s:
-                for fill in fills:
-                    if ledger.apply_fill(s, key.id, fill):
-                        new += 1
-                        details.append({"key_id": key.id, "symbol": symbol,
-                                        "fill_recorded": fill.trade_id})
+                known = set(s.scalars(select(Fill.exchange_trade_id).where(
+                    Fill.key_id == key.id, Fill.symbol == symbol,
+                    Fill.exchange_trade_id.in_([f.trade_id for f in fills]))))
+                ledger.apply_batch(s, [], [(key.id, f) for f in fills])  # links, re-books
+            for fill in fills:
+                if fill.trade_id not in known:
+                    known.add(fill.trade_id)
+                    new += 1
+                    details.append({"key_id": key.id, "symbol": symbol,
+                                    "fill_recorded": fill.trade_id})
         return new
 
-    def _nets(self, key: ExchangeKey, positions: list[Position]
-              ) -> tuple[dict[str, Decimal], dict[str, Decimal], dict[str, Decimal]]:
-        """``(exchange net, ledger net, exchange entry price)`` per symbol."""
-        exchange_net: dict[str, Decimal] = {}
-        entry: dict[str, Decimal] = {}
-        for p in positions:
-            exchange_net[p.symbol] = p.size if p.side == "LONG" else -p.size
-            entry[p.symbol] = p.entry_price
+    def _timeouts(self, key: ExchangeKey, details: list[dict]) -> int:
         with self._db.session() as s:
-            rows = s.execute(select(Trade.symbol, Trade.side, Trade.filled_quantity).where(
-                Trade.key_id == key.id, Trade.status.in_(HOLDING))).all()
-        ledger_net: dict[str, Decimal] = {}
-        for r in rows:
-            signed = r.filled_quantity if r.side == "BUY" else -r.filled_quantity
-            ledger_net[r.symbol] = ledger_net.get(r.symbol, Decimal(0)) + signed
-        return exchange_net, ledger_net, entry
+            due = list(s.scalars(select(Trade.id).where(
+                Trade.key_id == key.id, Trade.cancel_at.is_not(None),
+                Trade.cancel_at <= now_ms()).order_by(Trade.cancel_at).limit(500)))
+        done = 0
+        for trade_id in due:
+            status = self._orders.run_timeout(trade_id)
+            if status is not None:
+                done += 1
+                details.append({"key_id": key.id, "trade_id": trade_id, "timeout": status})
+        return done
+
+    def _recover_exits(self, key: ExchangeKey, details: list[dict]) -> bool:
+        if self._exits is None:
+            return False
+        moved = False
+        for exit_id in self._exits.working_orphans(key.id):
+            outcome = self._exits.recover(exit_id)
+            details.append({"key_id": key.id, "exit_id": exit_id, "recovered": outcome})
+            moved = moved or outcome in ("filled", "failed")
+        return moved
+
+    def _symbols(self, key: ExchangeKey, positions: list[Position]) -> set[str]:
+        with self._db.session() as s:
+            traded = set(s.scalars(select(Fill.symbol).where(Fill.key_id == key.id).distinct()))
+            traded |= set(s.scalars(select(Trade.symbol).where(
+                Trade.key_id == key.id, Trade.order_type == "RECONCILED").distinct()))
+        return traded | {p.symbol for p in positions}
 
     def _differences(self, key: ExchangeKey, positions: list[Position]) -> dict[str, tuple]:
-        ex, led, entry = self._nets(key, positions)
-        return {sym: (ex.get(sym, Decimal(0)), led.get(sym, Decimal(0)), entry.get(sym))
-                for sym in set(ex) | set(led) if ex.get(sym, Decimal(0)) != led.get(sym, Decimal(0))}
+        """Per symbol with a difference: ``(kind, exchange net, ledger net, entry price,
+        reason)``; kind ``fills_missing`` compares the exchange with all the ledger's
+        fills, the others (``exchange_only``/``ledger_only``/``size_mismatch``) with
+        what the ledger's own trades hold."""
+        exchange_net = {p.symbol: (p.size if p.side == "LONG" else -p.size) for p in positions}
+        entry = {p.symbol: p.entry_price for p in positions}
+        out: dict[str, tuple] = {}
+        with self._db.session() as s:
+            for symbol in sorted(self._symbols(key, positions)):
+                derived, _ = book.load(s, key.id, symbol, lock=False)
+                ex = exchange_net.get(symbol, Decimal(0))
+                if ex != derived.net:
+                    out[symbol] = ("fills_missing", ex, derived.net, entry.get(symbol),
+                                   "the exchange's position is not the sum of the fills it "
+                                   "served (older than the lookback, or not served)")
+                elif derived.owned_net != ex:
+                    led = derived.owned_net
+                    kind = ("exchange_only" if led == 0 else "ledger_only" if ex == 0
+                            else "size_mismatch")
+                    out[symbol] = (kind, ex, led, entry.get(symbol),
+                                   "fills of orders the ledger did not place")
+        return out
 
     def _positions(self, key: ExchangeKey, client: ExchangeClient, positions: list[Position],
                    details: list[dict]) -> int:
@@ -240,30 +324,50 @@ class Reconciler:
         time.sleep(self.confirm_delay_s)
         second = self._differences(key, client.get_positions())
         repaired = 0
-        for symbol in sorted(s for s in second if first.get(s, (None, None))[:2] == second[s][:2]):
-            ex, led, price = second[symbol]
-            kind = ("exchange_only" if led == 0 else "ledger_only" if ex == 0 else "size_mismatch")
+        for symbol in sorted(s for s in second if first.get(s, (None,) * 3)[:3] == second[s][:3]):
+            kind, ex, led, price, reason = second[symbol]
             diff = {"key_id": key.id, "symbol": symbol, "difference": kind,
                     "exchange": dec(ex), "ledger": dec(led), "repaired": False}
             with self._lock:
                 self.differences += 1
             if self.repair:
-                self._adjust(key, symbol, ex - led, price)
+                self._adjust(key, symbol, ex - led, price, adopt=kind != "fills_missing")
                 diff["repaired"] = True
                 repaired += 1
                 with self._lock:
                     self.repaired += 1
+            else:
+                diff["reason"] = reason + " (RECONCILE_REPAIR off)"
             logger.warning("reconcile position difference key_id=%s symbol=%s kind=%s "
                            "exchange=%s ledger=%s repaired=%s", key.id, symbol, kind,
                            diff["exchange"], diff["ledger"], diff["repaired"])
             details.append(diff)
         return repaired
 
-    def _adjust(self, key: ExchangeKey, symbol: str, delta: Decimal, price: Decimal | None) -> None:
+    def _adjust(self, key: ExchangeKey, symbol: str, delta: Decimal, price: Decimal | None,
+                adopt: bool) -> None:
+        """A ``RECONCILED`` trade for ``delta``: with ``adopt`` it takes the fills behind
+        the unattributed lots (its figures then come from them); otherwise it stands in
+        for fills the ledger cannot get, at the exchange's entry price."""
         with self._db.transaction() as s:
-            s.add(Trade(user_id=key.user_id, key_id=key.id, exchange=key.exchange, symbol=symbol,
-                        side="BUY" if delta > 0 else "SELL", order_type="RECONCILED",
-                        quantity=abs(delta), filled_quantity=abs(delta), entry_price=price,
-                        status=TradeStatus.OPEN.value, opened_at=now_ms(),
-                        client_order_id="recon-" + uuid.uuid4().hex[:26],
-                        error_message="adjustment recorded by reconciliation"))
+            book.lock_keys(s, [key.id])
+            derived, _ = book.load(s, key.id, symbol)
+            trade = Trade(user_id=key.user_id, key_id=key.id, exchange=key.exchange,
+                          symbol=symbol, side="BUY" if delta > 0 else "SELL",
+                          order_type="RECONCILED", quantity=abs(delta),
+                          filled_quantity=Decimal(0) if adopt else abs(delta),
+                          entry_price=None if adopt else price,
+                          status=TradeStatus.OPEN.value, opened_at=now_ms(),
+                          client_order_id="recon-" + uuid.uuid4().hex[:26],
+                          error_message="adjustment recorded by reconciliation")
+            s.add(trade)
+            s.flush()
+            if adopt and derived.unowned_fills:
+                s.execute(update(Fill).where(
+                    Fill.key_id == key.id, Fill.symbol == symbol, Fill.trade_id.is_(None),
+                    Fill.exchange_trade_id.in_(derived.unowned_fills)).values(trade_id=trade.id)
+                    .execution_options(synchronize_session=False))
+                s.flush()
+                ledger.settle_trade_from_fills(s, trade)
+            s.flush()
+            book.settle_symbol(s, key.id, symbol)

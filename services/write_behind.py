@@ -7,20 +7,33 @@ replayed event writes nothing twice), retrying with exponential backoff and jitt
 for as long as the database is unavailable. Nothing is dropped: when the bounded
 queue is full, ``submit`` waits (backpressure on that one stream) and counts it.
 What a crash loses from the queue, the reconciler restores from the exchange.
+
+An event that cannot be stored even on its own (a bad statement or value, not an
+unreachable database) is never dropped: it goes to the dead-letter table
+(``ledger_dead_letters``) with its error, is counted (``dead_letters`` in
+``/admin/stats``, ``pushsrv_write_behind_dead_letters`` in ``/metrics``) and is
+retried by the reconciler (``retry_dead_letters``) until it is stored. If even the
+dead letter cannot be written, the event stays in memory and is tried again with the
+next batch.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
 from collections import deque
+from dataclasses import asdict, fields
+from decimal import Decimal
 from typing import Callable
 
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
 
-from exchanges.types import Fill as FillEvent, Order as OrderInfo, Position as PositionInfo
-from models import Database
+from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
+from exchanges.types import Position as PositionInfo
+from models import Database, DeadLetter, now_ms
 from services import ledger
 
 logger = logging.getLogger(__name__)
@@ -61,6 +74,9 @@ class LedgerWriter:
         self.retries = 0
         self.failures = 0
         self.backpressure_waits = 0
+        self.dead_lettered = 0  # events sent to the dead-letter table since start
+        self.dead_letters = 0   # rows in it now (as of the last write or retry)
+        self._unstored: list[tuple] = []  # dead letters not written yet (database down)
         self.last_error: str | None = None
 
     # ---- producers (exchange event handlers) ------------------------------------
@@ -118,6 +134,8 @@ class LedgerWriter:
     def _write_keeping(self, batch: list) -> None:
         self._inflight_since = min(item[0] for item in batch)
         try:
+            if self._unstored:
+                self._store_dead_letters()
             self._write(batch)
         except Exception as e:  # isolation boundary: a bad batch is kept, not lost
             self.failures += 1
@@ -126,11 +144,62 @@ class LedgerWriter:
             for item in batch:  # isolate the poison event; the rest still lands
                 try:
                     self._write([item])
-                except Exception:  # logged with its ids; the reconciler restores it
-                    logger.exception("write-behind event not writable kind=%s key_id=%s",
-                                     item[1], item[2])
+                except Exception as err:  # kept as a dead letter, retried by the reconciler
+                    logger.exception("write-behind event not writable kind=%s key_id=%s; "
+                                     "dead-lettered", item[1], item[2])
+                    self._unstored.append((item[1], item[2], encode_event(item[1], item[3]),
+                                           f"{type(err).__name__}: {err}"[:255]))
+            self._store_dead_letters()
         finally:
             self._inflight_since = None
+
+    def _store_dead_letters(self) -> None:
+        """Write the dead letters held in memory; on failure they stay there."""
+        if not self._unstored:
+            return
+        try:
+            with self._db.transaction() as s:
+                s.add_all([DeadLetter(kind=kind, key_id=key_id, payload=payload, error=error)
+                           for kind, key_id, payload, error in self._unstored])
+                count = s.scalar(select(func.count()).select_from(DeadLetter))
+        except Exception:  # isolation boundary: kept in memory, tried with the next batch
+            logger.exception("dead letters not stored count=%s; kept in memory",
+                             len(self._unstored))
+            return
+        self.dead_lettered += len(self._unstored)
+        self.dead_letters = count or 0
+        self._unstored.clear()
+
+    def retry_dead_letters(self, limit: int = 500) -> dict:
+        """Try each stored dead letter again on its own (the reconciler calls this):
+        stored ones are deleted, the others keep their row with the new error and one
+        more attempt. Returns ``{"retried", "stored", "left"}``."""
+        self._store_dead_letters()
+        with self._db.session() as s:
+            rows = list(s.scalars(select(DeadLetter).order_by(DeadLetter.id).limit(limit)))
+        stored = 0
+        for row in rows:
+            item = (time.monotonic(), row.kind, row.key_id, decode_event(row.kind, row.payload))
+            error = None
+            try:
+                self._write([item])
+            except Exception as e:  # isolation boundary: it stays a dead letter
+                error = f"{type(e).__name__}: {e}"[:255]
+            with self._db.transaction() as s:
+                dl = s.get(DeadLetter, row.id)
+                if dl is None:
+                    continue
+                if error is None:
+                    s.delete(dl)
+                    stored += 1
+                else:
+                    dl.attempts, dl.error, dl.retried_at = dl.attempts + 1, error, now_ms()
+        with self._db.session() as s:
+            self.dead_letters = s.scalar(select(func.count()).select_from(DeadLetter)) or 0
+        if rows:
+            logger.info("dead letters retried count=%s stored=%s left=%s",
+                        len(rows), stored, self.dead_letters)
+        return {"retried": len(rows), "stored": stored, "left": self.dead_letters}
 
     def _write(self, batch: list) -> None:
         for attempt in Retrying(retry=retry_if_exception(database_unavailable),
@@ -153,6 +222,7 @@ class LedgerWriter:
 
     def stats(self) -> dict:
         """``{"healthy", "depth", "written", "retries", "failures", "backpressure_waits",
+        "dead_letters" (waiting for a retry now), "dead_lettered" (since start),
         "oldest_unwritten_age_ms", "write_latency_ms": {"p50", "p99"}, "last_error"}``;
         latency is enqueue -> commit."""
         now = time.monotonic()
@@ -166,6 +236,52 @@ class LedgerWriter:
         return {"healthy": self.last_error is None, "depth": self._queue.qsize(),
                 "written": self.written, "retries": self.retries, "failures": self.failures,
                 "backpressure_waits": self.backpressure_waits,
+                "dead_letters": self.dead_letters + len(self._unstored),
+                "dead_lettered": self.dead_lettered,
                 "oldest_unwritten_age_ms": int((now - oldest) * 1000) if oldest else 0,
                 "write_latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)},
                 "last_error": self.last_error}
+
+
+def _jsonable(value):  # type: ignore[no-untyped-def]
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, OrderStatus):
+        return value.value
+    return value
+
+
+def encode_event(kind: str, event) -> str:  # type: ignore[no-untyped-def]
+    """A queued event as JSON (decimal strings): a Fill, an Order, or positions as
+    ``(as_of, [Position], complete)``."""
+    if kind == "positions":
+        as_of, held, complete = event
+        body = {"as_of": as_of, "complete": complete,
+                "positions": [{k: _jsonable(v) for k, v in asdict(p).items()} for p in held]}
+    else:
+        body = {k: _jsonable(v) for k, v in asdict(event).items()}
+    return json.dumps(body)
+
+
+def _build(cls, data: dict):  # type: ignore[no-untyped-def]
+    out = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        v = data[f.name]
+        kind = str(f.type)
+        if v is not None and "Decimal" in kind:
+            v = Decimal(v)
+        elif f.name == "status" and cls is OrderInfo:
+            v = OrderStatus(v)
+        out[f.name] = v
+    return cls(**out)
+
+
+def decode_event(kind: str, payload: str):  # type: ignore[no-untyped-def]
+    """The event ``encode_event`` wrote."""
+    data = json.loads(payload)
+    if kind == "positions":
+        return (data["as_of"], [_build(PositionInfo, p) for p in data["positions"]],
+                data["complete"])
+    return _build(FillEvent if kind == "fill" else OrderInfo, data)
