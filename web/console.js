@@ -7,11 +7,16 @@
 "use strict";
 
 const TOKEN_KEY = "pushsrv.token";
+const REFRESH_KEY = "pushsrv.refresh";   // the session's rotating refresh token
+const REFRESH_AT = 0.8;                  // refresh at 80 % of the access token's lifetime
+const SESSION_CALLS = ["/api/auth/login", "/api/auth/refresh", "/api/auth/logout"];
 const TYPES = ["balance", "positions", "pnl", "orders"];
 const CHART_POINTS = 60;
 
 const state = {
   token: null,
+  refreshToken: null,
+  refreshTimer: null,
   socket: null,
   keys: [],            // GET /api/exchange/keys
   activeKeyId: null,   // the key whose data is shown and used for orders
@@ -78,7 +83,7 @@ function button(text, testid, onClick, secondary) {
 /* ---------- REST ---------- */
 
 /** fetch JSON with the bearer token; throws Error(error.message) on a non-2xx answer. */
-async function api(method, path, body) {
+async function api(method, path, body, retried) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (state.token) headers.Authorization = "Bearer " + state.token;
@@ -91,7 +96,11 @@ async function api(method, path, body) {
     const e = new Error(err.message || `HTTP ${resp.status}`);
     e.status = resp.status;
     e.code = err.code;
-    if (resp.status === 401 && state.token && path !== "/api/auth/login") logout("Session expired: log in again.");
+    if (resp.status === 401 && state.token && !SESSION_CALLS.includes(path)) {
+      // an expired access token: one refresh, then the call again; else log in again
+      if (!retried && await refreshTokens()) return api(method, path, body, true);
+      logout("Session expired: log in again.");
+    }
     throw e;
   }
   return data;
@@ -115,15 +124,62 @@ async function login(ev) {
     const data = await api("POST", "/api/auth/login",
       { username: $("login-username").value.trim(), password: $("login-password").value });
     $("login-password").value = "";
-    state.token = data.access_token;
-    sessionStorage.setItem(TOKEN_KEY, state.token);
+    keepTokens(data);
     await start();
   });
 }
 
+/** Store a token pair from login or refresh and schedule the next refresh. */
+function keepTokens(data) {
+  state.token = data.access_token;
+  state.refreshToken = data.refresh_token || null;
+  sessionStorage.setItem(TOKEN_KEY, state.token);
+  if (state.refreshToken) sessionStorage.setItem(REFRESH_KEY, state.refreshToken);
+  if (state.socket) state.socket.auth = { token: state.token };  // used by its reconnects
+  scheduleRefresh(Number(data.expires_in) || 0);
+}
+
+function scheduleRefresh(expiresInS) {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = null;
+  if (!state.refreshToken || !(expiresInS > 0)) return;
+  state.refreshTimer = setTimeout(() => refreshTokens(), expiresInS * REFRESH_AT * 1000);
+}
+
+let refreshing = null;  // one refresh at a time: a second one would present a rotated token
+
+/** POST /api/auth/refresh with the stored refresh token; true when a new pair came.
+ * A refused refresh (expired, revoked, or a rotated token) ends the session here. */
+function refreshTokens() {
+  if (!state.refreshToken) return Promise.resolve(false);
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      keepTokens(await api("POST", "/api/auth/refresh", { refresh_token: state.refreshToken }));
+      return true;
+    } catch (e) {
+      if (e.status === 401) logout("Session ended: log in again.");
+      else scheduleRefresh(10 / REFRESH_AT);  // the server was unreachable: try again in 10 s
+      return false;
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+let lastLogout = null;  // the promise of the last POST /api/auth/logout (its status)
+
 function logout(reason) {
   if (state.socket) state.socket.disconnect();
-  Object.assign(state, { token: null, socket: null, keys: [], activeKeyId: null, latest: {}, streams: {}, pnlSeries: {} });
+  if (state.refreshToken && reason === "") {  // the user's own logout ends the session
+    lastLogout = fetch("/api/auth/logout", { method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ refresh_token: state.refreshToken }) }).then((r) => r.status, () => 0);
+  }
+  clearTimeout(state.refreshTimer);
+  sessionStorage.removeItem(REFRESH_KEY);
+  Object.assign(state, { token: null, refreshToken: null, refreshTimer: null, socket: null, keys: [], activeKeyId: null, latest: {}, streams: {}, pnlSeries: {} });
   sessionStorage.removeItem(TOKEN_KEY);
   $("app-view").hidden = true;
   $("login-view").hidden = false;
@@ -218,7 +274,10 @@ function connectSocket() {
   socket.on("disconnect", (reason) => setConn("offline: " + reason, "error"));
   socket.on("connect_error", (err) => {
     setConn("connect error", "error");
-    if (err && err.message === "unauthorized") logout("Session expired: log in again.");
+    if (err && err.message === "unauthorized") {
+      // the access token expired while offline: refresh, then reconnect with the new one
+      refreshTokens().then((ok) => { if (ok) socket.connect(); else logout("Session expired: log in again."); });
+    }
   });
   for (const type of TYPES) socket.on(type, (env) => onPush(type, env));
   socket.on("stream_status", (st) => { state.streams[st.key_id] = st; renderKeys(); });
@@ -400,7 +459,10 @@ function init() {
   });
   renderAll();
   state.token = sessionStorage.getItem(TOKEN_KEY);
-  if (state.token) guarded(start);  // a stale token: the 401 handler in api() logs out
+  state.refreshToken = sessionStorage.getItem(REFRESH_KEY);
+  // after a page reload the access token's age is unknown: refresh first when possible
+  if (state.refreshToken) guarded(async () => { if (await refreshTokens()) await start(); });
+  else if (state.token) guarded(start);  // a stale token: the 401 handler in api() logs out
 }
 
 init();

@@ -206,3 +206,63 @@ def test_static_files_are_served(stack) -> None:  # type: ignore[no-untyped-def]
     for escape in ("/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/vendor/%2e%2e/%2e%2e/app.py"):
         assert requests.get(server.url + escape, timeout=10).status_code == 404, escape
     assert requests.get(server.url + "/static/nope.js", timeout=10).status_code == 404
+
+
+def test_console_keeps_its_session_with_the_refresh_token(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Access tokens of 4 s: the console refreshes before expiry (rotation), its REST
+    calls and socket keep working past the first token's life, a reload resumes the
+    session from the refresh token, and the logout button ends it on the server."""
+    from playwright.sync_api import expect
+
+    sim = start_simulator()
+    server = None
+    page = None
+    try:
+        server = start_server(f"sqlite:///{tmp_path / 'refresh.sqlite3'}", sim.url, sim.ws_url,
+                              tmp_path, extra_env={"JWT_EXPIRES_S": "4"})
+        username, password = make_user(server, sim)
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url + "/")
+        page.get_by_test_id("login-username").fill(username)
+        page.get_by_test_id("login-password").fill(password)
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("whoami")).to_have_text(username)
+        first = page.evaluate("() => [state.token, state.refreshToken]")
+        assert first[1], "login gave the console a refresh token"
+        # past 80 % of 4 s the console has rotated both tokens
+        page.wait_for_function("(t) => state.token !== t[0] && state.refreshToken !== t[1]",
+                               arg=first, timeout=TIMEOUT_MS)
+        page.wait_for_timeout(4500)  # the first access token has expired by now
+        me = page.evaluate("async () => (await api('GET', '/api/auth/me')).username")
+        assert me == username
+        expect(page.get_by_test_id("conn-status")).to_have_text("online")
+        # the rotated refresh token no longer works on the server
+        r = requests.post(server.url + "/api/auth/refresh", json={"refresh_token": first[1]},
+                          timeout=10)
+        assert r.status_code == 401
+        # ... and presenting it revoked the session (theft detection): the console's
+        # next refresh is refused and it asks to log in again
+        expect(page.locator("#login-view")).to_be_visible(timeout=TIMEOUT_MS)
+
+        # a new session survives a reload (the refresh token is in sessionStorage)
+        page.get_by_test_id("login-username").fill(username)
+        page.get_by_test_id("login-password").fill(password)
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("whoami")).to_have_text(username)
+        page.wait_for_timeout(4500)
+        page.reload()
+        expect(page.get_by_test_id("whoami")).to_have_text(username)
+        held = page.evaluate("() => state.refreshToken")
+        page.get_by_test_id("logout").click()
+        expect(page.locator("#login-view")).to_be_visible()
+        assert page.evaluate("() => lastLogout") == 204   # the console's logout call
+        r = requests.post(server.url + "/api/auth/refresh", json={"refresh_token": held},
+                          timeout=10)
+        assert r.status_code == 401
+    finally:
+        if page is not None:
+            page.close()
+        if server is not None:
+            server.stop()
+        sim.stop()
