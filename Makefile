@@ -48,6 +48,9 @@ test: install-dev ## the whole suite (unit, integration on SQLite and PostgreSQL
 	sh scripts/install-browser.sh
 	$(PY) -m pytest -q
 
+test-fast: install-dev ## the suite without the tests that start server processes (pytest -m "not e2e")
+	$(PY) -m pytest -q -m "not e2e"
+
 bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.push_latency --clients 200
 	$(PY) -m bench.push_latency --clients 1000

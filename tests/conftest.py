@@ -7,6 +7,17 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
+E2E_DIRS = {"e2e", "browser"}  # every test under these is marked e2e
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """Mark the tests of ``tests/e2e`` and ``tests/browser`` ``e2e`` (modules elsewhere
+    that start a server process mark themselves with ``pytestmark``)."""
+    for item in items:
+        if E2E_DIRS & set(item.path.parts[-3:-1]):
+            item.add_marker(pytest.mark.e2e)
+
+
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 

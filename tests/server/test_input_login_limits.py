@@ -27,6 +27,8 @@ import requests
 from tests.conftest import make_pg_database
 from tests.support.server import start_server
 
+pytestmark = pytest.mark.e2e  # real server processes
+
 NO_EXCHANGE = "http://127.0.0.1:9"
 
 
