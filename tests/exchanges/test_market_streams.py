@@ -52,7 +52,10 @@ def test_price_moves_arrive_as_ticks(sim, eth_stream) -> None:  # type: ignore[n
 def test_recv_with_no_time_left_keeps_the_stream(sim, eth_stream) -> None:  # type: ignore[no-untyped-def]
     """``recv(0)`` (a deadline just passed) is "no tick yet", not a lost connection."""
     _, stream = eth_stream
-    for _ in range(20):  # raised ExchangeUnavailable (BlockingIOError) before the fix
-        assert all(t.symbol == "ETHUSDT" for t in stream.recv(0.0))
+    for _ in range(20):
+        # the check is that this does not raise: each call raised ExchangeUnavailable
+        # (BlockingIOError) before the fix and the stream was gone
+        stream.recv(0.0)
     sim.set_price("ETHUSDT", "3401")
+    # the same socket, never reconnected, still delivers the next move
     _ticks_until(stream, lambda t: t.mark_price == Decimal("3401"))
