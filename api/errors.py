@@ -143,7 +143,6 @@ def register_error_handlers(app: Flask) -> None:
             if metrics is not None and isinstance(e, xe.ExchangeError):
                 metrics.count_exchange_error(e.exchange, type(e).__name__)
             return _respond(err)
-        db = app.extensions.get("db")
         if isinstance(e, SQLAlchemyError):
             logger.exception("database error")
             return _respond(ApiError("database_unavailable", "the database is unavailable", 503))
