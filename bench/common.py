@@ -198,8 +198,11 @@ def _expect(resp: requests.Response, status: int, what: str) -> dict:
     return resp.json()
 
 
-def create_account(server_url: str, sim: SimulatorProcess, tag: str) -> Account:
-    """Simulator account (USDT 10000) + register + login + ``POST /api/exchange/keys``."""
+def create_account(server_url: str, sim: SimulatorProcess, tag: str,
+                   before_key: Callable[[Account], None] | None = None) -> Account:
+    """Simulator account (USDT 10000) + register + login + ``POST /api/exchange/keys``.
+    ``before_key(account)`` runs after the simulator account exists and before the key
+    reaches the server (e.g. to open a position the first snapshot then holds)."""
     acct = Account("b" + tag, "pw-" + uuid.uuid4().hex, "bk" + uuid.uuid4().hex,
                    "bs" + uuid.uuid4().hex)
     t = time.perf_counter()
@@ -210,6 +213,9 @@ def create_account(server_url: str, sim: SimulatorProcess, tag: str) -> Account:
         acct.steps_s[name], t = now - t, now
     sim.create_account(acct.api_key, acct.api_secret, balances={"USDT": "10000"})
     step("sim_account")
+    if before_key is not None:
+        before_key(acct)
+        step("before_key")
     creds = {"username": acct.username, "password": acct.password}
     acct.user_id = _expect(rest("POST", server_url + "/api/auth/register", body=creds), 201,
                            "register")["id"]
