@@ -22,7 +22,7 @@ worker ``cid % n``). Commands (``op``):
   received a ``pnl`` push. ``count``: how many ``pnl`` records are held.
 - ``watched``: how many clients have their watched ``positions`` / ``fills`` push.
 - ``watch`` ``{symbol}``: from now on note per client the first ``positions`` push that
-  holds ``symbol`` and the first ``fills`` push with a non-empty list.
+  holds ``symbol`` (and its ``source``) and the first ``fills`` push with a non-empty list.
 - ``collect`` ``{since}``: the ``pnl`` records ``[cid, k, t_recv, t0_ms, sent_at_ms]``
   received at or after ``since``, per-second receive counts by event, bytes by event,
   loop-lag samples, watch results, close reasons. ``reset`` forgets all of that.
@@ -75,7 +75,8 @@ class Worker:
             self._pnl(c, json.loads(text[2:])[1], t)
         elif name == "positions":
             if "pos" not in c.state or self.watch_symbol is not None:
-                self._positions(c, json.loads(text[2:])[1].get("data") or [], t)
+                env = json.loads(text[2:])[1]
+                self._positions(c, env.get("data") or [], t, env.get("source"))
         elif name == "fills" and self.watch_symbol is not None and "w_fill" not in c.state:
             if json.loads(text[2:])[1].get("data"):
                 c.state["w_fill"] = t
@@ -83,13 +84,13 @@ class Worker:
     def _row(self, rows: list, symbol: str) -> dict | None:
         return next((r for r in rows if r.get("symbol") == symbol), None)
 
-    def _positions(self, c: RawClient, rows: list, t: float) -> None:
+    def _positions(self, c: RawClient, rows: list, t: float, source: str | None) -> None:
         row = self._row(rows, self.symbol)
         if row is not None and row.get("entry_price") and row.get("size"):
             c.state["pos"] = (float(row["entry_price"]), float(row["size"]))
         if self.watch_symbol is not None and "w_pos" not in c.state and \
                 self._row(rows, self.watch_symbol) is not None:
-            c.state["w_pos"] = t
+            c.state["w_pos"], c.state["w_src"] = t, source
 
     def _pnl(self, c: RawClient, env: dict, t: float) -> None:
         c.state["pnl"] = True
@@ -195,7 +196,7 @@ class Worker:
                 "buckets": {n: {str(s): k for s, k in b.items()} for n, b in self.buckets.items()},
                 "bytes": dict(self.nbytes), "unmatched": self.unmatched,
                 "lag": [x for x in self.lag if x[0] >= since],
-                "watch": {str(c.cid): [c.state.get("w_pos"), c.state.get("w_fill")]
+                "watch": {str(c.cid): [c.state.get("w_pos"), c.state.get("w_fill"), c.state.get("w_src")]
                           for c in self.clients.values()},
                 "connected": sum(1 for c in self.clients.values() if c.connected),
                 "handler_errors": sum(c.handler_errors for c in self.clients.values()),
@@ -225,6 +226,7 @@ class Worker:
             for c in self.clients.values():
                 c.state.pop("w_pos", None)
                 c.state.pop("w_fill", None)
+                c.state.pop("w_src", None)
             return {}
         if op == "collect":
             return self.collect(cmd)

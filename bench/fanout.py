@@ -157,8 +157,10 @@ def setup_accounts(stack: Stack, n: int, workers: int) -> tuple[list[Account], d
     accounts, errors = run_pool(lambda i: create_account(url, stack.sim, tag.format(i), before),
                                 n, workers)
     ok = [a for a in accounts if a]
+    steps = {k: round(sorted(a.steps_s[k] for a in ok)[len(ok) // 2] * 1000, 1)
+             for k in (ok[0].steps_s if ok else {})}
     return ok, {"accounts": len(ok), "failed": len(errors), "wall_s": round(time.time() - t0, 1),
-                "errors": errors[:3]}
+                "steps_p50_ms": steps, "errors": errors[:3]}
 
 
 def main(argv: list[str] | None = None) -> None:

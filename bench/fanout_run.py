@@ -216,9 +216,12 @@ class Run:
         out["load"] = [load0, _load()]
         return out
 
-    def events_test(self, n: int) -> dict:
-        """New position and fill pushes after a MARKET order of each of n accounts."""
-        self.workers.all({"op": "watch", "symbol": NEW_SYMBOL})
+    def events_test(self, n: int, symbol: str, qty: str, via: str) -> dict:
+        """New position and fill pushes after a MARKET BUY ``qty`` ``symbol`` of each of n
+        accounts, placed through the server's ``POST /api/orders`` (``via="server"``) or
+        straight at the exchange (``via="exchange"``: signed simulator call)."""
+        from bench.fanout import sim_market_order
+        self.workers.all({"op": "watch", "symbol": symbol})
         starts: dict[int, float] = {}
         statuses: dict[str, int] = {}
         refused: list[str] = []
@@ -226,14 +229,22 @@ class Run:
         for i in range(n):
             a = self.accounts[i]
             t0 = time.time()
-            r = rest("POST", self.stack.server.url + "/api/orders", a.token,
-                     {"key_id": a.key_id, "symbol": NEW_SYMBOL, "side": "BUY", "type": "MARKET",
-                      "quantity": NEW_QTY})
-            statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
-            if r.status_code == 201:
+            if via == "server":
+                r = rest("POST", self.stack.server.url + "/api/orders", a.token,
+                         {"key_id": a.key_id, "symbol": symbol, "side": "BUY", "type": "MARKET",
+                          "quantity": qty})
+                status, ok, text = str(r.status_code), r.status_code == 201, r.text
+            else:
+                try:
+                    sim_market_order(self.stack.sim.url, a, symbol, "BUY", qty)
+                    status, ok, text = "200", True, ""
+                except RuntimeError as e:
+                    status, ok, text = "refused", False, str(e)
+            statuses[status] = statuses.get(status, 0) + 1
+            if ok:
                 starts[i] = t0
             elif len(refused) < 3:
-                refused.append(r.text[:200])
+                refused.append(text[:200])
             time.sleep(self.args.order_gap_ms / 1000)
         placed_s = time.time() - t_begin
         deadline = time.time() + 20
@@ -247,9 +258,10 @@ class Run:
         self.workers.all({"op": "watch", "symbol": None})
         lat = watch_latency(watch, starts)
         ack = self.fills_ack or {}
-        return {"orders": len(starts), "order_status": statuses, "refused": refused, "placed_wall_s": round(placed_s, 1),
-                "new_position": lat["positions"], "fill": lat["fills"],
-                "fills_supported": bool(ack.get("ok")), "fills_subscribe_acks": ack}
+        return {"symbol": symbol, "orders": len(starts), "order_status": statuses, "refused": refused,
+                "placed_wall_s": round(placed_s, 1), "new_position": lat["positions"],
+                "fill": lat["fills"], "fills_supported": bool(ack.get("ok")),
+                "fills_subscribe_acks": ack}
 
     def configuration(self, cfg: dict) -> dict:
         n, rate, hz = cfg["n"], cfg["rate"], cfg["max_hz"]
@@ -270,7 +282,8 @@ class Run:
         time.sleep(2.0)  # let snapshot pushes and refreshes settle
         out["project"] = self.project_window(n, rate)
         if n == self.args.events_clients:
-            out["events"] = self.events_test(n)
+            out["events"] = {"via_server": self.events_test(n, NEW_SYMBOL, NEW_QTY, "server"),
+                             "via_exchange": self.events_test(n, "ETHUSDT", "0.01", "exchange")}
         out["bare"] = self.bare_window(n, rate)
         out["ratio"] = ratios(out["project"], out["bare"])
         return out

@@ -97,6 +97,11 @@ def watch_latency(watch: dict[str, list], starts: dict[int, float]) -> dict:
         got = [watch[str(c)][i] - t0 for c, t0 in starts.items()
                if str(c) in watch and watch[str(c)][i] is not None and watch[str(c)][i] >= t0]
         out[name] = {**lat_s(got), "missing": len(starts) - len(got)}
+    sources: dict[str, int] = {}
+    for c in starts:
+        src = str((watch.get(str(c)) or [None, None, None])[2])
+        sources[src] = sources.get(src, 0) + 1
+    out["positions"]["sources"] = sources
     return out
 
 
