@@ -109,13 +109,15 @@ def log_problems(path: Path, start: int = 0, end: int | None = None, limit: int 
 class Stack:
     """Database + simulator + server, started in order and stopped in reverse.
 
-    ``db``: ``sqlite`` (a file in a temp dir) or ``postgresql`` (a fresh database
-    made like ``tests/conftest.make_pg_database``, dropped on stop). Logs go to
+    ``db``: ``sqlite`` (a file in a temp dir, a copy of ``sqlite_template`` when given)
+    or ``postgresql`` (a fresh database made like ``tests/conftest.make_pg_database``,
+    dropped on stop). Logs go to
     ``log_dir`` (the server's as ``server-<port>.log``; the simulator's is copied
     there as ``simulator.log`` before the helper deletes it).
     """
 
-    def __init__(self, db: str, log_dir: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, db: str, log_dir: Path, extra_env: dict | None = None,
+                 sqlite_template: Path | None = None) -> None:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -123,9 +125,13 @@ class Stack:
         self.sim: SimulatorProcess | None = None
         self.server: ServerProcess | None = None
         if db == "sqlite":
-            self.db_url = f"sqlite:///{self._tmp / 'bench.sqlite3'}"
+            self.sqlite_path: Path | None = self._tmp / "bench.sqlite3"
+            if sqlite_template is not None:  # a database left by an earlier run's setup
+                shutil.copyfile(sqlite_template, self.sqlite_path)
+            self.db_url = f"sqlite:///{self.sqlite_path}"
         elif db == "postgresql":
             from tests.conftest import PG_ADMIN_URL, make_pg_database
+            self.sqlite_path = None
             self.db_url, self._drop = make_pg_database(PG_ADMIN_URL)
         else:
             raise ValueError(f"unknown db {db!r}")

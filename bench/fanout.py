@@ -16,7 +16,10 @@ accounts, so that the Binance streams of 2,000 accounts start within a minute or
 as README advises; and the bare server (``bench.bare_server``). Each of max(N)
 accounts = simulator account funded with 10,000 USDT + a MARKET BUY 10 XRPUSDT placed
 at the simulator (signed ``POST /fapi/v1/order``) + register + login + key, so the
-key's first snapshot already holds the position. Clients are ``bench.eio_client``
+key's first snapshot already holds the position. Accounts are kept for the next run
+(``--accounts-cache``, see ``bench.fanout_accounts``): that run starts its server on a
+copy of the database with the same secrets and only remakes the simulator side
+(``setup.from_cache``). Clients are ``bench.eio_client``
 connections in ``--workers`` processes (``bench.eio_workers``), each product client
 subscribed to ``balance, positions, pnl, orders`` (then, separately, ``fills``: the
 ack tells whether the server knows the type).
@@ -76,6 +79,7 @@ from urllib.parse import urlencode
 
 import requests
 
+from bench import fanout_accounts
 from bench.common import RESULTS_DIR, Account, Stack, create_account, print_lines, run_pool
 from bench.eio_workers import Workers
 from bench.fanout_run import Run
@@ -100,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout-s", type=float, default=300.0)
     p.add_argument("--pad", type=int, default=120, help="bare message padding (about 500 bytes total)")
     p.add_argument("--tag", default="run", help="names the result file")
+    p.add_argument("--accounts-cache", default=str(RESULTS_DIR / "fanout_accounts"),
+                   help="reuse/save accounts here (bench.fanout_accounts); '' = always make new ones")
     args = p.parse_args(argv)
     args.configs = []
     for item in args.plan.split(","):
@@ -148,6 +154,20 @@ def start_bare(log_dir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("bare server did not start")
 
 
+def remake_sim_accounts(stack: Stack, accounts: list[Account], workers: int) -> dict:
+    """A cached run: the simulator accounts and their XRPUSDT positions made again."""
+    stack.sim.set_price(SYMBOL, P0)
+
+    def one(i: int) -> None:
+        a = accounts[i]
+        stack.sim.create_account(a.api_key, a.api_secret, balances={"USDT": "10000"})
+        sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY)
+    t0 = time.time()
+    _, errors = run_pool(one, len(accounts), workers)
+    return {"accounts": len(accounts) - len(errors), "failed": len(errors), "from_cache": True,
+            "wall_s": round(time.time() - t0, 1), "errors": errors[:3]}
+
+
 def setup_accounts(stack: Stack, n: int, workers: int) -> tuple[list[Account], dict]:
     stack.sim.set_price(SYMBOL, P0)
     url, sim_url = stack.server.url, stack.sim.url
@@ -177,12 +197,22 @@ def main(argv: list[str] | None = None) -> None:
                      "load_at_start": [round(x, 2) for x in os.getloadavg()]}
     env = {"EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in range(1, ips + 1)),
            "MAX_WS_CONNECTIONS": str(max(10_000, 2 * n_max + 1000))}
-    stack = Stack(args.db, log_dir, extra_env=env)
+    cache = Path(args.accounts_cache) if args.accounts_cache and args.db == "sqlite" else None
+    cached = fanout_accounts.load(cache, n_max) if cache else None
+    secrets = cached[1] if cached else fanout_accounts.new_env()
+    stack = Stack(args.db, log_dir, extra_env={**env, **secrets},
+                  sqlite_template=fanout_accounts.paths(cache)[1] if cached else None)
     bare_proc, bare_url = None, ""
     workers = None
     try:
         bare_proc, bare_url = start_bare(log_dir)
-        accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
+        if cached:
+            accounts = cached[0][:n_max]
+            results["setup"] = remake_sim_accounts(stack, accounts, args.setup_workers)
+        else:
+            accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
+            if cache and stack.sqlite_path is not None and len(accounts) == n_max:
+                fanout_accounts.save(cache, accounts, secrets, stack.sqlite_path)
         print_lines("setup", results["setup"])
         workers = Workers(args.workers, log_dir / "workers.log")
         run = Run(args, stack, workers, accounts, bare_proc, bare_url, results)

@@ -77,11 +77,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(project: dict, bare: dict) -> dict:
-    """project / bare for the headline figures of one configuration."""
+    """project / bare for the headline figures of one configuration (``p99_fresh``: of
+    the ``fresh`` latencies, the one that matters when the product conflates)."""
     pe, be = project.get("pnl", {}).get("exact", {}), bare.get("pnl", {}).get("exact", {})
+    pf, bf = project.get("pnl", {}).get("fresh", {}), bare.get("pnl", {}).get("fresh", {})
     return {"p50": ratio(pe.get("p50_ms"), be.get("p50_ms")),
             "p99": ratio(pe.get("p99_ms"), be.get("p99_ms")),
             "max": ratio(pe.get("max_ms"), be.get("max_ms")),
+            "p99_fresh": ratio(pf.get("p99_ms"), bf.get("p99_ms")),
             "pnl_per_s": ratio(project.get("pnl_per_s"), bare.get("pnl_per_s")),
             "server_cpu_per_update": ratio(project.get("server_cpu_ms_per_pnl"),
                                            bare.get("server_cpu_ms_per_pnl")),
