@@ -68,6 +68,7 @@ import hmac
 import json
 import math
 import os
+import signal
 import re
 import socket
 import subprocess
@@ -183,8 +184,13 @@ def setup_accounts(stack: Stack, n: int, workers: int) -> tuple[list[Account], d
                 "steps_p50_ms": steps, "errors": errors[:3]}
 
 
+def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # so that the finally below stops every process
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child

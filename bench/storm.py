@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import time
 
 from bench.common import RESULTS_DIR, Stack, cpu_s, create_account, print_lines, rss_mb
@@ -151,8 +152,13 @@ def measure(target: Storm, args: argparse.Namespace, bare_url: str | None) -> di
     return out
 
 
+def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # so that the finally below stops every process
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
     log_dir = RESULTS_DIR / f"logs_storm_{args.tag}"
