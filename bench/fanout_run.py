@@ -206,7 +206,7 @@ class Run:
         t_drain = self._drain(time.time())
         cpu2 = self._cpu()
         got = self.workers.all({"op": "collect", "since": t_start - 1})
-        stamps = {r[1]: r[3] / 1000 for g in got for r in g["records"]}
+        stamps = {r[1]: r[3] / 1000 for g in got for r in g["records"] if r[0] >= BARE and r[3] is not None}
         first = min(stamps.items(), default=(k0, t_start))
         events = {k0 + j: stamps.get(k0 + j, first[1] + (k0 + j - first[0]) / rate) for j in range(rounds)}
         out = self._figures("bare", {BARE + i for i in range(n)}, events, t_start, t_end, t_drain,

@@ -117,7 +117,7 @@ class Storm:
         got = self.workers.all({"op": "collect", "since": t_start - 1})
         records = [r for g in got for r in g["records"]]
         if bare_url is not None:
-            events = {r[1]: r[3] / 1000 for r in records}
+            events = {r[1]: r[3] / 1000 for r in records if r[3] is not None}
         out = delivery(records, set(self.cids), events)
         out["still_connected"] = sum(g["connected"] for g in got)
         out["client_handler_errors"] = sum(g["handler_errors"] for g in got)
