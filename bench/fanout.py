@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         for cfg in args.configs:
             results[cfg["name"]] = run.configuration(cfg)
             print_lines(cfg["name"], results[cfg["name"]])
-    except Exception as e:  # reported with what was measured so far
+    except (Exception, KeyboardInterrupt) as e:  # reported with what was measured so far
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
         results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]

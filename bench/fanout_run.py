@@ -104,7 +104,7 @@ class Run:
         """Unsubscribe and subscribe again, with ``max_hz`` (None: without)."""
         replies = self.workers.cids("emit", sorted(c for c in self.connected if c < BARE),
                                     subs=[["unsubscribe", {"types": ACCOUNT_TYPES}],
-                                          self._subs(max_hz)[0]], timeout=120.0)
+                                          self._subs(max_hz)[0]], timeout=20.0, concurrency=500)
         acks: dict = {}
         for r in replies:
             if r and len(r["acks"]) > 1:

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                 "storm_per_s": _ratio(p["storm"]["connect"]["per_s"], b["storm"]["connect"]["per_s"]),
                 "rss_kb_per_connection": _ratio(p["hold"]["rss_kb_per_connection"],
                                                 b["hold"]["rss_kb_per_connection"])}
-    except Exception as e:  # reported with what was measured so far
+    except (Exception, KeyboardInterrupt) as e:  # reported with what was measured so far
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
         results["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
