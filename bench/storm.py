@@ -16,7 +16,9 @@ emits ``subscribe {"types": ["pnl"]}`` with acknowledgement.
 - ``hold``: ``--held`` connections opened with ``--concurrency`` connects in flight per
   worker. ``connect``: ok / failed, per-client connect + subscribe ack latency and
   ``per_s`` = ok / (last ack - first connect), ``server_cpu_pct`` / ``client_cpu_pct``
-  the server's and the workers' CPU meanwhile (100 = one core). ``ready``: how many got their ``pnl``
+  the server's and the workers' CPU meanwhile (100 = one core), ``listen_drops`` the
+  SYNs the kernel dropped meanwhile because an accept queue was full (machine-wide; the
+  eventlet listener that ``socketio.run`` opens has a backlog of 50). ``ready``: how many got their ``pnl``
   snapshot (and when). ``rss_mb``: server VmRSS with one connection and with all held;
   ``rss_kb_per_connection`` = the difference / held (target <= 100 KB).
 - ``delivery_held``: ``--moves`` price moves one second apart; per (connection, move)
@@ -58,6 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def listen_drops() -> int | None:
+    """The machine's ``TcpExt ListenDrops`` (/proc/net/netstat): SYNs dropped because a
+    listening socket's accept queue was full (each costs the client a SYN retransmit,
+    1 s, then 3 s, ...). Machine-wide: other work on the machine counts too."""
+    try:
+        lines = [ln.split() for ln in open("/proc/net/netstat") if ln.startswith("TcpExt:")]
+        return int(dict(zip(lines[0], lines[1]))["ListenDrops"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
 class Storm:
     """One target server (product or bare) and the clients connected to it."""
 
@@ -72,14 +85,15 @@ class Storm:
         items = [{"cid": self.next_cid + i, "auth": {"token": self.token},
                   "subs": [["subscribe", {"types": ["pnl"]}]]} for i in range(n)]
         self.next_cid += n
-        cpu0, t0 = self._cpu(), time.time()
+        cpu0, t0, drops0 = self._cpu(), time.time(), listen_drops()
         replies = self.workers.by_client("connect", items, url=self.url, timeout=180.0,
                                          concurrency=concurrency)
-        cpu1, span = self._cpu(), max(1e-3, time.time() - t0)
+        cpu1, span, drops1 = self._cpu(), max(1e-3, time.time() - t0), listen_drops()
         self.cids += [it["cid"] for it in items]
         return {**Run._connect_summary(replies, n),
                 "server_cpu_pct": round((cpu1[0] - cpu0[0]) * 100 / span, 1),
-                "client_cpu_pct": round((cpu1[1] - cpu0[1]) * 100 / span, 1)}
+                "client_cpu_pct": round((cpu1[1] - cpu0[1]) * 100 / span, 1),
+                "listen_drops": None if drops0 is None or drops1 is None else drops1 - drops0}
 
     def _cpu(self) -> tuple[float, float]:
         return cpu_s(self.pid) or 0.0, sum(cpu_s(p) or 0.0 for p in self.workers.pids)
