@@ -59,6 +59,12 @@ processes (clients are added or dropped to reach N):
   false when the server refused the ``fills`` subscription (current server).
 - ``connect``: per configuration, the clients added: ok / failed, connect + subscribe
   acks per client, and the rate (added / wall seconds).
+
+Configurations run one after another on the same processes: a window that saturates
+the server leaves a backlog the next one inherits (waited for at most ``--grace-s``;
+``bare.project_server_idle_pct`` shows the product server still busy). For a clean
+figure of one configuration run it alone (``--plan 1000x10hz2``); the account cache
+makes that cheap. ``make bench`` runs the default plan.
 """
 from __future__ import annotations
 
