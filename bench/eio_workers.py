@@ -6,7 +6,8 @@ command per line on stdin and reads one JSON reply per line from stdout
 (``Workers`` below does that for several workers at once, client ``cid`` going to
 worker ``cid % n``). Commands (``op``):
 
-- ``config`` ``{symbol, base, step, entry?, size?}``: how a ``pnl`` push is mapped to a
+- ``config`` ``{symbol, base, step, entry?, size?, split?}`` (receive counts of clients
+  with ``cid >= split`` are kept as ``bare:<event>``): how a ``pnl`` push is mapped to a
   price move: the client's row of ``symbol`` gives ``price = entry + unrealized_pnl /
   size`` (entry and size from the client's latest ``positions`` push with that symbol,
   else the configured ones), and
@@ -55,6 +56,7 @@ class Worker:
         self.symbol, self.base, self.step = "XRPUSDT", 0.0, 1.0
         self.watch_symbol: str | None = None
         self.default_pos: tuple[float, float] | None = None
+        self.split = 1 << 62  # clients from this cid on count as "bare:<event>"
         self.reset()
 
     def reset(self) -> None:
@@ -66,11 +68,12 @@ class Worker:
 
     # ---- receiving -------------------------------------------------------------------------
     def on_event(self, c: RawClient, name: str, text: str, t: float) -> None:
-        bucket = self.buckets.get(name)
+        key = name if c.cid < self.split else "bare:" + name
+        bucket = self.buckets.get(key)
         if bucket is None:
-            bucket = self.buckets[name] = Counter()
+            bucket = self.buckets[key] = Counter()
         bucket[int(t)] += 1
-        self.nbytes[name] += len(text)
+        self.nbytes[key] += len(text)
         if name == "pnl":
             self._pnl(c, json.loads(text[2:])[1], t)
         elif name == "positions":
@@ -208,6 +211,7 @@ class Worker:
         op = cmd["op"]
         if op == "config":
             self.symbol, self.base, self.step = cmd["symbol"], float(cmd["base"]), float(cmd["step"])
+            self.split = int(cmd.get("split", self.split))
             if cmd.get("entry") and cmd.get("size"):
                 self.default_pos = (float(cmd["entry"]), float(cmd["size"]))
             return {}

@@ -33,7 +33,8 @@ class Run:
         self.bare_k = 0
         self.hz: float | None = None  # max_hz the product clients are subscribed with
         self.fills_ack: dict | None = None
-        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP)})
+        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP),
+                     "split": BARE})
 
     # ---- clients -----------------------------------------------------------------------------
     def _subs(self, max_hz: float | None) -> list:
@@ -139,16 +140,20 @@ class Run:
         got = self.workers.all({"op": "collect", "since": t_start - 1})
         records = [r for g in got for r in g["records"]]
         pnl = delivery(records, cids, events)
-        per_s = window_counts([g["buckets"] for g in got], t_start, t_end)
+        per_s = window_counts([g["buckets"] for g in got], t_start, t_end, bare=kind == "bare")
         delivered = sum(1 for r in records if r[0] in cids and t_start <= r[2] <= t_drain)
         span = t_end - t_start
         nbytes: dict = {}
         counts: dict = {}
         for g in got:
             for name, b in g["bytes"].items():
-                nbytes[name] = nbytes.get(name, 0) + b
+                if name.startswith("bare:") == (kind == "bare"):
+                    name = name[5:] if kind == "bare" else name
+                    nbytes[name] = nbytes.get(name, 0) + b
             for name, b in g["buckets"].items():
-                counts[name] = counts.get(name, 0) + sum(b.values())
+                if name.startswith("bare:") == (kind == "bare"):
+                    name = name[5:] if kind == "bare" else name
+                    counts[name] = counts.get(name, 0) + sum(b.values())
         bare_pid = self.bare_proc.pid
         srv_pid = self.stack.server.proc.pid if server == "server" else bare_pid
         return {

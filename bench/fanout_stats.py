@@ -50,14 +50,17 @@ def delivery(records: list[list], cids: set[int], events: dict[int, float]) -> d
             "server_ms": lat_s(server), "duplicates": dups}
 
 
-def window_counts(buckets: list[dict], t_from: float, t_to: float) -> dict[str, float]:
+def window_counts(buckets: list[dict], t_from: float, t_to: float, bare: bool = False) -> dict[str, float]:
     """Messages per second by event name over the whole seconds in ``[t_from, t_to)``
-    (summed over workers)."""
+    (summed over workers), of the product's clients or (``bare``) the bare ones."""
     lo, hi = int(t_from) + 1, int(t_to)
     span = max(1, hi - lo)
     out: dict[str, float] = {}
     for b in buckets:
         for name, per_s in b.items():
+            if name.startswith("bare:") != bare:
+                continue
+            name = name[5:] if bare else name
             out[name] = out.get(name, 0) + sum(n for s, n in per_s.items() if lo <= int(s) < hi)
     return {name: round(n / span, 1) for name, n in sorted(out.items())}
 
