@@ -109,13 +109,15 @@ def log_problems(path: Path, start: int = 0, end: int | None = None, limit: int 
 class Stack:
     """Database + simulator + server, started in order and stopped in reverse.
 
-    ``db``: ``sqlite`` (a file in a temp dir) or ``postgresql`` (a fresh database
-    made like ``tests/conftest.make_pg_database``, dropped on stop). Logs go to
+    ``db``: ``sqlite`` (a file in a temp dir, a copy of ``sqlite_template`` when given)
+    or ``postgresql`` (a fresh database made like ``tests/conftest.make_pg_database``,
+    dropped on stop). Logs go to
     ``log_dir`` (the server's as ``server-<port>.log``; the simulator's is copied
     there as ``simulator.log`` before the helper deletes it).
     """
 
-    def __init__(self, db: str, log_dir: Path, extra_env: dict | None = None) -> None:
+    def __init__(self, db: str, log_dir: Path, extra_env: dict | None = None,
+                 sqlite_template: Path | None = None) -> None:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -123,9 +125,13 @@ class Stack:
         self.sim: SimulatorProcess | None = None
         self.server: ServerProcess | None = None
         if db == "sqlite":
-            self.db_url = f"sqlite:///{self._tmp / 'bench.sqlite3'}"
+            self.sqlite_path: Path | None = self._tmp / "bench.sqlite3"
+            if sqlite_template is not None:  # a database left by an earlier run's setup
+                shutil.copyfile(sqlite_template, self.sqlite_path)
+            self.db_url = f"sqlite:///{self.sqlite_path}"
         elif db == "postgresql":
             from tests.conftest import PG_ADMIN_URL, make_pg_database
+            self.sqlite_path = None
             self.db_url, self._drop = make_pg_database(PG_ADMIN_URL)
         else:
             raise ValueError(f"unknown db {db!r}")
@@ -201,8 +207,11 @@ def _expect(resp: requests.Response, status: int, what: str) -> dict:
     return resp.json()
 
 
-def create_account(server_url: str, sim: SimulatorProcess, tag: str) -> Account:
-    """Simulator account (USDT 10000) + register + login + ``POST /api/exchange/keys``."""
+def create_account(server_url: str, sim: SimulatorProcess, tag: str,
+                   before_key: Callable[[Account], None] | None = None) -> Account:
+    """Simulator account (USDT 10000) + register + login + ``POST /api/exchange/keys``.
+    ``before_key(account)`` runs after the simulator account exists and before the key
+    reaches the server (e.g. to open a position the first snapshot then holds)."""
     acct = Account("b" + tag, "pw-" + uuid.uuid4().hex, "bk" + uuid.uuid4().hex,
                    "bs" + uuid.uuid4().hex)
     t = time.perf_counter()
@@ -213,6 +222,9 @@ def create_account(server_url: str, sim: SimulatorProcess, tag: str) -> Account:
         acct.steps_s[name], t = now - t, now
     sim.create_account(acct.api_key, acct.api_secret, balances={"USDT": "10000"})
     step("sim_account")
+    if before_key is not None:
+        before_key(acct)
+        step("before_key")
     creds = {"username": acct.username, "password": acct.password}
     acct.user_id = _expect(rest("POST", server_url + "/api/auth/register", body=creds), 201,
                            "register")["id"]

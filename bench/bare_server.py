@@ -1,0 +1,106 @@
+"""The bare Flask-SocketIO/eventlet server of ``bench.fanout``: the floor the product's
+push path is compared with, on the same library versions (the project's venv).
+
+    python -m bench.bare_server --port P [--max-size 20000]
+
+It accepts any connection (no auth check), acks ``subscribe`` with ``{"ok": true}``,
+and on ``POST /rounds {"rate", "rounds", "k0", "pad"}`` runs ``rounds`` rounds, round
+``j`` scheduled at ``start + j / rate``: one ``pnl`` event to every connected client in
+connect order, each a fresh dict of about 500 bytes of JSON shaped like the product's
+``pnl`` envelope, carrying ``round`` (``k0 + j``), ``t0`` (the round's scheduled start,
+ms; a round that starts late because the previous one overran keeps its scheduled
+time, as a price move happens at its time whatever the server is doing) and
+``sent_at`` (ms, at the emit), with ``socketio.sleep(0)`` after each emit (yielding to
+the other green threads, as the product does). ``GET /stats`` answers the number of
+connections and rounds done. eventlet's ``max_size`` (concurrent connections) is
+raised from its default of 1,024.
+"""
+from __future__ import annotations
+
+import eventlet
+
+eventlet.monkey_patch()
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+from flask import Flask, jsonify, request  # noqa: E402
+from flask_socketio import SocketIO  # noqa: E402
+
+app = Flask(__name__)
+socketio = SocketIO(app, async_mode="eventlet", cors_allowed_origins="*")
+sids: dict[str, int] = {}  # insertion order = connect order
+done = {"rounds": 0, "late_rounds": 0, "max_round_s": 0.0}
+
+
+@socketio.on("connect")
+def on_connect(auth=None):  # type: ignore[no-untyped-def]
+    sids[request.sid] = len(sids)
+
+
+@socketio.on("disconnect")
+def on_disconnect(*_args):  # type: ignore[no-untyped-def]
+    sids.pop(request.sid, None)
+
+
+@socketio.on("subscribe")
+def on_subscribe(data=None):  # type: ignore[no-untyped-def]
+    types = (data or {}).get("types") if isinstance(data, dict) else None
+    return {"ok": True, "subscribed": types or []}
+
+
+def message(i: int, k: int, t0_ms: int, pad: str) -> dict:
+    """One client's round-``k`` message (about 500 bytes of JSON with the default pad)."""
+    upnl = f"{(k % 1000) * 0.01:.8f}"
+    return {"type": "pnl", "user_id": i, "key_id": i, "exchange": "binance", "testnet": False,
+            "seq": k, "as_of": t0_ms, "sent_at": int(time.time() * 1000), "source": "stream",
+            "stale": False, "round": k, "t0": t0_ms,
+            "data": {"unrealized_pnl": upnl, "realized_pnl": "0.00000000",
+                     "positions": [{"symbol": "XRPUSDT", "side": "LONG", "unrealized_pnl": upnl,
+                                    "roe_pct": "1.23"}]},
+            "pad": pad}
+
+
+def run_rounds(rate: float, rounds: int, k0: int, pad: str) -> None:
+    start = time.time() + 0.05
+    for j in range(rounds):
+        scheduled = start + j / rate
+        wait = scheduled - time.time()
+        if wait > 0:
+            socketio.sleep(wait)
+        else:
+            done["late_rounds"] += 1
+        t_begin = time.time()
+        t0_ms = int(scheduled * 1000)
+        for sid, i in list(sids.items()):
+            socketio.emit("pnl", message(i, k0 + j, t0_ms, pad), to=sid)
+            socketio.sleep(0)
+        done["rounds"] += 1
+        done["max_round_s"] = max(done["max_round_s"], time.time() - t_begin)
+
+
+@app.post("/rounds")
+def rounds():  # type: ignore[no-untyped-def]
+    body = request.get_json()
+    socketio.start_background_task(run_rounds, float(body["rate"]), int(body["rounds"]),
+                                   int(body["k0"]), "x" * int(body.get("pad", 120)))
+    return jsonify({"ok": True})
+
+
+@app.get("/stats")
+def stats():  # type: ignore[no-untyped-def]
+    return jsonify({"connections": len(sids), **done})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.bare_server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-size", type=int, default=20000, help="eventlet max concurrent connections")
+    args = p.parse_args()
+    print(f"bare server listening port={args.port}", flush=True)
+    socketio.run(app, host=args.host, port=args.port, max_size=args.max_size, log_output=False)
+
+
+if __name__ == "__main__":
+    main()

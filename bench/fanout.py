@@ -1,0 +1,255 @@
+"""Fan-out benchmark: N users' pushes on mark price moves, against a bare
+Flask-SocketIO/eventlet server driven by the same clients in the same run.
+
+    .venv/bin/python -m bench.fanout [--plan 200x2,1000x2,2000x2,1000x10,1000x10hz2]
+        [--duration-s 20] [--workers 2] [--events-clients 200] [--tag NAME]
+
+Prints ``section.figure: value`` lines and writes them as JSON to
+``bench/results/fanout_<tag>.json`` (logs in ``bench/results/logs_fanout_<tag>/``).
+Units are in the names (``_ms``, ``_mb``, ``_pct``: 100 = one core, ``per_s``).
+Latency blocks are ``{n, p50_ms, p99_ms, max_ms}`` (nearest-rank percentiles).
+
+Setup (once per run): the simulator, the server (``python app.py``, production mode,
+SQLite unless ``--db postgresql``) with its real exchange weight limits (2,400 per IP
+a minute) and one loopback egress address (``EGRESS_IPS``) per ``--accounts-per-ip``
+accounts, so that the Binance streams of 2,000 accounts start within a minute or two
+as README advises; and the bare server (``bench.bare_server``). Each of max(N)
+accounts = simulator account funded with 10,000 USDT + a MARKET BUY 10 XRPUSDT placed
+at the simulator (signed ``POST /fapi/v1/order``) + register + login + key, so the
+key's first snapshot already holds the position. Accounts are kept for the next run
+(``--accounts-cache``, see ``bench.fanout_accounts``): that run starts its server on a
+copy of the database with the same secrets and only remakes the simulator side
+(``setup.from_cache``). Clients are ``bench.eio_client``
+connections in ``--workers`` processes (``bench.eio_workers``), each product client
+subscribed to ``balance, positions, pnl, orders`` (then, separately, ``fills``: the
+ack tells whether the server knows the type).
+
+Each plan entry ``<N>x<R>[hz<H>]`` is one configuration, measured in turn on the same
+processes (clients are added or dropped to reach N):
+
+- ``<cfg>.project``: N product clients, each holding XRPUSDT; for ``--duration-s``
+  seconds the mark price is set R times a second (``POST /_sim/price``, every price
+  new). The event time is ``time.time()`` just before that call. ``pnl.exact``: from
+  the event to each client's first ``pnl`` push of exactly that price (its XRPUSDT
+  unrealized PnL = size * (price - entry)); ``missing_fraction`` = (client, move)
+  pairs that never got one by ``--grace-s`` after the last move. ``pnl.fresh``: to
+  the first push of that move or a later one (the conflation promise);
+  ``pnl.server_ms``: the envelope's ``sent_at`` minus the event. ``msgs_per_s`` all
+  events received by the clients a second, ``pnl_per_s`` the ``pnl`` ones (``due_per_s``
+  = N * R). ``server_cpu_pct`` over the moves, ``server_cpu_ms_per_pnl`` = server CPU
+  from the first move until deliveries stopped / ``pnl`` pushes delivered then (the
+  server's balance and positions pushes of the same ticks are part of that cost).
+  ``server_rss_mb`` VmRSS after the window. ``bytes_per_msg`` mean size of each event.
+  ``hz<H>``: the clients first re-subscribe with ``"max_hz": H``; ``max_hz_ack`` says
+  how the server answered (the current server refuses the unknown field: the window
+  is then skipped and reported as not supported).
+- ``<cfg>.bare``: N clients of the same workers on the bare server, which runs the
+  same number of rounds at R a second, one ~500-byte message per client per round;
+  event = the round's scheduled start stamped in it. Same figures (``cpu_ms_per_pnl``
+  per message there). ``project_server_idle_pct``: the product server's CPU meanwhile.
+- ``<cfg>.ratio``: project / bare of p50, p99, max, pnl_per_s, server CPU per update,
+  RSS. ``<cfg>.clients``: the workers' CPU (``cpu_pct`` summed, 100 = one core) and
+  event-loop lag (p99/max ms, contained in every latency above); ``<cfg>.load``:
+  ``os.getloadavg()`` before and after (2 cores shared with other work).
+- ``events`` (configuration with N = ``--events-clients``, after its project window):
+  each client's account places a MARKET BUY 0.002 BTCUSDT through ``POST /api/orders``
+  one after another (``--order-gap-ms`` apart); from just before that call to the
+  client's first ``positions`` push holding BTCUSDT (``new_position``) and its first
+  non-empty ``fills`` push (``fill``), waited for up to 20 s. ``fills_supported`` is
+  false when the server refused the ``fills`` subscription (current server).
+- ``connect``: per configuration, the clients added: ok / failed, connect + subscribe
+  acks per client, and the rate (added / wall seconds).
+
+Configurations run one after another on the same processes: a window that saturates
+the server leaves a backlog the next one inherits (waited for at most ``--grace-s``;
+``bare.project_server_idle_pct`` shows the product server still busy). For a clean
+figure of one configuration run it alone (``--plan 1000x10hz2``); the account cache
+makes that cheap. ``make bench`` runs the default plan.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import math
+import os
+import signal
+import re
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlencode
+
+import requests
+
+from bench import fanout_accounts
+from bench.common import RESULTS_DIR, Account, Stack, create_account, print_lines, run_pool
+from bench.eio_workers import Workers
+from bench.fanout_run import Run
+
+SYMBOL, QTY, P0 = "XRPUSDT", "10", Decimal("1.1")
+PLAN_RE = re.compile(r"^(\d+)x(\d+(?:\.\d+)?)(?:hz(\d+(?:\.\d+)?))?$")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    p.add_argument("--plan", default="200x2,1000x2,2000x2,1000x10,1000x10hz2",
+                   help="comma-separated <clients>x<moves per s>[hz<max_hz>]")
+    p.add_argument("--duration-s", type=float, default=20.0, help="measuring window per configuration")
+    p.add_argument("--grace-s", type=float, default=15.0, help="longest wait for late pushes")
+    p.add_argument("--workers", type=int, default=2, help="client worker processes")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--accounts-per-ip", type=int, default=30, help="accounts per egress address")
+    p.add_argument("--events-clients", type=int, default=200, help="0 = no new-position/fill test")
+    p.add_argument("--order-gap-ms", type=float, default=20.0)
+    p.add_argument("--connect-concurrency", type=int, default=100, help="connects in flight per worker")
+    p.add_argument("--setup-workers", type=int, default=16)
+    p.add_argument("--ready-timeout-s", type=float, default=300.0)
+    p.add_argument("--pad", type=int, default=120, help="bare message padding (about 500 bytes total)")
+    p.add_argument("--tag", default="run", help="names the result file")
+    p.add_argument("--accounts-cache", default=str(RESULTS_DIR / "fanout_accounts"),
+                   help="reuse/save accounts here (bench.fanout_accounts); '' = always make new ones")
+    args = p.parse_args(argv)
+    args.configs = []
+    for item in args.plan.split(","):
+        m = PLAN_RE.match(item.strip())
+        if not m:
+            p.error(f"bad plan entry {item!r}")
+        args.configs.append({"name": item.strip(), "n": int(m.group(1)), "rate": float(m.group(2)),
+                             "max_hz": float(m.group(3)) if m.group(3) else None})
+    return args
+
+
+def sim_market_order(sim_url: str, acct: Account, symbol: str, side: str, qty: str) -> dict:
+    """A signed Binance ``POST /fapi/v1/order`` MARKET straight to the simulator (HMAC-SHA256
+    of the query string, Binance USD-M docs "SIGNED endpoint security"). Raises on refusal."""
+    params = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
+              "timestamp": int(time.time() * 1000), "recvWindow": 10000}
+    query = urlencode(params)
+    sig = hmac.new(acct.api_secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+    r = requests.post(f"{sim_url}/fapi/v1/order?{query}&signature={sig}",
+                      headers={"X-MBX-APIKEY": acct.api_key}, timeout=30)
+    if r.status_code != 200:
+        raise RuntimeError(f"sim order: HTTP {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_bare(log_dir: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``bench.bare_server`` on a free port; ``(process, url)`` once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server", "--port", str(port)],
+                            cwd=str(RESULTS_DIR.parents[1]), stdout=(log_dir / "bare.log").open("wb"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(url + "/stats", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("bare server did not start")
+
+
+def remake_sim_accounts(stack: Stack, accounts: list[Account], workers: int) -> dict:
+    """A cached run: the simulator accounts and their XRPUSDT positions made again."""
+    stack.sim.set_price(SYMBOL, P0)
+
+    def one(i: int) -> None:
+        a = accounts[i]
+        stack.sim.create_account(a.api_key, a.api_secret, balances={"USDT": "10000"})
+        sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY)
+    t0 = time.time()
+    _, errors = run_pool(one, len(accounts), workers)
+    return {"accounts": len(accounts) - len(errors), "failed": len(errors), "from_cache": True,
+            "wall_s": round(time.time() - t0, 1), "errors": errors[:3]}
+
+
+def setup_accounts(stack: Stack, n: int, workers: int) -> tuple[list[Account], dict]:
+    stack.sim.set_price(SYMBOL, P0)
+    url, sim_url = stack.server.url, stack.sim.url
+    tag = f"{int(time.time()) % 100000}_{{}}"
+    before = lambda a: sim_market_order(sim_url, a, SYMBOL, "BUY", QTY)  # noqa: E731
+    t0 = time.time()
+    accounts, errors = run_pool(lambda i: create_account(url, stack.sim, tag.format(i), before),
+                                n, workers)
+    ok = [a for a in accounts if a]
+    steps = {k: round(sorted(a.steps_s[k] for a in ok)[len(ok) // 2] * 1000, 1)
+             for k in (ok[0].steps_s if ok else {})}
+    return ok, {"accounts": len(ok), "failed": len(errors), "wall_s": round(time.time() - t0, 1),
+                "steps_p50_ms": steps, "errors": errors[:3]}
+
+
+def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # so that the finally below stops every process
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
+    log_dir = RESULTS_DIR / f"logs_fanout_{args.tag}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    n_max = max(c["n"] for c in args.configs)
+    ips = max(1, math.ceil(n_max / args.accounts_per_ip))
+    results: dict = {"tag": args.tag, "plan": args.plan, "duration_s": args.duration_s,
+                     "db": args.db, "egress_ips": ips, "nofile": hard,
+                     "load_at_start": [round(x, 2) for x in os.getloadavg()]}
+    env = {"EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in range(1, ips + 1)),
+           "MAX_WS_CONNECTIONS": str(max(10_000, 2 * n_max + 1000))}
+    cache = Path(args.accounts_cache) if args.accounts_cache and args.db == "sqlite" else None
+    cached = fanout_accounts.load(cache, n_max) if cache else None
+    secrets = cached[1] if cached else fanout_accounts.new_env()
+    stack = Stack(args.db, log_dir, extra_env={**env, **secrets},
+                  sqlite_template=fanout_accounts.paths(cache)[1] if cached else None)
+    bare_proc, bare_url = None, ""
+    workers = None
+    try:
+        bare_proc, bare_url = start_bare(log_dir)
+        if cached:
+            accounts = cached[0][:n_max]
+            results["setup"] = remake_sim_accounts(stack, accounts, args.setup_workers)
+        else:
+            accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
+            if cache and stack.sqlite_path is not None and len(accounts) == n_max:
+                fanout_accounts.save(cache, accounts, secrets, stack.sqlite_path)
+        print_lines("setup", results["setup"])
+        workers = Workers(args.workers, log_dir / "workers.log")
+        run = Run(args, stack, workers, accounts, bare_proc, bare_url, results)
+        for cfg in args.configs:
+            results[cfg["name"]] = run.configuration(cfg)
+            print_lines(cfg["name"], results[cfg["name"]])
+    except (Exception, KeyboardInterrupt) as e:  # reported with what was measured so far
+        results["failure"] = f"{type(e).__name__}: {e}"
+    finally:
+        results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if workers is not None:
+            workers.stop()
+        if bare_proc is not None:
+            bare_proc.terminate()
+            bare_proc.wait(10)
+        stack.stop()
+    for k in ("tag", "failure", "load_at_start", "load_at_end", "egress_ips"):
+        if k in results:
+            print_lines(k, results[k])
+    out = RESULTS_DIR / f"fanout_{args.tag}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written: {out}")
+    if "failure" in results:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Connection storm benchmark: thousands of Socket.IO connections of ONE user, each
+subscribed to ``pnl``, held by the real server; then a storm of more of them.
+
+    .venv/bin/python -m bench.storm [--held 4000] [--storm 2000] [--workers 2] [--tag NAME]
+
+Prints ``section.figure: value`` lines and writes them as JSON to
+``bench/results/storm_<tag>.json`` (logs in ``bench/results/logs_storm_<tag>/``).
+
+One account (simulator account with 10,000 USDT, a MARKET BUY 10 XRPUSDT placed at
+the simulator, register, login, key) on the server started as ``bench.fanout`` starts
+it (real limits, production mode, SQLite), ``MAX_WS_CONNECTIONS`` raised to fit and the
+file-descriptor limit raised to its hard limit. Clients are ``bench.eio_client``
+connections in ``--workers`` processes; each connects with the user's token and
+emits ``subscribe {"types": ["pnl"]}`` with acknowledgement.
+
+- ``hold``: ``--held`` connections opened with ``--concurrency`` connects in flight per
+  worker. ``connect``: ok / failed, per-client connect + subscribe ack latency and
+  ``per_s`` = ok / (last ack - first connect), ``server_cpu_pct`` / ``client_cpu_pct``
+  the server's and the workers' CPU meanwhile (100 = one core), ``listen_drops`` the
+  SYNs the kernel dropped meanwhile because an accept queue was full (machine-wide; the
+  eventlet listener that ``socketio.run`` opens has a backlog of 50). ``ready``: how many got their ``pnl``
+  snapshot (and when). ``rss_mb``: server VmRSS with one connection and with all held;
+  ``rss_kb_per_connection`` = the difference / held (target <= 100 KB).
+- ``delivery_held``: ``--moves`` price moves one second apart; per (connection, move)
+  the latency from just before ``POST /_sim/price`` to the ``pnl`` push of that price and
+  the missing fraction (the ``bench.fanout_stats.delivery`` figures).
+- ``storm``: while those are held, ``--storm`` more connections of the same user all
+  at once (every connect in flight together): the same ``connect`` figures; ``per_s``
+  is the reconnect-storm rate (target >= 500 a second). ``delivery_after`` repeats
+  the moves for held + storm connections.
+- ``bare``: the same hold and storm against ``bench.bare_server`` (same clients,
+  same counts): the floor of the library stack on this machine.
+- ``load``: ``os.getloadavg()`` at start and end (2 cores shared with other work).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import time
+
+from bench.common import RESULTS_DIR, Stack, cpu_s, create_account, print_lines, rss_mb
+from bench.eio_workers import Workers
+from bench.fanout import P0, QTY, SYMBOL, sim_market_order, start_bare
+from bench.fanout_run import BASE, STEP, Run
+from bench.fanout_stats import delivery
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__.split("\n")[0])
+    p.add_argument("--held", type=int, default=4000, help="connections held")
+    p.add_argument("--storm", type=int, default=2000, help="connections of the storm on top")
+    p.add_argument("--concurrency", type=int, default=100, help="connects in flight per worker (hold)")
+    p.add_argument("--moves", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-bare", action="store_true", help="skip the bare-server reference")
+    p.add_argument("--tag", default="run")
+    return p.parse_args(argv)
+
+
+def listen_drops() -> int | None:
+    """The machine's ``TcpExt ListenDrops`` (/proc/net/netstat): SYNs dropped because a
+    listening socket's accept queue was full (each costs the client a SYN retransmit,
+    1 s, then 3 s, ...). Machine-wide: other work on the machine counts too."""
+    try:
+        lines = [ln.split() for ln in open("/proc/net/netstat") if ln.startswith("TcpExt:")]
+        return int(dict(zip(lines[0], lines[1]))["ListenDrops"])
+    except (OSError, IndexError, KeyError, ValueError):
+        return None
+
+
+class Storm:
+    """One target server (product or bare) and the clients connected to it."""
+
+    def __init__(self, workers: Workers, url: str, token: str, pid: int, sim, cid0: int) -> None:  # type: ignore[no-untyped-def]
+        self.workers, self.url, self.token, self.pid, self.sim = workers, url, token, pid, sim
+        self.next_cid = cid0
+        self.bare = cid0 > 0
+        self.cids: list[int] = []
+        self.k = 0
+
+    def connect(self, n: int, concurrency: int) -> dict:
+        items = [{"cid": self.next_cid + i, "auth": {"token": self.token},
+                  "subs": [["subscribe", {"types": ["pnl"]}]]} for i in range(n)]
+        self.next_cid += n
+        cpu0, t0, drops0 = self._cpu(), time.time(), listen_drops()
+        replies = self.workers.by_client("connect", items, url=self.url, timeout=180.0,
+                                         concurrency=concurrency)
+        cpu1, span, drops1 = self._cpu(), max(1e-3, time.time() - t0), listen_drops()
+        self.cids += [it["cid"] for it in items]
+        return {**Run._connect_summary(replies, n),
+                "server_cpu_pct": round((cpu1[0] - cpu0[0]) * 100 / span, 1),
+                "client_cpu_pct": round((cpu1[1] - cpu0[1]) * 100 / span, 1),
+                "listen_drops": None if drops0 is None or drops1 is None else drops1 - drops0}
+
+    def _cpu(self) -> tuple[float, float]:
+        return cpu_s(self.pid) or 0.0, sum(cpu_s(p) or 0.0 for p in self.workers.pids)
+
+    def wait_ready(self, n: int, timeout: float = 120.0) -> dict | None:
+        """Until n clients got their ``pnl`` snapshot (None for the bare server: it sends none)."""
+        if self.bare:
+            return None
+        t0 = time.time()
+        while True:
+            got = self.workers.all({"op": "ready", "below": self.next_cid})
+            ready = sum(r["ready"] for r in got)
+            if ready >= n or time.time() - t0 > timeout:
+                return {"ready": ready, "of": n, "s": round(time.time() - t0, 1)}
+            time.sleep(0.5)
+
+    def moves(self, count: int, bare_url: str | None = None) -> dict:
+        """``count`` price moves (product) or bare rounds, one a second; delivery figures."""
+        import requests
+        self.workers.all({"op": "reset"})
+        t_start = time.time()
+        events: dict[int, float] = {}
+        if bare_url is None:
+            for j in range(count):
+                time.sleep(max(0.0, t_start + j - time.time()))
+                k, self.k = self.k, self.k + 1
+                events[k] = time.time()
+                self.sim.set_price(SYMBOL, BASE + STEP * k)
+            time.sleep(3.0)
+        else:
+            done = requests.get(bare_url + "/stats", timeout=10).json()["rounds"]
+            requests.post(bare_url + "/rounds", json={"rate": 1, "rounds": count, "k0": done},
+                          timeout=10).raise_for_status()
+            time.sleep(count + 3.0)
+        got = self.workers.all({"op": "collect", "since": t_start - 1})
+        records = [r for g in got for r in g["records"]]
+        if bare_url is not None:
+            events = {r[1]: r[3] / 1000 for r in records if r[3] is not None}
+        out = delivery(records, set(self.cids), events)
+        out["still_connected"] = sum(g["connected"] for g in got)
+        out["client_handler_errors"] = sum(g["handler_errors"] for g in got)
+        return out
+
+    def drop_all(self) -> None:
+        self.workers.cids("disconnect", self.cids)
+        self.cids = []
+
+
+def measure(target: Storm, args: argparse.Namespace, bare_url: str | None) -> dict:
+    out: dict = {"hold": {}}
+    hold = out["hold"]
+    hold["first"] = target.connect(1, 1)
+    target.wait_ready(1, 60.0)
+    time.sleep(1.0)
+    rss0 = rss_mb(target.pid)
+    hold["connect"] = target.connect(args.held - 1, args.concurrency)
+    hold["ready"] = target.wait_ready(args.held)
+    time.sleep(2.0)
+    rss1 = rss_mb(target.pid)
+    hold["rss_mb"] = {"one_connection": rss0, "held": rss1}
+    hold["rss_kb_per_connection"] = round((rss1 - rss0) * 1024 / max(1, args.held - 1), 1) \
+        if rss0 and rss1 else None
+    out["delivery_held"] = target.moves(args.moves, bare_url)
+    storm_conc = max(1, args.storm // args.workers)  # every connect in flight at once
+    out["storm"] = {"connect": target.connect(args.storm, storm_conc),
+                    "ready": target.wait_ready(args.held + args.storm),
+                    "rss_mb": rss_mb(target.pid)}
+    out["delivery_after"] = target.moves(args.moves, bare_url)
+    target.drop_all()
+    return out
+
+
+def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)  # so that the finally below stops every process
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
+    log_dir = RESULTS_DIR / f"logs_storm_{args.tag}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    total = args.held + args.storm
+    results: dict = {"tag": args.tag, "held": args.held, "storm": args.storm, "nofile": hard,
+                     "load": {"start": [round(x, 2) for x in os.getloadavg()]}}
+    stack = Stack("sqlite", log_dir, extra_env={"MAX_WS_CONNECTIONS": str(max(10_000, total + 1000))})
+    bare_proc = workers = None
+    try:
+        bare_proc, bare_url = start_bare(log_dir)
+        stack.sim.set_price(SYMBOL, P0)
+        acct = create_account(stack.server.url, stack.sim, f"storm{int(time.time()) % 100000}",
+                              lambda a: sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY))
+        pos = next(p for p in stack.sim.state(acct.api_key)["positions"] if p["symbol"] == SYMBOL)
+        results["position"] = {"entry": pos["entry_price"], "size": pos["amount"]}
+        workers = Workers(args.workers, log_dir / "workers.log")
+        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP),
+                     "entry": pos["entry_price"], "size": pos["amount"]})
+        product = Storm(workers, stack.server.url, acct.token, stack.server.proc.pid, stack.sim, 0)
+        results["project"] = measure(product, args, None)
+        print_lines("project", results["project"])
+        if not args.no_bare:
+            bare = Storm(workers, bare_url, acct.token, bare_proc.pid, stack.sim, 10_000_000)
+            results["bare"] = measure(bare, args, bare_url)
+            print_lines("bare", results["bare"])
+            p, b = results["project"], results["bare"]
+            results["ratio"] = {
+                "storm_per_s": _ratio(p["storm"]["connect"]["per_s"], b["storm"]["connect"]["per_s"]),
+                "rss_kb_per_connection": _ratio(p["hold"]["rss_kb_per_connection"],
+                                                b["hold"]["rss_kb_per_connection"])}
+    except (Exception, KeyboardInterrupt) as e:  # reported with what was measured so far
+        results["failure"] = f"{type(e).__name__}: {e}"
+    finally:
+        results["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        if workers is not None:
+            workers.stop()
+        if bare_proc is not None:
+            bare_proc.terminate()
+            bare_proc.wait(10)
+        stack.stop()
+    for k in ("ratio", "load", "failure"):
+        if k in results:
+            print_lines(k, results[k])
+    out = RESULTS_DIR / f"storm_{args.tag}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written: {out}")
+    if "failure" in results:
+        raise SystemExit(1)
+
+
+def _ratio(a, b):  # type: ignore[no-untyped-def]
+    return None if a is None or not b else round(a / b, 2)
+
+
+if __name__ == "__main__":
+    main()
