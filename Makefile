@@ -57,6 +57,10 @@ bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.streams --clients 1000
 	$(PY) -m bench.streams --clients 1000 --egress-ips 4
 	$(PY) -m bench.ledger
+	$(PY) -m bench.fanout
+	$(PY) -m bench.storm
+	$(PY) -m bench.chaos --seeds 50 --db sqlite
+	$(PY) -m bench.chaos --seeds 20 --first 101 --db postgresql
 
 docs: install ## regenerate docs/openapi.json from the app
 	$(PY) scripts/dump_openapi.py

@@ -211,6 +211,22 @@ class _LedgerFacade:
         self._writer.submit_positions(key_id, positions, as_of, complete)
 
 
+def serve(app: Flask, cfg: Config) -> None:
+    """Serve ``app`` on ``cfg.HOST:cfg.PORT`` until the process ends. On eventlet this
+    is what ``socketio.run`` does (eventlet's WSGI server on a listening socket, at
+    most ``MAX_WS_CONNECTIONS`` at once) with the socket opened here, so that its
+    backlog is ``LISTEN_BACKLOG`` instead of eventlet's 50."""
+    if cfg.ASYNC_MODE != "eventlet":
+        socketio.run(app, host=cfg.HOST, port=cfg.PORT, log_output=False)
+        return
+    import eventlet
+    import eventlet.green.socket
+    import eventlet.wsgi
+    family, _, _, _, address = eventlet.green.socket.getaddrinfo(cfg.HOST, cfg.PORT)[0]
+    listener = eventlet.listen(address, family, backlog=cfg.LISTEN_BACKLOG)
+    eventlet.wsgi.server(listener, app, max_size=cfg.MAX_WS_CONNECTIONS, log_output=False)
+
+
 def main() -> None:
     """Run the server (``python app.py``)."""
     import logsetup
@@ -247,8 +263,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: socketio.start_background_task(shutdown))
     logger.info("listening url=http://%s:%s env=%s", cfg.HOST, cfg.PORT, cfg.APP_ENV)
     try:
-        socketio.run(app, host=cfg.HOST, port=cfg.PORT, max_size=cfg.MAX_WS_CONNECTIONS,
-                     log_output=False)
+        serve(app, cfg)
     except KeyboardInterrupt:
         shutdown()
 

@@ -76,6 +76,10 @@ class Config:
     STREAM_RECV_TIMEOUT_S: float = 3.0
     ORDER_CONFIRM_TIMEOUT_S: float = 5.0
     MAX_WS_CONNECTIONS: int = 10_000
+    # pending TCP connections the listening socket queues (listen(2) backlog, capped by
+    # the kernel's net.core.somaxconn); Flask-SocketIO's run() leaves eventlet's 50,
+    # whose full queue dropped SYNs in a reconnect storm (each drop costs a client 1-3 s)
+    LISTEN_BACKLOG: int = 2048
     RECONCILE_INTERVAL_S: float = 60.0
     EXIT_MAX_SLIPPAGE: int = 10  # ticks
     EXIT_MAX_RETRIES: int = 5
@@ -232,7 +236,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),
                        ("JWT_EXPIRES_S", int), ("POLL_INTERVAL_S", float),
-                       ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int),
+                       ("EXCHANGE_TIMEOUT_S", float), ("MAX_WS_CONNECTIONS", int), ("LISTEN_BACKLOG", int),
                        ("RECONCILE_INTERVAL_S", float), ("EXIT_MAX_SLIPPAGE", int),
                        ("MESSAGE_QUEUE_CHANNEL", str), ("LEASE_TTL_S", float),
                        ("RECONCILE_BATCH", int),
