@@ -11,7 +11,6 @@ else. Venue-only behaviour stays in ``test_binance_client_sim.py`` /
 """
 from __future__ import annotations
 
-import inspect
 import time
 import uuid
 from dataclasses import dataclass
@@ -131,24 +130,6 @@ def stream_fills(events: list) -> list:
 
 
 # ---- credentials -------------------------------------------------------------------------
-
-def _protocol_methods(proto: type) -> dict:
-    """The public methods a Protocol declares, by name."""
-    return {n: v for n, v in vars(proto).items() if callable(v) and not n.startswith("_")}
-
-
-def test_client_implements_every_protocol_method_with_its_parameters(client):
-    """What ``isinstance`` against a runtime-checkable Protocol cannot tell (it only
-    looks for the names): every declared method is there with the same parameters."""
-    declared = _protocol_methods(ExchangeClient)
-    assert declared, "the protocol declares methods"
-    for name, method in declared.items():
-        impl = getattr(type(client), name, None)
-        assert callable(impl), f"{type(client).__name__} lacks {name}"
-        want = [p for p in inspect.signature(method).parameters if p != "self"]
-        got = [p for p in inspect.signature(impl).parameters if p != "self"]
-        assert got[:len(want)] == want, f"{name}: parameters {got} instead of {want}"
-
 
 def test_validate_credentials_ok(client, venue):
     assert client.exchange == venue.name and client.testnet is False
