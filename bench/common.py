@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: processes and databases, account setup over REST,
-Socket.IO listeners, statistics and /proc figures.
+Socket.IO listeners and the streams benchmark's samplers (statistics, /proc figures and
+printing are in ``bench.measure``).
 
 Everything talks to 127.0.0.1 only (the simulator and server helpers of
 ``tests/support`` bind there). Times are seconds unless a name ends in ``_ms``.
@@ -7,14 +8,8 @@ Everything talks to 127.0.0.1 only (the simulator and server helpers of
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import os
 import random
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +23,7 @@ import requests
 import socketio
 from requests.adapters import HTTPAdapter
 
+from bench.measure import lat_s
 from tests.support.server import ServerProcess, start_server
 from tests.support.simulator import SimulatorProcess, start_simulator
 
@@ -36,73 +32,6 @@ RESULTS_DIR = ROOT / "bench" / "results"
 ACCOUNT_TYPES = ["balance", "positions", "pnl", "orders"]
 EVENTS = ("balance", "positions", "pnl", "orders", "stream_status", "error")
 REQUEST_TIMEOUT_S = 60.0
-
-
-# ---- statistics and /proc -------------------------------------------------------------
-def pct(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile ``q`` (0..1) of ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def lat_ms(values_ms: list[float]) -> dict:
-    """``{"n", "p50_ms", "p99_ms", "max_ms"}`` of latencies given in milliseconds."""
-    r = lambda v: None if v is None else round(v, 1)  # noqa: E731
-    return {"n": len(values_ms), "p50_ms": r(pct(values_ms, 0.5)),
-            "p99_ms": r(pct(values_ms, 0.99)), "max_ms": r(max(values_ms) if values_ms else None)}
-
-
-def lat_s(values_s: list[float]) -> dict:
-    """``lat_ms`` of latencies given in seconds."""
-    return lat_ms([v * 1000 for v in values_s])
-
-
-def rss_mb(pid: int | None) -> float | None:
-    """Resident set size (VmRSS of /proc/<pid>/status) in MiB; None when unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except (OSError, TypeError):
-        return None
-    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
-    return round(int(match.group(1)) / 1024, 1) if match else None
-
-
-def cpu_s(pid: int | None) -> float | None:
-    """CPU seconds (user + system, /proc/<pid>/stat) used by the process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, TypeError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def profile(pid: int, seconds: float, path: Path) -> "subprocess.Popen | None":
-    """Start ``py-spy record`` (sampling, 50 Hz, collapsed stacks ``path``) on ``pid``
-    for ``seconds``; None when py-spy is not installed (``pip install py-spy``: a
-    developer tool, not a dependency of the project)."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(exe).exists():
-        print("profile: py-spy not found, not profiling", flush=True)
-        return None
-    return subprocess.Popen([exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50",
-                             "-f", "raw", "-o", str(path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def log_problems(path: Path, start: int = 0, end: int | None = None, limit: int = 6) -> dict:
-    """In bytes ``[start, end)`` of a log file: the count of ``ERROR``/``Traceback`` lines
-    (and the first ``limit``) and of ``WARNING`` lines."""
-    try:
-        with path.open("rb") as f:
-            f.seek(start)
-            lines = f.read(None if end is None else max(0, end - start)).decode(errors="replace").splitlines()
-    except OSError:
-        return {"errors": None, "warnings": None, "first": []}
-    bad = [ln for ln in lines if " ERROR " in ln or ln.startswith("Traceback")]
-    return {"errors": len(bad), "warnings": sum(" WARNING " in ln for ln in lines),
-            "first": [ln[:240] for ln in bad[:limit]]}
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -405,16 +334,3 @@ def calls_at(sims: list, t: float, venue: str) -> float:
     a = max((s for s in sims if s[0] <= t), key=lambda s: s[0], default=sims[0])
     b = min((s for s in sims if s[0] > t), key=lambda s: s[0], default=a)
     return a[1][venue] + ((b[1][venue] - a[1][venue]) * (t - a[0]) / (b[0] - a[0]) if b is not a else 0)
-
-
-def print_lines(prefix: str, value: object) -> None:
-    if prefix.endswith("series"):
-        print(f"{prefix}:")
-        for line in value:  # type: ignore[attr-defined]
-            print("   ", line)
-    elif isinstance(value, dict) and value and not {"p50_ms", "by_type"} & value.keys() \
-            and not prefix.endswith(("by_state", "top", "cpu_pct", "errors")):
-        for k, v in value.items():
-            print_lines(f"{prefix}.{k}" if prefix else str(k), v)
-    else:
-        print(f"{prefix}: {json.dumps(value)}", flush=True)

@@ -74,7 +74,6 @@ import hmac
 import json
 import math
 import os
-import signal
 import re
 import socket
 import subprocess
@@ -87,7 +86,8 @@ from urllib.parse import urlencode
 import requests
 
 from bench import fanout_accounts
-from bench.common import RESULTS_DIR, Account, Stack, create_account, print_lines, run_pool
+from bench.common import RESULTS_DIR, Account, Stack, create_account, run_pool
+from bench.measure import prepare_long_run, print_lines
 from bench.eio_workers import Workers
 from bench.fanout_run import Run
 
@@ -190,16 +190,9 @@ def setup_accounts(stack: Stack, n: int, workers: int) -> tuple[list[Account], d
                 "steps_p50_ms": steps, "errors": errors[:3]}
 
 
-def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
-    raise KeyboardInterrupt("SIGTERM")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupted)  # so that the finally below stops every process
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
+    hard = prepare_long_run()  # SIGTERM runs the finally below; file limit raised
     log_dir = RESULTS_DIR / f"logs_fanout_{args.tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
     n_max = max(c["n"] for c in args.configs)

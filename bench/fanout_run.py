@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import requests
 
-from bench.common import ACCOUNT_TYPES, Account, Stack, cpu_s, rest, rss_mb
+from bench.common import ACCOUNT_TYPES, Account, Stack, rest
+from bench.measure import cpu_s, rss_mb
 from bench.eio_workers import Workers
 from bench.fanout_stats import delivery, lag_ms, ratios, watch_latency, window_counts
 
@@ -86,7 +87,7 @@ class Run:
         for r in replies:
             for e, n in r["errors"].items():
                 errors[e] = errors.get(e, 0) + n
-        from bench.common import lat_s
+        from bench.measure import lat_s
         return {"asked": asked, "ok": ok, "failed": sum(r["failed"] for r in replies),
                 "per_client": lat_s(times), "acks": acks, "errors": errors,
                 "per_s": round(ok / (last - first), 1) if first and last and last > first else None}

@@ -7,7 +7,7 @@ envelope's ``sent_at``. All processes share this machine's clock.
 """
 from __future__ import annotations
 
-from bench.common import lat_ms, lat_s, pct
+from bench.measure import lat_ms, lat_s, pct
 
 
 def delivery(records: list[list], cids: set[int], events: dict[int, float]) -> dict:

@@ -78,8 +78,9 @@ import socketio
 from requests.adapters import HTTPAdapter
 from sqlalchemy import create_engine, make_url, text
 
-from bench.common import (RESULTS_DIR, ROOT, Listener, _expect, cpu_s, create_account, first_events, lat_ms,
-                          lat_s, log_problems, profile, rest, run_pool)
+from bench.common import (RESULTS_DIR, ROOT, Listener, _expect, create_account, first_events,
+                          rest, run_pool)
+from bench.measure import cpu_s, lat_ms, lat_s, log_problems, profile
 from bench.streams import admin_stats, print_lines, row, sampler, th
 from tests.conftest import PG_ADMIN_URL, make_pg_database
 from tests.support.server import free_port, start_server

@@ -56,8 +56,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-from bench.common import (RESULTS_DIR, Listener, Stack, cpu_s, create_account, first_events, lat_ms,
-                          lat_s, log_problems, loop_lag, pct, rest, rss_mb, run_pool)
+from bench.common import (RESULTS_DIR, Listener, Stack, create_account, first_events, loop_lag,
+                          rest, run_pool)
+from bench.measure import cpu_s, lat_ms, lat_s, log_problems, pct, rss_mb
 
 SYMBOL, QTY, LIMIT_PRICE, BASE_PRICE, PRICE_STEP = "XRPUSDT", "10", "1.0", Decimal("1.2"), Decimal("0.001")
 WAIT_S = 120.0  # the longest any single wait phase may take

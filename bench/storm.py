@@ -37,11 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import signal
 import time
 
-from bench.common import RESULTS_DIR, Stack, cpu_s, create_account, print_lines, rss_mb
+from bench.common import RESULTS_DIR, Stack, create_account
+from bench.measure import cpu_s, prepare_long_run, print_lines, rss_mb
 from bench.eio_workers import Workers
 from bench.fanout import P0, QTY, SYMBOL, sim_market_order, start_bare
 from bench.fanout_run import BASE, STEP, Run
@@ -166,15 +165,9 @@ def measure(target: Storm, args: argparse.Namespace, bare_url: str | None) -> di
     return out
 
 
-def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
-    raise KeyboardInterrupt("SIGTERM")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupted)  # so that the finally below stops every process
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
+    hard = prepare_long_run()  # SIGTERM runs the finally below; file limit raised
     log_dir = RESULTS_DIR / f"logs_storm_{args.tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
     total = args.held + args.storm

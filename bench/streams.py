@@ -89,10 +89,10 @@ from pathlib import Path
 
 from requests.adapters import HTTPAdapter
 
-from bench.common import (RESULTS_DIR, VENUES, Account, Listener, _expect, admin_stats,
-                          all_live, calls_at, cpu_s, first_events, lat_s, log_problems,
-                          loop_lag, pct, per_venue, print_lines, rest, row, run_pool, sampler,
-                          th, wait_states)
+from bench.common import (RESULTS_DIR, VENUES, Account, Listener, _expect, admin_stats, all_live,
+                          calls_at, first_events, loop_lag, per_venue, rest, row, run_pool,
+                          sampler, th, wait_states)
+from bench.measure import cpu_s, lat_s, log_problems, pct, print_lines
 from bench.gate import Gate
 from tests.support.server import start_server
 from tests.support.simulator import start_simulator
