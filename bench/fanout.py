@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout-s", type=float, default=300.0)
     p.add_argument("--pad", type=int, default=120, help="bare message padding (about 500 bytes total)")
     p.add_argument("--tag", default="run", help="names the result file")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the server in each window (collapsed stacks)")
     p.add_argument("--accounts-cache", default=str(RESULTS_DIR / "fanout_accounts"),
                    help="reuse/save accounts here (bench.fanout_accounts); '' = always make new ones")
     args = p.parse_args(argv)

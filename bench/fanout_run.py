@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from decimal import Decimal
 
 import requests
 
 from bench.common import ACCOUNT_TYPES, Account, Stack, rest
-from bench.measure import cpu_s, rss_mb
+from bench.measure import cpu_s, profile, rss_mb
 from bench.eio_workers import Workers
 from bench.fanout_stats import delivery, lag_ms, ratios, watch_latency, window_counts
 
@@ -177,6 +178,7 @@ class Run:
     def project_window(self, n: int, rate: float) -> dict:
         self.workers.all({"op": "reset"})
         cpu0, load0 = self._cpu(), _load()
+        self._profile(f"{n}x{rate:g}_project", self.args.duration_s)
         t_start = time.time() + 0.2
         events: dict[int, float] = {}
         for j in range(int(rate * self.args.duration_s)):
@@ -194,6 +196,14 @@ class Run:
         out["sim_cpu_pct"] = round((cpu1["sim"] - cpu0["sim"]) * 100 / (t_end - t_start), 1)
         out["load"] = [load0, _load()]
         return out
+
+    def _profile(self, name: str, seconds: float) -> None:
+        """``--profile DIR``: py-spy the product server for ``seconds`` from now
+        (collapsed stacks ``DIR/<name>.txt``; ``python -m bench.measure DIR/<name>.txt``
+        ranks them)."""
+        if self.args.profile:
+            Path(self.args.profile).mkdir(parents=True, exist_ok=True)
+            profile(self.stack.server.proc.pid, max(1.0, seconds), Path(self.args.profile) / f"{name}.txt")
 
     def bare_window(self, n: int, rate: float) -> dict:
         self.workers.all({"op": "reset"})
@@ -231,6 +241,7 @@ class Run:
         starts: dict[int, float] = {}
         statuses: dict[str, int] = {}
         refused: list[str] = []
+        self._profile(f"{n}_events_{via}", n * self.args.order_gap_ms / 1000 + 2)
         t_begin = time.time()
         for i in range(n):
             a = self.accounts[i]

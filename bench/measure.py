@@ -110,3 +110,28 @@ def print_lines(prefix: str, value: object) -> None:
             print_lines(f"{prefix}.{k}" if prefix else str(k), v)
     else:
         print(f"{prefix}: {json.dumps(value)}", flush=True)
+
+
+def rank_profile(path: Path, top: int = 30) -> list[tuple[str, float, float]]:
+    """Rank the frames of a py-spy collapsed-stack file (``frame;frame;... count`` per
+    line): ``(frame, self %, inclusive %)`` of all samples, by inclusive share."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    ranked = sorted(incl, key=lambda f: -incl[f])[:top]
+    return [(f, 100 * own.get(f, 0) / max(1, total), 100 * incl[f] / max(1, total)) for f in ranked]
+
+
+if __name__ == "__main__":  # python -m bench.measure PROFILE.txt [TOP]
+    for frame, self_pct, incl_pct in rank_profile(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 40):
+        print(f"{incl_pct:5.1f} {self_pct:5.1f}  {frame[:150]}")

@@ -10,8 +10,10 @@ send queue with ``Server._send_eio_packet``, as python-socketio's own room emit 
 
 Conflation (Lightstreamer's "max frequency", centrifugo's per-subscription rate):
 a mark-driven change that finds a connection inside its interval is noted, not
-built; a timer for the channel fires when the first waiting connection is due and
-sends the newest envelope, built then. So a connection gets at most ``max_hz``
+built; the channel is armed to fire when the first waiting connection is due, and
+then sends the newest envelope, built then. One timer task serves every channel
+(a heap of armed times, woken early only when a sooner time is armed): arming costs
+a heap push, not a green thread. So a connection gets at most ``max_hz``
 mark-driven pushes a second per type, the newest value within ``1 / max_hz`` s of
 the change, and the last value always. Account events (a fill, an order update, a
 balance change reported by the exchange, a REST refresh) go to every subscriber at
@@ -23,6 +25,8 @@ conflation applies.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -42,6 +46,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_HZ = {"pnl": 10.0, "positions": 1.0, "balance": 0.5, "orders": 10.0}
 MAX_HZ_LIMIT = 50.0
 EARLY_S = 0.001  # a connection due within this is served now (timers may wake a bit early)
+YIELD_EVERY_S = 0.002  # the timer task yields to other green threads this often
 
 
 @dataclass(eq=False)
@@ -76,15 +81,24 @@ class Fanout:
     Args:
         server: the python-socketio ``Server`` (its ``packet_class`` and
             ``_send_eio_packet``).
-        spawn: starts a background task; sleep: cooperative sleep.
+        spawn: starts a background task (the timer task, once); sleep: cooperative
+            sleep.
         on_push: called with each envelope built for delivery (counters, latency).
         clock: monotonic seconds.
+        make_event: builds the event that wakes the timer task (python-engineio's
+            ``create_event``: a green one under eventlet).
     """
 
     def __init__(self, server, spawn: Callable, sleep: Callable[[float], None],  # type: ignore[no-untyped-def]
                  on_push: Callable[[dict], None] = lambda env: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 make_event: Callable[[], threading.Event] = threading.Event) -> None:
         self._clock = clock
+        self._armed: list[tuple[float, int, Channel]] = []  # heap of (at, order, channel)
+        self._armed_lock = threading.Lock()
+        self._order = itertools.count()
+        self._wake = make_event()
+        self._timer_started = False
         self._server = server
         self._spawn = spawn
         self._sleep = sleep
@@ -230,22 +244,60 @@ class Fanout:
 
     # ---- conflation timer ------------------------------------------------------
     def _arm(self, ch: Channel, at: float) -> None:
-        """Make sure the channel's timer fires by ``at`` (monotonic)."""
+        """Make sure the channel fires by ``at`` (monotonic). Caller holds ``ch.lock``."""
         if ch.timer_at is not None and ch.timer_at <= at:
             return
-        ch.timer_at = at
-        self._spawn(self._timer, ch, at)
+        ch.timer_at = at  # an entry armed later for this channel supersedes it
+        with self._armed_lock:
+            heapq.heappush(self._armed, (at, next(self._order), ch))
+            soonest = self._armed[0][2] is ch
+            start, self._timer_started = not self._timer_started, True
+        if start:
+            self._spawn(self._timer_task)
+        elif soonest:
+            self._wake.set()
 
-    def _timer(self, ch: Channel, at: float) -> None:
-        self._sleep(max(0.0, at - self._clock()))
-        with ch.lock:
-            if ch.timer_at != at:
-                return  # an earlier timer took over
-            ch.timer_at = None
+    def armed(self) -> int:
+        """How many channels wait for their timer."""
+        with self._armed_lock:
+            return len({id(ch) for at, _, ch in self._armed if ch.timer_at == at})
+
+    def run_due(self) -> float | None:
+        """Fire every channel whose time has come (``flush``), yielding every
+        ``YIELD_EVERY_S`` of work; returns the monotonic time of the next armed one
+        (None: none)."""
+        now = self._clock()
+        due = []
+        with self._armed_lock:
+            while self._armed and self._armed[0][0] <= now + EARLY_S:
+                due.append(heapq.heappop(self._armed))
+        sliced_at = time.perf_counter()
+        for at, _, ch in due:
+            with ch.lock:
+                if ch.timer_at != at:
+                    continue  # superseded by a sooner time, which fired already
+                ch.timer_at = None
+                try:
+                    self.flush(ch)
+                except Exception:  # isolation boundary: one channel's failure must not stop others
+                    logger.exception("conflated push failed key_id=%s type=%s", ch.key_id, ch.kind)
+            if time.perf_counter() - sliced_at > YIELD_EVERY_S:
+                self._sleep(0)
+                sliced_at = time.perf_counter()
+        with self._armed_lock:
+            return self._armed[0][0] if self._armed else None
+
+    def _timer_task(self) -> None:
+        """The one timer task: fire what is due, then wait until the next armed time
+        or until a sooner one is armed."""
+        while True:
+            self._wake.clear()
             try:
-                self.flush(ch)
-            except Exception:  # isolation boundary: one channel's failure must not stop others
-                logger.exception("conflated push failed key_id=%s type=%s", ch.key_id, ch.kind)
+                at = self.run_due()
+            except Exception:  # isolation boundary: the timer task must outlive a bug
+                logger.exception("conflation timer failed")
+                at = self._clock() + 0.1
+            self._wake.wait(None if at is None else max(0.0, at - self._clock()))
 
     def flush(self, ch: Channel) -> None:
         """Send the newest envelope to every waiting subscriber that is due; re-arm

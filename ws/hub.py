@@ -85,7 +85,8 @@ class PushHub:
         """The per-connection delivery; None with a message queue (rooms instead)."""
         if self._fanout is None and not isinstance(self._sio.server.manager, PubSubManager):
             self._fanout = Fanout(self._sio.server, self._sio.start_background_task,
-                                  self._sio.sleep, on_push=self._count)
+                                  self._sio.sleep, on_push=self._count,
+                                  make_event=self._sio.server.eio.create_event)
         return self._fanout
 
     # ---- registry -----------------------------------------------------------

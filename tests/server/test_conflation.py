@@ -36,10 +36,30 @@ class Clock:
         return self.now
 
 
+class Timers:
+    """The fan-out's timer task, run by hand: ``spawned`` counts the tasks started,
+    ``run()`` fires what is due on the fake clock, ``len()`` the armed channels."""
+
+    def __init__(self) -> None:
+        self.spawned = 0
+        self.fan: Fanout | None = None
+
+    def spawn(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        self.spawned += 1
+
+    def run(self) -> None:
+        assert self.fan is not None
+        self.fan.run_due()
+
+    def __len__(self) -> int:
+        assert self.fan is not None
+        return self.fan.armed()
+
+
 def _setup():  # type: ignore[no-untyped-def]
-    server, clock, timers = FakeServer(), Clock(), []
-    fan = Fanout(server, spawn=lambda fn, *a: timers.append((fn, a)), sleep=lambda s: None,
-                 clock=clock)
+    server, clock, timers = FakeServer(), Clock(), Timers()
+    fan = Fanout(server, spawn=timers.spawn, sleep=lambda s: None, clock=clock)
+    timers.fan = fan
     state = AccountState(1, 7, "binance", False)
     state.set_positions([Position("XRPUSDT", "LONG", Decimal("100"), Decimal("1"), Decimal("1"),
                                   Decimal("0"), Decimal("10"), Decimal("0.5"), "cross")])
@@ -48,10 +68,8 @@ def _setup():  # type: ignore[no-untyped-def]
     return server, clock, timers, fan, state
 
 
-def _run_timers(timers: list) -> None:
-    while timers:
-        fn, args = timers.pop(0)
-        fn(*args)
+def _run_timers(timers: Timers) -> None:
+    timers.run()
 
 
 def _upnl(env: dict) -> str:
@@ -79,13 +97,14 @@ def test_mark_pushes_are_conflated_per_connection_and_the_newest_always_arrives(
     got = [(sid, env["seq"], _upnl(env)) for sid, _, env in server.sent]
     assert got == [("e-slow", 2, "1"), ("e-fast", 2, "1"), ("e-fast", 3, "2"), ("e-fast", 4, "3")]
     assert len(timers) == 1            # one timer for the channel, not one per move
+    assert timers.spawned == 1         # one timer task for every channel
     server.sent.clear()
     clock.now = 100.5                  # 0.5 s after the slow one's last push
     _run_timers(timers)
     # the newest value (not the first missed one), with the seq it was built with:
     # the slow connection skips 3 (conflated), never gets a repeat
     assert [(sid, env["seq"], _upnl(env)) for sid, _, env in server.sent] == [("e-slow", 4, "3")]
-    assert timers == []                # nothing more is waiting
+    assert len(timers) == 0                # nothing more is waiting
 
 
 def test_when_nobody_is_due_the_envelope_is_not_built_until_the_timer() -> None:
@@ -114,7 +133,7 @@ def test_an_account_event_is_never_held_back_by_max_hz() -> None:
     state.set_positions([])            # the position was closed (an account event)
     fan.offer(state, "pnl", "stream", 2, mark=False)
     assert [(env["seq"], env["data"]["positions"]) for _, _, env in server.sent][-1] == (2, [])
-    assert timers == []
+    assert len(timers) == 0
     fan.offer(state, "pnl", "rest", 3, mark=False)  # a REST result that changed nothing
     assert len(server.sent) == 2
 
@@ -159,3 +178,35 @@ def test_mark_change_detection_uses_the_numbers_not_the_payloads() -> None:
                                   "cross")])
     assert state.envelope_if_changed("positions", "rest", 2) is None
     assert state.seq("positions") == 1
+
+
+def test_one_timer_task_fires_channels_in_time_order_and_wakes_for_a_sooner_one() -> None:
+    import threading
+
+    server, clock, timers, fan, state = _setup()
+    other = AccountState(2, 8, "binance", False)
+    other.set_positions(list(state.positions.values()))
+    other.realized_pnl = state.realized_pnl
+    other.note_unseen("pnl", "rest", 0)
+    fan.attach("a", "e-a", state, "pnl", 1.0, lambda: [])    # due again at 101.0
+    fan.attach("b", "e-b", other, "pnl", 4.0, lambda: [])    # due again at 100.25
+    for st in (state, other):                                 # both sent now, both then wait
+        st.apply_mark("XRPUSDT", Decimal("1.01"))
+        fan.offer(st, "pnl", "stream", 1, mark=True)
+    clock.now = 100.1
+    woken = fan._wake
+    assert isinstance(woken, threading.Event)
+    state.apply_mark("XRPUSDT", Decimal("1.02"))
+    fan.offer(state, "pnl", "stream", 2, mark=True)           # armed for 101.0
+    woken.clear()
+    other.apply_mark("XRPUSDT", Decimal("1.02"))
+    fan.offer(other, "pnl", "stream", 2, mark=True)           # armed for 100.25: sooner
+    assert woken.is_set()                                     # the waiting task re-plans
+    assert timers.spawned == 1 and len(timers) == 2
+    server.sent.clear()
+    clock.now = 100.25
+    assert fan.run_due() == 101.0                             # b fired, a is next
+    assert [sid for sid, _, _ in server.sent] == ["e-b"]
+    clock.now = 101.0
+    assert fan.run_due() is None
+    assert [sid for sid, _, _ in server.sent] == ["e-b", "e-a"]
