@@ -210,6 +210,7 @@ class Run:
         rounds = int(rate * self.args.duration_s)
         k0, self.bare_k = self.bare_k, self.bare_k + rounds
         cpu0, load0 = self._cpu(), _load()
+        self._profile(f"{n}x{rate:g}_idle", self.args.duration_s)  # the product server meanwhile
         t_start = time.time()
         requests.post(self.bare_url + "/rounds", json={"rate": rate, "rounds": rounds, "k0": k0,
                                                         "pad": self.args.pad}, timeout=10).raise_for_status()

@@ -293,6 +293,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         stale_marks = self._marks_stale()
         if (self._refresh_due or stale_marks) and now >= self._refresh_held_until:
             kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
+            logger.debug("account refresh key_id=%s kinds=%s reason=%s", self.state.key_id,
+                         ",".join(kinds), "marks_stale" if stale_marks else "event")
             self._refresh_unless_held(client, kinds, as_of or None)
         if now - self._last_event_at > self.settings.quiet_check_s \
                 and now >= self._refresh_held_until:
