@@ -39,6 +39,8 @@ from services import ledger
 
 logger = logging.getLogger(__name__)
 
+STOP_GRACE_S = 0.5  # stop(): how long past its time it waits for the worker's last attempt
+
 
 def database_unavailable(e: BaseException) -> bool:
     """True for errors that mean "the database cannot be reached right now" (retry
@@ -75,6 +77,7 @@ class LedgerWriter:
         self._give_up_at: float | None = None  # stop(): retries end at this monotonic time
         self._backoff = wait_exponential_jitter(initial=0.1, max=5.0)
         self._unflushed: list[tuple] = []  # events stop() could not write (database down)
+        self._inflight: list[tuple] = []  # the batch being written now
         self._inflight_since: float | None = None
         self._latency_ms: deque[float] = deque(maxlen=10_000)
         self.written = 0
@@ -146,7 +149,8 @@ class LedgerWriter:
         that fails on its own is dead-lettered as always."""
         self._give_up_at = time.monotonic() + timeout_s
         self._stopping = True
-        self._worker_done.wait(max(0.0, self._give_up_at - time.monotonic()))
+        # the worker's last attempt may have begun just before the deadline: a grace
+        self._worker_done.wait(max(0.0, self._give_up_at - time.monotonic()) + STOP_GRACE_S)
         while drain and not self._unflushed and not self._past_deadline():
             batch = []
             while len(batch) < self._batch_size:
@@ -159,6 +163,8 @@ class LedgerWriter:
             self._write_keeping(batch)
         self._store_dead_letters()
         left = self._queue.qsize() + len(self._unflushed) + len(self._unstored)
+        if not self._worker_done.is_set():
+            left += len(self._inflight)  # still held by a worker stuck in a connect
         if left:
             logger.warning("write-behind stopped with events not stored count=%s "
                            "(database unavailable within %.1f s); the reconciler restores "
@@ -189,6 +195,7 @@ class LedgerWriter:
 
     def _write_keeping(self, batch: list) -> None:
         self._inflight_since = min(item[0] for item in batch)
+        self._inflight = batch
         try:
             if self._unstored:
                 self._store_dead_letters()
@@ -210,6 +217,7 @@ class LedgerWriter:
             self._store_dead_letters()
         finally:
             self._inflight_since = None
+            self._inflight = []
 
     def _store_dead_letters(self) -> None:
         """Write the dead letters held in memory; on failure they stay there."""
