@@ -68,6 +68,9 @@ def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path
             engine.dispose()
         assert [(s, side, Decimal(size), Decimal(entry)) for s, side, size, entry in stored] == [
             ("BTCUSDT", "LONG", Decimal("0.03"), Decimal("50100"))]
+        server.stop()  # SIGTERM: Services.stop flushes (nothing left) and ends in time
+        assert server.proc.returncode == 0, server.log()[-2000:]
+        assert "services stopped unflushed=0" in server.log(), server.log()[-2000:]
     finally:
         if lst is not None:
             lst.close()
