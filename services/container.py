@@ -38,9 +38,10 @@ from services.write_behind import LedgerWriter
 
 logger = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 8.0  # SIGTERM / worker exit: well inside the 10 s before a SIGKILL
+STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
-LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase"}  # what stop() waits for
+LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
+         "market stream"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass
@@ -166,7 +167,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     tickers = TickerHub(
         lambda exchange, testnet, symbol: create_market_stream(
             exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
-        hub.publish, spawn, sleep)
+        hub.publish, tasks.spawner("market stream"), sleep)
     leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000))
               if cfg.MESSAGE_QUEUE_URL else LocalLeases())
     orders = OrderService(db, client_for, sleep, cfg.ORDER_CONFIRM_TIMEOUT_S, spawn=spawn)
@@ -176,7 +177,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                         orphan_after_ms=15_000 if cfg.MESSAGE_QUEUE_URL else 0)
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
                             dead_letters=writer)
-    streams = StreamManager(db, cipher, trading, hub.publish, spawn, sleep, _LedgerFacade(db, writer),
+    streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
+                            _LedgerFacade(db, writer),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
