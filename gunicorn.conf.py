@@ -67,11 +67,12 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
 
 
 def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
-    """Graceful stop: streams off, write-behind flushed."""
+    """Graceful stop (``Services.stop``): streams off, loops ended, write-behind
+    flushed within its bound (inside ``graceful_timeout``), database closed."""
     app = getattr(worker, "wsgi", None)
     svc = getattr(app, "extensions", {}).get("pushsrv") if app is not None else None
     if svc is not None:
         try:
-            svc.shutdown()
+            svc.stop()
         except Exception:  # noqa: BLE001 - the process ends anyway; say why it was unclean
             server.log.exception("shutdown failed")

@@ -1,25 +1,47 @@
-"""The long-lived services of one app, kept in ``app.extensions["pushsrv"]``."""
+"""The long-lived services of one app, kept in ``app.extensions["pushsrv"]``:
+``build_services(config, hub=..., spawn=..., sleep=...)`` builds them, ``start()``
+starts their background loops, ``stop(timeout_s)`` ends them in order.
+
+No Flask or Socket.IO here: the push hub, ``spawn`` (start a background task) and
+``sleep`` (cooperative) are passed in by ``app.py``.
+"""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
 
 from config import Config
+from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
 from models import Database
+from services import ledger
 from services.accounts import KeyService, UserService
-from services.write_behind import LedgerWriter
+from services.account_stream import StreamSettings
+from services.exits import ExitService, ExitSettings
+from services.fill_feed import FillFeed
+from services.leases import LocalLeases, RedisLeases
+from services.lifecycle import Tasks
 from services.metrics import Metrics
-from services.exits import ExitService
 from services.orders import OrderService
 from services.reconciler import Reconciler
-from services.security import KeyCipher, TokenService
 from services.resume import ResumeService
+from services.security import KeyCipher, TokenService
 from services.sessions import SessionService
 from services.snapshots import SnapshotService
 from services.streams import StreamManager
 from services.tickers import TickerHub
 from services.trading import TradingService
+from services.write_behind import LedgerWriter
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
+LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
+LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
+         "market stream"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass
@@ -45,7 +67,10 @@ class Services:
     resume: ResumeService | None = None
     metrics: Metrics | None = None
     sessions: SessionService | None = None  # login sessions, refresh tokens
+    tasks: Tasks | None = None  # the background tasks (None: nothing to start)
+    leases: Any = None  # LocalLeases or RedisLeases (the periodic reconciler's lease)
     started_monotonic: float = field(default_factory=time.monotonic)
+    stopped: dict | None = None  # what stop() reported, once it ran
 
     def message_queue_status(self) -> str:
         """``none`` without MESSAGE_QUEUE_URL, else ``ok`` or ``down`` (Redis PING)."""
@@ -59,10 +84,136 @@ class Services:
         except redis.RedisError:
             return "down"
 
-    def shutdown(self) -> None:
-        """Stop streams, flush the write-behind queue, close clients and the pool."""
+    def start(self) -> None:
+        """Start every background loop: the write-behind worker, the reconciler's
+        start-up recovery and (``RECONCILE_INTERVAL_S`` > 0) its periodic run, the
+        stream lease upkeep (several processes). Call once."""
+        assert self.tasks is not None, "built without spawn: nothing to start"
+        cfg = self.config
+        self.tasks.spawn("ledger writer", self.ledger_writer.run)
+        self.tasks.spawn("reconciler start-up", self.reconciler.start_up)  # left by a crash
+        if cfg.RECONCILE_INTERVAL_S > 0:
+            self.tasks.spawn("reconciler", self.reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
+                             self.tasks.sleep, 2.0, self.leases, cfg.RECONCILE_BATCH)
+        self.streams.start()
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict:
+        """Stop in order, within about ``timeout_s`` seconds (once; later calls return
+        the first report):
+
+        1. stop accepting: the account and market streams stop (their leases are
+           released), the periodic reconciler, the lease upkeep and exit chases are
+           told to end (an exit left ``working`` is recovered at the next start);
+        2. wait up to ``LOOPS_SHARE`` of the time for those loops to end;
+        3. flush the write-behind queue in the time left (while the database is down
+           it retries until then; what it could not store is logged as a count);
+        4. close the exchange clients and the database pool.
+
+        Returns ``{"unflushed": events not stored, "still_running": {task name:
+        count} of the loops that had not ended, "elapsed_s"}``."""
+        if self.stopped is not None:
+            return self.stopped
+        began = time.monotonic()
+        deadline = began + timeout_s
+        self.reconciler.stop()
+        self.exits.stop()
         self.streams.stop_all()
         self.tickers.stop_all()
-        self.ledger_writer.stop(drain=True)
+        if self.tasks is not None:
+            self.tasks.wait(began + timeout_s * LOOPS_SHARE, LOOPS - {"ledger writer"})
+        unflushed = self.ledger_writer.stop(drain=True, timeout_s=max(0.0, deadline - time.monotonic()))
+        still = self.tasks.wait(time.monotonic() + 0.5, LOOPS) if self.tasks is not None else {}
+        if still:
+            logger.warning("services stopped with tasks still running %s",
+                           " ".join(f"{name}={n}" for name, n in sorted(still.items())))
         self.trading.close()
         self.db.dispose()
+        self.stopped = {"unflushed": unflushed, "still_running": still,
+                        "elapsed_s": round(time.monotonic() - began, 3)}
+        logger.info("services stopped unflushed=%s elapsed_s=%s", unflushed,
+                    self.stopped["elapsed_s"])
+        return self.stopped
+
+    def shutdown(self) -> None:
+        """``stop()`` with its default time (kept for callers of the old name)."""
+        self.stop()
+
+
+def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
+                   sleep: Callable[[float], None]) -> Services:
+    """Build every service of one app, nothing started (``Services.start()`` does).
+
+    ``hub``: the push hub (``ws.hub.PushHub``: ``publish(envelope)``,
+    ``has_audience(user_id, kind)``, ``on_stream_latency``); ``spawn(fn, *args)``:
+    starts a background task and returns its handle; ``sleep(seconds)``: cooperative
+    sleep. The database must already be migrated."""
+    db = Database(cfg.DATABASE_URL)
+    cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
+    tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
+    tasks = Tasks(spawn, sleep)
+    governors = Governors(cfg.EGRESS_IPS, cfg.EXCHANGE_WEIGHT_LIMITS)
+
+    def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]
+        return create_client(exchange, api_key, api_secret, testnet, cfg.venue(exchange, testnet),
+                             timeout_s=cfg.EXCHANGE_TIMEOUT_S,
+                             governor=governors.for_key(exchange, testnet, api_key))
+
+    trading = TradingService(build_client, max_size=cfg.CLIENT_CACHE_MAX)
+
+    def client_for(key):  # type: ignore[no-untyped-def]
+        return trading.get_client(key.user_id, key.exchange, key.testnet, key.api_key,
+                                  cipher.decrypt(key.api_secret_encrypted))
+
+    tickers = TickerHub(
+        lambda exchange, testnet, symbol: create_market_stream(
+            exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
+        hub.publish, tasks.spawner("market stream"), sleep)
+    leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000))
+              if cfg.MESSAGE_QUEUE_URL else LocalLeases())
+    orders = OrderService(db, client_for, sleep, cfg.ORDER_CONFIRM_TIMEOUT_S, spawn=spawn)
+    writer = LedgerWriter(db)  # its on_recorded is the StreamManager's, set below
+    exits = ExitService(db, client_for, tasks.spawner("exit chase"), hub.publish,
+                        ExitSettings(cfg.EXIT_MAX_RETRIES, cfg.EXIT_MAX_SLIPPAGE, cfg.EXIT_DEADLINE_S),
+                        orphan_after_ms=15_000 if cfg.MESSAGE_QUEUE_URL else 0)
+    reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
+                            dead_letters=writer)
+    streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
+                            _LedgerFacade(db, writer),
+                            StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
+                                           recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
+                            tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
+                            leases=leases, audience=hub.has_audience, governors=governors,
+                            push=hub)
+    writer.set_on_recorded(streams.fills_recorded)
+    metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
+                      ledger_writer=writer, governors=governors, reconciler=reconciler)
+    hub.on_stream_latency = metrics.observe_stream_latency
+    return Services(
+        config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
+        users=UserService(db, tokens),
+        sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
+        keys=KeyService(db, cipher, build_client, trading, streams),
+        orders=orders, reconciler=reconciler, exits=exits, streams=streams,
+        snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
+        resume=ResumeService(FillFeed(db)),
+        ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics,
+        tasks=tasks, leases=leases)
+
+
+class _LedgerFacade:
+    """What a stream needs of the ledger: realized PnL and a non-blocking fill sink."""
+
+    def __init__(self, db: Database, writer: LedgerWriter) -> None:
+        self._db, self._writer = db, writer
+
+    def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
+        return ledger.realized_pnl(self._db, key_id)
+
+    def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit_fill(key_id, fill)
+
+    def record_order(self, key_id: int, order) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit_order(key_id, order)
+
+    def record_positions(self, key_id: int, positions, as_of: int, complete: bool) -> None:  # type: ignore[no-untyped-def]
+        self._writer.submit_positions(key_id, positions, as_of, complete)

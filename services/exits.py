@@ -31,6 +31,7 @@ from models import Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeSt
 from services import book, ledger
 from services.errors import Conflict
 from services.keyring import get_owned_key
+from services.lifecycle import StopFlag
 from services.orders import NOT_FOUND_GRACE_MS
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,13 @@ class ExitService:
         self.orphan_after_ms = orphan_after_ms
         self._live: set[int] = set()
         self._live_lock = threading.Lock()
+        self.stopping = StopFlag()  # set by stop(): chases end before their next attempt
+
+    def stop(self) -> None:
+        """Start no chase any more and end the running ones before their next attempt.
+        Their exits stay ``working`` (every attempt's client order id is stored before
+        it is sent): the next start-up's ``recover`` settles or resumes them."""
+        self.stopping.set()
 
     def close_position(self, user_id: int, key_id: int, symbol: str) -> tuple[Exit, bool]:
         """``(exit, started)``: a new working exit (started=True), or the one already
@@ -141,7 +149,7 @@ class ExitService:
 
     def _start(self, exit_id: int, key: ExchangeKey) -> None:
         with self._live_lock:
-            if exit_id in self._live:
+            if exit_id in self._live or self.stopping.is_set():
                 return
             self._live.add(exit_id)
         self._spawn(self.run, exit_id, key)
@@ -240,6 +248,9 @@ class ExitService:
         deadline_ms = exit_.deadline_at or now_ms() + int(self.settings.deadline_s * 1000)
         reason = "retries exhausted"
         for attempt in range(exit_.attempts, self.settings.max_retries + 1):
+            if self.stopping.is_set():
+                logger.info("exit left working at shutdown exit_id=%s attempts=%s", exit_id, attempt)
+                return  # no _finish: the next start-up recovers it
             if now_ms() > deadline_ms:
                 reason = f"deadline of {self.settings.deadline_s:g} s passed"
                 break

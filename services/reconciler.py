@@ -44,6 +44,7 @@ from exchanges.types import Position
 from models import Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms
 from services import book, ledger
 from services.errors import ServiceError
+from services.lifecycle import StopFlag
 from services.orders import OrderService
 from services.serialize import dec
 
@@ -78,6 +79,7 @@ class Reconciler:
         self._fill_lookback_ms = fill_lookback_ms
         self.confirm_delay_s = confirm_delay_s
         self._cursor = 0  # last key id of the previous periodic batch
+        self.stopping = StopFlag()  # set by stop(): run_periodic ends, a run stops between keys
         self._lock = threading.Lock()
         self.runs = 0
         self.differences = 0
@@ -109,6 +111,8 @@ class Reconciler:
                 keys = self._next_batch(keys, batch)
         total = {"checked": 0, "fixed": 0, "details": []}
         for key in keys:
+            if self.stopping.is_set():
+                break  # shutting down: the next process's start-up run covers the rest
             result = self.reconcile_key(key)
             for k in ("checked", "fixed"):
                 total[k] += result[k]
@@ -178,27 +182,37 @@ class Reconciler:
             if self._dead_letters is not None:
                 self._dead_letters.retry_dead_letters()
         except Exception:  # isolation boundary: the server starts whatever happens here
-            logger.exception("start-up recovery failed")
+            if not self.stopping.is_set():  # stopped meanwhile: the next start redoes it
+                logger.exception("start-up recovery failed")
 
     def run_periodic(self, interval_s: float, sleep: Callable[[float], None],
                      first_delay_s: float = 2.0, leases=None,  # type: ignore[no-untyped-def]
                      batch: int = 50) -> None:
         """Reconcile every account with ledger activity now (start-up) and then every
-        ``interval_s`` seconds, forever (a background task). With several processes
-        only the one holding the ``reconciler`` lease runs a period. Each period covers
-        the accounts with pending trades and ``batch`` others, round robin."""
-        sleep(first_delay_s)
-        while True:
+        ``interval_s`` seconds until ``stop()`` (a background task; it ends within
+        ``StopFlag.STEP_S`` of the stop, or after the account being reconciled). With
+        several processes only the one holding the ``reconciler`` lease runs a period.
+        Each period covers the accounts with pending trades and ``batch`` others, round
+        robin."""
+        if self.stopping.wait(first_delay_s, sleep):
+            return
+        while not self.stopping.is_set():
             if leases is not None and not leases.acquire("reconciler"):
-                sleep(interval_s)
+                self.stopping.wait(interval_s, sleep)
                 continue
             try:
                 result = self.reconcile(batch=batch)
                 if result["fixed"]:
                     logger.info("reconcile run checked=%s fixed=%s", result["checked"], result["fixed"])
             except Exception:  # isolation boundary: the next period tries again
+                if self.stopping.is_set():
+                    break  # the database went away with the stop: nothing to report
                 logger.exception("reconcile run failed")
-            sleep(interval_s)
+            self.stopping.wait(interval_s, sleep)
+
+    def stop(self) -> None:
+        """End ``run_periodic`` (and a run in progress, after its current account)."""
+        self.stopping.set()
 
     def reconcile_key_id(self, key_id: int, positions: list[Position] | None = None,
                          fills_checked: Collection[str] = ()) -> None:

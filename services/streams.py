@@ -29,6 +29,7 @@ from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
 from services.keyring import get_owned_key
 from services.leases import LocalLeases
+from services.lifecycle import StopFlag
 from services.security import KeyCipher
 from services.trading import TradingService
 
@@ -100,8 +101,12 @@ class StreamManager:
         self._realized_pending: set[int] = set()
         self.started = 0
         self.takeovers = 0
+        self.stopping = StopFlag(sleep)  # set by stop_all(): the lease upkeep ends
+
+    def start(self) -> None:
+        """Start the lease upkeep (several processes only: ``leases.distributed``)."""
         if self._leases.distributed:
-            spawn(self._maintain_leases)
+            self._spawn(self._maintain_leases)
 
     def ensure(self, user_id: int, key_id: int) -> AccountStream | None:
         """The running stream of ``key_id``, started if needed; None when another
@@ -216,10 +221,9 @@ class StreamManager:
 
     def _maintain_leases(self) -> None:
         """Renew our leases every third of their TTL (a stream whose lease was lost
-        stops) and try to take over the streams we follow."""
+        stops) and try to take over the streams we follow, until ``stop_all()``."""
         interval_s = self._leases.ttl_ms / 3000
-        while True:
-            self._sleep(interval_s)
+        while not self.stopping.wait(interval_s):
             try:
                 with self._lock:
                     owned = list(self._streams)
@@ -350,7 +354,8 @@ class StreamManager:
                 "takeovers": self.takeovers, "polling_refresh_s": refresh}
 
     def stop_all(self) -> None:
-        """Stop every stream (shutdown)."""
+        """Stop every stream and the lease upkeep (shutdown); the leases are released."""
+        self.stopping.set()
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()

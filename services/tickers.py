@@ -17,6 +17,7 @@ from exchanges.base import MarketStream
 from exchanges.errors import ExchangeError
 from exchanges.types import Ticker
 from services.account_state import now_ms
+from services.lifecycle import StopFlag
 from services.serialize import dec
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class TickerHub:
         self._backoff_max_s = backoff_max_s
         self._lock = threading.Lock()
         self._upstreams: dict[VenueSymbol, _Upstream] = {}
+        self.stopping = StopFlag(sleep)  # set by stop_all(): the upstream loops end
 
     def subscribe(self, exchange: str, testnet: bool, symbol: str, subscriber: str,
                   on_tick: Callable[[Ticker], object] | None = None) -> Ticker | None:
@@ -122,7 +124,9 @@ class TickerHub:
                 "ticks": sum(u.ticks for u in ups)}
 
     def stop_all(self) -> None:
-        """Stop every stream (shutdown)."""
+        """Stop every stream (shutdown): each upstream loop ends within a second (its
+        back-off waits are cut short)."""
+        self.stopping.set()
         with self._lock:
             ups = list(self._upstreams.values())
             self._upstreams.clear()
@@ -150,10 +154,10 @@ class TickerHub:
                 if up.running:
                     logger.warning("market stream error exchange=%s symbol=%s kind=%s retry_in_s=%.1f",
                                    up.key[0], up.key[2], type(e).__name__, delay)
-                    self._sleep(delay)
+                    self.stopping.wait(delay)
             except Exception:  # isolation boundary: one symbol's bug must not stop the hub
                 logger.exception("market stream crashed exchange=%s symbol=%s", up.key[0], up.key[2])
-                self._sleep(self._backoff_max_s)
+                self.stopping.wait(self._backoff_max_s)
             finally:
                 if up.stream is not None:
                     up.stream.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, fields
@@ -29,7 +30,7 @@ from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_jitter
 
 from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
 from exchanges.types import Position as PositionInfo
@@ -37,6 +38,8 @@ from models import Database, DeadLetter, now_ms
 from services import ledger
 
 logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 0.5  # stop(): how long past its time it waits for the worker's last attempt
 
 
 def database_unavailable(e: BaseException) -> bool:
@@ -56,18 +59,25 @@ class LedgerWriter:
 
     Args:
         db: the database.
-        on_recorded: called with a key id after new fills of it were committed.
+        on_recorded: called with a key id after new fills of it were committed (or
+            set later with ``set_on_recorded``, once its consumer exists).
         max_depth: queue bound; beyond it ``submit`` blocks (backpressure).
         batch_size: events per transaction at most.
     """
 
-    def __init__(self, db: Database, on_recorded: Callable[[int], None],
+    def __init__(self, db: Database, on_recorded: Callable[[int], None] | None = None,
                  max_depth: int = 100_000, batch_size: int = 200) -> None:
         self._db = db
-        self._on_recorded = on_recorded
+        self._on_recorded: Callable[[int], None] = on_recorded or (lambda key_id: None)
         self._queue: queue.Queue = queue.Queue(maxsize=max_depth)
         self._batch_size = batch_size
-        self._running = False
+        self._stopping = False
+        self._worker_done = threading.Event()  # set while no worker loop runs
+        self._worker_done.set()
+        self._give_up_at: float | None = None  # stop(): retries end at this monotonic time
+        self._backoff = wait_exponential_jitter(initial=0.1, max=5.0)
+        self._unflushed: list[tuple] = []  # events stop() could not write (database down)
+        self._inflight: list[tuple] = []  # the batch being written now
         self._inflight_since: float | None = None
         self._latency_ms: deque[float] = deque(maxlen=10_000)
         self.written = 0
@@ -78,6 +88,12 @@ class LedgerWriter:
         self.dead_letters = 0   # rows in it now (as of the last write or retry)
         self._unstored: list[tuple] = []  # dead letters not written yet (database down)
         self.last_error: str | None = None
+
+    def set_on_recorded(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(key_id)`` after new fills of a key were committed (the
+        StreamManager's ``fills_recorded``: it is built after the writer, which it
+        writes through)."""
+        self._on_recorded = callback
 
     # ---- producers (exchange event handlers) ------------------------------------
     def submit_fill(self, key_id: int, fill: FillEvent) -> None:
@@ -106,37 +122,86 @@ class LedgerWriter:
     # ---- the worker ----------------------------------------------------------------
     def run(self) -> None:
         """The worker loop (a background task) until ``stop()``."""
-        self._running = True
-        while self._running:
-            try:
-                batch = [self._queue.get(timeout=0.5)]
-            except queue.Empty:
-                continue
+        if self._stopping:
+            return
+        self._worker_done.clear()
+        try:
+            while not self._stopping:
+                try:
+                    batch = [self._queue.get(timeout=0.5)]
+                except queue.Empty:
+                    continue
+                while len(batch) < self._batch_size:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._write_keeping(batch)
+        finally:
+            self._worker_done.set()
+
+    def stop(self, drain: bool = True, timeout_s: float = 10.0) -> int:
+        """Stop the worker and, with ``drain``, write what is still queued (shutdown),
+        all within ``timeout_s``: while the database is unreachable the writes retry
+        until then, no longer. Returns how many events were NOT stored; they are logged
+        as a count and are lost from memory only: the reconciler records what the
+        exchange has and the ledger lacks at the next start (docs/ledger.md). An event
+        that fails on its own is dead-lettered as always."""
+        self._give_up_at = time.monotonic() + timeout_s
+        self._stopping = True
+        # the worker's last attempt may have begun just before the deadline: a grace
+        self._worker_done.wait(max(0.0, self._give_up_at - time.monotonic()) + STOP_GRACE_S)
+        while drain and not self._unflushed and not self._past_deadline():
+            batch = []
             while len(batch) < self._batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._write_keeping(batch)
-
-    def stop(self, drain: bool = True) -> None:
-        """Stop the worker; with ``drain``, write what is queued first (shutdown)."""
-        self._running = False
-        batch = []
-        while drain:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
+            if not batch:
                 break
-        if batch:
             self._write_keeping(batch)
+        self._store_dead_letters()
+        left = self._queue.qsize() + len(self._unflushed) + len(self._unstored)
+        if not self._worker_done.is_set():
+            left += len(self._inflight)  # still held by a worker stuck in a connect
+        if left:
+            logger.warning("write-behind stopped with events not stored count=%s "
+                           "(database unavailable within %.1f s); the reconciler restores "
+                           "them from the exchange at the next start", left, timeout_s)
+        else:
+            logger.info("write-behind stopped, queue flushed written=%s dead_lettered=%s",
+                        self.written, self.dead_lettered)
+        return left
+
+    def _past_deadline(self, _retry_state: object = None) -> bool:
+        """True once ``stop()``'s time is up (a tenacity stop condition too)."""
+        return self._give_up_at is not None and time.monotonic() >= self._give_up_at
+
+    def _wait(self, retry_state) -> float:  # type: ignore[no-untyped-def]
+        wait = self._backoff(retry_state)
+        if self._give_up_at is not None:
+            wait = max(0.0, min(wait, self._give_up_at - time.monotonic()))
+        return wait
+
+    def _nap(self, seconds: float) -> None:
+        """tenacity's sleep between retries, cut short when ``stop()``'s time is up."""
+        end = time.monotonic() + seconds
+        while not self._past_deadline():
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.1, left))
 
     def _write_keeping(self, batch: list) -> None:
         self._inflight_since = min(item[0] for item in batch)
+        self._inflight = batch
         try:
             if self._unstored:
                 self._store_dead_letters()
             self._write(batch)
+        except RetryError:  # only after stop(): the database stayed unreachable till the end
+            self._unflushed.extend(batch)
         except Exception as e:  # isolation boundary: a bad batch is kept, not lost
             self.failures += 1
             self.last_error = type(e).__name__
@@ -152,6 +217,7 @@ class LedgerWriter:
             self._store_dead_letters()
         finally:
             self._inflight_since = None
+            self._inflight = []
 
     def _store_dead_letters(self) -> None:
         """Write the dead letters held in memory; on failure they stay there."""
@@ -203,7 +269,7 @@ class LedgerWriter:
 
     def _write(self, batch: list) -> None:
         for attempt in Retrying(retry=retry_if_exception(database_unavailable),
-                                wait=wait_exponential_jitter(initial=0.1, max=5.0)):
+                                wait=self._wait, stop=self._past_deadline, sleep=self._nap):
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.retries += 1

@@ -1,11 +1,25 @@
-"""Shared fixtures: databases (SQLite and a real PostgreSQL), the simulator process."""
+"""Shared fixtures: databases (SQLite and a real PostgreSQL), the simulator process
+and a funded simulator account.
+
+``sim``: one simulator process per test module (``tests/e2e`` shares one for the
+session: its conftest makes its own with ``simulator_fixture("session")``).
+``account`` / ``new_account``: a funded simulator account (``SimAccount``); its
+faults are cleared after the test; a directory's conftest overrides ``sim_prices``
+to set prices when it is created. ``tests/e2e`` overrides ``account`` with a user
+registered on the server process (``tests.e2e.conftest.Account``).
+"""
 from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from tests.support.simulator import SimulatorProcess, start_simulator
 
 E2E_DIRS = {"e2e", "browser"}  # every test under these is marked e2e
 
@@ -71,3 +85,66 @@ def database_url(request, tmp_path):  # type: ignore[no-untyped-def]
     schema.upgrade(url)
     yield url
     drop()
+
+
+def simulator_fixture(scope: str):  # type: ignore[no-untyped-def]
+    """A ``sim`` fixture of ``scope``: a simulator subprocess (random walk off, see
+    ``start_simulator``), stopped after the last test of the scope."""
+    @pytest.fixture(scope=scope, name="sim")
+    def sim_fixture() -> Iterator[SimulatorProcess]:
+        proc = start_simulator()
+        try:
+            yield proc
+        finally:
+            proc.stop()
+    return sim_fixture
+
+
+sim = simulator_fixture("module")
+
+
+@dataclass
+class SimAccount:
+    """A funded simulator account. Unpacks and indexes as ``(api_key, api_secret)``;
+    ``client`` is a real python-binance Client for it (built on first use)."""
+
+    api_key: str
+    api_secret: str
+    sim: SimulatorProcess = field(repr=False)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.api_key, self.api_secret))
+
+    def __getitem__(self, index: int) -> str:
+        return (self.api_key, self.api_secret)[index]
+
+    @cached_property
+    def client(self):  # type: ignore[no-untyped-def]
+        return self.sim.binance_client(self.api_key, self.api_secret)
+
+
+@pytest.fixture
+def sim_prices() -> dict[str, str]:
+    """``{symbol: price}`` set on the simulator when an account is created (none here;
+    ``tests/exchanges`` puts BTCUSDT at 50000)."""
+    return {}
+
+
+@pytest.fixture
+def new_account(sim: SimulatorProcess, sim_prices: dict[str, str]) -> Iterator[Callable[..., SimAccount]]:
+    """Factory: ``new_account(usdt="10000")`` -> a SimAccount with distinct keys (then
+    ``sim_prices`` are set). Faults are cleared after the test."""
+    def make(usdt: str = "10000") -> SimAccount:
+        key, secret = "k" + uuid.uuid4().hex[:20], "s" + uuid.uuid4().hex
+        sim.create_account(key, secret, balances={"USDT": usdt})
+        for symbol, price in sim_prices.items():
+            sim.set_price(symbol, price)
+        return SimAccount(key, secret, sim)
+    yield make
+    sim.clear_faults()
+
+
+@pytest.fixture
+def account(new_account: Callable[..., SimAccount]) -> SimAccount:
+    """A fresh account funded with 10000 USDT."""
+    return new_account()

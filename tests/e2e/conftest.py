@@ -11,17 +11,11 @@ import pytest
 import requests
 import socketio
 
-from tests.conftest import make_pg_database
+from tests.conftest import make_pg_database, simulator_fixture
 from tests.support.server import start_server
-from tests.support.simulator import start_simulator
 
 
-@pytest.fixture(scope="session")
-def sim():  # type: ignore[no-untyped-def]
-    proc = start_simulator()
-    yield proc
-    proc.stop()
-
+sim = simulator_fixture("session")  # one simulator for every end-to-end test
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
@@ -148,6 +142,8 @@ class Listener:
 
 @pytest.fixture
 def account(server, sim):  # type: ignore[no-untyped-def]
+    """A user registered on ``server`` with a funded simulator key (overrides the
+    simulator-only ``account`` of tests/conftest.py)."""
     return Account(server, sim)
 
 

@@ -167,3 +167,7 @@ def test_deploy_as_written_serves_pushes_through_two_processes(  # type: ignore[
         drop()
     assert codes == [0, 0], [s.log()[-2000:] for s in servers]
     assert "Traceback" not in "".join(s.log() for s in servers)
+    for server in servers:  # worker_exit ran Services.stop: loops ended, queue flushed
+        assert "write-behind stopped, queue flushed" in server.log(), server.log()[-2000:]
+        assert re.search(r"services stopped unflushed=0 elapsed_s=\d", server.log()), server.log()[-2000:]
+        assert "tasks still running" not in server.log()

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_pg_database
-from tests.e2e.conftest import Account, wait_until
+from tests.e2e.conftest import wait_until
 from tests.support.server import start_server
 
 
@@ -29,11 +29,6 @@ def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
     srv.stop()
     if drop:
         drop()
-
-
-@pytest.fixture
-def account(server, sim):  # type: ignore[no-untyped-def]
-    return Account(server, sim)
 
 
 def _faults_left(sim, api_key: str) -> int:  # type: ignore[no-untyped-def]

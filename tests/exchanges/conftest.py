@@ -1,26 +1,16 @@
-"""Fixtures shared by the adapter tests: a simulator process per module and its
-endpoints, and a fresh funded account per test."""
+"""Fixtures of the adapter tests: the simulator's endpoints, and BTCUSDT at PRICE
+whenever an account is created (``sim`` and ``account`` are tests/conftest.py's; an
+account unpacks as ``(api_key, api_secret)``)."""
 from __future__ import annotations
 
-import uuid
 from decimal import Decimal
 
 import pytest
 
 from exchanges.types import VenueEndpoints
-from tests.support.simulator import start_simulator
 
 SYMBOL = "BTCUSDT"
 PRICE = Decimal("50000")
-
-
-@pytest.fixture(scope="module")
-def sim():  # type: ignore[no-untyped-def]
-    proc = start_simulator()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +19,6 @@ def endpoints(sim) -> VenueEndpoints:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def account(sim):  # type: ignore[no-untyped-def]
-    """A fresh funded account per test: (api_key, api_secret); BTCUSDT at PRICE."""
-    key, secret = "k" + uuid.uuid4().hex[:20], "s" + uuid.uuid4().hex
-    sim.create_account(key, secret, balances={"USDT": "10000"})
-    sim.set_price(SYMBOL, str(PRICE))
-    yield key, secret
-    sim.clear_faults()
+def sim_prices() -> dict[str, str]:
+    """A fresh account finds BTCUSDT at PRICE."""
+    return {SYMBOL: str(PRICE)}

@@ -72,16 +72,6 @@ def venue(request) -> Venue:
     return VENUES[request.param]
 
 
-@pytest.fixture
-def account(sim):
-    """A fresh funded account per test: (api_key, api_secret)."""
-    key, secret = "k" + uuid.uuid4().hex[:20], "s" + uuid.uuid4().hex
-    sim.create_account(key, secret, balances={"USDT": str(FUNDS)})
-    sim.set_price(SYMBOL, str(PRICE))
-    yield key, secret
-    sim.clear_faults()
-
-
 def make_client(venue: Venue, endpoints: VenueEndpoints, key: str, secret: str) -> ExchangeClient:
     return create_client(venue.name, key, secret, False, endpoints, timeout_s=5)
 

@@ -7,14 +7,6 @@ import pytest
 
 from exchanges.factory import create_market_stream
 from exchanges.types import VenueEndpoints
-from tests.support.simulator import start_simulator
-
-
-@pytest.fixture(scope="module")
-def sim():  # type: ignore[no-untyped-def]
-    proc = start_simulator()
-    yield proc
-    proc.stop()
 
 
 def _ticks_until(stream, predicate, tries: int = 20):  # type: ignore[no-untyped-def]

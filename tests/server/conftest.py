@@ -21,7 +21,7 @@ def make_config(database_url: str, sim_url: str = "http://127.0.0.1:9", sim_ws: 
 def app(database_url):  # type: ignore[no-untyped-def]
     application = create_app(make_config(database_url))
     yield application
-    application.extensions["pushsrv"].shutdown()
+    application.extensions["pushsrv"].stop()
 
 
 @pytest.fixture

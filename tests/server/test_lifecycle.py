@@ -1,0 +1,120 @@
+"""Services that start and stop (issue 12 item 5): ``Services.stop()`` ends every
+background loop, a stop while the database is down ends in its time and says what it
+could not store, and the Socket.IO handlers are registered once however many apps."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from decimal import Decimal as D
+
+from app import create_app
+from exchanges.types import Fill as FillEvent
+from extensions import socketio
+from models import Database
+from services import schema
+from services.write_behind import LedgerWriter
+from tests.server.conftest import make_config
+from tests.support.server import free_port
+
+EVENTS = {"connect", "subscribe", "unsubscribe", "subscribe_ticker", "unsubscribe_ticker",
+          "disconnect"}
+
+
+def _sqlite(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "life.sqlite3")
+    url = f"sqlite:///{path}"
+    schema.upgrade(url)
+    return url, path
+
+
+def _fill(n: int) -> FillEvent:
+    return FillEvent(trade_id=f"t{n}", order_id="1", client_order_id=None, symbol="BTCUSDT",
+                     side="BUY", price=D("100"), quantity=D("1"), fee=D("0"), fee_asset="USDT",
+                     realized_pnl=D("0"), is_maker=False, time=1_700_000_000_000 + n)
+
+
+def test_stop_ends_every_loop_and_no_reconcile_runs_after_it(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    url, path = _sqlite(tmp_path)
+    app = create_app(make_config(url, RECONCILE_INTERVAL_S=0.2))
+    svc = app.extensions["pushsrv"]
+    time.sleep(2.4)  # past the periodic run's first delay: it loops now
+    assert {"ledger writer", "reconciler"} <= set(svc.tasks.running())
+    report = svc.stop(timeout_s=5)
+    assert report["still_running"] == {} and svc.tasks.running() == {}
+    assert svc.tasks.handles and not any(h.is_alive() for h in svc.tasks.handles)
+    # the test's database goes away (as at a fixture's teardown): nothing may touch it
+    os.remove(path)
+    with caplog.at_level(logging.ERROR):
+        time.sleep(0.8)  # four periods
+    assert "reconcile run failed" not in caplog.text
+    assert not os.path.exists(path)  # no loop reconnected (SQLite would create the file)
+    assert svc.stop() is report  # once
+
+
+def test_stop_with_the_database_gone_ends_in_time_and_counts_the_unstored(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    url, path = _sqlite(tmp_path)
+    app = create_app(make_config(url, RECONCILE_INTERVAL_S=0))
+    svc = app.extensions["pushsrv"]
+    svc.tasks.wait(time.monotonic() + 5, {"reconciler start-up"})
+    svc.db.dispose()
+    os.remove(path)  # a new connection finds no tables: "database unavailable", retried
+    for n in range(3):
+        svc.ledger_writer.submit_fill(1, _fill(n))
+    began = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        report = svc.stop(timeout_s=1.5)
+    elapsed = time.monotonic() - began
+    assert elapsed < 1.5 + 1.0, elapsed
+    assert report["unflushed"] == 3
+    assert "events not stored count=3" in caplog.text
+    assert svc.tasks.running() == {}
+
+
+def test_writer_stop_against_a_closed_postgresql_port_is_bounded(caplog) -> None:  # type: ignore[no-untyped-def]
+    writer = LedgerWriter(Database(f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"))
+    worker = threading.Thread(target=writer.run, daemon=True)
+    worker.start()
+    for n in range(5):
+        writer.submit_fill(1, _fill(n))
+    time.sleep(0.3)  # the worker holds them and retries
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="services.write_behind"):
+        assert writer.stop(timeout_s=1.0) == 5
+    assert time.monotonic() - began < 2.0
+    worker.join(1.0)
+    assert not worker.is_alive()
+    assert "events not stored count=5" in caplog.text
+
+
+def test_writer_stop_with_the_database_up_flushes_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = _sqlite(tmp_path)
+    from models import ExchangeKey, Fill, User
+    db = Database(url)
+    with db.transaction() as s:
+        s.add(User(id=1, username="u", password_hash="x"))
+    with db.transaction() as s:
+        s.add(ExchangeKey(id=1, user_id=1, exchange="binance", api_key="k", api_secret_encrypted=b"x"))
+    recorded: list[int] = []
+    writer = LedgerWriter(db)
+    writer.set_on_recorded(recorded.append)
+    for n in range(4):
+        writer.submit_fill(1, _fill(n))
+    assert writer.stop(timeout_s=5) == 0
+    with db.session() as s:
+        assert s.query(Fill).count() == 4
+    assert recorded == [1]
+    db.dispose()
+
+
+def test_socketio_handlers_are_registered_once_for_every_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url, _ = _sqlite(tmp_path)
+    apps = [create_app(make_config(url, RECONCILE_INTERVAL_S=0)) for _ in range(2)]
+    try:
+        names = [name for name, _handler, namespace in socketio.handlers if namespace == "/"]
+        assert sorted(names) == sorted(EVENTS)  # each once, kept for every init_app
+        assert EVENTS <= set(socketio.server.handlers["/"])  # the latest app's server has them
+    finally:
+        for a in apps:
+            a.extensions["pushsrv"].stop(timeout_s=5)
