@@ -9,7 +9,7 @@ from flask import Blueprint, g, request
 
 from api.common import bearer_token, body, login_required, services
 from api.ratelimit import LoginLimits
-from api.schemas import Credentials, LogoutRequest, RefreshRequest
+from schemas.requests import Credentials, LogoutRequest, RefreshRequest
 from api.validation import check_text, parse_id
 from extensions import limiter
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g
 
 from api.common import body, login_required, services
-from api.schemas import KeyCreate, KeyUpdate
+from schemas.requests import KeyCreate, KeyUpdate
 from api.validation import parse_id
 from models import ExchangeKey
 

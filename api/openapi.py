@@ -19,11 +19,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from api.schemas import (CLIENT_ORDER_ID_PATTERN, ClosePosition, Credentials, KeyCreate, KeyUpdate,
-                         LogoutRequest, OrderCreate, RefreshRequest, TickerSubscribe)
-from api.validation import DECIMAL_PATTERN, MAX_ID, invalid
+from api.validation import invalid
 from models import TradeStatus
-from ws.schemas import Subscribe, Unsubscribe
+from schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
+from schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LogoutRequest,
+                              OrderCreate, RefreshRequest, TickerSubscribe)
+from schemas.socketio import Subscribe, Unsubscribe
 
 bp = Blueprint("openapi", __name__)
 

@@ -7,9 +7,10 @@ from flask import Blueprint, g, request
 
 from api.common import body, login_required, query_int, services
 from api.errors import ApiError
-from api.schemas import CLIENT_ORDER_ID_PATTERN, ClosePosition, OrderCreate
 from api.validation import invalid, parse_id
 from models import Exit, Trade, TradeStatus
+from schemas.fields import CLIENT_ORDER_ID_PATTERN
+from schemas.requests import ClosePosition, OrderCreate
 from services.serialize import dec
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
