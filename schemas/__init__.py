@@ -1,8 +1,9 @@
 """Schemas both transports use, and the response shapes (pydantic v2).
 
 Neutral ground between ``api/`` (REST) and ``ws/`` (Socket.IO): this package imports
-pydantic, the standard library and ``services.serialize`` (the decimal-string
-rule), never Flask, Socket.IO, the database or an exchange.
+pydantic and the standard library; ``schemas.responses`` also reads the decimal-string
+rule (``services.serialize.dec``) and the trade-status enum (``models.TradeStatus``).
+Never Flask, Socket.IO, a database session or an exchange client.
 
 - ``schemas.fields``: the input rules (id range, decimal and credential patterns,
   text without control characters) and the annotated field types built on them.
