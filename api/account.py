@@ -5,6 +5,7 @@ from flask import Blueprint, g
 
 from api.common import login_required, query_int, services
 from api.errors import ApiError
+from schemas.responses import Envelope
 
 bp = Blueprint("account", __name__, url_prefix="/api/account")
 
@@ -19,4 +20,4 @@ def snapshot(kind: str):  # type: ignore[no-untyped-def]
         raise ApiError("not_found", f"unknown account type {kind!r}; one of {', '.join(TYPES)}", 404)
     svc = services()
     key = svc.keys.resolve(g.user_id, query_int("key_id"))
-    return svc.snapshots.envelope(g.user_id, key, kind)
+    return Envelope.of(svc.snapshots.envelope(g.user_id, key, kind))

@@ -12,6 +12,7 @@ from flask import Blueprint, request
 from api.common import bearer_token, services
 from api.errors import ApiError
 from api.validation import json_object, parse_id
+from schemas import responses as out
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -41,35 +42,36 @@ def health():  # type: ignore[no-untyped-def]
     db_ok = svc.db.ping()
     mq = svc.message_queue_status()
     status = "ok" if db_ok and mq in ("ok", "none") else "degraded"
-    return {"status": status, "db": "ok" if db_ok else "down", "message_queue": mq,
-            "uptime_s": int(time.monotonic() - svc.started_monotonic)}, 200 if status == "ok" else 503
+    return out.Health.of({"status": status, "db": "ok" if db_ok else "down", "message_queue": mq,
+                          "uptime_s": int(time.monotonic() - svc.started_monotonic)}), \
+        200 if status == "ok" else 503
 
 
 @bp.get("/stats")
 def stats():  # type: ignore[no-untyped-def]
     """Connections, subscriptions, client cache, streams, pushes, write-behind."""
     svc = services()
-    out = svc.hub.stats()
-    out["exchange_cache"] = svc.trading.stats()
-    out["streams"] = svc.streams.stats()
-    out["tickers"] = svc.tickers.stats()
-    out["rate_limits"] = svc.governors.stats()
-    out["reconcile"] = svc.reconciler.stats()
-    out["write_behind"] = svc.ledger_writer.stats()
-    return out
+    figures = svc.hub.stats()
+    figures["exchange_cache"] = svc.trading.stats()
+    figures["streams"] = svc.streams.stats()
+    figures["tickers"] = svc.tickers.stats()
+    figures["rate_limits"] = svc.governors.stats()
+    figures["reconcile"] = svc.reconciler.stats()
+    figures["write_behind"] = svc.ledger_writer.stats()
+    return out.Stats.of(figures)
 
 
 @bp.get("/connections")
 def connections():  # type: ignore[no-untyped-def]
     """``[{"sid", "user_id", "rooms", "connected_at"}]``."""
-    return [{"sid": c.sid, "user_id": c.user_id, "rooms": c.rooms(),
-             "connected_at": c.connected_at} for c in services().hub.connections()]
+    return [out.Connection.of(c, rooms=c.rooms()) for c in services().hub.connections()]
 
 
 @bp.post("/users/<user_id>/cache/clear")
 def clear_cache(user_id: str):  # type: ignore[no-untyped-def]
     """``{"cleared": [{"user_id", "exchange", "testnet"}]}``."""
-    return {"cleared": services().trading.clear_user_cache(parse_id(user_id, "user_id"))}
+    return out.CacheCleared.of({"cleared": services().trading.clear_user_cache(
+        parse_id(user_id, "user_id"))})
 
 
 @bp.post("/reconcile")
@@ -80,4 +82,4 @@ def reconcile():  # type: ignore[no-untyped-def]
     user_id = data.get("user_id")
     if user_id is not None:
         user_id = parse_id(user_id, "user_id", from_json=True)
-    return services().reconciler.reconcile(user_id)
+    return out.ReconcileResult.of(services().reconciler.reconcile(user_id))

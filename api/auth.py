@@ -9,9 +9,10 @@ from flask import Blueprint, g, request
 
 from api.common import bearer_token, body, login_required, services
 from api.ratelimit import LoginLimits
-from api.schemas import Credentials, LogoutRequest, RefreshRequest
+from schemas.requests import Credentials, LogoutRequest, RefreshRequest
 from api.validation import check_text, parse_id
 from extensions import limiter
+from schemas import responses as out
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -30,7 +31,7 @@ def register():  # type: ignore[no-untyped-def]
     """201 ``{"id", "username"}``; 409 when taken."""
     creds = body(Credentials)
     user = services().users.register(creds.username, creds.password)
-    return {"id": user.id, "username": user.username}, 201
+    return out.User.of(user), 201
 
 
 @bp.post("/login")
@@ -44,7 +45,7 @@ def login():  # type: ignore[no-untyped-def]
     attempt = limits.begin(creds.username)
     pair = services().sessions.login(creds.username, creds.password, _user_agent())
     limits.succeeded(attempt)
-    return pair.body()
+    return out.Token.of(pair)
 
 
 @bp.post("/refresh")
@@ -52,7 +53,7 @@ def login():  # type: ignore[no-untyped-def]
 def refresh():  # type: ignore[no-untyped-def]
     """200 a new token pair; the presented refresh token stops working; a rotated one
     presented again ends its session; 401 otherwise."""
-    return services().sessions.refresh(body(RefreshRequest).refresh_token).body()
+    return out.Token.of(services().sessions.refresh(body(RefreshRequest).refresh_token))
 
 
 @bp.post("/logout")
@@ -69,8 +70,7 @@ def logout():  # type: ignore[no-untyped-def]
 @login_required
 def me():  # type: ignore[no-untyped-def]
     """200 ``{"id", "username", "is_admin"}``."""
-    user = services().users.get(g.user_id)
-    return {"id": user.id, "username": user.username, "is_admin": user.is_admin}
+    return out.Me.of(services().users.get(g.user_id))
 
 
 @bp.get("/sessions")
@@ -78,9 +78,7 @@ def me():  # type: ignore[no-untyped-def]
 def list_sessions():  # type: ignore[no-untyped-def]
     """200 ``[{"id", "created_at", "last_used_at", "user_agent", "current"}]``."""
     current = services().tokens.session_id(bearer_token())
-    return [{"id": s.id, "created_at": s.created_at, "last_used_at": s.last_used_at,
-             "user_agent": s.user_agent, "current": s.id == current}
-            for s in services().sessions.list(g.user_id)]
+    return [out.Session.of(s, current=s.id == current) for s in services().sessions.list(g.user_id)]
 
 
 @bp.delete("/sessions/<session_id>")

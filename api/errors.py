@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from exchanges import errors as xe
 from extensions import limiter
+from schemas.responses import Error
 from services.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,9 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        """The JSON body."""
-        err: dict = {"code": self.code, "message": self.message}
-        if self.field:
-            err["field"] = self.field
-        return {"error": err}
+        """The JSON body (``schemas.responses.Error``; ``field`` only when set)."""
+        return Error.of({"error": {"code": self.code, "message": self.message,
+                                   "field": self.field or None}})
 
 
 def from_validation(e: ValidationError) -> ApiError:
@@ -94,10 +93,8 @@ def to_api_error(e: Exception) -> ApiError | None:
 
 
 def _respond(err: ApiError):  # type: ignore[no-untyped-def]
-    body = err.body()
-    code = getattr(err, "exchange_code", None)
-    if code is not None:
-        body["error"]["exchange_code"] = code
+    body = Error.of({"error": {"code": err.code, "message": err.message, "field": err.field or None,
+                               "exchange_code": getattr(err, "exchange_code", None)}})
     resp = jsonify(body)
     resp.status_code = err.status
     for k, v in err.headers.items():

@@ -4,25 +4,18 @@ from __future__ import annotations
 from flask import Blueprint, g
 
 from api.common import body, login_required, services
-from api.schemas import KeyCreate, KeyUpdate
+from schemas.requests import KeyCreate, KeyUpdate
 from api.validation import parse_id
-from models import ExchangeKey
+from schemas.responses import ExchangeKey
 
 bp = Blueprint("keys", __name__, url_prefix="/api/exchange/keys")
-
-
-def key_json(k: ExchangeKey) -> dict:
-    """The public key object: never the secret, the API key masked."""
-    return {"id": k.id, "exchange": k.exchange, "testnet": k.testnet, "label": k.label,
-            "api_key_masked": k.api_key_masked, "status": k.status,
-            "created_at": k.created_at, "updated_at": k.updated_at}
 
 
 @bp.get("")
 @login_required
 def list_keys():  # type: ignore[no-untyped-def]
     """200 the user's keys."""
-    return [key_json(k) for k in services().keys.list(g.user_id)]
+    return ExchangeKey.many(services().keys.list(g.user_id))
 
 
 @bp.post("")
@@ -32,7 +25,7 @@ def create_key():  # type: ignore[no-untyped-def]
     req = body(KeyCreate)
     key = services().keys.create(g.user_id, req.exchange, req.api_key, req.api_secret,
                                  req.testnet, req.label)
-    return key_json(key), 201
+    return ExchangeKey.of(key), 201
 
 
 @bp.put("/<key_id>")
@@ -41,7 +34,7 @@ def update_key(key_id: str):  # type: ignore[no-untyped-def]
     """200 the key; its cached client is dropped and its stream restarts."""
     kid = parse_id(key_id, "key_id")
     changes = body(KeyUpdate).model_dump(exclude_none=True)
-    return key_json(services().keys.update(g.user_id, kid, changes))
+    return ExchangeKey.of(services().keys.update(g.user_id, kid, changes))
 
 
 @bp.delete("/<key_id>")

@@ -1,29 +1,33 @@
 """GET /api/openapi.json (OpenAPI 3.1) and GET /api/docs (a self-contained HTML page).
 
 The spec is built from the app's own ``url_map``: every registered rule whose
-endpoint has an entry in ``OPERATIONS`` becomes a path item; request bodies are
-the pydantic models that validate them (``api/schemas.py``) via
-``model_json_schema()``. A route without an ``OPERATIONS`` entry is left out,
-which the test (every rule of ``url_map`` must be in the spec) catches.
-Response bodies are short hand-written schemas (``RESPONSE_SCHEMAS``).
+endpoint has an entry in ``OPERATIONS`` becomes a path item. Request and response
+bodies are the pydantic models that validate and serialize them (``schemas/requests.py``,
+``schemas/socketio.py``, ``schemas/responses.py``) via ``model_json_schema()``, their
+``$defs`` moved to ``components.schemas``: a body is written once, as a model. A route
+without an ``OPERATIONS`` entry is left out, which the test (every rule of ``url_map``
+must be in the spec) catches.
 """
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
 
-from api.schemas import (CLIENT_ORDER_ID_PATTERN, ClosePosition, Credentials, KeyCreate, KeyUpdate,
-                         LogoutRequest, OrderCreate, RefreshRequest, TickerSubscribe)
-from api.validation import DECIMAL_PATTERN, MAX_ID, invalid
+from api.validation import invalid
 from models import TradeStatus
-from ws.schemas import Subscribe, Unsubscribe
+from schemas import responses as out
+from schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
+from schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LogoutRequest,
+                              OrderCreate, ReconcileRequest, RefreshRequest, TickerSubscribe)
+from schemas.socketio import Subscribe, Unsubscribe
 
 bp = Blueprint("openapi", __name__)
 
@@ -42,91 +46,13 @@ class _DecimalAsString(GenerateJsonSchema):
                 "examples": ["0.001"]}
 
 
-def _t(spec: str) -> dict:
-    """Short type notation -> JSON schema: ``integer``, ``string``, ``boolean``,
-    ``decimal`` (string), ``ms`` (integer ms UTC), ``any``, ``Name`` (a component
-    ref), ``[x]`` (array of x); a trailing ``?`` allows null."""
-    nullable = spec.endswith("?")
-    spec = spec.rstrip("?")
-    if spec.startswith("["):
-        out: dict = {"type": "array", "items": _t(spec[1:-1])}
-    elif spec == "decimal":
-        out = {"type": "string", "format": "decimal"}
-    elif spec == "ms":
-        out = {"type": "integer", "description": "milliseconds since the Unix epoch, UTC"}
-    elif spec == "any":
-        out = {}
-    elif spec[0].isupper():
-        out = {"$ref": REF + spec}
-    else:
-        out = {"type": spec}
-    if nullable:
-        out = {"anyOf": [out, {"type": "null"}]} if "$ref" in out or not out.get("type") else \
-            {**out, "type": [out["type"], "null"]}
-    return out
-
-
-def _obj(optional: tuple[str, ...] = (), **props: str | dict) -> dict:
-    """An object schema; every property is required unless named in ``optional``."""
-    return {"type": "object",
-            "properties": {k: _t(v) if isinstance(v, str) else v for k, v in props.items()},
-            "required": [k for k in props if k not in optional]}
+# A body: a model, ``list[Model]``, a media-type dict (not JSON), or None (no body).
+Body = Any
 
 
 def _enum(*values: str) -> dict:
     return {"type": "string", "enum": list(values)}
 
-
-RESPONSE_SCHEMAS: dict[str, dict] = {
-    "Error": _obj(error=_obj(("field", "exchange_code"), code="string", message="string",
-                             field={"type": "string", "description": "the input field at fault"},
-                             exchange_code={"description": "the exchange's own error code"})),
-    "User": _obj(id="integer", username="string"),
-    "Me": _obj(id="integer", username="string", is_admin="boolean"),
-    "Token": _obj(access_token="string", token_type=_enum("Bearer"),
-                  expires_in={"type": "integer", "description": "seconds"},
-                  refresh_token={"type": "string", "description": "rotating; send it to "
-                                 "POST /api/auth/refresh before the access token expires"},
-                  refresh_expires_in={"type": "integer", "description": "seconds"},
-                  session_id="integer"),
-    "Session": _obj(id="integer", created_at="ms", last_used_at="ms", user_agent="string",
-                    current={"type": "boolean", "description": "the session of this access token"}),
-    "ExchangeKey": _obj(id="integer", exchange=_enum("binance", "bybit"), testnet="boolean",
-                        label="string", api_key_masked="string", status="string",
-                        created_at="ms", updated_at="ms"),
-    "Trade": _obj(id="integer", key_id="integer", symbol="string", side=_enum("BUY", "SELL"),
-                  type="string", quantity="decimal", price="decimal?", filled_quantity="decimal?",
-                  status=_enum(*(t.value for t in TradeStatus)),
-                  client_order_id="string", entry_order_id="string?", entry_price="decimal?",
-                  exit_price="decimal?", realized_pnl="decimal?", fees="decimal?",
-                  error_code="string?", error_message="string?", opened_at="ms?",
-                  closed_at="ms?", created_at="ms"),
-    "TradeResult": _obj(trade="Trade"),
-    "Exit": _obj(id="integer", key_id="integer", symbol="string", side=_enum("BUY", "SELL"),
-                 quantity="decimal", status="string", attempts="integer", first_price="decimal?",
-                 last_price="decimal?", exit_price="decimal?", realized_pnl="decimal?",
-                 reason="string?", created_at="ms", updated_at="ms"),
-    "ExitStarted": _obj(exit="Exit", started={"type": "boolean", "description":
-                        "false: the exit already working for this position is returned"}),
-    "ExitResult": _obj(exit="Exit"),
-    "Envelope": _obj(type=_enum("balance", "positions", "pnl", "orders", "ticker"),
-                     user_id="integer", key_id="integer", exchange="string", testnet="boolean",
-                     seq="integer", as_of="ms", sent_at="ms",
-                     source=_enum("stream", "rest", "cache"), stale="boolean",
-                     data={"description": "balance, positions, pnl or orders as in CONTRACT.md"}),
-    "Health": _obj(status=_enum("ok", "degraded"), db=_enum("ok", "down"),
-                   message_queue=_enum("none", "ok", "down"), uptime_s="integer"),
-    "Stats": {**_obj(connections="integer", users_online="integer",
-                     subscriptions={"type": "object", "additionalProperties": {"type": "integer"}},
-                     exchange_cache="any", streams="any", push="any", write_behind="any"),
-              "additionalProperties": True},
-    "Connection": _obj(sid="string", user_id="integer", rooms="[string]", connected_at="ms"),
-    "CacheCleared": _obj(cleared="[any]"),
-    "ReconcileRequest": {**_obj(("user_id",), user_id={"type": "integer", "minimum": 1,
-                                                       "maximum": MAX_ID}),
-                         "additionalProperties": True},
-    "ReconcileResult": _obj(checked="integer", fixed="integer", details="[any]"),
-}
 
 ERRORS: dict[int, str] = {
     400: "Malformed body or invalid field (``field`` names it)",
@@ -160,16 +86,20 @@ SECURITY: dict[str, list[dict]] = {
 
 @dataclass(frozen=True)
 class Op:
-    """One documented endpoint: ``response`` is ``(status, description, schema)``
-    where schema is a component name, ``None`` (no body) or a media-type dict."""
+    """One documented endpoint: ``response`` is ``(status, description, body)`` (see
+    ``Body``); ``also`` more answers whose body is not the Error shape (a 503 that
+    carries the health figures); ``errors`` the statuses answered with Error;
+    ``optional_body``: an empty request body is accepted."""
 
     summary: str
-    response: tuple[int, str, str | dict | None]
-    request: type[BaseModel] | str | None = None
+    response: tuple[int, str, Body]
+    request: type[BaseModel] | None = None
     errors: tuple[int, ...] = (401,)
     security: str = "bearer"
     query: dict[str, dict] = field(default_factory=dict)
     path_schemas: dict[str, dict] = field(default_factory=dict)
+    also: tuple[tuple[int, str, Body], ...] = ()
+    optional_body: bool = False
 
 
 ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID,
@@ -183,54 +113,55 @@ TEXT = {"text/plain": {"schema": {"type": "string"}}}
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 OPERATIONS: dict[str, Op] = {
-    "auth.register": Op("Create a user", (201, "Created", "User"), Credentials, (400, 409, 413),
+    "auth.register": Op("Create a user", (201, "Created", out.User), Credentials, (400, 409, 413),
                         "none"),
     "auth.login": Op("Log in: an access token and a refresh token (a new session)",
-                     (200, "Logged in", "Token"), Credentials, (400, 401, 413, 429), "none"),
+                     (200, "Logged in", out.Token), Credentials, (400, 401, 413, 429), "none"),
     "auth.refresh": Op("A new token pair; the refresh token presented stops working, and one "
-                       "already rotated ends its session", (200, "Refreshed", "Token"),
+                       "already rotated ends its session", (200, "Refreshed", out.Token),
                        RefreshRequest, (400, 401, 413, 429), "none"),
     "auth.logout": Op("End the session of the refresh token given (or of the bearer token)",
-                      (204, "Logged out", None), LogoutRequest, (400, 401, 413, 429), "optional"),
-    "auth.list_sessions": Op("The user's live sessions", (200, "Sessions", "[Session]")),
+                      (204, "Logged out", None), LogoutRequest, (400, 401, 413, 429), "optional",
+                      optional_body=True),
+    "auth.list_sessions": Op("The user's live sessions", (200, "Sessions", list[out.Session])),
     "auth.end_session": Op("End one of the user's sessions", (204, "Ended", None), None,
                            (400, 401, 404), path_schemas={"session_id": ID}),
-    "auth.me": Op("The authenticated user", (200, "The user", "Me")),
-    "keys.list_keys": Op("The user's exchange API keys", (200, "Keys", "[ExchangeKey]")),
+    "auth.me": Op("The authenticated user", (200, "The user", out.Me)),
+    "keys.list_keys": Op("The user's exchange API keys", (200, "Keys", list[out.ExchangeKey])),
     "keys.create_key": Op("Add an exchange API key (checked with one signed call first)",
-                          (201, "Created", "ExchangeKey"), KeyCreate, CALLS_EXCHANGE + (409, 413)),
+                          (201, "Created", out.ExchangeKey), KeyCreate, CALLS_EXCHANGE + (409, 413)),
     "keys.update_key": Op("Change a key; its cached client is dropped, its stream restarts",
-                          (200, "The key", "ExchangeKey"), KeyUpdate, CALLS_EXCHANGE + (409, 413),
+                          (200, "The key", out.ExchangeKey), KeyUpdate, CALLS_EXCHANGE + (409, 413),
                           path_schemas={"key_id": ID}),
     "keys.delete_key": Op("Delete a key; its client is dropped, its stream stopped",
                           (204, "Deleted", None), None, (400, 401, 404), path_schemas={"key_id": ID}),
-    "account.snapshot": Op("Account snapshot: the envelope of the push", (200, "Envelope", "Envelope"),
+    "account.snapshot": Op("Account snapshot: the envelope of the push", (200, "Envelope", out.Envelope),
                            None, CALLS_EXCHANGE, query=KEY_ID_QUERY,
                            path_schemas={"kind": _enum("balance", "positions", "pnl", "orders")}),
     "orders.place_order": Op("Place an order (recorded pending before it is sent)",
-                             (201, "The ledger record", "TradeResult"), OrderCreate,
+                             (201, "The ledger record", out.TradeResult), OrderCreate,
                              CALLS_EXCHANGE + (409, 413)),
     "orders.cancel_order": Op("Cancel an order (the record may turn out filled)",
-                              (200, "The ledger record", "TradeResult"), None, CALLS_EXCHANGE,
+                              (200, "The ledger record", out.TradeResult), None, CALLS_EXCHANGE,
                               query=KEY_ID_QUERY, path_schemas={"client_order_id": {
                                   "type": "string", "pattern": CLIENT_ORDER_ID_PATTERN}}),
-    "orders.trades": Op("The user's trades, newest first", (200, "Trades", "[Trade]"), None,
+    "orders.trades": Op("The user's trades, newest first", (200, "Trades", list[out.Trade]), None,
                         (400, 401, 404), query={**KEY_ID_QUERY, "status": STATUS_QUERY}),
     "orders.close_position": Op("Close a position: an exit by FOK limit with a bounded price chase",
-                                (202, "The exit record", "ExitStarted"), ClosePosition,
+                                (202, "The exit record", out.ExitStarted), ClosePosition,
                                 CALLS_EXCHANGE + (409, 413)),
-    "orders.get_exit": Op("One exit record", (200, "The exit record", "ExitResult"), None,
+    "orders.get_exit": Op("One exit record", (200, "The exit record", out.ExitResult), None,
                           (400, 401, 404), path_schemas={"exit_id": ID}),
-    "admin.health": Op("Health; 503 when degraded", (200, "Healthy", "Health"), None, (401, 503),
-                       "admin"),
-    "admin.stats": Op("Connections, subscriptions, caches, streams, pushes", (200, "Stats", "Stats"),
+    "admin.health": Op("Health; 503 (the same body) when degraded", (200, "Healthy", out.Health),
+                       None, (401,), "admin", also=((503, "Degraded", out.Health),)),
+    "admin.stats": Op("Connections, subscriptions, caches, streams, pushes", (200, "Stats", out.Stats),
                       None, (401,), "admin"),
-    "admin.connections": Op("Open Socket.IO connections", (200, "Connections", "[Connection]"),
+    "admin.connections": Op("Open Socket.IO connections", (200, "Connections", list[out.Connection]),
                             None, (401,), "admin"),
-    "admin.clear_cache": Op("Drop a user's cached exchange clients", (200, "Cleared", "CacheCleared"),
+    "admin.clear_cache": Op("Drop a user's cached exchange clients", (200, "Cleared", out.CacheCleared),
                             None, (400, 401), "admin", path_schemas={"user_id": ID}),
-    "admin.reconcile": Op("Reconcile the ledger with the exchange", (200, "Result", "ReconcileResult"),
-                          "ReconcileRequest", (400, 401, 413), "admin"),
+    "admin.reconcile": Op("Reconcile the ledger with the exchange", (200, "Result", out.ReconcileResult),
+                          ReconcileRequest, (400, 401, 413), "admin", optional_body=True),
     "metrics.metrics": Op("Prometheus metrics (text format 0.0.4); no token from a loopback peer",
                           (200, "Metrics", TEXT), None, (401,), "metrics"),
     "openapi.spec": Op("This OpenAPI document", (200, "OpenAPI 3.1", {"application/json": {
@@ -240,31 +171,58 @@ OPERATIONS: dict[str, Op] = {
     "console.static": Op("A file of the web console (script, style sheet, vendored client)",
                          (200, "The file", {"*/*": {"schema": {"type": "string"}}}), None, (404,),
                          "none"),
+    "health.healthz": Op("Liveness: 200 while the process serves (no token)",
+                         (200, "Alive", out.Alive), None, (), "none"),
+    "health.readyz": Op("Readiness: 200 when the database (and the message queue, when configured) "
+                        "answer; 503 names which failed", (200, "Ready", out.Ready), None, (),
+                        "none", also=((503, "Not ready", out.NotReady),)),
 }
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, KeyCreate, KeyUpdate, OrderCreate,
                                               ClosePosition, Subscribe, Unsubscribe, TickerSubscribe,
-                                              RefreshRequest, LogoutRequest)
+                                              RefreshRequest, LogoutRequest, ReconcileRequest)
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
 
 
-def model_schemas(models: tuple[type[BaseModel], ...] = REQUEST_MODELS) -> dict[str, dict]:
-    """Component schemas of pydantic models (with their ``$defs`` hoisted), decimals
-    as strings."""
-    out: dict[str, dict] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template=REF + "{model}",
-                                         schema_generator=_DecimalAsString)
-        out.update(schema.pop("$defs", {}))
-        out[model.__name__] = schema
-    return out
-
-
-def _content(schema: str | dict) -> dict:
+def _open(schema: Any) -> Any:
+    """``schema`` without ``additionalProperties: false``: a response may gain keys
+    (CONTRACT.md changes only by adding), so clients must not refuse new ones. The
+    models still refuse unknown keys at run time (``schemas.responses.Out``)."""
     if isinstance(schema, dict):
-        return schema
-    return {"application/json": {"schema": _t(schema)}}
+        return {k: _open(v) for k, v in schema.items()
+                if not (k == "additionalProperties" and v is False)}
+    if isinstance(schema, list):
+        return [_open(v) for v in schema]
+    return schema
+
+
+def model_schemas(models: tuple[type[BaseModel], ...] = REQUEST_MODELS,
+                  mode: JsonSchemaMode = "validation") -> dict[str, dict]:
+    """Component schemas of pydantic models (with their ``$defs`` hoisted), decimals
+    as strings. ``mode="serialization"`` for response models (what is sent); those are
+    left open to new keys (``_open``)."""
+    found: dict[str, dict] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF + "{model}", mode=mode,
+                                         schema_generator=_DecimalAsString)
+        found.update(schema.pop("$defs", {}))
+        found[model.__name__] = schema
+    return _open(found) if mode == "serialization" else found
+
+
+def _body_schema(body: Body) -> dict:
+    """The JSON schema of a body: a component ref, or an array of one."""
+    if typing.get_origin(body) is list:
+        (item,) = typing.get_args(body)
+        return {"type": "array", "items": {"$ref": REF + item.__name__}}
+    return {"$ref": REF + body.__name__}
+
+
+def _content(body: Body) -> dict:
+    if isinstance(body, dict):
+        return body
+    return {"application/json": {"schema": _body_schema(body)}}
 
 
 def _operation(endpoint: str, op: Op, path_params: list[tuple[str, str | None]]) -> dict:
@@ -273,23 +231,24 @@ def _operation(endpoint: str, op: Op, path_params: list[tuple[str, str | None]])
               for name, conv in path_params]
     params += [{"name": name, "in": "query", "required": False, "schema": schema}
                for name, schema in op.query.items()]
-    status, description, body_schema = op.response
-    responses: dict[str, Any] = {str(status): {"description": description}}
-    if body_schema is not None:
-        responses[str(status)]["content"] = _content(body_schema)
+    responses: dict[str, Any] = {}
+    for status, description, body in (op.response, *op.also):
+        responses[str(status)] = {"description": description}
+        if body is not None:
+            responses[str(status)]["content"] = _content(body)
     strict = endpoint.split(".", 1)[0] in STRICT_QUERY_BLUEPRINTS  # unknown query -> 400
     for code in sorted(set(op.errors) | ({400} if strict else set())):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
-    out: dict[str, Any] = {"operationId": endpoint.replace(".", "_"), "summary": op.summary,
-                           "tags": [endpoint.split(".", 1)[0]], "security": SECURITY[op.security],
-                           "responses": responses}
+    responses = dict(sorted(responses.items()))
+    operation: dict[str, Any] = {"operationId": endpoint.replace(".", "_"), "summary": op.summary,
+                            "tags": [endpoint.split(".", 1)[0]], "security": SECURITY[op.security],
+                            "responses": responses}
     if params:
-        out["parameters"] = params
+        operation["parameters"] = params
     if op.request is not None:
-        name = op.request if isinstance(op.request, str) else op.request.__name__
-        out["requestBody"] = {"required": name not in ("ReconcileRequest", "LogoutRequest"),
-                              "content": {"application/json": {"schema": {"$ref": REF + name}}}}
-    return out
+        operation["requestBody"] = {"required": not op.optional_body, "content": {
+            "application/json": {"schema": {"$ref": REF + op.request.__name__}}}}
+    return operation
 
 
 def build_spec(app: Flask) -> dict:
@@ -324,7 +283,8 @@ def build_spec(app: Flask) -> dict:
                                 "TickerSubscribe schemas; pushes are Envelope."},
         "paths": paths,
         "components": {
-            "schemas": {**model_schemas(), **RESPONSE_SCHEMAS},
+            "schemas": {**model_schemas(),
+                        **model_schemas(out.RESPONSE_MODELS, mode="serialization")},
             "responses": error_responses,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

@@ -7,27 +7,16 @@ from flask import Blueprint, g, request
 
 from api.common import body, login_required, query_int, services
 from api.errors import ApiError
-from api.schemas import CLIENT_ORDER_ID_PATTERN, ClosePosition, OrderCreate
 from api.validation import invalid, parse_id
-from models import Exit, Trade, TradeStatus
-from services.serialize import dec
+from models import TradeStatus
+from schemas.fields import CLIENT_ORDER_ID_PATTERN
+from schemas.requests import ClosePosition, OrderCreate
+from schemas.responses import ExitResult, ExitStarted, Trade, TradeResult
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
 
 STATUSES = {s.value for s in TradeStatus}
 _CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
-
-
-def trade_json(t: Trade) -> dict:
-    """The ledger record as CONTRACT.md shows it (decimal strings, ms UTC)."""
-    return {"id": t.id, "key_id": t.key_id, "symbol": t.symbol, "side": t.side,
-            "type": t.order_type, "quantity": dec(t.quantity), "price": dec(t.price),
-            "filled_quantity": dec(t.filled_quantity), "status": t.status,
-            "client_order_id": t.client_order_id, "entry_order_id": t.entry_order_id,
-            "entry_price": dec(t.entry_price), "exit_price": dec(t.exit_price),
-            "realized_pnl": dec(t.realized_pnl), "fees": dec(t.fees),
-            "error_code": t.error_code, "error_message": t.error_message,
-            "opened_at": t.opened_at, "closed_at": t.closed_at, "created_at": t.created_at}
 
 
 @bp.post("/orders")
@@ -41,7 +30,7 @@ def place_order():  # type: ignore[no-untyped-def]
     trade = services().orders.place(g.user_id, req.key_id, req.symbol, req.side, req.type,
                                     req.quantity, req.price, req.time_in_force,
                                     req.reduce_only, req.client_order_id, req.timeout_s)
-    return {"trade": trade_json(trade)}, 201
+    return TradeResult.of({"trade": trade}), 201
 
 
 @bp.delete("/orders/<client_order_id>")
@@ -51,7 +40,7 @@ def cancel_order(client_order_id: str):  # type: ignore[no-untyped-def]
     if not _CLIENT_ORDER_ID.fullmatch(client_order_id):
         raise invalid("client_order_id", "must be 1-36 characters of [.A-Z:/a-z0-9_-]")
     key = services().keys.resolve(g.user_id, query_int("key_id"))
-    return {"trade": trade_json(services().orders.cancel(g.user_id, key.id, client_order_id))}
+    return TradeResult.of({"trade": services().orders.cancel(g.user_id, key.id, client_order_id)})
 
 
 @bp.get("/trades")
@@ -64,16 +53,7 @@ def trades():  # type: ignore[no-untyped-def]
         raise ApiError("validation_error", f"unknown status {unknown[0]!r}; one of "
                        f"{', '.join(sorted(STATUSES))}", 400, "status")
     rows = services().orders.trades(g.user_id, statuses, query_int("key_id"))
-    return [trade_json(t) for t in rows]
-
-
-def exit_json(e: Exit) -> dict:
-    """An exit record (decimal strings, ms UTC)."""
-    return {"id": e.id, "key_id": e.key_id, "symbol": e.symbol, "side": e.side,
-            "quantity": dec(e.quantity), "status": e.status, "attempts": e.attempts,
-            "first_price": dec(e.first_price), "last_price": dec(e.last_price),
-            "exit_price": dec(e.exit_price), "realized_pnl": dec(e.realized_pnl),
-            "reason": e.reason, "created_at": e.created_at, "updated_at": e.updated_at}
+    return Trade.many(rows)
 
 
 @bp.post("/positions/close")
@@ -83,7 +63,7 @@ def close_position():  # type: ignore[no-untyped-def]
     already working for this position is returned (the duplicate-exit guard)."""
     req = body(ClosePosition)
     exit_, started = services().exits.close_position(g.user_id, req.key_id, req.symbol)
-    return {"exit": exit_json(exit_), "started": started}, 202
+    return ExitStarted.of({"exit": exit_, "started": started}), 202
 
 
 @bp.get("/exits/<exit_id>")
@@ -93,4 +73,4 @@ def get_exit(exit_id: str):  # type: ignore[no-untyped-def]
     exit_ = services().exits.get(g.user_id, parse_id(exit_id, "exit_id"))
     if exit_ is None:
         raise ApiError("not_found", f"no exit {exit_id}", 404)
-    return {"exit": exit_json(exit_)}
+    return ExitResult.of({"exit": exit_})

@@ -1,6 +1,7 @@
 """The input layer: every byte a client sends passes one of these checks before any
 parsing, arithmetic or database call, and a bad value is an ApiError 400 (413 for
-size) naming the field, in CONTRACT.md's error shape.
+size) naming the field, in CONTRACT.md's error shape. The rules themselves, free of
+Flask, are in ``schemas/fields.py`` (shared with Socket.IO).
 
 The rules, the same on REST (path, query, body) and Socket.IO (``parse_id``):
 
@@ -25,26 +26,18 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
-from decimal import Decimal
 from typing import Any
 
 from flask import current_app, request
 
 from api.errors import ApiError
+from schemas.fields import MAX_ID, control_character
 
-MAX_ID = 2**31 - 1
 MAX_JSON_DEPTH = 32
-DECIMAL_INT_DIGITS = 18
-DECIMAL_FRAC_DIGITS = 18
-DECIMAL_PATTERN = rf"^[0-9]{{1,{DECIMAL_INT_DIGITS}}}(\.[0-9]{{1,{DECIMAL_FRAC_DIGITS}}})?$"
-CREDENTIAL_PATTERN = r"^[\x21-\x7e]+$"
 
-_DECIMAL = re.compile(DECIMAL_PATTERN)
 _ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
-_BAD_CATEGORIES = ("Cc", "Cs")
 
 
 def invalid(field: str | None, message: str, code: str = "validation_error") -> ApiError:
@@ -81,30 +74,14 @@ def query_id(name: str, required: bool = False) -> int | None:
 
 def check_text(value: str, field: str | None = None) -> str:
     """``value`` unchanged when it has no control character (Cc, NUL included) and no
-    lone surrogate (Cs). Raises ValueError (pydantic turns it into a 400 naming the
-    field) or, with ``field``, ApiError 400."""
-    for ch in value:
-        if unicodedata.category(ch) in _BAD_CATEGORIES:
-            message = f"must not contain control characters (found U+{ord(ch):04X})"
-            if field:
-                raise invalid(field, message)
-            raise ValueError(message)
+    lone surrogate (Cs) (``schemas.fields.control_character``). Raises ValueError
+    (pydantic turns it into a 400 naming the field) or, with ``field``, ApiError 400."""
+    message = control_character(value)
+    if message:
+        if field:
+            raise invalid(field, message)
+        raise ValueError(message)
     return value
-
-
-def check_decimal(value: object) -> Decimal:
-    """A positive decimal from a plain decimal string (DECIMAL_PATTERN), checked
-    before any conversion. Raises ValueError with the rule."""
-    if not isinstance(value, str):
-        raise ValueError('must be a decimal string such as "0.001"')
-    if not _DECIMAL.fullmatch(value):
-        raise ValueError(f'must be a decimal string such as "0.001" (digits only, at most '
-                         f"{DECIMAL_INT_DIGITS} before and {DECIMAL_FRAC_DIGITS} after the point, "
-                         "no exponent)")
-    d = Decimal(value)
-    if d <= 0:
-        raise ValueError("must be a positive decimal string")
-    return d
 
 
 def json_depth(raw: bytes) -> int:

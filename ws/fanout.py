@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 # ``pnl`` (the figure a trader watches) up to 10 a second; ``positions`` (whose rows
 # also carry the mark price) once a second; ``balance`` every 2 s.
 DEFAULT_MAX_HZ = {"pnl": 10.0, "positions": 1.0, "balance": 0.5, "orders": 10.0}
-MAX_HZ_LIMIT = 50.0
 EARLY_S = 0.001  # a connection due within this is served now (timers may wake a bit early)
 YIELD_EVERY_S = 0.002  # the timer task yields to other green threads this often
 

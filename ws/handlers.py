@@ -13,11 +13,11 @@ from pydantic import ValidationError
 
 from api.errors import to_api_error
 from exchanges.errors import ExchangeError
-from api.schemas import TickerSubscribe
+from schemas.requests import TickerSubscribe
+from schemas.socketio import Subscribe, Unsubscribe
 from services.errors import NotFound, Unauthorized, ValidationFailed
 from services.tickers import ticker_room
 from ws.hub import room
-from ws.schemas import Subscribe, Unsubscribe
 
 logger = logging.getLogger(__name__)
 

@@ -1,25 +1,14 @@
-"""Request bodies and query strings, validated with pydantic (400 naming the field)."""
+"""Request bodies (REST) and the Socket.IO ticker payload, validated with pydantic:
+a bad value is a 400 (or a ``{"ok": false}`` ack) naming the field."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.validation import CREDENTIAL_PATTERN, MAX_ID, check_decimal, check_text
-
-# Text fields refuse control characters and lone surrogates (api/validation.py).
-NoControl = AfterValidator(check_text)
-Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256), NoControl]
-Symbol = Annotated[str, StringConstraints(min_length=2, max_length=32, pattern=r"^[A-Z0-9]+$")]
-CLIENT_ORDER_ID_PATTERN = r"^[.A-Z:/a-z0-9_-]{1,36}$"  # Binance newClientOrderId
-ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=36,
-                                                 pattern=CLIENT_ORDER_ID_PATTERN)]
-# Printable ASCII, no spaces: what the venues accept in an API-key header.
-Secret = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=CREDENTIAL_PATTERN)]
-Label = Annotated[str, StringConstraints(max_length=64), NoControl]
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+from schemas.fields import (ClientOrderId, Exchange, Id, Label, Password, RefreshTokenStr, Secret,
+                            Symbol, Username, check_decimal)
 
 
 class Strict(BaseModel):
@@ -38,7 +27,7 @@ class Credentials(Strict):
 class KeyCreate(Strict):
     """POST /api/exchange/keys."""
 
-    exchange: Literal["binance", "bybit"]
+    exchange: Exchange
     api_key: Secret
     api_secret: Secret
     testnet: bool = False
@@ -97,12 +86,8 @@ class ClosePosition(Strict):
 class TickerSubscribe(Strict):
     """Socket.IO ``subscribe_ticker`` / ``unsubscribe_ticker`` payload."""
 
-    exchange: Literal["binance", "bybit"]
+    exchange: Exchange
     symbols: list[Symbol] = Field(min_length=1, max_length=50)
-
-
-RefreshTokenStr = Annotated[str, StringConstraints(min_length=1, max_length=128,
-                                                   pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class RefreshRequest(Strict):
@@ -116,3 +101,13 @@ class LogoutRequest(Strict):
     (then the session of the bearer access token ends)."""
 
     refresh_token: RefreshTokenStr | None = None
+
+
+class ReconcileRequest(BaseModel):
+    """POST /admin/reconcile (optional body): ``user_id`` limits it to one user's
+    accounts. Documentation only: the handler reads the body with ``parse_id`` (other
+    keys are ignored, as before)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    user_id: Id | None = None

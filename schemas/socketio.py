@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from api.validation import MAX_ID
-from ws.fanout import MAX_HZ_LIMIT
+from schemas.fields import MAX_ID
 
 AccountType = Literal["balance", "positions", "pnl", "orders", "fills"]
 Hz = float
+MAX_HZ_LIMIT = 50.0  # the highest ``max_hz`` a subscription may ask for (pushes a second)
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,444 @@
+"""Response bodies of every REST route, and the error body: the model IS the serializer.
+
+A handler answers ``Model.of(obj)`` (or ``Model.many(objs)``): ``obj`` is an ORM row,
+a service's dataclass (read by attribute) or a service's dict (checked key by key:
+``extra="forbid"``, so a key a service adds without a model change fails loudly in
+the tests instead of slipping onto the wire undocumented). ``api/openapi.py`` builds
+the spec's component schemas from these same classes (serialization mode), so the
+document cannot drift from what is sent.
+
+Wire rules (CONTRACT.md): money, prices and quantities are decimal strings
+(``services.serialize.dec``: plain positional, no exponent, no trailing zeros), times
+integer milliseconds since the Unix epoch, UTC. Keys are the ones CONTRACT.md fixes;
+Flask sorts them when it writes the JSON.
+
+Sources: account ``data`` shapes are built by ``services/serialize.py`` (the push path
+keeps building its dicts there, fast; REST snapshots pass through ``Envelope`` here,
+and the conformance test validates pushes' shapes against it too).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Iterable, Literal, Union
+
+from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, RootModel,
+                      WithJsonSchema)
+from pydantic.json_schema import SkipJsonSchema
+
+from models import TradeStatus
+from schemas.fields import Exchange
+from services.serialize import dec
+
+SIGNED_DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+_DECIMAL_SCHEMA = {"type": "string", "format": "decimal", "pattern": SIGNED_DECIMAL_PATTERN,
+                   "examples": ["64210.5"]}
+
+# A Decimal (ORM column, exchange type) sent as a decimal string.
+DecimalOut = Annotated[Decimal, PlainSerializer(dec, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA)]
+# A decimal string a service already wrote with ``dec`` (push ``data``): passed through.
+DecimalText = Annotated[str, WithJsonSchema(_DECIMAL_SCHEMA)]
+Ms = Annotated[int, Field(description="milliseconds since the Unix epoch, UTC")]
+Seconds = Annotated[int, Field(description="seconds")]
+Side = Literal["BUY", "SELL"]
+TradeStatusValue = Literal[tuple(t.value for t in TradeStatus)]  # type: ignore[valid-type]
+
+
+class Out(BaseModel):
+    """Base of the response models: every declared key is always sent (required in
+    the spec), unknown keys are refused, rows are read by attribute or by key."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True,
+                              json_schema_serialization_defaults_required=True)
+
+    @classmethod
+    def of(cls, obj: Any, **computed: Any) -> dict:
+        """``obj`` (object or dict) as this model's JSON-ready dict; ``computed`` gives
+        the fields ``obj`` does not hold (read by attribute then). Raises pydantic's
+        ValidationError when ``obj`` does not fit (a bug: the handler answers 500)."""
+        if computed:
+            obj = {**{name: getattr(obj, name) for name in cls.model_fields
+                      if name not in computed}, **computed}
+        return cls.model_validate(obj).model_dump(mode="json")
+
+    @classmethod
+    def many(cls, objs: Iterable[Any]) -> list[dict]:
+        """A JSON-ready list, one ``of`` per element."""
+        return [cls.model_validate(o).model_dump(mode="json") for o in objs]
+
+
+# ---- errors ----------------------------------------------------------------------------
+
+class ErrorDetail(Out):
+    """``code`` snake_case, ``message`` a sentence; ``field`` the input field at fault
+    (400) and ``exchange_code`` the exchange's own code (422 and other exchange
+    errors), each only when known: absent otherwise, never null."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
+    code: str
+    message: str
+    field: str | SkipJsonSchema[None] = Field(default=None, description="the input field at fault")
+    exchange_code: int | str | SkipJsonSchema[None] = Field(
+        default=None, description="the exchange's own error code")
+
+
+class Error(Out):
+    """The one error shape of CONTRACT.md: ``{"error": {"code", "message"[, "field"]}}``."""
+
+    error: ErrorDetail
+
+    @classmethod
+    def of(cls, obj: Any) -> dict:
+        """As ``Out.of``, absent keys left out (``field``, ``exchange_code``)."""
+        return cls.model_validate(obj).model_dump(mode="json", exclude_none=True)
+
+
+# ---- auth ------------------------------------------------------------------------------
+
+class User(Out):
+    """201 of POST /api/auth/register."""
+
+    id: int
+    username: str
+
+
+class Me(Out):
+    """200 of GET /api/auth/me."""
+
+    id: int
+    username: str
+    is_admin: bool
+
+
+class Token(Out):
+    """200 of login and refresh (``services.sessions.TokenPair``)."""
+
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: Seconds
+    refresh_token: str = Field(description="rotating; send it to POST /api/auth/refresh before "
+                                           "the access token expires")
+    refresh_expires_in: Seconds
+    session_id: int
+
+
+class Session(Out):
+    """One row of GET /api/auth/sessions."""
+
+    id: int
+    created_at: Ms
+    last_used_at: Ms
+    user_agent: str
+    current: bool = Field(description="the session of this access token")
+
+
+# ---- keys ------------------------------------------------------------------------------
+
+class ExchangeKey(Out):
+    """The public key object (``models.ExchangeKey``): never the secret; the API key
+    masked to at most its last 4 characters."""
+
+    id: int
+    exchange: Exchange
+    testnet: bool
+    label: str
+    api_key_masked: str
+    status: str = Field(description="active or invalid")
+    created_at: Ms
+    updated_at: Ms
+
+
+# ---- orders, trades, exits -------------------------------------------------------------
+
+class Trade(Out):
+    """The ledger record (``models.Trade``; ``type`` is its ``order_type``)."""
+
+    id: int
+    key_id: int
+    symbol: str
+    side: Side
+    type: str = Field(validation_alias="order_type", description="MARKET or LIMIT")
+    quantity: DecimalOut
+    price: DecimalOut | None
+    filled_quantity: DecimalOut | None
+    status: TradeStatusValue
+    client_order_id: str
+    entry_order_id: str | None
+    entry_price: DecimalOut | None
+    exit_price: DecimalOut | None
+    realized_pnl: DecimalOut | None
+    fees: DecimalOut | None
+    error_code: str | None
+    error_message: str | None
+    opened_at: Ms | None
+    closed_at: Ms | None
+    created_at: Ms
+
+
+class TradeResult(Out):
+    """201 of POST /api/orders, 200 of DELETE /api/orders/{client_order_id}."""
+
+    trade: Trade
+
+
+class Exit(Out):
+    """An exit record (``models.Exit``)."""
+
+    id: int
+    key_id: int
+    symbol: str
+    side: Side
+    quantity: DecimalOut
+    status: str
+    attempts: int
+    first_price: DecimalOut | None
+    last_price: DecimalOut | None
+    exit_price: DecimalOut | None
+    realized_pnl: DecimalOut | None
+    reason: str | None
+    created_at: Ms
+    updated_at: Ms
+
+
+class ExitStarted(Out):
+    """202 of POST /api/positions/close."""
+
+    exit: Exit
+    started: bool = Field(description="false: the exit already working for this position is returned")
+
+
+class ExitResult(Out):
+    """200 of GET /api/exits/{exit_id}."""
+
+    exit: Exit
+
+
+# ---- account snapshots: the push envelope ----------------------------------------------
+
+class AssetBalance(Out):
+    """One asset of ``balance`` data."""
+
+    asset: str
+    wallet_balance: DecimalText
+    available_balance: DecimalText
+    unrealized_pnl: DecimalText
+    margin_balance: DecimalText
+
+
+class BalanceData(Out):
+    """``balance`` data (``services.serialize.balance_data``)."""
+
+    total_wallet_balance: DecimalText
+    total_unrealized_pnl: DecimalText
+    total_margin_balance: DecimalText
+    available_balance: DecimalText
+    assets: list[AssetBalance]
+
+
+class OpenPosition(Out):
+    """One ``positions`` row (``services.serialize.position_row``). A position opened by
+    an account event has ``null`` for what the event does not carry (mark price,
+    leverage, liquidation price) until the REST completion fills them in."""
+
+    symbol: str
+    side: Literal["LONG", "SHORT"]
+    size: DecimalText
+    entry_price: DecimalText
+    mark_price: DecimalText | None
+    unrealized_pnl: DecimalText
+    leverage: DecimalText | None
+    liquidation_price: DecimalText | None
+    margin_type: str
+
+
+class PositionPnl(Out):
+    """One position of ``pnl`` data; ``roe_pct`` null while the leverage is unknown."""
+
+    symbol: str
+    side: Literal["LONG", "SHORT"]
+    unrealized_pnl: DecimalText
+    roe_pct: DecimalText | None
+
+
+class PnlData(Out):
+    """``pnl`` data (``services.serialize.pnl_data``): realized figures from the ledger."""
+
+    unrealized_pnl: DecimalText
+    realized_pnl: DecimalText
+    realized_pnl_today: DecimalText
+    positions: list[PositionPnl]
+
+
+class OpenOrder(Out):
+    """One ``orders`` row (``services.serialize.order_data``)."""
+
+    client_order_id: str
+    order_id: str
+    symbol: str
+    side: Side
+    type: str
+    status: str
+    price: DecimalText
+    quantity: DecimalText
+    filled_quantity: DecimalText
+    avg_price: DecimalText
+    time_in_force: str
+    reduce_only: bool
+    updated_at: Ms
+
+
+class _EnvelopeBase(Out):
+    user_id: int
+    key_id: int
+    exchange: Exchange
+    testnet: bool
+    epoch: str = Field(description="a new epoch: the server cannot vouch for continuity; seq restarts at 1")
+    seq: int = Field(description="grows by one per push of (user, key, type) within an epoch; "
+                                 "0 on a REST snapshot fetched from the exchange")
+    as_of: Ms
+    sent_at: Ms
+    source: Literal["stream", "rest", "cache"]
+    stale: bool = Field(description="true: the exchange could not be reached; the last known data")
+
+
+class BalanceEnvelope(_EnvelopeBase):
+    """``balance`` push / snapshot."""
+
+    type: Literal["balance"]
+    data: BalanceData
+
+
+class PositionsEnvelope(_EnvelopeBase):
+    """``positions`` push / snapshot: open positions only."""
+
+    type: Literal["positions"]
+    data: list[OpenPosition]
+
+
+class PnlEnvelope(_EnvelopeBase):
+    """``pnl`` push / snapshot."""
+
+    type: Literal["pnl"]
+    data: PnlData
+
+
+class OrdersEnvelope(_EnvelopeBase):
+    """``orders`` push / snapshot: open orders."""
+
+    type: Literal["orders"]
+    data: list[OpenOrder]
+
+
+class Envelope(RootModel[Annotated[Union[BalanceEnvelope, PositionsEnvelope, PnlEnvelope,
+                                         OrdersEnvelope], Field(discriminator="type")]]):
+    """The envelope of an account push, also GET /api/account/{kind} (by ``type``)."""
+
+    @classmethod
+    def of(cls, obj: Any) -> dict:
+        """A service's envelope dict, checked, as JSON-ready dict. Raises ValidationError."""
+        return cls.model_validate(obj).model_dump(mode="json")
+
+
+# ---- health and admin ------------------------------------------------------------------
+
+class Alive(Out):
+    """200 of GET /healthz."""
+
+    status: Literal["ok"]
+
+
+class ReadyChecks(Out):
+    """Each dependency's answer (``message_queue`` ``none``: not configured)."""
+
+    database: Literal["ok", "down"]
+    message_queue: Literal["ok", "down", "none"]
+
+
+class Ready(Out):
+    """200 of GET /readyz."""
+
+    status: Literal["ready"]
+    checks: ReadyChecks
+
+
+class NotReady(Out):
+    """503 of GET /readyz: the error shape plus which dependencies did not answer."""
+
+    error: ErrorDetail
+    status: Literal["unavailable"]
+    failed: list[Literal["database", "message_queue"]]
+    checks: ReadyChecks
+
+    @classmethod
+    def of(cls, obj: Any) -> dict:
+        """As ``Out.of``, absent error keys left out."""
+        return cls.model_validate(obj).model_dump(mode="json", exclude_none=True)
+
+
+class Health(Out):
+    """GET /admin/health: 200 when ``ok``, 503 (same body) when ``degraded``."""
+
+    status: Literal["ok", "degraded"]
+    db: Literal["ok", "down"]
+    message_queue: Literal["none", "ok", "down"]
+    uptime_s: Seconds
+
+
+class Stats(Out):
+    """GET /admin/stats: diagnostic figures; the sections are free-form objects of the
+    services that own them (hub, client cache, streams, tickers, governors,
+    reconciler, write-behind), and a new section is allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    connections: int
+    users_online: int
+    subscriptions: dict[str, int] = Field(description="connections per account type")
+    push: dict[str, Any]
+    exchange_cache: dict[str, Any]
+    streams: dict[str, Any]
+    tickers: dict[str, Any]
+    rate_limits: dict[str, Any]
+    reconcile: dict[str, Any]
+    write_behind: dict[str, Any]
+
+
+class Connection(Out):
+    """One open Socket.IO connection (GET /admin/connections)."""
+
+    sid: str
+    user_id: int
+    rooms: list[str]
+    connected_at: Ms
+
+
+class ClearedClient(Out):
+    """One cached exchange client that was dropped."""
+
+    user_id: int
+    exchange: Exchange
+    testnet: bool
+
+
+class CacheCleared(Out):
+    """POST /admin/users/{user_id}/cache/clear."""
+
+    cleared: list[ClearedClient]
+
+
+class ReconcileResult(Out):
+    """POST /admin/reconcile: ``details`` one object per difference found or fixed
+    (``key_id`` and what was found: ``client_order_id``, ``symbol``, ``exit_id``,
+    ``error``, ...)."""
+
+    checked: int
+    fixed: int
+    details: list[dict[str, Any]]
+
+
+# Every model ``api/openapi.py`` puts in ``components.schemas`` (nested ones follow).
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Error, User, Me, Token, Session, ExchangeKey, Trade, TradeResult, Exit, ExitStarted,
+    ExitResult, Envelope, Alive, Ready, NotReady, Health, Stats, Connection, CacheCleared,
+    ReconcileResult)
+
