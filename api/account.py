@@ -5,7 +5,7 @@ from flask import Blueprint, g
 
 from api.common import login_required, query_int, services
 from api.errors import ApiError
-from schemas.responses import Envelope
+from services.schemas.responses import Envelope
 
 bp = Blueprint("account", __name__, url_prefix="/api/account")
 

@@ -12,7 +12,7 @@ from flask import Blueprint, request
 from api.common import bearer_token, services
 from api.errors import ApiError
 from api.validation import json_object, parse_id
-from schemas import responses as out
+from services.schemas import responses as out
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

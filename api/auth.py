@@ -9,10 +9,10 @@ from flask import Blueprint, g, request
 
 from api.common import bearer_token, body, login_required, services
 from api.ratelimit import LoginLimits
-from schemas.requests import Credentials, LogoutRequest, RefreshRequest
+from services.schemas.requests import Credentials, LogoutRequest, RefreshRequest
 from api.validation import check_text, parse_id
 from extensions import limiter
-from schemas import responses as out
+from services.schemas import responses as out
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 

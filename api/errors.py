@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from exchanges import errors as xe
 from extensions import limiter
-from schemas.responses import Error
+from services.schemas.responses import Error
 from services.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        """The JSON body (``schemas.responses.Error``; ``field`` only when set)."""
+        """The JSON body (``services.schemas.responses.Error``; ``field`` only when set)."""
         return Error.of({"error": {"code": self.code, "message": self.message,
                                    "field": self.field or None}})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from api.common import services
-from schemas.responses import Alive, NotReady, Ready
+from services.schemas.responses import Alive, NotReady, Ready
 
 bp = Blueprint("health", __name__)
 

@@ -23,11 +23,11 @@ from pydantic_core import core_schema
 
 from api.validation import invalid
 from models import TradeStatus
-from schemas import responses as out
-from schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
-from schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LogoutRequest,
+from services.schemas import responses as out
+from services.schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
+from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LogoutRequest,
                               OrderCreate, ReconcileRequest, RefreshRequest, TickerSubscribe)
-from schemas.socketio import Subscribe, Unsubscribe
+from services.schemas.socketio import Subscribe, Unsubscribe
 
 bp = Blueprint("openapi", __name__)
 
@@ -188,7 +188,7 @@ _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
 def _open(schema: Any) -> Any:
     """``schema`` without ``additionalProperties: false``: a response may gain keys
     (CONTRACT.md changes only by adding), so clients must not refuse new ones. The
-    models still refuse unknown keys at run time (``schemas.responses.Out``)."""
+    models still refuse unknown keys at run time (``services.schemas.responses.Out``)."""
     if isinstance(schema, dict):
         return {k: _open(v) for k, v in schema.items()
                 if not (k == "additionalProperties" and v is False)}

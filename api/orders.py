@@ -9,9 +9,9 @@ from api.common import body, login_required, query_int, services
 from api.errors import ApiError
 from api.validation import invalid, parse_id
 from models import TradeStatus
-from schemas.fields import CLIENT_ORDER_ID_PATTERN
-from schemas.requests import ClosePosition, OrderCreate
-from schemas.responses import ExitResult, ExitStarted, Trade, TradeResult
+from services.schemas.fields import CLIENT_ORDER_ID_PATTERN
+from services.schemas.requests import ClosePosition, OrderCreate
+from services.schemas.responses import ExitResult, ExitStarted, Trade, TradeResult
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
 

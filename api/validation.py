@@ -31,7 +31,7 @@ from typing import Any
 from flask import current_app, request
 
 from api.errors import ApiError
-from schemas.fields import MAX_ID, control_character
+from services.schemas.fields import MAX_ID, control_character
 
 MAX_JSON_DEPTH = 32
 
@@ -74,7 +74,7 @@ def query_id(name: str, required: bool = False) -> int | None:
 
 def check_text(value: str, field: str | None = None) -> str:
     """``value`` unchanged when it has no control character (Cc, NUL included) and no
-    lone surrogate (Cs) (``schemas.fields.control_character``). Raises ValueError
+    lone surrogate (Cs) (``services.schemas.fields.control_character``). Raises ValueError
     (pydantic turns it into a 400 naming the field) or, with ``field``, ApiError 400."""
     message = control_character(value)
     if message:

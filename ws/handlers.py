@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from api.errors import to_api_error
 from exchanges.errors import ExchangeError
-from schemas.requests import TickerSubscribe
-from schemas.socketio import Subscribe, Unsubscribe
+from services.schemas.requests import TickerSubscribe
+from services.schemas.socketio import Subscribe, Unsubscribe
 from services.errors import NotFound, Unauthorized, ValidationFailed
 from services.tickers import ticker_room
 from ws.hub import room

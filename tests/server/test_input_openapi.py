@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.fields import DECIMAL_PATTERN, MAX_ID
+from services.schemas.fields import DECIMAL_PATTERN, MAX_ID
 from models import TradeStatus
 from tests.server.conftest import auth_header
 

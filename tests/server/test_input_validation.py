@@ -152,7 +152,7 @@ def test_control_characters_refused_in_text(client, app) -> None:  # type: ignor
 
 
 def test_printable_unicode_label_is_accepted_by_the_schema() -> None:
-    from schemas.requests import KeyUpdate
+    from services.schemas.requests import KeyUpdate
     assert KeyUpdate.model_validate({"label": "main \u202e ключ"}).label == "main \u202e ключ"
 
 

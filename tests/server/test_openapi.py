@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.requests import OrderCreate
+from services.schemas.requests import OrderCreate
 
 IGNORED_ENDPOINTS = {"static"}
 PARAM = re.compile(r"<(?:[^:>]+:)?([^>]+)>")

@@ -190,7 +190,7 @@ def test_push_envelopes_fit_the_envelope_model() -> None:
     from decimal import Decimal
 
     from exchanges.types import AssetBalance, Balance, Order, OrderStatus, Position
-    from schemas.responses import Envelope
+    from services.schemas.responses import Envelope
     from services.account_state import AccountState
     from services.ledger import Realized
 

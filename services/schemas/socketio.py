@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.fields import MAX_ID
+from services.schemas.fields import MAX_ID
 
 AccountType = Literal["balance", "positions", "pnl", "orders", "fills"]
 Hz = float

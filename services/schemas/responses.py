@@ -26,7 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, RootModel,
 from pydantic.json_schema import SkipJsonSchema
 
 from models import TradeStatus
-from schemas.fields import Exchange
+from services.schemas.fields import Exchange
 from services.serialize import dec
 
 SIGNED_DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.fields import (ClientOrderId, Exchange, Id, Label, Password, RefreshTokenStr, Secret,
+from services.schemas.fields import (ClientOrderId, Exchange, Id, Label, Password, RefreshTokenStr, Secret,
                             Symbol, Username, check_decimal)
 
 

@@ -1,0 +1,15 @@
+"""Schemas both transports use, and the response shapes (pydantic v2).
+
+Neutral ground between ``api/`` (REST) and ``ws/`` (Socket.IO), inside ``services/`` as
+DESIGN.md's layout wants (``api``, ``ws`` -> ``services``): this package imports
+pydantic and the standard library; ``services.schemas.responses`` also reads the decimal-string
+rule (``services.serialize.dec``) and the trade-status enum (``models.TradeStatus``).
+Never Flask, Socket.IO, a database session or an exchange client.
+
+- ``services.schemas.fields``: the input rules (id range, decimal and credential patterns,
+  text without control characters) and the annotated field types built on them.
+- ``services.schemas.requests``: REST request bodies and the Socket.IO ticker payload.
+- ``services.schemas.socketio``: the Socket.IO ``subscribe`` / ``unsubscribe`` payloads.
+- ``services.schemas.responses``: every REST success body and the error body; the handlers
+  serialize through them and ``api/openapi.py`` documents them.
+"""
