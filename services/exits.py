@@ -24,9 +24,9 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound
-from exchanges.types import Order as OrderInfo, OrderRequest, OrderStatus
 from models import Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeStatus, now_ms
 from services import book, ledger
 from services.errors import Conflict
@@ -263,7 +263,7 @@ class ExitService:
             order = self._send(client, exit_, price, coid)
             if order is not None and order.filled_quantity > 0:
                 self._record_order(key.id, client, order)
-            if order is not None and order.status == OrderStatus.FILLED:
+            if order is not None and order.status == ex.OrderStatus.FILLED:
                 self._finish(exit_id, key, order, None)
                 return
             if order is not None and order.filled_quantity > 0:
@@ -272,10 +272,10 @@ class ExitService:
             price += step
         self._finish(exit_id, key, None, reason)
 
-    def _send(self, client: ExchangeClient, exit_: Exit, price: Decimal, coid: str) -> OrderInfo | None:
-        req = OrderRequest(symbol=exit_.symbol, side=exit_.side, type="LIMIT",
-                           quantity=exit_.quantity, client_order_id=coid, price=price,
-                           time_in_force="FOK", reduce_only=True)
+    def _send(self, client: ExchangeClient, exit_: Exit, price: Decimal, coid: str) -> ex.Order | None:
+        req = ex.OrderRequest(symbol=exit_.symbol, side=exit_.side, type="LIMIT",
+                              quantity=exit_.quantity, client_order_id=coid, price=price,
+                              time_in_force="FOK", reduce_only=True)
         try:
             return client.create_order(req)
         except ExchangeRejected as e:
@@ -287,7 +287,7 @@ class ExitService:
             except (OrderNotFound, ExchangeError):
                 return None
 
-    def _record_order(self, key_id: int, client: ExchangeClient, order: OrderInfo) -> None:
+    def _record_order(self, key_id: int, client: ExchangeClient, order: ex.Order) -> None:
         fills = client.get_fills(order.symbol, order_id=order.order_id)
         with self._db.transaction() as s:
             book.lock_keys(s, [key_id])
@@ -305,7 +305,7 @@ class ExitService:
             e.attempts, e.last_price, e.first_price = attempts, price, first
             e.client_order_ids = ",".join(coids)[-1024:]
 
-    def _finish(self, exit_id: int, key: ExchangeKey, order: OrderInfo | None,
+    def _finish(self, exit_id: int, key: ExchangeKey, order: ex.Order | None,
                 reason: str | None) -> None:
         """Final state. Filled: the exit's fills are in the ledger; the symbol's book
         (``services.book``) matches them FIFO to the lots open now, closing what they

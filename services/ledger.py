@@ -17,8 +17,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
-from exchanges.types import Position as PositionInfo
+from exchanges import types as ex
 from models import Database, Fill, Order, Position, Trade, TradeStatus, now_ms
 from services import book
 
@@ -30,7 +29,7 @@ def _insert(session: Session, table):  # type: ignore[no-untyped-def]
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
 
 
-def _order_row(key_id: int, order: OrderInfo, trade_id: int | None) -> dict:
+def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict:
     return dict(key_id=key_id, trade_id=trade_id, exchange_order_id=order.order_id,
                 client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
                 type=order.type, status=order.status.value, price=order.price,
@@ -54,12 +53,12 @@ def upsert_orders(session: Session, rows: list[dict]) -> None:
     session.execute(stmt, rows)
 
 
-def upsert_order(session: Session, key_id: int, order: OrderInfo, trade_id: int | None) -> None:
+def upsert_order(session: Session, key_id: int, order: ex.Order, trade_id: int | None) -> None:
     """Insert or update one order row (see ``upsert_orders``)."""
     upsert_orders(session, [_order_row(key_id, order, trade_id)])
 
 
-def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | None) -> bool:
+def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | None) -> bool:
     """Insert the fill unless (key, symbol, exchange trade id) exists. True if new.
 
     A stored fill that no trade holds yet takes ``trade_id`` (a link learnt later: the
@@ -90,7 +89,7 @@ def upsert_fill(session: Session, key_id: int, fill: FillEvent, trade_id: int | 
 
 
 def upsert_positions(session: Session,
-                     snapshots: dict[int, tuple[int, list[PositionInfo], bool]]) -> None:
+                     snapshots: dict[int, tuple[int, list[ex.Position], bool]]) -> None:
     """Store each key's positions as last reported: ``snapshots`` maps a key id to
     ``(as_of ms UTC, positions, complete)``; a closed one has ``size`` 0. Rows are
     keyed by (key, symbol), all in one statement; when ``complete`` (a stream's first
@@ -122,7 +121,7 @@ def upsert_positions(session: Session,
 NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStatus.FAILED.value)
 
 
-def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | None = None,
+def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | None = None,
                             rows: list | None = None) -> None:
     """Derive the trade's filled quantity, average entry price and fees from its fills
     (``rows`` of (quantity, price, fee), read here when not given) and the order's
@@ -148,9 +147,9 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: OrderInfo | N
         trade.closed_at = None
         trade.error_code = trade.error_message = None
     elif trade.status == TradeStatus.PENDING.value and order is not None and order.status.is_final:
-        if order.status == OrderStatus.FILLED:
+        if order.status == ex.OrderStatus.FILLED:
             return  # its fills are on their way (stream or query); they open the trade
-        trade.status = (TradeStatus.CANCELED.value if order.status == OrderStatus.CANCELED
+        trade.status = (TradeStatus.CANCELED.value if order.status == ex.OrderStatus.CANCELED
                         else TradeStatus.FAILED.value)
         if trade.status == TradeStatus.FAILED.value:
             trade.error_code = trade.error_code or order.status.value.lower()
@@ -171,7 +170,7 @@ def _coid_of_order(session: Session, key_id: int, symbol: str, order_id: str) ->
         Order.exchange_order_id == order_id)).first()
 
 
-def apply_order(session: Session, key_id: int, order: OrderInfo) -> None:
+def apply_order(session: Session, key_id: int, order: ex.Order) -> None:
     """Record an order update seen on a stream, linked to its trade by client order id
     (which also teaches the trade its exchange order id and links its stored fills)."""
     book.lock_keys(session, [key_id])
@@ -187,7 +186,7 @@ def apply_order(session: Session, key_id: int, order: OrderInfo) -> None:
         book.settle_symbol(session, key_id, order.symbol)
 
 
-def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
+def apply_fill(session: Session, key_id: int, fill: ex.Fill) -> bool:
     """Record one fill and move its trade and the symbol's book forward (idempotent).
     The trade is found by the fill's client order id, else (REST fills: Binance
     userTrades carry no clientOrderId) by the entry's exchange order id or the client
@@ -211,9 +210,9 @@ def apply_fill(session: Session, key_id: int, fill: FillEvent) -> bool:
     return new
 
 
-def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
-                fills: list[tuple[int, FillEvent]],
-                positions: list[tuple[int, int, list[PositionInfo], bool]] = ()) -> set[int]:  # type: ignore[assignment]
+def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
+                fills: list[tuple[int, ex.Fill]],
+                positions: list[tuple[int, int, list[ex.Position], bool]] = ()) -> set[int]:  # type: ignore[assignment]
     """The write-behind writer's unit of work: many stream events in a handful of
     statements (each statement is a round trip, and under load every round trip waits
     for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one, and
@@ -222,7 +221,7 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
     Returns the key ids that got new fills."""
     book.lock_keys(session, [k for k, _ in orders] + [k for k, _ in fills]
                    + [p[0] for p in positions])
-    newest: dict[int, tuple[int, dict[str, PositionInfo], bool]] = {}
+    newest: dict[int, tuple[int, dict[str, ex.Position], bool]] = {}
     for key_id, as_of, held, complete in sorted(positions, key=lambda p: p[1]):
         _, symbols, was_complete = newest.get(key_id, (0, {}, False))
         newest[key_id] = (as_of, {**symbols, **{p.symbol: p for p in held}},
@@ -230,7 +229,7 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
     if newest:
         upsert_positions(session, {k: (as_of, list(held.values()), complete)
                                    for k, (as_of, held, complete) in newest.items()})
-    latest: dict[tuple, tuple[int, OrderInfo]] = {}
+    latest: dict[tuple, tuple[int, ex.Order]] = {}
     for key_id, o in orders:  # the newest update of each order wins
         k = (key_id, o.symbol, o.order_id)
         if k not in latest or latest[k][1].updated_at <= o.updated_at:
@@ -307,7 +306,7 @@ def apply_batch(session: Session, orders: list[tuple[int, OrderInfo]],
         for r in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
                                  .where(Fill.trade_id.in_(list(touched)))):
             rows[r.trade_id].append(r)
-        last_order: dict[int, OrderInfo] = {}
+        last_order: dict[int, ex.Order] = {}
         for k, o in latest.values():
             t = trade_of(k, o.client_order_id, o.symbol, o.order_id)
             if t is not None:

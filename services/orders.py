@@ -18,11 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import (
     ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound, RateLimited,
 )
-from exchanges.types import Order as OrderInfo, OrderRequest, SymbolRules
 from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
 from services import book, ledger
 from services.errors import Conflict, NotFound, ValidationFailed
@@ -45,7 +45,7 @@ def new_client_order_id() -> str:
     return "pps-" + uuid.uuid4().hex[:28]
 
 
-def check_rules(rules: SymbolRules, quantity: Decimal, price: Decimal | None,
+def check_rules(rules: ex.SymbolRules, quantity: Decimal, price: Decimal | None,
                 reference_price: Decimal | None) -> None:
     """Raise ValidationFailed (naming the field) when the order breaks the symbol's
     tick size, step size, min/max quantity or min notional (Binance exchangeInfo
@@ -116,9 +116,9 @@ class OrderService:
         except IntegrityError as e:
             raise Conflict("duplicate_client_order_id",
                            f"client_order_id {coid} is already used", "client_order_id") from e
-        request = OrderRequest(symbol=symbol, side=side, type=type_, quantity=quantity,
-                               client_order_id=coid, price=price, time_in_force=tif,
-                               reduce_only=reduce_only)
+        request = ex.OrderRequest(symbol=symbol, side=side, type=type_, quantity=quantity,
+                                  client_order_id=coid, price=price, time_in_force=tif,
+                                  reduce_only=reduce_only)
         try:
             order = client.create_order(request)
         except (ExchangeRejected, RateLimited) as e:  # refused: nothing was executed
@@ -203,7 +203,7 @@ class OrderService:
             logger.info("limit timeouts re-armed count=%s", len(rows))
         return len(rows)
 
-    def _await_final(self, client: ExchangeClient, order: OrderInfo) -> OrderInfo:
+    def _await_final(self, client: ExchangeClient, order: ex.Order) -> ex.Order:
         deadline = time.monotonic() + self._confirm_timeout_s
         while not order.status.is_final and time.monotonic() < deadline:
             self._sleep(0.1)
@@ -211,7 +211,7 @@ class OrderService:
         return order
 
     def record(self, key_id: int, trade_id: int, client: ExchangeClient,
-               order: OrderInfo) -> Trade:
+               order: ex.Order) -> Trade:
         """Store the order's state and its fills (queried from the exchange) and move
         the trade forward. Idempotent."""
         fills = (client.get_fills(order.symbol, order_id=order.order_id)
@@ -223,7 +223,7 @@ class OrderService:
                 return self._record_once(key_id, trade_id, order, fills)
         raise AssertionError("unreachable")
 
-    def _record_once(self, key_id: int, trade_id: int, order: OrderInfo, fills: list) -> Trade:
+    def _record_once(self, key_id: int, trade_id: int, order: ex.Order, fills: list) -> Trade:
         with self._db.transaction() as s:
             book.lock_keys(s, [key_id])  # lock order: key, trade, then fills
             trade = s.get(Trade, trade_id, with_for_update=True)

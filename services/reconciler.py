@@ -38,9 +38,9 @@ from typing import Callable
 
 from sqlalchemy import select, update
 
+from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError
-from exchanges.types import Position
 from models import Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms
 from services import book, ledger
 from services.errors import ServiceError
@@ -134,7 +134,7 @@ class Reconciler:
             self._cursor = chosen[-1].id
         return [k for k in keys if k.id in pending] + chosen
 
-    def reconcile_key(self, key: ExchangeKey, positions: list[Position] | None = None,
+    def reconcile_key(self, key: ExchangeKey, positions: list[ex.Position] | None = None,
                       fills_checked: Collection[str] = ()) -> dict:
         """One account. Exchange errors are reported in ``details``, never raised.
 
@@ -214,7 +214,7 @@ class Reconciler:
         """End ``run_periodic`` (and a run in progress, after its current account)."""
         self.stopping.set()
 
-    def reconcile_key_id(self, key_id: int, positions: list[Position] | None = None,
+    def reconcile_key_id(self, key_id: int, positions: list[ex.Position] | None = None,
                          fills_checked: Collection[str] = ()) -> None:
         """Reconcile one account by key id (after a stream reconnect: with the
         positions of its snapshot and the symbols its gap fill covered, see
@@ -296,14 +296,14 @@ class Reconciler:
             moved = moved or outcome in ("filled", "failed")
         return moved
 
-    def _symbols(self, key: ExchangeKey, positions: list[Position]) -> set[str]:
+    def _symbols(self, key: ExchangeKey, positions: list[ex.Position]) -> set[str]:
         with self._db.session() as s:
             traded = set(s.scalars(select(Fill.symbol).where(Fill.key_id == key.id).distinct()))
             traded |= set(s.scalars(select(Trade.symbol).where(
                 Trade.key_id == key.id, Trade.order_type == "RECONCILED").distinct()))
         return traded | {p.symbol for p in positions}
 
-    def _differences(self, key: ExchangeKey, positions: list[Position]) -> dict[str, tuple]:
+    def _differences(self, key: ExchangeKey, positions: list[ex.Position]) -> dict[str, tuple]:
         """Per symbol with a difference: ``(kind, exchange net, ledger net, entry price,
         reason)``; kind ``fills_missing`` compares the exchange with all the ledger's
         fills, the others (``exchange_only``/``ledger_only``/``size_mismatch``) with
@@ -314,20 +314,20 @@ class Reconciler:
         with self._db.session() as s:
             for symbol in sorted(self._symbols(key, positions)):
                 derived, _ = book.load(s, key.id, symbol, lock=False)
-                ex = exchange_net.get(symbol, Decimal(0))
-                if ex != derived.net:
-                    out[symbol] = ("fills_missing", ex, derived.net, entry.get(symbol),
+                venue = exchange_net.get(symbol, Decimal(0))
+                if venue != derived.net:
+                    out[symbol] = ("fills_missing", venue, derived.net, entry.get(symbol),
                                    "the exchange's position is not the sum of the fills it "
                                    "served (older than the lookback, or not served)")
-                elif derived.owned_net != ex:
+                elif derived.owned_net != venue:
                     led = derived.owned_net
-                    kind = ("exchange_only" if led == 0 else "ledger_only" if ex == 0
+                    kind = ("exchange_only" if led == 0 else "ledger_only" if venue == 0
                             else "size_mismatch")
-                    out[symbol] = (kind, ex, led, entry.get(symbol),
+                    out[symbol] = (kind, venue, led, entry.get(symbol),
                                    "fills of orders the ledger did not place")
         return out
 
-    def _positions(self, key: ExchangeKey, client: ExchangeClient, positions: list[Position],
+    def _positions(self, key: ExchangeKey, client: ExchangeClient, positions: list[ex.Position],
                    details: list[dict]) -> int:
         """Differences seen twice, ``confirm_delay_s`` apart with the same figures, are
         real: a fill in flight (sent by the exchange, not yet through the write-behind
@@ -339,13 +339,13 @@ class Reconciler:
         second = self._differences(key, client.get_positions())
         repaired = 0
         for symbol in sorted(s for s in second if first.get(s, (None,) * 3)[:3] == second[s][:3]):
-            kind, ex, led, price, reason = second[symbol]
+            kind, venue, led, price, reason = second[symbol]
             diff = {"key_id": key.id, "symbol": symbol, "difference": kind,
-                    "exchange": dec(ex), "ledger": dec(led), "repaired": False}
+                    "exchange": dec(venue), "ledger": dec(led), "repaired": False}
             with self._lock:
                 self.differences += 1
             if self.repair:
-                self._adjust(key, symbol, ex - led, price, adopt=kind != "fills_missing")
+                self._adjust(key, symbol, venue - led, price, adopt=kind != "fills_missing")
                 diff["repaired"] = True
                 repaired += 1
                 with self._lock:

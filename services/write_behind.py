@@ -32,8 +32,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_jitter
 
-from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
-from exchanges.types import Position as PositionInfo
+from exchanges import types as ex
 from models import Database, DeadLetter, now_ms
 from services import ledger
 
@@ -96,15 +95,15 @@ class LedgerWriter:
         self._on_recorded = callback
 
     # ---- producers (exchange event handlers) ------------------------------------
-    def submit_fill(self, key_id: int, fill: FillEvent) -> None:
+    def submit_fill(self, key_id: int, fill: ex.Fill) -> None:
         """Queue one fill of ``key_id``."""
         self._put(("fill", key_id, fill))
 
-    def submit_order(self, key_id: int, order: OrderInfo) -> None:
+    def submit_order(self, key_id: int, order: ex.Order) -> None:
         """Queue one order update of ``key_id``."""
         self._put(("order", key_id, order))
 
-    def submit_positions(self, key_id: int, positions: list[PositionInfo], as_of: int,
+    def submit_positions(self, key_id: int, positions: list[ex.Position], as_of: int,
                          complete: bool = False) -> None:
         """Queue positions of ``key_id`` as reported at ``as_of`` (ms UTC); with
         ``complete`` they are all its open positions (see ``ledger.upsert_positions``)."""
@@ -312,7 +311,7 @@ class LedgerWriter:
 def _jsonable(value):  # type: ignore[no-untyped-def]
     if isinstance(value, Decimal):
         return f"{value:f}"
-    if isinstance(value, OrderStatus):
+    if isinstance(value, ex.OrderStatus):
         return value.value
     return value
 
@@ -338,8 +337,8 @@ def _build(cls, data: dict):  # type: ignore[no-untyped-def]
         kind = str(f.type)
         if v is not None and "Decimal" in kind:
             v = Decimal(v)
-        elif f.name == "status" and cls is OrderInfo:
-            v = OrderStatus(v)
+        elif f.name == "status" and cls is ex.Order:
+            v = ex.OrderStatus(v)
         out[f.name] = v
     return cls(**out)
 
@@ -348,6 +347,6 @@ def decode_event(kind: str, payload: str):  # type: ignore[no-untyped-def]
     """The event ``encode_event`` wrote."""
     data = json.loads(payload)
     if kind == "positions":
-        return (data["as_of"], [_build(PositionInfo, p) for p in data["positions"]],
+        return (data["as_of"], [_build(ex.Position, p) for p in data["positions"]],
                 data["complete"])
-    return _build(FillEvent if kind == "fill" else OrderInfo, data)
+    return _build(ex.Fill if kind == "fill" else ex.Order, data)

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
+from exchanges import types as ex
 from models import Database, DeadLetter, ExchangeKey, Fill, Trade, User
 from services import book, ledger
 from services.write_behind import LedgerWriter, decode_event, encode_event
@@ -32,16 +32,16 @@ _ids = itertools.count(1000)
 
 
 def fill(order_id: str, side: str, qty: str, price: str, t: int, coid: str | None = None,
-         fee: str = "0") -> FillEvent:
-    return FillEvent(trade_id=str(next(_ids)), order_id=order_id, client_order_id=coid,
-                     symbol="BTCUSDT", side=side, price=D(price), quantity=D(qty), fee=D(fee),
-                     fee_asset="USDT", realized_pnl=D(0), is_maker=False, time=t)
+         fee: str = "0") -> ex.Fill:
+    return ex.Fill(trade_id=str(next(_ids)), order_id=order_id, client_order_id=coid,
+                   symbol="BTCUSDT", side=side, price=D(price), quantity=D(qty), fee=D(fee),
+                   fee_asset="USDT", realized_pnl=D(0), is_maker=False, time=t)
 
 
-def order(coid: str, order_id: str, status: OrderStatus, qty: str, filled: str, t: int,
-          side: str = "BUY") -> OrderInfo:
-    return OrderInfo(coid, order_id, "BTCUSDT", side, "LIMIT", status, D("100"), D(qty),
-                     D(filled), D("100"), "GTC", False, t)
+def order(coid: str, order_id: str, status: ex.OrderStatus, qty: str, filled: str, t: int,
+          side: str = "BUY") -> ex.Order:
+    return ex.Order(coid, order_id, "BTCUSDT", side, "LIMIT", status, D("100"), D(qty),
+                    D(filled), D("100"), "GTC", False, t)
 
 
 def add_trade(db: Database, coid: str, side: str = "BUY", qty: str = "2",
@@ -72,7 +72,7 @@ def test_a_rest_fill_stored_before_the_order_id_was_known_is_linked_when_it_is(d
         assert s.scalars(select(Fill.trade_id)).one() is None
     assert trade(db, tid).status == "pending"
     with db.transaction() as s:  # the reconciler (or the stream) learns the order
-        ledger.apply_batch(s, [(1, order("c-1", "77", OrderStatus.FILLED, "2", "2", 11))], [])
+        ledger.apply_batch(s, [(1, order("c-1", "77", ex.OrderStatus.FILLED, "2", "2", 11))], [])
     t = trade(db, tid)
     assert (t.status, t.entry_order_id, t.filled_quantity) == ("open", "77", D("2"))
     # the same fill replayed with its trade now known changes nothing
@@ -85,7 +85,7 @@ def test_a_rest_fill_stored_before_the_order_id_was_known_is_linked_when_it_is(d
 def test_a_rest_fill_after_the_order_row_takes_its_client_order_id(db) -> None:  # type: ignore[no-untyped-def]
     tid = add_trade(db, "c-2")
     with db.transaction() as s:  # the stream's order update came first (NEW)
-        ledger.apply_order(s, 1, order("c-2", "78", OrderStatus.NEW, "2", "0", 5))
+        ledger.apply_order(s, 1, order("c-2", "78", ex.OrderStatus.NEW, "2", "0", 5))
     with db.transaction() as s:  # then a REST fill of that order (no clientOrderId)
         ledger.apply_fill(s, 1, fill("78", "BUY", "1", "100", 6))
     t = trade(db, tid)
@@ -105,7 +105,7 @@ def test_upsert_fill_fills_a_null_trade_id(db) -> None:  # type: ignore[no-untyp
         assert s.scalars(select(Fill.trade_id)).one() == tid
 
 
-def _exit_fill(qty: str, price: str, t: int, fee: str = "0") -> FillEvent:
+def _exit_fill(qty: str, price: str, t: int, fee: str = "0") -> ex.Fill:
     return fill("900", "SELL", qty, price, t, coid="exit-1-0-abcd", fee=fee)
 
 
@@ -209,9 +209,8 @@ def test_a_poison_event_becomes_a_dead_letter_and_is_retried_until_stored(db) ->
 
 
 def test_events_round_trip_through_their_dead_letter_payload() -> None:
-    from exchanges.types import Position
-    o = order("c", "1", OrderStatus.PARTIALLY_FILLED, "2", "0.5", 3)
-    p = Position("BTCUSDT", "LONG", D("0.01"), D("100"), D("101"), D("0.01"), D("20"), D("0"), "cross", 5)
+    o = order("c", "1", ex.OrderStatus.PARTIALLY_FILLED, "2", "0.5", 3)
+    p = ex.Position("BTCUSDT", "LONG", D("0.01"), D("100"), D("101"), D("0.01"), D("20"), D("0"), "cross", 5)
     assert decode_event("order", encode_event("order", o)) == o
     assert decode_event("positions", encode_event("positions", (9, [p], True))) == (9, [p], True)
 

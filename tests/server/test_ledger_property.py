@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sqlalchemy import delete, func, select
 
-from exchanges.types import Fill as FillEvent, Order as OrderInfo, OrderStatus
+from exchanges import types as ex
 from models import Database, ExchangeKey, Fill, Order, Trade, User
 from services import ledger
 from services.schema import upgrade
@@ -26,20 +26,20 @@ def db(tmp_path_factory):  # type: ignore[no-untyped-def]
     database.dispose()
 
 
-def _fill(i: int, qty: str, price: str) -> FillEvent:
-    return FillEvent(trade_id=str(100 + i), order_id="9", client_order_id="c-1", symbol="BTCUSDT",
-                     side="BUY", price=Decimal(price), quantity=Decimal(qty), fee=Decimal("0.01"),
-                     fee_asset="USDT", realized_pnl=Decimal(0), is_maker=True, time=1000 + i)
+def _fill(i: int, qty: str, price: str) -> ex.Fill:
+    return ex.Fill(trade_id=str(100 + i), order_id="9", client_order_id="c-1", symbol="BTCUSDT",
+                   side="BUY", price=Decimal(price), quantity=Decimal(qty), fee=Decimal("0.01"),
+                   fee_asset="USDT", realized_pnl=Decimal(0), is_maker=True, time=1000 + i)
 
 
-def _order(status: OrderStatus, filled: str, t: int) -> OrderInfo:
-    return OrderInfo("c-1", "9", "BTCUSDT", "BUY", "LIMIT", status, Decimal("100"), Decimal("3"),
-                     Decimal(filled), Decimal("100"), "GTC", False, t)
+def _order(status: ex.OrderStatus, filled: str, t: int) -> ex.Order:
+    return ex.Order("c-1", "9", "BTCUSDT", "BUY", "LIMIT", status, Decimal("100"), Decimal("3"),
+                    Decimal(filled), Decimal("100"), "GTC", False, t)
 
 
 FILLS = [_fill(0, "1", "100"), _fill(1, "1.5", "99.5"), _fill(2, "0.5", "99")]
-ORDERS = [_order(OrderStatus.NEW, "0", 1), _order(OrderStatus.PARTIALLY_FILLED, "1", 2),
-          _order(OrderStatus.PARTIALLY_FILLED, "2.5", 3), _order(OrderStatus.FILLED, "3", 4)]
+ORDERS = [_order(ex.OrderStatus.NEW, "0", 1), _order(ex.OrderStatus.PARTIALLY_FILLED, "1", 2),
+          _order(ex.OrderStatus.PARTIALLY_FILLED, "2.5", 3), _order(ex.OrderStatus.FILLED, "3", 4)]
 EVENTS = [("fill", f) for f in FILLS] + [("order", o) for o in ORDERS]
 
 
@@ -78,9 +78,9 @@ def test_duplicated_reordered_updates_end_in_the_clean_state(db, extra, rnd) -> 
     assert _replay(db, noisy) == clean
 
 
-CANCEL_EVENTS = [("fill", FILLS[0]), ("order", _order(OrderStatus.NEW, "0", 1)),
-                 ("order", _order(OrderStatus.PARTIALLY_FILLED, "1", 2)),
-                 ("order", _order(OrderStatus.CANCELED, "1", 3))]
+CANCEL_EVENTS = [("fill", FILLS[0]), ("order", _order(ex.OrderStatus.NEW, "0", 1)),
+                 ("order", _order(ex.OrderStatus.PARTIALLY_FILLED, "1", 2)),
+                 ("order", _order(ex.OrderStatus.CANCELED, "1", 3))]
 
 
 @settings(max_examples=40, deadline=None)
@@ -98,10 +98,10 @@ def test_realized_pnl_all_time_and_today_and_late_pnl_completes_a_fill(db) -> No
         for table in (Fill, Order, Trade):
             s.execute(delete(table))
     day = 1_795_600_000_000 // 86_400_000 * 86_400_000
-    yesterday = FillEvent("y1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
-                          Decimal("0.1"), "USDT", Decimal("5"), False, day - 1000)
-    today = FillEvent("t1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
-                      Decimal("0.1"), "USDT", Decimal("0"), False, day + 1000)
+    yesterday = ex.Fill("y1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
+                        Decimal("0.1"), "USDT", Decimal("5"), False, day - 1000)
+    today = ex.Fill("t1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
+                    Decimal("0.1"), "USDT", Decimal("0"), False, day + 1000)
     with db.transaction() as s:
         ledger.apply_fill(s, 1, yesterday)
         ledger.apply_fill(s, 1, today)
@@ -109,7 +109,7 @@ def test_realized_pnl_all_time_and_today_and_late_pnl_completes_a_fill(db) -> No
     assert (r.all_time, r.today) == (Decimal("4.8"), Decimal("-0.1"))
     # the same execution reported again with its PnL (Bybit stream after REST) completes it
     with db.transaction() as s:
-        assert not ledger.apply_fill(s, 1, FillEvent(**{**today.__dict__, "realized_pnl": Decimal("2")}))
+        assert not ledger.apply_fill(s, 1, ex.Fill(**{**today.__dict__, "realized_pnl": Decimal("2")}))
     r = ledger.realized_pnl(db, 1, now=day + 5000)
     assert (r.all_time, r.today) == (Decimal("6.8"), Decimal("1.9"))
 
@@ -175,7 +175,6 @@ def test_batched_writes_end_in_the_clean_state(db, extra, rnd, cuts) -> None:  #
 def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    from exchanges.types import Position as PositionInfo
     from models import Position
     db = Database(database_url)
     with db.transaction() as s:
@@ -184,9 +183,9 @@ def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -
         s.add_all([ExchangeKey(id=k, user_id=1, exchange="binance", api_key=f"k{k}",
                                api_secret_encrypted=b"x") for k in (1, 2)])
 
-    def pos(symbol: str, size: str, entry: str) -> PositionInfo:
-        return PositionInfo(symbol, "LONG", Decimal(size), Decimal(entry), Decimal(entry),
-                            Decimal(0), Decimal(10), Decimal(0), "cross")
+    def pos(symbol: str, size: str, entry: str) -> ex.Position:
+        return ex.Position(symbol, "LONG", Decimal(size), Decimal(entry), Decimal(entry),
+                           Decimal(0), Decimal(10), Decimal(0), "cross")
 
     def stored() -> dict:
         with db.session() as s:
@@ -223,7 +222,6 @@ def test_reconcile_after_a_reconnect_reuses_the_streams_snapshot_and_gap_fill(db
     that follows asks neither again (Binance weighs positionRisk and userTrades 5 each,
     which a reconnect storm of hundreds of accounts pays against one IP's budget), but
     still looks at a recently traded symbol the gap fill did not cover."""
-    from exchanges.types import Position
     from services.reconciler import Reconciler
 
     _replay(db, EVENTS)  # one BTCUSDT trade of 3, recent
@@ -247,8 +245,8 @@ def test_reconcile_after_a_reconnect_reuses_the_streams_snapshot_and_gap_fill(db
     client = Client()
     rec = Reconciler(db, orders=None, client_for=lambda key: client,  # type: ignore[arg-type]
                      pending_max_age_ms=0)
-    held = Position("BTCUSDT", "LONG", Decimal("3"), Decimal("100"), Decimal("100"), Decimal(0),
-                    Decimal("20"), Decimal("0"), "cross")
+    held = ex.Position("BTCUSDT", "LONG", Decimal("3"), Decimal("100"), Decimal("100"), Decimal(0),
+                       Decimal("20"), Decimal("0"), "cross")
     with db.session() as s:
         key = s.get(ExchangeKey, 1)
     out = rec.reconcile_key(key, positions=[held], fills_checked={"BTCUSDT"})

@@ -10,7 +10,7 @@ import time
 from decimal import Decimal as D
 
 from app import create_app
-from exchanges.types import Fill as FillEvent
+from exchanges import types as ex
 from extensions import socketio
 from models import Database
 from services import schema
@@ -29,10 +29,10 @@ def _sqlite(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return url, path
 
 
-def _fill(n: int) -> FillEvent:
-    return FillEvent(trade_id=f"t{n}", order_id="1", client_order_id=None, symbol="BTCUSDT",
-                     side="BUY", price=D("100"), quantity=D("1"), fee=D("0"), fee_asset="USDT",
-                     realized_pnl=D("0"), is_maker=False, time=1_700_000_000_000 + n)
+def _fill(n: int) -> ex.Fill:
+    return ex.Fill(trade_id=f"t{n}", order_id="1", client_order_id=None, symbol="BTCUSDT",
+                   side="BUY", price=D("100"), quantity=D("1"), fee=D("0"), fee_asset="USDT",
+                   realized_pnl=D("0"), is_maker=False, time=1_700_000_000_000 + n)
 
 
 def test_stop_ends_every_loop_and_no_reconcile_runs_after_it(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
