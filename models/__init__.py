@@ -4,8 +4,11 @@ from models.db import Database
 from models.user import User
 from models.exchange_key import ExchangeKey
 from models.session import AuthSession, RefreshToken
-from models.trade import DeadLetter, Exit, ExitStatus, Fill, Order, Position, Trade, TradeStatus
+from models.trade import (
+    HOLDING_STATUSES, UNFINISHED_STATUSES, DeadLetter, Exit, ExitStatus, Fill, Order, Position, Trade,
+    TradeStatus,
+)
 
 __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
-           "TradeStatus", "Order", "Fill", "Position", "Exit", "ExitStatus",
-           "DeadLetter", "AuthSession", "RefreshToken"]
+           "TradeStatus", "HOLDING_STATUSES", "UNFINISHED_STATUSES", "Order", "Fill",
+           "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken"]

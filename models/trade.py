@@ -28,6 +28,13 @@ class TradeStatus(str, Enum):
     EXIT_FAILED = "exit_failed"
 
 
+# status values (the strings stored in ``trades.status``) of a trade whose entry filled
+# and whose lots are not all closed yet: an exit takes these over, the reconciler watches them
+HOLDING_STATUSES = (TradeStatus.OPEN.value, TradeStatus.CLOSING.value, TradeStatus.EXIT_FAILED.value)
+# a trade the exchange may still change: its entry may fill (pending) or it holds lots
+UNFINISHED_STATUSES = (TradeStatus.PENDING.value,) + HOLDING_STATUSES
+
+
 class Trade(Base):
     """One entry order and what became of it."""
 

@@ -27,7 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound
-from models import Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeStatus, now_ms
+from models import (
+    HOLDING_STATUSES, Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeStatus, now_ms,
+)
 from services import book, ledger
 from services.errors import Conflict
 from services.keyring import get_owned_key
@@ -36,7 +38,6 @@ from services.orders import NOT_FOUND_GRACE_MS
 
 logger = logging.getLogger(__name__)
 
-HOLDING = (TradeStatus.OPEN.value, TradeStatus.EXIT_FAILED.value)
 # an attempt the exchange does not know may still be in flight this long after it was
 # noted (a request executed late within its recvWindow): recovery waits that long
 IN_FLIGHT_GRACE_MS = NOT_FOUND_GRACE_MS
@@ -136,7 +137,7 @@ class ExitService:
     @staticmethod
     def _holding(key_id: int, symbol: str):  # type: ignore[no-untyped-def]
         return (select(Trade).where(Trade.key_id == key_id, Trade.symbol == symbol,
-                                    Trade.status.in_(HOLDING + (TradeStatus.CLOSING.value,)))
+                                    Trade.status.in_(HOLDING_STATUSES))
                 .order_by(Trade.opened_at, Trade.id))
 
     def chasing(self, exit_id: int) -> bool:

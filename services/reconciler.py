@@ -41,7 +41,9 @@ from sqlalchemy import select, update
 from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError
-from models import Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms
+from models import (
+    UNFINISHED_STATUSES, Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms,
+)
 from services import book, ledger
 from services.errors import ServiceError
 from services.lifecycle import StopFlag
@@ -49,8 +51,6 @@ from services.orders import OrderService
 from services.serialize import dec
 
 logger = logging.getLogger(__name__)
-
-HOLDING = (TradeStatus.OPEN.value, TradeStatus.CLOSING.value, TradeStatus.EXIT_FAILED.value)
 
 
 class Reconciler:
@@ -103,7 +103,7 @@ class Reconciler:
         else:
             recent = now_ms() - self._fill_lookback_ms
             active = select(Trade.key_id).where(
-                Trade.status.in_(HOLDING + (TradeStatus.PENDING.value,))
+                Trade.status.in_(UNFINISHED_STATUSES)
                 | (Trade.updated_at >= recent) | Trade.cancel_at.is_not(None))
             exiting = select(Exit.key_id).where(Exit.status == ExitStatus.WORKING.value)
             keys = self._keys(stmt.where(ExchangeKey.id.in_(active) | ExchangeKey.id.in_(exiting)))
