@@ -2,7 +2,7 @@
 
 An envelope (CONTRACT.md) carries ``epoch`` and ``seq``: ``seq`` grows by exactly one
 per built envelope of a (user, key, type) within one ``epoch``. The state object is
-what carries the sequence, so it outlives its stream: ``services.streams`` keeps it
+what carries the sequence, so it outlives its stream: ``services.stream_manager`` keeps it
 while the stream restarts (exchange reconnect, key update, the user's sockets
 leaving and coming back within the retention time) and makes a new one, with a new
 epoch, only when it cannot vouch for continuity (process start, the stream having

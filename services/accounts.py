@@ -3,28 +3,43 @@
 A key is checked with one signed exchange call before it is saved; its secret is
 stored Fernet-encrypted and never returned. Changing a key drops the cached client
 and restarts its stream with the new values (subscribers keep receiving); deleting
-it stops the stream (subscribers get ``stream_status`` ``down``).
+it stops the stream (subscribers get ``stream_status`` ``down``). ``get_owned_key``
+is the one place that decides "not yours = not found" for every service.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from exchanges.base import ExchangeClient
 from models import Database, ExchangeKey, User, now_ms
-from services.keyring import get_owned_key
 from services.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from services.security import KeyCipher, TokenService, hash_password, verify_password
-from services.streams import StreamManager
-from services.trading import TradingService
+
+if TYPE_CHECKING:  # annotations only: stream_manager imports get_owned_key from here
+    from services.client_cache import TradingService
+    from services.stream_manager import StreamManager
 
 logger = logging.getLogger(__name__)
 
 # (exchange, api_key, api_secret, testnet) -> a fresh, uncached client
 BuildClient = Callable[[str, str, str, bool], ExchangeClient]
+
+
+def get_owned_key(db: Database, user_id: int, key_id: int) -> ExchangeKey:
+    """The key ``key_id`` if it belongs to ``user_id`` and is not deleted.
+
+    Raises NotFound (``key_not_found``, field ``key_id``) otherwise, also for another
+    user's key, so that its existence is never revealed.
+    """
+    with db.session() as s:
+        key = s.get(ExchangeKey, key_id)
+    if key is None or key.user_id != user_id or key.status == "deleted":
+        raise NotFound("key_not_found", f"no API key {key_id}", "key_id")
+    return key
 
 
 class UserService:

@@ -18,8 +18,9 @@ from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
 from models import Database
 from services import ledger
-from services.accounts import KeyService, UserService
 from services.account_stream import StreamSettings
+from services.accounts import KeyService, UserService
+from services.client_cache import TradingService
 from services.exits import ExitService, ExitSettings
 from services.fill_feed import FillFeed
 from services.leases import LocalLeases, RedisLeases
@@ -31,9 +32,8 @@ from services.resume import ResumeService
 from services.security import KeyCipher, TokenService
 from services.sessions import SessionService
 from services.snapshots import SnapshotService
-from services.streams import StreamManager
+from services.stream_manager import StreamManager
 from services.tickers import TickerHub
-from services.trading import TradingService
 from services.write_behind import LedgerWriter
 
 logger = logging.getLogger(__name__)

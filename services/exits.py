@@ -31,8 +31,8 @@ from models import (
     HOLDING_STATUSES, Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeStatus, now_ms,
 )
 from services import book, ledger
+from services.accounts import get_owned_key
 from services.errors import Conflict
-from services.keyring import get_owned_key
 from services.lifecycle import StopFlag
 from services.orders import NOT_FOUND_GRACE_MS
 

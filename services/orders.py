@@ -25,8 +25,8 @@ from exchanges.errors import (
 )
 from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
 from services import book, ledger
+from services.accounts import get_owned_key
 from services.errors import Conflict, NotFound, ValidationFailed
-from services.keyring import get_owned_key
 from services.serialize import dec
 
 logger = logging.getLogger(__name__)

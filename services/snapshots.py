@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from models import ExchangeKey
 from services.account_state import AccountState, now_ms
-from services.streams import StreamManager
+from services.stream_manager import StreamManager
 
 
 class SnapshotService:

@@ -15,7 +15,7 @@ def test_polling_interval_stretches_with_the_number_of_polling_accounts() -> Non
     from types import SimpleNamespace
 
     from exchanges.governor import Governors
-    from services.streams import POLLING_KEYS_PER_S, StreamManager
+    from services.stream_manager import POLLING_KEYS_PER_S, StreamManager
     mgr = StreamManager(None, None, None, lambda e: None, lambda *a: None,  # type: ignore[arg-type]
                         lambda s: None, None)
     binance, bybit = ("binance", False, None), ("bybit", False, None)

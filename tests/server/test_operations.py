@@ -133,12 +133,12 @@ def test_missing_production_settings_are_one_clear_line_without_traceback(comman
 
 
 def test_json_log_lines_carry_the_key_value_fields() -> None:
-    record = logging.LogRecord("services.streams", logging.INFO, __file__, 1,
+    record = logging.LogRecord("services.stream_manager", logging.INFO, __file__, 1,
                                "stream live key_id=%s exchange=%s", (7, "binance"), None)
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "stream live key_id=7 exchange=binance"
     assert line["fields"] == {"key_id": "7", "exchange": "binance"}
-    assert line["level"] == "INFO" and line["logger"] == "services.streams"
+    assert line["level"] == "INFO" and line["logger"] == "services.stream_manager"
     assert isinstance(line["time"], int)
     with pytest.raises(ConfigError, match="LOG_FORMAT"):
         load_config({"LOG_FORMAT": "xml"})

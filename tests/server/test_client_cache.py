@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from services.trading import TradingService
+from services.client_cache import TradingService
 
 
 class FakeClient:

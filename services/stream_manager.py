@@ -27,11 +27,11 @@ from exchanges.governor import Governors
 from models import Database
 from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
-from services.keyring import get_owned_key
+from services.accounts import get_owned_key
 from services.leases import LocalLeases
 from services.lifecycle import StopFlag
 from services.security import KeyCipher
-from services.trading import TradingService
+from services.client_cache import TradingService
 
 logger = logging.getLogger(__name__)
 
