@@ -23,6 +23,7 @@ from pydantic_core import core_schema
 
 from api.validation import invalid
 from models import TradeStatus
+from services.account_kinds import STATE_TYPES
 from services.schemas import responses as out
 from services.schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
 from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LogoutRequest,
@@ -137,7 +138,7 @@ OPERATIONS: dict[str, Op] = {
                           (204, "Deleted", None), None, (400, 401, 404), path_schemas={"key_id": ID}),
     "account.snapshot": Op("Account snapshot: the envelope of the push", (200, "Envelope", out.Envelope),
                            None, CALLS_EXCHANGE, query=KEY_ID_QUERY,
-                           path_schemas={"kind": _enum("balance", "positions", "pnl", "orders")}),
+                           path_schemas={"kind": _enum(*STATE_TYPES)}),
     "orders.place_order": Op("Place an order (recorded pending before it is sent)",
                              (201, "The ledger record", out.TradeResult), OrderCreate,
                              CALLS_EXCHANGE + (409, 413)),

@@ -18,6 +18,7 @@ from typing import Callable, TypeVar
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ThrottledLocally
 from exchanges.factory import FULL_ORDERS_EVERY, OPEN_ORDERS_PER_SYMBOL
+from services.account_kinds import STATE_TYPES
 from services.account_state import now_ms
 
 logger = logging.getLogger(__name__)
@@ -136,8 +137,7 @@ class RestRefresher:
             logger.warning("account rest call failed key_id=%s kind=%s code=%s",
                            self.state.key_id, type(e).__name__, e.code)
             self._set_status("down")
-            stale_kinds = tuple(k for k in ("balance", "positions", "pnl", "orders")
-                                if k not in changed)
+            stale_kinds = tuple(k for k in STATE_TYPES if k not in changed)
             for env in self.state.mark_stale(stale_kinds):
                 self._send(env)
             raise

@@ -24,10 +24,8 @@ from decimal import Decimal
 
 from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
 from services import serialize
+from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES  # noqa: F401 (both re-exported)
 from services.fill_log import FillLog
-
-STATE_TYPES = ("balance", "positions", "pnl", "orders")
-ACCOUNT_TYPES = STATE_TYPES + ("fills",)
 
 # the epoch prefix of this process: a restart can never reuse an epoch
 _BOOT = f"{int(time.time() * 1000):x}-{os.getpid():x}-{os.urandom(3).hex()}"

@@ -24,10 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.account_kinds import STATE_TYPES
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "pushsrv"
-ACCOUNT_TYPES = ("balance", "positions", "pnl", "orders")
 ACCOUNT_STREAM_STATES = ("live", "reconnecting", "polling", "down")
 TICKER_STREAM_STATES = ("live", "reconnecting", "down")
 # exchange event time -> emit, seconds
@@ -125,9 +126,9 @@ def _hub_families(s: dict) -> Iterable[Metric]:
     yield _gauge("ws_connections", "Open Socket.IO connections", s["connections"])
     yield _gauge("users_online", "Users with at least one open connection", s["users_online"])
     yield _by_label(GaugeMetricFamily, "subscriptions", "Connections subscribed, by account type",
-                    "type", s["subscriptions"], ACCOUNT_TYPES)
+                    "type", s["subscriptions"], STATE_TYPES)
     yield _by_label(CounterMetricFamily, "pushes", "Envelopes emitted since start, by type",
-                    "type", s["push"]["by_type"], ACCOUNT_TYPES + ("ticker",))
+                    "type", s["push"]["by_type"], STATE_TYPES + ("ticker",))
 
 
 def _trading_families(s: dict) -> Iterable[Metric]:

@@ -18,7 +18,7 @@ from typing import Callable
 from flask_socketio import SocketIO
 from socketio import PubSubManager
 
-from services.account_state import ACCOUNT_TYPES
+from services.account_kinds import ACCOUNT_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 

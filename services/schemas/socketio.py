@@ -3,13 +3,12 @@ round's ``since`` and ``max_hz``), validated with pydantic: a bad payload gets a
 ``{"ok": false, "error": {"code", "message", "field"}}`` naming the field."""
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES, AccountKind
 from services.schemas.fields import MAX_ID
 
-AccountType = Literal["balance", "positions", "pnl", "orders", "fills"]
+AccountType = AccountKind
 Hz = float
 MAX_HZ_LIMIT = 50.0  # the highest ``max_hz`` a subscription may ask for (pushes a second)
 
@@ -40,7 +39,7 @@ class Subscribe(_Strict):
     ``since`` per type and ``max_hz`` (one number for every type, or per type;
     mark-driven pushes a second, at most ``MAX_HZ_LIMIT``)."""
 
-    types: list[AccountType] = Field(min_length=1, max_length=5)
+    types: list[AccountType] = Field(min_length=1, max_length=len(ACCOUNT_TYPES))
     key_id: int | None = Field(default=None, gt=0, le=MAX_ID)
     since: dict[AccountType, Position] | None = None
     max_hz: Hz | dict[AccountType, Hz] | None = None
@@ -69,11 +68,11 @@ class Subscribe(_Strict):
             return {}
         if isinstance(self.max_hz, dict):
             return {k: float(v) for k, v in self.max_hz.items()}
-        return {k: float(self.max_hz) for k in ("balance", "positions", "pnl", "orders")}
+        return {k: float(self.max_hz) for k in STATE_TYPES}
 
 
 class Unsubscribe(_Strict):
     """``unsubscribe``: the types to leave (``key_id`` accepted and ignored, as before)."""
 
-    types: list[AccountType] = Field(min_length=1, max_length=5)
+    types: list[AccountType] = Field(min_length=1, max_length=len(ACCOUNT_TYPES))
     key_id: int | None = Field(default=None, gt=0, le=MAX_ID)
