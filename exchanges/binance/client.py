@@ -28,6 +28,7 @@ from binance.client import Client
 
 from exchanges.binance import mapping
 from exchanges.binance.errors import EXCHANGE, binance_errors
+from exchanges.binance.spec import BINANCE
 from exchanges.binance.stream import BinanceUserStream, ListenKeyHold
 from exchanges.egress import bind_session
 from exchanges.errors import InvalidOrder
@@ -44,6 +45,7 @@ T = TypeVar("T")
 SYMBOL_RULES_TTL_S = 3600.0
 CLOCK_SAMPLES = 3
 SUPPORTED_ORDER_TYPES = ("LIMIT", "MARKET")
+W = BINANCE.weight   # an endpoint's request weight on the IP limit (the spec's table)
 
 
 def now_ms() -> int:
@@ -112,7 +114,7 @@ class BinanceFuturesClient(GovernedRestClient):
         offsets = []
         for _ in range(CLOCK_SAMPLES):
             before = time.time() * 1000
-            raw = self._public(self._client.futures_time)
+            raw = self._public(self._client.futures_time, W("time"))
             server = mapping.parse_server_time(raw)
             after = time.time() * 1000
             offsets.append(int(server - (before + after) / 2))
@@ -127,7 +129,8 @@ class BinanceFuturesClient(GovernedRestClient):
 
     def _used_weight(self) -> int | None:
         response = getattr(self._client, "response", None)
-        value = response.headers.get("X-MBX-USED-WEIGHT-1M") if response is not None else None
+        header = BINANCE.rate_limit.used_weight_header
+        value = response.headers.get(header) if response is not None and header else None
         return int(value) if value and value.isdigit() else None
 
     # ---- ExchangeClient ------------------------------------------------------
@@ -140,23 +143,25 @@ class BinanceFuturesClient(GovernedRestClient):
         """One signed call (``GET /fapi/v3/balance``). Raises AuthFailed with Binance's
         code (-2015 bad key, -1022 bad signature), ExchangeUnavailable, ExchangeTimeout."""
         self._signed(lambda: self._client.futures_account_balance(), retry_on_skew=True,
-                     weight=5)
+                     weight=W("credentials"))
 
     def server_time(self) -> int:
         """``GET /fapi/v1/time`` serverTime, ms UTC."""
-        return mapping.parse_server_time(self._public(lambda: self._client.futures_time()))
+        return mapping.parse_server_time(self._public(lambda: self._client.futures_time(),
+                                                      W("time")))
 
     def get_balance(self) -> Balance:
         """``GET /fapi/v2/account`` -> Balance (assets with a non-zero wallet or margin
         balance)."""
-        raw = self._signed(lambda: self._client.futures_account(), retry_on_skew=True, weight=5)
+        raw = self._signed(lambda: self._client.futures_account(), retry_on_skew=True,
+                           weight=W("balance"))
         return mapping.parse_balance(raw)
 
     def get_positions(self) -> list[Position]:
         """Non-zero positions from ``GET /fapi/v2/positionRisk`` (v2 because it carries
         ``leverage`` and ``marginType``, which v3 lacks)."""
         raw = self._signed(lambda: self._client.futures_position_information(version=2),
-                           retry_on_skew=True, weight=5)
+                           retry_on_skew=True, weight=W("positions"))
         return mapping.parse_positions(raw)
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -164,7 +169,8 @@ class BinanceFuturesClient(GovernedRestClient):
         instead of 1)."""
         params = {"symbol": symbol} if symbol else {}
         raw = self._signed(lambda: self._client.futures_get_open_orders(**params),
-                           retry_on_skew=True, weight=1 if symbol else 40)
+                           retry_on_skew=True,
+                           weight=W("open_orders" if symbol else "open_orders_all"))
         return [mapping.parse_order(o) for o in raw]
 
     def get_order(self, symbol: str, client_order_id: str | None = None,
@@ -172,7 +178,8 @@ class BinanceFuturesClient(GovernedRestClient):
         """``GET /fapi/v1/order`` by ``orderId`` (preferred) or ``origClientOrderId``.
         Raises OrderNotFound (-2013), ValueError when neither id is given."""
         params = _order_ref(symbol, client_order_id, order_id)
-        raw = self._signed(lambda: self._client.futures_get_order(**params), retry_on_skew=True)
+        raw = self._signed(lambda: self._client.futures_get_order(**params), retry_on_skew=True,
+                           weight=W("order"))
         return mapping.parse_order(raw)
 
     def create_order(self, request: OrderRequest) -> Order:
@@ -190,7 +197,7 @@ class BinanceFuturesClient(GovernedRestClient):
                     self._api_key_hint, request.symbol, request.side, request.type,
                     params["quantity"], request.client_order_id)
         raw = self._signed(lambda: self._client.futures_create_order(**params),
-                           retry_on_skew=True, priority=ORDER, weight=0)  # counts on order limits
+                           retry_on_skew=True, priority=ORDER, weight=W("order_create"))
         return mapping.parse_order(raw)
 
     def cancel_order(self, symbol: str, client_order_id: str | None = None,
@@ -202,7 +209,7 @@ class BinanceFuturesClient(GovernedRestClient):
         logger.info("binance cancel_order key=%s symbol=%s order_id=%s coid=%s",
                     self._api_key_hint, symbol, order_id, client_order_id)
         raw = self._signed(lambda: self._client.futures_cancel_order(**params),
-                           retry_on_skew=False, priority=ORDER)
+                           retry_on_skew=False, priority=ORDER, weight=W("order_cancel"))
         return mapping.parse_order(raw)
 
     def get_fills(self, symbol: str, order_id: str | None = None,
@@ -214,7 +221,7 @@ class BinanceFuturesClient(GovernedRestClient):
         if start_time is not None:
             params["startTime"] = int(start_time)
         raw = self._signed(lambda: self._client.futures_account_trades(**params),
-                           retry_on_skew=True, weight=5)
+                           retry_on_skew=True, weight=W("fills"))
         return [mapping.parse_fill(t) for t in raw]
 
     def get_symbol_rules(self, symbol: str) -> SymbolRules:
@@ -225,7 +232,7 @@ class BinanceFuturesClient(GovernedRestClient):
             fresh = fetched is not None and time.monotonic() - fetched < SYMBOL_RULES_TTL_S
             rules = self._rules.get(symbol) if fresh else None
         if rules is None and not fresh:
-            raw = self._public(lambda: self._client.futures_exchange_info())
+            raw = self._public(lambda: self._client.futures_exchange_info(), W("symbol_rules"))
             parsed = mapping.parse_symbol_rules(raw)
             with self._rules_lock:
                 self._rules, self._rules_fetched_at = parsed, time.monotonic()
@@ -237,16 +244,20 @@ class BinanceFuturesClient(GovernedRestClient):
     def get_ticker(self, symbol: str) -> Ticker:
         """Mark (``/fapi/v1/premiumIndex``), last (``/fapi/v2/ticker/price``) and best
         bid/ask (``/fapi/v1/ticker/bookTicker``) of ``symbol``."""
-        premium = self._public(lambda: self._client.futures_mark_price(symbol=symbol))
-        last = self._public(lambda: self._client.futures_symbol_ticker(symbol=symbol))
-        book = self._public(lambda: self._client.futures_orderbook_ticker(symbol=symbol), weight=2)
+        premium = self._public(lambda: self._client.futures_mark_price(symbol=symbol),
+                               W("mark_price"))
+        last = self._public(lambda: self._client.futures_symbol_ticker(symbol=symbol),
+                            W("ticker_price"))
+        book = self._public(lambda: self._client.futures_orderbook_ticker(symbol=symbol),
+                            W("book_ticker"))
         return mapping.parse_ticker(premium, last, book)
 
     def user_stream(self) -> BinanceUserStream:
         """A new, unconnected user-data stream for this key."""
         return BinanceUserStream(self._client, self.endpoints.ws_url, self.timeout_s,
                                  key_hint=self._api_key_hint,
-                                 rest=lambda call, priority: self._io(call, priority, 1),
+                                 rest=lambda call, priority: self._io(call, priority,
+                                                                      W("listen_key")),
                                  source_address=self._egress, hold=self._listen_key_hold)
 
     def close(self) -> None:

@@ -14,37 +14,26 @@ original. Sources: Binance USD-M "Error Codes" page
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import requests
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 from urllib3.exceptions import ReadTimeoutError
 
+from exchanges.binance.spec import BINANCE
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeError, ExchangeTimeout, ExchangeUnavailable,
-    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+    AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
+    RateLimited,
 )
 
 logger = logging.getLogger(__name__)
 
-EXCHANGE = "binance"
+EXCHANGE = BINANCE.name
 _MAX_MESSAGE = 300
 
 # Binance error code -> class, for replies whose HTTP status is not decisive on its own.
-CODE_TABLE: dict[int, type[ExchangeError]] = {
-    -1022: AuthFailed,          # Signature for this request is not valid.
-    -2014: AuthFailed,          # API-key format invalid.
-    -2015: AuthFailed,          # Invalid API-key, IP, or permissions for action.
-    -1003: RateLimited,         # Too many requests.
-    -1021: ClockSkew,           # Timestamp for this request is outside of the recvWindow.
-    -1001: ExchangeUnavailable,  # Internal error; unable to process your request.
-    -1007: ExchangeTimeout,     # Timeout waiting for response from backend; status unknown.
-    -1125: ExchangeUnavailable,  # This listenKey does not exist: the stream must reconnect.
-    -2019: InsufficientBalance,  # Margin is insufficient.
-    -2013: OrderNotFound,       # Order does not exist. (GET /fapi/v1/order)
-    -2011: OrderNotFound,       # Unknown order sent. (DELETE /fapi/v1/order)
-}
+CODE_TABLE: Mapping[int, type[ExchangeError]] = BINANCE.error_codes  # in the venue's spec
 
 
 def retry_after_ms(response: requests.Response | None) -> int | None:

@@ -21,13 +21,14 @@ from decimal import Decimal, InvalidOperation
 from functools import wraps
 from typing import Any, TypeVar
 
+from exchanges.binance.spec import BINANCE
 from exchanges.errors import ExchangeUnavailable
 from exchanges.types import (
     AccountEvent, AssetBalance, Balance, Fill, Order, OrderEvent, OrderStatus, Position,
     PositionUpdate, StreamEvent, StreamExpired, SymbolRules, Ticker, WalletUpdate,
 )
 
-EXCHANGE = "binance"
+EXCHANGE = BINANCE.name
 ZERO = Decimal(0)
 
 # Binance order status ("status" in REST, "X" in ORDER_TRADE_UPDATE) -> OrderStatus.

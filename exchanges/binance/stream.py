@@ -28,6 +28,7 @@ from binance.client import Client
 
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.mapping import parse_user_event
+from exchanges.binance.spec import BINANCE
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
 from exchanges.governor import ORDER, QUERY
 from exchanges.types import StreamEvent
@@ -36,7 +37,7 @@ from exchanges.wsjson import create_connection, set_wait
 logger = logging.getLogger(__name__)
 
 LISTEN_KEY_VALIDITY_S = 60 * 60
-KEEPALIVE_INTERVAL_S = 30 * 60
+KEEPALIVE_INTERVAL_S = BINANCE.stream_keepalive_s   # PUT every 30 min
 
 
 def _mask(value: str | None) -> str:

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from exchanges.bybit import mapping
 from exchanges.bybit.errors import EXCHANGE, bybit_errors
 from exchanges.bybit.http import OffsetHTTP
+from exchanges.bybit.spec import BYBIT
 from exchanges.bybit.stream import BybitUserStream
 from exchanges.egress import bind_session
 from exchanges.errors import ExchangeError, InvalidOrder, OrderNotFound
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CATEGORY = "linear"
-SETTLE_COIN = "USDT"
+SETTLE_COIN = BYBIT.settle_assets[0]
 RECV_WINDOW_MS = 5000
 SYMBOL_RULES_TTL_S = 3600.0
 CLOCK_SAMPLES = 3
@@ -60,6 +61,7 @@ LOOKUP_DELAYS_S = (0.05, 0.2, 0.5)   # re-reads of an order right after create/c
 SIDE = {"BUY": "Buy", "SELL": "Sell"}
 ORDER_TYPE = {"MARKET": "Market", "LIMIT": "Limit"}
 TIME_IN_FORCE = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "GTX": "PostOnly"}
+W = BYBIT.weight   # an endpoint's request weight on the IP limit (the spec's table)
 
 
 def now_ms() -> int:
@@ -135,7 +137,7 @@ class BybitLinearClient(GovernedRestClient):
         offsets = []
         for _ in range(CLOCK_SAMPLES):
             before = time.time() * 1000
-            server = mapping.parse_server_time(self._public(self._http.get_server_time))
+            server = mapping.parse_server_time(self._public(self._http.get_server_time, W("time")))
             after = time.time() * 1000
             offsets.append(int(server - (before + after) / 2))
         offset = sorted(offsets)[len(offsets) // 2]
@@ -150,9 +152,10 @@ class BybitLinearClient(GovernedRestClient):
         return bybit_errors(self.server_now_ms)
 
     def _paged(self, call: Callable[..., Any], params: dict[str, Any], page_size: int,
-               max_rows: int | None = None, signed: bool = True) -> list[dict[str, Any]]:
+               weight: int, max_rows: int | None = None,
+               signed: bool = True) -> list[dict[str, Any]]:
         """GET following ``nextPageCursor`` (at most ``MAX_PAGES`` pages or ``max_rows``
-        rows). Returns the raw ``result.list`` rows."""
+        rows), ``weight`` a page. Returns the raw ``result.list`` rows."""
         rows: list[dict[str, Any]] = []
         cursor = ""
         for _ in range(MAX_PAGES):
@@ -160,7 +163,8 @@ class BybitLinearClient(GovernedRestClient):
             if cursor:
                 page["cursor"] = cursor
             fetch = lambda page=page: call(**page)  # noqa: E731
-            raw = self._signed(fetch, retry_on_skew=True) if signed else self._public(fetch)
+            raw = (self._signed(fetch, retry_on_skew=True, weight=weight) if signed
+                   else self._public(fetch, weight))
             rows.extend(mapping.rows_of(raw))
             cursor = str(mapping.result_of(raw).get("nextPageCursor") or "")
             if not cursor or (max_rows is not None and len(rows) >= max_rows):
@@ -178,29 +182,30 @@ class BybitLinearClient(GovernedRestClient):
         Raises AuthFailed (10003/10004/10005 or HTTP 401), ExchangeUnavailable,
         ExchangeTimeout."""
         self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
-                     retry_on_skew=True)
+                     retry_on_skew=True, weight=W("credentials"))
 
     def server_time(self) -> int:
         """``GET /v5/market/time``, ms UTC."""
-        return mapping.parse_server_time(self._public(self._http.get_server_time))
+        return mapping.parse_server_time(self._public(self._http.get_server_time, W("time")))
 
     def get_balance(self) -> Balance:
         """``GET /v5/account/wallet-balance?accountType=UNIFIED`` (``mapping.parse_balance``)."""
         raw = self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
-                           retry_on_skew=True)
+                           retry_on_skew=True, weight=W("balance"))
         return mapping.parse_balance(raw)
 
     def get_positions(self) -> list[Position]:
         """Open positions: ``GET /v5/position/list?settleCoin=USDT`` (size > 0 only)."""
         rows = self._paged(self._http.get_positions,
-                           {"category": CATEGORY, "settleCoin": SETTLE_COIN}, 200)
+                           {"category": CATEGORY, "settleCoin": SETTLE_COIN}, 200, W("positions"))
         return [p for p in (mapping.parse_position(r) for r in rows) if p is not None]
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
         """Open orders of ``symbol`` (all USDT symbols when None), ``/v5/order/realtime``."""
         params = {"category": CATEGORY}
         params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
-        rows = self._paged(self._http.get_open_orders, params, 50)
+        rows = self._paged(self._http.get_open_orders, params, 50,
+                           W("open_orders" if symbol else "open_orders_all"))
         return [o for o in (mapping.parse_order(r) for r in rows) if not o.status.is_final]
 
     def get_order(self, symbol: str, client_order_id: str | None = None,
@@ -209,8 +214,9 @@ class BybitLinearClient(GovernedRestClient):
         (open and recent closed orders), then ``/v5/order/history``. Raises
         OrderNotFound (code 110001) when neither knows it, ValueError without an id."""
         ref = _order_ref(symbol, client_order_id, order_id)
-        for call in (self._http.get_open_orders, self._http.get_order_history):
-            raw = self._signed(lambda call=call: call(**ref), retry_on_skew=True)
+        for call, weight in ((self._http.get_open_orders, W("order")),
+                             (self._http.get_order_history, W("order_history"))):
+            raw = self._signed(lambda call=call: call(**ref), retry_on_skew=True, weight=weight)
             orders = mapping.parse_orders(raw)
             if orders:
                 return orders[0]
@@ -231,7 +237,7 @@ class BybitLinearClient(GovernedRestClient):
                     self._api_key_hint, request.symbol, params["side"], params["orderType"],
                     params["qty"], request.client_order_id)
         raw = self._signed(lambda: self._http.place_order(**params), retry_on_skew=True,
-                           priority=ORDER)
+                           priority=ORDER, weight=W("order_create"))
         order_id = str(mapping.result_of(raw).get("orderId") or "")
         # MARKET, IOC and FOK orders end at once on the exchange: read until final.
         immediate = params["orderType"] == "Market" or params.get("timeInForce") in ("IOC", "FOK")
@@ -252,7 +258,7 @@ class BybitLinearClient(GovernedRestClient):
         logger.info("bybit cancel_order key=%s symbol=%s order_id=%s coid=%s",
                     self._api_key_hint, symbol, order_id, client_order_id)
         raw = self._signed(lambda: self._http.cancel_order(**ref), retry_on_skew=False,
-                           priority=ORDER)
+                           priority=ORDER, weight=W("order_cancel"))
         acked_id = str(mapping.result_of(raw).get("orderId") or order_id or "")
         return self._read_back(symbol, acked_id, client_order_id, want_final=True)
 
@@ -286,7 +292,7 @@ class BybitLinearClient(GovernedRestClient):
         if start_time is not None:
             params["startTime"] = int(start_time)
         rows = self._paged(self._http.get_executions, params, min(100, max(1, int(limit))),
-                           max_rows=int(limit))
+                           W("fills"), max_rows=int(limit))
         fills = [mapping.parse_fill(r) for r in rows if mapping.is_trade(r)]
         return sorted(fills, key=lambda f: (f.time, f.trade_id))
 
@@ -300,7 +306,7 @@ class BybitLinearClient(GovernedRestClient):
             rules = self._rules.get(symbol) if fresh else None
         if rules is None and not fresh:
             rows = self._paged(self._http.get_instruments_info, {"category": CATEGORY}, 1000,
-                               signed=False)
+                               W("symbol_rules"), signed=False)
             parsed = {r.symbol: r for r in (mapping.parse_instrument(row) for row in rows)}
             with self._rules_lock:
                 self._rules, self._rules_fetched_at = parsed, time.monotonic()
@@ -311,7 +317,8 @@ class BybitLinearClient(GovernedRestClient):
 
     def get_ticker(self, symbol: str) -> Ticker:
         """``GET /v5/market/tickers``. Raises InvalidOrder(10001) for an unknown symbol."""
-        raw = self._public(lambda: self._http.get_tickers(category=CATEGORY, symbol=symbol))
+        raw = self._public(lambda: self._http.get_tickers(category=CATEGORY, symbol=symbol),
+                           W("ticker"))
         ticker = mapping.parse_ticker(raw)
         if ticker is None:
             raise InvalidOrder(EXCHANGE, 10001, f"Invalid symbol {symbol}.")

@@ -35,38 +35,22 @@ import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from urllib3.exceptions import ReadTimeoutError
 
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeError, ExchangeTimeout, ExchangeUnavailable,
-    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+    AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
+    RateLimited,
 )
 
 logger = logging.getLogger(__name__)
 
-EXCHANGE = "bybit"
+EXCHANGE = BYBIT.name
 _MAX_MESSAGE = 300
 RESET_HEADER = "X-Bapi-Limit-Reset-Timestamp"
 # v5 rate-limit doc: after "403, access too frequent" wait at least 10 minutes.
 IP_BAN_MIN_WAIT_MS = 10 * 60 * 1000
 
 # Bybit retCode -> class (first match wins over the generic "rejected" rule).
-CODE_TABLE: dict[int, type[ExchangeError]] = {
-    10003: AuthFailed,           # API key is invalid.
-    10004: AuthFailed,           # Error sign, please check your signature generation algorithm.
-    10005: AuthFailed,           # Permission denied, please check your API key permissions.
-    10007: AuthFailed,           # User authentication failed.
-    10010: AuthFailed,           # Unmatched IP, please check your API key's bound IP addresses.
-    10002: ClockSkew,            # The request time exceeds the time window range.
-    10006: RateLimited,          # Too many visits. Exceeded the API Rate Limit.
-    10018: RateLimited,          # Exceeded the IP Rate Limit.
-    10000: ExchangeTimeout,      # Server Timeout (fate unknown).
-    10016: ExchangeUnavailable,  # Server error.
-    110004: InsufficientBalance,  # Wallet balance is insufficient.
-    110007: InsufficientBalance,  # Available balance is insufficient.
-    110012: InsufficientBalance,  # Insufficient available balance.
-    110001: OrderNotFound,       # Order does not exist.
-    110008: OrderNotFound,       # The order has been completed or cancelled.
-    110010: OrderNotFound,       # The order has been cancelled.
-}
+CODE_TABLE: Mapping[int, type[ExchangeError]] = BYBIT.error_codes  # in the venue's spec
 
 
 def retry_after_ms(headers: Mapping[str, Any] | None,

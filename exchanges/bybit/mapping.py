@@ -25,13 +25,14 @@ from decimal import Decimal, InvalidOperation
 from functools import wraps
 from typing import Any, TypeVar
 
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import ExchangeUnavailable
 from exchanges.types import (
     AccountEvent, AssetBalance, Balance, Fill, FillEvent, Order, OrderEvent, OrderStatus,
     Position, PositionUpdate, StreamEvent, SymbolRules, Ticker, WalletUpdate,
 )
 
-EXCHANGE = "bybit"
+EXCHANGE = BYBIT.name
 ZERO = Decimal(0)
 
 # Bybit orderStatus -> OrderStatus. Deactivated (a conditional/TP-SL order cancelled

@@ -35,6 +35,7 @@ import websocket
 
 from exchanges.bybit.errors import EXCHANGE
 from exchanges.bybit.mapping import parse_private_event
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import AuthFailed, ExchangeTimeout, ExchangeUnavailable
 from exchanges.types import StreamEvent
 from exchanges.wsjson import create_connection, set_wait
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_PATH = "/v5/private"
 TOPICS = ("order", "execution", "position", "wallet")
-PING_INTERVAL_S = 20.0
+PING_INTERVAL_S = BYBIT.stream_keepalive_s   # 20 s
 AUTH_EXPIRES_MS = 5000
 _IGNORED_OPS = frozenset({"pong", "ping", "subscribe", "unsubscribe", "auth"})
 
