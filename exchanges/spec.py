@@ -73,6 +73,8 @@ class VenueSpec:
         error_codes: ``{venue error code: ExchangeError subclass}`` for replies whose
             HTTP status is not decisive on its own; the adapter's ``errors`` module is
             the only reader.
+        unknown_symbol_code: the code the venue answers for a symbol it does not list
+            (the adapter raises InvalidOrder with it without asking again).
         client_class, market_stream_class: ``"module:Class"`` of the adapter's
             ``ExchangeClient`` and public ``MarketStream`` (imported on first use by
             ``exchanges.venues``).
@@ -91,6 +93,7 @@ class VenueSpec:
     market_stream_class: str
     full_orders_every: int = 10
     error_codes: Mapping[int, type[ExchangeError]] = field(default_factory=dict)
+    unknown_symbol_code: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", _frozen(self.endpoints))

@@ -59,6 +59,7 @@ BINANCE = VenueSpec(
         -2013: OrderNotFound,       # Order does not exist. (GET /fapi/v1/order)
         -2011: OrderNotFound,       # Unknown order sent. (DELETE /fapi/v1/order)
     },
+    unknown_symbol_code=-1121,   # Invalid symbol.
     client_class="exchanges.binance.client:BinanceFuturesClient",
     market_stream_class="exchanges.binance.market:BinanceMarkPriceStream",
 )

@@ -59,6 +59,7 @@ BYBIT = VenueSpec(
         110008: OrderNotFound,       # The order has been completed or cancelled.
         110010: OrderNotFound,       # The order has been cancelled.
     },
+    unknown_symbol_code=10001,   # params error: symbol invalid
     client_class="exchanges.bybit.client:BybitLinearClient",
     market_stream_class="exchanges.bybit.market:BybitTickerStream",
 )

@@ -3,7 +3,9 @@ governors, the configuration and the error mapping take their facts from it (eac
 test swaps a spec field and watches the reader follow)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
+from decimal import Decimal
 
 import pytest
 
@@ -12,10 +14,10 @@ from exchanges.binance.spec import BINANCE
 from exchanges.bybit.spec import BYBIT
 from exchanges.errors import UnsupportedExchange
 from exchanges.factory import SUPPORTED_EXCHANGES, create_client, create_market_stream
-from exchanges.governor import Governors
+from exchanges.governor import Governors, RateGovernor
 from exchanges.rest_base import GovernedRestClient
-from exchanges.spec import RateLimit
-from exchanges.types import VenueEndpoints
+from exchanges.spec import Endpoint, RateLimit
+from exchanges.types import OrderRequest, VenueEndpoints
 from exchanges.venues import VENUES, load, venue
 
 ENDPOINTS = VenueEndpoints("http://127.0.0.1:9", "ws://127.0.0.1:9")
@@ -115,3 +117,89 @@ def test_poll_round_weight_is_the_endpoints_arithmetic(spec) -> None:
 
 def test_the_registry_is_the_only_list_of_venues() -> None:
     assert venues.SUPPORTED_EXCHANGES is SUPPORTED_EXCHANGES
+
+
+class RecordingGovernor(RateGovernor):
+    """Admits everything and records each request's weight."""
+
+    def __init__(self, exchange: str) -> None:
+        super().__init__(exchange, weight_limit=10**9)
+        self.weights: list[int] = []
+
+    def before(self, priority: str = "query", weight: int = 1) -> None:
+        self.weights.append(weight)
+
+
+def _renumbered(spec):  # type: ignore[no-untyped-def]
+    """``spec`` with every endpoint weighing a different number (100, 101, ...)."""
+    return replace(spec, endpoints={name: Endpoint(e.method, e.path, 100 + i)
+                                    for i, (name, e) in enumerate(spec.endpoints.items())})
+
+
+CALLS = {  # ExchangeClient call -> the spec endpoints it asks, in order
+    "binance": [
+        (lambda c: c.validate_credentials(), ["credentials"]),
+        (lambda c: c.get_balance(), ["balance"]),
+        (lambda c: c.get_positions(), ["positions"]),
+        (lambda c: c.get_open_orders(), ["open_orders_all"]),
+        (lambda c: c.get_open_orders("BTCUSDT"), ["open_orders"]),
+        (lambda c: c.get_order("BTCUSDT", order_id="1"), ["order"]),
+        (lambda c: c.create_order(ORDER_REQUEST), ["order_create"]),
+        (lambda c: c.cancel_order("BTCUSDT", order_id="1"), ["order_cancel"]),
+        (lambda c: c.get_fills("BTCUSDT"), ["fills"]),
+        (lambda c: c.get_symbol_rules("BTCUSDT"), ["symbol_rules"]),
+        (lambda c: c.get_ticker("BTCUSDT"), ["mark_price", "ticker_price", "book_ticker"]),
+        (lambda c: c.server_time(), ["time"]),
+        (lambda c: c.user_stream().connect(), ["listen_key"]),
+    ],
+    "bybit": [
+        (lambda c: c.validate_credentials(), ["credentials"]),
+        (lambda c: c.get_balance(), ["balance"]),
+        (lambda c: c.get_positions(), ["positions"]),
+        (lambda c: c.get_open_orders(), ["open_orders_all"]),
+        (lambda c: c.get_open_orders("BTCUSDT"), ["open_orders"]),
+        (lambda c: c.get_order("BTCUSDT", order_id="1"), ["order", "order_history"]),
+        # each read back (Bybit acknowledges with the ids only)
+        (lambda c: c.create_order(ORDER_REQUEST), ["order_create", "order", "order_history"]),
+        (lambda c: c.cancel_order("BTCUSDT", order_id="1"),
+         ["order_cancel", "order", "order_history"]),
+        (lambda c: c.get_fills("BTCUSDT"), ["fills"]),
+        (lambda c: c.get_symbol_rules("BTCUSDT"), ["symbol_rules"]),
+        (lambda c: c.get_ticker("BTCUSDT"), ["ticker"]),
+        (lambda c: c.server_time(), ["time"]),
+    ],
+}
+ORDER_REQUEST = OrderRequest("BTCUSDT", "BUY", "MARKET", Decimal("0.01"), "c-1")
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_each_request_weighs_what_the_spec_says(monkeypatch, name) -> None:
+    """Every call's weights come from the client's spec: renumber the spec's endpoints
+    and the governor sees the new numbers. The library's calls answer an empty reply;
+    what the mapping makes of it does not matter here."""
+    spec = _renumbered(VENUES[name])
+    cls = load(spec.client_class)
+    monkeypatch.setattr(cls, "spec", spec)
+    monkeypatch.setattr("exchanges.bybit.client.LOOKUP_DELAYS_S", ())
+    monkeypatch.setattr("websocket.create_connection", _refuse)
+    gov = RecordingGovernor(name)
+    client = cls("key", "secret", False, ENDPOINTS, 1, governor=gov)
+    lib = client._client if name == "binance" else client._http
+    empty = {} if name == "binance" else {"retCode": 0, "result": {"list": []}, "time": 1}
+    for attr in dir(lib):
+        if attr.startswith(("futures_", "get_", "place_", "cancel_")) and callable(getattr(lib, attr)):
+            monkeypatch.setattr(lib, attr, lambda *a, **kw: empty)
+    client._clock_synced = True
+    try:
+        for call, endpoints in CALLS[name]:
+            gov.weights.clear()
+            with contextlib.suppress(Exception):
+                call(client)
+            assert gov.weights == [spec.weight(e) for e in endpoints], endpoints
+    finally:
+        client.close()
+    assert {e for _, es in CALLS[name] for e in es} == set(spec.endpoints)  # all covered
+
+
+def _refuse(*a, **kw):  # type: ignore[no-untyped-def]
+    raise OSError("no network in this test")
