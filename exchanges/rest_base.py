@@ -61,7 +61,17 @@ class GovernedRestClient(ABC):
     (its name) are class attributes of the subclass; ``_setup`` sets the rest.
 
     A subclass's ``__init__`` calls ``_setup`` first, builds its library client, then
-    ``_bind_egress()``.
+    ``_bind_egress()``. Its arguments, in every venue:
+
+    Args:
+        api_key, api_secret: the key pair (the secret is never logged).
+        testnet: whether ``endpoints`` is the testnet (informational; routing comes
+            from ``endpoints``).
+        endpoints: the venue's REST and WebSocket base URLs (``VenueEndpoints``).
+        timeout_s: per-request ``requests`` timeout, seconds.
+        governor: the venue's shared RateGovernor (None: no admission control); its
+            ``egress`` address, when set, is where this key's REST session and
+            private stream connect from.
     """
 
     spec: VenueSpec

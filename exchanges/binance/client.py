@@ -39,18 +39,10 @@ SUPPORTED_ORDER_TYPES = ("LIMIT", "MARKET")
 
 
 class BinanceFuturesClient(GovernedRestClient):
-    """``exchanges.base.ExchangeClient`` for one Binance USD-M API key.
-
-    Args:
-        api_key, api_secret: the key pair (the secret is never logged).
-        testnet: whether ``endpoints`` is the testnet (informational; routing comes
-            from ``endpoints``).
-        endpoints: ``rest_url`` like ``https://fapi.binance.com`` (``/fapi`` and
-            ``/api`` are appended) and ``ws_url`` like ``wss://fstream.binance.com``.
-        timeout_s: per-request ``requests`` timeout, seconds.
-        governor: the venue's shared RateGovernor (None: no admission control); its
-            ``egress`` address, when set, is where this key's REST session and
-            private stream connect from.
+    """``exchanges.base.ExchangeClient`` for one Binance USD-M API key; the
+    constructor's arguments are ``GovernedRestClient``'s, with ``endpoints.rest_url``
+    like ``https://fapi.binance.com`` (``/fapi`` and ``/api`` are appended) and
+    ``ws_url`` like ``wss://fstream.binance.com``.
     """
 
     spec = BINANCE

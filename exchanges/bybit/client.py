@@ -59,18 +59,9 @@ TIME_IN_FORCE = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "GTX": "PostOnly"}
 
 class BybitLinearClient(GovernedRestClient):
     """``exchanges.base.ExchangeClient`` for one Bybit unified-account API key,
-    trading ``category=linear`` USDT perpetuals.
-
-    Args:
-        api_key, api_secret: the key pair (the secret is never logged).
-        testnet: whether ``endpoints`` is the testnet (informational; routing comes
-            from ``endpoints``).
-        endpoints: ``rest_url`` like ``https://api.bybit.com`` and ``ws_url`` like
-            ``wss://stream.bybit.com`` (``/v5/private`` is appended).
-        timeout_s: per-request ``requests`` timeout, seconds.
-        governor: the venue's shared RateGovernor (None: no admission control); its
-            ``egress`` address, when set, is where this key's REST session and
-            private stream connect from.
+    trading ``category=linear`` USDT perpetuals; the constructor's arguments are
+    ``GovernedRestClient``'s, with ``endpoints.rest_url`` like ``https://api.bybit.com``
+    and ``ws_url`` like ``wss://stream.bybit.com`` (``/v5/private`` is appended).
     """
 
     spec = BYBIT

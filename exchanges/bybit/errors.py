@@ -25,23 +25,19 @@ ban of at least 10 minutes, ``X-Bapi-Limit-Reset-Timestamp`` in ms).
 """
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
-from urllib3.exceptions import ReadTimeoutError
 
 from exchanges.bybit.spec import BYBIT
 from exchanges.errors import (
     AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
-    RateLimited,
+    RateLimited, mapped_errors, transport_error,
 )
-
-logger = logging.getLogger(__name__)
 
 EXCHANGE = BYBIT.name
 _MAX_MESSAGE = 300
@@ -137,29 +133,15 @@ def to_exchange_error(e: BaseException,
         return _from_failed(e, server_now_ms)
     if isinstance(e, PermissionError):
         return AuthFailed(EXCHANGE, None, "API key or secret missing")
-    if isinstance(e, requests.Timeout):
-        # Includes ConnectTimeout: treated as "fate unknown", the conservative side.
-        return ExchangeTimeout(EXCHANGE, None, f"timeout: {type(e).__name__}")
-    if isinstance(e, requests.ConnectionError):
-        if e.args and isinstance(e.args[0], ReadTimeoutError):
-            return ExchangeTimeout(EXCHANGE, None, "timeout while reading the reply")
-        return ExchangeUnavailable(EXCHANGE, None, f"connection error: {type(e).__name__}")
-    if isinstance(e, (requests.RequestException, ValueError, OSError)):
-        return ExchangeUnavailable(EXCHANGE, None, f"{type(e).__name__}: {str(e)[:_MAX_MESSAGE]}")
-    return ExchangeUnavailable(EXCHANGE, None, f"unexpected {type(e).__name__}")
+    return transport_error(EXCHANGE, e, _MAX_MESSAGE)
 
 
-@contextmanager
-def bybit_errors(server_now_ms: Callable[[], int] | None = None) -> Iterator[None]:
+_CAUGHT = (InvalidRequestError, FailedRequestError, requests.RequestException, ValueError,
+           OSError)
+
+
+def bybit_errors(server_now_ms: Callable[[], int] | None = None) -> AbstractContextManager[None]:
     """Translate pybit / requests exceptions raised in the body into
-    ``exchanges.errors`` classes (``raise ... from e``); ExchangeErrors pass through."""
-    try:
-        yield
-    except ExchangeError:
-        raise
-    except (InvalidRequestError, FailedRequestError, requests.RequestException,
-            ValueError, OSError) as e:
-        err = to_exchange_error(e, server_now_ms)
-        logger.debug("bybit error mapped kind=%s code=%s status=%s",
-                     type(err).__name__, err.code, err.http_status)
-        raise err from e
+    ``exchanges.errors`` classes (``raise ... from e``); ExchangeErrors pass through.
+    ``server_now_ms`` gives the server clock for the rate-limit reset header."""
+    return mapped_errors(EXCHANGE, _CAUGHT, lambda e: to_exchange_error(e, server_now_ms))
