@@ -58,10 +58,8 @@ def order_ref(symbol: str, client_order_id: str | None, order_id: str | None,
 
 class GovernedRestClient(ABC):
     """Base of the venue clients: ``spec`` (the venue's ``VenueSpec``) and ``exchange``
-    (its name) are class attributes of the subclass; ``_setup`` sets the rest.
-
-    A subclass's ``__init__`` calls ``_setup`` first, builds its library client, then
-    ``_bind_egress()``. Its arguments, in every venue:
+    (its name) are class attributes of the subclass, which builds its library client
+    in ``_build``. Construction does no network I/O.
 
     Args:
         api_key, api_secret: the key pair (the secret is never logged).
@@ -80,6 +78,13 @@ class GovernedRestClient(ABC):
     _clock_synced: bool
     _governor: RateGovernor | None
     _account_blocked_until: float = 0.0
+
+    def __init__(self, api_key: str, api_secret: str, testnet: bool,
+                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
+                 governor: RateGovernor | None = None) -> None:
+        self._setup(api_key, testnet, endpoints, timeout_s, governor)
+        self._build(api_key, api_secret)
+        self._bind_egress()
 
     def _setup(self, api_key: str, testnet: bool, endpoints: VenueEndpoints,
                timeout_s: float, governor: RateGovernor | None) -> None:
@@ -113,6 +118,11 @@ class GovernedRestClient(ABC):
         return self.spec.weight(endpoint)
 
     # ---- hooks -------------------------------------------------------------------
+
+    def _build(self, api_key: str, api_secret: str) -> None:
+        """Build the library client from the key pair, ``endpoints`` and ``timeout_s``
+        (no network I/O)."""
+        raise NotImplementedError
 
     @abstractmethod
     def _errors(self) -> AbstractContextManager[None]:

@@ -27,10 +27,10 @@ from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.spec import BINANCE
 from exchanges.binance.stream import BinanceUserStream, ListenKeyHold
 from exchanges.errors import InvalidOrder
-from exchanges.governor import ORDER, RateGovernor
+from exchanges.governor import ORDER
 from exchanges.rest_base import GovernedRestClient, order_ref, plain
 from exchanges.types import (
-    Balance, Fill, Order, OrderRequest, Position, SymbolRules, Ticker, VenueEndpoints,
+    Balance, Fill, Order, OrderRequest, Position, SymbolRules, Ticker,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,15 @@ class BinanceFuturesClient(GovernedRestClient):
     spec = BINANCE
     exchange = EXCHANGE
 
-    def __init__(self, api_key: str, api_secret: str, testnet: bool,
-                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
-                 governor: RateGovernor | None = None) -> None:
-        self._setup(api_key, testnet, endpoints, timeout_s, governor)
-        rest = endpoints.rest_url.rstrip("/")
-        self._client = Client(api_key, api_secret, requests_params={"timeout": timeout_s},
+    # ---- hooks of GovernedRestClient -----------------------------------------
+
+    def _build(self, api_key: str, api_secret: str) -> None:
+        rest = self.endpoints.rest_url.rstrip("/")
+        self._client = Client(api_key, api_secret, requests_params={"timeout": self.timeout_s},
                               ping=False, testnet=False)
         self._client.FUTURES_URL = rest + "/fapi"
         self._client.API_URL = rest + "/api"
-        self._bind_egress()
         self._listen_key_hold = ListenKeyHold()
-
-    # ---- hooks of GovernedRestClient -----------------------------------------
 
     def _fetch_server_time(self) -> int:
         """``GET /fapi/v1/time`` serverTime, ms UTC."""

@@ -38,11 +38,10 @@ from exchanges.bybit.http import OffsetHTTP
 from exchanges.bybit.spec import BYBIT
 from exchanges.bybit.stream import BybitUserStream
 from exchanges.errors import ExchangeError, InvalidOrder, OrderNotFound
-from exchanges.governor import ORDER, RateGovernor
+from exchanges.governor import ORDER
 from exchanges.rest_base import GovernedRestClient, now_ms, order_ref, plain
 from exchanges.types import (
     Balance, Fill, Order, OrderRequest, OrderStatus, Position, SymbolRules, Ticker,
-    VenueEndpoints,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,16 +66,13 @@ class BybitLinearClient(GovernedRestClient):
     spec = BYBIT
     exchange = EXCHANGE
 
-    def __init__(self, api_key: str, api_secret: str, testnet: bool,
-                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
-                 governor: RateGovernor | None = None) -> None:
-        self._setup(api_key, testnet, endpoints, timeout_s, governor)
-        self._api_key, self._api_secret = api_key, api_secret
+    def _build(self, api_key: str, api_secret: str) -> None:
+        self._api_key, self._api_secret = api_key, api_secret   # the private stream signs
         self._http = OffsetHTTP(api_key=api_key, api_secret=api_secret, testnet=False,
-                                 timeout=timeout_s, recv_window=RECV_WINDOW_MS, max_retries=1,
-                                 retry_delay=0, retry_codes=set(), log_requests=False)
-        self._http.endpoint = endpoints.rest_url.rstrip("/")
-        self._bind_egress()
+                                 timeout=self.timeout_s, recv_window=RECV_WINDOW_MS,
+                                 max_retries=1, retry_delay=0, retry_codes=set(),
+                                 log_requests=False)
+        self._http.endpoint = self.endpoints.rest_url.rstrip("/")
 
     # ---- clock ---------------------------------------------------------------
 

@@ -136,37 +136,32 @@ def _renumbered(spec):  # type: ignore[no-untyped-def]
                                     for i, (name, e) in enumerate(spec.endpoints.items())})
 
 
-CALLS = {  # ExchangeClient call -> the spec endpoints it asks, in order
-    "binance": [
-        (lambda c: c.validate_credentials(), ["credentials"]),
-        (lambda c: c.get_balance(), ["balance"]),
-        (lambda c: c.get_positions(), ["positions"]),
-        (lambda c: c.get_open_orders(), ["open_orders_all"]),
-        (lambda c: c.get_open_orders("BTCUSDT"), ["open_orders"]),
+SHARED_CALLS = [  # ExchangeClient call -> the spec endpoints it asks, in order
+    (lambda c: c.validate_credentials(), ["credentials"]),
+    (lambda c: c.get_balance(), ["balance"]),
+    (lambda c: c.get_positions(), ["positions"]),
+    (lambda c: c.get_open_orders(), ["open_orders_all"]),
+    (lambda c: c.get_open_orders("BTCUSDT"), ["open_orders"]),
+    (lambda c: c.get_fills("BTCUSDT"), ["fills"]),
+    (lambda c: c.get_symbol_rules("BTCUSDT"), ["symbol_rules"]),
+    (lambda c: c.server_time(), ["time"]),
+]
+CALLS = {
+    "binance": SHARED_CALLS + [
         (lambda c: c.get_order("BTCUSDT", order_id="1"), ["order"]),
         (lambda c: c.create_order(ORDER_REQUEST), ["order_create"]),
         (lambda c: c.cancel_order("BTCUSDT", order_id="1"), ["order_cancel"]),
-        (lambda c: c.get_fills("BTCUSDT"), ["fills"]),
-        (lambda c: c.get_symbol_rules("BTCUSDT"), ["symbol_rules"]),
         (lambda c: c.get_ticker("BTCUSDT"), ["mark_price", "ticker_price", "book_ticker"]),
-        (lambda c: c.server_time(), ["time"]),
         (lambda c: c.user_stream().connect(), ["listen_key"]),
     ],
-    "bybit": [
-        (lambda c: c.validate_credentials(), ["credentials"]),
-        (lambda c: c.get_balance(), ["balance"]),
-        (lambda c: c.get_positions(), ["positions"]),
-        (lambda c: c.get_open_orders(), ["open_orders_all"]),
-        (lambda c: c.get_open_orders("BTCUSDT"), ["open_orders"]),
+    # Bybit looks an order up in realtime, then history, and reads each order it
+    # creates or cancels back (its acknowledgement carries the ids only)
+    "bybit": SHARED_CALLS + [
         (lambda c: c.get_order("BTCUSDT", order_id="1"), ["order", "order_history"]),
-        # each read back (Bybit acknowledges with the ids only)
         (lambda c: c.create_order(ORDER_REQUEST), ["order_create", "order", "order_history"]),
         (lambda c: c.cancel_order("BTCUSDT", order_id="1"),
          ["order_cancel", "order", "order_history"]),
-        (lambda c: c.get_fills("BTCUSDT"), ["fills"]),
-        (lambda c: c.get_symbol_rules("BTCUSDT"), ["symbol_rules"]),
         (lambda c: c.get_ticker("BTCUSDT"), ["ticker"]),
-        (lambda c: c.server_time(), ["time"]),
     ],
 }
 ORDER_REQUEST = OrderRequest("BTCUSDT", "BUY", "MARKET", Decimal("0.01"), "c-1")
