@@ -20,23 +20,17 @@ from typing import Any, Mapping
 from cryptography.fernet import Fernet
 
 from exchanges.types import VenueEndpoints
+from exchanges.venues import VENUES
 
 ROOT = Path(__file__).resolve().parent
 VAR_DIR = ROOT / "var"
 # The demo's price path, inside the repository (provenance: exchanges/simulator/data/README.md)
 DEFAULT_REPLAY_CSV = ROOT / "exchanges" / "simulator" / "data" / "XRPUSDT_perp_5m_2021-11-15_to_2021-11-21.csv"
 
-# Real venue endpoints (CONTRACT.md "Where the server finds the exchanges").
+# Real venue endpoints (CONTRACT.md "Where the server finds the exchanges"), from each
+# venue's spec: BINANCE_REST_URL, BINANCE_WS_URL, BINANCE_TESTNET_REST_URL, ...
 REAL_VENUE_URLS: dict[str, str] = {
-    "BINANCE_REST_URL": "https://fapi.binance.com",
-    "BINANCE_WS_URL": "wss://fstream.binance.com",
-    "BINANCE_TESTNET_REST_URL": "https://testnet.binancefuture.com",
-    "BINANCE_TESTNET_WS_URL": "wss://fstream.binancefuture.com",
-    "BYBIT_REST_URL": "https://api.bybit.com",
-    "BYBIT_WS_URL": "wss://stream.bybit.com",
-    "BYBIT_TESTNET_REST_URL": "https://api-testnet.bybit.com",
-    "BYBIT_TESTNET_WS_URL": "wss://stream-testnet.bybit.com",
-}
+    k: v for spec in VENUES.values() for k, v in spec.url_settings().items()}
 REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "SECRET_KEY", "KEY_ENCRYPTION_KEY", "ADMIN_TOKEN")
 
 
@@ -108,7 +102,8 @@ class Config:
     REFRESH_EXPIRES_S: int = 30 * 24 * 3600
 
     def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
-        """REST and WS base URLs of ``exchange`` (``binance``/``bybit``), mainnet or testnet."""
+        """REST and WS base URLs of ``exchange`` (a name in ``exchanges.venues.VENUES``),
+        mainnet or testnet."""
         prefix = exchange.upper() + ("_TESTNET" if testnet else "")
         return VenueEndpoints(rest_url=self.VENUE_URLS[f"{prefix}_REST_URL"].rstrip("/"),
                               ws_url=self.VENUE_URLS[f"{prefix}_WS_URL"].rstrip("/"))
@@ -146,15 +141,16 @@ def _egress_ips(value: str) -> tuple[str, ...]:
 
 def _weight_limits(value: str) -> dict[str, int]:
     """``EXCHANGE_WEIGHT_LIMITS``: ``binance=2400,bybit=600`` (request weight per IP
-    and window). Raises ConfigError naming a malformed item."""
+    and window; names from ``exchanges.venues.VENUES``). Raises ConfigError naming a
+    malformed item."""
     out: dict[str, int] = {}
     for item in (v.strip() for v in value.split(",")):
         if not item:
             continue
         name, _, number = item.partition("=")
-        if name.strip() not in ("binance", "bybit") or not number.strip().isdigit() \
-                or int(number) <= 0:
-            raise ConfigError(f"EXCHANGE_WEIGHT_LIMITS: {item!r} is not <binance|bybit>=<positive integer>")
+        if name.strip() not in VENUES or not number.strip().isdigit() or int(number) <= 0:
+            raise ConfigError(f"EXCHANGE_WEIGHT_LIMITS: {item!r} is not "
+                              f"<{'|'.join(VENUES)}>=<positive integer>")
         out[name.strip()] = int(number)
     return out
 

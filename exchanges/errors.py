@@ -20,6 +20,15 @@ Hierarchy::
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+logger = logging.getLogger(__name__)
+
 
 class ExchangeError(Exception):
     """Base of all exchange errors.
@@ -103,3 +112,38 @@ class OrderNotFound(ExchangeRejected):
 
 class UnsupportedExchange(ValueError):
     """The factory was asked for an exchange it has no adapter for."""
+
+
+def transport_error(exchange: str, e: BaseException, max_message: int = 300) -> ExchangeError:
+    """The ExchangeError for an exception that is not the venue's answer: a
+    ``requests`` timeout (including a read timeout surfacing as ConnectionError) ->
+    ExchangeTimeout (fate unknown); connection errors, other ``requests`` errors,
+    ValueError, OSError and anything else -> ExchangeUnavailable. Does not raise."""
+    if isinstance(e, requests.Timeout):
+        # Includes ConnectTimeout: treated as "fate unknown", the conservative side.
+        return ExchangeTimeout(exchange, None, f"timeout: {type(e).__name__}")
+    if isinstance(e, requests.ConnectionError):
+        if e.args and isinstance(e.args[0], ReadTimeoutError):
+            # requests raises ConnectionError(ReadTimeoutError) when the body stalls.
+            return ExchangeTimeout(exchange, None, "timeout while reading the reply")
+        return ExchangeUnavailable(exchange, None, f"connection error: {type(e).__name__}")
+    if isinstance(e, (requests.RequestException, ValueError, OSError)):
+        return ExchangeUnavailable(exchange, None, f"{type(e).__name__}: {str(e)[:max_message]}")
+    return ExchangeUnavailable(exchange, None, f"unexpected {type(e).__name__}")
+
+
+@contextmanager
+def mapped_errors(exchange: str, catch: tuple[type[BaseException], ...],
+                  to_error: Callable[[BaseException], ExchangeError]) -> Iterator[None]:
+    """Re-raise an exception of a ``catch`` class from the body as ``to_error(e)``
+    (``raise ... from e``, logged at debug); ExchangeErrors pass through. The adapters'
+    ``binance_errors()`` / ``bybit_errors()`` are this with their library's classes."""
+    try:
+        yield
+    except ExchangeError:
+        raise
+    except catch as e:
+        err = to_error(e)
+        logger.debug("%s error mapped kind=%s code=%s status=%s", exchange,
+                     type(err).__name__, err.code, err.http_status)
+        raise err from e

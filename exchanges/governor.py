@@ -25,13 +25,11 @@ from typing import Callable
 
 from exchanges.egress import egress_for
 from exchanges.errors import IpBanned, RateLimited, ThrottledLocally
+from exchanges.venues import venue
 
 ORDER = "order"   # order placement and cancel: may use the whole budget
 QUERY = "query"   # snapshots, polls, lookups: only ``query_share`` of it
 
-# (weight limit, window in seconds) per IP: Binance USD-M "General Info" (REQUEST_WEIGHT
-# 2400 / minute); Bybit v5 "Rate Limit Rules" (600 requests / 5 s per IP).
-VENUE_LIMITS = {"binance": (2400, 60.0), "bybit": (600, 5.0)}
 
 
 class RateGovernor:
@@ -134,14 +132,13 @@ class RateGovernor:
 
 class Governors:
     """The governors of this process, one per (exchange, testnet, egress address), made
-    on first use with the venue's ``VENUE_LIMITS``.
+    on first use with the venue's ``VenueSpec.rate_limit`` (its weight and window).
 
     Args:
         egress_ips: the host's source addresses for exchange traffic (``EGRESS_IPS``);
             each API key is assigned one (``exchanges.egress.egress_for``). Empty: one
             governor per venue, on the default route.
-        weight_limits: ``{exchange: weight per window}`` replacing ``VENUE_LIMITS``'
-            figure (``EXCHANGE_WEIGHT_LIMITS``: when an exchange changes its limit, or
+        weight_limits: ``{exchange: weight per window}`` replacing the spec's figure (``EXCHANGE_WEIGHT_LIMITS``: when an exchange changes its limit, or
             in tests against a simulator that does not enforce one).
     """
 
@@ -153,14 +150,15 @@ class Governors:
         self._by_venue: dict[tuple[str, bool, str | None], RateGovernor] = {}
 
     def get(self, exchange: str, testnet: bool, egress: str | None = None) -> RateGovernor:
-        """The governor of the venue's traffic from ``egress`` (None: default route)."""
+        """The governor of the venue's traffic from ``egress`` (None: default route).
+        Raises UnsupportedExchange for a venue without a spec."""
         with self._lock:
             gov = self._by_venue.get((exchange, testnet, egress))
             if gov is None:
-                limit, window_s = VENUE_LIMITS.get(exchange, (2400, 60.0))
-                limit = self._weight_limits.get(exchange, limit)
+                limit = venue(exchange).rate_limit
                 gov = self._by_venue[(exchange, testnet, egress)] = RateGovernor(
-                    exchange, weight_limit=limit, window_s=window_s, egress=egress)
+                    exchange, weight_limit=self._weight_limits.get(exchange, limit.weight),
+                    window_s=limit.window_s, egress=egress)
             return gov
 
     def for_key(self, exchange: str, testnet: bool, api_key: str) -> RateGovernor:

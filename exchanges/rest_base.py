@@ -1,44 +1,214 @@
-"""What every venue's signed REST client does the same way: the clock-skew rule and
-admission through the venue's rate governor. Subclasses supply the library error
-mapping (``_errors``), ``sync_clock`` and, where the venue reports it, the used
-request weight (``_used_weight``)."""
+"""What every venue's signed REST client does the same way: construction (the key
+hint, the egress address, the symbol-rules cache), the clock sync, the clock-skew rule,
+admission through the venue's rate governor, the symbol-rules cache and close.
+Subclasses supply the library error mapping (``_errors``), the server time
+(``_fetch_server_time``) and where the signing offset goes (``_set_clock_offset``),
+the instrument list (``_fetch_symbol_rules``), the HTTP session (``_session``) and,
+where the venue reports it, the used request weight (``_used_weight``)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Callable, TypeVar
+from decimal import Decimal
+from typing import Any, Callable, TypeVar
 
-from exchanges.errors import ClockSkew, RateLimited, ThrottledLocally
+from exchanges.egress import bind_session
+from exchanges.errors import ClockSkew, InvalidOrder, RateLimited, ThrottledLocally
 from exchanges.governor import QUERY, RateGovernor
+from exchanges.spec import VenueSpec
+from exchanges.types import SymbolRules, VenueEndpoints
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+SYMBOL_RULES_TTL_S = 3600.0
+CLOCK_SAMPLES = 3
+
+
+def now_ms() -> int:
+    """Local wall clock, ms UTC."""
+    return int(time.time() * 1000)
+
+
+def mask(secret: str | None, keep: int = 4) -> str:
+    """First ``keep`` characters of a key or listenKey followed by ``...`` (for logs)."""
+    return secret[:keep] + "..." if secret else "-"
+
+
+def plain(d: Decimal) -> str:
+    """Decimal as a plain decimal string (``Decimal("1E-3")`` -> ``"0.001"``)."""
+    return f"{Decimal(d):f}"
+
+
+def order_ref(symbol: str, client_order_id: str | None, order_id: str | None,
+              client_id_param: str, **extra: str) -> dict[str, str]:
+    """The parameters naming one order: ``extra``, ``symbol`` and ``orderId`` (preferred)
+    or ``client_id_param`` (the venue's name for the client order id). Raises
+    ValueError when neither id is given."""
+    if order_id is not None:
+        return {**extra, "symbol": symbol, "orderId": str(order_id)}
+    if client_order_id is not None:
+        return {**extra, "symbol": symbol, client_id_param: client_order_id}
+    raise ValueError("order_id or client_order_id is required")
+
 
 class GovernedRestClient(ABC):
-    """Base of the venue clients. Expects ``exchange``, ``_api_key_hint``,
-    ``_clock_synced`` and ``_governor`` (a RateGovernor or None) on the instance."""
+    """Base of the venue clients: ``spec`` (the venue's ``VenueSpec``) and ``exchange``
+    (its name) are class attributes of the subclass, which builds its library client
+    in ``_build``. Construction does no network I/O.
 
+    Args:
+        api_key, api_secret: the key pair (the secret is never logged).
+        testnet: whether ``endpoints`` is the testnet (informational; routing comes
+            from ``endpoints``).
+        endpoints: the venue's REST and WebSocket base URLs (``VenueEndpoints``).
+        timeout_s: per-request ``requests`` timeout, seconds.
+        governor: the venue's shared RateGovernor (None: no admission control); its
+            ``egress`` address, when set, is where this key's REST session and
+            private stream connect from.
+    """
+
+    spec: VenueSpec
     exchange: str
     _api_key_hint: str
     _clock_synced: bool
     _governor: RateGovernor | None
     _account_blocked_until: float = 0.0
 
+    def __init__(self, api_key: str, api_secret: str, testnet: bool,
+                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
+                 governor: RateGovernor | None = None) -> None:
+        self._setup(api_key, testnet, endpoints, timeout_s, governor)
+        self._build(api_key, api_secret)
+        self._bind_egress()
+
+    def _setup(self, api_key: str, testnet: bool, endpoints: VenueEndpoints,
+               timeout_s: float, governor: RateGovernor | None) -> None:
+        """What every client keeps: ``testnet`` (informational), ``endpoints``,
+        ``timeout_s`` (seconds), ``created_at`` (ms UTC), the masked key, the governor
+        and its egress address, and an empty symbol-rules cache."""
+        self.testnet = testnet
+        self._governor = governor
+        self.created_at = now_ms()
+        self.endpoints = endpoints
+        self.timeout_s = timeout_s
+        self._api_key_hint = mask(api_key)
+        self._egress = governor.egress if governor is not None else None
+        self._closed = False
+        self._clock_synced = False
+        self._rules_lock = threading.Lock()
+        self._rules: dict[str, SymbolRules] = {}
+        self._rules_fetched_at: float | None = None   # time.monotonic() of the last fetch
+
+    def _bind_egress(self) -> None:
+        """Bind the HTTP session to the governor's egress address, when it has one."""
+        if self._egress:
+            bind_session(self._session(), self._egress)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(key={self._api_key_hint}, testnet={self.testnet}, "
+                f"rest={self.endpoints.rest_url})")
+
+    def _w(self, endpoint: str) -> int:
+        """The request weight of ``endpoint`` in the venue's spec."""
+        return self.spec.weight(endpoint)
+
+    # ---- hooks -------------------------------------------------------------------
+
+    def _build(self, api_key: str, api_secret: str) -> None:
+        """Build the library client from the key pair, ``endpoints`` and ``timeout_s``
+        (no network I/O)."""
+        raise NotImplementedError
+
     @abstractmethod
     def _errors(self) -> AbstractContextManager[None]:
         """Maps the library's exceptions to ``exchanges.errors`` (raise ... from e)."""
 
-    @abstractmethod
-    def sync_clock(self) -> int:
-        """Resample the server clock offset; returns it in ms."""
+    def _fetch_server_time(self) -> int:
+        """One public request for the server's clock, ms UTC."""
+        raise NotImplementedError
+
+    def _set_clock_offset(self, offset_ms: int) -> None:
+        """Make the library sign with local clock + ``offset_ms``."""
+        raise NotImplementedError
+
+    def _fetch_symbol_rules(self) -> dict[str, SymbolRules]:
+        """The venue's instrument list, ``{symbol: SymbolRules}``."""
+        raise NotImplementedError
+
+    def _session(self) -> Any:
+        """The library's ``requests.Session`` (None once the library dropped it)."""
+        raise NotImplementedError
+
+    def _close_session(self) -> None:
+        """Close the library's HTTP session (may raise; ``close`` swallows it)."""
+        self._session().close()
 
     def _used_weight(self) -> int | None:
         """Request weight the venue reported for the last reply, if it does."""
         return None
+
+    # ---- shared ExchangeClient methods ------------------------------------------
+
+    def sync_clock(self) -> int:
+        """Sample the server time ``CLOCK_SAMPLES`` times, set the signing offset to the
+        median of ``server - local midpoint`` and return it (ms). Raises
+        ExchangeUnavailable/ExchangeTimeout/RateLimited."""
+        offsets = []
+        for _ in range(CLOCK_SAMPLES):
+            before = time.time() * 1000
+            server = self._fetch_server_time()
+            after = time.time() * 1000
+            offsets.append(int(server - (before + after) / 2))
+        offset = sorted(offsets)[len(offsets) // 2]
+        self._set_clock_offset(offset)
+        self._clock_synced = True
+        logger.info("%s clock synced key=%s offset_ms=%s", self.exchange, self._api_key_hint,
+                    offset)
+        return offset
+
+    def server_time(self) -> int:
+        """The venue's clock (one public request), ms UTC."""
+        return self._fetch_server_time()
+
+    def get_symbol_rules(self, symbol: str) -> SymbolRules:
+        """Rules of ``symbol`` from the venue's instrument list, cached per client for
+        ``SYMBOL_RULES_TTL_S`` (an unknown symbol does not refetch within it). Raises
+        InvalidOrder with the spec's ``unknown_symbol_code`` for an unknown symbol."""
+        with self._rules_lock:
+            fetched = self._rules_fetched_at
+            fresh = fetched is not None and time.monotonic() - fetched < SYMBOL_RULES_TTL_S
+            rules = self._rules.get(symbol) if fresh else None
+        if rules is None and not fresh:
+            parsed = self._fetch_symbol_rules()
+            with self._rules_lock:
+                self._rules, self._rules_fetched_at = parsed, time.monotonic()
+            rules = parsed.get(symbol)
+        if rules is None:
+            raise self._unknown_symbol(symbol)
+        return rules
+
+    def _unknown_symbol(self, symbol: str) -> InvalidOrder:
+        return InvalidOrder(self.exchange, self.spec.unknown_symbol_code, f"Invalid symbol {symbol}.")
+
+    def is_alive(self) -> bool:
+        """True until ``close()``; no network I/O."""
+        return not self._closed and self._session() is not None
+
+    def close(self) -> None:
+        """Close the HTTP session; never raises."""
+        self._closed = True
+        try:
+            self._close_session()
+        except Exception as e:  # isolation boundary: close must not raise
+            logger.debug("%s close failed key=%s err=%s", self.exchange, self._api_key_hint,
+                         type(e).__name__)
+
+    # ---- requests ----------------------------------------------------------------
 
     def _signed(self, call: Callable[[], T], retry_on_skew: bool, priority: str = QUERY,
                 weight: int = 1) -> T:

@@ -7,6 +7,7 @@ refuses a frame that is not valid UTF-8 anyway."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from typing import Any
 
@@ -15,6 +16,7 @@ import websocket
 from exchanges.egress import bound_socket
 from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
 
+logger = logging.getLogger(__name__)
 
 MIN_WAIT_S = 0.001
 
@@ -39,29 +41,39 @@ def set_wait(ws: websocket.WebSocket, timeout_s: float) -> None:
 
 
 class JsonWebSocket:
-    """One WebSocket whose text frames are JSON.
+    """One WebSocket whose text frames are JSON: the one frame reader of every venue
+    stream (public and private).
 
     Args:
         exchange: venue name for the errors raised.
-        what: a short label (``"mark price stream"``) for error messages.
+        what: a short label (``"mark price stream"``) for error and log messages.
+        multithread: websocket-client's ``enable_multithread`` (a lock around send and
+            recv), for a socket that another green thread sends on (pings).
     """
 
-    def __init__(self, exchange: str, what: str) -> None:
+    def __init__(self, exchange: str, what: str, multithread: bool = True) -> None:
         self._exchange = exchange
         self._what = what
+        self._multithread = multithread
         self._ws: websocket.WebSocket | None = None
 
     @property
     def connected(self) -> bool:
-        """True while the socket is open."""
-        return self._ws is not None
+        """True while the socket is open (as far as we know without I/O)."""
+        return self._ws is not None and bool(self._ws.connected)
 
-    def connect(self, url: str, timeout_s: float) -> None:
-        """Open ``url``. Raises ExchangeTimeout or ExchangeUnavailable."""
+    def connect(self, url: str, timeout_s: float, source_address: str | None = None) -> None:
+        """Open ``url`` (from ``source_address`` when given). Raises ExchangeTimeout, or
+        ExchangeUnavailable (``http_status`` the handshake's status when the server
+        refused it)."""
+        options = {"enable_multithread": True} if self._multithread else {}
         try:
-            self._ws = create_connection(url, timeout_s, enable_multithread=True)
+            self._ws = create_connection(url, timeout_s, source_address, **options)
         except (websocket.WebSocketTimeoutException, socket.timeout) as e:
-            raise ExchangeTimeout(self._exchange, None, f"{self._what} connect timed out") from e
+            raise ExchangeTimeout(self._exchange, None, f"{self._what} handshake timed out") from e
+        except websocket.WebSocketBadStatusException as e:
+            raise ExchangeUnavailable(self._exchange, None, f"{self._what} handshake refused",
+                                      getattr(e, "status_code", None)) from e
         except (websocket.WebSocketException, OSError) as e:
             raise ExchangeUnavailable(self._exchange, None,
                                       f"{self._what} connect failed: {type(e).__name__}") from e
@@ -108,10 +120,11 @@ class JsonWebSocket:
                                       f"{self._what} sent a non-JSON frame") from e
 
     def close(self) -> None:
-        """Close the socket; never raises."""
+        """Close the socket; never raises (a failure is logged at debug)."""
         ws, self._ws = self._ws, None
         if ws is not None:
             try:
                 ws.close(timeout=1)
-            except Exception:  # isolation boundary: close must not raise
-                pass
+            except Exception as e:  # isolation boundary: close must not raise
+                logger.debug("%s %s close failed err=%s", self._exchange, self._what,
+                             type(e).__name__)

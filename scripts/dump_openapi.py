@@ -2,7 +2,7 @@
 
 The document is built exactly as ``GET /api/openapi.json`` builds it
 (``api.openapi.build_spec`` on an app from ``create_app``), on a throw-away
-in-memory database with nothing started against an exchange.
+migrated SQLite file with nothing started against an exchange.
 ``tests/server/test_docs.py`` fails when the committed file differs from it.
 
 Usage: ``python scripts/dump_openapi.py [--check] [PATH]`` (``--check``: exit 1
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +28,18 @@ def render() -> str:
     from api.openapi import build_spec
     from app import create_app
     from config import load_config
+    from services import schema
 
-    cfg = load_config({"APP_ENV": "production", "DATABASE_URL": "sqlite://", "SECRET_KEY": "x",
-                       "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": "x"})
-    app = create_app(cfg.with_overrides({"ASYNC_MODE": "threading", "RECONCILE_INTERVAL_S": 0}))
-    try:
-        spec = build_spec(app)
-    finally:
-        app.extensions["pushsrv"].shutdown()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'docs.sqlite3'}"
+        schema.upgrade(url)  # the services' start-up recovery reads the tables
+        cfg = load_config({"APP_ENV": "production", "DATABASE_URL": url, "SECRET_KEY": "x",
+                           "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": "x"})
+        app = create_app(cfg.with_overrides({"ASYNC_MODE": "threading", "RECONCILE_INTERVAL_S": 0}))
+        try:
+            spec = build_spec(app)
+        finally:
+            app.extensions["pushsrv"].stop()
     return json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -62,10 +62,17 @@ class AccountPusher:
                                       self._subscriber)
 
     def _marks_stale(self) -> bool:
+        """True when some held symbol's mark price is older than ``MARK_STALE_S``:
+        neither this account got a tick of it (or subscribed to it) within that time
+        nor is the symbol's shared stream receiving ticks. A stream that is alive but
+        slow to hand a tick to every holder (a busy server) is not stale: polling
+        REST for every account then would only make it slower."""
         if self._tickers is None:
             return bool(self.state.positions)
         now = time.monotonic()
+        ex, testnet = self.state.exchange, self.state.testnet
         return any(now - self._tick_seen.get(s, 0.0) > MARK_STALE_S
+                   and self._tickers.mark_age_s(ex, testnet, s) > MARK_STALE_S
                    for s in self.state.position_symbols())
 
     def refresh_realized(self) -> None:

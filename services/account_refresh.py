@@ -17,8 +17,12 @@ from typing import Callable, TypeVar
 
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ThrottledLocally
+<<<<<<< HEAD
 from exchanges.factory import FULL_ORDERS_EVERY, OPEN_ORDERS_PER_SYMBOL
 from services.account_kinds import STATE_TYPES
+=======
+from exchanges.venues import venue
+>>>>>>> main
 from services.account_state import now_ms
 
 logger = logging.getLogger(__name__)
@@ -145,14 +149,15 @@ class RestRefresher:
 
     def _open_orders(self, client: ExchangeClient) -> list:
         """Open orders by REST: of every symbol on the first snapshot and one round in
-        ``FULL_ORDERS_EVERY``; otherwise, where that is cheaper
-        (``OPEN_ORDERS_PER_SYMBOL``: Binance weighs 40 against 1 per symbol), only of
+        the venue's ``full_orders_every``; otherwise, where that is cheaper
+        (``open_orders_per_symbol``: Binance weighs 40 against 1 per symbol), only of
         the symbols held or with open orders, when there are at most 5 (an order
         placed elsewhere in a new symbol while the stream is down shows at the next
         full round)."""
         self._order_rounds += 1
         symbols = sorted(self._symbols_of_interest())
-        if (self.state.orders is None or not OPEN_ORDERS_PER_SYMBOL.get(self.state.exchange)
-                or self._order_rounds % FULL_ORDERS_EVERY == 0 or len(symbols) > 5):
+        spec = venue(self.state.exchange)
+        if (self.state.orders is None or not spec.open_orders_per_symbol
+                or self._order_rounds % spec.full_orders_every == 0 or len(symbols) > 5):
             return client.get_open_orders()
         return [o for s in symbols for o in client.get_open_orders(s)]

@@ -23,6 +23,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
+from exchanges.venues import venue
 from services import serialize
 from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES  # noqa: F401 (both re-exported)
 from services.fill_log import FillLog
@@ -159,7 +160,7 @@ class AccountState(FillLog):
                     row = rows.get(w.asset)
                     if row is None or row.wallet_balance == w.wallet_balance:
                         continue
-                    if w.asset == "USDT":
+                    if w.asset in venue(self.exchange).settle_assets:
                         delta += w.wallet_balance - row.wallet_balance
                     rows[w.asset] = replace(row, wallet_balance=w.wallet_balance,
                                             margin_balance=w.wallet_balance + row.unrealized_pnl)
@@ -225,7 +226,7 @@ class AccountState(FillLog):
         b = self.balance
         if b is None or not delta:
             return
-        margin_asset = "USDT" if symbol.endswith("USDT") else None
+        margin_asset = venue(self.exchange).margin_asset(symbol)
         assets = tuple(AssetBalance(a.asset, a.wallet_balance, a.available_balance,
                                     a.unrealized_pnl + delta, a.margin_balance + delta)
                        if a.asset == margin_asset else a for a in b.assets)

@@ -22,8 +22,8 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from exchanges.factory import POLL_ROUND_WEIGHT
 from exchanges.governor import Governors
+from exchanges.venues import venue
 from models import Database
 from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
@@ -197,14 +197,14 @@ class StreamManager:
     def _polling_keys_per_s(self, group: PaceGroup) -> float:
         """Accounts of the pace group the polling fallback may refresh per second: at
         most ``POLLING_KEYS_PER_S`` (what this server sustains), and within
-        ``POLLING_SHARE`` of the group's per-IP query budget at ``POLL_ROUND_WEIGHT``
+        ``POLLING_SHARE`` of the group's per-IP query budget at the spec's ``poll_round_weight``
         per account (Binance: 2400 * 0.8 / 60 * 0.5 / 16 = 1 account a second)."""
         rate = float(POLLING_KEYS_PER_S)
         if self._governors is not None:
             exchange, testnet, egress = group
             budget = self._governors.get(exchange, testnet, egress).query_weight_per_s() \
                 * POLLING_SHARE
-            rate = min(rate, budget / POLL_ROUND_WEIGHT.get(exchange, 1))
+            rate = min(rate, budget / venue(exchange).poll_round_weight)
         return rate
 
     def _poll_scale(self, group: PaceGroup) -> float:

@@ -42,6 +42,8 @@ class _Upstream:
         self.seq = 0
         self.state = "reconnecting"
         self.ticks = 0
+        self.frame_at = 0.0  # monotonic time the last tick was received
+        self.delivering = False  # a tick is being handed to the subscribers
 
 
 class TickerHub:
@@ -104,6 +106,17 @@ class TickerHub:
         for key in keys:
             self.unsubscribe(*key, subscriber)
 
+    def mark_age_s(self, exchange: str, testnet: bool, symbol: str) -> float:
+        """Seconds since the symbol's stream last received a tick; 0 while one is
+        being delivered (the stream is alive, its subscribers are only slow to get
+        their turn); infinity when there is no live stream of it."""
+        up = self._upstreams.get((exchange, testnet, symbol))
+        if up is None or up.state != "live":
+            return float("inf")
+        if up.delivering:
+            return 0.0
+        return time.monotonic() - up.frame_at
+
     def envelope(self, exchange: str, symbol: str) -> dict | None:
         """The last mainnet ticker envelope of ``symbol`` (``source: "cache"``)."""
         with self._lock:
@@ -142,7 +155,7 @@ class TickerHub:
             try:
                 stream = self._open(*up.key)
                 stream.connect()
-                up.stream, up.state = stream, "live"
+                up.stream, up.state, up.frame_at = stream, "live", time.monotonic()
                 failures = 0
                 while up.running:
                     for tick in stream.recv(1.0):
@@ -175,6 +188,13 @@ class TickerHub:
         less urgent part of its work, run after every callback had its turn (an
         account stream pushes ``pnl`` first, positions and balance after)."""
         up.ticks += 1
+        up.frame_at, up.delivering = time.monotonic(), True
+        try:
+            self._hand_out(up, tick)
+        finally:
+            up.delivering, up.frame_at = False, time.monotonic()
+
+    def _hand_out(self, up: _Upstream, tick: Ticker) -> None:
         changed = up.last is None or (up.last.mark_price, up.last.last_price, up.last.bid,
                                       up.last.ask) != (tick.mark_price, tick.last_price,
                                                        tick.bid, tick.ask)

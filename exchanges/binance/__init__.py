@@ -4,8 +4,6 @@
 synchronous REST client; ``BinanceUserStream`` implements ``exchanges.base.UserStream``
 on ``websocket-client``. ``mapping`` holds the pure JSON -> ``exchanges.types``
 functions and ``errors`` the one exception translation.
+``spec`` holds the venue's facts (``exchanges.spec.VenueSpec``). Nothing is imported
+here, so that reading the spec does not import the exchange library.
 """
-from exchanges.binance.client import BinanceFuturesClient
-from exchanges.binance.stream import BinanceUserStream
-
-__all__ = ["BinanceFuturesClient", "BinanceUserStream"]

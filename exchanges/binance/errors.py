@@ -13,38 +13,23 @@ original. Sources: Binance USD-M "Error Codes" page
 """
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 
 import requests
 from binance.exceptions import BinanceAPIException, BinanceRequestException
-from urllib3.exceptions import ReadTimeoutError
 
+from exchanges.binance.spec import BINANCE
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeError, ExchangeTimeout, ExchangeUnavailable,
-    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+    AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
+    RateLimited, mapped_errors, transport_error,
 )
 
-logger = logging.getLogger(__name__)
-
-EXCHANGE = "binance"
+EXCHANGE = BINANCE.name
 _MAX_MESSAGE = 300
 
 # Binance error code -> class, for replies whose HTTP status is not decisive on its own.
-CODE_TABLE: dict[int, type[ExchangeError]] = {
-    -1022: AuthFailed,          # Signature for this request is not valid.
-    -2014: AuthFailed,          # API-key format invalid.
-    -2015: AuthFailed,          # Invalid API-key, IP, or permissions for action.
-    -1003: RateLimited,         # Too many requests.
-    -1021: ClockSkew,           # Timestamp for this request is outside of the recvWindow.
-    -1001: ExchangeUnavailable,  # Internal error; unable to process your request.
-    -1007: ExchangeTimeout,     # Timeout waiting for response from backend; status unknown.
-    -1125: ExchangeUnavailable,  # This listenKey does not exist: the stream must reconnect.
-    -2019: InsufficientBalance,  # Margin is insufficient.
-    -2013: OrderNotFound,       # Order does not exist. (GET /fapi/v1/order)
-    -2011: OrderNotFound,       # Unknown order sent. (DELETE /fapi/v1/order)
-}
+CODE_TABLE: Mapping[int, type[ExchangeError]] = BINANCE.error_codes  # in the venue's spec
 
 
 def retry_after_ms(response: requests.Response | None) -> int | None:
@@ -103,30 +88,14 @@ def to_exchange_error(e: BaseException) -> ExchangeError:
         return _from_api_exception(e)
     if isinstance(e, BinanceRequestException):
         return ExchangeUnavailable(EXCHANGE, None, str(e.message)[:_MAX_MESSAGE])
-    if isinstance(e, requests.Timeout):
-        # Includes ConnectTimeout: treated as "fate unknown", the conservative side.
-        return ExchangeTimeout(EXCHANGE, None, f"timeout: {type(e).__name__}")
-    if isinstance(e, requests.ConnectionError):
-        if e.args and isinstance(e.args[0], ReadTimeoutError):
-            # requests raises ConnectionError(ReadTimeoutError) when the body stalls.
-            return ExchangeTimeout(EXCHANGE, None, "timeout while reading the reply")
-        return ExchangeUnavailable(EXCHANGE, None, f"connection error: {type(e).__name__}")
-    if isinstance(e, (requests.RequestException, ValueError, OSError)):
-        return ExchangeUnavailable(EXCHANGE, None, f"{type(e).__name__}: {str(e)[:_MAX_MESSAGE]}")
-    return ExchangeUnavailable(EXCHANGE, None, f"unexpected {type(e).__name__}")
+    return transport_error(EXCHANGE, e, _MAX_MESSAGE)
 
 
-@contextmanager
-def binance_errors() -> Iterator[None]:
+_CAUGHT = (BinanceAPIException, BinanceRequestException, requests.RequestException,
+           ValueError, OSError)
+
+
+def binance_errors() -> AbstractContextManager[None]:
     """Context manager translating python-binance / requests exceptions raised in its
     body into ``exchanges.errors`` classes (``raise ... from e``)."""
-    try:
-        yield
-    except ExchangeError:
-        raise
-    except (BinanceAPIException, BinanceRequestException, requests.RequestException,
-            ValueError, OSError) as e:
-        err = to_exchange_error(e)
-        logger.debug("binance error mapped kind=%s code=%s status=%s",
-                     type(err).__name__, err.code, err.http_status)
-        raise err from e
+    return mapped_errors(EXCHANGE, _CAUGHT, to_exchange_error)

@@ -16,19 +16,18 @@ and ``-V3``, ``trade/rest-api/Account-Trade-List``,
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
-from functools import wraps
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
 
-from exchanges.errors import ExchangeUnavailable
+from exchanges.binance.spec import BINANCE
+from exchanges.wire import ZERO, dec, lookup, ms, parser
 from exchanges.types import (
     AccountEvent, AssetBalance, Balance, Fill, Order, OrderEvent, OrderStatus, Position,
     PositionUpdate, StreamEvent, StreamExpired, SymbolRules, Ticker, WalletUpdate,
 )
 
-EXCHANGE = "binance"
-ZERO = Decimal(0)
+EXCHANGE = BINANCE.name
 
 # Binance order status ("status" in REST, "X" in ORDER_TRADE_UPDATE) -> OrderStatus.
 ORDER_STATUS: dict[str, OrderStatus] = {
@@ -47,39 +46,7 @@ ORDER_SIDE: dict[str, str] = {"BUY": "BUY", "SELL": "SELL"}
 # ACCOUNT_UPDATE / positionRisk margin type -> ours.
 MARGIN_TYPE: dict[str, str] = {"cross": "cross", "crossed": "cross", "isolated": "isolated"}
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _parser(fn: F) -> F:
-    """Turn KeyError/ValueError/TypeError/InvalidOperation in a parser into
-    ExchangeUnavailable (the reply was not the documented shape)."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ExchangeUnavailable:
-            raise
-        except (KeyError, ValueError, TypeError, InvalidOperation, AttributeError) as e:
-            raise ExchangeUnavailable(
-                EXCHANGE, None, f"unparseable reply in {fn.__name__}: {type(e).__name__} {e}",
-            ) from e
-    return wrapper  # type: ignore[return-value]
-
-
-def dec(value: Any) -> Decimal:
-    """A Binance decimal string (or int) as Decimal. ``None``/``""`` -> 0."""
-    if value is None or value == "":
-        return ZERO
-    if isinstance(value, float):
-        raise ValueError("float in a decimal field")
-    return Decimal(str(value))
-
-
-def ms(value: Any) -> int:
-    """A ms timestamp that may arrive as int or numeric string. ``None`` -> 0."""
-    if value is None or value == "":
-        return 0
-    return int(value)
+_parser = parser(EXCHANGE)
 
 
 def as_bool(value: Any) -> bool:
@@ -93,18 +60,12 @@ def as_bool(value: Any) -> bool:
 
 def order_status(raw: str) -> OrderStatus:
     """Map a Binance order status through :data:`ORDER_STATUS`; unknown -> ValueError."""
-    try:
-        return ORDER_STATUS[raw]
-    except KeyError:
-        raise ValueError(f"unknown order status {raw!r}") from None
+    return lookup(ORDER_STATUS, raw, "order status")
 
 
 def order_side(raw: str) -> str:
     """``BUY``/``SELL`` through :data:`ORDER_SIDE`; anything else -> ValueError."""
-    try:
-        return ORDER_SIDE[raw]
-    except KeyError:
-        raise ValueError(f"unknown order side {raw!r}") from None
+    return lookup(ORDER_SIDE, raw, "order side")
 
 
 def margin_type(raw: str) -> str:

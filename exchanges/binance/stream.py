@@ -17,30 +17,25 @@ ends any other stream on the same API key. The design runs one stream per key.
 """
 from __future__ import annotations
 
-import json
 import logging
-import socket
 import time
 from typing import Any, Callable
 
-import websocket
 from binance.client import Client
 
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.mapping import parse_user_event
-from exchanges.errors import ExchangeTimeout, ExchangeUnavailable
+from exchanges.binance.spec import BINANCE
+from exchanges.errors import ExchangeError, ExchangeUnavailable
 from exchanges.governor import ORDER, QUERY
+from exchanges.rest_base import mask
 from exchanges.types import StreamEvent
-from exchanges.wsjson import create_connection, set_wait
+from exchanges.wsjson import JsonWebSocket
 
 logger = logging.getLogger(__name__)
 
 LISTEN_KEY_VALIDITY_S = 60 * 60
-KEEPALIVE_INTERVAL_S = 30 * 60
-
-
-def _mask(value: str | None) -> str:
-    return (value[:4] + "...") if value else "-"
+KEEPALIVE_INTERVAL_S = BINANCE.stream_keepalive_s   # PUT every 30 min
 
 
 def _mapped(call: Callable[[], Any], priority: str) -> Any:
@@ -114,12 +109,13 @@ class BinanceUserStream:
         self._timeout_s = timeout_s
         self._key_hint = key_hint
         self._listen_key: str | None = None
-        self._ws: websocket.WebSocket | None = None
+        # only this stream's reader uses the socket (keepalives are REST)
+        self._ws = JsonWebSocket(EXCHANGE, "user stream", multithread=False)
 
     @property
     def connected(self) -> bool:
         """True while the socket is open (as far as we know without I/O)."""
-        return self._ws is not None and bool(self._ws.connected)
+        return self._ws.connected
 
     def connect(self) -> None:
         """``POST /fapi/v1/listenKey`` (unless the key's ListenKeyHold has one) then open
@@ -137,22 +133,14 @@ class BinanceUserStream:
         self._listen_key = listen_key
         url = f"{self._ws_url}/private/ws?listenKey={listen_key}"
         try:
-            self._ws = create_connection(url, self._timeout_s, self._source_address)
-        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
-            self._hold_key()
-            raise ExchangeTimeout(EXCHANGE, None, "user stream handshake timed out") from e
-        except websocket.WebSocketBadStatusException as e:
-            status = getattr(e, "status_code", None)
-            if status is None or status >= 500:
+            self._ws.connect(url, self._timeout_s, self._source_address)
+        except ExchangeError as e:
+            # a timeout, a connection error or a 5xx: the key is fine, keep it
+            if e.http_status is None or e.http_status >= 500:
                 self._hold_key()
-            raise ExchangeUnavailable(EXCHANGE, None, "user stream handshake refused",
-                                      status) from e
-        except (websocket.WebSocketException, OSError) as e:
-            self._hold_key()
-            raise ExchangeUnavailable(EXCHANGE, None,
-                                      f"user stream connect failed: {type(e).__name__}") from e
+            raise
         logger.info("binance user stream connected key=%s listen_key=%s",
-                    self._key_hint, _mask(listen_key))
+                    self._key_hint, mask(listen_key))
 
     def _hold_key(self) -> None:
         if self._hold is not None and self._listen_key is not None:
@@ -165,30 +153,9 @@ class BinanceUserStream:
         Raises ExchangeUnavailable when the socket is closed or broken, or a known
         event does not parse (reconnect and resnapshot).
         """
-        ws = self._ws
-        if ws is None:
-            raise ExchangeUnavailable(EXCHANGE, None, "user stream not connected")
-        try:
-            set_wait(ws, timeout_s)
-            opcode, data = ws.recv_data()
-        except (websocket.WebSocketTimeoutException, socket.timeout):
-            return []
-        except (websocket.WebSocketException, OSError, AttributeError) as e:
-            # AttributeError: websocket-client drops ws.sock when closed concurrently.
-            raise ExchangeUnavailable(EXCHANGE, None,
-                                      f"user stream connection lost: {type(e).__name__}") from e
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-            raise ExchangeUnavailable(EXCHANGE, None, f"user stream closed by server code={code}")
-        if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-            return []
-        return self._parse(data)
+        return self._parse(self._ws.recv_json(timeout_s))
 
-    def _parse(self, data: bytes | str) -> list[StreamEvent]:
-        try:
-            msg: Any = json.loads(data)
-        except ValueError as e:
-            raise ExchangeUnavailable(EXCHANGE, None, "user stream sent non-JSON frame") from e
+    def _parse(self, msg: Any) -> list[StreamEvent]:
         if not isinstance(msg, dict):
             return []
         if msg.get("e") == "error":
@@ -208,22 +175,17 @@ class BinanceUserStream:
         listen_key = self._listen_key
         self._rest(lambda: self._client.futures_stream_keepalive(listen_key), ORDER)
         logger.debug("binance user stream keepalive key=%s listen_key=%s",
-                     self._key_hint, _mask(listen_key))
+                     self._key_hint, mask(listen_key))
 
     def close(self) -> None:
         """Close the socket and ``DELETE /fapi/v1/listenKey``; never raises (errors are
         logged at debug)."""
-        ws, self._ws = self._ws, None
         listen_key, self._listen_key = self._listen_key, None
-        if ws is not None:
-            try:
-                ws.close(timeout=1)
-            except Exception as e:  # isolation boundary: close must not raise
-                logger.debug("binance user stream socket close failed err=%s", type(e).__name__)
+        self._ws.close()
         if listen_key is not None:
             try:
                 self._rest(lambda: self._client.futures_stream_close(listen_key), QUERY)
             except Exception as e:  # isolation boundary: close must not raise
                 logger.debug("binance listenKey close failed key=%s listen_key=%s err=%s",
-                             self._key_hint, _mask(listen_key), type(e).__name__)
+                             self._key_hint, mask(listen_key), type(e).__name__)
         logger.info("binance user stream closed key=%s", self._key_hint)

@@ -4,8 +4,6 @@
 ``unified_trading.HTTP``; ``BybitUserStream`` implements ``exchanges.base.UserStream``
 on ``websocket-client``. ``mapping`` holds the pure JSON -> ``exchanges.types``
 functions and ``errors`` the one exception translation.
+``spec`` holds the venue's facts (``exchanges.spec.VenueSpec``). Nothing is imported
+here, so that reading the spec does not import the exchange library.
 """
-from exchanges.bybit.client import BybitLinearClient
-from exchanges.bybit.stream import BybitUserStream
-
-__all__ = ["BybitLinearClient", "BybitUserStream"]

@@ -27,34 +27,28 @@ through ``requests`` (cooperative under eventlet's monkey patching).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from exchanges.bybit import mapping
 from exchanges.bybit.errors import EXCHANGE, bybit_errors
 from exchanges.bybit.http import OffsetHTTP
+from exchanges.bybit.spec import BYBIT
 from exchanges.bybit.stream import BybitUserStream
-from exchanges.egress import bind_session
 from exchanges.errors import ExchangeError, InvalidOrder, OrderNotFound
-from exchanges.governor import ORDER, RateGovernor
-from exchanges.rest_base import GovernedRestClient
+from exchanges.governor import ORDER
+from exchanges.rest_base import GovernedRestClient, now_ms, order_ref, plain
 from exchanges.types import (
     Balance, Fill, Order, OrderRequest, OrderStatus, Position, SymbolRules, Ticker,
-    VenueEndpoints,
 )
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 CATEGORY = "linear"
-SETTLE_COIN = "USDT"
+SETTLE_COIN = BYBIT.settle_assets[0]
 RECV_WINDOW_MS = 5000
-SYMBOL_RULES_TTL_S = 3600.0
-CLOCK_SAMPLES = 3
 MAX_PAGES = 20
 LOOKUP_DELAYS_S = (0.05, 0.2, 0.5)   # re-reads of an order right after create/cancel
 SIDE = {"BUY": "Buy", "SELL": "Sell"}
@@ -62,60 +56,23 @@ ORDER_TYPE = {"MARKET": "Market", "LIMIT": "Limit"}
 TIME_IN_FORCE = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "GTX": "PostOnly"}
 
 
-def now_ms() -> int:
-    """Local wall clock, ms UTC."""
-    return int(time.time() * 1000)
-
-
-def mask(secret: str | None, keep: int = 4) -> str:
-    """First ``keep`` characters of a key followed by ``...`` (for logs)."""
-    return secret[:keep] + "..." if secret else "-"
-
-
 class BybitLinearClient(GovernedRestClient):
     """``exchanges.base.ExchangeClient`` for one Bybit unified-account API key,
-    trading ``category=linear`` USDT perpetuals.
-
-    Args:
-        api_key, api_secret: the key pair (the secret is never logged).
-        testnet: whether ``endpoints`` is the testnet (informational; routing comes
-            from ``endpoints``).
-        endpoints: ``rest_url`` like ``https://api.bybit.com`` and ``ws_url`` like
-            ``wss://stream.bybit.com`` (``/v5/private`` is appended).
-        timeout_s: per-request ``requests`` timeout, seconds.
-        governor: the venue's shared RateGovernor (None: no admission control); its
-            ``egress`` address, when set, is where this key's REST session and
-            private stream connect from.
+    trading ``category=linear`` USDT perpetuals; the constructor's arguments are
+    ``GovernedRestClient``'s, with ``endpoints.rest_url`` like ``https://api.bybit.com``
+    and ``ws_url`` like ``wss://stream.bybit.com`` (``/v5/private`` is appended).
     """
 
+    spec = BYBIT
     exchange = EXCHANGE
 
-    def __init__(self, api_key: str, api_secret: str, testnet: bool,
-                 endpoints: VenueEndpoints, timeout_s: float = 10.0,
-                 governor: RateGovernor | None = None) -> None:
-        self.testnet = testnet
-        self._governor = governor
-        self.created_at = now_ms()
-        self.endpoints = endpoints
-        self.timeout_s = timeout_s
-        self._api_key, self._api_secret = api_key, api_secret
-        self._api_key_hint = mask(api_key)
+    def _build(self, api_key: str, api_secret: str) -> None:
+        self._api_key, self._api_secret = api_key, api_secret   # the private stream signs
         self._http = OffsetHTTP(api_key=api_key, api_secret=api_secret, testnet=False,
-                                 timeout=timeout_s, recv_window=RECV_WINDOW_MS, max_retries=1,
-                                 retry_delay=0, retry_codes=set(), log_requests=False)
-        self._http.endpoint = endpoints.rest_url.rstrip("/")
-        self._egress = governor.egress if governor is not None else None
-        if self._egress:
-            bind_session(self._http.client, self._egress)
-        self._closed = False
-        self._clock_synced = False
-        self._rules_lock = threading.Lock()
-        self._rules: dict[str, SymbolRules] = {}
-        self._rules_fetched_at: float | None = None   # time.monotonic() of the last fetch
-
-    def __repr__(self) -> str:
-        return (f"BybitLinearClient(key={self._api_key_hint}, testnet={self.testnet}, "
-                f"rest={self.endpoints.rest_url})")
+                                 timeout=self.timeout_s, recv_window=RECV_WINDOW_MS,
+                                 max_retries=1, retry_delay=0, retry_codes=set(),
+                                 log_requests=False)
+        self._http.endpoint = self.endpoints.rest_url.rstrip("/")
 
     # ---- clock ---------------------------------------------------------------
 
@@ -128,21 +85,24 @@ class BybitLinearClient(GovernedRestClient):
         """The server's clock as we estimate it (local + offset), ms UTC; no I/O."""
         return now_ms() + self._http.time_offset_ms
 
-    def sync_clock(self) -> int:
-        """Sample ``GET /v5/market/time`` ``CLOCK_SAMPLES`` times, set the signing
-        offset to the median of ``server - local midpoint`` and return it (ms).
-        Raises ExchangeUnavailable/ExchangeTimeout/RateLimited."""
-        offsets = []
-        for _ in range(CLOCK_SAMPLES):
-            before = time.time() * 1000
-            server = mapping.parse_server_time(self._public(self._http.get_server_time))
-            after = time.time() * 1000
-            offsets.append(int(server - (before + after) / 2))
-        offset = sorted(offsets)[len(offsets) // 2]
-        self._http.time_offset_ms = offset
-        self._clock_synced = True
-        logger.info("bybit clock synced key=%s offset_ms=%s", self._api_key_hint, offset)
-        return offset
+    # ---- hooks of GovernedRestClient -----------------------------------------
+
+    def _fetch_server_time(self) -> int:
+        """``GET /v5/market/time``, ms UTC."""
+        return mapping.parse_server_time(self._public(lambda: self._http.get_server_time(),
+                                                      self._w("time")))
+
+    def _set_clock_offset(self, offset_ms: int) -> None:
+        self._http.time_offset_ms = offset_ms   # OffsetHTTP signs with local + offset
+
+    def _fetch_symbol_rules(self) -> dict[str, SymbolRules]:
+        """Every linear symbol's rules from ``GET /v5/market/instruments-info``."""
+        rows = self._paged(self._http.get_instruments_info, {"category": CATEGORY}, 1000,
+                           self._w("symbol_rules"), signed=False)
+        return {r.symbol: r for r in (mapping.parse_instrument(row) for row in rows)}
+
+    def _session(self) -> Any:
+        return self._http.client
 
     def _errors(self):  # type: ignore[no-untyped-def]
         # pybit does not hand back the X-Bapi-Limit-Status headers without changing
@@ -150,9 +110,10 @@ class BybitLinearClient(GovernedRestClient):
         return bybit_errors(self.server_now_ms)
 
     def _paged(self, call: Callable[..., Any], params: dict[str, Any], page_size: int,
-               max_rows: int | None = None, signed: bool = True) -> list[dict[str, Any]]:
+               weight: int, max_rows: int | None = None,
+               signed: bool = True) -> list[dict[str, Any]]:
         """GET following ``nextPageCursor`` (at most ``MAX_PAGES`` pages or ``max_rows``
-        rows). Returns the raw ``result.list`` rows."""
+        rows), ``weight`` a page. Returns the raw ``result.list`` rows."""
         rows: list[dict[str, Any]] = []
         cursor = ""
         for _ in range(MAX_PAGES):
@@ -160,7 +121,8 @@ class BybitLinearClient(GovernedRestClient):
             if cursor:
                 page["cursor"] = cursor
             fetch = lambda page=page: call(**page)  # noqa: E731
-            raw = self._signed(fetch, retry_on_skew=True) if signed else self._public(fetch)
+            raw = (self._signed(fetch, retry_on_skew=True, weight=weight) if signed
+                   else self._public(fetch, weight))
             rows.extend(mapping.rows_of(raw))
             cursor = str(mapping.result_of(raw).get("nextPageCursor") or "")
             if not cursor or (max_rows is not None and len(rows) >= max_rows):
@@ -169,38 +131,31 @@ class BybitLinearClient(GovernedRestClient):
 
     # ---- ExchangeClient ------------------------------------------------------
 
-    def is_alive(self) -> bool:
-        """True until ``close()``; no network I/O."""
-        return not self._closed and self._http.client is not None
-
     def validate_credentials(self) -> None:
         """One signed call (``GET /v5/account/wallet-balance?accountType=UNIFIED``).
         Raises AuthFailed (10003/10004/10005 or HTTP 401), ExchangeUnavailable,
         ExchangeTimeout."""
         self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
-                     retry_on_skew=True)
-
-    def server_time(self) -> int:
-        """``GET /v5/market/time``, ms UTC."""
-        return mapping.parse_server_time(self._public(self._http.get_server_time))
+                     retry_on_skew=True, weight=self._w("credentials"))
 
     def get_balance(self) -> Balance:
         """``GET /v5/account/wallet-balance?accountType=UNIFIED`` (``mapping.parse_balance``)."""
         raw = self._signed(lambda: self._http.get_wallet_balance(accountType="UNIFIED"),
-                           retry_on_skew=True)
+                           retry_on_skew=True, weight=self._w("balance"))
         return mapping.parse_balance(raw)
 
     def get_positions(self) -> list[Position]:
         """Open positions: ``GET /v5/position/list?settleCoin=USDT`` (size > 0 only)."""
         rows = self._paged(self._http.get_positions,
-                           {"category": CATEGORY, "settleCoin": SETTLE_COIN}, 200)
+                           {"category": CATEGORY, "settleCoin": SETTLE_COIN}, 200, self._w("positions"))
         return [p for p in (mapping.parse_position(r) for r in rows) if p is not None]
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
         """Open orders of ``symbol`` (all USDT symbols when None), ``/v5/order/realtime``."""
         params = {"category": CATEGORY}
         params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
-        rows = self._paged(self._http.get_open_orders, params, 50)
+        rows = self._paged(self._http.get_open_orders, params, 50,
+                           self._w("open_orders" if symbol else "open_orders_all"))
         return [o for o in (mapping.parse_order(r) for r in rows) if not o.status.is_final]
 
     def get_order(self, symbol: str, client_order_id: str | None = None,
@@ -208,9 +163,10 @@ class BybitLinearClient(GovernedRestClient):
         """One order by ``orderId`` (preferred) or ``orderLinkId``: ``/v5/order/realtime``
         (open and recent closed orders), then ``/v5/order/history``. Raises
         OrderNotFound (code 110001) when neither knows it, ValueError without an id."""
-        ref = _order_ref(symbol, client_order_id, order_id)
-        for call in (self._http.get_open_orders, self._http.get_order_history):
-            raw = self._signed(lambda call=call: call(**ref), retry_on_skew=True)
+        ref = order_ref(symbol, client_order_id, order_id, "orderLinkId", category=CATEGORY)
+        for call, weight in ((self._http.get_open_orders, self._w("order")),
+                             (self._http.get_order_history, self._w("order_history"))):
+            raw = self._signed(lambda call=call: call(**ref), retry_on_skew=True, weight=weight)
             orders = mapping.parse_orders(raw)
             if orders:
                 return orders[0]
@@ -231,7 +187,7 @@ class BybitLinearClient(GovernedRestClient):
                     self._api_key_hint, request.symbol, params["side"], params["orderType"],
                     params["qty"], request.client_order_id)
         raw = self._signed(lambda: self._http.place_order(**params), retry_on_skew=True,
-                           priority=ORDER)
+                           priority=ORDER, weight=self._w("order_create"))
         order_id = str(mapping.result_of(raw).get("orderId") or "")
         # MARKET, IOC and FOK orders end at once on the exchange: read until final.
         immediate = params["orderType"] == "Market" or params.get("timeInForce") in ("IOC", "FOK")
@@ -248,11 +204,11 @@ class BybitLinearClient(GovernedRestClient):
         """``POST /v5/order/cancel`` then read the order back until it is final.
         Raises OrderNotFound (110001 unknown or already closed, 110008/110010) and,
         on 10002, ClockSkew after resampling (a cancel is not retried here)."""
-        ref = _order_ref(symbol, client_order_id, order_id)
+        ref = order_ref(symbol, client_order_id, order_id, "orderLinkId", category=CATEGORY)
         logger.info("bybit cancel_order key=%s symbol=%s order_id=%s coid=%s",
                     self._api_key_hint, symbol, order_id, client_order_id)
         raw = self._signed(lambda: self._http.cancel_order(**ref), retry_on_skew=False,
-                           priority=ORDER)
+                           priority=ORDER, weight=self._w("order_cancel"))
         acked_id = str(mapping.result_of(raw).get("orderId") or order_id or "")
         return self._read_back(symbol, acked_id, client_order_id, want_final=True)
 
@@ -286,35 +242,17 @@ class BybitLinearClient(GovernedRestClient):
         if start_time is not None:
             params["startTime"] = int(start_time)
         rows = self._paged(self._http.get_executions, params, min(100, max(1, int(limit))),
-                           max_rows=int(limit))
+                           self._w("fills"), max_rows=int(limit))
         fills = [mapping.parse_fill(r) for r in rows if mapping.is_trade(r)]
         return sorted(fills, key=lambda f: (f.time, f.trade_id))
 
-    def get_symbol_rules(self, symbol: str) -> SymbolRules:
-        """Rules of ``symbol`` from ``GET /v5/market/instruments-info?category=linear``,
-        cached per client for ``SYMBOL_RULES_TTL_S``. Raises InvalidOrder(10001) for an
-        unknown symbol."""
-        with self._rules_lock:
-            fetched = self._rules_fetched_at
-            fresh = fetched is not None and time.monotonic() - fetched < SYMBOL_RULES_TTL_S
-            rules = self._rules.get(symbol) if fresh else None
-        if rules is None and not fresh:
-            rows = self._paged(self._http.get_instruments_info, {"category": CATEGORY}, 1000,
-                               signed=False)
-            parsed = {r.symbol: r for r in (mapping.parse_instrument(row) for row in rows)}
-            with self._rules_lock:
-                self._rules, self._rules_fetched_at = parsed, time.monotonic()
-            rules = parsed.get(symbol)
-        if rules is None:
-            raise InvalidOrder(EXCHANGE, 10001, f"Invalid symbol {symbol}.")
-        return rules
-
     def get_ticker(self, symbol: str) -> Ticker:
         """``GET /v5/market/tickers``. Raises InvalidOrder(10001) for an unknown symbol."""
-        raw = self._public(lambda: self._http.get_tickers(category=CATEGORY, symbol=symbol))
+        raw = self._public(lambda: self._http.get_tickers(category=CATEGORY, symbol=symbol),
+                           self._w("ticker"))
         ticker = mapping.parse_ticker(raw)
         if ticker is None:
-            raise InvalidOrder(EXCHANGE, 10001, f"Invalid symbol {symbol}.")
+            raise self._unknown_symbol(symbol)
         return ticker
 
     def user_stream(self) -> BybitUserStream:
@@ -327,22 +265,6 @@ class BybitLinearClient(GovernedRestClient):
         if not self._clock_synced:
             self.sync_clock()
         return self.server_now_ms()
-
-    def close(self) -> None:
-        """Close the HTTP session; never raises."""
-        self._closed = True
-        try:
-            self._http.client.close()
-        except Exception as e:  # isolation boundary: close must not raise
-            logger.debug("bybit close failed key=%s err=%s", self._api_key_hint, type(e).__name__)
-
-
-def _order_ref(symbol: str, client_order_id: str | None, order_id: str | None) -> dict[str, str]:
-    if order_id is not None:
-        return {"category": CATEGORY, "symbol": symbol, "orderId": str(order_id)}
-    if client_order_id is not None:
-        return {"category": CATEGORY, "symbol": symbol, "orderLinkId": client_order_id}
-    raise ValueError("order_id or client_order_id is required")
 
 
 def order_params(request: OrderRequest) -> dict[str, Any]:
@@ -362,7 +284,7 @@ def order_params(request: OrderRequest) -> dict[str, Any]:
         "symbol": request.symbol,
         "side": SIDE[side],
         "orderType": ORDER_TYPE[order_type],
-        "qty": _plain(request.quantity),
+        "qty": plain(request.quantity),
     }
     if order_type == "LIMIT":
         if request.price is None:
@@ -370,7 +292,7 @@ def order_params(request: OrderRequest) -> dict[str, Any]:
         tif = (request.time_in_force or "GTC").upper()
         if tif not in TIME_IN_FORCE:
             raise InvalidOrder(EXCHANGE, None, f"unsupported time in force {request.time_in_force}")
-        params["price"] = _plain(request.price)
+        params["price"] = plain(request.price)
         params["timeInForce"] = TIME_IN_FORCE[tif]
     params["orderLinkId"] = request.client_order_id
     params["reduceOnly"] = bool(request.reduce_only)
@@ -387,8 +309,3 @@ def _acked_order(request: OrderRequest, order_id: str, at_ms: int) -> Order:
         quantity=Decimal(request.quantity), filled_quantity=Decimal(0), avg_price=Decimal(0),
         time_in_force=(request.time_in_force or "GTC").upper() if limit else "IOC",
         reduce_only=request.reduce_only, updated_at=at_ms)
-
-
-def _plain(d: Decimal) -> str:
-    """Decimal as a plain decimal string (``Decimal("1E-3")`` -> ``"0.001"``)."""
-    return f"{Decimal(d):f}"

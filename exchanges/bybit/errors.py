@@ -25,48 +25,28 @@ ban of at least 10 minutes, ``X-Bapi-Limit-Reset-Timestamp`` in ms).
 """
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
-from urllib3.exceptions import ReadTimeoutError
 
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeError, ExchangeTimeout, ExchangeUnavailable,
-    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+    AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
+    RateLimited, mapped_errors, transport_error,
 )
 
-logger = logging.getLogger(__name__)
-
-EXCHANGE = "bybit"
+EXCHANGE = BYBIT.name
 _MAX_MESSAGE = 300
 RESET_HEADER = "X-Bapi-Limit-Reset-Timestamp"
 # v5 rate-limit doc: after "403, access too frequent" wait at least 10 minutes.
 IP_BAN_MIN_WAIT_MS = 10 * 60 * 1000
 
 # Bybit retCode -> class (first match wins over the generic "rejected" rule).
-CODE_TABLE: dict[int, type[ExchangeError]] = {
-    10003: AuthFailed,           # API key is invalid.
-    10004: AuthFailed,           # Error sign, please check your signature generation algorithm.
-    10005: AuthFailed,           # Permission denied, please check your API key permissions.
-    10007: AuthFailed,           # User authentication failed.
-    10010: AuthFailed,           # Unmatched IP, please check your API key's bound IP addresses.
-    10002: ClockSkew,            # The request time exceeds the time window range.
-    10006: RateLimited,          # Too many visits. Exceeded the API Rate Limit.
-    10018: RateLimited,          # Exceeded the IP Rate Limit.
-    10000: ExchangeTimeout,      # Server Timeout (fate unknown).
-    10016: ExchangeUnavailable,  # Server error.
-    110004: InsufficientBalance,  # Wallet balance is insufficient.
-    110007: InsufficientBalance,  # Available balance is insufficient.
-    110012: InsufficientBalance,  # Insufficient available balance.
-    110001: OrderNotFound,       # Order does not exist.
-    110008: OrderNotFound,       # The order has been completed or cancelled.
-    110010: OrderNotFound,       # The order has been cancelled.
-}
+CODE_TABLE: Mapping[int, type[ExchangeError]] = BYBIT.error_codes  # in the venue's spec
 
 
 def retry_after_ms(headers: Mapping[str, Any] | None,
@@ -153,29 +133,15 @@ def to_exchange_error(e: BaseException,
         return _from_failed(e, server_now_ms)
     if isinstance(e, PermissionError):
         return AuthFailed(EXCHANGE, None, "API key or secret missing")
-    if isinstance(e, requests.Timeout):
-        # Includes ConnectTimeout: treated as "fate unknown", the conservative side.
-        return ExchangeTimeout(EXCHANGE, None, f"timeout: {type(e).__name__}")
-    if isinstance(e, requests.ConnectionError):
-        if e.args and isinstance(e.args[0], ReadTimeoutError):
-            return ExchangeTimeout(EXCHANGE, None, "timeout while reading the reply")
-        return ExchangeUnavailable(EXCHANGE, None, f"connection error: {type(e).__name__}")
-    if isinstance(e, (requests.RequestException, ValueError, OSError)):
-        return ExchangeUnavailable(EXCHANGE, None, f"{type(e).__name__}: {str(e)[:_MAX_MESSAGE]}")
-    return ExchangeUnavailable(EXCHANGE, None, f"unexpected {type(e).__name__}")
+    return transport_error(EXCHANGE, e, _MAX_MESSAGE)
 
 
-@contextmanager
-def bybit_errors(server_now_ms: Callable[[], int] | None = None) -> Iterator[None]:
+_CAUGHT = (InvalidRequestError, FailedRequestError, requests.RequestException, ValueError,
+           OSError)
+
+
+def bybit_errors(server_now_ms: Callable[[], int] | None = None) -> AbstractContextManager[None]:
     """Translate pybit / requests exceptions raised in the body into
-    ``exchanges.errors`` classes (``raise ... from e``); ExchangeErrors pass through."""
-    try:
-        yield
-    except ExchangeError:
-        raise
-    except (InvalidRequestError, FailedRequestError, requests.RequestException,
-            ValueError, OSError) as e:
-        err = to_exchange_error(e, server_now_ms)
-        logger.debug("bybit error mapped kind=%s code=%s status=%s",
-                     type(err).__name__, err.code, err.http_status)
-        raise err from e
+    ``exchanges.errors`` classes (``raise ... from e``); ExchangeErrors pass through.
+    ``server_now_ms`` gives the server clock for the rate-limit reset header."""
+    return mapped_errors(EXCHANGE, _CAUGHT, lambda e: to_exchange_error(e, server_now_ms))

@@ -20,19 +20,19 @@ timeInForce, execType, tradeMode), ``order/open-order.mdx``, ``order/order-list.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
-from functools import wraps
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
 
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import ExchangeUnavailable
+from exchanges.wire import ZERO, dec, lookup, ms, parser
 from exchanges.types import (
     AccountEvent, AssetBalance, Balance, Fill, FillEvent, Order, OrderEvent, OrderStatus,
     Position, PositionUpdate, StreamEvent, SymbolRules, Ticker, WalletUpdate,
 )
 
-EXCHANGE = "bybit"
-ZERO = Decimal(0)
+EXCHANGE = BYBIT.name
 
 # Bybit orderStatus -> OrderStatus. Deactivated (a conditional/TP-SL order cancelled
 # before it triggered) and PartiallyFilledCanceled (remainder cancelled; the filled
@@ -62,33 +62,7 @@ TRADE_MODE: dict[int, str] = {0: "cross", 1: "isolated"}
 # execType values that are trades of our orders (Funding, Settle, Delivery... are not).
 FILL_EXEC_TYPES = frozenset({"Trade"})
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _parser(fn: F) -> F:
-    """Turn KeyError/ValueError/TypeError/InvalidOperation in a parser into
-    ExchangeUnavailable (the reply was not the documented shape)."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ExchangeUnavailable:
-            raise
-        except (KeyError, ValueError, TypeError, InvalidOperation, AttributeError,
-                IndexError) as e:
-            raise ExchangeUnavailable(
-                EXCHANGE, None, f"unparseable reply in {fn.__name__}: {type(e).__name__} {e}",
-            ) from e
-    return wrapper  # type: ignore[return-value]
-
-
-def dec(value: Any) -> Decimal:
-    """A Bybit decimal string (or int) as Decimal. ``None``/``""`` -> 0."""
-    if value is None or value == "":
-        return ZERO
-    if isinstance(value, float):
-        raise ValueError("float in a decimal field")
-    return Decimal(str(value))
+_parser = parser(EXCHANGE, also=(IndexError,))
 
 
 def _opt_dec(value: Any) -> Decimal | None:
@@ -96,23 +70,11 @@ def _opt_dec(value: Any) -> Decimal | None:
     return None if value is None or value == "" else dec(value)
 
 
-def ms(value: Any) -> int:
-    """A ms timestamp that may arrive as int or numeric string. ``None``/``""`` -> 0."""
-    if value is None or value == "":
-        return 0
-    return int(value)
-
-
-def _lookup(table: Mapping[Any, str] | Mapping[Any, OrderStatus], raw: Any, what: str) -> Any:
-    try:
-        return table[raw]
-    except KeyError:
-        raise ValueError(f"unknown {what} {raw!r}") from None
 
 
 def order_status(raw: str) -> OrderStatus:
     """Map a Bybit ``orderStatus`` through :data:`ORDER_STATUS`; unknown -> ValueError."""
-    return _lookup(ORDER_STATUS, raw, "order status")
+    return lookup(ORDER_STATUS, raw, "order status")
 
 
 def result_of(raw: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -162,19 +124,19 @@ def parse_order(row: Mapping[str, Any]) -> Order:
     topic. ``price`` is 0 for Market orders (Bybit reports a protection price there);
     ``avgPrice`` ``""``/``"0"`` -> 0; ``updated_at`` is ``updatedTime`` (else
     ``createdTime``); an empty ``orderLinkId`` stays ``""``."""
-    order_type = _lookup(ORDER_TYPE, row["orderType"], "order type")
+    order_type = lookup(ORDER_TYPE, row["orderType"], "order type")
     return Order(
         client_order_id=str(row.get("orderLinkId") or ""),
         order_id=str(row["orderId"]),
         symbol=row["symbol"],
-        side=_lookup(ORDER_SIDE, row["side"], "order side"),
+        side=lookup(ORDER_SIDE, row["side"], "order side"),
         type=order_type,
         status=order_status(row["orderStatus"]),
         price=ZERO if order_type == "MARKET" else dec(row.get("price")),
         quantity=dec(row["qty"]),
         filled_quantity=dec(row.get("cumExecQty")),
         avg_price=dec(row.get("avgPrice")),
-        time_in_force=_lookup(TIME_IN_FORCE, row.get("timeInForce") or "GTC", "timeInForce"),
+        time_in_force=lookup(TIME_IN_FORCE, row.get("timeInForce") or "GTC", "timeInForce"),
         reduce_only=bool(row.get("reduceOnly", False)),
         updated_at=ms(row.get("updatedTime") or row.get("createdTime")),
     )
@@ -198,7 +160,7 @@ def parse_fill(row: Mapping[str, Any]) -> Fill:
         order_id=str(row["orderId"]),
         client_order_id=str(row["orderLinkId"]) if row.get("orderLinkId") else None,
         symbol=row["symbol"],
-        side=_lookup(ORDER_SIDE, row["side"], "order side"),
+        side=lookup(ORDER_SIDE, row["side"], "order side"),
         price=dec(row["execPrice"]),
         quantity=dec(row["execQty"]),
         fee=dec(row.get("execFee")),
@@ -264,14 +226,14 @@ def parse_position(row: Mapping[str, Any]) -> Position | None:
         return None
     return Position(
         symbol=row["symbol"],
-        side=_lookup(POSITION_SIDE, row["side"], "position side"),
+        side=lookup(POSITION_SIDE, row["side"], "position side"),
         size=size,
         entry_price=dec(row.get("avgPrice")),
         mark_price=dec(row.get("markPrice")),
         unrealized_pnl=dec(row.get("unrealisedPnl")),
         leverage=dec(row.get("leverage")),
         liquidation_price=dec(row.get("liqPrice")),
-        margin_type=_lookup(TRADE_MODE, int(row.get("tradeMode") or 0), "tradeMode"),
+        margin_type=lookup(TRADE_MODE, int(row.get("tradeMode") or 0), "tradeMode"),
         updated_at=ms(row.get("updatedTime")),
     )
 
@@ -335,7 +297,7 @@ def _position_update(p: Mapping[str, Any]) -> PositionUpdate:
         amount=-size if side == "Sell" else size,
         entry_price=dec(p.get("entryPrice")),
         unrealized_pnl=dec(p.get("unrealisedPnl")),
-        margin_type=_lookup(TRADE_MODE, int(p.get("tradeMode") or 0), "tradeMode"),
+        margin_type=lookup(TRADE_MODE, int(p.get("tradeMode") or 0), "tradeMode"),
     )
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from decimal import Decimal, InvalidOperation
 
+from exchanges.bybit.errors import EXCHANGE
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import ExchangeUnavailable
 from exchanges.types import Ticker
 from exchanges.wsjson import JsonWebSocket
 
-EXCHANGE = "bybit"
-PING_INTERVAL_S = 20.0
+PING_INTERVAL_S = BYBIT.stream_keepalive_s   # the public stream wants the same ping
 FIELDS = {"lastPrice": "last_price", "markPrice": "mark_price", "bid1Price": "bid", "ask1Price": "ask"}
 
 

@@ -23,27 +23,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import websocket
-
 from exchanges.bybit.errors import EXCHANGE
 from exchanges.bybit.mapping import parse_private_event
+from exchanges.bybit.spec import BYBIT
 from exchanges.errors import AuthFailed, ExchangeTimeout, ExchangeUnavailable
 from exchanges.types import StreamEvent
-from exchanges.wsjson import create_connection, set_wait
+from exchanges.wsjson import JsonWebSocket
 
 logger = logging.getLogger(__name__)
 
 PRIVATE_PATH = "/v5/private"
 TOPICS = ("order", "execution", "position", "wallet")
-PING_INTERVAL_S = 20.0
+PING_INTERVAL_S = BYBIT.stream_keepalive_s   # 20 s
 AUTH_EXPIRES_MS = 5000
 _IGNORED_OPS = frozenset({"pong", "ping", "subscribe", "unsubscribe", "auth"})
 
@@ -79,14 +76,15 @@ class BybitUserStream:
         self._timeout_s = timeout_s
         self._server_now_ms = server_now_ms or (lambda: int(time.time() * 1000))
         self._key_hint = key_hint
-        self._ws: websocket.WebSocket | None = None
+        # multithread: keepalive() may send from another green thread
+        self._ws = JsonWebSocket(EXCHANGE, "private stream", multithread=True)
         self._pending: list[StreamEvent] = []
         self._last_ping = 0.0     # time.monotonic() of the last ping sent
 
     @property
     def connected(self) -> bool:
         """True while the socket is open (as far as we know without I/O)."""
-        return self._ws is not None and bool(self._ws.connected)
+        return self._ws.connected
 
     def connect(self) -> None:
         """Open ``/v5/private``, authenticate and subscribe to order, execution,
@@ -96,29 +94,18 @@ class BybitUserStream:
         reply within ``timeout_s``), ExchangeUnavailable (refused, closed, subscribe
         refused).
         """
-        try:
-            # enable_multithread: keepalive() may send from another green thread.
-            ws = create_connection(self._url, self._timeout_s, self._source_address,
-                                   enable_multithread=True)
-        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
-            raise ExchangeTimeout(EXCHANGE, None, "private stream handshake timed out") from e
-        except websocket.WebSocketBadStatusException as e:
-            raise ExchangeUnavailable(EXCHANGE, None, "private stream handshake refused",
-                                      getattr(e, "status_code", None)) from e
-        except (websocket.WebSocketException, OSError) as e:
-            raise ExchangeUnavailable(EXCHANGE, None,
-                                      f"private stream connect failed: {type(e).__name__}") from e
-        self._ws, self._pending = ws, []
+        self._ws.connect(self._url, self._timeout_s, self._source_address)
+        self._pending = []
         try:
             expires = self._server_now_ms() + AUTH_EXPIRES_MS
             signature = auth_signature(self._api_secret, expires)
-            self._send({"op": "auth", "args": [self._api_key, expires, signature]})
+            self._ws.send_json({"op": "auth", "args": [self._api_key, expires, signature]})
             reply = self._await_op("auth", None)
             if not reply.get("success"):
                 raise AuthFailed(EXCHANGE, None,
                                  f"private stream auth refused: {reply.get('ret_msg', '')}"[:300])
             req_id = str(uuid.uuid4())
-            self._send({"op": "subscribe", "req_id": req_id, "args": list(TOPICS)})
+            self._ws.send_json({"op": "subscribe", "req_id": req_id, "args": list(TOPICS)})
             reply = self._await_op("subscribe", req_id)
             if not reply.get("success"):
                 message = f"private stream subscribe refused: {reply.get('ret_msg', '')}"
@@ -154,8 +141,6 @@ class BybitUserStream:
         for pong/subscribe/unknown frames. Raises ExchangeUnavailable when the socket
         is closed or broken, or a known topic does not parse (reconnect, resnapshot).
         """
-        if self._ws is None:
-            raise ExchangeUnavailable(EXCHANGE, None, "private stream not connected")
         if self._pending:
             events, self._pending = self._pending, []
             return events
@@ -176,54 +161,18 @@ class BybitUserStream:
     def _read(self, timeout_s: float) -> dict[str, Any] | None:
         """One decoded JSON object frame, or ``None`` on timeout / non-object / binary
         control frames. Raises ExchangeUnavailable when the connection is gone."""
-        ws = self._ws
-        if ws is None:
-            raise ExchangeUnavailable(EXCHANGE, None, "private stream not connected")
-        try:
-            set_wait(ws, timeout_s)
-            opcode, data = ws.recv_data()
-        except (websocket.WebSocketTimeoutException, socket.timeout):
-            return None
-        except (websocket.WebSocketException, OSError, AttributeError) as e:
-            # AttributeError: websocket-client drops ws.sock when closed concurrently.
-            raise ExchangeUnavailable(EXCHANGE, None,
-                                      f"private stream connection lost: {type(e).__name__}") from e
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-            raise ExchangeUnavailable(EXCHANGE, None,
-                                      f"private stream closed by server code={code}")
-        if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-            return None
-        try:
-            msg = json.loads(data)
-        except ValueError as e:
-            raise ExchangeUnavailable(EXCHANGE, None, "private stream sent non-JSON frame") from e
+        msg = self._ws.recv_json(timeout_s)
         return msg if isinstance(msg, dict) else None
-
-    def _send(self, obj: dict[str, Any]) -> None:
-        ws = self._ws
-        if ws is None:
-            raise ExchangeUnavailable(EXCHANGE, None, "private stream not connected")
-        try:
-            ws.send(json.dumps(obj))
-        except (websocket.WebSocketException, OSError, AttributeError) as e:
-            raise ExchangeUnavailable(EXCHANGE, None,
-                                      f"private stream send failed: {type(e).__name__}") from e
 
     def keepalive(self) -> None:
         """Send the ``{"op": "ping"}`` heartbeat. Raises ExchangeUnavailable when the
         socket is gone."""
-        self._send({"op": "ping"})
+        self._ws.send_json({"op": "ping"})
         self._last_ping = time.monotonic()
 
     def _drop(self) -> None:
-        ws, self._ws = self._ws, None
         self._pending = []
-        if ws is not None:
-            try:
-                ws.close(timeout=1)
-            except Exception as e:  # isolation boundary: close must not raise
-                logger.debug("bybit private stream close failed err=%s", type(e).__name__)
+        self._ws.close()
 
     def close(self) -> None:
         """Close the socket; never raises (errors are logged at debug)."""

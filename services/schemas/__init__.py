@@ -2,9 +2,11 @@
 
 Neutral ground between ``api/`` (REST) and ``ws/`` (Socket.IO), inside ``services/`` as
 DESIGN.md's layout wants (``api``, ``ws`` -> ``services``): this package imports
-pydantic and the standard library; ``services.schemas.responses`` also reads the decimal-string
-rule (``services.serialize.dec``) and the trade-status enum (``models.TradeStatus``), and
-``services.schemas.socketio`` the account kinds (``services.account_kinds``, standard library only).
+pydantic, the standard library and the venue registry (``exchanges.venues``);
+``services.schemas.responses`` also reads the decimal-string rule
+(``services.serialize.dec``) and the trade-status enum (``models.TradeStatus``), and
+``services.schemas.socketio`` the account kinds (``services.account_kinds``, standard
+library only).
 Never Flask, Socket.IO, a database session or an exchange client.
 
 - ``services.schemas.fields``: the input rules (id range, decimal and credential patterns,

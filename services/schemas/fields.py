@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints
 
+from exchanges.venues import SUPPORTED_EXCHANGES
+
 MAX_ID = 2**31 - 1  # PostgreSQL INTEGER (int32), also inside SQLite's int64
 DECIMAL_INT_DIGITS = 18
 DECIMAL_FRAC_DIGITS = 18
@@ -69,6 +71,6 @@ Label = Annotated[str, StringConstraints(max_length=64), NoControl]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 RefreshTokenStr = Annotated[str, StringConstraints(min_length=1, max_length=128,
                                                    pattern=r"^[A-Za-z0-9_-]+$")]
-# The venues a key or a ticker subscription may name: the one place this list is
-# written (the lead points it at the exchanges' venue registry).
-Exchange = Literal["binance", "bybit"]
+# The venues a key or a ticker subscription may name: those of the venue registry
+# (``exchanges.venues``), so that the spec documents them as an enum.
+Exchange = Literal[SUPPORTED_EXCHANGES]  # type: ignore[valid-type]

@@ -6,7 +6,6 @@ import json
 import pytest
 import websocket
 
-from exchanges.binance import stream as stream_mod
 from exchanges.binance.stream import BinanceUserStream
 from exchanges.errors import AuthFailed, ExchangeUnavailable
 from exchanges.types import OrderEvent, StreamExpired
@@ -63,7 +62,7 @@ class FakeLib:
 def connected(monkeypatch):
     def make(script):
         ws, lib, urls = FakeWS(script), FakeLib(), []
-        monkeypatch.setattr(stream_mod.websocket, "create_connection",
+        monkeypatch.setattr(websocket, "create_connection",
                             lambda url, timeout, **kw: urls.append((url, timeout)) or ws)
         s = BinanceUserStream(lib, "ws://sim:1/", timeout_s=4, key_hint="ab...")
         s.connect()
@@ -143,7 +142,7 @@ def test_listen_key_auth_error_mapped():
 def test_handshake_refused(monkeypatch):
     def refuse(url, timeout, **kw):
         raise websocket.WebSocketBadStatusException("Handshake status %d %s", 404, "Not Found")
-    monkeypatch.setattr(stream_mod.websocket, "create_connection", refuse)
+    monkeypatch.setattr(websocket, "create_connection", refuse)
     s = BinanceUserStream(FakeLib(), "ws://x")
     with pytest.raises(ExchangeUnavailable):
         s.connect()
@@ -157,7 +156,7 @@ def test_a_refused_handshake_holds_the_listen_key_only_on_a_server_error(monkeyp
 
     def refuse(url, timeout, **kw):  # type: ignore[no-untyped-def]
         raise websocket.WebSocketBadStatusException("Handshake status %d", status)
-    monkeypatch.setattr(stream_mod.websocket, "create_connection", refuse)
+    monkeypatch.setattr(websocket, "create_connection", refuse)
     lib, hold = FakeLib(), ListenKeyHold()
     for _ in range(2):
         with pytest.raises(ExchangeUnavailable) as e:

@@ -68,7 +68,7 @@ class FakeWS:
 def make(monkeypatch):
     def make(script, connect=True):
         ws, urls = FakeWS(script), []
-        monkeypatch.setattr(stream_mod.websocket, "create_connection",
+        monkeypatch.setattr(websocket, "create_connection",
                             lambda url, timeout, **kw: urls.append((url, timeout, kw)) or ws)
         s = BybitUserStream("key1", "secret1", "ws://sim:1/", timeout_s=4,
                             server_now_ms=lambda: SERVER_NOW, key_hint="ke...")
@@ -211,7 +211,7 @@ def test_recv_before_connect_raises():
 def test_handshake_refused(monkeypatch):
     def refuse(url, timeout, **kw):
         raise websocket.WebSocketBadStatusException("Handshake status %d %s", 404, "Not Found")
-    monkeypatch.setattr(stream_mod.websocket, "create_connection", refuse)
+    monkeypatch.setattr(websocket, "create_connection", refuse)
     with pytest.raises(ExchangeUnavailable):
         BybitUserStream("k", "s", "ws://x").connect()
 
@@ -219,6 +219,6 @@ def test_handshake_refused(monkeypatch):
 def test_connection_refused(monkeypatch):
     def refuse(url, timeout, **kw):
         raise ConnectionRefusedError(111, "refused")
-    monkeypatch.setattr(stream_mod.websocket, "create_connection", refuse)
+    monkeypatch.setattr(websocket, "create_connection", refuse)
     with pytest.raises(ExchangeUnavailable):
         BybitUserStream("k", "s", "ws://x").connect()

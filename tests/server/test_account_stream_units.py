@@ -259,3 +259,45 @@ def test_position_reports_carry_closed_symbols_and_the_first_is_complete() -> No
     state.set_positions([])
     stream._report_positions()               # closed: reported with size 0
     assert reports == [([("BTCUSDT", Decimal("0.01"))], True), ([("BTCUSDT", Decimal("0"))], False)]
+
+
+def test_marks_are_stale_only_when_the_shared_stream_receives_no_ticks() -> None:
+    """A server busy handing one tick to a thousand holders must not send each of them
+    polling REST: the symbol's stream is alive while it delivers, so no holder's marks
+    are stale then; they are once the stream has received nothing for MARK_STALE_S."""
+    import time
+
+    from exchanges.types import Ticker
+    from services import account_push
+    from services.account_stream import AccountStream
+    from services.tickers import TickerHub
+
+    class Stream:
+        def connect(self) -> None: ...
+        def close(self) -> None: ...
+
+    hub = TickerHub(lambda *k: Stream(), lambda env: None, spawn=lambda *a: None,  # type: ignore[arg-type, return-value]
+                    sleep=lambda s: None)
+    state = AccountState(1, 1, "binance", False)
+    stream = AccountStream(state, get_client=lambda: None, realized_pnl=lambda: None,  # type: ignore[arg-type, return-value]
+                           publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None,
+                           tickers=hub)
+    state.set_positions([_pos("0.01")])
+    stream._sync_tickers()                       # subscribed: a grace period until a tick
+    up = hub._upstreams[("binance", False, "BTCUSDT")]
+    assert not stream._marks_stale()
+    stream._tick_seen["BTCUSDT"] -= account_push.MARK_STALE_S + 1   # this holder's last tick is old
+    assert hub.mark_age_s("binance", False, "BTCUSDT") == float("inf")  # no live stream
+    assert stream._marks_stale()
+    up.state, up.frame_at = "live", time.monotonic()   # the stream receives ticks
+    assert not stream._marks_stale()
+    seen_during: list[bool] = []
+    # only a slow holder this time (this account's own callback would refresh its tick)
+    up.subscribers = {"slow": lambda t: seen_during.append(stream._marks_stale())}
+    up.frame_at -= account_push.MARK_STALE_S + 1       # ... its last one long ago, but
+    stream._tick_seen["BTCUSDT"] -= 100                # a delivery is under way:
+    hub._deliver(up, Ticker("BTCUSDT", None, Decimal("101"), None, None, 1))
+    assert seen_during == [False]
+    up.frame_at -= account_push.MARK_STALE_S + 1       # nothing received since: stale
+    stream._tick_seen["BTCUSDT"] -= 100
+    assert stream._marks_stale()
