@@ -45,7 +45,7 @@ def test_the_polling_pace_follows_the_specs_round_weight(monkeypatch) -> None:
     from types import SimpleNamespace
 
     from exchanges.governor import Governors
-    from services.streams import POLLING_KEYS_PER_S, StreamManager
+    from services.stream_manager import POLLING_KEYS_PER_S, StreamManager
     mgr = StreamManager(None, None, None, lambda e: None, lambda *a: None,  # type: ignore[arg-type]
                         lambda s: None, None)
     mgr._governors = Governors()
