@@ -17,12 +17,8 @@ from typing import Callable, TypeVar
 
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ThrottledLocally
-<<<<<<< HEAD
-from exchanges.factory import FULL_ORDERS_EVERY, OPEN_ORDERS_PER_SYMBOL
-from services.account_kinds import STATE_TYPES
-=======
 from exchanges.venues import venue
->>>>>>> main
+from services.account_kinds import STATE_TYPES
 from services.account_state import now_ms
 
 logger = logging.getLogger(__name__)
