@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# pytest-xdist: two workers (the machine's cores), a test file per worker at a time so
+# that a module's server and simulator fixtures start once; PARALLEL= runs in one process
+PARALLEL ?= -n 2 --dist loadfile
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 # pip-compile flags shared by both locks; no --upgrade: existing pins (and, with
@@ -46,10 +49,10 @@ install-browser: ## Debian's chromium for tests/browser (apt-get, only when /usr
 
 test: install-dev ## the whole suite (unit, integration on SQLite and PostgreSQL, end-to-end, browser)
 	sh scripts/install-browser.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PARALLEL)
 
 test-fast: install-dev ## the suite without the tests that start server processes (pytest -m "not e2e")
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e" $(PARALLEL)
 
 bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.push_latency --clients 200
