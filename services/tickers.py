@@ -44,6 +44,8 @@ class _Upstream:
         self.ticks = 0
         self.frame_at = 0.0  # monotonic time the last tick was received
         self.delivering = False  # a tick is being handed to the subscribers
+        self.pending: Ticker | None = None  # the newest tick received meanwhile
+        self.skipped = 0  # ticks replaced by a newer one before their turn
 
 
 class TickerHub:
@@ -126,7 +128,8 @@ class TickerHub:
         return dict(self._envelope(up, up.last), source="cache")
 
     def stats(self) -> dict:
-        """``{"streams", "by_state", "subscribers", "ticks"}``."""
+        """``{"streams", "by_state", "subscribers", "ticks", "skipped"}`` (``skipped``:
+        ticks replaced by a newer one before their delivery)."""
         with self._lock:
             ups = list(self._upstreams.values())
         by_state: dict[str, int] = {}
@@ -134,7 +137,8 @@ class TickerHub:
             by_state[up.state] = by_state.get(up.state, 0) + 1
         return {"streams": len(ups), "by_state": by_state,
                 "subscribers": sum(len(u.subscribers) for u in ups),
-                "ticks": sum(u.ticks for u in ups)}
+                "ticks": sum(u.ticks for u in ups),
+                "skipped": sum(u.skipped for u in ups)}
 
     def stop_all(self) -> None:
         """Stop every stream (shutdown): each upstream loop ends within a second (its
@@ -159,7 +163,7 @@ class TickerHub:
                 failures = 0
                 while up.running:
                     for tick in stream.recv(1.0):
-                        self._deliver(up, tick)
+                        self._offer(up, tick)
             except ExchangeError as e:
                 up.state = "reconnecting"
                 failures += 1
@@ -177,6 +181,36 @@ class TickerHub:
                     up.stream = None
         up.state = "down"
 
+    def _offer(self, up: _Upstream, tick: Ticker) -> None:
+        """A tick just received: handed out at once by a delivery task, or, while the
+        previous one is still being handed out, kept as the next one; a newer tick
+        replaces it (``skipped``). So a round that takes longer than the ticks come
+        (a busy server, many holders) delivers the newest mark price next, not a queue
+        of older ones, and the reader goes on reading meanwhile."""
+        up.frame_at = time.monotonic()
+        with self._lock:
+            if up.delivering:
+                if up.pending is not None:
+                    up.skipped += 1
+                up.pending = tick
+                return
+            up.delivering, up.pending = True, tick
+        self._spawn(self._deliver_pending, up)
+        self._sleep(0)  # the delivery takes this tick before the reader reads the next
+
+    def _deliver_pending(self, up: _Upstream) -> None:
+        """The delivery task: hand out the pending tick until none is left."""
+        while True:
+            with self._lock:
+                tick, up.pending = up.pending, None
+                if tick is None or not up.running:
+                    up.delivering = False
+                    return
+            try:
+                self._deliver(up, tick)
+            except Exception:  # isolation boundary: the next tick must still go out
+                logger.exception("tick delivery failed exchange=%s symbol=%s", up.key[0], up.key[2])
+
     def _deliver(self, up: _Upstream, tick: Ticker) -> None:
         """Every tick reaches the callbacks (they learn the stream is alive and revalue
         only on a change); sockets get an envelope only when a price changed.
@@ -188,13 +222,6 @@ class TickerHub:
         less urgent part of its work, run after every callback had its turn (an
         account stream pushes ``pnl`` first, positions and balance after)."""
         up.ticks += 1
-        up.frame_at, up.delivering = time.monotonic(), True
-        try:
-            self._hand_out(up, tick)
-        finally:
-            up.delivering, up.frame_at = False, time.monotonic()
-
-    def _hand_out(self, up: _Upstream, tick: Ticker) -> None:
         changed = up.last is None or (up.last.mark_price, up.last.last_price, up.last.bid,
                                       up.last.ask) != (tick.mark_price, tick.last_price,
                                                        tick.bid, tick.ask)

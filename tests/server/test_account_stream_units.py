@@ -296,8 +296,53 @@ def test_marks_are_stale_only_when_the_shared_stream_receives_no_ticks() -> None
     up.subscribers = {"slow": lambda t: seen_during.append(stream._marks_stale())}
     up.frame_at -= account_push.MARK_STALE_S + 1       # ... its last one long ago, but
     stream._tick_seen["BTCUSDT"] -= 100                # a delivery is under way:
+    up.delivering = True
     hub._deliver(up, Ticker("BTCUSDT", None, Decimal("101"), None, None, 1))
+    up.delivering = False
     assert seen_during == [False]
     up.frame_at -= account_push.MARK_STALE_S + 1       # nothing received since: stale
     stream._tick_seen["BTCUSDT"] -= 100
     assert stream._marks_stale()
+
+
+def test_ticks_received_during_a_slow_delivery_collapse_into_the_newest() -> None:
+    """A delivery round longer than the tick interval hands out the newest mark next,
+    not a queue of older ones; with no round under way every tick goes out."""
+    from exchanges.types import Ticker
+    from services.tickers import TickerHub
+
+    tasks: list = []
+    hub = TickerHub(lambda *k: None, lambda env: None,  # type: ignore[arg-type, return-value]
+                    spawn=lambda fn, *a: tasks.append((fn, a)), sleep=lambda s: None)
+    got: list[Decimal] = []
+    tasks_during: list[int] = []
+
+    def tick(price: str) -> Ticker:
+        return Ticker("XRPUSDT", None, Decimal(price), None, None, 1)
+
+    def holder(t: Ticker) -> None:               # slow: two ticks arrive while it holds 1.0
+        got.append(t.mark_price)
+        if t.mark_price == Decimal("1.0"):
+            hub._offer(up, tick("1.1"))
+            hub._offer(up, tick("1.2"))         # replaces 1.1 before its turn
+            tasks_during.append(len(tasks))     # no second delivery task (0)
+
+    hub.subscribe("binance", False, "XRPUSDT", "key:1", holder)
+    tasks.clear()                                   # the upstream loop, not run here
+    up = hub._upstreams[("binance", False, "XRPUSDT")]
+
+    def run_tasks() -> None:
+        while tasks:
+            fn, args = tasks.pop(0)
+            fn(*args)
+
+    hub._offer(up, tick("1.0"))                      # idle: a delivery task for it
+    assert len(tasks) == 1 and up.delivering
+    run_tasks()
+    assert got == [Decimal("1.0"), Decimal("1.2")] and up.skipped == 1
+    assert tasks_during == [0]
+    assert not up.delivering and up.pending is None
+    hub._offer(up, tick("1.3"))                      # idle again: delivered, none skipped
+    run_tasks()
+    assert got[-1] == Decimal("1.3") and up.skipped == 1
+    assert hub.stats()["skipped"] == 1
