@@ -119,6 +119,7 @@ class Services:
         self.exits.stop()
         self.streams.stop_all()
         self.tickers.stop_all()
+        self.hub.stop()  # the push layer's conflation timer
         if self.tasks is not None:
             self.tasks.wait(began + timeout_s * LOOPS_SHARE, LOOPS - {"ledger writer"})
         unflushed = self.ledger_writer.stop(drain=True, timeout_s=max(0.0, deadline - time.monotonic()))

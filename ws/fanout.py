@@ -98,6 +98,7 @@ class Fanout:
         self._order = itertools.count()
         self._wake = make_event()
         self._timer_started = False
+        self._stopped = False
         self._server = server
         self._spawn = spawn
         self._sleep = sleep
@@ -286,10 +287,15 @@ class Fanout:
         with self._armed_lock:
             return self._armed[0][0] if self._armed else None
 
+    def stop(self) -> None:
+        """End the timer task (shutdown); conflated values still waiting are not sent."""
+        self._stopped = True
+        self._wake.set()
+
     def _timer_task(self) -> None:
         """The one timer task: fire what is due, then wait until the next armed time
-        or until a sooner one is armed."""
-        while True:
+        or until a sooner one is armed; returns after ``stop()``."""
+        while not self._stopped:
             self._wake.clear()
             try:
                 at = self.run_due()

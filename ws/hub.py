@@ -199,6 +199,11 @@ class PushHub:
             if self.on_stream_latency is not None:
                 self.on_stream_latency(latency_ms / 1000)
 
+    def stop(self) -> None:
+        """End the fan-out's timer task (shutdown)."""
+        if self._fanout is not None:
+            self._fanout.stop()
+
     def stats(self) -> dict:
         """Connection, subscription and push figures for ``/admin/stats``."""
         conns = self.connections()

@@ -210,3 +210,14 @@ def test_one_timer_task_fires_channels_in_time_order_and_wakes_for_a_sooner_one(
     clock.now = 101.0
     assert fan.run_due() is None
     assert [sid for sid, _, _ in server.sent] == ["e-b", "e-a"]
+
+
+def test_the_timer_task_ends_on_stop() -> None:
+    import threading
+
+    server, clock, timers, fan, state = _setup()
+    task = threading.Thread(target=fan._timer_task, daemon=True)
+    task.start()
+    fan.stop()
+    task.join(2.0)
+    assert not task.is_alive()
