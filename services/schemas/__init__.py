@@ -13,6 +13,8 @@ Never Flask, Socket.IO, a database session or an exchange client.
   text without control characters) and the annotated field types built on them.
 - ``services.schemas.requests``: REST request bodies and the Socket.IO ticker payload.
 - ``services.schemas.socketio``: the Socket.IO ``subscribe`` / ``unsubscribe`` payloads.
+- ``services.schemas.out``: the response models' base class and wire types.
+- ``services.schemas.envelopes``: the account envelope (REST snapshots and pushes).
 - ``services.schemas.responses``: every REST success body and the error body; the handlers
   serialize through them and ``api/openapi.py`` documents them.
 """

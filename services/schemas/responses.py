@@ -12,59 +12,21 @@ Wire rules (CONTRACT.md): money, prices and quantities are decimal strings
 integer milliseconds since the Unix epoch, UTC. Keys are the ones CONTRACT.md fixes;
 Flask sorts them when it writes the JSON.
 
-Sources: account ``data`` shapes are built by ``services/serialize.py`` (the push path
-keeps building its dicts there, fast; REST snapshots pass through ``Envelope`` here,
-and the conformance test validates pushes' shapes against it too).
+The account snapshot body is the push envelope (``services.schemas.envelopes``); the
+base class and the wire types are in ``services.schemas.out``.
 """
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, RootModel,
-                      WithJsonSchema)
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from models import TradeStatus
+from services.schemas.envelopes import Envelope
 from services.schemas.fields import Exchange
-from services.serialize import dec
+from services.schemas.out import DecimalOut, Ms, Out, Seconds, Side, TradeStatusValue
 
-SIGNED_DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
-_DECIMAL_SCHEMA = {"type": "string", "format": "decimal", "pattern": SIGNED_DECIMAL_PATTERN,
-                   "examples": ["64210.5"]}
-
-# A Decimal (ORM column, exchange type) sent as a decimal string.
-DecimalOut = Annotated[Decimal, PlainSerializer(dec, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA)]
-# A decimal string a service already wrote with ``dec`` (push ``data``): passed through.
-DecimalText = Annotated[str, WithJsonSchema(_DECIMAL_SCHEMA)]
-Ms = Annotated[int, Field(description="milliseconds since the Unix epoch, UTC")]
-Seconds = Annotated[int, Field(description="seconds")]
-Side = Literal["BUY", "SELL"]
-TradeStatusValue = Literal[tuple(t.value for t in TradeStatus)]  # type: ignore[valid-type]
-
-
-class Out(BaseModel):
-    """Base of the response models: every declared key is always sent (required in
-    the spec), unknown keys are refused, rows are read by attribute or by key."""
-
-    model_config = ConfigDict(extra="forbid", from_attributes=True,
-                              json_schema_serialization_defaults_required=True)
-
-    @classmethod
-    def of(cls, obj: Any, **computed: Any) -> dict:
-        """``obj`` (object or dict) as this model's JSON-ready dict; ``computed`` gives
-        the fields ``obj`` does not hold (read by attribute then). Raises pydantic's
-        ValidationError when ``obj`` does not fit (a bug: the handler answers 500)."""
-        if computed:
-            obj = {**{name: getattr(obj, name) for name in cls.model_fields
-                      if name not in computed}, **computed}
-        return cls.model_validate(obj).model_dump(mode="json")
-
-    @classmethod
-    def many(cls, objs: Iterable[Any]) -> list[dict]:
-        """A JSON-ready list, one ``of`` per element."""
-        return [cls.model_validate(o).model_dump(mode="json") for o in objs]
-
+__all__ = ["Envelope"]  # the account snapshot body, defined with the push envelope
 
 # ---- errors ----------------------------------------------------------------------------
 
@@ -211,132 +173,6 @@ class ExitResult(Out):
     """200 of GET /api/exits/{exit_id}."""
 
     exit: Exit
-
-
-# ---- account snapshots: the push envelope ----------------------------------------------
-
-class AssetBalance(Out):
-    """One asset of ``balance`` data."""
-
-    asset: str
-    wallet_balance: DecimalText
-    available_balance: DecimalText
-    unrealized_pnl: DecimalText
-    margin_balance: DecimalText
-
-
-class BalanceData(Out):
-    """``balance`` data (``services.serialize.balance_data``)."""
-
-    total_wallet_balance: DecimalText
-    total_unrealized_pnl: DecimalText
-    total_margin_balance: DecimalText
-    available_balance: DecimalText
-    assets: list[AssetBalance]
-
-
-class OpenPosition(Out):
-    """One ``positions`` row (``services.serialize.position_row``). A position opened by
-    an account event has ``null`` for what the event does not carry (mark price,
-    leverage, liquidation price) until the REST completion fills them in."""
-
-    symbol: str
-    side: Literal["LONG", "SHORT"]
-    size: DecimalText
-    entry_price: DecimalText
-    mark_price: DecimalText | None
-    unrealized_pnl: DecimalText
-    leverage: DecimalText | None
-    liquidation_price: DecimalText | None
-    margin_type: str
-
-
-class PositionPnl(Out):
-    """One position of ``pnl`` data; ``roe_pct`` null while the leverage is unknown."""
-
-    symbol: str
-    side: Literal["LONG", "SHORT"]
-    unrealized_pnl: DecimalText
-    roe_pct: DecimalText | None
-
-
-class PnlData(Out):
-    """``pnl`` data (``services.serialize.pnl_data``): realized figures from the ledger."""
-
-    unrealized_pnl: DecimalText
-    realized_pnl: DecimalText
-    realized_pnl_today: DecimalText
-    positions: list[PositionPnl]
-
-
-class OpenOrder(Out):
-    """One ``orders`` row (``services.serialize.order_data``)."""
-
-    client_order_id: str
-    order_id: str
-    symbol: str
-    side: Side
-    type: str
-    status: str
-    price: DecimalText
-    quantity: DecimalText
-    filled_quantity: DecimalText
-    avg_price: DecimalText
-    time_in_force: str
-    reduce_only: bool
-    updated_at: Ms
-
-
-class _EnvelopeBase(Out):
-    user_id: int
-    key_id: int
-    exchange: Exchange
-    testnet: bool
-    epoch: str = Field(description="a new epoch: the server cannot vouch for continuity; seq restarts at 1")
-    seq: int = Field(description="grows by one per push of (user, key, type) within an epoch; "
-                                 "0 on a REST snapshot fetched from the exchange")
-    as_of: Ms
-    sent_at: Ms
-    source: Literal["stream", "rest", "cache"]
-    stale: bool = Field(description="true: the exchange could not be reached; the last known data")
-
-
-class BalanceEnvelope(_EnvelopeBase):
-    """``balance`` push / snapshot."""
-
-    type: Literal["balance"]
-    data: BalanceData
-
-
-class PositionsEnvelope(_EnvelopeBase):
-    """``positions`` push / snapshot: open positions only."""
-
-    type: Literal["positions"]
-    data: list[OpenPosition]
-
-
-class PnlEnvelope(_EnvelopeBase):
-    """``pnl`` push / snapshot."""
-
-    type: Literal["pnl"]
-    data: PnlData
-
-
-class OrdersEnvelope(_EnvelopeBase):
-    """``orders`` push / snapshot: open orders."""
-
-    type: Literal["orders"]
-    data: list[OpenOrder]
-
-
-class Envelope(RootModel[Annotated[Union[BalanceEnvelope, PositionsEnvelope, PnlEnvelope,
-                                         OrdersEnvelope], Field(discriminator="type")]]):
-    """The envelope of an account push, also GET /api/account/{kind} (by ``type``)."""
-
-    @classmethod
-    def of(cls, obj: Any) -> dict:
-        """A service's envelope dict, checked, as JSON-ready dict. Raises ValidationError."""
-        return cls.model_validate(obj).model_dump(mode="json")
 
 
 # ---- health and admin ------------------------------------------------------------------
