@@ -117,32 +117,32 @@ class GovernedRestClient(ABC):
         """The request weight of ``endpoint`` in the venue's spec."""
         return self.spec.weight(endpoint)
 
-    # ---- hooks -------------------------------------------------------------------
+    # ---- hooks: each venue adapter implements these ---------------------------------
 
+    @abstractmethod
     def _build(self, api_key: str, api_secret: str) -> None:
         """Build the library client from the key pair, ``endpoints`` and ``timeout_s``
         (no network I/O)."""
-        raise NotImplementedError
 
     @abstractmethod
     def _errors(self) -> AbstractContextManager[None]:
         """Maps the library's exceptions to ``exchanges.errors`` (raise ... from e)."""
 
+    @abstractmethod
     def _fetch_server_time(self) -> int:
         """One public request for the server's clock, ms UTC."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _set_clock_offset(self, offset_ms: int) -> None:
         """Make the library sign with local clock + ``offset_ms``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fetch_symbol_rules(self) -> dict[str, SymbolRules]:
         """The venue's instrument list, ``{symbol: SymbolRules}``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _session(self) -> Any:
         """The library's ``requests.Session`` (None once the library dropped it)."""
-        raise NotImplementedError
 
     def _close_session(self) -> None:
         """Close the library's HTTP session (may raise; ``close`` swallows it)."""
