@@ -23,12 +23,11 @@ import requests
 import socketio
 from requests.adapters import HTTPAdapter
 
-from bench.measure import lat_s
+from bench.measure import RESULTS_DIR, lat_s
 from tests.support.server import ServerProcess, start_server
 from tests.support.simulator import SimulatorProcess, start_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
 ACCOUNT_TYPES = ["balance", "positions", "pnl", "orders"]
 EVENTS = ("balance", "positions", "pnl", "orders", "stream_status", "error")
 REQUEST_TIMEOUT_S = 60.0

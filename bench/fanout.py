@@ -71,7 +71,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import json
 import math
 import os
 import re
@@ -87,7 +86,7 @@ import requests
 
 from bench import fanout_accounts
 from bench.common import RESULTS_DIR, Account, Stack, create_account, run_pool
-from bench.measure import prepare_long_run, print_lines
+from bench.measure import prepare_long_run, print_lines, write_results
 from bench.eio_workers import Workers
 from bench.fanout_run import Run
 
@@ -238,11 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("tag", "failure", "load_at_start", "load_at_end", "egress_ips"):
         if k in results:
             print_lines(k, results[k])
-    out = RESULTS_DIR / f"fanout_{args.tag}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written: {out}")
-    if "failure" in results:
-        raise SystemExit(1)
+    write_results(results, f"fanout_{args.tag}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import math
 import os
 import subprocess
@@ -80,7 +79,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from bench.common import (RESULTS_DIR, ROOT, Listener, _expect, create_account, first_events,
                           rest, run_pool)
-from bench.measure import cpu_s, lat_ms, lat_s, log_problems, profile
+from bench.measure import cpu_s, lat_ms, lat_s, log_problems, profile, write_results
 from bench.streams import admin_stats, print_lines, row, sampler, th
 from tests.conftest import PG_ADMIN_URL, make_pg_database
 from tests.support.server import free_port, start_server
@@ -386,11 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         proxy.stop()
         drop()
     print_lines("", res)
-    out = RESULTS_DIR / ("ledger.json" if args.rate == 1000 else f"ledger_{args.rate:g}.json")
-    out.write_text(json.dumps(res, indent=2))
-    print(f"written: {out}")
-    if "failure" in res:
-        raise SystemExit(1)
+    write_results(res, "ledger" if args.rate == 1000 else f"ledger_{args.rate:g}")
 
 
 async def run_and_close(args: argparse.Namespace, ctx: dict, res: dict) -> None:

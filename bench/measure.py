@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # figures and logs of the runs
+
 
 def _interrupted(*_args) -> None:  # type: ignore[no-untyped-def]
     raise KeyboardInterrupt("SIGTERM")
@@ -110,6 +112,18 @@ def print_lines(prefix: str, value: object) -> None:
             print_lines(f"{prefix}.{k}" if prefix else str(k), v)
     else:
         print(f"{prefix}: {json.dumps(value)}", flush=True)
+
+
+def write_results(results: dict, name: str) -> Path:
+    """Write ``results`` as ``bench/results/<name>.json`` and say where; exit with
+    status 1 when the run recorded a ``failure`` (the figures are written first)."""
+    out = RESULTS_DIR / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written: {out}")
+    if "failure" in results:
+        raise SystemExit(1)
+    return out
 
 
 def rank_profile(path: Path, top: int = 30) -> list[tuple[str, float, float]]:

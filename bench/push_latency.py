@@ -58,7 +58,7 @@ from decimal import Decimal
 
 from bench.common import (RESULTS_DIR, Listener, Stack, create_account, first_events, loop_lag,
                           rest, run_pool)
-from bench.measure import cpu_s, lat_ms, lat_s, log_problems, pct, rss_mb
+from bench.measure import cpu_s, lat_ms, lat_s, log_problems, pct, rss_mb, write_results
 
 SYMBOL, QTY, LIMIT_PRICE, BASE_PRICE, PRICE_STEP = "XRPUSDT", "10", "1.0", Decimal("1.2"), Decimal("0.001")
 WAIT_S = 120.0  # the longest any single wait phase may take
@@ -341,11 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         results["sim_log"] = {"path": str(log_dir / "simulator.log"),
                               **log_problems(log_dir / "simulator.log")}
     print_lines("", results)
-    out = RESULTS_DIR / f"push_latency_{args.clients}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written: {out}")
-    if "failure" in results:
-        raise SystemExit(1)
+    write_results(results, f"push_latency_{args.clients}")
 
 
 if __name__ == "__main__":

@@ -35,12 +35,11 @@ emits ``subscribe {"types": ["pnl"]}`` with acknowledgement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 from bench.common import RESULTS_DIR, Stack, create_account
-from bench.measure import cpu_s, prepare_long_run, print_lines, rss_mb
+from bench.measure import cpu_s, prepare_long_run, print_lines, rss_mb, write_results
 from bench.eio_workers import Workers
 from bench.fanout import P0, QTY, SYMBOL, sim_market_order, start_bare
 from bench.fanout_run import BASE, STEP, Run
@@ -210,11 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("ratio", "load", "failure"):
         if k in results:
             print_lines(k, results[k])
-    out = RESULTS_DIR / f"storm_{args.tag}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written: {out}")
-    if "failure" in results:
-        raise SystemExit(1)
+    write_results(results, f"storm_{args.tag}")
 
 
 def _ratio(a, b):  # type: ignore[no-untyped-def]

@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import shutil
 import tempfile
@@ -92,7 +91,7 @@ from requests.adapters import HTTPAdapter
 from bench.common import (RESULTS_DIR, VENUES, Account, Listener, _expect, admin_stats, all_live,
                           calls_at, first_events, loop_lag, per_venue, rest, row, run_pool,
                           sampler, th, wait_states)
-from bench.measure import cpu_s, lat_s, log_problems, pct, print_lines
+from bench.measure import cpu_s, lat_s, log_problems, pct, print_lines, write_results
 from bench.gate import Gate
 from tests.support.server import start_server
 from tests.support.simulator import start_simulator
@@ -436,11 +435,7 @@ def main(argv: list[str] | None = None) -> None:
             ctx["pool"].shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
     print_lines("", res)
-    out = RESULTS_DIR / f"{name}.json"
-    out.write_text(json.dumps(res, indent=2))
-    print(f"written: {out}")
-    if "failure" in res:
-        raise SystemExit(1)
+    write_results(res, name)
 
 
 if __name__ == "__main__":
