@@ -17,6 +17,17 @@ from tests.support.server import free_port, start_server
 from tests.support.tcpproxy import TcpProxy
 
 
+def _live_account(server, sim):  # type: ignore[no-untyped-def]
+    """A new account on ``server`` with BTCUSDT at 60000 and a socket subscribed to
+    orders and positions, once its stream is live; ``(account, listener)``."""
+    acct = Account(server, sim)
+    sim.set_price("BTCUSDT", "60000")
+    lst = Listener(server.url, acct.token)
+    lst.call("subscribe", {"types": ["orders", "positions"]})
+    lst.wait_for("stream_status", lambda d: d["state"] == "live")
+    return acct, lst
+
+
 def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     url, drop = make_pg_database(pg_server)
     proxy = TcpProxy(("127.0.0.1", 5432), free_port())
@@ -26,11 +37,7 @@ def test_database_outage_loses_no_fill_and_pushes_go_on(sim, pg_server, tmp_path
                           extra_env={"RECONCILE_INTERVAL_S": "0"})  # only write-behind may help
     lst = None
     try:
-        acct = Account(server, sim)
-        sim.set_price("BTCUSDT", "60000")
-        lst = Listener(server.url, acct.token)
-        lst.call("subscribe", {"types": ["orders", "positions"]})
-        lst.wait_for("stream_status", lambda d: d["state"] == "live")
+        acct, lst = _live_account(server, sim)
         trades = []
         for price in ("50000", "50100", "50200"):
             r = acct.post("/api/orders", {"key_id": acct.key_id, "symbol": "BTCUSDT", "side": "BUY",
@@ -96,11 +103,7 @@ def test_sigterm_while_the_database_is_down_ends_in_time_and_the_fill_is_restore
     port = int(server.url.rsplit(":", 1)[1])
     servers, lst = [server], None
     try:
-        acct = Account(server, sim)
-        sim.set_price("BTCUSDT", "60000")
-        lst = Listener(server.url, acct.token)
-        lst.call("subscribe", {"types": ["orders", "positions"]})
-        lst.wait_for("stream_status", lambda d: d["state"] == "live")
+        acct, lst = _live_account(server, sim)
         r = acct.post("/api/orders", {"key_id": acct.key_id, "symbol": "BTCUSDT", "side": "BUY",
                                       "type": "LIMIT", "quantity": "0.010", "price": "50000"})
         assert r.status_code == 201, r.text
