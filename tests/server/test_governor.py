@@ -136,6 +136,13 @@ def test_an_accounts_own_limit_holds_back_that_account_only() -> None:
         def sync_clock(self) -> int:
             return 0
 
+        # the venue hooks a real adapter implements; this test sends nothing
+        def _build(self, api_key: str, api_secret: str) -> None: ...
+        def _fetch_server_time(self) -> int: return 0
+        def _set_clock_offset(self, offset_ms: int) -> None: ...
+        def _fetch_symbol_rules(self) -> dict: return {}
+        def _session(self) -> None: return None
+
     def limited() -> None:
         raise RateLimited("bybit", 10006, "Too many visits", 200, 5000, per_account=True)
 
