@@ -167,6 +167,27 @@ def test_the_packet_binary_check_agrees_with_python_socketio() -> None:
     assert pkt.encode() == Original(2, data=["orders", {"n": 1}], namespace="/").encode()
 
 
+def test_the_packet_json_is_orjson_with_the_stdlib_meaning() -> None:
+    """Socket.IO packets are encoded with orjson; what a client decodes is what the
+    stdlib encoder would have given it, including what orjson cannot encode alone."""
+    import json
+
+    from ws.packet import OrjsonCodec, Packet
+    assert Packet.json is OrjsonCodec
+    env = ["pnl", {"type": "pnl", "seq": 3, "stale": False, "data": {"unrealized_pnl": "1.5",
+                                                                     "positions": [], "x": None}}]
+    assert OrjsonCodec.dumps(env) == json.dumps(env, separators=(",", ":"))  # ASCII: the same text
+    for value in (["x", {"name": "caf\u00e9 \u2603"}], {1: "int key"}, [2 ** 70], [1.5, -0.0]):
+        assert json.loads(OrjsonCodec.dumps(value, separators=(",", ":"))) == json.loads(
+            json.dumps(value)), value
+    with pytest.raises(ValueError):
+        OrjsonCodec.loads('{"types": [')
+    with pytest.raises(TypeError):
+        OrjsonCodec.dumps([Decimal("1")])  # neither encoder takes a Decimal: never sent as a number
+    pkt = Packet(2, data=env, namespace="/")
+    assert Packet(encoded_packet=pkt.encode()).data == env
+
+
 def test_balance_payload_shape() -> None:
     state = AccountState(1, 1, "binance", False)
     state.set_balance(Balance(Decimal("100"), Decimal("1"), Decimal("101"), Decimal("90"),
