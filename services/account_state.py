@@ -73,6 +73,7 @@ class AccountState(FillLog):
         self._unseen: dict[str, tuple[str, int]] = {}  # kind -> (source, as_of) not built
         self._order_rows: dict[str, tuple[Order, dict]] = {}  # order id -> (order, its row)
         self._position_rows: dict[str, tuple[Position, dict]] = {}
+        self._margin_assets: dict[str, str | None] = {}  # symbol -> its settle asset
         self._init_fills()
 
     # ---- updates ---------------------------------------------------------------
@@ -226,7 +227,9 @@ class AccountState(FillLog):
         b = self.balance
         if b is None or not delta:
             return
-        margin_asset = venue(self.exchange).margin_asset(symbol)
+        margin_asset = self._margin_assets.get(symbol, "")
+        if margin_asset == "":  # looked up once per symbol: this runs per holder per tick
+            margin_asset = self._margin_assets[symbol] = venue(self.exchange).margin_asset(symbol)
         assets = tuple(AssetBalance(a.asset, a.wallet_balance, a.available_balance,
                                     a.unrealized_pnl + delta, a.margin_balance + delta)
                        if a.asset == margin_asset else a for a in b.assets)

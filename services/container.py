@@ -163,7 +163,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
 
     def client_for(key):  # type: ignore[no-untyped-def]
         return trading.get_client(key.user_id, key.exchange, key.testnet, key.api_key,
-                                  cipher.decrypt(key.api_secret_encrypted))
+                                  lambda: cipher.decrypt(key.api_secret_encrypted))
 
     tickers = TickerHub(
         lambda exchange, testnet, symbol: create_market_stream(

@@ -163,7 +163,7 @@ class StreamManager:
         group = self._pace_group(exchange, testnet, api_key)
         stream = AccountStream(
             state, get_client=lambda: self._trading.get_client(
-                user_id, exchange, testnet, api_key, self._cipher.decrypt(encrypted)),
+                user_id, exchange, testnet, api_key, lambda: self._cipher.decrypt(encrypted)),
             realized_pnl=lambda: self._ledger.realized_pnl(key_id),
             publish=self._publish,
             on_fill=lambda fill: self._ledger.record_fill(user_id, key_id, fill),

@@ -88,3 +88,27 @@ def test_bounded_cache_evicts_least_recently_used() -> None:
     svc.get_client(3, "binance", False, "k", "s")
     users = sorted(e["user_id"] for e in svc.stats()["entries"])
     assert users == [1, 3] and a.alive
+
+
+def test_a_secret_callable_is_called_only_to_build() -> None:
+    """An account stream asks for its client on every loop; the stored secret is
+    decrypted only when a client is (re)built, and the build gets its result."""
+    secrets: list[str] = []
+    calls: list[int] = []
+
+    def build(exchange, api_key, api_secret, testnet):  # type: ignore[no-untyped-def]
+        secrets.append(api_secret)
+        return FakeClient(api_key)
+
+    def decrypt() -> str:
+        calls.append(1)
+        return "plain-secret"
+
+    svc = TradingService(build)
+    first = svc.get_client(1, "binance", False, "k", decrypt)
+    for _ in range(5):
+        assert svc.get_client(1, "binance", False, "k", decrypt) is first
+    assert len(calls) == 1 and secrets == ["plain-secret"]
+    first.alive = False  # a dead client is rebuilt: the secret is needed again
+    svc.get_client(1, "binance", False, "k", decrypt)
+    assert len(calls) == 2
