@@ -20,7 +20,9 @@ from services.account_state import now_ms
 
 logger = logging.getLogger(__name__)
 
-MARK_STALE_S = 5.0  # no mark tick for this long: poll positions by REST instead
+# no mark tick for this long: poll positions by REST instead (checked on each wake of
+# the account stream, so noticed within MARK_STALE_S + its recv timeout)
+MARK_STALE_S = 5.0
 
 
 class AccountPusher:

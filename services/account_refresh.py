@@ -38,7 +38,11 @@ class StreamSettings:
     """Timing of a stream, seconds."""
 
     poll_interval_s: float = 1.0
-    recv_timeout_s: float = 3.0
+    # the longest a live stream waits for a frame before its periodic checks (stale
+    # marks, the quiet check, keepalive); each wake of an idle stream costs CPU, and
+    # every account has one: 3 s cost about a tenth of the server's CPU at 1,000
+    # accounts. A pending REST completion shortens the wait to its own time.
+    recv_timeout_s: float = 10.0
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     quiet_check_s: float = 300.0  # no account event for this long: check by REST
