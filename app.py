@@ -22,6 +22,7 @@ if __name__ == "__main__":  # monkey-patching must precede every other import
 
     patch_psycopg()
 
+import gc
 import logging
 import os
 import signal
@@ -111,6 +112,23 @@ def register_cli(app: Flask) -> None:
                    "(keep the old one in OLD_KEY_ENCRYPTION_KEYS until every process restarted)")
 
 
+def tune_gc(thresholds: tuple[int, int, int]) -> None:
+    """Set the server process's collector thresholds (``GC_THRESHOLDS``): with a
+    young generation of 50,000 objects instead of 700, a push envelope is freed by
+    its reference count before any collection looks at it, so few objects reach the
+    old generation and its full collections (hundreds of ms at 1,000 accounts) become
+    rare. The young collections themselves take a few ms to tens of ms."""
+    gc.set_threshold(*thresholds)
+
+
+def freeze_startup_objects() -> None:
+    """After start: collect once, then move every object alive (modules, classes,
+    functions, the app) to the permanent generation (``gc.freeze``), so that later
+    collections do not walk what lives for the whole process."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(app: Flask, cfg: Config) -> None:
     """Serve ``app`` on ``cfg.HOST:cfg.PORT`` until the process ends. On eventlet this
     is what ``socketio.run`` does (eventlet's WSGI server on a listening socket, at
@@ -142,12 +160,14 @@ def main() -> None:
     if cfg.ASYNC_MODE == "eventlet":
         from eventlet import tpool
         security.configure_offload(tpool.execute)
+    tune_gc(cfg.GC_THRESHOLDS)
     schema.upgrade(cfg.DATABASE_URL)
     simulator = demo.start_embedded_simulator(cfg) if cfg.EMBED_SIMULATOR else None
     app = create_app(cfg)
     svc: Services = app.extensions["pushsrv"]
     if simulator is not None:
         demo.bootstrap(cfg, svc)
+    freeze_startup_objects()
     def shutdown(*_args) -> None:  # type: ignore[no-untyped-def]
         """Graceful stop (``Services.stop``: streams off, loops ended, write-behind
         flushed within its bound, database closed), then exit."""

@@ -25,6 +25,24 @@ def test_production_refuses_to_start_naming_what_is_missing() -> None:
     assert "SECRET_KEY" not in str(e.value)
 
 
+def test_gc_thresholds_default_parse_and_refuse_malformed() -> None:
+    """GC_THRESHOLDS: the server's gc.set_threshold (app.tune_gc applies it)."""
+    import gc
+
+    import app
+    assert load_config({}).GC_THRESHOLDS == (50_000, 20, 100)
+    assert load_config({"GC_THRESHOLDS": "1000, 5,50"}).GC_THRESHOLDS == (1000, 5, 50)
+    for bad in ("1000,5", "a,b,c", "0,10,10", "1000,-1,10"):
+        with pytest.raises(ConfigError, match="GC_THRESHOLDS"):
+            load_config({"GC_THRESHOLDS": bad})
+    before = gc.get_threshold()
+    try:
+        app.tune_gc((12_345, 6, 78))
+        assert gc.get_threshold() == (12_345, 6, 78)
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_production_defaults_to_real_venues_and_honours_overrides() -> None:
     env = {"APP_ENV": "production", "DATABASE_URL": "sqlite://", "SECRET_KEY": "s",
            "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": "a",
