@@ -17,7 +17,10 @@ exchange names and exception class names. Never a user id, key id or secret.
 """
 from __future__ import annotations
 
+import gc
 import logging
+import threading
+import time
 from typing import Any, Iterable, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -33,6 +36,61 @@ ACCOUNT_STREAM_STATES = ("live", "reconnecting", "polling", "down")
 TICKER_STREAM_STATES = ("live", "reconnecting", "down")
 # exchange event time -> emit, seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GcPauses:
+    """The pauses of this process's garbage collector (every green thread stops while
+    it runs), by generation, recorded from ``gc.callbacks``. One per process:
+    ``gc_pauses()``. Figures since the process started; times in ms."""
+
+    LONG_MS = 50.0  # a pause this long shows in push latency percentiles
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self.collections = [0, 0, 0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.max_ms = [0.0, 0.0, 0.0]
+        self.long = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict) -> None:
+        """The ``gc.callbacks`` hook: ``phase`` is ``"start"`` or ``"stop"``."""
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._started) * 1000
+        g = info.get("generation", 2)
+        self.collections[g] += 1
+        self.total_ms[g] += ms
+        self.max_ms[g] = max(self.max_ms[g], ms)
+        if ms >= self.LONG_MS:
+            self.long[g] += 1
+
+    def stats(self) -> dict:
+        """``{"thresholds": [young, gen1, gen2], "frozen": objects in the permanent
+        generation, "gen0" | "gen1" | "gen2": {"collections", "total_ms", "max_ms",
+        "long"}}`` (``long``: pauses of ``LONG_MS`` or more)."""
+        out: dict[str, Any] = {"thresholds": list(gc.get_threshold()),
+                               "frozen": gc.get_freeze_count()}
+        for g in range(3):
+            out[f"gen{g}"] = {"collections": self.collections[g],
+                              "total_ms": round(self.total_ms[g], 1),
+                              "max_ms": round(self.max_ms[g], 1), "long": self.long[g]}
+        return out
+
+
+_GC_PAUSES: GcPauses | None = None
+_GC_LOCK = threading.Lock()
+
+
+def gc_pauses() -> GcPauses:
+    """This process's ``GcPauses``, its ``gc.callbacks`` hook installed on first use
+    (once per process, however many apps it builds)."""
+    global _GC_PAUSES
+    with _GC_LOCK:
+        if _GC_PAUSES is None:
+            _GC_PAUSES = GcPauses()
+            gc.callbacks.append(_GC_PAUSES)
+        return _GC_PAUSES
 
 
 class StatsSource(Protocol):
@@ -70,6 +128,7 @@ class Metrics:
                        ledger_writer=ledger_writer, governors=governors)
         if reconciler is not None:
             sources["reconciler"] = reconciler
+        sources["gc"] = gc_pauses()
         self.registry.register(_StatsCollector(**sources))
 
     def observe_stream_latency(self, seconds: float) -> None:
@@ -99,7 +158,7 @@ class _StatsCollector(Collector):
         for name, build in (("hub", _hub_families), ("trading", _trading_families),
                             ("streams", _stream_families), ("tickers", _ticker_families),
                             ("ledger_writer", _ledger_families), ("governors", _governor_families),
-                            ("reconciler", _reconcile_families)):
+                            ("reconciler", _reconcile_families), ("gc", _gc_families)):
             if name not in self._src:
                 continue
             try:
@@ -172,6 +231,19 @@ def _reconcile_families(s: dict) -> Iterable[Metric]:
                               value=s["differences"])
     yield CounterMetricFamily(f"{PREFIX}_reconcile_repaired",
                               "Position differences repaired since start", value=s["repaired"])
+
+
+def _gc_families(s: dict) -> Iterable[Metric]:
+    pauses = CounterMetricFamily(f"{PREFIX}_gc_pause_seconds",
+                                 "Time the garbage collector stopped the process, by generation",
+                                 labels=["generation"])
+    longest = GaugeMetricFamily(f"{PREFIX}_gc_pause_max_seconds",
+                                "Longest garbage collector pause since start, by generation",
+                                labels=["generation"])
+    for g in ("0", "1", "2"):
+        pauses.add_metric([g], s[f"gen{g}"]["total_ms"] / 1000)
+        longest.add_metric([g], s[f"gen{g}"]["max_ms"] / 1000)
+    yield from (pauses, longest)
 
 
 def _governor_families(s: dict) -> Iterable[Metric]:

@@ -223,7 +223,7 @@ class Health(Out):
 class Stats(Out):
     """GET /admin/stats: diagnostic figures; the sections are free-form objects of the
     services that own them (hub, client cache, streams, tickers, governors,
-    reconciler, write-behind), and a new section is allowed."""
+    reconciler, write-behind, garbage collector), and a new section is allowed."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -237,6 +237,9 @@ class Stats(Out):
     rate_limits: dict[str, Any]
     reconcile: dict[str, Any]
     write_behind: dict[str, Any]
+    gc: dict[str, Any] = Field(description="the process's garbage collector pauses by "
+                               "generation (collections, total_ms, max_ms, long: 50 ms or "
+                               "more), its thresholds and frozen object count")
 
 
 class Connection(Out):

@@ -172,3 +172,24 @@ def test_one_failing_source_does_not_empty_the_scrape() -> None:
     assert ("pushsrv_exchange_clients_cached", ()) not in values
     assert values[("pushsrv_ws_connections", ())] == 2
     assert values[("pushsrv_ledger_queue_depth", ())] == 5
+
+
+def test_gc_pauses_counted_in_metrics_and_admin_stats(client) -> None:  # type: ignore[no-untyped-def]
+    """Every collection is timed by one process-wide hook (however many apps), and
+    both /metrics and /admin/stats show it."""
+    import gc
+
+    from services.metrics import gc_pauses
+    pauses = gc_pauses()
+    assert gc_pauses() is pauses and gc.callbacks.count(pauses) == 1
+    before = client.get("/admin/stats", headers={"X-Admin-Token": "admin-token"}).get_json()["gc"]
+    _, samples_before = scrape(client)
+    gc.collect()  # a full collection: generation 2
+    after = client.get("/admin/stats", headers={"X-Admin-Token": "admin-token"}).get_json()["gc"]
+    assert after["gen2"]["collections"] >= before["gen2"]["collections"] + 1
+    assert after["gen2"]["total_ms"] > before["gen2"]["total_ms"]
+    assert after["gen2"]["max_ms"] > 0 and after["thresholds"] == list(gc.get_threshold())
+    _, samples = scrape(client)
+    key = ("pushsrv_gc_pause_seconds_total", (("generation", "2"),))
+    assert samples[key] > samples_before[key]
+    assert samples[("pushsrv_gc_pause_max_seconds", (("generation", "2"),))] > 0
