@@ -40,6 +40,9 @@ processes (clients are added or dropped to reach N):
   from the first move until deliveries stopped / ``pnl`` pushes delivered then (the
   server's balance and positions pushes of the same ticks are part of that cost).
   ``server_rss_mb`` VmRSS after the window. ``bytes_per_msg`` mean size of each event.
+  ``server_gc``: the server's garbage collector during the window (``/admin/stats``
+  ``gc``): per generation the collections, their total ms, how many took 50 ms or more,
+  and the longest since the server started.
   ``hz<H>``: the clients first re-subscribe with ``"max_hz": H``; ``max_hz_ack`` says
   how the server answered (the current server refuses the unknown field: the window
   is then skipped and reported as not supported).

@@ -175,8 +175,25 @@ class Run:
             "client_handler_errors": sum(g["handler_errors"] for g in got),
         }
 
+    def _gc(self) -> dict:
+        """The product server's garbage collector figures (``/admin/stats`` ``gc``)."""
+        srv = self.stack.server
+        return rest("GET", srv.url + "/admin/stats",
+                    headers={"X-Admin-Token": srv.admin_token}).json()["gc"]
+
+    @staticmethod
+    def _gc_window(before: dict, after: dict) -> dict:
+        """Per generation, the collections, their total ms and those of 50 ms or more
+        during the window; ``max_ms`` is the longest since the server started."""
+        return {g: {"collections": after[g]["collections"] - before[g]["collections"],
+                    "total_ms": round(after[g]["total_ms"] - before[g]["total_ms"], 1),
+                    "long": after[g]["long"] - before[g]["long"],
+                    "max_ms_since_start": after[g]["max_ms"]}
+                for g in ("gen0", "gen1", "gen2")} | {"thresholds": after["thresholds"]}
+
     def project_window(self, n: int, rate: float) -> dict:
         self.workers.all({"op": "reset"})
+        gc0 = self._gc()
         cpu0, load0 = self._cpu(), _load()
         self._profile(f"{n}x{rate:g}_project", self.args.duration_s)
         t_start = time.time() + 0.2
@@ -195,6 +212,7 @@ class Run:
                             cpu0, cpu1, cpu2, "server", n, rate)
         out["sim_cpu_pct"] = round((cpu1["sim"] - cpu0["sim"]) * 100 / (t_end - t_start), 1)
         out["load"] = [load0, _load()]
+        out["server_gc"] = self._gc_window(gc0, self._gc())
         return out
 
     def _profile(self, name: str, seconds: float) -> None:
