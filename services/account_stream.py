@@ -31,7 +31,6 @@ pushes), ``services.position_report`` (positions to the ledger).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Callable
 
@@ -41,6 +40,7 @@ from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
+from services.lifecycle import Backoff
 from services.position_report import PositionReporter
 from services.push import DirectPush, Push
 
@@ -117,7 +117,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self.events_seen = 0
         self._last_call: dict[str, float] = {}
         self._refresh_due: set[str] = set()  # kinds an account event made stale
-        self._failures = 0
+        self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s)
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._on_order = on_order
@@ -151,7 +151,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                 client = self._get_client()
                 if self.stream is None and time.monotonic() >= next_stream_try:
                     self._connect(client)
-                    self._failures = 0
+                    self._backoff.succeeded()
                 if self.stream is not None:
                     self._consume(client)
                 else:
@@ -179,10 +179,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                     next_stream_try = max(next_stream_try, time.monotonic() + delay)
                     self._sleep(delay)
                     continue
-                self._failures += 1
-                delay = min(self.settings.backoff_max_s,
-                            self.settings.backoff_base_s * 2 ** (self._failures - 1))
-                delay *= 0.5 + random.random() / 2
+                delay = self._backoff.failed()
                 logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
                                self.state.key_id, type(e).__name__, e.code, delay)
                 next_stream_try = time.monotonic() + delay

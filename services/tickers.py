@@ -17,7 +17,7 @@ from exchanges.base import MarketStream
 from exchanges.errors import ExchangeError
 from exchanges.types import Ticker
 from services.account_state import now_ms
-from services.lifecycle import StopFlag
+from services.lifecycle import Backoff, StopFlag
 from services.serialize import dec
 
 logger = logging.getLogger(__name__)
@@ -154,20 +154,19 @@ class TickerHub:
 
     # ---- the upstream loop -----------------------------------------------------
     def _run(self, up: _Upstream) -> None:
-        failures = 0
+        backoff = Backoff(1.0, self._backoff_max_s)
         while up.running:
             try:
                 stream = self._open(*up.key)
                 stream.connect()
                 up.stream, up.state, up.frame_at = stream, "live", time.monotonic()
-                failures = 0
+                backoff.succeeded()
                 while up.running:
                     for tick in stream.recv(1.0):
                         self._offer(up, tick)
             except ExchangeError as e:
                 up.state = "reconnecting"
-                failures += 1
-                delay = min(self._backoff_max_s, 2 ** (failures - 1)) * (0.5 + random.random() / 2)
+                delay = backoff.failed()
                 if up.running:
                     logger.warning("market stream error exchange=%s symbol=%s kind=%s retry_in_s=%.1f",
                                    up.key[0], up.key[2], type(e).__name__, delay)

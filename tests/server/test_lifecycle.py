@@ -118,3 +118,15 @@ def test_socketio_handlers_are_registered_once_for_every_app(tmp_path) -> None: 
     finally:
         for a in apps:
             a.extensions["pushsrv"].stop(timeout_s=5)
+
+
+def test_backoff_doubles_to_its_cap_with_equal_jitter_and_resets() -> None:
+    """Both exchange stream loops wait these delays between reconnect attempts."""
+    from services.lifecycle import Backoff
+    b = Backoff(1.0, 8.0)
+    delays = [b.failed() for _ in range(6)]
+    for delay, full in zip(delays, (1, 2, 4, 8, 8, 8)):
+        assert full / 2 <= delay <= full  # half fixed, half random
+    assert b.failures == 6
+    b.succeeded()
+    assert b.failures == 0 and 0.5 <= b.failed() <= 1.0
