@@ -60,7 +60,8 @@ class AccountState(FillLog):
         self.exchange = exchange
         self.testnet = testnet
         self.epoch = epoch or new_epoch()
-        self.balance: Balance | None = None
+        self._unrealized_moves: dict[str | None, Decimal] = {}  # margin asset -> delta
+        self._balance: Balance | None = None
         self.positions: dict[str, Position] | None = None
         self.orders: dict[str, Order] | None = None
         self.unknown: dict[str, frozenset[str]] = {}  # symbol -> fields not known yet
@@ -75,6 +76,23 @@ class AccountState(FillLog):
         self._position_rows: dict[str, tuple[Position, dict]] = {}
         self._margin_assets: dict[str, str | None] = {}  # symbol -> its settle asset
         self._init_fills()
+
+    @property
+    def balance(self) -> Balance | None:
+        """The balance, with the unrealized PnL moves of the mark ticks since it was last
+        read applied (a tick only adds its delta: ``apply_mark`` runs per holder per
+        tick, and the balance is read far less often, when its push is built)."""
+        if self._unrealized_moves:
+            moves, self._unrealized_moves = self._unrealized_moves, {}
+            for asset, delta in moves.items():
+                self._move_asset_unrealized(asset, delta)
+        return self._balance
+
+    @balance.setter
+    def balance(self, value: Balance | None) -> None:
+        """Replace the balance; moves not applied yet belonged to the one replaced."""
+        self._unrealized_moves = {}
+        self._balance = value
 
     # ---- updates ---------------------------------------------------------------
     def set_balance(self, balance: Balance) -> None:
@@ -127,8 +145,9 @@ class AccountState(FillLog):
                                           mark_price, upnl, held.leverage,
                                           held.liquidation_price, held.margin_type,
                                           held.updated_at)
-        if delta and self.balance is not None:
-            self._move_unrealized(symbol, delta)
+        if delta and self._balance is not None:
+            asset = self._margin_asset(symbol)
+            self._unrealized_moves[asset] = self._unrealized_moves.get(asset, 0) + delta
             return ("positions", "pnl", "balance")
         return ("positions", "pnl")
 
@@ -224,12 +243,20 @@ class AccountState(FillLog):
     def _move_unrealized(self, symbol: str, delta: Decimal) -> None:
         """Move the balance's unrealized PnL and margin balance (total and the margin
         asset's) by ``delta`` of ``symbol``'s position."""
+        if delta:
+            self._move_asset_unrealized(self._margin_asset(symbol), delta)
+
+    def _margin_asset(self, symbol: str) -> str | None:
+        """``symbol``'s settle asset, looked up once per symbol (this runs per tick)."""
+        asset = self._margin_assets.get(symbol, "")
+        if asset == "":
+            asset = self._margin_assets[symbol] = venue(self.exchange).margin_asset(symbol)
+        return asset
+
+    def _move_asset_unrealized(self, margin_asset: str | None, delta: Decimal) -> None:
         b = self.balance
         if b is None or not delta:
             return
-        margin_asset = self._margin_assets.get(symbol, "")
-        if margin_asset == "":  # looked up once per symbol: this runs per holder per tick
-            margin_asset = self._margin_assets[symbol] = venue(self.exchange).margin_asset(symbol)
         assets = tuple(AssetBalance(a.asset, a.wallet_balance, a.available_balance,
                                     a.unrealized_pnl + delta, a.margin_balance + delta)
                        if a.asset == margin_asset else a for a in b.assets)

@@ -173,6 +173,32 @@ def test_a_type_nobody_receives_is_built_when_a_subscriber_asks() -> None:
     assert [(e["seq"], e["data"][0]["unrealized_pnl"]) for e in sent] == [(2, "0.03")]
 
 
+def test_mark_ticks_move_the_balance_when_it_is_read() -> None:
+    """A tick adds its unrealized PnL delta; the balance read after several shows the
+    sum (total and the margin asset), a replaced balance drops the moves of the old
+    one, and an account event sees the moves first."""
+    from exchanges.types import AccountEvent, WalletUpdate
+    state = AccountState(1, 1, "binance", False)
+    state.set_positions([_pos("0.01", mark="101")])  # 0.01 BTC from 100
+    usdt = AssetBalance("USDT", Decimal("1000"), Decimal("900"), Decimal("0.01"), Decimal("1000.01"))
+    state.set_balance(Balance(Decimal("1000"), Decimal("0.01"), Decimal("1000.01"), Decimal("900"), (usdt,)))
+    held = state._balance
+    for mark in ("102", "104", "103"):
+        assert state.apply_mark("BTCUSDT", Decimal(mark)) == ("positions", "pnl", "balance")
+    assert state._balance is held  # no Balance built per tick
+    b = state.balance
+    assert (b.total_unrealized_pnl, b.total_margin_balance) == (Decimal("0.03"), Decimal("1000.03"))
+    assert (b.assets[0].unrealized_pnl, b.assets[0].margin_balance) == (Decimal("0.03"), Decimal("1000.03"))
+    state.apply_mark("BTCUSDT", Decimal("110"))  # +0.07, then a REST snapshot replaces it
+    state.set_balance(Balance(Decimal("1000"), Decimal("0.05"), Decimal("1000.05"), Decimal("900"), (usdt,)))
+    assert state.balance.total_unrealized_pnl == Decimal("0.05")
+    state.apply_mark("BTCUSDT", Decimal("111"))  # +0.01 on 0.05
+    state.apply_account_event(AccountEvent("DEPOSIT", (WalletUpdate("USDT", Decimal("1100"), Decimal("1100")),), (), 1))
+    b = state.balance
+    assert b.total_unrealized_pnl == Decimal("0.06") and b.total_wallet_balance == Decimal("1100")
+    assert b.assets[0].margin_balance == Decimal("1100") + b.assets[0].unrealized_pnl
+
+
 def test_the_packet_binary_check_agrees_with_python_socketio() -> None:
     from socketio.packet import Packet as Original
 
