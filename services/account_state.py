@@ -342,10 +342,9 @@ class AccountState(FillLog):
         caller knows it changed: a mark price move); None when not known yet."""
         with self._lock:
             self._unseen.pop(kind, None)
-        data = self.data(kind)
-        if data is None:
-            return None
-        with self._lock:
+            data = self.data(kind)
+            if data is None:
+                return None
             self._last.pop(kind, None)  # compared lazily, only if a REST result comes
             return self._sequence(kind, source, as_of, False, data)
 

@@ -66,7 +66,7 @@ class Channel:
     key_id: int
     kind: str
     subs: dict[str, Sub] = field(default_factory=dict)
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # never held across I/O
     state: object = None  # the AccountState last seen (its epoch, its envelopes)
     epoch: str | None = None
     packet: tuple[int, object] | None = None  # (seq, Engine.IO packet)
