@@ -24,14 +24,16 @@ newest one held), with the methods of ``services.account_state.AccountState`` th
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
-from urllib.parse import urlparse
 
 import socketio
 
 from services.account_kinds import STATE_TYPES
+
+logger = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
@@ -175,7 +177,11 @@ class AccountRelay:
         if "mark" in message and receiver is not None and message.get("event") in STATE_TYPES:
             data = message.get("data")
             if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-                receiver(data[0], bool(message["mark"]))
+                try:
+                    receiver(data[0], bool(message["mark"]))
+                except Exception:  # isolation boundary: the publish to the others still goes
+                    logger.exception("relayed push failed type=%s key_id=%s",
+                                     message.get("event"), data[0].get("key_id"))
                 return
         super()._handle_emit(message)  # type: ignore[misc]
 
@@ -184,18 +190,10 @@ class RedisRelayManager(AccountRelay, socketio.RedisManager):
     """python-socketio's ``RedisManager`` with ``AccountRelay``."""
 
 
-class KombuRelayManager(AccountRelay, socketio.KombuManager):
-    """python-socketio's ``KombuManager`` with ``AccountRelay``."""
-
-
-def make_client_manager(url: str | None, channel: str):  # type: ignore[no-untyped-def]
-    """The Socket.IO client manager for ``MESSAGE_QUEUE_URL`` ``url`` on ``channel``
-    (None without a URL: python-socketio's in-process manager). The backend is the
-    one Flask-SocketIO would pick for the URL (Redis for ``redis://`` and
-    ``rediss://``, Kombu for the others), with ``AccountRelay``."""
+def make_client_manager(url: str | None, channel: str) -> RedisRelayManager | None:
+    """The Socket.IO client manager for ``MESSAGE_QUEUE_URL`` ``url`` (a Redis URL:
+    the stream leases of ``services.leases`` use the same Redis) on the pub/sub
+    channel ``channel``; None without a URL (python-socketio's in-process manager)."""
     if not url:
         return None
-    scheme = urlparse(url).scheme.lower()
-    if scheme in ("redis", "rediss"):
-        return RedisRelayManager(url, channel=channel)
-    return KombuRelayManager(url, channel=channel)
+    return RedisRelayManager(url, channel=channel)
