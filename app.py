@@ -40,6 +40,7 @@ from services.container import Services, build_services
 from ws.handlers import register_handlers
 from ws.hub import PushHub
 from ws.packet import Packet
+from ws.relay import make_client_manager
 
 logger = logging.getLogger("app")
 
@@ -64,8 +65,12 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
                       JSON_SORT_KEYS=False)
     init_limiter(app, cfg.RATELIMIT_STORAGE_URI, cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL)
     register_handlers(socketio)  # once per process, before the first init_app (see there)
-    socketio.init_app(app, async_mode=cfg.ASYNC_MODE, message_queue=cfg.MESSAGE_QUEUE_URL,
-                      channel=cfg.MESSAGE_QUEUE_CHANNEL, cors_allowed_origins=cfg.socketio_cors(),
+    # the queue's manager (ws.relay: account pushes conflated where they are received)
+    # is always given, None without a queue: Flask-SocketIO keeps the options of an
+    # earlier init_app, so one app's manager must not outlive it
+    socketio.init_app(app, async_mode=cfg.ASYNC_MODE, cors_allowed_origins=cfg.socketio_cors(),
+                      client_manager=make_client_manager(cfg.MESSAGE_QUEUE_URL,
+                                                         cfg.MESSAGE_QUEUE_CHANNEL),
                       max_http_buffer_size=cfg.MAX_CONTENT_LENGTH, serializer=Packet)
     svc = build_services(cfg, hub=PushHub(socketio), spawn=socketio.start_background_task,
                          sleep=socketio.sleep)

@@ -19,9 +19,10 @@ the change, and the last value always. Account events (a fill, an order update, 
 balance change reported by the exchange, a REST refresh) go to every subscriber at
 once. A connection never gets a ``seq`` it already has or an older one.
 
-Used only without a message queue; with ``MESSAGE_QUEUE_URL`` the hub emits to
-rooms through the queue (subscribers may be on any process) and no per-connection
-conflation applies.
+With ``MESSAGE_QUEUE_URL`` the process running a key's stream publishes every
+envelope through the queue and each process hands what it receives to its own
+Fanout (``receive``), on a ``ws.relay.RemoteState`` of the key instead of the
+``AccountState``: the same conflation, per connection of that process.
 """
 from __future__ import annotations
 
@@ -122,6 +123,8 @@ class Fanout:
             sub = Sub(sid, eio_sid, interval, last_seq=0)
             for env in first():
                 self._send(sub, env, self._snapshot_packet(ch, env))
+            if ch.epoch != state.epoch:  # first() moved a RemoteState to its own epoch
+                self._follow(ch, state)
             sub.last_seq = max(sub.last_seq, state.seq(kind))
             ch.subs[sid] = sub
         with self._lock:
@@ -200,6 +203,19 @@ class Fanout:
             if mark and len(due) < len(subs):
                 self.conflated += 1
                 self._arm(ch, min(s.next_at for s in subs if s not in due))
+
+    def receive(self, state, env: dict, mark: bool) -> None:  # type: ignore[no-untyped-def]
+        """An envelope received from the message queue for ``state`` (a
+        ``ws.relay.RemoteState``): held there as the newest of its type, then offered
+        as a change (``mark`` as in ``offer``). An older one than held is dropped."""
+        kind = env["type"]
+        ch = self._channels.get((state.key_id, kind))
+        if ch is None:
+            state.receive(env)  # nobody here follows it: only the position moves
+            return
+        with ch.lock:
+            if state.receive(env):
+                self.offer(state, kind, env.get("source", "stream"), env.get("as_of", 0), mark)
 
     def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
         """Send a built envelope (``fills``, a ``stale`` one) to every subscriber now."""

@@ -120,8 +120,7 @@ def register_handlers(socketio: SocketIO) -> None:
         for kind in req.types:
             leave_room(room(kind, conn.user_id))
             conn.types.discard(kind)
-        if svc.hub.fanout is not None:
-            svc.hub.fanout.detach(request.sid, kinds=set(req.types))
+        svc.hub.fanout.detach(request.sid, kinds=set(req.types))
         return {"ok": True, "subscribed": sorted(conn.types)}
 
     def _ticker_request(data):  # type: ignore[no-untyped-def]
@@ -181,7 +180,9 @@ def register_handlers(socketio: SocketIO) -> None:
 def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[dict],  # type: ignore[no-untyped-def]
                    remote: list[tuple]) -> None:
     """After the ack: each type's first envelopes (snapshot or resume) and then its
-    live pushes, the stream states, and REST snapshots of keys streamed elsewhere."""
+    live pushes, the stream states, and REST snapshots of keys streamed elsewhere
+    (with a message queue followed by their live pushes from the queue, conflated
+    per ``max_hz`` like the local ones)."""
     for plan in sorted(plans, key=lambda p: p.wait_live):  # a replay's wait delays no other
         if plan.prepare is not None:
             if plan.wait_live:
@@ -195,13 +196,12 @@ def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[di
                 socketio.emit("error", {"code": "replay_unavailable", "message": plan.error},
                               to=conn.sid)
         svc.hub.attach(conn, plan.state, plan.kind, plan.first)
-    envelopes = []
     for user_id, key, kind in remote:
         try:
-            envelopes.append(svc.snapshots.envelope(user_id, key, kind))
+            svc.hub.follow(conn, key.id, kind,
+                           lambda: [svc.snapshots.envelope(user_id, key, kind)])
         except ExchangeError as e:
             socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)},
                           to=conn.sid)
-    svc.hub.send_to(conn.sid, envelopes)
     for status in statuses:
         socketio.emit("stream_status", status, to=conn.sid)

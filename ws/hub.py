@@ -5,7 +5,10 @@ Rooms: ``<type>_<user_id>`` for the account types (CONTRACT.md), and
 ``user_<user_id>`` (every connection of the user) for ``stream_status`` and ``error``.
 Room names come from the authenticated user only. Account envelopes reach the
 connections of this process through ``ws.fanout`` (per connection, conflated, encoded
-once); with a message queue they are emitted to the rooms through it instead.
+once). With a message queue the states (balance, positions, pnl, orders) are
+published through it (``ws.relay``) and every process hands what it receives to its
+own fanout, so ``max_hz`` applies to every connection wherever the stream runs;
+``fills``, ``stream_status`` and ``error`` are emitted to the rooms.
 """
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ from typing import Callable
 from flask_socketio import SocketIO
 from socketio import PubSubManager
 
-from services.account_kinds import ACCOUNT_TYPES
+from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
+from ws.relay import AccountRelay, RemoteState
 
 
 @dataclass
@@ -63,10 +67,15 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 class PushHub:
     """Registry of connections (keyed by sid) and the emitter.
 
-    ``publish(envelope)`` is given to services: account envelopes go to their type's
-    room, ``stream_status`` to the user's room. After each emit the hub yields so
-    that one burst never delays everyone else. ``on_stream_latency`` (optional) is
-    called with each stream-sourced push's latency in seconds (the metrics histogram).
+    ``publish(envelope)`` is given to services: account envelopes go to their
+    subscribers (the fanout; with a message queue, states through the queue to every
+    process's fanout, ``fills`` to their room), ``stream_status`` to the user's room.
+    ``on_stream_latency`` (optional) is called with each stream-sourced push's
+    latency in seconds (the metrics histogram).
+
+    With a message queue the Socket.IO server's manager must be a
+    ``ws.relay.AccountRelay`` (``ws.relay.make_client_manager``); the hub becomes
+    its receiver. Raises TypeError for another pub/sub manager.
     """
 
     def __init__(self, socketio: SocketIO,
@@ -79,15 +88,44 @@ class PushHub:
         self.pushes: dict[str, int] = {}
         self._latency_ms: deque[float] = deque(maxlen=20_000)
         self._fanout: Fanout | None = None
+        self._remote: dict[int, RemoteState] = {}  # key_id -> received envelopes
+        manager = socketio.server.manager
+        self.queued = isinstance(manager, PubSubManager)
+        self._relay: AccountRelay | None = None
+        if self.queued:
+            if not isinstance(manager, AccountRelay):
+                raise TypeError("with a message queue the Socket.IO manager must be a "
+                                "ws.relay.AccountRelay (ws.relay.make_client_manager)")
+            self._relay = manager
+            manager.receiver = self.receive
 
     @property
-    def fanout(self) -> Fanout | None:
-        """The per-connection delivery; None with a message queue (rooms instead)."""
-        if self._fanout is None and not isinstance(self._sio.server.manager, PubSubManager):
-            self._fanout = Fanout(self._sio.server, self._sio.start_background_task,
-                                  self._sio.sleep, on_push=self._count,
-                                  make_event=self._sio.server.eio.create_event)
+    def fanout(self) -> Fanout:
+        """The per-connection delivery of this process's connections."""
+        if self._fanout is None:
+            with self._lock:
+                if self._fanout is None:
+                    self._fanout = Fanout(self._sio.server, self._sio.start_background_task,
+                                          self._sio.sleep, on_push=self._count,
+                                          make_event=self._sio.server.eio.create_event)
         return self._fanout
+
+    # ---- message queue -------------------------------------------------------------
+    def remote(self, key_id: int, user_id: int) -> RemoteState:
+        """The received envelopes of ``key_id`` (created empty on first use)."""
+        with self._lock:
+            state = self._remote.get(key_id)
+            if state is None:
+                state = self._remote[key_id] = RemoteState(key_id, user_id)
+            return state
+
+    def receive(self, envelope: dict, mark: bool) -> None:
+        """A state envelope received from the message queue (this process's own
+        ones too): to the fanout of this process's subscribers of its key; ignored
+        when none of them follows the key."""
+        state = self._remote.get(envelope.get("key_id"))  # type: ignore[arg-type]
+        if state is not None:
+            self.fanout.receive(state, envelope, mark)
 
     # ---- registry -----------------------------------------------------------
     def add(self, sid: str, user_id: int, eio_sid: str = "") -> Connection:
@@ -109,8 +147,12 @@ class PushHub:
             last = not sids
             if last:
                 self._by_user.pop(conn.user_id, None)
-        if self.fanout is not None:
-            self.fanout.detach(sid)
+        self.fanout.detach(sid)
+        if last:
+            with self._lock:
+                if conn.user_id not in self._by_user:
+                    for key_id in [k for k, s in self._remote.items() if s.user_id == conn.user_id]:
+                        del self._remote[key_id]
         return conn, last
 
     def get(self, sid: str) -> Connection | None:
@@ -136,21 +178,20 @@ class PushHub:
     def offer(self, state, kind: str, source: str, as_of: int, mark: bool) -> None:  # type: ignore[no-untyped-def]
         """An account type of ``state`` (services.account_state.AccountState)
         changed; see ``Fanout.offer``. With a message queue: built (compared unless
-        ``mark``) and emitted to the type's room when anybody may listen."""
-        fanout = self.fanout
-        if fanout is not None:
-            fanout.offer(state, kind, source, as_of, mark)
+        ``mark``) and published with its ``mark`` flag; each process's fanout
+        conflates it for its own connections."""
+        if self._relay is None:
+            self.fanout.offer(state, kind, source, as_of, mark)
             return
         env = (state.envelope(kind, source, as_of) if mark
                else state.envelope_if_changed(kind, source, as_of))
         if env is not None:
-            self.publish(env)
+            self._relay.publish_account(env, mark)
 
     def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
         """A built account envelope (``fills``, ``stale`` values) to its subscribers now."""
-        fanout = self.fanout
-        if fanout is not None:
-            fanout.deliver(state, env)
+        if self._relay is None:
+            self.fanout.deliver(state, env)
         else:
             self.publish(env)
 
@@ -167,21 +208,58 @@ class PushHub:
             self._sio.emit("ticker", envelope,
                            to=ticker_room(envelope["exchange"], envelope["data"]["symbol"]))
             self._count(envelope)
+        elif self._relay is not None and kind in STATE_TYPES:
+            self._relay.publish_account(envelope, False)  # counted where it is sent
         else:
             self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
             self._count(envelope)
 
     def attach(self, conn: Connection, state, kind: str, first) -> None:  # type: ignore[no-untyped-def]
         """Start ``conn``'s live pushes of ``state``'s ``kind`` after ``first()`` (its
-        snapshot or replay); with a message queue, send ``first()`` (the room brings
-        the live ones)."""
-        fanout = self.fanout
+        snapshot or replay). With a message queue the live pushes of a state come
+        from the queue (the key's ``RemoteState``, moved to ``state``'s position as
+        ``first()`` is sent); ``fills``: ``first()`` is sent and the room brings the
+        live ones."""
         if self.get(conn.sid) is None:
             return  # disconnected before its snapshot went out
-        if fanout is not None:
-            fanout.attach(conn.sid, conn.eio_sid, state, kind, conn.max_hz(kind), first)
-        else:
+        if self._relay is None:
+            self.fanout.attach(conn.sid, conn.eio_sid, state, kind, conn.max_hz(kind), first)
+        elif kind not in STATE_TYPES:
             self.send_to(conn.sid, first())
+        else:
+            remote = self.remote(state.key_id, state.user_id)
+
+            def first_here() -> list[dict]:
+                envelopes = first()
+                remote.adopt(state.epoch, kind, state.seq(kind), state.last(kind))
+                return envelopes
+            self.fanout.attach(conn.sid, conn.eio_sid, remote, kind, conn.max_hz(kind),
+                               first_here)
+
+    def follow(self, conn: Connection, key_id: int, kind: str,
+               snapshot: Callable[[], list[dict]]) -> None:
+        """With a message queue: start ``conn``'s live pushes of ``key_id``'s state
+        ``kind`` whose stream runs in another process. ``snapshot()`` (a REST
+        snapshot, ``seq`` 0; may raise) is sent first; an envelope received while it
+        was fetched follows it at once (``source: "cache"``), then the live pushes,
+        conflated by ``conn``'s ``max_hz``. Without a queue only ``snapshot()`` is
+        sent."""
+        if self._relay is None or kind not in STATE_TYPES:
+            self.send_to(conn.sid, snapshot())
+            return
+        remote = self.remote(key_id, conn.user_id)
+        before = remote.position(kind)
+        try:
+            self.send_to(conn.sid, snapshot())
+        finally:
+            if self.get(conn.sid) is not None:
+                def newer() -> list[dict]:
+                    env = remote.newest(kind)
+                    if env is None or remote.position(kind) == before:
+                        return []
+                    return [dict(env, source="cache")]
+                self.fanout.attach(conn.sid, conn.eio_sid, remote, kind, conn.max_hz(kind),
+                                   newer)
 
     def send_to(self, sid: str, envelopes: list[dict]) -> None:
         """Emit envelopes to one connection (the snapshot on subscribe)."""
@@ -209,7 +287,10 @@ class PushHub:
         conns = self.connections()
         subs = {t: sum(1 for c in conns if t in c.types) for t in ACCOUNT_TYPES}
         lat = sorted(self._latency_ms)
-        fanout = self.fanout.stats() if self.fanout is not None else None
+        fanout = self.fanout.stats()
+        if self.queued:
+            with self._lock:
+                fanout["remote_keys"] = len(self._remote)
         return {"connections": len(conns), "users_online": len({c.user_id for c in conns}),
                 "subscriptions": subs,
                 "push": {"by_type": dict(self.pushes), "total": sum(self.pushes.values()),

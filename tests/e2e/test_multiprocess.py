@@ -1,16 +1,19 @@
 """Two server processes behind Redis: rooms shared through the message queue, one
-owner per account stream, taken over when the owner dies."""
+owner per account stream, taken over when the owner dies; ``max_hz`` applied on the
+process that does not run the stream."""
 from __future__ import annotations
 
 import os
 import time
 import uuid
+from decimal import Decimal
 
 import pytest
 from cryptography.fernet import Fernet
 
 from tests.conftest import make_pg_database
 from tests.e2e.conftest import Account, Listener
+from tests.e2e.test_push_continuity import FillsListener, _market
 from tests.support.server import start_server
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -75,6 +78,82 @@ def test_two_processes_share_rooms_and_take_over_a_dead_owners_stream(  # type: 
         coid2 = r.json()["trade"]["client_order_id"]
         lb.wait_for("orders", lambda d: any(o["client_order_id"] == coid2 for o in d["data"]),
                     since=mark)
+    finally:
+        for lst in listeners:
+            if lst.client.connected:
+                lst.close()
+        a.stop()
+        b.stop()
+        drop()
+
+
+class TimedListener(FillsListener):
+    """A FillsListener that also notes when (monotonic s) each event arrived."""
+
+    def _handler(self, name: str):  # type: ignore[no-untyped-def]
+        record = super()._handler(name)
+
+        def handle(data):  # type: ignore[no-untyped-def]
+            data["_arrived"] = time.monotonic()  # test-side only
+            record(data)
+        return handle
+
+
+def test_max_hz_applies_on_the_process_that_does_not_run_the_stream(  # type: ignore[no-untyped-def]
+        sim, pg_server, redis_url, tmp_path) -> None:
+    url, drop = make_pg_database(pg_server)
+    env = {"MESSAGE_QUEUE_URL": redis_url, "MESSAGE_QUEUE_CHANNEL": "pushsrv-" + uuid.uuid4().hex,
+           "RECONCILE_INTERVAL_S": "0", "SECRET_KEY": uuid.uuid4().hex,
+           "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": uuid.uuid4().hex}
+    a = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
+    b = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
+    listeners: list[Listener] = []
+    try:
+        acct = Account(a, sim)
+        sim.set_price("XRPUSDT", "1.0000")
+        sim.set_price("ETHUSDT", "3000")
+        entry = Decimal(_market(acct, "XRPUSDT", "BUY", "100")["entry_price"])
+        la = TimedListener(a.url, acct.token)        # A runs the stream (default max_hz)
+        listeners.append(la)
+        assert la.call("subscribe", {"types": ["pnl"], "key_id": acct.key_id})["ok"]
+        la.wait_for("stream_status", lambda d: d["state"] == "live")
+        lb = TimedListener(b.url, acct.token)        # B follows it through Redis
+        listeners.append(lb)
+        assert lb.call("subscribe", {"types": ["pnl", "fills"], "key_id": acct.key_id,
+                                     "max_hz": 2})["ok"]
+        lb.wait_for("pnl")                           # B's REST snapshot
+        assert _stats(acct, b)["streams"]["running"] == 0
+        time.sleep(1.0)
+        mark_a, mark_b = la.mark(), lb.mark()
+        started = time.monotonic()
+        prices = [f"1.{i:04d}" for i in range(1, 31)]
+        for i, price in enumerate(prices):           # 30 moves in about 3 s
+            sim.set_price("XRPUSDT", price)
+            if i == 15:                              # a fill: an account event
+                acct.server = b
+                _market(acct, "ETHUSDT", "BUY", "0.010")
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        want = (Decimal(prices[-1]) - entry) * 100
+        lb.wait_for("pnl", lambda d: any(Decimal(p["unrealized_pnl"]) == want for p in
+                                         d["data"]["positions"] if p["symbol"] == "XRPUSDT"),
+                    since=mark_b, timeout=5)         # the newest value always arrives
+        time.sleep(0.6)
+        got_b = [e for e in lb.got("pnl", since=mark_b) if e["source"] == "stream"]
+        got_a = [e for e in la.got("pnl", since=mark_a) if e["source"] == "stream"]
+        assert len(got_a) >= 15, len(got_a)          # the stream pushed most moves (A: 10/s)
+        # at most 2 mark-driven pushes a second on B, plus the fill's own (timer slack: +2)
+        assert 3 <= len(got_b) <= 2 * (elapsed + 0.6) + 3, (len(got_b), elapsed)
+        assert len({e["epoch"] for e in got_b}) == 1
+        assert [e["seq"] for e in got_b] == sorted({e["seq"] for e in got_b})  # never a repeat
+        last = [p for p in got_b[-1]["data"]["positions"] if p["symbol"] == "XRPUSDT"]
+        assert Decimal(last[0]["unrealized_pnl"]) == want  # nothing conflated away at the end
+        # the fill and the pnl it changed reach B at once, not held for B's 0.5 s interval
+        fill = lb.wait_for("fills", lambda d: d["data"], since=mark_b, timeout=5)
+        moved = lb.wait_for("pnl", lambda d: any(p["symbol"] == "ETHUSDT"
+                                                 for p in d["data"]["positions"]), since=mark_b)
+        assert moved["_arrived"] - fill["_arrived"] < 0.3, moved["_arrived"] - fill["_arrived"]
+        assert fill["_arrived"] - started < elapsed + 1
     finally:
         for lst in listeners:
             if lst.client.connected:
