@@ -181,28 +181,37 @@ class Fanout:
             state.note_unseen(kind, source, as_of)  # built when a subscriber asks
             return
         with ch.lock:
-            if ch.epoch != state.epoch or ch.state is not state:
-                self._follow(ch, state)
-            subs = list(ch.subs.values())
-            now = self._clock()
-            if mark:
-                due = subs if len(subs) == 1 and subs[0].next_at <= now + EARLY_S else [
-                    s for s in subs if s.next_at <= now + EARLY_S]
-                if not due:
-                    state.note_unseen(kind, source, as_of)
-                    self.conflated += 1
-                    self._arm(ch, min(s.next_at for s in subs))
-                    return
-                env = state.envelope(kind, source, as_of)
-            else:
-                due = subs
-                env = state.envelope_if_changed(kind, source, as_of)
-            if env is None:
-                return
-            self._deliver(ch, env, due, now if mark else None)
-            if mark and len(due) < len(subs):
+            self._offer(ch, state, kind, source, as_of, mark)
+
+    def _offer(self, ch: Channel, state, kind: str, source: str, as_of: int,  # type: ignore[no-untyped-def]
+               mark: bool) -> None:
+        """``offer`` on ``ch``; the caller holds ``ch.lock`` (a plain lock: not
+        re-entered)."""
+        if not ch.subs:
+            state.note_unseen(kind, source, as_of)
+            return
+        if ch.epoch != state.epoch or ch.state is not state:
+            self._follow(ch, state)
+        subs = list(ch.subs.values())
+        now = self._clock()
+        if mark:
+            due = subs if len(subs) == 1 and subs[0].next_at <= now + EARLY_S else [
+                s for s in subs if s.next_at <= now + EARLY_S]
+            if not due:
+                state.note_unseen(kind, source, as_of)
                 self.conflated += 1
-                self._arm(ch, min(s.next_at for s in subs if s not in due))
+                self._arm(ch, min(s.next_at for s in subs))
+                return
+            env = state.envelope(kind, source, as_of)
+        else:
+            due = subs
+            env = state.envelope_if_changed(kind, source, as_of)
+        if env is None:
+            return
+        self._deliver(ch, env, due, now if mark else None)
+        if mark and len(due) < len(subs):
+            self.conflated += 1
+            self._arm(ch, min(s.next_at for s in subs if s not in due))
 
     def receive(self, state, env: dict, mark: bool) -> None:  # type: ignore[no-untyped-def]
         """An envelope received from the message queue for ``state`` (a
@@ -215,7 +224,7 @@ class Fanout:
             return
         with ch.lock:
             if state.receive(env):
-                self.offer(state, kind, env.get("source", "stream"), env.get("as_of", 0), mark)
+                self._offer(ch, state, kind, env.get("source", "stream"), env.get("as_of", 0), mark)
 
     def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
         """Send a built envelope (``fills``, a ``stale`` one) to every subscriber now."""
