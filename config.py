@@ -247,6 +247,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     values["LOG_FORMAT"] = log_format(env)
     values["LOG_LEVEL"] = log_level(env)
     if env.get("MESSAGE_QUEUE_URL"):
+        if not env["MESSAGE_QUEUE_URL"].startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("MESSAGE_QUEUE_URL: not a Redis URL (redis://, rediss:// or "
+                              "unix://); the stream leases and the push relay use Redis")
         values["MESSAGE_QUEUE_URL"] = env["MESSAGE_QUEUE_URL"]
     for name, cast in (("HOST", str), ("PORT", int), ("ASYNC_MODE", str),
                        ("JWT_EXPIRES_S", int), ("POLL_INTERVAL_S", float),

@@ -43,6 +43,12 @@ def test_gc_thresholds_default_parse_and_refuse_malformed() -> None:
         gc.set_threshold(*before)
 
 
+def test_message_queue_url_must_be_redis() -> None:
+    assert load_config({"MESSAGE_QUEUE_URL": "redis://127.0.0.1:6379/0"}).MESSAGE_QUEUE_URL
+    with pytest.raises(ConfigError, match="MESSAGE_QUEUE_URL"):
+        load_config({"MESSAGE_QUEUE_URL": "amqp://guest@127.0.0.1//"})
+
+
 def test_production_defaults_to_real_venues_and_honours_overrides() -> None:
     env = {"APP_ENV": "production", "DATABASE_URL": "sqlite://", "SECRET_KEY": "s",
            "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": "a",
