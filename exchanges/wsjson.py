@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import traceback
 from typing import Any
 
 import websocket
@@ -30,6 +31,19 @@ def create_connection(url: str, timeout_s: float, source_address: str | None = N
         options["socket"] = bound_socket(url, timeout_s, source_address)
     return websocket.create_connection(url, timeout=timeout_s, skip_utf8_validation=True,
                                        **options)
+
+
+def drop_frames(exc: BaseException | None) -> None:
+    """Clear the locals of the finished frames in ``exc``'s tracebacks and those of the
+    exceptions it was raised from (``traceback.clear_frames``). An idle stream's read
+    ends in a timeout every few seconds; websocket-client raises its own exception from
+    the socket's, and a frame holding the exception it raised from is a reference cycle
+    that only the garbage collector frees: at 1,000 streams those frames, tracebacks
+    and exceptions were most of the young generation each collection had to walk."""
+    seen = 0
+    while exc is not None and seen < 8:
+        traceback.clear_frames(exc.__traceback__)
+        exc, seen = exc.__context__, seen + 1
 
 
 def set_wait(ws: websocket.WebSocket, timeout_s: float) -> None:
@@ -101,7 +115,8 @@ class JsonWebSocket:
         try:
             set_wait(ws, timeout_s)
             opcode, data = ws.recv_data()
-        except (websocket.WebSocketTimeoutException, socket.timeout):
+        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
+            drop_frames(e)
             return None
         except (websocket.WebSocketException, OSError, AttributeError) as e:
             # AttributeError: websocket-client drops ws.sock when closed concurrently.
