@@ -2,20 +2,63 @@
 SQLite and on a real PostgreSQL, driven by real python-socketio clients."""
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import requests
 import socketio
+from cryptography.fernet import Fernet
 
 from tests.conftest import make_pg_database, simulator_fixture
 from tests.support.server import start_server
 
 
 sim = simulator_fixture("session")  # one simulator for every end-to-end test
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis of the message-queue tests (``TEST_REDIS_URL``); required in CI."""
+    import redis
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis unreachable at {REDIS_URL} (required in CI)")
+        pytest.skip("Redis not reachable")
+    return REDIS_URL
+
+
+@contextmanager
+def queued_pair(sim, pg_server, redis_url: str, tmp_path, **env: str) -> Iterator[tuple]:  # type: ignore[no-untyped-def]
+    """Two server processes on one new PostgreSQL database behind Redis (their own
+    queue channel, shared secrets, no periodic reconcile; ``env`` adds or overrides
+    settings). Yields ``(a, b, listeners)``: the listeners appended to the list are
+    closed, both servers stopped and the database dropped at the end."""
+    url, drop = make_pg_database(pg_server)
+    env = {"MESSAGE_QUEUE_URL": redis_url, "MESSAGE_QUEUE_CHANNEL": "pushsrv-" + uuid.uuid4().hex,
+           "RECONCILE_INTERVAL_S": "0", "SECRET_KEY": uuid.uuid4().hex,
+           "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": uuid.uuid4().hex,
+           **env}
+    a = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
+    b = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
+    listeners: list = []
+    try:
+        yield a, b, listeners
+    finally:
+        for lst in listeners:
+            if lst.client.connected:
+                lst.close()
+        a.stop()
+        b.stop()
+        drop()
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]

@@ -26,7 +26,6 @@ from cryptography.fernet import Fernet
 
 from tests.conftest import make_pg_database
 from tests.e2e.conftest import Account, Listener
-from tests.e2e.test_multiprocess import redis_url  # noqa: F401 - the Redis fixture
 from tests.support.server import ROOT, free_port
 
 BIN = Path(sys.executable).parent

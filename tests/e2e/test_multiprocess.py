@@ -3,32 +3,11 @@ owner per account stream, taken over when the owner dies; ``max_hz`` applied on 
 process that does not run the stream."""
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from decimal import Decimal
 
-import pytest
-from cryptography.fernet import Fernet
-
-from tests.conftest import make_pg_database
-from tests.e2e.conftest import Account, Listener
+from tests.e2e.conftest import Account, Listener, queued_pair
 from tests.e2e.test_push_continuity import FillsListener, _market
-from tests.support.server import start_server
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis unreachable at {REDIS_URL} (required in CI)")
-        pytest.skip("Redis not reachable")
-    return REDIS_URL
 
 
 def _stats(acct: Account, server) -> dict:  # type: ignore[no-untyped-def]
@@ -39,14 +18,7 @@ def _stats(acct: Account, server) -> dict:  # type: ignore[no-untyped-def]
 
 def test_two_processes_share_rooms_and_take_over_a_dead_owners_stream(  # type: ignore[no-untyped-def]
         sim, pg_server, redis_url, tmp_path) -> None:
-    url, drop = make_pg_database(pg_server)
-    env = {"MESSAGE_QUEUE_URL": redis_url, "MESSAGE_QUEUE_CHANNEL": "pushsrv-" + uuid.uuid4().hex,
-           "LEASE_TTL_S": "3", "RECONCILE_INTERVAL_S": "0", "SECRET_KEY": uuid.uuid4().hex,
-           "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": uuid.uuid4().hex}
-    a = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
-    b = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
-    listeners: list[Listener] = []
-    try:
+    with queued_pair(sim, pg_server, redis_url, tmp_path, LEASE_TTL_S="3") as (a, b, listeners):
         acct = Account(a, sim)
         sim.set_price("BTCUSDT", "60000")
         la = Listener(a.url, acct.token)
@@ -78,13 +50,6 @@ def test_two_processes_share_rooms_and_take_over_a_dead_owners_stream(  # type: 
         coid2 = r.json()["trade"]["client_order_id"]
         lb.wait_for("orders", lambda d: any(o["client_order_id"] == coid2 for o in d["data"]),
                     since=mark)
-    finally:
-        for lst in listeners:
-            if lst.client.connected:
-                lst.close()
-        a.stop()
-        b.stop()
-        drop()
 
 
 class TimedListener(FillsListener):
@@ -101,14 +66,7 @@ class TimedListener(FillsListener):
 
 def test_max_hz_applies_on_the_process_that_does_not_run_the_stream(  # type: ignore[no-untyped-def]
         sim, pg_server, redis_url, tmp_path) -> None:
-    url, drop = make_pg_database(pg_server)
-    env = {"MESSAGE_QUEUE_URL": redis_url, "MESSAGE_QUEUE_CHANNEL": "pushsrv-" + uuid.uuid4().hex,
-           "RECONCILE_INTERVAL_S": "0", "SECRET_KEY": uuid.uuid4().hex,
-           "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(), "ADMIN_TOKEN": uuid.uuid4().hex}
-    a = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
-    b = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
-    listeners: list[Listener] = []
-    try:
+    with queued_pair(sim, pg_server, redis_url, tmp_path) as (a, b, listeners):
         acct = Account(a, sim)
         sim.set_price("XRPUSDT", "1.0000")
         sim.set_price("ETHUSDT", "3000")
@@ -154,10 +112,3 @@ def test_max_hz_applies_on_the_process_that_does_not_run_the_stream(  # type: ig
                                                  for p in d["data"]["positions"]), since=mark_b)
         assert moved["_arrived"] - fill["_arrived"] < 0.3, moved["_arrived"] - fill["_arrived"]
         assert fill["_arrived"] - started < elapsed + 1
-    finally:
-        for lst in listeners:
-            if lst.client.connected:
-                lst.close()
-        a.stop()
-        b.stop()
-        drop()

@@ -3,21 +3,17 @@ resumed from the ledger by time) and a stream moving to another process behind t
 message queue (new epoch there, starting at seq 1)."""
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
-import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, func, select
 
 from models import Fill
-from tests.conftest import make_pg_database
-from tests.e2e.conftest import Account, wait_until
+from tests.e2e.conftest import Account, queued_pair, wait_until
 from tests.e2e.test_push_continuity import FillsListener, _market
 from tests.support.server import start_server
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _pinned_env() -> dict:
@@ -80,27 +76,11 @@ def test_fills_resume_by_time_after_kill_and_restart(sim, database_url, tmp_path
             second.stop()
 
 
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis unreachable at {REDIS_URL} (required in CI)")
-        pytest.skip("Redis not reachable")
-    return REDIS_URL
 
 
 def test_a_stream_moving_to_another_process_starts_a_new_epoch(sim, pg_server, redis_url,  # type: ignore[no-untyped-def]
                                                                tmp_path) -> None:
-    url, drop = make_pg_database(pg_server)
-    env = {**_pinned_env(), "MESSAGE_QUEUE_URL": redis_url, "LEASE_TTL_S": "3",
-           "MESSAGE_QUEUE_CHANNEL": "pushsrv-" + uuid.uuid4().hex}
-    a = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
-    b = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
-    listeners: list[FillsListener] = []
-    try:
+    with queued_pair(sim, pg_server, redis_url, tmp_path, LEASE_TTL_S="3") as (a, b, listeners):
         acct = Account(a, sim)
         la = FillsListener(a.url, acct.token)
         listeners.append(la)
@@ -117,10 +97,3 @@ def test_a_stream_moving_to_another_process_starts_a_new_epoch(sim, pg_server, r
         lb.wait_for("stream_status", lambda d: d["state"] == "live", since=mark, timeout=20)
         moved = lb.wait_for("balance", lambda d: d["epoch"] != via_a["epoch"], since=mark)
         assert moved["seq"] == 1 and moved["source"] == "rest"     # a complete snapshot
-    finally:
-        for lst in listeners:
-            if lst.client.connected:
-                lst.close()
-        a.stop()
-        b.stop()
-        drop()

@@ -18,7 +18,7 @@ from app import create_app
 from config import ROOT, ConfigError, load_config
 from logsetup import JsonFormatter
 from tests.server.conftest import make_config
-from tests.e2e.test_multiprocess import redis_url  # noqa: F401 - the Redis fixture
+from tests.e2e.conftest import redis_url  # noqa: F401 - the Redis fixture
 from tests.support.server import free_port
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
