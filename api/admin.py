@@ -33,6 +33,8 @@ def require_admin() -> None:
             is_admin = False
         if is_admin:
             return
+    if token:
+        raise ApiError("unauthorized", "X-Admin-Token is not the admin token", 401)
     raise ApiError("unauthorized", "admin token required (X-Admin-Token)", 401)
 
 

@@ -9,7 +9,7 @@ from flask import Blueprint, g, request
 
 from api.common import bearer_token, body, login_required, services
 from api.ratelimit import LoginLimits
-from services.schemas.requests import Credentials, LogoutRequest, RefreshRequest
+from services.schemas.requests import Credentials, LoginCredentials, LogoutRequest, RefreshRequest
 from api.validation import check_text, parse_id
 from extensions import limiter
 from services.schemas import responses as out
@@ -39,7 +39,7 @@ def login():  # type: ignore[no-untyped-def]
     """200 ``{"access_token", "token_type", "expires_in", "refresh_token",
     "refresh_expires_in", "session_id"}``; 401; 429 (``Retry-After``) when the
     address or the username used up its attempts."""
-    creds = body(Credentials)
+    creds = body(LoginCredentials)
     cfg = services().config
     limits = LoginLimits(cfg.LOGIN_RATE_LIMIT, cfg.LOGIN_USERNAME_RATE_LIMIT)
     attempt = limits.begin(creds.username)

@@ -21,12 +21,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
 
+from api.common import bearer_token, services
 from api.validation import invalid
 from models import TradeStatus
 from services.account_kinds import STATE_TYPES
 from services.schemas import responses as out
 from services.schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
-from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LogoutRequest,
+from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LoginCredentials, LogoutRequest,
                               OrderCreate, ReconcileRequest, RefreshRequest, TickerSubscribe)
 from services.schemas.socketio import Subscribe, Unsubscribe
 
@@ -117,7 +118,7 @@ OPERATIONS: dict[str, Op] = {
     "auth.register": Op("Create a user", (201, "Created", out.User), Credentials, (400, 409, 413),
                         "none"),
     "auth.login": Op("Log in: an access token and a refresh token (a new session)",
-                     (200, "Logged in", out.Token), Credentials, (400, 401, 413, 429), "none"),
+                     (200, "Logged in", out.Token), LoginCredentials, (400, 401, 413, 429), "none"),
     "auth.refresh": Op("A new token pair; the refresh token presented stops working, and one "
                        "already rotated ends its session", (200, "Refreshed", out.Token),
                        RefreshRequest, (400, 401, 413, 429), "none"),
@@ -179,7 +180,7 @@ OPERATIONS: dict[str, Op] = {
                         "none", also=((503, "Not ready", out.NotReady),)),
 }
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, KeyCreate, KeyUpdate, OrderCreate,
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, LoginCredentials, KeyCreate, KeyUpdate, OrderCreate,
                                               ClosePosition, Subscribe, Unsubscribe, TickerSubscribe,
                                               RefreshRequest, LogoutRequest, ReconcileRequest)
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
@@ -306,9 +307,23 @@ def refuse_unknown_query() -> None:
     if op is None or endpoint.split(".", 1)[0] not in STRICT_QUERY_BLUEPRINTS:
         return
     unknown = [name for name in request.args if name not in op.query]
+    if unknown and not _authenticated(op.security):
+        return  # authenticate first: the view answers 401 before any 400 about the query
     if unknown:
         raise invalid(unknown[0][:64], "is not a query parameter of this operation "
                       f"(known: {', '.join(op.query) or 'none'})")
+
+
+def _authenticated(security: str) -> bool:
+    """False when the operation needs a bearer token (``security`` "bearer") and the
+    request has no valid one; True otherwise (admin operations check their own)."""
+    if security != "bearer":
+        return True
+    try:
+        services().tokens.verify(bearer_token())
+    except Exception:  # any token problem: the view's own check answers the 401
+        return False
+    return True
 
 
 @bp.get("/api/openapi.json")

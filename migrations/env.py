@@ -7,12 +7,21 @@ The URL comes from, in order: ``config.attributes["url"]`` (set by
 """
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 
 from models import Base
 
 target_metadata = Base.metadata
+
+# From the command line (``alembic upgrade head``), alembic.ini's logging applies, so
+# each migration run is printed ("Running upgrade 0004 -> 0005"); the server's own
+# upgrade (services.schema, which passes a url or connection) keeps its logging.
+_cfg = context.config
+if _cfg.config_file_name and not ({"url", "connection"} & set(_cfg.attributes)):
+    fileConfig(_cfg.config_file_name, disable_existing_loggers=False)
 
 
 def _url() -> str:

@@ -62,6 +62,9 @@ def check_decimal(value: object) -> Decimal:
 NoControl = AfterValidator(no_control)
 Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256), NoControl]
+# A password presented at login: any non-empty text. The policy (8..256) applies when a
+# password is set; a wrong password of any length is a 401, never a 400 quoting it.
+LoginPassword = Annotated[str, StringConstraints(min_length=1, max_length=256), NoControl]
 Symbol = Annotated[str, StringConstraints(min_length=2, max_length=32, pattern=r"^[A-Z0-9]+$")]
 ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=36,
                                                  pattern=CLIENT_ORDER_ID_PATTERN)]

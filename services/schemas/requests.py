@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.schemas.fields import (ClientOrderId, Exchange, Id, Label, Password, RefreshTokenStr, Secret,
+from services.schemas.fields import (ClientOrderId, Exchange, Id, Label, LoginPassword, Password, RefreshTokenStr, Secret,
                             Symbol, Username, check_decimal)
 
 
@@ -18,10 +18,18 @@ class Strict(BaseModel):
 
 
 class Credentials(Strict):
-    """POST /api/auth/register and /api/auth/login."""
+    """POST /api/auth/register: the password policy applies (8..256 characters)."""
 
     username: Username
     password: Password
+
+
+class LoginCredentials(Strict):
+    """POST /api/auth/login: a wrong password of any length is a 401, so only
+    emptiness and size are checked here."""
+
+    username: Username
+    password: LoginPassword
 
 
 class KeyCreate(Strict):

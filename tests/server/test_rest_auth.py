@@ -28,6 +28,31 @@ def test_wrong_password_and_no_token_are_401(client) -> None:  # type: ignore[no
     assert r.status_code == 401 and "error" in r.get_json()
 
 
+def test_a_short_wrong_password_is_401_not_the_password_policy(client) -> None:  # type: ignore[no-untyped-def]
+    client.post("/api/auth/register", json={"username": "alice", "password": "password123"})
+    r = client.post("/api/auth/login", json={"username": "alice", "password": "abc"})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_credentials"
+    assert "8" not in r.get_json()["error"]["message"]
+    r = client.post("/api/auth/login", json={"username": "alice", "password": ""})
+    assert r.status_code == 400 and r.get_json()["error"]["field"] == "password"
+
+
+def test_authentication_comes_before_an_unknown_query_parameter(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/trades?bogus=1")
+    assert r.status_code == 401, r.get_json()
+    r = client.get("/api/trades?bogus=1", headers={"Authorization": "Bearer garbage"})
+    assert r.status_code == 401, r.get_json()
+    r = client.get("/api/trades?bogus=1", headers=auth_header(client))
+    assert r.status_code == 400 and r.get_json()["error"]["field"] == "bogus"
+
+
+def test_a_wrong_admin_token_is_told_so(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/admin/stats", headers={"X-Admin-Token": "not-it"})
+    assert r.status_code == 401 and "is not the admin token" in r.get_json()["error"]["message"]
+    r = client.get("/admin/stats")
+    assert r.status_code == 401 and "required" in r.get_json()["error"]["message"]
+
+
 def test_login_is_rate_limited_after_repeated_failures(client) -> None:  # type: ignore[no-untyped-def]
     client.post("/api/auth/register", json={"username": "alice", "password": "password123"})
     codes = [client.post("/api/auth/login", json={"username": "alice", "password": "wrongpass1"}
