@@ -17,7 +17,7 @@ DEV := $(VENV)/.installed-dev
 LOCK_FLAGS := --quiet --generate-hashes --reuse-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-dev install-browser run simulator migrate test test-fast bench docs lock clean
+.PHONY: install install-dev install-browser run simulator migrate test test-fast lint bench docs lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ test: install-dev ## the whole suite (unit, integration on SQLite and PostgreSQL
 
 test-fast: install-dev ## the suite without the tests that start server processes (pytest -m "not e2e")
 	$(PY) -m pytest -q -m "not e2e" $(PARALLEL)
+
+lint: install-dev ## ruff and mypy against lint-baseline.json (a file may only lose findings)
+	$(PY) scripts/lint.py
 
 bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.push_latency --clients 200
