@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import wraps
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from flask import current_app, g, request
 from pydantic import BaseModel
@@ -32,7 +32,7 @@ def bearer_token() -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def services():  # type: ignore[no-untyped-def]
+def services() -> Any:
     """The app's service container (``app.extensions["pushsrv"]``)."""
     return current_app.extensions["pushsrv"]
 

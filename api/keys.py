@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g
 
 from api.common import body, login_required, services
+from config import REAL_VENUE_URLS
 from services.schemas.requests import KeyCreate, KeyUpdate
 from api.validation import parse_id
 from services.schemas.responses import ExchangeKey
@@ -11,11 +12,28 @@ from services.schemas.responses import ExchangeKey
 bp = Blueprint("keys", __name__, url_prefix="/api/exchange/keys")
 
 
+def _network(exchange: str, testnet: bool) -> str:
+    """``mainnet`` / ``testnet`` when the key's calls go to the venue's real URL,
+    ``simulator`` when they go to the embedded simulator, ``custom`` otherwise."""
+    cfg = services().config
+    rest = cfg.venue(exchange, testnet).rest_url
+    prefix = exchange.upper() + ("_TESTNET" if testnet else "")
+    if rest == REAL_VENUE_URLS.get(f"{prefix}_REST_URL", "").rstrip("/"):
+        return "testnet" if testnet else "mainnet"
+    if cfg.EMBED_SIMULATOR and rest.startswith(f"http://127.0.0.1:{cfg.SIMULATOR_PORT}"):
+        return "simulator"
+    return "custom"
+
+
+def _out(key) -> dict:  # type: ignore[no-untyped-def]
+    return ExchangeKey.of(key, network=_network(key.exchange, key.testnet))
+
+
 @bp.get("")
 @login_required
 def list_keys():  # type: ignore[no-untyped-def]
     """200 the user's keys."""
-    return ExchangeKey.many(services().keys.list(g.user_id))
+    return [_out(k) for k in services().keys.list(g.user_id)]
 
 
 @bp.post("")
@@ -25,7 +43,7 @@ def create_key():  # type: ignore[no-untyped-def]
     req = body(KeyCreate)
     key = services().keys.create(g.user_id, req.exchange, req.api_key, req.api_secret,
                                  req.testnet, req.label)
-    return ExchangeKey.of(key), 201
+    return _out(key), 201
 
 
 @bp.put("/<key_id>")
@@ -34,7 +52,7 @@ def update_key(key_id: str):  # type: ignore[no-untyped-def]
     """200 the key; its cached client is dropped and its stream restarts."""
     kid = parse_id(key_id, "key_id")
     changes = body(KeyUpdate).model_dump(exclude_none=True)
-    return ExchangeKey.of(services().keys.update(g.user_id, kid, changes))
+    return _out(services().keys.update(g.user_id, kid, changes))
 
 
 @bp.delete("/<key_id>")

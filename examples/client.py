@@ -18,6 +18,15 @@ import threading
 import requests
 import socketio
 
+_out = threading.Lock()
+
+
+def say(text: str, file=sys.stdout) -> None:  # type: ignore[no-untyped-def]
+    """Print one event's lines at once: pushes arrive on python-socketio's thread and
+    token refreshes on another, and their lines must not run together."""
+    with _out:
+        print(text, file=file, flush=True)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,11 +48,10 @@ def main() -> None:
     def show(event: str):  # type: ignore[no-untyped-def]
         def handler(data):  # type: ignore[no-untyped-def]
             if isinstance(data, dict) and "data" in data:
-                print(f"{event} seq={data['seq']} source={data['source']} stale={data['stale']} "
-                      f"latency_ms={data['sent_at'] - data['as_of']}")
-                print("  " + json.dumps(data["data"]))
+                say(f"{event} seq={data['seq']} source={data['source']} stale={data['stale']} "
+                    f"latency_ms={data['sent_at'] - data['as_of']}\n  {json.dumps(data['data'])}")
             else:
-                print(f"{event} {json.dumps(data)}")
+                say(f"{event} {json.dumps(data)}")
         return handler
 
     for event in ("balance", "positions", "pnl", "orders", "stream_status", "error"):
@@ -54,7 +62,7 @@ def main() -> None:
         payload = {"types": ["balance", "positions", "pnl", "orders"]}
         if args.key_id:
             payload["key_id"] = args.key_id
-        print("subscribe ack", sio.call("subscribe", payload, timeout=10))
+        say(f"subscribe ack {sio.call('subscribe', payload, timeout=10)}")
 
     # auth as a callable: every (re)connect presents the newest access token
     sio.connect(args.url, auth=lambda: {"token": session.access_token}, transports=["websocket"])
@@ -85,13 +93,13 @@ class Session:
         r = requests.post(f"{self.url}/api/auth/refresh",
                           json={"refresh_token": self.refresh_token}, timeout=10)
         if r.status_code == 401:
-            print(f"session ended ({r.json()['error']['code']}): log in again", file=sys.stderr)
+            say(f"session ended ({r.json()['error']['code']}): log in again", file=sys.stderr)
             self._stop.set()
             _thread.interrupt_main()  # KeyboardInterrupt in the main thread: disconnect
             return
         r.raise_for_status()
         self._set(r.json())
-        print(f"tokens refreshed; access token valid {self.expires_in} s")
+        say(f"tokens refreshed; access token valid {self.expires_in} s")
 
     def keep_fresh(self) -> None:
         """Refresh at 80 % of each access token's lifetime (retry in 5 s on a network error)."""
@@ -101,7 +109,7 @@ class Session:
                 self.refresh()
                 delay = self.expires_in * 0.8
             except requests.RequestException as e:
-                print(f"refresh failed ({e}); retrying in 5 s")
+                say(f"refresh failed ({e}); retrying in 5 s")
                 delay = 5
 
     def logout(self) -> None:

@@ -12,6 +12,9 @@ const REFRESH_AT = 0.8;                  // refresh at 80 % of the access token'
 const SESSION_CALLS = ["/api/auth/login", "/api/auth/refresh", "/api/auth/logout"];
 const TYPES = ["balance", "positions", "pnl", "orders"];
 const CHART_POINTS = 60;
+const PUSH_HZ = 2;                       // max_hz of every subscribed type
+const MONEY_PLACES = 2;                  // balances and PnL are shown to the cent
+const FINAL_EXIT = ["filled", "failed"];             // an exit other than "working"
 
 const state = {
   token: null,
@@ -57,6 +60,39 @@ function signClass(s) {
   if (typeof s !== "string") return "";
   if (s.startsWith("-")) return /[1-9]/.test(s) ? "neg" : "";
   return /[1-9]/.test(s) ? "pos" : "";
+}
+
+/** A decimal string rounded half away from zero to `places` decimals, by string
+ * arithmetic (no float): "10001.5471032" -> "10001.55". Other values unchanged. */
+function roundDecimal(s, places) {
+  if (typeof s !== "string" || !/^-?\d+(\.\d+)?$/.test(s)) return s;
+  const neg = s.startsWith("-");
+  const [int, frac = ""] = (neg ? s.slice(1) : s).split(".");
+  if (frac.length <= places) return s;
+  let digits = (int + frac.slice(0, places)).split("").map(Number);
+  if (Number(frac[places]) >= 5) {
+    let i = digits.length - 1;
+    while (i >= 0 && digits[i] === 9) { digits[i] = 0; i -= 1; }
+    if (i < 0) digits.unshift(1); else digits[i] += 1;
+  }
+  const all = digits.join("");
+  const head = all.slice(0, all.length - places) || "0";
+  const out = places ? head + "." + all.slice(all.length - places) : head;
+  return neg && /[1-9]/.test(out) ? "-" + out : out;
+}
+
+/** A money figure (balance, PnL) to the cent. */
+function money(s) { return s === undefined || s === null ? s : roundDecimal(s, MONEY_PLACES); }
+
+/** A price that is only meaningful when above zero (a liquidation price of 0 means none). */
+function positive(s) { return typeof s === "string" && /[1-9]/.test(s) && !s.startsWith("-") ? s : null; }
+
+/** The account's unrealized PnL, one figure for every panel: the newest of the
+ * `pnl` and `balance` pushes of the active key (by as_of). */
+function unrealizedNow() {
+  const p = current("pnl"), b = current("balance");
+  if (p && (!b || p.as_of >= b.as_of)) return p.data.unrealized_pnl;
+  return b ? b.data.total_unrealized_pnl : null;
 }
 
 /** Show a decimal string as-is; `signed` colours it by sign (for PnL figures). */
@@ -216,7 +252,7 @@ function renderKeys() {
   const body = $("keys-body");
   if (!state.keys.length) emptyRow(body, 8, "No API key yet: add one below.");
   else body.replaceChildren(...state.keys.map((k) => {
-    const tr = row([k.id, k.exchange, k.testnet ? "testnet" : "mainnet", k.label, k.api_key_masked, k.status],
+    const tr = row([k.id, k.exchange, k.network || (k.testnet ? "testnet" : "mainnet"), k.label, k.api_key_masked, k.status],
       ["id", "exchange", "net", "label", "api_key_masked", "status"], { "data-testid": "key-row", "data-key-id": k.id });
     const st = state.streams[k.id];
     const badge = el("span", st ? st.state : "-", { "data-testid": "stream-status", title: st ? "since " + new Date(st.since).toLocaleTimeString() : "" });
@@ -293,7 +329,9 @@ function subscribe() {
     const held = state.highest[key.id] || {};
     const since = {};
     for (const type of TYPES) if (held[type]) since[type] = held[type];
-    const body = { types: TYPES, key_id: key.id };
+    // one rate for every type, so that the balance, the PnL panel and the positions
+    // move together (each type's own default rate made them disagree on screen)
+    const body = { types: TYPES, key_id: key.id, max_hz: PUSH_HZ };
     if (Object.keys(since).length) body.since = since;
     state.socket.emit("subscribe", body, (ack) => {
       if (!ack || !ack.ok) showMessage("subscribe failed: " + ((ack && ack.error && ack.error.message) || "no answer"), "error");
@@ -345,14 +383,14 @@ function render(type) {
 }
 
 function renderBalance(b) {
-  setFigure("bal-wallet", b && b.total_wallet_balance);
-  setFigure("bal-unrealized", b && b.total_unrealized_pnl, true);
-  setFigure("bal-margin", b && b.total_margin_balance);
-  setFigure("bal-available", b && b.available_balance);
+  setFigure("bal-wallet", money(b && b.total_wallet_balance));
+  setFigure("bal-unrealized", money(unrealizedNow()), true);
+  setFigure("bal-margin", money(b && b.total_margin_balance));
+  setFigure("bal-available", money(b && b.available_balance));
   const body = $("assets-body");
   if (!b || !b.assets.length) return emptyRow(body, 5, b ? "No assets." : "Waiting for data...");
   body.replaceChildren(...b.assets.map((a) => row(
-    [a.asset, a.wallet_balance, a.available_balance, a.unrealized_pnl, a.margin_balance],
+    [a.asset, money(a.wallet_balance), money(a.available_balance), money(a.unrealized_pnl), money(a.margin_balance)],
     ["asset", "wallet_balance", "available_balance", "unrealized_pnl", "margin_balance"], { "data-testid": "asset-row" })));
 }
 
@@ -360,7 +398,8 @@ function renderPositions(list) {
   const body = $("positions-body");
   if (!list || !list.length) return emptyRow(body, 9, list ? "No open position." : "Waiting for data...");
   body.replaceChildren(...list.map((p) => {
-    const tr = row([p.symbol, p.side, p.size, p.entry_price, p.mark_price, p.unrealized_pnl, p.leverage, p.liquidation_price],
+    const tr = row([p.symbol, p.side, p.size, p.entry_price, p.mark_price, money(p.unrealized_pnl), p.leverage,
+      positive(p.liquidation_price)],
       ["symbol", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "leverage", "liquidation_price"],
       { "data-testid": "position-row", "data-symbol": p.symbol });
     tr.children[5].className = signClass(p.unrealized_pnl);
@@ -370,8 +409,9 @@ function renderPositions(list) {
 }
 
 function renderPnl(p) {
-  setFigure("pnl-unrealized", p && p.unrealized_pnl, true);
-  setFigure("pnl-realized", p && p.realized_pnl, true);
+  setFigure("pnl-unrealized", money(unrealizedNow()), true);
+  setFigure("pnl-realized", money(p && p.realized_pnl), true);
+  if (p) setFigure("bal-unrealized", money(unrealizedNow()), true);
   drawChart(state.pnlSeries[state.activeKeyId] || []);
 }
 
@@ -440,7 +480,20 @@ async function closePosition(symbol) {
     const res = await api("POST", "/api/positions/close", { key_id: requireKey(), symbol });
     showMessage(`Closing ${symbol}: exit #${res.exit.id} ${res.exit.status}` +
       (res.started ? "." : " (an exit was already working)."), "info");
+    followExit(symbol, res.exit);
   });
+}
+
+/** Follow an exit (GET /api/exits/{id}) until it ends, keeping the banner current. */
+function followExit(symbol, exit) {
+  if (FINAL_EXIT.includes(exit.status)) return;
+  setTimeout(() => guarded(async () => {
+    if (!state.token) return;
+    const now = await api("GET", `/api/exits/${exit.id}`);
+    const e = now.exit;
+    showMessage(`Closing ${symbol}: exit #${e.id} ${e.status}.`, FINAL_EXIT.includes(e.status) && e.status !== "filled" ? "error" : "info");
+    followExit(symbol, e);
+  }), 1000);
 }
 
 /* ---------- wiring ---------- */

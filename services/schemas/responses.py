@@ -106,6 +106,10 @@ class ExchangeKey(Out):
     label: str
     api_key_masked: str
     status: str = Field(description="active or invalid")
+    network: Literal["mainnet", "testnet", "simulator", "custom"] = Field(
+        description="where this server sends the key's calls: the venue's real mainnet or "
+                    "testnet, the simulator embedded in the demo, or another URL set in the "
+                    "environment (BINANCE_REST_URL, ...)")
     created_at: Ms
     updated_at: Ms
 

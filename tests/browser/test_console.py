@@ -111,6 +111,8 @@ def test_console_login_order_position_pnl(browser, stack, tmp_path: Path) -> Non
         # the balance snapshot arrives over Socket.IO, shown as the decimal string it is
         expect(page.get_by_test_id("bal-wallet")).to_have_text(re.compile(r"^10000(\.0*)?$"))
         expect(page.get_by_test_id("key-row")).to_have_count(1)
+        # the key is not called "mainnet": the test stack points every venue at the simulator
+        expect(page.get_by_test_id("key-row").first.locator('[data-field="net"]')).not_to_have_text("mainnet")
         expect(page.get_by_test_id("stream-status")).to_have_text(
             re.compile(r"live|polling|reconnecting"))
 
@@ -137,8 +139,11 @@ def test_console_login_order_position_pnl(browser, stack, tmp_path: Path) -> Non
         sim.set_price("BTCUSDT", "61000")
         expect(row.locator('[data-field="mark_price"]')).to_have_text(re.compile(r"^61000"))
         expect(page.get_by_test_id("pnl-unrealized")).not_to_have_text(before)
-        expect(page.get_by_test_id("pnl-unrealized")).to_have_text(re.compile(r"^(9|10)\.\d*$"))
-        expect(row.locator('[data-field="unrealized_pnl"]')).to_have_text(re.compile(r"^(9|10)\.\d*$"))
+        # money to the cent, one unrealized figure on every panel, no "Liq. 0"
+        expect(page.get_by_test_id("pnl-unrealized")).to_have_text(re.compile(r"^(9|10)\.\d\d$"))
+        expect(row.locator('[data-field="unrealized_pnl"]')).to_have_text(re.compile(r"^(9|10)\.\d\d$"))
+        expect(page.get_by_test_id("bal-unrealized")).to_have_text(page.get_by_test_id("pnl-unrealized").inner_text())
+        expect(row.locator('[data-field="liquidation_price"]')).not_to_have_text("0")
         points = page.get_by_test_id("pnl-line").get_attribute("points") or ""
         assert len(points.split()) >= 2, points
 
@@ -174,6 +179,7 @@ def test_console_login_order_position_pnl(browser, stack, tmp_path: Path) -> Non
         # closing the position empties the positions table
         row.get_by_test_id("position-close").click()
         expect(page.get_by_test_id("position-row")).to_have_count(0)
+        expect(page.get_by_test_id("message")).to_contain_text(re.compile(r"exit #\d+ filled"))
 
         # keys: add a testnet key (checked by the exchange), then delete it
         api_key, api_secret = "key" + uuid.uuid4().hex, "sec" + uuid.uuid4().hex
