@@ -167,12 +167,14 @@ class Engine(MarginMixin, LegsMixin):
                     price: Decimal | None = None, time_in_force: str | None = None,
                     reduce_only: bool = False, client_order_id: str = "",
                     force_expire: bool = False, source: str = "", orig_type: str = "",
-                    on_accepted: Callable[[Order], None] | None = None) -> Order:
+                    on_accepted: Callable[[Order], None] | None = None,
+                    order_id: int | None = None) -> Order:
         """Validate, accept (OrderEvent NEW) and match a new order; returns the live Order.
 
         ``force_expire`` (used by the reject_orders fault) accepts the order and expires
         it at once. ``source``/``orig_type`` mark an order the venue made (a fired leg,
-        a liquidation, an ADL); ``on_accepted(order)`` runs after NEW, before matching.
+        a liquidation, an ADL); ``on_accepted(order)`` runs after NEW, before matching;
+        ``order_id`` reuses an id handed out before (a Bybit leg's order keeps its id).
         Raises EngineError for every refusal, before anything changes.
         """
         account, spec = self.account(api_key), self.spec(symbol)
@@ -199,9 +201,11 @@ class Engine(MarginMixin, LegsMixin):
         if client_order_id and self._open_client_id(account, client_order_id):
             raise EngineError("duplicate_client_order_id", "ClientOrderId is duplicated.")
         now = self.now_ms()
-        self._next_order_id += 1
-        order = Order(self._next_order_id, api_key, symbol, side, type_, tif, quantity, price,
-                      reduce_only, client_order_id or f"sim-{self._next_order_id}", now, now,
+        if order_id is None:
+            self._next_order_id += 1
+            order_id = self._next_order_id
+        order = Order(order_id, api_key, symbol, side, type_, tif, quantity, price,
+                      reduce_only, client_order_id or f"sim-{order_id}", now, now,
                       source=source, orig_type=orig_type or type_)
         self.orders[order.order_id] = order
         account.order_ids.append(order.order_id)

@@ -89,8 +89,8 @@ class LegsMixin:
                 raise EngineError("missing_trigger", "triggerPrice is required.")
             if self._fires(type_, side, trigger_price, price):
                 raise EngineError("would_trigger", "Order would immediately trigger.")
-        if any(leg.client_id == client_id for leg in self._open_legs[symbol].values()
-               if leg.api_key == api_key):
+        if client_id and any(leg.client_id == client_id for leg in
+                             self._open_legs[symbol].values() if leg.api_key == api_key):
             raise EngineError("duplicate_client_order_id", "ClientOrderId is duplicated.")
         now = self.now_ms()
         if leg_id is None:
@@ -106,6 +106,26 @@ class LegsMixin:
         self.legs[leg_id] = account.legs[leg_id] = leg
         self._open_legs[symbol][leg_id] = leg
         self._publish(LegEvent(leg, now))  # type: ignore[attr-defined]
+        return leg
+
+    def amend_leg(self, leg: Leg, trigger_price: Decimal | None = None,
+                  working_type: str | None = None,
+                  trailing_distance: Decimal | None = None,
+                  activate_price: Decimal | None = None) -> Leg:
+        """Change a waiting leg in place (Bybit trading-stop on an existing Full TP/SL
+        modifies it); publishes LegEvent. Raises EngineError(order_not_open)."""
+        if not leg.is_open:
+            raise EngineError("order_not_open", "Unknown order sent.")
+        if trigger_price is not None:
+            leg.trigger_price = trigger_price
+        if working_type is not None:
+            leg.working_type = working_type
+        if trailing_distance is not None:
+            leg.trailing_distance = trailing_distance
+            leg.activate_price = activate_price
+            leg.activated = activate_price is None
+            leg.extreme = self.watched_price(leg.symbol, leg.working_type)
+        self._set_leg(leg, leg.status)
         return leg
 
     def find_leg(self, api_key: str, leg_id: int | None = None,
@@ -197,7 +217,8 @@ class LegsMixin:
             order = self.place_order(  # type: ignore[attr-defined]
                 leg.api_key, leg.symbol, leg.side, MARKET, qty, reduce_only=True,
                 client_order_id=leg.client_id, source=SOURCE_LEG, orig_type=leg.type,
-                on_accepted=accepted)
+                on_accepted=accepted,
+                order_id=leg.leg_id if leg.venue == "bybit" else None)
         except EngineError as exc:
             self._set_leg(leg, REJECTED, exc.message)
             return
