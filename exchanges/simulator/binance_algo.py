@@ -15,6 +15,7 @@ Endpoints (SIGNED), after developers.binance.com/docs/derivatives/usds-margined-
 - ``DELETE /fapi/v1/algoOrder`` (``algoId`` or ``clientAlgoId``) ->
   ``{"algoId","clientAlgoId","code":"200","msg":"success"}``.
 - ``GET /fapi/v1/algoOrder``, ``GET /fapi/v1/openAlgoOrders[?symbol]``,
+  ``GET /fapi/v1/allAlgoOrders?symbol`` (every status),
   ``DELETE /fapi/v1/algoOpenOrders?symbol``.
 - ``GET /fapi/v1/income`` (``symbol``, ``incomeType``, ``startTime``, ``endTime``,
   ``limit`` 1..1000 default 100): FUNDING_FEE rows.
@@ -134,6 +135,7 @@ class AlgoRoutes:
             ("DELETE", "/fapi/v1/algoOrder", self.cancel_algo, SIGNED),
             ("GET", "/fapi/v1/algoOrder", self.get_algo, SIGNED),
             ("GET", "/fapi/v1/openAlgoOrders", self.open_algos, SIGNED),
+            ("GET", "/fapi/v1/allAlgoOrders", self.all_algos, SIGNED),
             ("DELETE", "/fapi/v1/algoOpenOrders", self.cancel_all_algos, SIGNED),
             ("GET", "/fapi/v1/income", self.income, SIGNED),
         ]
@@ -232,6 +234,21 @@ class AlgoRoutes:
             self.engine.spec(symbol)
         return [algo_json(self.engine, l) for l in self.engine.open_legs(ctx.api_key, symbol)
                 if l.venue == VENUE]
+
+    async def all_algos(self, ctx: Ctx) -> list:
+        """Algo orders of ``symbol`` of every status: from ``algoId`` on, within
+        ``startTime``..``endTime``, at most ``limit`` (default 500; the latest ones when
+        no ``algoId``), oldest first."""
+        p = ctx.params
+        symbol = p.require("symbol")
+        self.engine.spec(symbol)
+        from_id, start, end = p.integer("algoId"), p.integer("startTime"), p.integer("endTime")
+        legs = [l for l in ctx.account.legs.values() if l.venue == VENUE and l.symbol == symbol
+                and (from_id is None or l.leg_id >= from_id)
+                and (start is None or l.time >= start) and (end is None or l.time <= end)]
+        limit = limit_param(p)
+        legs = legs[:limit] if from_id is not None else legs[-limit:]
+        return [algo_json(self.engine, l) for l in legs]
 
     async def cancel_all_algos(self, ctx: Ctx) -> dict:
         """Cancel every waiting algo order of ``symbol``."""

@@ -54,7 +54,7 @@ class LegsMixin:
                   quantity: Decimal = ZERO, activate_price: Decimal | None = None,
                   callback_rate: Decimal | None = None,
                   trailing_distance: Decimal | None = None,
-                  leg_id: int | None = None) -> Leg:
+                  leg_id: int | None = None, label: str = "") -> Leg:
         """Hold a new leg (LegEvent NEW); returns it.
 
         Raises EngineError: invalid_side, invalid_type, invalid_price (trigger not
@@ -100,7 +100,7 @@ class LegsMixin:
                   trigger_price=trigger_price, close_position=close_position,
                   quantity=quantity, activate_price=activate_price,
                   callback_rate=callback_rate, trailing_distance=trailing_distance,
-                  extreme=price)
+                  extreme=price, label=label)
         if type_ == TRAILING_STOP_MARKET:
             leg.activated = activate_price is None
         self.legs[leg_id] = account.legs[leg_id] = leg

@@ -226,3 +226,21 @@ def test_margin_call_and_funding_events_and_income(sim, account):
     income = c.futures_income_history(incomeType="FUNDING_FEE", symbol=SYMBOL)
     assert len(income) == 1 and D(income[0]["income"]) == D("-0.06")
     assert income[0]["asset"] == "USDT" and income[0]["tranId"]
+
+
+def test_paper_venue_reads(sim, account):
+    """What clients such as ccxt read besides trading: 24 h tickers (no statistics are
+    kept: open/high/low are the last price), leverage brackets, every algo order."""
+    c = account.client
+    row = c.futures_ticker(symbol=SYMBOL)
+    assert D(row["lastPrice"]) == D("60000") and row["volume"] == "0"
+    [bracket] = c.futures_leverage_bracket(symbol=SYMBOL)
+    assert bracket["brackets"][0]["initialLeverage"] == 125
+    open_long(c)
+    c.futures_create_algo_order(symbol=SYMBOL, side="SELL", type="STOP_MARKET",
+                                triggerPrice="59000", closePosition="true", clientAlgoId="all-1")
+    c.futures_cancel_algo_order(clientAlgoId="all-1")
+    rows = c.futures_get_all_algo_orders(symbol=SYMBOL)
+    assert [(r["clientAlgoId"], r["algoStatus"]) for r in rows] == [("all-1", "CANCELED")]
+    info = {s["symbol"]: s for s in c.futures_exchange_info()["symbols"]}
+    assert "TRAILING_STOP_MARKET" in info[SYMBOL]["orderTypes"]
