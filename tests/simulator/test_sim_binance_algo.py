@@ -2,6 +2,7 @@
 through the real python-binance Client and a real user-data WebSocket."""
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal as D
 
@@ -244,3 +245,24 @@ def test_paper_venue_reads(sim, account):
     assert [(r["clientAlgoId"], r["algoStatus"]) for r in rows] == [("all-1", "CANCELED")]
     info = {s["symbol"]: s for s in c.futures_exchange_info()["symbols"]}
     assert "TRAILING_STOP_MARKET" in info[SYMBOL]["orderTypes"]
+
+
+def test_a_replay_fires_a_leg(sim, account, tmp_path):
+    c = account.client
+    open_long(c)
+    c.futures_create_algo_order(symbol=SYMBOL, side="SELL", type="STOP_MARKET",
+                                triggerPrice="59000", closePosition="true",
+                                workingType="MARK_PRICE", clientAlgoId="sl-replay")
+    csv = tmp_path / "dip.csv"
+    csv.write_text("open_time_ms,open,high,low,close,volume\n"
+                   "0,60000,60100,58500,59500,1\n")     # falling: open, high, low, close
+    sim.replay(SYMBOL, csv, seconds_per_candle=0.2)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if c.futures_get_algo_order(clientAlgoId="sl-replay")["algoStatus"] == "FINISHED":
+            break
+        time.sleep(0.05)
+    assert c.futures_get_algo_order(clientAlgoId="sl-replay")["algoStatus"] == "FINISHED"
+    assert all(D(p["positionAmt"]) == 0 for p in c.futures_position_information(symbol=SYMBOL))
+    while sim.state()["replays"][SYMBOL]["running"] and time.monotonic() < deadline + 5:
+        time.sleep(0.05)             # let it end before the next test sets the price
