@@ -7,7 +7,8 @@ Endpoints (SIGNED), after developers.binance.com/docs/derivatives/usds-margined-
 
 - ``POST /fapi/v1/algoOrder``: ``algoType=CONDITIONAL``; ``type`` STOP_MARKET,
   TAKE_PROFIT_MARKET (with ``triggerPrice``; ``closePosition=true`` for the whole
-  position, else ``quantity`` and optional ``reduceOnly``) or TRAILING_STOP_MARKET
+  position, else ``quantity`` with ``reduceOnly=true``: an opening conditional order
+  is not simulated, -1102) or TRAILING_STOP_MARKET
   (``callbackRate`` 0.1..10 percent, optional ``activatePrice``, ``quantity``;
   closePosition is refused for it, as the doc limits Close-All to the first two);
   ``workingType`` MARK_PRICE / CONTRACT_PRICE (default CONTRACT_PRICE);
@@ -93,6 +94,8 @@ def algo_update(engine: Engine, leg: Leg, event_ms: int) -> dict:
         "tt": leg.trigger_time, "gtd": 0,
     })
     if leg.type == TRAILING_STOP_MARKET:
+        # "cr" as captured ALGO_UPDATEs carry it; "AP" (activation) by analogy with
+        # ORDER_TRADE_UPDATE, the doc example being a TAKE_PROFIT without either.
         o["cr"] = bf.plain(leg.callback_rate or ZERO)
         if leg.activate_price is not None:
             o["AP"] = bf.fmt(leg.activate_price, pp)
@@ -193,6 +196,12 @@ class AlgoRoutes:
             spec = engine.spec(symbol)
             if quantity <= 0 or not spec.on_step(quantity):
                 raise BinanceError(-1111, "Precision is over the maximum defined for this asset.")
+            if not p.boolean("reduceOnly"):
+                # Binance would accept it (and it could open a position); the simulator
+                # holds closing legs only.
+                raise BinanceError(-1102, "Mandatory parameter 'reduceOnly' was not sent, was "
+                                          "empty/null, or malformed (conditional orders that "
+                                          "open a position are not simulated).")
         leg = engine.place_leg(
             ctx.api_key, VENUE, symbol, side, type_, client_id=client_id or _auto_id(engine),
             working_type=working, trigger_price=trigger, close_position=close,

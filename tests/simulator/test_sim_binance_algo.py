@@ -173,6 +173,9 @@ def test_refusals(sim, account):
     err = api_error(c.futures_create_algo_order, symbol=SYMBOL, side="SELL",
                     type="TRAILING_STOP_MARKET", closePosition="true", callbackRate="1")
     assert err.code == -1106
+    err = api_error(c.futures_create_algo_order, symbol=SYMBOL, side="SELL",
+                    type="STOP_MARKET", quantity="0.010", triggerPrice="59000")
+    assert err.code == -1102 and "not simulated" in err.message   # would open: not held
     c.futures_create_algo_order(symbol=SYMBOL, side="SELL", type="STOP_MARKET",
                                 triggerPrice="59000", closePosition="true", clientAlgoId="x1")
     err = api_error(c.futures_create_algo_order, symbol=SYMBOL, side="SELL",
