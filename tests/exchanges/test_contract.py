@@ -20,7 +20,7 @@ import pytest
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import (
-    AuthFailed, ExchangeUnavailable, InsufficientBalance, InvalidOrder, IpBanned,
+    AuthFailed, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance, InvalidOrder, IpBanned,
     OrderNotFound, RateLimited,
 )
 from exchanges.factory import create_client
@@ -422,3 +422,22 @@ def test_protection_legs_place_list_fire_and_report(client, sim):
     assert client.get_positions() == []
     assert client.open_protection_legs() == []
     assert client.get_protection_leg(SYMBOL, sl.client_order_id).status is ProtectionStatus.FILLED
+
+
+def test_protection_leg_timeout_then_found_by_its_id(venue, account, endpoints, sim):
+    """A placement whose reply never comes is ExchangeTimeout (fate unknown); the leg
+    is then found by its id: ours on Binance (clientAlgoId), ``"<symbol>-<kind>"`` on
+    Bybit (a position attribute without a client id)."""
+    c = create_client(venue.name, *account, False, endpoints, timeout_s=1)
+    try:
+        c.create_order(market("BUY"))
+        cid = coid()
+        sim.add_fault(kind="timeout", ms=2000, api_key=account[0])
+        with pytest.raises(ExchangeTimeout):
+            c.place_protection_leg(SYMBOL, "LONG", ProtectionKind.STOP_LOSS, cid,
+                                   trigger_price=D("49000"))
+        leg_id = cid if venue.name == "binance" else f"{SYMBOL}-stop_loss"
+        leg = c.get_protection_leg(SYMBOL, leg_id)
+        assert leg.status is ProtectionStatus.NEW and leg.trigger_price == D("49000")
+    finally:
+        c.close()

@@ -158,7 +158,8 @@ def test_bybit_untriggered_leg_is_a_leg_update_only():
 
 @pytest.mark.parametrize("status,want,order_event", [
     ("Triggered", ProtectionStatus.TRIGGERED, False), ("Filled", ProtectionStatus.FILLED, True),
-    ("Deactivated", ProtectionStatus.CANCELED, False), ("Rejected", ProtectionStatus.EXPIRED, False)])
+    ("Deactivated", ProtectionStatus.CANCELED, False),
+    ("Rejected", ProtectionStatus.EXPIRED, False)])
 def test_bybit_leg_states(status, want, order_event):
     events = ym.parse_private_event(leg_frame(orderStatus=status, stopOrderType="TakeProfit",
                                               triggerBy="LastPrice", cumExecQty="0.01"))
