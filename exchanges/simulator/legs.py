@@ -13,8 +13,10 @@ Statuses follow Binance's Algo Service: NEW -> TRIGGERING -> TRIGGERED (its orde
 the book) -> FINISHED (the order is final); CANCELED by the user; EXPIRED when the
 position it protects ends by any path (Binance: the system cancels a closePosition
 GTE_GTC conditional order when the position is closed; Bybit "Set Trading Stop": "The
-system will cancel these orders if the position is closed"); REJECTED when its order
-is refused at trigger time. Every change is published as ``LegEvent``.
+system will cancel these orders if the position is closed"; a reduce-only quantity leg
+expires too, the simulator's choice where Binance documents only the close-all GTE_GTC
+case); REJECTED when its order is refused at trigger time. Every change is published
+as ``LegEvent``. A position "ends" when it goes flat or flips side.
 
 Cost: a price update walks the open legs of its symbol only (a simulator holds few).
 """
