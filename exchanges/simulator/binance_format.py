@@ -93,7 +93,9 @@ def order_trade_update(engine: Engine, order: Order, exec_type: str, event_ms: i
         "s": order.symbol, "c": order.client_order_id, "S": order.side, "o": order.type,
         "f": order.time_in_force, "q": fmt(order.orig_qty, qp),
         "p": "0" if order.type == MARKET else fmt(order.price or ZERO, pp),
-        "ap": plain(order.avg_price), "sp": "0", "x": exec_type, "X": order.status,
+        "ap": plain(order.avg_price), "sp": "0",
+        "x": "CALCULATED" if exec_type == "TRADE" and order.source == "liquidation" else exec_type,
+        "X": order.status,
         "i": order.order_id, "l": fmt(fill.qty if fill else ZERO, qp),
         "z": fmt(order.executed_qty, qp), "L": fmt(fill.price, pp) if fill else "0",
     }
@@ -102,7 +104,7 @@ def order_trade_update(engine: Engine, order: Order, exec_type: str, event_ms: i
     o.update({
         "T": event_ms, "t": fill.trade_id if fill else 0, "b": plain(bids), "a": plain(asks),
         "m": fill.maker if fill else False, "R": order.reduce_only, "wt": "CONTRACT_PRICE",
-        "ot": order.type, "ps": "BOTH", "cp": False,
+        "ot": order.orig_type or order.type, "ps": "BOTH", "cp": False,
         "rp": money(fill.realized_pnl) if fill else "0", "pP": False, "si": 0, "ss": 0,
         "V": "NONE", "pm": "NONE", "gtd": 0,
     })
@@ -200,7 +202,9 @@ def exchange_info(engine: Engine, now_ms: int) -> dict:
                 {"filterType": "PERCENT_PRICE", "multiplierUp": f"{spec.percent_up:f}",
                  "multiplierDown": f"{spec.percent_down:f}", "multiplierDecimal": "4"},
             ],
-            "orderTypes": ["LIMIT", "MARKET"],
+            # the conditional types are placed through POST /fapi/v1/algoOrder
+            "orderTypes": ["LIMIT", "MARKET", "STOP_MARKET", "TAKE_PROFIT_MARKET",
+                           "TRAILING_STOP_MARKET"],
             "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
         })
     return {
@@ -216,3 +220,24 @@ def exchange_info(engine: Engine, now_ms: int) -> dict:
                     "autoAssetExchange": "-10000"}],
         "symbols": symbols,
     }
+
+
+def ticker_24hr(engine: Engine, symbol: str, now_ms: int) -> dict:
+    """A ``GET /fapi/v1/ticker/24hr`` row. The simulator keeps no 24 h statistics: like
+    the Bybit layer's tickers, open/high/low are the last price and volumes 0."""
+    pp = engine.symbols[symbol].price_precision
+    last = fmt(engine.last_prices[symbol], pp)
+    return {"symbol": symbol, "priceChange": fmt(ZERO, pp), "priceChangePercent": "0.000",
+            "weightedAvgPrice": last, "lastPrice": last, "lastQty": "0", "openPrice": last,
+            "highPrice": last, "lowPrice": last, "volume": "0", "quoteVolume": "0",
+            "openTime": now_ms - 86_400_000, "closeTime": now_ms, "firstId": 0, "lastId": 0,
+            "count": 0}
+
+
+def leverage_brackets(engine: Engine, symbol: str) -> dict:
+    """A ``GET /fapi/v1/leverageBracket`` element: the simulator's margin model has one
+    bracket per symbol (its maximum leverage and maintenance margin rate)."""
+    spec = engine.symbols[symbol]
+    return {"symbol": symbol, "notionalCoef": 1.0, "brackets": [{
+        "bracket": 1, "initialLeverage": spec.max_leverage, "notionalCap": 1_000_000_000,
+        "notionalFloor": 0, "maintMarginRatio": float(spec.mmr), "cum": 0.0}]}

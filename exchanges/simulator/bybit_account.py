@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from exchanges.simulator.bybit_format import SIDES, fmt, plain
 from exchanges.simulator.bybit_ledger import BybitLedger
+from exchanges.simulator.bybit_tpsl import position_tpsl
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import MARGIN_ASSET, ZERO, Account, Position, SymbolSpec
 
@@ -118,7 +119,7 @@ def position_row(engine: Engine, ledger: BybitLedger, account: Account, symbol: 
         "liqPrice": fmt(liq, pp) if liq else "", "bustPrice": fmt(bust, pp) if bust else "",
         "positionMM": plain(pos_mm), "positionMMByMp": plain(pos_mm),
         "positionIM": plain(pos_im), "positionIMByMp": plain(pos_im), "tpslMode": "Full",
-        "takeProfit": "0", "stopLoss": "0", "trailingStop": "0",
+        **position_tpsl(engine, account.api_key, symbol, ws),
         "unrealisedPnl": plain(engine.unrealized(account, symbol)),
         "curRealisedPnl": plain(pnl.current), "cumRealisedPnl": plain(pnl.cumulative),
         "seq": pnl.seq, "isReduceOnly": False, "mmrSysUpdatedTime": "",
@@ -160,12 +161,14 @@ def instrument_row(spec: SymbolSpec, symbol_id: int) -> dict:
 
 
 def ticker_prices(engine: Engine, symbol: str) -> dict:
-    """The price fields of a ticker: last = mark = index, best bid/ask one tick around."""
+    """The price fields of a ticker: mark = index, the last price (equal unless
+    ``/_sim/price`` set it apart), best bid/ask one tick around the mark."""
     spec = engine.symbols[symbol]
     pp = spec.price_precision
     price = fmt(engine.prices[symbol], pp)
     bid, ask = engine.bid_ask(symbol)
-    return {"symbol": symbol, "lastPrice": price, "markPrice": price, "indexPrice": price,
+    return {"symbol": symbol, "lastPrice": fmt(engine.last_prices[symbol], pp),
+            "markPrice": price, "indexPrice": price,
             "bid1Price": fmt(bid, pp), "ask1Price": fmt(ask, pp)}
 
 
