@@ -6,13 +6,22 @@ them from green threads. Every method raises only ``exchanges.errors`` classes.
 """
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
-from decimal import Decimal
-
 from exchanges.types import (
-    Balance, Fill, FundingFee, Order, OrderRequest, Position, ProtectionKind,
-    ProtectionLeg, StreamEvent, SymbolRules, Ticker, WorkingType,
+    Balance,
+    Fill,
+    FundingFee,
+    Order,
+    OrderRequest,
+    Position,
+    ProtectionKind,
+    ProtectionLeg,
+    StreamEvent,
+    SymbolRules,
+    Ticker,
+    WorkingType,
 )
 
 

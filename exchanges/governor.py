@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from exchanges.egress import egress_for
 from exchanges.errors import IpBanned, RateLimited, ThrottledLocally

@@ -11,9 +11,10 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from decimal import Decimal
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from exchanges.egress import bind_session
 from exchanges.errors import ClockSkew, InvalidOrder, RateLimited, ThrottledLocally

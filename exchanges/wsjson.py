@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import traceback
 from typing import Any
 
@@ -83,7 +82,7 @@ class JsonWebSocket:
         options = {"enable_multithread": True} if self._multithread else {}
         try:
             self._ws = create_connection(url, timeout_s, source_address, **options)
-        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
+        except (TimeoutError, websocket.WebSocketTimeoutException) as e:
             raise ExchangeTimeout(self._exchange, None, f"{self._what} handshake timed out") from e
         except websocket.WebSocketBadStatusException as e:
             raise ExchangeUnavailable(self._exchange, None, f"{self._what} handshake refused",
@@ -115,7 +114,7 @@ class JsonWebSocket:
         try:
             set_wait(ws, timeout_s)
             opcode, data = ws.recv_data()
-        except (websocket.WebSocketTimeoutException, socket.timeout) as e:
+        except (TimeoutError, websocket.WebSocketTimeoutException) as e:
             drop_frames(e)
             return None
         except (websocket.WebSocketException, OSError, AttributeError) as e:

@@ -32,8 +32,17 @@ from exchanges.governor import ORDER
 from exchanges.legs import check_leg_args, closing_side
 from exchanges.rest_base import GovernedRestClient, order_ref, plain
 from exchanges.types import (
-    Balance, Fill, FundingFee, Order, OrderRequest, Position, ProtectionKind, ProtectionLeg,
-    SymbolRules, Ticker, WorkingType,
+    Balance,
+    Fill,
+    FundingFee,
+    Order,
+    OrderRequest,
+    Position,
+    ProtectionKind,
+    ProtectionLeg,
+    SymbolRules,
+    Ticker,
+    WorkingType,
 )
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,15 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 
 from exchanges.binance.spec import BINANCE
 from exchanges.errors import (
-    AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
-    RateLimited, mapped_errors, transport_error,
+    AuthFailed,
+    ExchangeError,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InvalidOrder,
+    IpBanned,
+    RateLimited,
+    mapped_errors,
+    transport_error,
 )
 
 EXCHANGE = BINANCE.name

@@ -21,13 +21,32 @@ from decimal import Decimal
 from typing import Any
 
 from exchanges.binance.spec import BINANCE
-from exchanges.wire import ZERO, dec, lookup, ms, parser
 from exchanges.types import (
-    FILL_REASON_ADL, FILL_REASON_LIQUIDATION, AccountEvent, AssetBalance, Balance, Fill,
-    FundingFee, MarginCall, Order, OrderEvent, OrderStatus, Position, PositionUpdate,
-    ProtectionKind, ProtectionLeg, ProtectionLegUpdate, ProtectionStatus, StreamEvent,
-    StreamExpired, SymbolRules, Ticker, WalletUpdate, WorkingType,
+    FILL_REASON_ADL,
+    FILL_REASON_LIQUIDATION,
+    AccountEvent,
+    AssetBalance,
+    Balance,
+    Fill,
+    FundingFee,
+    MarginCall,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    Position,
+    PositionUpdate,
+    ProtectionKind,
+    ProtectionLeg,
+    ProtectionLegUpdate,
+    ProtectionStatus,
+    StreamEvent,
+    StreamExpired,
+    SymbolRules,
+    Ticker,
+    WalletUpdate,
+    WorkingType,
 )
+from exchanges.wire import ZERO, dec, lookup, ms, parser
 
 EXCHANGE = BINANCE.name
 

@@ -16,8 +16,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance,
-    InvalidOrder, OrderNotFound, RateLimited, UseAlgoOrderApi,
+    AuthFailed,
+    ClockSkew,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientBalance,
+    InvalidOrder,
+    OrderNotFound,
+    RateLimited,
+    UseAlgoOrderApi,
 )
 from exchanges.spec import Endpoint, ProtectionSpec, RateLimit, VenueSpec
 from exchanges.types import VenueEndpoints, WorkingType

@@ -39,14 +39,29 @@ from exchanges.bybit.http import OffsetHTTP
 from exchanges.bybit.spec import BYBIT
 from exchanges.bybit.stream import BybitUserStream
 from exchanges.errors import (
-    ExchangeError, ExchangeUnavailable, InvalidOrder, OrderNotFound, ProtectionLegNotFound,
+    ExchangeError,
+    ExchangeUnavailable,
+    InvalidOrder,
+    OrderNotFound,
+    ProtectionLegNotFound,
 )
 from exchanges.governor import ORDER
 from exchanges.legs import check_leg_args, closing_side
 from exchanges.rest_base import GovernedRestClient, now_ms, order_ref, plain
 from exchanges.types import (
-    Balance, Fill, FundingFee, Order, OrderRequest, OrderStatus, Position, ProtectionKind,
-    ProtectionLeg, ProtectionStatus, SymbolRules, Ticker, WorkingType,
+    Balance,
+    Fill,
+    FundingFee,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    Position,
+    ProtectionKind,
+    ProtectionLeg,
+    ProtectionStatus,
+    SymbolRules,
+    Ticker,
+    WorkingType,
 )
 
 logger = logging.getLogger(__name__)

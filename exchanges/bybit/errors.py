@@ -35,8 +35,15 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 
 from exchanges.bybit.spec import BYBIT
 from exchanges.errors import (
-    AuthFailed, ExchangeError, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
-    RateLimited, mapped_errors, transport_error,
+    AuthFailed,
+    ExchangeError,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InvalidOrder,
+    IpBanned,
+    RateLimited,
+    mapped_errors,
+    transport_error,
 )
 
 EXCHANGE = BYBIT.name

@@ -26,13 +26,31 @@ from typing import Any
 
 from exchanges.bybit.spec import BYBIT
 from exchanges.errors import ExchangeUnavailable
-from exchanges.wire import ZERO, dec, lookup, ms, parser
 from exchanges.types import (
-    FILL_REASON_ADL, FILL_REASON_LIQUIDATION, AccountEvent, AssetBalance, Balance, Fill,
-    FillEvent, FundingFee, Order, OrderEvent, OrderStatus, Position, PositionUpdate,
-    ProtectionKind, ProtectionLeg, ProtectionLegUpdate, ProtectionStatus, StreamEvent,
-    SymbolRules, Ticker, WalletUpdate, WorkingType,
+    FILL_REASON_ADL,
+    FILL_REASON_LIQUIDATION,
+    AccountEvent,
+    AssetBalance,
+    Balance,
+    Fill,
+    FillEvent,
+    FundingFee,
+    Order,
+    OrderEvent,
+    OrderStatus,
+    Position,
+    PositionUpdate,
+    ProtectionKind,
+    ProtectionLeg,
+    ProtectionLegUpdate,
+    ProtectionStatus,
+    StreamEvent,
+    SymbolRules,
+    Ticker,
+    WalletUpdate,
+    WorkingType,
 )
+from exchanges.wire import ZERO, dec, lookup, ms, parser
 
 EXCHANGE = BYBIT.name
 

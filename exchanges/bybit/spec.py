@@ -9,8 +9,14 @@ CONTRACT.md "Where the server finds the exchanges".
 from __future__ import annotations
 
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance,
-    InvalidOrder, OrderNotFound, RateLimited,
+    AuthFailed,
+    ClockSkew,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientBalance,
+    InvalidOrder,
+    OrderNotFound,
+    RateLimited,
 )
 from exchanges.spec import Endpoint, ProtectionSpec, RateLimit, VenueSpec
 from exchanges.types import VenueEndpoints, WorkingType

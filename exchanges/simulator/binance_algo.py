@@ -36,8 +36,18 @@ from exchanges.simulator.binance_auth import SIGNED, BinanceError, Ctx, Handler,
 from exchanges.simulator.binance_orders import CLIENT_ID_RE, limit_param
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import (
-    CANCELED, CONTRACT_PRICE, EXPIRED, LEG_TYPES, MARK_PRICE, REJECTED,
-    TRAILING_STOP_MARKET, ZERO, Account, EngineError, IncomeRow, Leg,
+    CANCELED,
+    CONTRACT_PRICE,
+    EXPIRED,
+    LEG_TYPES,
+    MARK_PRICE,
+    REJECTED,
+    TRAILING_STOP_MARKET,
+    ZERO,
+    Account,
+    EngineError,
+    IncomeRow,
+    Leg,
 )
 
 VENUE = "binance"

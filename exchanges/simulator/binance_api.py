@@ -19,17 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from exchanges.simulator import binance_account as ba
 from exchanges.simulator import binance_format as bf
-from exchanges.simulator.binance_auth import (
-    KEY, NONE, SIGNED, BinanceError, Ctx, Handler, Params, account_for_key, engine_error,
-    error_response, verify_signed,
-)
 from exchanges.simulator.binance_algo import AlgoRoutes
+from exchanges.simulator.binance_auth import (
+    KEY,
+    NONE,
+    SIGNED,
+    BinanceError,
+    Ctx,
+    Handler,
+    Params,
+    account_for_key,
+    engine_error,
+    error_response,
+    verify_signed,
+)
 from exchanges.simulator.binance_orders import OrderRoutes
 from exchanges.simulator.binance_streams import BinanceStreams
 from exchanges.simulator.engine import Engine

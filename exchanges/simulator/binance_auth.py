@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Awaitable, Callable
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -57,7 +57,7 @@ class Params:
     values: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw_query: str, raw_body: str) -> "Params":
+    def parse(cls, raw_query: str, raw_body: str) -> Params:
         """Parse ``a=1&b=2`` from query and body (URL-decoded)."""
         values: dict[str, str] = {}
         for raw in (raw_query, raw_body):

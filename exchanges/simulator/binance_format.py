@@ -10,7 +10,13 @@ from decimal import Decimal
 
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import (
-    MARGIN_ASSET, MARKET, ZERO, Account, Fill, Order, SymbolSpec,
+    MARGIN_ASSET,
+    MARKET,
+    ZERO,
+    Account,
+    Fill,
+    Order,
+    SymbolSpec,
 )
 
 FUNDING_RATE = "0.00010000"

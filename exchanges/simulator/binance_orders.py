@@ -16,7 +16,12 @@ import re
 
 from exchanges.simulator import binance_format as bf
 from exchanges.simulator.binance_auth import (
-    SIGNED, BinanceError, Ctx, Handler, Params, engine_error,
+    SIGNED,
+    BinanceError,
+    Ctx,
+    Handler,
+    Params,
+    engine_error,
 )
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry

@@ -30,7 +30,12 @@ from exchanges.simulator import binance_format as bf
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, mask
 from exchanges.simulator.models import (
-    AccountEvent, LegEvent, LeverageEvent, MarginCallEvent, OrderEvent, PriceEvent,
+    AccountEvent,
+    LegEvent,
+    LeverageEvent,
+    MarginCallEvent,
+    OrderEvent,
+    PriceEvent,
 )
 
 logger = logging.getLogger(__name__)

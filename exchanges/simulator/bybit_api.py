@@ -20,14 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from exchanges.simulator import bybit_account as bac
 from exchanges.simulator.bybit_auth import (
-    BybitError, Ctx, Handler, Params, category, engine_error, envelope, error_response,
-    page, params_error, verify_request,
+    BybitError,
+    Ctx,
+    Handler,
+    Params,
+    category,
+    engine_error,
+    envelope,
+    error_response,
+    page,
+    params_error,
+    verify_request,
 )
 from exchanges.simulator.bybit_ledger import BybitLedger
 from exchanges.simulator.bybit_orders import BybitOrders

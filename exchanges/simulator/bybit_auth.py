@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -55,7 +55,7 @@ class Params:
         self.values = values
 
     @classmethod
-    def parse(cls, method: str, raw_query: str, raw_body: str) -> "Params":
+    def parse(cls, method: str, raw_query: str, raw_body: str) -> Params:
         """GET: ``a=1&b=2`` (URL-decoded); other methods: a JSON object (empty body = {})."""
         if method == "GET":
             return cls(dict(parse_qsl(raw_query, keep_blank_values=True)))

@@ -26,8 +26,24 @@ from decimal import ROUND_HALF_UP, Decimal
 from exchanges.simulator.bybit_ledger import BybitLedger, FillExtra, OrderExtra
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import (
-    CANCELED, EXPIRED, FILLED, FOK, GTX, IOC, MARGIN_ASSET, MARKET, NEW, PARTIALLY_FILLED,
-    SOURCE_ADL, SOURCE_LEG, SOURCE_LIQUIDATION, ZERO, Fill, IncomeRow, Order, SymbolSpec,
+    CANCELED,
+    EXPIRED,
+    FILLED,
+    FOK,
+    GTX,
+    IOC,
+    MARGIN_ASSET,
+    MARKET,
+    NEW,
+    PARTIALLY_FILLED,
+    SOURCE_ADL,
+    SOURCE_LEG,
+    SOURCE_LIQUIDATION,
+    ZERO,
+    Fill,
+    IncomeRow,
+    Order,
+    SymbolSpec,
 )
 
 CATEGORY = "linear"
@@ -111,7 +127,7 @@ def _leg_overlay(engine: Engine, order: Order) -> dict:
     leg = engine.legs.get(order.order_id) if order.source == SOURCE_LEG else None
     if leg is None:
         return {}
-    from exchanges.simulator.bybit_tpsl import leg_fields   # bybit_tpsl imports this module
+    from exchanges.simulator.bybit_tpsl import leg_fields  # bybit_tpsl imports this module
     return leg_fields(engine, leg)
 
 

@@ -13,10 +13,10 @@ Memory grows by one small record per order and per fill, like the engine's own l
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Iterator
 
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import ZERO, Fill, Order, OrderEvent

@@ -26,19 +26,43 @@ from __future__ import annotations
 import re
 
 from exchanges.simulator.bybit_auth import (
-    BybitError, Ctx, Handler, category, page, params_error,
+    BybitError,
+    Ctx,
+    Handler,
+    category,
+    page,
+    params_error,
 )
 from exchanges.simulator.bybit_format import (
-    EXEC_TYPE, SIDES, TYPES, execution_row, funding_row, link_id, order_row, order_status,
-    order_uuid, parse_order_uuid,
+    EXEC_TYPE,
+    SIDES,
+    TYPES,
+    execution_row,
+    funding_row,
+    link_id,
+    order_row,
+    order_status,
+    order_uuid,
+    parse_order_uuid,
 )
-from exchanges.simulator.bybit_tpsl import VENUE as BYBIT, leg_row, leg_status
 from exchanges.simulator.bybit_ledger import BybitLedger
+from exchanges.simulator.bybit_tpsl import VENUE as BYBIT
+from exchanges.simulator.bybit_tpsl import leg_row, leg_status
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry
 from exchanges.simulator.models import (
-    CANCELED, CONTRACT_PRICE, GTX, LIMIT, MARGIN_ASSET, MARK_PRICE, MARKET, STOP_MARKET,
-    TAKE_PROFIT_MARKET, IncomeRow, Leg, Order,
+    CANCELED,
+    CONTRACT_PRICE,
+    GTX,
+    LIMIT,
+    MARGIN_ASSET,
+    MARK_PRICE,
+    MARKET,
+    STOP_MARKET,
+    TAKE_PROFIT_MARKET,
+    IncomeRow,
+    Leg,
+    Order,
 )
 
 LINK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")

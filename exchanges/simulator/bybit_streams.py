@@ -38,15 +38,22 @@ from aiohttp import WSMsgType, web
 
 from exchanges.simulator import bybit_account as bac
 from exchanges.simulator.bybit_auth import sign
-from exchanges.simulator.bybit_format import execution_row, order_row
+from exchanges.simulator.bybit_format import execution_row, funding_row, order_row
 from exchanges.simulator.bybit_ledger import BybitLedger
+from exchanges.simulator.bybit_tpsl import VENUE as BYBIT
+from exchanges.simulator.bybit_tpsl import leg_row
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, mask
-from exchanges.simulator.bybit_format import funding_row
-from exchanges.simulator.bybit_tpsl import VENUE as BYBIT, leg_row
 from exchanges.simulator.models import (
-    FINISHED, SOURCE_LEG, TRIGGERED, AccountEvent, FundingEvent, LegEvent, LeverageEvent,
-    OrderEvent, PriceEvent,
+    FINISHED,
+    SOURCE_LEG,
+    TRIGGERED,
+    AccountEvent,
+    FundingEvent,
+    LegEvent,
+    LeverageEvent,
+    OrderEvent,
+    PriceEvent,
 )
 
 logger = logging.getLogger(__name__)

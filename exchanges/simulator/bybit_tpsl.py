@@ -27,8 +27,20 @@ from exchanges.simulator.bybit_auth import BybitError, Ctx, Handler, category, p
 from exchanges.simulator.bybit_format import SIDES, fmt, order_uuid, plain
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import (
-    CANCELED, CONTRACT_PRICE, EXPIRED, MARK_PRICE, NEW, REJECTED, STOP_MARKET,
-    TAKE_PROFIT_MARKET, TRAILING_STOP_MARKET, TRIGGERED, TRIGGERING, ZERO, EngineError, Leg,
+    CANCELED,
+    CONTRACT_PRICE,
+    EXPIRED,
+    MARK_PRICE,
+    NEW,
+    REJECTED,
+    STOP_MARKET,
+    TAKE_PROFIT_MARKET,
+    TRAILING_STOP_MARKET,
+    TRIGGERED,
+    TRIGGERING,
+    ZERO,
+    EngineError,
+    Leg,
 )
 
 VENUE = "bybit"

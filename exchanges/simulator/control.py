@@ -32,8 +32,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Callable
 
 from aiohttp import web
 
@@ -41,7 +41,14 @@ from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry, RequestStats, mask
 from exchanges.simulator.market import MarketFeed
 from exchanges.simulator.models import (
-    FINISHED, MARGIN_ASSET, SOURCE_ADL, SOURCE_LIQUIDATION, EngineError, Fill, Leg, Order,
+    FINISHED,
+    MARGIN_ASSET,
+    SOURCE_ADL,
+    SOURCE_LIQUIDATION,
+    EngineError,
+    Fill,
+    Leg,
+    Order,
 )
 
 logger = logging.getLogger(__name__)

@@ -24,15 +24,35 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Callable, Iterable
 
 from exchanges.simulator.legs import LegsMixin
 from exchanges.simulator.margin import MarginMixin, q8
 from exchanges.simulator.models import (
-    CANCELED, DEFAULT_SYMBOLS, EXPIRED, FILLED, FOK, GTC, GTX, IOC, LIMIT, MARGIN_ASSET,
-    MARKET, PARTIALLY_FILLED, ZERO, Account, AccountEvent, EngineError, Fill,
-    LeverageEvent, Order, OrderEvent, Position, PriceEvent, SymbolSpec,
+    CANCELED,
+    DEFAULT_SYMBOLS,
+    EXPIRED,
+    FILLED,
+    FOK,
+    GTC,
+    GTX,
+    IOC,
+    LIMIT,
+    MARGIN_ASSET,
+    MARKET,
+    PARTIALLY_FILLED,
+    ZERO,
+    Account,
+    AccountEvent,
+    EngineError,
+    Fill,
+    LeverageEvent,
+    Order,
+    OrderEvent,
+    Position,
+    PriceEvent,
+    SymbolSpec,
 )
 
 logger = logging.getLogger(__name__)

@@ -22,15 +22,37 @@ Cost: a price update walks the open legs of its symbol only (a simulator holds f
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Callable
 
 from exchanges.simulator.margin import q8
 from exchanges.simulator.models import (
-    CANCELED, CONTRACT_PRICE, EXPIRED, FINISHED, LEG_TYPES, MARGIN_ASSET, MARK_PRICE, MARKET,
-    REJECTED, SOURCE_LEG, SOURCE_LIQUIDATION, STOP_MARKET, TAKE_PROFIT_MARKET,
-    TRAILING_STOP_MARKET, TRIGGERED, TRIGGERING, ZERO, Account, AccountEvent, EngineError,
-    FundingEvent, IncomeRow, Leg, LegEvent, MarginCallEvent, Order,
+    CANCELED,
+    CONTRACT_PRICE,
+    EXPIRED,
+    FINISHED,
+    LEG_TYPES,
+    MARGIN_ASSET,
+    MARK_PRICE,
+    MARKET,
+    REJECTED,
+    SOURCE_LEG,
+    SOURCE_LIQUIDATION,
+    STOP_MARKET,
+    TAKE_PROFIT_MARKET,
+    TRAILING_STOP_MARKET,
+    TRIGGERED,
+    TRIGGERING,
+    ZERO,
+    Account,
+    AccountEvent,
+    EngineError,
+    FundingEvent,
+    IncomeRow,
+    Leg,
+    LegEvent,
+    MarginCallEvent,
+    Order,
 )
 
 

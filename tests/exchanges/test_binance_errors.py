@@ -11,8 +11,16 @@ from urllib3.exceptions import ReadTimeoutError
 
 from exchanges.binance.errors import binance_errors, to_exchange_error
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeRejected, ExchangeTimeout, ExchangeUnavailable,
-    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+    AuthFailed,
+    ClockSkew,
+    ExchangeRejected,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientBalance,
+    InvalidOrder,
+    IpBanned,
+    OrderNotFound,
+    RateLimited,
 )
 
 

@@ -10,11 +10,17 @@ from decimal import Decimal as D
 import pytest
 
 from exchanges.binance.client import BinanceFuturesClient
-from exchanges.errors import InvalidOrder, ProtectionLegNotFound, UseAlgoOrderApi
 from exchanges.binance.errors import binance_errors
+from exchanges.errors import InvalidOrder, ProtectionLegNotFound, UseAlgoOrderApi
 from exchanges.types import (
-    FundingFee, MarginCall, OrderEvent, OrderRequest, ProtectionKind, ProtectionLegUpdate,
-    ProtectionStatus, WorkingType,
+    FundingFee,
+    MarginCall,
+    OrderEvent,
+    OrderRequest,
+    ProtectionKind,
+    ProtectionLegUpdate,
+    ProtectionStatus,
+    WorkingType,
 )
 
 SYMBOL = "BTCUSDT"

@@ -17,7 +17,12 @@ import pytest
 
 from exchanges.bybit.client import BybitLinearClient
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InvalidOrder, IpBanned,
+    AuthFailed,
+    ClockSkew,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InvalidOrder,
+    IpBanned,
 )
 from exchanges.types import OrderRequest, OrderStatus
 

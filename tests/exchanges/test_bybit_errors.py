@@ -8,11 +8,19 @@ import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from urllib3.exceptions import ReadTimeoutError
 
-from exchanges.bybit.http import OffsetHTTP as _OffsetHTTP
 from exchanges.bybit.errors import bybit_errors, retry_after_ms, to_exchange_error
+from exchanges.bybit.http import OffsetHTTP as _OffsetHTTP
 from exchanges.errors import (
-    AuthFailed, ClockSkew, ExchangeRejected, ExchangeTimeout, ExchangeUnavailable,
-    InsufficientBalance, InvalidOrder, IpBanned, OrderNotFound, RateLimited,
+    AuthFailed,
+    ClockSkew,
+    ExchangeRejected,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientBalance,
+    InvalidOrder,
+    IpBanned,
+    OrderNotFound,
+    RateLimited,
 )
 
 NOW = 1_700_000_000_000

@@ -12,8 +12,14 @@ import pytest
 from exchanges.bybit.client import BybitLinearClient
 from exchanges.errors import InvalidOrder, ProtectionLegNotFound
 from exchanges.types import (
-    FillEvent, FundingFee, OrderEvent, OrderRequest, ProtectionKind, ProtectionLegUpdate,
-    ProtectionStatus, WorkingType,
+    FillEvent,
+    FundingFee,
+    OrderEvent,
+    OrderRequest,
+    ProtectionKind,
+    ProtectionLegUpdate,
+    ProtectionStatus,
+    WorkingType,
 )
 
 SYMBOL = "BTCUSDT"

@@ -20,14 +20,28 @@ import pytest
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import (
-    AuthFailed, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance, InvalidOrder, IpBanned,
-    OrderNotFound, RateLimited,
+    AuthFailed,
+    ExchangeTimeout,
+    ExchangeUnavailable,
+    InsufficientBalance,
+    InvalidOrder,
+    IpBanned,
+    OrderNotFound,
+    RateLimited,
 )
 from exchanges.factory import create_client
 from exchanges.governor import Governors
 from exchanges.types import (
-    AccountEvent, FillEvent, OrderEvent, OrderRequest, OrderStatus, ProtectionKind,
-    ProtectionLegUpdate, ProtectionStatus, VenueEndpoints, WorkingType,
+    AccountEvent,
+    FillEvent,
+    OrderEvent,
+    OrderRequest,
+    OrderStatus,
+    ProtectionKind,
+    ProtectionLegUpdate,
+    ProtectionStatus,
+    VenueEndpoints,
+    WorkingType,
 )
 
 

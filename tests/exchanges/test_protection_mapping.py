@@ -11,16 +11,22 @@ from pathlib import Path
 import pytest
 
 from exchanges.binance import mapping as bm
-from exchanges.bybit import mapping as ym
 from exchanges.binance.errors import to_exchange_error
-from exchanges.errors import ExchangeUnavailable, UseAlgoOrderApi
-from exchanges.legs import check_leg_args, closing_side
 from exchanges.binance.spec import BINANCE
+from exchanges.bybit import mapping as ym
 from exchanges.bybit.spec import BYBIT
-from exchanges.errors import InvalidOrder
+from exchanges.errors import ExchangeUnavailable, InvalidOrder, UseAlgoOrderApi
+from exchanges.legs import check_leg_args, closing_side
 from exchanges.types import (
-    AccountEvent, FillEvent, FundingFee, MarginCall, OrderEvent, ProtectionKind,
-    ProtectionLegUpdate, ProtectionStatus, WorkingType,
+    AccountEvent,
+    FillEvent,
+    FundingFee,
+    MarginCall,
+    OrderEvent,
+    ProtectionKind,
+    ProtectionLegUpdate,
+    ProtectionStatus,
+    WorkingType,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
