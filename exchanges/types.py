@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
-from typing import Union
 
 
 class OrderStatus(str, Enum):
@@ -390,8 +389,8 @@ class FundingFee:
     id: str
 
 
-StreamEvent = Union[OrderEvent, FillEvent, AccountEvent, StreamExpired,
-                    ProtectionLegUpdate, MarginCall, FundingFee]
+StreamEvent = (OrderEvent | FillEvent | AccountEvent | StreamExpired | ProtectionLegUpdate
+               | MarginCall | FundingFee)
 
 
 @dataclass(frozen=True)

@@ -358,7 +358,7 @@ class BybitLinearClient(GovernedRestClient):
         return [mapping.parse_leg(r, distances.get(r["symbol"])) for r in rows]
 
     def _open_leg(self, symbol: str, kind: ProtectionKind) -> ProtectionLeg | None:
-        return next((l for l in self._legs(symbol) if l.kind is kind), None)
+        return next((leg for leg in self._legs(symbol) if leg.kind is kind), None)
 
     def cancel_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
         """Trading-stop with the leg's field ``"0"`` (Bybit: "0 means cancel"); returns

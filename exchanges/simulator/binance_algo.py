@@ -198,8 +198,8 @@ class AlgoRoutes:
             if pos.amount == 0 and not engine.open_orders(ctx.api_key, symbol):
                 raise BinanceError(-4509, "TIF GTE can only be used with open positions or "
                                           "open orders.")
-            if any(l.type == type_ and l.side == side and l.close_position
-                   for l in engine.open_legs(ctx.api_key, symbol)):
+            if any(leg.type == type_ and leg.side == side and leg.close_position
+                   for leg in engine.open_legs(ctx.api_key, symbol)):
                 raise BinanceError(-4130, "An open stop or take profit order with GTE and "
                                           "closePosition in the direction is existing.")
         if quantity is not None:
@@ -251,8 +251,8 @@ class AlgoRoutes:
         symbol = ctx.params.get("symbol")
         if symbol is not None:
             self.engine.spec(symbol)
-        return [algo_json(self.engine, l) for l in self.engine.open_legs(ctx.api_key, symbol)
-                if l.venue == VENUE]
+        return [algo_json(self.engine, leg) for leg in self.engine.open_legs(ctx.api_key, symbol)
+                if leg.venue == VENUE]
 
     async def all_algos(self, ctx: Ctx) -> list:
         """Algo orders of ``symbol`` of every status: from ``algoId`` on, within
@@ -262,12 +262,12 @@ class AlgoRoutes:
         symbol = p.require("symbol")
         self.engine.spec(symbol)
         from_id, start, end = p.integer("algoId"), p.integer("startTime"), p.integer("endTime")
-        legs = [l for l in ctx.account.legs.values() if l.venue == VENUE and l.symbol == symbol
-                and (from_id is None or l.leg_id >= from_id)
-                and (start is None or l.time >= start) and (end is None or l.time <= end)]
+        legs = [leg for leg in ctx.account.legs.values() if leg.venue == VENUE and leg.symbol == symbol
+                and (from_id is None or leg.leg_id >= from_id)
+                and (start is None or leg.time >= start) and (end is None or leg.time <= end)]
         limit = limit_param(p)
         legs = legs[:limit] if from_id is not None else legs[-limit:]
-        return [algo_json(self.engine, l) for l in legs]
+        return [algo_json(self.engine, leg) for leg in legs]
 
     async def cancel_all_algos(self, ctx: Ctx) -> dict:
         """Cancel every waiting algo order of ``symbol``."""

@@ -122,7 +122,7 @@ class BybitOrders:
         if link and not LINK_ID_RE.match(link):
             raise params_error("orderLinkId invalid")
         if link and (link in ctx.account.client_ids or
-                     any(l.client_id == link for l in ctx.account.legs.values())):
+                     any(leg.client_id == link for leg in ctx.account.legs.values())):
             raise BybitError(110072, "OrderLinkedID is duplicate")
         if p.get("triggerPrice") is not None:
             return self._conditional(ctx, symbol, side, type_, qty, link)
@@ -190,8 +190,8 @@ class BybitOrders:
         text, link = ctx.params.get("orderId"), ctx.params.get("orderLinkId")
         leg_id = parse_order_uuid(text) if text is not None else None
         if text is None and link:
-            leg_id = next((l.leg_id for l in reversed(list(ctx.account.legs.values()))
-                           if l.client_id == link), None)
+            leg_id = next((leg.leg_id for leg in reversed(list(ctx.account.legs.values()))
+                           if leg.client_id == link), None)
         leg = ctx.account.legs.get(leg_id) if leg_id is not None else None
         if leg is None or leg.venue != BYBIT or leg_id in self.engine.orders or \
                 (symbol is not None and leg.symbol != symbol):
@@ -258,10 +258,10 @@ class BybitOrders:
               settle: str | None) -> list[Leg]:
         """The account's Bybit legs without an order of their own: waiting ones
         (``open_``) or final ones."""
-        return [l for l in ctx.account.legs.values()
-                if l.venue == BYBIT and l.is_open == open_ and l.leg_id not in self.engine.orders
-                and (symbol is None or l.symbol == symbol)
-                and (base is None or self.engine.symbols[l.symbol].base == base)
+        return [leg for leg in ctx.account.legs.values()
+                if leg.venue == BYBIT and leg.is_open == open_ and leg.leg_id not in self.engine.orders
+                and (symbol is None or leg.symbol == symbol)
+                and (base is None or self.engine.symbols[leg.symbol].base == base)
                 and (settle is None or settle == MARGIN_ASSET)]
 
     async def realtime(self, ctx: Ctx) -> dict:
@@ -325,8 +325,8 @@ class BybitOrders:
             o for o in (self.engine.orders[i] for i in ctx.account.order_ids)
             if start <= o.time <= end and self._matches(o, symbol, base, settle)
             and (status is None or order_status(o, self.ledger.order(o)) == status)]
-        orders += [l for l in self._legs(ctx, False, symbol, base, settle)
-                   if start <= l.time <= end and status in (None, leg_status(l))]
+        orders += [leg for leg in self._legs(ctx, False, symbol, base, settle)
+                   if start <= leg.time <= end and status in (None, leg_status(leg))]
         return self._listing(ctx, orders, "history")
 
     async def executions(self, ctx: Ctx) -> dict:

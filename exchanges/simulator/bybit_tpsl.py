@@ -57,8 +57,8 @@ LEG_STATUS = {NEW: "Untriggered", TRIGGERING: "Triggered", TRIGGERED: "Triggered
 def bybit_legs(engine: Engine, api_key: str, symbol: str) -> dict[str, Leg]:
     """The account's waiting Bybit position legs (TP/SL/trailing, not conditional
     orders) of ``symbol`` by type."""
-    return {l.type: l for l in engine.open_legs(api_key, symbol)
-            if l.venue == VENUE and not l.label}
+    return {leg.type: leg for leg in engine.open_legs(api_key, symbol)
+            if leg.venue == VENUE and not leg.label}
 
 
 def leg_status(leg: Leg) -> str:

@@ -159,8 +159,8 @@ class LegsMixin:
         account = self.account(api_key)  # type: ignore[attr-defined]
         leg = account.legs.get(leg_id) if leg_id is not None else None
         if leg is None and leg_id is None and client_id:
-            leg = next((l for l in reversed(list(account.legs.values()))
-                        if l.client_id == client_id), None)
+            leg = next((known for known in reversed(list(account.legs.values()))
+                        if known.client_id == client_id), None)
         if leg is None or (symbol is not None and leg.symbol != symbol):
             raise EngineError("unknown_order", "Order does not exist.")
         return leg
@@ -176,8 +176,8 @@ class LegsMixin:
     def open_legs(self, api_key: str, symbol: str | None = None) -> list[Leg]:
         """The account's waiting legs, oldest first."""
         account = self.account(api_key)  # type: ignore[attr-defined]
-        return [l for l in account.legs.values() if l.is_open
-                and (symbol is None or l.symbol == symbol)]
+        return [leg for leg in account.legs.values() if leg.is_open
+                and (symbol is None or leg.symbol == symbol)]
 
     def _set_leg(self, leg: Leg, status: str, reason: str = "") -> None:
         now = self.now_ms()
@@ -252,7 +252,7 @@ class LegsMixin:
     def _position_ended(self, account: Account, symbol: str) -> None:
         """The position of ``symbol`` closed or flipped: its waiting legs expire (what
         both venues do to closePosition / position TP/SL orders)."""
-        for leg in [l for l in self._open_legs[symbol].values() if l.api_key == account.api_key]:
+        for leg in [waiting for waiting in self._open_legs[symbol].values() if waiting.api_key == account.api_key]:
             self._set_leg(leg, EXPIRED, "position closed")
 
     # ---- venue-made closes, margin calls, funding ------------------------------------

@@ -124,9 +124,9 @@ def test_symbol_rules_cached(client):
     client._client.futures_exchange_info = lambda: calls.append(1) or info
     assert client.get_symbol_rules("BTCUSDT").tick_size == D("0.01")
     assert client.get_symbol_rules("BTCUSDT").min_notional == D("100")
-    with pytest.raises(InvalidOrder) as info:
+    with pytest.raises(InvalidOrder) as exc_info:
         client.get_symbol_rules("NOPEUSDT")
-    assert info.value.code == -1121
+    assert exc_info.value.code == -1121
     assert len(calls) == 1
 
 

@@ -63,7 +63,7 @@ def test_stop_loss_leg_fires_and_the_stream_reports_it(client, sim):
         assert (leg.kind, leg.status, leg.trigger_price) == (
             ProtectionKind.STOP_LOSS, ProtectionStatus.NEW, D("49000"))
         assert leg.client_order_id == cid and leg.order_id and leg.order_side == "SELL"
-        assert [l.client_order_id for l in client.open_protection_legs(SYMBOL)] == [cid]
+        assert [leg.client_order_id for leg in client.open_protection_legs(SYMBOL)] == [cid]
         sim.set_price(SYMBOL, "48900")
         events = collect(stream, lambda evs: any(
             isinstance(e, ProtectionLegUpdate) and e.leg.status is ProtectionStatus.FILLED

@@ -61,7 +61,7 @@ def test_stop_loss_leg_fires_and_the_stream_reports_it(client, sim):
             ProtectionKind.STOP_LOSS, ProtectionStatus.NEW, D("49000"), WorkingType.MARK_PRICE)
         assert leg.client_order_id == f"{SYMBOL}-stop_loss" and leg.order_side == "SELL"
         assert client.get_open_orders(SYMBOL) == []          # a leg is not an open order
-        assert [l.order_id for l in client.open_protection_legs()] == [leg.order_id]
+        assert [open_leg.order_id for open_leg in client.open_protection_legs()] == [leg.order_id]
         sim.set_price(SYMBOL, "48900")
         events = collect(stream, lambda evs: any(
             isinstance(e, ProtectionLegUpdate) and e.leg.status is ProtectionStatus.FILLED
@@ -91,7 +91,7 @@ def test_take_profit_trailing_modify_and_cancel(client, sim):
     assert ts.trailing_distance == D("510")              # 1 % of 51000, on the 0.1 tick
     canceled = client.cancel_protection_leg(SYMBOL, tp.client_order_id)
     assert canceled.status is ProtectionStatus.CANCELED
-    assert [l.kind for l in client.open_protection_legs(SYMBOL)] == [ProtectionKind.TRAILING_STOP]
+    assert [leg.kind for leg in client.open_protection_legs(SYMBOL)] == [ProtectionKind.TRAILING_STOP]
     with pytest.raises(ProtectionLegNotFound):
         client.cancel_protection_leg(SYMBOL, tp.client_order_id)
     assert client.get_protection_leg(SYMBOL, tp.client_order_id).status is \

@@ -416,7 +416,7 @@ def test_protection_legs_place_list_fire_and_report(client, sim):
                                          working_type=WorkingType.MARK_PRICE)
         tp = client.place_protection_leg(SYMBOL, "LONG", ProtectionKind.TAKE_PROFIT, coid(),
                                          trigger_price=D("52000"))
-        assert {(l.kind, l.status) for l in client.open_protection_legs(SYMBOL)} == {
+        assert {(leg.kind, leg.status) for leg in client.open_protection_legs(SYMBOL)} == {
             (ProtectionKind.STOP_LOSS, ProtectionStatus.NEW),
             (ProtectionKind.TAKE_PROFIT, ProtectionStatus.NEW)}
         assert open_ids(client) == []

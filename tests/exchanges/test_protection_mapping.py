@@ -170,7 +170,7 @@ def test_bybit_leg_states(status, want, order_event):
     events = ym.parse_private_event(leg_frame(orderStatus=status, stopOrderType="TakeProfit",
                                               triggerBy="LastPrice", cumExecQty="0.01"))
     legs = [e.leg for e in events if isinstance(e, ProtectionLegUpdate)]
-    assert [l.status for l in legs] == [want] and legs[0].kind is ProtectionKind.TAKE_PROFIT
+    assert [leg.status for leg in legs] == [want] and legs[0].kind is ProtectionKind.TAKE_PROFIT
     assert legs[0].working_type is WorkingType.CONTRACT_PRICE
     assert any(isinstance(e, OrderEvent) for e in events) is order_event
 

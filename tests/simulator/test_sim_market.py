@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from decimal import Decimal as D
+from itertools import pairwise
 
 import requests
 import websocket
@@ -111,7 +112,7 @@ def test_mark_price_stream_pushes_on_its_interval_without_a_move(sim):
     finally:
         ws.close()
     assert len({f["p"] for f in frames}) == 1          # the price did not move...
-    gaps = [b["E"] - a["E"] for a, b in zip(frames, frames[1:])]
+    gaps = [b["E"] - a["E"] for a, b in pairwise(frames)]
     assert all(900 <= g <= 1500 for g in gaps), gaps   # ...yet a frame came every second
 
 
