@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from exchanges.egress import egress_for
 from exchanges.errors import IpBanned, RateLimited, ThrottledLocally
@@ -114,7 +115,7 @@ class RateGovernor:
         """The weight per second queries may use on average."""
         return self.weight_limit * self.query_share / self.window_s
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{"requests", "used_weight", "weight_limit", "window_s", "blocked_for_ms",
         "banned", "refused_locally", "limited_by_exchange"}``; ``used_weight`` is of
         the current window."""
@@ -165,7 +166,7 @@ class Governors:
         ``egress`` is the address the key's clients bind to)."""
         return self.get(exchange, testnet, egress_for(api_key, self._egress_ips))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{"<exchange>[-testnet][@<egress address>]": governor stats}``."""
         with self._lock:
             items = list(self._by_venue.items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
+from typing import Any
 
 
 class OrderStatus(str, Enum):
@@ -400,4 +401,4 @@ class VenueEndpoints:
 
     rest_url: str
     ws_url: str
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)

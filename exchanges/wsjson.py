@@ -91,7 +91,7 @@ class JsonWebSocket:
             raise ExchangeUnavailable(self._exchange, None,
                                       f"{self._what} connect failed: {type(e).__name__}") from e
 
-    def send_json(self, payload: dict) -> None:
+    def send_json(self, payload: dict[str, Any]) -> None:
         """Send one text frame. Raises ExchangeUnavailable when the socket is gone."""
         ws = self._ws
         if ws is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from exchanges.bybit.errors import EXCHANGE
 from exchanges.bybit.spec import BYBIT
@@ -53,7 +54,7 @@ class BybitTickerStream:
             return []
         return [t] if (t := self._apply(msg)) is not None else []
 
-    def _apply(self, msg: dict) -> Ticker | None:
+    def _apply(self, msg: dict[str, Any]) -> Ticker | None:
         data = msg.get("data") or {}
         if msg.get("type") == "snapshot":
             self._fields = {}

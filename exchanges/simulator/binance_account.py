@@ -7,6 +7,7 @@ Fixtures: ``rest_fapi_v{2,3}_{balance,account,positionRisk}.json``.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from exchanges.simulator.binance_format import fmt, money, open_notional, plain
 from exchanges.simulator.engine import Engine
@@ -24,7 +25,7 @@ def _totals(engine: Engine, account: Account) -> dict[str, Decimal]:
             "max_withdraw": max(ZERO, min(available, account.wallet))}
 
 
-def balance_rows(engine: Engine, account: Account) -> list[dict]:
+def balance_rows(engine: Engine, account: Account) -> list[dict[str, Any]]:
     """``GET /fapi/v2|v3/balance``: one row per asset (USDT is the margin asset)."""
     t = _totals(engine, account)
     rows = []
@@ -41,7 +42,7 @@ def balance_rows(engine: Engine, account: Account) -> list[dict]:
 
 
 def _asset_row(t: dict[str, Decimal], account: Account, asset: str, amount: Decimal,
-               v2: bool) -> dict:
+               v2: bool) -> dict[str, Any]:
     usdt = asset == MARGIN_ASSET
     upnl = t["upnl"] if usdt else ZERO
     row = {
@@ -60,11 +61,11 @@ def _asset_row(t: dict[str, Decimal], account: Account, asset: str, amount: Deci
     return row
 
 
-def account_json(engine: Engine, account: Account, version: int) -> dict:
+def account_json(engine: Engine, account: Account, version: int) -> dict[str, Any]:
     """``GET /fapi/v2/account`` (all symbols in ``positions``) or ``/fapi/v3/account``
     (only symbols with a position or open orders, no fee/permission flags)."""
     t = _totals(engine, account)
-    out: dict = {}
+    out: dict[str, Any] = {}
     if version == 2:
         out.update({"feeTier": 0, "feeBurn": False, "canTrade": True, "canDeposit": True,
                     "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": False,
@@ -126,7 +127,7 @@ def _break_even(engine: Engine, amount: Decimal, entry: Decimal) -> Decimal:
 
 
 def position_risk(engine: Engine, account: Account, version: int,
-                  symbol: str | None = None) -> list[dict]:
+                  symbol: str | None = None) -> list[dict[str, Any]]:
     """``GET /fapi/v2/positionRisk`` (every symbol, with ``leverage``/``marginType``) or
     ``/fapi/v3/positionRisk`` (only non-zero positions)."""
     rows = []

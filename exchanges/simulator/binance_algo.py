@@ -30,6 +30,7 @@ parameter that must not be sent; -2013 (query) / -2011 (cancel) unknown algo ord
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from exchanges.simulator import binance_format as bf
 from exchanges.simulator.binance_auth import SIGNED, BinanceError, Ctx, Handler, engine_error
@@ -55,7 +56,7 @@ MIN_CALLBACK, MAX_CALLBACK = Decimal("0.1"), Decimal("10")
 INCOME_TYPES = ("FUNDING_FEE",)
 
 
-def algo_json(engine: Engine, leg: Leg, with_actual: bool = True) -> dict:
+def algo_json(engine: Engine, leg: Leg, with_actual: bool = True) -> dict[str, Any]:
     """An algo order object (New/Query Algo Order response fields)."""
     spec = engine.symbols[leg.symbol]
     pp, qp = spec.price_precision, spec.qty_precision
@@ -83,7 +84,7 @@ def algo_json(engine: Engine, leg: Leg, with_actual: bool = True) -> dict:
     return out
 
 
-def algo_update(engine: Engine, leg: Leg, event_ms: int) -> dict:
+def algo_update(engine: Engine, leg: Leg, event_ms: int) -> dict[str, Any]:
     """An ``ALGO_UPDATE`` frame (user-data-streams/Event-Algo-Order-Update)."""
     spec = engine.symbols[leg.symbol]
     pp, qp = spec.price_precision, spec.qty_precision
@@ -114,7 +115,7 @@ def algo_update(engine: Engine, leg: Leg, event_ms: int) -> dict:
     return {"e": "ALGO_UPDATE", "T": event_ms, "E": event_ms, "o": o}
 
 
-def margin_call(engine: Engine, account: Account, symbols: tuple[str, ...], event_ms: int) -> dict:
+def margin_call(engine: Engine, account: Account, symbols: tuple[str, ...], event_ms: int) -> dict[str, Any]:
     """A ``MARGIN_CALL`` frame (user-data-streams/Event-Margin-Call): ``cw`` cross
     wallet, one ``p`` row per position (``pa`` signed, ``mp`` mark, ``up``, ``mm``)."""
     rows = []
@@ -128,7 +129,7 @@ def margin_call(engine: Engine, account: Account, symbols: tuple[str, ...], even
     return {"e": "MARGIN_CALL", "E": event_ms, "cw": bf.money(account.wallet), "p": rows}
 
 
-def income_json(row: IncomeRow) -> dict:
+def income_json(row: IncomeRow) -> dict[str, Any]:
     """One ``GET /fapi/v1/income`` row."""
     return {"symbol": row.symbol, "incomeType": row.kind, "income": bf.money(row.amount),
             "asset": row.asset, "info": "", "time": row.time, "tranId": row.tran_id,
@@ -153,7 +154,7 @@ class AlgoRoutes:
             ("GET", "/fapi/v1/income", self.income, SIGNED),
         ]
 
-    async def new_algo(self, ctx: Ctx) -> dict:
+    async def new_algo(self, ctx: Ctx) -> dict[str, Any]:
         """Place a conditional order (see the module docstring)."""
         p, engine = ctx.params, self.engine
         if p.require("algoType").upper() != "CONDITIONAL":
@@ -232,7 +233,7 @@ class AlgoRoutes:
             raise BinanceError(unknown_code, "Order does not exist.")
         return leg
 
-    async def cancel_algo(self, ctx: Ctx) -> dict:
+    async def cancel_algo(self, ctx: Ctx) -> dict[str, Any]:
         """Cancel a waiting algo order; -2011 when unknown or no longer waiting."""
         leg = self._leg(ctx, -2011)
         try:
@@ -242,11 +243,11 @@ class AlgoRoutes:
         return {"algoId": leg.leg_id, "clientAlgoId": leg.client_id, "code": "200",
                 "msg": "success"}
 
-    async def get_algo(self, ctx: Ctx) -> dict:
+    async def get_algo(self, ctx: Ctx) -> dict[str, Any]:
         """One algo order, final ones included; -2013 when unknown."""
         return algo_json(self.engine, self._leg(ctx, -2013))
 
-    async def open_algos(self, ctx: Ctx) -> list:
+    async def open_algos(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Waiting algo orders, optionally of one ``symbol``."""
         symbol = ctx.params.get("symbol")
         if symbol is not None:
@@ -254,7 +255,7 @@ class AlgoRoutes:
         return [algo_json(self.engine, leg) for leg in self.engine.open_legs(ctx.api_key, symbol)
                 if leg.venue == VENUE]
 
-    async def all_algos(self, ctx: Ctx) -> list:
+    async def all_algos(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Algo orders of ``symbol`` of every status: from ``algoId`` on, within
         ``startTime``..``endTime``, at most ``limit`` (default 500; the latest ones when
         no ``algoId``), oldest first."""
@@ -269,7 +270,7 @@ class AlgoRoutes:
         legs = legs[:limit] if from_id is not None else legs[-limit:]
         return [algo_json(self.engine, leg) for leg in legs]
 
-    async def cancel_all_algos(self, ctx: Ctx) -> dict:
+    async def cancel_all_algos(self, ctx: Ctx) -> dict[str, Any]:
         """Cancel every waiting algo order of ``symbol``."""
         symbol = ctx.params.require("symbol")
         self.engine.spec(symbol)
@@ -278,7 +279,7 @@ class AlgoRoutes:
                 self.engine.cancel_leg(leg, CANCELED)
         return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
-    async def income(self, ctx: Ctx) -> list:
+    async def income(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Income rows (FUNDING_FEE) filtered by ``symbol``, ``incomeType``,
         ``startTime``/``endTime``; at most ``limit`` (default 100), oldest first."""
         p = ctx.params

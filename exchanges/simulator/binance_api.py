@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -118,7 +119,7 @@ class BinanceApi:
             await asyncio.sleep(plan.delay_after_ms / 1000)
         return response
 
-    def _fault_reply(self, kind: str, retry_after_s: int, headers: dict) -> web.Response:
+    def _fault_reply(self, kind: str, retry_after_s: int, headers: dict[str, str]) -> web.Response:
         if kind == "http_429":
             err = BinanceError(-1003, "Too many requests; current limit is 2400 requests per "
                                       "minute. Please use the websocket for live updates to "
@@ -135,7 +136,7 @@ class BinanceApi:
         return error_response(err, headers)
 
     # ---- endpoint wrapper ----------------------------------------------------------
-    def _endpoint(self, fn: Handler, security: str) -> Callable[[web.Request], Awaitable]:
+    def _endpoint(self, fn: Handler, security: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def view(request: web.Request) -> web.Response:
             raw_query = request.rel_url.raw_query_string
             raw_body = ""
@@ -201,15 +202,15 @@ class BinanceApi:
         return handler
 
     # ---- public -----------------------------------------------------------------------
-    async def ping(self, ctx: Ctx) -> dict:
+    async def ping(self, ctx: Ctx) -> dict[str, Any]:
         """``{}``."""
         return {}
 
-    async def time(self, ctx: Ctx) -> dict:
+    async def time(self, ctx: Ctx) -> dict[str, Any]:
         """``{"serverTime": ms}`` (the possibly skewed server clock)."""
         return {"serverTime": ctx.now}
 
-    async def exchange_info(self, ctx: Ctx) -> dict:
+    async def exchange_info(self, ctx: Ctx) -> dict[str, Any]:
         """Symbols and their filters."""
         return bf.exchange_info(self.engine, ctx.now)
 
@@ -241,12 +242,12 @@ class BinanceApi:
         rows = [bf.ticker_24hr(self.engine, s, ctx.now) for s in symbols]
         return rows[0] if single else rows
 
-    async def leverage_bracket(self, ctx: Ctx) -> list:
+    async def leverage_bracket(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Notional brackets per symbol (a list, also with ``symbol``)."""
         symbols, _ = self._symbols(ctx)
         return [bf.leverage_brackets(self.engine, s) for s in symbols]
 
-    async def coins(self, ctx: Ctx) -> list:
+    async def coins(self, ctx: Ctx) -> list[dict[str, Any]]:
         """``GET /sapi/v1/capital/config/getall`` (the spot wallet's coin list that
         clients such as ccxt read for currencies): the margin coin and each symbol's
         base coin, an empty spot wallet, no deposit/withdrawal networks."""
@@ -257,7 +258,7 @@ class BinanceApi:
                  "ipoing": zero, "ipoable": zero, "storage": zero, "isLegalMoney": False,
                  "trading": True, "networkList": []} for c in coins]
 
-    async def no_margin_pairs(self, ctx: Ctx) -> list:
+    async def no_margin_pairs(self, ctx: Ctx) -> list[dict[str, Any]]:
         """``/sapi/v1/margin/allPairs`` and ``.../isolated/allPairs``: no spot margin
         pairs are simulated (an empty list, as for an account without margin)."""
         return []
@@ -269,33 +270,33 @@ class BinanceApi:
         return rows[0] if single else rows
 
     # ---- listenKey (API key only) -----------------------------------------------------
-    async def listen_key_post(self, ctx: Ctx) -> dict:
+    async def listen_key_post(self, ctx: Ctx) -> dict[str, Any]:
         """The active listenKey (extended) or a new one."""
         return {"listenKey": self.streams.create_or_extend(ctx.api_key).key}
 
-    async def listen_key_put(self, ctx: Ctx) -> dict:
+    async def listen_key_put(self, ctx: Ctx) -> dict[str, Any]:
         """Extend the key by 60 min; -1125 when unknown or expired."""
         lk = self.streams.keepalive(ctx.api_key, ctx.params.get("listenKey"))
         if lk is None:
             raise BinanceError(-1125, "This listenKey does not exist.")
         return {"listenKey": lk.key}
 
-    async def listen_key_delete(self, ctx: Ctx) -> dict:
+    async def listen_key_delete(self, ctx: Ctx) -> dict[str, Any]:
         """Close the key; -1125 when unknown."""
         if not self.streams.delete(ctx.api_key, ctx.params.get("listenKey")):
             raise BinanceError(-1125, "This listenKey does not exist.")
         return {}
 
     # ---- account (SIGNED) -------------------------------------------------------------
-    async def balance(self, ctx: Ctx, version: int) -> list:
+    async def balance(self, ctx: Ctx, version: int) -> list[dict[str, Any]]:
         """One row per asset."""
         return ba.balance_rows(self.engine, ctx.account)
 
-    async def account(self, ctx: Ctx, version: int) -> dict:
+    async def account(self, ctx: Ctx, version: int) -> dict[str, Any]:
         """Account totals, assets and positions."""
         return ba.account_json(self.engine, ctx.account, version)
 
-    async def position_risk(self, ctx: Ctx, version: int) -> list:
+    async def position_risk(self, ctx: Ctx, version: int) -> list[dict[str, Any]]:
         """Positions (v3 only non-zero ones)."""
         symbol = ctx.params.get("symbol")
         if symbol is not None:

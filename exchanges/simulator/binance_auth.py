@@ -207,7 +207,7 @@ def engine_error(exc: EngineError, unknown_order_code: int = -2013) -> BinanceEr
     return BinanceError(code, msg)
 
 
-def error_response(err: BinanceError, headers: dict | None = None) -> web.Response:
+def error_response(err: BinanceError, headers: dict[str, str] | None = None) -> web.Response:
     """The JSON error reply."""
     return web.json_response({"code": err.code, "msg": err.msg}, status=err.status,
                              headers=headers)

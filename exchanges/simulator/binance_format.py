@@ -7,6 +7,7 @@ quantities its quantity precision, money 8 decimal places.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import (
@@ -45,7 +46,7 @@ def next_funding_ms(now_ms: int) -> int:
     return (now_ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS
 
 
-def order_json(spec: SymbolSpec, order: Order, shape: str = "get", ack: bool = False) -> dict:
+def order_json(spec: SymbolSpec, order: Order, shape: str = "get", ack: bool = False) -> dict[str, Any]:
     """An order object. ``shape``: ``post``/``delete`` (with ``cumQty``, no ``time``) or
     ``get`` (with ``time``). ``ack``: the state at acceptance (status NEW, nothing
     filled), what ``newOrderRespType=ACK`` returns before matching."""
@@ -89,7 +90,7 @@ def open_notional(account: Account, symbol: str) -> tuple[Decimal, Decimal]:
 
 
 def order_trade_update(engine: Engine, order: Order, exec_type: str, event_ms: int,
-                       fill: Fill | None = None) -> dict:
+                       fill: Fill | None = None) -> dict[str, Any]:
     """An ``ORDER_TRADE_UPDATE`` frame (field set of the real SUSHIUSDT capture;
     ``n``/``N`` only on TRADE)."""
     spec = engine.symbols[order.symbol]
@@ -118,7 +119,7 @@ def order_trade_update(engine: Engine, order: Order, exec_type: str, event_ms: i
 
 
 def account_update(engine: Engine, account: Account, reason: str, event_ms: int,
-                   symbols: tuple[str, ...], balance_change: Decimal = ZERO) -> dict:
+                   symbols: tuple[str, ...], balance_change: Decimal = ZERO) -> dict[str, Any]:
     """An ``ACCOUNT_UPDATE`` frame: the USDT ``B`` row and one ``P`` row per symbol
     (field set of the real BTCUSDT capture; cross margin so ``iw`` is 0)."""
     wallet = money(account.wallet)
@@ -136,20 +137,20 @@ def account_update(engine: Engine, account: Account, reason: str, event_ms: int,
         "P": rows, "m": reason}}
 
 
-def book_ticker_event(symbol: str, bid: Decimal, ask: Decimal, event_ms: int, update_id: int) -> dict:
+def book_ticker_event(symbol: str, bid: Decimal, ask: Decimal, event_ms: int, update_id: int) -> dict[str, Any]:
     """A ``bookTicker`` frame (best bid/ask; quantities are nominal)."""
     return {"e": "bookTicker", "u": update_id, "E": event_ms, "T": event_ms, "s": symbol,
             "b": f"{bid:f}", "B": "10", "a": f"{ask:f}", "A": "10"}
 
 
-def mark_price_update(symbol: str, price: Decimal, event_ms: int) -> dict:
+def mark_price_update(symbol: str, price: Decimal, event_ms: int) -> dict[str, Any]:
     """A ``markPriceUpdate`` frame (mark = index = estimated settle price)."""
     text = money(price)
     return {"e": "markPriceUpdate", "E": event_ms, "s": symbol, "p": text, "i": text,
             "P": text, "r": FUNDING_RATE, "T": next_funding_ms(event_ms)}
 
 
-def premium_index(engine: Engine, symbol: str, now_ms: int) -> dict:
+def premium_index(engine: Engine, symbol: str, now_ms: int) -> dict[str, Any]:
     """``GET /fapi/v1/premiumIndex`` row."""
     text = money(engine.prices[symbol])
     return {"symbol": symbol, "markPrice": text, "indexPrice": text,
@@ -158,7 +159,7 @@ def premium_index(engine: Engine, symbol: str, now_ms: int) -> dict:
             "time": now_ms}
 
 
-def book_ticker(engine: Engine, symbol: str, now_ms: int) -> dict:
+def book_ticker(engine: Engine, symbol: str, now_ms: int) -> dict[str, Any]:
     """``GET /fapi/v1/ticker/bookTicker`` row (bid/ask one tick around the price)."""
     spec = engine.symbols[symbol]
     bid, ask = engine.bid_ask(symbol)
@@ -168,7 +169,7 @@ def book_ticker(engine: Engine, symbol: str, now_ms: int) -> dict:
             "lastUpdateId": now_ms}
 
 
-def user_trade(engine: Engine, fill: Fill) -> dict:
+def user_trade(engine: Engine, fill: Fill) -> dict[str, Any]:
     """``GET /fapi/v1/userTrades`` row."""
     spec = engine.symbols[fill.symbol]
     return {"buyer": fill.side == "BUY", "commission": money(fill.commission),
@@ -181,7 +182,7 @@ def user_trade(engine: Engine, fill: Fill) -> dict:
             "positionSide": "BOTH", "symbol": fill.symbol, "time": fill.time}
 
 
-def exchange_info(engine: Engine, now_ms: int) -> dict:
+def exchange_info(engine: Engine, now_ms: int) -> dict[str, Any]:
     """``GET /fapi/v1/exchangeInfo`` (real shape, one entry per simulated symbol)."""
     symbols = []
     for spec in engine.symbols.values():
@@ -228,7 +229,7 @@ def exchange_info(engine: Engine, now_ms: int) -> dict:
     }
 
 
-def ticker_24hr(engine: Engine, symbol: str, now_ms: int) -> dict:
+def ticker_24hr(engine: Engine, symbol: str, now_ms: int) -> dict[str, Any]:
     """A ``GET /fapi/v1/ticker/24hr`` row. The simulator keeps no 24 h statistics: like
     the Bybit layer's tickers, open/high/low are the last price and volumes 0."""
     pp = engine.symbols[symbol].price_precision
@@ -240,7 +241,7 @@ def ticker_24hr(engine: Engine, symbol: str, now_ms: int) -> dict:
             "count": 0}
 
 
-def leverage_brackets(engine: Engine, symbol: str) -> dict:
+def leverage_brackets(engine: Engine, symbol: str) -> dict[str, Any]:
     """A ``GET /fapi/v1/leverageBracket`` element: the simulator's margin model has one
     bracket per symbol (its maximum leverage and maintenance margin rate)."""
     spec = engine.symbols[symbol]

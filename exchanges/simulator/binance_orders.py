@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from exchanges.simulator import binance_format as bf
 from exchanges.simulator.binance_auth import (
@@ -74,10 +75,10 @@ class OrderRoutes:
             ("POST", "/fapi/v1/positionSide/dual", self.set_position_mode, SIGNED),
         ]
 
-    def _json(self, order: Order, shape: str, ack: bool = False) -> dict:
+    def _json(self, order: Order, shape: str, ack: bool = False) -> dict[str, Any]:
         return bf.order_json(self.engine.symbols[order.symbol], order, shape, ack)
 
-    async def new_order(self, ctx: Ctx) -> dict:
+    async def new_order(self, ctx: Ctx) -> dict[str, Any]:
         """Place an order; ACK or RESULT reply (see the module docstring)."""
         p = ctx.params
         symbol, side = p.require("symbol"), p.require("side").upper()
@@ -109,14 +110,14 @@ class OrderRoutes:
             force_expire=rejected)
         return self._json(order, "post", ack=resp_type == "ACK" and not rejected)
 
-    async def get_order(self, ctx: Ctx) -> dict:
+    async def get_order(self, ctx: Ctx) -> dict[str, Any]:
         """One order by ``orderId`` or ``origClientOrderId``; -2013 when unknown."""
         order_id, client_id = order_ref(ctx.params)
         order = self.engine.find_order(ctx.api_key, ctx.params.require("symbol"),
                                        order_id, client_id)
         return self._json(order, "get")
 
-    async def get_open_order(self, ctx: Ctx) -> dict:
+    async def get_open_order(self, ctx: Ctx) -> dict[str, Any]:
         """One open order; -2013 when unknown or no longer open."""
         order_id, client_id = order_ref(ctx.params)
         order = self.engine.find_order(ctx.api_key, ctx.params.require("symbol"),
@@ -125,7 +126,7 @@ class OrderRoutes:
             raise BinanceError(-2013, "Order does not exist.")
         return self._json(order, "get")
 
-    async def cancel_order(self, ctx: Ctx) -> dict:
+    async def cancel_order(self, ctx: Ctx) -> dict[str, Any]:
         """Cancel one order; -2011 when unknown or already final."""
         order_id, client_id = order_ref(ctx.params)
         try:
@@ -135,19 +136,19 @@ class OrderRoutes:
             raise engine_error(exc, unknown_order_code=-2011) from None
         return self._json(order, "delete")
 
-    async def open_orders(self, ctx: Ctx) -> list:
+    async def open_orders(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Open orders, optionally of one ``symbol``."""
         symbol = ctx.params.get("symbol")
         if symbol is not None:
             self.engine.spec(symbol)
         return [self._json(o, "get") for o in self.engine.open_orders(ctx.api_key, symbol)]
 
-    async def cancel_all(self, ctx: Ctx) -> dict:
+    async def cancel_all(self, ctx: Ctx) -> dict[str, Any]:
         """Cancel every open order of ``symbol``."""
         self.engine.cancel_all(ctx.api_key, ctx.params.require("symbol"))
         return {"code": 200, "msg": "The operation of cancel all open order is done."}
 
-    async def all_orders(self, ctx: Ctx) -> list:
+    async def all_orders(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Orders of ``symbol``: from ``orderId`` on, within ``startTime``..``endTime``,
         at most ``limit`` (the latest ones when no ``orderId``), oldest first."""
         p = ctx.params
@@ -161,7 +162,7 @@ class OrderRoutes:
         orders = orders[:limit] if from_id is not None else orders[-limit:]
         return [self._json(o, "get") for o in orders]
 
-    async def user_trades(self, ctx: Ctx) -> list:
+    async def user_trades(self, ctx: Ctx) -> list[dict[str, Any]]:
         """Fills of ``symbol`` filtered by ``orderId``, ``startTime``, ``endTime``,
         ``fromId`` (trade id >=), at most ``limit`` (the latest when no ``fromId``)."""
         p = ctx.params
@@ -177,7 +178,7 @@ class OrderRoutes:
         fills = fills[:limit] if from_id is not None else fills[-limit:]
         return [bf.user_trade(self.engine, f) for f in fills]
 
-    async def commission_rate(self, ctx: Ctx) -> dict:
+    async def commission_rate(self, ctx: Ctx) -> dict[str, Any]:
         """Maker/taker fee rates of ``symbol``."""
         symbol = ctx.params.require("symbol")
         self.engine.spec(symbol)
@@ -185,14 +186,14 @@ class OrderRoutes:
                 "takerCommissionRate": f"{self.engine.taker_fee:f}",
                 "rpiCommissionRate": "0.00005"}
 
-    async def leverage(self, ctx: Ctx) -> dict:
+    async def leverage(self, ctx: Ctx) -> dict[str, Any]:
         """Set the leverage of ``symbol`` (1..max); -4028 when out of range."""
         symbol = ctx.params.require("symbol")
         value = ctx.params.integer("leverage", required=True)
         self.engine.set_leverage(ctx.api_key, symbol, value)
         return {"leverage": value, "maxNotionalValue": "1000000", "symbol": symbol}
 
-    async def margin_type(self, ctx: Ctx) -> dict:
+    async def margin_type(self, ctx: Ctx) -> dict[str, Any]:
         """Only cross margin is simulated: CROSSED -> -4046, ISOLATED -> -4047."""
         self.engine.spec(ctx.params.require("symbol"))
         if ctx.params.require("marginType").upper() in ("CROSSED", "CROSS"):
@@ -200,11 +201,11 @@ class OrderRoutes:
         raise BinanceError(-4047, "Margin type cannot be changed if there exists "
                                   "position or open orders (isolated margin is not simulated).")
 
-    async def get_position_mode(self, ctx: Ctx) -> dict:
+    async def get_position_mode(self, ctx: Ctx) -> dict[str, Any]:
         """Always one-way mode."""
         return {"dualSidePosition": False}
 
-    async def set_position_mode(self, ctx: Ctx) -> dict:
+    async def set_position_mode(self, ctx: Ctx) -> dict[str, Any]:
         """One-way only: ``false`` -> -4059 (no change), ``true`` -> -4068 (refused)."""
         if ctx.params.boolean("dualSidePosition"):
             raise BinanceError(-4068, "Position side cannot be changed if there exists "

@@ -22,6 +22,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -61,7 +62,7 @@ class StreamConn:
     listen_key: str | None = None
     symbol: str | None = None
     connected_ms: int = 0
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[str | _Close] = field(default_factory=asyncio.Queue)
     peer: str = ""  # the client's IP address
 
     def send(self, text: str) -> None:
@@ -94,7 +95,7 @@ class BinanceStreams:
         self.market: dict[str, set[StreamConn]] = {}
         self.book: dict[str, set[StreamConn]] = {}   # @bookTicker subscribers
         self._book_ids = itertools.count(1)
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         engine.add_listener(self.on_event)
         faults.add_hook("drop_ws", self.drop)
         faults.add_hook("expire_listen_key", self.expire_for)
@@ -237,7 +238,7 @@ class BinanceStreams:
                                    "ac": {"s": event.symbol, "l": event.leverage}})
 
     @staticmethod
-    def _fan_out(lk: ListenKey, payload: dict) -> None:
+    def _fan_out(lk: ListenKey, payload: dict[str, Any]) -> None:
         frame = json.dumps(payload)
         for conn in lk.conns:
             conn.send(frame)
@@ -343,7 +344,7 @@ class BinanceStreams:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """Open streams for ``/_sim/state``."""
         now = time.monotonic()
         out = [{"protocol": "binance", "kind": "user", "listen_key": lk.key,

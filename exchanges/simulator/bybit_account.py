@@ -16,6 +16,7 @@ is a constant 0.0001, open interest 0.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from exchanges.simulator.bybit_format import SIDES, fmt, plain
 from exchanges.simulator.bybit_ledger import BybitLedger
@@ -39,7 +40,7 @@ def _rate(part: Decimal, whole: Decimal) -> str:
     return plain((part / whole).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
 
 
-def wallet_row(engine: Engine, ledger: BybitLedger, account: Account) -> dict:
+def wallet_row(engine: Engine, ledger: BybitLedger, account: Account) -> dict[str, Any]:
     """``/v5/account/wallet-balance`` ``result.list[0]`` and the ``wallet`` topic
     element (accountType UNIFIED)."""
     upnl = engine.unrealized(account)
@@ -88,7 +89,7 @@ def _break_even(engine: Engine, amount: Decimal, entry: Decimal) -> Decimal:
 
 
 def position_row(engine: Engine, ledger: BybitLedger, account: Account, symbol: str,
-                 ws: bool = False) -> dict:
+                 ws: bool = False) -> dict[str, Any]:
     """One ``/v5/position/list`` row (``avgPrice``) or ``position`` topic element
     (``entryPrice`` plus ``category``). ``size`` is unsigned; ``side`` is Buy, Sell or
     ``""`` when flat."""
@@ -134,7 +135,7 @@ def position_row(engine: Engine, ledger: BybitLedger, account: Account, symbol: 
     return row
 
 
-def instrument_row(spec: SymbolSpec, symbol_id: int) -> dict:
+def instrument_row(spec: SymbolSpec, symbol_id: int) -> dict[str, Any]:
     """One ``/v5/market/instruments-info?category=linear`` row from the engine spec
     (``symbol_id``: a small stable number per symbol)."""
     pp, qp = spec.price_precision, spec.qty_precision
@@ -160,7 +161,7 @@ def instrument_row(spec: SymbolSpec, symbol_id: int) -> dict:
     }
 
 
-def ticker_prices(engine: Engine, symbol: str) -> dict:
+def ticker_prices(engine: Engine, symbol: str) -> dict[str, Any]:
     """The price fields of a ticker: mark = index, the last price (equal unless
     ``/_sim/price`` set it apart), best bid/ask one tick around the mark."""
     spec = engine.symbols[symbol]
@@ -172,7 +173,7 @@ def ticker_prices(engine: Engine, symbol: str) -> dict:
             "bid1Price": fmt(bid, pp), "ask1Price": fmt(ask, pp)}
 
 
-def ticker_row(engine: Engine, symbol: str, now_ms: int, ws: bool = False) -> dict:
+def ticker_row(engine: Engine, symbol: str, now_ms: int, ws: bool = False) -> dict[str, Any]:
     """A ``/v5/market/tickers`` row, or (``ws``) the ``tickers.<SYMBOL>`` snapshot data."""
     spec = engine.symbols[symbol]
     prices = ticker_prices(engine, symbol)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -123,7 +124,7 @@ class BybitApi:
         return error_response(err, now)
 
     # ---- endpoint wrapper ----------------------------------------------------------
-    def _endpoint(self, fn: Handler, private: bool) -> Callable[[web.Request], Awaitable]:
+    def _endpoint(self, fn: Handler, private: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def view(request: web.Request) -> web.Response:
             raw_query = request.rel_url.raw_query_string
             raw_body = ""
@@ -167,7 +168,7 @@ class BybitApi:
             app.router.add_route(method, path, self._endpoint(fn, private))
 
     # ---- market (public) -----------------------------------------------------------
-    async def server_time(self, ctx: Ctx) -> dict:
+    async def server_time(self, ctx: Ctx) -> dict[str, Any]:
         """``{"timeSecond", "timeNano"}`` of the (possibly skewed) server clock."""
         nano = ctx.now * 1_000_000 + time.time_ns() % 1_000_000
         return {"timeSecond": str(ctx.now // 1000), "timeNano": str(nano)}
@@ -178,7 +179,7 @@ class BybitApi:
             return list(self.engine.symbols)
         return [symbol] if symbol in self.engine.symbols else []
 
-    async def instruments_info(self, ctx: Ctx) -> dict:
+    async def instruments_info(self, ctx: Ctx) -> dict[str, Any]:
         """Rules per symbol (filters ``symbol``, ``baseCoin``, ``status``; unknown
         symbol -> empty list)."""
         p = ctx.params
@@ -193,7 +194,7 @@ class BybitApi:
         rows, cursor = page([bac.instrument_row(s, ids[s.symbol]) for s in specs], p, 500, 1000)
         return {"category": "linear", "list": rows, "nextPageCursor": cursor}
 
-    async def tickers(self, ctx: Ctx) -> dict:
+    async def tickers(self, ctx: Ctx) -> dict[str, Any]:
         """Ticker rows (10001 for an unknown ``symbol``)."""
         if ctx.params.require("category") in OTHER_CATEGORIES and ctx.params.get("symbol") is None:
             return {"category": ctx.params.require("category"), "list": []}
@@ -205,7 +206,7 @@ class BybitApi:
                 "list": [bac.ticker_row(self.engine, s, ctx.now) for s in symbols]}
 
     # ---- account and positions (private) -------------------------------------------
-    async def api_key_info(self, ctx: Ctx) -> dict:
+    async def api_key_info(self, ctx: Ctx) -> dict[str, Any]:
         """``/v5/user/query-api`` (user/apikey-info.mdx): a read-write key of a unified
         trading account (``uta`` 1) with contract-trading permissions, no IP binding."""
         account = ctx.account
@@ -222,14 +223,14 @@ class BybitApi:
                 "rsaPublicKey": "", "isMaster": True, "parentUid": "0",
                 "kycLevel": "LEVEL_DEFAULT", "kycRegion": ""}
 
-    async def account_info(self, ctx: Ctx) -> dict:
+    async def account_info(self, ctx: Ctx) -> dict[str, Any]:
         """``/v5/account/info`` (account/account-info.mdx): regular (cross) margin, a
         unified account (``unifiedMarginStatus`` 6, UTA 2.0)."""
         return {"marginMode": "REGULAR_MARGIN", "updatedTime": str(ctx.account.created),
                 "unifiedMarginStatus": 6, "dcpStatus": "OFF", "timeWindow": 10,
                 "smpGroup": 0, "isMasterTrader": False, "spotHedgingStatus": "OFF"}
 
-    async def coin_info(self, ctx: Ctx) -> dict:
+    async def coin_info(self, ctx: Ctx) -> dict[str, Any]:
         """``/v5/asset/coin/query-info``: the coins of the simulated markets (the margin
         coin and each symbol's base coin), no deposit/withdrawal chains."""
         coins = [MARGIN_ASSET] + sorted({s.base for s in self.engine.symbols.values()})
@@ -237,7 +238,7 @@ class BybitApi:
         return {"rows": [{"name": c, "coin": c, "remainAmount": "0", "chains": []}
                          for c in coins if wanted in (None, c)]}
 
-    async def wallet_balance(self, ctx: Ctx) -> dict:
+    async def wallet_balance(self, ctx: Ctx) -> dict[str, Any]:
         """``accountType=UNIFIED`` (``coin`` filters the coin rows, comma-separated)."""
         account_type = ctx.params.require("accountType")
         if account_type != "UNIFIED":
@@ -250,7 +251,7 @@ class BybitApi:
             row["coin"] = [c for c in row["coin"] if c["coin"] in wanted]
         return {"list": [row]}
 
-    async def position_list(self, ctx: Ctx) -> dict:
+    async def position_list(self, ctx: Ctx) -> dict[str, Any]:
         """With ``symbol``: that position, even flat; with ``settleCoin`` only: the
         positions with size > 0. Neither -> 10001."""
         p = ctx.params
@@ -268,7 +269,7 @@ class BybitApi:
                              for s in symbols], p, 20, 200)
         return {"category": "linear", "list": rows, "nextPageCursor": cursor}
 
-    async def set_leverage(self, ctx: Ctx) -> dict:
+    async def set_leverage(self, ctx: Ctx) -> dict[str, Any]:
         """One-way mode: ``buyLeverage`` must equal ``sellLeverage`` and be a whole
         number from 1 to the symbol's maximum (10001); unchanged -> 110043."""
         p = ctx.params
@@ -285,7 +286,7 @@ class BybitApi:
         self.engine.set_leverage(ctx.api_key, symbol, int(buy))
         return {}
 
-    async def switch_mode(self, ctx: Ctx) -> dict:
+    async def switch_mode(self, ctx: Ctx) -> dict[str, Any]:
         """Only one-way mode is simulated: ``mode=0`` -> 110025, ``3`` -> 10001."""
         category(ctx.params)
         if ctx.params.integer("mode") == 0:

@@ -22,12 +22,15 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
 
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import Account, EngineError
+
+T = TypeVar("T")
 
 DEFAULT_RECV_WINDOW = 5000
 
@@ -210,7 +213,7 @@ def category(params: Params) -> str:
     return value
 
 
-def page(rows: list, params: Params, default: int, maximum: int) -> tuple[list, str]:
+def page(rows: list[T], params: Params, default: int, maximum: int) -> tuple[list[T], str]:
     """Cut ``rows`` by ``limit`` (1..``maximum``, default ``default``) and ``cursor``
     (the offset we handed out as ``nextPageCursor``); returns ``(rows, next cursor)``
     with ``""`` when nothing follows. 10001 for a malformed cursor or limit."""
@@ -227,7 +230,7 @@ def page(rows: list, params: Params, default: int, maximum: int) -> tuple[list, 
     return chunk, str(start + limit) if start + limit < len(rows) else ""
 
 
-def envelope(result: object, now_ms: int, code: int = 0, msg: str = "OK") -> dict:
+def envelope(result: object, now_ms: int, code: int = 0, msg: str = "OK") -> dict[str, Any]:
     """The v5 reply object."""
     return {"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": now_ms}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from exchanges.simulator.bybit_ledger import BybitLedger, FillExtra, OrderExtra
 from exchanges.simulator.engine import Engine
@@ -122,7 +123,7 @@ EXEC_TYPE = {SOURCE_LIQUIDATION: "BustTrade", SOURCE_ADL: "AdlTrade"}
 CREATE_TYPE = {SOURCE_LIQUIDATION: "CreateByLiq", SOURCE_ADL: "CreateByAdl_PassThrough"}
 
 
-def _leg_overlay(engine: Engine, order: Order) -> dict:
+def _leg_overlay(engine: Engine, order: Order) -> dict[str, Any]:
     """The conditional fields of an order a Bybit leg fired (same ``orderId``)."""
     leg = engine.legs.get(order.order_id) if order.source == SOURCE_LEG else None
     if leg is None:
@@ -161,7 +162,7 @@ def order_price(spec: SymbolSpec, order: Order, extra: OrderExtra) -> Decimal:
     return spec.round_price(extra.last_price * factor)
 
 
-def order_row(engine: Engine, ledger: BybitLedger, order: Order, shape: str = "rest") -> dict:
+def order_row(engine: Engine, ledger: BybitLedger, order: Order, shape: str = "rest") -> dict[str, Any]:
     """One order. ``shape``: ``rest`` (``/v5/order/realtime``), ``history``
     (``/v5/order/history``: plus slippage/extraFees/rpi fields) or ``ws`` (the
     ``order`` topic: plus ``category``, ``closedPnl``, ``feeCurrency``, rpi fields)."""
@@ -209,7 +210,7 @@ def order_row(engine: Engine, ledger: BybitLedger, order: Order, shape: str = "r
     return row
 
 
-def execution_row(engine: Engine, ledger: BybitLedger, fill: Fill, ws: bool = False) -> dict:
+def execution_row(engine: Engine, ledger: BybitLedger, fill: Fill, ws: bool = False) -> dict[str, Any]:
     """One execution: a ``/v5/execution/list`` row, or (``ws``) an element of the
     ``execution`` topic (with ``category``, ``execPnl``, ``isLeverage``...)."""
     spec = engine.symbols[fill.symbol]
@@ -243,7 +244,7 @@ def execution_row(engine: Engine, ledger: BybitLedger, fill: Fill, ws: bool = Fa
     return row
 
 
-def funding_row(engine: Engine, row: IncomeRow, ws: bool = False) -> dict:
+def funding_row(engine: Engine, row: IncomeRow, ws: bool = False) -> dict[str, Any]:
     """A funding payment as an execution (``execType`` Funding): ``execFee`` is what the
     position paid (negative when it received), ``execQty`` the position size, ``execPrice``
     the mark price, ``feeRate`` the funding rate; no order."""

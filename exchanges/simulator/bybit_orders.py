@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from exchanges.simulator.bybit_auth import (
     BybitError,
@@ -93,7 +94,7 @@ class BybitOrders:
         ]
 
     # ---- create / cancel -----------------------------------------------------------
-    async def create(self, ctx: Ctx) -> dict:
+    async def create(self, ctx: Ctx) -> dict[str, Any]:
         """Place an order; ``{orderId, orderLinkId}`` (see the module docstring)."""
         p = ctx.params
         category(p)
@@ -135,7 +136,7 @@ class BybitOrders:
         return {"orderId": order_uuid(order.order_id), "orderLinkId": link}
 
     def _conditional(self, ctx: Ctx, symbol: str, side: str, type_: str, qty,
-                     link: str) -> dict:
+                     link: str) -> dict[str, Any]:
         """A conditional order (``triggerPrice`` + ``triggerDirection`` 1 rising / 2
         falling, ``triggerBy`` LastPrice/MarkPrice): held Untriggered with
         ``stopOrderType`` Stop, then a Market order (same ``orderId``). Simulated:
@@ -198,7 +199,7 @@ class BybitOrders:
             return None
         return leg
 
-    async def cancel(self, ctx: Ctx) -> dict:
+    async def cancel(self, ctx: Ctx) -> dict[str, Any]:
         """Cancel one open order; 110001 when unknown or already final."""
         category(ctx.params)
         symbol = ctx.params.require("symbol")
@@ -215,7 +216,7 @@ class BybitOrders:
         self.engine.cancel_order(ctx.api_key, symbol, order.order_id)
         return {"orderId": order_uuid(order.order_id), "orderLinkId": link_id(order)}
 
-    async def cancel_all(self, ctx: Ctx) -> dict:
+    async def cancel_all(self, ctx: Ctx) -> dict[str, Any]:
         """Cancel the open orders of ``symbol`` (or every symbol for ``settleCoin``)."""
         category(ctx.params)
         symbol, settle = ctx.params.get("symbol"), ctx.params.get("settleCoin")
@@ -246,7 +247,7 @@ class BybitOrders:
             (base is None or self.engine.symbols[order.symbol].base == base) and \
             (settle is None or settle == MARGIN_ASSET)
 
-    def _listing(self, ctx: Ctx, orders: list[Order | Leg], shape: str) -> dict:
+    def _listing(self, ctx: Ctx, orders: list[Order | Leg], shape: str) -> dict[str, Any]:
         key = lambda o: o.leg_id if isinstance(o, Leg) else o.order_id  # noqa: E731
         orders.sort(key=key, reverse=True)     # newest first
         chunk, cursor = page(orders, ctx.params, 20, 50)
@@ -264,7 +265,7 @@ class BybitOrders:
                 and (base is None or self.engine.symbols[leg.symbol].base == base)
                 and (settle is None or settle == MARGIN_ASSET)]
 
-    async def realtime(self, ctx: Ctx) -> dict:
+    async def realtime(self, ctx: Ctx) -> dict[str, Any]:
         """Open orders, or one order by id whatever its status (module docstring)."""
         p = ctx.params
         category(p)
@@ -308,7 +309,7 @@ class BybitOrders:
             raise params_error("startTime and endTime must be within 7 days")
         return start, end
 
-    async def history(self, ctx: Ctx) -> dict:
+    async def history(self, ctx: Ctx) -> dict[str, Any]:
         """Orders of every status in the time window, newest first."""
         p = ctx.params
         category(p)
@@ -329,7 +330,7 @@ class BybitOrders:
                    if start <= leg.time <= end and status in (None, leg_status(leg))]
         return self._listing(ctx, orders, "history")
 
-    async def executions(self, ctx: Ctx) -> dict:
+    async def executions(self, ctx: Ctx) -> dict[str, Any]:
         """Fills (``execType`` Trade) by symbol/orderId/orderLinkId/time, newest first."""
         p = ctx.params
         category(p)

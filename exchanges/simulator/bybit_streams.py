@@ -33,6 +33,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -75,10 +76,10 @@ class BybitConn:
     conn_id: str
     api_key: str | None = None
     topics: set[str] = field(default_factory=set)
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[str | tuple[object, int, bytes]] = field(default_factory=asyncio.Queue)
     peer: str = ""  # the client's IP address
 
-    def send(self, payload: dict | str) -> None:
+    def send(self, payload: dict[str, Any] | str) -> None:
         """Queue a text frame (a dict is JSON-encoded)."""
         self.queue.put_nowait(payload if isinstance(payload, str) else json.dumps(payload))
 
@@ -97,7 +98,7 @@ class BybitStreams:
         self.private: dict[str, set[BybitConn]] = {}     # api key -> authenticated sockets
         self.public: dict[str, set[BybitConn]] = {}      # symbol -> ticker subscribers
         self._cs = itertools.count(1)
-        self._ticker: asyncio.Task | None = None
+        self._ticker: asyncio.Task[None] | None = None
         engine.add_listener(self.on_event)
         faults.add_hook("drop_ws", self.drop)
 
@@ -179,7 +180,7 @@ class BybitStreams:
                 self._push(event.account.api_key, "position", [bac.position_row(
                     self.engine, self.ledger, event.account, event.symbol, ws=True)])
 
-    def _push(self, api_key: str, base: str, data: list[dict]) -> None:
+    def _push(self, api_key: str, base: str, data: list[dict[str, Any]]) -> None:
         now = self.clock.now_ms()
         for conn in self.private.get(api_key, ()):
             for topic in conn.topics:
@@ -269,7 +270,7 @@ class BybitStreams:
             conn.send({"success": False, "ret_msg": f"error:unsupported op {op}", "op": op,
                        "conn_id": conn.conn_id})
 
-    def _auth(self, conn: BybitConn, msg: dict) -> None:
+    def _auth(self, conn: BybitConn, msg: dict[str, Any]) -> None:
         error = self._check_auth(conn, msg.get("args"))
         reply = {"success": error is None, "ret_msg": error or "", "op": "auth",
                  "conn_id": conn.conn_id}
@@ -301,7 +302,7 @@ class BybitStreams:
         logger.debug("bybit private stream authenticated api_key=%s", mask(api_key))
         return None
 
-    def _subscribe(self, conn: BybitConn, msg: dict, op: str) -> None:
+    def _subscribe(self, conn: BybitConn, msg: dict[str, Any], op: str) -> None:
         topics = msg.get("args")
         error = None
         if not isinstance(topics, list) or not topics or \
@@ -337,7 +338,7 @@ class BybitStreams:
         name, _, symbol = topic.partition(".")
         return name == "tickers" and symbol in self.engine.symbols
 
-    def _pong(self, conn: BybitConn, msg: dict) -> None:
+    def _pong(self, conn: BybitConn, msg: dict[str, Any]) -> None:
         req_id = msg.get("req_id", "")
         if conn.kind == "private":
             conn.send({"req_id": req_id, "op": "pong", "args": [str(self.clock.now_ms())],
@@ -346,7 +347,7 @@ class BybitStreams:
             conn.send({"success": True, "ret_msg": "pong", "conn_id": conn.conn_id,
                        "req_id": req_id, "op": "ping"})
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """Open Bybit sockets for ``/_sim/state``."""
         out = []
         for conn in self.conns:

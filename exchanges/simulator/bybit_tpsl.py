@@ -22,6 +22,7 @@ position ended; Rejected when nothing was left to close.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from exchanges.simulator.bybit_auth import BybitError, Ctx, Handler, category, params_error
 from exchanges.simulator.bybit_format import SIDES, fmt, order_uuid, plain
@@ -66,7 +67,7 @@ def leg_status(leg: Leg) -> str:
     return LEG_STATUS.get(leg.status, "Triggered")
 
 
-def leg_fields(engine: Engine, leg: Leg) -> dict:
+def leg_fields(engine: Engine, leg: Leg) -> dict[str, Any]:
     """The conditional fields of a leg's order row (also of its fired market order)."""
     pp = engine.symbols[leg.symbol].price_precision
     trigger = leg.trigger_price if leg.trigger_price is not None else leg.trailing_trigger()
@@ -91,7 +92,7 @@ def leg_fields(engine: Engine, leg: Leg) -> dict:
     }
 
 
-def leg_row(engine: Engine, leg: Leg, shape: str = "rest") -> dict:
+def leg_row(engine: Engine, leg: Leg, shape: str = "rest") -> dict[str, Any]:
     """A waiting (or canceled) leg as an order row of ``shape`` rest/history/ws."""
     spec = engine.symbols[leg.symbol]
     pp, qp = spec.price_precision, spec.qty_precision
@@ -123,7 +124,7 @@ def leg_row(engine: Engine, leg: Leg, shape: str = "rest") -> dict:
     return row
 
 
-def position_tpsl(engine: Engine, api_key: str, symbol: str, ws: bool = False) -> dict:
+def position_tpsl(engine: Engine, api_key: str, symbol: str, ws: bool = False) -> dict[str, Any]:
     """``takeProfit``, ``stopLoss``, ``trailingStop`` (a distance) of a position row:
     prices with the symbol's decimals on REST (``"0.00"`` when unset), plain on the
     ``position`` topic (``"0"``), as the fixtures show."""
@@ -155,7 +156,7 @@ class TradingStop:
             raise params_error(f"{name} cannot be less than 0")
         return value
 
-    async def trading_stop(self, ctx: Ctx) -> dict:
+    async def trading_stop(self, ctx: Ctx) -> dict[str, Any]:
         """Set, modify or cancel the position's TP / SL / trailing stop (module docstring)."""
         p, engine = ctx.params, self.engine
         category(p)

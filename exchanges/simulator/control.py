@@ -34,6 +34,7 @@ import json
 import logging
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from aiohttp import web
 
@@ -81,7 +82,7 @@ class BadRequest(Exception):
         self.code, self.message = code, message
 
 
-def _decimal(body: dict, name: str, required: bool = True) -> Decimal | None:
+def _decimal(body: dict[str, Any], name: str, required: bool = True) -> Decimal | None:
     value = body.get(name)
     if value is None:
         if required:
@@ -96,7 +97,7 @@ def _decimal(body: dict, name: str, required: bool = True) -> Decimal | None:
     return number
 
 
-def order_state(order: Order) -> dict:
+def order_state(order: Order) -> dict[str, Any]:
     """Protocol-neutral JSON of an order (decimals as strings, times in ms)."""
     return {"order_id": order.order_id, "api_key": order.api_key, "symbol": order.symbol,
             "side": order.side, "type": order.type, "time_in_force": order.time_in_force,
@@ -108,7 +109,7 @@ def order_state(order: Order) -> dict:
             "source": order.source or None}
 
 
-def leg_state(leg: Leg, engine: Engine) -> dict:
+def leg_state(leg: Leg, engine: Engine) -> dict[str, Any]:
     """A held leg as an ``orders`` row of ``/_sim/state``: ``type`` (STOP_MARKET,
     TAKE_PROFIT_MARKET, TRAILING_STOP_MARKET), ``trigger_price`` (a trailing stop's
     current stop once activated), ``status`` NEW while waiting (also while its order
@@ -138,7 +139,7 @@ def leg_state(leg: Leg, engine: Engine) -> dict:
             "time": leg.time, "update_time": leg.update_time}
 
 
-def fill_state(fill: Fill) -> dict:
+def fill_state(fill: Fill) -> dict[str, Any]:
     """Protocol-neutral JSON of a fill."""
     return {"trade_id": fill.trade_id, "order_id": fill.order_id, "api_key": fill.api_key,
             "symbol": fill.symbol, "side": fill.side, "price": f"{fill.price:f}",
@@ -154,7 +155,7 @@ class Control:
     protocol layer's order id text into the engine id (None when not theirs)."""
 
     def __init__(self, engine: Engine, faults: FaultRegistry, stats: RequestStats,
-                 market: MarketFeed, stream_snapshots: list[Callable[[], list[dict]]]) -> None:
+                 market: MarketFeed, stream_snapshots: list[Callable[[], list[dict[str, Any]]]]) -> None:
         self.engine, self.faults, self.stats, self.market = engine, faults, stats, market
         self.stream_snapshots = stream_snapshots
         self.order_id_parsers: list[Callable[[str], int | None]] = []
@@ -199,7 +200,7 @@ class Control:
         return web.json_response({"ip_weight_limit": limit})
 
     @staticmethod
-    async def _body(request: web.Request) -> dict:
+    async def _body(request: web.Request) -> dict[str, Any]:
         raw = await request.read()
         if not raw:
             return {}

@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Fault:
         """True when the fault targets everyone or exactly ``api_key``."""
         return self.api_key is None or self.api_key == api_key
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """JSON view for ``/_sim/state`` (remaining seconds rounded up)."""
         remaining = None if self.until is None else max(0, math.ceil(self.until - time.monotonic()))
         return {"id": self.fault_id, "kind": self.kind, "api_key": self.api_key,
@@ -98,7 +99,7 @@ class FaultRegistry:
         self._hooks.setdefault(kind, []).append(hook)
 
     def add(self, kind: str, count: int | None = None, duration_s: float | None = None,
-            ms: int | None = None, api_key: str | None = None) -> dict:
+            ms: int | None = None, api_key: str | None = None) -> dict[str, Any]:
         """Add a fault (or run an immediate one). Returns its JSON view plus, for
         immediate kinds, ``affected``. Raises ValueError on bad arguments."""
         if kind not in FAULT_KINDS:
@@ -192,7 +193,7 @@ class FaultRegistry:
         return RestPlan(None, 1, delay_before, delay_after,
                         self.skew_ms(api_key, consume=True))
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         """JSON views of the alive faults."""
         return [f.to_json() for f in self.active()]
 

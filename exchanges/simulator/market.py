@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from exchanges.simulator.engine import Engine
 
@@ -65,9 +66,9 @@ class Replay:
     seconds_per_candle: float
     points: list[Decimal]
     position: int = 0
-    task: asyncio.Task | None = field(default=None, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """JSON view for ``/_sim/state``."""
         return {"symbol": self.symbol, "csv": self.csv,
                 "seconds_per_candle": self.seconds_per_candle,
@@ -86,7 +87,7 @@ class MarketFeed:
         self.volatility = volatility
         self.rng = random.Random(seed)
         self.replays: dict[str, Replay] = {}
-        self._walk_task: asyncio.Task | None = None
+        self._walk_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start the random walk task (no-op when ``tick_ms <= 0``)."""
