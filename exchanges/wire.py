@@ -12,13 +12,15 @@ from exchanges.errors import ExchangeUnavailable
 
 ZERO = Decimal(0)
 F = TypeVar("F", bound=Callable[..., Any])
+V = TypeVar("V")
 
 
 def parser(exchange: str, also: tuple[type[Exception], ...] = ()) -> Callable[[F], F]:
     """A decorator turning KeyError/ValueError/TypeError/InvalidOperation/AttributeError
     (and ``also``) in a parser into ExchangeUnavailable of ``exchange`` (the reply was
     not the documented shape)."""
-    caught = (KeyError, ValueError, TypeError, InvalidOperation, AttributeError, *also)
+    caught: tuple[type[Exception], ...] = (KeyError, ValueError, TypeError, InvalidOperation,
+                                           AttributeError, *also)
 
     def decorate(fn: F) -> F:
         @wraps(fn)
@@ -52,7 +54,7 @@ def ms(value: Any) -> int:
     return int(value)
 
 
-def lookup(table: Mapping[Any, Any], raw: Any, what: str) -> Any:
+def lookup(table: Mapping[Any, V], raw: Any, what: str) -> V:
     """``table[raw]``; a value the table does not list raises ValueError naming
     ``what``."""
     try:

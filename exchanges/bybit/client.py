@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -63,6 +63,7 @@ from exchanges.types import (
     Ticker,
     WorkingType,
 )
+from exchanges.wire import dec, ms
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +132,10 @@ class BybitLinearClient(GovernedRestClient):
 
     def _paged(self, call: Callable[..., Any], params: dict[str, Any], page_size: int,
                weight: int, max_rows: int | None = None,
-               signed: bool = True) -> list[dict[str, Any]]:
+               signed: bool = True) -> list[Mapping[str, Any]]:
         """GET following ``nextPageCursor`` (at most ``MAX_PAGES`` pages or ``max_rows``
         rows), ``weight`` a page. Returns the raw ``result.list`` rows."""
-        rows: list[dict[str, Any]] = []
+        rows: list[Mapping[str, Any]] = []
         cursor = ""
         for _ in range(MAX_PAGES):
             page = dict(params, limit=page_size)
@@ -218,7 +219,7 @@ class BybitLinearClient(GovernedRestClient):
         except ExchangeError as e:
             logger.warning("bybit create_order read-back failed key=%s order_id=%s err=%s",
                            self._api_key_hint, order_id, type(e).__name__)
-            return _acked_order(request, order_id, mapping.ms(raw.get("time")) or now_ms())
+            return _acked_order(request, order_id, ms(raw.get("time")) or now_ms())
 
     def cancel_order(self, symbol: str, client_order_id: str | None = None,
                      order_id: str | None = None) -> Order:
@@ -353,8 +354,8 @@ class BybitLinearClient(GovernedRestClient):
             pos_params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
             for p in self._paged(self._http.get_positions, pos_params, 200,
                                  self._w("positions")):
-                if mapping.dec(p.get("trailingStop")):
-                    distances[p["symbol"]] = mapping.dec(p["trailingStop"])
+                if dec(p.get("trailingStop")):
+                    distances[p["symbol"]] = dec(p["trailingStop"])
         return [mapping.parse_leg(r, distances.get(r["symbol"])) for r in rows]
 
     def _open_leg(self, symbol: str, kind: ProtectionKind) -> ProtectionLeg | None:

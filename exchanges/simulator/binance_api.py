@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler as NextHandler
 
 from exchanges.simulator import binance_account as ba
 from exchanges.simulator import binance_format as bf
@@ -44,7 +45,7 @@ from exchanges.simulator.binance_orders import OrderRoutes
 from exchanges.simulator.binance_streams import BinanceStreams
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, RequestStats
-from exchanges.simulator.models import EngineError
+from exchanges.simulator.models import Account, EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class BinanceApi:
 
     # ---- middleware: counting, weight header, faults, unknown paths -----------------
     @web.middleware
-    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: NextHandler) -> web.StreamResponse:
         """Count the request, apply REST faults, answer JSON for unknown paths."""
         if not self.is_rest_path(request.path):
             return await handler(request)
@@ -145,11 +146,11 @@ class BinanceApi:
             try:
                 params = Params.parse(raw_query, raw_body)
                 now = self.clock.now_ms(request.get("sim_skew_ms"))
-                account = None
+                account: Account | None = None
                 if security != NONE:
                     account = account_for_key(self.engine, request.headers.get("X-MBX-APIKEY"))
-                if security == SIGNED:
-                    verify_signed(account, params, raw_query, raw_body, now)
+                    if security == SIGNED:
+                        verify_signed(account, params, raw_query, raw_body, now)
                 result = await fn(Ctx(params, account, now))
             except EngineError as exc:
                 err = engine_error(exc)

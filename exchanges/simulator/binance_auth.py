@@ -18,6 +18,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import Literal, overload
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -78,6 +79,11 @@ class Params:
             raise mandatory(name)
         return value
 
+    @overload
+    def decimal(self, name: str, required: Literal[True]) -> Decimal: ...
+    @overload
+    def decimal(self, name: str, required: bool = False) -> Decimal | None: ...
+
     def decimal(self, name: str, required: bool = False) -> Decimal | None:
         """A decimal parameter; -1102 when required and missing, -1100 when malformed."""
         value = self.require(name) if required else self.get(name)
@@ -90,6 +96,11 @@ class Params:
         if not number.is_finite():
             raise illegal(name)
         return number
+
+    @overload
+    def integer(self, name: str, required: Literal[True]) -> int: ...
+    @overload
+    def integer(self, name: str, required: bool = False) -> int | None: ...
 
     def integer(self, name: str, required: bool = False) -> int | None:
         """An integer parameter; -1102 when required and missing, -1100 when malformed."""
@@ -217,12 +228,18 @@ class Ctx:
     """What a handler gets: ``params``, ``account`` (KEY/SIGNED), ``now`` (server ms)."""
 
     def __init__(self, params: Params, account: Account | None, now: int) -> None:
-        self.params, self.account, self.now = params, account, now
+        self.params, self.now = params, now
+        self._account = account
+
+    @property
+    def account(self) -> Account:
+        """The authenticated account (KEY/SIGNED endpoints only; public ones have none)."""
+        assert self._account is not None
+        return self._account
 
     @property
     def api_key(self) -> str:
         """The authenticated account's api key."""
-        assert self.account is not None
         return self.account.api_key
 
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler as NextHandler
 
 from exchanges.simulator import bybit_account as bac
 from exchanges.simulator.bybit_auth import (
@@ -73,7 +74,7 @@ class BybitApi:
 
     # ---- middleware ----------------------------------------------------------------
     @web.middleware
-    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: NextHandler) -> web.StreamResponse:
         """Count the request, apply REST faults, add the rate-limit headers."""
         if not self.is_rest_path(request.path):
             return await handler(request)

@@ -22,7 +22,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -90,6 +90,11 @@ class Params:
             raise params_error(f"{name} is required")
         return value
 
+    @overload
+    def decimal(self, name: str, required: Literal[True]) -> Decimal: ...
+    @overload
+    def decimal(self, name: str, required: bool = False) -> Decimal | None: ...
+
     def decimal(self, name: str, required: bool = False) -> Decimal | None:
         """A decimal; 10001 when required and missing, or malformed."""
         value = self.require(name) if required else self.get(name)
@@ -102,6 +107,11 @@ class Params:
         if not number.is_finite():
             raise params_error(f"{name} invalid")
         return number
+
+    @overload
+    def integer(self, name: str, default: int) -> int: ...
+    @overload
+    def integer(self, name: str, default: int | None = None) -> int | None: ...
 
     def integer(self, name: str, default: int | None = None) -> int | None:
         """An integer; 10001 when malformed; ``default`` when absent."""
@@ -245,12 +255,18 @@ class Ctx:
     """What a handler gets: ``params``, ``account`` (private endpoints), ``now`` (ms)."""
 
     def __init__(self, params: Params, account: Account | None, now: int) -> None:
-        self.params, self.account, self.now = params, account, now
+        self.params, self.now = params, now
+        self._account = account
+
+    @property
+    def account(self) -> Account:
+        """The authenticated account (private endpoints only; public ones have none)."""
+        assert self._account is not None
+        return self._account
 
     @property
     def api_key(self) -> str:
         """The authenticated account's api key."""
-        assert self.account is not None
         return self.account.api_key
 
 

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 from exchanges.simulator.bybit_auth import (
@@ -61,6 +62,7 @@ from exchanges.simulator.models import (
     MARKET,
     STOP_MARKET,
     TAKE_PROFIT_MARKET,
+    Fill,
     IncomeRow,
     Leg,
     Order,
@@ -135,7 +137,7 @@ class BybitOrders:
                 force_expire=rejected)
         return {"orderId": order_uuid(order.order_id), "orderLinkId": link}
 
-    def _conditional(self, ctx: Ctx, symbol: str, side: str, type_: str, qty,
+    def _conditional(self, ctx: Ctx, symbol: str, side: str, type_: str, qty: Decimal,
                      link: str) -> dict[str, Any]:
         """A conditional order (``triggerPrice`` + ``triggerDirection`` 1 rising / 2
         falling, ``triggerBy`` LastPrice/MarkPrice): held Untriggered with
@@ -300,11 +302,12 @@ class BybitOrders:
         """``(startTime, endTime)``: both or neither (the last 7 days; no upper bound, so a
         per-key clock_skew fault cannot hide fresh orders), at most 7 days apart."""
         start, end = ctx.params.integer("startTime"), ctx.params.integer("endTime")
-        if start is None and end is None:
-            return ctx.now - WEEK_MS, ctx.now + WEEK_MS
-        if start is None or end is None:
-            start = end - WEEK_MS if start is None else start
-            end = start + WEEK_MS if end is None else end
+        if start is None:
+            if end is None:
+                return ctx.now - WEEK_MS, ctx.now + WEEK_MS
+            start = end - WEEK_MS
+        elif end is None:
+            end = start + WEEK_MS
         if end < start or end - start > WEEK_MS:
             raise params_error("startTime and endTime must be within 7 days")
         return start, end
@@ -343,7 +346,8 @@ class BybitOrders:
                 return {"category": "linear", "nextPageCursor": "", "list": []}
             order_id = order.order_id
         start, end = self._window(ctx)
-        rows = [(f.time, f.trade_id, f) for f in ctx.account.fills
+        rows: list[tuple[int, int, Fill | IncomeRow]] = [
+            (f.time, f.trade_id, f) for f in ctx.account.fills
                 if start <= f.time <= end
                 and exec_type in (None, EXEC_TYPE.get(f.source, "Trade"))
                 and (order_id is None or f.order_id == order_id)

@@ -132,7 +132,10 @@ def position_tpsl(engine: Engine, api_key: str, symbol: str, ws: bool = False) -
     legs = bybit_legs(engine, api_key, symbol)
     tp, sl = legs.get(TAKE_PROFIT_MARKET), legs.get(STOP_MARKET)
     ts = legs.get(TRAILING_STOP_MARKET)
-    out = (lambda v: plain(v or ZERO)) if ws else (lambda v: fmt(v or ZERO, pp))
+
+    def out(v: Decimal | None) -> str:
+        return plain(v or ZERO) if ws else fmt(v or ZERO, pp)
+
     return {"takeProfit": out(tp.trigger_price if tp else None),
             "stopLoss": out(sl.trigger_price if sl else None),
             "trailingStop": out(ts.trailing_distance if ts else None)}

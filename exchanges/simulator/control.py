@@ -34,9 +34,10 @@ import json
 import logging
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal, overload
 
 from aiohttp import web
+from aiohttp.typedefs import Handler as NextHandler
 
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry, RequestStats, mask
@@ -80,6 +81,12 @@ class BadRequest(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+@overload
+def _decimal(body: dict[str, Any], name: str, required: Literal[True] = True) -> Decimal: ...
+@overload
+def _decimal(body: dict[str, Any], name: str, required: bool) -> Decimal | None: ...
 
 
 def _decimal(body: dict[str, Any], name: str, required: bool = True) -> Decimal | None:
@@ -161,7 +168,7 @@ class Control:
         self.order_id_parsers: list[Callable[[str], int | None]] = []
 
     @web.middleware
-    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: NextHandler) -> web.StreamResponse:
         """Refuse ``/_sim`` from non-loopback peers (403); map BadRequest to 400."""
         if not request.path.startswith("/_sim"):
             return await handler(request)
@@ -309,6 +316,7 @@ class Control:
     async def fill(self, request: web.Request) -> web.Response:
         """Fill a resting order now (partial when quantity < remaining)."""
         text = request.match_info["order_id"]
+        order_id: int | None
         try:
             order_id = int(text)
         except ValueError:

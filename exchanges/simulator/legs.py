@@ -157,7 +157,7 @@ class LegsMixin:
         """The account's leg by id or client id (the newest with it); raises
         EngineError(unknown_order)."""
         account = self.account(api_key)  # type: ignore[attr-defined]
-        leg = account.legs.get(leg_id) if leg_id is not None else None
+        leg: Leg | None = account.legs.get(leg_id) if leg_id is not None else None
         if leg is None and leg_id is None and client_id:
             leg = next((known for known in reversed(list(account.legs.values()))
                         if known.client_id == client_id), None)
@@ -270,9 +270,10 @@ class LegsMixin:
         side = "SELL" if pos.amount > 0 else "BUY"
         now = self.now_ms()
         default = f"autoclose-{now}" if kind == SOURCE_LIQUIDATION else "adl_autoclose"
-        return self.place_order(  # type: ignore[attr-defined]
+        order: Order = self.place_order(  # type: ignore[attr-defined]
             api_key, symbol, side, MARKET, abs(pos.amount), reduce_only=True,
             client_order_id=client_id or default, source=kind)
+        return order
 
     def margin_call(self, api_key: str) -> tuple[str, ...]:
         """Publish a MarginCallEvent for the account's open positions; returns their
