@@ -12,8 +12,12 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+# The enums below stay (str, Enum), not StrEnum (ruff UP042): StrEnum would change what
+# str() and f-strings give for a member ("NEW" instead of "OrderStatus.NEW"), e.g. in
+# error messages and logs.
 
-class OrderStatus(str, Enum):
+
+class OrderStatus(str, Enum):  # noqa: UP042
     """One order state enum for every venue (Binance ``X``, Bybit ``orderStatus`` mapped in)."""
 
     NEW = "NEW"
@@ -241,7 +245,7 @@ class StreamExpired:
 
 # ---- protection legs (exchange-held stop-loss / take-profit / trailing stop) ----
 
-class ProtectionKind(str, Enum):
+class ProtectionKind(str, Enum):  # noqa: UP042 (see OrderStatus)
     """What a protection leg does. Binance algo ``type``: STOP_MARKET /
     TAKE_PROFIT_MARKET / TRAILING_STOP_MARKET; Bybit ``stopOrderType``: StopLoss /
     TakeProfit / TrailingStop."""
@@ -251,7 +255,7 @@ class ProtectionKind(str, Enum):
     TRAILING_STOP = "trailing_stop"
 
 
-class ProtectionStatus(str, Enum):
+class ProtectionStatus(str, Enum):  # noqa: UP042 (see OrderStatus)
     """One leg state for both venues.
 
     ``new``: held, waiting for its trigger (Binance algoStatus NEW; Bybit
@@ -276,7 +280,7 @@ class ProtectionStatus(str, Enum):
                         ProtectionStatus.EXPIRED)
 
 
-class WorkingType(str, Enum):
+class WorkingType(str, Enum):  # noqa: UP042 (see OrderStatus)
     """The price a trigger watches. Values are Binance's ``workingType``;
     Bybit ``triggerBy`` ``MarkPrice`` maps to MARK_PRICE, ``LastPrice`` to
     CONTRACT_PRICE (``IndexPrice`` is not offered)."""
