@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 from typing import Any
 
 from exchanges.bybit import mapping
@@ -188,7 +189,7 @@ class BybitLinearClient(GovernedRestClient):
         ref = order_ref(symbol, client_order_id, order_id, "orderLinkId", category=CATEGORY)
         for call, weight in ((self._http.get_open_orders, self._w("order")),
                              (self._http.get_order_history, self._w("order_history"))):
-            raw = self._signed(lambda call=call: call(**ref), retry_on_skew=True, weight=weight)
+            raw = self._signed(partial(call, **ref), retry_on_skew=True, weight=weight)
             orders = mapping.parse_orders(raw)
             if orders:
                 return orders[0]

@@ -45,7 +45,7 @@ def _asset_row(t: dict[str, Decimal], account: Account, asset: str, amount: Deci
                v2: bool) -> dict[str, Any]:
     usdt = asset == MARGIN_ASSET
     upnl = t["upnl"] if usdt else ZERO
-    row = {
+    row: dict[str, Any] = {
         "asset": asset, "walletBalance": money(amount), "unrealizedProfit": money(upnl),
         "marginBalance": money(amount + upnl), "maintMargin": money(t["maint"] if usdt else ZERO),
         "initialMargin": money(t["pos_im"] + t["ord_im"] if usdt else ZERO),
@@ -92,7 +92,7 @@ def account_json(engine: Engine, account: Account, version: int) -> dict[str, An
         pos_im = engine.position_margin(account, symbol)
         ord_im = engine.order_margin(account, symbol)
         upnl = engine.unrealized(account, symbol)
-        row = {"symbol": symbol}
+        row: dict[str, Any] = {"symbol": symbol}
         if version == 2:
             bids, asks = open_notional(account, symbol)
             row.update({
@@ -140,7 +140,7 @@ def position_risk(engine: Engine, account: Account, version: int,
             continue
         entry = pos.entry_price if pos else ZERO
         mark = engine.prices[sym]
-        common = {
+        common: dict[str, Any] = {
             "symbol": sym, "positionSide": "BOTH",
             "positionAmt": fmt(amount, spec.qty_precision), "entryPrice": plain(entry),
             "breakEvenPrice": plain(_break_even(engine, amount, entry)),

@@ -251,7 +251,7 @@ def funding_row(engine: Engine, row: IncomeRow, ws: bool = False) -> dict[str, A
     spec = engine.symbols[row.symbol]
     pp, qp = spec.price_precision, spec.qty_precision
     size = abs(row.position_qty)
-    out = {
+    out: dict[str, Any] = {
         "symbol": row.symbol, "orderType": "UNKNOWN", "underlyingPrice": "",
         "orderLinkId": "", "side": "Buy" if row.position_qty > 0 else "Sell",
         "indexPrice": "", "orderId": "", "stopOrderType": "UNKNOWN",

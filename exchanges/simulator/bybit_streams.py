@@ -351,7 +351,7 @@ class BybitStreams:
         """Open Bybit sockets for ``/_sim/state``."""
         out = []
         for conn in self.conns:
-            row = {"protocol": "bybit", "kind": conn.kind, "conn_id": conn.conn_id,
+            row: dict[str, Any] = {"protocol": "bybit", "kind": conn.kind, "conn_id": conn.conn_id,
                    "topics": sorted(conn.topics)}
             if conn.kind == "private":
                 row.update({"api_key": conn.api_key, "authenticated": conn.api_key is not None,
