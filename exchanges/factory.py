@@ -21,12 +21,15 @@ def create_client(exchange: str, api_key: str, api_secret: str, testnet: bool,
     Raises UnsupportedExchange for a venue without an adapter.
     """
     cls = load(venue(exchange).client_class)
-    return cls(api_key, api_secret, testnet=testnet, endpoints=endpoints,
-               timeout_s=timeout_s, governor=governor)
+    client: ExchangeClient = cls(api_key, api_secret, testnet=testnet, endpoints=endpoints,
+                                 timeout_s=timeout_s, governor=governor)
+    return client
 
 
 def create_market_stream(exchange: str, symbol: str, endpoints: VenueEndpoints,
                          timeout_s: float = 10.0) -> MarketStream:
     """A not yet connected public price stream of ``symbol`` on ``exchange``.
     Raises UnsupportedExchange for a venue without one."""
-    return load(venue(exchange).market_stream_class)(symbol, endpoints.ws_url, timeout_s)
+    stream: MarketStream = load(venue(exchange).market_stream_class)(symbol, endpoints.ws_url,
+                                                                     timeout_s)
+    return stream

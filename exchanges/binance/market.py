@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from exchanges.binance.errors import EXCHANGE
 from exchanges.errors import ExchangeUnavailable
@@ -20,7 +19,7 @@ from exchanges.types import Ticker
 from exchanges.wsjson import JsonWebSocket
 
 
-def parse_mark_price(msg: dict[str, Any]) -> Ticker | None:
+def parse_mark_price(msg: object) -> Ticker | None:
     """A ``markPriceUpdate`` frame -> Ticker(mark_price, ts=E); None for other frames.
     Raises ExchangeUnavailable for a malformed update."""
     if not isinstance(msg, dict) or msg.get("e") != "markPriceUpdate":
@@ -32,7 +31,7 @@ def parse_mark_price(msg: dict[str, Any]) -> Ticker | None:
         raise ExchangeUnavailable(EXCHANGE, None, "malformed markPriceUpdate") from e
 
 
-def parse_book_ticker(msg: dict[str, Any]) -> tuple[Decimal, Decimal, int] | None:
+def parse_book_ticker(msg: object) -> tuple[Decimal, Decimal, int] | None:
     """A ``bookTicker`` frame -> ``(bid, ask, E)``; None for other frames."""
     if not isinstance(msg, dict) or msg.get("e") != "bookTicker":
         return None

@@ -24,7 +24,7 @@ class OffsetHTTP(HTTP):
         super().__post_init__()
         for handler in [h for h in pybit_logger.handlers if h not in before]:
             pybit_logger.removeHandler(handler)
-        self.retry_codes = set()      # pybit turns an empty set into its defaults
+        self.retry_codes: set[int] = set()      # pybit turns an empty set into its defaults
         self.time_offset_ms = 0
 
     def _prepare_headers(self, payload: Any, recv_window: int,
