@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 0.5  # stop(): how long past its time it waits for the worker's last attempt
 # how often the worker looks for realized PnL changes written by others (one query)
-WATCH_INTERVAL_S = 0.5
+WATCH_INTERVAL_S = 0.25
 
 
 def database_unavailable(e: BaseException) -> bool:
