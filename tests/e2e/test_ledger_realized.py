@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
-from tests.e2e.conftest import Account, Listener, wait_until
+from tests.e2e.conftest import Account, Listener, queued_pair, wait_until
 from tests.e2e.test_ledger_restart import restartable  # noqa: F401 (the fixture)
 
 SYMBOL = "XRPUSDT"
@@ -118,3 +118,34 @@ def test_realized_pnl_is_the_ledgers_live_without_a_stream_and_after_a_restart(s
         assert _rest_realized(acct) == second == _ledger_figure(acct)
     finally:
         lst.close()
+
+
+def test_two_processes_push_the_ledgers_figure_whichever_wrote_the_fills(  # type: ignore[no-untyped-def]
+        sim, pg_server, redis_url, tmp_path) -> None:
+    """The stream runs in A; the orders go through B, whose order service stores the
+    fills first: A's copy of them writes nothing, yet A's push (relayed to both) and
+    both processes' REST answer carry the new figure."""
+    with queued_pair(sim, pg_server, redis_url, tmp_path) as (a, b, listeners):
+        acct = Account(a, sim)
+        sim.set_price(SYMBOL, "1.0000")
+        la = Listener(a.url, acct.token)
+        listeners.append(la)
+        assert la.call("subscribe", {"types": ["positions", "pnl"]})["ok"]
+        la.wait_for("stream_status", lambda d: d["state"] == "live")
+        lb = Listener(b.url, acct.token)
+        listeners.append(lb)
+        assert lb.call("subscribe", {"types": ["positions", "pnl"]})["ok"]
+        lb.wait_for("pnl")
+        acct.server = b
+        _open(acct)
+        sim.set_price(SYMBOL, "1.0300")
+        mark_a, mark_b = la.mark(), lb.mark()
+        _close_by_order(acct)
+        wait_until(lambda: _closed_out(acct), timeout=10)
+        figure = _ledger_figure(acct)
+        assert figure != 0
+        for lst, mark in ((la, mark_a), (lb, mark_b)):
+            _pushed_realized(lst, acct, figure, mark, PUSH_WITHIN_S + 1)
+        for server in (a, b):
+            acct.server = server
+            assert _rest_realized(acct) == figure
