@@ -337,35 +337,44 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
     return new_keys
 
 
+# ``exchanges.types.FundingFee``: an id of this form is built from a Binance stream
+# event (which carries no tranId); the income history's rows of the same payment
+# (same asset and time) are the record and take its place
+PROVISIONAL_FUNDING_ID = "FUNDING_FEE-"
+
+
 def apply_funding(session: Session, fees: list[tuple[int, FundingFeeEvent]]) -> set[int]:
     """Store funding fees (tuples of key id, ``FundingFee``) once each, keyed by (key,
-    ``id``), and add each new one to the key's realized figure
+    ``id``), and add each stored one to the key's realized figure
     (``services.realized.book_change``). Binance's stream and its income history name
-    one payment differently (``exchanges.types.FundingFee``): a fee with the same
-    key, asset, time and amount as a stored one is that one and is skipped. The
-    caller holds the keys' ledger locks. Returns the key ids with a new fee."""
+    one payment differently, and the stream's row of a cross position is the asset's
+    total while the history has one row per symbol (``exchanges.types.FundingFee``):
+    a stream row (id ``FUNDING_FEE-...``) is skipped when a row of the same key, asset
+    and time is stored, and is replaced (removed, its amount taken back) by the
+    history's rows when they come. The caller holds the keys' ledger locks. Returns
+    the key ids whose funding changed."""
     new: set[int] = set()
     for key_id, f in fees:
-        same = session.scalars(select(FundingFee.id).where(
+        same = list(session.scalars(select(FundingFee).where(
             FundingFee.key_id == key_id,
             (FundingFee.exchange_id == f.id) | ((FundingFee.asset == f.asset)
-                                               & (FundingFee.time == f.time_ms)))).all()
-        if same and _funding_stored(session, same, f):
+                                               & (FundingFee.time == f.time_ms)))))
+        if any(r.exchange_id == f.id for r in same):
             continue
+        if f.id.startswith(PROVISIONAL_FUNDING_ID):
+            if same:  # the history's rows of this payment are stored
+                continue
+        else:
+            for row in same:
+                if row.exchange_id.startswith(PROVISIONAL_FUNDING_ID):
+                    realized.book_change(session, key_id, funding=-row.amount)
+                    session.delete(row)
         session.add(FundingFee(key_id=key_id, exchange_id=f.id, symbol=f.symbol or "",
                                amount=f.amount, asset=f.asset, time=f.time_ms))
         session.flush()
         realized.book_change(session, key_id, funding=f.amount)
         new.add(key_id)
     return new
-
-
-def _funding_stored(session: Session, ids: list[int], f: FundingFeeEvent) -> bool:
-    """True when one of the stored fees ``ids`` is ``f`` (same id, or same amount)."""
-    for row in session.scalars(select(FundingFee).where(FundingFee.id.in_(ids))):
-        if row.exchange_id == f.id or row.amount == f.amount:
-            return True
-    return False
 
 
 def realized_pnl(db: Database, key_id: int, now: int | None = None) -> Realized:

@@ -148,15 +148,33 @@ def test_funding_fees_are_rows_once_each_and_move_the_figure(db) -> None:  # typ
     with db.transaction() as s:
         assert ledger.apply_batch(s, [], [], [], [(1, paid)]) == {1}
         assert s.info[realized.CHANGED_KEYS] == {1}
-    with db.transaction() as s:  # the stream replayed, and the income history's row of it
-        ledger.apply_batch(s, [], [], [], [(1, paid)])
-        ledger.apply_funding(s, [(1, FundingEvent("XRPUSDT", D("-0.25"), "USDT", 1_000, "8812"))])
-    with db.transaction() as s:  # another payment
-        ledger.apply_funding(s, [(1, FundingEvent("", D("0.1"), "USDT", 2_000, "8813"))])
-    assert funding_sum(db) == D("-0.15")
+    with db.transaction() as s:  # the stream replayed
+        assert ledger.apply_batch(s, [], [], [], [(1, paid)]) == set()
+    assert ledger.realized_pnl(db, 1).all_time == funding_sum(db) == D("-0.25")
+    with db.transaction() as s:  # a Bybit payment: its execId is the same everywhere
+        ledger.apply_funding(s, [(1, FundingEvent("BTCUSDT", D("0.1"), "USDT", 2_000, "e-9"))] * 2)
     assert ledger.realized_pnl(db, 1).all_time == trades_sum(db) + funding_sum(db) == D("-0.15")
     # a funding fee survives the dead-letter round trip
     assert decode_event("funding", encode_event("funding", paid)) == paid
+
+
+def test_binance_income_rows_replace_the_stream_row_of_a_payment(db) -> None:  # type: ignore[no-untyped-def]
+    """A cross account's stream event is the asset's total at T without a symbol; the
+    income history has one row per symbol with its tranId: the history is the record
+    and the total is not counted twice, whichever comes first."""
+    stream = FundingEvent("", D("-0.30"), "USDT", 5_000, "FUNDING_FEE-USDT-5000")
+    income = [FundingEvent("XRPUSDT", D("-0.2"), "USDT", 5_000, "771"),
+              FundingEvent("BTCUSDT", D("-0.1"), "USDT", 5_000, "772")]
+    with db.transaction() as s:
+        ledger.apply_funding(s, [(1, stream)])
+    with db.transaction() as s:
+        ledger.apply_funding(s, [(1, f) for f in income])
+    with db.transaction() as s:  # the stream's event again (a replay) and the history again
+        ledger.apply_funding(s, [(1, stream)] + [(1, f) for f in income])
+    with db.session() as s:
+        ids = sorted(s.scalars(select(FundingFee.exchange_id)))
+    assert ids == ["771", "772"]
+    assert ledger.realized_pnl(db, 1).all_time == funding_sum(db) == D("-0.3")
 
 
 def test_get_funding_answers_rows_since_and_refuses_bad_input(client, app) -> None:  # type: ignore[no-untyped-def]
