@@ -305,3 +305,36 @@ def test_migration_0006_backfills_open_quantity_and_the_running_sum(tmp_path) ->
         book.settle_symbol(s, 1, "XRPUSDT")
     assert ledger.realized_pnl(db, 1).all_time == trades_sum(db)
     db.dispose()
+
+
+class _FundingHistory:
+    """A client whose funding history is ``rows`` (what the venue adapters return)."""
+
+    def __init__(self, rows: list) -> None:
+        self.rows = rows
+        self.asked: list[int | None] = []
+
+    def get_funding_fees(self, symbol=None, start_time=None, limit=1000):  # type: ignore[no-untyped-def]
+        self.asked.append(start_time)
+        return [r for r in self.rows if start_time is None or r.time_ms >= start_time]
+
+
+def test_the_reconciler_records_the_funding_history_the_ledger_lacks(db) -> None:  # type: ignore[no-untyped-def]
+    from services import funding
+    now = 10 * 86_400_000
+    history = _FundingHistory([FundingEvent("XRPUSDT", D("-0.2"), "USDT", now - 5_000, "771"),
+                               FundingEvent("XRPUSDT", D("0.05"), "USDT", now - 1_000, "772")])
+    # no position and no recent trade: no funding can have been charged, nothing asked
+    assert funding.record_missing(db, 1, history, set(), 86_400_000, now) == 0
+    assert history.asked == []
+    with db.transaction() as s:  # the stream saw the first payment (no tranId)
+        ledger.apply_funding(s, [(1, FundingEvent("", D("-0.2"), "USDT", now - 5_000,
+                                                  f"FUNDING_FEE-USDT-{now - 5_000}"))])
+    assert funding.record_missing(db, 1, history, {"XRPUSDT"}, 86_400_000, now) == 1
+    assert history.asked == [now - 86_400_000]  # nothing from the history stored yet
+    assert funding.record_missing(db, 1, history, {"XRPUSDT"}, 86_400_000, now) == 0
+    assert history.asked[-1] == now - 1_000 + 1  # from the last payment it has on
+    with db.session() as s:
+        assert sorted(s.scalars(select(FundingFee.exchange_id))) == ["771", "772"]
+    assert ledger.realized_pnl(db, 1).all_time == D("-0.15")
+    assert funding.record_missing(db, 1, object(), {"XRPUSDT"}, 86_400_000, now) == 0
