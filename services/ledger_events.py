@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 try:
-    from exchanges.types import FundingFee
+    from exchanges.types import FundingFee  # type: ignore[attr-defined]
 except ImportError:  # the venue's definition is not merged yet: the same fields
     @dataclass(frozen=True)
     class FundingFee:  # type: ignore[no-redef]

@@ -46,8 +46,10 @@ def _close_by_exit(acct: Account) -> None:
     r = acct.post("/api/positions/close", {"key_id": acct.key_id, "symbol": SYMBOL})
     assert r.status_code == 202, r.text
     exit_id = r.json()["exit"]["id"]
-    done = wait_until(lambda: (lambda e: e if e["status"] != "working" else None)(
-        acct.get(f"/api/exits/{exit_id}").json()["exit"]))
+    def finished() -> dict | None:
+        exit_ = acct.get(f"/api/exits/{exit_id}").json()["exit"]
+        return exit_ if exit_["status"] != "working" else None
+    done = wait_until(finished)
     assert done["status"] == "filled", done
 
 
@@ -149,3 +151,33 @@ def test_two_processes_push_the_ledgers_figure_whichever_wrote_the_fills(  # typ
         for server in (a, b):
             acct.server = server
             assert _rest_realized(acct) == figure
+
+
+def test_a_bybit_key_pushes_the_ledgers_figure(sim, restartable) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    import uuid
+    server = restartable()
+    acct = Account(server, sim)
+    api_key, secret = "byk" + uuid.uuid4().hex, "bys" + uuid.uuid4().hex
+    sim.create_account(api_key, secret, balances={"USDT": "5000"})
+    r = acct.post("/api/exchange/keys", {"exchange": "bybit", "api_key": api_key,
+                                         "api_secret": secret, "label": "bybit"})
+    assert r.status_code == 201, r.text
+    acct.key_id = r.json()["id"]
+    sim.set_price(SYMBOL, "1.0000")
+    lst = Listener(server.url, acct.token)
+    try:
+        assert lst.call("subscribe", {"types": ["positions", "pnl"], "key_id": acct.key_id})["ok"]
+        lst.wait_for("stream_status", lambda d: d["key_id"] == acct.key_id and d["state"] == "live")
+        for up, down in (("1.0400", "1.0000"), ("0.9700", "1.0000")):
+            _open(acct)
+            sim.set_price(SYMBOL, up)
+            mark = lst.mark()
+            _close_by_order(acct)
+            wait_until(lambda: _closed_out(acct), timeout=10)
+            figure = _ledger_figure(acct)
+            assert figure != 0
+            _pushed_realized(lst, acct, figure, mark, PUSH_WITHIN_S + 1)
+            assert _rest_realized(acct) == figure
+            sim.set_price(SYMBOL, down)
+    finally:
+        lst.close()

@@ -287,14 +287,14 @@ def test_migration_0006_backfills_open_quantity_and_the_running_sum(tmp_path) ->
                 "reduce_only, quantity, status, client_order_id, entry_order_id, filled_quantity, "
                 "realized_pnl, fees, created_at, updated_at, closed_at) VALUES (:id, 1, 1, "
                 "'binance', 'XRPUSDT', 'BUY', 'MARKET', 0, :q, :st, :coid, :oid, :q, :pnl, '0', "
-                "0, 86400001, NULL)"), dict(id=tid, q=qty, st=status, coid=coid, oid=oid, pnl=pnl))
+                "0, 86400001, NULL)"), {"id": tid, "q": qty, "st": status, "coid": coid, "oid": oid, "pnl": pnl})
         for n, (tid, oid, side, qty, t) in enumerate(((1, "1", "BUY", "2", 1), (2, "2", "BUY", "3", 2),
                                                       (None, "9", "SELL", "3", 3))):
             c.execute(text(
                 "INSERT INTO fills (key_id, trade_id, exchange_trade_id, exchange_order_id, symbol, "
                 "side, price, quantity, fee, fee_asset, realized_pnl, is_maker, time) VALUES "
                 "(1, :tid, :xid, :oid, 'XRPUSDT', :side, '1', :q, '0', 'USDT', '0', 0, :t)"),
-                dict(tid=tid, xid=f"x{n}", oid=oid, side=side, q=qty, t=t))
+                {"tid": tid, "xid": f"x{n}", "oid": oid, "side": side, "q": qty, "t": t})
     old.dispose()
     upgrade(url)
     db = Database(url)
