@@ -181,3 +181,54 @@ def test_a_bybit_key_pushes_the_ledgers_figure(sim, restartable) -> None:  # typ
             sim.set_price(SYMBOL, down)
     finally:
         lst.close()
+
+
+def _sim_control(sim, path: str, body: dict):  # type: ignore[no-untyped-def]
+    import pytest
+    import requests
+    r = requests.post(sim.url + path, json=body, timeout=10)
+    if r.status_code == 404 and path in ("/_sim/funding", "/_sim/liquidate"):
+        pytest.skip(f"the simulator has no {path} (the venue work adds it)")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_funding_and_a_liquidation_reach_the_ledger_and_the_figure(sim, restartable) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The venue charges funding (Binance ACCOUNT_UPDATE FUNDING_FEE and an income row)
+    and then liquidates the position (``autoclose-`` order): a funding row, a fill
+    marked ``liquidation`` in ``fills`` and in the ledger, the trade closed, and the
+    pushed figure = trades + funding."""
+    from tests.e2e.test_push_continuity import FillsListener
+    server = restartable()
+    acct = Account(server, sim)
+    sim.set_price(SYMBOL, "1.0000")
+    lst = FillsListener(server.url, acct.token)
+    try:
+        assert lst.call("subscribe", {"types": ["positions", "pnl", "fills"]})["ok"]
+        lst.wait_for("stream_status", lambda d: d["key_id"] == acct.key_id and d["state"] == "live")
+        _open(acct)
+        mark = lst.mark()
+        _sim_control(sim, "/_sim/funding", {"symbol": SYMBOL, "rate": "0.001"})
+        rows = wait_until(lambda: acct.get(f"/api/funding?key_id={acct.key_id}").json(), timeout=10)
+        assert len(rows) == 1 and rows[0]["symbol"] in (SYMBOL, "") and Decimal(rows[0]["amount"]) < 0
+        _pushed_realized(lst, acct, _ledger_figure(acct), mark, PUSH_WITHIN_S + 1)
+
+        mark = lst.mark()
+        _sim_control(sim, "/_sim/liquidate", {"api_key": acct.api_key, "symbol": SYMBOL})
+        pushed = lst.wait_for("fills", lambda d: any(r["reason"] == "liquidation" for r in d["data"]),
+                              timeout=10, since=mark)
+        assert pushed["data"][0]["symbol"] == SYMBOL
+        wait_until(lambda: _closed_out(acct), timeout=10)
+        figure = _ledger_figure(acct)
+        _pushed_realized(lst, acct, figure, mark, PUSH_WITHIN_S + 1)
+        assert _rest_realized(acct) == figure
+        # the replay from the ledger says the same
+        replay = FillsListener(server.url, acct.token)
+        try:
+            assert replay.call("subscribe", {"types": ["fills"], "since": {"fills": {"time": 0}}})["ok"]
+            got = replay.wait_for("fills", lambda d: any(r["reason"] == "liquidation" for r in d["data"]))
+            assert sum(r["reason"] == "liquidation" for r in got["data"]) >= 1
+        finally:
+            replay.close()
+    finally:
+        lst.close()
