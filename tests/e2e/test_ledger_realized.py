@@ -225,7 +225,9 @@ def test_funding_and_a_liquidation_reach_the_ledger_and_the_figure(sim, restarta
         # the replay from the ledger says the same
         replay = FillsListener(server.url, acct.token)
         try:
-            assert replay.call("subscribe", {"types": ["fills"], "since": {"fills": {"time": 0}}})["ok"]
+            ack = replay.call("subscribe", {"types": ["fills"], "key_id": acct.key_id,
+                                            "since": {"fills": {"time": 1}}})
+            assert ack["ok"], ack
             got = replay.wait_for("fills", lambda d: any(r["reason"] == "liquidation" for r in d["data"]))
             assert sum(r["reason"] == "liquidation" for r in got["data"]) >= 1
         finally:
