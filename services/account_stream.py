@@ -67,7 +67,10 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
             dicts (``{"type": "stream_status", "user_id", "key_id", "exchange",
             "state", "since"}``).
         on_fill: called with each Fill seen on the stream (the ledger records it), and
-            with each FundingFee (the write-behind's ``submit_fill`` queues it as one).
+            with each FundingFee when ``on_funding`` is not given (the write-behind's
+            ``submit_fill`` queues it as one).
+        on_funding: called with each FundingFee seen on the stream (the write-behind's
+            ``submit_funding``).
         on_order: called with each order update seen on the stream (write-behind).
         on_positions: called with ``(positions, as_of ms, complete)`` when a REST
             snapshot or an account event changed a position's side, size, entry price,
@@ -98,7 +101,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
                  on_positions: Callable[[list, int, bool], None] | None = None,
-                 push: Push | None = None) -> None:
+                 push: Push | None = None,
+                 on_funding: Callable[[object], None] | None = None) -> None:
         self.state = state
         self._push = push or DirectPush(publish, audience)
         self._on_positions = on_positions
@@ -123,6 +127,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._on_order = on_order
+        # a funding fee (the ledger stores it); without it the fill sink gets it
+        self._on_funding = on_funding or on_fill
         self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._connected_at = self._last_event_at = 0.0
@@ -279,7 +285,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                     self._sync_tickers()
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, FundingFee):  # a ledger row; pnl moves once stored
-                self._on_fill(event)
+                self._on_funding(event)
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
                 self._drop_stream()

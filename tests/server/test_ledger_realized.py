@@ -338,3 +338,56 @@ def test_the_reconciler_records_the_funding_history_the_ledger_lacks(db) -> None
         assert sorted(s.scalars(select(FundingFee.exchange_id))) == ["771", "772"]
     assert ledger.realized_pnl(db, 1).all_time == D("-0.15")
     assert funding.record_missing(db, 1, object(), {"XRPUSDT"}, 86_400_000, now) == 0
+
+
+def test_the_stream_hands_funding_to_the_ledger_and_rereads_the_figure_at_each_connect() -> None:
+    """A funding event goes to the ledger (``on_funding``, else the fill sink) and is
+    not a fill; a stream that (re)connects reads the ledger's figure again, also with
+    a state kept from before (it heard of no change while no stream of it ran)."""
+    from services.account_stream import AccountStream
+
+    fee = FundingEvent("XRPUSDT", D("-0.1"), "USDT", 1_000, "f-1")
+
+    class Stream:
+        keepalive_interval_s = 1e9
+
+        def __init__(self) -> None:
+            self.frames = [[fee]]
+
+        def connect(self) -> None:
+            pass
+
+        def recv(self, timeout: float) -> list:
+            return self.frames.pop(0) if self.frames else []
+
+        def close(self) -> None:
+            pass
+
+    class Client:
+        def user_stream(self) -> Stream:
+            return Stream()
+
+        def get_balance(self):  # type: ignore[no-untyped-def]
+            return ex.Balance(D("100"), D("0"), D("100"), D("90"), ())
+
+        def get_positions(self) -> list:
+            return []
+
+        def get_open_orders(self, symbol=None) -> list:  # type: ignore[no-untyped-def]
+            return []
+
+    figures = iter([realized.Realized(D("1"), D("1")), realized.Realized(D("2.5"), D("0.5"))])
+    fills: list = []
+    funding: list = []
+    sent: list[dict] = []
+    state = AccountState(1, 2, "binance", False)
+    for on_funding, sink in ((None, fills), (funding.append, funding)):
+        stream = AccountStream(state, get_client=Client, realized_pnl=lambda: next(figures),
+                               publish=sent.append, on_fill=fills.append, sleep=lambda s: None,
+                               on_funding=on_funding)
+        stream._connect(Client())
+        stream._consume(Client())
+        assert sink == [fee] and state.fills_envelope(0) is None  # not pushed as a fill
+        sink.clear()
+    assert state.realized_pnl == realized.Realized(D("2.5"), D("0.5"))  # read again
+    assert state.last("pnl")["data"]["realized_pnl"] == "2.5"
