@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models import RealizedDay, now_ms
@@ -61,15 +62,18 @@ def book_change(session: Session, key_id: int, trades_pnl: Decimal = ZERO,
         return
     now = now or now_ms()
     day = day_of(now)
+    # the row exists first (a writer that skipped the key lock cannot make a second),
+    # then it is read locked and moved
+    insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
+              else sqlite.insert)(RealizedDay.__table__)
+    session.execute(insert.values(key_id=key_id, day=day, trades_pnl=ZERO, funding=ZERO,
+                                  updated_at=now)
+                    .on_conflict_do_nothing(index_elements=["key_id", "day"]))
     row = session.scalars(select(RealizedDay).where(
-        RealizedDay.key_id == key_id, RealizedDay.day == day)).first()
-    if row is None:
-        session.add(RealizedDay(key_id=key_id, day=day, trades_pnl=trades_pnl,
-                                funding=funding, updated_at=now))
-    else:
-        row.trades_pnl = row.trades_pnl + trades_pnl
-        row.funding = row.funding + funding
-        row.updated_at = max(now, row.updated_at + 1)  # a change always moves it
+        RealizedDay.key_id == key_id, RealizedDay.day == day).with_for_update()).one()
+    row.trades_pnl = row.trades_pnl + trades_pnl
+    row.funding = row.funding + funding
+    row.updated_at = max(now, row.updated_at + 1)  # a change always moves it
     session.info.setdefault(CHANGED_KEYS, set()).add(key_id)
 
 
