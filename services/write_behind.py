@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_S = 0.5  # stop(): how long past its time it waits for the worker's last attempt
 # how often the worker looks for realized PnL changes written by others (one query)
 WATCH_INTERVAL_S = 0.25
+WATCH_RETRY_S = 5.0  # after a failed look (the database is away)
 
 
 def database_unavailable(e: BaseException) -> bool:
@@ -94,6 +95,7 @@ class LedgerWriter:
         self.last_error: str | None = None
         self._watch = realized.ChangeWatch()
         self._watch_at = 0.0
+        self._watch_failing = False
 
     def set_on_recorded(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(key_id)`` after new fills of a key were committed (the
@@ -167,9 +169,16 @@ class LedgerWriter:
         try:
             with self._db.session() as s:
                 keys = self._watch.poll(s)
-        except Exception as e:  # isolation boundary: the writes go on; tried again next time
-            logger.warning("realized pnl watch failed kind=%s", type(e).__name__)
+        except Exception as e:  # isolation boundary: the writes go on; tried again later
+            self._watch_at = now + WATCH_RETRY_S
+            if not self._watch_failing:  # once per outage, not every few seconds
+                logger.warning("realized pnl watch failed kind=%s; retried every %.0f s",
+                               type(e).__name__, WATCH_RETRY_S)
+            self._watch_failing = True
             return
+        if self._watch_failing:
+            logger.info("realized pnl watch works again")
+            self._watch_failing = False
         for key_id in keys:
             self._on_recorded(key_id)
 
