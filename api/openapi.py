@@ -149,6 +149,12 @@ OPERATIONS: dict[str, Op] = {
                                   "type": "string", "pattern": CLIENT_ORDER_ID_PATTERN}}),
     "orders.trades": Op("The user's trades, newest first", (200, "Trades", list[out.Trade]), None,
                         (400, 401, 404), query={**KEY_ID_QUERY, "status": STATUS_QUERY}),
+    "orders.funding_fees": Op("The key's funding fees (ledger rows), oldest first",
+                              (200, "Funding fees", list[out.FundingFeeRow]), None, (400, 401, 404),
+                              query={**KEY_ID_QUERY, "since": {
+                                  "type": "integer", "minimum": 0, "maximum": 10 ** 15 - 1,
+                                  "description": "only fees with time >= since (ms UTC); "
+                                                 "default 0"}}),
     "orders.close_position": Op("Close a position: an exit by FOK limit with a bounded price chase",
                                 (202, "The exit record", out.ExitStarted), ClosePosition,
                                 CALLS_EXCHANGE + (409, 413)),

@@ -1,4 +1,5 @@
-"""POST /api/orders, DELETE /api/orders/{client_order_id}, GET /api/trades."""
+"""POST /api/orders, DELETE /api/orders/{client_order_id}, GET /api/trades,
+GET /api/funding."""
 from __future__ import annotations
 
 import re
@@ -7,11 +8,13 @@ from flask import Blueprint, g, request
 
 from api.common import body, login_required, query_int, services
 from api.errors import ApiError
-from api.validation import invalid, parse_id
+from api.validation import invalid, parse_id, query_ms
 from models import TradeStatus
 from services.schemas.fields import CLIENT_ORDER_ID_PATTERN
 from services.schemas.requests import ClosePosition, OrderCreate
-from services.schemas.responses import ExitResult, ExitStarted, Trade, TradeResult
+from services import funding
+from services.schemas.responses import (ExitResult, ExitStarted, FundingFeeRow, Trade,
+                                        TradeResult)
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
 
@@ -54,6 +57,16 @@ def trades():  # type: ignore[no-untyped-def]
                        f"{', '.join(sorted(STATUSES))}", 400, "status")
     rows = services().orders.trades(g.user_id, statuses, query_int("key_id"))
     return Trade.many(rows)
+
+
+@bp.get("/funding")
+@login_required
+def funding_fees():  # type: ignore[no-untyped-def]
+    """200 the key's funding fees with time >= ``since`` (ms UTC, default 0), oldest
+    first; 404 for another user's key."""
+    since = query_ms("since")
+    key = services().keys.resolve(g.user_id, query_int("key_id"))
+    return FundingFeeRow.many(funding.fees_since(services().db, key.id, since))
 
 
 @bp.post("/positions/close")

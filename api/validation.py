@@ -36,6 +36,7 @@ from services.schemas.fields import MAX_ID, control_character
 MAX_JSON_DEPTH = 32
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,10}")
+_MS_DIGITS = re.compile(r"[0-9]{1,15}")
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
@@ -70,6 +71,18 @@ def query_id(name: str, required: bool = False) -> int | None:
             raise invalid(name, "is required")
         return None
     return parse_id(raw, name)
+
+
+def query_ms(name: str, default: int = 0) -> int:
+    """The time query parameter ``name`` (ms since the Unix epoch, UTC: ASCII digits,
+    at most 15 of them), or ``default`` when absent or empty. Raises ApiError 400
+    naming it."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not _MS_DIGITS.fullmatch(raw):
+        raise invalid(name, "must be a time in milliseconds since the Unix epoch (0 or more)")
+    return int(raw)
 
 
 def check_text(value: str, field: str | None = None) -> str:

@@ -7,7 +7,8 @@ faults (kill -9 of the server at chosen moments included, see
 ``tests/support/chaos.py``), then ``POST /admin/reconcile`` until quiet and a
 comparison with the simulator's orders, fills and positions. Prints one line per seed
 and the totals: rounds, kills, orders, fills, lost, doubled, stuck pending, stranded
-exits, position mismatches, fill-state mismatches, and the time from the last fault
+exits, position mismatches, fill-state mismatches, risk-figure mismatches (open
+quantities, the realized figure), and the time from the last fault
 to a quiet reconcile (median and max). Exit status 1 when any seed was not clean.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.support.chaos import ChaosRun, Figures
 from tests.support.simulator import start_simulator
 
 COLUMNS = ("rounds", "kills", "orders", "fills", "lost", "doubled", "stuck_pending",
-           "stranded_exits", "position_mismatches", "state_mismatches")
+           "stranded_exits", "position_mismatches", "state_mismatches", "figure_mismatches")
 
 
 def run_seed(sim, seed: int, db: str, rounds: int, tmp: Path) -> Figures:  # type: ignore[no-untyped-def]

@@ -5,10 +5,11 @@ from models.user import User
 from models.exchange_key import ExchangeKey
 from models.session import AuthSession, RefreshToken
 from models.trade import (
-    HOLDING_STATUSES, UNFINISHED_STATUSES, DeadLetter, Exit, ExitStatus, Fill, Order, Position, Trade,
-    TradeStatus,
+    HOLDING_STATUSES, UNFINISHED_STATUSES, DeadLetter, Exit, ExitStatus, Fill, FundingFee, Order,
+    Position, RealizedDay, Trade, TradeStatus,
 )
 
 __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
            "TradeStatus", "HOLDING_STATUSES", "UNFINISHED_STATUSES", "Order", "Fill",
-           "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken"]
+           "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken",
+           "FundingFee", "RealizedDay"]

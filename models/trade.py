@@ -55,6 +55,9 @@ class Trade(Base):
     client_order_id: Mapped[str] = mapped_column(String(36), unique=True)
     entry_order_id: Mapped[str | None] = mapped_column(String(64))
     filled_quantity: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    # what of ``filled_quantity`` is still held (base units; 0 once closed), written by
+    # the book (``services.book.settle_symbol``) whenever it recomputes the symbol
+    open_quantity: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     entry_price: Mapped[Decimal | None] = mapped_column(Money)
     exit_price: Mapped[Decimal | None] = mapped_column(Money)
     realized_pnl: Mapped[Decimal | None] = mapped_column(Money)
@@ -118,6 +121,9 @@ class Fill(Base):
     realized_pnl: Mapped[Decimal] = mapped_column(Money)
     is_maker: Mapped[bool] = mapped_column(Boolean, default=False)
     time: Mapped[int] = mapped_column(BigInteger)
+    # why the venue made it when not an order of ours: NULL, ``liquidation`` or ``adl``;
+    # a protection leg's fill: ``stop_loss``, ``take_profit`` or ``trailing_stop``
+    reason: Mapped[str | None] = mapped_column(String(16))
 
 
 class ExitStatus(str, Enum):
@@ -191,10 +197,51 @@ class DeadLetter(Base):
     __tablename__ = "ledger_dead_letters"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # fill | order | positions
+    kind: Mapped[str] = mapped_column(String(16))  # fill | order | positions | funding
     key_id: Mapped[int] = mapped_column()
     payload: Mapped[str] = mapped_column(Text)
     error: Mapped[str] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     retried_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class FundingFee(Base):
+    """One funding payment of a key's position, as the venue reported it: ``amount``
+    signed as the wallet sees it (negative paid, positive received), in ``asset``;
+    ``time`` ms UTC; unique by (key, ``exchange_id``) (Binance income ``tranId`` or
+    the stream's ``FUNDING_FEE-<asset>-<T>``, Bybit ``execId``) so a replay writes
+    nothing twice. ``symbol`` is ``""`` when the venue did not name it."""
+
+    __tablename__ = "funding_fees"
+    __table_args__ = (UniqueConstraint("key_id", "exchange_id"),
+                      Index("ix_funding_fees_key_id_time", "key_id", "time"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"))
+    exchange_id: Mapped[str] = mapped_column(String(96))
+    symbol: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    asset: Mapped[str] = mapped_column(String(16))
+    time: Mapped[int] = mapped_column(BigInteger)
+
+
+class RealizedDay(Base):
+    """The ledger's realized PnL of one key booked on one UTC day: ``trades_pnl`` (the
+    change of the sum of its trades' ``realized_pnl`` that day) and ``funding`` (the
+    funding fees recorded that day). Written in the transaction that changed a trade's
+    realized PnL or stored a funding fee (``services.realized``), so the sum over a
+    key's rows is always the sum of its trades' ``realized_pnl`` plus its funding
+    fees, read without walking the trades. ``day`` is 00:00 UTC in ms; ``updated_at``
+    ms UTC (indexed: other processes find the keys that changed by it)."""
+
+    __tablename__ = "realized_days"
+    __table_args__ = (UniqueConstraint("key_id", "day"),
+                      Index("ix_realized_days_updated_at", "updated_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("exchange_keys.id", ondelete="CASCADE"))
+    day: Mapped[int] = mapped_column(BigInteger)
+    trades_pnl: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    funding: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)

@@ -40,6 +40,7 @@ from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
+from services.ledger_events import FundingFee
 from services.lifecycle import Backoff
 from services.position_report import PositionReporter
 from services.push import DirectPush, Push
@@ -65,7 +66,11 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         publish: called with each envelope to emit; also with ``stream_status``
             dicts (``{"type": "stream_status", "user_id", "key_id", "exchange",
             "state", "since"}``).
-        on_fill: called with each Fill seen on the stream (the ledger records it).
+        on_fill: called with each Fill seen on the stream (the ledger records it), and
+            with each FundingFee when ``on_funding`` is not given (the write-behind's
+            ``submit_fill`` queues it as one).
+        on_funding: called with each FundingFee seen on the stream (the write-behind's
+            ``submit_funding``).
         on_order: called with each order update seen on the stream (write-behind).
         on_positions: called with ``(positions, as_of ms, complete)`` when a REST
             snapshot or an account event changed a position's side, size, entry price,
@@ -96,7 +101,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
                  on_positions: Callable[[list, int, bool], None] | None = None,
-                 push: Push | None = None) -> None:
+                 push: Push | None = None,
+                 on_funding: Callable[[object], None] | None = None) -> None:
         self.state = state
         self._push = push or DirectPush(publish, audience)
         self._on_positions = on_positions
@@ -121,6 +127,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._on_order = on_order
+        # a funding fee (the ledger stores it); without it the fill sink gets it
+        self._on_funding = on_funding or on_fill
         self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._connected_at = self._last_event_at = 0.0
@@ -210,9 +218,10 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._connected_at = self._last_event_at = now
         for kind in ("balance", "positions", "orders"):
             self._when_allowed(lambda k=kind: self._poll(client, kinds=(k,), force=True))
-        if self.state.realized_pnl is None:
-            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
-            self._emit(("pnl",), "rest", now_ms())
+        # read at every (re)connect, not once per state: a state kept across a stop
+        # heard of no ledger change while no stream of it ran
+        self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
+        self._emit(("pnl",), "rest", now_ms())
         reconnect = self.state.resume_from_ms is not None
         if reconnect:
             symbols |= self._symbols_of_interest()
@@ -275,6 +284,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                     self._report_positions()
                     self._sync_tickers()
                 as_of = max(as_of, event.event_time)
+            elif isinstance(event, FundingFee):  # a ledger row; pnl moves once stored
+                self._on_funding(event)
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
                 self._drop_stream()

@@ -15,7 +15,8 @@ not matter: an exit recorded before its entry's fills, or an entry fill arriving
 after its exit, ends where the clean sequence does (trades re-opened, re-sized or
 closed, realized PnL recomputed).
 
-Per trade: ``open_quantity`` (what is left of its lots), ``exit_price`` (average
+Per trade: ``open_quantity`` (what is left of its lots, stored in
+``trades.open_quantity``), ``exit_price`` (average
 price of what consumed it), ``realized_pnl`` = gross PnL of its consumed lots - its
 own fees - its share of the fees of unowned fills that consumed it (an exit order's
 fee). A trade that only reduced others books -its fees (its gains are on the lots it
@@ -31,6 +32,7 @@ from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import Fill, Order, Trade, TradeStatus, now_ms
+from services import realized
 
 ZERO = Decimal(0)
 PRICE_Q = Decimal("1e-12")
@@ -147,23 +149,34 @@ def settle_symbol(session: Session, key_id: int, symbol: str) -> Book:
     a trade with fills and nothing left open is ``closed``; one with something left
     that was ``closed``/``pending``/``canceled``/``failed`` is ``open`` again
     (``closing``/``exit_failed`` stay: an exit is working or failed on it); exit price
-    and realized PnL follow its consumed lots. Returns the Book."""
+    and realized PnL follow its consumed lots, ``open_quantity`` what is left of its
+    lots. The change of the trades' realized PnL is booked to the key's running sum
+    (``services.realized.book_change``) in the same transaction. Returns the Book."""
     book, trades = load(session, key_id, symbol)
     now = now_ms()
+    moved = ZERO  # the change of the sum of these trades' realized PnL
     for t in trades:
         tb = book.trades.get(t.id)
         if tb is None or t.filled_quantity <= 0:
+            if t.open_quantity:  # no fill holds anything for it (any more)
+                t.open_quantity = ZERO
             continue
+        if t.open_quantity != tb.open_quantity:
+            t.open_quantity = tb.open_quantity
         if tb.matched > 0:
             t.exit_price = (tb.matched_notional / tb.matched).quantize(PRICE_Q).normalize()
         if tb.matched > 0 or tb.open_quantity == 0:
-            t.realized_pnl = tb.gross - t.fees - tb.fee_share
+            pnl = tb.gross - t.fees - tb.fee_share
+            if pnl != t.realized_pnl:
+                moved += pnl - (t.realized_pnl or ZERO)
+                t.realized_pnl = pnl
         if tb.open_quantity == 0:
             if t.status != TradeStatus.CLOSED.value:
                 t.status, t.closed_at = TradeStatus.CLOSED.value, now
         elif t.status in REOPEN:
             t.status, t.closed_at = TradeStatus.OPEN.value, None
             t.opened_at = t.opened_at or now
+    realized.book_change(session, key_id, trades_pnl=moved, now=now)
     return book
 
 

@@ -19,7 +19,8 @@ def fill_row(f: Fill) -> dict:
     return {"trade_id": f.exchange_trade_id, "order_id": f.exchange_order_id,
             "client_order_id": f.client_order_id, "symbol": f.symbol, "side": f.side,
             "price": dec(f.price), "quantity": dec(f.quantity), "fee": dec(f.fee),
-            "fee_asset": f.fee_asset, "realized_pnl": dec(f.realized_pnl), "time": f.time}
+            "fee_asset": f.fee_asset, "realized_pnl": dec(f.realized_pnl), "time": f.time,
+            "reason": f.reason}
 
 
 class FillFeed:

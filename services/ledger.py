@@ -10,16 +10,18 @@ its fills, so applying the same fill again cannot move them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from exchanges import types as ex
-from models import Database, Fill, Order, Position, Trade, TradeStatus, now_ms
-from services import book
+from models import Database, Fill, FundingFee, Order, Position, Trade, TradeStatus, now_ms
+from services import book, realized
+from services.ledger_events import FundingFee as FundingFeeEvent
+from services.realized import Realized  # noqa: F401 (re-exported: what realized_pnl returns)
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +72,12 @@ def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | No
         exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
         symbol=fill.symbol, side=fill.side, price=fill.price, quantity=fill.quantity,
         fee=fill.fee, fee_asset=fill.fee_asset, realized_pnl=fill.realized_pnl,
-        is_maker=fill.is_maker, time=fill.time,
+        is_maker=fill.is_maker, time=fill.time, reason=getattr(fill, "reason", None),
     ).on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
     if session.execute(stmt).rowcount == 1:
         return True
-    if trade_id is not None or fill.realized_pnl or fill.client_order_id:
+    if trade_id is not None or fill.realized_pnl or fill.client_order_id or getattr(
+            fill, "reason", None):
         stored = session.scalars(select(Fill).where(
             Fill.key_id == key_id, Fill.symbol == fill.symbol,
             Fill.exchange_trade_id == fill.trade_id)).first()
@@ -85,6 +88,9 @@ def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | No
                 stored.client_order_id = fill.client_order_id
             if fill.realized_pnl and stored.realized_pnl == 0:
                 stored.realized_pnl = fill.realized_pnl
+            reason = getattr(fill, "reason", None)
+            if reason and stored.reason is None:
+                stored.reason = reason
     return False
 
 
@@ -212,15 +218,18 @@ def apply_fill(session: Session, key_id: int, fill: ex.Fill) -> bool:
 
 def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
                 fills: list[tuple[int, ex.Fill]],
-                positions: list[tuple[int, int, list[ex.Position], bool]] = ()) -> set[int]:  # type: ignore[assignment]
+                positions: list[tuple[int, int, list[ex.Position], bool]] = (),  # type: ignore[assignment]
+                funding: list[tuple[int, FundingFeeEvent]] = ()) -> set[int]:  # type: ignore[assignment]
     """The write-behind writer's unit of work: many stream events in a handful of
     statements (each statement is a round trip, and under load every round trip waits
     for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one, and
     ``upsert_positions`` with ``positions`` (tuples of key id, as_of ms, positions,
-    complete) merged per key: the newest report of each symbol, complete if any was.
-    Returns the key ids that got new fills."""
+    complete) merged per key: the newest report of each symbol, complete if any was,
+    and ``apply_funding`` with ``funding``. Returns the key ids that got new fills or
+    funding fees. The keys whose realized figure moved are in
+    ``session.info[services.realized.CHANGED_KEYS]``."""
     book.lock_keys(session, [k for k, _ in orders] + [k for k, _ in fills]
-                   + [p[0] for p in positions])
+                   + [p[0] for p in positions] + [k for k, _ in funding])
     newest: dict[int, tuple[int, dict[str, ex.Position], bool]] = {}
     for key_id, as_of, held, complete in sorted(positions, key=lambda p: p[1]):
         _, symbols, was_complete = newest.get(key_id, (0, {}, False))
@@ -286,7 +295,8 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
                                client_order_id=f.client_order_id, symbol=f.symbol, side=f.side,
                                price=f.price, quantity=f.quantity, fee=f.fee,
                                fee_asset=f.fee_asset, realized_pnl=f.realized_pnl,
-                               is_maker=f.is_maker, time=f.time))
+                               is_maker=f.is_maker, time=f.time,
+                               reason=getattr(f, "reason", None)))
         stmt = (_insert(session, Fill.__table__)
                 .on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
                 .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
@@ -294,7 +304,8 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
         new_keys = {k for k, _ in inserted}
         symbols |= {(k, f.symbol) for k, f in fills if (k, f.trade_id) in inserted}
         for key_id, f in fills:  # a fill stored before: a late trade link or PnL (rare)
-            if (key_id, f.trade_id) not in inserted and (f.realized_pnl or f.client_order_id):
+            if (key_id, f.trade_id) not in inserted and (f.realized_pnl or f.client_order_id
+                                                         or getattr(f, "reason", None)):
                 t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
                 upsert_fill(session, key_id, f, t.id if t else None)
     if touched:
@@ -315,34 +326,60 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
             settle_trade_from_fills(session, t, last_order.get(tid), rows[tid])
     if symbols:
         session.flush()
-        for key_id, symbol in sorted(book.needing_settle(session, symbols)):
+        needing = book.needing_settle(session, symbols)
+        for key_id, symbol in sorted(needing):
             book.settle_symbol(session, key_id, symbol)
+        for t in touched.values():  # nothing consumed in its symbol: it holds all it has
+            if (t.key_id, t.symbol) not in needing and t.open_quantity != t.filled_quantity:
+                t.open_quantity = t.filled_quantity
+    if funding:
+        new_keys |= apply_funding(session, funding)
     return new_keys
 
 
-@dataclass(frozen=True)
-class Realized:
-    """Realized PnL of one key from the ledger: exchange-reported realized profit
-    minus fees, quote currency; ``today`` counts fills since 00:00 UTC."""
+# ``exchanges.types.FundingFee``: an id of this form is built from a Binance stream
+# event (which carries no tranId); the income history's rows of the same payment
+# (same asset and time) are the record and take its place
+PROVISIONAL_FUNDING_ID = "FUNDING_FEE-"
 
-    all_time: Decimal
-    today: Decimal
+
+def apply_funding(session: Session, fees: list[tuple[int, FundingFeeEvent]]) -> set[int]:
+    """Store funding fees (tuples of key id, ``FundingFee``) once each, keyed by (key,
+    ``id``), and add each stored one to the key's realized figure
+    (``services.realized.book_change``). Binance's stream and its income history name
+    one payment differently, and the stream's row of a cross position is the asset's
+    total while the history has one row per symbol (``exchanges.types.FundingFee``):
+    a stream row (id ``FUNDING_FEE-...``) is skipped when a row of the same key, asset
+    and time is stored, and is replaced (removed, its amount taken back) by the
+    history's rows when they come. The caller holds the keys' ledger locks. Returns
+    the key ids whose funding changed."""
+    new: set[int] = set()
+    for key_id, f in fees:
+        same = list(session.scalars(select(FundingFee).where(
+            FundingFee.key_id == key_id,
+            (FundingFee.exchange_id == f.id) | ((FundingFee.asset == f.asset)
+                                               & (FundingFee.time == f.time_ms)))))
+        if any(r.exchange_id == f.id for r in same):
+            continue
+        if f.id.startswith(PROVISIONAL_FUNDING_ID):
+            if same:  # the history's rows of this payment are stored
+                continue
+        else:
+            for row in same:
+                if row.exchange_id.startswith(PROVISIONAL_FUNDING_ID):
+                    realized.book_change(session, key_id, funding=-row.amount)
+                    session.delete(row)
+        session.add(FundingFee(key_id=key_id, exchange_id=f.id, symbol=f.symbol or "",
+                               amount=f.amount, asset=f.asset, time=f.time_ms))
+        session.flush()
+        realized.book_change(session, key_id, funding=f.amount)
+        new.add(key_id)
+    return new
 
 
 def realized_pnl(db: Database, key_id: int, now: int | None = None) -> Realized:
-    """The key's realized PnL, all time and today (UTC)."""
-    day_start = (now or now_ms()) // 86_400_000 * 86_400_000
+    """The key's realized PnL, all time and today (UTC): its trades' ``realized_pnl``
+    plus its funding fees (``services.realized``). Raises SQLAlchemyError when the
+    database cannot answer."""
     with db.session() as s:
-        if s.get_bind().dialect.name == "postgresql":  # NUMERIC sums are exact: sum there
-            net = Fill.realized_pnl - Fill.fee
-            total, today = s.execute(select(
-                func.coalesce(func.sum(net), 0),
-                func.coalesce(func.sum(case((Fill.time >= day_start, net), else_=0)), 0))
-                .where(Fill.key_id == key_id)).one()
-            return Realized(Decimal(total).normalize(), Decimal(today).normalize())
-        # SQLite stores decimal strings (its SUM would go through float): sum here
-        rows = s.execute(select(Fill.realized_pnl, Fill.fee, Fill.time)
-                         .where(Fill.key_id == key_id)).all()
-    total = sum((r.realized_pnl - r.fee for r in rows), Decimal(0))
-    today = sum((r.realized_pnl - r.fee for r in rows if r.time >= day_start), Decimal(0))
-    return Realized(total, today)
+        return realized.read(s, key_id, now)

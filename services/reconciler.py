@@ -10,6 +10,8 @@ reconnect, every ``interval_s`` and on ``POST /admin/reconcile``:
 3. record fills the exchange has and the ledger lacks (symbols the ledger or the
    exchange show activity in, over ``fill_lookback_ms``); each is linked to its trade
    and the symbol's book (``services.book``) is recomputed;
+   Funding fees the venue's history has and the ledger lacks are recorded too
+   (``services.funding.record_missing``);
 4. settle or resume exits left ``working`` with no chase (``ExitService.recover``);
 5. compare positions both ways: the ledger's net per symbol (the signed sum of its
    fills, plus earlier adjustments) against the exchange's. Two kinds of difference
@@ -44,7 +46,7 @@ from exchanges.errors import ExchangeError
 from models import (
     UNFINISHED_STATUSES, Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms,
 )
-from services import book, ledger
+from services import book, funding, ledger
 from services.errors import ServiceError
 from services.lifecycle import StopFlag
 from services.orders import OrderService
@@ -156,6 +158,8 @@ class Reconciler:
                 positions = client.get_positions()  # one call serves steps 3 and 5
             fixed += self._missing_fills(key, client, {p.symbol for p in positions}, details,
                                          skip=fills_checked)
+            fixed += funding.record_missing(self._db, key.id, client,
+                                            {p.symbol for p in positions}, self._fill_lookback_ms)
             if self._recover_exits(key, details):
                 fixed += 1
                 positions = client.get_positions()  # an exit settled or moved on

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Collection, Iterable, Mapping
 from exchanges.types import Balance, Fill, Order, Position
 
 if TYPE_CHECKING:
-    from services.ledger import Realized
+    from services.realized import Realized
 
 
 def dec(value: Decimal | None) -> str | None:
@@ -89,4 +89,5 @@ def fill_data(f: Fill) -> dict:
     return {"trade_id": f.trade_id, "order_id": f.order_id,
             "client_order_id": f.client_order_id, "symbol": f.symbol, "side": f.side,
             "price": dec(f.price), "quantity": dec(f.quantity), "fee": dec(f.fee),
-            "fee_asset": f.fee_asset, "realized_pnl": dec(f.realized_pnl), "time": f.time}
+            "fee_asset": f.fee_asset, "realized_pnl": dec(f.realized_pnl), "time": f.time,
+            "reason": getattr(f, "reason", None)}

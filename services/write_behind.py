@@ -34,11 +34,15 @@ from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_
 
 from exchanges import types as ex
 from models import Database, DeadLetter, now_ms
-from services import ledger
+from services import ledger, realized
+from services.ledger_events import FundingFee
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 0.5  # stop(): how long past its time it waits for the worker's last attempt
+# how often the worker looks for realized PnL changes written by others (one query)
+WATCH_INTERVAL_S = 0.25
+WATCH_RETRY_S = 5.0  # after a failed look (the database is away)
 
 
 def database_unavailable(e: BaseException) -> bool:
@@ -58,8 +62,10 @@ class LedgerWriter:
 
     Args:
         db: the database.
-        on_recorded: called with a key id after new fills of it were committed (or
-            set later with ``set_on_recorded``, once its consumer exists).
+        on_recorded: called with a key id after new fills or funding fees of it were
+            committed or its realized PnL changed (by this writer, or by any other
+            writer in any process: found within ``WATCH_INTERVAL_S``); or set later
+            with ``set_on_recorded``, once its consumer exists.
         max_depth: queue bound; beyond it ``submit`` blocks (backpressure).
         batch_size: events per transaction at most.
     """
@@ -87,6 +93,9 @@ class LedgerWriter:
         self.dead_letters = 0   # rows in it now (as of the last write or retry)
         self._unstored: list[tuple] = []  # dead letters not written yet (database down)
         self.last_error: str | None = None
+        self._watch = realized.ChangeWatch()
+        self._watch_at = 0.0
+        self._watch_failing = False
 
     def set_on_recorded(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(key_id)`` after new fills of a key were committed (the
@@ -96,12 +105,21 @@ class LedgerWriter:
 
     # ---- producers (exchange event handlers) ------------------------------------
     def submit_fill(self, key_id: int, fill: ex.Fill) -> None:
-        """Queue one fill of ``key_id``."""
+        """Queue one fill of ``key_id``. A ``FundingFee`` given here is queued as one
+        (the account stream hands its funding fees to its fill sink until the stream
+        manager wires ``submit_funding`` itself)."""
+        if isinstance(fill, FundingFee):
+            self.submit_funding(key_id, fill)
+            return
         self._put(("fill", key_id, fill))
 
     def submit_order(self, key_id: int, order: ex.Order) -> None:
         """Queue one order update of ``key_id``."""
         self._put(("order", key_id, order))
+
+    def submit_funding(self, key_id: int, fee: FundingFee) -> None:
+        """Queue one funding fee of ``key_id`` (``services.ledger.apply_funding``)."""
+        self._put(("funding", key_id, fee))
 
     def submit_positions(self, key_id: int, positions: list[ex.Position], as_of: int,
                          complete: bool = False) -> None:
@@ -126,8 +144,9 @@ class LedgerWriter:
         self._worker_done.clear()
         try:
             while not self._stopping:
+                self._watch_realized()
                 try:
-                    batch = [self._queue.get(timeout=0.5)]
+                    batch = [self._queue.get(timeout=WATCH_INTERVAL_S)]
                 except queue.Empty:
                     continue
                 while len(batch) < self._batch_size:
@@ -138,6 +157,30 @@ class LedgerWriter:
                 self._write_keeping(batch)
         finally:
             self._worker_done.set()
+
+    def _watch_realized(self) -> None:
+        """At most every ``WATCH_INTERVAL_S``: tell ``on_recorded`` of the keys whose
+        realized figure changed by another writer (another process; order placement,
+        exits or the reconciler here), found by one query (``realized.ChangeWatch``)."""
+        now = time.monotonic()
+        if now < self._watch_at:
+            return
+        self._watch_at = now + WATCH_INTERVAL_S
+        try:
+            with self._db.session() as s:
+                keys = self._watch.poll(s)
+        except Exception as e:  # isolation boundary: the writes go on; tried again later
+            self._watch_at = now + WATCH_RETRY_S
+            if not self._watch_failing:  # once per outage, not every few seconds
+                logger.warning("realized pnl watch failed kind=%s; retried every %.0f s",
+                               type(e).__name__, WATCH_RETRY_S)
+            self._watch_failing = True
+            return
+        if self._watch_failing:
+            logger.info("realized pnl watch works again")
+            self._watch_failing = False
+        for key_id in keys:
+            self._on_recorded(key_id)
 
     def stop(self, drain: bool = True, timeout_s: float = 10.0) -> int:
         """Stop the worker and, with ``drain``, write what is still queued (shutdown),
@@ -277,7 +320,9 @@ class LedgerWriter:
                     keys = ledger.apply_batch(
                         s, [(k, e) for _, kind, k, e in batch if kind == "order"],
                         [(k, e) for _, kind, k, e in batch if kind == "fill"],
-                        [(k, *e) for _, kind, k, e in batch if kind == "positions"])
+                        [(k, *e) for _, kind, k, e in batch if kind == "positions"],
+                        [(k, e) for _, kind, k, e in batch if kind == "funding"])
+                    keys = keys | s.info.pop(realized.CHANGED_KEYS, set())
         done = time.monotonic()
         self._latency_ms.extend((done - item[0]) * 1000 for item in batch)
         self.written += len(batch)
@@ -317,8 +362,8 @@ def _jsonable(value):  # type: ignore[no-untyped-def]
 
 
 def encode_event(kind: str, event) -> str:  # type: ignore[no-untyped-def]
-    """A queued event as JSON (decimal strings): a Fill, an Order, or positions as
-    ``(as_of, [Position], complete)``."""
+    """A queued event as JSON (decimal strings): a Fill, an Order, a FundingFee, or
+    positions as ``(as_of, [Position], complete)``."""
     if kind == "positions":
         as_of, held, complete = event
         body = {"as_of": as_of, "complete": complete,
@@ -349,4 +394,4 @@ def decode_event(kind: str, payload: str):  # type: ignore[no-untyped-def]
     if kind == "positions":
         return (data["as_of"], [_build(ex.Position, p) for p in data["positions"]],
                 data["complete"])
-    return _build(ex.Fill if kind == "fill" else ex.Order, data)
+    return _build({"fill": ex.Fill, "funding": FundingFee}.get(kind, ex.Order), data)

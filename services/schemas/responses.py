@@ -127,6 +127,8 @@ class Trade(Out):
     quantity: DecimalOut
     price: DecimalOut | None
     filled_quantity: DecimalOut | None
+    open_quantity: DecimalOut = Field(description="what of filled_quantity is still held "
+                                      "(first in first out; 0 once closed)")
     status: TradeStatusValue
     client_order_id: str
     entry_order_id: str | None
@@ -139,6 +141,17 @@ class Trade(Out):
     opened_at: Ms | None
     closed_at: Ms | None
     created_at: Ms
+
+
+class FundingFeeRow(Out):
+    """One funding payment of GET /api/funding (``models.FundingFee``): ``amount``
+    signed as the wallet sees it (negative paid, positive received) in ``asset``;
+    ``symbol`` ``""`` when the venue did not name it."""
+
+    time: Ms
+    symbol: str
+    amount: DecimalOut
+    asset: str
 
 
 class TradeResult(Out):
@@ -281,7 +294,7 @@ class ReconcileResult(Out):
 
 # Every model ``api/openapi.py`` puts in ``components.schemas`` (nested ones follow).
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    Error, User, Me, Token, Session, ExchangeKey, Trade, TradeResult, Exit, ExitStarted,
+    Error, User, Me, Token, Session, ExchangeKey, Trade, TradeResult, FundingFeeRow, Exit, ExitStarted,
     ExitResult, Envelope, Alive, Ready, NotReady, Health, Stats, Connection, CacheCleared,
     ReconcileResult)
 

@@ -115,7 +115,8 @@ def test_fills_are_pushed_live_and_resumed_by_seq_and_by_time(account, server, s
         assert live["source"] == "stream" and row["order_id"] == first["entry_order_id"]
         assert row["client_order_id"] == first["client_order_id"] and row["side"] == "BUY"
         assert set(row) == {"trade_id", "order_id", "client_order_id", "symbol", "side", "price",
-                            "quantity", "fee", "fee_asset", "realized_pnl", "time"}
+                            "quantity", "fee", "fee_asset", "realized_pnl", "time", "reason"}
+        assert row["reason"] is None  # an ordinary fill (not a liquidation, ADL or leg)
         position = {"epoch": live["epoch"], "seq": live["seq"]}
     finally:
         lst.close()
@@ -141,6 +142,9 @@ def test_fills_are_pushed_live_and_resumed_by_seq_and_by_time(account, server, s
         time.sleep(0.5)
         assert sorted(seen(by_time)) == sorted(trade_ids) and len(seen(by_time)) == 3
         assert set(seen(by_seq)) == trade_ids - {row["trade_id"]} and len(seen(by_seq)) == 2
+        # the replay (from the ledger) carries the reason as the live push does
+        assert all("reason" in r and r["reason"] is None
+                   for e in by_time.got("fills") for r in e["data"])
         # a live fill follows on both with the next seq, never a repeat
         mark = by_seq.mark()
         _market(account, "ETHUSDT", "BUY", "0.010")

@@ -93,25 +93,35 @@ def test_a_cancel_that_raced_a_fill_ends_open_in_any_order(db, extra, rnd) -> No
     assert _replay(db, noisy) == clean
 
 
-def test_realized_pnl_all_time_and_today_and_late_pnl_completes_a_fill(db) -> None:  # type: ignore[no-untyped-def]
+def test_realized_pnl_is_the_sum_of_the_trades_and_a_late_pnl_report_changes_nothing(db) -> None:  # type: ignore[no-untyped-def]
+    """CONTRACT.md "Risk figures that are true": the realized figure is the sum of the
+    trades' ``realized_pnl`` (fees included), whatever the fills' exchange figures say;
+    booked today, so ``today`` is all of it; a fill not linked to a trade (activity
+    outside the ledger) adds only where it closes a trade's lot."""
+    from models import RealizedDay
     with db.transaction() as s:
-        for table in (Fill, Order, Trade):
+        for table in (Fill, Order, Trade, RealizedDay):
             s.execute(delete(table))
-    day = 1_795_600_000_000 // 86_400_000 * 86_400_000
-    yesterday = ex.Fill("y1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
-                        Decimal("0.1"), "USDT", Decimal("5"), False, day - 1000)
-    today = ex.Fill("t1", "8", None, "BTCUSDT", "SELL", Decimal("100"), Decimal("1"),
-                    Decimal("0.1"), "USDT", Decimal("0"), False, day + 1000)
+        s.add(Trade(user_id=1, key_id=1, exchange="binance", symbol="BTCUSDT", side="BUY",
+                    order_type="MARKET", quantity=Decimal("1"), client_order_id="rp-1",
+                    entry_order_id="7", status="pending"))
+    entry = ex.Fill("e1", "7", "rp-1", "BTCUSDT", "BUY", Decimal("100"), Decimal("1"),
+                    Decimal("0.1"), "USDT", Decimal("0"), False, 1000)
+    close = ex.Fill("x1", "8", None, "BTCUSDT", "SELL", Decimal("105"), Decimal("1"),
+                    Decimal("0.1"), "USDT", Decimal("0"), False, 2000)
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, yesterday)
-        ledger.apply_fill(s, 1, today)
-    r = ledger.realized_pnl(db, 1, now=day + 5000)
-    assert (r.all_time, r.today) == (Decimal("4.8"), Decimal("-0.1"))
-    # the same execution reported again with its PnL (Bybit stream after REST) completes it
+        ledger.apply_fill(s, 1, entry)
+        ledger.apply_fill(s, 1, close)
+    r = ledger.realized_pnl(db, 1)
+    with db.session() as s:
+        trades = s.scalars(select(Trade.realized_pnl)).all()
+    assert trades == [Decimal("4.8")]  # (105 - 100) * 1 - 0.1 own fee - 0.1 exit fee
+    assert (r.all_time, r.today) == (Decimal("4.8"), Decimal("4.8"))
+    assert ledger.realized_pnl(db, 1, now=2 * 86_400_000).today == 0  # another day
+    # the same execution reported again with the exchange's PnL (Bybit stream after REST)
     with db.transaction() as s:
-        assert not ledger.apply_fill(s, 1, ex.Fill(**{**today.__dict__, "realized_pnl": Decimal("2")}))
-    r = ledger.realized_pnl(db, 1, now=day + 5000)
-    assert (r.all_time, r.today) == (Decimal("6.8"), Decimal("1.9"))
+        assert not ledger.apply_fill(s, 1, ex.Fill(**{**close.__dict__, "realized_pnl": Decimal("5")}))
+    assert ledger.realized_pnl(db, 1).all_time == Decimal("4.8")
 
 
 def test_connection_errors_are_retried_and_bad_statements_are_not() -> None:

@@ -132,6 +132,8 @@ def test_every_json_route_answers_its_documented_schema(app, sim) -> None:  # ty
         "key_id": kid, "symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "50"})
     assert "exchange_code" in refused["error"] and "field" not in refused["error"]
     c.call("get", "/api/trades", 200, h, query="status=pending,open,closed,canceled")
+    c.call("get", "/api/funding", 200, h, query=f"key_id={kid}&since=0")
+    c.call("get", "/api/funding", 400, h, query=f"key_id={kid}&since=-1")
 
     deadline = time.monotonic() + 10
     while True:  # the MARKET fill reaches the account (positions and pnl not empty)
@@ -169,7 +171,8 @@ def test_the_check_can_fail(app) -> None:  # type: ignore[no-untyped-def]
     spec = client.get("/api/openapi.json").get_json()
     c = Checker(client, spec)
     trade = {"id": 1, "key_id": 2, "symbol": "BTCUSDT", "side": "BUY", "type": "MARKET",
-             "quantity": "0.01", "price": None, "filled_quantity": "0", "status": "pending",
+             "quantity": "0.01", "price": None, "filled_quantity": "0", "open_quantity": "0",
+             "status": "pending",
              "client_order_id": "c1", "entry_order_id": None, "entry_price": None,
              "exit_price": None, "realized_pnl": None, "fees": None, "error_code": None,
              "error_message": None, "opened_at": None, "closed_at": None, "created_at": 1}

@@ -16,7 +16,10 @@ The comparison (``Figures``): every exchange fill exactly once in the ledger
 after the quiet reconcile (``stuck_pending``/``stranded_exits``), every trade's
 filled quantity equal to its exchange order's executed quantity (``state_mismatches``),
 and the ledger's net position per symbol (the book of its fills) equal to the
-exchange's (``position_mismatches``).
+exchange's (``position_mismatches``); the risk figures of issue 20
+(``figure_mismatches``): each trade's stored ``open_quantity`` equal to the book's,
+and the realized figure (the ledger's running sum, and ``GET /api/account/pnl``)
+equal to the trades' ``realized_pnl`` plus the funding fees.
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from models import Database, Exit, Fill, Trade
-from services import book
+from models import Database, Exit, Fill, FundingFee, Trade
+from services import book, ledger
 from tests.support.server import ServerProcess, free_port, start_server
 
 SYMBOLS = {"BTCUSDT": (Decimal("60000"), Decimal("0.10"), ("0.002", "0.003", "0.005")),
@@ -63,6 +66,7 @@ class Figures:
     stranded_exits: int = 0
     position_mismatches: int = 0
     state_mismatches: int = 0
+    figure_mismatches: int = 0
     quiet_s: float = 0.0
     reconciles: int = 0
     problems: list[str] = field(default_factory=list)
@@ -71,7 +75,8 @@ class Figures:
     def clean(self) -> bool:
         """True when nothing was lost, doubled, stuck, stranded or mismatched."""
         return not (self.lost or self.doubled or self.stuck_pending or self.stranded_exits
-                    or self.position_mismatches or self.state_mismatches)
+                    or self.position_mismatches or self.state_mismatches
+                    or self.figure_mismatches)
 
 
 class ChaosRun:
@@ -324,9 +329,14 @@ class ChaosRun:
                 trades = list(s.scalars(select(Trade).where(Trade.key_id == self.key_id)))
                 exits = list(s.scalars(select(Exit).where(Exit.key_id == self.key_id)))
             with db.session() as s:
-                nets = {sym: book.load(s, self.key_id, sym, lock=False)[0].net for sym in SYMBOLS}
+                books = {sym: book.load(s, self.key_id, sym, lock=False)[0] for sym in SYMBOLS}
+                nets = {sym: b.net for sym, b in books.items()}
+                funding = sum((x.amount for x in s.scalars(select(FundingFee).where(
+                    FundingFee.key_id == self.key_id))), Decimal(0))
+            figure = ledger.realized_pnl(db, self.key_id).all_time
         finally:
             db.dispose()
+        self._compare_figures(trades, books, figure, funding)
         for k in sim_fills:
             if k not in led:
                 f.lost += 1
@@ -375,6 +385,24 @@ class ChaosRun:
                 f.problems.append(f"position {sym} exchange {positions.get(sym, 0)} "
                                   f"ledger {nets[sym]}")
         return f
+
+    def _compare_figures(self, trades: list, books: dict, figure: Decimal,
+                         funding: Decimal) -> None:
+        """The risk figures (issue 20) against what the ledger's rows say."""
+        f = self.figures
+        for t in trades:
+            held = books[t.symbol].trades.get(t.id) if t.symbol in books else None
+            want = held.open_quantity if held is not None and t.filled_quantity > 0 else 0
+            if t.open_quantity != want:
+                f.figure_mismatches += 1
+                f.problems.append(f"trade {t.id} open_quantity {t.open_quantity} book {want}")
+        summed = sum((t.realized_pnl or Decimal(0) for t in trades), Decimal(0)) + funding
+        r = self._req("GET", f"/api/account/pnl?key_id={self.key_id}")
+        rest = Decimal(r.json()["data"]["realized_pnl"]) if r is not None and r.ok else None
+        for name, value in (("running sum", figure), ("GET /api/account/pnl", rest)):
+            if value != summed:
+                f.figure_mismatches += 1
+                f.problems.append(f"realized {name} {value}, trades + funding {summed}")
 
     def run(self) -> Figures:
         """Set up, play the rounds, clear the faults, reconcile until quiet, compare."""
