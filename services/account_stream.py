@@ -40,7 +40,7 @@ from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
-from services.ledger_events import FundingFee
+from exchanges.types import FundingFee
 from services.lifecycle import Backoff
 from services.position_report import PositionReporter
 from services.push import DirectPush, Push

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from exchanges import types as ex
 from models import Database, Fill, FundingFee, Order, Position, Trade, TradeStatus, now_ms
 from services import book, realized
-from services.ledger_events import FundingFee as FundingFeeEvent
+from exchanges.types import FundingFee as FundingFeeEvent
 from services.realized import Realized  # noqa: F401 (re-exported: what realized_pnl returns)
 
 logger = logging.getLogger(__name__)

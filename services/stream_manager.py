@@ -36,7 +36,7 @@ from services.client_cache import TradingService
 logger = logging.getLogger(__name__)
 
 
-REALIZED_REFRESH_S = 1.0
+REALIZED_REFRESH_S = 0.2  # realized_pnl reaches the pushes within 1 s of its write
 POLLING_KEYS_PER_S = 100  # accounts polled per second in all while streams are down
 POLLING_SHARE = 0.5  # of a venue's query budget (its governor) the polling may use
 RETAIN_S = 900.0  # a stopped stream's push state is kept this long for a restart

@@ -35,7 +35,7 @@ from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_
 from exchanges import types as ex
 from models import Database, DeadLetter, now_ms
 from services import ledger, realized
-from services.ledger_events import FundingFee
+from exchanges.types import FundingFee
 
 logger = logging.getLogger(__name__)
 
