@@ -10,11 +10,10 @@ from api.common import body, login_required, query_int, services
 from api.errors import ApiError
 from api.validation import invalid, parse_id, query_ms
 from models import TradeStatus
+from services import funding
 from services.schemas.fields import CLIENT_ORDER_ID_PATTERN
 from services.schemas.requests import ClosePosition, OrderCreate
-from services import funding
-from services.schemas.responses import (ExitResult, ExitStarted, FundingFeeRow, Trade,
-                                        TradeResult)
+from services.schemas.responses import ExitResult, ExitStarted, FundingFeeRow, Trade, TradeResult
 
 bp = Blueprint("orders", __name__, url_prefix="/api")
 

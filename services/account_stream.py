@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
-from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
+from exchanges.types import AccountEvent, FillEvent, FundingFee, OrderEvent, StreamExpired
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
-from exchanges.types import FundingFee
 from services.lifecycle import Backoff
 from services.position_report import PositionReporter
 from services.push import DirectPush, Push

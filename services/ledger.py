@@ -18,10 +18,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from exchanges import types as ex
+from exchanges.types import FundingFee as FundingFeeEvent
 from models import Database, Fill, FundingFee, Order, Position, Trade, TradeStatus, now_ms
 from services import book, realized
-from exchanges.types import FundingFee as FundingFeeEvent
-from services.realized import Realized  # noqa: F401 (re-exported: what realized_pnl returns)
+from services.realized import Realized
 
 logger = logging.getLogger(__name__)
 

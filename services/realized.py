@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -65,7 +66,7 @@ def book_change(session: Session, key_id: int, trades_pnl: Decimal = ZERO,
     # the row exists first (a writer that skipped the key lock cannot make a second),
     # then it is read locked and moved
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql"
-              else sqlite.insert)(RealizedDay.__table__)
+              else sqlite.insert)(cast(Table, RealizedDay.__table__))
     session.execute(insert.values(key_id=key_id, day=day, trades_pnl=ZERO, funding=ZERO,
                                   updated_at=now)
                     .on_conflict_do_nothing(index_elements=["key_id", "day"]))
@@ -87,7 +88,7 @@ def read(session: Session, key_id: int, now: int | None = None) -> Realized:
     return Realized(total.normalize() if total else ZERO, day.normalize() if day else ZERO)
 
 
-def changed_since(session: Session, since_ms: int) -> dict[tuple[int, int], tuple]:
+def changed_since(session: Session, since_ms: int) -> dict[tuple[int, int], tuple[int, Decimal, Decimal]]:
     """``{(key_id, day): (updated_at, trades_pnl, funding)}`` of the rows changed at or
     after ``since_ms`` (ms UTC; ``realized_days.updated_at`` is indexed)."""
     return {(r.key_id, r.day): (r.updated_at, r.trades_pnl, r.funding)
@@ -107,7 +108,7 @@ class ChangeWatch:
 
     def __init__(self, window_ms: int = 15_000) -> None:
         self._window_ms = window_ms
-        self._seen: dict[tuple[int, int], tuple] = {}
+        self._seen: dict[tuple[int, int], tuple[int, Decimal, Decimal]] = {}
         self._started: int | None = None
 
     def poll(self, session: Session, now: int | None = None) -> set[int]:

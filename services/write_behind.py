@@ -24,18 +24,18 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from decimal import Decimal
-from typing import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_jitter
 
 from exchanges import types as ex
+from exchanges.types import FundingFee
 from models import Database, DeadLetter, now_ms
 from services import ledger, realized
-from exchanges.types import FundingFee
 
 logger = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ Create Date: 2026-12-07
   behind ``pnl.realized_pnl``). Backfilled with each key's trades' ``realized_pnl``,
   on the day each trade closed (or was last updated).
 """
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Sequence, Union
+from typing import Any
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import models.base
 
-
 revision: str = '0006'
-down_revision: Union[str, None] = '0005'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = '0005'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 DAY_MS = 86_400_000
 MONEY = models.base.Money(precision=38, scale=18)
@@ -91,7 +91,7 @@ def _backfill() -> None:
                     sa.Column('day', sa.BigInteger), sa.Column('trades_pnl', MONEY),
                     sa.Column('funding', MONEY), sa.Column('updated_at', sa.BigInteger))
     all_trades = bind.execute(sa.select(trades)).all()
-    by_pair: dict = {}
+    by_pair: dict[tuple[int, str], list[Any]] = {}
     for t in all_trades:
         by_pair.setdefault((t.key_id, t.symbol), []).append(t)
     for (key_id, symbol), held in by_pair.items():
@@ -100,14 +100,14 @@ def _backfill() -> None:
         with_fills = {f.trade_id for f in rows if f.trade_id is not None}
         adjustments = [t for t in held if t.order_type == 'RECONCILED'
                        and t.id not in with_fills and t.filled_quantity > 0]
-        book = compute(rows, adjustments)
+        book = compute(list(rows), adjustments)
         for t in held:
             tb = book.trades.get(t.id)
             open_qty = tb.open_quantity if tb is not None and t.filled_quantity > 0 else Decimal(0)
             if open_qty:
                 bind.execute(trades.update().where(trades.c.id == t.id)
                              .values(open_quantity=open_qty))
-    per_day: dict = {}
+    per_day: dict[tuple[int, int], Decimal] = {}
     for t in all_trades:
         if t.realized_pnl:
             day = (t.closed_at or t.updated_at or t.created_at) // DAY_MS * DAY_MS

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import delete, select
 
 from exchanges import types as ex
+from exchanges.types import FundingFee as FundingEvent
 from models import Database, ExchangeKey, Fill, FundingFee, RealizedDay, Trade, User
 from services import book, ledger, realized
 from services.account_state import AccountState
-from exchanges.types import FundingFee as FundingEvent
 from services.write_behind import LedgerWriter, decode_event, encode_event
 from tests.server.conftest import auth_header
 
