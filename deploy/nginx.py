@@ -28,31 +28,41 @@ def available() -> bool:
     return Path(NGINX).exists() or shutil.which(NGINX) is not None
 
 
-def render(prefix: Path, listen: str, backends: list[str], max_connections: int = 12_000,
-           fail_timeout_s: int = 5) -> Path:
+def render(prefix: Path, listen: str, backends: list[str], max_connections: int = 9_000,
+           fail_timeout_s: int = 5, workers: int = 1) -> Path:
     """Write ``prefix/nginx.conf`` for ``backends`` (``host:port`` each) behind
     ``listen`` (``host:port``); returns its path. ``max_connections``: client
     connections the proxy holds at once (each costs it two: client and upstream).
     A backend that refuses a connection is left out of new requests for
-    ``fail_timeout_s`` seconds (nginx ``max_fails=1``). Raises ValueError on an empty
+    ``fail_timeout_s`` seconds (nginx ``max_fails=1``). ``workers``: nginx worker
+    processes (each holds its own connections and open-file limit). Raises ValueError on an empty
     ``backends``."""
     if not backends:
         raise ValueError("backends: at least one host:port")
     prefix = Path(prefix).resolve()
     for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
-    worker_connections = 2 * max_connections + 512
+    worker_connections = 2 * -(-max_connections // workers) + 512
     servers = "\n".join(f"        server {b} max_fails=1 fail_timeout={fail_timeout_s}s;"
                         for b in backends)
     # as root the workers would otherwise run as nobody, who may not reach `prefix`
     user = "user root;" if os.geteuid() == 0 else ""
     text = (TEMPLATE.read_text().replace("@PREFIX@", str(prefix)).replace("@LISTEN@", listen)
             .replace("@SERVERS@", servers).replace("@USER@", user)
+            .replace("@WORKERS@", str(workers))
             .replace("@WORKER_CONNECTIONS@", str(worker_connections))
-            .replace("@NOFILE@", str(2 * worker_connections + 64)))
+            .replace("@NOFILE@", str(_nofile(worker_connections + 64))))
     path = prefix / "nginx.conf"
     path.write_text(text)
     return path
+
+
+def _nofile(want: int) -> int:
+    """``want`` open files, or the hard limit when lower (without CAP_SYS_RESOURCE even
+    root cannot raise it, and nginx would say so in its log at every start)."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return want if hard == resource.RLIM_INFINITY else min(want, hard)
 
 
 class Nginx:
