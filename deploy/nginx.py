@@ -139,3 +139,20 @@ class Nginx:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m deploy.nginx --prefix DIR --listen HOST:PORT --backend HOST:PORT ...``:
+    write ``DIR/nginx.conf`` only (docker-compose.yml runs nginx on it)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m deploy.nginx", description=main.__doc__)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--listen", default="0.0.0.0:8080")
+    p.add_argument("--backend", action="append", required=True)
+    p.add_argument("--max-connections", type=int, default=9_000)
+    args = p.parse_args(argv)
+    print(render(Path(args.prefix), args.listen, args.backend, max_connections=args.max_connections))
+
+
+if __name__ == "__main__":
+    main()
