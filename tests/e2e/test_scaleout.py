@@ -178,9 +178,13 @@ def test_pushes_reach_a_user_whose_sockets_sit_on_both_processes(  # type: ignor
         # know its session (400 "Invalid session")
         polling = connect_via(front, affinity_for(front, b), acct.token, listeners,
                               transports=["polling"])
-        assert [c["user_id"] for c in connections(a)] == [acct.user_id]
-        assert [c["user_id"] for c in connections(b)] == [acct.user_id] * 2
-        for lst in (on_a, on_b, polling):
+        # and one without `affinity`: kept on one process by its address
+        by_addr = Client(front.url, acct.token, ["polling"])
+        listeners.append(by_addr)
+        on = {"a": [c["user_id"] for c in connections(a)], "b": [c["user_id"] for c in connections(b)]}
+        assert len(on["a"]) + len(on["b"]) == 4 and len(on["a"]) >= 1 and len(on["b"]) >= 2, on
+        assert set(on["a"] + on["b"]) == {acct.user_id}
+        for lst in (on_a, on_b, polling, by_addr):
             ack = lst.call("subscribe", {"types": ["orders", "balance", "fills"],
                                          "key_id": acct.key_id})
             assert ack["ok"], ack
@@ -188,10 +192,10 @@ def test_pushes_reach_a_user_whose_sockets_sit_on_both_processes(  # type: ignor
         assert stats(a)["streams"]["running"] + stats(b)["streams"]["running"] == 1
         sim.set_price("ETHUSDT", "3000")
         coid = market(acct, "ETHUSDT", "0.010")
-        for lst in (on_a, on_b, polling):               # one stream, pushed on both processes
+        for lst in (on_a, on_b, polling, by_addr):      # one stream, pushed on both processes
             lst.wait_for("fills", has_fill(coid))
             lst.wait_for("balance", lambda d: d["source"] == "stream")
-        assert polling.client.transport() == "polling"
+        assert polling.client.transport() == by_addr.client.transport() == "polling"
         trades_once(acct, [coid])
         assert "[error]" not in nginx.error_log(), nginx.error_log()[-2000:]
 
