@@ -70,7 +70,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
 from pathlib import Path
 
 import requests
@@ -81,7 +80,14 @@ from bench.eio_workers import Workers
 from bench.fanout import setup_accounts
 from bench.fanout_run import BASE, STEP, SYMBOL, Run
 from bench.fanout_stats import delivery, lag_ms
-from bench.measure import cpu_s, lat_s, prepare_long_run, print_lines, rss_mb, write_results
+from bench.measure import (
+    cpu_s,
+    lat_s,
+    prepare_long_run,
+    print_lines,
+    rss_mb,
+    write_results,
+)
 from deploy.nginx import Nginx, available
 from tests.support.server import ServerProcess, free_port, start_server
 
@@ -160,13 +166,15 @@ class Cluster:
         self.witness: ServerProcess | None = None
         self.nginx: Nginx | None = None
         try:
-            with ThreadPoolExecutor(p + 1) as pool:
-                futs = [pool.submit(start_server, stack.db_url, stack.sim.url, stack.sim.ws_url,
-                                    log_dir, extra_env=env, real_limits=True)
-                        for _ in range(p + (1 if witness else 0))]
-                started = [f.result() for f in futs]
-            self.servers = started[:p]
-            self.witness = started[p] if witness else None
+            # one after another: each gets start_server's 30 s to become healthy on its
+            # own (started together on a busy 2-core machine, some did not)
+            for i in range(p + (1 if witness else 0)):
+                srv = start_server(stack.db_url, stack.sim.url, stack.sim.ws_url, log_dir,
+                                   extra_env=env, real_limits=True)
+                if i < p:
+                    self.servers.append(srv)
+                else:
+                    self.witness = srv
             self.nginx = Nginx(log_dir / f"nginx-{free_port()}", f"127.0.0.1:{free_port()}",
                                [s.url.removeprefix("http://") for s in self.servers],
                                max_connections=max_connections, workers=2).start()
@@ -438,16 +446,18 @@ def main(argv: list[str] | None = None) -> None:
         stack.server.stop()  # the setup server; each configuration starts its own
         workers = Workers(args.workers, log_dir / "workers.log")
         bench = Bench(args, stack, env, accounts, workers, log_dir)
-        for cfg in args.configs:
-            results[cfg["name"]] = bench.configuration(cfg)
-            print_lines(cfg["name"], results[cfg["name"]])
+        sections = [(cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
         if args.failover_n:
-            results["failover"] = bench.failover(args.failover_n)
-            print_lines("failover", results["failover"])
+            sections.append(("failover", lambda: bench.failover(args.failover_n)))
         if args.storm_n:
-            results["storm"] = bench.storm(args.storm_n)
-            print_lines("storm", results["storm"])
-    except (Exception, KeyboardInterrupt) as e:  # reported with what was measured so far
+            sections.append(("storm", lambda: bench.storm(args.storm_n)))
+        for name, run in sections:
+            try:
+                results[name] = run()
+            except Exception as e:  # noqa: BLE001 - one section failing (a server not starting) ends only it
+                results[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print_lines(name, results[name])
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported with what was measured so far
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
         results["load_at_end"] = _load()

@@ -25,11 +25,11 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -202,7 +202,7 @@ def test_pushes_reach_a_user_whose_sockets_sit_on_both_processes(  # type: ignor
 
 def test_kill_9_of_one_process_its_clients_resume_on_the_other_through_nginx(  # type: ignore[no-untyped-def]
         nginx_bin, sim, pg_server, redis_url, tmp_path) -> None:
-    with balanced(sim, pg_server, redis_url, tmp_path) as (a, b, front, nginx, listeners):
+    with balanced(sim, pg_server, redis_url, tmp_path) as (a, b, front, _nginx, listeners):
         acct = Account(front, sim)
         key = affinity_for(front, a)
         first = connect_via(front, key, acct.token, listeners)
@@ -308,7 +308,7 @@ def _pnl_at(lst: FillsListener, entry: Decimal, qty: Decimal, price: str, since:
 
 def test_redis_outage_local_pushes_go_on_cross_process_pushes_resume(  # type: ignore[no-untyped-def]
         nginx_bin, sim, pg_server, private_redis, tmp_path) -> None:
-    with balanced(sim, pg_server, private_redis.url, tmp_path) as (a, b, front, nginx, listeners):
+    with balanced(sim, pg_server, private_redis.url, tmp_path) as (a, b, front, _nginx, listeners):
         acct = Account(front, sim)
         sim.set_price("XRPUSDT", "1.0000")
         sim.set_price("ETHUSDT", "3000")
@@ -319,7 +319,7 @@ def test_redis_outage_local_pushes_go_on_cross_process_pushes_resume(  # type: i
         on_b = connect_via(front, affinity_for(front, b), acct.token, listeners)
         assert on_b.call("subscribe", {"types": ["pnl", "fills"], "key_id": acct.key_id})["ok"]
         assert stats(a)["streams"]["running"] == 1       # A runs it; B follows through Redis
-        qty = Decimal("100")
+        qty = Decimal(100)
         mark_a, mark_b = on_a.mark(), on_b.mark()
         sim.set_price("XRPUSDT", "1.0100")
         _pnl_at(on_a, entry, qty, "1.0100", mark_a, 15)
