@@ -17,7 +17,7 @@ DEV := $(VENV)/.installed-dev
 LOCK_FLAGS := --quiet --generate-hashes --reuse-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: install install-dev install-browser run simulator migrate test test-fast lint bench docs lock clean
+.PHONY: install install-dev install-browser install-nginx deploy run simulator migrate test test-fast lint bench docs lock clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,18 @@ migrate: install ## alembic upgrade head on DATABASE_URL (default: the demo SQLi
 install-browser: ## Debian's chromium for tests/browser (apt-get, only when /usr/bin/chromium is missing)
 	sh scripts/install-browser.sh
 
+install-nginx: ## Debian's nginx for `make deploy` and tests/e2e/test_scaleout.py (apt-get, only when /usr/sbin/nginx is missing)
+	sh scripts/install-nginx.sh
+
+# P processes (default 2) behind nginx on LISTEN (default 127.0.0.1:8080), ports from
+# BASE_PORT (5001); settings from .env (README "Deploy"); Ctrl-C stops everything
+P ?= 2
+deploy: install ## migrations, P gunicorn processes and nginx in front, in the foreground
+	P=$(P) VENV=$(VENV) sh scripts/deploy.sh
+
 test: install-dev ## the whole suite (unit, integration on SQLite and PostgreSQL, end-to-end, browser)
 	sh scripts/install-browser.sh
+	sh scripts/install-nginx.sh
 	$(PY) -m pytest -q $(PARALLEL)
 
 test-fast: install-dev ## the suite without the tests that start server processes (pytest -m "not e2e")
@@ -65,6 +75,8 @@ bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.ledger
 	$(PY) -m bench.fanout
 	$(PY) -m bench.storm
+	sh scripts/install-nginx.sh
+	$(PY) -m bench.scaleout
 	$(PY) -m bench.chaos --seeds 50 --db sqlite
 	$(PY) -m bench.chaos --seeds 20 --first 101 --db postgresql
 

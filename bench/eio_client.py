@@ -57,7 +57,9 @@ class RawClient:
         Refused, asyncio.TimeoutError or aiohttp.ClientError."""
         loop = asyncio.get_running_loop()
         self._eio_open, self._sio_open = loop.create_future(), loop.create_future()
-        ws_url = url.rstrip("/") + "/socket.io/?EIO=4&transport=websocket"
+        base, _, query = url.partition("?")  # a query of the caller's (e.g. affinity=) is kept
+        ws_url = base.rstrip("/") + "/socket.io/?" + (query + "&" if query else "") + \
+            "EIO=4&transport=websocket"
         self.ws = await asyncio.wait_for(
             session.ws_connect(ws_url, autoping=True, max_msg_size=0, compress=0), timeout)
         self._reader = asyncio.create_task(self._read())

@@ -13,8 +13,9 @@ worker ``cid % n``). Commands (``op``):
   else the configured ones), and
   ``k = (price - base) / step`` must be an integer (moves set ``base + k * step``). A
   ``pnl`` push carrying ``round`` (the bare server's) is its round ``k`` directly.
-- ``connect`` ``{url, clients: [{cid, auth, subs: [[event, data], ...]}], concurrency,
-  timeout}``: connect each, then emit each ``subs`` entry with acknowledgement in order.
+- ``connect`` ``{url, clients: [{cid, auth, subs: [[event, data], ...], url?}], concurrency,
+  timeout}`` (a client's own ``url`` wins; a query in it, e.g. ``?affinity=7`` for the
+  balancer, is kept): connect each, then emit each ``subs`` entry with acknowledgement in order.
   A client counts as ok when it connected and its first ack has ``ok: true``; ``acks``
   summarises every entry's answers (``ok`` or the error ``code``).
 - ``emit`` ``{cids|null, subs, concurrency, timeout}``: the same emits on connected clients.
@@ -149,7 +150,8 @@ class Worker:
                 self.clients[c.cid] = c
                 t0 = time.time()
                 try:
-                    await c.connect(self.session, cmd["url"], spec.get("auth"), timeout)
+                    await c.connect(self.session, spec.get("url") or cmd["url"], spec.get("auth"),
+                                    timeout)
                     ok = await self._emits(c, spec.get("subs") or [], timeout, acks)
                 except Exception as e:  # counted and reported
                     errors[f"{type(e).__name__}: {str(e)[:100]}"] += 1

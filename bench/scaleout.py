@@ -1,0 +1,476 @@
+"""Scale-out benchmark: P server processes behind nginx on PostgreSQL + Redis, driven
+by the clients of ``bench.fanout`` through the balancer.
+
+    .venv/bin/python -m bench.scaleout [--plan 1x100x2w,2x200x2,2x100x2w,4x100x2w]
+        [--duration-s 10] [--failover-n 100] [--storm-n 2000] [--workers 2] [--tag NAME]
+
+The issue's full plan (long: 4,000 accounts are set up first; 400 took 473 s on this
+shared 2-core machine, register and login hashing passwords, so over an hour)::
+
+    .venv/bin/python -m bench.scaleout --plan 1x2000x2w,2x4000x2,2x2000x2w,4x2000x2w \\
+        --duration-s 20 --failover-n 2000 --storm-n 10000 --tag full
+
+Prints ``section.figure: value`` lines and writes them as JSON to
+``bench/results/scaleout_<tag>.json`` (logs in ``bench/results/logs_scaleout_<tag>/``).
+Units are in the names (``_ms``, ``_pct``: 100 = one core, ``per_s``, ``_kb``).
+
+Setup (once): the simulator, a fresh PostgreSQL database, max(N) accounts made as
+``bench.fanout`` makes them (simulator account, MARKET BUY 10 XRPUSDT, register,
+login, key; through a setup server that is stopped afterwards), Redis at
+``--redis-url`` with a channel of this run (leases and relay namespaced by it).
+
+Each plan entry ``<P>x<N>x<R>[w]`` is one configuration, on processes started for it
+and stopped after it: P servers (``python app.py``, production, real exchange
+limits, ``MESSAGE_QUEUE_URL`` set) behind nginx (``deploy.nginx``, the configuration
+of ``make deploy``); ``w`` adds a witness: one more server on the same database and
+Redis that holds no client at all. N clients (``bench.eio_client``, subscribed to
+``balance, positions, pnl, orders``) connect through nginx, client ``i`` with
+``?affinity=i`` (the balancer hashes it: spread over the P processes as real clients'
+addresses would be; the split is reported as ``clients_per_process``). Then the mark
+price moves R times a second for ``--duration-s`` (as ``bench.fanout``):
+
+- ``pnl``: ``bench.fanout_stats.delivery`` (``exact``/``fresh`` latency from the move
+  at the simulator to the client's receive, ``missing_fraction``).
+- ``cpu_pct``: each process's CPU over the window (100 = one core) and ``sum``;
+  ``cpu_ms_per_pnl_sum``: CPU of the P processes from the first move until deliveries
+  stopped / ``pnl`` pushes delivered then (their balance and positions pushes of the
+  same ticks are part of that cost, as in ``bench.fanout``).
+- ``witness``: the witness's CPU over the window: every relay message it received was
+  for a key it has no subscriber for (it has none), so this is the per-process cost of
+  other processes' keys. ``cpu_ms_per_key_move`` = its CPU / (N x moves); a serving
+  process pays about that for each key it does not serve.
+- ``rss_mb`` per process, ``nginx_cpu_pct``, ``client_cpu_pct``, ``load``.
+
+``failover`` (P = 2, ``--failover-n`` clients, R = 2, ``--lease-ttl-s``): moves for
+``--failover-window-s``; after 3 s one process gets SIGKILL. Its clients reconnect
+at once through nginx (now to the survivor) and subscribe again. A client's resume
+time: from the kill until pushes flow again (``resume_times``: the first move after
+the kill from which on every move reached it within 1.5 s; a REST snapshot followed
+by silence does not count). p50/p99/max over clients (``resume_reconnected``: those
+of the killed process; ``resume_stayed``: the survivor's own), ``missing``:
+clients with none by the end of the window. The survivor takes the dead process's
+streams over when their leases expire (``LEASE_TTL_S``).
+
+``storm`` (P = 2, ``--storm-n`` connections, the accounts' tokens round robin, each
+subscribing to ``pnl``, all connects in flight at once through nginx): ok / failed,
+connect + subscribe ack latency, ``per_s`` (ok / wall seconds), how many got their
+snapshot and when, and ``rss_kb_per_connection`` per process (VmRSS after - before,
+over the connections it holds).
+
+The machine has 2 cores shared with other work: every process of the run (servers,
+nginx, simulator, PostgreSQL, Redis, the client workers) competes for them; ``load``
+shows how busy it was.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from bench import fanout_accounts
+from bench.common import ACCOUNT_TYPES, RESULTS_DIR, Stack
+from bench.eio_workers import Workers
+from bench.fanout import setup_accounts
+from bench.fanout_run import BASE, STEP, SYMBOL, Run
+from bench.fanout_stats import delivery, lag_ms
+from bench.measure import (
+    cpu_s,
+    lat_s,
+    prepare_long_run,
+    print_lines,
+    rss_mb,
+    write_results,
+)
+from deploy.nginx import Nginx, available
+from tests.support.server import ServerProcess, free_port, start_server
+
+PLAN_RE = re.compile(r"^(\d+)x(\d+)x(\d+(?:\.\d+)?)(w?)$")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.scaleout", description=__doc__.split("\n")[0])
+    p.add_argument("--plan", default="1x100x2w,2x200x2,2x100x2w,4x100x2w",
+                   help="comma-separated <processes>x<clients>x<moves per s>[w: with a witness]")
+    p.add_argument("--duration-s", type=float, default=10.0, help="measuring window per configuration")
+    p.add_argument("--grace-s", type=float, default=10.0, help="longest wait for late pushes")
+    p.add_argument("--failover-n", type=int, default=100, help="clients of the failover test; 0 = skip")
+    p.add_argument("--failover-window-s", type=float, default=30.0)
+    p.add_argument("--lease-ttl-s", type=float, default=None,
+                   help="LEASE_TTL_S of the servers (default: the server's own, 15)")
+    p.add_argument("--storm-n", type=int, default=2000, help="connections of the storm; 0 = skip")
+    p.add_argument("--workers", type=int, default=2, help="client worker processes")
+    p.add_argument("--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--accounts-per-ip", type=int, default=30, help="accounts per egress address")
+    p.add_argument("--connect-concurrency", type=int, default=10,
+                   help="connects in flight per worker (the storm section sends all at once)")
+    p.add_argument("--setup-workers", type=int, default=16)
+    p.add_argument("--ready-timeout-s", type=float, default=90.0)
+    p.add_argument("--tag", default="run", help="names the result file")
+    args = p.parse_args(argv)
+    args.configs = []
+    for item in args.plan.split(","):
+        m = PLAN_RE.match(item.strip())
+        if not m:
+            p.error(f"bad plan entry {item!r}")
+        args.configs.append({"name": item.strip(), "p": int(m.group(1)), "n": int(m.group(2)),
+                             "rate": float(m.group(3)), "witness": bool(m.group(4))})
+    return args
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def resume_times(records: list[list], events: dict[int, float], t_kill: float,
+                 t_until: float, within_s: float = 1.5) -> dict[int, float]:
+    """Per client: seconds from ``t_kill`` until its pushes were flowing again, i.e. the
+    receive time of the first move made after the kill from which on every move up to
+    ``t_until`` reached it (that move or a newer one) within ``within_s``. A REST
+    snapshot followed by silence (a follower waiting for the dead owner's lease) does
+    not count; clients that never got there are left out (the caller counts them)."""
+    moves = sorted(k for k, t in events.items() if t_kill < t <= t_until)
+    per: dict[int, list[tuple[float, int]]] = {}
+    for cid, k, t, _t0, _sent in records:
+        if t > t_kill:
+            per.setdefault(cid, []).append((t, k))
+    out: dict[int, float] = {}
+    for cid, got in per.items():
+        got.sort()
+        lat = []  # per move: when a push of it or a newer move arrived
+        for k in moves:
+            arrived = next((t for t, kk in got if kk >= k and t >= events[k]), None)
+            lat.append(arrived)
+        start = None
+        for i in range(len(moves) - 1, -1, -1):
+            if lat[i] is None or lat[i] - events[moves[i]] > within_s:
+                break
+            start = i
+        if start is not None:
+            out[cid] = lat[start] - t_kill
+    return out
+
+
+class Cluster:
+    """P servers (+ an optional witness) and nginx in front of the P, for one
+    configuration; ``stop`` ends them all."""
+
+    def __init__(self, stack: Stack, env: dict, log_dir: Path, p: int, witness: bool,
+                 max_connections: int) -> None:
+        self.servers: list[ServerProcess] = []
+        self.witness: ServerProcess | None = None
+        self.nginx: Nginx | None = None
+        try:
+            # one after another: each gets start_server's 30 s to become healthy on its
+            # own (started together on a busy 2-core machine, some did not)
+            for i in range(p + (1 if witness else 0)):
+                srv = start_server(stack.db_url, stack.sim.url, stack.sim.ws_url, log_dir,
+                                   extra_env=env, real_limits=True)
+                if i < p:
+                    self.servers.append(srv)
+                else:
+                    self.witness = srv
+            self.nginx = Nginx(log_dir / f"nginx-{free_port()}", f"127.0.0.1:{free_port()}",
+                               [s.url.removeprefix("http://") for s in self.servers],
+                               max_connections=max_connections, workers=2).start()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        assert self.nginx is not None
+        return self.nginx.url
+
+    def backend_of(self, affinity: str) -> str:
+        """The ``host:port`` nginx sends clients with ``?affinity=<affinity>`` to."""
+        r = requests.get(f"{self.url}/healthz", params={"affinity": affinity}, timeout=10)
+        return r.headers.get("X-Upstream", "")
+
+    def cpu(self) -> dict:
+        out = {s.url.removeprefix("http://"): cpu_s(s.proc.pid) or 0.0 for s in self.servers}
+        if self.witness is not None:
+            out["witness"] = cpu_s(self.witness.proc.pid) or 0.0
+        out["nginx"] = sum(cpu_s(p) or 0.0 for p in (self.nginx.worker_pids() if self.nginx else []))
+        return out
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for s in [*self.servers, *([self.witness] if self.witness else [])]:
+            s.stop()
+
+
+class Bench:
+    """The run: stack, accounts, client workers, results."""
+
+    def __init__(self, args: argparse.Namespace, stack: Stack, env: dict, accounts: list,
+                 workers: Workers, log_dir: Path) -> None:
+        self.args, self.stack, self.env, self.accounts = args, stack, env, accounts
+        self.workers, self.log_dir = workers, log_dir
+        self.k = 0  # next move index (prices never repeat within a run)
+        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP)})
+        self.stack.sim.set_price(SYMBOL, BASE)
+
+    # ---- clients -----------------------------------------------------------------------
+    def connect(self, cluster: Cluster, cids: list[int], types: list[str], concurrency: int,
+                token_of=None) -> dict:  # type: ignore[no-untyped-def]
+        token_of = token_of or (lambda cid: self.accounts[cid].token)
+        items = [{"cid": cid, "auth": {"token": token_of(cid)},
+                  "url": f"{cluster.url}/?affinity={cid}",
+                  "subs": [["subscribe", {"types": types}]]} for cid in cids]
+        replies = self.workers.by_client("connect", items, url=cluster.url, timeout=120.0,
+                                         concurrency=concurrency)
+        return Run._connect_summary(replies, len(items))
+
+    def wait_ready(self, n: int) -> dict:
+        t0 = time.time()
+        while True:
+            ready = sum(r["ready"] for r in self.workers.all({"op": "ready"}))
+            if ready >= n or time.time() - t0 > self.args.ready_timeout_s:
+                return {"ready": ready, "of": n, "s": round(time.time() - t0, 1)}
+            time.sleep(1.0)
+
+    def disconnect_all(self) -> None:
+        self.workers.cids("disconnect", None, abort=True)
+        self.workers.all({"op": "reset"})
+
+    def _drain(self, t_last: float) -> float:
+        seen, since = -1, time.time()
+        while time.time() < t_last + self.args.grace_s:
+            n = sum(r["records"] for r in self.workers.all({"op": "count"}))
+            if n != seen:
+                seen, since = n, time.time()
+            elif time.time() - since >= 1.5 and time.time() >= t_last + 2:
+                break
+            time.sleep(0.25)
+        return time.time()
+
+    def _move(self) -> tuple[int, float]:
+        k, self.k = self.k, self.k + 1
+        t = time.time()
+        self.stack.sim.set_price(SYMBOL, BASE + STEP * k)
+        return k, t
+
+    def split(self, cluster: Cluster, cids: list[int]) -> dict[str, list[int]]:
+        """Which process nginx sends each client to (by its affinity key)."""
+        with ThreadPoolExecutor(8) as pool:
+            where = list(pool.map(lambda c: cluster.backend_of(str(c)), cids))
+        out: dict[str, list[int]] = {}
+        for cid, backend in zip(cids, where):
+            out.setdefault(backend, []).append(cid)
+        return out
+
+    # ---- one configuration ---------------------------------------------------------------
+    def configuration(self, cfg: dict) -> dict:
+        p, n, rate = cfg["p"], min(cfg["n"], len(self.accounts)), cfg["rate"]
+        cluster = Cluster(self.stack, self.env, self.log_dir, p, cfg["witness"], n + 1000)
+        out: dict = {"processes": p, "clients": n, "rate": rate}
+        try:
+            cids = list(range(n))
+            out["clients_per_process"] = {b: len(c) for b, c in self.split(cluster, cids).items()}
+            out["connect"] = self.connect(cluster, cids, ACCOUNT_TYPES, self.args.connect_concurrency)
+            out["ready"] = self.wait_ready(n)
+            time.sleep(2.0)  # snapshot pushes and refreshes settle
+            self.workers.all({"op": "reset"})
+            cpu0, load0 = cluster.cpu(), _load()
+            w0 = cpu_s(self.workers.pids[0]) or 0.0
+            wcpu0 = sum(cpu_s(x) or 0 for x in self.workers.pids)
+            t_start = time.time() + 0.2
+            events: dict[int, float] = {}
+            for j in range(int(rate * self.args.duration_s)):
+                time.sleep(max(0.0, t_start + j / rate - time.time()))
+                k, t = self._move()
+                events[k] = t
+            t_end = t_start + self.args.duration_s
+            time.sleep(max(0.0, t_end - time.time()))
+            cpu1 = cluster.cpu()
+            wcpu1 = sum(cpu_s(x) or 0 for x in self.workers.pids)
+            t_drain = self._drain(max(events.values()))
+            cpu2 = cluster.cpu()
+            del w0
+            got = self.workers.all({"op": "collect", "since": t_start - 1})
+            records = [r for g in got for r in g["records"]]
+            span = t_end - t_start
+            delivered = sum(1 for r in records if r[0] < n and t_start <= r[2] <= t_drain)
+            servers = [s.url.removeprefix("http://") for s in cluster.servers]
+            out["pnl"] = delivery(records, set(cids), events)
+            out["cpu_pct"] = {b: round((cpu1[b] - cpu0[b]) * 100 / span, 1) for b in servers}
+            out["cpu_pct"]["sum"] = round(sum(out["cpu_pct"][b] for b in servers), 1)
+            used = sum(cpu2[b] - cpu0[b] for b in servers)
+            out["cpu_ms_per_pnl_sum"] = round(used * 1000 / delivered, 3) if delivered else None
+            out["delivered_until_drained"] = delivered
+            if cluster.witness is not None:
+                w = cpu1["witness"] - cpu0["witness"]
+                out["witness"] = {"cpu_pct": round(w * 100 / span, 1),
+                                  "cpu_ms_per_key_move": round(w * 1000 / (n * len(events)), 4),
+                                  "rss_mb": rss_mb(cluster.witness.proc.pid)}
+            out["nginx_cpu_pct"] = round((cpu1["nginx"] - cpu0["nginx"]) * 100 / span, 1)
+            out["rss_mb"] = {s.url.removeprefix("http://"): rss_mb(s.proc.pid) for s in cluster.servers}
+            out["client_cpu_pct"] = round((wcpu1 - wcpu0) * 100 / span, 1)
+            out["client_loop_lag_ms"] = lag_ms([x for g in got for x in g["lag"] if t_start <= x[0] <= t_end])
+            out["still_connected"] = sum(g["connected"] for g in got)
+            out["load"] = [load0, _load()]
+        finally:
+            self.disconnect_all()
+            cluster.stop()
+        return out
+
+    # ---- failover --------------------------------------------------------------------------
+    def failover(self, n: int, rate: float = 2.0) -> dict:
+        n = min(n, len(self.accounts))
+        cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, n + 1000)
+        out: dict = {"processes": 2, "clients": n, "rate": rate,
+                     "lease_ttl_s": self.args.lease_ttl_s or 15.0}
+        try:
+            cids = list(range(n))
+            where = self.split(cluster, cids)
+            out["clients_per_process"] = {b: len(c) for b, c in where.items()}
+            out["connect"] = self.connect(cluster, cids, ACCOUNT_TYPES, self.args.connect_concurrency)
+            out["ready"] = self.wait_ready(n)
+            time.sleep(2.0)
+            self.workers.all({"op": "reset"})
+            events: dict[int, float] = {}
+            stop = threading.Event()
+
+            def mover() -> None:
+                t0 = time.time()
+                j = 0
+                while not stop.is_set():
+                    time.sleep(max(0.0, t0 + j / rate - time.time()))
+                    k, t = self._move()
+                    events[k] = t
+                    j += 1
+            th = threading.Thread(target=mover, daemon=True)
+            th.start()
+            t_begin = time.time()
+            time.sleep(3.0)
+            victim = cluster.servers[0]
+            lost = where.get(victim.url.removeprefix("http://"), [])
+            victim.kill()                                   # SIGKILL: no lease released
+            t_kill = time.time()
+            # its clients reconnect at once through nginx (to the survivor now)
+            reconnect = self.connect(cluster, lost, ACCOUNT_TYPES, self.args.connect_concurrency) \
+                if lost else {}
+            while time.time() < t_begin + self.args.failover_window_s:
+                time.sleep(0.5)
+            stop.set()
+            th.join(5)
+            got = self.workers.all({"op": "collect", "since": t_kill})
+            first = resume_times([r for g in got for r in g["records"]], events, t_kill,
+                                 t_begin + self.args.failover_window_s - 2.0)
+            moved = set(lost)
+            out["killed"] = victim.url.removeprefix("http://")
+            out["reconnect"] = reconnect
+            out["resume"] = {**lat_s(list(first.values())), "missing": n - len(first)}
+            out["resume_reconnected"] = {**lat_s([v for c, v in first.items() if c in moved]),
+                                         "missing": len(moved - set(first))}
+            out["resume_stayed"] = {**lat_s([v for c, v in first.items() if c not in moved]),
+                                    "missing": len(set(cids) - moved - set(first))}
+            survivor = cluster.servers[1]
+            st = requests.get(survivor.url + "/admin/stats", timeout=10,
+                              headers={"X-Admin-Token": survivor.admin_token}).json()["streams"]
+            out["survivor_streams"] = {k: st.get(k) for k in ("running", "followed", "takeovers")}
+        finally:
+            self.disconnect_all()
+            cluster.stop()
+        return out
+
+    # ---- storm -------------------------------------------------------------------------------
+    def storm(self, m: int) -> dict:
+        cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, m + 1000)
+        out: dict = {"processes": 2, "connections": m}
+        try:
+            rss0 = {s.url.removeprefix("http://"): rss_mb(s.proc.pid) for s in cluster.servers}
+            cids = list(range(m))
+            where = self.split(cluster, cids)
+            accounts = self.accounts
+            per_worker = math.ceil(m / self.args.workers)
+            t0 = time.time()
+            out["connect"] = self.connect(cluster, cids, ["pnl"], per_worker,
+                                          token_of=lambda c: accounts[c % len(accounts)].token)
+            out["wall_s"] = round(time.time() - t0, 1)
+            out["per_s_wall"] = round(out["connect"]["ok"] / (time.time() - t0), 1)
+            out["ready"] = self.wait_ready(m)
+            time.sleep(2.0)
+            per: dict = {}
+            for s in cluster.servers:
+                b = s.url.removeprefix("http://")
+                held = len(where.get(b, []))
+                after = rss_mb(s.proc.pid)
+                per[b] = {"connections": held, "rss_mb_before": rss0[b], "rss_mb_after": after,
+                          "rss_kb_per_connection": round((after - rss0[b]) * 1024 / held, 1)
+                          if held and after and rss0[b] else None}
+            out["per_process"] = per
+            out["nginx_rss_mb"] = sum(rss_mb(p) or 0 for p in cluster.nginx.worker_pids())
+            got = self.workers.all({"op": "collect", "since": time.time()})
+            out["still_connected"] = sum(g["connected"] for g in got)
+            out["load"] = _load()
+        finally:
+            self.disconnect_all()
+            cluster.stop()
+        return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    hard = prepare_long_run()
+    if not available():
+        raise SystemExit("bench.scaleout: nginx missing (sh scripts/install-nginx.sh)")
+    log_dir = RESULTS_DIR / f"logs_scaleout_{args.tag}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    n_max = max([c["n"] for c in args.configs] + [args.failover_n])
+    ips = max(1, math.ceil(n_max / args.accounts_per_ip))
+    results: dict = {"tag": args.tag, "plan": args.plan, "duration_s": args.duration_s,
+                     "db": "postgresql", "egress_ips": ips, "nofile": hard,
+                     "load_at_start": _load()}
+    secrets = fanout_accounts.new_env()
+    env = {**secrets, "ADMIN_TOKEN": uuid.uuid4().hex,
+           "EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in range(1, ips + 1)),
+           "MAX_WS_CONNECTIONS": str(max(10_000, 2 * max(n_max, args.storm_n) + 1000)),
+           "LOGIN_RATE_LIMIT": "100000 per minute"}
+    stack = Stack("postgresql", log_dir, extra_env=env)
+    env.update({"MESSAGE_QUEUE_URL": args.redis_url,
+                "MESSAGE_QUEUE_CHANNEL": f"scaleout-{uuid.uuid4().hex[:8]}"})
+    if args.lease_ttl_s:
+        env["LEASE_TTL_S"] = str(args.lease_ttl_s)
+    workers = None
+    try:
+        accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
+        print_lines("setup", results["setup"])
+        stack.server.stop()  # the setup server; each configuration starts its own
+        workers = Workers(args.workers, log_dir / "workers.log")
+        bench = Bench(args, stack, env, accounts, workers, log_dir)
+        sections = [(cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
+        if args.failover_n:
+            sections.append(("failover", lambda: bench.failover(args.failover_n)))
+        if args.storm_n:
+            sections.append(("storm", lambda: bench.storm(args.storm_n)))
+        for name, run in sections:
+            try:
+                results[name] = run()
+            except Exception as e:  # noqa: BLE001 - one section failing (a server not starting) ends only it
+                results[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print_lines(name, results[name])
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported with what was measured so far
+        results["failure"] = f"{type(e).__name__}: {e}"
+    finally:
+        results["load_at_end"] = _load()
+        if workers is not None:
+            workers.stop()
+        stack.stop()
+    for k in ("tag", "failure", "load_at_start", "load_at_end", "egress_ips"):
+        if k in results:
+            print_lines(k, results[k])
+    write_results(results, f"scaleout_{args.tag}")
+
+
+if __name__ == "__main__":
+    main()
