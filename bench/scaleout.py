@@ -456,10 +456,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, run in sections:
             try:
                 results[name] = run()
-            except Exception as e:  # noqa: BLE001 - one section failing (a server not starting) ends only it
+            except Exception as e:
                 results[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print_lines(name, results[name])
-    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - reported with what was measured so far
+    except (Exception, KeyboardInterrupt) as e:
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
         results["load_at_end"] = _load()

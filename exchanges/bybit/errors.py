@@ -100,8 +100,8 @@ def _from_failed(e: FailedRequestError,
     if headers is None:
         # Raised by pybit itself: 409 "Could not decode JSON" or 400 "Retries exceeded".
         return ExchangeUnavailable(EXCHANGE, None, message, None)
-    if status == 401:
-        return AuthFailed(EXCHANGE, None, message, status)
+    if status == 401:  # the body's retCode (10003, ...) when the reply carried one
+        return AuthFailed(EXCHANGE, getattr(e, "ret_code", None), message, status)
     if status == 403:
         wait = retry_after_ms(headers, server_now_ms)
         return IpBanned(EXCHANGE, None, message, status,

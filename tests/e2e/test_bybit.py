@@ -15,6 +15,7 @@ def test_bybit_and_binance_keys_stream_side_by_side(account, listen, sim) -> Non
     bad = account.post("/api/exchange/keys", {"exchange": "bybit", "api_key": "nope",
                                               "api_secret": "x", "testnet": True})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "exchange_auth_failed"
+    assert bad.json()["error"]["exchange_code"] == 10003, bad.json()  # Bybit's own code, not pybit's text
 
     sim.set_price("XRPUSDT", "1.0000")
     lst = listen(account.token)

@@ -115,6 +115,15 @@ def test_http_401_is_auth(session):
     assert type(err) is AuthFailed and err.http_status == 401 and err.code is None
 
 
+def test_http_401_with_a_bybit_body_keeps_its_ret_code(session):
+    """Real Bybit answers a wrong key with HTTP 401 and retCode 10003: the code and
+    message reach the error (pybit alone says "HTTP status code is not 200.")."""
+    e = raised(session, 401, {"retCode": 10003, "retMsg": "API key is invalid.", "result": {}})
+    err = to_exchange_error(e)
+    assert type(err) is AuthFailed and err.http_status == 401 and err.code == 10003
+    assert "API key is invalid." in str(err) and "not 200" not in str(err)
+
+
 def test_http_429_retry_after_sources(session):
     e = raised(session, 429, "{}", {"X-Bapi-Limit-Reset-Timestamp": str(NOW + 2000)})
     err = to_exchange_error(e, server_now_ms=lambda: NOW)
