@@ -9,6 +9,8 @@ is the one place that decides "not yours = not found" for every service.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
@@ -40,6 +42,160 @@ def get_owned_key(db: Database, user_id: int, key_id: int) -> ExchangeKey:
     if key is None or key.user_id != user_id or key.status == "deleted":
         raise NotFound("key_not_found", f"no API key {key_id}", "key_id")
     return key
+
+
+class KeyCache:
+    """API keys read once and kept, so that a subscribe (and a stream start) needs no
+    database round trip per key: ``get(user_id, key_id)`` as ``get_owned_key``, and
+    ``of_user(user_id)`` the user's keys, oldest first.
+
+    Misses that arrive together (a reconnect storm after a restart) are read in one
+    query (``WHERE id IN (...)``, at most ``batch_max`` ids): the first caller waits
+    ``batch_wait_s`` for others to join, reads for all of them and wakes them.
+
+    Kept at most ``ttl_s`` seconds. ``changed(user_id, key_id)`` (a key was added,
+    changed or deleted here) forgets what is cached of the user and the key and calls
+    ``on_change(user_id, key_id)`` (the server broadcasts it to its other processes,
+    which call ``invalidate``). Database errors propagate.
+    """
+
+    def __init__(self, db: Database, ttl_s: float = 300.0,
+                 on_change: Callable[[int, int], None] | None = None,
+                 batch_wait_s: float = 0.002, batch_max: int = 500,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._db = db
+        self.ttl_s = ttl_s
+        self.on_change = on_change
+        self._batch_wait_s = batch_wait_s
+        self._batch_max = batch_max
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._keys: dict[int, tuple[ExchangeKey | None, float]] = {}  # id -> (row, read at)
+        self._users: dict[int, tuple[tuple[int, ...], float]] = {}  # user -> (key ids, read at)
+        self._batch: _Batch | None = None
+        self._generation = 0  # bumped by invalidate: a read begun before it is not kept
+        self.hits = 0
+        self.misses = 0
+        self.queries = 0
+
+    def get(self, user_id: int, key_id: int) -> ExchangeKey:
+        """The key ``key_id`` if it belongs to ``user_id`` and is not deleted. Raises
+        NotFound (``key_not_found``, field ``key_id``) otherwise."""
+        key = self._key(key_id)
+        if key is None or key.user_id != user_id or key.status == "deleted":
+            raise NotFound("key_not_found", f"no API key {key_id}", "key_id")
+        return key
+
+    def of_user(self, user_id: int) -> list[ExchangeKey]:
+        """The user's keys that are not deleted, oldest first."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._users.get(user_id)
+            if held is not None and now - held[1] < self.ttl_s:
+                ids = held[0]
+                rows = [self._keys.get(i) for i in ids]
+                if all(r is not None and r[0] is not None and now - r[1] < self.ttl_s
+                       for r in rows):
+                    self.hits += 1
+                    return [r[0] for r in rows]  # type: ignore[index,misc]
+            generation = self._generation
+        self.misses += 1
+        with self._db.session() as s:
+            keys = list(s.scalars(select(ExchangeKey).where(
+                ExchangeKey.user_id == user_id, ExchangeKey.status != "deleted")
+                .order_by(ExchangeKey.id)))
+        self.queries += 1
+        with self._lock:
+            if generation == self._generation:
+                read_at = time.monotonic()
+                self._users[user_id] = (tuple(k.id for k in keys), read_at)
+                for k in keys:
+                    self._keys[k.id] = (k, read_at)
+        return keys
+
+    def changed(self, user_id: int, key_id: int) -> None:
+        """A key of ``user_id`` was added, changed or deleted in this process: forget
+        it here and tell the other processes (``on_change``)."""
+        self.invalidate(user_id, key_id)
+        if self.on_change is not None:
+            try:
+                self.on_change(user_id, key_id)
+            except Exception:  # the TTL bounds what another process may still hold
+                logger.exception("key change broadcast failed key_id=%s", key_id)
+
+    def invalidate(self, user_id: int | None = None, key_id: int | None = None) -> None:
+        """Forget the user's key list and the key (None: everything)."""
+        with self._lock:
+            self._generation += 1
+            if user_id is None and key_id is None:
+                self._keys.clear()
+                self._users.clear()
+                return
+            if user_id is not None:
+                self._users.pop(user_id, None)
+            if key_id is not None:
+                self._keys.pop(key_id, None)
+
+    def stats(self) -> dict:
+        """``{"keys", "hits", "misses", "queries"}``."""
+        with self._lock:
+            return {"keys": len(self._keys), "hits": self.hits, "misses": self.misses,
+                    "queries": self.queries}
+
+    # ---- one read for the misses of many callers -------------------------------------
+    def _key(self, key_id: int) -> ExchangeKey | None:
+        now = time.monotonic()
+        with self._lock:
+            held = self._keys.get(key_id)
+            if held is not None and now - held[1] < self.ttl_s:
+                self.hits += 1
+                return held[0]
+            self.misses += 1
+            batch = self._batch
+            leader = batch is None or batch.closed or len(batch.ids) >= self._batch_max
+            if leader:
+                batch = self._batch = _Batch(self._generation)
+            assert batch is not None
+            batch.ids.add(key_id)
+        if leader:
+            self._sleep(self._batch_wait_s)  # let the misses of the same moment join
+            self._read(batch)
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.rows.get(key_id)
+
+    def _read(self, batch: "_Batch") -> None:
+        with self._lock:
+            batch.closed = True
+            ids = sorted(batch.ids)
+        try:
+            with self._db.session() as s:
+                rows = list(s.scalars(select(ExchangeKey).where(ExchangeKey.id.in_(ids))))
+            self.queries += 1
+            batch.rows = {r.id: r for r in rows}
+            read_at = time.monotonic()
+            with self._lock:
+                if batch.generation == self._generation:
+                    for r in rows:
+                        self._keys[r.id] = (r, read_at)
+        except Exception as e:  # every waiter of the batch gets it
+            batch.error = e
+        finally:
+            batch.done.set()
+
+
+class _Batch:
+    """Key ids missed at the same moment, read in one query."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.ids: set[int] = set()
+        self.closed = False
+        self.rows: dict[int, ExchangeKey] = {}
+        self.error: Exception | None = None
+        self.done = threading.Event()
 
 
 class UserService:
@@ -87,23 +243,23 @@ class KeyService:
     """CRUD of exchange API keys, scoped to their owner."""
 
     def __init__(self, db: Database, cipher: KeyCipher, build_client: BuildClient,
-                 trading: TradingService, streams: StreamManager) -> None:
+                 trading: TradingService, streams: StreamManager,
+                 cache: KeyCache | None = None) -> None:
         self._db = db
+        self.cache = cache or KeyCache(db, ttl_s=0.0, batch_wait_s=0.0)
         self._cipher = cipher
         self._build = build_client
         self._trading = trading
         self._streams = streams
 
     def list(self, user_id: int) -> list[ExchangeKey]:
-        """The user's keys, oldest first."""
-        with self._db.session() as s:
-            return list(s.scalars(select(ExchangeKey).where(
-                ExchangeKey.user_id == user_id, ExchangeKey.status != "deleted")
-                .order_by(ExchangeKey.id)))
+        """The user's keys, oldest first (``KeyCache``: read once, kept until changed)."""
+        return self.cache.of_user(user_id)
 
     def get(self, user_id: int, key_id: int) -> ExchangeKey:
-        """One of the user's keys. Raises NotFound (also for another user's key)."""
-        return get_owned_key(self._db, user_id, key_id)
+        """One of the user's keys (``KeyCache``). Raises NotFound (also for another
+        user's key)."""
+        return self.cache.get(user_id, key_id)
 
     def resolve(self, user_id: int, key_id: int | None) -> ExchangeKey:
         """``key_id``'s key, or the user's only key when ``key_id`` is None.
@@ -138,6 +294,7 @@ class KeyService:
                           api_key=api_key, api_secret_encrypted=self._cipher.encrypt(api_secret))
         with self._db.transaction() as s:
             s.add(key)
+        self.cache.changed(user_id, key.id)
         logger.info("api key added user_id=%s key_id=%s exchange=%s testnet=%s",
                     user_id, key.id, exchange, testnet)
         return key
@@ -164,6 +321,7 @@ class KeyService:
                 row.api_secret_encrypted = self._cipher.encrypt(changes["api_secret"])
             row.status = "active"
             row.updated_at = now_ms()
+        self.cache.changed(user_id, key_id)
         self._trading.clear_user_cache(user_id, key.exchange, old_testnet)
         if credential_changed:  # a label is no stream value: the stream stays as it is
             self._streams.restart_key(user_id, key_id)
@@ -176,6 +334,7 @@ class KeyService:
         cached client and stops the stream (its subscribers get ``stream_status``
         ``down``; its push state is forgotten)."""
         key = self.get(user_id, key_id)
+        self.cache.changed(user_id, key_id)  # no new stream from a cached copy
         self._streams.stop_key(key_id)
         self._trading.clear_user_cache(user_id, key.exchange, key.testnet)
         with self._db.transaction() as s:
@@ -184,4 +343,5 @@ class KeyService:
             row.status = "deleted"
             row.api_secret_encrypted = b""
             row.updated_at = now_ms()
+        self.cache.changed(user_id, key_id)
         logger.info("api key deleted user_id=%s key_id=%s", user_id, key_id)

@@ -19,7 +19,7 @@ from exchanges.governor import Governors
 from models import Database
 from services import ledger
 from services.account_stream import StreamSettings
-from services.accounts import KeyService, UserService
+from services.accounts import KeyCache, KeyService, UserService
 from services.client_cache import TradingService
 from services.exits import ExitService, ExitSettings
 from services.fill_feed import FillFeed
@@ -141,14 +141,21 @@ class Services:
 
 
 def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
-                   sleep: Callable[[float], None]) -> Services:
+                   sleep: Callable[[float], None], redis: Any = None) -> Services:
     """Build every service of one app, nothing started (``Services.start()`` does).
 
     ``hub``: the push hub (``ws.hub.PushHub``: ``publish(envelope)``,
-    ``has_audience(user_id, kind)``, ``on_stream_latency``); ``spawn(fn, *args)``:
-    starts a background task and returns its handle; ``sleep(seconds)``: cooperative
-    sleep. The database must already be migrated."""
-    db = Database(cfg.DATABASE_URL)
+    ``has_audience(user_id, kind)``, ``on_stream_latency``, and when it has them
+    ``stream_local(key_id, state)``, ``key_changed(user_id, key_id)``,
+    ``on_key_changed``); ``spawn(fn, *args)``: starts a background task and returns
+    its handle; ``sleep(seconds)``: cooperative sleep; ``redis``: the ``redis.Redis``
+    of ``MESSAGE_QUEUE_URL`` for the leases (None: one of their own). The database
+    must already be migrated."""
+    db = Database(cfg.DATABASE_URL, cfg.DB_POOL_SIZE, cfg.DB_MAX_OVERFLOW, cfg.DB_POOL_TIMEOUT_S)
+    key_cache = KeyCache(db, ttl_s=cfg.KEY_CACHE_TTL_S, on_change=getattr(hub, "key_changed", None),
+                         sleep=sleep)
+    if hasattr(hub, "on_key_changed"):  # another process changed a key: forget our copy
+        hub.on_key_changed = key_cache.invalidate
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
     tasks = Tasks(spawn, sleep)
@@ -169,7 +176,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         lambda exchange, testnet, symbol: create_market_stream(
             exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
         hub.publish, tasks.spawner("market stream"), sleep)
-    leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000))
+    leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000),
+                          client=redis)
               if cfg.MESSAGE_QUEUE_URL else LocalLeases())
     orders = OrderService(db, client_for, sleep, cfg.ORDER_CONFIRM_TIMEOUT_S, spawn=spawn)
     writer = LedgerWriter(db)  # its on_recorded is the StreamManager's, set below
@@ -184,7 +192,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
                             leases=leases, audience=hub.has_audience, governors=governors,
-                            push=hub)
+                            push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None))
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
@@ -193,7 +201,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
         sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
-        keys=KeyService(db, cipher, build_client, trading, streams),
+        keys=KeyService(db, cipher, build_client, trading, streams, key_cache),
         orders=orders, reconciler=reconciler, exits=exits, streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),

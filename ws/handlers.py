@@ -78,12 +78,17 @@ def register_handlers(socketio: SocketIO) -> None:
             key_id = req.key_id
             if req.since and key_id is None:
                 raise ValidationFailed("key_id_required", "since requires key_id", "key_id")
-            # a key whose stream runs here is the user's (ensure checks): no lookup
-            key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
-            if not key_ids:
-                raise NotFound("key_not_found", "the user has no API key", "key_id")
-            streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
-            keys = {k: svc.keys.get(conn.user_id, k) for k, s in zip(key_ids, streams) if s is None}
+            # the key lookups (cached), the stream leases and starts: at most
+            # SUBSCRIBE_CONCURRENCY at once; in a storm the others wait their turn here
+            with svc.hub.admission:
+                if svc.hub.get(request.sid) is None:
+                    return NOT_CONNECTED  # left while waiting
+                key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
+                if not key_ids:
+                    raise NotFound("key_not_found", "the user has no API key", "key_id")
+                streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
+                keys = {k: svc.keys.get(conn.user_id, k)
+                        for k, s in zip(key_ids, streams) if s is None}
         except Exception as e:  # every subscribe gets an ack; _error_ack logs a bug's traceback
             return _error_ack(e)
         for kind in req.types:
