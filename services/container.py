@@ -192,7 +192,10 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
                             leases=leases, audience=hub.has_audience, governors=governors,
-                            push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None))
+                            push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None),
+                            on_released=getattr(hub, "stream_released", None))
+    if hasattr(hub, "on_released"):  # a key this process follows was released elsewhere
+        hub.on_released = streams.take_over
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)

@@ -80,10 +80,11 @@ class StreamManager:
                  leases=None, audience: Callable[[int, str], bool] | None = None,
                  governors: Governors | None = None, push=None,  # type: ignore[no-untyped-def]
                  keys=None, on_local: Callable[[int, AccountState | None], None] | None = None,  # type: ignore[no-untyped-def]
-                 ) -> None:
+                 on_released: Callable[[int], None] | None = None) -> None:
         self._db = db
         self._keys = keys  # services.accounts.KeyCache; None: read the database each time
         self._on_local = on_local
+        self._on_released = on_released
         self._cipher = cipher
         self._trading = trading
         self._publish = publish
@@ -334,7 +335,6 @@ class StreamManager:
             stream.stop()
             # several processes: once released, another one may push: a new epoch then
             self._retain(stream, keep=not self._leases.distributed)
-            self._local(stream.state.key_id, None)
         if streams and self._leases.distributed:
             release_many = getattr(self._leases, "release_many", None)
             names = [_lease(s.state.key_id) for s in streams]
@@ -343,9 +343,36 @@ class StreamManager:
             else:
                 for name in names:
                     self._leases.release(name)
+            for key_id in keys:  # a process whose sockets follow the key may take it now
+                if self._on_released is not None:
+                    try:
+                        self._on_released(key_id)
+                    except Exception:  # the followers' lease upkeep takes it over anyway
+                        logger.exception("stream release hook failed key_id=%s", key_id)
+        for key_id in keys:
+            self._local(key_id, None)
         if keys:
             logger.info("account streams stopped user_id=%s count=%s", user_id, len(keys))
         return keys
+
+    def take_over(self, key_id: int) -> bool:
+        """The process running ``key_id``'s stream released it while this one follows
+        it (its sockets are here): take the lease and start the stream now rather
+        than at the next lease upkeep. True if the stream now runs here."""
+        with self._lock:
+            user_id = self._followed.get(key_id)
+        if user_id is None or self.stopping.is_set():
+            return False
+        try:
+            if not self._leases.acquire(_lease(key_id)):
+                return False  # another follower was first
+            self._start(user_id, key_id)
+        except Exception:  # NotFound (deleted meanwhile), Redis: the upkeep retries
+            logger.warning("stream take-over failed key_id=%s", key_id, exc_info=True)
+            return False
+        self.takeovers += 1
+        logger.info("stream lease handed over key_id=%s", key_id)
+        return True
 
     def _reconnected(self, key_id: int, positions: list, fill_symbols: set) -> None:
         assert self._on_reconnected is not None

@@ -99,6 +99,9 @@ class PushHub:
         self._mirror: dict[int, RemoteState] = {}  # key_id -> own envelopes also published
         self._local: dict[int, object] = {}  # key_id -> AccountState of a stream running here
         self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
+        # another process released a key this one follows: take its stream over
+        # (StreamManager.take_over; run as a background task)
+        self.on_released: Callable[[int], object] = lambda key_id: None
         manager = socketio.server.manager
         self.queued = isinstance(manager, PubSubManager)
         self._relay: KeyRelay | None = None
@@ -110,6 +113,7 @@ class PushHub:
             relay.on_envelope = self.receive
             relay.on_want = self._wanted
             relay.on_key_changed = lambda user_id, key_id: self.on_key_changed(user_id, key_id)
+            relay.on_released = self._released
 
     @property
     def fanout(self) -> Fanout:
@@ -168,6 +172,16 @@ class PushHub:
             if user_id is not None:
                 self.remote(key_id, user_id)
                 relay.watch(key_id)
+
+    def stream_released(self, key_id: int) -> None:
+        """This process let ``key_id``'s lease go (its last subscriber here left): if
+        another process follows the key, tell it to take the stream over now."""
+        if self._relay is not None and self._relay.interested(key_id):
+            self._relay.released(key_id)
+
+    def _released(self, key_id: int) -> None:
+        if key_id in self._remote:
+            self._sio.start_background_task(self.on_released, key_id)
 
     def key_changed(self, user_id: int, key_id: int) -> None:
         """A key of ``user_id`` was added, changed or deleted here: tell the other

@@ -291,8 +291,10 @@ class KeyRelay:
     ``bus``: ``RedisBus`` (or an in-memory one in tests); ``prefix``: the
     ``MESSAGE_QUEUE_CHANNEL``. The hub sets ``on_envelope(envelope, mark)`` (a key
     this process watches), ``on_want(key_id)`` (another process now follows a key:
-    the owner calls ``add_interest`` and publishes its current envelopes) and ``on_key_changed(user_id,
-    key_id)``. Publishing never raises: with Redis down it is counted
+    the owner calls ``add_interest`` and publishes its current envelopes),
+    ``on_released(key_id)`` (the owner let a key's lease go: a follower takes the
+    stream over, so streams run where their subscribers are) and
+    ``on_key_changed(user_id, key_id)``. Publishing never raises: with Redis down it is counted
     (``publish_errors``) and local connections are served as before.
     """
 
@@ -308,6 +310,7 @@ class KeyRelay:
         self.on_envelope: Callable[[dict, bool], None] = lambda env, mark: None
         self.on_want: Callable[[int], None] = lambda key_id: None
         self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
+        self.on_released: Callable[[int], None] = lambda key_id: None
         self.published = 0  # envelopes published (some other process followed the key)
         self.received = 0  # envelopes received for watched keys
         self.publish_errors = 0
@@ -399,6 +402,15 @@ class KeyRelay:
                 self._interest.discard(key_id)
         return True
 
+    def released(self, key_id: int) -> None:
+        """Tell the processes following ``key_id`` that its stream's lease is free (its
+        last subscriber here left): one of them takes it over at once."""
+        try:
+            self.bus.publish(self.control, orjson.dumps(
+                {"op": "released", "h": self.host_id, "key": key_id}))
+        except Exception as e:  # their lease upkeep takes it over within a third of its TTL
+            self._publish_failed(e)
+
     def key_changed(self, user_id: int, key_id: int) -> None:
         """Tell the other processes that a key of ``user_id`` was added, changed or
         deleted (they forget their cached copy). Raises RedisError."""
@@ -433,6 +445,8 @@ class KeyRelay:
             op = msg.get("op")
             if op == "want":
                 self.on_want(int(msg["key"]))
+            elif op == "released":
+                self.on_released(int(msg["key"]))
             elif op == "key_changed":
                 self.on_key_changed(int(msg["user"]), int(msg["key"]))
             return

@@ -214,7 +214,7 @@ class Process:
                 server.emit(event, data, to=to)
 
             def start_background_task(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
-                pass
+                fn(*args)
 
             def sleep(self, s) -> None:  # type: ignore[no-untyped-def]
                 pass
@@ -337,6 +337,22 @@ def test_a_follower_takes_over_the_stream_and_the_old_owner_follows_it() -> None
     b.hub.offer(new, "pnl", "stream", 1, True)
     assert [(e["epoch"], e["seq"]) for _, ev, e in a.sent if ev == "pnl"][-1] == (new.epoch, 1)
     assert [(e["epoch"], e["seq"]) for _, ev, e in b.sent if ev == "pnl"][-1] == (new.epoch, 1)
+
+
+def test_a_released_key_is_taken_over_by_the_process_following_it_and_no_other() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a, b, c = Process(redis, clock), Process(redis, clock), Process(redis, clock)
+    taken: dict[str, list[int]] = {"b": [], "c": []}
+    b.hub.on_released = taken["b"].append
+    c.hub.on_released = taken["c"].append
+    state = _sender()
+    _running(a, state)
+    b.hub.follow(b.connect("e-b", 1, 7), 7, "pnl", lambda: [])
+    c.connect("e-c", 2, 8)
+    a.hub.stream_released(7)                       # A's last subscriber of the key left
+    assert taken == {"b": [7], "c": []}
+    a.hub.stream_released(8)                       # nobody follows key 8: no message
+    assert [m["op"] for ch, m in redis.log if ch.endswith(":relay")].count("released") == 1
 
 
 def test_fills_and_stream_status_keep_the_shared_room_channel_and_tickers_stay_local() -> None:
