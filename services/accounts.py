@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from exchanges.base import ExchangeClient
+from services.coalesce import Coalescer
 from models import Database, ExchangeKey, User, now_ms
 from services.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from services.security import KeyCipher, TokenService, hash_password, verify_password
@@ -50,8 +51,8 @@ class KeyCache:
     ``of_user(user_id)`` the user's keys, oldest first.
 
     Misses that arrive together (a reconnect storm after a restart) are read in one
-    query (``WHERE id IN (...)``, at most ``batch_max`` ids): the first caller waits
-    ``batch_wait_s`` for others to join, reads for all of them and wakes them.
+    query each way (``services.coalesce.Coalescer``: ``WHERE id IN (...)`` /
+    ``WHERE user_id IN (...)``, at most ``batch_max`` at a time).
 
     Kept at most ``ttl_s`` seconds. ``changed(user_id, key_id)`` (a key was added,
     changed or deleted here) forgets what is cached of the user and the key and calls
@@ -66,22 +67,27 @@ class KeyCache:
         self._db = db
         self.ttl_s = ttl_s
         self.on_change = on_change
-        self._batch_wait_s = batch_wait_s
-        self._batch_max = batch_max
-        self._sleep = sleep
         self._lock = threading.Lock()
-        self._keys: dict[int, tuple[ExchangeKey | None, float]] = {}  # id -> (row, read at)
+        self._keys: dict[int, tuple[ExchangeKey, float]] = {}  # id -> (row, read at)
         self._users: dict[int, tuple[tuple[int, ...], float]] = {}  # user -> (key ids, read at)
-        self._batch: _Batch | None = None
         self._generation = 0  # bumped by invalidate: a read begun before it is not kept
+        self._by_id = Coalescer(self._read_ids, sleep, batch_wait_s, batch_max)
+        self._by_user = Coalescer(self._read_users, sleep, batch_wait_s, batch_max)
         self.hits = 0
         self.misses = 0
-        self.queries = 0
 
     def get(self, user_id: int, key_id: int) -> ExchangeKey:
         """The key ``key_id`` if it belongs to ``user_id`` and is not deleted. Raises
         NotFound (``key_not_found``, field ``key_id``) otherwise."""
-        key = self._key(key_id)
+        now = time.monotonic()
+        with self._lock:
+            held = self._keys.get(key_id)
+        if held is not None and now - held[1] < self.ttl_s:
+            self.hits += 1
+            key: ExchangeKey | None = held[0]
+        else:
+            self.misses += 1
+            key = self._by_id.get(key_id)
         if key is None or key.user_id != user_id or key.status == "deleted":
             raise NotFound("key_not_found", f"no API key {key_id}", "key_id")
         return key
@@ -92,26 +98,12 @@ class KeyCache:
         with self._lock:
             held = self._users.get(user_id)
             if held is not None and now - held[1] < self.ttl_s:
-                ids = held[0]
-                rows = [self._keys.get(i) for i in ids]
-                if all(r is not None and r[0] is not None and now - r[1] < self.ttl_s
-                       for r in rows):
+                rows = [self._keys.get(i) for i in held[0]]
+                if all(r is not None and now - r[1] < self.ttl_s for r in rows):
                     self.hits += 1
-                    return [r[0] for r in rows]  # type: ignore[index,misc]
-            generation = self._generation
+                    return [r[0] for r in rows]  # type: ignore[index]
         self.misses += 1
-        with self._db.session() as s:
-            keys = list(s.scalars(select(ExchangeKey).where(
-                ExchangeKey.user_id == user_id, ExchangeKey.status != "deleted")
-                .order_by(ExchangeKey.id)))
-        self.queries += 1
-        with self._lock:
-            if generation == self._generation:
-                read_at = time.monotonic()
-                self._users[user_id] = (tuple(k.id for k in keys), read_at)
-                for k in keys:
-                    self._keys[k.id] = (k, read_at)
-        return keys
+        return list(self._by_user.get(user_id) or ())
 
     def changed(self, user_id: int, key_id: int) -> None:
         """A key of ``user_id`` was added, changed or deleted in this process: forget
@@ -140,62 +132,38 @@ class KeyCache:
         """``{"keys", "hits", "misses", "queries"}``."""
         with self._lock:
             return {"keys": len(self._keys), "hits": self.hits, "misses": self.misses,
-                    "queries": self.queries}
+                    "queries": self._by_id.reads + self._by_user.reads}
 
-    # ---- one read for the misses of many callers -------------------------------------
-    def _key(self, key_id: int) -> ExchangeKey | None:
-        now = time.monotonic()
+    # ---- batched reads -----------------------------------------------------------------
+    def _keep(self, generation: int, rows: list[ExchangeKey],
+              users: dict[int, tuple[int, ...]] | None = None) -> None:
+        read_at = time.monotonic()
         with self._lock:
-            held = self._keys.get(key_id)
-            if held is not None and now - held[1] < self.ttl_s:
-                self.hits += 1
-                return held[0]
-            self.misses += 1
-            batch = self._batch
-            leader = batch is None or batch.closed or len(batch.ids) >= self._batch_max
-            if leader:
-                batch = self._batch = _Batch(self._generation)
-            assert batch is not None
-            batch.ids.add(key_id)
-        if leader:
-            self._sleep(self._batch_wait_s)  # let the misses of the same moment join
-            self._read(batch)
-        else:
-            batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
-        return batch.rows.get(key_id)
+            if generation != self._generation:
+                return  # a change came in while reading: do not keep what may be older
+            for r in rows:
+                self._keys[r.id] = (r, read_at)
+            for user_id, ids in (users or {}).items():
+                self._users[user_id] = (ids, read_at)
 
-    def _read(self, batch: "_Batch") -> None:
-        with self._lock:
-            batch.closed = True
-            ids = sorted(batch.ids)
-        try:
-            with self._db.session() as s:
-                rows = list(s.scalars(select(ExchangeKey).where(ExchangeKey.id.in_(ids))))
-            self.queries += 1
-            batch.rows = {r.id: r for r in rows}
-            read_at = time.monotonic()
-            with self._lock:
-                if batch.generation == self._generation:
-                    for r in rows:
-                        self._keys[r.id] = (r, read_at)
-        except Exception as e:  # every waiter of the batch gets it
-            batch.error = e
-        finally:
-            batch.done.set()
+    def _read_ids(self, key_ids: list[int]) -> dict[int, ExchangeKey]:
+        generation = self._generation
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ExchangeKey).where(ExchangeKey.id.in_(key_ids))))
+        self._keep(generation, rows)
+        return {r.id: r for r in rows}
 
-
-class _Batch:
-    """Key ids missed at the same moment, read in one query."""
-
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.ids: set[int] = set()
-        self.closed = False
-        self.rows: dict[int, ExchangeKey] = {}
-        self.error: Exception | None = None
-        self.done = threading.Event()
+    def _read_users(self, user_ids: list[int]) -> dict[int, list[ExchangeKey]]:
+        generation = self._generation
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ExchangeKey).where(
+                ExchangeKey.user_id.in_(user_ids), ExchangeKey.status != "deleted")
+                .order_by(ExchangeKey.id)))
+        out: dict[int, list[ExchangeKey]] = {u: [] for u in user_ids}
+        for r in rows:
+            out[r.user_id].append(r)
+        self._keep(generation, rows, {u: tuple(k.id for k in ks) for u, ks in out.items()})
+        return out
 
 
 class UserService:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from services import ledger
 from services.account_stream import StreamSettings
 from services.accounts import KeyCache, KeyService, UserService
 from services.client_cache import TradingService
+from services.coalesce import Coalescer
 from services.exits import ExitService, ExitSettings
 from services.fill_feed import FillFeed
 from services.leases import LocalLeases, RedisLeases
@@ -187,7 +189,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
                             dead_letters=writer)
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
-                            _LedgerFacade(db, writer),
+                            _LedgerFacade(db, writer, sleep),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
@@ -213,13 +215,39 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
 
 
 class _LedgerFacade:
-    """What a stream needs of the ledger: realized PnL and a non-blocking fill sink."""
+    """What a stream needs of the ledger: realized PnL and a non-blocking fill sink.
 
-    def __init__(self, db: Database, writer: LedgerWriter) -> None:
+    The realized PnL of keys whose streams start together (a reconnect storm starts
+    hundreds) is read in one grouped query on PostgreSQL (``services.coalesce``),
+    the same sums as ``ledger.realized_pnl``; on SQLite one ``ledger.realized_pnl``
+    per key."""
+
+    def __init__(self, db: Database, writer: LedgerWriter,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._db, self._writer = db, writer
+        self._realized = Coalescer(self._realized_many, sleep)
 
     def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
-        return ledger.realized_pnl(self._db, key_id)
+        value = self._realized.get(key_id)
+        return value if value is not None else ledger.realized_pnl(self._db, key_id)
+
+    def _realized_many(self, key_ids: list[int]) -> dict:
+        if self._db.engine.dialect.name != "postgresql":
+            return {k: ledger.realized_pnl(self._db, k) for k in key_ids}
+        from sqlalchemy import case, func, select
+
+        from models import Fill, now_ms
+        day_start = now_ms() // 86_400_000 * 86_400_000
+        net = Fill.realized_pnl - Fill.fee
+        with self._db.session() as s:
+            rows = s.execute(select(
+                Fill.key_id, func.coalesce(func.sum(net), 0),
+                func.coalesce(func.sum(case((Fill.time >= day_start, net), else_=0)), 0))
+                .where(Fill.key_id.in_(key_ids)).group_by(Fill.key_id)).all()
+        out = {k: ledger.Realized(Decimal(0), Decimal(0)) for k in key_ids}
+        for key_id, total, today in rows:
+            out[key_id] = ledger.Realized(Decimal(total).normalize(), Decimal(today).normalize())
+        return out
 
     def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_fill(key_id, fill)

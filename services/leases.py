@@ -42,12 +42,13 @@ _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
 
 
 def redis_client(url: str, max_connections: int = 32, pool_timeout_s: float = 20.0,
-                 socket_timeout_s: float = 2.0):  # type: ignore[no-untyped-def]
+                 socket_timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
     """A ``redis.Redis`` on a ``BlockingConnectionPool`` of at most
     ``max_connections`` connections: a caller that finds them all in use waits up to
     ``pool_timeout_s`` seconds for one (then ``redis.ConnectionError``), where the
     default pool raised ``MaxConnectionsError`` at once (a reconnect storm's
-    thousands of green threads each asking for one)."""
+    thousands of green threads each asking for one). ``socket_timeout_s`` bounds a
+    reply's wait: 2 s timed out under a storm (a busy process reads its reply late)."""
     import redis  # only needed with MESSAGE_QUEUE_URL
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout_s,

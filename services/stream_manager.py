@@ -338,11 +338,15 @@ class StreamManager:
         if streams and self._leases.distributed:
             release_many = getattr(self._leases, "release_many", None)
             names = [_lease(s.state.key_id) for s in streams]
-            if release_many is not None:
-                release_many(names)
-            else:
-                for name in names:
-                    self._leases.release(name)
+            try:
+                if release_many is not None:
+                    release_many(names)
+                else:
+                    for name in names:
+                        self._leases.release(name)
+            except Exception as e:  # Redis unreachable: the leases expire by their TTL
+                logger.warning("stream lease release failed user_id=%s count=%s error=%s",
+                               user_id, len(names), type(e).__name__)
             for key_id in keys:  # a process whose sockets follow the key may take it now
                 if self._on_released is not None:
                     try:
