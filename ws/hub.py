@@ -164,12 +164,12 @@ class PushHub:
                 relay.check_interest(key_id)
             return
         with self._lock:
-            self._local.pop(key_id, None)
+            held = self._local.pop(key_id, None)
             self._mirror.pop(key_id, None)
         if relay is not None:
             relay.drop_interest(key_id)
-            user_id = self._follower(key_id)
-            if user_id is not None:
+            user_id = getattr(held, "user_id", None)
+            if user_id is not None and self._follows(user_id, key_id):
                 self.remote(key_id, user_id)
                 relay.watch(key_id)
 
@@ -189,13 +189,11 @@ class PushHub:
         if self._relay is not None:
             self._relay.key_changed(user_id, key_id)
 
-    def _follower(self, key_id: int) -> int | None:
-        """The user whose connections of this process follow ``key_id`` (None: none)."""
+    def _follows(self, user_id: int, key_id: int) -> bool:
+        """True when a connection of ``user_id`` in this process subscribed to ``key_id``."""
         with self._lock:
-            for conn in self._conns.values():
-                if key_id in conn.key_ids:
-                    return conn.user_id
-        return None
+            return any(key_id in self._conns[sid].key_ids
+                       for sid in self._by_user.get(user_id, ()) if sid in self._conns)
 
     def _wanted(self, key_id: int) -> None:
         """Another process now follows ``key_id``: if its stream runs here, publish
