@@ -56,7 +56,7 @@ class Config:
     REDIS_POOL_TIMEOUT_S: float = 20.0  # longest wait for a Redis connection
     # subscribes whose first part (key lookup, stream lease and start) run at once in a
     # process; the others wait their turn (a reconnect storm is admitted, not refused)
-    SUBSCRIBE_CONCURRENCY: int = 32
+    SUBSCRIBE_CONCURRENCY: int = 256
     KEY_CACHE_TTL_S: float = 300.0  # API keys read once and kept (invalidated on change)
     SECRET_KEY: str = ""
     KEY_ENCRYPTION_KEY: str = ""

@@ -218,11 +218,10 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
                                     concurrency=max(1, math.ceil(n / args.workers)))
         out["connect"] = Run._connect_summary(replies, n)
         target.next_cid = n
-        deadline = began + args.ready_timeout_s
-        ready = 0
-        while time.time() < deadline:
+        deadline = max(began + args.ready_timeout_s, time.time() + 10)
+        while True:
             ready = sum(r["ready"] for r in workers.all({"op": "ready", "below": n}))
-            if ready >= n:
+            if ready >= n or time.time() > deadline:
                 break
             time.sleep(0.25)
         out["ready"] = {"ready": ready, "of": n, "s": round(time.time() - began, 1)}

@@ -39,6 +39,9 @@ _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
 _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1]) else return 0 end"""
+_ACQUIRE = """if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
 
 
 def redis_client(url: str, max_connections: int = 32, pool_timeout_s: float = 20.0,
@@ -75,6 +78,7 @@ class RedisLeases:
         self.owner = uuid.uuid4().hex
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
+        self._acquire = self._redis.register_script(_ACQUIRE)
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}:lease:{name}"
@@ -92,6 +96,14 @@ class RedisLeases:
     def release(self, name: str) -> None:
         """Give our lease up (no-op if not ours)."""
         self._release(keys=[self._key(name)], args=[self.owner])
+
+    def acquire_many(self, names: list[str]) -> list[bool]:
+        """``acquire`` of every name in one round trip (a pipeline of one script each:
+        set if free, else extend if ours); in order."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            self._acquire(keys=[self._key(name)], args=[self.owner, self.ttl_ms], client=pipe)
+        return [bool(r) for r in pipe.execute()]
 
     def renew_many(self, names: list[str]) -> list[bool]:
         """``renew`` of every name in one round trip (a pipeline); in order."""

@@ -32,6 +32,7 @@ from services.leases import LocalLeases
 from services.lifecycle import StopFlag
 from services.security import KeyCipher
 from services.client_cache import TradingService
+from services.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ class StreamManager:
         self._keys = keys  # services.accounts.KeyCache; None: read the database each time
         self._on_local = on_local
         self._on_released = on_released
+        # the lease asks of subscribes arriving together: one pipeline (a storm)
+        many = getattr(self._leases, "acquire_many", None)
+        self._acquiring = (Coalescer(lambda names: dict(zip(names, many(names))), sleep)
+                           if many is not None else None)
         self._cipher = cipher
         self._trading = trading
         self._publish = publish
@@ -122,11 +127,18 @@ class StreamManager:
             if stream is not None and stream.state.user_id == user_id:
                 return stream
         self._owned_key(user_id, key_id)
-        if not self._leases.acquire(_lease(key_id)):
+        if not self._acquire(_lease(key_id)):
             with self._lock:
                 self._followed[key_id] = user_id
             return None
         return self._start(user_id, key_id)
+
+    def _acquire(self, name: str) -> bool:
+        """``leases.acquire``, batched with the other subscribes of the moment when the
+        leases can (``acquire_many``)."""
+        if self._acquiring is None:
+            return self._leases.acquire(name)
+        return bool(self._acquiring.get(name))
 
     def _owned_key(self, user_id: int, key_id: int):  # type: ignore[no-untyped-def]
         """The key (``get_owned_key``'s answer, from the key cache when there is one).

@@ -83,7 +83,7 @@ class PushHub:
 
     def __init__(self, socketio: SocketIO, relay: KeyRelay | None = None,
                  on_stream_latency: Callable[[float], None] | None = None,
-                 subscribe_concurrency: int = 32) -> None:
+                 subscribe_concurrency: int = 256) -> None:
         self._sio = socketio
         # subscribes whose key lookup and stream start run at once (SUBSCRIBE_CONCURRENCY):
         # in a reconnect storm the others wait here, not at a pool that would fail them
@@ -161,7 +161,8 @@ class PushHub:
                 self._local[key_id] = state
             if relay is not None:
                 relay.unwatch(key_id)
-                relay.check_interest(key_id)
+                # off the subscribe's path: a follower that comes later says so (``want``)
+                self._sio.start_background_task(relay.check_interest, key_id)
             return
         with self._lock:
             held = self._local.pop(key_id, None)

@@ -51,6 +51,8 @@ from typing import Callable
 import orjson
 import socketio
 
+from services.coalesce import Coalescer
+
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +197,11 @@ class RedisBus:
         """PUBLISH; the number of subscribers that received it. Raises RedisError."""
         return int(self._client.publish(channel, data))
 
-    def numsub(self, channel: str) -> int:
-        """How many connections are subscribed to ``channel``. Raises RedisError."""
-        got = self._client.pubsub_numsub(channel)
-        return int(got[0][1]) if got else 0
+    def numsub(self, channels: list[str]) -> dict[str, int]:
+        """How many connections are subscribed to each of ``channels`` (one round
+        trip). Raises RedisError."""
+        got = self._client.pubsub_numsub(*channels)
+        return {(c.decode() if isinstance(c, bytes) else c): int(n) for c, n in got}
 
     def subscribe(self, channel: str) -> None:
         with self._lock:
@@ -298,8 +301,11 @@ class KeyRelay:
     (``publish_errors``) and local connections are served as before.
     """
 
-    def __init__(self, bus, prefix: str, host_id: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bus, prefix: str, host_id: str | None = None,  # type: ignore[no-untyped-def]
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.bus = bus
+        # the NUMSUB asks of streams starting together: one round trip (a storm)
+        self._numsub = Coalescer(bus.numsub, sleep)
         self.prefix = prefix
         self.host_id = host_id or uuid.uuid4().hex
         self.control = f"{prefix}:relay"
@@ -364,7 +370,7 @@ class KeyRelay:
         """Ask Redis whether another process follows ``key_id`` (its stream starts
         here); True if so (publishing starts). False when Redis cannot say."""
         try:
-            followed = self.bus.numsub(self.channel(key_id)) > 0
+            followed = (self._numsub.get(self.channel(key_id)) or 0) > 0
         except Exception as e:  # a follower's ``want`` on reconnect will tell
             self._publish_failed(e)
             return False
@@ -502,4 +508,4 @@ def make_relay(url: str | None, channel: str, client, spawn: Callable,  # type: 
     bounded pool, shared with the leases); None without a URL."""
     if not url:
         return None
-    return KeyRelay(RedisBus(url, client, spawn, sleep), channel)
+    return KeyRelay(RedisBus(url, client, spawn, sleep), channel, sleep=sleep)

@@ -174,8 +174,8 @@ class MemoryBus:
             bus._handlers[0](channel, data)
         return len(receivers)
 
-    def numsub(self, channel: str) -> int:
-        return len(self.redis.subs.get(channel, ()))
+    def numsub(self, channels: list[str]) -> dict[str, int]:
+        return {c: len(self.redis.subs.get(c, ())) for c in channels}
 
     def subscribe(self, channel: str) -> None:
         self.redis.subs.setdefault(channel, set()).add(self)
@@ -220,7 +220,7 @@ class Process:
                 pass
 
         self.bus = MemoryBus(redis)
-        self.relay = KeyRelay(self.bus, "pushsrv-test")
+        self.relay = KeyRelay(self.bus, "pushsrv-test", sleep=lambda s: None)
         self.hub = PushHub(SIO(), relay=self.relay)  # type: ignore[arg-type]
         self.hub._fanout = Fanout(server, spawn=lambda fn: None, sleep=lambda s: None,
                                   clock=clock, on_push=self.hub._count)
