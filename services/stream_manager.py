@@ -86,10 +86,6 @@ class StreamManager:
         self._keys = keys  # services.accounts.KeyCache; None: read the database each time
         self._on_local = on_local
         self._on_released = on_released
-        # the lease asks of subscribes arriving together: one pipeline (a storm)
-        many = getattr(self._leases, "acquire_many", None)
-        self._acquiring = (Coalescer(lambda names: dict(zip(names, many(names))), sleep)
-                           if many is not None else None)
         self._cipher = cipher
         self._trading = trading
         self._publish = publish
@@ -100,6 +96,10 @@ class StreamManager:
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._leases = leases or LocalLeases()
+        # the lease asks of subscribes arriving together: one pipeline (a storm)
+        many = getattr(self._leases, "acquire_many", None)
+        self._acquiring = (Coalescer(lambda names: dict(zip(names, many(names))), sleep)
+                           if many is not None else None)
         self._audience = audience
         self._governors = governors
         self._push = push  # services.push.Push; None: DirectPush over ``publish``
