@@ -104,6 +104,8 @@ def register_handlers(socketio: SocketIO) -> None:
         # keys whose stream runs in another process: a REST snapshot for this socket
         remote = [(conn.user_id, key, kind) for key in keys.values()
                   for kind in req.types if kind != "fills"]
+        for key in keys.values():  # its fills and stream states come through Redis
+            svc.hub.watch(conn, key.id)
         socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
                                        statuses, remote)
         ack = {"ok": True, "subscribed": sorted(conn.types),
@@ -198,15 +200,14 @@ def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[di
                     socketio.sleep(0.05)
             plan.prepare()
             if plan.error:
-                socketio.emit("error", {"code": "replay_unavailable", "message": plan.error},
-                              to=conn.sid)
+                svc.hub.emit_to(conn.sid, "error",
+                                {"code": "replay_unavailable", "message": plan.error})
         svc.hub.attach(conn, plan.state, plan.kind, plan.first)
     for user_id, key, kind in remote:
         try:
             svc.hub.follow(conn, key.id, kind,
                            lambda: [svc.snapshots.envelope(user_id, key, kind)])
         except ExchangeError as e:
-            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)},
-                          to=conn.sid)
+            svc.hub.emit_to(conn.sid, "error", {"code": "snapshot_unavailable", "message": str(e)})
     for status in statuses:
-        socketio.emit("stream_status", status, to=conn.sid)
+        svc.hub.emit_to(conn.sid, "stream_status", status)

@@ -143,11 +143,28 @@ class PushHub:
             return state
 
     def receive(self, envelope: dict, mark: bool) -> None:
-        """A state envelope received from Redis (a key this process watches): to the
-        fanout of this process's subscribers of its key."""
+        """An envelope received from Redis (a key this process watches): a state to
+        the fanout of this process's subscribers of its key; ``fills``,
+        ``stream_status`` and ``error`` to their room in this process."""
+        kind = envelope.get("type")
+        if kind not in STATE_TYPES:
+            self._emit_here(envelope)
+            return
         state = self._remote.get(envelope.get("key_id"))  # type: ignore[arg-type]
         if state is not None:
             self.fanout.receive(state, envelope, mark)
+
+    def watch(self, conn: Connection, key_id: int) -> None:
+        """With a message queue: ``conn`` follows ``key_id``, whose stream runs in
+        another process: receive the key's envelopes (its channel) unless its stream
+        runs here."""
+        if self._relay is None:
+            return
+        self.remote(key_id, conn.user_id)
+        with self._lock:
+            local = key_id in self._local
+        if not local:
+            self._relay.watch(key_id)
 
     def stream_local(self, key_id: int, state) -> None:  # type: ignore[no-untyped-def]
         """``key_id``'s stream now runs in this process (``state``: its AccountState)
@@ -290,26 +307,48 @@ class PushHub:
             self.publish(env)
 
     def publish(self, envelope: dict) -> None:
-        """Emit one envelope from a service (any green thread)."""
+        """Emit one envelope from a service (any green thread). With a message queue
+        an envelope of a key (``fills``, ``stream_status``, ``error``, states) goes to
+        this process's room and, while another process follows the key, to the key's
+        channel (per key, not python-socketio's shared channel); one without a key
+        (an ``error`` of no key) to the room through the shared channel. Tickers stay
+        in the process (every process runs the market streams of its own sockets)."""
         kind = envelope["type"]
-        if kind == "stream_status":
-            payload = {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}
-            self._sio.emit("stream_status", payload, to=room("user", envelope["user_id"]))
-        elif kind == "error":
-            self._sio.emit("error", {"code": envelope["code"], "message": envelope["message"]},
-                           to=room("user", envelope["user_id"]))
-        elif kind == "ticker":  # every process runs the market streams of its own sockets
+        relay = self._relay
+        if kind == "ticker":
             self._sio.server.emit("ticker", envelope, ignore_queue=True,
                                   to=ticker_room(envelope["exchange"], envelope["data"]["symbol"]))
             self._count(envelope)
-        elif self._relay is not None and kind in STATE_TYPES:
-            self._sio.server.emit(kind, envelope, to=room(kind, envelope["user_id"]),
-                                  ignore_queue=True)
-            self._relay.publish(envelope, False)
-            self._count(envelope)
+        elif relay is not None and envelope.get("key_id") is not None:
+            self._emit_here(envelope)
+            relay.publish(envelope, False)
+        elif kind in ("stream_status", "error"):
+            name, payload, to = self._event(envelope)
+            self._sio.emit(name, payload, to=to)
         else:
             self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
             self._count(envelope)
+
+    @staticmethod
+    def _event(envelope: dict) -> tuple[str, dict, str]:
+        """``(event, data, room)`` of an envelope as clients get it (CONTRACT.md)."""
+        kind, user_room = envelope["type"], room("user", envelope["user_id"])
+        if kind == "stream_status":
+            return kind, {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}, user_room
+        if kind == "error":
+            return kind, {"code": envelope["code"], "message": envelope["message"]}, user_room
+        return kind, envelope, room(kind, envelope["user_id"])
+
+    def _emit_here(self, envelope: dict) -> None:
+        """Emit an envelope to its room in this process only."""
+        name, payload, to = self._event(envelope)
+        self._sio.server.emit(name, payload, to=to, ignore_queue=True)
+        if name not in ("stream_status", "error"):
+            self._count(envelope)
+
+    def emit_to(self, sid: str, event: str, data: dict) -> None:
+        """Emit one event to one connection of this process (never through Redis)."""
+        self._sio.server.emit(event, data, to=sid, ignore_queue=True)
 
     def attach(self, conn: Connection, state, kind: str, first) -> None:  # type: ignore[no-untyped-def]
         """Start ``conn``'s live pushes of ``state``'s ``kind`` (a stream running in
@@ -344,10 +383,7 @@ class PushHub:
             return
         remote = self.remote(key_id, conn.user_id)
         before = remote.position(kind)  # what arrives from now on follows the snapshot
-        with self._lock:
-            local = key_id in self._local
-        if not local:
-            self._relay.watch(key_id)
+        self.watch(conn, key_id)
         try:
             self.send_to(conn.sid, snapshot())
         finally:

@@ -4,7 +4,7 @@ is never held back, a connection never gets a repeated or older ``seq``, a new e
 resets; the per-key routing: a push to a connection of the process running the stream
 never goes through Redis, a process with no subscriber for a key receives nothing of
 it, the owner publishes only while another process follows the key and starts with
-its current values; ``fills`` and ``stream_status`` keep the shared room channel.
+its current values; ``fills`` and ``stream_status`` also go per key, tickers stay local.
 No network: the pub/sub backend is in memory (several hubs on one ``MemoryRedis``
 are several processes)."""
 from __future__ import annotations
@@ -355,25 +355,30 @@ def test_a_released_key_is_taken_over_by_the_process_following_it_and_no_other()
     assert [m["op"] for ch, m in redis.log if ch.endswith(":relay")].count("released") == 1
 
 
-def test_fills_and_stream_status_keep_the_shared_room_channel_and_tickers_stay_local() -> None:
+def test_fills_and_stream_status_go_per_key_to_followers_only_and_tickers_stay_local() -> None:
     redis, clock = MemoryRedis(), Clock()
-    a, b = Process(redis, clock), Process(redis, clock)
+    a, b, c = Process(redis, clock), Process(redis, clock), Process(redis, clock)
     state = _sender()
     _running(a, state)
     a.connect("e-a", 1, 7)
-    b.connect("e-b", 1, 7)
+    b.hub.watch(b.connect("e-b", 1, 7), 7)          # B's socket subscribed to key 7
+    c.connect("e-c", 1, 8)                          # C: the same user, another key
     fills = {"type": "fills", "user_id": 1, "key_id": 7, "epoch": state.epoch, "seq": 1,
              "data": [{"trade_id": "t1"}]}
     a.hub.deliver(state, fills)
     a.hub.publish({"type": "stream_status", "user_id": 1, "key_id": 7, "exchange": "binance",
                    "state": "live", "since": 1})
     a.hub.publish({"type": "ticker", "exchange": "binance", "data": {"symbol": "XRPUSDT"}})
-    assert [(m["event"], m["room"]) for m in a.manager.published] == [
-        ("fills", "fills_1"), ("stream_status", "user_1")]
-    for message in a.manager.published:            # what B's shared-channel reader does
-        b.manager._handle_emit(message)
-    assert sorted(ev for _, ev, _ in b.sent) == ["fills", "stream_status"]
-    assert redis.key_messages() == []
+    for proc in (a, b):
+        assert sorted(ev for _, ev, _ in proc.sent) == ["fills", "stream_status"]
+    assert c.sent == [] and [ch for ch in c.bus.got if ":key:" in ch] == []
+    assert [(ch, m["e"]["type"]) for ch, m in redis.key_messages()] == [
+        ("pushsrv-test:key:7", "pnl"),             # B's want: the current value first
+        ("pushsrv-test:key:7", "fills"), ("pushsrv-test:key:7", "stream_status")]
+    status = next(env for _, ev, env in b.sent if ev == "stream_status")
+    assert status == {"key_id": 7, "exchange": "binance", "state": "live", "since": 1}
+    for proc in (a, b, c):                          # nothing on the shared channel
+        assert proc.manager.published == []
 
 
 def test_the_client_manager_keeps_the_url_and_channel_and_a_bounded_pool() -> None:
