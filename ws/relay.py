@@ -29,11 +29,12 @@ listener at 16 instances). Here instead:
   change, conflated per connection; False: an account event or a REST result).
 
 The control channel also carries "a key changed" (``key_changed``: the other
-processes forget their cached copy, ``services.accounts.KeyCache``). ``fills``,
-``stream_status`` and ``error`` keep python-socketio's shared channel (per user,
-rare: a few per trade, against 2 to 10 mark-driven pushes a second per key);
-tickers and emits to one connection never leave the process (each process runs
-the market streams of its own subscribers).
+processes forget their cached copy, ``services.accounts.KeyCache``) and "a key's
+lease is free" (``released``: a follower takes the stream over). A key's
+``fills``, ``stream_status`` and ``error`` take the key's channel too (the receiver
+emits them to the room in its own process); python-socketio's shared channel keeps
+only what has no key. Tickers and emits to one connection never leave the process
+(each process runs the market streams of its own subscribers).
 
 ``RemoteState`` is what a ``Fanout`` channel works on for such a key: a mirror of
 the envelopes received (the epoch, the ``seq`` per type, the last one sent and the
