@@ -40,7 +40,8 @@ from services.container import Services, build_services
 from ws.handlers import register_handlers
 from ws.hub import PushHub
 from ws.packet import Packet
-from ws.relay import make_client_manager
+from services.leases import redis_client
+from ws.relay import make_client_manager, make_relay
 
 logger = logging.getLogger("app")
 
@@ -69,11 +70,18 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     # is always given, None without a queue: Flask-SocketIO keeps the options of an
     # earlier init_app, so one app's manager must not outlive it
     socketio.init_app(app, async_mode=cfg.ASYNC_MODE, cors_allowed_origins=cfg.socketio_cors(),
-                      client_manager=make_client_manager(cfg.MESSAGE_QUEUE_URL,
-                                                         cfg.MESSAGE_QUEUE_CHANNEL),
+                      client_manager=make_client_manager(
+                          cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL,
+                          cfg.REDIS_MAX_CONNECTIONS, cfg.REDIS_POOL_TIMEOUT_S),
                       max_http_buffer_size=cfg.MAX_CONTENT_LENGTH, serializer=Packet)
-    svc = build_services(cfg, hub=PushHub(socketio), spawn=socketio.start_background_task,
-                         sleep=socketio.sleep)
+    # one bounded Redis pool per process for the stream leases and the per-key relay
+    redis = (redis_client(cfg.MESSAGE_QUEUE_URL, cfg.REDIS_MAX_CONNECTIONS,
+                          cfg.REDIS_POOL_TIMEOUT_S) if cfg.MESSAGE_QUEUE_URL else None)
+    relay = make_relay(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, redis,
+                       socketio.start_background_task, socketio.sleep)
+    hub = PushHub(socketio, relay=relay, subscribe_concurrency=cfg.SUBSCRIBE_CONCURRENCY)
+    svc = build_services(cfg, hub=hub, spawn=socketio.start_background_task,
+                         sleep=socketio.sleep, redis=redis)
     app.extensions["pushsrv"] = svc
     for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
                console.bp, health.bp):
@@ -81,6 +89,8 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     register_error_handlers(app)
     register_cli(app)
     svc.start()
+    if relay is not None:
+        relay.start()
     return app
 
 

@@ -47,6 +47,17 @@ class Config:
     MESSAGE_QUEUE_URL: str | None = None
     MESSAGE_QUEUE_CHANNEL: str = "pushsrv"
     LEASE_TTL_S: float = 15.0
+    # Pools, sized for thousands of green threads rather than a web app's workers: a
+    # caller that finds a pool empty waits (up to the timeout) instead of failing
+    DB_POOL_SIZE: int = 10  # PostgreSQL connections kept per process
+    DB_MAX_OVERFLOW: int = 10  # opened beyond DB_POOL_SIZE under load, closed after
+    DB_POOL_TIMEOUT_S: float = 30.0  # longest wait for a database connection
+    REDIS_MAX_CONNECTIONS: int = 32  # per Redis pool of a process (leases+relay, Socket.IO)
+    REDIS_POOL_TIMEOUT_S: float = 20.0  # longest wait for a Redis connection
+    # subscribes whose first part (key lookup, stream lease and start) run at once in a
+    # process; the others wait their turn (a reconnect storm is admitted, not refused)
+    SUBSCRIBE_CONCURRENCY: int = 256
+    KEY_CACHE_TTL_S: float = 300.0  # API keys read once and kept (invalidated on change)
     SECRET_KEY: str = ""
     KEY_ENCRYPTION_KEY: str = ""
     OLD_KEY_ENCRYPTION_KEYS: tuple[str, ...] = ()  # still accepted while rotating
@@ -257,6 +268,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("RECONCILE_INTERVAL_S", float), ("EXIT_MAX_SLIPPAGE", int),
                        ("MESSAGE_QUEUE_CHANNEL", str), ("LEASE_TTL_S", float),
                        ("RECONCILE_BATCH", int),
+                       ("DB_POOL_SIZE", int), ("DB_MAX_OVERFLOW", int),
+                       ("DB_POOL_TIMEOUT_S", float), ("REDIS_MAX_CONNECTIONS", int),
+                       ("REDIS_POOL_TIMEOUT_S", float), ("SUBSCRIBE_CONCURRENCY", int),
+                       ("KEY_CACHE_TTL_S", float),
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str), ("LOGIN_USERNAME_RATE_LIMIT", str),
                        ("REFRESH_RATE_LIMIT", str), ("RATELIMIT_STORAGE_URI", str),

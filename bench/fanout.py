@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grace-s", type=float, default=15.0, help="longest wait for late pushes")
     p.add_argument("--workers", type=int, default=2, help="client worker processes")
     p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--queue", metavar="REDIS_URL", default="",
+                   help="run the server with MESSAGE_QUEUE_URL (a fresh channel), e.g. "
+                        "redis://127.0.0.1:6379/0: the production configuration")
+    p.add_argument("--setup", choices=("api", "direct"), default="api",
+                   help="make the accounts through the API (as a user would) or write "
+                        "them straight into the database (bench.fanout_accounts.direct)")
     p.add_argument("--accounts-per-ip", type=int, default=30, help="accounts per egress address")
     p.add_argument("--events-clients", type=int, default=200, help="0 = no new-position/fill test")
     p.add_argument("--order-gap-ms", type=float, default=20.0)
@@ -164,6 +170,14 @@ def start_bare(log_dir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("bare server did not start")
 
 
+def log_errors(log: str) -> dict:
+    """``{"errors", "tracebacks", "first"}``: the server log's ERROR lines, its
+    tracebacks and the first ERROR line (None: none)."""
+    errors = [ln for ln in log.splitlines() if " ERROR " in ln]
+    return {"errors": len(errors), "tracebacks": log.count("Traceback"),
+            "first": errors[0][:300] if errors else None}
+
+
 def remake_sim_accounts(stack: Stack, accounts: list[Account], workers: int) -> dict:
     """A cached run: the simulator accounts and their XRPUSDT positions made again."""
     stack.sim.set_price(SYMBOL, P0)
@@ -201,11 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     n_max = max(c["n"] for c in args.configs)
     ips = max(1, math.ceil(n_max / args.accounts_per_ip))
     results: dict = {"tag": args.tag, "plan": args.plan, "duration_s": args.duration_s,
-                     "db": args.db, "egress_ips": ips, "nofile": hard,
+                     "db": args.db, "queue": bool(args.queue), "egress_ips": ips, "nofile": hard,
                      "load_at_start": [round(x, 2) for x in os.getloadavg()]}
     env = {"EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in range(1, ips + 1)),
            "MAX_WS_CONNECTIONS": str(max(10_000, 2 * n_max + 1000))}
-    cache = Path(args.accounts_cache) if args.accounts_cache and args.db == "sqlite" else None
+    if args.queue:
+        env.update(MESSAGE_QUEUE_URL=args.queue,
+                   MESSAGE_QUEUE_CHANNEL=f"bench-{os.getpid()}-{int(time.time())}")
+    cache = (Path(args.accounts_cache) if args.accounts_cache and args.db == "sqlite"
+             and args.setup == "api" else None)
     cached = fanout_accounts.load(cache, n_max) if cache else None
     secrets = cached[1] if cached else fanout_accounts.new_env()
     stack = Stack(args.db, log_dir, extra_env={**env, **secrets},
@@ -217,6 +235,15 @@ def main(argv: list[str] | None = None) -> None:
         if cached:
             accounts = cached[0][:n_max]
             results["setup"] = remake_sim_accounts(stack, accounts, args.setup_workers)
+        elif args.setup == "direct":
+            t0 = time.time()
+            stack.sim.set_price(SYMBOL, P0)
+            accounts = fanout_accounts.direct(
+                stack.db_url, stack.sim, n_max, secrets, str(int(time.time()) % 100000),
+                lambda a: sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY),
+                args.setup_workers)
+            results["setup"] = {"accounts": len(accounts), "direct": True,
+                                "wall_s": round(time.time() - t0, 1)}
         else:
             accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
             if cache and stack.sqlite_path is not None and len(accounts) == n_max:
@@ -231,13 +258,15 @@ def main(argv: list[str] | None = None) -> None:
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
         results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if stack.server is not None:
+            results["server_log"] = log_errors(stack.server.log())
         if workers is not None:
             workers.stop()
         if bare_proc is not None:
             bare_proc.terminate()
             bare_proc.wait(10)
         stack.stop()
-    for k in ("tag", "failure", "load_at_start", "load_at_end", "egress_ips"):
+    for k in ("tag", "failure", "load_at_start", "load_at_end", "egress_ips", "server_log"):
         if k in results:
             print_lines(k, results[k])
     write_results(results, f"fanout_{args.tag}")

@@ -59,3 +59,49 @@ def save(base: Path, accounts: list[Account], env: dict, sqlite_path: Path) -> N
         src.close()
         dst.close()
     js.write_text(json.dumps({"env": env, "accounts": [asdict(a) for a in accounts]}))
+
+
+def direct(db_url: str, sim, n: int, env: dict, tag: str,  # type: ignore[no-untyped-def]
+           before_key=None, workers: int = 16) -> list[Account]:
+    """``n`` accounts written straight into the server's database (users, keys) with
+    tokens signed by ``env["SECRET_KEY"]`` (valid ``JWT_EXPIRES_S``) and secrets
+    encrypted with ``env["KEY_ENCRYPTION_KEY"]``; each simulator account is made (and
+    ``before_key(account)`` run) first, on ``workers`` threads. What a user's
+    registration costs (two Argon2 hashes, a signed key check) is not what the
+    fan-out or the storm measure, and on PostgreSQL there is no cached database."""
+    import uuid
+
+    from bench.common import run_pool
+    from models import Database, ExchangeKey, User
+    from services.security import KeyCipher, TokenService
+
+    accounts = [Account("d" + tag + f"_{i}", "pw-" + uuid.uuid4().hex, "dk" + uuid.uuid4().hex,
+                        "ds" + uuid.uuid4().hex) for i in range(n)]
+
+    def sim_side(i: int) -> None:
+        a = accounts[i]
+        sim.create_account(a.api_key, a.api_secret, balances={"USDT": "10000"})
+        if before_key is not None:
+            before_key(a)
+    _, errors = run_pool(sim_side, n, workers)
+    if errors:
+        raise RuntimeError(f"{len(errors)} simulator accounts failed: {errors[:3]}")
+    db = Database(db_url)
+    cipher = KeyCipher(env["KEY_ENCRYPTION_KEY"])
+    tokens = TokenService(env["SECRET_KEY"], int(env.get("JWT_EXPIRES_S", JWT_EXPIRES_S)))
+    try:
+        with db.transaction() as s:
+            for a in accounts:
+                user = User(username=a.username, password_hash="!bench-direct")
+                s.add(user)
+                s.flush()
+                key = ExchangeKey(user_id=user.id, exchange="binance", testnet=False,
+                                  label="bench", api_key=a.api_key,
+                                  api_secret_encrypted=cipher.encrypt(a.api_secret))
+                s.add(key)
+                s.flush()
+                a.user_id, a.key_id = user.id, key.id
+                a.token = tokens.issue(user.id, False)
+    finally:
+        db.dispose()
+    return accounts

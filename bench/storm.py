@@ -31,6 +31,15 @@ emits ``subscribe {"types": ["pnl"]}`` with acknowledgement.
 - ``bare``: the same hold and storm against ``bench.bare_server`` (same clients,
   same counts): the floor of the library stack on this machine.
 - ``load``: ``os.getloadavg()`` at start and end (2 cores shared with other work).
+
+``--users N`` measures another storm instead: N users, each with its own key holding
+a position (written straight into the database, ``bench.fanout_accounts.direct``),
+all connecting at once to a server that has never seen them (what a deploy or a
+network blip causes: every key's stream starts in the storm). ``users``: ``connect``
+(as above), ``ready`` (how many had their ``pnl`` snapshot and ``s`` from the first
+connect until the last one did), ``closed`` the connections the server closed,
+``server_log`` its ERROR lines and tracebacks. ``--db postgresql`` and ``--queue
+REDIS_URL`` (``MESSAGE_QUEUE_URL``) give the production configuration.
 """
 from __future__ import annotations
 
@@ -54,6 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--moves", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-bare", action="store_true", help="skip the bare-server reference")
+    p.add_argument("--users", type=int, default=0,
+                   help="N > 0: a storm of N users with a key each instead (see above)")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--queue", metavar="REDIS_URL", default="", help="MESSAGE_QUEUE_URL")
+    p.add_argument("--accounts-per-ip", type=int, default=30, help="--users: per egress address")
+    p.add_argument("--ready-timeout-s", type=float, default=180.0)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a server setting (repeatable), e.g. DB_POOL_SIZE=5")
     p.add_argument("--tag", default="run")
     return p.parse_args(argv)
 
@@ -164,15 +181,94 @@ def measure(target: Storm, args: argparse.Namespace, bare_url: str | None) -> di
     return out
 
 
+def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-untyped-def]
+    """``--users N``: N users with a key each connect at once (see the module doc)."""
+    import math
+
+    from bench import fanout_accounts
+    from bench.fanout import log_errors
+
+    n = args.users
+    ips = max(1, math.ceil(n / args.accounts_per_ip))
+    secrets = fanout_accounts.new_env()
+    env = {"EGRESS_IPS": ",".join(f"127.0.0.{i}" for i in range(1, ips + 1)),
+           "MAX_WS_CONNECTIONS": str(max(10_000, n + 1000)), **secrets}
+    if args.queue:
+        env.update(MESSAGE_QUEUE_URL=args.queue,
+                   MESSAGE_QUEUE_CHANNEL=f"bench-{os.getpid()}-{int(time.time())}")
+    env.update(dict(item.split("=", 1) for item in args.env))
+    out: dict = {"users": n, "db": args.db, "queue": bool(args.queue), "egress_ips": ips,
+                 "settings": dict(item.split("=", 1) for item in args.env)}
+    stack = Stack(args.db, log_dir, extra_env=env)
+    workers = None
+    try:
+        stack.sim.set_price(SYMBOL, P0)
+        t0 = time.time()
+        accounts = fanout_accounts.direct(
+            stack.db_url, stack.sim, n, secrets, str(int(time.time()) % 100000),
+            lambda a: sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY))
+        out["setup_s"] = round(time.time() - t0, 1)
+        workers = Workers(args.workers, log_dir / "workers.log")
+        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP)})
+        target = Storm(workers, stack.server.url, "", stack.server.proc.pid, stack.sim, 0)
+        items = [{"cid": i, "auth": {"token": a.token}, "subs": [["subscribe", {"types": ["pnl"]}]]}
+                 for i, a in enumerate(accounts)]
+        cpu0, began = target._cpu(), time.time()
+        replies = workers.by_client("connect", items, url=stack.server.url, timeout=180.0,
+                                    concurrency=max(1, math.ceil(n / args.workers)))
+        out["connect"] = Run._connect_summary(replies, n)
+        target.next_cid = n
+        deadline = max(began + args.ready_timeout_s, time.time() + 10)
+        while True:
+            ready = sum(r["ready"] for r in workers.all({"op": "ready", "below": n}))
+            if ready >= n or time.time() > deadline:
+                break
+            time.sleep(0.25)
+        out["ready"] = {"ready": ready, "of": n, "s": round(time.time() - began, 1)}
+        cpu1 = target._cpu()
+        out["server_cpu_s"] = round(cpu1[0] - cpu0[0], 1)
+        time.sleep(2.0)
+        got = workers.all({"op": "collect", "since": time.time()})
+        out["still_connected"] = sum(g["connected"] for g in got)
+        closed: dict = {}
+        for g in got:
+            for k, v in g["closed"].items():
+                closed[k] = closed.get(k, 0) + v
+        out["closed"] = closed
+        out["server_log"] = log_errors(stack.server.log())
+        out["rss_mb"] = rss_mb(stack.server.proc.pid)
+    finally:
+        if workers is not None:
+            workers.stop()
+        stack.stop()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     hard = prepare_long_run()  # SIGTERM runs the finally below; file limit raised
+    if args.users:
+        log_dir = RESULTS_DIR / f"logs_storm_{args.tag}"
+        results: dict = {"tag": args.tag, "nofile": hard,
+                         "load": {"start": [round(x, 2) for x in os.getloadavg()]}}
+        try:
+            results["users"] = users_storm(args, log_dir)
+            print_lines("users", results["users"])
+        except (Exception, KeyboardInterrupt) as e:
+            results["failure"] = f"{type(e).__name__}: {e}"
+        results["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
+        for k in ("load", "failure"):
+            if k in results:
+                print_lines(k, results[k])
+        write_results(results, f"storm_{args.tag}")
+        return
     log_dir = RESULTS_DIR / f"logs_storm_{args.tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
     total = args.held + args.storm
     results: dict = {"tag": args.tag, "held": args.held, "storm": args.storm, "nofile": hard,
                      "load": {"start": [round(x, 2) for x in os.getloadavg()]}}
-    stack = Stack("sqlite", log_dir, extra_env={"MAX_WS_CONNECTIONS": str(max(10_000, total + 1000))})
+    stack = Stack(args.db, log_dir, extra_env={"MAX_WS_CONNECTIONS": str(max(10_000, total + 1000)),
+                                               **({"MESSAGE_QUEUE_URL": args.queue} if args.queue else {})})
     bare_proc = workers = None
     try:
         bare_proc, bare_url = start_bare(log_dir)

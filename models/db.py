@@ -25,16 +25,23 @@ class Database:
 
     ``url`` is a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg2://...``).
     Use ``with db.session() as s, s.begin():`` per unit of work.
+
+    PostgreSQL: ``pool_size`` connections are kept, up to ``max_overflow`` more are
+    opened under load, and a caller that finds every one in use waits up to
+    ``pool_timeout_s`` seconds for one (then ``sqlalchemy.exc.TimeoutError``). The
+    server sets them from ``DB_POOL_SIZE``, ``DB_MAX_OVERFLOW``, ``DB_POOL_TIMEOUT_S``.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 10,
+                 pool_timeout_s: float = 30.0) -> None:
         kwargs: dict = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             # values_plus_batch: an executemany UPDATE (the trades a write-behind batch
             # settles) is one round trip per 100 rows, not one per row
-            kwargs.update(pool_size=10, max_overflow=20, pool_timeout=10,
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow,
+                          pool_timeout=pool_timeout_s,
                           connect_args=POSTGRES_CONNECT_ARGS)
             if url.startswith("postgresql+psycopg2") or url.startswith("postgresql://"):
                 kwargs["executemany_mode"] = "values_plus_batch"

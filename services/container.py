@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from typing import Any, Callable
 
@@ -19,8 +20,9 @@ from exchanges.governor import Governors
 from models import Database
 from services import ledger
 from services.account_stream import StreamSettings
-from services.accounts import KeyService, UserService
+from services.accounts import KeyCache, KeyService, UserService
 from services.client_cache import TradingService
+from services.coalesce import Coalescer
 from services.exits import ExitService, ExitSettings
 from services.fill_feed import FillFeed
 from services.leases import LocalLeases, RedisLeases
@@ -141,14 +143,21 @@ class Services:
 
 
 def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
-                   sleep: Callable[[float], None]) -> Services:
+                   sleep: Callable[[float], None], redis: Any = None) -> Services:
     """Build every service of one app, nothing started (``Services.start()`` does).
 
     ``hub``: the push hub (``ws.hub.PushHub``: ``publish(envelope)``,
-    ``has_audience(user_id, kind)``, ``on_stream_latency``); ``spawn(fn, *args)``:
-    starts a background task and returns its handle; ``sleep(seconds)``: cooperative
-    sleep. The database must already be migrated."""
-    db = Database(cfg.DATABASE_URL)
+    ``has_audience(user_id, kind)``, ``on_stream_latency``, and when it has them
+    ``stream_local(key_id, state)``, ``key_changed(user_id, key_id)``,
+    ``on_key_changed``); ``spawn(fn, *args)``: starts a background task and returns
+    its handle; ``sleep(seconds)``: cooperative sleep; ``redis``: the ``redis.Redis``
+    of ``MESSAGE_QUEUE_URL`` for the leases (None: one of their own). The database
+    must already be migrated."""
+    db = Database(cfg.DATABASE_URL, cfg.DB_POOL_SIZE, cfg.DB_MAX_OVERFLOW, cfg.DB_POOL_TIMEOUT_S)
+    key_cache = KeyCache(db, ttl_s=cfg.KEY_CACHE_TTL_S, on_change=getattr(hub, "key_changed", None),
+                         sleep=sleep)
+    if hasattr(hub, "on_key_changed"):  # another process changed a key: forget our copy
+        hub.on_key_changed = key_cache.invalidate
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
     tasks = Tasks(spawn, sleep)
@@ -169,7 +178,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         lambda exchange, testnet, symbol: create_market_stream(
             exchange, symbol, cfg.venue(exchange, testnet), cfg.EXCHANGE_TIMEOUT_S),
         hub.publish, tasks.spawner("market stream"), sleep)
-    leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000))
+    leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000),
+                          client=redis)
               if cfg.MESSAGE_QUEUE_URL else LocalLeases())
     orders = OrderService(db, client_for, sleep, cfg.ORDER_CONFIRM_TIMEOUT_S, spawn=spawn)
     writer = LedgerWriter(db)  # its on_recorded is the StreamManager's, set below
@@ -179,12 +189,15 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
                             dead_letters=writer)
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
-                            _LedgerFacade(db, writer),
+                            _LedgerFacade(db, writer, sleep),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
                             leases=leases, audience=hub.has_audience, governors=governors,
-                            push=hub)
+                            push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None),
+                            on_released=getattr(hub, "stream_released", None))
+    if hasattr(hub, "on_released"):  # a key this process follows was released elsewhere
+        hub.on_released = streams.take_over
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
@@ -193,7 +206,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
         sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
-        keys=KeyService(db, cipher, build_client, trading, streams),
+        keys=KeyService(db, cipher, build_client, trading, streams, key_cache),
         orders=orders, reconciler=reconciler, exits=exits, streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),
@@ -202,13 +215,39 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
 
 
 class _LedgerFacade:
-    """What a stream needs of the ledger: realized PnL and a non-blocking fill sink."""
+    """What a stream needs of the ledger: realized PnL and a non-blocking fill sink.
 
-    def __init__(self, db: Database, writer: LedgerWriter) -> None:
+    The realized PnL of keys whose streams start together (a reconnect storm starts
+    hundreds) is read in one grouped query on PostgreSQL (``services.coalesce``),
+    the same sums as ``ledger.realized_pnl``; on SQLite one ``ledger.realized_pnl``
+    per key."""
+
+    def __init__(self, db: Database, writer: LedgerWriter,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._db, self._writer = db, writer
+        self._realized = Coalescer(self._realized_many, sleep)
 
     def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
-        return ledger.realized_pnl(self._db, key_id)
+        value = self._realized.get(key_id)
+        return value if value is not None else ledger.realized_pnl(self._db, key_id)
+
+    def _realized_many(self, key_ids: list[int]) -> dict:
+        if self._db.engine.dialect.name != "postgresql":
+            return {k: ledger.realized_pnl(self._db, k) for k in key_ids}
+        from sqlalchemy import case, func, select
+
+        from models import Fill, now_ms
+        day_start = now_ms() // 86_400_000 * 86_400_000
+        net = Fill.realized_pnl - Fill.fee
+        with self._db.session() as s:
+            rows = s.execute(select(
+                Fill.key_id, func.coalesce(func.sum(net), 0),
+                func.coalesce(func.sum(case((Fill.time >= day_start, net), else_=0)), 0))
+                .where(Fill.key_id.in_(key_ids)).group_by(Fill.key_id)).all()
+        out = {k: ledger.Realized(Decimal(0), Decimal(0)) for k in key_ids}
+        for key_id, total, today in rows:
+            out[key_id] = ledger.Realized(Decimal(total).normalize(), Decimal(today).normalize())
+        return out
 
     def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_fill(key_id, fill)

@@ -39,26 +39,46 @@ _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
 _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1]) else return 0 end"""
+_ACQUIRE = """if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
+
+
+def redis_client(url: str, max_connections: int = 32, pool_timeout_s: float = 20.0,
+                 socket_timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
+    """A ``redis.Redis`` on a ``BlockingConnectionPool`` of at most
+    ``max_connections`` connections: a caller that finds them all in use waits up to
+    ``pool_timeout_s`` seconds for one (then ``redis.ConnectionError``), where the
+    default pool raised ``MaxConnectionsError`` at once (a reconnect storm's
+    thousands of green threads each asking for one). ``socket_timeout_s`` bounds a
+    reply's wait: 2 s timed out under a storm (a busy process reads its reply late)."""
+    import redis  # only needed with MESSAGE_QUEUE_URL
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout_s,
+        socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+    return redis.Redis(connection_pool=pool)
 
 
 class RedisLeases:
     """Leases in Redis under ``<prefix>:lease:<name>``, held by this process's
     random ``owner`` id for ``ttl_ms`` milliseconds unless renewed.
 
-    Redis errors propagate (``redis.RedisError``): a process that cannot reach Redis
-    must not believe it owns anything.
+    ``client``: the ``redis.Redis`` to use (``redis_client``: a bounded pool that
+    waits); None: one made from ``url``. Redis errors propagate
+    (``redis.RedisError``): a process that cannot reach Redis must not believe it
+    owns anything.
     """
 
     distributed = True
 
-    def __init__(self, url: str, prefix: str, ttl_ms: int) -> None:
-        import redis  # only needed with MESSAGE_QUEUE_URL
-        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    def __init__(self, url: str, prefix: str, ttl_ms: int, client=None) -> None:  # type: ignore[no-untyped-def]
+        self._redis = client if client is not None else redis_client(url)
         self._prefix = prefix
         self.ttl_ms = ttl_ms
         self.owner = uuid.uuid4().hex
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
+        self._acquire = self._redis.register_script(_ACQUIRE)
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}:lease:{name}"
@@ -76,6 +96,28 @@ class RedisLeases:
     def release(self, name: str) -> None:
         """Give our lease up (no-op if not ours)."""
         self._release(keys=[self._key(name)], args=[self.owner])
+
+    def acquire_many(self, names: list[str]) -> list[bool]:
+        """``acquire`` of every name in one round trip (a pipeline of one script each:
+        set if free, else extend if ours); in order."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            self._acquire(keys=[self._key(name)], args=[self.owner, self.ttl_ms], client=pipe)
+        return [bool(r) for r in pipe.execute()]
+
+    def renew_many(self, names: list[str]) -> list[bool]:
+        """``renew`` of every name in one round trip (a pipeline); in order."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            self._renew(keys=[self._key(name)], args=[self.owner, self.ttl_ms], client=pipe)
+        return [bool(r) for r in pipe.execute()]
+
+    def release_many(self, names: list[str]) -> None:
+        """``release`` of every name in one round trip (a pipeline)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            self._release(keys=[self._key(name)], args=[self.owner], client=pipe)
+        pipe.execute()
 
     def force_release(self, name: str) -> None:
         """Drop the lease whoever holds it: its owner stops at its next renewal (a key

@@ -188,6 +188,14 @@ def _hub_families(s: dict) -> Iterable[Metric]:
                     "type", s["subscriptions"], STATE_TYPES)
     yield _by_label(CounterMetricFamily, "pushes", "Envelopes emitted since start, by type",
                     "type", s["push"]["by_type"], STATE_TYPES + ("ticker",))
+    fanout = s["push"].get("fanout", {})
+    if "pushed" in fanout:  # relayed / built: the share of pushes that crossed Redis
+        yield CounterMetricFamily(f"{PREFIX}_account_pushes_built",
+                                  "Account envelopes built for this process's connections",
+                                  value=fanout["pushed"])
+        yield CounterMetricFamily(f"{PREFIX}_account_pushes_relayed",
+                                  "Of those, received from another process through Redis",
+                                  value=fanout["relayed"])
 
 
 def _trading_families(s: dict) -> Iterable[Metric]:

@@ -32,6 +32,7 @@ from services.leases import LocalLeases
 from services.lifecycle import StopFlag
 from services.security import KeyCipher
 from services.client_cache import TradingService
+from services.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,13 @@ class StreamManager:
                  ledger, settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
                  on_reconnected: Callable[[int, list, set], None] | None = None,
                  leases=None, audience: Callable[[int, str], bool] | None = None,
-                 governors: Governors | None = None, push=None) -> None:  # type: ignore[no-untyped-def]
+                 governors: Governors | None = None, push=None,  # type: ignore[no-untyped-def]
+                 keys=None, on_local: Callable[[int, AccountState | None], None] | None = None,  # type: ignore[no-untyped-def]
+                 on_released: Callable[[int], None] | None = None) -> None:
         self._db = db
+        self._keys = keys  # services.accounts.KeyCache; None: read the database each time
+        self._on_local = on_local
+        self._on_released = on_released
         self._cipher = cipher
         self._trading = trading
         self._publish = publish
@@ -90,6 +96,10 @@ class StreamManager:
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._leases = leases or LocalLeases()
+        # the lease asks of subscribes arriving together: one pipeline (a storm)
+        many = getattr(self._leases, "acquire_many", None)
+        self._acquiring = (Coalescer(lambda names: dict(zip(names, many(names))), sleep)
+                           if many is not None else None)
         self._audience = audience
         self._governors = governors
         self._push = push  # services.push.Push; None: DirectPush over ``publish``
@@ -116,12 +126,35 @@ class StreamManager:
             stream = self._streams.get(key_id)
             if stream is not None and stream.state.user_id == user_id:
                 return stream
-        get_owned_key(self._db, user_id, key_id)
-        if not self._leases.acquire(_lease(key_id)):
+        self._owned_key(user_id, key_id)
+        if not self._acquire(_lease(key_id)):
             with self._lock:
                 self._followed[key_id] = user_id
             return None
         return self._start(user_id, key_id)
+
+    def _acquire(self, name: str) -> bool:
+        """``leases.acquire``, batched with the other subscribes of the moment when the
+        leases can (``acquire_many``)."""
+        if self._acquiring is None:
+            return self._leases.acquire(name)
+        return bool(self._acquiring.get(name))
+
+    def _owned_key(self, user_id: int, key_id: int):  # type: ignore[no-untyped-def]
+        """The key (``get_owned_key``'s answer, from the key cache when there is one).
+        Raises NotFound."""
+        if self._keys is not None:
+            return self._keys.get(user_id, key_id)
+        return get_owned_key(self._db, user_id, key_id)
+
+    def _local(self, key_id: int, state: AccountState | None) -> None:
+        """Tell ``on_local`` that ``key_id``'s stream now runs here (its state) or no
+        longer does (None)."""
+        if self._on_local is not None:
+            try:
+                self._on_local(key_id, state)
+            except Exception:  # isolation boundary: the push layer must not stop a stream
+                logger.exception("stream owner hook failed key_id=%s", key_id)
 
     def _take_state(self, user_id: int, key) -> AccountState:  # type: ignore[no-untyped-def]
         """The key's retained push state (its sequence continues), else a new one."""
@@ -156,7 +189,7 @@ class StreamManager:
             return held[0] if held else None
 
     def _start(self, user_id: int, key_id: int) -> AccountStream:
-        key = get_owned_key(self._db, user_id, key_id)
+        key = self._owned_key(user_id, key_id)
         state = self._take_state(user_id, key)
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
@@ -183,6 +216,7 @@ class StreamManager:
             self._groups[key_id] = group
             self._followed.pop(key_id, None)
             self.started += 1
+        self._local(key_id, state)
         self._spawn(stream.run)
         logger.info("account stream started user_id=%s key_id=%s", user_id, key_id)
         return stream
@@ -228,8 +262,9 @@ class StreamManager:
                 with self._lock:
                     owned = list(self._streams)
                     followed = list(self._followed.items())
-                for key_id in owned:
-                    if not self._leases.renew(_lease(key_id)):
+                renewed = self._renew_all(owned)
+                for key_id, ok in zip(owned, renewed):
+                    if not ok:
                         logger.warning("stream lease lost key_id=%s", key_id)
                         stream = self._pop(key_id)
                         if stream is not None:
@@ -237,6 +272,7 @@ class StreamManager:
                             self._retain(stream, keep=False)  # another process takes over
                             with self._lock:
                                 self._followed[key_id] = stream.state.user_id
+                            self._local(key_id, None)
                 for key_id, user_id in followed:
                     if self._leases.acquire(_lease(key_id)):
                         self.takeovers += 1
@@ -244,6 +280,18 @@ class StreamManager:
                         self._start(user_id, key_id)
             except Exception:  # isolation boundary: Redis or a key lookup failed; retry
                 logger.exception("stream lease maintenance failed")
+
+    def _renew_all(self, key_ids: list[int]) -> list[bool]:
+        """Renew the leases of ``key_ids``: in batches of one round trip each when the
+        leases can (``renew_many``), else one by one."""
+        names = [_lease(k) for k in key_ids]
+        many = getattr(self._leases, "renew_many", None)
+        if many is None:
+            return [self._leases.renew(n) for n in names]
+        out: list[bool] = []
+        for i in range(0, len(names), 500):
+            out += many(names[i:i + 500])
+        return out
 
     def _pop(self, key_id: int) -> AccountStream | None:
         with self._lock:
@@ -265,6 +313,7 @@ class StreamManager:
         if stream is None:
             return False
         stream.stop()
+        self._local(key_id, None)
         logger.info("account stream stopped key_id=%s", key_id)
         return True
 
@@ -298,10 +347,48 @@ class StreamManager:
             stream.stop()
             # several processes: once released, another one may push: a new epoch then
             self._retain(stream, keep=not self._leases.distributed)
-            self._leases.release(_lease(stream.state.key_id))
+        if streams and self._leases.distributed:
+            release_many = getattr(self._leases, "release_many", None)
+            names = [_lease(s.state.key_id) for s in streams]
+            try:
+                if release_many is not None:
+                    release_many(names)
+                else:
+                    for name in names:
+                        self._leases.release(name)
+            except Exception as e:  # Redis unreachable: the leases expire by their TTL
+                logger.warning("stream lease release failed user_id=%s count=%s error=%s",
+                               user_id, len(names), type(e).__name__)
+            for key_id in keys:  # a process whose sockets follow the key may take it now
+                if self._on_released is not None:
+                    try:
+                        self._on_released(key_id)
+                    except Exception:  # the followers' lease upkeep takes it over anyway
+                        logger.exception("stream release hook failed key_id=%s", key_id)
+        for key_id in keys:
+            self._local(key_id, None)
         if keys:
             logger.info("account streams stopped user_id=%s count=%s", user_id, len(keys))
         return keys
+
+    def take_over(self, key_id: int) -> bool:
+        """The process running ``key_id``'s stream released it while this one follows
+        it (its sockets are here): take the lease and start the stream now rather
+        than at the next lease upkeep. True if the stream now runs here."""
+        with self._lock:
+            user_id = self._followed.get(key_id)
+        if user_id is None or self.stopping.is_set():
+            return False
+        try:
+            if not self._leases.acquire(_lease(key_id)):
+                return False  # another follower was first
+            self._start(user_id, key_id)
+        except Exception:  # NotFound (deleted meanwhile), Redis: the upkeep retries
+            logger.warning("stream take-over failed key_id=%s", key_id, exc_info=True)
+            return False
+        self.takeovers += 1
+        logger.info("stream lease handed over key_id=%s", key_id)
+        return True
 
     def _reconnected(self, key_id: int, positions: list, fill_symbols: set) -> None:
         assert self._on_reconnected is not None

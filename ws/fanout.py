@@ -109,6 +109,8 @@ class Fanout:
         self._by_sid: dict[str, set[tuple[int, str]]] = {}  # sid -> its channels' keys
         self.conflated = 0  # mark-driven changes noted instead of sent at once
         self.timer_pushes = 0
+        self.pushed = 0  # envelopes built for delivery (each sent to one or more connections)
+        self.relayed = 0  # of which received from another process (``ws.relay``)
 
     # ---- subscriptions -------------------------------------------------------
     def attach(self, sid: str, eio_sid: str, state, kind: str, max_hz: float | None,  # type: ignore[no-untyped-def]
@@ -235,8 +237,14 @@ class Fanout:
             self._follow(ch, state)
             self._deliver(ch, env, list(ch.subs.values()), None)
 
-    def _deliver(self, ch: Channel, env: dict, subs: list[Sub], mark_now: float | None) -> None:
+    def _pushed(self, ch: Channel, env: dict) -> None:
+        self.pushed += 1
+        if getattr(ch.state, "via_relay", False):
+            self.relayed += 1
         self._on_push(env)
+
+    def _deliver(self, ch: Channel, env: dict, subs: list[Sub], mark_now: float | None) -> None:
+        self._pushed(ch, env)
         pkt = self._encode(env)
         ch.packet = (env["seq"], pkt)
         for sub in subs:
@@ -340,7 +348,7 @@ class Fanout:
         if state.pending(ch.kind) and any(s.next_at <= now + EARLY_S for s in subs):
             env = state.build_pending(ch.kind)
             if env is not None:
-                self._on_push(env)
+                self._pushed(ch, env)
                 ch.packet = (env["seq"], self._encode(env))
         env = state.last(ch.kind)
         if env is None:
@@ -363,8 +371,13 @@ class Fanout:
             self._arm(ch, min(later))
 
     def stats(self) -> dict:
-        """``{"channels", "subscriptions", "conflated", "timer_pushes"}``."""
+        """``{"channels", "subscriptions", "conflated", "timer_pushes", "pushed",
+        "relayed", "relayed_fraction"}``: ``pushed`` envelopes built for delivery to
+        this process's connections, ``relayed`` of them received from another process
+        through Redis (``relayed_fraction``: their share, None before any push)."""
         with self._lock:
             channels = list(self._channels.values())
         return {"channels": len(channels), "subscriptions": sum(len(c.subs) for c in channels),
-                "conflated": self.conflated, "timer_pushes": self.timer_pushes}
+                "conflated": self.conflated, "timer_pushes": self.timer_pushes,
+                "pushed": self.pushed, "relayed": self.relayed,
+                "relayed_fraction": round(self.relayed / self.pushed, 4) if self.pushed else None}

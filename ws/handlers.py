@@ -78,12 +78,17 @@ def register_handlers(socketio: SocketIO) -> None:
             key_id = req.key_id
             if req.since and key_id is None:
                 raise ValidationFailed("key_id_required", "since requires key_id", "key_id")
-            # a key whose stream runs here is the user's (ensure checks): no lookup
-            key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
-            if not key_ids:
-                raise NotFound("key_not_found", "the user has no API key", "key_id")
-            streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
-            keys = {k: svc.keys.get(conn.user_id, k) for k, s in zip(key_ids, streams) if s is None}
+            # the key lookups (cached), the stream leases and starts: at most
+            # SUBSCRIBE_CONCURRENCY at once; in a storm the others wait their turn here
+            with svc.hub.admission:
+                if svc.hub.get(request.sid) is None:
+                    return NOT_CONNECTED  # left while waiting
+                key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
+                if not key_ids:
+                    raise NotFound("key_not_found", "the user has no API key", "key_id")
+                streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
+                keys = {k: svc.keys.get(conn.user_id, k)
+                        for k, s in zip(key_ids, streams) if s is None}
         except Exception as e:  # every subscribe gets an ack; _error_ack logs a bug's traceback
             return _error_ack(e)
         for kind in req.types:
@@ -99,6 +104,8 @@ def register_handlers(socketio: SocketIO) -> None:
         # keys whose stream runs in another process: a REST snapshot for this socket
         remote = [(conn.user_id, key, kind) for key in keys.values()
                   for kind in req.types if kind != "fills"]
+        for key in keys.values():  # its fills and stream states come through Redis
+            svc.hub.watch(conn, key.id)
         socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
                                        statuses, remote)
         ack = {"ok": True, "subscribed": sorted(conn.types),
@@ -193,15 +200,14 @@ def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[di
                     socketio.sleep(0.05)
             plan.prepare()
             if plan.error:
-                socketio.emit("error", {"code": "replay_unavailable", "message": plan.error},
-                              to=conn.sid)
+                svc.hub.emit_to(conn.sid, "error",
+                                {"code": "replay_unavailable", "message": plan.error})
         svc.hub.attach(conn, plan.state, plan.kind, plan.first)
     for user_id, key, kind in remote:
         try:
             svc.hub.follow(conn, key.id, kind,
                            lambda: [svc.snapshots.envelope(user_id, key, kind)])
         except ExchangeError as e:
-            socketio.emit("error", {"code": "snapshot_unavailable", "message": str(e)},
-                          to=conn.sid)
+            svc.hub.emit_to(conn.sid, "error", {"code": "snapshot_unavailable", "message": str(e)})
     for status in statuses:
-        socketio.emit("stream_status", status, to=conn.sid)
+        svc.hub.emit_to(conn.sid, "stream_status", status)

@@ -5,10 +5,12 @@ Rooms: ``<type>_<user_id>`` for the account types (CONTRACT.md), and
 ``user_<user_id>`` (every connection of the user) for ``stream_status`` and ``error``.
 Room names come from the authenticated user only. Account envelopes reach the
 connections of this process through ``ws.fanout`` (per connection, conflated, encoded
-once). With a message queue the states (balance, positions, pnl, orders) are
-published through it (``ws.relay``) and every process hands what it receives to its
-own fanout, so ``max_hz`` applies to every connection wherever the stream runs;
-``fills``, ``stream_status`` and ``error`` are emitted to the rooms.
+once). With a message queue the process running a key's stream serves its own
+connections the same way, and the states (balance, positions, pnl, orders) of a key
+that another process follows cross Redis on the key's own channel (``ws.relay``),
+where that process's fanout applies its connections' ``max_hz``; ``fills``,
+``stream_status`` and ``error`` are emitted to the rooms (python-socketio's shared
+channel); tickers and emits to one connection stay in the process.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from socketio import PubSubManager
 from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
-from ws.relay import AccountRelay, RemoteState
+from ws.relay import KeyRelay, RemoteState
 
 
 @dataclass
@@ -67,20 +69,25 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 class PushHub:
     """Registry of connections (keyed by sid) and the emitter.
 
-    ``publish(envelope)`` is given to services: account envelopes go to their
-    subscribers (the fanout; with a message queue, states through the queue to every
-    process's fanout, ``fills`` to their room), ``stream_status`` to the user's room.
+    ``publish(envelope)`` is given to services: ``stream_status`` and ``error`` to
+    the user's room, tickers to their room in this process. Account streams hand
+    their changes to ``offer`` / ``deliver`` (``services.push.Push``).
     ``on_stream_latency`` (optional) is called with each stream-sourced push's
     latency in seconds (the metrics histogram).
 
-    With a message queue the Socket.IO server's manager must be a
-    ``ws.relay.AccountRelay`` (``ws.relay.make_client_manager``); the hub becomes
-    its receiver. Raises TypeError for another pub/sub manager.
+    With a message queue (the Socket.IO server's manager is a python-socketio
+    ``PubSubManager``) the hub needs ``relay`` (``ws.relay.KeyRelay``); raises
+    TypeError without one. ``stream_local(key_id, state)`` is told where streams run
+    (``StreamManager``'s ``on_local``).
     """
 
-    def __init__(self, socketio: SocketIO,
-                 on_stream_latency: Callable[[float], None] | None = None) -> None:
+    def __init__(self, socketio: SocketIO, relay: KeyRelay | None = None,
+                 on_stream_latency: Callable[[float], None] | None = None,
+                 subscribe_concurrency: int = 256) -> None:
         self._sio = socketio
+        # subscribes whose key lookup and stream start run at once (SUBSCRIBE_CONCURRENCY):
+        # in a reconnect storm the others wait here, not at a pool that would fail them
+        self.admission = threading.BoundedSemaphore(subscribe_concurrency)
         self.on_stream_latency = on_stream_latency
         self._lock = threading.Lock()
         self._conns: dict[str, Connection] = {}
@@ -88,16 +95,25 @@ class PushHub:
         self.pushes: dict[str, int] = {}
         self._latency_ms: deque[float] = deque(maxlen=20_000)
         self._fanout: Fanout | None = None
-        self._remote: dict[int, RemoteState] = {}  # key_id -> received envelopes
+        self._remote: dict[int, RemoteState] = {}  # key_id -> envelopes received from Redis
+        self._mirror: dict[int, RemoteState] = {}  # key_id -> own envelopes also published
+        self._local: dict[int, object] = {}  # key_id -> AccountState of a stream running here
+        self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
+        # another process released a key this one follows: take its stream over
+        # (StreamManager.take_over; run as a background task)
+        self.on_released: Callable[[int], object] = lambda key_id: None
         manager = socketio.server.manager
         self.queued = isinstance(manager, PubSubManager)
-        self._relay: AccountRelay | None = None
+        self._relay: KeyRelay | None = None
         if self.queued:
-            if not isinstance(manager, AccountRelay):
-                raise TypeError("with a message queue the Socket.IO manager must be a "
-                                "ws.relay.AccountRelay (ws.relay.make_client_manager)")
-            self._relay = manager
-            manager.receiver = self.receive
+            if relay is None:
+                raise TypeError("with a message queue the hub needs a ws.relay.KeyRelay "
+                                "(ws.relay.make_relay)")
+            self._relay = relay
+            relay.on_envelope = self.receive
+            relay.on_want = self._wanted
+            relay.on_key_changed = lambda user_id, key_id: self.on_key_changed(user_id, key_id)
+            relay.on_released = self._released
 
     @property
     def fanout(self) -> Fanout:
@@ -112,20 +128,102 @@ class PushHub:
 
     # ---- message queue -------------------------------------------------------------
     def remote(self, key_id: int, user_id: int) -> RemoteState:
-        """The received envelopes of ``key_id`` (created empty on first use)."""
+        """The envelopes of ``key_id`` received from Redis (created empty on first use)."""
         with self._lock:
             state = self._remote.get(key_id)
             if state is None:
                 state = self._remote[key_id] = RemoteState(key_id, user_id)
             return state
 
+    def _mirror_of(self, key_id: int, user_id: int) -> RemoteState:
+        with self._lock:
+            state = self._mirror.get(key_id)
+            if state is None:
+                state = self._mirror[key_id] = RemoteState(key_id, user_id, via_relay=False)
+            return state
+
     def receive(self, envelope: dict, mark: bool) -> None:
-        """A state envelope received from the message queue (this process's own
-        ones too): to the fanout of this process's subscribers of its key; ignored
-        when none of them follows the key."""
+        """An envelope received from Redis (a key this process watches): a state to
+        the fanout of this process's subscribers of its key; ``fills``,
+        ``stream_status`` and ``error`` to their room in this process."""
+        kind = envelope.get("type")
+        if kind not in STATE_TYPES:
+            self._emit_here(envelope)
+            return
         state = self._remote.get(envelope.get("key_id"))  # type: ignore[arg-type]
         if state is not None:
             self.fanout.receive(state, envelope, mark)
+
+    def watch(self, conn: Connection, key_id: int) -> None:
+        """With a message queue: ``conn`` follows ``key_id``, whose stream runs in
+        another process: receive the key's envelopes (its channel) unless its stream
+        runs here."""
+        if self._relay is None:
+            return
+        self.remote(key_id, conn.user_id)
+        with self._lock:
+            local = key_id in self._local
+        if not local:
+            self._relay.watch(key_id)
+
+    def stream_local(self, key_id: int, state) -> None:  # type: ignore[no-untyped-def]
+        """``key_id``'s stream now runs in this process (``state``: its AccountState)
+        or no longer does (None). With a message queue: its channel is no longer
+        watched (its pushes are made here) and, if another process follows the key,
+        published; once it stops here, watched again while a connection of this
+        process follows the key."""
+        relay = self._relay
+        if state is not None:
+            with self._lock:
+                self._local[key_id] = state
+            if relay is not None:
+                relay.unwatch(key_id)
+                # off the subscribe's path: a follower that comes later says so (``want``)
+                self._sio.start_background_task(relay.check_interest, key_id)
+            return
+        with self._lock:
+            held = self._local.pop(key_id, None)
+            self._mirror.pop(key_id, None)
+        if relay is not None:
+            relay.drop_interest(key_id)
+            user_id = getattr(held, "user_id", None)
+            if user_id is not None and self._follows(user_id, key_id):
+                self.remote(key_id, user_id)
+                relay.watch(key_id)
+
+    def stream_released(self, key_id: int) -> None:
+        """This process let ``key_id``'s lease go (its last subscriber here left): if
+        another process follows the key, tell it to take the stream over now."""
+        if self._relay is not None and self._relay.interested(key_id):
+            self._relay.released(key_id)
+
+    def _released(self, key_id: int) -> None:
+        if key_id in self._remote:
+            self._sio.start_background_task(self.on_released, key_id)
+
+    def key_changed(self, user_id: int, key_id: int) -> None:
+        """A key of ``user_id`` was added, changed or deleted here: tell the other
+        processes (they call ``on_key_changed``). Raises RedisError."""
+        if self._relay is not None:
+            self._relay.key_changed(user_id, key_id)
+
+    def _follows(self, user_id: int, key_id: int) -> bool:
+        """True when a connection of ``user_id`` in this process subscribed to ``key_id``."""
+        with self._lock:
+            return any(key_id in self._conns[sid].key_ids
+                       for sid in self._by_user.get(user_id, ()) if sid in self._conns)
+
+    def _wanted(self, key_id: int) -> None:
+        """Another process now follows ``key_id``: if its stream runs here, publish
+        from now on, starting with its current envelopes."""
+        relay = self._relay
+        with self._lock:
+            state = self._local.get(key_id)
+        if state is None or relay is None:
+            return
+        relay.add_interest(key_id)
+        for env in state.cached(list(STATE_TYPES)):  # type: ignore[attr-defined]
+            relay.publish(env, False)
 
     # ---- registry -----------------------------------------------------------
     def add(self, sid: str, user_id: int, eio_sid: str = "") -> Connection:
@@ -150,9 +248,14 @@ class PushHub:
         self.fanout.detach(sid)
         if last:
             with self._lock:
+                dropped = []
                 if conn.user_id not in self._by_user:
-                    for key_id in [k for k, s in self._remote.items() if s.user_id == conn.user_id]:
+                    dropped = [k for k, s in self._remote.items() if s.user_id == conn.user_id]
+                    for key_id in dropped:
                         del self._remote[key_id]
+            if self._relay is not None:
+                for key_id in dropped:
+                    self._relay.unwatch(key_id)
         return conn, last
 
     def get(self, sid: str) -> Connection | None:
@@ -177,78 +280,110 @@ class PushHub:
 
     def offer(self, state, kind: str, source: str, as_of: int, mark: bool) -> None:  # type: ignore[no-untyped-def]
         """An account type of ``state`` (services.account_state.AccountState)
-        changed; see ``Fanout.offer``. With a message queue: built (compared unless
-        ``mark``) and published with its ``mark`` flag; each process's fanout
-        conflates it for its own connections."""
-        if self._relay is None:
+        changed; see ``Fanout.offer`` (conflated at the source, built only when some
+        connection is due). While another process follows the key: built (compared
+        unless ``mark``), given to this process's fanout and then published with its
+        ``mark`` flag (the other process conflates it for its own connections)."""
+        relay = self._relay
+        if relay is None or not relay.interested(state.key_id):
             self.fanout.offer(state, kind, source, as_of, mark)
             return
         env = (state.envelope(kind, source, as_of) if mark
                else state.envelope_if_changed(kind, source, as_of))
         if env is not None:
-            self._relay.publish_account(env, mark)
+            self.fanout.receive(self._mirror_of(state.key_id, state.user_id), env, mark)
+            relay.publish(env, mark)
 
     def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
-        """A built account envelope (``fills``, ``stale`` values) to its subscribers now."""
-        if self._relay is None:
+        """A built account envelope (``fills``, ``stale`` values) to its subscribers now
+        (with a message queue ``fills`` go to the room, every process)."""
+        relay = self._relay
+        if relay is None:
             self.fanout.deliver(state, env)
+        elif env["type"] in STATE_TYPES:
+            self.fanout.deliver(state, env)
+            relay.publish(env, False)
         else:
             self.publish(env)
 
     def publish(self, envelope: dict) -> None:
-        """Emit one envelope from a service (any green thread)."""
+        """Emit one envelope from a service (any green thread). With a message queue
+        an envelope of a key (``fills``, ``stream_status``, ``error``, states) goes to
+        this process's room and, while another process follows the key, to the key's
+        channel (per key, not python-socketio's shared channel); one without a key
+        (an ``error`` of no key) to the room through the shared channel. Tickers stay
+        in the process (every process runs the market streams of its own sockets)."""
         kind = envelope["type"]
-        if kind == "stream_status":
-            payload = {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}
-            self._sio.emit("stream_status", payload, to=room("user", envelope["user_id"]))
-        elif kind == "error":
-            self._sio.emit("error", {"code": envelope["code"], "message": envelope["message"]},
-                           to=room("user", envelope["user_id"]))
-        elif kind == "ticker":
-            self._sio.emit("ticker", envelope,
-                           to=ticker_room(envelope["exchange"], envelope["data"]["symbol"]))
+        relay = self._relay
+        if kind == "ticker":
+            self._sio.server.emit("ticker", envelope, ignore_queue=True,
+                                  to=ticker_room(envelope["exchange"], envelope["data"]["symbol"]))
             self._count(envelope)
-        elif self._relay is not None and kind in STATE_TYPES:
-            self._relay.publish_account(envelope, False)  # counted where it is sent
+        elif relay is not None and envelope.get("key_id") is not None:
+            self._emit_here(envelope)
+            relay.publish(envelope, False)
+        elif kind in ("stream_status", "error"):
+            name, payload, to = self._event(envelope)
+            self._sio.emit(name, payload, to=to)
         else:
             self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
             self._count(envelope)
 
+    @staticmethod
+    def _event(envelope: dict) -> tuple[str, dict, str]:
+        """``(event, data, room)`` of an envelope as clients get it (CONTRACT.md)."""
+        kind, user_room = envelope["type"], room("user", envelope["user_id"])
+        if kind == "stream_status":
+            return kind, {k: envelope[k] for k in ("key_id", "exchange", "state", "since")}, user_room
+        if kind == "error":
+            return kind, {"code": envelope["code"], "message": envelope["message"]}, user_room
+        return kind, envelope, room(kind, envelope["user_id"])
+
+    def _emit_here(self, envelope: dict) -> None:
+        """Emit an envelope to its room in this process only."""
+        name, payload, to = self._event(envelope)
+        self._sio.server.emit(name, payload, to=to, ignore_queue=True)
+        if name not in ("stream_status", "error"):
+            self._count(envelope)
+
+    def emit_to(self, sid: str, event: str, data: dict) -> None:
+        """Emit one event to one connection of this process (never through Redis)."""
+        self._sio.server.emit(event, data, to=sid, ignore_queue=True)
+
     def attach(self, conn: Connection, state, kind: str, first) -> None:  # type: ignore[no-untyped-def]
-        """Start ``conn``'s live pushes of ``state``'s ``kind`` after ``first()`` (its
-        snapshot or replay). With a message queue the live pushes of a state come
-        from the queue (the key's ``RemoteState``, moved to ``state``'s position as
-        ``first()`` is sent); ``fills``: ``first()`` is sent and the room brings the
-        live ones."""
+        """Start ``conn``'s live pushes of ``state``'s ``kind`` (a stream running in
+        this process) after ``first()`` (its snapshot or replay). With a message
+        queue ``fills``: ``first()`` is sent and the room brings the live ones."""
         if self.get(conn.sid) is None:
             return  # disconnected before its snapshot went out
-        if self._relay is None:
-            self.fanout.attach(conn.sid, conn.eio_sid, state, kind, conn.max_hz(kind), first)
-        elif kind not in STATE_TYPES:
+        if self._relay is not None and kind not in STATE_TYPES:
             self.send_to(conn.sid, first())
-        else:
-            remote = self.remote(state.key_id, state.user_id)
+            return
+        mirror = self._mirror.get(state.key_id) if self._relay is not None else None
+        if mirror is None:
+            self.fanout.attach(conn.sid, conn.eio_sid, state, kind, conn.max_hz(kind), first)
+            return
 
-            def first_here() -> list[dict]:
-                envelopes = first()
-                remote.adopt(state.epoch, kind, state.seq(kind), state.last(kind))
-                return envelopes
-            self.fanout.attach(conn.sid, conn.eio_sid, remote, kind, conn.max_hz(kind),
-                               first_here)
+        def first_here() -> list[dict]:  # the channel is fed through the mirror now
+            envelopes = first()
+            mirror.adopt(state.epoch, kind, state.seq(kind), state.last(kind))
+            return envelopes
+        self.fanout.attach(conn.sid, conn.eio_sid, mirror, kind, conn.max_hz(kind), first_here)
 
     def follow(self, conn: Connection, key_id: int, kind: str,
                snapshot: Callable[[], list[dict]]) -> None:
         """With a message queue: start ``conn``'s live pushes of ``key_id``'s state
-        ``kind`` whose stream runs in another process. ``snapshot()`` (a REST
-        snapshot, ``seq`` 0; may raise) is sent first; an envelope received while it
-        was fetched follows it at once (``source: "cache"``), then the live pushes,
-        conflated by ``conn``'s ``max_hz``. Without a queue only ``snapshot()`` is
-        sent."""
+        ``kind`` whose stream runs in another process (the key's channel is
+        watched). ``snapshot()`` (a REST snapshot, ``seq`` 0; may raise) is sent
+        first; an envelope received while it was fetched follows it at once
+        (``source: "cache"``), then the live pushes, conflated by ``conn``'s
+        ``max_hz``. Without a queue only ``snapshot()`` is sent."""
         if self._relay is None or kind not in STATE_TYPES:
             self.send_to(conn.sid, snapshot())
             return
         remote = self.remote(key_id, conn.user_id)
-        before = remote.position(kind)
+        before = remote.position(kind)  # what arrives from now on follows the snapshot
+        self.watch(conn, key_id)
         try:
             self.send_to(conn.sid, snapshot())
         finally:
@@ -263,9 +398,9 @@ class PushHub:
 
     def send_to(self, sid: str, envelopes: list[dict]) -> None:
         """Emit envelopes to one connection (the snapshot on subscribe)."""
-        for env in envelopes:
+        for env in envelopes:  # the connection is in this process: never through Redis
             env["sent_at"] = int(time.time() * 1000)
-            self._sio.emit(env["type"], env, to=sid)
+            self._sio.server.emit(env["type"], env, to=sid, ignore_queue=True)
             self._count(envelope=env, latency=False)
 
     def _count(self, envelope: dict, latency: bool = True) -> None:
@@ -278,9 +413,11 @@ class PushHub:
                 self.on_stream_latency(latency_ms / 1000)
 
     def stop(self) -> None:
-        """End the fan-out's timer task (shutdown)."""
+        """End the fan-out's timer task and the relay's reader (shutdown)."""
         if self._fanout is not None:
             self._fanout.stop()
+        if self._relay is not None:
+            self._relay.stop()
 
     def stats(self) -> dict:
         """Connection, subscription and push figures for ``/admin/stats``."""
@@ -288,9 +425,10 @@ class PushHub:
         subs = {t: sum(1 for c in conns if t in c.types) for t in ACCOUNT_TYPES}
         lat = sorted(self._latency_ms)
         fanout = self.fanout.stats()
-        if self.queued:
+        if self.queued and self._relay is not None:
             with self._lock:
                 fanout["remote_keys"] = len(self._remote)
+            fanout["relay"] = self._relay.stats()
         return {"connections": len(conns), "users_online": len({c.user_id for c in conns}),
                 "subscriptions": subs,
                 "push": {"by_type": dict(self.pushes), "total": sum(self.pushes.values()),

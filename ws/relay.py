@@ -1,21 +1,40 @@
-"""Account pushes through the message queue (``MESSAGE_QUEUE_URL``), conflated on the
-receiving side.
+"""Account pushes between server processes (``MESSAGE_QUEUE_URL``): one Redis
+channel per API key, only between the processes that need them.
 
 With several server processes an account stream runs in one of them (its lease)
-while the key's subscribers may be connected to any. The process running the stream
-builds every envelope and publishes it once through the queue; every process
-(itself included) receives it and hands it to its own ``ws.fanout.Fanout``, which
-applies each local connection's ``max_hz`` exactly as without a queue.
+while the key's subscribers may be connected to any. python-socketio's Redis
+manager publishes every emit on one channel, so every process decodes every
+message (python-socketio#82; open-webui#28173 measured about 31 % of CPU in that
+listener at 16 instances). Here instead:
 
-``AccountRelay`` (mixed into python-socketio's pub/sub manager) publishes account
-envelopes as python-socketio ``emit`` messages to the type's room with one more
-message field, ``mark`` (True: a mark-price-driven change, conflated per connection;
-False: an account event or a REST result, sent at once). The field is on the queue
-message, never in the event data, so no client sees it. Received messages that carry
-``mark`` go to the hub's receiver instead of a room emit (so a connection never gets
-both); every other emit (``fills``, ``stream_status``, ``error``, tickers, emits to
-one sid) is handled by python-socketio unchanged. A process without this mixin emits
-such a message to the room as before (the extra field is ignored).
+- The process running a key's stream delivers to its own connections first, as
+  without a queue (``ws.fanout``: conflated at the source, nothing encoded for
+  Redis). It publishes the key's envelopes on the key's channel
+  ``<MESSAGE_QUEUE_CHANNEL>:key:<key_id>`` only while another process follows the key
+  (``KeyRelay.interested``).
+- A process with connections subscribed to a key whose stream runs elsewhere
+  subscribes to that key's channel (``watch``) and unsubscribes when its last such
+  connection leaves (``unwatch``). So a process receives the account states only of
+  keys it has subscribers for, and its cost does not grow with the number of
+  processes.
+- How the owner learns of a follower: once Redis confirms a ``watch``, the follower
+  announces it (``want`` on the control channel ``<MESSAGE_QUEUE_CHANNEL>:relay``);
+  a process that starts a key's stream asks Redis whether anyone follows it
+  (``PUBSUB NUMSUB``); a publish that reaches nobody ends the interest. On a
+  ``want`` the owner publishes the key's current envelopes, so a follower never
+  misses a change made between its REST snapshot and the owner hearing of it.
+- The receiving process hands each envelope to its ``ws.fanout.Fanout`` on a
+  ``RemoteState`` of the key: each connection's ``max_hz`` applies as for local
+  pushes. Messages carry the envelope and its ``mark`` flag (True: a mark-driven
+  change, conflated per connection; False: an account event or a REST result).
+
+The control channel also carries "a key changed" (``key_changed``: the other
+processes forget their cached copy, ``services.accounts.KeyCache``) and "a key's
+lease is free" (``released``: a follower takes the stream over). A key's
+``fills``, ``stream_status`` and ``error`` take the key's channel too (the receiver
+emits them to the room in its own process); python-socketio's shared channel keeps
+only what has no key. Tickers and emits to one connection never leave the process
+(each process runs the market streams of its own subscribers).
 
 ``RemoteState`` is what a ``Fanout`` channel works on for such a key: a mirror of
 the envelopes received (the epoch, the ``seq`` per type, the last one sent and the
@@ -27,11 +46,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Callable
 
+import orjson
 import socketio
 
-from services.account_kinds import STATE_TYPES
+from services.coalesce import Coalescer
+
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +71,14 @@ class RemoteState:
     (received while every subscriber was inside its ``max_hz`` interval).
     ``user_id``: the owner of the key (the mirror is dropped when the user's last
     connection of this process leaves).
+    ``via_relay``: True when fed from Redis (another process runs the stream),
+    False when this process's own stream feeds it (while another process follows
+    the key): the fanout counts the pushes that crossed Redis.
     """
 
-    def __init__(self, key_id: int, user_id: int) -> None:
+    def __init__(self, key_id: int, user_id: int, via_relay: bool = True) -> None:
         self.key_id = key_id
+        self.via_relay = via_relay
         self.user_id = user_id
         self.epoch: str | None = None
         self._lock = threading.Lock()
@@ -148,52 +174,339 @@ class RemoteState:
             return env
 
 
-class AccountRelay:
-    """Mixin for a python-socketio ``PubSubManager``: account envelopes published
-    with their ``mark`` flag and, when received, handed to ``receiver(envelope,
-    mark)`` (``PushHub.receive``) instead of a room emit.
+class RedisBus:
+    """The Redis side of ``KeyRelay``: ``publish`` and ``numsub`` on ``client`` (a
+    bounded pool that waits, ``services.leases.redis_client``), and one pub/sub
+    connection of its own, read by one background task (``start``) that hands every
+    message to ``on_message(channel, data)`` and every subscribe confirmation to
+    ``on_subscribed(channel)``. It reconnects by itself (0.5 s, doubling to 5 s) and
+    subscribes again to every channel asked for; ``subscribe`` / ``unsubscribe`` may
+    be called at any time (applied at once when connected, else on reconnect)."""
 
-    ``receiver`` is None until the hub sets it; until then such messages are room
-    emits, as python-socketio would do."""
+    def __init__(self, url: str, client, spawn: Callable, sleep: Callable[[float], None]) -> None:  # type: ignore[no-untyped-def]
+        self._url = url
+        self._client = client
+        self._spawn = spawn
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._channels: set[str] = set()
+        self._pubsub = None
+        self._stopped = False
+        self.reconnects = 0
 
-    receiver: Callable[[dict, bool], None] | None = None
+    def publish(self, channel: str, data: bytes) -> int:
+        """PUBLISH; the number of subscribers that received it. Raises RedisError."""
+        return int(self._client.publish(channel, data))
 
-    def publish_account(self, envelope: dict, mark: bool) -> None:
-        """Publish one account envelope (``balance``, ``positions``, ``pnl``,
-        ``orders``) to every process, this one first (as ``PubSubManager.emit``).
-        The message is python-socketio's own ``emit`` message to the room
-        ``<type>_<user_id>`` plus ``mark``."""
-        kind = envelope["type"]
-        message = {"method": "emit", "event": kind, "data": [envelope], "binary": False,
-                   "namespace": "/", "room": f"{kind}_{envelope['user_id']}",
-                   "skip_sid": None, "callback": None,
-                   "host_id": self.host_id,  # type: ignore[attr-defined]
-                   "mark": bool(mark)}
-        self._handle_emit(message)
-        self._publish(message)  # type: ignore[attr-defined]
+    def numsub(self, channels: list[str]) -> dict[str, int]:
+        """How many connections are subscribed to each of ``channels`` (one round
+        trip). Raises RedisError."""
+        got = self._client.pubsub_numsub(*channels)
+        return {(c.decode() if isinstance(c, bytes) else c): int(n) for c, n in got}
 
-    def _handle_emit(self, message: dict) -> None:
-        receiver = self.receiver
-        if "mark" in message and receiver is not None and message.get("event") in STATE_TYPES:
-            data = message.get("data")
-            if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-                try:
-                    receiver(data[0], bool(message["mark"]))
-                except Exception:  # isolation boundary: the publish to the others still goes
-                    logger.exception("relayed push failed type=%s key_id=%s",
-                                     message.get("event"), data[0].get("key_id"))
+    def subscribe(self, channel: str) -> None:
+        with self._lock:
+            self._channels.add(channel)
+            pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                pubsub.subscribe(channel)
+            except Exception:  # the reader reconnects and subscribes again
+                logger.warning("relay subscribe failed channel=%s", channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        with self._lock:
+            self._channels.discard(channel)
+            pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                pubsub.unsubscribe(channel)
+            except Exception:  # gone with the connection anyway
+                logger.warning("relay unsubscribe failed channel=%s", channel)
+
+    def start(self, on_message: Callable[[str, bytes], None],
+              on_subscribed: Callable[[str], None]) -> None:
+        self._spawn(self._run, on_message, on_subscribed)
+
+    def stop(self) -> None:
+        self._stopped = True
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+
+    def _run(self, on_message: Callable[[str, bytes], None],
+             on_subscribed: Callable[[str], None]) -> None:
+        import redis
+        backoff = 0.5
+        while not self._stopped:
+            pubsub = None
+            try:
+                # no read timeout: the connection idles between messages (keepalives
+                # find a dead peer)
+                pubsub = redis.Redis.from_url(self._url, socket_connect_timeout=2,
+                                              socket_keepalive=True).pubsub()
+                with self._lock:
+                    channels = sorted(self._channels)
+                pubsub.subscribe(*channels)
+                with self._lock:
+                    self._pubsub = pubsub
+                    missed = self._channels - set(channels)
+                if missed:
+                    pubsub.subscribe(*missed)
+                for message in pubsub.listen():
+                    if self._stopped:
+                        break
+                    backoff = 0.5
+                    kind, channel = message["type"], message["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    try:
+                        if kind == "message":
+                            on_message(channel, message["data"])
+                        elif kind == "subscribe":
+                            on_subscribed(channel)
+                    except Exception:  # isolation boundary: one message must not stop the reader
+                        logger.exception("relay message failed channel=%s", channel)
+            except Exception as e:  # Redis gone: retry, subscribing again
+                if self._stopped:
+                    break
+                self.reconnects += 1
+                logger.warning("relay connection lost error=%s retry_s=%s",
+                               type(e).__name__, backoff)
+            finally:
+                with self._lock:
+                    if self._pubsub is pubsub:
+                        self._pubsub = None
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a dead connection
+                        pass
+            if not self._stopped:
+                self._sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+
+
+class KeyRelay:
+    """Per-key account channels between server processes (see the module doc).
+
+    ``bus``: ``RedisBus`` (or an in-memory one in tests); ``prefix``: the
+    ``MESSAGE_QUEUE_CHANNEL``. The hub sets ``on_envelope(envelope, mark)`` (a key
+    this process watches), ``on_want(key_id)`` (another process now follows a key:
+    the owner calls ``add_interest`` and publishes its current envelopes),
+    ``on_released(key_id)`` (the owner let a key's lease go: a follower takes the
+    stream over, so streams run where their subscribers are) and
+    ``on_key_changed(user_id, key_id)``. Publishing never raises: with Redis down it is counted
+    (``publish_errors``) and local connections are served as before.
+    """
+
+    def __init__(self, bus, prefix: str, host_id: str | None = None,  # type: ignore[no-untyped-def]
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.bus = bus
+        # the NUMSUB asks of streams starting together: one round trip (a storm)
+        self._numsub = Coalescer(bus.numsub, sleep)
+        self.prefix = prefix
+        self.host_id = host_id or uuid.uuid4().hex
+        self.control = f"{prefix}:relay"
+        self._key_prefix = f"{prefix}:key:"
+        self._lock = threading.Lock()
+        self._watched: set[int] = set()
+        self._interest: set[int] = set()
+        self.on_envelope: Callable[[dict, bool], None] = lambda env, mark: None
+        self.on_want: Callable[[int], None] = lambda key_id: None
+        self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
+        self.on_released: Callable[[int], None] = lambda key_id: None
+        self.published = 0  # envelopes published (some other process followed the key)
+        self.received = 0  # envelopes received for watched keys
+        self.publish_errors = 0
+        self._error_logged_at = 0.0
+        self._started = False
+
+    def start(self) -> None:
+        """Start reading (the control channel and every watched key's)."""
+        if not self._started:
+            self._started = True
+            self.bus.subscribe(self.control)
+            self.bus.start(self._on_message, self._on_subscribed)
+
+    def stop(self) -> None:
+        """Stop reading (shutdown)."""
+        stop = getattr(self.bus, "stop", None)
+        if stop is not None:
+            stop()
+
+    def channel(self, key_id: int) -> str:
+        """The channel of ``key_id``'s account states."""
+        return f"{self._key_prefix}{key_id}"
+
+    # ---- the follower's side -------------------------------------------------------
+    def watch(self, key_id: int) -> None:
+        """Receive ``key_id``'s envelopes (its stream runs in another process)."""
+        with self._lock:
+            if key_id in self._watched:
                 return
-        super()._handle_emit(message)  # type: ignore[misc]
+            self._watched.add(key_id)
+        self.bus.subscribe(self.channel(key_id))
+
+    def unwatch(self, key_id: int) -> None:
+        """Stop receiving ``key_id``'s envelopes."""
+        with self._lock:
+            if key_id not in self._watched:
+                return
+            self._watched.discard(key_id)
+        self.bus.unsubscribe(self.channel(key_id))
+
+    def watching(self, key_id: int) -> bool:
+        """True while ``key_id``'s channel is subscribed to."""
+        return key_id in self._watched
+
+    # ---- the owner's side ----------------------------------------------------------
+    def interested(self, key_id: int) -> bool:
+        """True while another process follows ``key_id`` (this one runs its stream)."""
+        return key_id in self._interest
+
+    def check_interest(self, key_id: int) -> bool:
+        """Ask Redis whether another process follows ``key_id`` (its stream starts
+        here); True if so (publishing starts). False when Redis cannot say."""
+        try:
+            followed = (self._numsub.get(self.channel(key_id)) or 0) > 0
+        except Exception as e:  # a follower's ``want`` on reconnect will tell
+            self._publish_failed(e)
+            return False
+        if followed:
+            with self._lock:
+                self._interest.add(key_id)
+        return followed
+
+    def add_interest(self, key_id: int) -> None:
+        """Another process follows ``key_id`` (its ``want``): publish from now on."""
+        with self._lock:
+            self._interest.add(key_id)
+
+    def drop_interest(self, key_id: int) -> None:
+        """The key's stream no longer runs here: publish nothing more of it."""
+        with self._lock:
+            self._interest.discard(key_id)
+
+    def publish(self, env: dict, mark: bool) -> bool:
+        """Publish one envelope on its key's channel (``mark`` as above), if another
+        process follows the key. A publish that reached nobody ends the interest.
+        True if published."""
+        key_id = env["key_id"]
+        if key_id not in self._interest:
+            return False
+        data = orjson.dumps({"h": self.host_id, "m": bool(mark), "e": env})
+        try:
+            receivers = self.bus.publish(self.channel(key_id), data)
+        except Exception as e:  # Redis down: local connections are served regardless
+            self._publish_failed(e)
+            return False
+        self.published += 1
+        if receivers == 0:
+            with self._lock:
+                self._interest.discard(key_id)
+        return True
+
+    def released(self, key_id: int) -> None:
+        """Tell the processes following ``key_id`` that its stream's lease is free (its
+        last subscriber here left): one of them takes it over at once."""
+        try:
+            self.bus.publish(self.control, orjson.dumps(
+                {"op": "released", "h": self.host_id, "key": key_id}))
+        except Exception as e:  # their lease upkeep takes it over within a third of its TTL
+            self._publish_failed(e)
+
+    def key_changed(self, user_id: int, key_id: int) -> None:
+        """Tell the other processes that a key of ``user_id`` was added, changed or
+        deleted (they forget their cached copy). Raises RedisError."""
+        self.bus.publish(self.control, orjson.dumps(
+            {"op": "key_changed", "h": self.host_id, "user": user_id, "key": key_id}))
+
+    def stats(self) -> dict:
+        """``{"watched", "interest", "published", "received", "publish_errors"}``."""
+        with self._lock:
+            watched, interest = len(self._watched), len(self._interest)
+        return {"watched": watched, "interest": interest, "published": self.published,
+                "received": self.received, "publish_errors": self.publish_errors,
+                "reconnects": getattr(self.bus, "reconnects", 0)}
+
+    # ---- the reader ----------------------------------------------------------------
+    def _on_subscribed(self, channel: str) -> None:
+        """A key channel is subscribed (or subscribed again after a reconnect): tell
+        the process running its stream."""
+        if channel.startswith(self._key_prefix):
+            key_id = int(channel[len(self._key_prefix):])
+            try:
+                self.bus.publish(self.control, orjson.dumps(
+                    {"op": "want", "h": self.host_id, "key": key_id}))
+            except Exception as e:  # the owner's NUMSUB at its next start still finds us
+                self._publish_failed(e)
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        msg = orjson.loads(data)
+        if msg.get("h") == self.host_id:
+            return
+        if channel == self.control:
+            op = msg.get("op")
+            if op == "want":
+                self.on_want(int(msg["key"]))
+            elif op == "released":
+                self.on_released(int(msg["key"]))
+            elif op == "key_changed":
+                self.on_key_changed(int(msg["user"]), int(msg["key"]))
+            return
+        env = msg["e"]
+        if env.get("key_id") in self._watched:
+            self.received += 1
+            self.on_envelope(env, bool(msg.get("m")))
+
+    def _publish_failed(self, e: Exception) -> None:
+        self.publish_errors += 1
+        now = time.monotonic()
+        if now - self._error_logged_at > 10:
+            self._error_logged_at = now
+            logger.warning("relay publish failed error=%s count=%s", type(e).__name__,
+                           self.publish_errors)
 
 
-class RedisRelayManager(AccountRelay, socketio.RedisManager):
-    """python-socketio's ``RedisManager`` with ``AccountRelay``."""
+class RedisRelayManager(socketio.RedisManager):
+    """python-socketio's ``RedisManager`` (rooms shared between processes for
+    ``fills``, ``stream_status``, ``error``) whose publishing connections come from a
+    bounded pool that waits (``max_connections``, ``pool_timeout_s``) rather than
+    failing in a storm."""
+
+    def __init__(self, url: str, channel: str, max_connections: int = 32,
+                 pool_timeout_s: float = 20.0) -> None:
+        super().__init__(url, channel=channel)
+        self.max_connections = max_connections
+        self.pool_timeout_s = pool_timeout_s
+
+    def _redis_connect(self) -> None:
+        import redis
+        pool = redis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=self.max_connections,
+            timeout=self.pool_timeout_s, socket_connect_timeout=2, socket_keepalive=True)
+        self.redis = redis.Redis(connection_pool=pool)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
 
 
-def make_client_manager(url: str | None, channel: str) -> RedisRelayManager | None:
+def make_client_manager(url: str | None, channel: str, max_connections: int = 32,
+                        pool_timeout_s: float = 20.0) -> RedisRelayManager | None:
     """The Socket.IO client manager for ``MESSAGE_QUEUE_URL`` ``url`` (a Redis URL:
     the stream leases of ``services.leases`` use the same Redis) on the pub/sub
     channel ``channel``; None without a URL (python-socketio's in-process manager)."""
     if not url:
         return None
-    return RedisRelayManager(url, channel=channel)
+    return RedisRelayManager(url, channel, max_connections, pool_timeout_s)
+
+
+def make_relay(url: str | None, channel: str, client, spawn: Callable,  # type: ignore[no-untyped-def]
+               sleep: Callable[[float], None]) -> KeyRelay | None:
+    """The per-key relay over Redis ``url`` (``client``: a ``redis.Redis`` on a
+    bounded pool, shared with the leases); None without a URL."""
+    if not url:
+        return None
+    return KeyRelay(RedisBus(url, client, spawn, sleep), channel, sleep=sleep)

@@ -104,7 +104,10 @@ def test_max_hz_applies_on_the_process_that_does_not_run_the_stream(  # type: ig
         assert 3 <= len(got_b) <= 2 * (elapsed + 0.6) + 3, (len(got_b), elapsed)
         assert len({e["epoch"] for e in got_b}) == 1
         assert [e["seq"] for e in got_b] == sorted({e["seq"] for e in got_b})  # never a repeat
-        last = [p for p in got_b[-1]["data"]["positions"] if p["symbol"] == "XRPUSDT"]
+        # the last pnl B got has the newest value (a REST refresh on A may have carried it
+        # first, the tick then changing nothing: its source is then "rest")
+        last = [p for p in lb.got("pnl", since=mark_b)[-1]["data"]["positions"]
+                if p["symbol"] == "XRPUSDT"]
         assert Decimal(last[0]["unrealized_pnl"]) == want  # nothing conflated away at the end
         # the fill and the pnl it changed reach B at once, not held for B's 0.5 s interval
         fill = lb.wait_for("fills", lambda d: d["data"], since=mark_b, timeout=5)
@@ -112,3 +115,51 @@ def test_max_hz_applies_on_the_process_that_does_not_run_the_stream(  # type: ig
                                                  for p in d["data"]["positions"]), since=mark_b)
         assert moved["_arrived"] - fill["_arrived"] < 0.3, moved["_arrived"] - fill["_arrived"]
         assert fill["_arrived"] - started < elapsed + 1
+
+
+def test_a_stream_moves_to_the_process_holding_its_sockets_and_only_cross_pushes_use_redis(  # type: ignore[no-untyped-def]
+        sim, pg_server, redis_url, tmp_path) -> None:
+    """A runs the key's stream, B follows it: B's pushes crossed Redis, A's did not.
+    When A's last socket of the user leaves, A releases the lease and tells B, which
+    takes the stream over at once (the lease upkeep alone would take up to a third of
+    LEASE_TTL_S, here 20 s); B's socket then gets its pushes with nothing crossing."""
+    with queued_pair(sim, pg_server, redis_url, tmp_path, LEASE_TTL_S="60") as (a, b, listeners):
+        acct = Account(a, sim)
+        sim.set_price("XRPUSDT", "1.0000")
+        entry = Decimal(_market(acct, "XRPUSDT", "BUY", "100")["entry_price"])
+        la = Listener(a.url, acct.token)
+        listeners.append(la)
+        assert la.call("subscribe", {"types": ["pnl"], "key_id": acct.key_id})["ok"]
+        la.wait_for("stream_status", lambda d: d["state"] == "live")
+        lb = Listener(b.url, acct.token)
+        listeners.append(lb)
+        assert lb.call("subscribe", {"types": ["pnl"], "key_id": acct.key_id})["ok"]
+        lb.wait_for("pnl")
+        time.sleep(0.5)
+        for price in ("1.0100", "1.0200", "1.0300"):
+            sim.set_price("XRPUSDT", price)
+            time.sleep(0.3)
+        want = (Decimal("1.0300") - entry) * 100
+        for lst in (la, lb):
+            lst.wait_for("pnl", lambda d: any(Decimal(p["unrealized_pnl"]) == want
+                                              for p in d["data"]["positions"]))
+        fa, fb = (_stats(acct, s)["push"]["fanout"] for s in (a, b))
+        assert fa["relayed"] == 0 and fa["pushed"] >= 3, fa
+        assert fb["relayed_fraction"] == 1.0 and fb["relay"]["watched"] == 1, fb
+        assert fa["relay"]["interest"] == 1 and fa["relay"]["published"] >= 3, fa
+
+        la.close()                                   # A's last socket of the user leaves
+        moved = time.monotonic()
+        mark = lb.mark()
+        lb.wait_for("stream_status", lambda d: d["state"] == "live", since=mark, timeout=15)
+        assert time.monotonic() - moved < 10          # handed over, not found by the upkeep
+        sb = _stats(acct, b)
+        assert sb["streams"]["running"] == 1 and sb["streams"]["takeovers"] == 1
+        relayed_before = sb["push"]["fanout"]["relayed"]
+        sim.set_price("XRPUSDT", "1.0500")
+        want = (Decimal("1.0500") - entry) * 100
+        lb.wait_for("pnl", lambda d: any(Decimal(p["unrealized_pnl"]) == want
+                                         for p in d["data"]["positions"]), since=mark)
+        sb = _stats(acct, b)["push"]["fanout"]
+        assert sb["relayed"] == relayed_before and sb["relay"]["watched"] == 0, sb
+        assert _stats(acct, a)["streams"]["running"] == 0

@@ -1,8 +1,12 @@
-"""Unit tests of the receiving side of account pushes through a message queue
-(ws.relay): received envelopes are conflated per connection (``max_hz``) like local
-ones, an account event is never held back, a connection never gets a repeated or
-older ``seq``, a new epoch resets; ``fills`` and ``stream_status`` pass through to
-the rooms. No network: the pub/sub backend is in memory."""
+"""Unit tests of account pushes between server processes (ws.relay): received
+envelopes are conflated per connection (``max_hz``) like local ones, an account event
+is never held back, a connection never gets a repeated or older ``seq``, a new epoch
+resets; the per-key routing: a push to a connection of the process running the stream
+never goes through Redis, a process with no subscriber for a key receives nothing of
+it, the owner publishes only while another process follows the key and starts with
+its current values; ``fills`` and ``stream_status`` also go per key, tickers stay local.
+No network: the pub/sub backend is in memory (several hubs on one ``MemoryRedis``
+are several processes)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +20,7 @@ from services.ledger import Realized
 from tests.server.test_conflation import Clock, FakeServer, Timers
 from ws.fanout import Fanout
 from ws.packet import Packet
-from ws.relay import AccountRelay, RedisRelayManager, RemoteState, make_client_manager
+from ws.relay import KeyRelay, RedisRelayManager, RemoteState, make_client_manager
 
 
 def _sender() -> AccountState:
@@ -133,7 +137,7 @@ def test_a_subscriber_of_the_process_running_the_stream_starts_from_its_snapshot
 
 
 class _MemoryPubSub(socketio.PubSubManager):
-    """A pub/sub manager whose backend is a list (what other processes would get)."""
+    """python-socketio's pub/sub manager on a list (the shared room channel)."""
 
     def __init__(self) -> None:
         super().__init__(channel="test")
@@ -143,114 +147,245 @@ class _MemoryPubSub(socketio.PubSubManager):
         self.published.append(json.loads(json.dumps(data)))
 
 
-class _Relay(AccountRelay, _MemoryPubSub):
-    pass
+class MemoryRedis:
+    """Redis pub/sub in memory: channel -> subscribed buses; ``log`` every publish."""
+
+    def __init__(self) -> None:
+        self.subs: dict[str, set] = {}
+        self.log: list[tuple[str, dict]] = []
+
+    def key_messages(self) -> list[tuple[str, dict]]:
+        return [(c, m) for c, m in self.log if ":key:" in c]
 
 
-def _hub_with_two_connections():  # type: ignore[no-untyped-def]
-    """A PushHub over a real python-socketio Server with the relay manager; two
-    connections of user 1, both in the ``pnl_1``, ``fills_1`` and ``user_1`` rooms."""
-    from ws.hub import PushHub
+class MemoryBus:
+    """``ws.relay.RedisBus``'s interface over a ``MemoryRedis`` (delivery at once)."""
 
-    relay = _Relay()
-    server = socketio.Server(client_manager=relay, async_mode="threading", serializer=Packet)
-    sent: list[tuple[str, str, dict]] = []
+    def __init__(self, redis: MemoryRedis) -> None:
+        self.redis = redis
+        self.got: list[str] = []  # channels of the messages this process received
+        self._handlers = None
 
-    def send(eio_sid, pkt) -> None:  # type: ignore[no-untyped-def]
-        event, env = json.loads(pkt.encode()[2:])
-        sent.append((eio_sid, event, env))
-    server._send_eio_packet = send  # type: ignore[method-assign]
+    def publish(self, channel: str, data: bytes) -> int:
+        self.redis.log.append((channel, json.loads(data)))
+        receivers = list(self.redis.subs.get(channel, ()))
+        for bus in receivers:
+            bus.got.append(channel)
+            bus._handlers[0](channel, data)
+        return len(receivers)
 
-    class SIO:
-        def __init__(self) -> None:
-            self.server = server
+    def numsub(self, channels: list[str]) -> dict[str, int]:
+        return {c: len(self.redis.subs.get(c, ())) for c in channels}
 
-        def emit(self, event, data, to=None) -> None:  # type: ignore[no-untyped-def]
-            server.emit(event, data, to=to)
+    def subscribe(self, channel: str) -> None:
+        self.redis.subs.setdefault(channel, set()).add(self)
+        if self._handlers is not None:
+            self._handlers[1](channel)
 
-        def start_background_task(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
-            pass
+    def unsubscribe(self, channel: str) -> None:
+        self.redis.subs.get(channel, set()).discard(self)
 
-        def sleep(self, s) -> None:  # type: ignore[no-untyped-def]
-            pass
+    def start(self, on_message, on_subscribed) -> None:  # type: ignore[no-untyped-def]
+        self._handlers = (on_message, on_subscribed)
 
-    hub = PushHub(SIO())  # type: ignore[arg-type]
-    clock = Clock()
-    hub._fanout = Fanout(server, spawn=lambda fn: None, sleep=lambda s: None, clock=clock,
-                         on_push=hub._count)
-    conns = []
-    for eio_sid in ("e-slow", "e-fast"):
-        sid = relay.connect(eio_sid, "/")
-        for name in ("pnl_1", "fills_1", "user_1"):
-            relay.enter_room(sid, "/", name, eio_sid=eio_sid)
-        conn = hub.add(sid, 1, eio_sid)
+
+class Process:
+    """One server process: a python-socketio Server on the shared room channel, its
+    PushHub with a KeyRelay on ``redis``, and a fanout on a fake clock."""
+
+    def __init__(self, redis: MemoryRedis, clock: Clock) -> None:
+        from ws.hub import PushHub
+
+        self.manager = _MemoryPubSub()
+        server = socketio.Server(client_manager=self.manager, async_mode="threading",
+                                 serializer=Packet)
+        self.sent: list[tuple[str, str, dict]] = []
+
+        def send(eio_sid, pkt) -> None:  # type: ignore[no-untyped-def]
+            event, env = json.loads(pkt.encode()[2:])
+            self.sent.append((eio_sid, event, env))
+        server._send_eio_packet = send  # type: ignore[method-assign]
+
+        class SIO:
+            def __init__(self) -> None:
+                self.server = server
+
+            def emit(self, event, data, to=None) -> None:  # type: ignore[no-untyped-def]
+                server.emit(event, data, to=to)
+
+            def start_background_task(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+                fn(*args)
+
+            def sleep(self, s) -> None:  # type: ignore[no-untyped-def]
+                pass
+
+        self.bus = MemoryBus(redis)
+        self.relay = KeyRelay(self.bus, "pushsrv-test", sleep=lambda s: None)
+        self.hub = PushHub(SIO(), relay=self.relay)  # type: ignore[arg-type]
+        self.hub._fanout = Fanout(server, spawn=lambda fn: None, sleep=lambda s: None,
+                                  clock=clock, on_push=self.hub._count)
+        self.relay.start()
+
+    def connect(self, eio_sid: str, user_id: int, key_id: int, hz: float | None = None):  # type: ignore[no-untyped-def]
+        sid = self.manager.connect(eio_sid, "/")
+        for name in (f"pnl_{user_id}", f"fills_{user_id}", f"user_{user_id}"):
+            self.manager.enter_room(sid, "/", name, eio_sid=eio_sid)
+        conn = self.hub.add(sid, user_id, eio_sid)
         conn.types.update({"pnl", "fills"})
-        conns.append(conn)
-    conns[0].hz["pnl"] = 2.0
-    conns[1].hz["pnl"] = 50.0
-    return hub, relay, sent, clock, conns
+        conn.key_ids.add(key_id)
+        if hz is not None:
+            conn.hz["pnl"] = hz
+        return conn
+
+    def got(self, eio_sid: str, event: str = "pnl") -> list[int]:
+        return [env["seq"] for sid, ev, env in self.sent if sid == eio_sid and ev == event]
 
 
-def test_the_hub_conflates_what_the_queue_brings_and_fills_and_status_pass_through() -> None:
-    hub, relay, sent, clock, (slow, fast) = _hub_with_two_connections()
-    for conn in (slow, fast):                   # the stream runs in another process
-        hub.follow(conn, 7, "pnl", lambda: [])
-    sender = _sender()
-    for i in range(1, 11):                      # 10 moves in 1 s from the other process
-        message = {"method": "emit", "event": "pnl", "data": [_move(sender, f"1.{i:02d}")],
-                   "binary": False, "namespace": "/", "room": "pnl_1", "skip_sid": None,
-                   "callback": None, "host_id": "other", "mark": True}
-        relay._handle_emit(message)
-        clock.now += 0.1
-        hub.fanout.run_due()
-    clock.now += 0.5
-    hub.fanout.run_due()
-    by = {e: [env["seq"] for sid, ev, env in sent if sid == e and ev == "pnl"]
-          for e in ("e-slow", "e-fast")}
-    assert len(by["e-fast"]) == 10 and by["e-fast"] == sorted(set(by["e-fast"]))  # no duplicate
-    assert 2 <= len(by["e-slow"]) <= 3 and by["e-slow"][-1] == 10
-    assert all("mark" not in env for _, _, env in sent)      # the flag never reaches a client
-    sent.clear()
-    fills = {"type": "fills", "user_id": 1, "key_id": 7, "epoch": sender.epoch, "seq": 1,
-             "data": [{"trade_id": "t1"}]}
-    relay._handle_emit({"method": "emit", "event": "fills", "data": [fills], "binary": False,
-                        "namespace": "/", "room": "fills_1", "skip_sid": None,
-                        "callback": None, "host_id": "other"})
-    relay._handle_emit({"method": "emit", "event": "stream_status",
-                        "data": [{"key_id": 7, "state": "live"}], "binary": False,
-                        "namespace": "/", "room": "user_1", "skip_sid": None,
-                        "callback": None, "host_id": "other"})
-    assert sorted((sid, ev) for sid, ev, _ in sent) == [
-        ("e-fast", "fills"), ("e-fast", "stream_status"),
-        ("e-slow", "fills"), ("e-slow", "stream_status")]
+def _running(proc: Process, state: AccountState) -> None:
+    """``state``'s stream runs in ``proc`` (what StreamManager's on_local tells)."""
+    state.note_unseen("pnl", "rest", 0)          # known: built for the first snapshot
+    proc.hub.stream_local(state.key_id, state)
 
 
-def test_the_process_running_the_stream_publishes_with_the_mark_flag_once() -> None:
-    hub, relay, sent, clock, (slow, fast) = _hub_with_two_connections()
+def test_a_push_to_a_connection_of_the_process_running_the_stream_never_goes_through_redis() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a = Process(redis, clock)
     state = _sender()
-    state.note_unseen("pnl", "rest", 0)          # known, built for the first snapshot
-    for conn in (slow, fast):
-        hub.attach(conn, state, "pnl", lambda: state.cached(["pnl"]))
-    assert [(sid, env["seq"], env["source"]) for sid, _, env in sent] == [
-        ("e-slow", 1, "cache"), ("e-fast", 1, "cache")]
-    sent.clear()
-    for price in ("1.01", "1.02"):
-        state.apply_mark("XRPUSDT", Decimal(price))
-        hub.offer(state, "pnl", "stream", 1, True)
+    _running(a, state)
+    conn = a.connect("e-a", 1, 7)
+    a.hub.attach(conn, state, "pnl", lambda: state.cached(["pnl"]))
+    for i in range(1, 6):
+        state.apply_mark("XRPUSDT", Decimal(f"1.{i:02d}"))
+        a.hub.offer(state, "pnl", "stream", 1, True)
+        clock.now += 0.2                          # 10 Hz default: each one due
+    assert a.got("e-a") == [1, 2, 3, 4, 5, 6]    # snapshot + 5 moves
+    assert redis.key_messages() == []            # nothing of the key crossed Redis
+    assert a.manager.published == []             # nor the shared room channel
+    assert a.relay.stats()["published"] == 0 and a.hub.fanout.stats()["relayed"] == 0
+
+
+def test_only_a_process_with_a_subscriber_for_a_key_receives_it_and_conflates_it() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a, b, c = Process(redis, clock), Process(redis, clock), Process(redis, clock)
+    s7, s8 = _sender(), AccountState(2, 8, "binance", False)
+    s8.set_positions(list(s7.positions.values()))
+    s8.realized_pnl = s7.realized_pnl
+    _running(a, s7)
+    _running(a, s8)
+    slow, fast = b.connect("e-slow", 1, 7, hz=2.0), b.connect("e-fast", 1, 7, hz=50.0)
+    for conn in (slow, fast):                     # B follows key 7 (a REST snapshot first)
+        b.hub.follow(conn, 7, "pnl", lambda: [])
+    c.connect("e-c", 3, 9)                        # C: a connection, of no key A runs
+    assert a.relay.interested(7) and not a.relay.interested(8)
+    redis.log.clear()
+    b.bus.got.clear()
+    b.sent.clear()                                # (each got the current value on follow)
+    for i in range(1, 11):                        # 10 moves in 1 s on both keys
+        for state in (s7, s8):
+            state.apply_mark("XRPUSDT", Decimal(f"1.{i:02d}"))
+            a.hub.offer(state, "pnl", "stream", 1, True)
         clock.now += 0.1
-    state.set_positions([])
-    hub.offer(state, "pnl", "stream", 2, False)                  # an account event
-    assert [m["mark"] for m in relay.published] == [True, True, False]
-    assert all("mark" not in m["data"][0] for m in relay.published)
-    got = [(sid, env["seq"]) for sid, _, env in sent]
-    assert got == [("e-slow", 2), ("e-fast", 2), ("e-fast", 3), ("e-slow", 4), ("e-fast", 4)]
-    hub.publish({"type": "stream_status", "user_id": 1, "key_id": 7, "exchange": "binance",
-                 "state": "live", "since": 1})
-    assert relay.published[-1]["event"] == "stream_status" and "mark" not in relay.published[-1]
+        b.hub.fanout.run_due()
+    clock.now += 0.5
+    b.hub.fanout.run_due()
+    assert {ch for ch, _ in redis.key_messages()} == {"pushsrv-test:key:7"}  # key 8: nobody
+    assert len(redis.key_messages()) == 10
+    assert b.bus.got == ["pushsrv-test:key:7"] * 10
+    assert [ch for ch in c.bus.got if ":key:" in ch] == []  # C got nothing of any key
+    fast_seqs, slow_seqs = b.got("e-fast"), b.got("e-slow")
+    assert len(fast_seqs) == 10 and fast_seqs == sorted(set(fast_seqs))
+    assert 2 <= len(slow_seqs) <= 3 and slow_seqs[-1] == fast_seqs[-1]  # 2 a second, newest last
+    assert all("mark" not in env and "h" not in env for _, _, env in b.sent)
+    assert b.hub.fanout.stats()["relayed_fraction"] == 1.0
 
 
-def test_the_client_manager_keeps_the_url_and_channel() -> None:
-    manager = make_client_manager("redis://127.0.0.1:6379/3", "pushsrv-x")
+def test_the_owner_starts_with_the_current_values_and_stops_when_the_last_follower_leaves() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a, b = Process(redis, clock), Process(redis, clock)
+    state = _sender()
+    _running(a, state)
+    state.apply_mark("XRPUSDT", Decimal("1.50"))  # changed before anyone followed
+    a.hub.offer(state, "pnl", "stream", 1, True)   # no subscriber anywhere: noted, not built
+    assert redis.key_messages() == []
+    conn = b.connect("e-b", 1, 7)
+    b.hub.follow(conn, 7, "pnl", lambda: [])       # B watches: its want reaches A
+    assert [m["e"]["data"]["unrealized_pnl"] for _, m in redis.key_messages()] == ["50"]
+    assert [env["data"]["unrealized_pnl"] for _, ev, env in b.sent if ev == "pnl"] == ["50"]
+    b.hub.remove(conn.sid)                         # B's last connection of the key leaves
+    redis.log.clear()
+    for price in ("1.60", "1.70"):
+        state.apply_mark("XRPUSDT", Decimal(price))
+        a.hub.offer(state, "pnl", "stream", 1, True)
+    assert len(redis.key_messages()) == 1          # reached nobody: the interest ended
+    assert not a.relay.interested(7)
+
+
+def test_a_follower_takes_over_the_stream_and_the_old_owner_follows_it() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a, b = Process(redis, clock), Process(redis, clock)
+    old = _sender()
+    _running(a, old)
+    ca = a.connect("e-a", 1, 7)
+    a.hub.attach(ca, old, "pnl", lambda: old.cached(["pnl"]))
+    cb = b.connect("e-b", 1, 7)
+    b.hub.follow(cb, 7, "pnl", lambda: [])
+    a.hub.stream_local(7, None)                    # A lost the lease: it follows now
+    new = _sender()
+    _running(b, new)                               # B runs the stream
+    assert not b.relay.watching(7) and a.relay.watching(7) and b.relay.interested(7)
+    new.apply_mark("XRPUSDT", Decimal("1.10"))
+    b.hub.offer(new, "pnl", "stream", 1, True)
+    assert [(e["epoch"], e["seq"]) for _, ev, e in a.sent if ev == "pnl"][-1] == (new.epoch, 1)
+    assert [(e["epoch"], e["seq"]) for _, ev, e in b.sent if ev == "pnl"][-1] == (new.epoch, 1)
+
+
+def test_a_released_key_is_taken_over_by_the_process_following_it_and_no_other() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a, b, c = Process(redis, clock), Process(redis, clock), Process(redis, clock)
+    taken: dict[str, list[int]] = {"b": [], "c": []}
+    b.hub.on_released = taken["b"].append
+    c.hub.on_released = taken["c"].append
+    state = _sender()
+    _running(a, state)
+    b.hub.follow(b.connect("e-b", 1, 7), 7, "pnl", lambda: [])
+    c.connect("e-c", 2, 8)
+    a.hub.stream_released(7)                       # A's last subscriber of the key left
+    assert taken == {"b": [7], "c": []}
+    a.hub.stream_released(8)                       # nobody follows key 8: no message
+    assert [m["op"] for ch, m in redis.log if ch.endswith(":relay")].count("released") == 1
+
+
+def test_fills_and_stream_status_go_per_key_to_followers_only_and_tickers_stay_local() -> None:
+    redis, clock = MemoryRedis(), Clock()
+    a, b, c = Process(redis, clock), Process(redis, clock), Process(redis, clock)
+    state = _sender()
+    _running(a, state)
+    a.connect("e-a", 1, 7)
+    b.hub.watch(b.connect("e-b", 1, 7), 7)          # B's socket subscribed to key 7
+    c.connect("e-c", 1, 8)                          # C: the same user, another key
+    fills = {"type": "fills", "user_id": 1, "key_id": 7, "epoch": state.epoch, "seq": 1,
+             "data": [{"trade_id": "t1"}]}
+    a.hub.deliver(state, fills)
+    a.hub.publish({"type": "stream_status", "user_id": 1, "key_id": 7, "exchange": "binance",
+                   "state": "live", "since": 1})
+    a.hub.publish({"type": "ticker", "exchange": "binance", "data": {"symbol": "XRPUSDT"}})
+    for proc in (a, b):
+        assert sorted(ev for _, ev, _ in proc.sent) == ["fills", "stream_status"]
+    assert c.sent == [] and [ch for ch in c.bus.got if ":key:" in ch] == []
+    assert [(ch, m["e"]["type"]) for ch, m in redis.key_messages()] == [
+        ("pushsrv-test:key:7", "pnl"),             # B's want: the current value first
+        ("pushsrv-test:key:7", "fills"), ("pushsrv-test:key:7", "stream_status")]
+    status = next(env for _, ev, env in b.sent if ev == "stream_status")
+    assert status == {"key_id": 7, "exchange": "binance", "state": "live", "since": 1}
+    for proc in (a, b, c):                          # nothing on the shared channel
+        assert proc.manager.published == []
+
+
+def test_the_client_manager_keeps_the_url_and_channel_and_a_bounded_pool() -> None:
+    manager = make_client_manager("redis://127.0.0.1:6379/3", "pushsrv-x", 7, 3.0)
     assert isinstance(manager, RedisRelayManager) and isinstance(manager, socketio.PubSubManager)
     assert manager.redis_url == "redis://127.0.0.1:6379/3" and manager.channel == "pushsrv-x"
+    manager._redis_connect()
+    pool = manager.redis.connection_pool
+    assert type(pool).__name__ == "BlockingConnectionPool" and pool.max_connections == 7
     assert make_client_manager(None, "pushsrv") is None
