@@ -18,7 +18,7 @@ from config import Config
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
 from models import Database
-from services import ledger
+from services import ledger, realized
 from services.account_stream import StreamSettings
 from services.accounts import KeyCache, KeyService, UserService
 from services.client_cache import TradingService
@@ -218,9 +218,8 @@ class _LedgerFacade:
     """What a stream needs of the ledger: realized PnL and a non-blocking fill sink.
 
     The realized PnL of keys whose streams start together (a reconnect storm starts
-    hundreds) is read in one grouped query on PostgreSQL (``services.coalesce``),
-    the same sums as ``ledger.realized_pnl``; on SQLite one ``ledger.realized_pnl``
-    per key."""
+    hundreds) is read in one query (``services.coalesce``, ``services.realized.read_many``),
+    the same sums as ``ledger.realized_pnl``."""
 
     def __init__(self, db: Database, writer: LedgerWriter,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -232,22 +231,8 @@ class _LedgerFacade:
         return value if value is not None else ledger.realized_pnl(self._db, key_id)
 
     def _realized_many(self, key_ids: list[int]) -> dict:
-        if self._db.engine.dialect.name != "postgresql":
-            return {k: ledger.realized_pnl(self._db, k) for k in key_ids}
-        from sqlalchemy import case, func, select
-
-        from models import Fill, now_ms
-        day_start = now_ms() // 86_400_000 * 86_400_000
-        net = Fill.realized_pnl - Fill.fee
         with self._db.session() as s:
-            rows = s.execute(select(
-                Fill.key_id, func.coalesce(func.sum(net), 0),
-                func.coalesce(func.sum(case((Fill.time >= day_start, net), else_=0)), 0))
-                .where(Fill.key_id.in_(key_ids)).group_by(Fill.key_id)).all()
-        out = {k: ledger.Realized(Decimal(0), Decimal(0)) for k in key_ids}
-        for key_id, total, today in rows:
-            out[key_id] = ledger.Realized(Decimal(total).normalize(), Decimal(today).normalize())
-        return out
+            return realized.read_many(s, key_ids)
 
     def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_fill(key_id, fill)

@@ -88,6 +88,22 @@ def read(session: Session, key_id: int, now: int | None = None) -> Realized:
     return Realized(total.normalize() if total else ZERO, day.normalize() if day else ZERO)
 
 
+def read_many(session: Session, key_ids: list[int], now: int | None = None) -> dict[int, Realized]:
+    """``read`` of several keys in one query over their day rows (a reconnect storm
+    starts hundreds of streams together): ``{key_id: Realized}``, every key present
+    (ZERO for a key with no row). Sums in Python as ``read`` does."""
+    today = day_of(now or now_ms())
+    totals = {k: [ZERO, ZERO] for k in key_ids}
+    for r in session.execute(select(RealizedDay.key_id, RealizedDay.day, RealizedDay.trades_pnl,
+                                    RealizedDay.funding).where(RealizedDay.key_id.in_(key_ids))):
+        value = r.trades_pnl + r.funding
+        totals[r.key_id][0] += value
+        if r.day == today:
+            totals[r.key_id][1] += value
+    return {k: Realized(t.normalize() if t else ZERO, d.normalize() if d else ZERO)
+            for k, (t, d) in totals.items()}
+
+
 def changed_since(session: Session, since_ms: int) -> dict[tuple[int, int], tuple[int, Decimal, Decimal]]:
     """``{(key_id, day): (updated_at, trades_pnl, funding)}`` of the rows changed at or
     after ``since_ms`` (ms UTC; ``realized_days.updated_at`` is indexed)."""
