@@ -27,6 +27,7 @@ from services.leases import LocalLeases, RedisLeases
 from services.lifecycle import Tasks
 from services.metrics import Metrics
 from services.orders import OrderService
+from services.protection import ProtectionService
 from services.reconciler import Reconciler
 from services.resume import ResumeService
 from services.security import KeyCipher, TokenService
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
-         "market stream"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
+         "market stream", "protection"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Services:
     sessions: SessionService | None = None  # login sessions, refresh tokens
     tasks: Tasks | None = None  # the background tasks (None: nothing to start)
     leases: Any = None  # LocalLeases or RedisLeases (the periodic reconciler's lease)
+    protection: ProtectionService | None = None  # stop-loss / take-profit / trailing legs
     started_monotonic: float = field(default_factory=time.monotonic)
     stopped: dict | None = None  # what stop() reported, once it ran
 
@@ -95,6 +97,12 @@ class Services:
         if cfg.RECONCILE_INTERVAL_S > 0:
             self.tasks.spawn("reconciler", self.reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
                              self.tasks.sleep, 2.0, self.leases, cfg.RECONCILE_BATCH)
+        # ---- protection (helper `protect`): re-arm server-mode rules, then the periodic
+        # extremes flush and ended-position sweep
+        if self.protection is not None:
+            self.tasks.spawn("protection start-up", self.protection.start_up)
+            self.tasks.spawn("protection", self.protection.run_periodic)
+        # ---- end protection
         self.streams.start()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict:
@@ -117,6 +125,8 @@ class Services:
         deadline = began + timeout_s
         self.reconciler.stop()
         self.exits.stop()
+        if self.protection is not None:  # protection (helper `protect`)
+            self.protection.stop()
         self.streams.stop_all()
         self.tickers.stop_all()
         self.hub.stop()  # the push layer's conflation timer
@@ -189,6 +199,12 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
+    # ---- protection (helper `protect`): server-mode rules on the shared market
+    # stream, closed by the exit service; ``on_alert`` is the alerts outbox once the
+    # `notify` helper's service exists (a no-op until then)
+    protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
+                                   sleep, on_alert=None)
+    # ---- end protection
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
@@ -198,7 +214,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),
         ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics,
-        tasks=tasks, leases=leases)
+        tasks=tasks, leases=leases, protection=protection)
 
 
 class _LedgerFacade:

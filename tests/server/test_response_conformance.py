@@ -144,6 +144,18 @@ def test_every_json_route_answers_its_documented_schema(app, sim) -> None:  # ty
     for kind in ("balance", "pnl", "orders"):
         env = c.call("get", "/api/account/{kind}", 200, h, query=f"key_id={kid}", kind=kind)
         assert env["type"] == kind
+    prot = c.call("put", "/api/positions/protection", 200, h, json={
+        "key_id": kid, "symbol": "BTCUSDT", "mode": "server", "stop_loss": {"trigger_price": "40000"},
+        "trailing_stop": {"callback_rate": "1.5", "activation_price": "60000"}})
+    assert prot["legs"]["stop_loss"]["status"] == "active" and prot["side"] == "LONG"
+    c.call("put", "/api/positions/protection", 400, h, json={  # a LONG's take-profit below the mark
+        "key_id": kid, "symbol": "BTCUSDT", "mode": "server", "take_profit": {"trigger_price": "40000"}})
+    c.call("put", "/api/positions/protection", 409, h, json={
+        "key_id": kid, "symbol": "ETHUSDT", "mode": "server", "stop_loss": {"trigger_price": "1"}})
+    assert len(c.call("get", "/api/positions/protection", 200, h, query=f"key_id={kid}")) == 1
+    removed = c.call("delete", "/api/positions/protection", 200, h, query=f"key_id={kid}&symbol=BTCUSDT")
+    assert removed["legs"]["stop_loss"]["status"] == "canceled"
+    c.call("delete", "/api/positions/protection", 404, h, query=f"key_id={kid}&symbol=ETHUSDT")
     started = c.call("post", "/api/positions/close", 202, h, json={"key_id": kid, "symbol": "BTCUSDT"})
     c.call("get", "/api/exits/{exit_id}", 200, h, exit_id=started["exit"]["id"])
     c.call("get", "/api/exits/{exit_id}", 404, h, exit_id=2**31 - 1)

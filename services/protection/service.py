@@ -1,0 +1,432 @@
+"""ProtectionService: set, list and remove a position's stop-loss, take-profit and
+trailing stop (CONTRACT.md "Protection"), and run the server-mode rules.
+
+Every leg is a ``protection_legs`` row (``models.protection``) written before anything
+is sent or armed. A request is checked whole (position, mark price, tick size, venue
+range: ``services.protection.rules``) before the first write, and its writes are one
+transaction, so a refused request changes nothing.
+
+Server mode (``mode: "server"``): the legs are written ``active`` and armed in the
+``ServerGuard`` (evaluated on the shared market stream's ticks). When one fires, on its
+own task: the leg is marked ``triggered`` (compare-and-set on ``active``: one process
+fires it), its siblings ``canceled`` (one-cancels-the-others), the position closed by
+``ExitService.close_position`` (FOK with the bounded chase, one exit per position), then
+``on_alert("protection_triggered", ...)`` once the exit ended. Rules are re-armed at
+start-up (``start_up``); the trailing extremes are written about once a second
+(``run_periodic``); a periodic sweep cancels the legs of positions that ended by
+another path (a manual close, a liquidation).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable
+
+from sqlalchemy import select
+
+from exchanges.errors import ExchangeError, ExchangeRejected
+from models import (LIVE_LEG_STATUSES, Database, ExchangeKey, ExitStatus, LegStatus,
+                    ProtectionLeg, now_ms)
+from services.accounts import get_owned_key
+from services.errors import Conflict, NotFound
+from services.lifecycle import StopFlag
+from services.protection.guard import ServerGuard
+from services.protection.index import Rule
+from services.protection.rules import LegSpec, check_leg
+from services.protection.view import protection_view
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("stop_loss", "take_profit", "trailing_stop")
+COID_PREFIX = {"stop_loss": "psl", "take_profit": "ptp", "trailing_stop": "pts"}
+FIRE_RETRIES = 5  # close attempts when the exchange cannot be reached at a trigger
+OnAlert = Callable[[str, int, int, str, str, dict], None]
+
+
+def _no_alert(kind: str, user_id: int, key_id: int, symbol: str, message: str, detail: dict) -> None:
+    """The default ``on_alert``: nothing."""
+
+
+@dataclass(frozen=True)
+class LegRef:
+    """What a fired rule needs to close its position."""
+
+    leg_id: int
+    user_id: int
+    key_id: int
+    symbol: str
+    kind: str
+
+
+def new_client_order_id(kind: str) -> str:
+    """A fresh leg id within Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$``."""
+    return f"{COID_PREFIX[kind]}-{uuid.uuid4().hex[:28]}"
+
+
+class ProtectionService:
+    """The protection domain.
+
+    Args:
+        db: the database; client_for: the cached exchange client of a key row;
+        exits: the ExitService (``close_position``, ``get``); tickers: the TickerHub;
+        spawn: starts a background task; sleep: cooperative sleep;
+        on_alert: ``on_alert(kind, user_id, key_id, symbol, message, detail)``;
+        sweep_s: seconds between sweeps for positions that ended by another path.
+    """
+
+    def __init__(self, db: Database, client_for: Callable, exits, tickers,  # type: ignore[no-untyped-def]
+                 spawn: Callable, sleep: Callable[[float], None],
+                 on_alert: OnAlert | None = None, sweep_s: float = 10.0) -> None:
+        self._db = db
+        self._client_for = client_for
+        self._exits = exits
+        self._spawn = spawn
+        self._sleep = sleep
+        self._on_alert = on_alert or _no_alert
+        self.sweep_s = sweep_s
+        self.guard = ServerGuard(tickers, self._fired)
+        self.stopping = StopFlag(sleep)
+        self.fired = 0  # rules fired by this process
+
+    # ---- REST -----------------------------------------------------------------------
+    def put(self, user_id: int, key_id: int, symbol: str, named: dict,
+            mode: str | None, working_type: str | None) -> dict:
+        """Set legs of the ``symbol`` position of key ``key_id``: ``named`` maps a kind to
+        its new values (an object with ``trigger_price`` or ``callback_rate`` /
+        ``activation_price``) or None (remove it); kinds not named are kept (re-created
+        when ``mode`` or ``working_type`` changes). Returns the protection (CONTRACT.md).
+
+        Raises NotFound (key), Conflict ``no_position``, ValidationFailed (400 naming
+        the field), ExchangeError (the position or the symbol's rules could not be read).
+        """
+        key = get_owned_key(self._db, user_id, key_id)
+        live = self._live_rows(key_id, symbol)
+        mode = mode or (live[0].mode if live else "exchange")
+        working_type = working_type or (live[0].working_type if live else "MARK_PRICE")
+        if mode == "exchange":
+            return self._put_exchange(key, symbol, named, working_type, live)
+        client = self._client_for(key)
+        position = next((p for p in client.get_positions()
+                         if p.symbol == symbol and p.size != 0), None)
+        if position is None:
+            raise Conflict("no_position", f"no open {symbol} position", "symbol")
+        mark = position.mark_price or client.get_ticker(symbol).mark_price
+        tick = client.get_symbol_rules(symbol).tick_size
+        wanted, cancel = self._plan(named, live, position.side, mode, working_type)
+        for spec in wanted:
+            check_leg(spec, position.side, mark, tick, key.exchange)
+        now = now_ms()
+        rows = [ProtectionLeg(user_id=user_id, key_id=key_id, exchange=key.exchange,
+                              symbol=symbol, side=position.side, kind=spec.kind, mode="server",
+                              working_type=working_type, trigger_price=spec.trigger_price,
+                              callback_rate=spec.callback_rate,
+                              activation_price=spec.activation_price,
+                              extreme_price=(mark if spec.kind == "trailing_stop"
+                                             and spec.activation_price is None else None),
+                              status=LegStatus.ACTIVE.value,
+                              client_order_id=new_client_order_id(spec.kind),
+                              created_at=now, updated_at=now) for spec in wanted]
+        with self._db.transaction() as s:
+            for row in cancel:
+                held = s.get(ProtectionLeg, row.id, with_for_update=True)
+                if held is not None and held.status in LIVE_LEG_STATUSES:
+                    held.status = LegStatus.CANCELED.value
+                    held.error_message = "replaced or removed"
+            s.flush()
+            s.add_all(rows)
+        for row in cancel:
+            self.guard.disarm(row.id)
+        for row in rows:
+            self._arm(row, key.testnet, mark)
+        logger.info("protection set key_id=%s symbol=%s mode=server legs=%s canceled=%s",
+                    key_id, symbol, ",".join(r.kind for r in rows) or "-", len(cancel))
+        return self._view(key_id, symbol)
+
+    def _put_exchange(self, key: ExchangeKey, symbol: str, named: dict, working_type: str,
+                      live: list[ProtectionLeg]) -> dict:
+        """Exchange-held legs: not available until the venue adapters hold legs."""
+        from services.errors import ValidationFailed
+        raise ValidationFailed("mode_unavailable", "mode: exchange-held legs are not available "
+                               "on this server yet; use \"mode\": \"server\"", "mode")
+
+    def _plan(self, named: dict, live: list[ProtectionLeg], side: str, mode: str,
+              working_type: str) -> tuple[list[LegSpec], list[ProtectionLeg]]:
+        """``(legs to create, live rows to cancel)`` for a request."""
+        by_kind = {r.kind: r for r in live}
+        wanted: list[LegSpec] = []
+        cancel: list[ProtectionLeg] = []
+        for kind in KINDS:
+            row = by_kind.get(kind)
+            if kind in named:
+                if row is not None:
+                    cancel.append(row)
+                value = named[kind]
+                if value is not None:
+                    wanted.append(LegSpec(kind, getattr(value, "trigger_price", None),
+                                          getattr(value, "callback_rate", None),
+                                          getattr(value, "activation_price", None)))
+            elif row is not None and (row.side != side or row.mode != mode
+                                      or row.working_type != working_type):
+                cancel.append(row)  # a leg of another position, mode or price: re-created
+                if row.side == side:
+                    wanted.append(LegSpec(kind, row.trigger_price, row.callback_rate,
+                                          row.activation_price))
+        return wanted, cancel
+
+    def list(self, user_id: int, key_id: int) -> list[dict]:
+        """The key's protections: one per symbol with a leg that is not ``canceled``."""
+        get_owned_key(self._db, user_id, key_id)
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ProtectionLeg).where(ProtectionLeg.key_id == key_id)
+                                  .order_by(ProtectionLeg.symbol, ProtectionLeg.id)))
+        out = []
+        for symbol in sorted({r.symbol for r in rows}):
+            view = protection_view(key_id, symbol, [r for r in rows if r.symbol == symbol])
+            if view is not None and any(leg is not None for leg in view["legs"].values()):
+                out.append(view)
+        return out
+
+    def delete(self, user_id: int, key_id: int, symbol: str) -> dict:
+        """Cancel every live leg of the symbol; returns the protection with those legs
+        ``canceled``. Raises NotFound (key; ``no_protection`` when the symbol never had a
+        leg)."""
+        get_owned_key(self._db, user_id, key_id)
+        canceled = self._cancel_live(key_id, symbol, "removed", None)
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == key_id, ProtectionLeg.symbol == symbol)
+                .order_by(ProtectionLeg.id)))
+        view = protection_view(key_id, symbol, rows, show_canceled=True)
+        if view is None:
+            raise NotFound("no_protection", f"no protection for {symbol}", "symbol")
+        logger.info("protection removed key_id=%s symbol=%s canceled=%s", key_id, symbol, len(canceled))
+        return view
+
+    def _view(self, key_id: int, symbol: str) -> dict:
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == key_id, ProtectionLeg.symbol == symbol)
+                .order_by(ProtectionLeg.id)))
+        view = protection_view(key_id, symbol, rows)
+        assert view is not None
+        return view
+
+    def _live_rows(self, key_id: int, symbol: str) -> list[ProtectionLeg]:
+        with self._db.session() as s:
+            return list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == key_id, ProtectionLeg.symbol == symbol,
+                ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).order_by(ProtectionLeg.id)))
+
+    def _cancel_live(self, key_id: int, symbol: str, reason: str, code: str | None,
+                     except_id: int | None = None) -> list[int]:
+        """Cancel the live legs of a position (one transaction) and disarm them."""
+        with self._db.transaction() as s:
+            rows = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == key_id, ProtectionLeg.symbol == symbol,
+                ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).with_for_update()))
+            ids = []
+            for row in rows:
+                if row.id == except_id:
+                    continue
+                row.status, row.error_message, row.error_code = LegStatus.CANCELED.value, reason, code
+                ids.append(row.id)
+        for leg_id in ids:
+            self.guard.disarm(leg_id)
+        return ids
+
+    # ---- server mode: arming and firing ------------------------------------------------
+    def _arm(self, row: ProtectionLeg, testnet: bool, mark: Decimal | None) -> None:
+        rule = Rule(id=row.id, position_side=row.side, kind=row.kind,
+                    trigger_price=row.trigger_price, callback_rate=row.callback_rate,
+                    activation_price=row.activation_price, extreme=row.extreme_price,
+                    owner=LegRef(row.id, row.user_id, row.key_id, row.symbol, row.kind))
+        self.guard.arm((row.exchange, testnet, row.symbol), row.working_type, row.key_id, rule, mark)
+
+    def start_up(self) -> int:
+        """Re-arm every ``active`` server-mode leg (start-up). Returns how many."""
+        with self._db.session() as s:
+            pairs = list(s.execute(select(ProtectionLeg, ExchangeKey.testnet)
+                                   .join(ExchangeKey, ExchangeKey.id == ProtectionLeg.key_id)
+                                   .where(ProtectionLeg.mode == "server",
+                                          ProtectionLeg.status == LegStatus.ACTIVE.value)))
+        for row, testnet in pairs:
+            try:
+                self._arm(row, testnet, None)
+            except ValueError as e:  # an incomplete row: never armed, say so on the row
+                self._set_status(row.id, LegStatus.FAILED.value, "invalid_rule", str(e))
+        logger.info("protection rules armed count=%s", len(pairs))
+        return len(pairs)
+
+    def _fired(self, rule: Rule, price: Decimal) -> None:
+        """ServerGuard callback on the tick's task: the work goes to its own task."""
+        self.fired += 1
+        self._spawn(self.fire, rule.owner, price, time.perf_counter())
+
+    def fire(self, ref: LegRef, price: Decimal, fired_at: float | None = None) -> str:
+        """Act on a fired rule: mark it ``triggered`` (once, whichever process gets
+        there first), cancel its siblings, close the position by the exit, wait for the
+        exit's end and alert. Returns ``triggered``, ``failed``, ``canceled`` (no
+        position any more) or ``skipped`` (not active any more). Never raises."""
+        try:
+            return self._fire(ref, price, fired_at)
+        except Exception:  # isolation boundary: a task's failure is logged, never lost
+            logger.exception("protection fire crashed leg_id=%s", ref.leg_id)
+            self._set_status(ref.leg_id, LegStatus.FAILED.value, "internal_error", "internal error")
+            return "failed"
+
+    def _fire(self, ref: LegRef, price: Decimal, fired_at: float | None) -> str:
+        with self._db.transaction() as s:
+            row = s.get(ProtectionLeg, ref.leg_id, with_for_update=True)
+            if row is None or row.status != LegStatus.ACTIVE.value:
+                return "skipped"
+            row.status, row.fired_price = LegStatus.TRIGGERED.value, price
+            siblings = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == ref.key_id, ProtectionLeg.symbol == ref.symbol,
+                ProtectionLeg.id != ref.leg_id,
+                ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).with_for_update()))
+            for other in siblings:
+                other.status = LegStatus.CANCELED.value
+                other.error_message = f"one-cancels-the-others: {ref.kind} triggered"
+        for other in siblings:
+            self.guard.disarm(other.id)  # already done by the guard when the tick fired it
+        logger.info("protection triggered leg_id=%s key_id=%s symbol=%s kind=%s price=%s",
+                    ref.leg_id, ref.key_id, ref.symbol, ref.kind, price)
+        exit_ = None
+        for attempt in range(FIRE_RETRIES):
+            try:
+                exit_, _ = self._exits.close_position(ref.user_id, ref.key_id, ref.symbol)
+                break
+            except Conflict:
+                self._set_status(ref.leg_id, LegStatus.CANCELED.value, "no_position",
+                                 "the position was already closed")
+                return "canceled"
+            except ExchangeRejected as e:
+                self._set_status(ref.leg_id, LegStatus.FAILED.value, str(e.code or type(e).__name__),
+                                 str(e.message)[:255])
+                return "failed"
+            except ExchangeError as e:  # unreachable: the trigger crossed, try again shortly
+                logger.warning("protection close retry leg_id=%s attempt=%s kind=%s",
+                               ref.leg_id, attempt + 1, type(e).__name__)
+                if self.stopping.wait(0.5 * 2 ** attempt):
+                    break
+        if exit_ is None:
+            self._set_status(ref.leg_id, LegStatus.FAILED.value, "exchange_unavailable",
+                             "the exit could not be started")
+            return "failed"
+        if fired_at is not None:
+            logger.info("protection exit started leg_id=%s exit_id=%s after_ms=%.1f", ref.leg_id,
+                        exit_.id, (time.perf_counter() - fired_at) * 1000)
+        with self._db.transaction() as s:
+            row = s.get(ProtectionLeg, ref.leg_id)
+            assert row is not None
+            row.exit_id = exit_.id
+        done = self._wait_exit(ref.user_id, exit_.id)
+        if done is not None and done.status == ExitStatus.FAILED.value:
+            self._set_status(ref.leg_id, LegStatus.FAILED.value, "exit_failed", done.reason)
+        fill_price = done.exit_price if done is not None else None
+        self._on_alert("protection_triggered", ref.user_id, ref.key_id, ref.symbol,
+                       f"{ref.kind.replace('_', '-')} triggered on {ref.symbol} at {price}",
+                       {"leg": ref.kind, "fill_price": None if fill_price is None else f"{fill_price:f}",
+                        "trigger_price": f"{price:f}", "exit_id": exit_.id, "mode": "server",
+                        "exit_status": done.status if done is not None else "working"})
+        return "failed" if done is not None and done.status == ExitStatus.FAILED.value else "triggered"
+
+    def _wait_exit(self, user_id: int, exit_id: int):  # type: ignore[no-untyped-def]
+        """The exit once it left ``working`` (None if still working at our shutdown or
+        after its deadline and a margin)."""
+        deadline = time.monotonic() + self._exits.settings.deadline_s + 10
+        while time.monotonic() < deadline:
+            e = self._exits.get(user_id, exit_id)
+            if e is None or e.status != ExitStatus.WORKING.value:
+                return e
+            if self.stopping.wait(0.1):
+                return None
+        return None
+
+    def _set_status(self, leg_id: int, status: str, code: str | None, message: str | None) -> None:
+        with self._db.transaction() as s:
+            row = s.get(ProtectionLeg, leg_id, with_for_update=True)
+            if row is not None:
+                row.status, row.error_code = status, code
+                row.error_message = (message or "")[:255] or None
+        self.guard.disarm(leg_id)
+
+    # ---- periodic work -----------------------------------------------------------------
+    def flush_extremes(self) -> int:
+        """Write the trailing extremes that moved (server mode); returns how many."""
+        dirty = self.guard.take_dirty()
+        if not dirty:
+            return 0
+        with self._db.transaction() as s:
+            for leg_id, extreme in dirty.items():
+                row = s.get(ProtectionLeg, leg_id)
+                if row is not None and row.status == LegStatus.ACTIVE.value:
+                    row.extreme_price = extreme
+        return len(dirty)
+
+    def sweep(self) -> int:
+        """Cancel the live server-mode legs whose position ended (or turned to the other
+        side) by another path; returns how many. A key whose positions cannot be read is
+        left for the next sweep."""
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.mode == "server", ProtectionLeg.status.in_(LIVE_LEG_STATUSES))))
+            keys = {k.id: k for k in s.scalars(select(ExchangeKey).where(
+                ExchangeKey.id.in_({r.key_id for r in rows})))} if rows else {}
+        done = 0
+        for key_id in sorted({r.key_id for r in rows}):
+            key = keys.get(key_id)
+            if key is None:
+                continue
+            try:
+                held = {(p.symbol, p.side) for p in self._client_for(key).get_positions() if p.size != 0}
+            except ExchangeError as e:
+                logger.warning("protection sweep could not read positions key_id=%s kind=%s",
+                               key_id, type(e).__name__)
+                continue
+            for row in rows:
+                if row.key_id == key_id and (row.symbol, row.side) not in held and \
+                        now_ms() - row.created_at > 2000:  # a PUT's own position is there
+                    self._cancel_one(row.id, "position_closed")
+                    done += 1
+        return done
+
+    def _cancel_one(self, leg_id: int, code: str) -> None:
+        with self._db.transaction() as s:
+            row = s.get(ProtectionLeg, leg_id, with_for_update=True)
+            if row is None or row.status not in LIVE_LEG_STATUSES:
+                return
+            row.status, row.error_code = LegStatus.CANCELED.value, code
+            row.error_message = "one-cancels-the-others: the position ended"
+        self.guard.disarm(leg_id)
+        logger.info("protection leg canceled leg_id=%s reason=%s", leg_id, code)
+
+    def run_periodic(self, flush_s: float = 1.0) -> None:
+        """Flush the trailing extremes every ``flush_s`` and sweep every ``sweep_s``
+        until ``stop()``; a failed round is logged and the loop goes on."""
+        next_sweep = time.monotonic() + self.sweep_s
+        while not self.stopping.wait(flush_s):
+            try:
+                self.flush_extremes()
+                if self.sweep_s > 0 and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_s
+                    self.sweep()
+            except Exception:  # isolation boundary: the loop must survive a bad round
+                logger.exception("protection periodic round failed")
+        try:
+            self.flush_extremes()
+        except Exception:  # shutdown: the database may be gone; the extremes are a hint
+            logger.exception("protection extremes not flushed at shutdown")
+
+    def stop(self) -> None:
+        """End the periodic loop and the fire tasks' waits (a fired leg's exit goes on
+        in the ExitService, which the next start-up recovers)."""
+        self.stopping.set()
+
+    def stats(self) -> dict:
+        """``{"armed", "fired", "ticks", "touched"}`` of this process."""
+        return {"armed": self.guard.count(), "fired": self.fired, "ticks": self.guard.ticks,
+                "touched": self.guard.touched_total()}

@@ -1,0 +1,49 @@
+"""Leg rows -> the CONTRACT.md protection object.
+
+Per kind the newest row is shown. While a leg of the symbol is live (``pending`` or
+``active``), final legs older than the oldest live one belong to an earlier protection
+and are hidden (a stop-loss that fired on the previous position does not show beside
+the take-profit set on the new one). ``canceled`` legs show as ``null`` except in
+DELETE's answer (``show_canceled``), which returns them ``canceled``.
+"""
+from __future__ import annotations
+
+from models import LIVE_LEG_STATUSES, LegStatus, ProtectionLeg
+from services.serialize import dec
+
+KINDS = ("stop_loss", "take_profit", "trailing_stop")
+
+
+def leg_data(row: ProtectionLeg) -> dict:
+    """One CONTRACT.md leg (decimal strings, ms UTC)."""
+    return {"trigger_price": dec(row.trigger_price), "callback_rate": dec(row.callback_rate),
+            "activation_price": dec(row.activation_price), "status": row.status,
+            "client_order_id": row.client_order_id, "order_id": row.order_id,
+            "error_code": row.error_code, "updated_at": row.updated_at}
+
+
+def protection_view(key_id: int, symbol: str, rows: list[ProtectionLeg],
+                    show_canceled: bool = False) -> dict | None:
+    """The protection of ``symbol`` from all its leg rows (any order); None without rows."""
+    if not rows:
+        return None
+    newest: dict[str, ProtectionLeg] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        newest[row.kind] = row
+    live = [r for r in newest.values() if r.status in LIVE_LEG_STATUSES]
+    oldest_live = min((r.id for r in live), default=None)
+    legs: dict[str, dict | None] = {}
+    for kind in KINDS:
+        row = newest.get(kind)
+        if row is None or (oldest_live is not None and row.status not in LIVE_LEG_STATUSES
+                           and row.id < oldest_live):
+            legs[kind] = None
+        elif row.status == LegStatus.CANCELED.value and not show_canceled:
+            legs[kind] = None
+        else:
+            legs[kind] = leg_data(row)
+    head = max(live, key=lambda r: r.id) if live else max(newest.values(), key=lambda r: r.id)
+    shown = [newest[k] for k in KINDS if legs[k] is not None]
+    return {"key_id": key_id, "symbol": symbol, "side": head.side, "mode": head.mode,
+            "working_type": head.working_type,
+            "legs": legs, "updated_at": max((r.updated_at for r in shown or [head]))}
