@@ -278,34 +278,26 @@ class ProtectionService:
             return "failed"
 
     def _fire(self, ref: LegRef, price: Decimal, fired_at: float | None) -> str:
-        with self._db.transaction() as s:
-            row = s.get(ProtectionLeg, ref.leg_id, with_for_update=True)
+        # The exit first (the trigger crossed: every ms counts), after a read that the
+        # leg is still active (another process may have removed it); then the leg's
+        # compare-and-set. A crash in between leaves the leg active and the exit
+        # working: the exit is recovered at start-up, the re-armed rule finds it.
+        with self._db.session() as s:
+            row = s.get(ProtectionLeg, ref.leg_id)
             if row is None or row.status != LegStatus.ACTIVE.value:
                 return "skipped"
-            row.status, row.fired_price = LegStatus.TRIGGERED.value, price
-            siblings = list(s.scalars(select(ProtectionLeg).where(
-                ProtectionLeg.key_id == ref.key_id, ProtectionLeg.symbol == ref.symbol,
-                ProtectionLeg.id != ref.leg_id,
-                ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).with_for_update()))
-            for other in siblings:
-                other.status = LegStatus.CANCELED.value
-                other.error_message = f"one-cancels-the-others: {ref.kind} triggered"
-        for other in siblings:
-            self.guard.disarm(other.id)  # already done by the guard when the tick fired it
-        logger.info("protection triggered leg_id=%s key_id=%s symbol=%s kind=%s price=%s",
-                    ref.leg_id, ref.key_id, ref.symbol, ref.kind, price)
         exit_ = None
         for attempt in range(FIRE_RETRIES):
             try:
                 exit_, _ = self._exits.close_position(ref.user_id, ref.key_id, ref.symbol)
                 break
             except Conflict:
-                self._set_status(ref.leg_id, LegStatus.CANCELED.value, "no_position",
-                                 "the position was already closed")
+                self._settle_fired(ref, price, LegStatus.CANCELED.value, "no_position",
+                                   "the position was already closed")
                 return "canceled"
             except ExchangeRejected as e:
-                self._set_status(ref.leg_id, LegStatus.FAILED.value, str(e.code or type(e).__name__),
-                                 str(e.message)[:255])
+                self._settle_fired(ref, price, LegStatus.FAILED.value,
+                                   str(e.code or type(e).__name__), str(e.message))
                 return "failed"
             except ExchangeError as e:  # unreachable: the trigger crossed, try again shortly
                 logger.warning("protection close retry leg_id=%s attempt=%s kind=%s",
@@ -313,16 +305,14 @@ class ProtectionService:
                 if self.stopping.wait(0.5 * 2 ** attempt):
                     break
         if exit_ is None:
-            self._set_status(ref.leg_id, LegStatus.FAILED.value, "exchange_unavailable",
-                             "the exit could not be started")
+            self._settle_fired(ref, price, LegStatus.FAILED.value, "exchange_unavailable",
+                               "the exit could not be started")
             return "failed"
+        if not self._settle_fired(ref, price, LegStatus.TRIGGERED.value, None, None, exit_.id):
+            return "skipped"  # another process's fire of this leg got there first
         if fired_at is not None:
             logger.info("protection exit started leg_id=%s exit_id=%s after_ms=%.1f", ref.leg_id,
                         exit_.id, (time.perf_counter() - fired_at) * 1000)
-        with self._db.transaction() as s:
-            row = s.get(ProtectionLeg, ref.leg_id)
-            assert row is not None
-            row.exit_id = exit_.id
         done = self._wait_exit(ref.user_id, exit_.id)
         if done is not None and done.status == ExitStatus.FAILED.value:
             self._set_status(ref.leg_id, LegStatus.FAILED.value, "exit_failed", done.reason)
@@ -333,6 +323,31 @@ class ProtectionService:
                         "trigger_price": f"{price:f}", "exit_id": exit_.id, "mode": "server",
                         "exit_status": done.status if done is not None else "working"})
         return "failed" if done is not None and done.status == ExitStatus.FAILED.value else "triggered"
+
+    def _settle_fired(self, ref: LegRef, price: Decimal, status: str, code: str | None,
+                      message: str | None, exit_id: int | None = None) -> bool:
+        """Compare-and-set a fired leg from ``active`` to ``status`` and cancel its live
+        siblings (one-cancels-the-others), in one transaction. False when the leg was
+        not active any more (nothing changed)."""
+        with self._db.transaction() as s:
+            row = s.get(ProtectionLeg, ref.leg_id, with_for_update=True)
+            if row is None or row.status != LegStatus.ACTIVE.value:
+                return False
+            row.status, row.fired_price, row.exit_id = status, price, exit_id
+            row.error_code, row.error_message = code, (message or "")[:255] or None
+            siblings = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == ref.key_id, ProtectionLeg.symbol == ref.symbol,
+                ProtectionLeg.id != ref.leg_id,
+                ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).with_for_update()))
+            for other in siblings:
+                other.status = LegStatus.CANCELED.value
+                other.error_message = f"one-cancels-the-others: {ref.kind} fired"
+        for other in siblings:
+            self.guard.disarm(other.id)  # already done by the guard when the tick fired it
+        self.guard.disarm(ref.leg_id)
+        logger.info("protection fired leg_id=%s key_id=%s symbol=%s kind=%s price=%s status=%s "
+                    "exit_id=%s", ref.leg_id, ref.key_id, ref.symbol, ref.kind, price, status, exit_id)
+        return True
 
     def _wait_exit(self, user_id: int, exit_id: int):  # type: ignore[no-untyped-def]
         """The exit once it left ``working`` (None if still working at our shutdown or
