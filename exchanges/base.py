@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from decimal import Decimal
+
 from exchanges.types import (
-    Balance, Fill, Order, OrderRequest, Position, StreamEvent, SymbolRules, Ticker,
+    Balance, Fill, FundingFee, Order, OrderRequest, Position, ProtectionKind,
+    ProtectionLeg, StreamEvent, SymbolRules, Ticker, WorkingType,
 )
 
 
@@ -114,6 +117,56 @@ class ExchangeClient(Protocol):
 
     def get_ticker(self, symbol: str) -> Ticker:
         """Mark and last price of ``symbol``."""
+
+    # ---- protection legs (exchange-held SL / TP / trailing stop) ----------------
+
+    def place_protection_leg(self, symbol: str, position_side: str, kind: ProtectionKind,
+                             client_order_id: str, *,
+                             trigger_price: Decimal | None = None,
+                             callback_rate: Decimal | None = None,
+                             activation_price: Decimal | None = None,
+                             working_type: WorkingType = WorkingType.MARK_PRICE,
+                             ) -> ProtectionLeg:
+        """Have the exchange hold a leg that closes the whole ``position_side``
+        position of ``symbol`` when triggered, never opening or flipping one.
+
+        ``trigger_price`` for STOP_LOSS / TAKE_PROFIT; ``callback_rate`` (percent,
+        e.g. ``Decimal("1.5")``) and optional ``activation_price`` for TRAILING_STOP.
+        ``client_order_id`` is ours (``^[.A-Z:/a-z0-9_-]{1,36}$``); on Bybit, whose
+        legs are position attributes, the returned leg's ``client_order_id`` is the
+        stable ``"<symbol>-<kind>"`` id and the given one is only logged.
+
+        Binance: ``POST /fapi/v1/algoOrder`` (algoType=CONDITIONAL, closePosition=true).
+        Bybit: ``POST /v5/position/trading-stop`` (tpslMode=Full); the trailing
+        ``callback_rate`` becomes a distance of ``callback_rate`` % of the activation
+        price (or of the mark price when there is none), rounded to the tick size.
+
+        Returns the leg as held (status NEW). Raises InvalidOrder (e.g. a trigger on
+        the wrong side, Binance -2021, Bybit 10001), NoPosition-style InvalidOrder
+        when the venue holds no position (Bybit 10001 "can not set tp/sl/ts for zero
+        position"), ExchangeTimeout (fate unknown: ``get_protection_leg``).
+        """
+
+    def cancel_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
+        """Remove a held leg; returns it as CANCELED. Raises ProtectionLegNotFound
+        when it is unknown or already final (it may have fired: query it).
+        Binance ``DELETE /fapi/v1/algoOrder``; Bybit trading-stop with the leg's
+        field set to ``"0"``."""
+
+    def open_protection_legs(self, symbol: str | None = None) -> list[ProtectionLeg]:
+        """Legs the exchange holds now (status NEW). Binance
+        ``GET /fapi/v1/openAlgoOrders``; Bybit ``GET /v5/order/realtime``
+        conditional orders with ``stopOrderType`` StopLoss/TakeProfit/TrailingStop."""
+
+    def get_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
+        """One leg by client id, final ones included (Binance ``GET /fapi/v1/algoOrder``;
+        Bybit open conditional orders, then ``/v5/order/history``). Raises
+        ProtectionLegNotFound."""
+
+    def get_funding_fees(self, symbol: str | None = None, start_time: int | None = None,
+                         limit: int = 1000) -> list[FundingFee]:
+        """Funding payments, oldest first (Binance ``GET /fapi/v1/income``
+        incomeType=FUNDING_FEE; Bybit ``GET /v5/execution/list`` execType=Funding)."""
 
     def user_stream(self) -> UserStream:
         """A new, not yet connected private stream for this key."""

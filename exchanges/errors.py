@@ -17,6 +17,9 @@ Hierarchy::
         InsufficientBalance Binance -2019, Bybit 110004/110007
         InvalidOrder        Binance -1102/-1111/-1121/-2022/-4xxx, Bybit 10001/110xxx
         OrderNotFound       Binance -2013/-2011, Bybit 110001
+          ProtectionLegNotFound  a held leg (Binance algo order, Bybit TP/SL) unknown
+                            or already final
+        UseAlgoOrderApi     Binance -4120: a conditional type sent to /fapi/v1/order
 """
 from __future__ import annotations
 
@@ -108,6 +111,18 @@ class InvalidOrder(ExchangeRejected):
 
 class OrderNotFound(ExchangeRejected):
     """The exchange does not know the order (or it is already closed, for a cancel)."""
+
+
+class ProtectionLegNotFound(OrderNotFound):
+    """The exchange does not hold that protection leg (unknown, fired, or canceled):
+    query it (``get_protection_leg``) to learn which."""
+
+
+class UseAlgoOrderApi(InvalidOrder):
+    """Binance -4120 "Order type not supported for this endpoint. Please use the Algo
+    Order API endpoints instead": since 2025-12-09 STOP/STOP_MARKET/TAKE_PROFIT/
+    TAKE_PROFIT_MARKET/TRAILING_STOP_MARKET go to ``POST /fapi/v1/algoOrder``. A bug of
+    ours, never retried as is."""
 
 
 class UnsupportedExchange(ValueError):

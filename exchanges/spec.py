@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import MappingProxyType
 
 from exchanges.errors import ExchangeError
-from exchanges.types import VenueEndpoints
+from exchanges.types import VenueEndpoints, WorkingType
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,39 @@ class RateLimit:
     weight: int
     window_s: float
     used_weight_header: str | None = None
+
+
+@dataclass(frozen=True)
+class ProtectionSpec:
+    """How a venue holds protection legs (stop-loss, take-profit, trailing stop).
+
+    Fields:
+        trailing_by: ``"callback_rate"`` (the venue trails by a percentage: Binance
+            ``callbackRate``) or ``"distance"`` (by a price distance: Bybit
+            ``trailingStop``; the adapter converts a rate into a distance).
+        callback_rate_min, callback_rate_max: the venue's range of a trailing stop's
+            callback rate in percent (Binance New Algo Order: "min 0.1, max 10 where
+            1 for 1%"), ``None`` when the venue has none of its own (Bybit: any
+            distance of at least one tick).
+        working_types: the trigger prices a leg may watch.
+        trailing_closes_position: True when the trailing leg is close-all (Bybit
+            ``tpslMode=Full``); False when it is a reduce-only order for the position's
+            size at placement (Binance: ``closePosition`` is only for STOP_MARKET and
+            TAKE_PROFIT_MARKET), so a position that grows is only partly covered.
+        legs_are_position_attributes: True when the venue keeps the legs on the
+            position (Bybit trading-stop: one of each kind per position, no client id;
+            the adapter names them ``"<symbol>-<kind>"``).
+        max_open_legs: open conditional orders per symbol the venue allows (Binance
+            MAX_NUM_ALGO_ORDERS, 10 at the time of writing; Bybit: one per kind).
+    """
+
+    trailing_by: str
+    callback_rate_min: Decimal | None
+    callback_rate_max: Decimal | None
+    working_types: tuple[WorkingType, ...]
+    trailing_closes_position: bool
+    legs_are_position_attributes: bool
+    max_open_legs: int
 
 
 def _frozen(mapping: Mapping) -> Mapping:  # type: ignore[type-arg]
@@ -75,6 +109,7 @@ class VenueSpec:
             the only reader.
         unknown_symbol_code: the code the venue answers for a symbol it does not list
             (the adapter raises InvalidOrder with it without asking again).
+        protection: the venue's ProtectionSpec (None: the adapter places no legs).
         client_class, market_stream_class: ``"module:Class"`` of the adapter's
             ``ExchangeClient`` and public ``MarketStream`` (imported on first use by
             ``exchanges.venues``).
@@ -94,6 +129,7 @@ class VenueSpec:
     full_orders_every: int = 10
     error_codes: Mapping[int, type[ExchangeError]] = field(default_factory=dict)
     unknown_symbol_code: int | None = None
+    protection: ProtectionSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", _frozen(self.endpoints))

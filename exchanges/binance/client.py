@@ -18,6 +18,7 @@ library's 10000 ms (never widened). Binance doc: "General Info / Timing security
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 from binance.client import Client
@@ -26,11 +27,13 @@ from exchanges.binance import mapping
 from exchanges.binance.errors import EXCHANGE, binance_errors
 from exchanges.binance.spec import BINANCE
 from exchanges.binance.stream import BinanceUserStream, ListenKeyHold
-from exchanges.errors import InvalidOrder
+from exchanges.errors import InvalidOrder, OrderNotFound, ProtectionLegNotFound
 from exchanges.governor import ORDER
+from exchanges.legs import check_leg_args, closing_side
 from exchanges.rest_base import GovernedRestClient, order_ref, plain
 from exchanges.types import (
-    Balance, Fill, Order, OrderRequest, Position, SymbolRules, Ticker,
+    Balance, Fill, FundingFee, Order, OrderRequest, Position, ProtectionKind, ProtectionLeg,
+    SymbolRules, Ticker, WorkingType,
 )
 
 logger = logging.getLogger(__name__)
@@ -179,6 +182,102 @@ class BinanceFuturesClient(GovernedRestClient):
         book = self._public(lambda: self._client.futures_orderbook_ticker(symbol=symbol),
                             self._w("book_ticker"))
         return mapping.parse_ticker(premium, last, book)
+
+    # ---- protection legs: the Algo Service ---------------------------------------
+
+    def place_protection_leg(self, symbol: str, position_side: str, kind: ProtectionKind,
+                             client_order_id: str, *,
+                             trigger_price: Decimal | None = None,
+                             callback_rate: Decimal | None = None,
+                             activation_price: Decimal | None = None,
+                             working_type: WorkingType = WorkingType.MARK_PRICE,
+                             ) -> ProtectionLeg:
+        """``POST /fapi/v1/algoOrder`` (``algoType=CONDITIONAL``, ``clientAlgoId`` =
+        ``client_order_id``). Stop-loss / take-profit: STOP_MARKET /
+        TAKE_PROFIT_MARKET with ``closePosition=true`` (the whole position at trigger
+        time; never opens or flips). Trailing: TRAILING_STOP_MARKET with
+        ``callbackRate`` (0.1..10 %), optional ``activatePrice``, ``reduceOnly=true``
+        and ``quantity`` = the position's size now (Binance allows Close-All only for
+        the other two types; one extra ``GET /fapi/v2/positionRisk``).
+
+        Returns the leg (status NEW). Raises InvalidOrder (local checks; -2021 would
+        trigger at once, -2007 callback rate, -4130 a second close-all leg of the
+        type, -4509 no position nor order, or no position for a trailing stop),
+        ExchangeTimeout (fate unknown: ``get_protection_leg``), RateLimited, AuthFailed.
+        """
+        spec = self.spec.protection
+        assert spec is not None
+        check_leg_args(EXCHANGE, spec, kind, position_side, trigger_price, callback_rate,
+                       activation_price, working_type)
+        kind = ProtectionKind(kind)
+        params: dict[str, Any] = {
+            "algoType": "CONDITIONAL", "symbol": symbol, "side": closing_side(position_side),
+            "type": mapping.KIND_ALGO_TYPE[kind], "workingType": WorkingType(working_type).value,
+            "clientAlgoId": client_order_id,
+        }
+        if kind is ProtectionKind.TRAILING_STOP:
+            size = next((p.size for p in self.get_positions()
+                         if p.symbol == symbol and p.side == position_side), None)
+            if size is None:
+                raise InvalidOrder(EXCHANGE, None, f"no {position_side} position in {symbol}")
+            params.update({"quantity": plain(size), "reduceOnly": "true",
+                           "callbackRate": plain(callback_rate)})  # type: ignore[arg-type]
+            if activation_price is not None:
+                params["activatePrice"] = plain(activation_price)
+        else:
+            params.update({"triggerPrice": plain(trigger_price), "closePosition": "true"})  # type: ignore[arg-type]
+        logger.info("binance place_protection_leg key=%s symbol=%s kind=%s coid=%s",
+                    self._api_key_hint, symbol, kind.value, client_order_id)
+        raw = self._signed(lambda: self._client.futures_create_algo_order(**params),
+                           retry_on_skew=True, priority=ORDER,
+                           weight=self._w("algo_order_create"))
+        return mapping.parse_algo_order(raw)
+
+    def cancel_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
+        """``DELETE /fapi/v1/algoOrder`` by ``clientAlgoId``, then ``GET`` it (the cancel
+        reply carries ids only). Raises ProtectionLegNotFound (-2011: unknown or no
+        longer waiting: it may have fired)."""
+        logger.info("binance cancel_protection_leg key=%s symbol=%s coid=%s",
+                    self._api_key_hint, symbol, client_order_id)
+        try:
+            self._signed(lambda: self._client.futures_cancel_algo_order(
+                clientAlgoId=client_order_id), retry_on_skew=False, priority=ORDER,
+                weight=self._w("algo_order_cancel"))
+        except OrderNotFound as e:
+            raise ProtectionLegNotFound(e.exchange, e.code, e.message, e.http_status) from e
+        return self.get_protection_leg(symbol, client_order_id)
+
+    def open_protection_legs(self, symbol: str | None = None) -> list[ProtectionLeg]:
+        """``GET /fapi/v1/openAlgoOrders`` (weight 1 with a symbol, 40 without)."""
+        params = {"symbol": symbol} if symbol else {}
+        raw = self._signed(lambda: self._client.futures_get_open_algo_orders(**params),
+                           retry_on_skew=True,
+                           weight=self._w("open_algo_orders" if symbol else "open_algo_orders_all"))
+        rows = raw.get("orders", []) if isinstance(raw, dict) else raw
+        return [mapping.parse_algo_order(r) for r in rows]
+
+    def get_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
+        """``GET /fapi/v1/algoOrder`` by ``clientAlgoId``, final ones included. Raises
+        ProtectionLegNotFound (-2013)."""
+        try:
+            raw = self._signed(lambda: self._client.futures_get_algo_order(
+                clientAlgoId=client_order_id), retry_on_skew=True, weight=self._w("algo_order"))
+        except OrderNotFound as e:
+            raise ProtectionLegNotFound(e.exchange, e.code, e.message, e.http_status) from e
+        return mapping.parse_algo_order(raw)
+
+    def get_funding_fees(self, symbol: str | None = None, start_time: int | None = None,
+                         limit: int = 1000) -> list[FundingFee]:
+        """``GET /fapi/v1/income?incomeType=FUNDING_FEE`` (weight 30; ``limit`` max
+        1000; ``start_time`` ms UTC), oldest first."""
+        params: dict[str, Any] = {"incomeType": "FUNDING_FEE", "limit": min(int(limit), 1000)}
+        if symbol:
+            params["symbol"] = symbol
+        if start_time is not None:
+            params["startTime"] = int(start_time)
+        raw = self._signed(lambda: self._client.futures_income_history(**params),
+                           retry_on_skew=True, weight=self._w("income"))
+        return mapping.parse_income_funding(raw)
 
     def user_stream(self) -> BinanceUserStream:
         """A new, unconnected user-data stream for this key."""

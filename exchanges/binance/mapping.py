@@ -23,8 +23,10 @@ from typing import Any
 from exchanges.binance.spec import BINANCE
 from exchanges.wire import ZERO, dec, lookup, ms, parser
 from exchanges.types import (
-    AccountEvent, AssetBalance, Balance, Fill, Order, OrderEvent, OrderStatus, Position,
-    PositionUpdate, StreamEvent, StreamExpired, SymbolRules, Ticker, WalletUpdate,
+    FILL_REASON_ADL, FILL_REASON_LIQUIDATION, AccountEvent, AssetBalance, Balance, Fill,
+    FundingFee, MarginCall, Order, OrderEvent, OrderStatus, Position, PositionUpdate,
+    ProtectionKind, ProtectionLeg, ProtectionLegUpdate, ProtectionStatus, StreamEvent,
+    StreamExpired, SymbolRules, Ticker, WalletUpdate, WorkingType,
 )
 
 EXCHANGE = BINANCE.name
@@ -268,17 +270,23 @@ def _stream_fill(o: Mapping[str, Any]) -> Fill:
         realized_pnl=dec(o.get("rp")),
         is_maker=as_bool(o.get("m", False)),
         time=ms(o["T"]),
+        reason=fill_reason(str(o["c"])),
     )
+
+
+# ORDER_TRADE_UPDATE execution types that carry a fill: TRADE, and CALCULATED (a
+# liquidation execution, "x" of the order Binance sends as ``autoclose-...``).
+FILL_EXECUTIONS = frozenset({"TRADE", "CALCULATED"})
 
 
 @_parser
 def parse_order_update(msg: Mapping[str, Any]) -> OrderEvent:
-    """``ORDER_TRADE_UPDATE`` -> OrderEvent; ``fill`` set when ``o.x == "TRADE"``
-    (trade id ``t``, last qty/price ``l``/``L``, fee ``n``/``N``, realized ``rp``,
-    maker ``m``, time ``T``)."""
+    """``ORDER_TRADE_UPDATE`` -> OrderEvent; ``fill`` set when ``o.x`` is TRADE or
+    CALCULATED (trade id ``t``, last qty/price ``l``/``L``, fee ``n``/``N``, realized
+    ``rp``, maker ``m``, time ``T``; ``reason`` from the client id ``c``)."""
     o = msg["o"]
     event_time = ms(msg.get("E"))
-    fill = _stream_fill(o) if o.get("x") == "TRADE" else None
+    fill = _stream_fill(o) if o.get("x") in FILL_EXECUTIONS else None
     return OrderEvent(order=_stream_order(o, event_time), fill=fill, event_time=event_time)
 
 
@@ -303,9 +311,11 @@ def parse_account_update(msg: Mapping[str, Any]) -> AccountEvent:
 def parse_user_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
     """One decoded user-data frame -> events (``[]`` for frames we ignore).
 
-    Handles ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired (``E`` as int or
-    string). ``{"e": "error", ...}``, TRADE_LITE, ACCOUNT_CONFIG_UPDATE and unknown
-    ``e`` are ignored. A ``{"stream": ..., "data": {...}}`` wrapper (``/stream`` path)
+    Handles ORDER_TRADE_UPDATE, ACCOUNT_UPDATE (plus one FundingFee per changed asset
+    when its reason is FUNDING_FEE), ALGO_UPDATE (ProtectionLegUpdate), MARGIN_CALL
+    (one MarginCall per position) and listenKeyExpired (``E`` as int or string).
+    ``{"e": "error", ...}``, TRADE_LITE, ACCOUNT_CONFIG_UPDATE and unknown ``e`` are
+    ignored. A ``{"stream": ..., "data": {...}}`` wrapper (``/stream`` path)
     is unwrapped. Raises ExchangeUnavailable for a known event that does not parse.
     """
     if "e" not in msg and isinstance(msg.get("data"), Mapping):
@@ -314,7 +324,14 @@ def parse_user_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
     if kind == "ORDER_TRADE_UPDATE":
         return [parse_order_update(msg)]
     if kind == "ACCOUNT_UPDATE":
-        return [parse_account_update(msg)]
+        events: list[StreamEvent] = [parse_account_update(msg)]
+        if isinstance(msg.get("a"), Mapping) and msg["a"].get("m") == "FUNDING_FEE":
+            events += parse_funding_update(msg)
+        return events
+    if kind == "ALGO_UPDATE":
+        return [parse_algo_update(msg)]
+    if kind == "MARGIN_CALL":
+        return list(parse_margin_call(msg))
     if kind == "listenKeyExpired":
         return [_parse_expired(msg)]
     return []
@@ -323,3 +340,178 @@ def parse_user_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
 @_parser
 def _parse_expired(msg: Mapping[str, Any]) -> StreamExpired:
     return StreamExpired(event_time=ms(msg.get("E")))
+
+
+# ---- protection legs (Algo Service), margin call, funding -------------------------
+# Sources: trade/rest-api/New-Algo-Order, Query-Algo-Order, Current-All-Algo-Open-Orders;
+# user-data-streams/Event-Algo-Order-Update, Event-Margin-Call,
+# Event-Balance-and-Position-Update (reason FUNDING_FEE); account/rest-api/
+# Get-Income-History.
+
+# Algo ``type`` -> ProtectionKind (the limit variants STOP / TAKE_PROFIT map too).
+ALGO_KIND: dict[str, ProtectionKind] = {
+    "STOP_MARKET": ProtectionKind.STOP_LOSS, "STOP": ProtectionKind.STOP_LOSS,
+    "TAKE_PROFIT_MARKET": ProtectionKind.TAKE_PROFIT, "TAKE_PROFIT": ProtectionKind.TAKE_PROFIT,
+    "TRAILING_STOP_MARKET": ProtectionKind.TRAILING_STOP,
+}
+KIND_ALGO_TYPE: dict[ProtectionKind, str] = {
+    ProtectionKind.STOP_LOSS: "STOP_MARKET", ProtectionKind.TAKE_PROFIT: "TAKE_PROFIT_MARKET",
+    ProtectionKind.TRAILING_STOP: "TRAILING_STOP_MARKET",
+}
+# algoStatus / ALGO_UPDATE ``X`` -> ProtectionStatus. FINISHED is FILLED when its order
+# executed something, else EXPIRED (it fired and its order ended empty).
+ALGO_STATUS: dict[str, ProtectionStatus] = {
+    "NEW": ProtectionStatus.NEW, "TRIGGERING": ProtectionStatus.TRIGGERED,
+    "TRIGGERED": ProtectionStatus.TRIGGERED, "FINISHED": ProtectionStatus.FILLED,
+    "CANCELED": ProtectionStatus.CANCELED, "EXPIRED": ProtectionStatus.EXPIRED,
+    "REJECTED": ProtectionStatus.EXPIRED,
+}
+# Client order ids Binance gives the orders it makes itself (EXCHANGE_PROTOCOLS.md).
+LIQUIDATION_PREFIX, ADL_CLIENT_ID = "autoclose-", "adl_autoclose"
+
+
+def fill_reason(client_order_id: str | None) -> str | None:
+    """``"liquidation"`` for ``autoclose-...``, ``"adl"`` for ``adl_autoclose``, else None."""
+    if not client_order_id:
+        return None
+    if client_order_id == ADL_CLIENT_ID:
+        return FILL_REASON_ADL
+    if client_order_id.startswith(LIQUIDATION_PREFIX):
+        return FILL_REASON_LIQUIDATION
+    return None
+
+
+def _algo_status(raw: str, executed: Decimal) -> ProtectionStatus:
+    status = lookup(ALGO_STATUS, raw, "algo status")
+    if raw == "FINISHED" and executed <= 0:
+        return ProtectionStatus.EXPIRED
+    return status
+
+
+def _position_side(raw_position_side: str | None, order_side: str) -> str:
+    """The position a leg protects: hedge mode says it; one-way (BOTH) -> the side the
+    closing order reduces (SELL closes a LONG)."""
+    if raw_position_side in ("LONG", "SHORT"):
+        return raw_position_side
+    return "LONG" if order_side == "SELL" else "SHORT"
+
+
+def _opt(value: Any) -> Decimal | None:
+    """A decimal, None for ``""``/None/zero (Binance writes unset prices as 0)."""
+    if value is None or value == "":
+        return None
+    number = dec(value)
+    return number if number != 0 else None
+
+
+@_parser
+def parse_algo_order(raw: Mapping[str, Any]) -> ProtectionLeg:
+    """A New/Query/Open Algo Order object -> ProtectionLeg (``algoId``,
+    ``clientAlgoId``, ``orderType``, ``side``, ``algoStatus``, ``triggerPrice``,
+    ``callbackRate``, ``activatePrice``, ``workingType``, ``actualOrderId``,
+    ``actualPrice``, ``updateTime``)."""
+    side = order_side(raw["side"])
+    actual = str(raw.get("actualOrderId") or "")
+    avg = dec(raw.get("actualPrice"))
+    status_raw = raw["algoStatus"]
+    return ProtectionLeg(
+        kind=lookup(ALGO_KIND, raw["orderType"], "algo order type"),
+        symbol=raw["symbol"],
+        position_side=_position_side(raw.get("positionSide"), side),
+        status=(ProtectionStatus.FILLED if status_raw == "FINISHED" and avg > 0
+                else _algo_status(status_raw, avg)),
+        trigger_price=_opt(raw.get("triggerPrice")),
+        callback_rate=_opt(raw.get("callbackRate")),
+        activation_price=_opt(raw.get("activatePrice")),
+        working_type=lookup(WORKING_TYPE, raw.get("workingType") or "CONTRACT_PRICE",
+                            "working type"),
+        client_order_id=str(raw["clientAlgoId"]),
+        order_id=str(raw["algoId"]),
+        updated_at=ms(raw.get("updateTime") or raw.get("createTime")),
+        order_side=side,
+        triggered_order_id=actual or None,
+        avg_price=avg,
+    )
+
+
+WORKING_TYPE: dict[str, WorkingType] = {"MARK_PRICE": WorkingType.MARK_PRICE,
+                                        "CONTRACT_PRICE": WorkingType.CONTRACT_PRICE}
+
+
+@_parser
+def parse_algo_update(msg: Mapping[str, Any]) -> ProtectionLegUpdate:
+    """``ALGO_UPDATE`` -> ProtectionLegUpdate from ``o``: ``caid``, ``aid``, ``o``
+    (type), ``s``, ``S``, ``ps``, ``X`` (algo status), ``tp`` (trigger), ``wt``,
+    ``ai`` (the order it created), ``ap``/``aq`` (its average price / executed
+    quantity once triggered), ``cr`` / ``AP`` (trailing callback / activation when
+    present), ``tt``. ``updated_at`` is the event's ``E``."""
+    o = msg["o"]
+    side = order_side(o["S"])
+    executed = dec(o.get("aq"))
+    event_time = ms(msg.get("E"))
+    leg = ProtectionLeg(
+        kind=lookup(ALGO_KIND, o["o"], "algo order type"),
+        symbol=o["s"],
+        position_side=_position_side(o.get("ps"), side),
+        status=_algo_status(o["X"], executed),
+        trigger_price=_opt(o.get("tp")),
+        callback_rate=_opt(o.get("cr")),
+        activation_price=_opt(o.get("AP")),
+        working_type=lookup(WORKING_TYPE, o.get("wt") or "CONTRACT_PRICE", "working type"),
+        client_order_id=str(o["caid"]),
+        order_id=str(o["aid"]),
+        updated_at=event_time,
+        order_side=side,
+        triggered_order_id=str(o["ai"]) if o.get("ai") else None,
+        avg_price=dec(o.get("ap")),
+        filled_quantity=executed,
+    )
+    return ProtectionLegUpdate(leg=leg, event_time=event_time)
+
+
+@_parser
+def parse_margin_call(msg: Mapping[str, Any]) -> list[MarginCall]:
+    """``MARGIN_CALL`` -> one MarginCall per ``p`` row (``s``, ``ps``, ``pa`` signed,
+    ``mt``, ``mp`` mark, ``up``, ``mm``; ``cw`` of the event)."""
+    cw = _opt_text(msg.get("cw"))
+    event_time = ms(msg.get("E"))
+    calls = []
+    for p in msg.get("p") or []:
+        amount = dec(p["pa"])
+        side = p.get("ps") if p.get("ps") in ("LONG", "SHORT") else (
+            "LONG" if amount >= 0 else "SHORT")
+        calls.append(MarginCall(
+            symbol=p["s"], position_side=side, position_amount=amount,
+            margin_type=margin_type(p.get("mt", "cross")), mark_price=dec(p.get("mp")),
+            unrealized_pnl=dec(p.get("up")), maintenance_margin=dec(p.get("mm")),
+            cross_wallet_balance=cw, event_time=event_time))
+    return calls
+
+
+def _opt_text(value: Any) -> Decimal | None:
+    return None if value is None or value == "" else dec(value)
+
+
+@_parser
+def parse_funding_update(msg: Mapping[str, Any]) -> list[FundingFee]:
+    """``ACCOUNT_UPDATE`` with ``a.m == "FUNDING_FEE"`` -> one FundingFee per ``a.B`` row
+    with a non-zero balance change ``bc`` (signed as the wallet sees it). The symbol is
+    the single ``a.P`` row's (isolated); a cross position's event carries no ``P`` and
+    the symbol is ``""``. ``id`` ``"FUNDING_FEE-<asset>-<T>"``, ``time_ms`` ``T``."""
+    a = msg["a"]
+    time_ms = ms(msg.get("T") or msg.get("E"))
+    rows = a.get("P") or []
+    symbol = rows[0]["s"] if len(rows) == 1 else ""
+    return [FundingFee(symbol=symbol, amount=dec(b["bc"]), asset=b["a"], time_ms=time_ms,
+                       id=f"FUNDING_FEE-{b['a']}-{time_ms}")
+            for b in a.get("B", []) if dec(b.get("bc")) != 0]
+
+
+@_parser
+def parse_income_funding(rows: list[Mapping[str, Any]]) -> list[FundingFee]:
+    """``GET /fapi/v1/income`` rows with ``incomeType == "FUNDING_FEE"`` -> FundingFee
+    (``income`` signed, ``asset``, ``time``, ``tranId``), oldest first."""
+    fees = [FundingFee(symbol=r.get("symbol") or "", amount=dec(r["income"]), asset=r["asset"],
+                       time_ms=ms(r["time"]), id=str(r["tranId"]))
+            for r in rows if r.get("incomeType") == "FUNDING_FEE"]
+    return sorted(fees, key=lambda f: (f.time_ms, f.id))

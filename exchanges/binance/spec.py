@@ -5,17 +5,22 @@ Sources (developers.binance.com/docs/derivatives/usds-margined-futures/...):
 ``X-MBX-USED-WEIGHT-1M``; 429/418 with ``Retry-After``), each endpoint's own page for
 its "Request Weight" (openOrders: 1 with a symbol, 40 without; New Order: 0 on the IP
 limit, it counts on the order-count limits), "User Data Streams" (a listenKey lives
-60 minutes, a PUT extends it; we PUT every 30), "Error Codes" (the table below).
+60 minutes, a PUT extends it; we PUT every 30), "Error Codes" (the table below),
+"New Algo Order" / "Cancel Algo Order" / "Query Algo Order" / "Current All Algo Open
+Orders" (weights and the callbackRate range) and the 2025-11-06 change log (conditional
+types move to the Algo Service on 2025-12-09; -4120 on ``/fapi/v1/order``).
 Default URLs: CONTRACT.md "Where the server finds the exchanges".
 """
 from __future__ import annotations
 
+from decimal import Decimal
+
 from exchanges.errors import (
     AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance,
-    OrderNotFound, RateLimited,
+    InvalidOrder, OrderNotFound, RateLimited, UseAlgoOrderApi,
 )
-from exchanges.spec import Endpoint, RateLimit, VenueSpec
-from exchanges.types import VenueEndpoints
+from exchanges.spec import Endpoint, ProtectionSpec, RateLimit, VenueSpec
+from exchanges.types import VenueEndpoints, WorkingType
 
 BINANCE = VenueSpec(
     name="binance",
@@ -38,6 +43,14 @@ BINANCE = VenueSpec(
         "ticker_price": Endpoint("GET", "/fapi/v2/ticker/price", 1),
         "book_ticker": Endpoint("GET", "/fapi/v1/ticker/bookTicker", 2),
         "listen_key": Endpoint("POST", "/fapi/v1/listenKey", 1),         # PUT and DELETE: 1
+        # Algo Service (New Algo Order: "0 on IP rate limit"; Cancel / Query Algo
+        # Order: 1; Current All Algo Open Orders: 1 with a symbol, 40 without).
+        "algo_order_create": Endpoint("POST", "/fapi/v1/algoOrder", 0),
+        "algo_order_cancel": Endpoint("DELETE", "/fapi/v1/algoOrder", 1),
+        "algo_order": Endpoint("GET", "/fapi/v1/algoOrder", 1),
+        "open_algo_orders": Endpoint("GET", "/fapi/v1/openAlgoOrders", 1),
+        "open_algo_orders_all": Endpoint("GET", "/fapi/v1/openAlgoOrders", 40),
+        "income": Endpoint("GET", "/fapi/v1/income", 30),              # Get Income History
     },
     settle_assets=("USDT",),
     open_orders_per_symbol=True,
@@ -58,8 +71,24 @@ BINANCE = VenueSpec(
         -2019: InsufficientBalance,  # Margin is insufficient.
         -2013: OrderNotFound,       # Order does not exist. (GET /fapi/v1/order)
         -2011: OrderNotFound,       # Unknown order sent. (DELETE /fapi/v1/order)
+        # Conditional orders (the Algo Service since 2025-12-09):
+        -4120: UseAlgoOrderApi,     # Order type not supported for this endpoint. Please
+                                    # use the Algo Order API endpoints instead.
+        -2021: InvalidOrder,        # Order would immediately trigger.
+        -2007: InvalidOrder,        # Invalid callBack rate.
+        -4130: InvalidOrder,        # An open stop or take profit order with GTE and
+                                    # closePosition in the direction is existing.
+        -4509: InvalidOrder,        # TIF GTE can only be used with open positions or
+                                    # open orders.
+        -2022: InvalidOrder,        # ReduceOnly Order is rejected.
     },
     unknown_symbol_code=-1121,   # Invalid symbol.
+    protection=ProtectionSpec(
+        trailing_by="callback_rate", callback_rate_min=Decimal("0.1"),
+        callback_rate_max=Decimal("10"),
+        working_types=(WorkingType.MARK_PRICE, WorkingType.CONTRACT_PRICE),
+        trailing_closes_position=False, legs_are_position_attributes=False,
+        max_open_legs=10),
     client_class="exchanges.binance.client:BinanceFuturesClient",
     market_stream_class="exchanges.binance.market:BinanceMarkPriceStream",
 )

@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from decimal import Decimal
+from dataclasses import replace
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from exchanges.bybit import mapping
@@ -37,11 +38,15 @@ from exchanges.bybit.errors import EXCHANGE, bybit_errors
 from exchanges.bybit.http import OffsetHTTP
 from exchanges.bybit.spec import BYBIT
 from exchanges.bybit.stream import BybitUserStream
-from exchanges.errors import ExchangeError, InvalidOrder, OrderNotFound
+from exchanges.errors import (
+    ExchangeError, ExchangeUnavailable, InvalidOrder, OrderNotFound, ProtectionLegNotFound,
+)
 from exchanges.governor import ORDER
+from exchanges.legs import check_leg_args, closing_side
 from exchanges.rest_base import GovernedRestClient, now_ms, order_ref, plain
 from exchanges.types import (
-    Balance, Fill, Order, OrderRequest, OrderStatus, Position, SymbolRules, Ticker,
+    Balance, Fill, FundingFee, Order, OrderRequest, OrderStatus, Position, ProtectionKind,
+    ProtectionLeg, ProtectionStatus, SymbolRules, Ticker, WorkingType,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,11 +157,12 @@ class BybitLinearClient(GovernedRestClient):
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
         """Open orders of ``symbol`` (all USDT symbols when None), ``/v5/order/realtime``."""
-        params = {"category": CATEGORY}
+        params = {"category": CATEGORY, "orderFilter": "Order"}   # legs: open_protection_legs
         params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
         rows = self._paged(self._http.get_open_orders, params, 50,
                            self._w("open_orders" if symbol else "open_orders_all"))
-        return [o for o in (mapping.parse_order(r) for r in rows) if not o.status.is_final]
+        return [o for o in (mapping.parse_order(r) for r in rows if not mapping.is_leg(r))
+                if not o.status.is_final]
 
     def get_order(self, symbol: str, client_order_id: str | None = None,
                   order_id: str | None = None) -> Order:
@@ -254,6 +260,143 @@ class BybitLinearClient(GovernedRestClient):
         if ticker is None:
             raise self._unknown_symbol(symbol)
         return ticker
+
+    # ---- protection legs: position trading-stop ---------------------------------
+
+    def place_protection_leg(self, symbol: str, position_side: str, kind: ProtectionKind,
+                             client_order_id: str, *,
+                             trigger_price: Decimal | None = None,
+                             callback_rate: Decimal | None = None,
+                             activation_price: Decimal | None = None,
+                             working_type: WorkingType = WorkingType.MARK_PRICE,
+                             ) -> ProtectionLeg:
+        """``POST /v5/position/trading-stop`` (``tpslMode=Full``, ``positionIdx=0``:
+        the whole position, never opening or flipping one) setting ``stopLoss`` /
+        ``takeProfit`` with ``slTriggerBy`` / ``tpTriggerBy`` (MarkPrice or LastPrice),
+        or ``trailingStop`` (a distance: ``callback_rate`` % of ``activation_price``, or
+        of the mark price when there is none, rounded to the tick, at least one tick)
+        with optional ``activePrice``. A leg of that kind already held is modified in
+        place (Full mode). The reply is empty, so the conditional order is read back
+        (``/v5/order/realtime?orderFilter=StopOrder``).
+
+        The returned leg's ``client_order_id`` is ``"<symbol>-<kind>"``
+        (``mapping.bybit_leg_id``); the ``client_order_id`` given is only logged.
+        Raises InvalidOrder (local checks; 10001: no position, a trigger on the wrong
+        side), ExchangeTimeout (fate unknown: ``get_protection_leg``),
+        ExchangeUnavailable when the accepted leg cannot be read back.
+        """
+        spec = self.spec.protection
+        assert spec is not None
+        check_leg_args(EXCHANGE, spec, kind, position_side, trigger_price, callback_rate,
+                       activation_price, working_type)
+        kind = ProtectionKind(kind)
+        closing_side(position_side)
+        params: dict[str, Any] = {"category": CATEGORY, "symbol": symbol, "tpslMode": "Full",
+                                  "positionIdx": 0}
+        by = mapping.TRIGGER_BY_OUT[WorkingType(working_type)]
+        if kind is ProtectionKind.STOP_LOSS:
+            params.update(stopLoss=plain(trigger_price), slTriggerBy=by)  # type: ignore[arg-type]
+        elif kind is ProtectionKind.TAKE_PROFIT:
+            params.update(takeProfit=plain(trigger_price), tpTriggerBy=by)  # type: ignore[arg-type]
+        else:
+            distance = self._trailing_distance(symbol, callback_rate, activation_price)  # type: ignore[arg-type]
+            params["trailingStop"] = plain(distance)
+            if activation_price is not None:
+                params["activePrice"] = plain(activation_price)
+        logger.info("bybit place_protection_leg key=%s symbol=%s kind=%s coid=%s",
+                    self._api_key_hint, symbol, kind.value, client_order_id)
+        self._signed(lambda: self._http.set_trading_stop(**params), retry_on_skew=True,
+                     priority=ORDER, weight=self._w("trading_stop"))
+        for delay in (0.0, *LOOKUP_DELAYS_S):
+            if delay:
+                time.sleep(delay)
+            leg = self._open_leg(symbol, kind)
+            if leg is not None:
+                return leg
+        raise ExchangeUnavailable(EXCHANGE, None, f"{kind.value} set but not listed yet")
+
+    def _trailing_distance(self, symbol: str, callback_rate: Decimal,
+                           activation_price: Decimal | None) -> Decimal:
+        """``callback_rate`` % of the activation (or mark) price, on the tick grid."""
+        tick = self.get_symbol_rules(symbol).tick_size
+        ref = activation_price if activation_price is not None else \
+            self.get_ticker(symbol).mark_price
+        ticks = (ref * callback_rate / 100 / tick).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+        return max(ticks, Decimal(1)) * tick
+
+    def _legs(self, symbol: str | None) -> list[ProtectionLeg]:
+        params: dict[str, Any] = {"category": CATEGORY, "orderFilter": "StopOrder"}
+        params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
+        rows = [r for r in self._paged(self._http.get_open_orders, params, 50,
+                                       self._w("open_orders" if symbol else "open_orders_all"))
+                if mapping.is_leg(r) and r.get("orderStatus") == "Untriggered"]
+        distances: dict[str, Decimal] = {}
+        if any(r["stopOrderType"] == "TrailingStop" for r in rows):
+            pos_params = {"category": CATEGORY}
+            pos_params.update({"symbol": symbol} if symbol else {"settleCoin": SETTLE_COIN})
+            for p in self._paged(self._http.get_positions, pos_params, 200,
+                                 self._w("positions")):
+                if mapping.dec(p.get("trailingStop")):
+                    distances[p["symbol"]] = mapping.dec(p["trailingStop"])
+        return [mapping.parse_leg(r, distances.get(r["symbol"])) for r in rows]
+
+    def _open_leg(self, symbol: str, kind: ProtectionKind) -> ProtectionLeg | None:
+        return next((l for l in self._legs(symbol) if l.kind is kind), None)
+
+    def cancel_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
+        """Trading-stop with the leg's field ``"0"`` (Bybit: "0 means cancel"); returns
+        the leg as CANCELED. ``client_order_id`` is ``"<symbol>-<kind>"``. Raises
+        ProtectionLegNotFound (code None) when no such leg waits (it may have fired)."""
+        ref = mapping.parse_leg_id(client_order_id)
+        leg = self._open_leg(symbol, ref[1]) if ref and ref[0] == symbol else None
+        if leg is None:
+            raise ProtectionLegNotFound(EXCHANGE, None, f"no waiting leg {client_order_id}")
+        field = {ProtectionKind.STOP_LOSS: "stopLoss", ProtectionKind.TAKE_PROFIT: "takeProfit",
+                 ProtectionKind.TRAILING_STOP: "trailingStop"}[leg.kind]
+        logger.info("bybit cancel_protection_leg key=%s symbol=%s coid=%s",
+                    self._api_key_hint, symbol, client_order_id)
+        self._signed(lambda: self._http.set_trading_stop(
+            category=CATEGORY, symbol=symbol, tpslMode="Full", positionIdx=0, **{field: "0"}),
+            retry_on_skew=False, priority=ORDER, weight=self._w("trading_stop"))
+        return replace(leg, status=ProtectionStatus.CANCELED, updated_at=self.server_now_ms())
+
+    def open_protection_legs(self, symbol: str | None = None) -> list[ProtectionLeg]:
+        """Waiting legs: ``/v5/order/realtime?orderFilter=StopOrder`` rows with a TP/SL/
+        trailing ``stopOrderType`` in ``Untriggered``; a trailing leg's distance from
+        ``/v5/position/list`` ``trailingStop`` (one more call when there is one)."""
+        return self._legs(symbol)
+
+    def get_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:
+        """The leg ``"<symbol>-<kind>"``: the waiting one, else the newest of that kind
+        in ``/v5/order/history`` (fired: its market order keeps the leg's ``orderId``;
+        Deactivated: canceled). Raises ProtectionLegNotFound."""
+        ref = mapping.parse_leg_id(client_order_id)
+        if ref is None or ref[0] != symbol:
+            raise ProtectionLegNotFound(EXCHANGE, None, f"not a Bybit leg id: {client_order_id}")
+        leg = self._open_leg(symbol, ref[1])
+        if leg is not None:
+            return leg
+        rows = self._paged(self._http.get_order_history,
+                           {"category": CATEGORY, "symbol": symbol, "orderFilter": "StopOrder"},
+                           50, self._w("order_history"), max_rows=200)
+        for row in rows:                                  # newest first
+            if mapping.is_leg(row) and mapping.STOP_ORDER_KIND[row["stopOrderType"]] is ref[1]:
+                return mapping.parse_leg(row)
+        raise ProtectionLegNotFound(EXCHANGE, None, f"no leg {client_order_id}")
+
+    def get_funding_fees(self, symbol: str | None = None, start_time: int | None = None,
+                         limit: int = 1000) -> list[FundingFee]:
+        """``GET /v5/execution/list?execType=Funding`` (pages of 100; ``start_time`` ms
+        UTC, Bybit then covers 7 days), oldest first."""
+        params: dict[str, Any] = {"category": CATEGORY, "execType": "Funding"}
+        if symbol:
+            params["symbol"] = symbol
+        if start_time is not None:
+            params["startTime"] = int(start_time)
+        rows = self._paged(self._http.get_executions, params, 100, self._w("funding"),
+                           max_rows=int(limit))
+        fees = [mapping.parse_funding(r) for r in rows if r.get("execType") == "Funding"]
+        return sorted(fees, key=lambda f: (f.time_ms, f.id))
 
     def user_stream(self) -> BybitUserStream:
         """A new, unconnected private stream (auth ``expires`` uses our clock offset)."""

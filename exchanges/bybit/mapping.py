@@ -28,8 +28,10 @@ from exchanges.bybit.spec import BYBIT
 from exchanges.errors import ExchangeUnavailable
 from exchanges.wire import ZERO, dec, lookup, ms, parser
 from exchanges.types import (
-    AccountEvent, AssetBalance, Balance, Fill, FillEvent, Order, OrderEvent, OrderStatus,
-    Position, PositionUpdate, StreamEvent, SymbolRules, Ticker, WalletUpdate,
+    FILL_REASON_ADL, FILL_REASON_LIQUIDATION, AccountEvent, AssetBalance, Balance, Fill,
+    FillEvent, FundingFee, Order, OrderEvent, OrderStatus, Position, PositionUpdate,
+    ProtectionKind, ProtectionLeg, ProtectionLegUpdate, ProtectionStatus, StreamEvent,
+    SymbolRules, Ticker, WalletUpdate, WorkingType,
 )
 
 EXCHANGE = BYBIT.name
@@ -59,8 +61,37 @@ TIME_IN_FORCE: dict[str, str] = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK",
 # Position tradeMode: 0 cross, 1 isolated (in a unified account the margin mode is
 # account-wide and tradeMode is always 0).
 TRADE_MODE: dict[int, str] = {0: "cross", 1: "isolated"}
-# execType values that are trades of our orders (Funding, Settle, Delivery... are not).
-FILL_EXEC_TYPES = frozenset({"Trade"})
+# execType values that are trades on the account (Funding, Settle, Delivery... are
+# not): our orders' Trade, and the venue's liquidation (BustTrade) and
+# auto-deleveraging (AdlTrade) fills, which carry ``Fill.reason``.
+FILL_EXEC_TYPES = frozenset({"Trade", "BustTrade", "AdlTrade"})
+FILL_REASON: dict[str, str] = {"BustTrade": FILL_REASON_LIQUIDATION, "AdlTrade": FILL_REASON_ADL}
+
+# Position TP/SL/trailing legs: the conditional orders trading-stop creates
+# (stopOrderType; the Partial variants are the tpslMode=Partial ones).
+STOP_ORDER_KIND: dict[str, ProtectionKind] = {
+    "StopLoss": ProtectionKind.STOP_LOSS, "PartialStopLoss": ProtectionKind.STOP_LOSS,
+    "TakeProfit": ProtectionKind.TAKE_PROFIT, "PartialTakeProfit": ProtectionKind.TAKE_PROFIT,
+    "TrailingStop": ProtectionKind.TRAILING_STOP,
+}
+# orderStatus of such an order -> ProtectionStatus. Untriggered: waiting; Triggered
+# (and its market order New/PartiallyFilled): fired; Deactivated: canceled by the user
+# or by the venue when the position closed ("The system will cancel these orders if the
+# position is closed").
+LEG_STATUS: dict[str, ProtectionStatus] = {
+    "Untriggered": ProtectionStatus.NEW, "Triggered": ProtectionStatus.TRIGGERED,
+    "New": ProtectionStatus.TRIGGERED, "PartiallyFilled": ProtectionStatus.TRIGGERED,
+    "Filled": ProtectionStatus.FILLED, "Deactivated": ProtectionStatus.CANCELED,
+    "Cancelled": ProtectionStatus.CANCELED, "PartiallyFilledCanceled": ProtectionStatus.FILLED,
+    "Rejected": ProtectionStatus.EXPIRED,
+}
+# triggerBy -> WorkingType; IndexPrice (not offered by us) is read as the mark price,
+# which Bybit derives from the index.
+TRIGGER_BY: dict[str, WorkingType] = {"MarkPrice": WorkingType.MARK_PRICE,
+                                      "LastPrice": WorkingType.CONTRACT_PRICE,
+                                      "IndexPrice": WorkingType.MARK_PRICE}
+TRIGGER_BY_OUT: dict[WorkingType, str] = {WorkingType.MARK_PRICE: "MarkPrice",
+                                          WorkingType.CONTRACT_PRICE: "LastPrice"}
 
 _parser = parser(EXCHANGE, also=(IndexError,))
 
@@ -151,7 +182,7 @@ def parse_orders(raw: Mapping[str, Any]) -> list[Order]:
 def parse_fill(row: Mapping[str, Any]) -> Fill:
     """One execution (REST ``/v5/execution/list`` row or WS ``execution`` element).
 
-    trade id ``execId``; fee ``execFee`` in ``feeCurrency`` (the settle coin when
+    ``reason`` liquidation for ``execType`` BustTrade, adl for AdlTrade; trade id ``execId``; fee ``execFee`` in ``feeCurrency`` (the settle coin when
     empty); realized ``execPnl`` when present (WS), else 0 (the REST list has none);
     maker ``isMaker``; time ``execTime``. An empty ``orderLinkId`` -> ``None``.
     """
@@ -168,6 +199,7 @@ def parse_fill(row: Mapping[str, Any]) -> Fill:
         realized_pnl=dec(row.get("execPnl")),
         is_maker=bool(row.get("isMaker", False)),
         time=ms(row["execTime"]),
+        reason=FILL_REASON.get(row.get("execType", "Trade")),
     )
 
 
@@ -311,8 +343,12 @@ def _wallet_updates(w: Mapping[str, Any]) -> tuple[WalletUpdate, ...]:
 def parse_private_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
     """One decoded private-topic frame -> events (``[]`` for topics we ignore).
 
-    - ``order`` -> one OrderEvent(order, fill=None) per element;
-    - ``execution`` -> one FillEvent per element with ``execType == "Trade"``;
+    - ``order`` -> one OrderEvent(order, fill=None) per element, except the waiting,
+      fired and deactivated states of a TP/SL/trailing leg (``stopOrderType`` in
+      :data:`STOP_ORDER_KIND`), which have no order of their own yet; every leg
+      element also gives a ProtectionLegUpdate;
+    - ``execution`` -> one FillEvent per element with ``execType`` Trade, BustTrade or
+      AdlTrade (``fill.reason`` set for the last two), one FundingFee per Funding;
     - ``position`` -> one AccountEvent(reason "position") with a PositionUpdate per
       element (``amount`` signed: Sell is negative; ``entryPrice``, ``unrealisedPnl``);
     - ``wallet`` -> one AccountEvent(reason "wallet") with a WalletUpdate per coin
@@ -328,9 +364,22 @@ def parse_private_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
         raise ExchangeUnavailable(EXCHANGE, None, f"{topic} frame without a data list")
     event_time = _event_time(msg)
     if topic == "order":
-        return [OrderEvent(order=parse_order(o), fill=None, event_time=event_time) for o in data]
+        events: list[StreamEvent] = []
+        for o in data:
+            leg = is_leg(o)
+            if not leg or o.get("orderStatus") in LEG_ORDER_STATUSES:
+                events.append(OrderEvent(order=parse_order(o), fill=None, event_time=event_time))
+            if leg:
+                events.append(ProtectionLegUpdate(leg=parse_leg(o), event_time=event_time))
+        return events
     if topic == "execution":
-        return [FillEvent(fill=parse_fill(x), event_time=event_time) for x in data if is_trade(x)]
+        out: list[StreamEvent] = []
+        for x in data:
+            if is_trade(x):
+                out.append(FillEvent(fill=parse_fill(x), event_time=event_time))
+            elif x.get("execType") == "Funding":
+                out.append(parse_funding(x))
+        return out
     if topic == "position":
         positions = tuple(_position_update(p) for p in data)
         return [AccountEvent(reason="position", wallets=(), positions=positions,
@@ -342,3 +391,75 @@ def parse_private_event(msg: Mapping[str, Any]) -> list[StreamEvent]:
 @_parser
 def _event_time(msg: Mapping[str, Any]) -> int:
     return ms(msg.get("creationTime"))
+
+
+# ---- protection legs and funding ---------------------------------------------------
+# Sources: position/trading-stop.mdx, order/open-order.mdx (orderFilter StopOrder),
+# websocket/private/order.mdx (stopOrderType, triggerPrice, triggerBy), enum.mdx.
+
+# orderStatus values in which a leg's element is its market order's state.
+LEG_ORDER_STATUSES = frozenset({"New", "PartiallyFilled", "Filled", "Cancelled",
+                                "PartiallyFilledCanceled"})
+
+
+def bybit_leg_id(symbol: str, kind: ProtectionKind) -> str:
+    """The stable client id of a Bybit leg: ``"<symbol>-<kind>"`` (Bybit keeps one leg
+    of each kind per position and gives them no orderLinkId)."""
+    return f"{symbol}-{ProtectionKind(kind).value}"
+
+
+def parse_leg_id(client_order_id: str) -> tuple[str, ProtectionKind] | None:
+    """``(symbol, kind)`` of a :func:`bybit_leg_id`, None when it is not one."""
+    symbol, _, kind = client_order_id.partition("-")
+    try:
+        return (symbol, ProtectionKind(kind)) if symbol else None
+    except ValueError:
+        return None
+
+
+def is_leg(row: Mapping[str, Any]) -> bool:
+    """True for an order row that is a position TP/SL/trailing leg."""
+    return row.get("stopOrderType") in STOP_ORDER_KIND
+
+
+@_parser
+def parse_leg(row: Mapping[str, Any], trailing_distance: Decimal | None = None) -> ProtectionLeg:
+    """An order row with ``stopOrderType`` StopLoss/TakeProfit/TrailingStop ->
+    ProtectionLeg: ``client_order_id`` :func:`bybit_leg_id`, ``order_id`` ``orderId``
+    (the fired market order keeps it: ``triggered_order_id`` once not Untriggered),
+    ``trigger_price`` ``triggerPrice`` (a trailing stop's current stop level; None when
+    0), ``working_type`` from ``triggerBy``, ``position_side`` LONG for a Sell leg,
+    ``avg_price``/``filled_quantity`` ``avgPrice``/``cumExecQty``. The trailing
+    distance is not on the order: pass the position's ``trailingStop``."""
+    kind = lookup(STOP_ORDER_KIND, row["stopOrderType"], "stopOrderType")
+    side = lookup(ORDER_SIDE, row["side"], "order side")
+    status = lookup(LEG_STATUS, row["orderStatus"], "leg status")
+    trigger = _opt_dec(row.get("triggerPrice"))
+    return ProtectionLeg(
+        kind=kind,
+        symbol=row["symbol"],
+        position_side="LONG" if side == "SELL" else "SHORT",
+        status=status,
+        trigger_price=trigger if trigger else None,
+        callback_rate=None,
+        activation_price=None,
+        working_type=lookup(TRIGGER_BY, row.get("triggerBy") or "LastPrice", "triggerBy"),
+        client_order_id=bybit_leg_id(row["symbol"], kind),
+        order_id=str(row["orderId"]),
+        updated_at=ms(row.get("updatedTime") or row.get("createdTime")),
+        order_side=side,
+        trailing_distance=trailing_distance if kind is ProtectionKind.TRAILING_STOP else None,
+        triggered_order_id=None if status is ProtectionStatus.NEW else str(row["orderId"]),
+        avg_price=dec(row.get("avgPrice")),
+        filled_quantity=dec(row.get("cumExecQty")),
+    )
+
+
+@_parser
+def parse_funding(row: Mapping[str, Any]) -> FundingFee:
+    """An execution with ``execType`` Funding -> FundingFee: ``execFee`` is what the
+    position paid (negative when received), so ``amount = -execFee``; ``id`` ``execId``;
+    ``time_ms`` ``execTime``; asset ``feeCurrency`` (the settle coin when empty)."""
+    return FundingFee(symbol=row["symbol"], amount=-dec(row.get("execFee")),
+                      asset=row.get("feeCurrency") or settle_coin(row["symbol"]),
+                      time_ms=ms(row["execTime"]), id=str(row["execId"]))

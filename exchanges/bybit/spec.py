@@ -12,8 +12,8 @@ from exchanges.errors import (
     AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance,
     OrderNotFound, RateLimited,
 )
-from exchanges.spec import Endpoint, RateLimit, VenueSpec
-from exchanges.types import VenueEndpoints
+from exchanges.spec import Endpoint, ProtectionSpec, RateLimit, VenueSpec
+from exchanges.types import VenueEndpoints, WorkingType
 
 BYBIT = VenueSpec(
     name="bybit",
@@ -36,6 +36,8 @@ BYBIT = VenueSpec(
         "order_create": Endpoint("POST", "/v5/order/create"),
         "order_cancel": Endpoint("POST", "/v5/order/cancel"),
         "fills": Endpoint("GET", "/v5/execution/list"),             # per page
+        "trading_stop": Endpoint("POST", "/v5/position/trading-stop"),
+        "funding": Endpoint("GET", "/v5/execution/list"),           # execType=Funding, per page
     },
     settle_assets=("USDT",),
     open_orders_per_symbol=False,
@@ -60,6 +62,13 @@ BYBIT = VenueSpec(
         110010: OrderNotFound,       # The order has been cancelled.
     },
     unknown_symbol_code=10001,   # params error: symbol invalid
+    # position/trading-stop.mdx: TP/SL/trailing are position attributes (tpslMode=Full:
+    # the whole position); trailingStop is a price distance; tp/slTriggerBy
+    # LastPrice/MarkPrice/IndexPrice.
+    protection=ProtectionSpec(
+        trailing_by="distance", callback_rate_min=None, callback_rate_max=None,
+        working_types=(WorkingType.MARK_PRICE, WorkingType.CONTRACT_PRICE),
+        trailing_closes_position=True, legs_are_position_attributes=True, max_open_legs=3),
     client_class="exchanges.bybit.client:BybitLinearClient",
     market_stream_class="exchanges.bybit.market:BybitTickerStream",
 )

@@ -29,6 +29,7 @@ from exchanges.simulator.binance_auth import (
     KEY, NONE, SIGNED, BinanceError, Ctx, Handler, Params, account_for_key, engine_error,
     error_response, verify_signed,
 )
+from exchanges.simulator.binance_algo import AlgoRoutes
 from exchanges.simulator.binance_orders import OrderRoutes
 from exchanges.simulator.binance_streams import BinanceStreams
 from exchanges.simulator.engine import Engine
@@ -46,12 +47,13 @@ WEIGHTS = {
     ("GET", "/fapi/v2/positionRisk"): 5, ("GET", "/fapi/v3/positionRisk"): 5,
     ("GET", "/fapi/v1/userTrades"): 5, ("GET", "/fapi/v1/allOrders"): 5,
     ("POST", "/fapi/v1/order"): 0, ("GET", "/fapi/v1/ticker/bookTicker"): 2,
+    ("POST", "/fapi/v1/algoOrder"): 0, ("GET", "/fapi/v1/income"): 30,
 }
 
 
 def request_weight(method: str, path: str, has_symbol: bool) -> int:
     """The IP request weight of one call (1 unless ``WEIGHTS`` says otherwise)."""
-    if method == "GET" and path == "/fapi/v1/openOrders":
+    if method == "GET" and path in ("/fapi/v1/openOrders", "/fapi/v1/openAlgoOrders"):
         return 1 if has_symbol else 40
     return WEIGHTS.get((method, path), 1)
 
@@ -172,6 +174,7 @@ class BinanceApi:
                  self._versioned(self.position_risk, version), SIGNED),
             ]
         table += OrderRoutes(self.engine, self.faults).table()
+        table += AlgoRoutes(self.engine).table()
         for method, path, fn, security in table:
             app.router.add_route(method, path, self._endpoint(fn, security))
 

@@ -185,6 +185,11 @@ ENGINE_ERRORS: dict[str, tuple[int, str]] = {
     "unknown_order": (-2013, "Order does not exist."),
     "order_not_open": (-2011, "Unknown order sent."),
     "invalid_leverage": (-4028, "Leverage is not valid."),
+    "would_trigger": (-2021, "Order would immediately trigger."),
+    "invalid_callback": (-2007, "Invalid callBack rate."),
+    "missing_trigger": (-1102, "Mandatory parameter 'triggerPrice' was not sent, was "
+                               "empty/null, or malformed."),
+    "invalid_working_type": (-1100, "Illegal characters found in parameter 'workingType'."),
 }
 
 

@@ -93,7 +93,9 @@ def order_trade_update(engine: Engine, order: Order, exec_type: str, event_ms: i
         "s": order.symbol, "c": order.client_order_id, "S": order.side, "o": order.type,
         "f": order.time_in_force, "q": fmt(order.orig_qty, qp),
         "p": "0" if order.type == MARKET else fmt(order.price or ZERO, pp),
-        "ap": plain(order.avg_price), "sp": "0", "x": exec_type, "X": order.status,
+        "ap": plain(order.avg_price), "sp": "0",
+        "x": "CALCULATED" if exec_type == "TRADE" and order.source == "liquidation" else exec_type,
+        "X": order.status,
         "i": order.order_id, "l": fmt(fill.qty if fill else ZERO, qp),
         "z": fmt(order.executed_qty, qp), "L": fmt(fill.price, pp) if fill else "0",
     }
@@ -102,7 +104,7 @@ def order_trade_update(engine: Engine, order: Order, exec_type: str, event_ms: i
     o.update({
         "T": event_ms, "t": fill.trade_id if fill else 0, "b": plain(bids), "a": plain(asks),
         "m": fill.maker if fill else False, "R": order.reduce_only, "wt": "CONTRACT_PRICE",
-        "ot": order.type, "ps": "BOTH", "cp": False,
+        "ot": order.orig_type or order.type, "ps": "BOTH", "cp": False,
         "rp": money(fill.realized_pnl) if fill else "0", "pP": False, "si": 0, "ss": 0,
         "V": "NONE", "pm": "NONE", "gtd": 0,
     })

@@ -1,6 +1,8 @@
 """Binance USD-M order and trade endpoints (all SIGNED), on top of the engine.
 
-- ``POST /fapi/v1/order``: MARKET and LIMIT (GTC/IOC/FOK/GTX), ``reduceOnly``,
+- ``POST /fapi/v1/order``: -4120 for STOP/STOP_MARKET/TAKE_PROFIT/TAKE_PROFIT_MARKET/
+  TRAILING_STOP_MARKET (Binance change log 2025-11-06, effective 2025-12-09: the Algo
+  Service, ``binance_algo``); MARKET and LIMIT (GTC/IOC/FOK/GTX), ``reduceOnly``,
   ``newClientOrderId``, ``newOrderRespType`` ACK (default: the order as accepted,
   status NEW) or RESULT (after matching). Only ``positionSide=BOTH`` (one-way).
 - ``GET|DELETE /fapi/v1/order``, ``GET /fapi/v1/openOrder``, ``GET /fapi/v1/openOrders``,
@@ -20,6 +22,9 @@ from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry
 from exchanges.simulator.models import FOK, IOC, LIMIT, EngineError, Order
 
+# Conditional types moved to POST /fapi/v1/algoOrder on 2025-12-09 (-4120 here).
+CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                     "TRAILING_STOP_MARKET")
 CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 MAX_LIMIT = 1000
 
@@ -72,6 +77,9 @@ class OrderRoutes:
         p = ctx.params
         symbol, side = p.require("symbol"), p.require("side").upper()
         type_ = p.require("type").upper()
+        if type_ in CONDITIONAL_TYPES:   # since 2025-12-09: the Algo Service's
+            raise BinanceError(-4120, "Order type not supported for this endpoint. Please "
+                                      "use the Algo Order API endpoints instead.")
         quantity = p.decimal("quantity", required=True)
         price = p.decimal("price", required=True) if type_ == LIMIT else None
         tif = p.require("timeInForce").upper() if type_ == LIMIT else None

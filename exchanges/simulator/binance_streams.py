@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from exchanges.simulator import binance_algo
 from exchanges.simulator import binance_format as bf
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, mask
-from exchanges.simulator.models import AccountEvent, LeverageEvent, OrderEvent, PriceEvent
+from exchanges.simulator.models import (
+    AccountEvent, LegEvent, LeverageEvent, MarginCallEvent, OrderEvent, PriceEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +216,15 @@ class BinanceStreams:
                 self._fan_out(lk, bf.account_update(self.engine, event.account, event.reason,
                                                     event.time, event.symbols,
                                                     event.balance_change))
+        elif isinstance(event, LegEvent):
+            lk = self.by_api_key.get(event.leg.api_key)
+            if lk and lk.conns and event.leg.venue == binance_algo.VENUE:
+                self._fan_out(lk, binance_algo.algo_update(self.engine, event.leg, event.time))
+        elif isinstance(event, MarginCallEvent):
+            lk = self.by_api_key.get(event.account.api_key)
+            if lk and lk.conns:
+                self._fan_out(lk, binance_algo.margin_call(self.engine, event.account,
+                                                           event.symbols, event.time))
         elif isinstance(event, LeverageEvent):
             lk = self.by_api_key.get(event.account.api_key)
             if lk and lk.conns:

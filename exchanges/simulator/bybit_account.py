@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from exchanges.simulator.bybit_format import SIDES, fmt, plain
 from exchanges.simulator.bybit_ledger import BybitLedger
+from exchanges.simulator.bybit_tpsl import position_tpsl
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import MARGIN_ASSET, ZERO, Account, Position, SymbolSpec
 
@@ -118,7 +119,7 @@ def position_row(engine: Engine, ledger: BybitLedger, account: Account, symbol: 
         "liqPrice": fmt(liq, pp) if liq else "", "bustPrice": fmt(bust, pp) if bust else "",
         "positionMM": plain(pos_mm), "positionMMByMp": plain(pos_mm),
         "positionIM": plain(pos_im), "positionIMByMp": plain(pos_im), "tpslMode": "Full",
-        "takeProfit": "0", "stopLoss": "0", "trailingStop": "0",
+        **position_tpsl(engine, account.api_key, symbol, ws),
         "unrealisedPnl": plain(engine.unrealized(account, symbol)),
         "curRealisedPnl": plain(pnl.current), "cumRealisedPnl": plain(pnl.cumulative),
         "seq": pnl.seq, "isReduceOnly": False, "mmrSysUpdatedTime": "",

@@ -31,6 +31,7 @@ from exchanges.simulator.bybit_auth import (
 )
 from exchanges.simulator.bybit_ledger import BybitLedger
 from exchanges.simulator.bybit_orders import BybitOrders
+from exchanges.simulator.bybit_tpsl import TradingStop
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, RequestStats
 from exchanges.simulator.models import MARGIN_ASSET, EngineError
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 ORDER_LIMIT, QUERY_LIMIT = 10, 50          # requests per second per key and endpoint
 ORDER_PATHS = frozenset({"/v5/order/create", "/v5/order/cancel", "/v5/order/cancel-all",
-                         "/v5/position/set-leverage"})
+                         "/v5/position/set-leverage", "/v5/position/trading-stop"})
 
 
 class BybitApi:
@@ -146,6 +147,7 @@ class BybitApi:
             ("POST", "/v5/position/switch-mode", self.switch_mode, True),
         ]
         table += BybitOrders(self.engine, self.faults, self.ledger).table()
+        table += TradingStop(self.engine).table()
         for method, path, fn, private in table:
             app.router.add_route(method, path, self._endpoint(fn, private))
 

@@ -27,7 +27,7 @@ from exchanges.simulator.bybit_ledger import BybitLedger, FillExtra, OrderExtra
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.models import (
     CANCELED, EXPIRED, FILLED, FOK, GTX, IOC, MARGIN_ASSET, MARKET, NEW, PARTIALLY_FILLED,
-    ZERO, Fill, Order, SymbolSpec,
+    SOURCE_ADL, SOURCE_LEG, SOURCE_LIQUIDATION, ZERO, Fill, IncomeRow, Order, SymbolSpec,
 )
 
 CATEGORY = "linear"
@@ -92,9 +92,27 @@ def parse_order_uuid(text: str) -> int | None:
 
 
 def link_id(order: Order) -> str:
-    """``orderLinkId``: the client id, ``""`` when the engine generated it."""
+    """``orderLinkId``: the client id, ``""`` when the engine generated it or the venue
+    made the order (liquidation, ADL)."""
     cid = order.client_order_id
+    if order.source in (SOURCE_LIQUIDATION, SOURCE_ADL):
+        return ""
     return "" if cid == f"sim-{order.order_id}" else cid
+
+
+# execType and createType of a venue-made order's executions (enum.mdx: execType
+# Trade|AdlTrade|Funding|BustTrade...; createType CreateByLiq, CreateByAdl_PassThrough).
+EXEC_TYPE = {SOURCE_LIQUIDATION: "BustTrade", SOURCE_ADL: "AdlTrade"}
+CREATE_TYPE = {SOURCE_LIQUIDATION: "CreateByLiq", SOURCE_ADL: "CreateByAdl_PassThrough"}
+
+
+def _leg_overlay(engine: Engine, order: Order) -> dict:
+    """The conditional fields of an order a Bybit leg fired (same ``orderId``)."""
+    leg = engine.legs.get(order.order_id) if order.source == SOURCE_LEG else None
+    if leg is None:
+        return {}
+    from exchanges.simulator.bybit_tpsl import leg_fields   # bybit_tpsl imports this module
+    return leg_fields(engine, leg)
 
 
 def order_status(order: Order, extra: OrderExtra) -> str:
@@ -162,6 +180,9 @@ def order_row(engine: Engine, ledger: BybitLedger, order: Order, shape: str = "r
         "createdTime": str(order.time), "updatedTime": str(order.update_time),
         "cumFeeDetail": {MARGIN_ASSET: plain(extra.fee)} if extra.fee else {},
     }
+    if order.source in CREATE_TYPE:
+        row["createType"] = CREATE_TYPE[order.source]
+    row.update(_leg_overlay(engine, order))
     if shape == "history":
         row.update({"slippageToleranceType": "UNKNOWN", "slippageTolerance": "",
                     "extraFees": "", "rpiTakerAccess": False, "rpiMatchedQty": "0"})
@@ -191,12 +212,42 @@ def execution_row(engine: Engine, ledger: BybitLedger, fill: Fill, ws: bool = Fa
         "markPrice": fmt(extra.mark, pp), "execPrice": fmt(fill.price, pp), "markIv": "",
         "orderQty": fmt(order.orig_qty, qp),
         "orderPrice": fmt(order_price(spec, order, ledger.order(order)), pp),
-        "execValue": plain(fill.quote_qty), "execType": "Trade",
+        "execValue": plain(fill.quote_qty), "execType": EXEC_TYPE.get(fill.source, "Trade"),
         "execQty": fmt(fill.qty, qp),
         "closedSize": fmt(extra.closed_size, qp) if extra.closed_size else "",
-        "extraFees": "", "seq": fill.trade_id, "createType": "CreateByUser",
+        "extraFees": "", "seq": fill.trade_id,
+        "createType": CREATE_TYPE.get(fill.source, "CreateByUser"),
     }
+    overlay = _leg_overlay(engine, order)
+    if overlay:
+        row["stopOrderType"], row["createType"] = overlay["stopOrderType"], overlay["createType"]
     if ws:
         row.update({"category": CATEGORY, "isLeverage": "0", "marketUnit": "",
                     "execPnl": plain(fill.realized_pnl), "extraFees": []})
     return row
+
+
+def funding_row(engine: Engine, row: IncomeRow, ws: bool = False) -> dict:
+    """A funding payment as an execution (``execType`` Funding): ``execFee`` is what the
+    position paid (negative when it received), ``execQty`` the position size, ``execPrice``
+    the mark price, ``feeRate`` the funding rate; no order."""
+    spec = engine.symbols[row.symbol]
+    pp, qp = spec.price_precision, spec.qty_precision
+    size = abs(row.position_qty)
+    out = {
+        "symbol": row.symbol, "orderType": "UNKNOWN", "underlyingPrice": "",
+        "orderLinkId": "", "side": "Buy" if row.position_qty > 0 else "Sell",
+        "indexPrice": "", "orderId": "", "stopOrderType": "UNKNOWN",
+        "leavesQty": fmt(ZERO, qp), "execTime": str(row.time), "feeCurrency": row.asset,
+        "isMaker": False, "execFee": plain(-row.amount), "feeRate": f"{row.rate:f}",
+        "execId": exec_uuid(row.tran_id), "tradeIv": "", "blockTradeId": "",
+        "markPrice": fmt(row.mark_price, pp), "execPrice": fmt(row.mark_price, pp),
+        "markIv": "", "orderQty": fmt(ZERO, qp), "orderPrice": fmt(ZERO, pp),
+        "execValue": plain(size * row.mark_price), "execType": "Funding",
+        "execQty": fmt(size, qp), "closedSize": "", "extraFees": "", "seq": row.tran_id,
+        "createType": "",
+    }
+    if ws:
+        out.update({"category": CATEGORY, "isLeverage": "0", "marketUnit": "",
+                    "execPnl": "0", "extraFees": []})
+    return out

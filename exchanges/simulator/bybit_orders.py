@@ -13,7 +13,13 @@
   ``settleCoin``; by ``orderId``/``orderLinkId`` any order of the account whatever its
   status (real Bybit keeps the recent 500 closed ones); ``openOnly=1``: closed only.
 - ``GET /v5/order/history``: all statuses, default window the last 7 days.
-- ``GET /v5/execution/list``: fills, newest first, default window the last 7 days.
+- ``GET /v5/execution/list``: fills, newest first, default window the last 7 days;
+  ``execType`` Trade, BustTrade (liquidation), AdlTrade, Funding (funding payments).
+- Position TP/SL/trailing legs (``bybit_tpsl``) are conditional orders: listed by
+  ``/v5/order/realtime`` while Untriggered (``orderFilter`` StopOrder/tpslOrder: only
+  them; Order: none of them), found by ``orderId``, canceled by ``/v5/order/cancel``,
+  and in ``/v5/order/history`` once Deactivated; a fired leg is its market order
+  (same ``orderId``).
 """
 from __future__ import annotations
 
@@ -23,13 +29,16 @@ from exchanges.simulator.bybit_auth import (
     BybitError, Ctx, Handler, category, page, params_error,
 )
 from exchanges.simulator.bybit_format import (
-    SIDES, TYPES, execution_row, link_id, order_row, order_status, order_uuid,
-    parse_order_uuid,
+    EXEC_TYPE, SIDES, TYPES, execution_row, funding_row, link_id, order_row, order_status,
+    order_uuid, parse_order_uuid,
 )
+from exchanges.simulator.bybit_tpsl import VENUE as BYBIT, leg_row, leg_status
 from exchanges.simulator.bybit_ledger import BybitLedger
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry
-from exchanges.simulator.models import GTX, LIMIT, MARGIN_ASSET, Order
+from exchanges.simulator.models import (
+    CANCELED, GTX, LIMIT, MARGIN_ASSET, IncomeRow, Leg, Order,
+)
 
 LINK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 TIF_IN = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "PostOnly": GTX}
@@ -112,11 +121,28 @@ class BybitOrders:
             return None
         return order
 
+    def _find_leg(self, ctx: Ctx, symbol: str | None = None) -> Leg | None:
+        """The account's Bybit leg named by ``orderId`` when it has no order of its own
+        (a fired leg is its market order)."""
+        text = ctx.params.get("orderId")
+        leg_id = parse_order_uuid(text) if text is not None else None
+        leg = ctx.account.legs.get(leg_id) if leg_id is not None else None
+        if leg is None or leg.venue != BYBIT or leg_id in self.engine.orders or \
+                (symbol is not None and leg.symbol != symbol):
+            return None
+        return leg
+
     async def cancel(self, ctx: Ctx) -> dict:
         """Cancel one open order; 110001 when unknown or already final."""
         category(ctx.params)
         symbol = ctx.params.require("symbol")
         self.engine.spec(symbol)
+        leg = self._find_leg(ctx, symbol)
+        if leg is not None:
+            if not leg.is_open:
+                raise BybitError(110001, "order not exists or too late to cancel")
+            self.engine.cancel_leg(leg, CANCELED)
+            return {"orderId": order_uuid(leg.leg_id), "orderLinkId": ""}
         order = self._find(ctx, symbol)
         if order is None or not order.is_open:
             raise BybitError(110001, "order not exists or too late to cancel")
@@ -146,11 +172,23 @@ class BybitOrders:
             (base is None or self.engine.symbols[order.symbol].base == base) and \
             (settle is None or settle == MARGIN_ASSET)
 
-    def _listing(self, ctx: Ctx, orders: list[Order], shape: str) -> dict:
-        orders.sort(key=lambda o: o.order_id, reverse=True)     # newest first
+    def _listing(self, ctx: Ctx, orders: list[Order | Leg], shape: str) -> dict:
+        key = lambda o: o.leg_id if isinstance(o, Leg) else o.order_id  # noqa: E731
+        orders.sort(key=key, reverse=True)     # newest first
         chunk, cursor = page(orders, ctx.params, 20, 50)
         return {"category": "linear", "nextPageCursor": cursor,
-                "list": [order_row(self.engine, self.ledger, o, shape) for o in chunk]}
+                "list": [leg_row(self.engine, o, shape) if isinstance(o, Leg)
+                         else order_row(self.engine, self.ledger, o, shape) for o in chunk]}
+
+    def _legs(self, ctx: Ctx, open_: bool, symbol: str | None, base: str | None,
+              settle: str | None) -> list[Leg]:
+        """The account's Bybit legs without an order of their own: waiting ones
+        (``open_``) or final ones."""
+        return [l for l in ctx.account.legs.values()
+                if l.venue == BYBIT and l.is_open == open_ and l.leg_id not in self.engine.orders
+                and (symbol is None or l.symbol == symbol)
+                and (base is None or self.engine.symbols[l.symbol].base == base)
+                and (settle is None or settle == MARGIN_ASSET)]
 
     async def realtime(self, ctx: Ctx) -> dict:
         """Open orders, or one order by id whatever its status (module docstring)."""
@@ -158,19 +196,29 @@ class BybitOrders:
         category(p)
         symbol, base, settle = p.get("symbol"), p.get("baseCoin"), p.get("settleCoin")
         if p.get("orderId") is not None or p.get("orderLinkId") is not None:
+            leg = self._find_leg(ctx)
+            if leg is not None:
+                return self._listing(ctx, [leg], "rest")
             order = self._find(ctx)
             return self._listing(ctx, [order] if order is not None else [], "rest")
         if symbol is None and base is None and settle is None:
             raise params_error("symbol, baseCoin or settleCoin is required")
         if symbol is not None:
             self.engine.spec(symbol)
-        if p.integer("openOnly", 0) == 0:
-            orders = [o for o in ctx.account.open_orders.values()
-                      if self._matches(o, symbol, base, settle)]
-        else:
-            closed = [self.engine.orders[i] for i in ctx.account.order_ids
-                      if not self.engine.orders[i].is_open]
-            orders = [o for o in closed[-CLOSED_KEPT:] if self._matches(o, symbol, base, settle)]
+        kinds = p.get("orderFilter")
+        open_only = p.integer("openOnly", 0) == 0
+        orders: list[Order | Leg] = []
+        if kinds in (None, "Order"):
+            if open_only:
+                orders += [o for o in ctx.account.open_orders.values()
+                           if self._matches(o, symbol, base, settle)]
+            else:
+                closed = [self.engine.orders[i] for i in ctx.account.order_ids
+                          if not self.engine.orders[i].is_open]
+                orders += [o for o in closed[-CLOSED_KEPT:]
+                           if self._matches(o, symbol, base, settle)]
+        if kinds in (None, "StopOrder", "tpslOrder"):
+            orders += self._legs(ctx, open_only, symbol, base, settle)
         return self._listing(ctx, orders, "rest")
 
     def _window(self, ctx: Ctx) -> tuple[int, int]:
@@ -191,14 +239,20 @@ class BybitOrders:
         p = ctx.params
         category(p)
         if p.get("orderId") is not None or p.get("orderLinkId") is not None:
+            leg = self._find_leg(ctx)
+            if leg is not None:
+                return self._listing(ctx, [leg], "history")
             order = self._find(ctx)
             return self._listing(ctx, [order] if order is not None else [], "history")
         symbol, base, settle = p.get("symbol"), p.get("baseCoin"), p.get("settleCoin")
         status = p.get("orderStatus")
         start, end = self._window(ctx)
-        orders = [o for o in (self.engine.orders[i] for i in ctx.account.order_ids)
-                  if start <= o.time <= end and self._matches(o, symbol, base, settle)
-                  and (status is None or order_status(o, self.ledger.order(o)) == status)]
+        orders: list[Order | Leg] = [
+            o for o in (self.engine.orders[i] for i in ctx.account.order_ids)
+            if start <= o.time <= end and self._matches(o, symbol, base, settle)
+            and (status is None or order_status(o, self.ledger.order(o)) == status)]
+        orders += [l for l in self._legs(ctx, False, symbol, base, settle)
+                   if start <= l.time <= end and status in (None, leg_status(l))]
         return self._listing(ctx, orders, "history")
 
     async def executions(self, ctx: Ctx) -> dict:
@@ -214,11 +268,19 @@ class BybitOrders:
                 return {"category": "linear", "nextPageCursor": "", "list": []}
             order_id = order.order_id
         start, end = self._window(ctx)
-        fills = [f for f in reversed(ctx.account.fills)
-                 if start <= f.time <= end and exec_type in (None, "Trade")
-                 and (order_id is None or f.order_id == order_id)
-                 and (symbol is None or f.symbol == symbol)
-                 and (base is None or self.engine.symbols[f.symbol].base == base)]
-        chunk, cursor = page(fills, p, 50, 100)
+        rows = [(f.time, f.trade_id, f) for f in ctx.account.fills
+                if start <= f.time <= end
+                and exec_type in (None, EXEC_TYPE.get(f.source, "Trade"))
+                and (order_id is None or f.order_id == order_id)
+                and (symbol is None or f.symbol == symbol)
+                and (base is None or self.engine.symbols[f.symbol].base == base)]
+        if order_id is None and exec_type in (None, "Funding"):
+            rows += [(r.time, r.tran_id, r) for r in ctx.account.income
+                     if r.kind == "FUNDING_FEE" and start <= r.time <= end
+                     and (symbol is None or r.symbol == symbol)
+                     and (base is None or self.engine.symbols[r.symbol].base == base)]
+        rows.sort(key=lambda t: (t[0], t[1]), reverse=True)      # newest first
+        chunk, cursor = page([r for _, _, r in rows], p, 50, 100)
         return {"category": "linear", "nextPageCursor": cursor,
-                "list": [execution_row(self.engine, self.ledger, f) for f in chunk]}
+                "list": [funding_row(self.engine, r) if isinstance(r, IncomeRow)
+                         else execution_row(self.engine, self.ledger, r) for r in chunk]}

@@ -42,7 +42,12 @@ from exchanges.simulator.bybit_format import execution_row, order_row
 from exchanges.simulator.bybit_ledger import BybitLedger
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, mask
-from exchanges.simulator.models import AccountEvent, LeverageEvent, OrderEvent, PriceEvent
+from exchanges.simulator.bybit_format import funding_row
+from exchanges.simulator.bybit_tpsl import VENUE as BYBIT, leg_row
+from exchanges.simulator.models import (
+    FINISHED, SOURCE_LEG, TRIGGERED, AccountEvent, FundingEvent, LegEvent, LeverageEvent,
+    OrderEvent, PriceEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +137,9 @@ class BybitStreams:
                 return
             if event.exec_type == "NEW" and self.ledger.order(order).rejected:
                 return                                   # only the Rejected frame is sent
+            if event.exec_type == "NEW" and order.source == SOURCE_LEG and \
+                    order.order_id in self.engine.legs:
+                return                        # a fired leg: Triggered, then Filled
             if event.fill is not None:
                 self._push(order.api_key, "execution",
                            [execution_row(self.engine, self.ledger, event.fill, ws=True)])
@@ -146,6 +154,19 @@ class BybitStreams:
                     for s in event.symbols])
             self._push(account.api_key, "wallet",
                        [bac.wallet_row(self.engine, self.ledger, account)])
+        elif isinstance(event, LegEvent):
+            leg = event.leg
+            if leg.venue != BYBIT or not self.private.get(leg.api_key):
+                return
+            if leg.status not in (TRIGGERED, FINISHED):    # its own order reports those
+                self._push(leg.api_key, "order", [leg_row(self.engine, leg, "ws")])
+            self._push(leg.api_key, "position", [bac.position_row(
+                self.engine, self.ledger, self.engine.accounts[leg.api_key], leg.symbol,
+                ws=True)])
+        elif isinstance(event, FundingEvent):
+            if self.private.get(event.account.api_key):
+                self._push(event.account.api_key, "execution",
+                           [funding_row(self.engine, event.row, ws=True)])
         elif isinstance(event, LeverageEvent):
             if self.private.get(event.account.api_key):
                 self._push(event.account.api_key, "position", [bac.position_row(

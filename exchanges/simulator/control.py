@@ -6,7 +6,17 @@ Replies are JSON; errors are ``{"error": {"code": "snake_case", "message": "..."
 - ``POST /_sim/accounts {"api_key", "api_secret", "balances"?: {"USDT": "10000"}}``:
   201 new account; 200 when the key exists with the same secret (unchanged, idempotent);
   409 when it exists with another secret.
-- ``POST /_sim/price {"symbol", "price"}``: sets the mark/last price now -> 200.
+- ``POST /_sim/price {"symbol", "price", "last_price"?}``: sets the mark price (and the
+  last price: ``last_price`` or the same) now -> 200; fires the legs it reaches.
+- ``POST /_sim/liquidate {"api_key", "symbol", "kind"?: "liquidation" | "adl"}`` -> 200
+  the closing order: the position is closed by the venue with each protocol's markers
+  (Binance client order id ``autoclose-<ms>`` / ``adl_autoclose``, ``x`` CALCULATED for
+  a liquidation; Bybit ``execType`` BustTrade / AdlTrade); 409 ``no_position``.
+- ``POST /_sim/margin_call {"api_key"}`` -> 200 ``{"symbols"}``: Binance ``MARGIN_CALL``
+  for the account's positions; 409 ``no_position``.
+- ``POST /_sim/funding {"symbol", "rate"}`` -> 200 ``{"rows"}``: charges (rate > 0: longs
+  pay) funding on every position in the symbol: Binance ``ACCOUNT_UPDATE`` reason
+  FUNDING_FEE and an income row; Bybit a ``Funding`` execution.
 - ``POST /_sim/faults {...}`` -> 201; ``DELETE /_sim/faults`` -> 200; ``GET /_sim/faults``.
 - ``POST /_sim/orders/{order_id}/fill {"quantity"?, "price"?}`` -> 200 the order
   (``order_id``: the engine's integer id, or an id a protocol layer hands out and
@@ -30,7 +40,9 @@ from aiohttp import web
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry, RequestStats, mask
 from exchanges.simulator.market import MarketFeed
-from exchanges.simulator.models import MARGIN_ASSET, EngineError, Fill, Order
+from exchanges.simulator.models import (
+    FINISHED, MARGIN_ASSET, SOURCE_ADL, SOURCE_LIQUIDATION, EngineError, Fill, Leg, Order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +97,38 @@ def order_state(order: Order) -> dict:
             "orig_qty": f"{order.orig_qty:f}", "executed_qty": f"{order.executed_qty:f}",
             "avg_price": f"{order.avg_price.normalize():f}", "reduce_only": order.reduce_only,
             "client_order_id": order.client_order_id, "time": order.time,
-            "update_time": order.update_time}
+            "update_time": order.update_time, "trigger_price": None,
+            "source": order.source or None}
+
+
+def leg_state(leg: Leg, engine: Engine) -> dict:
+    """A held leg as an ``orders`` row of ``/_sim/state``: ``type`` (STOP_MARKET,
+    TAKE_PROFIT_MARKET, TRAILING_STOP_MARKET), ``trigger_price`` (a trailing stop's
+    current stop once activated), ``status`` NEW while waiting (also while its order
+    is being sent), then FILLED, CANCELED, EXPIRED or REJECTED."""
+    order = engine.orders.get(leg.order_id) if leg.order_id is not None else None
+    if leg.status == FINISHED:
+        status = "FILLED" if order is not None and order.executed_qty > 0 else "EXPIRED"
+    elif leg.status in ("TRIGGERING", "TRIGGERED"):
+        status = "NEW"
+    else:
+        status = leg.status
+    trigger = leg.trigger_price if leg.trigger_price is not None else leg.trailing_trigger()
+    if trigger is not None:
+        trigger = trigger.quantize(engine.symbols[leg.symbol].tick)
+    return {"order_id": leg.leg_id, "api_key": leg.api_key, "venue": leg.venue,
+            "symbol": leg.symbol, "side": leg.side, "type": leg.type,
+            "status": status, "leg_status": leg.status,
+            "trigger_price": f"{trigger:f}" if trigger is not None else None,
+            "working_type": leg.working_type, "close_position": leg.close_position,
+            "orig_qty": f"{leg.quantity:f}",
+            "callback_rate": f"{leg.callback_rate:f}" if leg.callback_rate is not None else None,
+            "trailing_distance": (f"{leg.trailing_distance:f}"
+                                  if leg.trailing_distance is not None else None),
+            "activation_price": (f"{leg.activate_price:f}"
+                                 if leg.activate_price is not None else None),
+            "client_order_id": leg.client_id, "triggered_order_id": leg.order_id,
+            "time": leg.time, "update_time": leg.update_time}
 
 
 def fill_state(fill: Fill) -> dict:
@@ -94,7 +137,8 @@ def fill_state(fill: Fill) -> dict:
             "symbol": fill.symbol, "side": fill.side, "price": f"{fill.price:f}",
             "qty": f"{fill.qty:f}", "commission": f"{fill.commission:f}",
             "commission_asset": fill.commission_asset,
-            "realized_pnl": f"{fill.realized_pnl:f}", "maker": fill.maker, "time": fill.time}
+            "realized_pnl": f"{fill.realized_pnl:f}", "maker": fill.maker, "time": fill.time,
+            "source": fill.source or None}
 
 
 class Control:
@@ -126,6 +170,9 @@ class Control:
         """Register the ``/_sim`` routes."""
         app.router.add_post("/_sim/accounts", self.create_account)
         app.router.add_post("/_sim/price", self.set_price)
+        app.router.add_post("/_sim/liquidate", self.liquidate)
+        app.router.add_post("/_sim/margin_call", self.margin_call)
+        app.router.add_post("/_sim/funding", self.funding)
         app.router.add_post("/_sim/faults", self.add_fault)
         app.router.add_delete("/_sim/faults", self.clear_faults)
         app.router.add_get("/_sim/faults", self.list_faults)
@@ -184,11 +231,53 @@ class Control:
         """Set a symbol's mark/last price now."""
         body = await self._body(request)
         symbol, price = body.get("symbol"), _decimal(body, "price")
+        last = _decimal(body, "last_price", required=False)
         try:
-            stored = self.engine.set_price(str(symbol), price)
+            stored = self.engine.set_price(str(symbol), price, last)
         except EngineError as exc:
             raise BadRequest(exc.reason, exc.message) from None
-        return web.json_response({"symbol": symbol, "price": f"{stored:f}"})
+        return web.json_response({"symbol": symbol, "price": f"{stored:f}",
+                                  "last_price": f"{self.engine.last_prices[str(symbol)]:f}"})
+
+    async def liquidate(self, request: web.Request) -> web.Response:
+        """Close a position as a liquidation or an ADL (see the module docstring)."""
+        body = await self._body(request)
+        kind = body.get("kind", SOURCE_LIQUIDATION)
+        if kind not in (SOURCE_LIQUIDATION, SOURCE_ADL):
+            raise BadRequest("invalid_field", "kind must be liquidation or adl")
+        try:
+            order = self.engine.liquidate(str(body.get("api_key")), str(body.get("symbol")),
+                                          kind)
+        except EngineError as exc:
+            if exc.reason == "no_position":
+                return _error(409, "no_position", exc.message)
+            raise BadRequest(exc.reason, exc.message) from None
+        logger.info("liquidated api_key=%s symbol=%s kind=%s", mask(order.api_key),
+                    order.symbol, kind)
+        return web.json_response(order_state(order))
+
+    async def margin_call(self, request: web.Request) -> web.Response:
+        """Send the account's venues' margin call for its open positions."""
+        body = await self._body(request)
+        try:
+            symbols = self.engine.margin_call(str(body.get("api_key")))
+        except EngineError as exc:
+            if exc.reason == "no_position":
+                return _error(409, "no_position", exc.message)
+            raise BadRequest(exc.reason, exc.message) from None
+        return web.json_response({"symbols": list(symbols)})
+
+    async def funding(self, request: web.Request) -> web.Response:
+        """Charge or pay funding on every position in ``symbol`` at ``rate``."""
+        body = await self._body(request)
+        rate = _decimal(body, "rate")
+        try:
+            rows = self.engine.charge_funding(str(body.get("symbol")), rate)
+        except EngineError as exc:
+            raise BadRequest(exc.reason, exc.message) from None
+        return web.json_response({"rows": [
+            {"api_key": r.api_key, "symbol": r.symbol, "amount": f"{r.amount:f}",
+             "asset": r.asset, "time": r.time, "tran_id": r.tran_id} for r in rows]})
 
     async def add_fault(self, request: web.Request) -> web.Response:
         """Add a fault (or run drop_ws / expire_listen_key now)."""
@@ -266,13 +355,15 @@ class Control:
                         "leverage": acct.leverage_of(symbol),
                         "liquidation_price": f"{engine.liquidation_price(acct, symbol):f}"})
             orders += [order_state(engine.orders[i]) for i in acct.order_ids]
+            orders += [leg_state(leg, engine) for leg in acct.legs.values()]
             fills += [fill_state(f) for f in acct.fills]
         streams = [s for snap in self.stream_snapshots for s in snap()
                    if only is None or s.get("api_key") in (None, only)]
         prices = {}
         for symbol, price in engine.prices.items():
             bid, ask = engine.bid_ask(symbol)
-            prices[symbol] = {"price": f"{price:f}", "bid": f"{bid:f}", "ask": f"{ask:f}"}
+            prices[symbol] = {"price": f"{price:f}", "bid": f"{bid:f}", "ask": f"{ask:f}",
+                              "last_price": f"{engine.last_prices[symbol]:f}"}
         requests = self.stats.counts if only is None else {only: self.stats.counts.get(only, {})}
         return web.json_response({
             "time": engine.now_ms(), "accounts": out_accounts, "positions": positions,

@@ -27,6 +27,7 @@ import time
 from decimal import Decimal
 from typing import Callable, Iterable
 
+from exchanges.simulator.legs import LegsMixin
 from exchanges.simulator.margin import MarginMixin, q8
 from exchanges.simulator.models import (
     CANCELED, DEFAULT_SYMBOLS, EXPIRED, FILLED, FOK, GTC, GTX, IOC, LIMIT, MARGIN_ASSET,
@@ -44,7 +45,7 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class Engine(MarginMixin):
+class Engine(MarginMixin, LegsMixin):
     """The exchange core shared by every protocol layer.
 
     Args:
@@ -62,6 +63,8 @@ class Engine(MarginMixin):
         self.taker_fee = taker_fee
         self.maker_fee = maker_fee
         self.prices: dict[str, Decimal] = {s: p.start_price for s, p in self.symbols.items()}
+        # Last traded price; equal to the mark unless /_sim/price sets it apart.
+        self.last_prices: dict[str, Decimal] = dict(self.prices)
         self.accounts: dict[str, Account] = {}
         self.orders: dict[int, Order] = {}
         self._bids: dict[str, list[tuple[Decimal, int]]] = {s: [] for s in self.symbols}
@@ -70,6 +73,8 @@ class Engine(MarginMixin):
         # Ids grow from "now" so that they never repeat across restarts.
         self._next_order_id = wall_ms() * 1000
         self._next_trade_id = wall_ms() * 100
+        self._next_tran_id = wall_ms() * 10
+        self._init_legs()
 
     # ---- listeners -------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
@@ -97,16 +102,20 @@ class Engine(MarginMixin):
         price = self.prices[symbol]
         return max(price - spec.tick, spec.tick), price + spec.tick
 
-    def set_price(self, symbol: str, price: Decimal) -> Decimal:
-        """Set the mark/last price (rounded to the tick); publishes PriceEvent, then fills
-        resting orders the new price crosses. Returns the stored price."""
+    def set_price(self, symbol: str, price: Decimal, last_price: Decimal | None = None) -> Decimal:
+        """Set the mark price and the last price (``last_price``, default the same; both
+        rounded to the tick); publishes PriceEvent, fills resting orders the new price
+        crosses, then fires the legs whose trigger (mark or last per working type) it
+        reached. Returns the stored mark price."""
         spec = self.spec(symbol)
-        if price <= 0:
+        if price <= 0 or (last_price is not None and last_price <= 0):
             raise EngineError("invalid_price", "Price must be positive.")
         price = spec.round_price(price)
         self.prices[symbol] = price
+        self.last_prices[symbol] = spec.round_price(last_price) if last_price else price
         self._publish(PriceEvent(symbol, price, self.now_ms()))
         self._match_resting(symbol, price)
+        self._check_legs(symbol)
         return price
 
     def _match_resting(self, symbol: str, price: Decimal) -> None:
@@ -157,11 +166,16 @@ class Engine(MarginMixin):
     def place_order(self, api_key: str, symbol: str, side: str, type_: str, quantity: Decimal,
                     price: Decimal | None = None, time_in_force: str | None = None,
                     reduce_only: bool = False, client_order_id: str = "",
-                    force_expire: bool = False) -> Order:
+                    force_expire: bool = False, source: str = "", orig_type: str = "",
+                    on_accepted: Callable[[Order], None] | None = None,
+                    order_id: int | None = None) -> Order:
         """Validate, accept (OrderEvent NEW) and match a new order; returns the live Order.
 
         ``force_expire`` (used by the reject_orders fault) accepts the order and expires
-        it at once. Raises EngineError for every refusal, before anything changes.
+        it at once. ``source``/``orig_type`` mark an order the venue made (a fired leg,
+        a liquidation, an ADL); ``on_accepted(order)`` runs after NEW, before matching;
+        ``order_id`` reuses an id handed out before (a Bybit leg's order keeps its id).
+        Raises EngineError for every refusal, before anything changes.
         """
         account, spec = self.account(api_key), self.spec(symbol)
         self._validate(account, spec, side, type_, quantity, price, time_in_force)
@@ -187,14 +201,19 @@ class Engine(MarginMixin):
         if client_order_id and self._open_client_id(account, client_order_id):
             raise EngineError("duplicate_client_order_id", "ClientOrderId is duplicated.")
         now = self.now_ms()
-        self._next_order_id += 1
-        order = Order(self._next_order_id, api_key, symbol, side, type_, tif, quantity, price,
-                      reduce_only, client_order_id or f"sim-{self._next_order_id}", now, now)
+        if order_id is None:
+            self._next_order_id += 1
+            order_id = self._next_order_id
+        order = Order(order_id, api_key, symbol, side, type_, tif, quantity, price,
+                      reduce_only, client_order_id or f"sim-{order_id}", now, now,
+                      source=source, orig_type=orig_type or type_)
         self.orders[order.order_id] = order
         account.order_ids.append(order.order_id)
         account.client_ids[order.client_order_id] = order.order_id
         account.open_orders[order.order_id] = order
         self._publish(OrderEvent(order, "NEW", now))
+        if on_accepted is not None:
+            on_accepted(order)
         if force_expire:
             self._finish(order, EXPIRED)
         elif type_ == MARKET:
@@ -326,6 +345,7 @@ class Engine(MarginMixin):
                 self._finish(order, EXPIRED)
                 return
         now = self.now_ms()
+        before = pos.amount
         realized = q8(self._apply_position(pos, qty if order.side == "BUY" else -qty, price))
         fee = q8(qty * price * (self.maker_fee if maker else self.taker_fee))
         account.balances[MARGIN_ASSET] = account.wallet + realized - fee
@@ -338,12 +358,14 @@ class Engine(MarginMixin):
             self._remove_resting(order)
         self._next_trade_id += 1
         fill = Fill(self._next_trade_id, order.order_id, order.api_key, order.symbol,
-                    order.side, price, qty, fee, realized, maker, now)
+                    order.side, price, qty, fee, realized, maker, now, source=order.source)
         account.fills.append(fill)
         self._publish(OrderEvent(order, "TRADE", now, fill))
         self._publish(AccountEvent(account, "ORDER", now, (order.symbol,)))
         if order.reduce_only and order.is_open and pos.amount == 0:
             self._finish(order, EXPIRED)
+        if before != 0 and (pos.amount == 0 or (pos.amount > 0) != (before > 0)):
+            self._position_ended(account, order.symbol)
 
     @staticmethod
     def _apply_position(pos: Position, signed_qty: Decimal, price: Decimal) -> Decimal:

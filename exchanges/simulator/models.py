@@ -23,6 +23,19 @@ NEW, PARTIALLY_FILLED, FILLED = "NEW", "PARTIALLY_FILLED", "FILLED"
 CANCELED, EXPIRED, REJECTED = "CANCELED", "EXPIRED", "REJECTED"
 FINAL_STATUSES = frozenset({FILLED, CANCELED, EXPIRED, REJECTED})
 
+# Conditional orders ("legs": stop-loss, take-profit, trailing stop) that close a
+# position. Types and statuses are Binance's Algo Service words (New Algo Order,
+# ALGO_UPDATE "Algo Status"); the Bybit layer maps them to stopOrderType/orderStatus.
+STOP_MARKET, TAKE_PROFIT_MARKET = "STOP_MARKET", "TAKE_PROFIT_MARKET"
+TRAILING_STOP_MARKET = "TRAILING_STOP_MARKET"
+LEG_TYPES = (STOP_MARKET, TAKE_PROFIT_MARKET, TRAILING_STOP_MARKET)
+MARK_PRICE, CONTRACT_PRICE = "MARK_PRICE", "CONTRACT_PRICE"
+TRIGGERING, TRIGGERED, FINISHED = "TRIGGERING", "TRIGGERED", "FINISHED"
+LEG_FINAL = frozenset({FINISHED, CANCELED, EXPIRED, REJECTED})
+
+# Why the venue made an order (``Order.source``): a leg fired, a liquidation, an ADL.
+SOURCE_LEG, SOURCE_LIQUIDATION, SOURCE_ADL = "leg", "liquidation", "adl"
+
 
 @dataclass(frozen=True)
 class SymbolSpec:
@@ -119,6 +132,8 @@ class Order:
     status: str = NEW
     executed_qty: Decimal = ZERO
     cum_quote: Decimal = ZERO
+    source: str = ""          # "", SOURCE_LEG, SOURCE_LIQUIDATION or SOURCE_ADL
+    orig_type: str = ""       # the leg's type for an order a leg created (Binance ``ot``)
 
     @property
     def remaining(self) -> Decimal:
@@ -153,6 +168,7 @@ class Fill:
     maker: bool
     time: int
     commission_asset: str = MARGIN_ASSET
+    source: str = ""          # the order's ``source``: liquidation / adl markers
 
     @property
     def quote_qty(self) -> Decimal:
@@ -171,6 +187,76 @@ class Position:
     entry_price: Decimal = ZERO
     cum_realized: Decimal = ZERO
     update_time: int = 0
+
+
+@dataclass
+class Leg:
+    """A held conditional order that closes (part of) a position when triggered.
+
+    ``venue``: the protocol that placed it (``"binance"`` algo order or ``"bybit"``
+    position TP/SL/trailing); its events are formatted by that protocol only.
+    ``side``: of the closing order (SELL protects a long). ``working_type``:
+    MARK_PRICE or CONTRACT_PRICE (last price). ``close_position``: the whole position
+    at trigger time; otherwise ``quantity`` reduce-only. Trailing: ``callback_rate``
+    (percent, Binance) or ``trailing_distance`` (price, Bybit), ``activate_price``
+    optional; ``extreme`` is the highest (SELL) / lowest (BUY) watched price since
+    placement. ``status``: NEW, TRIGGERING, TRIGGERED, FINISHED, CANCELED, EXPIRED,
+    REJECTED. ``order_id``: the market order the trigger created.
+    """
+
+    leg_id: int
+    api_key: str
+    venue: str
+    symbol: str
+    side: str
+    type: str
+    working_type: str
+    client_id: str
+    time: int
+    update_time: int
+    trigger_price: Decimal | None = None
+    close_position: bool = True
+    quantity: Decimal = ZERO
+    activate_price: Decimal | None = None
+    callback_rate: Decimal | None = None
+    trailing_distance: Decimal | None = None
+    status: str = NEW
+    activated: bool = False
+    extreme: Decimal | None = None
+    trigger_time: int = 0
+    order_id: int | None = None
+    reason: str = ""
+
+    @property
+    def is_open(self) -> bool:
+        """True while it waits for its trigger."""
+        return self.status == NEW
+
+    def trailing_trigger(self) -> Decimal | None:
+        """The price at which an activated trailing stop fires now (None otherwise)."""
+        if self.type != TRAILING_STOP_MARKET or not self.activated or self.extreme is None:
+            return None
+        sign = -1 if self.side == "SELL" else 1
+        if self.trailing_distance is not None:
+            return self.extreme + sign * self.trailing_distance
+        return self.extreme * (1 + sign * (self.callback_rate or ZERO) / 100)
+
+
+@dataclass
+class IncomeRow:
+    """One row of the income history (Binance ``GET /fapi/v1/income``): ``kind`` is
+    the incomeType (FUNDING_FEE), ``amount`` signed as the wallet sees it."""
+
+    tran_id: int
+    api_key: str
+    symbol: str
+    kind: str
+    amount: Decimal
+    time: int
+    rate: Decimal = ZERO
+    position_qty: Decimal = ZERO
+    mark_price: Decimal = ZERO
+    asset: str = MARGIN_ASSET
 
 
 @dataclass
@@ -195,6 +281,8 @@ class Account:
     fills: list[Fill] = field(default_factory=list)
     client_ids: dict[str, int] = field(default_factory=dict)
     update_time: int = 0
+    legs: dict[int, Leg] = field(default_factory=dict)        # every leg, by leg id
+    income: list[IncomeRow] = field(default_factory=list)     # funding rows, oldest first
 
     def position(self, symbol: str) -> Position:
         """The position row for ``symbol`` (created flat on first use)."""
@@ -245,6 +333,32 @@ class LeverageEvent:
     account: Account
     symbol: str
     leverage: int
+    time: int
+
+
+@dataclass(frozen=True)
+class LegEvent:
+    """A leg was placed or changed status (``leg`` is the live object)."""
+
+    leg: Leg
+    time: int
+
+
+@dataclass(frozen=True)
+class MarginCallEvent:
+    """The venue warns ``account`` that ``symbols`` near liquidation."""
+
+    account: Account
+    symbols: tuple[str, ...]
+    time: int
+
+
+@dataclass(frozen=True)
+class FundingEvent:
+    """Funding was charged or paid: one ``IncomeRow`` per position."""
+
+    account: Account
+    row: IncomeRow
     time: int
 
 

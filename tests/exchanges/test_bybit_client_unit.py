@@ -290,11 +290,13 @@ def test_open_orders_paged_and_filtered(client):
 
     client._http.get_open_orders = realtime
     assert [o.order_id for o in client.get_open_orders()] == ["a", "b"]
-    assert calls[0] == {"category": "linear", "settleCoin": "USDT", "limit": 50}
+    assert calls[0] == {"category": "linear", "orderFilter": "Order", "settleCoin": "USDT",
+                        "limit": 50}
     assert calls[1]["cursor"] == "page%3D2"
     calls.clear()
     client.get_open_orders("ETHUSDT")
-    assert calls[0] == {"category": "linear", "symbol": "ETHUSDT", "limit": 50}
+    assert calls[0] == {"category": "linear", "orderFilter": "Order", "symbol": "ETHUSDT",
+                        "limit": 50}
 
 
 def test_fills_sorted_limited_and_trades_only(client):

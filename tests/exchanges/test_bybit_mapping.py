@@ -217,7 +217,7 @@ def test_ws_execution():
 
 def test_ws_execution_non_trade_skipped():
     raw = copy.deepcopy(load("ws_private_execution.json"))
-    raw["data"][0]["execType"] = "Funding"
+    raw["data"][0]["execType"] = "Settle"
     assert mapping.parse_private_event(raw) == []
 
 

@@ -146,6 +146,8 @@ SHARED_CALLS = [  # ExchangeClient call -> the spec endpoints it asks, in order
     (lambda c: c.get_symbol_rules("BTCUSDT"), ["symbol_rules"]),
     (lambda c: c.server_time(), ["time"]),
 ]
+SL = lambda c: c.place_protection_leg("BTCUSDT", "LONG", "stop_loss", "c-1",  # noqa: E731
+                                      trigger_price=Decimal("1"))
 CALLS = {
     "binance": SHARED_CALLS + [
         (lambda c: c.get_order("BTCUSDT", order_id="1"), ["order"]),
@@ -153,6 +155,13 @@ CALLS = {
         (lambda c: c.cancel_order("BTCUSDT", order_id="1"), ["order_cancel"]),
         (lambda c: c.get_ticker("BTCUSDT"), ["mark_price", "ticker_price", "book_ticker"]),
         (lambda c: c.user_stream().connect(), ["listen_key"]),
+        (SL, ["algo_order_create"]),
+        (lambda c: c.cancel_protection_leg("BTCUSDT", "c-1"),
+         ["algo_order_cancel", "algo_order"]),
+        (lambda c: c.open_protection_legs(), ["open_algo_orders_all"]),
+        (lambda c: c.open_protection_legs("BTCUSDT"), ["open_algo_orders"]),
+        (lambda c: c.get_protection_leg("BTCUSDT", "c-1"), ["algo_order"]),
+        (lambda c: c.get_funding_fees("BTCUSDT"), ["income"]),
     ],
     # Bybit looks an order up in realtime, then history, and reads each order it
     # creates or cancels back (its acknowledgement carries the ids only)
@@ -162,6 +171,13 @@ CALLS = {
         (lambda c: c.cancel_order("BTCUSDT", order_id="1"),
          ["order_cancel", "order", "order_history"]),
         (lambda c: c.get_ticker("BTCUSDT"), ["ticker"]),
+        # the empty reply lists no leg: set, then one read-back (no pauses here)
+        (SL, ["trading_stop", "open_orders"]),
+        (lambda c: c.cancel_protection_leg("BTCUSDT", "BTCUSDT-stop_loss"), ["open_orders"]),
+        (lambda c: c.open_protection_legs(), ["open_orders_all"]),
+        (lambda c: c.get_protection_leg("BTCUSDT", "BTCUSDT-take_profit"),
+         ["open_orders", "order_history"]),
+        (lambda c: c.get_funding_fees("BTCUSDT"), ["funding"]),
     ],
 }
 ORDER_REQUEST = OrderRequest("BTCUSDT", "BUY", "MARKET", Decimal("0.01"), "c-1")
