@@ -75,6 +75,9 @@ class ProtectionLeg(Base):
     status: Mapped[str] = mapped_column(String(16), default=LegStatus.PENDING.value)
     client_order_id: Mapped[str] = mapped_column(String(36), unique=True)
     order_id: Mapped[str | None] = mapped_column(String(64))
+    # the id the venue knows the leg by: Binance clientAlgoId (our client_order_id);
+    # Bybit, whose legs are position attributes, "<symbol>-<kind>"; null until placed
+    venue_leg_id: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(String(255))
     exit_id: Mapped[int | None] = mapped_column(ForeignKey("exits.id", ondelete="SET NULL"))

@@ -36,7 +36,7 @@ from typing import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
-from exchanges.types import AccountEvent, FillEvent, OrderEvent, StreamExpired
+from exchanges.types import AccountEvent, FillEvent, OrderEvent, ProtectionLegUpdate, StreamExpired
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
@@ -96,7 +96,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
                  on_positions: Callable[[list, int, bool], None] | None = None,
-                 push: Push | None = None) -> None:
+                 push: Push | None = None,
+                 on_leg: Callable[[object], None] | None = None) -> None:
         self.state = state
         self._push = push or DirectPush(publish, audience)
         self._on_positions = on_positions
@@ -121,6 +122,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._on_order = on_order
+        self._on_leg = on_leg  # a protection leg's update (services.protection)
         self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._connected_at = self._last_event_at = 0.0
@@ -275,6 +277,9 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                     self._report_positions()
                     self._sync_tickers()
                 as_of = max(as_of, event.event_time)
+            elif isinstance(event, ProtectionLegUpdate):
+                if self._on_leg is not None:
+                    self._on_leg(event)
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
                 self._drop_stream()

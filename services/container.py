@@ -188,22 +188,30 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                         orphan_after_ms=15_000 if cfg.MESSAGE_QUEUE_URL else 0)
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
                             dead_letters=writer)
+    # ---- protection (helper `protect`): server-mode rules on the shared market stream,
+    # closed by the exit service; exchange-held legs reconciled after a stream gap too
+    protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
+                                   sleep, on_alert=None)
+
+    def reconnected(key_id, positions, symbols):  # type: ignore[no-untyped-def]
+        reconciler.reconcile_key_id(key_id, positions, symbols)
+        protection.on_stream_reconnected(key_id)
+    # ---- end protection
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
                             _LedgerFacade(db, writer),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
-                            tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
+                            tickers=tickers, on_reconnected=reconnected,
                             leases=leases, audience=hub.has_audience, governors=governors,
                             push=hub)
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
-    # ---- protection (helper `protect`): server-mode rules on the shared market
-    # stream, closed by the exit service; ``on_alert`` is the alerts outbox once the
-    # `notify` helper's service exists (a no-op until then)
-    protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
-                                   sleep, on_alert=None)
+    # ---- protection (helper `protect`): the account streams hand it the venues' leg
+    # updates; ``on_alert`` is the alerts outbox once the `notify` helper's service
+    # exists (a no-op until then)
+    streams.on_leg_update = protection.on_leg_update
     # ---- end protection
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,

@@ -89,6 +89,8 @@ class StreamManager:
         self._settings = settings
         self._tickers = tickers
         self._on_reconnected = on_reconnected
+        # ``on_leg_update(key_id, ProtectionLegUpdate)``: set by the container (protection)
+        self.on_leg_update: Callable[[int, object], None] | None = None
         self._leases = leases or LocalLeases()
         self._audience = audience
         self._governors = governors
@@ -173,7 +175,7 @@ class StreamManager:
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
             poll_scale=lambda: self._poll_scale(group), audience=self._audience,
-            push=self._push)
+            push=self._push, on_leg=lambda update: self._leg_update(key_id, update))
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:
@@ -306,6 +308,10 @@ class StreamManager:
     def _reconnected(self, key_id: int, positions: list, fill_symbols: set) -> None:
         assert self._on_reconnected is not None
         self._spawn(self._on_reconnected, key_id, positions, fill_symbols)
+
+    def _leg_update(self, key_id: int, update: object) -> None:
+        if self.on_leg_update is not None:
+            self.on_leg_update(key_id, update)
 
     def fills_recorded(self, key_id: int) -> None:
         """The ledger made fills of ``key_id`` durable: push the new realized PnL, at

@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('client_order_id', sa.String(length=36), nullable=False),
     sa.Column('order_id', sa.String(length=64), nullable=True),
+    sa.Column('venue_leg_id', sa.String(length=64), nullable=True),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('error_message', sa.String(length=255), nullable=True),
     sa.Column('exit_id', sa.Integer(), nullable=True),

@@ -10,7 +10,8 @@ Each failure is a ``ValidationFailed`` (HTTP 400) naming the field
   the mark for a LONG, below for a SHORT) for the same reason;
 - a price that is not a multiple of the symbol's tick size (Binance ``PRICE_FILTER``
   ``tickSize``, Bybit ``priceFilter.tickSize``);
-- a ``callback_rate`` (percent) outside the venue's range (``CALLBACK_RATE_RANGE``).
+- a ``callback_rate`` (percent) outside the venue's range (``rate_range``: the
+  venue's ``ProtectionSpec``).
 
 Prices are Decimals, rates in percent (``Decimal("1.5")`` = 1.5 %).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from exchanges.venues import venue
 from services.errors import ValidationFailed
 
 
@@ -30,16 +32,32 @@ class RateRange:
     high: Decimal
 
 
-# Binance USD-M "New Algo Order" (TRAILING_STOP_MARKET): callbackRate min 0.1, max 10,
-# where 1 means 1 %. Bybit v5 "Set Trading Stop": trailingStop is a price distance, not
-# a rate; this server takes the same percent range and sends the distance
-# callback_rate % of the activation price (of the mark when there is none), rounded to
-# the tick size (docs/protection.md), which must come to at least one tick.
-CALLBACK_RATE_RANGE: dict[str, RateRange] = {
-    "binance": RateRange(Decimal("0.1"), Decimal("10")),
-    "bybit": RateRange(Decimal("0.1"), Decimal("10")),
-}
-DEFAULT_RATE_RANGE = RateRange(Decimal("0.1"), Decimal("10"))
+# Without a venue range of its own (Bybit v5 "Set Trading Stop": ``trailingStop`` is a
+# price distance), the rate is any percentage below 100 whose distance (callback_rate %
+# of the activation price, of the mark when there is none) comes to at least one tick;
+# the adapter sends that distance rounded to the tick (docs/protection.md).
+OPEN_RANGE = RateRange(Decimal("0.001"), Decimal("99"))
+
+
+def rate_range(exchange: str) -> RateRange:
+    """The venue's callback-rate range (``VenueSpec.protection``: Binance New Algo
+    Order TRAILING_STOP_MARKET, "callbackRate min 0.1, max 10 where 1 for 1%")."""
+    try:
+        spec = venue(exchange).protection
+    except Exception:  # an exchange without a registry entry: the open range
+        return OPEN_RANGE
+    if spec is None or spec.callback_rate_min is None or spec.callback_rate_max is None:
+        return OPEN_RANGE
+    return RateRange(spec.callback_rate_min, spec.callback_rate_max)
+
+
+def trails_by_distance(exchange: str) -> bool:
+    """True when the venue trails by a price distance (Bybit), not by a rate."""
+    try:
+        spec = venue(exchange).protection
+    except Exception:
+        return False
+    return spec is not None and spec.trailing_by == "distance"
 
 
 @dataclass(frozen=True)
@@ -83,7 +101,7 @@ def check_leg(leg: LegSpec, side: str, mark: Decimal, tick: Decimal, exchange: s
         return
     rate = leg.callback_rate
     assert rate is not None
-    bounds = CALLBACK_RATE_RANGE.get(exchange, DEFAULT_RATE_RANGE)
+    bounds = rate_range(exchange)
     if not bounds.low <= rate <= bounds.high:
         raise _fail("trailing_stop.callback_rate",
                     f"must be between {bounds.low} and {bounds.high} percent on {exchange}")
@@ -94,15 +112,9 @@ def check_leg(leg: LegSpec, side: str, mark: Decimal, tick: Decimal, exchange: s
             raise _fail(field, f"must be above the mark price {mark.normalize():f} for a LONG position")
         if not long and leg.activation_price >= mark:
             raise _fail(field, f"must be below the mark price {mark.normalize():f} for a SHORT position")
-    if exchange == "bybit" and tick > 0:
+    if trails_by_distance(exchange) and tick > 0:
         base = leg.activation_price or mark
-        if bybit_trailing_distance(rate, base, tick) < tick:
+        if base * rate / Decimal(100) < tick:
             raise _fail("trailing_stop.callback_rate",
-                        f"is less than one tick ({tick.normalize():f}) of {base.normalize():f} on bybit")
-
-
-def bybit_trailing_distance(rate: Decimal, base: Decimal, tick: Decimal) -> Decimal:
-    """Bybit's ``trailingStop`` price distance for a callback rate in percent:
-    ``base * rate / 100`` rounded down to the tick size."""
-    distance = base * rate / Decimal(100)
-    return (distance // tick) * tick if tick > 0 else distance
+                        f"gives a distance under one tick ({tick.normalize():f}) of "
+                        f"{base.normalize():f} on {exchange}")

@@ -19,8 +19,8 @@ another path (a manual close, a liquidation).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable
@@ -31,8 +31,10 @@ from exchanges.errors import ExchangeError, ExchangeRejected
 from models import (LIVE_LEG_STATUSES, Database, ExchangeKey, ExitStatus, LegStatus,
                     ProtectionLeg, now_ms)
 from services.accounts import get_owned_key
-from services.errors import Conflict, NotFound
+from exchanges.venues import venue
+from services.errors import Conflict, NotFound, ValidationFailed
 from services.lifecycle import StopFlag
+from services.protection.exchange_mode import ExchangeLegs, new_client_order_id
 from services.protection.guard import ServerGuard
 from services.protection.index import Rule
 from services.protection.rules import LegSpec, check_leg
@@ -41,7 +43,6 @@ from services.protection.view import protection_view
 logger = logging.getLogger(__name__)
 
 KINDS = ("stop_loss", "take_profit", "trailing_stop")
-COID_PREFIX = {"stop_loss": "psl", "take_profit": "ptp", "trailing_stop": "pts"}
 FIRE_RETRIES = 5  # close attempts when the exchange cannot be reached at a trigger
 OnAlert = Callable[[str, int, int, str, str, dict], None]
 
@@ -59,11 +60,6 @@ class LegRef:
     key_id: int
     symbol: str
     kind: str
-
-
-def new_client_order_id(kind: str) -> str:
-    """A fresh leg id within Binance's ``^[.A-Z:/a-z0-9_-]{1,36}$``."""
-    return f"{COID_PREFIX[kind]}-{uuid.uuid4().hex[:28]}"
 
 
 class ProtectionService:
@@ -88,6 +84,9 @@ class ProtectionService:
         self._on_alert = on_alert or _no_alert
         self.sweep_s = sweep_s
         self.guard = ServerGuard(tickers, self._fired)
+        self._exchange = ExchangeLegs(db, client_for, self._venue_fired)
+        self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
+        self._reconciling_lock = threading.Lock()
         self.stopping = StopFlag(sleep)
         self.fired = 0  # rules fired by this process
 
@@ -106,8 +105,9 @@ class ProtectionService:
         live = self._live_rows(key_id, symbol)
         mode = mode or (live[0].mode if live else "exchange")
         working_type = working_type or (live[0].working_type if live else "MARK_PRICE")
-        if mode == "exchange":
-            return self._put_exchange(key, symbol, named, working_type, live)
+        if mode == "exchange" and venue(key.exchange).protection is None:
+            raise ValidationFailed("validation_error", f"mode: {key.exchange} holds no protection "
+                                   "legs; use \"server\"", "mode")
         client = self._client_for(key)
         position = next((p for p in client.get_positions()
                          if p.symbol == symbol and p.size != 0), None)
@@ -118,6 +118,16 @@ class ProtectionService:
         wanted, cancel = self._plan(named, live, position.side, mode, working_type)
         for spec in wanted:
             check_leg(spec, position.side, mark, tick, key.exchange)
+        if mode == "exchange":
+            try:
+                self._exchange.apply(key, symbol, position.side, working_type, wanted, cancel)
+            finally:
+                for row in cancel:
+                    if row.mode == "server":
+                        self.guard.disarm(row.id)
+            logger.info("protection set key_id=%s symbol=%s mode=exchange legs=%s canceled=%s",
+                        key_id, symbol, ",".join(w.kind for w in wanted) or "-", len(cancel))
+            return self._view(key_id, symbol)
         now = now_ms()
         rows = [ProtectionLeg(user_id=user_id, key_id=key_id, exchange=key.exchange,
                               symbol=symbol, side=position.side, kind=spec.kind, mode="server",
@@ -129,6 +139,9 @@ class ProtectionService:
                               status=LegStatus.ACTIVE.value,
                               client_order_id=new_client_order_id(spec.kind),
                               created_at=now, updated_at=now) for spec in wanted]
+        held_on_venue = [r for r in cancel if r.mode == "exchange"]
+        if held_on_venue:  # switching to server mode: the venue's legs go first
+            self._exchange.remove(key, held_on_venue)
         with self._db.transaction() as s:
             for row in cancel:
                 held = s.get(ProtectionLeg, row.id, with_for_update=True)
@@ -144,13 +157,6 @@ class ProtectionService:
         logger.info("protection set key_id=%s symbol=%s mode=server legs=%s canceled=%s",
                     key_id, symbol, ",".join(r.kind for r in rows) or "-", len(cancel))
         return self._view(key_id, symbol)
-
-    def _put_exchange(self, key: ExchangeKey, symbol: str, named: dict, working_type: str,
-                      live: list[ProtectionLeg]) -> dict:
-        """Exchange-held legs: not available until the venue adapters hold legs."""
-        from services.errors import ValidationFailed
-        raise ValidationFailed("mode_unavailable", "mode: exchange-held legs are not available "
-                               "on this server yet; use \"mode\": \"server\"", "mode")
 
     def _plan(self, named: dict, live: list[ProtectionLeg], side: str, mode: str,
               working_type: str) -> tuple[list[LegSpec], list[ProtectionLeg]]:
@@ -193,7 +199,10 @@ class ProtectionService:
         """Cancel every live leg of the symbol; returns the protection with those legs
         ``canceled``. Raises NotFound (key; ``no_protection`` when the symbol never had a
         leg)."""
-        get_owned_key(self._db, user_id, key_id)
+        key = get_owned_key(self._db, user_id, key_id)
+        held_on_venue = [r for r in self._live_rows(key_id, symbol) if r.mode == "exchange"]
+        if held_on_venue:
+            self._exchange.remove(key, held_on_venue)
         canceled = self._cancel_live(key_id, symbol, "removed", None)
         with self._db.session() as s:
             rows = list(s.scalars(select(ProtectionLeg).where(
@@ -246,7 +255,8 @@ class ProtectionService:
         self.guard.arm((row.exchange, testnet, row.symbol), row.working_type, row.key_id, rule, mark)
 
     def start_up(self) -> int:
-        """Re-arm every ``active`` server-mode leg (start-up). Returns how many."""
+        """Re-arm every ``active`` server-mode leg and reconcile the exchange-held ones
+        (start-up). Returns how many rules were armed."""
         with self._db.session() as s:
             pairs = list(s.execute(select(ProtectionLeg, ExchangeKey.testnet)
                                    .join(ExchangeKey, ExchangeKey.id == ProtectionLeg.key_id)
@@ -258,6 +268,7 @@ class ProtectionService:
             except ValueError as e:  # an incomplete row: never armed, say so on the row
                 self._set_status(row.id, LegStatus.FAILED.value, "invalid_rule", str(e))
         logger.info("protection rules armed count=%s", len(pairs))
+        self.reconcile()  # exchange-held legs: what fired or changed while we were down
         return len(pairs)
 
     def _fired(self, rule: Rule, price: Decimal) -> None:
@@ -369,6 +380,67 @@ class ProtectionService:
                 row.error_message = (message or "")[:255] or None
         self.guard.disarm(leg_id)
 
+    # ---- exchange mode: reconcile and leg events ----------------------------------------
+    def _venue_fired(self, row: ProtectionLeg, leg) -> None:  # type: ignore[no-untyped-def]
+        """ExchangeLegs callback: a venue-held leg fired."""
+        self.fired += 1
+        fill = leg.avg_price if leg.avg_price else None
+        self._on_alert("protection_triggered", row.user_id, row.key_id, row.symbol,
+                       f"{row.kind.replace('_', '-')} triggered on {row.symbol}",
+                       {"leg": row.kind, "fill_price": None if fill is None else f"{fill:f}",
+                        "trigger_price": None if leg.trigger_price is None else f"{leg.trigger_price:f}",
+                        "order_id": leg.triggered_order_id or leg.order_id or None,
+                        "mode": "exchange"})
+
+    def reconcile(self, key_id: int | None = None, symbol: str | None = None) -> dict:
+        """Reconcile the live exchange-held legs (of one key, or of every key that has
+        some) with the venues (``ExchangeLegs.reconcile_key``). A key whose venue cannot
+        be asked is left for the next round. Returns summed counts and ``errors``."""
+        stmt = select(ProtectionLeg.key_id).where(ProtectionLeg.mode == "exchange",
+                                                  ProtectionLeg.status.in_(LIVE_LEG_STATUSES))
+        if key_id is not None:
+            stmt = stmt.where(ProtectionLeg.key_id == key_id)
+        with self._db.session() as s:
+            key_ids = sorted(set(s.scalars(stmt)))
+            keys = [k for k in (s.get(ExchangeKey, i) for i in key_ids) if k is not None]
+        total = {"activated": 0, "fired": 0, "placed": 0, "canceled": 0, "errors": 0}
+        for key in keys:
+            try:
+                for name, n in self._exchange.reconcile_key(key, symbol).items():
+                    total[name] += n
+            except ExchangeError as e:
+                total["errors"] += 1
+                logger.warning("protection reconcile could not ask the venue key_id=%s kind=%s",
+                               key.id, type(e).__name__)
+        return total
+
+    def on_leg_update(self, key_id: int, update) -> None:  # type: ignore[no-untyped-def]
+        """A ``ProtectionLegUpdate`` from a key's account stream (its handler: no I/O
+        here): the key's legs of that symbol are reconciled on a task of their own,
+        one at a time per key (updates arriving meanwhile make one more round)."""
+        with self._reconciling_lock:
+            if key_id in self._reconciling:
+                self._reconciling[key_id] = True  # run again when the current round ends
+                return
+            self._reconciling[key_id] = False
+        self._spawn(self._reconcile_rounds, key_id)
+
+    def on_stream_reconnected(self, key_id: int, *_: object) -> None:
+        """After an account stream (re)connected: its legs may have changed meanwhile."""
+        self.on_leg_update(key_id, None)
+
+    def _reconcile_rounds(self, key_id: int) -> None:
+        while True:
+            try:
+                self.reconcile(key_id)
+            except Exception:  # isolation boundary: a round's failure must not end the rounds
+                logger.exception("protection reconcile round failed key_id=%s", key_id)
+            with self._reconciling_lock:
+                if not self._reconciling.get(key_id):
+                    self._reconciling.pop(key_id, None)
+                    return
+                self._reconciling[key_id] = False
+
     # ---- periodic work -----------------------------------------------------------------
     def flush_extremes(self) -> int:
         """Write the trailing extremes that moved (server mode); returns how many."""
@@ -429,6 +501,7 @@ class ProtectionService:
                 if self.sweep_s > 0 and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_s
                     self.sweep()
+                    self.reconcile()
             except Exception:  # isolation boundary: the loop must survive a bad round
                 logger.exception("protection periodic round failed")
         try:
