@@ -212,6 +212,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     # updates; ``on_alert`` is the alerts outbox once the `notify` helper's service
     # exists (a no-op until then)
     streams.on_leg_update = protection.on_leg_update
+    streams.protection_of, streams.legs_of = protection.position_fields, protection.leg_orders
+    protection.on_change = streams.protection_changed
     # ---- end protection
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 COID_PREFIX = {"stop_loss": "psl", "take_profit": "ptp", "trailing_stop": "pts"}
 IN_FLIGHT_GRACE_MS = 10_000  # a pending leg the venue does not list may still be in flight
+MISSING_GRACE_MS = 5_000  # a leg gone from the venue without a trace is placed again only
+                          # when the position is still there this long after (a leg that
+                          # just fired is between the venue's lists meanwhile)
 FIRED = (ex.ProtectionStatus.TRIGGERED, ex.ProtectionStatus.FILLED)
 
 
@@ -65,6 +68,16 @@ class ExchangeLegs:
         self._db = db
         self._client_for = client_for
         self._on_fired = on_fired
+        self._missing_since: dict[int, int] = {}  # leg id -> ms it was first found missing
+        self._hints: dict[tuple[int, str], ex.ProtectionLeg] = {}  # (key, venue id) -> update
+
+    def note_update(self, key_id: int, leg: ex.ProtectionLeg) -> None:
+        """Keep a stream update of a leg for the next reconcile of its key (a fired leg
+        may be in neither of the venue's lists for a moment)."""
+        if len(self._hints) > 10_000:  # bounded: a hint matters for a few seconds only
+            self._hints.clear()
+        self._hints[(key_id, leg.client_order_id)] = leg
+        self._hints[(key_id, f"{leg.symbol}:{leg.kind.value}")] = leg
 
     # ---- PUT / DELETE ---------------------------------------------------------------
     def apply(self, key: ExchangeKey, symbol: str, side: str, working_type: str,
@@ -178,23 +191,30 @@ class ExchangeLegs:
             trigger_price=row.trigger_price, callback_rate=row.callback_rate,
             activation_price=row.activation_price, working_type=ex.WorkingType(row.working_type))
 
-    def _take_off(self, client, row: ProtectionLeg, record: bool = True) -> None:  # type: ignore[no-untyped-def]
-        """Cancel a leg on the venue; when the venue no longer holds it, look it up: a
-        fired one is recorded as ``triggered`` (``record``)."""
+    def _take_off(self, client, row: ProtectionLeg, record: bool = True,  # type: ignore[no-untyped-def]
+                  code: str | None = None, message: str | None = None) -> bool:
+        """Cancel a leg on the venue (the row ``canceled`` with ``code``/``message`` when
+        given); when the venue no longer holds it, look it up: a fired one is recorded
+        as ``triggered`` (``record``). Returns True when it was canceled or never held."""
         venue_id = row.venue_leg_id or row.client_order_id
         try:
             client.cancel_protection_leg(row.symbol, venue_id)
-            self._set(row.id, LegStatus.CANCELED.value, None, None, only_live=False,
-                      keep_message=True)
-            return
+            self._set(row.id, LegStatus.CANCELED.value, code, message, only_live=False,
+                      keep_message=message is None)
+            return True
         except ProtectionLegNotFound:
             pass
         try:
             leg = client.get_protection_leg(row.symbol, venue_id)
         except ProtectionLegNotFound:
-            return  # never held (or long gone): nothing to take off
-        if record and leg.status in FIRED and leg.updated_at >= row.created_at:
-            self._fired(client, row, leg)
+            leg = None
+        if leg is not None and leg.status in FIRED and leg.updated_at >= row.created_at:
+            if record:
+                self._fired(client, row, leg)
+            return False
+        if code is not None:
+            self._set(row.id, LegStatus.CANCELED.value, code, message)
+        return True
 
     def _replace_row(self, client, key: ExchangeKey, old: ProtectionLeg, why: str) -> ProtectionLeg | None:  # type: ignore[no-untyped-def]
         """Place ``old``'s values again as a new row (a new client order id)."""
@@ -297,8 +317,10 @@ class ExchangeLegs:
             return counts
         client = self._client_for(key)
         attrs = legs_are_attributes(key.exchange)
-        open_legs = client.open_protection_legs(symbol)
+        # positions first: a leg that fires between the two reads is then missing from
+        # the legs (and found fired), never "held by the venue for a flat position"
         positions = {(p.symbol, p.side) for p in client.get_positions() if p.size != 0}
+        open_legs = client.open_protection_legs(symbol)
         for row in rows:
             venue_id = row.venue_leg_id or row.client_order_id
             held = next((l for l in open_legs if l.client_order_id == venue_id
@@ -306,10 +328,11 @@ class ExchangeLegs:
             has_position = (row.symbol, row.side) in positions
             if held is not None:
                 if not has_position:  # OCO: the position ended by another path
-                    self._take_off(client, row, record=False)
-                    self._set(row.id, LegStatus.CANCELED.value, "position_closed",
-                              "one-cancels-the-others: the position ended")
-                    counts["canceled"] += 1
+                    if self._take_off(client, row, code="position_closed",
+                                      message="one-cancels-the-others: the position ended"):
+                        counts["canceled"] += 1
+                    else:
+                        counts["fired"] += 1
                 elif row.status == LegStatus.PENDING.value:
                     self._mark_active(row.id, held)
                     counts["activated"] += 1
@@ -320,13 +343,24 @@ class ExchangeLegs:
                 leg = client.get_protection_leg(row.symbol, venue_id)
             except ProtectionLegNotFound:
                 leg = None
+            hint = self._hints.get((key.id, venue_id)) or (
+                self._hints.get((key.id, f"{row.symbol}:{row.kind}")) if attrs else None)
+            if (leg is None or leg.status not in FIRED) and hint is not None and \
+                    hint.status in FIRED and hint.updated_at >= row.created_at:
+                leg = hint  # the stream saw it fire; the venue's lists lag
             if leg is not None and leg.status in FIRED and leg.updated_at >= row.created_at:
                 self._fired(client, row, leg)
+                self._missing_since.pop(row.id, None)
                 counts["fired"] += 1
             elif has_position:
+                first = self._missing_since.setdefault(row.id, now_ms())
+                if now_ms() - first < MISSING_GRACE_MS:
+                    continue  # looked at again by the next round
+                self._missing_since.pop(row.id, None)
                 self._replace_row(client, key, row, f"the venue no longer held {row.client_order_id}")
                 counts["placed"] += 1
             else:
+                self._missing_since.pop(row.id, None)
                 self._set(row.id, LegStatus.CANCELED.value, "position_closed",
                           "one-cancels-the-others: the position ended")
                 counts["canceled"] += 1

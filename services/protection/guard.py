@@ -84,6 +84,11 @@ class ServerGuard:
         with self._lock:
             return rule_id in self._where
 
+    def armed_ids(self) -> set[int]:
+        """The ids of the rules held."""
+        with self._lock:
+            return set(self._where)
+
     def count(self) -> int:
         """How many rules are armed."""
         with self._lock:

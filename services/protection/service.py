@@ -38,7 +38,8 @@ from services.protection.exchange_mode import ExchangeLegs, new_client_order_id
 from services.protection.guard import ServerGuard
 from services.protection.index import Rule
 from services.protection.rules import LegSpec, check_leg
-from services.protection.view import protection_view
+from services.protection.view import (EMPTY_FIELDS, leg_order_row, position_fields,
+                                      protection_view)
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ class ProtectionService:
         self._exchange = ExchangeLegs(db, client_for, self._venue_fired)
         self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
         self._reconciling_lock = threading.Lock()
+        # what the pushes show: key_id -> symbol -> positions fields; key_id -> legs as
+        # orders rows; ``on_change(key_id)`` when a key's changed (the stream re-pushes)
+        self._fields: dict[int, dict[str, dict]] = {}
+        self._leg_orders: dict[int, list[dict]] = {}
+        self.on_change: Callable[[int], None] | None = None
         self.stopping = StopFlag(sleep)
         self.fired = 0  # rules fired by this process
 
@@ -125,6 +131,7 @@ class ProtectionService:
                 for row in cancel:
                     if row.mode == "server":
                         self.guard.disarm(row.id)
+                self._refresh_key(key_id)
             logger.info("protection set key_id=%s symbol=%s mode=exchange legs=%s canceled=%s",
                         key_id, symbol, ",".join(w.kind for w in wanted) or "-", len(cancel))
             return self._view(key_id, symbol)
@@ -156,6 +163,7 @@ class ProtectionService:
             self._arm(row, key.testnet, mark)
         logger.info("protection set key_id=%s symbol=%s mode=server legs=%s canceled=%s",
                     key_id, symbol, ",".join(r.kind for r in rows) or "-", len(cancel))
+        self._refresh_key(key_id)
         return self._view(key_id, symbol)
 
     def _plan(self, named: dict, live: list[ProtectionLeg], side: str, mode: str,
@@ -201,9 +209,12 @@ class ProtectionService:
         leg)."""
         key = get_owned_key(self._db, user_id, key_id)
         held_on_venue = [r for r in self._live_rows(key_id, symbol) if r.mode == "exchange"]
-        if held_on_venue:
-            self._exchange.remove(key, held_on_venue)
-        canceled = self._cancel_live(key_id, symbol, "removed", None)
+        try:
+            if held_on_venue:
+                self._exchange.remove(key, held_on_venue)
+            canceled = self._cancel_live(key_id, symbol, "removed", None)
+        finally:
+            self._refresh_key(key_id)
         with self._db.session() as s:
             rows = list(s.scalars(select(ProtectionLeg).where(
                 ProtectionLeg.key_id == key_id, ProtectionLeg.symbol == symbol)
@@ -255,21 +266,12 @@ class ProtectionService:
         self.guard.arm((row.exchange, testnet, row.symbol), row.working_type, row.key_id, rule, mark)
 
     def start_up(self) -> int:
-        """Re-arm every ``active`` server-mode leg and reconcile the exchange-held ones
+        """Arm every ``active`` server-mode leg and reconcile the exchange-held ones
         (start-up). Returns how many rules were armed."""
-        with self._db.session() as s:
-            pairs = list(s.execute(select(ProtectionLeg, ExchangeKey.testnet)
-                                   .join(ExchangeKey, ExchangeKey.id == ProtectionLeg.key_id)
-                                   .where(ProtectionLeg.mode == "server",
-                                          ProtectionLeg.status == LegStatus.ACTIVE.value)))
-        for row, testnet in pairs:
-            try:
-                self._arm(row, testnet, None)
-            except ValueError as e:  # an incomplete row: never armed, say so on the row
-                self._set_status(row.id, LegStatus.FAILED.value, "invalid_rule", str(e))
-        logger.info("protection rules armed count=%s", len(pairs))
+        armed = self.resync()
+        logger.info("protection rules armed count=%s", armed)
         self.reconcile()  # exchange-held legs: what fired or changed while we were down
-        return len(pairs)
+        return armed
 
     def _fired(self, rule: Rule, price: Decimal) -> None:
         """ServerGuard callback on the tick's task: the work goes to its own task."""
@@ -356,6 +358,7 @@ class ProtectionService:
         for other in siblings:
             self.guard.disarm(other.id)  # already done by the guard when the tick fired it
         self.guard.disarm(ref.leg_id)
+        self._refresh_key(ref.key_id)
         logger.info("protection fired leg_id=%s key_id=%s symbol=%s kind=%s price=%s status=%s "
                     "exit_id=%s", ref.leg_id, ref.key_id, ref.symbol, ref.kind, price, status, exit_id)
         return True
@@ -375,10 +378,13 @@ class ProtectionService:
     def _set_status(self, leg_id: int, status: str, code: str | None, message: str | None) -> None:
         with self._db.transaction() as s:
             row = s.get(ProtectionLeg, leg_id, with_for_update=True)
-            if row is not None:
-                row.status, row.error_code = status, code
-                row.error_message = (message or "")[:255] or None
+            if row is None:
+                return
+            row.status, row.error_code = status, code
+            row.error_message = (message or "")[:255] or None
+            key_id = row.key_id
         self.guard.disarm(leg_id)
+        self._refresh_key(key_id)
 
     # ---- exchange mode: reconcile and leg events ----------------------------------------
     def _venue_fired(self, row: ProtectionLeg, leg) -> None:  # type: ignore[no-untyped-def]
@@ -408,6 +414,7 @@ class ProtectionService:
             try:
                 for name, n in self._exchange.reconcile_key(key, symbol).items():
                     total[name] += n
+                self._refresh_key(key.id)
             except ExchangeError as e:
                 total["errors"] += 1
                 logger.warning("protection reconcile could not ask the venue key_id=%s kind=%s",
@@ -416,8 +423,10 @@ class ProtectionService:
 
     def on_leg_update(self, key_id: int, update) -> None:  # type: ignore[no-untyped-def]
         """A ``ProtectionLegUpdate`` from a key's account stream (its handler: no I/O
-        here): the key's legs of that symbol are reconciled on a task of their own,
-        one at a time per key (updates arriving meanwhile make one more round)."""
+        here): the key's legs are reconciled on a task of their own, one round at a
+        time per key (updates arriving meanwhile make one more round)."""
+        if update is not None and getattr(update, "leg", None) is not None:
+            self._exchange.note_update(key_id, update.leg)
         with self._reconciling_lock:
             if key_id in self._reconciling:
                 self._reconciling[key_id] = True  # run again when the current round ends
@@ -440,6 +449,72 @@ class ProtectionService:
                     self._reconciling.pop(key_id, None)
                     return
                 self._reconciling[key_id] = False
+
+    # ---- what the pushes show -----------------------------------------------------------
+    def position_fields(self, key_id: int, symbol: str) -> dict:
+        """``{"stop_loss", "take_profit", "trailing_stop"}`` of a position (no I/O)."""
+        return self._fields.get(key_id, {}).get(symbol, EMPTY_FIELDS)
+
+    def leg_orders(self, key_id: int) -> list[dict]:
+        """The key's exchange-held active legs as ``orders`` rows (no I/O)."""
+        return self._leg_orders.get(key_id, [])
+
+    def _refresh_key(self, key_id: int) -> None:
+        """Re-read a key's live legs into what the pushes show; ``on_change`` if it moved."""
+        with self._db.session() as s:
+            rows = list(s.scalars(select(ProtectionLeg).where(
+                ProtectionLeg.key_id == key_id, ProtectionLeg.status.in_(LIVE_LEG_STATUSES))
+                .order_by(ProtectionLeg.id)))
+        self._store({key_id}, rows)
+
+    def _store(self, key_ids: set[int], rows: list[ProtectionLeg]) -> None:
+        """Replace what the pushes show for ``key_ids`` (and the keys of ``rows``) by
+        ``rows`` (their live legs); ``on_change`` for each key whose view moved."""
+        by_key: dict[int, list[ProtectionLeg]] = {}
+        for row in rows:
+            by_key.setdefault(row.key_id, []).append(row)
+        changed = []
+        for key_id in key_ids | set(by_key):
+            legs = by_key.get(key_id, [])
+            symbols = {r.symbol for r in legs}
+            fields = {sym: position_fields([r for r in legs if r.symbol == sym]) for sym in symbols}
+            orders = [leg_order_row(r) for r in legs
+                      if r.mode == "exchange" and r.status == LegStatus.ACTIVE.value]
+            if fields != self._fields.get(key_id, {}) or orders != self._leg_orders.get(key_id, []):
+                self._fields[key_id], self._leg_orders[key_id] = fields, orders
+                changed.append(key_id)
+            if not legs:  # nothing live: forget the key
+                self._fields.pop(key_id, None)
+                self._leg_orders.pop(key_id, None)
+        for key_id in changed:
+            if self.on_change is not None:
+                try:
+                    self.on_change(key_id)
+                except Exception:  # isolation boundary: a push failure is not the leg's
+                    logger.exception("protection push failed key_id=%s", key_id)
+
+    def resync(self) -> int:
+        """Every live leg from the database: what the pushes show, and the server-mode
+        rules armed here (rules set or removed through another process are picked up;
+        start-up arms them all). Returns how many rules were newly armed."""
+        with self._db.session() as s:
+            pairs = list(s.execute(select(ProtectionLeg, ExchangeKey.testnet)
+                                   .join(ExchangeKey, ExchangeKey.id == ProtectionLeg.key_id)
+                                   .where(ProtectionLeg.status.in_(LIVE_LEG_STATUSES))))
+        rows = [r for r, _ in pairs]
+        armed = 0
+        live_server = {r.id for r in rows if r.mode == "server" and r.status == LegStatus.ACTIVE.value}
+        for row, testnet in pairs:
+            if row.id in live_server and not self.guard.armed(row.id):
+                try:
+                    self._arm(row, testnet, None)
+                    armed += 1
+                except ValueError as e:  # an incomplete row: never armed, say so on the row
+                    self._set_status(row.id, LegStatus.FAILED.value, "invalid_rule", str(e))
+        for rule_id in self.guard.armed_ids() - live_server:
+            self.guard.disarm(rule_id)
+        self._store(set(self._fields), rows)
+        return armed
 
     # ---- periodic work -----------------------------------------------------------------
     def flush_extremes(self) -> int:
@@ -488,7 +563,9 @@ class ProtectionService:
                 return
             row.status, row.error_code = LegStatus.CANCELED.value, code
             row.error_message = "one-cancels-the-others: the position ended"
+            key_id = row.key_id
         self.guard.disarm(leg_id)
+        self._refresh_key(key_id)
         logger.info("protection leg canceled leg_id=%s reason=%s", leg_id, code)
 
     def run_periodic(self, flush_s: float = 1.0) -> None:
@@ -502,6 +579,7 @@ class ProtectionService:
                     next_sweep = time.monotonic() + self.sweep_s
                     self.sweep()
                     self.reconcile()
+                    self.resync()
             except Exception:  # isolation boundary: the loop must survive a bad round
                 logger.exception("protection periodic round failed")
         try:

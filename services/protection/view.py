@@ -47,3 +47,38 @@ def protection_view(key_id: int, symbol: str, rows: list[ProtectionLeg],
     return {"key_id": key_id, "symbol": symbol, "side": head.side, "mode": head.mode,
             "working_type": head.working_type,
             "legs": legs, "updated_at": max((r.updated_at for r in shown or [head]))}
+
+
+EMPTY_FIELDS = {"stop_loss": None, "take_profit": None, "trailing_stop": None}
+LEG_ORDER_TYPES = {"stop_loss": "STOP_MARKET", "take_profit": "TAKE_PROFIT_MARKET",
+                   "trailing_stop": "TRAILING_STOP_MARKET"}
+
+
+def position_fields(rows: list[ProtectionLeg]) -> dict:
+    """A ``positions`` row's ``stop_loss``, ``take_profit`` (trigger prices) and
+    ``trailing_stop`` (``{"callback_rate", "activation_price"}``) from the symbol's live
+    legs; null for a kind without one."""
+    fields = dict(EMPTY_FIELDS)
+    for row in rows:
+        if row.status not in LIVE_LEG_STATUSES:
+            continue
+        if row.kind == "trailing_stop":
+            fields["trailing_stop"] = {"callback_rate": dec(row.callback_rate),
+                                       "activation_price": dec(row.activation_price)}
+        else:
+            fields[row.kind] = dec(row.trigger_price)
+    return fields
+
+
+def leg_order_row(row: ProtectionLeg) -> dict:
+    """An exchange-held leg as an ``orders`` row: the closing side, the conditional
+    type, ``trigger_price`` (a trailing stop's activation price, null without one),
+    quantity ``0`` (it closes the whole position, as Binance shows ``closePosition``
+    orders), ``time_in_force`` ``GTE_GTC``, reduce-only."""
+    return {"client_order_id": row.client_order_id, "order_id": row.order_id or "",
+            "symbol": row.symbol, "side": "SELL" if row.side == "LONG" else "BUY",
+            "type": LEG_ORDER_TYPES[row.kind], "status": "NEW", "price": "0", "quantity": "0",
+            "filled_quantity": "0", "avg_price": "0", "time_in_force": "GTE_GTC",
+            "reduce_only": True, "updated_at": row.updated_at,
+            "trigger_price": dec(row.trigger_price if row.kind != "trailing_stop"
+                                 else row.activation_price)}

@@ -70,7 +70,7 @@ def test_exchange_stop_loss_fires_on_the_venue_and_the_take_profit_is_canceled(v
     sim.set_price("BTCUSDT", "60000")
     _open(acct, "BTCUSDT")
     lst = listen(acct.token)   # a subscriber: the account stream runs and reports the legs
-    assert lst.call("subscribe", {"types": ["positions"], "key_id": acct.key_id})["ok"]
+    assert lst.call("subscribe", {"types": ["positions", "orders"], "key_id": acct.key_id})["ok"]
     r = acct.put(PATH, {"key_id": acct.key_id, "symbol": "BTCUSDT",
                         "stop_loss": {"trigger_price": "59000"},
                         "take_profit": {"trigger_price": "62000"}})
@@ -81,6 +81,15 @@ def test_exchange_stop_loss_fires_on_the_venue_and_the_take_profit_is_canceled(v
         assert prot["legs"][kind]["status"] == "active" and prot["legs"][kind]["order_id"]
     held = _venue_legs(sim, acct, "BTCUSDT")
     assert sorted(o["status"] for o in held) == ["NEW", "NEW"]
+    # the pushes: the position row carries the legs, the orders rows hold them
+    pos = lst.wait_for("positions", lambda d: d["data"] and d["data"][0]["stop_loss"] == "59000")
+    assert pos["data"][0]["take_profit"] == "62000" and pos["data"][0]["trailing_stop"] is None
+    orders = lst.wait_for("orders", lambda d: len([o for o in d["data"] if o["trigger_price"]]) == 2)
+    legs_rows = sorted((o["type"], o["trigger_price"], o["side"]) for o in orders["data"]
+                       if o["trigger_price"])
+    assert legs_rows == [("STOP_MARKET", "59000", "SELL"), ("TAKE_PROFIT_MARKET", "62000", "SELL")]
+    snap = acct.get(f"/api/account/positions?key_id={acct.key_id}").json()["data"][0]
+    assert snap["stop_loss"] == "59000"
     sim.set_price("BTCUSDT", "58900")
     wait_until(lambda: _position(acct, "BTCUSDT") is None)
     legs = wait_until(lambda: (lambda p: p["legs"] if p and p["legs"]["stop_loss"]
@@ -88,6 +97,7 @@ def test_exchange_stop_loss_fires_on_the_venue_and_the_take_profit_is_canceled(v
         _protection(acct, "BTCUSDT")))
     assert legs["take_profit"] is None                     # canceled (OCO): not shown
     assert all(o["status"] != "NEW" for o in _venue_legs(sim, acct, "BTCUSDT"))
+    lst.wait_for("orders", lambda d: not any(o["trigger_price"] for o in d["data"]))
     closed = wait_until(lambda: [t for t in acct.get("/api/trades?status=closed").json()
                                  if t["symbol"] == "BTCUSDT"])
     assert closed[0]["realized_pnl"] is not None

@@ -216,6 +216,16 @@ def test_push_envelopes_fit_the_envelope_model() -> None:
     state.set_orders([Order("c1", "9", "BTCUSDT", "BUY", "LIMIT", OrderStatus.NEW, Decimal("40000"),
                             Decimal("0.003"), Decimal("0"), Decimal("0"), "GTC", False, 5)])
     state.realized_pnl = Realized(Decimal("12.5"), Decimal("0"))
+    # the protection providers the app installs (services.protection): the positions rows
+    # carry stop_loss / take_profit / trailing_stop, the orders rows trigger_price and legs
+    state.protection_of = lambda key_id, symbol: {
+        "stop_loss": "45500", "take_profit": None,
+        "trailing_stop": {"callback_rate": "1.5", "activation_price": None}}
+    state.legs_of = lambda key_id: [{
+        "client_order_id": "psl-1", "order_id": "77", "symbol": "BTCUSDT", "side": "SELL",
+        "type": "STOP_MARKET", "status": "NEW", "price": "0", "quantity": "0",
+        "filled_quantity": "0", "avg_price": "0", "time_in_force": "GTE_GTC",
+        "reduce_only": True, "updated_at": 6, "trigger_price": "45500"}]
     for kind in ("balance", "positions", "pnl", "orders"):
         env = state.envelope_if_changed(kind, "rest", 1) or state.last(kind)
         assert env is not None, kind
