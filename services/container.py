@@ -198,7 +198,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         protection.on_stream_reconnected(key_id)
     # ---- end protection
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
-                            _LedgerFacade(db, writer),
+                            _LedgerFacade(db, writer, protection.positions_seen),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconnected,
@@ -230,8 +230,10 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
 class _LedgerFacade:
     """What a stream needs of the ledger: realized PnL and a non-blocking fill sink."""
 
-    def __init__(self, db: Database, writer: LedgerWriter) -> None:
+    def __init__(self, db: Database, writer: LedgerWriter,
+                 on_positions: Callable[[int, list], None] | None = None) -> None:
         self._db, self._writer = db, writer
+        self._on_positions = on_positions  # protection (helper `protect`): OCO on a close
 
     def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
         return ledger.realized_pnl(self._db, key_id)
@@ -244,3 +246,5 @@ class _LedgerFacade:
 
     def record_positions(self, key_id: int, positions, as_of: int, complete: bool) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_positions(key_id, positions, as_of, complete)
+        if self._on_positions is not None:
+            self._on_positions(key_id, positions)

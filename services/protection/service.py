@@ -450,6 +450,35 @@ class ProtectionService:
                     return
                 self._reconciling[key_id] = False
 
+    def positions_seen(self, key_id: int, positions: list) -> None:
+        """An account stream reported position changes (closed ones with size 0): the
+        legs of a position that ended are canceled at once (one-cancels-the-others) on a
+        task of their own, after the venue confirms the position is gone. No I/O here."""
+        symbols = self._fields.get(key_id)
+        if not symbols:
+            return
+        for p in positions:
+            if p.size == 0 and p.symbol in symbols:
+                self._spawn(self._position_ended, key_id, p.symbol)
+
+    def _position_ended(self, key_id: int, symbol: str) -> None:
+        try:
+            with self._db.session() as s:
+                key = s.get(ExchangeKey, key_id)
+            if key is None:
+                return
+            held = {(p.symbol, p.side) for p in self._client_for(key).get_positions() if p.size != 0}
+            for row in self._live_rows(key_id, symbol):
+                if row.mode == "server" and (row.symbol, row.side) not in held and \
+                        self.guard.armed(row.id):
+                    self._cancel_one(row.id, "position_closed")
+            self.reconcile(key_id, symbol)  # exchange-held legs: taken off, or found fired
+        except ExchangeError as e:  # the sweep and the periodic reconcile try again
+            logger.warning("protection position-end check failed key_id=%s kind=%s", key_id,
+                           type(e).__name__)
+        except Exception:  # isolation boundary: a task's failure is logged
+            logger.exception("protection position-end check crashed key_id=%s", key_id)
+
     # ---- what the pushes show -----------------------------------------------------------
     def position_fields(self, key_id: int, symbol: str) -> dict:
         """``{"stop_loss", "take_profit", "trailing_stop"}`` of a position (no I/O)."""
@@ -550,8 +579,10 @@ class ProtectionService:
                                key_id, type(e).__name__)
                 continue
             for row in rows:
+                # a PUT's own position is there; a rule that fired (disarmed) is settled
+                # by its fire task
                 if row.key_id == key_id and (row.symbol, row.side) not in held and \
-                        now_ms() - row.created_at > 2000:  # a PUT's own position is there
+                        now_ms() - row.created_at > 2000 and self.guard.armed(row.id):
                     self._cancel_one(row.id, "position_closed")
                     done += 1
         return done

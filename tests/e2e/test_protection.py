@@ -211,3 +211,52 @@ def test_rules_and_a_trailing_extreme_outlive_a_kill(sim, restartable) -> None: 
     exits = [o for o in sim.state(acct.api_key)["orders"]
              if (o.get("client_order_id") or "").startswith("exit-")]
     assert exits and all(Decimal(o["price"]) < Decimal("3300") for o in exits)
+
+
+def test_oco_after_a_manual_close_cancels_the_server_rules(account, sim, listen) -> None:  # type: ignore[no-untyped-def]
+    sim.set_price("ETHUSDT", "3000")
+    _open(account, qty="0.100", symbol="ETHUSDT")
+    lst = listen(account.token)   # the account stream reports the position's end at once
+    assert lst.call("subscribe", {"types": ["positions"], "key_id": account.key_id})["ok"]
+    r = account.put(PATH, {"key_id": account.key_id, "symbol": "ETHUSDT", "mode": "server",
+                           "stop_loss": {"trigger_price": "2900"},
+                           "take_profit": {"trigger_price": "3100"}})
+    assert r.status_code == 200, r.text
+    pos = lst.wait_for("positions", lambda d: any(p["symbol"] == "ETHUSDT" and p["stop_loss"] == "2900"
+                                                  for p in d["data"]))
+    assert [p["take_profit"] for p in pos["data"] if p["symbol"] == "ETHUSDT"] == ["3100"]
+    time.sleep(2.1)   # older than a PUT's own grace
+    account.post("/api/positions/close", {"key_id": account.key_id, "symbol": "ETHUSDT"})
+    wait_until(lambda: _position(account, "ETHUSDT") is None)
+    wait_until(lambda: _protection(account, "ETHUSDT") is None, timeout=8)  # both canceled
+    removed = account.delete(f"{PATH}?key_id={account.key_id}&symbol=ETHUSDT").json()
+    assert removed["legs"]["stop_loss"]["status"] == "canceled"
+    assert removed["legs"]["stop_loss"]["error_code"] == "position_closed"
+    sim.set_price("ETHUSDT", "2800")   # nothing left to fire
+    time.sleep(1.0)
+    assert [o for o in sim.state(account.api_key)["orders"]
+            if (o.get("client_order_id") or "").startswith("exit-")
+            and o["symbol"] == "ETHUSDT"].__len__() == 1   # the manual close only
+
+
+def test_an_exchange_leg_that_fired_while_the_server_was_down_is_recorded_at_restart(sim, restartable) -> None:  # type: ignore[no-untyped-def]
+    server = restartable()
+    acct = Account(server, sim)
+    sim.set_price("BTCUSDT", "60000")
+    trade = _open(acct)
+    r = acct.put(PATH, {"key_id": acct.key_id, "symbol": "BTCUSDT",
+                        "stop_loss": {"trigger_price": "59000"},
+                        "take_profit": {"trigger_price": "61000"}})
+    assert r.status_code == 200 and r.json()["mode"] == "exchange", r.text
+    server.kill()
+    sim.set_price("BTCUSDT", "61050")        # the take-profit fires on the venue meanwhile
+    time.sleep(1.0)
+    server = restartable()
+    legs = wait_until(lambda: (lambda p: p["legs"] if p and p["legs"]["take_profit"]
+                               and p["legs"]["take_profit"]["status"] == "triggered" else None)(
+        _protection(acct, "BTCUSDT")))
+    assert legs["stop_loss"] is None                    # canceled (OCO)
+    closed = wait_until(lambda: [t for t in acct.get("/api/trades?status=closed").json()
+                                 if t["client_order_id"] == trade["client_order_id"]])
+    assert Decimal(closed[0]["exit_price"]) >= Decimal("61000")
+    assert Decimal(closed[0]["realized_pnl"]) > 0

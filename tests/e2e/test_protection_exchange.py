@@ -160,3 +160,19 @@ def test_exchange_trailing_stop_and_no_position(venue_account, sim) -> None:  # 
     acct.post("/api/positions/close", {"key_id": acct.key_id, "symbol": "XRPUSDT"})
     wait_until(lambda: _position(acct, "XRPUSDT") is None)
     time.sleep(0.5)
+
+
+def test_oco_after_a_manual_close_takes_the_venue_legs_off(venue_account, sim, listen) -> None:  # type: ignore[no-untyped-def]
+    acct = venue_account
+    sim.set_price("ETHUSDT", "3000")
+    _open(acct, "ETHUSDT", qty="0.100")
+    lst = listen(acct.token)
+    assert lst.call("subscribe", {"types": ["positions"], "key_id": acct.key_id})["ok"]
+    r = acct.put(PATH, {"key_id": acct.key_id, "symbol": "ETHUSDT",
+                        "stop_loss": {"trigger_price": "2900"},
+                        "trailing_stop": {"callback_rate": "2", "activation_price": "3100"}})
+    assert r.status_code == 200, r.text
+    acct.post("/api/positions/close", {"key_id": acct.key_id, "symbol": "ETHUSDT"})
+    wait_until(lambda: _position(acct, "ETHUSDT") is None)
+    wait_until(lambda: _protection(acct, "ETHUSDT") is None, timeout=10)
+    assert [o for o in _venue_legs(sim, acct, "ETHUSDT") if o["status"] == "NEW"] == []
