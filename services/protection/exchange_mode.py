@@ -31,6 +31,7 @@ from exchanges.errors import ExchangeError, ExchangeRejected, ProtectionLegNotFo
 from exchanges.venues import venue
 from models import LIVE_LEG_STATUSES, Database, ExchangeKey, LegStatus, ProtectionLeg, now_ms
 from services import book, ledger
+from services.protection.reasons import mark_fill_reasons
 from services.protection.rules import LegSpec
 
 logger = logging.getLogger(__name__)
@@ -273,6 +274,7 @@ class ExchangeLegs:
                     for fill in fills:
                         ledger.upsert_fill(s, row.key_id, fill, None)
                     s.flush()
+                    mark_fill_reasons(s, row.key_id, row.kind, order_ids=[order_id])
                     book.settle_symbol(s, row.key_id, row.symbol)
             except ExchangeError as e:  # the fills come by the stream or the next reconcile
                 logger.warning("protection fill lookup failed leg_id=%s kind=%s", row.id, type(e).__name__)

@@ -37,6 +37,7 @@ from services.lifecycle import StopFlag
 from services.protection.exchange_mode import ExchangeLegs, new_client_order_id
 from services.protection.guard import ServerGuard
 from services.protection.index import Rule
+from services.protection.reasons import mark_fill_reasons
 from services.protection.rules import LegSpec, check_leg
 from services.protection.view import (EMPTY_FIELDS, leg_order_row, position_fields,
                                       protection_view)
@@ -327,6 +328,10 @@ class ProtectionService:
             logger.info("protection exit started leg_id=%s exit_id=%s after_ms=%.1f", ref.leg_id,
                         exit_.id, (time.perf_counter() - fired_at) * 1000)
         done = self._wait_exit(ref.user_id, exit_.id)
+        if done is not None and done.status == ExitStatus.FILLED.value:
+            with self._db.transaction() as s:  # the exit's fills carry the leg's kind
+                mark_fill_reasons(s, ref.key_id, ref.kind, client_order_ids=[
+                    c for c in (done.client_order_ids or "").split(",") if c])
         if done is not None and done.status == ExitStatus.FAILED.value:
             self._set_status(ref.leg_id, LegStatus.FAILED.value, "exit_failed", done.reason)
         fill_price = done.exit_price if done is not None else None
