@@ -178,6 +178,7 @@ def restartable(request, sim, tmp_path):  # type: ignore[no-untyped-def]
         port = int(servers[0].url.rsplit(":", 1)[1]) if servers else None
         servers.append(start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env, port=port))
         return servers[-1]
+    start.url = url  # type: ignore[attr-defined]
     yield start
     for srv in servers:
         srv.stop()
@@ -260,3 +261,49 @@ def test_an_exchange_leg_that_fired_while_the_server_was_down_is_recorded_at_res
                                  if t["client_order_id"] == trade["client_order_id"]])
     assert Decimal(closed[0]["exit_price"]) >= Decimal("61000")
     assert Decimal(closed[0]["realized_pnl"]) > 0
+
+
+def test_pending_legs_left_by_a_kill_are_settled_at_restart(sim, restartable) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 between a leg's row and the venue's answer: one leg reached the venue
+    (pending -> active), one never did (placed again while the position lasts)."""
+    from sqlalchemy import create_engine, text
+
+    from exchanges.binance.client import BinanceFuturesClient
+    from exchanges.types import ProtectionKind, VenueEndpoints
+
+    server = restartable()
+    acct = Account(server, sim)
+    sim.set_price("BTCUSDT", "60000")
+    _open(acct)
+    server.kill()
+    now = int(time.time() * 1000)
+    engine = create_engine(restartable.url)
+    with engine.begin() as conn:
+        for kind, coid, price, age_ms in (("stop_loss", "psl-reached-" + uuid.uuid4().hex[:8], "59000", 0),
+                                          ("take_profit", "ptp-lost-" + uuid.uuid4().hex[:8], "61000", 60_000)):
+            conn.execute(text(
+                "INSERT INTO protection_legs (user_id, key_id, exchange, symbol, side, kind, mode, "
+                "working_type, trigger_price, status, client_order_id, created_at, updated_at) VALUES "
+                "(:u, :k, 'binance', 'BTCUSDT', 'LONG', :kind, 'exchange', 'MARK_PRICE', :p, 'pending', "
+                ":c, :t, :t)"), {"u": acct.user_id, "k": acct.key_id, "kind": kind, "p": price,
+                                 "c": coid, "t": now - age_ms})
+            if kind == "stop_loss":
+                reached = coid
+    engine.dispose()
+    venue = BinanceFuturesClient(acct.api_key, acct.api_secret, testnet=False,
+                                 endpoints=VenueEndpoints(sim.url, sim.ws_url), timeout_s=5)
+    held = venue.place_protection_leg("BTCUSDT", "LONG", ProtectionKind.STOP_LOSS, reached,
+                                      trigger_price=Decimal("59000"))
+    venue.close()
+    restartable()
+    legs = wait_until(lambda: (lambda p: p["legs"] if p and p["legs"]["stop_loss"]
+                               and p["legs"]["stop_loss"]["status"] == "active"
+                               and p["legs"]["take_profit"]
+                               and p["legs"]["take_profit"]["status"] == "active" else None)(
+        _protection(acct)), timeout=30)
+    assert legs["stop_loss"]["client_order_id"] == reached
+    assert legs["stop_loss"]["order_id"] == held.order_id
+    assert legs["take_profit"]["client_order_id"] != reached and legs["take_profit"]["order_id"]
+    types = sorted(o["type"] for o in sim.state(acct.api_key)["orders"]
+                   if o.get("trigger_price") and o["status"] == "NEW")
+    assert types == ["STOP_MARKET", "TAKE_PROFIT_MARKET"]

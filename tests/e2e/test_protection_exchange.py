@@ -176,3 +176,29 @@ def test_oco_after_a_manual_close_takes_the_venue_legs_off(venue_account, sim, l
     wait_until(lambda: _position(acct, "ETHUSDT") is None)
     wait_until(lambda: _protection(acct, "ETHUSDT") is None, timeout=10)
     assert [o for o in _venue_legs(sim, acct, "ETHUSDT") if o["status"] == "NEW"] == []
+
+
+def test_exchange_trailing_stop_fires_after_following_the_high(venue_account, sim, listen) -> None:  # type: ignore[no-untyped-def]
+    acct = venue_account
+    sim.set_price("XRPUSDT", "2.0000")
+    _open(acct, "XRPUSDT", qty="10")
+    lst = listen(acct.token)
+    assert lst.call("subscribe", {"types": ["positions"], "key_id": acct.key_id})["ok"]
+    r = acct.put(PATH, {"key_id": acct.key_id, "symbol": "XRPUSDT",
+                        "trailing_stop": {"callback_rate": "5", "activation_price": "2.1000"}})
+    assert r.status_code == 200, r.text
+    for price in ("2.1500", "2.4000"):       # activated, then a new high: stop near 2.28
+        sim.set_price("XRPUSDT", price)
+        time.sleep(0.3)
+    sim.set_price("XRPUSDT", "2.3000")
+    time.sleep(0.8)
+    assert _position(acct, "XRPUSDT") is not None
+    sim.set_price("XRPUSDT", "2.2500")
+    wait_until(lambda: _position(acct, "XRPUSDT") is None)
+    legs = wait_until(lambda: (lambda p: p["legs"] if p and p["legs"]["trailing_stop"]
+                               and p["legs"]["trailing_stop"]["status"] == "triggered" else None)(
+        _protection(acct, "XRPUSDT")))
+    assert legs["trailing_stop"]["callback_rate"] == "5"
+    closed = wait_until(lambda: [t for t in acct.get("/api/trades?status=closed").json()
+                                 if t["symbol"] == "XRPUSDT"])
+    assert D(closed[0]["exit_price"]) > D("2.2")
