@@ -24,7 +24,7 @@ def set_protection():  # type: ignore[no-untyped-def]
 @login_required
 def list_protection():  # type: ignore[no-untyped-def]
     """200 ``[protection]``: one per symbol with a leg that is not canceled."""
-    return Protection.many(services().protection.list(g.user_id, query_id("key_id", required=True)))
+    return Protection.many(services().protection.protections(g.user_id, query_id("key_id", required=True)))
 
 
 @bp.delete("/protection")

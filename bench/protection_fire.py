@@ -96,8 +96,11 @@ def main() -> int:
               f"exits_started={len(lat)}")
         print(f"tick -> exit's first order ms: p50={q[49]:.0f} p90={q[89]:.0f} p99={q[98]:.0f} "
               f"max={lat[-1]:.0f}")
-        touched = [line for line in server.log().splitlines() if "protection exit started" in line]
-        print(f"fire -> exit started (server log) lines={len(touched)}")
+        started = [float(line.rsplit("after_ms=", 1)[1]) for line in server.log().splitlines()
+                   if "protection exit started" in line]
+        if started:
+            print(f"in the server, rule fired -> exit row written (close_position returned) ms: "
+                  f"median={statistics.median(started):.0f} max={max(started):.0f}")
         return 0 if len(lat) == len(holders) else 1
     finally:
         server.stop()

@@ -7,18 +7,17 @@ Create Date: 2026-12-07
 Independent of 0006 (the ledger's): only a new table. The lead re-chains
 ``down_revision`` onto 0006 at merge.
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import models.base
 
-
 revision: str = '0007'
-down_revision: Union[str, None] = '0005'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = '0005'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 LIVE = "status IN ('pending', 'active')"
 

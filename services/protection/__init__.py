@@ -6,4 +6,4 @@ request checks; ``view`` the answer's shape."""
 from services.protection.index import Rule, TickResult, TriggerIndex
 from services.protection.service import ProtectionService
 
-__all__ = ["ProtectionService", "TriggerIndex", "Rule", "TickResult"]
+__all__ = ["ProtectionService", "Rule", "TickResult", "TriggerIndex"]

@@ -22,14 +22,21 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import select
 
 from exchanges import types as ex
 from exchanges.errors import ExchangeError, ExchangeRejected, ProtectionLegNotFound
 from exchanges.venues import venue
-from models import LIVE_LEG_STATUSES, Database, ExchangeKey, LegStatus, ProtectionLeg, now_ms
+from models import (
+    LIVE_LEG_STATUSES,
+    Database,
+    ExchangeKey,
+    LegStatus,
+    ProtectionLeg,
+    now_ms,
+)
 from services import book, ledger
 from services.protection.reasons import mark_fill_reasons
 from services.protection.rules import LegSpec

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Callable
 
 from exchanges.types import Ticker
 from services.protection.index import Rule, TriggerIndex

@@ -30,4 +30,4 @@ def mark_fill_reasons(session: Session, key_id: int, reason: str,
         match.append(Fill.client_order_id.in_(list(client_order_ids)))
     result = session.execute(update(Fill).where(Fill.key_id == key_id, column.is_(None),
                                                 or_(*match)).values(reason=reason))
-    return result.rowcount or 0
+    return int(getattr(result, "rowcount", 0) or 0)  # a CursorResult for an UPDATE

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from exchanges.errors import UnsupportedExchange
 from exchanges.venues import venue
 from services.errors import ValidationFailed
 
@@ -36,7 +37,7 @@ class RateRange:
 # price distance), the rate is any percentage below 100 whose distance (callback_rate %
 # of the activation price, of the mark when there is none) comes to at least one tick;
 # the adapter sends that distance rounded to the tick (docs/protection.md).
-OPEN_RANGE = RateRange(Decimal("0.001"), Decimal("99"))
+OPEN_RANGE = RateRange(Decimal("0.001"), Decimal(99))
 
 
 def rate_range(exchange: str) -> RateRange:
@@ -44,7 +45,7 @@ def rate_range(exchange: str) -> RateRange:
     Order TRAILING_STOP_MARKET, "callbackRate min 0.1, max 10 where 1 for 1%")."""
     try:
         spec = venue(exchange).protection
-    except Exception:  # an exchange without a registry entry: the open range
+    except UnsupportedExchange:  # an exchange without a registry entry: the open range
         return OPEN_RANGE
     if spec is None or spec.callback_rate_min is None or spec.callback_rate_max is None:
         return OPEN_RANGE
@@ -55,7 +56,7 @@ def trails_by_distance(exchange: str) -> bool:
     """True when the venue trails by a price distance (Bybit), not by a rate."""
     try:
         spec = venue(exchange).protection
-    except Exception:
+    except UnsupportedExchange:
         return False
     return spec is not None and spec.trailing_by == "distance"
 

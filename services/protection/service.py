@@ -21,17 +21,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable
 
 from sqlalchemy import select
 
 from exchanges.errors import ExchangeError, ExchangeRejected
-from models import (LIVE_LEG_STATUSES, Database, ExchangeKey, ExitStatus, LegStatus,
-                    ProtectionLeg, now_ms)
-from services.accounts import get_owned_key
 from exchanges.venues import venue
+from models import (
+    LIVE_LEG_STATUSES,
+    Database,
+    ExchangeKey,
+    ExitStatus,
+    LegStatus,
+    ProtectionLeg,
+    now_ms,
+)
+from services.accounts import get_owned_key
 from services.errors import Conflict, NotFound, ValidationFailed
 from services.lifecycle import StopFlag
 from services.protection.exchange_mode import ExchangeLegs, new_client_order_id
@@ -39,8 +46,12 @@ from services.protection.guard import ServerGuard
 from services.protection.index import Rule
 from services.protection.reasons import mark_fill_reasons
 from services.protection.rules import LegSpec, check_leg
-from services.protection.view import (EMPTY_FIELDS, leg_order_row, position_fields,
-                                      protection_view)
+from services.protection.view import (
+    EMPTY_FIELDS,
+    leg_order_row,
+    position_fields,
+    protection_view,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +202,7 @@ class ProtectionService:
                                           row.activation_price))
         return wanted, cancel
 
-    def list(self, user_id: int, key_id: int) -> list[dict]:
+    def protections(self, user_id: int, key_id: int) -> list[dict]:
         """The key's protections: one per symbol with a leg that is not ``canceled``."""
         get_owned_key(self._db, user_id, key_id)
         with self._db.session() as s:

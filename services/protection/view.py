@@ -34,22 +34,21 @@ def protection_view(key_id: int, symbol: str, rows: list[ProtectionLeg],
     oldest_live = min((r.id for r in live), default=None)
     legs: dict[str, dict | None] = {}
     for kind in KINDS:
-        row = newest.get(kind)
-        if row is None or (oldest_live is not None and row.status not in LIVE_LEG_STATUSES
-                           and row.id < oldest_live):
-            legs[kind] = None
-        elif row.status == LegStatus.CANCELED.value and not show_canceled:
+        shown = newest.get(kind)
+        if shown is None or (oldest_live is not None and shown.status not in LIVE_LEG_STATUSES
+                             and shown.id < oldest_live) or \
+                (shown.status == LegStatus.CANCELED.value and not show_canceled):
             legs[kind] = None
         else:
-            legs[kind] = leg_data(row)
+            legs[kind] = leg_data(shown)
     head = max(live, key=lambda r: r.id) if live else max(newest.values(), key=lambda r: r.id)
-    shown = [newest[k] for k in KINDS if legs[k] is not None]
+    visible = [newest[k] for k in KINDS if legs[k] is not None]
     return {"key_id": key_id, "symbol": symbol, "side": head.side, "mode": head.mode,
             "working_type": head.working_type,
-            "legs": legs, "updated_at": max((r.updated_at for r in shown or [head]))}
+            "legs": legs, "updated_at": max(r.updated_at for r in visible or [head])}
 
 
-EMPTY_FIELDS = {"stop_loss": None, "take_profit": None, "trailing_stop": None}
+EMPTY_FIELDS: dict[str, object] = {"stop_loss": None, "take_profit": None, "trailing_stop": None}
 LEG_ORDER_TYPES = {"stop_loss": "STOP_MARKET", "take_profit": "TAKE_PROFIT_MARKET",
                    "trailing_stop": "TRAILING_STOP_MARKET"}
 
@@ -58,7 +57,7 @@ def position_fields(rows: list[ProtectionLeg]) -> dict:
     """A ``positions`` row's ``stop_loss``, ``take_profit`` (trigger prices) and
     ``trailing_stop`` (``{"callback_rate", "activation_price"}``) from the symbol's live
     legs; null for a kind without one."""
-    fields = dict(EMPTY_FIELDS)
+    fields: dict[str, object] = dict(EMPTY_FIELDS)
     for row in rows:
         if row.status not in LIVE_LEG_STATUSES:
             continue

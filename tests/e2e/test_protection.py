@@ -211,7 +211,7 @@ def test_rules_and_a_trailing_extreme_outlive_a_kill(sim, restartable) -> None: 
     assert legs["trailing_stop"]["status"] == "triggered" and legs["stop_loss"] is None
     exits = [o for o in sim.state(acct.api_key)["orders"]
              if (o.get("client_order_id") or "").startswith("exit-")]
-    assert exits and all(Decimal(o["price"]) < Decimal("3300") for o in exits)
+    assert exits and all(Decimal(o["price"]) < Decimal(3300) for o in exits)
 
 
 def test_oco_after_a_manual_close_cancels_the_server_rules(account, sim, listen) -> None:  # type: ignore[no-untyped-def]
@@ -259,7 +259,7 @@ def test_an_exchange_leg_that_fired_while_the_server_was_down_is_recorded_at_res
     assert legs["stop_loss"] is None                    # canceled (OCO)
     closed = wait_until(lambda: [t for t in acct.get("/api/trades?status=closed").json()
                                  if t["client_order_id"] == trade["client_order_id"]])
-    assert Decimal(closed[0]["exit_price"]) >= Decimal("61000")
+    assert Decimal(closed[0]["exit_price"]) >= Decimal(61000)
     assert Decimal(closed[0]["realized_pnl"]) > 0
 
 
@@ -293,7 +293,7 @@ def test_pending_legs_left_by_a_kill_are_settled_at_restart(sim, restartable) ->
     venue = BinanceFuturesClient(acct.api_key, acct.api_secret, testnet=False,
                                  endpoints=VenueEndpoints(sim.url, sim.ws_url), timeout_s=5)
     held = venue.place_protection_leg("BTCUSDT", "LONG", ProtectionKind.STOP_LOSS, reached,
-                                      trigger_price=Decimal("59000"))
+                                      trigger_price=Decimal(59000))
     venue.close()
     restartable()
     legs = wait_until(lambda: (lambda p: p["legs"] if p and p["legs"]["stop_loss"]

@@ -13,7 +13,6 @@ import pytest
 
 from exchanges.binance.client import BinanceFuturesClient
 from exchanges.types import ProtectionKind, VenueEndpoints
-
 from tests.e2e.conftest import Account, wait_until
 
 PATH = "/api/positions/protection"
@@ -122,7 +121,7 @@ def test_exchange_legs_removed_and_a_refusal_changes_nothing(venue_account, sim)
     foreign = BinanceFuturesClient(acct.api_key, acct.api_secret, testnet=False,
                                    endpoints=VenueEndpoints(sim.url, sim.ws_url), timeout_s=5)
     foreign.place_protection_leg("ETHUSDT", "SHORT", ProtectionKind.TAKE_PROFIT, "foreign-tp-1",
-                                 trigger_price=D("2800"))
+                                 trigger_price=D(2800))
     foreign.close()
     r = acct.put(PATH, {**base, "stop_loss": {"trigger_price": "3150"},
                         "take_profit": {"trigger_price": "2900"}})
@@ -133,7 +132,7 @@ def test_exchange_legs_removed_and_a_refusal_changes_nothing(venue_account, sim)
     assert legs["stop_loss"]["status"] == "active" and legs["stop_loss"]["trigger_price"] == "3100"
     held = [o for o in _venue_legs(sim, acct, "ETHUSDT") if o["status"] == "NEW"]
     assert sorted((o["type"], D(o["trigger_price"])) for o in held) == [
-        ("STOP_MARKET", D("3100")), ("TAKE_PROFIT_MARKET", D("2800"))]   # ours as before, theirs
+        ("STOP_MARKET", D(3100)), ("TAKE_PROFIT_MARKET", D(2800))]   # ours as before, theirs
     r = acct.delete(f"{PATH}?key_id={acct.key_id}&symbol=ETHUSDT")
     assert r.status_code == 200 and r.json()["legs"]["stop_loss"]["status"] == "canceled"
     assert [o["type"] for o in _venue_legs(sim, acct, "ETHUSDT") if o["status"] == "NEW"] == [

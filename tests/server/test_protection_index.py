@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
+from exchanges.types import Ticker
 from services.protection.guard import ServerGuard
 from services.protection.index import Rule, TriggerIndex
-from exchanges.types import Ticker
 
 
 def _far_rules(index: TriggerIndex, n: int) -> None:
@@ -19,43 +19,43 @@ def _far_rules(index: TriggerIndex, n: int) -> None:
 def test_a_tick_touches_only_the_crossed_rules_however_many_are_far() -> None:
     index = TriggerIndex()
     _far_rules(index, 2000)
-    index.add(Rule(id=1, position_side="LONG", kind="stop_loss", trigger_price=D("99")))
-    index.add(Rule(id=2, position_side="SHORT", kind="stop_loss", trigger_price=D("101")))
+    index.add(Rule(id=1, position_side="LONG", kind="stop_loss", trigger_price=D(99)))
+    index.add(Rule(id=2, position_side="SHORT", kind="stop_loss", trigger_price=D(101)))
     for price in ("100", "99.5", "100.5", "100.9"):
         result = index.on_tick(D(price))
         assert result.fired == [] and result.touched == 0
     assert index.touched_total == 0
     result = index.on_tick(D("98.9"))
     assert [r.id for r in result.fired] == [1] and result.touched == 1
-    result = index.on_tick(D("101"))   # a SHORT's stop fires at its level exactly
+    result = index.on_tick(D(101))   # a SHORT's stop fires at its level exactly
     assert [r.id for r in result.fired] == [2] and result.touched == 1
     assert len(index) == 4000 and index.touched_total == 2
 
 
 def test_sides_long_and_short_stop_loss_and_take_profit() -> None:
     index = TriggerIndex()
-    index.add(Rule(id=1, position_side="LONG", kind="take_profit", trigger_price=D("110")))
-    index.add(Rule(id=2, position_side="SHORT", kind="take_profit", trigger_price=D("90")))
-    index.add(Rule(id=3, position_side="SHORT", kind="stop_loss", trigger_price=D("105")))
+    index.add(Rule(id=1, position_side="LONG", kind="take_profit", trigger_price=D(110)))
+    index.add(Rule(id=2, position_side="SHORT", kind="take_profit", trigger_price=D(90)))
+    index.add(Rule(id=3, position_side="SHORT", kind="stop_loss", trigger_price=D(105)))
     assert index.on_tick(D("104.9")).fired == []
-    assert [r.id for r in index.on_tick(D("111")).fired] == [3, 1]  # both crossed, nearest first
-    assert [r.id for r in index.on_tick(D("89")).fired] == [2]
+    assert [r.id for r in index.on_tick(D(111)).fired] == [3, 1]  # both crossed, nearest first
+    assert [r.id for r in index.on_tick(D(89)).fired] == [2]
     assert len(index) == 0
 
 
 def test_long_trailing_activates_then_follows_the_high_then_fires() -> None:
     index = TriggerIndex()
     _far_rules(index, 500)
-    t = Rule(id=7, position_side="LONG", kind="trailing_stop", callback_rate=D("1"),
-             activation_price=D("105"))
+    t = Rule(id=7, position_side="LONG", kind="trailing_stop", callback_rate=D(1),
+             activation_price=D(105))
     index.add(t)
-    assert index.on_tick(D("104")).touched == 0 and t.extreme is None
-    r = index.on_tick(D("106"))            # activation
-    assert r.moved == [t] and t.extreme == D("106") and r.touched == 1
-    r = index.on_tick(D("105"))            # 106 * 0.99 = 104.94: not yet
+    assert index.on_tick(D(104)).touched == 0 and t.extreme is None
+    r = index.on_tick(D(106))            # activation
+    assert r.moved == [t] and t.extreme == D(106) and r.touched == 1
+    r = index.on_tick(D(105))            # 106 * 0.99 = 104.94: not yet
     assert r.fired == [] and r.touched == 0
-    r = index.on_tick(D("110"))            # new high: only this rule moves
-    assert r.moved == [t] and r.touched == 1 and t.extreme == D("110")
+    r = index.on_tick(D(110))            # new high: only this rule moves
+    assert r.moved == [t] and r.touched == 1 and t.extreme == D(110)
     assert index.on_tick(D("108.95")).fired == []   # 110 * 0.99 = 108.9
     r = index.on_tick(D("108.9"))
     assert r.fired == [t] and r.touched == 1
@@ -64,20 +64,20 @@ def test_long_trailing_activates_then_follows_the_high_then_fires() -> None:
 
 def test_short_trailing_without_activation_trails_from_the_mark_at_once() -> None:
     index = TriggerIndex()
-    t = Rule(id=8, position_side="SHORT", kind="trailing_stop", callback_rate=D("2"))
-    index.add(t, price=D("100"))
-    assert t.extreme == D("100")
+    t = Rule(id=8, position_side="SHORT", kind="trailing_stop", callback_rate=D(2))
+    index.add(t, price=D(100))
+    assert t.extreme == D(100)
     assert index.on_tick(D("101.9")).fired == []     # stop at 102
-    r = index.on_tick(D("90"))                        # new low: stop at 91.8
-    assert r.moved == [t] and t.extreme == D("90")
+    r = index.on_tick(D(90))                        # new low: stop at 91.8
+    assert r.moved == [t] and t.extreme == D(90)
     assert index.on_tick(D("91.7")).fired == []
     assert index.on_tick(D("91.8")).fired == [t]
 
 
 def test_trailing_rule_restored_with_its_extreme_keeps_it() -> None:
     index = TriggerIndex()
-    t = Rule(id=9, position_side="LONG", kind="trailing_stop", callback_rate=D("1"),
-             activation_price=D("105"), extreme=D("120"))   # as re-armed after a restart
+    t = Rule(id=9, position_side="LONG", kind="trailing_stop", callback_rate=D(1),
+             activation_price=D(105), extreme=D(120))   # as re-armed after a restart
     index.add(t)
     assert index.on_tick(D("118.9")).fired == []         # 120 * 0.99 = 118.8
     assert index.on_tick(D("118.8")).fired == [t]
@@ -104,11 +104,11 @@ def test_guard_fires_once_per_position_disarms_the_siblings_and_leaves_the_strea
     hub, fired = FakeHub(), []
     guard = ServerGuard(hub, lambda rule, price: fired.append((rule.id, price)))
     market = ("binance", False, "BTCUSDT")
-    guard.arm(market, "MARK_PRICE", 7, Rule(1, "LONG", "stop_loss", trigger_price=D("90")))
-    guard.arm(market, "MARK_PRICE", 7, Rule(2, "LONG", "take_profit", trigger_price=D("110")))
-    guard.arm(market, "CONTRACT_PRICE", 7, Rule(3, "LONG", "trailing_stop", callback_rate=D("5")),
-              mark=D("100"))
-    guard.arm(market, "MARK_PRICE", 8, Rule(4, "LONG", "stop_loss", trigger_price=D("80")))
+    guard.arm(market, "MARK_PRICE", 7, Rule(1, "LONG", "stop_loss", trigger_price=D(90)))
+    guard.arm(market, "MARK_PRICE", 7, Rule(2, "LONG", "take_profit", trigger_price=D(110)))
+    guard.arm(market, "CONTRACT_PRICE", 7, Rule(3, "LONG", "trailing_stop", callback_rate=D(5)),
+              mark=D(100))
+    guard.arm(market, "MARK_PRICE", 8, Rule(4, "LONG", "stop_loss", trigger_price=D(80)))
     (on_tick,) = hub.subscribed.values()
     on_tick(_tick("95", last="96"))
     assert fired == [] and guard.count() == 4
@@ -124,13 +124,13 @@ def test_guard_keeps_moved_extremes_for_persisting() -> None:
     hub = FakeHub()
     guard = ServerGuard(hub, lambda rule, price: None)
     market = ("bybit", True, "BTCUSDT")
-    guard.arm(market, "MARK_PRICE", 1, Rule(5, "LONG", "trailing_stop", callback_rate=D("1"),
-                                            activation_price=D("101")))
+    guard.arm(market, "MARK_PRICE", 1, Rule(5, "LONG", "trailing_stop", callback_rate=D(1),
+                                            activation_price=D(101)))
     guard.handle_tick(market, _tick("100"))
     assert guard.take_dirty() == {}
     guard.handle_tick(market, _tick("102"))
     guard.handle_tick(market, _tick("103"))
-    assert guard.take_dirty() == {5: D("103")} and guard.take_dirty() == {}
+    assert guard.take_dirty() == {5: D(103)} and guard.take_dirty() == {}
 
 
 def test_many_far_rules_cost_nothing_per_tick_in_the_guard() -> None:
