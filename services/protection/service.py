@@ -307,14 +307,18 @@ class ProtectionService:
         # leg is still active (another process may have removed it); then the leg's
         # compare-and-set. A crash in between leaves the leg active and the exit
         # working: the exit is recovered at start-up, the re-armed rule finds it.
-        with self._db.session() as s:
+        with self._db.session() as s:  # the leg and its key in one read
             row = s.get(ProtectionLeg, ref.leg_id)
             if row is None or row.status != LegStatus.ACTIVE.value:
                 return "skipped"
+            key = s.get(ExchangeKey, ref.key_id)
+        if key is None or key.status == "deleted":
+            self._settle_fired(ref, price, LegStatus.CANCELED.value, "key_deleted", "the key is gone")
+            return "canceled"
         exit_ = None
         for attempt in range(FIRE_RETRIES):
             try:
-                exit_, _ = self._exits.close_position(ref.user_id, ref.key_id, ref.symbol)
+                exit_, _ = self._exits.close_position(ref.user_id, ref.key_id, ref.symbol, key)
                 break
             except Conflict:
                 self._settle_fired(ref, price, LegStatus.CANCELED.value, "no_position",
