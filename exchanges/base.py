@@ -92,7 +92,8 @@ class ExchangeClient(Protocol):
         """Open (non-zero) positions (Binance ``GET /fapi/v3/positionRisk``)."""
 
     def get_open_orders(self, symbol: str | None = None) -> list[Order]:
-        """Open orders (Binance ``GET /fapi/v1/openOrders``)."""
+        """Open orders (Binance ``GET /fapi/v1/openOrders``). Never the protection legs
+        (``open_protection_legs`` lists those)."""
 
     def get_order(self, symbol: str, client_order_id: str | None = None,
                   order_id: str | None = None) -> Order:
@@ -141,10 +142,11 @@ class ExchangeClient(Protocol):
         ``callback_rate`` becomes a distance of ``callback_rate`` % of the activation
         price (or of the mark price when there is none), rounded to the tick size.
 
-        Returns the leg as held (status NEW). Raises InvalidOrder (e.g. a trigger on
-        the wrong side, Binance -2021, Bybit 10001), NoPosition-style InvalidOrder
-        when the venue holds no position (Bybit 10001 "can not set tp/sl/ts for zero
-        position"), ExchangeTimeout (fate unknown: ``get_protection_leg``).
+        Returns the leg as held (status NEW). Raises InvalidOrder with the venue's
+        code (a trigger on the wrong side: Binance -2021, Bybit 10001; no position:
+        Binance -4509, Bybit 10001; code None for a local check such as a callback
+        rate outside ``spec.protection``'s range), ExchangeTimeout (fate unknown: ask
+        ``get_protection_leg``), RateLimited, AuthFailed.
         """
 
     def cancel_protection_leg(self, symbol: str, client_order_id: str) -> ProtectionLeg:

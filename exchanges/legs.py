@@ -1,8 +1,34 @@
-"""Venue-independent checks of a protection leg request, shared by the adapters.
+"""Venue-independent checks of a protection leg request, shared by the adapters, and
+how a service uses the protection-leg part of ``exchanges.base.ExchangeClient``.
 
 A leg closes the whole position it protects (``position_side`` LONG or SHORT) with an
 order on the opposite side. Local refusals raise ``InvalidOrder`` with ``code`` None
 (nothing reached the venue).
+
+Using legs (both adapters, see ``exchanges.types.ProtectionLeg``):
+
+- Ids. Binance: the ``client_order_id`` you pass is the leg's id (``clientAlgoId``),
+  ``order_id`` is the ``algoId``. Bybit keeps one leg of each kind per position and
+  no client id: the leg's id is ``"<symbol>-<kind>"`` (``bybit.mapping.bybit_leg_id``),
+  ``order_id`` the conditional order's ``orderId``; placing a kind that is already held
+  modifies it in place (same ``order_id``). Ask ``venue(name).protection`` for the
+  differences (``legs_are_position_attributes``, ``trailing_by``, the callback range).
+- Placing: write your row first; on ExchangeTimeout ask ``get_protection_leg`` with
+  the leg's id (the venue may hold it). ``open_protection_legs`` lists what is held.
+- Events: ``ProtectionLegUpdate`` (Binance ALGO_UPDATE; Bybit ``order`` topic) with
+  status NEW -> TRIGGERED -> FILLED, or CANCELED / EXPIRED. When a position ends by
+  any path, both venues drop its other legs themselves (Binance EXPIRED, Bybit
+  Deactivated -> CANCELED): the update arrives; a cancel that races it gets
+  ProtectionLegNotFound.
+- The fill of a fired leg is an ordinary fill (``reason`` None): link it by order id.
+  Binance: ``fill.order_id == leg.triggered_order_id`` (ALGO_UPDATE ``ai`` /
+  ``actualOrderId``; the simulator also gives that order the ``clientAlgoId`` as its
+  client id, which real Binance does not promise). Bybit: ``fill.order_id ==
+  leg.order_id`` (the conditional order becomes the market order).
+- Reconciling after a gap: a leg you hold as active that ``open_protection_legs`` no
+  longer lists -> ``get_protection_leg``: FILLED (its close happened: find the fills
+  by ``triggered_order_id``), CANCELED / EXPIRED (re-place it while the position
+  lasts), ProtectionLegNotFound (never placed, or too old for the venue to keep).
 """
 from __future__ import annotations
 

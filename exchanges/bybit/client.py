@@ -280,7 +280,9 @@ class BybitLinearClient(GovernedRestClient):
         (``/v5/order/realtime?orderFilter=StopOrder``).
 
         The returned leg's ``client_order_id`` is ``"<symbol>-<kind>"``
-        (``mapping.bybit_leg_id``); the ``client_order_id`` given is only logged.
+        (``mapping.bybit_leg_id``); the ``client_order_id`` given is only logged. Bybit
+        applies the leg to the position it holds in ``symbol``: the returned leg's
+        ``position_side`` says which (compare it with ``position_side``).
         Raises InvalidOrder (local checks; 10001: no position, a trigger on the wrong
         side), ExchangeTimeout (fate unknown: ``get_protection_leg``),
         ExchangeUnavailable when the accepted leg cannot be read back.

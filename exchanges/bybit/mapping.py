@@ -182,7 +182,8 @@ def parse_orders(raw: Mapping[str, Any]) -> list[Order]:
 def parse_fill(row: Mapping[str, Any]) -> Fill:
     """One execution (REST ``/v5/execution/list`` row or WS ``execution`` element).
 
-    ``reason`` liquidation for ``execType`` BustTrade, adl for AdlTrade; trade id ``execId``; fee ``execFee`` in ``feeCurrency`` (the settle coin when
+    ``reason`` liquidation for ``execType`` BustTrade, adl for AdlTrade; trade id
+    ``execId``; fee ``execFee`` in ``feeCurrency`` (the settle coin when
     empty); realized ``execPnl`` when present (WS), else 0 (the REST list has none);
     maker ``isMaker``; time ``execTime``. An empty ``orderLinkId`` -> ``None``.
     """

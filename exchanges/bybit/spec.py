@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from exchanges.errors import (
     AuthFailed, ClockSkew, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance,
-    OrderNotFound, RateLimited,
+    InvalidOrder, OrderNotFound, RateLimited,
 )
 from exchanges.spec import Endpoint, ProtectionSpec, RateLimit, VenueSpec
 from exchanges.types import VenueEndpoints, WorkingType
@@ -60,6 +60,11 @@ BYBIT = VenueSpec(
         110001: OrderNotFound,       # Order does not exist.
         110008: OrderNotFound,       # The order has been completed or cancelled.
         110010: OrderNotFound,       # The order has been cancelled.
+        # Conditional orders and position TP/SL (any other retCode is InvalidOrder too;
+        # listed for the record): 110092 expect Rising, but trigger_price <= current;
+        # 110093 expect Falling, but trigger_price >= current.
+        110092: InvalidOrder,
+        110093: InvalidOrder,
     },
     unknown_symbol_code=10001,   # params error: symbol invalid
     # position/trading-stop.mdx: TP/SL/trailing are position attributes (tpslMode=Full:

@@ -6,9 +6,14 @@ Run it with ``python -m exchanges.simulator --host 127.0.0.1 --port 9100``; the 
 Layout:
 - ``models``, ``engine``, ``margin``: the protocol-neutral matching engine, accounts
   and positions (Decimal, ms times, events published to listeners);
+- ``legs``: held conditional orders (stop-loss, take-profit, trailing stop) triggered
+  by the mark or last price, liquidation/ADL closes, margin calls and funding;
 - ``market``: seeded random walk and CSV candle replay;
 - ``faults``: fault injection, the server clock, REST request counters;
-- ``binance_*``: the Binance REST + WebSocket protocol layer;
+- ``binance_*``: the Binance REST + WebSocket protocol layer (``binance_algo``: the
+  Algo Service, ALGO_UPDATE, MARGIN_CALL, income history);
+- ``bybit_*``: the Bybit v5 layer (``bybit_tpsl``: position trading-stop and its
+  conditional orders);
 - ``control``: the loopback-only ``/_sim/*`` API for demos and tests;
 - ``server``: assembly (``build_app``, ``serve``) and ``__main__``: the command line.
 """

@@ -7,7 +7,8 @@ Endpoints (SIGNED), after developers.binance.com/docs/derivatives/usds-margined-
 
 - ``POST /fapi/v1/algoOrder``: ``algoType=CONDITIONAL``; ``type`` STOP_MARKET,
   TAKE_PROFIT_MARKET (with ``triggerPrice``; ``closePosition=true`` for the whole
-  position, else ``quantity`` and optional ``reduceOnly``) or TRAILING_STOP_MARKET
+  position, else ``quantity`` with ``reduceOnly=true``: an opening conditional order
+  is not simulated, -1102) or TRAILING_STOP_MARKET
   (``callbackRate`` 0.1..10 percent, optional ``activatePrice``, ``quantity``;
   closePosition is refused for it, as the doc limits Close-All to the first two);
   ``workingType`` MARK_PRICE / CONTRACT_PRICE (default CONTRACT_PRICE);
@@ -15,6 +16,7 @@ Endpoints (SIGNED), after developers.binance.com/docs/derivatives/usds-margined-
 - ``DELETE /fapi/v1/algoOrder`` (``algoId`` or ``clientAlgoId``) ->
   ``{"algoId","clientAlgoId","code":"200","msg":"success"}``.
 - ``GET /fapi/v1/algoOrder``, ``GET /fapi/v1/openAlgoOrders[?symbol]``,
+  ``GET /fapi/v1/allAlgoOrders?symbol`` (every status),
   ``DELETE /fapi/v1/algoOpenOrders?symbol``.
 - ``GET /fapi/v1/income`` (``symbol``, ``incomeType``, ``startTime``, ``endTime``,
   ``limit`` 1..1000 default 100): FUNDING_FEE rows.
@@ -92,6 +94,8 @@ def algo_update(engine: Engine, leg: Leg, event_ms: int) -> dict:
         "tt": leg.trigger_time, "gtd": 0,
     })
     if leg.type == TRAILING_STOP_MARKET:
+        # "cr" as captured ALGO_UPDATEs carry it; "AP" (activation) by analogy with
+        # ORDER_TRADE_UPDATE, the doc example being a TAKE_PROFIT without either.
         o["cr"] = bf.plain(leg.callback_rate or ZERO)
         if leg.activate_price is not None:
             o["AP"] = bf.fmt(leg.activate_price, pp)
@@ -134,6 +138,7 @@ class AlgoRoutes:
             ("DELETE", "/fapi/v1/algoOrder", self.cancel_algo, SIGNED),
             ("GET", "/fapi/v1/algoOrder", self.get_algo, SIGNED),
             ("GET", "/fapi/v1/openAlgoOrders", self.open_algos, SIGNED),
+            ("GET", "/fapi/v1/allAlgoOrders", self.all_algos, SIGNED),
             ("DELETE", "/fapi/v1/algoOpenOrders", self.cancel_all_algos, SIGNED),
             ("GET", "/fapi/v1/income", self.income, SIGNED),
         ]
@@ -191,6 +196,12 @@ class AlgoRoutes:
             spec = engine.spec(symbol)
             if quantity <= 0 or not spec.on_step(quantity):
                 raise BinanceError(-1111, "Precision is over the maximum defined for this asset.")
+            if not p.boolean("reduceOnly"):
+                # Binance would accept it (and it could open a position); the simulator
+                # holds closing legs only.
+                raise BinanceError(-1102, "Mandatory parameter 'reduceOnly' was not sent, was "
+                                          "empty/null, or malformed (conditional orders that "
+                                          "open a position are not simulated).")
         leg = engine.place_leg(
             ctx.api_key, VENUE, symbol, side, type_, client_id=client_id or _auto_id(engine),
             working_type=working, trigger_price=trigger, close_position=close,
@@ -232,6 +243,21 @@ class AlgoRoutes:
             self.engine.spec(symbol)
         return [algo_json(self.engine, l) for l in self.engine.open_legs(ctx.api_key, symbol)
                 if l.venue == VENUE]
+
+    async def all_algos(self, ctx: Ctx) -> list:
+        """Algo orders of ``symbol`` of every status: from ``algoId`` on, within
+        ``startTime``..``endTime``, at most ``limit`` (default 500; the latest ones when
+        no ``algoId``), oldest first."""
+        p = ctx.params
+        symbol = p.require("symbol")
+        self.engine.spec(symbol)
+        from_id, start, end = p.integer("algoId"), p.integer("startTime"), p.integer("endTime")
+        legs = [l for l in ctx.account.legs.values() if l.venue == VENUE and l.symbol == symbol
+                and (from_id is None or l.leg_id >= from_id)
+                and (start is None or l.time >= start) and (end is None or l.time <= end)]
+        limit = limit_param(p)
+        legs = legs[:limit] if from_id is not None else legs[-limit:]
+        return [algo_json(self.engine, l) for l in legs]
 
     async def cancel_all_algos(self, ctx: Ctx) -> dict:
         """Cancel every waiting algo order of ``symbol``."""

@@ -48,12 +48,14 @@ WEIGHTS = {
     ("GET", "/fapi/v1/userTrades"): 5, ("GET", "/fapi/v1/allOrders"): 5,
     ("POST", "/fapi/v1/order"): 0, ("GET", "/fapi/v1/ticker/bookTicker"): 2,
     ("POST", "/fapi/v1/algoOrder"): 0, ("GET", "/fapi/v1/income"): 30,
+    ("GET", "/fapi/v1/allAlgoOrders"): 5,
 }
 
 
 def request_weight(method: str, path: str, has_symbol: bool) -> int:
     """The IP request weight of one call (1 unless ``WEIGHTS`` says otherwise)."""
-    if method == "GET" and path in ("/fapi/v1/openOrders", "/fapi/v1/openAlgoOrders"):
+    if method == "GET" and path in ("/fapi/v1/openOrders", "/fapi/v1/openAlgoOrders",
+                                    "/fapi/v1/ticker/24hr"):
         return 1 if has_symbol else 40
     return WEIGHTS.get((method, path), 1)
 
@@ -69,7 +71,7 @@ class BinanceApi:
     @staticmethod
     def is_rest_path(path: str) -> bool:
         """True for the REST paths this layer owns."""
-        return path.startswith("/fapi/") or path.startswith("/api/")
+        return path.startswith(("/fapi/", "/api/", "/sapi/"))
 
     # ---- middleware: counting, weight header, faults, unknown paths -----------------
     @web.middleware
@@ -162,6 +164,11 @@ class BinanceApi:
             ("GET", "/fapi/v1/ticker/price", self.ticker_price, NONE),
             ("GET", "/fapi/v2/ticker/price", self.ticker_price, NONE),
             ("GET", "/fapi/v1/ticker/bookTicker", self.book_ticker, NONE),
+            ("GET", "/fapi/v1/ticker/24hr", self.ticker_24hr, NONE),
+            ("GET", "/fapi/v1/leverageBracket", self.leverage_bracket, SIGNED),
+            ("GET", "/sapi/v1/capital/config/getall", self.coins, SIGNED),
+            ("GET", "/sapi/v1/margin/allPairs", self.no_margin_pairs, KEY),
+            ("GET", "/sapi/v1/margin/isolated/allPairs", self.no_margin_pairs, SIGNED),
             ("POST", "/fapi/v1/listenKey", self.listen_key_post, KEY),
             ("PUT", "/fapi/v1/listenKey", self.listen_key_put, KEY),
             ("DELETE", "/fapi/v1/listenKey", self.listen_key_delete, KEY),
@@ -213,10 +220,38 @@ class BinanceApi:
     async def ticker_price(self, ctx: Ctx) -> object:
         """``{"symbol","price","time"}`` (object with ``symbol``, else a list)."""
         symbols, single = self._symbols(ctx)
-        rows = [{"symbol": s, "price": bf.fmt(self.engine.prices[s],
+        rows = [{"symbol": s, "price": bf.fmt(self.engine.last_prices[s],
                                               self.engine.symbols[s].price_precision),
                  "time": ctx.now} for s in symbols]
         return rows[0] if single else rows
+
+    async def ticker_24hr(self, ctx: Ctx) -> object:
+        """24 h statistics rows (object with ``symbol``, else a list); see
+        ``binance_format.ticker_24hr``."""
+        symbols, single = self._symbols(ctx)
+        rows = [bf.ticker_24hr(self.engine, s, ctx.now) for s in symbols]
+        return rows[0] if single else rows
+
+    async def leverage_bracket(self, ctx: Ctx) -> list:
+        """Notional brackets per symbol (a list, also with ``symbol``)."""
+        symbols, _ = self._symbols(ctx)
+        return [bf.leverage_brackets(self.engine, s) for s in symbols]
+
+    async def coins(self, ctx: Ctx) -> list:
+        """``GET /sapi/v1/capital/config/getall`` (the spot wallet's coin list that
+        clients such as ccxt read for currencies): the margin coin and each symbol's
+        base coin, an empty spot wallet, no deposit/withdrawal networks."""
+        coins = ["USDT"] + sorted({s.base for s in self.engine.symbols.values()})
+        zero = "0"
+        return [{"coin": c, "name": c, "depositAllEnable": False, "withdrawAllEnable": False,
+                 "free": zero, "locked": zero, "freeze": zero, "withdrawing": zero,
+                 "ipoing": zero, "ipoable": zero, "storage": zero, "isLegalMoney": False,
+                 "trading": True, "networkList": []} for c in coins]
+
+    async def no_margin_pairs(self, ctx: Ctx) -> list:
+        """``/sapi/v1/margin/allPairs`` and ``.../isolated/allPairs``: no spot margin
+        pairs are simulated (an empty list, as for an account without margin)."""
+        return []
 
     async def book_ticker(self, ctx: Ctx) -> object:
         """Best bid/ask one tick around the price (object with ``symbol``, else a list)."""

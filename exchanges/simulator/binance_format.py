@@ -202,7 +202,9 @@ def exchange_info(engine: Engine, now_ms: int) -> dict:
                 {"filterType": "PERCENT_PRICE", "multiplierUp": f"{spec.percent_up:f}",
                  "multiplierDown": f"{spec.percent_down:f}", "multiplierDecimal": "4"},
             ],
-            "orderTypes": ["LIMIT", "MARKET"],
+            # the conditional types are placed through POST /fapi/v1/algoOrder
+            "orderTypes": ["LIMIT", "MARKET", "STOP_MARKET", "TAKE_PROFIT_MARKET",
+                           "TRAILING_STOP_MARKET"],
             "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
         })
     return {
@@ -218,3 +220,24 @@ def exchange_info(engine: Engine, now_ms: int) -> dict:
                     "autoAssetExchange": "-10000"}],
         "symbols": symbols,
     }
+
+
+def ticker_24hr(engine: Engine, symbol: str, now_ms: int) -> dict:
+    """A ``GET /fapi/v1/ticker/24hr`` row. The simulator keeps no 24 h statistics: like
+    the Bybit layer's tickers, open/high/low are the last price and volumes 0."""
+    pp = engine.symbols[symbol].price_precision
+    last = fmt(engine.last_prices[symbol], pp)
+    return {"symbol": symbol, "priceChange": fmt(ZERO, pp), "priceChangePercent": "0.000",
+            "weightedAvgPrice": last, "lastPrice": last, "lastQty": "0", "openPrice": last,
+            "highPrice": last, "lowPrice": last, "volume": "0", "quoteVolume": "0",
+            "openTime": now_ms - 86_400_000, "closeTime": now_ms, "firstId": 0, "lastId": 0,
+            "count": 0}
+
+
+def leverage_brackets(engine: Engine, symbol: str) -> dict:
+    """A ``GET /fapi/v1/leverageBracket`` element: the simulator's margin model has one
+    bracket per symbol (its maximum leverage and maintenance margin rate)."""
+    spec = engine.symbols[symbol]
+    return {"symbol": symbol, "notionalCoef": 1.0, "brackets": [{
+        "bracket": 1, "initialLeverage": spec.max_leverage, "notionalCap": 1_000_000_000,
+        "notionalFloor": 0, "maintMarginRatio": float(spec.mmr), "cum": 0.0}]}

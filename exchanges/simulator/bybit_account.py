@@ -161,12 +161,14 @@ def instrument_row(spec: SymbolSpec, symbol_id: int) -> dict:
 
 
 def ticker_prices(engine: Engine, symbol: str) -> dict:
-    """The price fields of a ticker: last = mark = index, best bid/ask one tick around."""
+    """The price fields of a ticker: mark = index, the last price (equal unless
+    ``/_sim/price`` set it apart), best bid/ask one tick around the mark."""
     spec = engine.symbols[symbol]
     pp = spec.price_precision
     price = fmt(engine.prices[symbol], pp)
     bid, ask = engine.bid_ask(symbol)
-    return {"symbol": symbol, "lastPrice": price, "markPrice": price, "indexPrice": price,
+    return {"symbol": symbol, "lastPrice": fmt(engine.last_prices[symbol], pp),
+            "markPrice": price, "indexPrice": price,
             "bid1Price": fmt(bid, pp), "ask1Price": fmt(ask, pp)}
 
 

@@ -38,6 +38,9 @@ from exchanges.simulator.models import MARGIN_ASSET, EngineError
 
 logger = logging.getLogger(__name__)
 
+# Categories a client may ask for whose markets the simulator does not list: answered
+# with an empty list (a paper venue with linear USDT perpetuals only), not an error.
+OTHER_CATEGORIES = frozenset({"spot", "inverse", "option"})
 ORDER_LIMIT, QUERY_LIMIT = 10, 50          # requests per second per key and endpoint
 ORDER_PATHS = frozenset({"/v5/order/create", "/v5/order/cancel", "/v5/order/cancel-all",
                          "/v5/position/set-leverage", "/v5/position/trading-stop"})
@@ -142,6 +145,9 @@ class BybitApi:
             ("GET", "/v5/market/instruments-info", self.instruments_info, False),
             ("GET", "/v5/market/tickers", self.tickers, False),
             ("GET", "/v5/account/wallet-balance", self.wallet_balance, True),
+            ("GET", "/v5/asset/coin/query-info", self.coin_info, True),
+            ("GET", "/v5/user/query-api", self.api_key_info, True),
+            ("GET", "/v5/account/info", self.account_info, True),
             ("GET", "/v5/position/list", self.position_list, True),
             ("POST", "/v5/position/set-leverage", self.set_leverage, True),
             ("POST", "/v5/position/switch-mode", self.switch_mode, True),
@@ -167,6 +173,8 @@ class BybitApi:
         """Rules per symbol (filters ``symbol``, ``baseCoin``, ``status``; unknown
         symbol -> empty list)."""
         p = ctx.params
+        if p.require("category") in OTHER_CATEGORIES:     # markets the simulator lists none of
+            return {"category": p.require("category"), "list": [], "nextPageCursor": ""}
         category(p)
         base, status = p.get("baseCoin"), p.get("status")
         specs = [self.engine.symbols[s] for s in self._symbols(p)
@@ -178,6 +186,8 @@ class BybitApi:
 
     async def tickers(self, ctx: Ctx) -> dict:
         """Ticker rows (10001 for an unknown ``symbol``)."""
+        if ctx.params.require("category") in OTHER_CATEGORIES and ctx.params.get("symbol") is None:
+            return {"category": ctx.params.require("category"), "list": []}
         category(ctx.params)
         symbols = self._symbols(ctx.params)
         if not symbols:
@@ -186,6 +196,38 @@ class BybitApi:
                 "list": [bac.ticker_row(self.engine, s, ctx.now) for s in symbols]}
 
     # ---- account and positions (private) -------------------------------------------
+    async def api_key_info(self, ctx: Ctx) -> dict:
+        """``/v5/user/query-api`` (user/apikey-info.mdx): a read-write key of a unified
+        trading account (``uta`` 1) with contract-trading permissions, no IP binding."""
+        account = ctx.account
+        uid = int.from_bytes(account.api_key.encode()[:6].ljust(6, b"\0"), "big") % 10**8
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(account.created / 1000))
+        return {"id": str(uid), "note": "simulator", "apiKey": account.api_key, "readOnly": 0,
+                "secret": "", "permissions": {
+                    "ContractTrade": ["Order", "Position"], "Spot": [], "Wallet": [],
+                    "Options": [], "Derivatives": [], "CopyTrading": [], "BlockTrade": [],
+                    "Exchange": [], "NFT": [], "Affiliate": []},
+                "ips": ["*"], "type": 1, "deadlineDay": -1, "expiredAt": "",
+                "createdAt": created, "unified": 0, "uta": 1, "userID": uid, "inviterID": 0,
+                "vipLevel": "No VIP", "mktMakerLevel": "0", "affiliateID": 0,
+                "rsaPublicKey": "", "isMaster": True, "parentUid": "0",
+                "kycLevel": "LEVEL_DEFAULT", "kycRegion": ""}
+
+    async def account_info(self, ctx: Ctx) -> dict:
+        """``/v5/account/info`` (account/account-info.mdx): regular (cross) margin, a
+        unified account (``unifiedMarginStatus`` 6, UTA 2.0)."""
+        return {"marginMode": "REGULAR_MARGIN", "updatedTime": str(ctx.account.created),
+                "unifiedMarginStatus": 6, "dcpStatus": "OFF", "timeWindow": 10,
+                "smpGroup": 0, "isMasterTrader": False, "spotHedgingStatus": "OFF"}
+
+    async def coin_info(self, ctx: Ctx) -> dict:
+        """``/v5/asset/coin/query-info``: the coins of the simulated markets (the margin
+        coin and each symbol's base coin), no deposit/withdrawal chains."""
+        coins = [MARGIN_ASSET] + sorted({s.base for s in self.engine.symbols.values()})
+        wanted = ctx.params.get("coin")
+        return {"rows": [{"name": c, "coin": c, "remainAmount": "0", "chains": []}
+                         for c in coins if wanted in (None, c)]}
+
     async def wallet_balance(self, ctx: Ctx) -> dict:
         """``accountType=UNIFIED`` (``coin`` filters the coin rows, comma-separated)."""
         account_type = ctx.params.require("accountType")

@@ -37,7 +37,8 @@ from exchanges.simulator.bybit_ledger import BybitLedger
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import FaultRegistry
 from exchanges.simulator.models import (
-    CANCELED, GTX, LIMIT, MARGIN_ASSET, IncomeRow, Leg, Order,
+    CANCELED, CONTRACT_PRICE, GTX, LIMIT, MARGIN_ASSET, MARK_PRICE, MARKET, STOP_MARKET,
+    TAKE_PROFIT_MARKET, IncomeRow, Leg, Order,
 )
 
 LINK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
@@ -46,7 +47,8 @@ SIDE_IN = {v: k for k, v in SIDES.items()}
 TYPE_IN = {v: k for k, v in TYPES.items()}
 WEEK_MS = 7 * 24 * 3600 * 1000
 CLOSED_KEPT = 500
-UNSUPPORTED = ("triggerPrice", "takeProfit", "stopLoss", "tpslMode", "orderIv")
+UNSUPPORTED = ("takeProfit", "stopLoss", "tpslMode", "orderIv")
+TRIGGER_BY = {"LastPrice": CONTRACT_PRICE, "MarkPrice": MARK_PRICE}
 
 
 class BybitOrders:
@@ -95,8 +97,11 @@ class BybitOrders:
         link = p.get("orderLinkId") or ""
         if link and not LINK_ID_RE.match(link):
             raise params_error("orderLinkId invalid")
-        if link and link in ctx.account.client_ids:
+        if link and (link in ctx.account.client_ids or
+                     any(l.client_id == link for l in ctx.account.legs.values())):
             raise BybitError(110072, "OrderLinkedID is duplicate")
+        if p.get("triggerPrice") is not None:
+            return self._conditional(ctx, symbol, side, type_, qty, link)
         rejected = self.faults.take("reject_orders", ctx.api_key) is not None
         with self.ledger.rejecting(ctx.api_key if rejected else None):
             order = self.engine.place_order(
@@ -104,6 +109,39 @@ class BybitOrders:
                 reduce_only=p.boolean("reduceOnly"), client_order_id=link,
                 force_expire=rejected)
         return {"orderId": order_uuid(order.order_id), "orderLinkId": link}
+
+    def _conditional(self, ctx: Ctx, symbol: str, side: str, type_: str, qty,
+                     link: str) -> dict:
+        """A conditional order (``triggerPrice`` + ``triggerDirection`` 1 rising / 2
+        falling, ``triggerBy`` LastPrice/MarkPrice): held Untriggered with
+        ``stopOrderType`` Stop, then a Market order (same ``orderId``). Simulated:
+        Market and ``reduceOnly`` only (10001 otherwise). Already past its trigger:
+        110092 / 110093 (error-codes.mdx)."""
+        p, engine = ctx.params, self.engine
+        spec = engine.spec(symbol)
+        if type_ != MARKET or not p.boolean("reduceOnly"):
+            raise params_error("only reduce-only Market conditional orders are simulated")
+        trigger = p.decimal("triggerPrice", required=True)
+        direction = p.integer("triggerDirection")
+        by = TRIGGER_BY.get(p.get("triggerBy") or "LastPrice")
+        if direction not in (1, 2) or by is None:
+            raise params_error("triggerDirection or triggerBy invalid")
+        if trigger <= 0 or not spec.on_tick(trigger):
+            raise params_error(f"triggerPrice precision invalid, tickSize {spec.tick:f}")
+        current = engine.watched_price(symbol, by)
+        word = "LastPrice" if by == CONTRACT_PRICE else "MarkPrice"
+        if direction == 1 and trigger <= current:
+            raise BybitError(110092, f"expect Rising, but trigger_price[{trigger:f}] <= "
+                                     f"current[{current:f}]??{word}")
+        if direction == 2 and trigger >= current:
+            raise BybitError(110093, f"expect Falling, but trigger_price[{trigger:f}] >= "
+                                     f"current[{current:f}]??{word}")
+        # A SELL that waits for a fall is a stop; one that waits for a rise a take-profit.
+        kind = STOP_MARKET if (side == "SELL") == (direction == 2) else TAKE_PROFIT_MARKET
+        leg = engine.place_leg(ctx.api_key, BYBIT, symbol, side, kind, client_id=link,
+                               working_type=by, trigger_price=trigger, close_position=False,
+                               quantity=qty, label="Stop")
+        return {"orderId": order_uuid(leg.leg_id), "orderLinkId": link}
 
     def _find(self, ctx: Ctx, symbol: str | None = None) -> Order | None:
         """The account's order named by ``orderId`` (wins) or ``orderLinkId``."""
@@ -122,10 +160,14 @@ class BybitOrders:
         return order
 
     def _find_leg(self, ctx: Ctx, symbol: str | None = None) -> Leg | None:
-        """The account's Bybit leg named by ``orderId`` when it has no order of its own
-        (a fired leg is its market order)."""
-        text = ctx.params.get("orderId")
+        """The account's Bybit leg named by ``orderId`` (or a conditional order's
+        ``orderLinkId``) when it has no order of its own (a fired leg is its market
+        order)."""
+        text, link = ctx.params.get("orderId"), ctx.params.get("orderLinkId")
         leg_id = parse_order_uuid(text) if text is not None else None
+        if text is None and link:
+            leg_id = next((l.leg_id for l in reversed(list(ctx.account.legs.values()))
+                           if l.client_id == link), None)
         leg = ctx.account.legs.get(leg_id) if leg_id is not None else None
         if leg is None or leg.venue != BYBIT or leg_id in self.engine.orders or \
                 (symbol is not None and leg.symbol != symbol):
@@ -159,10 +201,18 @@ class BybitOrders:
             symbols = list(self.engine.symbols) if settle == MARGIN_ASSET else []
         else:
             raise params_error("symbol or settleCoin is required")
+        kinds = ctx.params.get("orderFilter")
         done = []
         for sym in symbols:
-            done += [{"orderId": order_uuid(o.order_id), "orderLinkId": link_id(o)}
-                     for o in self.engine.cancel_all(ctx.api_key, sym)]
+            if kinds in (None, "Order"):
+                done += [{"orderId": order_uuid(o.order_id), "orderLinkId": link_id(o)}
+                         for o in self.engine.cancel_all(ctx.api_key, sym)]
+            if kinds in (None, "StopOrder"):      # conditional orders, not position TP/SL
+                for leg in self.engine.open_legs(ctx.api_key, sym):
+                    if leg.venue == BYBIT and leg.label:
+                        self.engine.cancel_leg(leg, CANCELED)
+                        done.append({"orderId": order_uuid(leg.leg_id),
+                                     "orderLinkId": leg.client_id})
         return {"list": done, "success": "1"}
 
     # ---- queries -------------------------------------------------------------------

@@ -43,8 +43,10 @@ LEG_STATUS = {NEW: "Untriggered", TRIGGERING: "Triggered", TRIGGERED: "Triggered
 
 
 def bybit_legs(engine: Engine, api_key: str, symbol: str) -> dict[str, Leg]:
-    """The account's waiting Bybit legs of ``symbol`` by type."""
-    return {l.type: l for l in engine.open_legs(api_key, symbol) if l.venue == VENUE}
+    """The account's waiting Bybit position legs (TP/SL/trailing, not conditional
+    orders) of ``symbol`` by type."""
+    return {l.type: l for l in engine.open_legs(api_key, symbol)
+            if l.venue == VENUE and not l.label}
 
 
 def leg_status(leg: Leg) -> str:
@@ -57,6 +59,15 @@ def leg_fields(engine: Engine, leg: Leg) -> dict:
     pp = engine.symbols[leg.symbol].price_precision
     trigger = leg.trigger_price if leg.trigger_price is not None else leg.trailing_trigger()
     by = TRIGGER_BY_OUT[leg.working_type]
+    if leg.label:           # a conditional order of /v5/order/create
+        return {
+            "stopOrderType": leg.label, "createType": "CreateByStopOrder",
+            "triggerPrice": fmt(trigger, pp) if trigger is not None else fmt(ZERO, pp),
+            "triggerBy": by, "triggerDirection": 2 if (leg.side == "SELL") == (
+                leg.type == STOP_MARKET) else 1,
+            "tpTriggerBy": "", "slTriggerBy": "", "reduceOnly": True,
+            "closeOnTrigger": False, "tpslMode": "",
+        }
     return {
         "stopOrderType": STOP_ORDER_TYPE[leg.type], "createType": CREATE_TYPE[leg.type],
         "triggerPrice": fmt(trigger, pp) if trigger is not None else fmt(ZERO, pp),
@@ -73,8 +84,8 @@ def leg_row(engine: Engine, leg: Leg, shape: str = "rest") -> dict:
     spec = engine.symbols[leg.symbol]
     pp, qp = spec.price_precision, spec.qty_precision
     row = {
-        "orderId": order_uuid(leg.leg_id), "orderLinkId": "", "blockTradeId": "",
-        "symbol": leg.symbol, "price": fmt(ZERO, pp), "qty": fmt(ZERO, qp),
+        "orderId": order_uuid(leg.leg_id), "orderLinkId": leg.client_id, "blockTradeId": "",
+        "symbol": leg.symbol, "price": fmt(ZERO, pp), "qty": fmt(leg.quantity, qp),
         "side": SIDES[leg.side], "isLeverage": "", "positionIdx": 0,
         "orderStatus": leg_status(leg), "cancelType": "UNKNOWN",
         "rejectReason": "EC_NoError", "avgPrice": "", "leavesQty": fmt(ZERO, qp),

@@ -13,8 +13,10 @@ Statuses follow Binance's Algo Service: NEW -> TRIGGERING -> TRIGGERED (its orde
 the book) -> FINISHED (the order is final); CANCELED by the user; EXPIRED when the
 position it protects ends by any path (Binance: the system cancels a closePosition
 GTE_GTC conditional order when the position is closed; Bybit "Set Trading Stop": "The
-system will cancel these orders if the position is closed"); REJECTED when its order
-is refused at trigger time. Every change is published as ``LegEvent``.
+system will cancel these orders if the position is closed"; a reduce-only quantity leg
+expires too, the simulator's choice where Binance documents only the close-all GTE_GTC
+case); REJECTED when its order is refused at trigger time. Every change is published
+as ``LegEvent``. A position "ends" when it goes flat or flips side.
 
 Cost: a price update walks the open legs of its symbol only (a simulator holds few).
 """
@@ -54,7 +56,7 @@ class LegsMixin:
                   quantity: Decimal = ZERO, activate_price: Decimal | None = None,
                   callback_rate: Decimal | None = None,
                   trailing_distance: Decimal | None = None,
-                  leg_id: int | None = None) -> Leg:
+                  leg_id: int | None = None, label: str = "") -> Leg:
         """Hold a new leg (LegEvent NEW); returns it.
 
         Raises EngineError: invalid_side, invalid_type, invalid_price (trigger not
@@ -100,7 +102,7 @@ class LegsMixin:
                   trigger_price=trigger_price, close_position=close_position,
                   quantity=quantity, activate_price=activate_price,
                   callback_rate=callback_rate, trailing_distance=trailing_distance,
-                  extreme=price)
+                  extreme=price, label=label)
         if type_ == TRAILING_STOP_MARKET:
             leg.activated = activate_price is None
         self.legs[leg_id] = account.legs[leg_id] = leg

@@ -226,6 +226,7 @@ class Leg:
     trigger_time: int = 0
     order_id: int | None = None
     reason: str = ""
+    label: str = ""    # the venue's own word when it is not a position leg (Bybit "Stop")
 
     @property
     def is_open(self) -> bool:

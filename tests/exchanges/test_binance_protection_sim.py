@@ -74,7 +74,8 @@ def test_stop_loss_leg_fires_and_the_stream_reports_it(client, sim):
     assert fills[0].client_order_id == cid and fills[0].fee > 0 and fills[0].reason is None
     assert client.get_positions() == []
     got = client.get_protection_leg(SYMBOL, cid)
-    assert got.status is ProtectionStatus.FILLED and got.triggered_order_id == done.triggered_order_id
+    assert got.status is ProtectionStatus.FILLED
+    assert got.triggered_order_id == done.triggered_order_id
     assert client.open_protection_legs() == []
 
 

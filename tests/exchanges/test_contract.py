@@ -20,13 +20,14 @@ import pytest
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import (
-    AuthFailed, ExchangeUnavailable, InsufficientBalance, InvalidOrder, IpBanned,
+    AuthFailed, ExchangeTimeout, ExchangeUnavailable, InsufficientBalance, InvalidOrder, IpBanned,
     OrderNotFound, RateLimited,
 )
 from exchanges.factory import create_client
 from exchanges.governor import Governors
 from exchanges.types import (
-    AccountEvent, FillEvent, OrderEvent, OrderRequest, OrderStatus, VenueEndpoints,
+    AccountEvent, FillEvent, OrderEvent, OrderRequest, OrderStatus, ProtectionKind,
+    ProtectionLegUpdate, ProtectionStatus, VenueEndpoints, WorkingType,
 )
 
 
@@ -382,4 +383,61 @@ def test_rest_and_user_stream_leave_from_the_keys_egress_address(venue, account,
         assert gov.stats()["requests"] >= 1
     finally:
         stream.close()
+        c.close()
+
+
+# ---- protection legs ---------------------------------------------------------------------
+
+def test_protection_legs_place_list_fire_and_report(client, sim):
+    """The same leg life on both venues through ExchangeClient only: a stop-loss and a
+    take-profit are held (NEW, listed, not open orders), the take-profit is canceled, the
+    price crosses the stop, it fires as a market close with a fee, the stream reports it
+    FILLED, the position is gone and nothing stays held."""
+    client.create_order(market("BUY"))
+    stream = client.user_stream()
+    stream.connect()
+    try:
+        sl = client.place_protection_leg(SYMBOL, "LONG", ProtectionKind.STOP_LOSS, coid(),
+                                         trigger_price=D("49000"),
+                                         working_type=WorkingType.MARK_PRICE)
+        tp = client.place_protection_leg(SYMBOL, "LONG", ProtectionKind.TAKE_PROFIT, coid(),
+                                         trigger_price=D("52000"))
+        assert {(l.kind, l.status) for l in client.open_protection_legs(SYMBOL)} == {
+            (ProtectionKind.STOP_LOSS, ProtectionStatus.NEW),
+            (ProtectionKind.TAKE_PROFIT, ProtectionStatus.NEW)}
+        assert open_ids(client) == []
+        assert client.cancel_protection_leg(SYMBOL, tp.client_order_id).status is \
+            ProtectionStatus.CANCELED
+        sim.set_price(SYMBOL, "48900")
+        events = collect(stream, lambda evs: any(
+            isinstance(e, ProtectionLegUpdate) and e.leg.status is ProtectionStatus.FILLED
+            for e in evs) and stream_fills(evs))
+    finally:
+        stream.close()
+    done = [e.leg for e in events if isinstance(e, ProtectionLegUpdate)
+            and e.leg.status is ProtectionStatus.FILLED]
+    assert done and done[-1].order_id == sl.order_id and done[-1].kind is ProtectionKind.STOP_LOSS
+    [(_, fill)] = stream_fills(events)
+    assert fill.side == "SELL" and fill.quantity == D("0.010") and fill.fee > 0
+    assert client.get_positions() == []
+    assert client.open_protection_legs() == []
+    assert client.get_protection_leg(SYMBOL, sl.client_order_id).status is ProtectionStatus.FILLED
+
+
+def test_protection_leg_timeout_then_found_by_its_id(venue, account, endpoints, sim):
+    """A placement whose reply never comes is ExchangeTimeout (fate unknown); the leg
+    is then found by its id: ours on Binance (clientAlgoId), ``"<symbol>-<kind>"`` on
+    Bybit (a position attribute without a client id)."""
+    c = create_client(venue.name, *account, False, endpoints, timeout_s=1)
+    try:
+        c.create_order(market("BUY"))
+        cid = coid()
+        sim.add_fault(kind="timeout", ms=2000, api_key=account[0])
+        with pytest.raises(ExchangeTimeout):
+            c.place_protection_leg(SYMBOL, "LONG", ProtectionKind.STOP_LOSS, cid,
+                                   trigger_price=D("49000"))
+        leg_id = cid if venue.name == "binance" else f"{SYMBOL}-stop_loss"
+        leg = c.get_protection_leg(SYMBOL, leg_id)
+        assert leg.status is ProtectionStatus.NEW and leg.trigger_price == D("49000")
+    finally:
         c.close()

@@ -198,7 +198,8 @@ def test_each_request_weighs_what_the_spec_says(monkeypatch, name) -> None:
     lib = client._client if name == "binance" else client._http
     empty = {} if name == "binance" else {"retCode": 0, "result": {"list": []}, "time": 1}
     for attr in dir(lib):
-        if attr.startswith(("futures_", "get_", "place_", "cancel_")) and callable(getattr(lib, attr)):
+        if attr.startswith(("futures_", "get_", "place_", "cancel_", "set_")) and \
+                callable(getattr(lib, attr)):
             monkeypatch.setattr(lib, attr, lambda *a, **kw: empty)
     client._clock_synced = True
     try:

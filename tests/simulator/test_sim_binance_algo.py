@@ -2,6 +2,7 @@
 through the real python-binance Client and a real user-data WebSocket."""
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal as D
 
@@ -172,6 +173,9 @@ def test_refusals(sim, account):
     err = api_error(c.futures_create_algo_order, symbol=SYMBOL, side="SELL",
                     type="TRAILING_STOP_MARKET", closePosition="true", callbackRate="1")
     assert err.code == -1106
+    err = api_error(c.futures_create_algo_order, symbol=SYMBOL, side="SELL",
+                    type="STOP_MARKET", quantity="0.010", triggerPrice="59000")
+    assert err.code == -1102 and "not simulated" in err.message   # would open: not held
     c.futures_create_algo_order(symbol=SYMBOL, side="SELL", type="STOP_MARKET",
                                 triggerPrice="59000", closePosition="true", clientAlgoId="x1")
     err = api_error(c.futures_create_algo_order, symbol=SYMBOL, side="SELL",
@@ -226,3 +230,42 @@ def test_margin_call_and_funding_events_and_income(sim, account):
     income = c.futures_income_history(incomeType="FUNDING_FEE", symbol=SYMBOL)
     assert len(income) == 1 and D(income[0]["income"]) == D("-0.06")
     assert income[0]["asset"] == "USDT" and income[0]["tranId"]
+
+
+def test_paper_venue_reads(sim, account):
+    """What clients such as ccxt read besides trading: 24 h tickers (no statistics are
+    kept: open/high/low are the last price), leverage brackets, every algo order."""
+    c = account.client
+    row = c.futures_ticker(symbol=SYMBOL)
+    assert D(row["lastPrice"]) == D("60000") and row["volume"] == "0"
+    [bracket] = c.futures_leverage_bracket(symbol=SYMBOL)
+    assert bracket["brackets"][0]["initialLeverage"] == 125
+    open_long(c)
+    c.futures_create_algo_order(symbol=SYMBOL, side="SELL", type="STOP_MARKET",
+                                triggerPrice="59000", closePosition="true", clientAlgoId="all-1")
+    c.futures_cancel_algo_order(clientAlgoId="all-1")
+    rows = c.futures_get_all_algo_orders(symbol=SYMBOL)
+    assert [(r["clientAlgoId"], r["algoStatus"]) for r in rows] == [("all-1", "CANCELED")]
+    info = {s["symbol"]: s for s in c.futures_exchange_info()["symbols"]}
+    assert "TRAILING_STOP_MARKET" in info[SYMBOL]["orderTypes"]
+
+
+def test_a_replay_fires_a_leg(sim, account, tmp_path):
+    c = account.client
+    open_long(c)
+    c.futures_create_algo_order(symbol=SYMBOL, side="SELL", type="STOP_MARKET",
+                                triggerPrice="59000", closePosition="true",
+                                workingType="MARK_PRICE", clientAlgoId="sl-replay")
+    csv = tmp_path / "dip.csv"
+    csv.write_text("open_time_ms,open,high,low,close,volume\n"
+                   "0,60000,60100,58500,59500,1\n")     # falling: open, high, low, close
+    sim.replay(SYMBOL, csv, seconds_per_candle=0.2)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if c.futures_get_algo_order(clientAlgoId="sl-replay")["algoStatus"] == "FINISHED":
+            break
+        time.sleep(0.05)
+    assert c.futures_get_algo_order(clientAlgoId="sl-replay")["algoStatus"] == "FINISHED"
+    assert all(D(p["positionAmt"]) == 0 for p in c.futures_position_information(symbol=SYMBOL))
+    while sim.state()["replays"][SYMBOL]["running"] and time.monotonic() < deadline + 5:
+        time.sleep(0.05)             # let it end before the next test sets the price

@@ -162,3 +162,38 @@ def test_liquidation_adl_and_funding_executions(sim, account, bb):
     assert kinds[0] == "AdlTrade" and "BustTrade" in kinds and "Funding" in kinds
     only = bb.get_executions(category="linear", symbol=SYMBOL, execType="Funding")
     assert [e["execType"] for e in only["result"]["list"]] == ["Funding"]
+
+
+def test_conditional_order_create_fires_and_cancels(sim, account, bb):
+    open_long(bb)
+    with pytest.raises(InvalidRequestError) as info:
+        bb.place_order(category="linear", symbol=SYMBOL, side="Sell", orderType="Market",
+                       qty="0.010", triggerPrice="61000", triggerDirection=2, reduceOnly=True)
+    assert info.value.status_code == 110093          # a fall to 61000 from 60000
+    res = bb.place_order(category="linear", symbol=SYMBOL, side="Sell", orderType="Market",
+                         qty="0.010", triggerPrice="59000", triggerDirection=2,
+                         triggerBy="MarkPrice", reduceOnly=True, orderLinkId="cond-1")
+    [held] = conditional(bb)
+    assert held["orderId"] == res["result"]["orderId"] and held["orderLinkId"] == "cond-1"
+    assert held["stopOrderType"] == "Stop" and held["orderStatus"] == "Untriggered"
+    assert held["triggerDirection"] == 2 and held["qty"] == "0.010"
+    bb.cancel_order(category="linear", symbol=SYMBOL, orderLinkId="cond-1")
+    assert conditional(bb) == []
+    bb.place_order(category="linear", symbol=SYMBOL, side="Sell", orderType="Market",
+                   qty="0.010", triggerPrice="59000", triggerDirection=2, reduceOnly=True,
+                   orderLinkId="cond-2")
+    sim.set_price(SYMBOL, "58900")
+    [done] = bb.get_open_orders(category="linear", symbol=SYMBOL,
+                                orderLinkId="cond-2")["result"]["list"]
+    assert done["orderStatus"] == "Filled" and done["stopOrderType"] == "Stop"
+    [ex] = [e for e in bb.get_executions(category="linear", symbol=SYMBOL)["result"]["list"]
+            if e["orderLinkId"] == "cond-2"]
+    assert ex["createType"] == "CreateByStopOrder"
+
+
+def test_account_reads(sim, account, bb):
+    key = bb.get_api_key_information()["result"]
+    assert key["apiKey"] == account.api_key and key["uta"] == 1 and key["readOnly"] == 0
+    assert bb.get_account_info()["result"]["unifiedMarginStatus"] == 6
+    spot = bb.get_instruments_info(category="spot")["result"]
+    assert spot["list"] == []
