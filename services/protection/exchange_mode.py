@@ -27,7 +27,12 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from exchanges import types as ex
-from exchanges.errors import ExchangeError, ExchangeRejected, ProtectionLegNotFound
+from exchanges.errors import (
+    ExchangeError,
+    ExchangeRejected,
+    ExchangeTimeout,
+    ProtectionLegNotFound,
+)
 from exchanges.venues import venue
 from models import (
     LIVE_LEG_STATUSES,
@@ -124,7 +129,7 @@ class ExchangeLegs:
                 taken_off.append(old)
             for row in rows:
                 current = row
-                leg = self._place(client, row)
+                leg = self._place_or_find(client, row, attrs)
                 self._mark_active(row.id, leg)
                 placed.append(row)
             current = None
@@ -193,6 +198,26 @@ class ExchangeLegs:
             self._take_off(client, row)
 
     # ---- venue calls ----------------------------------------------------------------
+    def _place_or_find(self, client, row: ProtectionLeg, attrs: bool) -> ex.ProtectionLeg:  # type: ignore[no-untyped-def]
+        """Place the leg; when the venue timed out (fate unknown), ask for it once by its
+        id (on a venue of position attributes, by kind): held -> the leg; else the
+        ExchangeTimeout goes on (the row stays ``pending`` for the reconcile)."""
+        try:
+            return self._place(client, row)
+        except ExchangeTimeout:
+            try:
+                if attrs:
+                    held = next((leg for leg in client.open_protection_legs(row.symbol)
+                                 if leg.kind.value == row.kind), None)
+                else:
+                    held = client.get_protection_leg(row.symbol, row.client_order_id)
+            except ExchangeError:
+                held = None
+            if held is None or held.status.is_final:
+                raise
+            logger.info("protection leg found after a timeout leg_id=%s", row.id)
+            return held
+
     def _place(self, client, row: ProtectionLeg) -> ex.ProtectionLeg:  # type: ignore[no-untyped-def]
         return client.place_protection_leg(
             row.symbol, row.side, ex.ProtectionKind(row.kind), row.client_order_id,
