@@ -7,11 +7,10 @@ range: ``services.protection.rules``) before the first write, and its writes are
 transaction, so a refused request changes nothing.
 
 Server mode (``mode: "server"``): the legs are written ``active`` and armed in the
-``ServerGuard`` (evaluated on the shared market stream's ticks). When one fires, on its
-own task: the leg is marked ``triggered`` (compare-and-set on ``active``: one process
-fires it), its siblings ``canceled`` (one-cancels-the-others), the position closed by
-``ExitService.close_position`` (FOK with the bounded chase, one exit per position), then
-``on_alert("protection_triggered", ...)`` once the exit ended. Rules are re-armed at
+``ServerGuard`` (evaluated on the shared market stream's ticks); a fired rule is acted
+on by ``firing.RuleFiring`` on its own task (the exit first, then the leg's
+compare-and-set and one-cancels-the-others, then the alert). Exchange mode:
+``exchange_mode.ExchangeLegs``. What the pushes show: ``pushes.LegViews``. Rules are re-armed at
 start-up (``start_up``); the trailing extremes are written about once a second
 (``run_periodic``); a periodic sweep cancels the legs of positions that ended by
 another path (a manual close, a liquidation).
@@ -22,18 +21,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import select
 
-from exchanges.errors import ExchangeError, ExchangeRejected
+from exchanges.errors import ExchangeError
 from exchanges.venues import venue
 from models import (
     LIVE_LEG_STATUSES,
     Database,
     ExchangeKey,
-    ExitStatus,
     LegStatus,
     ProtectionLeg,
     now_ms,
@@ -42,37 +39,22 @@ from services.accounts import get_owned_key
 from services.errors import Conflict, NotFound, ValidationFailed
 from services.lifecycle import StopFlag
 from services.protection.exchange_mode import ExchangeLegs, new_client_order_id
+from services.protection.firing import LegRef, OnAlert, RuleFiring
 from services.protection.guard import ServerGuard
 from services.protection.index import Rule
-from services.protection.reasons import mark_fill_reasons
+from services.protection.pushes import LegViews
 from services.protection.rules import LegSpec, check_leg
 from services.protection.view import (
-    EMPTY_FIELDS,
-    leg_order_row,
-    position_fields,
     protection_view,
 )
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("stop_loss", "take_profit", "trailing_stop")
-FIRE_RETRIES = 5  # close attempts when the exchange cannot be reached at a trigger
-OnAlert = Callable[[str, int, int, str, str, dict], None]
 
 
 def _no_alert(kind: str, user_id: int, key_id: int, symbol: str, message: str, detail: dict) -> None:
     """The default ``on_alert``: nothing."""
-
-
-@dataclass(frozen=True)
-class LegRef:
-    """What a fired rule needs to close its position."""
-
-    leg_id: int
-    user_id: int
-    key_id: int
-    symbol: str
-    kind: str
 
 
 class ProtectionService:
@@ -100,12 +82,10 @@ class ProtectionService:
         self._exchange = ExchangeLegs(db, client_for, self._venue_fired)
         self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
         self._reconciling_lock = threading.Lock()
-        # what the pushes show: key_id -> symbol -> positions fields; key_id -> legs as
-        # orders rows; ``on_change(key_id)`` when a key's changed (the stream re-pushes)
-        self._fields: dict[int, dict[str, dict]] = {}
-        self._leg_orders: dict[int, list[dict]] = {}
-        self.on_change: Callable[[int], None] | None = None
         self.stopping = StopFlag(sleep)
+        self.views = LegViews(db)  # what the pushes show
+        self.firing = RuleFiring(db, exits, self.guard, self._on_alert, self.stopping,
+                                 self._set_status, self._refresh_key)
         self.fired = 0  # rules fired by this process
 
     # ---- REST -----------------------------------------------------------------------
@@ -288,112 +268,28 @@ class ProtectionService:
     def _fired(self, rule: Rule, price: Decimal) -> None:
         """ServerGuard callback on the tick's task: the work goes to its own task."""
         self.fired += 1
-        self._spawn(self.fire, rule.owner, price, time.perf_counter())
+        self._spawn(self.firing.fire, rule.owner, price, time.perf_counter())
 
-    def fire(self, ref: LegRef, price: Decimal, fired_at: float | None = None) -> str:
-        """Act on a fired rule: mark it ``triggered`` (once, whichever process gets
-        there first), cancel its siblings, close the position by the exit, wait for the
-        exit's end and alert. Returns ``triggered``, ``failed``, ``canceled`` (no
-        position any more) or ``skipped`` (not active any more). Never raises."""
-        try:
-            return self._fire(ref, price, fired_at)
-        except Exception:  # isolation boundary: a task's failure is logged, never lost
-            logger.exception("protection fire crashed leg_id=%s", ref.leg_id)
-            self._set_status(ref.leg_id, LegStatus.FAILED.value, "internal_error", "internal error")
-            return "failed"
+    # ---- what the pushes show (``pushes.LegViews``) ---------------------------------------
+    def position_fields(self, key_id: int, symbol: str) -> dict:
+        """``{"stop_loss", "take_profit", "trailing_stop"}`` of a position (no I/O)."""
+        return self.views.position_fields(key_id, symbol)
 
-    def _fire(self, ref: LegRef, price: Decimal, fired_at: float | None) -> str:
-        # The exit first (the trigger crossed: every ms counts), after a read that the
-        # leg is still active (another process may have removed it); then the leg's
-        # compare-and-set. A crash in between leaves the leg active and the exit
-        # working: the exit is recovered at start-up, the re-armed rule finds it.
-        with self._db.session() as s:  # the leg and its key in one read
-            row = s.get(ProtectionLeg, ref.leg_id)
-            if row is None or row.status != LegStatus.ACTIVE.value:
-                return "skipped"
-            key = s.get(ExchangeKey, ref.key_id)
-        if key is None or key.status == "deleted":
-            self._settle_fired(ref, price, LegStatus.CANCELED.value, "key_deleted", "the key is gone")
-            return "canceled"
-        exit_ = None
-        for attempt in range(FIRE_RETRIES):
-            try:
-                exit_, _ = self._exits.close_position(ref.user_id, ref.key_id, ref.symbol, key)
-                break
-            except Conflict:
-                self._settle_fired(ref, price, LegStatus.CANCELED.value, "no_position",
-                                   "the position was already closed")
-                return "canceled"
-            except ExchangeRejected as e:
-                self._settle_fired(ref, price, LegStatus.FAILED.value,
-                                   str(e.code or type(e).__name__), str(e.message))
-                return "failed"
-            except ExchangeError as e:  # unreachable: the trigger crossed, try again shortly
-                logger.warning("protection close retry leg_id=%s attempt=%s kind=%s",
-                               ref.leg_id, attempt + 1, type(e).__name__)
-                if self.stopping.wait(0.5 * 2 ** attempt):
-                    break
-        if exit_ is None:
-            self._settle_fired(ref, price, LegStatus.FAILED.value, "exchange_unavailable",
-                               "the exit could not be started")
-            return "failed"
-        if not self._settle_fired(ref, price, LegStatus.TRIGGERED.value, None, None, exit_.id):
-            return "skipped"  # another process's fire of this leg got there first
-        if fired_at is not None:
-            logger.info("protection exit started leg_id=%s exit_id=%s after_ms=%.1f", ref.leg_id,
-                        exit_.id, (time.perf_counter() - fired_at) * 1000)
-        done = self._wait_exit(ref.user_id, exit_.id)
-        if done is not None and done.status == ExitStatus.FILLED.value:
-            with self._db.transaction() as s:  # the exit's fills carry the leg's kind
-                mark_fill_reasons(s, ref.key_id, ref.kind, client_order_ids=[
-                    c for c in (done.client_order_ids or "").split(",") if c])
-        if done is not None and done.status == ExitStatus.FAILED.value:
-            self._set_status(ref.leg_id, LegStatus.FAILED.value, "exit_failed", done.reason)
-        fill_price = done.exit_price if done is not None else None
-        self._on_alert("protection_triggered", ref.user_id, ref.key_id, ref.symbol,
-                       f"{ref.kind.replace('_', '-')} triggered on {ref.symbol} at {price}",
-                       {"leg": ref.kind, "fill_price": None if fill_price is None else f"{fill_price:f}",
-                        "trigger_price": f"{price:f}", "exit_id": exit_.id, "mode": "server",
-                        "exit_status": done.status if done is not None else "working"})
-        return "failed" if done is not None and done.status == ExitStatus.FAILED.value else "triggered"
+    def leg_orders(self, key_id: int) -> list[dict]:
+        """The key's exchange-held active legs as ``orders`` rows (no I/O)."""
+        return self.views.leg_orders(key_id)
 
-    def _settle_fired(self, ref: LegRef, price: Decimal, status: str, code: str | None,
-                      message: str | None, exit_id: int | None = None) -> bool:
-        """Compare-and-set a fired leg from ``active`` to ``status`` and cancel its live
-        siblings (one-cancels-the-others), in one transaction. False when the leg was
-        not active any more (nothing changed)."""
-        with self._db.transaction() as s:
-            row = s.get(ProtectionLeg, ref.leg_id, with_for_update=True)
-            if row is None or row.status != LegStatus.ACTIVE.value:
-                return False
-            row.status, row.fired_price, row.exit_id = status, price, exit_id
-            row.error_code, row.error_message = code, (message or "")[:255] or None
-            siblings = list(s.scalars(select(ProtectionLeg).where(
-                ProtectionLeg.key_id == ref.key_id, ProtectionLeg.symbol == ref.symbol,
-                ProtectionLeg.id != ref.leg_id,
-                ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).with_for_update()))
-            for other in siblings:
-                other.status = LegStatus.CANCELED.value
-                other.error_message = f"one-cancels-the-others: {ref.kind} fired"
-        for other in siblings:
-            self.guard.disarm(other.id)  # already done by the guard when the tick fired it
-        self.guard.disarm(ref.leg_id)
-        self._refresh_key(ref.key_id)
-        logger.info("protection fired leg_id=%s key_id=%s symbol=%s kind=%s price=%s status=%s "
-                    "exit_id=%s", ref.leg_id, ref.key_id, ref.symbol, ref.kind, price, status, exit_id)
-        return True
+    @property
+    def on_change(self) -> Callable[[int], None] | None:
+        """``on_change(key_id)``: a key's push view changed (its stream re-pushes)."""
+        return self.views.on_change
 
-    def _wait_exit(self, user_id: int, exit_id: int):  # type: ignore[no-untyped-def]
-        """The exit once it left ``working`` (None if still working at our shutdown or
-        after its deadline and a margin)."""
-        deadline = time.monotonic() + self._exits.settings.deadline_s + 10
-        while time.monotonic() < deadline:
-            e = self._exits.get(user_id, exit_id)
-            if e is None or e.status != ExitStatus.WORKING.value:
-                return e
-            if self.stopping.wait(0.1):
-                return None
-        return None
+    @on_change.setter
+    def on_change(self, value: Callable[[int], None] | None) -> None:
+        self.views.on_change = value
+
+    def _refresh_key(self, key_id: int) -> None:
+        self.views.refresh_key(key_id)
 
     def _set_status(self, leg_id: int, status: str, code: str | None, message: str | None) -> None:
         with self._db.transaction() as s:
@@ -474,7 +370,7 @@ class ProtectionService:
         """An account stream reported position changes (closed ones with size 0): the
         legs of a position that ended are canceled at once (one-cancels-the-others) on a
         task of their own, after the venue confirms the position is gone. No I/O here."""
-        symbols = self._fields.get(key_id)
+        symbols = self.views.symbols(key_id)
         if not symbols:
             return
         for p in positions:
@@ -499,49 +395,6 @@ class ProtectionService:
         except Exception:  # isolation boundary: a task's failure is logged
             logger.exception("protection position-end check crashed key_id=%s", key_id)
 
-    # ---- what the pushes show -----------------------------------------------------------
-    def position_fields(self, key_id: int, symbol: str) -> dict:
-        """``{"stop_loss", "take_profit", "trailing_stop"}`` of a position (no I/O)."""
-        return self._fields.get(key_id, {}).get(symbol, EMPTY_FIELDS)
-
-    def leg_orders(self, key_id: int) -> list[dict]:
-        """The key's exchange-held active legs as ``orders`` rows (no I/O)."""
-        return self._leg_orders.get(key_id, [])
-
-    def _refresh_key(self, key_id: int) -> None:
-        """Re-read a key's live legs into what the pushes show; ``on_change`` if it moved."""
-        with self._db.session() as s:
-            rows = list(s.scalars(select(ProtectionLeg).where(
-                ProtectionLeg.key_id == key_id, ProtectionLeg.status.in_(LIVE_LEG_STATUSES))
-                .order_by(ProtectionLeg.id)))
-        self._store({key_id}, rows)
-
-    def _store(self, key_ids: set[int], rows: list[ProtectionLeg]) -> None:
-        """Replace what the pushes show for ``key_ids`` (and the keys of ``rows``) by
-        ``rows`` (their live legs); ``on_change`` for each key whose view moved."""
-        by_key: dict[int, list[ProtectionLeg]] = {}
-        for row in rows:
-            by_key.setdefault(row.key_id, []).append(row)
-        changed = []
-        for key_id in key_ids | set(by_key):
-            legs = by_key.get(key_id, [])
-            symbols = {r.symbol for r in legs}
-            fields = {sym: position_fields([r for r in legs if r.symbol == sym]) for sym in symbols}
-            orders = [leg_order_row(r) for r in legs
-                      if r.mode == "exchange" and r.status == LegStatus.ACTIVE.value]
-            if fields != self._fields.get(key_id, {}) or orders != self._leg_orders.get(key_id, []):
-                self._fields[key_id], self._leg_orders[key_id] = fields, orders
-                changed.append(key_id)
-            if not legs:  # nothing live: forget the key
-                self._fields.pop(key_id, None)
-                self._leg_orders.pop(key_id, None)
-        for key_id in changed:
-            if self.on_change is not None:
-                try:
-                    self.on_change(key_id)
-                except Exception:  # isolation boundary: a push failure is not the leg's
-                    logger.exception("protection push failed key_id=%s", key_id)
-
     def resync(self) -> int:
         """Every live leg from the database: what the pushes show, and the server-mode
         rules armed here (rules set or removed through another process are picked up;
@@ -562,7 +415,7 @@ class ProtectionService:
                     self._set_status(row.id, LegStatus.FAILED.value, "invalid_rule", str(e))
         for rule_id in self.guard.armed_ids() - live_server:
             self.guard.disarm(rule_id)
-        self._store(set(self._fields), rows)
+        self.views.store(self.views.keys(), rows)
         return armed
 
     # ---- periodic work -----------------------------------------------------------------
