@@ -29,6 +29,7 @@ from services.schemas import responses as out
 from services.schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
 from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LoginCredentials, LogoutRequest,
                               OrderCreate, ReconcileRequest, RefreshRequest, TickerSubscribe)
+from services.schemas.protection import Protection, ProtectionSet
 from services.schemas.socketio import Subscribe, Unsubscribe
 
 bp = Blueprint("openapi", __name__)
@@ -75,7 +76,7 @@ CALLS_EXCHANGE = (400, 401, 404, 422, 429, 502, 503, 504)
 # Blueprints whose query parameters are exactly those documented: an unknown one is a
 # 400 naming it, as an unknown body field is (a typo such as ``?keyid=`` never passes
 # silently). The console, the spec and /metrics are not JSON APIs and are left alone.
-STRICT_QUERY_BLUEPRINTS = ("auth", "keys", "account", "orders", "admin")
+STRICT_QUERY_BLUEPRINTS = ("auth", "keys", "account", "orders", "admin", "protection")
 
 SECURITY: dict[str, list[dict]] = {
     "bearer": [{"bearerAuth": []}],
@@ -160,6 +161,19 @@ OPERATIONS: dict[str, Op] = {
                                 CALLS_EXCHANGE + (409, 413)),
     "orders.get_exit": Op("One exit record", (200, "The exit record", out.ExitResult), None,
                           (400, 401, 404), path_schemas={"exit_id": ID}),
+    "protection.set_protection": Op(
+        "Set a position's stop-loss, take-profit and trailing stop (a leg given as null is "
+        "removed, a leg not named is kept); 409 no_position", (200, "The protection", Protection),
+        ProtectionSet, CALLS_EXCHANGE + (409, 413)),
+    "protection.list_protection": Op(
+        "The key's protections: one per symbol with a leg that is not canceled",
+        (200, "Protections", list[Protection]), None, (400, 401, 404),
+        query={"key_id": {**ID, "description": "the key (required)"}}),
+    "protection.remove_protection": Op(
+        "Cancel every leg of a position's protection", (200, "The protection, legs canceled",
+                                                       Protection), None, (400, 401, 404),
+        query={"key_id": {**ID, "description": "the key (required)"},
+               "symbol": {"type": "string", "pattern": "^[A-Z0-9]{2,32}$"}}),
     "admin.health": Op("Health; 503 (the same body) when degraded", (200, "Healthy", out.Health),
                        None, (401,), "admin", also=((503, "Degraded", out.Health),)),
     "admin.stats": Op("Connections, subscriptions, caches, streams, pushes", (200, "Stats", out.Stats),
@@ -188,7 +202,8 @@ OPERATIONS: dict[str, Op] = {
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, LoginCredentials, KeyCreate, KeyUpdate, OrderCreate,
                                               ClosePosition, Subscribe, Unsubscribe, TickerSubscribe,
-                                              RefreshRequest, LogoutRequest, ReconcileRequest)
+                                              RefreshRequest, LogoutRequest, ReconcileRequest,
+                                              ProtectionSet)
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
 
@@ -292,7 +307,7 @@ def build_spec(app: Flask) -> dict:
         "paths": paths,
         "components": {
             "schemas": {**model_schemas(),
-                        **model_schemas(out.RESPONSE_MODELS, mode="serialization")},
+                        **model_schemas(out.RESPONSE_MODELS + (Protection,), mode="serialization")},
             "responses": error_responses,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

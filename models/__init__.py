@@ -4,6 +4,7 @@ from models.db import Database
 from models.user import User
 from models.exchange_key import ExchangeKey
 from models.session import AuthSession, RefreshToken
+from models.protection import LIVE_LEG_STATUSES, LegKind, LegStatus, ProtectionLeg
 from models.trade import (
     HOLDING_STATUSES, UNFINISHED_STATUSES, DeadLetter, Exit, ExitStatus, Fill, FundingFee, Order,
     Position, RealizedDay, Trade, TradeStatus,
@@ -12,4 +13,5 @@ from models.trade import (
 __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
            "TradeStatus", "HOLDING_STATUSES", "UNFINISHED_STATUSES", "Order", "Fill",
            "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken",
-           "FundingFee", "RealizedDay"]
+           "FundingFee", "RealizedDay", "ProtectionLeg", "LegStatus", "LegKind",
+           "LIVE_LEG_STATUSES"]

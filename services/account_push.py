@@ -90,6 +90,11 @@ class AccountPusher:
             return
         self._emit(("pnl",), "rest", now_ms())
 
+    def push_changed(self, kinds: tuple[str, ...]) -> None:
+        """Push ``kinds`` when a change made by the server itself (protection legs)
+        changed their content (``source: "rest"``, now)."""
+        self._emit(kinds, "rest", now_ms())
+
     def _emit(self, kinds: tuple[str, ...], source: str, as_of: int) -> None:
         """An account event or a REST result changed ``kinds``: pushed at once to
         whoever listens (compared with the last envelope first)."""

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import replace
 from decimal import Decimal
+from typing import Callable
 
 from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
 from exchanges.venues import venue
@@ -75,6 +76,10 @@ class AccountState(FillLog):
         self._order_rows: dict[str, tuple[Order, dict]] = {}  # order id -> (order, its row)
         self._position_rows: dict[str, tuple[Position, dict]] = {}
         self._margin_assets: dict[str, str | None] = {}  # symbol -> its settle asset
+        # protection (services.protection): a position row's stop_loss / take_profit /
+        # trailing_stop, and the exchange-held legs as orders rows; None: rows as before
+        self.protection_of: Callable[[int, str], dict] | None = None
+        self.legs_of: Callable[[int], list[dict]] | None = None
         self._init_fills()
 
     @property
@@ -297,7 +302,8 @@ class AccountState(FillLog):
                 for name in self.unknown.get(p.symbol, ()):
                     row[name] = None
                 held = self._position_rows[p.symbol] = (p, row)
-            rows.append(held[1])
+            rows.append(held[1] if self.protection_of is None
+                        else {**held[1], **self.protection_of(self.key_id, p.symbol)})
         if len(self._position_rows) > len(self.positions) + 16:
             self._position_rows = {k: v for k, v in self._position_rows.items()
                                    if k in self.positions}
@@ -316,6 +322,8 @@ class AccountState(FillLog):
             rows.append(held[1])
         if len(self._order_rows) > 2 * len(self.orders) + 16:
             self._order_rows = {k: v for k, v in self._order_rows.items() if k in self.orders}
+        if self.legs_of is not None:  # plain orders have no trigger price; then the legs
+            rows = [{**r, "trigger_price": None} for r in rows] + self.legs_of(self.key_id)
         return rows
 
     def note_unseen(self, kind: str, source: str, as_of: int) -> None:

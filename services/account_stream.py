@@ -36,7 +36,8 @@ from collections.abc import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
-from exchanges.types import AccountEvent, FillEvent, FundingFee, OrderEvent, StreamExpired
+from exchanges.types import (AccountEvent, FillEvent, FundingFee, OrderEvent, ProtectionLegUpdate,
+                             StreamExpired)
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
@@ -101,7 +102,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                  audience: Callable[[int, str], bool] | None = None,
                  on_positions: Callable[[list, int, bool], None] | None = None,
                  push: Push | None = None,
-                 on_funding: Callable[[object], None] | None = None) -> None:
+                 on_funding: Callable[[object], None] | None = None,
+                 on_leg: Callable[[object], None] | None = None) -> None:
         self.state = state
         self._push = push or DirectPush(publish, audience)
         self._on_positions = on_positions
@@ -128,6 +130,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._on_order = on_order
         # a funding fee (the ledger stores it); without it the fill sink gets it
         self._on_funding = on_funding or on_fill
+        self._on_leg = on_leg  # a protection leg's update (services.protection)
         self._poll_scale = poll_scale
         self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._connected_at = self._last_event_at = 0.0
@@ -285,6 +288,9 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, FundingFee):  # a ledger row; pnl moves once stored
                 self._on_funding(event)
+            elif isinstance(event, ProtectionLegUpdate):
+                if self._on_leg is not None:
+                    self._on_leg(event)
             elif isinstance(event, StreamExpired):
                 logger.info("stream credential expired key_id=%s", self.state.key_id)
                 self._drop_stream()

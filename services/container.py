@@ -29,6 +29,7 @@ from services.leases import LocalLeases, RedisLeases
 from services.lifecycle import Tasks
 from services.metrics import Metrics
 from services.orders import OrderService
+from services.protection import ProtectionService
 from services.reconciler import Reconciler
 from services.resume import ResumeService
 from services.security import KeyCipher, TokenService
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
-         "market stream"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
+         "market stream", "protection"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Services:
     sessions: SessionService | None = None  # login sessions, refresh tokens
     tasks: Tasks | None = None  # the background tasks (None: nothing to start)
     leases: Any = None  # LocalLeases or RedisLeases (the periodic reconciler's lease)
+    protection: ProtectionService | None = None  # stop-loss / take-profit / trailing legs
     started_monotonic: float = field(default_factory=time.monotonic)
     stopped: dict | None = None  # what stop() reported, once it ran
 
@@ -97,6 +99,12 @@ class Services:
         if cfg.RECONCILE_INTERVAL_S > 0:
             self.tasks.spawn("reconciler", self.reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
                              self.tasks.sleep, 2.0, self.leases, cfg.RECONCILE_BATCH)
+        # ---- protection (helper `protect`): re-arm server-mode rules, then the periodic
+        # extremes flush and ended-position sweep
+        if self.protection is not None:
+            self.tasks.spawn("protection start-up", self.protection.start_up)
+            self.tasks.spawn("protection", self.protection.run_periodic)
+        # ---- end protection
         self.streams.start()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict:
@@ -119,6 +127,8 @@ class Services:
         deadline = began + timeout_s
         self.reconciler.stop()
         self.exits.stop()
+        if self.protection is not None:  # protection (helper `protect`)
+            self.protection.stop()
         self.streams.stop_all()
         self.tickers.stop_all()
         self.hub.stop()  # the push layer's conflation timer
@@ -188,11 +198,20 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                         orphan_after_ms=15_000 if cfg.MESSAGE_QUEUE_URL else 0)
     reconciler = Reconciler(db, orders, client_for, repair=cfg.RECONCILE_REPAIR, exits=exits,
                             dead_letters=writer)
+    # ---- protection (helper `protect`): server-mode rules on the shared market stream,
+    # closed by the exit service; exchange-held legs reconciled after a stream gap too
+    protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
+                                   sleep, on_alert=None)
+
+    def reconnected(key_id, positions, symbols):  # type: ignore[no-untyped-def]
+        reconciler.reconcile_key_id(key_id, positions, symbols)
+        protection.on_stream_reconnected(key_id)
+    # ---- end protection
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
-                            _LedgerFacade(db, writer, sleep),
+                            _LedgerFacade(db, writer, sleep, protection.positions_seen),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
-                            tickers=tickers, on_reconnected=reconciler.reconcile_key_id,
+                            tickers=tickers, on_reconnected=reconnected,
                             leases=leases, audience=hub.has_audience, governors=governors,
                             push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None),
                             on_released=getattr(hub, "stream_released", None))
@@ -202,6 +221,13 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
+    # ---- protection (helper `protect`): the account streams hand it the venues' leg
+    # updates; ``on_alert`` is the alerts outbox once the `notify` helper's service
+    # exists (a no-op until then)
+    streams.on_leg_update = protection.on_leg_update
+    streams.protection_of, streams.legs_of = protection.position_fields, protection.leg_orders
+    protection.on_change = streams.protection_changed
+    # ---- end protection
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
@@ -211,7 +237,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),
         ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics,
-        tasks=tasks, leases=leases)
+        tasks=tasks, leases=leases, protection=protection)
 
 
 class _LedgerFacade:
@@ -222,9 +248,11 @@ class _LedgerFacade:
     the same sums as ``ledger.realized_pnl``."""
 
     def __init__(self, db: Database, writer: LedgerWriter,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_positions: Callable[[int, list], None] | None = None) -> None:
         self._db, self._writer = db, writer
         self._realized = Coalescer(self._realized_many, sleep)
+        self._on_positions = on_positions  # protection: one-cancels-the-others on a close
 
     def realized_pnl(self, key_id: int):  # type: ignore[no-untyped-def]
         value = self._realized.get(key_id)
@@ -242,3 +270,5 @@ class _LedgerFacade:
 
     def record_positions(self, key_id: int, positions, as_of: int, complete: bool) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_positions(key_id, positions, as_of, complete)
+        if self._on_positions is not None:
+            self._on_positions(key_id, positions)

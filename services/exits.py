@@ -88,12 +88,16 @@ class ExitService:
         it is sent): the next start-up's ``recover`` settles or resumes them."""
         self.stopping.set()
 
-    def close_position(self, user_id: int, key_id: int, symbol: str) -> tuple[Exit, bool]:
+    def close_position(self, user_id: int, key_id: int, symbol: str,
+                       key: ExchangeKey | None = None) -> tuple[Exit, bool]:
         """``(exit, started)``: a new working exit (started=True), or the one already
         working for this position (started=False; an orphaned one is resumed or settled
-        first). Raises NotFound (key), Conflict (no open position), ExchangeError (the
-        position lookup failed)."""
-        key = get_owned_key(self._db, user_id, key_id)
+        first). ``key``: the user's key row when the caller already read it (a fired
+        protection rule: one database read less before the first order). Raises
+        NotFound (key), Conflict (no open position), ExchangeError (the position lookup
+        failed)."""
+        if key is None or key.id != key_id or key.user_id != user_id:
+            key = get_owned_key(self._db, user_id, key_id)
         working = self._working(key_id, symbol)
         if working is not None and self._orphaned(working):
             self.recover(working.id)

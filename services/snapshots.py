@@ -32,6 +32,7 @@ class SnapshotService:
             if cached:
                 return cached[0]
         state = AccountState(user_id, key.id, key.exchange, key.testnet)
+        state.protection_of, state.legs_of = self._streams.protection_of, self._streams.legs_of
         client = self._client_for(key)
         if kind == "balance":
             state.set_balance(client.get_balance())

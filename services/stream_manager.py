@@ -95,6 +95,12 @@ class StreamManager:
         self._settings = settings
         self._tickers = tickers
         self._on_reconnected = on_reconnected
+        # ``on_leg_update(key_id, ProtectionLegUpdate)``: set by the container (protection)
+        self.on_leg_update: Callable[[int, object], None] | None = None
+        # a position's protection fields and a key's exchange-held legs as orders rows
+        # (``services.protection``), given to every account state; set by the container
+        self.protection_of: Callable[[int, str], dict] | None = None
+        self.legs_of: Callable[[int], list[dict]] | None = None
         self._leases = leases or LocalLeases()
         # the lease asks of subscribes arriving together: one pipeline (a storm)
         many = getattr(self._leases, "acquire_many", None)
@@ -191,6 +197,7 @@ class StreamManager:
     def _start(self, user_id: int, key_id: int) -> AccountStream:
         key = self._owned_key(user_id, key_id)
         state = self._take_state(user_id, key)
+        state.protection_of, state.legs_of = self.protection_of, self.legs_of
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
         group = self._pace_group(exchange, testnet, api_key)
@@ -206,7 +213,7 @@ class StreamManager:
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
             poll_scale=lambda: self._poll_scale(group), audience=self._audience,
-            push=self._push)
+            push=self._push, on_leg=lambda update: self._leg_update(key_id, update))
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:
@@ -393,6 +400,17 @@ class StreamManager:
     def _reconnected(self, key_id: int, positions: list, fill_symbols: set) -> None:
         assert self._on_reconnected is not None
         self._spawn(self._on_reconnected, key_id, positions, fill_symbols)
+
+    def protection_changed(self, key_id: int) -> None:
+        """A key's protection legs changed (set, removed, fired): its ``positions`` and
+        ``orders`` are pushed if their content changed (this process's stream only)."""
+        stream = self.get(key_id)
+        if stream is not None:
+            stream.push_changed(("positions", "orders"))
+
+    def _leg_update(self, key_id: int, update: object) -> None:
+        if self.on_leg_update is not None:
+            self.on_leg_update(key_id, update)
 
     def fills_recorded(self, key_id: int) -> None:
         """The ledger made fills of ``key_id`` durable: push the new realized PnL, at

@@ -396,14 +396,16 @@ function renderBalance(b) {
 
 function renderPositions(list) {
   const body = $("positions-body");
-  if (!list || !list.length) return emptyRow(body, 9, list ? "No open position." : "Waiting for data...");
+  if (!list || !list.length) return emptyRow(body, 10, list ? "No open position." : "Waiting for data...");
   body.replaceChildren(...list.map((p) => {
     const tr = row([p.symbol, p.side, p.size, p.entry_price, p.mark_price, money(p.unrealized_pnl), p.leverage,
-      positive(p.liquidation_price)],
-      ["symbol", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "leverage", "liquidation_price"],
+      positive(p.liquidation_price), protectionText(p)],
+      ["symbol", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "leverage", "liquidation_price", "protection"],
       { "data-testid": "position-row", "data-symbol": p.symbol });
     tr.children[5].className = signClass(p.unrealized_pnl);
-    tr.appendChild(el("td")).appendChild(button("Close", "position-close", () => closePosition(p.symbol), true));
+    const actions = tr.appendChild(el("td"));
+    actions.appendChild(button("Protect", "position-protect", () => editProtection(p), true));
+    actions.appendChild(button("Close", "position-close", () => closePosition(p.symbol), true));
     return tr;
   }));
 }
@@ -432,12 +434,15 @@ function drawChart(series) {
 
 function renderOrders(list) {
   const body = $("orders-body");
-  if (!list || !list.length) return emptyRow(body, 9, list ? "No open order." : "Waiting for data...");
+  if (!list || !list.length) return emptyRow(body, 10, list ? "No open order." : "Waiting for data...");
   body.replaceChildren(...list.map((o) => {
-    const tr = row([o.client_order_id, o.symbol, o.side, o.type, o.status, o.price, o.quantity, o.filled_quantity],
-      ["client_order_id", "symbol", "side", "type", "status", "price", "quantity", "filled_quantity"],
+    const tr = row([o.client_order_id, o.symbol, o.side, o.type, o.status, o.price, o.trigger_price, o.quantity, o.filled_quantity],
+      ["client_order_id", "symbol", "side", "type", "status", "price", "trigger_price", "quantity", "filled_quantity"],
       { "data-testid": "order-row", "data-client-order-id": o.client_order_id });
-    tr.appendChild(el("td")).appendChild(button("Cancel", "order-cancel", () => cancelOrder(o.client_order_id), true));
+    const leg = LEG_KINDS[o.type];
+    tr.appendChild(el("td")).appendChild(leg
+      ? button("Remove", "leg-remove", () => removeLeg(o.symbol, leg), true)
+      : button("Cancel", "order-cancel", () => cancelOrder(o.client_order_id), true));
     return tr;
   }));
 }
@@ -496,6 +501,66 @@ function followExit(symbol, exit) {
   }), 1000);
 }
 
+/* ---------- protection: stop-loss, take-profit, trailing stop ---------- */
+
+const LEG_KINDS = { STOP_MARKET: "stop_loss", TAKE_PROFIT_MARKET: "take_profit", TRAILING_STOP_MARKET: "trailing_stop" };
+
+/** "SL 59000 · TP 62000 · TS 1.5%" from a positions row (decimal strings as sent). */
+function protectionText(p) {
+  const parts = [];
+  if (p.stop_loss) parts.push(`SL ${p.stop_loss}`);
+  if (p.take_profit) parts.push(`TP ${p.take_profit}`);
+  if (p.trailing_stop) parts.push(`TS ${p.trailing_stop.callback_rate}%` +
+    (p.trailing_stop.activation_price ? ` from ${p.trailing_stop.activation_price}` : ""));
+  return parts.length ? parts.join(" · ") : "-";
+}
+
+/** Fill the protection form with a position's symbol and current legs. */
+function editProtection(p) {
+  $("protect-symbol").value = p.symbol;
+  $("protect-sl").value = p.stop_loss || "";
+  $("protect-tp").value = p.take_profit || "";
+  $("protect-rate").value = p.trailing_stop ? p.trailing_stop.callback_rate : "";
+  $("protect-activation").value = p.trailing_stop && p.trailing_stop.activation_price || "";
+  $("protect-sl").focus();
+}
+
+/** PUT /api/positions/protection: a filled field sets its leg, an emptied one that
+ * the position has removes it (null), an empty one it does not have is left out. */
+async function setProtection(ev) {
+  ev.preventDefault();
+  await guarded(async () => {
+    const symbol = $("protect-symbol").value.trim().toUpperCase();
+    const held = (current("positions")?.data || []).find((p) => p.symbol === symbol) || {};
+    const body = { key_id: requireKey(), symbol, mode: $("protect-mode").value };
+    const sl = $("protect-sl").value.trim(), tp = $("protect-tp").value.trim();
+    const rate = $("protect-rate").value.trim(), act = $("protect-activation").value.trim();
+    if (sl) body.stop_loss = { trigger_price: sl }; else if (held.stop_loss) body.stop_loss = null;
+    if (tp) body.take_profit = { trigger_price: tp }; else if (held.take_profit) body.take_profit = null;
+    if (rate) body.trailing_stop = act ? { callback_rate: rate, activation_price: act } : { callback_rate: rate };
+    else if (held.trailing_stop) body.trailing_stop = null;
+    const prot = await api("PUT", "/api/positions/protection", body);
+    $("protect-result").textContent = `${prot.symbol} (${prot.mode}): ` + Object.entries(prot.legs)
+      .filter(([, leg]) => leg).map(([kind, leg]) => `${kind} ${leg.status}`).join(", ");
+    showMessage("");
+  });
+}
+
+async function removeProtection() {
+  await guarded(async () => {
+    const symbol = $("protect-symbol").value.trim().toUpperCase();
+    await api("DELETE", `/api/positions/protection?key_id=${requireKey()}&symbol=${encodeURIComponent(symbol)}`);
+    $("protect-result").textContent = `${symbol}: protection removed`;
+  });
+}
+
+async function removeLeg(symbol, kind) {
+  await guarded(async () => {
+    await api("PUT", "/api/positions/protection", { key_id: requireKey(), symbol, [kind]: null });
+    showMessage(`${symbol}: ${kind.replace("_", "-")} removed.`, "info");
+  });
+}
+
 /* ---------- wiring ---------- */
 
 function init() {
@@ -503,6 +568,8 @@ function init() {
   $("logout").addEventListener("click", () => logout(""));
   $("key-form").addEventListener("submit", addKey);
   $("order-form").addEventListener("submit", placeOrder);
+  $("protect-form").addEventListener("submit", setProtection);
+  $("protect-remove").addEventListener("click", removeProtection);
   $("order-type").addEventListener("change", () => {
     $("order-price").disabled = $("order-type").value !== "LIMIT";
   });

@@ -34,6 +34,14 @@ class BalanceData(Out):
     assets: list[AssetBalance]
 
 
+class TrailingStop(Out):
+    """A position's trailing stop: ``callback_rate`` in percent, ``activation_price``
+    (null: trailing from the start)."""
+
+    callback_rate: DecimalText
+    activation_price: DecimalText | None
+
+
 class OpenPosition(Out):
     """One ``positions`` row (``services.serialize.position_row``). A position opened by
     an account event has ``null`` for what the event does not carry (mark price,
@@ -48,6 +56,9 @@ class OpenPosition(Out):
     leverage: DecimalText | None
     liquidation_price: DecimalText | None
     margin_type: str
+    stop_loss: DecimalText | None = Field(default=None, description="the stop-loss trigger price")
+    take_profit: DecimalText | None = Field(default=None, description="the take-profit trigger price")
+    trailing_stop: TrailingStop | None = None
 
 
 class PositionPnl(Out):
@@ -84,6 +95,8 @@ class OpenOrder(Out):
     time_in_force: str
     reduce_only: bool
     updated_at: Ms
+    trigger_price: DecimalText | None = Field(
+        default=None, description="an exchange-held protection leg's trigger; null for plain orders")
 
 
 class _EnvelopeBase(Out):

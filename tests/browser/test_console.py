@@ -272,3 +272,54 @@ def test_console_keeps_its_session_with_the_refresh_token(browser, tmp_path: Pat
         if server is not None:
             server.stop()
         sim.stop()
+
+
+def test_console_sets_sees_and_removes_a_stop_on_a_position_row(browser, stack) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    sim, server = stack
+    sim.set_price("ETHUSDT", "3000")
+    username, password = make_user(server, sim)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        page.goto(server.url + "/")
+        page.get_by_test_id("login-username").fill(username)
+        page.get_by_test_id("login-password").fill(password)
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("conn-status")).to_have_text("online")
+        page.get_by_test_id("order-symbol").fill("ETHUSDT")
+        page.get_by_test_id("order-quantity").fill("0.1")
+        page.get_by_test_id("order-submit").click()
+        row = page.locator('[data-testid="position-row"][data-symbol="ETHUSDT"]')
+        expect(row).to_have_count(1)
+        expect(row.locator('[data-field="protection"]')).to_have_text("-")
+
+        # a stop on the wrong side: the server names the field
+        row.get_by_test_id("position-protect").click()
+        expect(page.get_by_test_id("protect-symbol")).to_have_value("ETHUSDT")
+        page.get_by_test_id("protect-sl").fill("3100")
+        page.get_by_test_id("protect-submit").click()
+        expect(page.get_by_test_id("message")).to_contain_text("stop_loss.trigger_price")
+
+        # held by the exchange: the row shows it, the orders panel lists the leg
+        page.get_by_test_id("protect-sl").fill("2900")
+        page.get_by_test_id("protect-tp").fill("3200")
+        page.get_by_test_id("protect-submit").click()
+        expect(page.get_by_test_id("protect-result")).to_contain_text("stop_loss active")
+        expect(row.locator('[data-field="protection"]')).to_have_text("SL 2900 · TP 3200")
+        leg = page.locator('[data-testid="order-row"]', has_text="STOP_MARKET")
+        expect(leg.locator('[data-field="trigger_price"]')).to_have_text("2900")
+
+        # the take-profit removed from the orders panel, then everything
+        page.locator('[data-testid="order-row"]', has_text="TAKE_PROFIT_MARKET") \
+            .get_by_test_id("leg-remove").click()
+        expect(row.locator('[data-field="protection"]')).to_have_text("SL 2900")
+        page.get_by_test_id("protect-remove").click()
+        expect(row.locator('[data-field="protection"]')).to_have_text("-")
+        expect(page.get_by_test_id("order-row")).to_have_count(0)
+        assert not page_errors, page_errors
+    finally:
+        page.close()

@@ -146,6 +146,18 @@ def test_every_json_route_answers_its_documented_schema(app, sim) -> None:  # ty
     for kind in ("balance", "pnl", "orders"):
         env = c.call("get", "/api/account/{kind}", 200, h, query=f"key_id={kid}", kind=kind)
         assert env["type"] == kind
+    prot = c.call("put", "/api/positions/protection", 200, h, json={
+        "key_id": kid, "symbol": "BTCUSDT", "mode": "server", "stop_loss": {"trigger_price": "40000"},
+        "trailing_stop": {"callback_rate": "1.5", "activation_price": "60000"}})
+    assert prot["legs"]["stop_loss"]["status"] == "active" and prot["side"] == "LONG"
+    c.call("put", "/api/positions/protection", 400, h, json={  # a LONG's take-profit below the mark
+        "key_id": kid, "symbol": "BTCUSDT", "mode": "server", "take_profit": {"trigger_price": "40000"}})
+    c.call("put", "/api/positions/protection", 409, h, json={
+        "key_id": kid, "symbol": "ETHUSDT", "mode": "server", "stop_loss": {"trigger_price": "1"}})
+    assert len(c.call("get", "/api/positions/protection", 200, h, query=f"key_id={kid}")) == 1
+    removed = c.call("delete", "/api/positions/protection", 200, h, query=f"key_id={kid}&symbol=BTCUSDT")
+    assert removed["legs"]["stop_loss"]["status"] == "canceled"
+    c.call("delete", "/api/positions/protection", 404, h, query=f"key_id={kid}&symbol=ETHUSDT")
     started = c.call("post", "/api/positions/close", 202, h, json={"key_id": kid, "symbol": "BTCUSDT"})
     c.call("get", "/api/exits/{exit_id}", 200, h, exit_id=started["exit"]["id"])
     c.call("get", "/api/exits/{exit_id}", 404, h, exit_id=2**31 - 1)
@@ -207,6 +219,16 @@ def test_push_envelopes_fit_the_envelope_model() -> None:
     state.set_orders([Order("c1", "9", "BTCUSDT", "BUY", "LIMIT", OrderStatus.NEW, Decimal("40000"),
                             Decimal("0.003"), Decimal("0"), Decimal("0"), "GTC", False, 5)])
     state.realized_pnl = Realized(Decimal("12.5"), Decimal("0"))
+    # the protection providers the app installs (services.protection): the positions rows
+    # carry stop_loss / take_profit / trailing_stop, the orders rows trigger_price and legs
+    state.protection_of = lambda key_id, symbol: {
+        "stop_loss": "45500", "take_profit": None,
+        "trailing_stop": {"callback_rate": "1.5", "activation_price": None}}
+    state.legs_of = lambda key_id: [{
+        "client_order_id": "psl-1", "order_id": "77", "symbol": "BTCUSDT", "side": "SELL",
+        "type": "STOP_MARKET", "status": "NEW", "price": "0", "quantity": "0",
+        "filled_quantity": "0", "avg_price": "0", "time_in_force": "GTE_GTC",
+        "reduce_only": True, "updated_at": 6, "trigger_price": "45500"}]
     for kind in ("balance", "positions", "pnl", "orders"):
         env = state.envelope_if_changed(kind, "rest", 1) or state.last(kind)
         assert env is not None, kind
