@@ -47,6 +47,8 @@ from services.push import DirectPush, Push
 
 logger = logging.getLogger(__name__)
 
+STARTING = "starting"  # a stream's state before its first connection attempt ended
+
 Publish = Callable[[dict], None]
 MAX_BATCH = 200  # frames taken in one go during a burst
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
@@ -116,7 +118,10 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._on_fill = on_fill
         self._sleep = sleep
         self.settings = settings
-        self.status = "reconnecting"
+        # "starting" until the first connection attempt ends: never sent (a new
+        # subscriber would see "reconnecting" flash before "live"); the first real
+        # state is published to the user's room when it is reached
+        self.status = STARTING
         self.since = now_ms()
         self.running = True
         self._quiet = False

@@ -32,7 +32,7 @@ from services.account_kinds import STATE_TYPES
 logger = logging.getLogger(__name__)
 
 PREFIX = "pushsrv"
-ACCOUNT_STREAM_STATES = ("live", "reconnecting", "polling", "down")
+ACCOUNT_STREAM_STATES = ("starting", "live", "reconnecting", "polling", "down")
 TICKER_STREAM_STATES = ("live", "reconnecting", "down")
 # exchange event time -> emit, seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from api.errors import to_api_error
 from exchanges.errors import ExchangeError
+from services.errors import NotFound, Unauthorized, ValidationFailed
+from services.account_stream import STARTING
 from services.schemas.requests import TickerSubscribe
 from services.schemas.socketio import Subscribe, Unsubscribe
-from services.errors import NotFound, Unauthorized, ValidationFailed
 from services.tickers import ticker_room
 from ws.hub import room
 
@@ -60,8 +61,13 @@ def register_handlers(socketio: SocketIO) -> None:
         token = token or request.args.get("token")
         try:
             user_id, _ = _svc().tokens.verify(token)
-        except Unauthorized:
-            raise ConnectionRefusedError("unauthorized")
+        except Unauthorized as e:
+            # message "unauthorized" (CONTRACT.md); connect_error's data says why, so an
+            # app knows to refresh (token_expired) or to log in again (invalid_token,
+            # missing_token)
+            why = ("missing_token" if not token else
+                   "token_expired" if e.code == "token_expired" else "invalid_token")
+            raise ConnectionRefusedError("unauthorized", {"code": why}) from None
         _svc().hub.add(request.sid, user_id,
                        socketio.server.manager.eio_sid_from_sid(request.sid, "/"))
         join_room(room("user", user_id))
@@ -99,8 +105,11 @@ def register_handlers(socketio: SocketIO) -> None:
         local = [s for s in streams if s is not None]
         since = {k: p.model_dump(exclude_none=True) for k, p in (req.since or {}).items()}
         resumed, plans = svc.resume.plan([s.state for s in local], list(req.types), since)
+        # a stream still starting says nothing yet: its first state (live, or
+        # reconnecting/polling when the exchange cannot be reached) reaches the user's
+        # room when it is known
         statuses = [{"key_id": s.state.key_id, "exchange": s.state.exchange,
-                     "state": s.status, "since": s.since} for s in local]
+                     "state": s.status, "since": s.since} for s in local if s.status != STARTING]
         # keys whose stream runs in another process: a REST snapshot for this socket
         remote = [(conn.user_id, key, kind) for key in keys.values()
                   for kind in req.types if kind != "fills"]

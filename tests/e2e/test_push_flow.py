@@ -25,6 +25,10 @@ def test_subscribe_snapshot_order_fill_and_price_move(account, listen, sim) -> N
     assert lst.wait_for("orders")["data"] == []
     assert lst.wait_for("pnl")["data"]["unrealized_pnl"] == "0"
     lst.wait_for("stream_status", lambda d: d["state"] == "live")
+    # the stream started with this subscribe: its first state is "live", with no
+    # "reconnecting" flashed before it
+    states = [d["state"] for name, d in lst.all if name == "stream_status"]
+    assert states[0] == "live", states
 
     # a resting LIMIT buy appears in orders
     mark = lst.mark()
@@ -111,13 +115,20 @@ def test_rule_violations_are_400_before_any_order(account, sim) -> None:  # type
 
 
 def test_no_token_no_connection(server) -> None:  # type: ignore[no-untyped-def]
-    for auth in (None, {"token": "forged"}, {"token": ""}):
+    """Refused with message "unauthorized" (CONTRACT.md) and a code that tells an app
+    whether to refresh its token or log in again."""
+    import jwt
+    now = int(time.time())
+    expired = jwt.encode({"sub": "1", "iat": now - 7200, "exp": now - 3600}, server.secret_key,
+                         algorithm="HS256")
+    for auth, code in ((None, "missing_token"), ({"token": "forged"}, "invalid_token"),
+                       ({"token": ""}, "missing_token"), ({"token": expired}, "token_expired")):
         client = socketio.Client(reconnection=False)
         errors: list = []
         client.on("connect_error", errors.append)
         with pytest.raises(socketio.exceptions.ConnectionError):
             client.connect(server.url, auth=auth, transports=["websocket"], wait_timeout=5)
-        assert errors == [{"message": "unauthorized"}]
+        assert errors == [{"message": "unauthorized", "data": {"code": code}}], (auth, errors)
 
 
 def test_query_token_is_accepted_for_older_clients(account, server) -> None:  # type: ignore[no-untyped-def]
