@@ -4,6 +4,7 @@ from models.db import Database
 from models.user import User
 from models.exchange_key import ExchangeKey
 from models.session import AuthSession, RefreshToken
+from models.notify import Alert, Device, Notification, NotificationSettings, PriceAlert
 from models.trade import (
     HOLDING_STATUSES, UNFINISHED_STATUSES, DeadLetter, Exit, ExitStatus, Fill, Order, Position, Trade,
     TradeStatus,
@@ -11,4 +12,5 @@ from models.trade import (
 
 __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade",
            "TradeStatus", "HOLDING_STATUSES", "UNFINISHED_STATUSES", "Order", "Fill",
-           "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken"]
+           "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken",
+           "Alert", "Device", "Notification", "NotificationSettings", "PriceAlert"]

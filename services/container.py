@@ -21,11 +21,14 @@ from services import ledger
 from services.account_stream import StreamSettings
 from services.accounts import KeyService, UserService
 from services.client_cache import TradingService
+from services.errors import ValidationFailed
 from services.exits import ExitService, ExitSettings
+from exchanges.errors import InvalidOrder
 from services.fill_feed import FillFeed
 from services.leases import LocalLeases, RedisLeases
 from services.lifecycle import Tasks
 from services.metrics import Metrics
+from services.notify.wiring import Notify, build_notify
 from services.orders import OrderService
 from services.reconciler import Reconciler
 from services.resume import ResumeService
@@ -41,7 +44,7 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
-         "market stream"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
+         "market stream", "notify worker", "price alerts"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Services:
     sessions: SessionService | None = None  # login sessions, refresh tokens
     tasks: Tasks | None = None  # the background tasks (None: nothing to start)
     leases: Any = None  # LocalLeases or RedisLeases (the periodic reconciler's lease)
+    notify: Notify | None = None  # devices, alerts, price alerts, the outbox and its worker
     started_monotonic: float = field(default_factory=time.monotonic)
     stopped: dict | None = None  # what stop() reported, once it ran
 
@@ -96,6 +100,8 @@ class Services:
             self.tasks.spawn("reconciler", self.reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
                              self.tasks.sleep, 2.0, self.leases, cfg.RECONCILE_BATCH)
         self.streams.start()
+        if self.notify is not None:
+            self.notify.start(self.tasks.spawn)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict:
         """Stop in order, within about ``timeout_s`` seconds (once; later calls return
@@ -117,6 +123,8 @@ class Services:
         deadline = began + timeout_s
         self.reconciler.stop()
         self.exits.stop()
+        if self.notify is not None:
+            self.notify.stop()
         self.streams.stop_all()
         self.tickers.stop_all()
         self.hub.stop()  # the push layer's conflation timer
@@ -128,6 +136,8 @@ class Services:
             logger.warning("services stopped with tasks still running %s",
                            " ".join(f"{name}={n}" for name, n in sorted(still.items())))
         self.trading.close()
+        if self.notify is not None:
+            self.notify.close()
         self.db.dispose()
         self.stopped = {"unflushed": unflushed, "still_running": still,
                         "elapsed_s": round(time.monotonic() - began, 3)}
@@ -189,16 +199,39 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
+    key_service = KeyService(db, cipher, build_client, trading, streams)
+
+    def check_symbol(user_id: int, exchange: str, symbol: str) -> None:
+        """A price alert's symbol must be one of the venue's (asked with the user's key)."""
+        keys = [k for k in key_service.list(user_id) if k.exchange == exchange]
+        if not keys:
+            raise ValidationFailed("no_key_for_exchange", f"a price alert on {exchange} needs "
+                                   f"an API key of {exchange}", "exchange")
+        key = next((k for k in keys if not k.testnet), keys[0])
+        try:
+            client_for(key).get_symbol_rules(symbol)
+        except InvalidOrder:
+            raise ValidationFailed("unknown_symbol", f"{symbol} is not a symbol of {exchange}",
+                                   "symbol") from None
+
+    notify = build_notify(db, publish=hub.publish, tickers=tickers, check_symbol=check_symbol,
+                          spawn=tasks.spawner("notify send"), sleep=sleep,
+                          credentials_path=cfg.GOOGLE_APPLICATION_CREDENTIALS,
+                          fcm_url=cfg.FCM_URL, timeout_s=cfg.FCM_TIMEOUT_S,
+                          grace_ms=cfg.NOTIFY_ONLINE_GRACE_MS,
+                          concurrency=cfg.NOTIFY_CONCURRENCY, queue_url=cfg.MESSAGE_QUEUE_URL,
+                          channel=cfg.MESSAGE_QUEUE_CHANNEL)
+    hub.on_delivered = notify.deliveries.observe
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
         sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
-        keys=KeyService(db, cipher, build_client, trading, streams),
+        keys=key_service,
         orders=orders, reconciler=reconciler, exits=exits, streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),
         ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics,
-        tasks=tasks, leases=leases)
+        tasks=tasks, leases=leases, notify=notify)
 
 
 class _LedgerFacade:

@@ -21,7 +21,7 @@ from typing import Callable
 from flask_socketio import SocketIO
 from socketio import PubSubManager
 
-from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES
+from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 from ws.relay import AccountRelay, RemoteState
@@ -43,7 +43,7 @@ class Connection:
 
     def max_hz(self, kind: str) -> float | None:
         """Mark-driven pushes a second of ``kind`` for this connection (None: no bound)."""
-        if kind == "fills":
+        if kind in EVENT_TYPES:
             return None
         return self.hz.get(kind, DEFAULT_MAX_HZ.get(kind))
 
@@ -71,7 +71,11 @@ class PushHub:
     subscribers (the fanout; with a message queue, states through the queue to every
     process's fanout, ``fills`` to their room), ``stream_status`` to the user's room.
     ``on_stream_latency`` (optional) is called with each stream-sourced push's
-    latency in seconds (the metrics histogram).
+    latency in seconds (the metrics histogram). ``on_delivered`` (optional) is called
+    with each ``fills`` / ``alerts`` envelope that reached at least one connection of
+    this process subscribed to its type (``services.notify.presence``: such an event
+    is not sent to the phone when ``skip_when_online``); with a message queue every
+    process reports its own deliveries (``AccountRelay.on_room_emit``).
 
     With a message queue the Socket.IO server's manager must be a
     ``ws.relay.AccountRelay`` (``ws.relay.make_client_manager``); the hub becomes
@@ -82,6 +86,7 @@ class PushHub:
                  on_stream_latency: Callable[[float], None] | None = None) -> None:
         self._sio = socketio
         self.on_stream_latency = on_stream_latency
+        self.on_delivered: Callable[[dict], None] | None = None
         self._lock = threading.Lock()
         self._conns: dict[str, Connection] = {}
         self._by_user: dict[int, set[str]] = {}
@@ -98,6 +103,7 @@ class PushHub:
                                 "ws.relay.AccountRelay (ws.relay.make_client_manager)")
             self._relay = manager
             manager.receiver = self.receive
+            manager.on_room_emit = self._room_emitted
 
     @property
     def fanout(self) -> Fanout:
@@ -192,8 +198,26 @@ class PushHub:
         """A built account envelope (``fills``, ``stale`` values) to its subscribers now."""
         if self._relay is None:
             self.fanout.deliver(state, env)
+            if self.on_delivered is not None and env["type"] in EVENT_TYPES \
+                    and self.fanout.has_subscribers(state.key_id, env["type"]):
+                self.on_delivered(env)
         else:
             self.publish(env)
+
+    def _local_room(self, name: str) -> bool:
+        """True when a connection of this process is in room ``name``."""
+        return bool(self._sio.server.manager.rooms.get("/", {}).get(name))
+
+    def _room_emitted(self, message: dict) -> None:
+        """With a message queue: a room emit about to reach this process's members
+        (``AccountRelay.on_room_emit``); a ``fills``/``alerts`` one that has a member
+        here is a delivery."""
+        data = message.get("data")
+        if self.on_delivered is None or message.get("event") not in EVENT_TYPES \
+                or not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+            return
+        if self._local_room(message.get("room") or ""):
+            self.on_delivered(data[0])
 
     def publish(self, envelope: dict) -> None:
         """Emit one envelope from a service (any green thread)."""
@@ -211,7 +235,11 @@ class PushHub:
         elif self._relay is not None and kind in STATE_TYPES:
             self._relay.publish_account(envelope, False)  # counted where it is sent
         else:
-            self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
+            target = room(kind, envelope["user_id"])
+            if self._relay is None and kind in EVENT_TYPES and self.on_delivered is not None \
+                    and self._local_room(target):
+                self.on_delivered(envelope)
+            self._sio.emit(kind, envelope, to=target)
             self._count(envelope)
 
     def attach(self, conn: Connection, state, kind: str, first) -> None:  # type: ignore[no-untyped-def]

@@ -157,6 +157,9 @@ class AccountRelay:
     emits, as python-socketio would do."""
 
     receiver: Callable[[dict, bool], None] | None = None
+    # called with every other message before python-socketio emits it to this
+    # process's members (the hub records fills/alerts deliveries: services.notify)
+    on_room_emit: Callable[[dict], None] | None = None
 
     def publish_account(self, envelope: dict, mark: bool) -> None:
         """Publish one account envelope (``balance``, ``positions``, ``pnl``,
@@ -183,6 +186,12 @@ class AccountRelay:
                     logger.exception("relayed push failed type=%s key_id=%s",
                                      message.get("event"), data[0].get("key_id"))
                 return
+        observer = self.on_room_emit
+        if observer is not None:
+            try:
+                observer(message)
+            except Exception:  # isolation boundary: the emit still happens
+                logger.exception("room emit observer failed event=%s", message.get("event"))
         super()._handle_emit(message)  # type: ignore[misc]
 
 
