@@ -307,7 +307,8 @@ def build_spec(app: Flask) -> dict:
         "paths": paths,
         "components": {
             "schemas": {**model_schemas(),
-                        **model_schemas(out.RESPONSE_MODELS, mode="serialization")},
+                        **model_schemas(tuple(out.RESPONSE_MODELS) + out_notify.RESPONSE_MODELS,
+                                      mode="serialization")},
             "responses": error_responses,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

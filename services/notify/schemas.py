@@ -119,3 +119,6 @@ class NotificationOut(Out):
     error: str | None
     created_at: Ms
     sent_at: Ms | None
+
+
+RESPONSE_MODELS = (DeviceOut, SettingsOut, PriceAlertOut, NotificationOut)  # for the spec

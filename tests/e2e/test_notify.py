@@ -286,3 +286,48 @@ def test_fcm_500_while_the_server_is_killed_is_sent_once_after_restart(sim, pg_s
     finally:
         srv.stop()
         drop()
+
+
+def test_two_servers_on_postgresql_never_send_one_notification_twice(  # type: ignore[no-untyped-def]
+        sim, pg_server, redis_url, tmp_path) -> None:
+    from tests.e2e.conftest import queued_pair
+    creds = fcm.write_service_account(tmp_path, sim.url)
+    with queued_pair(sim, pg_server, redis_url, tmp_path, FCM_URL=sim.url,
+                     GOOGLE_APPLICATION_CREDENTIALS=str(creds)) as (a, b, listeners):
+        sim.set_price("BTCUSDT", "50000")
+        accounts = [Account(a, sim) for _ in range(3)]
+        tokens = [_device(acct)[0] for acct in accounts for _ in range(3)]
+        for i in range(4):
+            for acct in accounts:
+                acct.server = a if i % 2 else b  # the fills are recorded by both processes
+                _buy(acct, "0.002")
+        expected = len(accounts) * 4 * 3
+
+        def sent() -> list[tuple[str, str]]:
+            wanted = set(tokens)
+            return [(m["message"]["token"], m["message"]["android"]["collapse_key"])
+                    for m in fcm.messages(sim.url) if m["message"]["token"] in wanted]
+        wait_until(lambda: len(sent()) >= expected, timeout=60)
+        time.sleep(2.0)
+        got = sent()
+        assert len(got) == expected and len(set(got)) == expected  # none twice
+        per = [requests.get(s.url + "/admin/stats", timeout=10,
+                            headers={"X-Admin-Token": s.admin_token}).json()["notifications"]
+               for s in (a, b)]
+        assert sum(p["sent"] for p in per) == expected
+
+        # a socket on A received the fill: neither process sends it to the phone
+        acct = Account(a, sim)
+        token, _ = _device(acct)
+        la = EventListener(a.url, acct.token)
+        listeners.append(la)
+        assert la.call("subscribe", {"types": ["fills"], "key_id": acct.key_id})["ok"]
+        la.wait_for("stream_status", lambda d: d["state"] == "live")
+        acct.server = b
+        for _ in range(3):
+            _buy(acct, "0.002")
+        wait_until(lambda: len([e for n, e in la.all if n == "fills" for _ in e["data"]]) >= 3)
+        rows = wait_until(lambda: (lambda rs: rs if len(rs) == 3 and all(
+            r["status"] != "pending" for r in rs) else None)(_notifications(acct)), timeout=30)
+        assert [r["status"] for r in rows] == ["skipped"] * 3
+        assert fcm.messages(sim.url, token) == []
