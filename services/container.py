@@ -222,6 +222,7 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                           concurrency=cfg.NOTIFY_CONCURRENCY, queue_url=cfg.MESSAGE_QUEUE_URL,
                           channel=cfg.MESSAGE_QUEUE_CHANNEL)
     hub.on_delivered = notify.deliveries.observe
+    metrics.add_notify(notify)
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),

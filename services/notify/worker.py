@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import json
+import uuid
 from collections import Counter, deque
 from typing import Any, Callable
 
@@ -71,7 +72,7 @@ class NotifyWorker:
         self._concurrency = max(1, concurrency)
         self.stopping = StopFlag(sleep)
         self._claims = itertools.count(1)
-        self._me = f"{socket.gethostname()[:30]}:{os.getpid()}"
+        self._me = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.counts: Counter[str] = Counter()  # outcome -> rows
         self.retries = 0
         self.last_error: str | None = None
