@@ -211,10 +211,10 @@ def _demo_secrets() -> dict[str, str]:
 
 
 def _demo_fcm_credentials(sim_http: str) -> str:
-    """A service-account file for the simulator's FCM (``var/demo-fcm-service-account.json``:
-    a generated RSA key, ``token_uri`` the simulator's ``/token``), made once and
-    rewritten when the simulator's address changes. Returns its path."""
-    path = VAR_DIR / "demo-fcm-service-account.json"
+    """A service-account file for the simulator's FCM
+    (``var/demo-fcm-service-account-<port>.json``: a generated RSA key, ``token_uri`` the
+    simulator's ``/token``), made once per simulator port. Returns its path."""
+    path = VAR_DIR / f"demo-fcm-service-account-{sim_http.rsplit(':', 1)[-1]}.json"
     token_uri = f"{sim_http}/token"
     if path.exists():
         try:

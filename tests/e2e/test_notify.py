@@ -331,3 +331,51 @@ def test_two_servers_on_postgresql_never_send_one_notification_twice(  # type: i
             r["status"] != "pending" for r in rs) else None)(_notifications(acct)), timeout=30)
         assert [r["status"] for r in rows] == ["skipped"] * 3
         assert fcm.messages(sim.url, token) == []
+
+
+def test_the_demo_sends_notifications_to_its_embedded_simulator(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.server import ROOT, free_port
+    port, sim_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BINANCE_", "BYBIT_", "FCM_", "GOOGLE_"))}
+    password = "demo-pass-" + os.urandom(4).hex()
+    env.update({"APP_ENV": "demo", "PORT": str(port), "SIMULATOR_PORT": str(sim_port),
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}", "PYTHONUNBUFFERED": "1",
+                "DEMO_PASSWORD": password, "RECONCILE_INTERVAL_S": "0"})
+    for name in ("SIMULATOR_REPLAY_CSV", "EMBED_SIMULATOR", "HOST", "LOG_FORMAT"):
+        env.pop(name, None)
+    log_path = tmp_path / "demo.log"
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
+                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    url, sim_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sim_port}"
+    try:
+        wait_until(lambda: "next: " in log_path.read_text() or proc.poll() is not None, 60)
+        log = log_path.read_text()
+        assert "notifications configured project_id=pushsrv-demo" in log, log
+
+        def ready() -> bool:
+            try:
+                return requests.get(url + "/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_until(ready, 30)
+        login = requests.post(url + "/api/auth/login", timeout=10,
+                              json={"username": "demo", "password": password}).json()
+        auth = {"Authorization": f"Bearer {login['access_token']}"}
+        token = fcm.new_token()
+        assert requests.post(url + "/api/devices", headers=auth, timeout=10,
+                             json={"token": token, "platform": "ios"}).status_code == 201
+        key_id = requests.get(url + "/api/exchange/keys", headers=auth, timeout=10).json()[0]["id"]
+        r = requests.post(url + "/api/orders", headers=auth, timeout=15, json={
+            "key_id": key_id, "symbol": "BTCUSDT", "side": "BUY", "type": "MARKET",
+            "quantity": "0.01"})
+        assert r.status_code == 201, r.text
+        got = wait_until(lambda: fcm.messages(sim_url, token), 30)
+        assert got[0]["project_id"] == "pushsrv-demo"
+    finally:
+        proc.terminate()
+        proc.wait(15)
