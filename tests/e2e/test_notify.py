@@ -379,3 +379,4 @@ def test_the_demo_sends_notifications_to_its_embedded_simulator(tmp_path) -> Non
     finally:
         proc.terminate()
         proc.wait(15)
+        (ROOT / "var" / f"demo-fcm-service-account-{sim_port}.json").unlink(missing_ok=True)
