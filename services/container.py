@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
-         "market stream", "notify worker", "price alerts"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
+         "market stream", "notify worker", "price alerts", "notify deliveries"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass

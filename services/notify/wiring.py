@@ -12,7 +12,7 @@ from services.notify.alerts import AlertService
 from services.notify.devices import DeviceService
 from services.notify.fcm import FcmClient, FcmConfig
 from services.notify.outbox import Outbox
-from services.notify.presence import LocalDeliveries, RedisDeliveries
+from services.notify.presence import FLUSH_S, LocalDeliveries, RedisDeliveries
 from services.notify.price_alerts import PriceAlertService
 from services.notify.worker import NotifyWorker
 
@@ -34,9 +34,22 @@ class Notify:
     fcm: FcmClient | None
 
     def start(self, spawn: Callable[..., Any]) -> None:
-        """Start the worker and the price alert loop (``spawn(name, fn)``)."""
+        """Start the worker, the price alert loop and (with a message queue) the loop
+        that writes this process's socket deliveries to Redis (``spawn(name, fn)``)."""
         spawn("notify worker", self.worker.run)
         spawn("price alerts", self.price_alerts.run)
+        if isinstance(self.deliveries, RedisDeliveries):
+            spawn("notify deliveries", self._flush_deliveries)
+
+    def _flush_deliveries(self) -> None:
+        """Every ``FLUSH_S``: deliveries to Redis, so that another process's worker
+        knows them within its grace (``NOTIFY_ONLINE_GRACE_MS``) however busy this
+        process's worker is."""
+        while not self.worker.stopping.wait(FLUSH_S):
+            try:
+                self.deliveries.flush()
+            except Exception:  # isolation boundary: the next flush tries again
+                logger.exception("deliveries flush failed")
 
     def stop(self) -> None:
         """Ask both loops to end."""
