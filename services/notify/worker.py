@@ -167,11 +167,17 @@ class NotifyWorker:
         return token, [dict(r._mapping) for r in rows]
 
     # ---- one row ----------------------------------------------------------------------
-    def _finish(self, token: str, row_id: int, **values: Any) -> bool:
+    def _finish(self, token: str, row_id: int, device_id: int | None = None,
+                **values: Any) -> bool:
+        """Write a row's result if this claim still holds it; with ``device_id`` (a
+        sent row) the device's ``last_sent_at`` too, in the same transaction."""
         with self._db.transaction() as s:
             res = s.execute(update(Notification).where(
                 Notification.id == row_id, Notification.claimed_by == token,
                 Notification.status == "pending").values(lease_until=None, **values))
+            if res.rowcount == 1 and device_id is not None:
+                s.execute(update(Device).where(Device.id == device_id)
+                          .values(last_sent_at=values["sent_at"]))
             return res.rowcount == 1
 
     def _process(self, token: str, r: dict, online: bool) -> None:
@@ -221,11 +227,9 @@ class NotifyWorker:
                           attempts=r["attempts"] + 1)
             return
         now = now_ms()
-        if self._outcome(token, r, "sent", sent_at=now, attempts=r["attempts"] + 1):
+        if self._outcome(token, r, "sent", device_id=r["device_id"], sent_at=now,
+                         attempts=r["attempts"] + 1):
             self._latency_ms.append(now - r["created_at"])
-            with self._db.transaction() as s:
-                s.execute(update(Device).where(Device.id == r["device_id"])
-                          .values(last_sent_at=now))
 
     def _outcome(self, token: str, r: dict, status: str, **values: Any) -> bool:
         ok = self._finish(token, r["id"], status=status, **values)
