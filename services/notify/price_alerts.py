@@ -228,16 +228,19 @@ class PriceAlertService:
     def load(self) -> int:
         """(Re)build the index from the database: alerts made or deleted by another
         process appear or go. Returns how many are watched."""
-        with self._db.session() as s:
-            rows = list(s.scalars(select(PriceAlert).where(
-                (PriceAlert.armed.is_(True)) | (PriceAlert.repeat.is_(True)))))
-        ids = {r.id for r in rows}
+        watched = (PriceAlert.armed.is_(True)) | (PriceAlert.repeat.is_(True))
+        with self._db.session() as s:  # ids only: a reload of 10,000 known alerts is cheap
+            ids = set(s.scalars(select(PriceAlert.id).where(watched)))
         with self._lock:
             gone = [aid for aid in self._info if aid not in ids]
+            new = sorted(ids - self._info.keys())
         for aid in gone:
             self._remove(aid)
-        for r in rows:
-            self._add(r)
+        for i in range(0, len(new), 1000):
+            with self._db.session() as s:
+                for r in s.scalars(select(PriceAlert).where(PriceAlert.id.in_(new[i:i + 1000]),
+                                                            watched)):
+                    self._add(r)
         return len(ids)
 
     def run(self) -> None:
