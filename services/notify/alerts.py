@@ -110,8 +110,10 @@ class AlertService:
     @staticmethod
     def resumable(since: dict | None) -> bool:
         """Whether ``replay`` continues the client's copy for this ``since``."""
-        return bool(since) and ((since.get("epoch") == EPOCH and since.get("seq") is not None)
-                                or since.get("time") is not None)
+        if not since:
+            return False
+        return ((since.get("epoch") == EPOCH and since.get("seq") is not None)
+                or since.get("time") is not None)
 
     def replay(self, user_id: int, since: dict | None) -> tuple[bool, list[dict]]:
         """What a subscriber of ``alerts`` is sent first: ``(resumed, envelopes)``.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal
+from typing import List  # ``list`` is a method name here
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -97,7 +98,7 @@ class DeviceService:
                 continue
         raise RuntimeError("settings update raced twice")
 
-    def notifications(self, user_id: int, limit: int = 50) -> list[Notification]:
+    def notifications(self, user_id: int, limit: int = 50) -> List[Notification]:
         """The user's newest notifications, newest first."""
         with self._db.session() as s:
             return list(s.scalars(select(Notification).where(Notification.user_id == user_id)

@@ -113,4 +113,4 @@ class RedisDeliveries(LocalDeliveries):
             logger.warning("deliveries not read from redis count=%s error=%s", len(rest),
                            type(e).__name__)
             return mine
-        return mine | {k for k, v in zip(rest, values) if v is not None}
+        return mine | {k for k, v in zip(rest, values, strict=True) if v is not None}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from services.schemas.fields import Exchange, Symbol, check_decimal
 from services.schemas.out import DecimalOut, Ms, Out
