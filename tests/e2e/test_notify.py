@@ -332,6 +332,27 @@ def test_two_servers_on_postgresql_never_send_one_notification_twice(  # type: i
         assert [r["status"] for r in rows] == ["skipped"] * 3
         assert fcm.messages(sim.url, token) == []
 
+        # a price alert made on A, watched by both processes (B's reload), fires once;
+        # its alerts push reaches a socket on B through the queue: skipped on the phone
+        acct.server = a
+        r = acct.post("/api/alerts/price", {"exchange": "binance", "symbol": "BTCUSDT",
+                                            "above": "50100"})
+        assert r.status_code == 201, r.text
+        lb = EventListener(b.url, acct.token)
+        listeners.append(lb)
+        assert lb.call("subscribe", {"types": ["alerts"]})["ok"]
+        lb.wait_for("alerts", lambda d: d["data"] == [])
+        time.sleep(12)  # B's reload (every 10 s) follows the alert too
+        sim.set_price("BTCUSDT", "50200")
+        alert = lb.wait_for("alerts", lambda d: len(d["data"]) == 1)["data"][0]
+        assert alert["kind"] == "price_alert" and alert["detail"]["price"] == "50200"
+        time.sleep(2)
+        assert len([e for n, e in lb.all if n == "alerts" and e["data"]]) == 1  # once
+        rows = wait_until(lambda: [x for x in _notifications(acct)
+                                   if x["event_type"] == "alerts" and x["status"] != "pending"])
+        assert [x["status"] for x in rows] == ["skipped"]
+        assert fcm.messages(sim.url, token) == []
+
 
 def test_the_demo_sends_notifications_to_its_embedded_simulator(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import os
