@@ -84,6 +84,10 @@ def fcm_client(credentials_path: str | None, url: str, timeout_s: float) -> FcmC
         return None
     try:
         client = FcmClient(FcmConfig(credentials_path, url, timeout_s))
+    except ImportError:  # google-auth missing (requirements.txt names it)
+        logger.warning("notifications not configured: google-auth is not installed; they "
+                       "are kept as not_configured")
+        return None
     except (ValueError, KeyError, OSError) as e:
         logger.warning("notifications not configured: the service account file is not usable "
                        "(%s); they are kept as not_configured", type(e).__name__)
