@@ -31,7 +31,8 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from api import account, admin, auth, console, health, keys, metrics, openapi, orders, protection
+from api import (account, admin, auth, console, health, keys, metrics, notifications, openapi,
+                 orders, protection)
 from api.errors import register_error_handlers
 from appcli import config_error_app, generate_keys_command, under_flask_cli
 from config import Config, ConfigError, load_config, log_format, log_level
@@ -84,7 +85,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
                          sleep=socketio.sleep, redis=redis)
     app.extensions["pushsrv"] = svc
     for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
-               console.bp, health.bp, protection.bp):
+               console.bp, health.bp, protection.bp, notifications.bp):
         app.register_blueprint(bp)
     register_error_handlers(app)
     register_cli(app)

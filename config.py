@@ -116,6 +116,12 @@ class Config:
     REFRESH_RATE_LIMIT: str = "30 per minute"  # per client address
     RATELIMIT_STORAGE_URI: str | None = None  # default: MESSAGE_QUEUE_URL, else memory
     REFRESH_EXPIRES_S: int = 30 * 24 * 3600
+    # Notifications to phones (services/notify): FCM HTTP v1 with a service account
+    GOOGLE_APPLICATION_CREDENTIALS: str | None = None  # its project_id and token_uri are used
+    FCM_URL: str = "https://fcm.googleapis.com"
+    FCM_TIMEOUT_S: float = 10.0
+    NOTIFY_ONLINE_GRACE_MS: int = 200  # skip_when_online: a row waits this long for its socket push
+    NOTIFY_CONCURRENCY: int = 8  # FCM requests in flight per process
 
     def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
         """REST and WS base URLs of ``exchange`` (a name in ``exchanges.venues.VENUES``),
@@ -215,6 +221,33 @@ def _demo_secrets() -> dict[str, str]:
     return values
 
 
+def _demo_fcm_credentials(sim_http: str) -> str:
+    """A service-account file for the simulator's FCM
+    (``var/demo-fcm-service-account-<port>.json``: a generated RSA key, ``token_uri`` the
+    simulator's ``/token``), made once per simulator port. Returns its path."""
+    path = VAR_DIR / f"demo-fcm-service-account-{sim_http.rsplit(':', 1)[-1]}.json"
+    token_uri = f"{sim_http}/token"
+    if path.exists():
+        try:
+            if json.loads(path.read_text()).get("token_uri") == token_uri:
+                return str(path)
+        except ValueError:
+            pass
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "pushsrv-demo",
+        "private_key_id": secrets.token_hex(20), "private_key": pem,
+        "client_email": "pushsrv-demo@pushsrv-demo.iam.gserviceaccount.com",
+        "client_id": "1", "token_uri": token_uri}, indent=2))
+    path.chmod(0o600)
+    return str(path)
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Build the Config from ``env`` (default ``os.environ``).
 
@@ -246,6 +279,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                       for k in REAL_VENUE_URLS}
         # a configured path that does not exist is kept: the demo warns about it
         values["SIMULATOR_REPLAY_CSV"] = env.get("SIMULATOR_REPLAY_CSV") or str(DEFAULT_REPLAY_CSV)
+        # notifications go to the simulator's FCM (its /token and messages:send)
+        values["FCM_URL"] = env.get("FCM_URL") or sim_http
+        values["GOOGLE_APPLICATION_CREDENTIALS"] = (env.get("GOOGLE_APPLICATION_CREDENTIALS")
+                                                    or _demo_fcm_credentials(sim_http))
     values["VENUE_URLS"] = venue_urls
     values["RECONCILE_REPAIR"] = _bool(env.get("RECONCILE_REPAIR"), False)
     values["OLD_KEY_ENCRYPTION_KEYS"] = tuple(
@@ -275,7 +312,9 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str), ("LOGIN_USERNAME_RATE_LIMIT", str),
                        ("REFRESH_RATE_LIMIT", str), ("RATELIMIT_STORAGE_URI", str),
-                       ("REFRESH_EXPIRES_S", int)):
+                       ("REFRESH_EXPIRES_S", int), ("GOOGLE_APPLICATION_CREDENTIALS", str),
+                       ("FCM_URL", str), ("FCM_TIMEOUT_S", float),
+                       ("NOTIFY_ONLINE_GRACE_MS", int), ("NOTIFY_CONCURRENCY", int)):
         if env.get(name):
             values[name] = cast(env[name])
     return Config(**values)

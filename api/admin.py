@@ -62,6 +62,8 @@ def stats():  # type: ignore[no-untyped-def]
     figures["reconcile"] = svc.reconciler.stats()
     figures["write_behind"] = svc.ledger_writer.stats()
     figures["gc"] = gc_pauses().stats()
+    if svc.notify is not None:
+        figures["notifications"] = svc.notify.stats()
     return out.Stats.of(figures)
 
 

@@ -31,6 +31,8 @@ from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, Ke
                               OrderCreate, ReconcileRequest, RefreshRequest, TickerSubscribe)
 from services.schemas.protection import Protection, ProtectionSet
 from services.schemas.socketio import Subscribe, Unsubscribe
+from services.notify import schemas as out_notify
+from services.notify.schemas import DeviceRegister, PriceAlertCreate, SettingsUpdate
 
 bp = Blueprint("openapi", __name__)
 
@@ -76,7 +78,7 @@ CALLS_EXCHANGE = (400, 401, 404, 422, 429, 502, 503, 504)
 # Blueprints whose query parameters are exactly those documented: an unknown one is a
 # 400 naming it, as an unknown body field is (a typo such as ``?keyid=`` never passes
 # silently). The console, the spec and /metrics are not JSON APIs and are left alone.
-STRICT_QUERY_BLUEPRINTS = ("auth", "keys", "account", "orders", "admin", "protection")
+STRICT_QUERY_BLUEPRINTS = ("auth", "keys", "account", "orders", "admin", "protection", "notify")
 
 SECURITY: dict[str, list[dict]] = {
     "bearer": [{"bearerAuth": []}],
@@ -193,6 +195,25 @@ OPERATIONS: dict[str, Op] = {
     "console.static": Op("A file of the web console (script, style sheet, vendored client)",
                          (200, "The file", {"*/*": {"schema": {"type": "string"}}}), None, (404,),
                          "none"),
+    "notify.register_device": Op("Register a phone's FCM token (201 new; 200 known, now this "
+                                 "user's)", (201, "Created", out_notify.DeviceOut), DeviceRegister,
+                                 (400, 401, 413), also=((200, "Known token", out_notify.DeviceOut),)),
+    "notify.list_devices": Op("The user's devices", (200, "Devices", list[out_notify.DeviceOut])),
+    "notify.delete_device": Op("Remove a device", (204, "Deleted", None), None, (400, 401, 404),
+                               path_schemas={"device_id": ID}),
+    "notify.get_settings": Op("Notification settings", (200, "Settings", out_notify.SettingsOut)),
+    "notify.put_settings": Op("Change notification settings (any subset)",
+                              (200, "Settings", out_notify.SettingsOut), SettingsUpdate,
+                              (400, 401, 413)),
+    "notify.list_notifications": Op("The user's last 50 notifications, newest first",
+                                    (200, "Notifications", list[out_notify.NotificationOut])),
+    "notify.create_price_alert": Op("Create a price alert on a symbol's mark price",
+                                    (201, "Created", out_notify.PriceAlertOut), PriceAlertCreate,
+                                    CALLS_EXCHANGE + (413,)),
+    "notify.list_price_alerts": Op("The user's price alerts",
+                                   (200, "Price alerts", list[out_notify.PriceAlertOut])),
+    "notify.delete_price_alert": Op("Remove a price alert", (204, "Deleted", None), None,
+                                    (400, 401, 404), path_schemas={"alert_id": ID}),
     "health.healthz": Op("Liveness: 200 while the process serves (no token)",
                          (200, "Alive", out.Alive), None, (), "none"),
     "health.readyz": Op("Readiness: 200 when the database (and the message queue, when configured) "
@@ -203,7 +224,7 @@ OPERATIONS: dict[str, Op] = {
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (Credentials, LoginCredentials, KeyCreate, KeyUpdate, OrderCreate,
                                               ClosePosition, Subscribe, Unsubscribe, TickerSubscribe,
                                               RefreshRequest, LogoutRequest, ReconcileRequest,
-                                              ProtectionSet)
+                                              ProtectionSet, DeviceRegister, SettingsUpdate, PriceAlertCreate)
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
 _CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
 
@@ -307,7 +328,8 @@ def build_spec(app: Flask) -> dict:
         "paths": paths,
         "components": {
             "schemas": {**model_schemas(),
-                        **model_schemas(out.RESPONSE_MODELS + (Protection,), mode="serialization")},
+                        **model_schemas(tuple(out.RESPONSE_MODELS) + (Protection,) + out_notify.RESPONSE_MODELS,
+                                      mode="serialization")},
             "responses": error_responses,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

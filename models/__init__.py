@@ -5,6 +5,7 @@ from models.user import User
 from models.exchange_key import ExchangeKey
 from models.session import AuthSession, RefreshToken
 from models.protection import LIVE_LEG_STATUSES, LegKind, LegStatus, ProtectionLeg
+from models.notify import Alert, Device, Notification, NotificationSettings, PriceAlert
 from models.trade import (
     HOLDING_STATUSES, UNFINISHED_STATUSES, DeadLetter, Exit, ExitStatus, Fill, FundingFee, Order,
     Position, RealizedDay, Trade, TradeStatus,
@@ -14,4 +15,5 @@ __all__ = ["Base", "Money", "now_ms", "Database", "User", "ExchangeKey", "Trade"
            "TradeStatus", "HOLDING_STATUSES", "UNFINISHED_STATUSES", "Order", "Fill",
            "Position", "Exit", "ExitStatus", "DeadLetter", "AuthSession", "RefreshToken",
            "FundingFee", "RealizedDay", "ProtectionLeg", "LegStatus", "LegKind",
-           "LIVE_LEG_STATUSES"]
+           "LIVE_LEG_STATUSES", "Alert", "Device", "Notification", "NotificationSettings",
+           "PriceAlert"]

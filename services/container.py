@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, Callable
 
 from config import Config
+from exchanges.errors import InvalidOrder
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
 from models import Database
@@ -23,11 +24,13 @@ from services.account_stream import StreamSettings
 from services.accounts import KeyCache, KeyService, UserService
 from services.client_cache import TradingService
 from services.coalesce import Coalescer
+from services.errors import ValidationFailed
 from services.exits import ExitService, ExitSettings
 from services.fill_feed import FillFeed
 from services.leases import LocalLeases, RedisLeases
 from services.lifecycle import Tasks
 from services.metrics import Metrics
+from services.notify.wiring import Notify, build_notify
 from services.orders import OrderService
 from services.protection import ProtectionService
 from services.reconciler import Reconciler
@@ -44,7 +47,8 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
-         "market stream", "protection"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
+         "market stream", "protection", "notify worker", "price alerts",
+         "notify deliveries"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Services:
     tasks: Tasks | None = None  # the background tasks (None: nothing to start)
     leases: Any = None  # LocalLeases or RedisLeases (the periodic reconciler's lease)
     protection: ProtectionService | None = None  # stop-loss / take-profit / trailing legs
+    notify: Notify | None = None  # devices, alerts, price alerts, the outbox and its worker
     started_monotonic: float = field(default_factory=time.monotonic)
     stopped: dict | None = None  # what stop() reported, once it ran
 
@@ -106,6 +111,8 @@ class Services:
             self.tasks.spawn("protection", self.protection.run_periodic)
         # ---- end protection
         self.streams.start()
+        if self.notify is not None:
+            self.notify.start(self.tasks.spawn)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict:
         """Stop in order, within about ``timeout_s`` seconds (once; later calls return
@@ -129,6 +136,8 @@ class Services:
         self.exits.stop()
         if self.protection is not None:  # protection (helper `protect`)
             self.protection.stop()
+        if self.notify is not None:
+            self.notify.stop()
         self.streams.stop_all()
         self.tickers.stop_all()
         self.hub.stop()  # the push layer's conflation timer
@@ -140,6 +149,8 @@ class Services:
             logger.warning("services stopped with tasks still running %s",
                            " ".join(f"{name}={n}" for name, n in sorted(still.items())))
         self.trading.close()
+        if self.notify is not None:
+            self.notify.close()
         self.db.dispose()
         self.stopped = {"unflushed": unflushed, "still_running": still,
                         "elapsed_s": round(time.monotonic() - began, 3)}
@@ -200,8 +211,9 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                             dead_letters=writer)
     # ---- protection (helper `protect`): server-mode rules on the shared market stream,
     # closed by the exit service; exchange-held legs reconciled after a stream gap too
+    raise_alert: list = [lambda *alert: None]  # the alerts service's, once it is built below
     protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
-                                   sleep, on_alert=None)
+                                   sleep, on_alert=lambda *alert: raise_alert[0](*alert))
 
     def reconnected(key_id, positions, symbols):  # type: ignore[no-untyped-def]
         reconciler.reconcile_key_id(key_id, positions, symbols)
@@ -222,22 +234,47 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
     hub.on_stream_latency = metrics.observe_stream_latency
     # ---- protection (helper `protect`): the account streams hand it the venues' leg
-    # updates; ``on_alert`` is the alerts outbox once the `notify` helper's service
-    # exists (a no-op until then)
+    # updates
     streams.on_leg_update = protection.on_leg_update
     streams.protection_of, streams.legs_of = protection.position_fields, protection.leg_orders
     protection.on_change = streams.protection_changed
     # ---- end protection
+    # ---- notifications: devices, alerts, price alerts, the outbox and its FCM worker
+    key_service = KeyService(db, cipher, build_client, trading, streams, key_cache)
+
+    def check_symbol(user_id: int, exchange: str, symbol: str) -> None:
+        """A price alert's symbol must be one of the venue's (asked with the user's key)."""
+        keys = [k for k in key_service.list(user_id) if k.exchange == exchange]
+        if not keys:
+            raise ValidationFailed("no_key_for_exchange", f"a price alert on {exchange} needs "
+                                   f"an API key of {exchange}", "exchange")
+        key = next((k for k in keys if not k.testnet), keys[0])
+        try:
+            client_for(key).get_symbol_rules(symbol)
+        except InvalidOrder:
+            raise ValidationFailed("unknown_symbol", f"{symbol} is not a symbol of {exchange}",
+                                   "symbol") from None
+
+    notify = build_notify(db, publish=hub.publish, tickers=tickers, check_symbol=check_symbol,
+                          spawn=tasks.spawner("notify send"), sleep=sleep,
+                          credentials_path=cfg.GOOGLE_APPLICATION_CREDENTIALS,
+                          fcm_url=cfg.FCM_URL, timeout_s=cfg.FCM_TIMEOUT_S,
+                          grace_ms=cfg.NOTIFY_ONLINE_GRACE_MS,
+                          concurrency=cfg.NOTIFY_CONCURRENCY, queue_url=cfg.MESSAGE_QUEUE_URL,
+                          channel=cfg.MESSAGE_QUEUE_CHANNEL)
+    hub.on_delivered = notify.deliveries.observe
+    metrics.add_notify(notify)
+    raise_alert[0] = notify.alerts.raise_alert  # protection_triggered: an alert and its notifications
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),
         sessions=SessionService(db, tokens, cfg.REFRESH_EXPIRES_S),
-        keys=KeyService(db, cipher, build_client, trading, streams, key_cache),
+        keys=key_service,
         orders=orders, reconciler=reconciler, exits=exits, streams=streams,
         snapshots=SnapshotService(streams, client_for, partial(ledger.realized_pnl, db)),
         resume=ResumeService(FillFeed(db)),
         ledger_writer=writer, hub=hub, tickers=tickers, governors=governors, metrics=metrics,
-        tasks=tasks, leases=leases, protection=protection)
+        tasks=tasks, leases=leases, protection=protection, notify=notify)
 
 
 class _LedgerFacade:

@@ -26,6 +26,18 @@ from services.realized import Realized
 logger = logging.getLogger(__name__)
 
 
+NEW_FILLS_HOOK = "on_new_fills"  # Session.info key: called with the fills just inserted
+
+
+def _new_fills(session: Session, fills: list[tuple[int, ex.Fill]]) -> None:
+    """Hand the fills this transaction inserted (``(key_id, Fill)``) to the hook the
+    session carries (``Session.info["on_new_fills"]``: the notification outbox writes
+    its rows in this same transaction), if any."""
+    hook = session.info.get(NEW_FILLS_HOOK)
+    if hook is not None and fills:
+        hook(session, fills)
+
+
 def _insert(session: Session, table):  # type: ignore[no-untyped-def]
     dialect = session.get_bind().dialect.name
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
@@ -75,6 +87,7 @@ def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | No
         is_maker=fill.is_maker, time=fill.time, reason=getattr(fill, "reason", None),
     ).on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
     if session.execute(stmt).rowcount == 1:
+        _new_fills(session, [(key_id, fill)])
         return True
     if trade_id is not None or fill.realized_pnl or fill.client_order_id or getattr(
             fill, "reason", None):
@@ -302,6 +315,8 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
                 .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
         inserted = {(r.key_id, r.exchange_trade_id) for r in session.execute(stmt, values)}
         new_keys = {k for k, _ in inserted}
+        _new_fills(session, list({(k, f.symbol, f.trade_id): (k, f) for k, f in fills
+                                  if (k, f.trade_id) in inserted}.values()))
         symbols |= {(k, f.symbol) for k, f in fills if (k, f.trade_id) in inserted}
         for key_id, f in fills:  # a fill stored before: a late trade link or PnL (rare)
             if (key_id, f.trade_id) not in inserted and (f.realized_pnl or f.client_order_id

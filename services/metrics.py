@@ -129,7 +129,13 @@ class Metrics:
         if reconciler is not None:
             sources["reconciler"] = reconciler
         sources["gc"] = gc_pauses()
-        self.registry.register(_StatsCollector(**sources))
+        self._collector = _StatsCollector(**sources)
+        self.registry.register(self._collector)
+
+    def add_notify(self, notify: StatsSource) -> None:
+        """Export the notification figures (``services.notify.wiring.Notify``), built
+        after this object."""
+        self._collector.add("notify", notify)
 
     def observe_stream_latency(self, seconds: float) -> None:
         """Record one push latency (exchange event time -> emit) in seconds; the push
@@ -148,6 +154,10 @@ class _StatsCollector(Collector):
     def __init__(self, **sources: StatsSource) -> None:
         self._src = sources
 
+    def add(self, name: str, source: StatsSource) -> None:
+        """One more source, read from the next scrape on."""
+        self._src = {**self._src, name: source}
+
     def describe(self) -> Iterable[Metric]:
         """No up-front description: the families are built at collect time."""
         return []
@@ -158,7 +168,8 @@ class _StatsCollector(Collector):
         for name, build in (("hub", _hub_families), ("trading", _trading_families),
                             ("streams", _stream_families), ("tickers", _ticker_families),
                             ("ledger_writer", _ledger_families), ("governors", _governor_families),
-                            ("reconciler", _reconcile_families), ("gc", _gc_families)):
+                            ("reconciler", _reconcile_families), ("gc", _gc_families),
+                            ("notify", _notify_families)):
             if name not in self._src:
                 continue
             try:
@@ -212,6 +223,22 @@ def _stream_families(s: dict) -> Iterable[Metric]:
 def _ticker_families(s: dict) -> Iterable[Metric]:
     yield _by_label(GaugeMetricFamily, "ticker_streams", "Shared market price streams, by state",
                     "state", s["by_state"], TICKER_STREAM_STATES)
+
+
+NOTIFY_OUTCOMES = ("sent", "skipped", "failed", "device_removed", "not_configured")
+
+
+def _notify_families(s: dict) -> Iterable[Metric]:
+    yield _by_label(CounterMetricFamily, "notifications",
+                    "Outbox notifications finished by this process since start, by outcome",
+                    "outcome", {k: s[k] for k in NOTIFY_OUTCOMES}, NOTIFY_OUTCOMES)
+    yield CounterMetricFamily(f"{PREFIX}_notification_retries",
+                              "FCM sends retried (429, 5xx, no answer) since start",
+                              value=s["retries"])
+    yield _gauge("notifications_pending", "Outbox rows waiting to be sent (all processes)",
+                 s["pending"] or 0)
+    yield _gauge("notifications_oldest_pending_age_seconds",
+                 "Age of the oldest outbox row waiting", s["oldest_pending_age_ms"] / 1000)
 
 
 def _ledger_families(s: dict) -> Iterable[Metric]:

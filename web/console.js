@@ -214,6 +214,8 @@ function logout(reason) {
       body: JSON.stringify({ refresh_token: state.refreshToken }) }).then((r) => r.status, () => 0);
   }
   clearTimeout(state.refreshTimer);
+  clearInterval(state.notifyTimer);
+  state.notifyTimer = null;
   sessionStorage.removeItem(REFRESH_KEY);
   Object.assign(state, { token: null, refreshToken: null, refreshTimer: null, socket: null, keys: [], activeKeyId: null, latest: {}, streams: {}, pnlSeries: {} });
   sessionStorage.removeItem(TOKEN_KEY);
@@ -235,6 +237,8 @@ async function start() {
   showMessage("");
   await loadKeys();
   connectSocket();
+  loadNotifications().catch(() => {});  // the panel stays empty; the rest works
+  if (!state.notifyTimer) state.notifyTimer = setInterval(() => loadNotifications().catch(() => {}), 10000);
 }
 
 /* ---------- API keys ---------- */
@@ -561,6 +565,34 @@ async function removeLeg(symbol, kind) {
   });
 }
 
+/* ---------- phone notifications ---------- */
+
+function when(ms) { return ms ? new Date(ms).toLocaleTimeString() : "-"; }
+
+async function loadNotifications() {
+  const [devices, sent] = await Promise.all([api("GET", "/api/devices"), api("GET", "/api/notifications")]);
+  const dbody = $("devices-body");
+  if (!devices.length) emptyRow(dbody, 6, "No device registered (POST /api/devices from the app).");
+  else dbody.replaceChildren(...devices.map((d) => {
+    const tr = row([d.id, d.platform, d.locale, when(d.created_at), when(d.last_sent_at)],
+      ["id", "platform", "locale", "created_at", "last_sent_at"], { "data-testid": "device-row" });
+    tr.appendChild(el("td")).appendChild(button("Remove", "device-delete", () => deleteDevice(d), true));
+    return tr;
+  }));
+  const nbody = $("notifications-body");
+  if (!sent.length) emptyRow(nbody, 7, "No notification yet.");
+  else nbody.replaceChildren(...sent.map((n) => row(
+    [when(n.created_at), n.device_id, n.event_type, n.title, n.body, n.status + (n.error ? ` (${n.error})` : ""), n.attempts],
+    ["created_at", "device_id", "event_type", "title", "body", "status", "attempts"], { "data-testid": "notification-row" })));
+}
+
+async function deleteDevice(d) {
+  await guarded(async () => {
+    await api("DELETE", `/api/devices/${d.id}`);
+    await loadNotifications();
+  });
+}
+
 /* ---------- wiring ---------- */
 
 function init() {
@@ -570,6 +602,7 @@ function init() {
   $("order-form").addEventListener("submit", placeOrder);
   $("protect-form").addEventListener("submit", setProtection);
   $("protect-remove").addEventListener("click", removeProtection);
+  $("notify-refresh").addEventListener("click", () => guarded(loadNotifications));
   $("order-type").addEventListener("change", () => {
     $("order-price").disabled = $("order-type").value !== "LIMIT";
   });

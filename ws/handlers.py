@@ -10,11 +10,14 @@ import time
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_room
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import to_api_error
 from exchanges.errors import ExchangeError
-from services.errors import NotFound, Unauthorized, ValidationFailed
+from services.account_kinds import USER_TYPES
 from services.account_stream import STARTING
+from services.errors import NotFound, Unauthorized, ValidationFailed
+from services.notify.alerts import AlertService
 from services.schemas.requests import TickerSubscribe
 from services.schemas.socketio import Subscribe, Unsubscribe
 from services.tickers import ticker_room
@@ -82,19 +85,23 @@ def register_handlers(socketio: SocketIO) -> None:
         try:
             req = Subscribe.model_validate(data if isinstance(data, dict) else {})
             key_id = req.key_id
-            if req.since and key_id is None:
+            # the user's own kinds (alerts) need no key; the others follow keys
+            key_kinds = [k for k in req.types if k not in USER_TYPES]
+            if req.since and key_id is None and any(k not in USER_TYPES for k in req.since):
                 raise ValidationFailed("key_id_required", "since requires key_id", "key_id")
+            key_ids, streams, keys = [], [], {}
             # the key lookups (cached), the stream leases and starts: at most
             # SUBSCRIBE_CONCURRENCY at once; in a storm the others wait their turn here
             with svc.hub.admission:
                 if svc.hub.get(request.sid) is None:
                     return NOT_CONNECTED  # left while waiting
-                key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
-                if not key_ids:
-                    raise NotFound("key_not_found", "the user has no API key", "key_id")
-                streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
-                keys = {k: svc.keys.get(conn.user_id, k)
-                        for k, s in zip(key_ids, streams) if s is None}
+                if key_kinds:  # the user's own kinds (alerts) need no key
+                    key_ids = [key_id] if key_id else [k.id for k in svc.keys.list(conn.user_id)]
+                    if not key_ids:
+                        raise NotFound("key_not_found", "the user has no API key", "key_id")
+                    streams = [svc.streams.ensure(conn.user_id, k) for k in key_ids]
+                    keys = {k: svc.keys.get(conn.user_id, k)
+                            for k, s in zip(key_ids, streams, strict=True) if s is None}
         except Exception as e:  # every subscribe gets an ack; _error_ack logs a bug's traceback
             return _error_ack(e)
         for kind in req.types:
@@ -104,7 +111,10 @@ def register_handlers(socketio: SocketIO) -> None:
         conn.hz.update(req.rates())
         local = [s for s in streams if s is not None]
         since = {k: p.model_dump(exclude_none=True) for k, p in (req.since or {}).items()}
-        resumed, plans = svc.resume.plan([s.state for s in local], list(req.types), since)
+        resumed, plans = svc.resume.plan([s.state for s in local], key_kinds, since)
+        if "alerts" in req.types:  # the user's alerts: replayed from their table
+            resumed["alerts"] = AlertService.resumable(since.get("alerts"))
+            socketio.start_background_task(_send_alerts, svc, socketio, conn, since.get("alerts"))
         # a stream still starting says nothing yet: its first state (live, or
         # reconnecting/polling when the exchange cannot be reached) reaches the user's
         # room when it is known
@@ -112,7 +122,7 @@ def register_handlers(socketio: SocketIO) -> None:
                      "state": s.status, "since": s.since} for s in local if s.status != STARTING]
         # keys whose stream runs in another process: a REST snapshot for this socket
         remote = [(conn.user_id, key, kind) for key in keys.values()
-                  for kind in req.types if kind != "fills"]
+                  for kind in key_kinds if kind != "fills"]
         for key in keys.values():  # its fills and stream states come through Redis
             svc.hub.watch(conn, key.id)
         socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
@@ -191,6 +201,22 @@ def register_handlers(socketio: SocketIO) -> None:
         if last:
             svc.streams.stop_user(conn.user_id)
             svc.trading.clear_user_cache(conn.user_id)
+
+
+def _send_alerts(svc, socketio: SocketIO, conn, since: dict | None) -> None:  # type: ignore[no-untyped-def]
+    """After the ack: the ``alerts`` replay (or empty snapshot) of the connection's
+    user; live alerts come through the room joined before it (a client de-duplicates
+    by ``id``)."""
+    try:
+        _, envelopes = svc.notify.alerts.replay(conn.user_id, since)
+    except SQLAlchemyError as e:
+        logger.warning("alerts replay read failed user_id=%s kind=%s", conn.user_id,
+                       type(e).__name__)
+        socketio.emit("error", {"code": "replay_unavailable",
+                                "message": "the alerts could not be read; try again"}, to=conn.sid)
+        return
+    if svc.hub.get(conn.sid) is not None:
+        svc.hub.send_to(conn.sid, envelopes)
 
 
 def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[dict],  # type: ignore[no-untyped-def]

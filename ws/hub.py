@@ -23,7 +23,7 @@ from typing import Callable
 from flask_socketio import SocketIO
 from socketio import PubSubManager
 
-from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES
+from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 from ws.relay import KeyRelay, RemoteState
@@ -45,7 +45,7 @@ class Connection:
 
     def max_hz(self, kind: str) -> float | None:
         """Mark-driven pushes a second of ``kind`` for this connection (None: no bound)."""
-        if kind == "fills":
+        if kind in EVENT_TYPES:
             return None
         return self.hz.get(kind, DEFAULT_MAX_HZ.get(kind))
 
@@ -73,7 +73,11 @@ class PushHub:
     the user's room, tickers to their room in this process. Account streams hand
     their changes to ``offer`` / ``deliver`` (``services.push.Push``).
     ``on_stream_latency`` (optional) is called with each stream-sourced push's
-    latency in seconds (the metrics histogram).
+    latency in seconds (the metrics histogram). ``on_delivered`` (optional) is called
+    with each ``fills`` / ``alerts`` envelope that reached at least one connection of
+    this process subscribed to its type (``services.notify.presence``: such an event
+    is not sent to the phone when ``skip_when_online``); with a message queue every
+    process reports its own deliveries (``_emit_here``, ``RedisRelayManager.on_room_emit``).
 
     With a message queue (the Socket.IO server's manager is a python-socketio
     ``PubSubManager``) the hub needs ``relay`` (``ws.relay.KeyRelay``); raises
@@ -89,6 +93,7 @@ class PushHub:
         # in a reconnect storm the others wait here, not at a pool that would fail them
         self.admission = threading.BoundedSemaphore(subscribe_concurrency)
         self.on_stream_latency = on_stream_latency
+        self.on_delivered: Callable[[dict], None] | None = None
         self._lock = threading.Lock()
         self._conns: dict[str, Connection] = {}
         self._by_user: dict[int, set[str]] = {}
@@ -114,6 +119,7 @@ class PushHub:
             relay.on_want = self._wanted
             relay.on_key_changed = lambda user_id, key_id: self.on_key_changed(user_id, key_id)
             relay.on_released = self._released
+            manager.on_room_emit = self._room_emitted  # a shared-channel emit (alerts)
 
     @property
     def fanout(self) -> Fanout:
@@ -300,11 +306,30 @@ class PushHub:
         relay = self._relay
         if relay is None:
             self.fanout.deliver(state, env)
+            if self.on_delivered is not None and env["type"] in EVENT_TYPES \
+                    and self.fanout.has_subscribers(state.key_id, env["type"]):
+                self.on_delivered(env)
         elif env["type"] in STATE_TYPES:
             self.fanout.deliver(state, env)
             relay.publish(env, False)
         else:
             self.publish(env)
+
+    def _local_room(self, name: str) -> bool:
+        """True when a connection of this process is in room ``name``."""
+        return bool(self._sio.server.manager.rooms.get("/", {}).get(name))
+
+    def _room_emitted(self, message: dict) -> None:
+        """With a message queue: a room emit of python-socketio's shared channel about
+        to reach this process's members (``RedisRelayManager.on_room_emit``; per-key
+        envelopes are reported by ``_emit_here``); a ``fills``/``alerts`` one that has
+        a member here is a delivery."""
+        data = message.get("data")
+        if self.on_delivered is None or message.get("event") not in EVENT_TYPES \
+                or not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+            return
+        if self._local_room(message.get("room") or ""):
+            self.on_delivered(data[0])
 
     def publish(self, envelope: dict) -> None:
         """Emit one envelope from a service (any green thread). With a message queue
@@ -326,7 +351,11 @@ class PushHub:
             name, payload, to = self._event(envelope)
             self._sio.emit(name, payload, to=to)
         else:
-            self._sio.emit(kind, envelope, to=room(kind, envelope["user_id"]))
+            target = room(kind, envelope["user_id"])
+            if self._relay is None and kind in EVENT_TYPES and self.on_delivered is not None \
+                    and self._local_room(target):
+                self.on_delivered(envelope)
+            self._sio.emit(kind, envelope, to=target)
             self._count(envelope)
 
     @staticmethod
@@ -340,8 +369,11 @@ class PushHub:
         return kind, envelope, room(kind, envelope["user_id"])
 
     def _emit_here(self, envelope: dict) -> None:
-        """Emit an envelope to its room in this process only."""
+        """Emit an envelope to its room in this process only (a ``fills`` / ``alerts``
+        one that reaches a connection here is reported to ``on_delivered``)."""
         name, payload, to = self._event(envelope)
+        if name in EVENT_TYPES and self.on_delivered is not None and self._local_room(to):
+            self.on_delivered(envelope)
         self._sio.server.emit(name, payload, to=to, ignore_queue=True)
         if name not in ("stream_status", "error"):
             self._count(envelope)

@@ -483,6 +483,20 @@ class RedisRelayManager(socketio.RedisManager):
         self.max_connections = max_connections
         self.pool_timeout_s = pool_timeout_s
 
+    # called with each room emit message just before it reaches this process's members
+    # (``PushHub._room_emitted``: a ``fills`` / ``alerts`` delivery here counts for
+    # ``skip_when_online``); None: nothing is told
+    on_room_emit: Callable[[dict], None] | None = None
+
+    def _handle_emit(self, message: dict) -> None:
+        observer = self.on_room_emit
+        if observer is not None:
+            try:
+                observer(message)
+            except Exception:  # isolation boundary: the emit still happens
+                logger.exception("room emit observer failed event=%s", message.get("event"))
+        super()._handle_emit(message)
+
     def _redis_connect(self) -> None:
         import redis
         pool = redis.BlockingConnectionPool.from_url(

@@ -22,6 +22,7 @@ from exchanges.simulator.bybit_streams import BybitStreams
 from exchanges.simulator.control import Control
 from exchanges.simulator.engine import Engine
 from exchanges.simulator.faults import Clock, FaultRegistry, RequestStats
+from exchanges.simulator.fcm import FcmSim
 from exchanges.simulator.market import MarketFeed
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def build_app(config: SimConfig | None = None) -> web.Application:
     api.add_routes(app)
     bybit_api.add_routes(app)
     control.add_routes(app)
+    FcmSim().add_routes(app)  # FCM HTTP v1 and its token endpoint (exchanges/simulator/fcm.py)
     app.router.add_get("/private/ws", streams.handle_private)
     app.router.add_get("/private/ws/{key}", streams.handle_private)
     app.router.add_get("/ws/{name}", streams.handle_ws)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES, AccountKind
+from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES, AccountKind
 from services.schemas.fields import MAX_ID
 
 AccountType = AccountKind
@@ -18,8 +18,8 @@ class _Strict(BaseModel):
 
 
 class Position(_Strict):
-    """A client's last envelope of a type: ``{"epoch", "seq"}``; for ``fills`` also
-    (or instead) ``{"time": T}``: every fill with exchange time >= T (ms UTC)."""
+    """A client's last envelope of a type: ``{"epoch", "seq"}``; for ``fills`` and
+    ``alerts`` also (or instead) ``{"time": T}``: every one with time >= T (ms UTC)."""
 
     epoch: str | None = Field(default=None, min_length=1, max_length=100)
     seq: int | None = Field(default=None, ge=0)
@@ -58,8 +58,8 @@ class Subscribe(_Strict):
     @classmethod
     def _since(cls, v):  # type: ignore[no-untyped-def]
         for kind, pos in (v or {}).items():
-            if pos.time is not None and kind != "fills":
-                raise ValueError(f"{kind}: time is accepted for fills only")
+            if pos.time is not None and kind not in EVENT_TYPES:
+                raise ValueError(f"{kind}: time is accepted for fills and alerts only")
         return v
 
     def rates(self) -> dict[str, float]:

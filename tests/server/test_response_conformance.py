@@ -169,6 +169,18 @@ def test_every_json_route_answers_its_documented_schema(app, sim) -> None:  # ty
     cleared = c.call("post", "/admin/users/{user_id}/cache/clear", 200, ADMIN, user_id=me["id"])
     assert cleared["cleared"], "the key's cached client was not listed"
     c.call("post", "/admin/reconcile", 200, ADMIN, json={"user_id": me["id"]})
+    device_token = "tok-" + uuid.uuid4().hex
+    dev = c.call("post", "/api/devices", 201, h, json={"token": device_token, "platform": "ios"})
+    c.call("post", "/api/devices", 200, h, json={"token": device_token, "platform": "android"})
+    c.call("get", "/api/devices", 200, h)
+    c.call("delete", "/api/devices/{device_id}", 204, h, device_id=dev["id"])
+    c.call("get", "/api/notifications/settings", 200, h)
+    c.call("put", "/api/notifications/settings", 200, h, json={"liquidation_warning_pct": "5"})
+    c.call("get", "/api/notifications", 200, h)
+    alert = c.call("post", "/api/alerts/price", 201, h,
+                   json={"exchange": "binance", "symbol": "BTCUSDT", "above": "90000"})
+    c.call("get", "/api/alerts/price", 200, h)
+    c.call("delete", "/api/alerts/price/{alert_id}", 204, h, alert_id=alert["id"])
     c.call("delete", "/api/exchange/keys/{key_id}", 204, h, key_id=kid)
 
     documented = {op["operationId"] for item in spec["paths"].values() for op in item.values()}

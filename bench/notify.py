@@ -1,0 +1,223 @@
+"""Notifications to phones: what a fill costs until its FCM request, a burst, and what
+price alerts cost per mark tick.
+
+    python -m bench.notify [--db postgresql] [--fills 60] [--burst-users 200]
+                           [--alerts 10000] [--tick-seconds 15]
+
+1. Latency: ``--fills`` MARKET fills, one every 0.15 s, spread over 10 users with one
+   device each and no socket online: fill (the exchange's fill time) -> the FCM
+   request accepted at the simulator (its receive time), p50/p99. Half the users keep
+   ``skip_when_online`` (default: the row waits ``NOTIFY_ONLINE_GRACE_MS`` for a
+   socket push of the same event), half turn it off.
+2. Burst (``--burst-users`` N, 0 to skip): N users with two devices each get one fill
+   each within about a second; time until all 2N notifications were accepted, none
+   twice, and the server's CPU seconds for it.
+3. Price alerts (``--alerts`` A, 0 to skip): A alerts on BTCUSDT spread 5-50 % around
+   the price (none fires), written straight to the table and picked up by the
+   server's reload; the mark moves at 10 Hz for ``--tick-seconds``; the server's CPU
+   per tick against the same run with one alert (the market stream runs in both).
+
+The machine is shared (2 cores, other work running): read the figures as a range.
+Figures go to ``bench/results/notify.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from bench.common import Stack, create_account, rest, run_pool
+from bench.measure import RESULTS_DIR, cpu_s, lat_ms, print_lines, write_results
+from tests.support import fcm
+
+SYMBOL = "BTCUSDT"
+PRICE = Decimal("50000")
+
+
+def _device(url: str, acct, platform: str = "android") -> str:  # type: ignore[no-untyped-def]
+    token = fcm.new_token()
+    r = rest("POST", url + "/api/devices", acct.token, {"token": token, "platform": platform})
+    assert r.status_code == 201, r.text
+    return token
+
+
+def _buy(url: str, acct) -> None:  # type: ignore[no-untyped-def]
+    r = rest("POST", url + "/api/orders", acct.token, {"key_id": acct.key_id, "symbol": SYMBOL,
+                                                      "side": "BUY", "type": "MARKET",
+                                                      "quantity": "0.002"})
+    assert r.status_code == 201, r.text
+
+
+def _wait_messages(sim_url: str, tokens: set[str], n: int, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [m for m in fcm.messages(sim_url) if m["message"]["token"] in tokens]
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def latency(st: Stack, fills: int) -> dict:
+    url, sim = st.server.url, st.sim
+    users = [create_account(url, sim, f"lat{i}-{random.randrange(10**6)}") for i in range(10)]
+    tokens = {u.user_id: _device(url, u) for u in users}
+    for u in users[5:]:
+        r = rest("PUT", url + "/api/notifications/settings", u.token, {"skip_when_online": False})
+        assert r.status_code == 200, r.text
+    for i in range(fills):
+        _buy(url, users[i % len(users)])
+        time.sleep(0.15)
+    deadline = time.monotonic() + 60
+    while _server_notify(st)["pending"] and time.monotonic() < deadline:
+        time.sleep(0.25)
+    got = _wait_messages(sim.url, set(tokens.values()), fills, 30)
+    on = {tokens[u.user_id] for u in users[:5]}
+    lat = {True: [], False: []}  # type: dict[bool, list[float]]
+    for m in got:
+        lat[m["message"]["token"] in on].append(m["received_at"] - int(m["message"]["data"]["time"]))
+    return {"fills": fills, "accepted": len(got),
+            "skip_when_online_on": lat_ms(lat[True]), "skip_when_online_off": lat_ms(lat[False])}
+
+
+def _server_notify(st: Stack) -> dict:
+    return rest("GET", st.server.url + "/admin/stats",
+                headers={"X-Admin-Token": st.server.admin_token}).json()["notifications"]
+
+
+def burst(st: Stack, n: int) -> dict:
+    url, sim = st.server.url, st.sim
+    users, errors = run_pool(lambda i: create_account(url, sim, f"burst{i}-{random.randrange(10**6)}"),
+                             n, 8)
+    users = [u for u in users if u is not None]
+    tokens = set()
+    for u in users:
+        tokens |= {_device(url, u), _device(url, u, "ios")}
+    pid = st.server.proc.pid
+    sent0 = _server_notify(st)["sent"]
+    cpu0, t0 = cpu_s(pid), time.monotonic()
+    _, order_errors = run_pool(lambda i: _buy(url, users[i]), len(users), 32)
+    orders_s = time.monotonic() - t0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the server's own count: the simulator is not polled
+        stats = _server_notify(st)
+        if stats["sent"] - sent0 >= 2 * len(users) and not stats["pending"]:
+            break
+        time.sleep(0.25)
+    drained_s = time.monotonic() - t0
+    cpu1 = cpu_s(pid)
+    got = [m for m in fcm.messages(sim.url) if m["message"]["token"] in tokens]
+    keys = [(m["message"]["token"], m["message"]["android"]["collapse_key"]) for m in got]
+    lat = [m["received_at"] - int(m["message"]["data"]["time"]) for m in got]
+    return {"users": len(users), "setup_errors": errors[:3], "order_errors": order_errors[:3],
+            "expected": 2 * len(users), "accepted": len(got), "twice": len(keys) - len(set(keys)),
+            "orders_s": round(orders_s, 2), "drained_s": round(drained_s, 2),
+            "fill_to_fcm": lat_ms(lat), "server_cpu_s": round((cpu1 or 0) - (cpu0 or 0), 2),
+            "server": {k: stats[k] for k in ("sent", "retries", "failed", "send_latency_ms")}}
+
+
+def _cpu_per_tick(st: Stack, seconds: float) -> dict:
+    pid, sim = st.server.proc.pid, st.sim
+    ticks, cpu0 = 0, cpu_s(pid)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        price = PRICE * (1 + Decimal(random.uniform(-0.01, 0.01)))
+        sim.set_price(SYMBOL, f"{price:.1f}")
+        ticks += 1
+        time.sleep(0.1)
+    used = (cpu_s(pid) or 0) - (cpu0 or 0)
+    return {"ticks": ticks, "server_cpu_s": round(used, 3),
+            "cpu_ms_per_tick": round(used * 1000 / max(ticks, 1), 3)}
+
+
+def price_alerts(st: Stack, alerts: int, seconds: float) -> dict:
+    from models import Database, PriceAlert
+    url, sim = st.server.url, st.sim
+    sim.set_price(SYMBOL, str(PRICE))
+    acct = create_account(url, sim, f"alerts-{random.randrange(10**6)}")
+    r = rest("POST", url + "/api/alerts/price", acct.token,
+             {"exchange": "binance", "symbol": SYMBOL, "above": "500000"})
+    assert r.status_code == 201, r.text
+    time.sleep(3)  # the market stream starts
+    base = _cpu_per_tick(st, seconds)
+    db = Database(st.db_url)
+    rows = []
+    for i in range(alerts):
+        off = Decimal(random.uniform(0.05, 0.5)).quantize(Decimal("0.0001"))
+        side = "above" if i % 2 else "below"
+        level = (PRICE * (1 + off) if side == "above" else PRICE * (1 - off)).quantize(Decimal("0.1"))
+        rows.append(PriceAlert(user_id=acct.user_id, exchange="binance", symbol=SYMBOL,
+                               repeat=bool(i % 3), **{side: level}))
+    with db.transaction() as s:
+        s.add_all(rows)
+    db.dispose()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the server's reload (every 10 s) picks them up
+        stats = rest("GET", url + "/admin/stats", headers={"X-Admin-Token": st.server.admin_token}).json()
+        if stats["notifications"]["price_alerts"]["watched"] >= alerts:
+            break
+        time.sleep(0.5)
+    loaded = _cpu_per_tick(st, seconds)
+    ratio = (loaded["cpu_ms_per_tick"] / base["cpu_ms_per_tick"]) if base["cpu_ms_per_tick"] else None
+    return {"alerts": alerts, "one_alert": base, "with_alerts": loaded,
+            "ratio": round(ratio, 3) if ratio else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--db", default="postgresql", choices=("sqlite", "postgresql"))
+    p.add_argument("--fills", type=int, default=60)
+    p.add_argument("--burst-users", type=int, default=200)
+    p.add_argument("--alerts", type=int, default=10_000)
+    p.add_argument("--tick-seconds", type=float, default=15.0)
+    p.add_argument("--lift-limits", action="store_true",
+                   help="lift the server's exchange weight governor (the burst's orders are "
+                        "then not paced by Binance's 2400 a minute)")
+    args = p.parse_args()
+    log_dir = RESULTS_DIR / "notify-logs"
+    tmp = Path(RESULTS_DIR / "notify-tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    st = None
+    results: dict = {"db": args.db}
+    try:
+        from tests.support.simulator import start_simulator  # noqa: F401 (Stack starts it)
+        # the service account must name the simulator's /token: start it first, then point
+        st = _stack(args.db, log_dir, tmp, args.lift_limits)
+        st.sim.set_price(SYMBOL, str(PRICE))
+        if args.fills:
+            results["latency"] = latency(st, args.fills)
+            print_lines("latency", results["latency"])
+        if args.burst_users:
+            results["burst"] = burst(st, args.burst_users)
+            print_lines("burst", results["burst"])
+        if args.alerts:
+            results["price_alerts"] = price_alerts(st, args.alerts, args.tick_seconds)
+            print_lines("price_alerts", results["price_alerts"])
+    except Exception as e:  # the figures so far are still written
+        results["failure"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if st is not None:
+            st.stop()
+        write_results(results, "notify")
+
+
+def _stack(db: str, log_dir: Path, tmp: Path, lift_limits: bool = False) -> Stack:
+    """A Stack whose server's FCM is its simulator's (the simulator's port is only
+    known once it runs, so the server is restarted with the service account)."""
+    st = Stack(db, log_dir)
+    assert st.server is not None and st.sim is not None
+    st.server.stop()
+    from tests.support.server import start_server
+    creds = fcm.write_service_account(tmp, st.sim.url)
+    st.server = start_server(st.db_url, st.sim.url, st.sim.ws_url, log_dir,
+                             real_limits=not lift_limits,
+                             extra_env={"LOGIN_RATE_LIMIT": "100000 per minute",
+                                        "GOOGLE_APPLICATION_CREDENTIALS": str(creds),
+                                        "FCM_URL": st.sim.url})
+    return st
+
+
+if __name__ == "__main__":
+    main()
