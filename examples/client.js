@@ -46,14 +46,19 @@ async function main() {
 
   // auth as a function: every (re)connect presents the newest access token
   const socket = io(url, { auth: (cb) => cb({ token: tokens.access_token }), transports: ["websocket"] });
-  socket.on("connect_error", (err) => console.error("connect_error", err.message)); // "unauthorized"
+  // err.message "unauthorized"; err.data.code "token_expired" (refresh, then the
+  // reconnect presents the new token), "invalid_token" or "missing_token" (log in again)
+  socket.on("connect_error", (err) => {
+    console.error("connect_error", err.message, err.data && err.data.code);
+  });
+  // fills and alerts are events (a fill, a stop that fired, a margin call): what an app
+  // most needs to show; the four account types are states
+  const TYPES = ["balance", "positions", "pnl", "orders", "fills", "alerts"];
   socket.on("connect", async () => {
-    const ack = await socket.emitWithAck("subscribe", {
-      types: ["balance", "positions", "pnl", "orders"],
-    });
+    const ack = await socket.emitWithAck("subscribe", { types: TYPES });
     console.log("subscribe ack", ack);
   });
-  for (const type of ["balance", "positions", "pnl", "orders"]) {
+  for (const type of TYPES) {
     // envelope: {type, user_id, key_id, exchange, testnet, seq, as_of, sent_at, source, stale, data}
     socket.on(type, (env) => {
       console.log(`${type} seq=${env.seq} source=${env.source} stale=${env.stale}`,

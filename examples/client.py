@@ -1,4 +1,4 @@
-"""A small Socket.IO client: log in, subscribe to the four account types, print pushes.
+"""A small Socket.IO client: log in, subscribe to the account types, fills and alerts, print pushes.
 
     python examples/client.py --url http://127.0.0.1:5000 --username demo --password <from the log>
 
@@ -18,6 +18,7 @@ import threading
 import requests
 import socketio
 
+TYPES = ["balance", "positions", "pnl", "orders", "fills", "alerts"]
 _out = threading.Lock()
 
 
@@ -54,12 +55,23 @@ def main() -> None:
                 say(f"{event} {json.dumps(data)}")
         return handler
 
-    for event in ("balance", "positions", "pnl", "orders", "stream_status", "error"):
+    for event in (*TYPES, "stream_status", "error"):
         sio.on(event, show(event))
 
     @sio.event
+    def connect_error(data):  # type: ignore[no-untyped-def]
+        # {"message": "unauthorized", "data": {"code": "token_expired" | "invalid_token" |
+        # "missing_token"}}: an expired access token is refreshed, the reconnect uses it
+        code = ((data or {}).get("data") or {}).get("code") if isinstance(data, dict) else None
+        say(f"connect_error {json.dumps(data)}", file=sys.stderr)
+        if code == "token_expired":
+            session.refresh()
+
+    @sio.event
     def connect():  # type: ignore[no-untyped-def]
-        payload = {"types": ["balance", "positions", "pnl", "orders"]}
+        # fills and alerts are events (a fill, a stop that fired, a margin call): what an
+        # app most needs to show; the four account types are states
+        payload = {"types": TYPES}
         if args.key_id:
             payload["key_id"] = args.key_id
         say(f"subscribe ack {sio.call('subscribe', payload, timeout=10)}")
