@@ -11,6 +11,7 @@ registered on the server process (``tests.e2e.conftest.Account``).
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -56,12 +57,12 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
-def make_pg_database(admin_url: str) -> tuple[str, callable]:
-    """Create a fresh database; returns ``(url, drop)``."""
+def make_pg_database(admin_url: str, template: str | None = None) -> tuple[str, callable]:
+    """Create a fresh database (a copy of ``template`` when given); returns ``(url, drop)``."""
     name = "pushsrv_" + uuid.uuid4().hex[:12]
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
+        c.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     url = admin_url.rsplit("/", 1)[0] + "/" + name
 
     def drop() -> None:
@@ -71,18 +72,43 @@ def make_pg_database(admin_url: str) -> tuple[str, callable]:
     return url, drop
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):  # type: ignore[no-untyped-def]
-    """A fresh, migrated database: SQLite file and a real PostgreSQL database."""
+@pytest.fixture(scope="session")
+def migrated_templates(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Each database migrated once per test process: a SQLite file to copy and, when
+    PostgreSQL is reachable, a template database (``CREATE DATABASE ... TEMPLATE``
+    copies it in a fraction of the time the eight migrations take). Dropped at the end."""
     from services import schema
+    made: dict[str, object] = {}
+    drops = []
+
+    def get(kind: str):  # type: ignore[no-untyped-def]
+        if kind not in made:
+            if kind == "sqlite":
+                path = tmp_path_factory.mktemp("template") / "migrated.sqlite3"
+                schema.upgrade(f"sqlite:///{path}")
+                made[kind] = path
+            else:
+                url, drop = make_pg_database(PG_ADMIN_URL)
+                schema.upgrade(url)
+                made[kind] = url.rsplit("/", 1)[1]
+                drops.append(drop)
+        return made[kind]
+    yield get
+    for drop in drops:
+        drop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path, migrated_templates):  # type: ignore[no-untyped-def]
+    """A fresh, migrated database: SQLite file and a real PostgreSQL database (copies
+    of a database migrated once per test process)."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'test.sqlite3'}"
-        schema.upgrade(url)
-        yield url
+        path = tmp_path / "test.sqlite3"
+        shutil.copyfile(migrated_templates("sqlite"), path)
+        yield f"sqlite:///{path}"
         return
     admin = request.getfixturevalue("pg_server")
-    url, drop = make_pg_database(admin)
-    schema.upgrade(url)
+    url, drop = make_pg_database(admin, template=migrated_templates("postgresql"))
     yield url
     drop()
 

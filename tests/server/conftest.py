@@ -17,6 +17,19 @@ def make_config(database_url: str, sim_url: str = "http://127.0.0.1:9", sim_ws: 
     return load_config(env).with_overrides({"ASYNC_MODE": "threading", **overrides})
 
 
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch):  # type: ignore[no-untyped-def]
+    """In-process tests hash with Argon2id at its lowest cost (1 pass over 8 MiB instead
+    of RFC 9106's 3 over 64 MiB): a register or login cost ~50 ms, several seconds on a
+    loaded 2-core machine, and the suite makes hundreds. The algorithm, the hash format
+    and every check are the same; tests/server/test_units.py checks the real defaults
+    and the servers of tests/e2e run them."""
+    from argon2 import PasswordHasher
+
+    from services import security
+    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+
+
 @pytest.fixture
 def app(database_url):  # type: ignore[no-untyped-def]
     application = create_app(make_config(database_url))
