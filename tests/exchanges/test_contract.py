@@ -70,7 +70,7 @@ VENUES = {
                      stream_fill_type=OrderEvent),          # ORDER_TRADE_UPDATE x=TRADE
     # pybit raises on HTTP 401 without reading the body -> no code. 10006 comes in an
     # HTTP 200; the wait is X-Bapi-Limit-Reset-Timestamp minus the estimated server now.
-    "bybit": Venue("bybit", bad_key=(None, 401), bad_secret_code=10004,
+    "bybit": Venue("bybit", bad_key=(10003, 401), bad_secret_code=10004,
                    get_unknown_code=110001, cancel_closed_code=110001,
                    insufficient_code=110007, bad_quantity_code=10001,
                    rate_limited=(10006, 200), retry_after_slack_ms=500,
