@@ -68,7 +68,7 @@ VENUES = {
                      insufficient_code=-2019, bad_quantity_code=-1111,
                      rate_limited=(-1003, 429), retry_after_slack_ms=0,
                      stream_fill_type=OrderEvent),          # ORDER_TRADE_UPDATE x=TRADE
-    # pybit raises on HTTP 401 without reading the body -> no code. 10006 comes in an
+    # HTTP 401 carries retCode 10003 in its body (kept by exchanges.bybit.http). 10006 comes in an
     # HTTP 200; the wait is X-Bapi-Limit-Reset-Timestamp minus the estimated server now.
     "bybit": Venue("bybit", bad_key=(10003, 401), bad_secret_code=10004,
                    get_unknown_code=110001, cancel_closed_code=110001,
