@@ -33,16 +33,21 @@ time) to the client's receive.
 
 Repetitions (``--reps``, default 5): each configuration measures the project window
 and one window per baseline, ``reps`` times, the order alternating: project first
-(then each baseline), then the baselines first and the project last, and so on. A
-baseline window runs with the project stack stopped: its server is started for that
-window, its N clients are connected, then the product server and the simulator are
-suspended (SIGSTOP; PostgreSQL and Redis are the machine's shared services and keep
-running), the rounds run, both are resumed (SIGCONT), the clients are dropped and the
-baseline server is stopped; during a project window no baseline process exists. The
-product's clients stay connected throughout (the minimal client does not time pings
-out). A suspension longer than the server's ping timeout (20 s: ``--duration-s`` plus
-the drain) can make it close, on resume, a client whose ping went out just before;
-the next project window's ``still_connected`` would show it: keep windows short.
+(then the baselines), then the baselines first and the project last, and so on. A
+baseline window runs with the project stack stopped: its server is started, its N
+clients connected, then the product server and the simulator are suspended (SIGSTOP;
+PostgreSQL and Redis are the machine's shared services and keep running), the rounds
+run and drain, both are resumed (SIGCONT), the clients dropped and the baseline server
+stopped; then the project is given time to ``settle`` (until its server uses under
+20 % of a core over a second, at most 30 s: a resume fires its overdue timers,
+refreshes and retries, and the pings it owes its clients, at once). During a project
+window no baseline process exists. The product's clients stay connected throughout,
+which bounds a suspension: eventlet times a socket read out after engine.io's ping
+interval + ping timeout (45 s) and a client writes only when pinged (every 25 s), so
+past 20 s suspended the server would drop its clients on resume. A suspension lasts at
+most 18 s (``SUSPEND_MAX_S``: the baseline's drain is cut there) and ``--duration-s``
+at most 14 (default 10); ``reps[i].<baseline>.suspended_s`` and ``settle`` are
+recorded.
 With ``--queue``, ``LEASE_TTL_S`` is set to 300 s so that the suspended server keeps
 its stream leases (one process: nobody competes for them).
 ``<cfg>.summary.<side>.<figure>: median [min-max] (n=reps)`` gives, per side
@@ -149,7 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
     p.add_argument("--plan", default="200x2,1000x2,2000x2,1000x10,1000x10hz2",
                    help="comma-separated <clients>x<moves per s>[hz<max_hz>]")
-    p.add_argument("--duration-s", type=float, default=20.0, help="measuring window per configuration")
+    p.add_argument("--duration-s", type=float, default=10.0,
+                   help="measuring window per configuration (at most 14: a baseline window "
+                        "suspends the product server, see the module docstring)")
     p.add_argument("--grace-s", type=float, default=15.0, help="longest wait for late pushes")
     p.add_argument("--workers", type=int, default=2, help="client worker processes")
     p.add_argument("--reps", type=int, default=5,
@@ -181,6 +188,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for b in args.baseline_kinds:
         if b not in BASELINES:
             p.error(f"unknown baseline {b!r} (one of {', '.join(BASELINES)})")
+    if args.duration_s > 14:
+        p.error("--duration-s over 14 s: the product server would stay suspended past engine.io's "
+                "socket read timeout during a baseline window and drop its clients")
     if args.reps < 1:
         p.error("--reps must be at least 1")
     args.configs = []

@@ -21,6 +21,10 @@ from bench.measure import cpu_s, profile, rss_mb
 SYMBOL, BASE, STEP = "XRPUSDT", Decimal("1.2"), Decimal("0.0005")
 NEW_SYMBOL, NEW_QTY = "BTCUSDT", "0.002"  # 128 USDT: over the 100 minimum notional
 BARE = 1_000_000  # bare clients' cids start here
+# Longest suspension of the product server: eventlet times out a socket read after
+# engine.io's ping interval + ping timeout (25 + 20 s) and the client writes only when
+# pinged (every 25 s), so a suspension past 45 - 25 = 20 s closes its sockets on resume.
+SUSPEND_MAX_S = 18.0
 
 
 def _load() -> list[float]:
@@ -124,11 +128,12 @@ class Run:
         return acks
 
     # ---- windows -----------------------------------------------------------------------------
-    def _drain(self, t_last: float) -> float:
+    def _drain(self, t_last: float, deadline: float | None = None) -> float:
         """After the last event: until the records stop growing for 1.5 s (at least 2 s,
-        at most ``--grace-s``); returns when."""
+        at most ``--grace-s``, never past ``deadline``); returns when."""
         seen, since = -1, time.time()
-        while time.time() < t_last + self.args.grace_s:
+        end = min(t_last + self.args.grace_s, deadline or float("inf"))
+        while time.time() < end:
             n = sum(r["records"] for r in self.workers.all({"op": "count"}))
             if n != seen:
                 seen, since = n, time.time()
@@ -243,11 +248,33 @@ class Run:
             except ProcessLookupError:
                 pass
 
+    def baselines(self, kinds: list[str], n: int, rate: float) -> dict[str, Any]:
+        """The windows of baselines ``kinds`` one after another; after each, ``settle``."""
+        out: dict[str, Any] = {}
+        for kind in kinds:
+            out[kind] = self.baseline_window(kind, n, rate)
+            out[kind]["settle"] = self.settle()
+        return out
+
+    def settle(self, quiet_pct: float = 20.0, longest_s: float = 30.0) -> dict[str, Any]:
+        """After a resume: until the product server used less than ``quiet_pct`` of a
+        core over one second (its overdue timers, refreshes and retries done), at most
+        ``longest_s``. ``{"s", "last_cpu_pct"}``."""
+        assert self.stack.server is not None
+        pid, t0, pct = self.stack.server.proc.pid, time.time(), None
+        while time.time() - t0 < longest_s:
+            c0 = cpu_s(pid) or 0.0
+            time.sleep(1.0)
+            pct = ((cpu_s(pid) or 0.0) - c0) * 100
+            if pct < quiet_pct:
+                break
+        return {"s": round(time.time() - t0, 1), "last_cpu_pct": round(pct or 0.0, 1)}
+
     def baseline_window(self, kind: str, n: int, rate: float) -> dict[str, Any]:
-        """One window of baseline ``kind`` (``bare``, ``bare_stdlib``, ``node``): its
-        server started, n clients ``BARE..BARE+n-1`` connected, the product server and
-        simulator stopped, the rounds run and measured, the project resumed, the clients
-        dropped and the baseline server stopped."""
+        """One window of baseline ``kind`` (``bare``, ``bare_stdlib``, ``node``), run
+        while the project is suspended (``baselines``): its server started, n clients
+        ``BARE..BARE+n-1`` connected, the rounds run and measured, the clients dropped
+        and the baseline server stopped."""
         proc, url = self.start_baseline(kind)
         self.baseline_proc = proc
         cids = [BARE + i for i in range(n)]
@@ -257,10 +284,12 @@ class Run:
                                              concurrency=self.args.connect_concurrency)
             connect = self._connect_summary(replies, len(items))
             self._pause_project(True)
+            t0 = time.time()
             try:
-                out = self._rounds(url, n, rate)
+                out = self._rounds(url, n, rate, t0 + SUSPEND_MAX_S)
             finally:
                 self._pause_project(False)
+            out["suspended_s"] = round(time.time() - t0, 1)
             out["connect"] = {k: connect[k] for k in ("asked", "ok", "failed", "per_s")}
         finally:
             self.workers.cids("disconnect", cids)
@@ -272,7 +301,7 @@ class Run:
             self.baseline_proc = None
         return out
 
-    def _rounds(self, url: str, n: int, rate: float) -> dict[str, Any]:
+    def _rounds(self, url: str, n: int, rate: float, deadline: float) -> dict[str, Any]:
         self.workers.all({"op": "reset"})
         rounds = int(rate * self.args.duration_s)
         k0, self.bare_k = self.bare_k, self.bare_k + rounds
@@ -284,9 +313,9 @@ class Run:
         time.sleep(max(0.0, t_end + 0.1 - time.time()))
         cpu1 = self._cpu()
         while requests.get(url + "/stats", timeout=10).json()["rounds"] < rounds and \
-                time.time() < t_end + self.args.grace_s:
+                time.time() < min(t_end + self.args.grace_s, deadline):
             time.sleep(0.25)
-        t_drain = self._drain(time.time())
+        t_drain = self._drain(time.time(), deadline)
         cpu2 = self._cpu()
         got = self.workers.all({"op": "collect", "since": t_start - 1})
         stamps = {r[1]: r[3] / 1000 for g in got for r in g["records"] if r[0] >= BARE and r[3] is not None}
@@ -365,19 +394,19 @@ class Run:
             out["ready_after_resubscribe"] = self.wait_ready(min(n, len(self.accounts)))
         reps = []
         for rep in range(self.args.reps):
-            sides = ["project", *self.args.baseline_kinds]
-            order = sides if rep % 2 == 0 else sides[1:] + sides[:1]
-            one: dict[str, Any] = {"order": order}
+            kinds = list(self.args.baseline_kinds)
+            order = ["project", "baselines"] if rep % 2 == 0 else ["baselines", "project"]
+            one: dict[str, Any] = {"order": ["project", *kinds] if rep % 2 == 0 else [*kinds, "project"]}
             for side in order:
                 if side == "project":
-                    time.sleep(2.0)  # let snapshot pushes, refreshes and a resume settle
+                    time.sleep(2.0)  # let snapshot pushes and refreshes settle
                     one["project"] = self.project_window(n, rate)
                     if n == self.args.events_clients and "events" not in out:
                         out["events"] = {
                             "via_server": self.events_test(n, NEW_SYMBOL, NEW_QTY, "server"),
                             "via_exchange": self.events_test(n, "ETHUSDT", "0.01", "exchange")}
-                else:
-                    one[side] = self.baseline_window(side, n, rate)
+                elif kinds:
+                    one.update(self.baselines(kinds, n, rate))
             for side in self.args.baseline_kinds:
                 one[f"ratio_{side}"] = ratios(one["project"], one[side])
             reps.append(one)
