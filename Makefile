@@ -73,7 +73,9 @@ bench: install ## benchmarks (not tests): prints figures
 	$(PY) -m bench.streams --clients 1000
 	$(PY) -m bench.streams --clients 1000 --egress-ips 4
 	$(PY) -m bench.ledger
-	$(PY) -m bench.fanout
+	if command -v npm >/dev/null 2>&1; then (cd bench/node_bare && npm ci --no-audit --no-fund); \
+	else echo "npm not found: bench.fanout runs without the Node socket.io baseline"; fi
+	$(PY) -m bench.fanout --db postgresql --queue redis://127.0.0.1:6379/0
 	$(PY) -m bench.storm
 	sh scripts/install-nginx.sh
 	$(PY) -m bench.scaleout

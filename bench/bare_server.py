@@ -1,7 +1,7 @@
 """The bare Flask-SocketIO/eventlet server of ``bench.fanout``: the floor the product's
 push path is compared with, on the same library versions (the project's venv).
 
-    python -m bench.bare_server --port P [--max-size 20000]
+    python -m bench.bare_server --port P [--max-size 20000] [--json orjson|stdlib]
 
 It accepts any connection (no auth check), acks ``subscribe`` with ``{"ok": true}``,
 and on ``POST /rounds {"rate", "rounds", "k0", "pad"}`` runs ``rounds`` rounds, round
@@ -14,6 +14,13 @@ time, as a price move happens at its time whatever the server is doing) and
 the other green threads, as the product does). ``GET /stats`` answers the number of
 connections and rounds done. eventlet's ``max_size`` (concurrent connections) is
 raised from its default of 1,024.
+
+JSON (``--json``): ``orjson`` (the default) encodes every packet with the project's own
+codec, ``ws.packet.OrjsonCodec``, set as python-socketio's ``Packet.json`` through a
+packet class given as ``serializer``, exactly as ``app.py`` does with ``ws.packet.Packet``
+(the bare class keeps python-socketio's own ``data_is_binary``: only the encoder is the
+project's); ``stdlib`` keeps python-socketio's default (``json.dumps`` with compact
+separators), the variant ``bench.fanout`` compared against before.
 """
 from __future__ import annotations
 
@@ -26,24 +33,31 @@ import time  # noqa: E402
 
 from flask import Flask, jsonify, request  # noqa: E402
 from flask_socketio import SocketIO  # noqa: E402
+from socketio import packet  # noqa: E402
+
+from ws.packet import OrjsonCodec  # noqa: E402
+
+
+class OrjsonPacket(packet.Packet):  # type: ignore[misc]
+    """python-socketio's packet with the project's JSON codec (orjson)."""
+
+    json = OrjsonCodec
+
 
 app = Flask(__name__)
-socketio = SocketIO(app, async_mode="eventlet", cors_allowed_origins="*")
+socketio: SocketIO = None  # made by make_socketio() in main()
 sids: dict[str, int] = {}  # insertion order = connect order
 done = {"rounds": 0, "late_rounds": 0, "max_round_s": 0.0}
 
 
-@socketio.on("connect")
 def on_connect(auth=None):  # type: ignore[no-untyped-def]
     sids[request.sid] = len(sids)
 
 
-@socketio.on("disconnect")
 def on_disconnect(*_args):  # type: ignore[no-untyped-def]
     sids.pop(request.sid, None)
 
 
-@socketio.on("subscribe")
 def on_subscribe(data=None):  # type: ignore[no-untyped-def]
     types = (data or {}).get("types") if isinstance(data, dict) else None
     return {"ok": True, "subscribed": types or []}
@@ -92,13 +106,28 @@ def stats():  # type: ignore[no-untyped-def]
     return jsonify({"connections": len(sids), **done})
 
 
+def make_socketio(json_kind: str) -> SocketIO:
+    """The server's SocketIO, with the project's orjson codec (``"orjson"``) or
+    python-socketio's stdlib default (``"stdlib"``); handlers registered."""
+    kw = {"serializer": OrjsonPacket} if json_kind == "orjson" else {}
+    sio = SocketIO(app, async_mode="eventlet", cors_allowed_origins="*", **kw)
+    sio.on_event("connect", on_connect)
+    sio.on_event("disconnect", on_disconnect)
+    sio.on_event("subscribe", on_subscribe)
+    return sio
+
+
 def main() -> None:
+    global socketio
     p = argparse.ArgumentParser(prog="python -m bench.bare_server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-size", type=int, default=20000, help="eventlet max concurrent connections")
+    p.add_argument("--json", choices=("orjson", "stdlib"), default="orjson",
+                   help="packet JSON: the project's orjson codec or python-socketio's stdlib default")
     args = p.parse_args()
-    print(f"bare server listening port={args.port}", flush=True)
+    socketio = make_socketio(args.json)
+    print(f"bare server listening port={args.port} json={args.json}", flush=True)
     socketio.run(app, host=args.host, port=args.port, max_size=args.max_size, log_output=False)
 
 

@@ -31,7 +31,7 @@ def paths(base: Path) -> tuple[Path, Path]:
     return base.with_suffix(".json"), base.with_suffix(".sqlite3")
 
 
-def load(base: Path, need: int) -> tuple[list[Account], dict] | None:
+def load(base: Path, need: int) -> tuple[list[Account], dict[str, str]] | None:
     """The cached accounts (at least ``need``) and the server secrets, or None."""
     js, db = paths(base)
     if not (js.exists() and db.exists()):

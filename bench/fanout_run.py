@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
-from pathlib import Path
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import requests
 
 from bench.common import ACCOUNT_TYPES, Account, Stack, rest
-from bench.measure import cpu_s, profile, rss_mb
 from bench.eio_workers import Workers
-from bench.fanout_stats import delivery, lag_ms, ratios, watch_latency, window_counts
+from bench.fanout_stats import delivery, lag_ms, ratios, summary, watch_latency, window_counts
+from bench.measure import cpu_s, profile, rss_mb
 
 SYMBOL, BASE, STEP = "XRPUSDT", Decimal("1.2"), Decimal("0.0005")
 NEW_SYMBOL, NEW_QTY = "BTCUSDT", "0.002"  # 128 USDT: over the 100 minimum notional
 BARE = 1_000_000  # bare clients' cids start here
+# Longest suspension of the product server: eventlet times out a socket read after
+# engine.io's ping interval + ping timeout (25 + 20 s) and the client writes only when
+# pinged (every 25 s), so a suspension past 45 - 25 = 20 s closes its sockets on resume.
+SUSPEND_MAX_S = 18.0
 
 
 def _load() -> list[float]:
@@ -27,9 +35,12 @@ class Run:
     """Processes, accounts and connected clients of one ``bench.fanout`` run."""
 
     def __init__(self, args, stack: Stack, workers: Workers, accounts: list[Account],  # type: ignore[no-untyped-def]
-                 bare_proc, bare_url: str, results: dict) -> None:
+                 results: dict[str, Any],
+                 start_baseline: Callable[[str], tuple[subprocess.Popen[bytes], str]]) -> None:
         self.args, self.stack, self.workers, self.accounts = args, stack, workers, accounts
-        self.bare_proc, self.bare_url, self.results = bare_proc, bare_url, results
+        self.results = results
+        self.start_baseline = start_baseline  # kind -> (process, url)
+        self.baseline_proc = None  # the baseline server of the current window, if any
         self.connected: set[int] = set()
         self.k = 0  # next move index (prices never repeat within a run)
         self.bare_k = 0
@@ -46,16 +57,17 @@ class Run:
         return [["subscribe", sub], ["subscribe", {"types": ["fills"]}]]
 
     def ensure(self, n: int) -> dict:
-        """Connect product clients ``0..n-1`` and bare clients ``BARE..BARE+n-1`` that are
-        not yet connected; disconnect those beyond n."""
+        """Connect product clients ``0..n-1`` that are not yet connected; disconnect
+        those beyond n. (Baseline clients are connected per window: ``connect_baseline``.)"""
         n = min(n, len(self.accounts))
-        want = set(range(n)) | {BARE + i for i in range(n)}
+        want = set(range(n))
         extra = sorted(self.connected - want)
         if extra:
             self.workers.cids("disconnect", extra)
             self.connected -= set(extra)
         out = {}
-        for kind, base, url in (("project", 0, self.stack.server.url), ("bare", BARE, self.bare_url)):
+        assert self.stack.server is not None
+        for kind, base, url in (("project", 0, self.stack.server.url),):
             items = [{"cid": base + i, "auth": {"token": self.accounts[i].token},
                       "subs": self._subs(self.hz) if kind == "project" else [["subscribe", {"types": ["pnl"]}]]}
                      for i in range(n) if base + i not in self.connected]
@@ -116,11 +128,12 @@ class Run:
         return acks
 
     # ---- windows -----------------------------------------------------------------------------
-    def _drain(self, t_last: float) -> float:
+    def _drain(self, t_last: float, deadline: float | None = None) -> float:
         """After the last event: until the records stop growing for 1.5 s (at least 2 s,
-        at most ``--grace-s``); returns when."""
+        at most ``--grace-s``, never past ``deadline``); returns when."""
         seen, since = -1, time.time()
-        while time.time() < t_last + self.args.grace_s:
+        end = min(t_last + self.args.grace_s, deadline or float("inf"))
+        while time.time() < end:
             n = sum(r["records"] for r in self.workers.all({"op": "count"}))
             if n != seen:
                 seen, since = n, time.time()
@@ -131,7 +144,7 @@ class Run:
 
     def _cpu(self) -> dict:
         pids = {"server": self.stack.server.proc.pid, "sim": self.stack.sim.proc.pid,
-                "bare": self.bare_proc.pid}
+                "bare": self.baseline_proc.pid if self.baseline_proc is not None else None}
         out = {name: cpu_s(pid) for name, pid in pids.items()}
         out["workers"] = sum(cpu_s(p) or 0 for p in self.workers.pids)
         return out
@@ -156,8 +169,8 @@ class Run:
                 if name.startswith("bare:") == (kind == "bare"):
                     name = name[5:] if kind == "bare" else name
                     counts[name] = counts.get(name, 0) + sum(b.values())
-        bare_pid = self.bare_proc.pid
-        srv_pid = self.stack.server.proc.pid if server == "server" else bare_pid
+        assert self.stack.server is not None and (server == "server" or self.baseline_proc is not None)
+        srv_pid = self.stack.server.proc.pid if server == "server" else self.baseline_proc.pid  # type: ignore[union-attr]
         return {
             "clients": len(cids), "moves": len(events), "pnl": pnl,
             "due_per_s": round(n * rate, 1), "pnl_per_s": per_s.get("pnl"),
@@ -223,22 +236,86 @@ class Run:
             Path(self.args.profile).mkdir(parents=True, exist_ok=True)
             profile(self.stack.server.proc.pid, max(1.0, seconds), Path(self.args.profile) / f"{name}.txt")
 
-    def bare_window(self, n: int, rate: float) -> dict:
+    def _pause_project(self, stop: bool) -> None:
+        """SIGSTOP (``stop``) or SIGCONT the product server and the simulator: a
+        baseline window runs with the project stack stopped (PostgreSQL and Redis are
+        the machine's shared services and keep running)."""
+        sig = signal.SIGSTOP if stop else signal.SIGCONT
+        assert self.stack.server is not None and self.stack.sim is not None
+        for proc in (self.stack.server.proc, self.stack.sim.proc):
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def baselines(self, kinds: list[str], n: int, rate: float) -> dict[str, Any]:
+        """The windows of baselines ``kinds`` one after another; after each, ``settle``."""
+        out: dict[str, Any] = {}
+        for kind in kinds:
+            out[kind] = self.baseline_window(kind, n, rate)
+            out[kind]["settle"] = self.settle()
+        return out
+
+    def settle(self, quiet_pct: float = 20.0, longest_s: float = 30.0) -> dict[str, Any]:
+        """After a resume: until the product server used less than ``quiet_pct`` of a
+        core over one second (its overdue timers, refreshes and retries done), at most
+        ``longest_s``. ``{"s", "last_cpu_pct"}``."""
+        assert self.stack.server is not None
+        pid, t0, pct = self.stack.server.proc.pid, time.time(), None
+        while time.time() - t0 < longest_s:
+            c0 = cpu_s(pid) or 0.0
+            time.sleep(1.0)
+            pct = ((cpu_s(pid) or 0.0) - c0) * 100
+            if pct < quiet_pct:
+                break
+        return {"s": round(time.time() - t0, 1), "last_cpu_pct": round(pct or 0.0, 1)}
+
+    def baseline_window(self, kind: str, n: int, rate: float) -> dict[str, Any]:
+        """One window of baseline ``kind`` (``bare``, ``bare_stdlib``, ``node``), run
+        while the project is suspended (``baselines``): its server started, n clients
+        ``BARE..BARE+n-1`` connected, the rounds run and measured, the clients dropped
+        and the baseline server stopped."""
+        proc, url = self.start_baseline(kind)
+        self.baseline_proc = proc
+        cids = [BARE + i for i in range(n)]
+        try:
+            items = [{"cid": c, "auth": {}, "subs": [["subscribe", {"types": ["pnl"]}]]} for c in cids]
+            replies = self.workers.by_client("connect", items, url=url, timeout=120.0,
+                                             concurrency=self.args.connect_concurrency)
+            connect = self._connect_summary(replies, len(items))
+            self._pause_project(True)
+            t0 = time.time()
+            try:
+                out = self._rounds(url, n, rate, t0 + SUSPEND_MAX_S)
+            finally:
+                self._pause_project(False)
+            out["suspended_s"] = round(time.time() - t0, 1)
+            out["connect"] = {k: connect[k] for k in ("asked", "ok", "failed", "per_s")}
+        finally:
+            self.workers.cids("disconnect", cids)
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except Exception:
+                proc.kill()
+            self.baseline_proc = None
+        return out
+
+    def _rounds(self, url: str, n: int, rate: float, deadline: float) -> dict[str, Any]:
         self.workers.all({"op": "reset"})
         rounds = int(rate * self.args.duration_s)
         k0, self.bare_k = self.bare_k, self.bare_k + rounds
         cpu0, load0 = self._cpu(), _load()
-        self._profile(f"{n}x{rate:g}_idle", self.args.duration_s)  # the product server meanwhile
         t_start = time.time()
-        requests.post(self.bare_url + "/rounds", json={"rate": rate, "rounds": rounds, "k0": k0,
-                                                        "pad": self.args.pad}, timeout=10).raise_for_status()
+        requests.post(url + "/rounds", json={"rate": rate, "rounds": rounds, "k0": k0,
+                                             "pad": self.args.pad}, timeout=10).raise_for_status()
         t_end = t_start + self.args.duration_s
         time.sleep(max(0.0, t_end + 0.1 - time.time()))
         cpu1 = self._cpu()
-        while requests.get(self.bare_url + "/stats", timeout=10).json()["rounds"] < k0 + rounds and \
-                time.time() < t_end + self.args.grace_s:
+        while requests.get(url + "/stats", timeout=10).json()["rounds"] < rounds and \
+                time.time() < min(t_end + self.args.grace_s, deadline):
             time.sleep(0.25)
-        t_drain = self._drain(time.time())
+        t_drain = self._drain(time.time(), deadline)
         cpu2 = self._cpu()
         got = self.workers.all({"op": "collect", "since": t_start - 1})
         stamps = {r[1]: r[3] / 1000 for g in got for r in g["records"] if r[0] >= BARE and r[3] is not None}
@@ -246,7 +323,7 @@ class Run:
         events = {k0 + j: stamps.get(k0 + j, first[1] + (k0 + j - first[0]) / rate) for j in range(rounds)}
         out = self._figures("bare", {BARE + i for i in range(n)}, events, t_start, t_end, t_drain,
                             cpu0, cpu1, cpu2, "bare", n, rate)
-        out["rounds_stats"] = requests.get(self.bare_url + "/stats", timeout=10).json()
+        out["rounds_stats"] = requests.get(url + "/stats", timeout=10).json()
         out["project_server_idle_pct"] = round((cpu1["server"] - cpu0["server"]) * 100 / (t_end - t_start), 1)
         out["load"] = [load0, _load()]
         return out
@@ -315,11 +392,24 @@ class Run:
             if hz is not None:
                 out["max_hz_supported"] = True
             out["ready_after_resubscribe"] = self.wait_ready(min(n, len(self.accounts)))
-        time.sleep(2.0)  # let snapshot pushes and refreshes settle
-        out["project"] = self.project_window(n, rate)
-        if n == self.args.events_clients:
-            out["events"] = {"via_server": self.events_test(n, NEW_SYMBOL, NEW_QTY, "server"),
-                             "via_exchange": self.events_test(n, "ETHUSDT", "0.01", "exchange")}
-        out["bare"] = self.bare_window(n, rate)
-        out["ratio"] = ratios(out["project"], out["bare"])
+        reps = []
+        for rep in range(self.args.reps):
+            kinds = list(self.args.baseline_kinds)
+            order = ["project", "baselines"] if rep % 2 == 0 else ["baselines", "project"]
+            one: dict[str, Any] = {"order": ["project", *kinds] if rep % 2 == 0 else [*kinds, "project"]}
+            for side in order:
+                if side == "project":
+                    time.sleep(2.0)  # let snapshot pushes and refreshes settle
+                    one["project"] = self.project_window(n, rate)
+                    if n == self.args.events_clients and "events" not in out:
+                        out["events"] = {
+                            "via_server": self.events_test(n, NEW_SYMBOL, NEW_QTY, "server"),
+                            "via_exchange": self.events_test(n, "ETHUSDT", "0.01", "exchange")}
+                elif kinds:
+                    one.update(self.baselines(kinds, n, rate))
+            for side in self.args.baseline_kinds:
+                one[f"ratio_{side}"] = ratios(one["project"], one[side])
+            reps.append(one)
+        out["reps"] = reps
+        out["summary"] = summary(reps, ["project", *self.args.baseline_kinds])
         return out

@@ -7,6 +7,8 @@ envelope's ``sent_at``. All processes share this machine's clock.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from bench.measure import lat_ms, lat_s, pct
 
 
@@ -94,6 +96,51 @@ def ratios(project: dict, bare: dict) -> dict:
             "server_rss": ratio(project.get("server_rss_mb"), bare.get("server_rss_mb"))}
 
 
+SUMMARY_FIGURES = {  # name -> path in one side's window figures
+    "p50_ms": ("pnl", "exact", "p50_ms"), "p99_ms": ("pnl", "exact", "p99_ms"),
+    "max_ms": ("pnl", "exact", "max_ms"), "p99_fresh_ms": ("pnl", "fresh", "p99_ms"),
+    "missing_fraction": ("pnl", "exact", "missing_fraction"),
+    "server_cpu_ms_per_msg": ("server_cpu_ms_per_pnl",), "server_cpu_pct": ("server_cpu_pct",),
+    "pnl_per_s": ("pnl_per_s",), "server_rss_mb": ("server_rss_mb",),
+}
+RATIO_FIGURES = ("p50", "p99", "p99_fresh", "server_cpu_per_update", "pnl_per_s")
+
+
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """``{"median", "min", "max", "n"}`` of the values that are not None (the median
+    of an even count is the mean of the middle two); all None when there are none."""
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    mid = len(got) // 2
+    med = got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
+    return {"median": round(med, 5), "min": got[0], "max": got[-1], "n": len(got)}
+
+
+def _get(d: Any, path: tuple[str, ...]) -> float | None:
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d if isinstance(d, (int, float)) else None
+
+
+def summary(reps: list[dict[str, Any]], sides: list[str]) -> dict[str, Any]:
+    """Over the repetitions of one configuration: per side (``project`` and each
+    baseline) and figure of ``SUMMARY_FIGURES`` the ``spread`` (median and range);
+    per baseline, the spread of the per-repetition ratios project / baseline
+    (``ratio_<baseline>``, figures of ``ratios``)."""
+    out: dict[str, Any] = {}
+    for side in sides:
+        out[side] = {name: spread([_get(r.get(side, {}), path) for r in reps])
+                     for name, path in SUMMARY_FIGURES.items()}
+    for side in sides:
+        if side != "project":
+            out[f"ratio_{side}"] = {name: spread([r.get(f"ratio_{side}", {}).get(name) for r in reps])
+                                    for name in RATIO_FIGURES}
+    return out
+
+
 def watch_latency(watch: dict[str, list], starts: dict[int, float]) -> dict:
     """From each client's start time (just before its order) to its first matching
     ``positions`` / ``fills`` push: ``{"positions": {...}, "fills": {...}}`` with the
@@ -111,4 +158,4 @@ def watch_latency(watch: dict[str, list], starts: dict[int, float]) -> dict:
     return out
 
 
-__all__ = ["delivery", "window_counts", "lag_ms", "ratio", "ratios", "watch_latency", "lat_ms"]
+__all__ = ["delivery", "window_counts", "lag_ms", "ratio", "ratios", "watch_latency", "lat_ms", "spread", "summary"]
