@@ -424,8 +424,7 @@ class BybitLinearClient(GovernedRestClient):
                                key_hint=self._api_key_hint, source_address=self._egress)
 
     def _stream_clock(self) -> int:
-        if not self._clock_synced:
-            self.sync_clock()
+        self.ensure_clock()
         return self.server_now_ms()
 
 
