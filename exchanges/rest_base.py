@@ -8,13 +8,17 @@ where the venue reports it, the used request weight (``_used_weight``)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, TypeVar
+
+import requests
 
 from exchanges.egress import bind_session
 from exchanges.errors import ClockSkew, InvalidOrder, RateLimited, ThrottledLocally
@@ -28,6 +32,16 @@ T = TypeVar("T")
 
 SYMBOL_RULES_TTL_S = 3600.0
 CLOCK_SAMPLES = 3
+SHARED_CLOCK_TTL_S = 300.0   # a shared clock offset older than this is sampled again
+
+# The offset between this host's clock and a venue's is the same for every key: clients
+# built with a governor (the server's) adopt the last offset sampled in this process for
+# the same venue host instead of sampling it again (3 requests each). {(exchange,
+# rest_url): (offset_ms, time.monotonic() of the sample)}; while one client samples a
+# host, the others wait for its result (``_sampling``: the event set when it is done).
+_shared_offsets: dict[tuple[str, str], tuple[int, float]] = {}
+_sampling: dict[tuple[str, str], threading.Event] = {}
+_shared_guard = threading.Lock()
 
 
 def now_ms() -> int:
@@ -43,6 +57,33 @@ def mask(secret: str | None, keep: int = 4) -> str:
 def plain(d: Decimal) -> str:
     """Decimal as a plain decimal string (``Decimal("1E-3")`` -> ``"0.001"``)."""
     return f"{Decimal(d):f}"
+
+
+@lru_cache(maxsize=64)
+def _environ_settings(url: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """What ``requests`` would read from the environment for a request to ``url``: the
+    proxies (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, honouring ``NO_PROXY``) and the
+    CA bundle (``REQUESTS_CA_BUNDLE``, else ``CURL_CA_BUNDLE``). Read once per URL per
+    process (the environment of a running server does not change)."""
+    proxies = requests.utils.get_environ_proxies(url)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return tuple(sorted(proxies.items())), bundle
+
+
+def pin_environment(session: requests.Session, url: str) -> None:
+    """Resolve once what ``requests`` otherwise re-reads from the environment on every
+    request of ``session`` (the proxies for ``url``'s host and the CA bundle; about a
+    third of a request's CPU, scanning ``os.environ`` and ``~/.netrc`` each time) and
+    set ``trust_env = False``. Every request of a venue client goes to the one host of
+    ``url``. ``~/.netrc`` credentials are no longer looked up: the venues authenticate
+    with signed headers/parameters, never HTTP basic auth."""
+    if not session.trust_env:
+        return
+    proxies, bundle = _environ_settings(url)
+    session.proxies.update(dict(proxies))   # the environment's win over the session's, as in requests
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
 
 
 def order_ref(symbol: str, client_order_id: str | None, order_id: str | None,
@@ -86,6 +127,9 @@ class GovernedRestClient(ABC):
         self._setup(api_key, testnet, endpoints, timeout_s, governor)
         self._build(api_key, api_secret)
         self._bind_egress()
+        session = self._session()
+        if isinstance(session, requests.Session):
+            pin_environment(session, endpoints.rest_url)
 
     def _setup(self, api_key: str, testnet: bool, endpoints: VenueEndpoints,
                timeout_s: float, governor: RateGovernor | None) -> None:
@@ -168,9 +212,58 @@ class GovernedRestClient(ABC):
         offset = sorted(offsets)[len(offsets) // 2]
         self._set_clock_offset(offset)
         self._clock_synced = True
+        if self._governor is not None:
+            _shared_offsets[self._clock_key()] = (offset, time.monotonic())
         logger.info("%s clock synced key=%s offset_ms=%s", self.exchange, self._api_key_hint,
                     offset)
         return offset
+
+    def _clock_key(self) -> tuple[str, str]:
+        return self.exchange, self.endpoints.rest_url
+
+    def ensure_clock(self) -> None:
+        """Make the signing offset known before a signed request: a client built with a
+        governor (the server's) adopts the offset sampled in this process for the same
+        venue host within ``SHARED_CLOCK_TTL_S`` and samples it (``sync_clock``) only
+        when there is none, one client at a time per host (the others wait for its
+        result, and sample their own if it failed); a client without one always samples
+        its own. A ClockSkew reply still resamples (``_signed``). Raises what
+        ``sync_clock`` raises."""
+        if self._clock_synced:
+            return
+        if self._governor is None:
+            self.sync_clock()
+            return
+        key = self._clock_key()
+        with _shared_guard:
+            if self._adopt_shared_clock(key):
+                return
+            sampling = _sampling.get(key)
+            leader = sampling is None
+            if leader:
+                sampling = _sampling[key] = threading.Event()
+        assert sampling is not None
+        if not leader:   # another client is sampling this host's clock: wait for it
+            sampling.wait(self.timeout_s * CLOCK_SAMPLES)
+            with _shared_guard:
+                if self._adopt_shared_clock(key):
+                    return
+            self.sync_clock()   # its sampling failed: sample our own, as before
+            return
+        try:
+            self.sync_clock()
+        finally:
+            with _shared_guard:
+                _sampling.pop(key, None)
+            sampling.set()
+
+    def _adopt_shared_clock(self, key: tuple[str, str]) -> bool:
+        shared = _shared_offsets.get(key)
+        if shared is None or time.monotonic() - shared[1] >= SHARED_CLOCK_TTL_S:
+            return False
+        self._set_clock_offset(shared[0])
+        self._clock_synced = True
+        return True
 
     def server_time(self) -> int:
         """The venue's clock (one public request), ms UTC."""
@@ -218,8 +311,7 @@ class GovernedRestClient(ABC):
         ``retry_on_skew`` (idempotent GETs and ``create_order`` with its fixed client
         order id only), retry once. recvWindow is never widened. ``weight``: the
         request's weight on the venue's IP limit."""
-        if not self._clock_synced:
-            self.sync_clock()
+        self.ensure_clock()
         try:
             return self._io(call, priority, weight)
         except ClockSkew:

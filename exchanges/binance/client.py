@@ -11,7 +11,9 @@ cooperative. Every public method raises only ``exchanges.errors`` classes.
 
 Clock: python-binance signs with ``time.time() + timestamp_offset`` and never syncs
 by itself. Before the first signed call we sample ``GET /fapi/v1/time`` three times
-and keep the median offset. On ``-1021`` (ClockSkew) we resample once and, for
+and keep the median offset (a client built with a governor, as the server builds them,
+adopts the offset another client of this process sampled for the same host within 5
+minutes instead: ``GovernedRestClient.ensure_clock``). On ``-1021`` (ClockSkew) we resample once and, for
 idempotent GETs and ``create_order`` only, retry once; recvWindow stays at the
 library's 10000 ms (never widened). Binance doc: "General Info / Timing security".
 """

@@ -15,8 +15,9 @@ defaults), so :class:`OffsetHTTP` empties it after ``__post_init__``.
 
 Clock: pybit signs with the local clock; :class:`OffsetHTTP` overrides
 ``_prepare_headers`` to add ``time_offset_ms``, sampled from ``GET /v5/market/time``
-(median of 3) before the first signed call. On 10002 (ClockSkew) we resample once
-and, for GETs and ``create_order`` only, retry once (safe: the ``orderLinkId`` is
+(median of 3) before the first signed call (or adopted from another client of this
+process for the same host: ``GovernedRestClient.ensure_clock``). On 10002 (ClockSkew)
+we resample once and, for GETs and ``create_order`` only, retry once (safe: the ``orderLinkId`` is
 fixed, a replay of an order that went through gets 110072). Bybit doc
 ``v5/guide.mdx`` "Authentication": ``server_time - recv_window <= timestamp <
 server_time + 1000``.
@@ -424,8 +425,7 @@ class BybitLinearClient(GovernedRestClient):
                                key_hint=self._api_key_hint, source_address=self._egress)
 
     def _stream_clock(self) -> int:
-        if not self._clock_synced:
-            self.sync_clock()
+        self.ensure_clock()
         return self.server_now_ms()
 
 
