@@ -123,7 +123,7 @@ def test_liquidation_and_adl_alerts(venue_account, sim, listen_all) -> None:  # 
         since = lst.mark()
         sim._call("POST", "/_sim/liquidate", {"api_key": acct.api_key, "symbol": "BTCUSDT",
                                                "kind": kind})
-        fills = lst.wait_for("fills", lambda d: any(f["reason"] == kind for f in d["data"]),
+        fills = lst.wait_for("fills", lambda d, kind=kind: any(f["reason"] == kind for f in d["data"]),
                              since=since)
         alert = _alert(lst, kind)
         assert alert["symbol"] == "BTCUSDT" and alert["key_id"] == acct.key_id
