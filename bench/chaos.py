@@ -29,7 +29,7 @@ from tests.support.simulator import start_simulator
 
 COLUMNS = ("rounds", "kills", "orders", "fills", "lost", "doubled", "stuck_pending",
            "stranded_exits", "position_mismatches", "state_mismatches", "figure_mismatches",
-           "legs_set", "leg_problems")
+           "legs_set", "leg_fills", "leg_problems")
 
 
 def run_seed(sim, seed: int, db: str, rounds: int, tmp: Path,  # type: ignore[no-untyped-def]

@@ -62,6 +62,12 @@ LEG_TYPES = ("STOP_MARKET", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 FINAL = ("open", "closed", "canceled", "failed", "exit_failed")
 
 
+def plain_orders(state: dict) -> list[dict]:
+    """The orders of a ``/_sim/state`` answer without its held legs (rows of their own
+    shape, numbered apart from the orders)."""
+    return [o for o in state["orders"] if o.get("type") not in LEG_TYPES]
+
+
 @dataclass
 class Figures:
     """What one run found (all of lost .. state_mismatches must be 0)."""
@@ -81,6 +87,7 @@ class Figures:
     figure_mismatches: int = 0
     leg_problems: int = 0
     legs_set: int = 0
+    leg_fills: int = 0  # ledger fills with a leg's reason (legs that fired)
     quiet_s: float = 0.0
     reconciles: int = 0
     problems: list[str] = field(default_factory=list)
@@ -185,7 +192,7 @@ class ChaosRun:
         return body
 
     def _resting(self) -> list[dict]:
-        return [o for o in self.sim.state(self.api_key)["orders"]
+        return [o for o in plain_orders(self.sim.state(self.api_key))
                 if o["status"] in ("NEW", "PARTIALLY_FILLED")]
 
     def _fill_some(self) -> None:
@@ -407,7 +414,7 @@ class ChaosRun:
     def _unsettled(self) -> bool:
         """A trade pending that the exchange does not show resting untouched, a trade
         closing, an exit working, or a LIMIT timeout not carried out yet."""
-        resting = {o["client_order_id"] for o in self.sim.state(self.api_key)["orders"]
+        resting = {o["client_order_id"] for o in plain_orders(self.sim.state(self.api_key))
                    if o["status"] == "NEW" and Decimal(o["executed_qty"]) == 0}
         db = Database(self.url)
         try:
@@ -431,12 +438,13 @@ class ChaosRun:
             lambda t: exec_uuid(int(t)))
         sim_fills = Counter((x["symbol"], trade_id(x["trade_id"])) for x in truth["fills"])
         f.fills = len(sim_fills)
-        orders = {o["client_order_id"]: o for o in truth["orders"]}
+        orders = {o["client_order_id"]: o for o in plain_orders(truth)}
         db = Database(self.url)
         try:
             with db.session() as s:
-                led = Counter((x.symbol, x.exchange_trade_id) for x in s.scalars(
-                    select(Fill).where(Fill.key_id == self.key_id)))
+                stored = list(s.scalars(select(Fill).where(Fill.key_id == self.key_id)))
+                led = Counter((x.symbol, x.exchange_trade_id) for x in stored)
+                f.leg_fills = sum(1 for x in stored if x.reason in LEG_KINDS)
                 trades = list(s.scalars(select(Trade).where(Trade.key_id == self.key_id)))
                 exits = list(s.scalars(select(Exit).where(Exit.key_id == self.key_id)))
                 legs = list(s.scalars(select(ProtectionLeg).where(
@@ -535,7 +543,7 @@ class ChaosRun:
                 f.leg_problems += 1
                 f.problems.append(f"leg row {row.id} {row.mode} {row.kind} {row.status} "
                                   f"live for the closed {row.symbol} position")
-        coids = {o["order_id"]: o["client_order_id"] or "" for o in truth["orders"]}
+        coids = {o["order_id"]: o["client_order_id"] or "" for o in plain_orders(truth)}
         held: dict[str, Decimal] = {}
         for x in sorted(truth["fills"], key=lambda x: int(x["trade_id"])):
             before = held.get(x["symbol"], Decimal(0))
