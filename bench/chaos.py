@@ -1,6 +1,7 @@
 """Seeded chaos runs against real processes (issue 9), many seeds, with figures.
 
     python -m bench.chaos --seeds 50 [--db sqlite|postgresql] [--rounds 12] [--first 100]
+                          [--exchange binance|bybit|both]
 
 Each seed: a fresh database and account, ``--rounds`` rounds of random orders and
 faults (kill -9 of the server at chosen moments included, see
@@ -8,7 +9,9 @@ faults (kill -9 of the server at chosen moments included, see
 comparison with the simulator's orders, fills and positions. Prints one line per seed
 and the totals: rounds, kills, orders, fills, lost, doubled, stuck pending, stranded
 exits, position mismatches, fill-state mismatches, risk-figure mismatches (open
-quantities, the realized figure), and the time from the last fault
+quantities, the realized figure), protection-leg problems (a leg held for a closed
+position, a position opened or flipped by a leg or an exit, held quantities unlike
+the exchange's) with the number of leg requests, and the time from the last fault
 to a quiet reconcile (median and max). Exit status 1 when any seed was not clean.
 """
 from __future__ import annotations
@@ -25,18 +28,20 @@ from tests.support.chaos import ChaosRun, Figures
 from tests.support.simulator import start_simulator
 
 COLUMNS = ("rounds", "kills", "orders", "fills", "lost", "doubled", "stuck_pending",
-           "stranded_exits", "position_mismatches", "state_mismatches", "figure_mismatches")
+           "stranded_exits", "position_mismatches", "state_mismatches", "figure_mismatches",
+           "legs_set", "leg_fills", "leg_problems")
 
 
-def run_seed(sim, seed: int, db: str, rounds: int, tmp: Path) -> Figures:  # type: ignore[no-untyped-def]
-    """One seed on a fresh database."""
+def run_seed(sim, seed: int, db: str, rounds: int, tmp: Path,  # type: ignore[no-untyped-def]
+             exchange: str = "binance") -> Figures:
+    """One seed on a fresh database, with a key on ``exchange``."""
     drop = None
     if db == "sqlite":
-        url = f"sqlite:///{tmp / f'chaos-{seed}.sqlite3'}"
+        url = f"sqlite:///{tmp / f'chaos-{exchange}-{seed}.sqlite3'}"
     else:
         url, drop = make_pg_database(PG_ADMIN_URL)
     try:
-        return ChaosRun(sim, url, tmp, seed, rounds=rounds, database=db).run()
+        return ChaosRun(sim, url, tmp, seed, rounds=rounds, database=db, exchange=exchange).run()
     finally:
         if drop:
             drop()
@@ -49,16 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=1, help="first seed")
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--exchange", choices=("binance", "bybit", "both"), default="both")
     args = ap.parse_args(argv)
     sim = start_simulator()
     results: list[Figures] = []
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+            venues = ("binance", "bybit") if args.exchange == "both" else (args.exchange,)
             for seed in range(args.first, args.first + args.seeds):
-                f = run_seed(sim, seed, args.db, args.rounds, Path(tmp))
+                exchange = venues[seed % len(venues)]
+                f = run_seed(sim, seed, args.db, args.rounds, Path(tmp), exchange)
                 results.append(f)
-                print(f"seed={seed} db={args.db} " + " ".join(
+                print(f"seed={seed} db={args.db} exchange={exchange} " + " ".join(
                     f"{c}={getattr(f, c)}" for c in COLUMNS)
                     + f" quiet_s={f.quiet_s} reconciles={f.reconciles}"
                     + ("" if f.clean else f" problems={f.problems}"), flush=True)

@@ -108,7 +108,7 @@ class AccountPusher:
     def _fill(self, fill) -> None:  # type: ignore[no-untyped-def]
         """A fill seen on the stream or by the gap fill: to the ledger, and queued for
         the next ``fills`` push unless this trade id was pushed already."""
-        self._on_fill(fill)
+        fill = self._on_fill(fill) or fill  # the ledger's copy: may carry a leg's reason
         self.state.add_fill(fill)
 
     def _flush_fills(self, as_of: int) -> None:

@@ -38,6 +38,7 @@ from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
 from exchanges.types import (AccountEvent, FillEvent, FundingFee, OrderEvent, ProtectionLegUpdate,
                              StreamExpired)
+from exchanges.types import MarginCall  # risk alerts (helper protect2)
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms
@@ -293,7 +294,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, FundingFee):  # a ledger row; pnl moves once stored
                 self._on_funding(event)
-            elif isinstance(event, ProtectionLegUpdate):
+            elif isinstance(event, (ProtectionLegUpdate, MarginCall)):  # + risk alerts
                 if self._on_leg is not None:
                     self._on_leg(event)
             elif isinstance(event, StreamExpired):

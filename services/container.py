@@ -18,6 +18,7 @@ from config import Config
 from exchanges.errors import InvalidOrder
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
+from exchanges.types import FundingFee
 from models import Database
 from services import ledger, realized
 from services.account_stream import StreamSettings
@@ -220,7 +221,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
         protection.on_stream_reconnected(key_id)
     # ---- end protection
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
-                            _LedgerFacade(db, writer, sleep, protection.positions_seen),
+                            _LedgerFacade(db, writer, sleep, protection.positions_seen,
+                                          protection.on_fill),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconnected,
@@ -286,8 +288,12 @@ class _LedgerFacade:
 
     def __init__(self, db: Database, writer: LedgerWriter,
                  sleep: Callable[[float], None] = time.sleep,
-                 on_positions: Callable[[int, list], None] | None = None) -> None:
+                 on_positions: Callable[[int, list], None] | None = None,
+                 on_fill: Callable[[int, int, Any], Any] | None = None) -> None:
         self._db, self._writer = db, writer
+        # protection: a leg's fill gets its reason before it is stored and pushed;
+        # liquidation / ADL fills raise their alerts
+        self._on_fill = on_fill
         self._realized = Coalescer(self._realized_many, sleep)
         self._on_positions = on_positions  # protection: one-cancels-the-others on a close
 
@@ -299,8 +305,13 @@ class _LedgerFacade:
         with self._db.session() as s:
             return realized.read_many(s, key_ids)
 
-    def record_fill(self, user_id: int, key_id: int, fill) -> None:  # type: ignore[no-untyped-def]
+    def record_fill(self, user_id: int, key_id: int, fill):  # type: ignore[no-untyped-def]
+        """Queue ``fill`` for the ledger; returns it as stored and to be pushed (with
+        the protection leg's ``reason`` when it is one)."""
+        if self._on_fill is not None and not isinstance(fill, FundingFee):
+            fill = self._on_fill(user_id, key_id, fill)
         self._writer.submit_fill(key_id, fill)
+        return fill
 
     def record_order(self, key_id: int, order) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_order(key_id, order)

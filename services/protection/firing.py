@@ -26,6 +26,7 @@ from models import (
 )
 from services.errors import Conflict
 from services.lifecycle import StopFlag
+from services.protection.fill_tags import FillTags
 from services.protection.guard import ServerGuard
 from services.protection.reasons import mark_fill_reasons
 
@@ -59,8 +60,9 @@ class RuleFiring:
 
     def __init__(self, db: Database, exits, guard: ServerGuard, on_alert: OnAlert,  # type: ignore[no-untyped-def]
                  stopping: StopFlag, set_status: Callable[[int, str, str | None, str | None], None],
-                 changed: Callable[[int], None]) -> None:
+                 changed: Callable[[int], None], tags=None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
+        self._tags = tags or FillTags()  # the exit's fills carry the kind when pushed
         self._exits = exits
         self.guard = guard
         self._on_alert = on_alert
@@ -93,6 +95,14 @@ class RuleFiring:
         if key is None or key.status == "deleted":
             self.settle(ref, price, LegStatus.CANCELED.value, "key_deleted", "the key is gone")
             return "canceled"
+        self._tags.firing(ref.key_id, ref.symbol, ref.kind)
+        try:
+            return self._fire_exit(ref, price, fired_at, key)
+        finally:
+            self._tags.fired_done(ref.key_id, ref.symbol)
+
+    def _fire_exit(self, ref: LegRef, price: Decimal, fired_at: float | None,
+                   key: ExchangeKey) -> str:
         exit_ = None
         for attempt in range(FIRE_RETRIES):
             try:
@@ -115,6 +125,7 @@ class RuleFiring:
             self.settle(ref, price, LegStatus.FAILED.value, "exchange_unavailable",
                                "the exit could not be started")
             return "failed"
+        self._tags.exit_started(exit_.id, ref.kind)
         if not self.settle(ref, price, LegStatus.TRIGGERED.value, None, None, exit_.id):
             return "skipped"  # another process's fire of this leg got there first
         if fired_at is not None:

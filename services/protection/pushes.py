@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 class LegViews:
     """The push view of every key's live legs."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tags=None) -> None:  # type: ignore[no-untyped-def]
         self._db = db
+        self._tags = tags  # fill_tags.FillTags: learns the live legs' ids
         # key_id -> symbol -> positions fields; key_id -> legs as orders rows
         self._fields: dict[int, dict[str, dict]] = {}
         self._leg_orders: dict[int, list[dict]] = {}
@@ -53,6 +54,8 @@ class LegViews:
     def store(self, key_ids: set[int], rows: list[ProtectionLeg]) -> None:
         """Replace what the pushes show for ``key_ids`` (and the keys of ``rows``) by
         ``rows`` (their live legs); ``on_change`` for each key whose view moved."""
+        if self._tags is not None:
+            self._tags.note_rows(rows)
         by_key: dict[int, list[ProtectionLeg]] = {}
         for row in rows:
             by_key.setdefault(row.key_id, []).append(row)

@@ -21,11 +21,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 
 from sqlalchemy import select
 
 from exchanges.errors import ExchangeError
+from exchanges.types import MarginCall
 from exchanges.venues import venue
 from models import (
     LIVE_LEG_STATUSES,
@@ -39,10 +41,12 @@ from services.accounts import get_owned_key
 from services.errors import Conflict, NotFound, ValidationFailed
 from services.lifecycle import StopFlag
 from services.protection.exchange_mode import ExchangeLegs, new_client_order_id
+from services.protection.fill_tags import FillTags
 from services.protection.firing import LegRef, OnAlert, RuleFiring
 from services.protection.guard import ServerGuard
 from services.protection.index import Rule
 from services.protection.pushes import LegViews
+from services.protection.risk import RiskAlerts
 from services.protection.rules import LegSpec, check_leg
 from services.protection.view import (
     protection_view,
@@ -83,10 +87,14 @@ class ProtectionService:
         self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
         self._reconciling_lock = threading.Lock()
         self.stopping = StopFlag(sleep)
-        self.views = LegViews(db)  # what the pushes show
+        self.tags = FillTags()  # which fills are a leg's, before they are pushed
+        self.views = LegViews(db, self.tags)  # what the pushes show
         self.firing = RuleFiring(db, exits, self.guard, self._on_alert, self.stopping,
-                                 self._set_status, self._refresh_key)
+                                 self._set_status, self._refresh_key, self.tags)
         self.fired = 0  # rules fired by this process
+        # margin call, liquidation, ADL and liquidation-near alerts
+        self.risk = RiskAlerts(db, client_for, tickers, spawn,
+                               lambda *alert: self._on_alert(*alert))
 
     # ---- REST -----------------------------------------------------------------------
     def put(self, user_id: int, key_id: int, symbol: str, named: dict,
@@ -271,6 +279,23 @@ class ProtectionService:
         self._spawn(self.firing.fire, rule.owner, price, time.perf_counter())
 
     # ---- what the pushes show (``pushes.LegViews``) ---------------------------------------
+    def fill_reason(self, key_id: int, fill) -> str | None:  # type: ignore[no-untyped-def]
+        """``stop_loss`` / ``take_profit`` / ``trailing_stop`` when ``fill`` (an
+        ``exchanges.types.Fill`` of key ``key_id``) is a triggered leg's, else None
+        (memory only: asked on the push path; see ``fill_tags``)."""
+        return self.tags.reason(key_id, fill)
+
+    def on_fill(self, user_id: int, key_id: int, fill):  # type: ignore[no-untyped-def]
+        """A fill seen by key ``key_id``'s account stream, before it is stored and
+        pushed (no I/O): returns it with ``reason`` set when it is a triggered leg's
+        (``fill_reason``); a liquidation or ADL fill raises its alert on a task."""
+        if getattr(fill, "reason", None) is None:
+            reason = self.tags.reason(key_id, fill)
+            if reason is not None:
+                fill = replace(fill, reason=reason)
+        self.risk.on_fill(user_id, key_id, fill)
+        return fill
+
     def position_fields(self, key_id: int, symbol: str) -> dict:
         """``{"stop_loss", "take_profit", "trailing_stop"}`` of a position (no I/O)."""
         return self.views.position_fields(key_id, symbol)
@@ -341,8 +366,12 @@ class ProtectionService:
         """A ``ProtectionLegUpdate`` from a key's account stream (its handler: no I/O
         here): the key's legs are reconciled on a task of their own, one round at a
         time per key (updates arriving meanwhile make one more round)."""
+        if isinstance(update, MarginCall):  # the same stream hook: a risk alert
+            self.risk.on_margin_call(key_id, update)
+            return
         if update is not None and getattr(update, "leg", None) is not None:
             self._exchange.note_update(key_id, update.leg)
+            self.tags.note_leg(key_id, update.leg)
         with self._reconciling_lock:
             if key_id in self._reconciling:
                 self._reconciling[key_id] = True  # run again when the current round ends
@@ -370,6 +399,7 @@ class ProtectionService:
         """An account stream reported position changes (closed ones with size 0): the
         legs of a position that ended are canceled at once (one-cancels-the-others) on a
         task of their own, after the venue confirms the position is gone. No I/O here."""
+        self.risk.positions_seen(key_id, positions)
         symbols = self.views.symbols(key_id)
         if not symbols:
             return
@@ -495,6 +525,7 @@ class ProtectionService:
         """End the periodic loop and the fire tasks' waits (a fired leg's exit goes on
         in the ExitService, which the next start-up recovers)."""
         self.stopping.set()
+        self.risk.stop()
 
     def stats(self) -> dict:
         """``{"armed", "fired", "ticks", "touched"}`` of this process."""

@@ -3,13 +3,17 @@ server at chosen moments, restarts, then reconcile until quiet and compare the
 ledger with the simulator's truth. Used by ``tests/e2e/test_chaos.py`` (a few seeds)
 and ``bench/chaos.py`` (many).
 
-One run = one seed = one fresh user and Binance key on a shared simulator and a
-fresh database. Each round picks an action (MARKET, resting LIMIT, LIMIT with
+One run = one seed = one fresh user and key (Binance or Bybit) on a shared simulator
+and a fresh database. Each round picks an action (MARKET, resting LIMIT, LIMIT with
 ``timeout_s``, IOC/FOK, close via ``POST /api/positions/close``, a later full or
-partial fill of a resting order through the simulator's control API) and maybe a
-fault (kill -9 during an order request, while the exchange's reply is held back,
-between an order and its fill, during an exit chase; ``drop_ws``,
-``expire_listen_key``, 5xx, timeout, latency, 429, ``reject_orders``).
+partial fill of a resting order through the simulator's control API; protection legs
+of issue 20: set a stop-loss / take-profit in exchange or server mode, remove them,
+move the price through them, a manual close racing a trigger) and maybe a fault
+(kill -9 during an order request, while the exchange's reply is held back, between
+an order and its fill, during an exit chase, between a leg's row and the exchange's
+ack; a leg firing while the server is down; the stream dropped while a leg fires;
+``drop_ws``, ``expire_listen_key`` (Binance), 5xx, timeout, latency, 429,
+``reject_orders``, each also while legs are placed or canceled).
 
 The comparison (``Figures``): every exchange fill exactly once in the ledger
 (``lost``/``doubled``), no trade ``pending`` or ``closing`` and no exit ``working``
@@ -19,7 +23,11 @@ and the ledger's net position per symbol (the book of its fills) equal to the
 exchange's (``position_mismatches``); the risk figures of issue 20
 (``figure_mismatches``): each trade's stored ``open_quantity`` equal to the book's,
 and the realized figure (the ledger's running sum, and ``GET /api/account/pnl``)
-equal to the trades' ``realized_pnl`` plus the funding fees.
+equal to the trades' ``realized_pnl`` plus the funding fees; the protection checks
+(``leg_problems``): no leg left on the exchange (nor a live server-mode rule) for a
+closed position, no position opened or flipped by a leg's or an exit's fill, and the
+ledger's held quantities (the trades' ``open_quantity``, signed) equal to the
+exchange positions.
 """
 from __future__ import annotations
 
@@ -36,18 +44,28 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from models import Database, Exit, Fill, FundingFee, Trade
+from exchanges.simulator.bybit_format import exec_uuid
+from models import LIVE_LEG_STATUSES, Database, Exit, Fill, FundingFee, ProtectionLeg, Trade
 from services import book, ledger
 from tests.support.server import ServerProcess, free_port, start_server
 
 SYMBOLS = {"BTCUSDT": (Decimal("60000"), Decimal("0.10"), ("0.002", "0.003", "0.005")),
            "ETHUSDT": (Decimal("3400"), Decimal("0.01"), ("0.030", "0.050", "0.080"))}
 ACTIONS = ("market", "market", "market", "rest", "rest", "timeout", "timeout", "ioc", "fok",
-           "close", "close", "fill", "fill", "fill", "fill", "move", "pair")
+           "close", "close", "fill", "fill", "fill", "fill", "move", "pair",
+           "protect", "protect", "protect", "unprotect", "fire", "fire", "race")
 FAULTS = (None, None, None, None, "kill_request", "kill_held", "kill_before_fill",
           "kill_exit", "drop_ws", "expire_listen_key", "http_5xx", "timeout", "latency",
-          "http_429", "reject_orders")
+          "http_429", "reject_orders", "kill_leg", "kill_fire", "drop_fire")
+LEG_KINDS = ("stop_loss", "take_profit", "trailing_stop")
+LEG_TYPES = ("STOP_MARKET", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 FINAL = ("open", "closed", "canceled", "failed", "exit_failed")
+
+
+def plain_orders(state: dict) -> list[dict]:
+    """The orders of a ``/_sim/state`` answer without its held legs (rows of their own
+    shape, numbered apart from the orders)."""
+    return [o for o in state["orders"] if o.get("type") not in LEG_TYPES]
 
 
 @dataclass
@@ -67,6 +85,9 @@ class Figures:
     position_mismatches: int = 0
     state_mismatches: int = 0
     figure_mismatches: int = 0
+    leg_problems: int = 0
+    legs_set: int = 0
+    leg_fills: int = 0  # ledger fills with a leg's reason (legs that fired)
     quiet_s: float = 0.0
     reconciles: int = 0
     problems: list[str] = field(default_factory=list)
@@ -76,7 +97,7 @@ class Figures:
         """True when nothing was lost, doubled, stuck, stranded or mismatched."""
         return not (self.lost or self.doubled or self.stuck_pending or self.stranded_exits
                     or self.position_mismatches or self.state_mismatches
-                    or self.figure_mismatches)
+                    or self.figure_mismatches or self.leg_problems)
 
 
 class ChaosRun:
@@ -84,8 +105,9 @@ class ChaosRun:
     ``database_url``: a fresh, empty database; ``log_dir``: where server logs go."""
 
     def __init__(self, sim, database_url: str, log_dir: Path, seed: int, rounds: int = 12,  # type: ignore[no-untyped-def]
-                 database: str = "sqlite") -> None:
+                 database: str = "sqlite", exchange: str = "binance") -> None:
         self.sim, self.url, self.log_dir = sim, database_url, log_dir
+        self.exchange = exchange
         self.rng = random.Random(seed)
         self.rounds = rounds
         self.figures = Figures(seed=seed, database=database)
@@ -141,7 +163,7 @@ class ChaosRun:
         user, pw = "c" + uuid.uuid4().hex[:10], "pw-" + uuid.uuid4().hex
         assert self._req("POST", "/api/auth/register", {"username": user, "password": pw}).status_code == 201
         self.token = self._req("POST", "/api/auth/login", {"username": user, "password": pw}).json()["access_token"]
-        r = self._req("POST", "/api/exchange/keys", {"exchange": "binance", "api_key": self.api_key,
+        r = self._req("POST", "/api/exchange/keys", {"exchange": self.exchange, "api_key": self.api_key,
                                                      "api_secret": self.api_secret, "label": "chaos"})
         assert r is not None and r.status_code == 201, r.text if r is not None else None
         self.key_id = r.json()["id"]
@@ -170,7 +192,7 @@ class ChaosRun:
         return body
 
     def _resting(self) -> list[dict]:
-        return [o for o in self.sim.state(self.api_key)["orders"]
+        return [o for o in plain_orders(self.sim.state(self.api_key))
                 if o["status"] in ("NEW", "PARTIALLY_FILLED")]
 
     def _fill_some(self) -> None:
@@ -184,13 +206,82 @@ class ChaosRun:
             (left / 2 / step).to_integral_value() * step)
         try:
             self.sim.fill(o["order_id"], quantity=f"{qty:f}")
-        except Exception:  # noqa: BLE001 - the order may have been cancelled meanwhile
+        except Exception:
             pass
 
     def _positions(self) -> list[dict]:
         return [p for p in self.sim.state(self.api_key)["positions"] if Decimal(p["amount"]) != 0]
 
+    # ---- protection legs (issue 20) -------------------------------------------------
+    def _protect(self) -> None:
+        """Set a stop-loss and/or take-profit (and sometimes a trailing stop) about 1 %
+        from the mark on a held position, in exchange or server mode."""
+        held = self._positions()
+        if not held:
+            return
+        p = self.rng.choice(held)
+        symbol, long_ = p["symbol"], Decimal(p["amount"]) > 0
+        tick = SYMBOLS[symbol][1]
+        mark = Decimal(self.sim.state()["prices"][symbol]["price"])
+        quant = lambda x: f"{(x / tick).to_integral_value() * tick:f}"  # noqa: E731
+        off = Decimal("0.01") * self.rng.choice((1, 1, 2))
+        body: dict = {"key_id": self.key_id, "symbol": symbol,
+                      "mode": self.rng.choice(("exchange", "server"))}
+        kinds = self.rng.sample(LEG_KINDS[:2], self.rng.choice((1, 2)))
+        if "stop_loss" in kinds:
+            body["stop_loss"] = {"trigger_price": quant(mark * (1 - off if long_ else 1 + off))}
+        if "take_profit" in kinds:
+            body["take_profit"] = {"trigger_price": quant(mark * (1 + off if long_ else 1 - off))}
+        if self.rng.random() < 0.25 and (body["mode"] == "server" or self.exchange == "binance"):
+            body["trailing_stop"] = {"callback_rate": "1"}
+        self.figures.legs_set += 1
+        self._req("PUT", "/api/positions/protection", body)
+
+    def _unprotect(self) -> None:
+        held = self._positions()
+        if held:
+            symbol = self.rng.choice(held)["symbol"]
+            self._req("DELETE", f"/api/positions/protection?key_id={self.key_id}&symbol={symbol}")
+
+    def _fire(self) -> None:
+        """Move a held position's price 1.5-3 % up or down: the legs it reaches fire
+        (on the exchange, or by the server's rules)."""
+        held = self._positions()
+        if not held:
+            return
+        symbol = self.rng.choice(held)["symbol"]
+        tick = SYMBOLS[symbol][1]
+        mark = Decimal(self.sim.state()["prices"][symbol]["price"])
+        move = Decimal(self.rng.choice(("0.015", "0.025", "0.03"))) * self.rng.choice((-1, 1))
+        self.sim.set_price(symbol, f"{(mark * (1 + move) / tick).to_integral_value() * tick:f}")
+
+    def _race(self) -> None:
+        """A manual close racing a trigger: the close request and the price move at once."""
+        held = self._positions()
+        if not held:
+            return
+        symbol = self.rng.choice(held)["symbol"]
+        t = threading.Thread(target=self._req, args=(
+            "POST", "/api/positions/close", {"key_id": self.key_id, "symbol": symbol}), daemon=True)
+        t.start()
+        time.sleep(self.rng.choice((0.0, 0.05, 0.2)))
+        self._fire()
+        t.join(30)
+
     def _act(self, kind: str) -> None:
+        if kind == "protect":
+            self._protect()
+            return
+        if kind == "unprotect":
+            self._unprotect()
+            return
+        if kind == "fire":
+            self._fire()
+            time.sleep(0.3)
+            return
+        if kind == "race":
+            self._race()
+            return
         if kind == "fill":
             self._fill_some()
             return
@@ -234,6 +325,10 @@ class ChaosRun:
         fault = self.rng.choice(FAULTS)
         if fault == "kill_exit":
             kind = "close"
+        if fault in ("kill_leg", "kill_fire", "drop_fire"):
+            kind = "protect"
+        if fault == "expire_listen_key" and self.exchange != "binance":
+            fault = "drop_ws"  # Bybit's private stream has no listen key
         if (kind == "move" and fault is not None and fault.startswith("kill_")) or (
                 kind == "close" and not self._positions()):
             kind = "market"
@@ -258,6 +353,27 @@ class ChaosRun:
             self.sim.add_fault(kind="latency", api_key=key, ms=700, count=4)
             self._in_thread_then_kill("close", self.rng.choice((0.5, 1.2, 2.0)))
             self.sim.clear_faults()
+        elif fault == "kill_leg":         # between the leg's row and the exchange's ack
+            if not self._positions():
+                self._act("market")
+            self.sim.add_fault(kind="latency", api_key=key, ms=1500, count=2)
+            self._in_thread_then_kill("protect", self.rng.choice((0.3, 0.6, 1.0)))
+            self.sim.clear_faults()
+        elif fault == "kill_fire":        # a leg fires while the server is down
+            if not self._positions():
+                self._act("market")
+            self._act("protect")
+            self.kill_only()
+            self._fire()
+            time.sleep(0.5)
+            self.start()
+        elif fault == "drop_fire":        # the stream is dropped while a leg fires
+            if not self._positions():
+                self._act("market")
+            self._act("protect")
+            self.sim.add_fault(kind="drop_ws", api_key=key)
+            self._fire()
+            time.sleep(0.5)
         elif fault in ("drop_ws", "expire_listen_key"):
             self.sim.add_fault(kind=fault, api_key=key)
             self._act(kind)
@@ -298,7 +414,7 @@ class ChaosRun:
     def _unsettled(self) -> bool:
         """A trade pending that the exchange does not show resting untouched, a trade
         closing, an exit working, or a LIMIT timeout not carried out yet."""
-        resting = {o["client_order_id"] for o in self.sim.state(self.api_key)["orders"]
+        resting = {o["client_order_id"] for o in plain_orders(self.sim.state(self.api_key))
                    if o["status"] == "NEW" and Decimal(o["executed_qty"]) == 0}
         db = Database(self.url)
         try:
@@ -318,16 +434,22 @@ class ChaosRun:
         """Compare the ledger with the simulator's orders, fills and positions."""
         f = self.figures
         truth = self.sim.state(self.api_key)
-        sim_fills = Counter((x["symbol"], str(x["trade_id"])) for x in truth["fills"])
+        trade_id = (lambda t: str(t)) if self.exchange == "binance" else (
+            lambda t: exec_uuid(int(t)))
+        sim_fills = Counter((x["symbol"], trade_id(x["trade_id"])) for x in truth["fills"])
         f.fills = len(sim_fills)
-        orders = {o["client_order_id"]: o for o in truth["orders"]}
+        orders = {o["client_order_id"]: o for o in plain_orders(truth)}
         db = Database(self.url)
         try:
             with db.session() as s:
-                led = Counter((x.symbol, x.exchange_trade_id) for x in s.scalars(
-                    select(Fill).where(Fill.key_id == self.key_id)))
+                stored = list(s.scalars(select(Fill).where(Fill.key_id == self.key_id)))
+                led = Counter((x.symbol, x.exchange_trade_id) for x in stored)
+                f.leg_fills = sum(1 for x in stored if x.reason in LEG_KINDS)
                 trades = list(s.scalars(select(Trade).where(Trade.key_id == self.key_id)))
                 exits = list(s.scalars(select(Exit).where(Exit.key_id == self.key_id)))
+                legs = list(s.scalars(select(ProtectionLeg).where(
+                    ProtectionLeg.key_id == self.key_id,
+                    ProtectionLeg.status.in_(LIVE_LEG_STATUSES))))
             with db.session() as s:
                 books = {sym: book.load(s, self.key_id, sym, lock=False)[0] for sym in SYMBOLS}
                 nets = {sym: b.net for sym, b in books.items()}
@@ -337,6 +459,7 @@ class ChaosRun:
         finally:
             db.dispose()
         self._compare_figures(trades, books, figure, funding)
+        self._compare_legs(truth, trades, legs)
         for k in sim_fills:
             if k not in led:
                 f.lost += 1
@@ -404,6 +527,58 @@ class ChaosRun:
                 f.figure_mismatches += 1
                 f.problems.append(f"realized {name} {value}, trades + funding {summed}")
 
+    def _compare_legs(self, truth: dict, trades: list, live_rows: list) -> None:
+        """No leg held for a closed position, none opening or flipping one, and the
+        trades' signed ``open_quantity`` equal to the exchange position per symbol."""
+        f = self.figures
+        positions = {p["symbol"]: Decimal(p["amount"]) for p in truth["positions"]}
+        for o in truth["orders"]:
+            if o.get("type") in LEG_TYPES and o["status"] == "NEW" \
+                    and positions.get(o["symbol"], Decimal(0)) == 0:
+                f.leg_problems += 1
+                f.problems.append(f"leg {o['client_order_id']} {o['type']} held on the "
+                                  f"exchange for the closed {o['symbol']} position")
+        for row in live_rows:
+            if positions.get(row.symbol, Decimal(0)) == 0:
+                f.leg_problems += 1
+                f.problems.append(f"leg row {row.id} {row.mode} {row.kind} {row.status} "
+                                  f"live for the closed {row.symbol} position")
+        coids = {o["order_id"]: o["client_order_id"] or "" for o in plain_orders(truth)}
+        held: dict[str, Decimal] = {}
+        for x in sorted(truth["fills"], key=lambda x: int(x["trade_id"])):
+            before = held.get(x["symbol"], Decimal(0))
+            after = before + Decimal(x["qty"]) * (1 if x["side"] == "BUY" else -1)
+            held[x["symbol"]] = after
+            closing = x.get("source") == "leg" or coids.get(x["order_id"], "").startswith("exit-")
+            if closing and (before == 0 or before * after < 0):
+                f.leg_problems += 1
+                f.problems.append(f"fill {x['trade_id']} of a leg/exit took {x['symbol']} "
+                                  f"from {before} to {after}")
+        for sym in SYMBOLS:
+            signed = sum((t.open_quantity * (1 if t.side == "BUY" else -1) for t in trades
+                          if t.symbol == sym and t.open_quantity), Decimal(0))
+            if signed != positions.get(sym, Decimal(0)):
+                f.leg_problems += 1
+                f.problems.append(f"open_quantity {sym} {signed} exchange "
+                                  f"{positions.get(sym, 0)}")
+
+    def _legs_settled(self) -> bool:
+        """No exchange leg held for a flat position and no live leg row for one."""
+        truth = self.sim.state(self.api_key)
+        flat = {s for s in SYMBOLS} - {p["symbol"] for p in truth["positions"]
+                                       if Decimal(p["amount"]) != 0}
+        if any(o.get("type") in LEG_TYPES and o["status"] == "NEW" and o["symbol"] in flat
+               for o in truth["orders"]):
+            return False
+        db = Database(self.url)
+        try:
+            with db.session() as s:
+                return s.scalars(select(ProtectionLeg.id).where(
+                    ProtectionLeg.key_id == self.key_id, ProtectionLeg.symbol.in_(flat),
+                    ProtectionLeg.status.in_(LIVE_LEG_STATUSES))).first() is None
+        finally:
+            db.dispose()
+
     def run(self) -> Figures:
         """Set up, play the rounds, clear the faults, reconcile until quiet, compare."""
         self.start()
@@ -414,6 +589,10 @@ class ChaosRun:
             self.sim.clear_faults()
             time.sleep(0.5)
             self.reconcile_until_quiet()
+            deadline = time.monotonic() + 30  # the legs' own reconcile runs every 10 s
+            while time.monotonic() < deadline and not self._legs_settled():
+                time.sleep(1.0)
+            self.reconcile_until_quiet(max_s=30)
             return self.compare()
         finally:
             self.stop()
