@@ -86,9 +86,11 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
                          sleep=socketio.sleep, redis=redis)
     app.extensions["pushsrv"] = svc
 
-    def fills_since(user_id: int, key_id: int, since_ms: int) -> tuple[str, bool, list[dict]]:
+    def fills_since(user_id: int, key_id: int, since_ms: int) -> tuple[str, bool, list[dict[str, object]]]:
         key = svc.keys.get(user_id, key_id)  # raises NotFound (deleted meanwhile)
-        return key.exchange, key.testnet, svc.resume.ledger_fills(key_id, since_ms)
+        resume = svc.resume
+        assert resume is not None  # built by build_services
+        return key.exchange, key.testnet, resume.ledger_fills(key_id, since_ms)
     hub.fills_since = fills_since  # fills missed while Redis was away are replayed
     for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
                console.bp, health.bp, protection.bp, notifications.bp):

@@ -41,6 +41,7 @@ REALIZED_REFRESH_S = 0.2  # realized_pnl reaches the pushes within 1 s of its wr
 POLLING_KEYS_PER_S = 100  # accounts polled per second in all while streams are down
 POLLING_SHARE = 0.5  # of a venue's query budget (its governor) the polling may use
 RETAIN_S = 900.0  # a stopped stream's push state is kept this long for a restart
+AFTER_OUTAGE_S = 3.0  # after a Redis failure a follower takes no free lease this long
 TAKEOVER_SLACK_MS = 2000  # a taken-over stream's gap fill reaches this much further back
 RETAIN_MAX = 20_000  # push states kept at most (an AccountState of one account: ~10 KB)
 
@@ -300,12 +301,19 @@ class StreamManager:
         as soon as Redis is back, before a follower does."""
         interval_s = self._leases.ttl_ms / 3000
         wait_s = interval_s
+        failing = False
         while not self.stopping.wait(wait_s):
             wait_s = interval_s
             try:
                 self._renew_round()
-            except Exception:  # isolation boundary: Redis or a key lookup failed; retry
-                logger.exception("stream lease maintenance failed")
+                failing = False
+            except Exception as e:  # isolation boundary: Redis or a key lookup failed; retry
+                if failing:  # the traceback once per outage, not every second
+                    logger.debug("stream lease maintenance failed again error=%s",
+                                 type(e).__name__)
+                else:
+                    logger.exception("stream lease maintenance failed")
+                failing = True
                 wait_s = min(interval_s, HEARTBEAT_S)
 
     def _renew_round(self) -> None:
@@ -313,13 +321,13 @@ class StreamManager:
             owned = list(self._streams)
             pending = list(self._leased)
         renewed = self._renew_all(owned + pending)
-        for key_id, ok in zip(pending, renewed[len(owned):]):
+        for key_id, ok in zip(pending, renewed[len(owned):], strict=True):
             if not ok:
                 with self._lock:
                     user_id = self._leased.pop(key_id, None)
                     if user_id is not None and key_id not in self._streams:
                         self._followed[key_id] = user_id
-        for key_id, ok in zip(owned, renewed):
+        for key_id, ok in zip(owned, renewed[:len(owned)], strict=True):
             if not ok:
                 logger.warning("stream lease lost key_id=%s", key_id)
                 stream = self._pop(key_id)
@@ -334,18 +342,22 @@ class StreamManager:
         """Every ``HEARTBEAT_S`` until ``stop_all()``: say this process is alive
         (``leases.heartbeat``) and try to take over the streams we follow (a lease
         whose owner's heartbeat is gone, or that is free, is taken at once)."""
+        quiet_until = 0.0
         while not self.stopping.wait(HEARTBEAT_S):
             try:
                 self._leases.heartbeat()
                 with self._lock:
                     followed = list(self._followed.items())
-                if not followed:
+                # just after Redis came back (perhaps empty, every lease free): the
+                # processes that ran the streams take their leases again first
+                # (``_maintain_leases`` retries every HEARTBEAT_S after a failure)
+                if not followed or time.monotonic() < quiet_until:
                     continue
                 many = getattr(self._leases, "acquire_many", None)
                 names = [_lease(k) for k, _ in followed]
                 got = many(names) if many is not None else [self._leases.acquire(n)
                                                              for n in names]
-                for (key_id, user_id), ok in zip(followed, got):
+                for (key_id, user_id), ok in zip(followed, got, strict=True):
                     if not ok:
                         continue
                     with self._lock:
@@ -355,7 +367,9 @@ class StreamManager:
                     logger.info("stream lease taken over key_id=%s", key_id)
                     self._start(user_id, key_id, takeover=True)
             except Exception as e:  # isolation boundary: Redis or a key lookup failed; retry
-                logger.warning("lease heartbeat failed error=%s", type(e).__name__)
+                if time.monotonic() >= quiet_until:  # once per outage, not every second
+                    logger.warning("lease heartbeat failed error=%s", type(e).__name__)
+                quiet_until = time.monotonic() + AFTER_OUTAGE_S
 
     def _renew_all(self, key_ids: list[int]) -> list[bool]:
         """Renew the leases of ``key_ids``: in batches of one round trip each when the

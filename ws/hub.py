@@ -131,6 +131,7 @@ class PushHub:
             relay.on_key_changed = lambda user_id, key_id: self.on_key_changed(user_id, key_id)
             relay.on_released = self._released
             relay.on_resubscribed = self._resubscribed
+            relay.on_reconnected = self._relay_reconnected
             manager.on_room_emit = self._room_emitted  # a shared-channel emit (alerts)
 
     @property
@@ -225,6 +226,21 @@ class PushHub:
     def _released(self, key_id: int) -> None:
         if key_id in self._remote:
             self._sio.start_background_task(self.on_released, key_id)
+
+    def _relay_reconnected(self) -> None:
+        """The relay's connection to Redis is back: for every stream running here ask
+        Redis whether another process follows it (its ``want`` may have been lost
+        while this process was not subscribed), publishing from then on; on a new
+        follower the current states go first (``_wanted``)."""
+        with self._lock:
+            local = list(self._local)
+        for key_id in local:
+            self._sio.start_background_task(self._recheck_interest, key_id)
+
+    def _recheck_interest(self, key_id: int) -> None:
+        relay = self._relay
+        if relay is not None and relay.check_interest(key_id):
+            self._wanted(key_id)
 
     def _resubscribed(self, key_id: int, lost_at_ms: int) -> None:
         if self.fills_since is not None:

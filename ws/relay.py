@@ -287,11 +287,13 @@ class RedisBus:
                 if self._stopped:
                     break
                 with self._lock:
-                    if self._lost_at_ms is None:
+                    first = self._lost_at_ms is None
+                    if first:
                         self._lost_at_ms = _now_ms()
                 self.reconnects += 1
-                logger.warning("relay connection lost error=%s retry_s=%s",
-                               type(e).__name__, backoff)
+                # once per outage at WARNING, not once per retry
+                logger.log(logging.WARNING if first else logging.DEBUG,
+                           "relay connection lost error=%s retry_s=%s", type(e).__name__, backoff)
             finally:
                 with self._lock:
                     if self._pubsub is pubsub:
@@ -339,6 +341,9 @@ class KeyRelay:
         self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
         self.on_released: Callable[[int], None] = lambda key_id: None
         self.on_resubscribed: Callable[[int, int], None] = lambda key_id, lost_at_ms: None
+        # the control channel is subscribed again after a lost connection: a follower's
+        # ``want`` may have been published while this process heard nothing
+        self.on_reconnected: Callable[[], None] = lambda: None
         self.published = 0  # envelopes published (some other process followed the key)
         self.received = 0  # envelopes received for watched keys
         self.publish_errors = 0
@@ -467,6 +472,11 @@ class KeyRelay:
         """A key channel is subscribed (or subscribed again after a reconnect,
         ``lost_at_ms`` set): tell the process running its stream (it publishes its
         current states: ``want``); after a reconnect, also ``on_resubscribed``."""
+        if channel == self.control and lost_at_ms is not None:
+            try:
+                self.on_reconnected()
+            except Exception:  # isolation boundary: the reader goes on
+                logger.exception("relay reconnect hook failed")
         if channel.startswith(self._key_prefix):
             key_id = int(channel[len(self._key_prefix):])
             self.want(key_id)
@@ -544,8 +554,9 @@ class RedisRelayManager(socketio.RedisManager):
                 retry_sleep = 0.25
                 yield from self.pubsub.listen()
             except Exception as exc:  # Redis gone: connect and subscribe again
-                logger.warning("socket.io queue listener lost error=%s retry_s=%s",
-                               type(exc).__name__, retry_sleep)
+                logger.log(logging.WARNING if retry_sleep == 0.25 else logging.DEBUG,
+                           "socket.io queue listener lost error=%s retry_s=%s",
+                           type(exc).__name__, retry_sleep)
                 time.sleep(retry_sleep)  # eventlet-patched in the server
                 retry_sleep = min(self.MAX_BACKOFF_S, retry_sleep * 2)
 
