@@ -234,7 +234,7 @@ class RedisBus:
                 logger.warning("relay unsubscribe failed channel=%s", channel)
 
     def start(self, on_message: Callable[[str, bytes], None],
-              on_subscribed: Callable[[str], None]) -> None:
+              on_subscribed: Callable[[str, int | None], None]) -> None:
         self._spawn(self._run, on_message, on_subscribed)
 
     def stop(self) -> None:
@@ -247,7 +247,7 @@ class RedisBus:
                 pass
 
     def _run(self, on_message: Callable[[str, bytes], None],
-             on_subscribed: Callable[[str], None]) -> None:
+             on_subscribed: Callable[[str, int | None], None]) -> None:
         import redis
         backoff = 0.25
         while not self._stopped:
