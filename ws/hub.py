@@ -58,7 +58,7 @@ class Connection:
                 + sorted(ticker_room(e, s) for e, s in self.tickers))
 
 
-MISSED_FILLS_DELAY_S = 1.5  # after a resubscribe: the owner's want and last writes
+MISSED_FILLS_DELAY_S = 0.5  # after a resubscribe: the owner's want and last writes
 MISSED_FILLS_MARGIN_MS = 2000  # the replay starts this much before the connection was lost
 
 
