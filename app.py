@@ -36,7 +36,7 @@ from api import (account, admin, auth, console, health, keys, metrics, notificat
 from api.errors import register_error_handlers
 from appcli import config_error_app, generate_keys_command, under_flask_cli
 from config import Config, ConfigError, load_config, log_format, log_level
-from extensions import init_limiter, socketio
+from extensions import init_limiter, socketio, trust_proxies
 from services.container import Services, build_services
 from ws.handlers import register_handlers
 from ws.hub import PushHub
@@ -65,6 +65,7 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(SECRET_KEY=cfg.SECRET_KEY, MAX_CONTENT_LENGTH=cfg.MAX_CONTENT_LENGTH,
                       JSON_SORT_KEYS=False)
+    trust_proxies(app, cfg.TRUSTED_PROXIES)  # the rate limits' client address behind nginx
     init_limiter(app, cfg.RATELIMIT_STORAGE_URI, cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL)
     register_handlers(socketio)  # once per process, before the first init_app (see there)
     # the queue's manager (ws.relay: account pushes conflated where they are received)
@@ -84,6 +85,13 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     svc = build_services(cfg, hub=hub, spawn=socketio.start_background_task,
                          sleep=socketio.sleep, redis=redis)
     app.extensions["pushsrv"] = svc
+
+    def fills_since(user_id: int, key_id: int, since_ms: int) -> tuple[str, bool, list[dict[str, object]]]:
+        key = svc.keys.get(user_id, key_id)  # raises NotFound (deleted meanwhile)
+        resume = svc.resume
+        assert resume is not None  # built by build_services
+        return key.exchange, key.testnet, resume.ledger_fills(key_id, since_ms)
+    hub.fills_since = fills_since  # fills missed while Redis was away are replayed
     for bp in (auth.bp, keys.bp, account.bp, orders.bp, admin.bp, metrics.bp, openapi.bp,
                console.bp, health.bp, protection.bp, notifications.bp):
         app.register_blueprint(bp)

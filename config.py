@@ -114,6 +114,10 @@ class Config:
     # above is per client address; this one per username (a bounded lockout).
     LOGIN_USERNAME_RATE_LIMIT: str = "10 per 5 minutes"
     REFRESH_RATE_LIMIT: str = "30 per minute"  # per client address
+    # reverse proxies in front of the app whose X-Forwarded-For / -Proto / -Host are
+    # trusted (werkzeug ProxyFix): the client address of the rate limits is then the
+    # one the nearest proxy saw. 0: none (the TCP peer); ``make deploy`` sets 1 (nginx)
+    TRUSTED_PROXIES: int = 0
     RATELIMIT_STORAGE_URI: str | None = None  # default: MESSAGE_QUEUE_URL, else memory
     REFRESH_EXPIRES_S: int = 30 * 24 * 3600
     # Notifications to phones (services/notify): FCM HTTP v1 with a service account
@@ -312,11 +316,14 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str), ("LOGIN_USERNAME_RATE_LIMIT", str),
                        ("REFRESH_RATE_LIMIT", str), ("RATELIMIT_STORAGE_URI", str),
+                       ("TRUSTED_PROXIES", int),
                        ("REFRESH_EXPIRES_S", int), ("GOOGLE_APPLICATION_CREDENTIALS", str),
                        ("FCM_URL", str), ("FCM_TIMEOUT_S", float),
                        ("NOTIFY_ONLINE_GRACE_MS", int), ("NOTIFY_CONCURRENCY", int)):
         if env.get(name):
             values[name] = cast(env[name])
+    if values.get("TRUSTED_PROXIES", 0) < 0:
+        raise ConfigError("TRUSTED_PROXIES must be 0 (no proxy) or the number of proxies in front")
     return Config(**values)
 
 

@@ -7,9 +7,23 @@ from flask_limiter.util import get_remote_address
 from flask_socketio import SocketIO
 
 socketio = SocketIO()
-# Key: the TCP peer address (request.remote_addr). No proxy header is trusted here;
-# behind a reverse proxy, wrap the app in werkzeug's ProxyFix with the proxy count.
+# Key: request.remote_addr: the TCP peer, or with TRUSTED_PROXIES > 0 the address the
+# nearest trusted proxy saw (``trust_proxies``: werkzeug's ProxyFix)
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
+
+
+def trust_proxies(app: Flask, count: int) -> None:
+    """Behind ``count`` reverse proxies (nginx: 1), take the client's address, scheme
+    and host from their ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` (werkzeug's
+    ``ProxyFix``, the last ``count`` values of each: a client cannot forge them past
+    the proxies). 0: trust no header (the TCP peer is the client). Raises ValueError
+    for a negative ``count``."""
+    if count < 0:
+        raise ValueError("TRUSTED_PROXIES must be >= 0")
+    if count:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count,  # type: ignore[method-assign]
+                                x_host=count)
 
 
 def limiter_storage_uri(storage_uri: str | None, message_queue_url: str | None) -> str:

@@ -66,6 +66,8 @@ class Server:
         else:
             argv = [sys.executable, "app.py"]
             env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        # behind nginx (one proxy): the rate limits count the address nginx saw
+        env.setdefault("TRUSTED_PROXIES", "1")
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log_path.open("ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -5,6 +5,15 @@ exactly one of them, or the exchange load doubles. The owner holds a lease in Re
 (``SET NX PX``), renews it every third of its TTL, and loses it when it stops
 renewing (a dead process): another process that has subscribers for the key takes
 it over within one TTL. A single process uses LocalLeases (always the owner).
+
+Liveness: each process also keeps ``<prefix>:alive:<owner>`` alive (``heartbeat``,
+every second, for ``alive_ms``). A lease whose owner's heartbeat is gone (a process
+killed with -9) is taken over by ``acquire`` at once, without waiting for the
+lease's own TTL: failover within ``alive_ms`` plus a reconnect.
+
+Redis restarted empty: a ``renew`` that finds the lease gone takes it again
+(``SET NX`` semantics, inside the script), so the process that ran the stream keeps
+it; one that finds it held by another process gets False and stops its stream.
 """
 from __future__ import annotations
 
@@ -34,14 +43,32 @@ class LocalLeases:
     def force_release(self, name: str) -> None:
         """Nothing to do."""
 
+    def heartbeat(self) -> None:
+        """Nothing to do."""
 
-_RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
+
+# renew: ours -> extend; gone (Redis restarted empty, or expired) -> take it again
+# (SET NX: nobody else holds it); another owner's -> 0
+_RENEW = """local cur = redis.call('get', KEYS[1])
+if cur == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not cur then
+  if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+end
+return 0"""
 _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1]) else return 0 end"""
+# acquire: free -> ours; ours -> extend; held by an owner whose heartbeat
+# (ARGV[3] .. owner) is gone -> ours (a dead process); else 0
 _ACQUIRE = """if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
+local cur = redis.call('get', KEYS[1])
+if cur == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if cur and redis.call('exists', ARGV[3] .. cur) == 0 then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0"""
+ALIVE_MS = 4000  # a process's heartbeat key lives this long (renewed every second)
+HEARTBEAT_S = 1.0
 
 
 def redis_client(url: str, max_connections: int = 32, pool_timeout_s: float = 20.0,
@@ -71,11 +98,14 @@ class RedisLeases:
 
     distributed = True
 
-    def __init__(self, url: str, prefix: str, ttl_ms: int, client=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, url: str, prefix: str, ttl_ms: int, client=None,  # type: ignore[no-untyped-def]
+                 alive_ms: int = ALIVE_MS) -> None:
         self._redis = client if client is not None else redis_client(url)
         self._prefix = prefix
         self.ttl_ms = ttl_ms
+        self.alive_ms = alive_ms
         self.owner = uuid.uuid4().hex
+        self._alive_prefix = f"{prefix}:alive:"
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._acquire = self._redis.register_script(_ACQUIRE)
@@ -83,14 +113,20 @@ class RedisLeases:
     def _key(self, name: str) -> str:
         return f"{self._prefix}:lease:{name}"
 
+    def heartbeat(self) -> None:
+        """Say this process is alive for ``alive_ms`` (call every ``HEARTBEAT_S``).
+        Raises RedisError."""
+        self._redis.set(self._alive_prefix + self.owner, b"1", px=self.alive_ms)
+
     def acquire(self, name: str) -> bool:
-        """True if this process now holds the lease (new, or already ours)."""
-        if self._redis.set(self._key(name), self.owner, nx=True, px=self.ttl_ms):
-            return True
-        return self.renew(name)
+        """True if this process now holds the lease: it was free, ours, or held by
+        a process whose heartbeat is gone (dead: taken over at once)."""
+        return bool(self._acquire(keys=[self._key(name)],
+                                  args=[self.owner, self.ttl_ms, self._alive_prefix]))
 
     def renew(self, name: str) -> bool:
-        """Extend our lease; False when it is gone or someone else's."""
+        """Extend our lease, or take it again when it is gone (Redis restarted empty);
+        False when someone else's."""
         return bool(self._renew(keys=[self._key(name)], args=[self.owner, self.ttl_ms]))
 
     def release(self, name: str) -> None:
@@ -102,7 +138,8 @@ class RedisLeases:
         set if free, else extend if ours); in order."""
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
-            self._acquire(keys=[self._key(name)], args=[self.owner, self.ttl_ms], client=pipe)
+            self._acquire(keys=[self._key(name)],
+                          args=[self.owner, self.ttl_ms, self._alive_prefix], client=pipe)
         return [bool(r) for r in pipe.execute()]
 
     def renew_many(self, names: list[str]) -> list[bool]:

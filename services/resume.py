@@ -11,10 +11,17 @@ a server restart): every fill of the key with exchange time >= T, from the ledge
 plus the fills not yet durable, oldest first, in one envelope at the current
 ``seq``. Otherwise: an empty snapshot and ``resumed: false`` (the client may ask
 again with ``time``).
+
+A key whose stream runs in another process (this one follows it through Redis):
+``{"time": T}`` is replayed from the ledger alone (``remote_fills``), at the epoch
+and ``seq`` of the key's fills last received here; an ``{"epoch", "seq"}`` position
+cannot be continued here (the kept log is the owner's): an empty snapshot,
+``resumed: false``.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -115,4 +122,62 @@ class ResumeService:
             return [state.fills_snapshot(sorted(rows.values(),
                                                 key=lambda r: (r["time"], r["trade_id"])))]
         plan = Plan(state, "fills", replay, prepare, wait_live=True)
+        return True, plan
+
+    def ledger_fills(self, key_id: int, since_ms: int) -> list[dict]:
+        """The ledger's fills of ``key_id`` with exchange time >= ``since_ms`` (ms UTC),
+        oldest first (``FillFeed.since``). Raises SQLAlchemyError."""
+        return self._feed.since(key_id, since_ms)
+
+    def remote_fills(self, mirror, exchange: str, testnet: bool,  # type: ignore[no-untyped-def]
+                     pos: dict | None,
+                     settle: Callable[[], AccountState | None] = lambda: None,
+                     ) -> tuple[bool, Plan]:
+        """``(resumed, plan)`` of the ``fills`` of a key whose stream runs in another
+        process. ``mirror``: the key's ``ws.relay.RemoteState`` (``key_id``,
+        ``user_id``, ``position(kind)``). ``pos`` with ``time`` T (ms UTC): every
+        fill of the key in the ledger with exchange time >= T, oldest first, in one
+        envelope (``source: "cache"``; its ``epoch`` is the owner's last received
+        here, else ``"ledger"``); live fills follow through the key's room (a client
+        de-duplicates by ``trade_id``). Otherwise an empty snapshot (not resumed).
+
+        ``settle()`` runs before the ledger is read (in the background task): it
+        waits until the key's stream is live somewhere (its owner answered, or this
+        process took the stream over from a dead owner and its gap fill is done) and
+        returns the local AccountState in the second case: the fills the gap fill
+        found and not yet written by the ledger are added from it."""
+        rows: list[dict] = []
+        local: list[AccountState] = []
+
+        def envelope() -> list[dict]:
+            if local:
+                return [local[0].fills_snapshot(rows)]
+            epoch, seq = mirror.position("fills")
+            now = int(time.time() * 1000)
+            return [{"type": "fills", "user_id": mirror.user_id, "key_id": mirror.key_id,
+                     "exchange": exchange, "testnet": testnet, "epoch": epoch or "ledger",
+                     "seq": seq, "as_of": now, "sent_at": now, "source": "cache",
+                     "stale": False, "data": rows}]
+
+        if not pos or pos.get("time") is None:
+            return False, Plan(mirror, "fills", envelope)  # type: ignore[arg-type]
+        since_ms = pos["time"]
+
+        def prepare() -> None:
+            state = settle()
+            try:
+                found = {(r["symbol"], r["trade_id"]): r
+                         for r in self._feed.since(mirror.key_id, since_ms)}
+            except SQLAlchemyError as e:
+                logger.warning("fills replay read failed key_id=%s kind=%s", mirror.key_id,
+                               type(e).__name__)
+                plan.error = "the fills of the ledger could not be read; try again"
+                return
+            if state is not None:
+                local.append(state)
+                for r in state.recent_fills():
+                    if r["time"] >= since_ms:
+                        found.setdefault((r["symbol"], r["trade_id"]), r)
+            rows.extend(sorted(found.values(), key=lambda r: (r["time"], r["trade_id"])))
+        plan = Plan(mirror, "fills", envelope, prepare, wait_live=True)  # type: ignore[arg-type]
         return True, plan

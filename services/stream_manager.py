@@ -28,7 +28,7 @@ from models import Database
 from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
 from services.accounts import get_owned_key
-from services.leases import LocalLeases
+from services.leases import HEARTBEAT_S, LocalLeases
 from services.lifecycle import StopFlag
 from services.security import KeyCipher
 from services.client_cache import TradingService
@@ -41,6 +41,8 @@ REALIZED_REFRESH_S = 0.2  # realized_pnl reaches the pushes within 1 s of its wr
 POLLING_KEYS_PER_S = 100  # accounts polled per second in all while streams are down
 POLLING_SHARE = 0.5  # of a venue's query budget (its governor) the polling may use
 RETAIN_S = 900.0  # a stopped stream's push state is kept this long for a restart
+AFTER_OUTAGE_S = 3.0  # after a Redis failure a follower takes no free lease this long
+TAKEOVER_SLACK_MS = 2000  # a taken-over stream's gap fill reaches this much further back
 RETAIN_MAX = 20_000  # push states kept at most (an AccountState of one account: ~10 KB)
 
 
@@ -114,15 +116,24 @@ class StreamManager:
         self._streams: dict[int, AccountStream] = {}
         self._groups: dict[int, PaceGroup] = {}  # key_id -> its polling pace group
         self._followed: dict[int, int] = {}  # key_id -> user_id, owned by another process
+        # key_id -> user_id: leases taken by ``ensure`` whose stream is not yet
+        # registered (``_start`` may wait for the database): renewed meanwhile
+        self._leased: dict[int, int] = {}
         self._realized_pending: set[int] = set()
         self.started = 0
         self.takeovers = 0
         self.stopping = StopFlag(sleep)  # set by stop_all(): the lease upkeep ends
 
     def start(self) -> None:
-        """Start the lease upkeep (several processes only: ``leases.distributed``)."""
+        """Start the lease upkeep and the heartbeat (several processes only:
+        ``leases.distributed``)."""
         if self._leases.distributed:
+            try:
+                self._leases.heartbeat()  # before any acquire: our leases are not "dead"
+            except Exception as e:  # Redis not there yet: the heartbeat loop retries
+                logger.warning("lease heartbeat failed error=%s", type(e).__name__)
             self._spawn(self._maintain_leases)
+            self._spawn(self._heartbeat)
 
     def ensure(self, user_id: int, key_id: int) -> AccountStream | None:
         """The running stream of ``key_id``, started if needed; None when another
@@ -133,11 +144,21 @@ class StreamManager:
             if stream is not None and stream.state.user_id == user_id:
                 return stream
         self._owned_key(user_id, key_id)
+        with self._lock:
+            was_followed = key_id in self._followed
         if not self._acquire(_lease(key_id)):
             with self._lock:
                 self._followed[key_id] = user_id
             return None
-        return self._start(user_id, key_id)
+        with self._lock:  # renewed from now on, even while _start waits for the database
+            if key_id not in self._streams:
+                self._leased[key_id] = user_id
+        try:
+            return self._start(user_id, key_id, takeover=was_followed)
+        except BaseException:
+            with self._lock:
+                self._leased.pop(key_id, None)
+            raise
 
     def _acquire(self, name: str) -> bool:
         """``leases.acquire``, batched with the other subscribes of the moment when the
@@ -194,9 +215,16 @@ class StreamManager:
             held = self._retained.get(key_id)
             return held[0] if held else None
 
-    def _start(self, user_id: int, key_id: int) -> AccountStream:
+    def _start(self, user_id: int, key_id: int, takeover: bool = False) -> AccountStream:
+        """Start ``key_id``'s stream here. ``takeover``: another process ran it until
+        now (perhaps killed): a new push state's stream gap-fills the fills of the
+        last ``TAKEOVER_GAP`` (the lease's TTL and the owner's heartbeat: the longest
+        its stream may have been gone unnoticed), which reach the ledger and the
+        subscribers (a client de-duplicates fills by ``trade_id``)."""
         key = self._owned_key(user_id, key_id)
         state = self._take_state(user_id, key)
+        if takeover and state.resume_from_ms is None:
+            state.resume_from_ms = int(time.time() * 1000) - self._takeover_gap_ms()
         state.protection_of, state.legs_of = self.protection_of, self.legs_of
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
@@ -222,11 +250,16 @@ class StreamManager:
             self._streams[key_id] = stream
             self._groups[key_id] = group
             self._followed.pop(key_id, None)
+            self._leased.pop(key_id, None)
             self.started += 1
         self._local(key_id, state)
         self._spawn(stream.run)
         logger.info("account stream started user_id=%s key_id=%s", user_id, key_id)
         return stream
+
+    def _takeover_gap_ms(self) -> int:
+        return int(getattr(self._leases, "ttl_ms", 0) + getattr(self._leases, "alive_ms", 0)
+                   + TAKEOVER_SLACK_MS)
 
     def _pace_group(self, exchange: str, testnet: bool, api_key: str) -> PaceGroup:
         """``(exchange, testnet, egress address)``: the accounts whose polling shares
@@ -262,31 +295,81 @@ class StreamManager:
 
     def _maintain_leases(self) -> None:
         """Renew our leases every third of their TTL (a stream whose lease was lost
-        stops) and try to take over the streams we follow, until ``stop_all()``."""
+        stops; a lease gone with a Redis restart is taken again) until
+        ``stop_all()``. After a failed round (Redis down) it retries every
+        ``HEARTBEAT_S``, so that the process that ran a stream takes its lease again
+        as soon as Redis is back, before a follower does."""
         interval_s = self._leases.ttl_ms / 3000
-        while not self.stopping.wait(interval_s):
+        wait_s = interval_s
+        failing = False
+        while not self.stopping.wait(wait_s):
+            wait_s = interval_s
             try:
+                self._renew_round()
+                failing = False
+            except Exception as e:  # isolation boundary: Redis or a key lookup failed; retry
+                if failing:  # the traceback once per outage, not every second
+                    logger.debug("stream lease maintenance failed again error=%s",
+                                 type(e).__name__)
+                else:
+                    logger.exception("stream lease maintenance failed")
+                failing = True
+                wait_s = min(interval_s, HEARTBEAT_S)
+
+    def _renew_round(self) -> None:
+        with self._lock:
+            owned = list(self._streams)
+            pending = list(self._leased)
+        renewed = self._renew_all(owned + pending)
+        for key_id, ok in zip(pending, renewed[len(owned):], strict=True):
+            if not ok:
                 with self._lock:
-                    owned = list(self._streams)
+                    user_id = self._leased.pop(key_id, None)
+                    if user_id is not None and key_id not in self._streams:
+                        self._followed[key_id] = user_id
+        for key_id, ok in zip(owned, renewed[:len(owned)], strict=True):
+            if not ok:
+                logger.warning("stream lease lost key_id=%s", key_id)
+                stream = self._pop(key_id)
+                if stream is not None:
+                    stream.stop()
+                    self._retain(stream, keep=False)  # another process takes over
+                    with self._lock:
+                        self._followed[key_id] = stream.state.user_id
+                    self._local(key_id, None)
+
+    def _heartbeat(self) -> None:
+        """Every ``HEARTBEAT_S`` until ``stop_all()``: say this process is alive
+        (``leases.heartbeat``) and try to take over the streams we follow (a lease
+        whose owner's heartbeat is gone, or that is free, is taken at once)."""
+        quiet_until = 0.0
+        while not self.stopping.wait(HEARTBEAT_S):
+            try:
+                self._leases.heartbeat()
+                with self._lock:
                     followed = list(self._followed.items())
-                renewed = self._renew_all(owned)
-                for key_id, ok in zip(owned, renewed):
+                # just after Redis came back (perhaps empty, every lease free): the
+                # processes that ran the streams take their leases again first
+                # (``_maintain_leases`` retries every HEARTBEAT_S after a failure)
+                if not followed or time.monotonic() < quiet_until:
+                    continue
+                many = getattr(self._leases, "acquire_many", None)
+                names = [_lease(k) for k, _ in followed]
+                got = many(names) if many is not None else [self._leases.acquire(n)
+                                                             for n in names]
+                for (key_id, user_id), ok in zip(followed, got, strict=True):
                     if not ok:
-                        logger.warning("stream lease lost key_id=%s", key_id)
-                        stream = self._pop(key_id)
-                        if stream is not None:
-                            stream.stop()
-                            self._retain(stream, keep=False)  # another process takes over
-                            with self._lock:
-                                self._followed[key_id] = stream.state.user_id
-                            self._local(key_id, None)
-                for key_id, user_id in followed:
-                    if self._leases.acquire(_lease(key_id)):
-                        self.takeovers += 1
-                        logger.info("stream lease taken over key_id=%s", key_id)
-                        self._start(user_id, key_id)
-            except Exception:  # isolation boundary: Redis or a key lookup failed; retry
-                logger.exception("stream lease maintenance failed")
+                        continue
+                    with self._lock:
+                        if self._followed.get(key_id) != user_id:
+                            continue  # left meanwhile
+                    self.takeovers += 1
+                    logger.info("stream lease taken over key_id=%s", key_id)
+                    self._start(user_id, key_id, takeover=True)
+            except Exception as e:  # isolation boundary: Redis or a key lookup failed; retry
+                if time.monotonic() >= quiet_until:  # once per outage, not every second
+                    logger.warning("lease heartbeat failed error=%s", type(e).__name__)
+                quiet_until = time.monotonic() + AFTER_OUTAGE_S
 
     def _renew_all(self, key_ids: list[int]) -> list[bool]:
         """Renew the leases of ``key_ids``: in batches of one round trip each when the
@@ -389,7 +472,7 @@ class StreamManager:
         try:
             if not self._leases.acquire(_lease(key_id)):
                 return False  # another follower was first
-            self._start(user_id, key_id)
+            self._start(user_id, key_id, takeover=True)
         except Exception:  # NotFound (deleted meanwhile), Redis: the upkeep retries
             logger.warning("stream take-over failed key_id=%s", key_id, exc_info=True)
             return False

@@ -125,6 +125,13 @@ def register_handlers(socketio: SocketIO) -> None:
                   for kind in key_kinds if kind != "fills"]
         for key in keys.values():  # its fills and stream states come through Redis
             svc.hub.watch(conn, key.id)
+            if "fills" in key_kinds:  # a replay from the ledger (``since`` time), else empty
+                mirror = svc.hub.remote(key.id, conn.user_id)
+                ok, plan = svc.resume.remote_fills(
+                    mirror, key.exchange, key.testnet, since.get("fills"),
+                    settle=_settler(svc, socketio, key.id, mirror))
+                resumed["fills"] = resumed.get("fills", True) and ok
+                plans.append(plan)
         socketio.start_background_task(_send_snapshot, svc, socketio, conn, plans,
                                        statuses, remote)
         ack = {"ok": True, "subscribed": sorted(conn.types),
@@ -201,6 +208,29 @@ def register_handlers(socketio: SocketIO) -> None:
         if last:
             svc.streams.stop_user(conn.user_id)
             svc.trading.clear_user_cache(conn.user_id)
+
+
+def _settler(svc, socketio: SocketIO, key_id: int, mirror):  # type: ignore[no-untyped-def]
+    """For a fills replay of a key this process follows: a function that waits (at
+    most ``LIVE_WAIT_S``) until the key's stream is live somewhere, so that the
+    ledger holds the fills made while it ran nowhere (a dead owner): its owner
+    answers our ``want`` (returns None), or this process took the stream over and
+    it is live (returns its AccountState)."""
+    heard = mirror.received
+
+    def settle():  # type: ignore[no-untyped-def]
+        svc.hub.ask_owner(key_id)
+        deadline = time.monotonic() + LIVE_WAIT_S
+        while time.monotonic() < deadline:
+            stream = svc.streams.get(key_id)
+            if stream is not None:
+                if stream.status in ("live", "down"):
+                    return stream.state
+            elif mirror.received > heard:
+                return None
+            socketio.sleep(0.05)
+        return None
+    return settle
 
 
 def _send_alerts(svc, socketio: SocketIO, conn, since: dict | None) -> None:  # type: ignore[no-untyped-def]

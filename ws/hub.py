@@ -14,6 +14,7 @@ channel); tickers and emits to one connection stay in the process.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -27,6 +28,8 @@ from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 from ws.relay import KeyRelay, RemoteState
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +56,10 @@ class Connection:
         """The rooms this connection is in."""
         return ([f"user_{self.user_id}"] + sorted(f"{t}_{self.user_id}" for t in self.types)
                 + sorted(ticker_room(e, s) for e, s in self.tickers))
+
+
+MISSED_FILLS_DELAY_S = 0.5  # after a resubscribe: the owner's want and last writes
+MISSED_FILLS_MARGIN_MS = 2000  # the replay starts this much before the connection was lost
 
 
 def room(kind: str, user_id: int) -> str:
@@ -107,6 +114,10 @@ class PushHub:
         # another process released a key this one follows: take its stream over
         # (StreamManager.take_over; run as a background task)
         self.on_released: Callable[[int], object] = lambda key_id: None
+        # ``fills_since(user_id, key_id, time_ms)``: ``(exchange, testnet, rows)``, the
+        # key's venue and the ledger's fills of it with exchange time >= time_ms, oldest
+        # first (set by app.py); None: fills missed while Redis was away are not replayed
+        self.fills_since: Callable[[int, int, int], tuple[str, bool, list[dict]]] | None = None
         manager = socketio.server.manager
         self.queued = isinstance(manager, PubSubManager)
         self._relay: KeyRelay | None = None
@@ -119,6 +130,8 @@ class PushHub:
             relay.on_want = self._wanted
             relay.on_key_changed = lambda user_id, key_id: self.on_key_changed(user_id, key_id)
             relay.on_released = self._released
+            relay.on_resubscribed = self._resubscribed
+            relay.on_reconnected = self._relay_reconnected
             manager.on_room_emit = self._room_emitted  # a shared-channel emit (alerts)
 
     @property
@@ -172,6 +185,13 @@ class PushHub:
         if not local:
             self._relay.watch(key_id)
 
+    def ask_owner(self, key_id: int) -> None:
+        """With a message queue: ask the process running ``key_id``'s stream for its
+        current states (they arrive on the key's channel, ``RemoteState.received``
+        counts them): a sign that the owner is alive."""
+        if self._relay is not None:
+            self._relay.want(key_id)
+
     def stream_local(self, key_id: int, state) -> None:  # type: ignore[no-untyped-def]
         """``key_id``'s stream now runs in this process (``state``: its AccountState)
         or no longer does (None). With a message queue: its channel is no longer
@@ -206,6 +226,62 @@ class PushHub:
     def _released(self, key_id: int) -> None:
         if key_id in self._remote:
             self._sio.start_background_task(self.on_released, key_id)
+
+    def _relay_reconnected(self) -> None:
+        """The relay's connection to Redis is back: for every stream running here ask
+        Redis whether another process follows it (its ``want`` may have been lost
+        while this process was not subscribed), publishing from then on; on a new
+        follower the current states go first (``_wanted``)."""
+        with self._lock:
+            local = list(self._local)
+        for key_id in local:
+            self._sio.start_background_task(self._recheck_interest, key_id)
+
+    def _recheck_interest(self, key_id: int) -> None:
+        relay = self._relay
+        if relay is not None and relay.check_interest(key_id):
+            self._wanted(key_id)
+
+    def _resubscribed(self, key_id: int, lost_at_ms: int) -> None:
+        if self.fills_since is not None:
+            self._sio.start_background_task(self._replay_missed_fills, key_id, lost_at_ms)
+
+    def _replay_missed_fills(self, key_id: int, lost_at_ms: int) -> None:
+        """``key_id``'s channel was subscribed again after the connection to Redis was
+        lost at ``lost_at_ms``: what its owner published meanwhile never arrived
+        (pub/sub keeps nothing). After ``MISSED_FILLS_DELAY_S`` (the owner hears our
+        ``want`` and its write-behind makes the last fills durable), the ledger's fills
+        of the key since then (``MISSED_FILLS_MARGIN_MS`` earlier: exchange time vs
+        our clock) go to this process's subscribers of the key's ``fills`` in one
+        envelope (``source: "cache"``, the fills seq last received); CONTRACT.md:
+        a client de-duplicates fills by ``trade_id``."""
+        self._sio.sleep(MISSED_FILLS_DELAY_S)
+        with self._lock:
+            state = self._remote.get(key_id)
+            local = key_id in self._local
+            conns = [c for c in self._conns.values()
+                     if key_id in c.key_ids and "fills" in c.types]
+        if state is None or local or not conns or self.fills_since is None:
+            return
+        user_id = conns[0].user_id
+        try:
+            exchange, testnet, rows = self.fills_since(user_id, key_id,
+                                                       lost_at_ms - MISSED_FILLS_MARGIN_MS)
+        except Exception as e:  # the database is away too (or the key was deleted)
+            logger.warning("missed fills replay failed key_id=%s error=%s", key_id,
+                           type(e).__name__)
+            return
+        if not rows:
+            return
+        epoch, seq = state.position("fills")
+        now = int(time.time() * 1000)
+        env = {"type": "fills", "user_id": user_id, "key_id": key_id, "exchange": exchange,
+               "testnet": testnet, "epoch": epoch or "ledger", "seq": seq, "as_of": now,
+               "sent_at": now, "source": "cache", "stale": False, "data": rows}
+        for conn in conns:
+            self.send_to(conn.sid, [dict(env)])
+        logger.info("missed fills replayed key_id=%s fills=%s connections=%s", key_id,
+                    len(rows), len(conns))
 
     def key_changed(self, user_id: int, key_id: int) -> None:
         """A key of ``user_id`` was added, changed or deleted here: tell the other

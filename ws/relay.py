@@ -81,6 +81,7 @@ class RemoteState:
         self.via_relay = via_relay
         self.user_id = user_id
         self.epoch: str | None = None
+        self.received = 0  # envelopes received (any, even one not newer): the owner speaks
         self._lock = threading.Lock()
         self._seq: dict[str, int] = {}
         self._last: dict[str, dict] = {}
@@ -93,6 +94,7 @@ class RemoteState:
         older than the newest of its type in the same epoch."""
         kind, seq = env["type"], env["seq"]
         with self._lock:
+            self.received += 1
             if env.get("epoch") != self.epoch:
                 self._reset(env.get("epoch"))
             elif seq < self._seq.get(kind, 0):
@@ -179,9 +181,14 @@ class RedisBus:
     bounded pool that waits, ``services.leases.redis_client``), and one pub/sub
     connection of its own, read by one background task (``start``) that hands every
     message to ``on_message(channel, data)`` and every subscribe confirmation to
-    ``on_subscribed(channel)``. It reconnects by itself (0.5 s, doubling to 5 s) and
-    subscribes again to every channel asked for; ``subscribe`` / ``unsubscribe`` may
-    be called at any time (applied at once when connected, else on reconnect)."""
+    ``on_subscribed(channel, lost_at_ms)`` (``lost_at_ms``: for a channel subscribed
+    again after a lost connection, when the connection was lost, ms UTC; else None).
+    It reconnects by itself (0.25 s, doubling to ``MAX_BACKOFF_S``: pub/sub keeps
+    nothing, so every second away is a second of pushes lost) and subscribes again to
+    every channel asked for; ``subscribe`` / ``unsubscribe`` may be called at any time
+    (applied at once when connected, else on reconnect)."""
+
+    MAX_BACKOFF_S = 1.0
 
     def __init__(self, url: str, client, spawn: Callable, sleep: Callable[[float], None]) -> None:  # type: ignore[no-untyped-def]
         self._url = url
@@ -193,6 +200,8 @@ class RedisBus:
         self._pubsub = None
         self._stopped = False
         self.reconnects = 0
+        self._lost_at_ms: int | None = None  # when the connection was lost (None: up)
+        self._resubscribing: dict[str, int] = {}  # channel -> lost_at_ms, until confirmed
 
     def publish(self, channel: str, data: bytes) -> int:
         """PUBLISH; the number of subscribers that received it. Raises RedisError."""
@@ -225,7 +234,7 @@ class RedisBus:
                 logger.warning("relay unsubscribe failed channel=%s", channel)
 
     def start(self, on_message: Callable[[str, bytes], None],
-              on_subscribed: Callable[[str], None]) -> None:
+              on_subscribed: Callable[[str, int | None], None]) -> None:
         self._spawn(self._run, on_message, on_subscribed)
 
     def stop(self) -> None:
@@ -238,9 +247,9 @@ class RedisBus:
                 pass
 
     def _run(self, on_message: Callable[[str, bytes], None],
-             on_subscribed: Callable[[str], None]) -> None:
+             on_subscribed: Callable[[str, int | None], None]) -> None:
         import redis
-        backoff = 0.5
+        backoff = 0.25
         while not self._stopped:
             pubsub = None
             try:
@@ -250,31 +259,41 @@ class RedisBus:
                                               socket_keepalive=True).pubsub()
                 with self._lock:
                     channels = sorted(self._channels)
+                    if self._lost_at_ms is not None:
+                        self._resubscribing = dict.fromkeys(channels, self._lost_at_ms)
                 pubsub.subscribe(*channels)
                 with self._lock:
                     self._pubsub = pubsub
+                    self._lost_at_ms = None
                     missed = self._channels - set(channels)
                 if missed:
                     pubsub.subscribe(*missed)
                 for message in pubsub.listen():
                     if self._stopped:
                         break
-                    backoff = 0.5
+                    backoff = 0.25
                     kind, channel = message["type"], message["channel"]
                     channel = channel.decode() if isinstance(channel, bytes) else channel
                     try:
                         if kind == "message":
                             on_message(channel, message["data"])
                         elif kind == "subscribe":
-                            on_subscribed(channel)
+                            with self._lock:
+                                lost_at = self._resubscribing.pop(channel, None)
+                            on_subscribed(channel, lost_at)
                     except Exception:  # isolation boundary: one message must not stop the reader
                         logger.exception("relay message failed channel=%s", channel)
             except Exception as e:  # Redis gone: retry, subscribing again
                 if self._stopped:
                     break
+                with self._lock:
+                    first = self._lost_at_ms is None
+                    if first:
+                        self._lost_at_ms = _now_ms()
                 self.reconnects += 1
-                logger.warning("relay connection lost error=%s retry_s=%s",
-                               type(e).__name__, backoff)
+                # once per outage at WARNING, not once per retry
+                logger.log(logging.WARNING if first else logging.DEBUG,
+                           "relay connection lost error=%s retry_s=%s", type(e).__name__, backoff)
             finally:
                 with self._lock:
                     if self._pubsub is pubsub:
@@ -286,7 +305,7 @@ class RedisBus:
                         pass
             if not self._stopped:
                 self._sleep(backoff)
-                backoff = min(5.0, backoff * 2)
+                backoff = min(self.MAX_BACKOFF_S, backoff * 2)
 
 
 class KeyRelay:
@@ -297,8 +316,11 @@ class KeyRelay:
     this process watches), ``on_want(key_id)`` (another process now follows a key:
     the owner calls ``add_interest`` and publishes its current envelopes),
     ``on_released(key_id)`` (the owner let a key's lease go: a follower takes the
-    stream over, so streams run where their subscribers are) and
-    ``on_key_changed(user_id, key_id)``. Publishing never raises: with Redis down it is counted
+    stream over, so streams run where their subscribers are),
+    ``on_key_changed(user_id, key_id)`` and ``on_resubscribed(key_id, lost_at_ms)``
+    (a watched key's channel is subscribed again after the connection to Redis was
+    lost at ``lost_at_ms``: what was published meanwhile never arrived, the fills
+    are replayed from the ledger). Publishing never raises: with Redis down it is counted
     (``publish_errors``) and local connections are served as before.
     """
 
@@ -318,6 +340,10 @@ class KeyRelay:
         self.on_want: Callable[[int], None] = lambda key_id: None
         self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
         self.on_released: Callable[[int], None] = lambda key_id: None
+        self.on_resubscribed: Callable[[int, int], None] = lambda key_id, lost_at_ms: None
+        # the control channel is subscribed again after a lost connection: a follower's
+        # ``want`` may have been published while this process heard nothing
+        self.on_reconnected: Callable[[], None] = lambda: None
         self.published = 0  # envelopes published (some other process followed the key)
         self.received = 0  # envelopes received for watched keys
         self.publish_errors = 0
@@ -357,6 +383,15 @@ class KeyRelay:
                 return
             self._watched.discard(key_id)
         self.bus.unsubscribe(self.channel(key_id))
+
+    def want(self, key_id: int) -> None:
+        """Ask the process running ``key_id``'s stream to publish from now on, starting
+        with its current state envelopes (``want`` on the control channel)."""
+        try:
+            self.bus.publish(self.control, orjson.dumps(
+                {"op": "want", "h": self.host_id, "key": key_id}))
+        except Exception as e:  # the owner's NUMSUB at its next start still finds us
+            self._publish_failed(e)
 
     def watching(self, key_id: int) -> bool:
         """True while ``key_id``'s channel is subscribed to."""
@@ -433,16 +468,23 @@ class KeyRelay:
                 "reconnects": getattr(self.bus, "reconnects", 0)}
 
     # ---- the reader ----------------------------------------------------------------
-    def _on_subscribed(self, channel: str) -> None:
-        """A key channel is subscribed (or subscribed again after a reconnect): tell
-        the process running its stream."""
+    def _on_subscribed(self, channel: str, lost_at_ms: int | None = None) -> None:
+        """A key channel is subscribed (or subscribed again after a reconnect,
+        ``lost_at_ms`` set): tell the process running its stream (it publishes its
+        current states: ``want``); after a reconnect, also ``on_resubscribed``."""
+        if channel == self.control and lost_at_ms is not None:
+            try:
+                self.on_reconnected()
+            except Exception:  # isolation boundary: the reader goes on
+                logger.exception("relay reconnect hook failed")
         if channel.startswith(self._key_prefix):
             key_id = int(channel[len(self._key_prefix):])
-            try:
-                self.bus.publish(self.control, orjson.dumps(
-                    {"op": "want", "h": self.host_id, "key": key_id}))
-            except Exception as e:  # the owner's NUMSUB at its next start still finds us
-                self._publish_failed(e)
+            self.want(key_id)
+            if lost_at_ms is not None and key_id in self._watched:
+                try:
+                    self.on_resubscribed(key_id, lost_at_ms)
+                except Exception:  # isolation boundary: the reader goes on
+                    logger.exception("relay resubscribe hook failed key_id=%s", key_id)
 
     def _on_message(self, channel: str, data: bytes) -> None:
         msg = orjson.loads(data)
@@ -496,6 +538,27 @@ class RedisRelayManager(socketio.RedisManager):
             except Exception:  # isolation boundary: the emit still happens
                 logger.exception("room emit observer failed event=%s", message.get("event"))
         super()._handle_emit(message)
+
+    MAX_BACKOFF_S = 1.0  # python-socketio's listener doubled its wait up to 60 s
+
+    def _redis_listen_with_retries(self):  # type: ignore[no-untyped-def]
+        """python-socketio's listener loop with a short back-off (0.25 s doubling to
+        ``MAX_BACKOFF_S``) instead of 1 s doubling to 60 s: pub/sub keeps nothing, so
+        every second spent waiting after Redis returned is a second of room emits lost
+        (python-socketio#1411)."""
+        retry_sleep = 0.25
+        while True:
+            try:
+                self._redis_connect()
+                self.pubsub.subscribe(self.channel)
+                retry_sleep = 0.25
+                yield from self.pubsub.listen()
+            except Exception as exc:  # Redis gone: connect and subscribe again
+                logger.log(logging.WARNING if retry_sleep == 0.25 else logging.DEBUG,
+                           "socket.io queue listener lost error=%s retry_s=%s",
+                           type(exc).__name__, retry_sleep)
+                time.sleep(retry_sleep)  # eventlet-patched in the server
+                retry_sleep = min(self.MAX_BACKOFF_S, retry_sleep * 2)
 
     def _redis_connect(self) -> None:
         import redis

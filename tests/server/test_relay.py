@@ -389,3 +389,73 @@ def test_the_client_manager_keeps_the_url_and_channel_and_a_bounded_pool() -> No
     pool = manager.redis.connection_pool
     assert type(pool).__name__ == "BlockingConnectionPool" and pool.max_connections == 7
     assert make_client_manager(None, "pushsrv") is None
+
+
+def test_the_relay_reader_subscribes_again_within_about_a_second_of_redis_return(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real ``redis-server`` of this test (a free port; killed for 3 s and started
+    again on the same port, empty): the reader's back-off is capped at 1 s, so the
+    key channel is subscribed again about a second after Redis returns (it was 5 s),
+    announced with ``want``, and the hub is told when the connection was lost
+    (``on_resubscribed``: it replays the fills published meanwhile from the ledger)."""
+    import shutil
+    import socket
+    import subprocess
+    import threading
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    from services.leases import redis_client
+    from tests.support.server import free_port
+    from ws.relay import RedisBus
+
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(exe).exists():
+        pytest.skip("redis-server not installed")
+    port = free_port()
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--logfile", str(tmp_path / "r.log")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+                    return proc
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def spawn(fn, *args):  # type: ignore[no-untyped-def]
+        threading.Thread(target=fn, args=args, daemon=True).start()
+
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = start()
+    relay = KeyRelay(RedisBus(url, redis_client(url, socket_timeout_s=2), spawn, time.sleep), "t")
+    told: list[tuple[int, int]] = []
+    relay.on_resubscribed = lambda key_id, lost_at: told.append((key_id, lost_at))
+    try:
+        relay.start()
+        relay.watch(7)
+        deadline = time.monotonic() + 5
+        while relay.bus.numsub([relay.channel(7)])[relay.channel(7)] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert told == []                              # a first subscribe is no resubscribe
+        proc.kill()
+        proc.wait(5)
+        killed_ms = int(time.time() * 1000)
+        time.sleep(3)                                  # the reader retries meanwhile
+        proc = start()
+        back = time.monotonic()
+        while not told:
+            assert time.monotonic() - back < 2.5, "not subscribed again within 2.5 s"
+            time.sleep(0.02)
+        assert told[0][0] == 7 and killed_ms - 1000 <= told[0][1] <= killed_ms + 1000
+        assert relay.bus.numsub([relay.channel(7)])[relay.channel(7)] == 1
+    finally:
+        relay.stop()
+        proc.kill()
+        proc.wait(5)

@@ -1,0 +1,142 @@
+"""services.leases.RedisLeases and the StreamManager's lease upkeep against a real
+``redis-server`` of this module on a free port (it is flushed and killed here; the
+shared Redis on 6379 is left alone)."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from services.leases import RedisLeases, redis_client
+from services.stream_manager import StreamManager
+from tests.support.server import free_port
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(exe).exists():
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--logfile", str(log)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def client(redis_url):  # type: ignore[no-untyped-def]
+    c = redis_client(redis_url, socket_timeout_s=2)
+    c.flushall()
+    return c
+
+
+def leases(redis_url: str, client, ttl_ms: int = 10_000, alive_ms: int = 4000) -> RedisLeases:  # type: ignore[no-untyped-def]
+    return RedisLeases(redis_url, "t", ttl_ms, client=client, alive_ms=alive_ms)
+
+
+def test_a_renewal_that_finds_the_lease_gone_takes_it_again_and_a_rival_then_loses(
+        redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    a, b = leases(redis_url, client), leases(redis_url, client)
+    a.heartbeat(), b.heartbeat()
+    assert a.acquire("stream:1") and not b.acquire("stream:1")
+    client.flushall()                                  # Redis came back empty
+    a.heartbeat(), b.heartbeat()
+    assert a.renew("stream:1") is True                 # taken again (SET NX), not lost
+    assert a.renew_many(["stream:1"]) == [True]
+    assert b.acquire("stream:1") is False              # the rival cannot start it
+    assert client.get("t:lease:stream:1") == a.owner.encode()
+    client.set("t:lease:stream:1", b.owner)            # someone else's: renewal fails
+    assert a.renew("stream:1") is False and a.renew_many(["stream:1"]) == [False]
+
+
+def test_a_lease_of_a_process_whose_heartbeat_is_gone_is_taken_over_at_once(
+        redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    a = leases(redis_url, client, ttl_ms=60_000, alive_ms=300)
+    b = leases(redis_url, client, ttl_ms=60_000, alive_ms=300)
+    a.heartbeat(), b.heartbeat()
+    assert a.acquire_many(["stream:2"]) == [True]
+    assert b.acquire("stream:2") is False              # A is alive
+    time.sleep(0.5)                                    # A killed: no heartbeat
+    b.heartbeat()
+    assert client.pttl("t:lease:stream:2") > 50_000    # the lease itself has not expired
+    assert b.acquire_many(["stream:2"]) == [True]
+    assert a.renew("stream:2") is False                # A (if alive after all) stops
+
+
+class _Stream:
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        self.state, self.status, self.stream = state, "starting", None
+
+    def run(self) -> None:
+        pass
+
+    def stop(self, quiet: bool = False) -> None:
+        self.status = "stopped"
+
+
+def test_a_lease_taken_on_subscribe_is_renewed_while_the_stream_start_waits(
+        redis_url, client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A connect burst: ``ensure`` took the lease, ``_start`` waits for the database
+    longer than the lease's TTL; the upkeep renews it meanwhile, so no other
+    process can take it and the stream starts here."""
+    lease = leases(redis_url, client, ttl_ms=600)
+    rival = leases(redis_url, client, ttl_ms=600)
+    gate = threading.Event()
+    key = SimpleNamespace(id=5, exchange="binance", testnet=True, api_key="k",
+                          api_secret_encrypted=b"")
+
+    class Keys:
+        calls = 0
+
+        def get(self, user_id, key_id):  # type: ignore[no-untyped-def]
+            Keys.calls += 1
+            if Keys.calls == 2:                        # _start's read: a long pool wait
+                gate.wait(5)
+            return key
+
+    def spawn(fn, *args):  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        return t
+
+    monkeypatch.setattr("services.stream_manager.AccountStream",
+                        lambda state, **kw: _Stream(state))
+    monkeypatch.setattr("services.stream_manager.HEARTBEAT_S", 0.1)
+    sm = StreamManager(db=None, cipher=None, trading=None, publish=lambda e: None,  # type: ignore[arg-type]
+                       spawn=spawn, sleep=time.sleep, ledger=None, leases=lease, keys=Keys())
+    sm.start()
+    rival.heartbeat()
+    try:
+        got: list = []
+        t = spawn(lambda: got.append(sm.ensure(1, 5)))
+        time.sleep(1.5)                                # 2.5 TTLs while _start waits
+        assert rival.acquire("stream:5") is False      # still ours: it was renewed
+        gate.set()
+        t.join(5)
+        assert got and got[0] is not None and sm.get(5) is got[0]
+        assert client.get("t:lease:stream:5") == lease.owner.encode()
+    finally:
+        gate.set()
+        sm.stop_all()
