@@ -27,21 +27,21 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
-from api import (account, admin, auth, console, health, keys, metrics, notifications, openapi,
-                 orders, protection)
+from api import account, admin, auth, console, health, keys, metrics, notifications, openapi, orders, protection
 from api.errors import register_error_handlers
 from appcli import config_error_app, generate_keys_command, under_flask_cli
 from config import Config, ConfigError, load_config, log_format, log_level
 from extensions import init_limiter, socketio, trust_proxies
 from services.container import Services, build_services
+from services.leases import redis_client
 from ws.handlers import register_handlers
 from ws.hub import PushHub
 from ws.packet import Packet
-from services.leases import redis_client
 from ws.relay import make_client_manager, make_relay
 
 logger = logging.getLogger("app")

@@ -13,9 +13,10 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.fernet import Fernet
 
@@ -134,7 +135,7 @@ class Config:
         return VenueEndpoints(rest_url=self.VENUE_URLS[f"{prefix}_REST_URL"].rstrip("/"),
                               ws_url=self.VENUE_URLS[f"{prefix}_WS_URL"].rstrip("/"))
 
-    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Config":
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Config:
         """A copy with ``overrides`` applied (unknown names raise ConfigError)."""
         if not overrides:
             return self

@@ -9,10 +9,10 @@ from flask import Blueprint, g, request
 
 from api.common import bearer_token, body, login_required, services
 from api.ratelimit import LoginLimits
-from services.schemas.requests import Credentials, LoginCredentials, LogoutRequest, RefreshRequest
 from api.validation import check_text, parse_id
 from extensions import limiter
 from services.schemas import responses as out
+from services.schemas.requests import Credentials, LoginCredentials, LogoutRequest, RefreshRequest
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 

@@ -1,8 +1,9 @@
 """Helpers shared by the blueprints: body parsing and the authenticated user."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
 from pydantic import BaseModel

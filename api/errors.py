@@ -15,8 +15,8 @@ from werkzeug.exceptions import HTTPException
 
 from exchanges import errors as xe
 from extensions import limiter
-from services.schemas.responses import Error
 from services.errors import ServiceError
+from services.schemas.responses import Error
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, g
 
 from api.common import body, login_required, services
+from api.validation import parse_id
 from config import REAL_VENUE_URLS
 from services.schemas.requests import KeyCreate, KeyUpdate
-from api.validation import parse_id
 from services.schemas.responses import ExchangeKey
 
 bp = Blueprint("keys", __name__, url_prefix="/api/exchange/keys")

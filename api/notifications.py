@@ -7,8 +7,15 @@ from flask import Blueprint, g
 from api.common import body, login_required, services
 from api.errors import ApiError
 from api.validation import parse_id
-from services.notify.schemas import (DeviceOut, DeviceRegister, NotificationOut, PriceAlertCreate,
-                                     PriceAlertOut, SettingsOut, SettingsUpdate)
+from services.notify.schemas import (
+    DeviceOut,
+    DeviceRegister,
+    NotificationOut,
+    PriceAlertCreate,
+    PriceAlertOut,
+    SettingsOut,
+    SettingsUpdate,
+)
 
 bp = Blueprint("notify", __name__)
 

@@ -25,14 +25,24 @@ from api.common import bearer_token, services
 from api.validation import invalid
 from models import TradeStatus
 from services.account_kinds import STATE_TYPES
-from services.schemas import responses as out
-from services.schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
-from services.schemas.requests import (ClosePosition, Credentials, KeyCreate, KeyUpdate, LoginCredentials, LogoutRequest,
-                              OrderCreate, ReconcileRequest, RefreshRequest, TickerSubscribe)
-from services.schemas.protection import Protection, ProtectionSet
-from services.schemas.socketio import Subscribe, Unsubscribe
 from services.notify import schemas as out_notify
 from services.notify.schemas import DeviceRegister, PriceAlertCreate, SettingsUpdate
+from services.schemas import responses as out
+from services.schemas.fields import CLIENT_ORDER_ID_PATTERN, DECIMAL_PATTERN, MAX_ID
+from services.schemas.protection import Protection, ProtectionSet
+from services.schemas.requests import (
+    ClosePosition,
+    Credentials,
+    KeyCreate,
+    KeyUpdate,
+    LoginCredentials,
+    LogoutRequest,
+    OrderCreate,
+    ReconcileRequest,
+    RefreshRequest,
+    TickerSubscribe,
+)
+from services.schemas.socketio import Subscribe, Unsubscribe
 
 bp = Blueprint("openapi", __name__)
 

@@ -14,16 +14,17 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 import socketio
 from requests.adapters import HTTPAdapter
 
-from bench.measure import RESULTS_DIR, lat_s
+from bench.measure import lat_s
 from tests.support.server import ServerProcess, start_server
 from tests.support.simulator import SimulatorProcess, start_simulator
 

@@ -68,17 +68,16 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import socketio
 from requests.adapters import HTTPAdapter
 from sqlalchemy import create_engine, make_url, text
 
-from bench.common import (RESULTS_DIR, ROOT, Listener, _expect, create_account, first_events,
-                          rest, run_pool)
+from bench.common import RESULTS_DIR, ROOT, Listener, _expect, create_account, first_events, rest, run_pool
 from bench.measure import cpu_s, lat_ms, lat_s, log_problems, profile, write_results
 from bench.streams import admin_stats, print_lines, row, sampler, th
 from tests.conftest import PG_ADMIN_URL, make_pg_database
@@ -364,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx.update(sim=sim, server=server, url=server.url)
         budget = 600 + args.burst_s + args.outage_s + args.drain_timeout_s
         asyncio.run(asyncio.wait_for(run_and_close(args, ctx, res), budget))
-    except (asyncio.TimeoutError, Exception) as e:
+    except (TimeoutError, Exception) as e:
         res["failure"] = f"{type(e).__name__}: {e}"
         traceback.print_exc()
     finally:

@@ -71,7 +71,7 @@ def cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def profile(pid: int, seconds: float, path: Path) -> "subprocess.Popen | None":
+def profile(pid: int, seconds: float, path: Path) -> subprocess.Popen | None:
     """Start ``py-spy record`` (sampling, 50 Hz, collapsed stacks ``path``) on ``pid``
     for ``seconds``; None when py-spy is not installed (``pip install py-spy``: a
     developer tool, not a dependency of the project)."""

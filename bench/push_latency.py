@@ -56,8 +56,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-from bench.common import (RESULTS_DIR, Listener, Stack, create_account, first_events, loop_lag,
-                          rest, run_pool)
+from bench.common import RESULTS_DIR, Listener, Stack, create_account, first_events, loop_lag, rest, run_pool
 from bench.measure import cpu_s, lat_ms, lat_s, log_problems, pct, rss_mb, write_results
 
 SYMBOL, QTY, LIMIT_PRICE, BASE_PRICE, PRICE_STEP = "XRPUSDT", "10", "1.0", Decimal("1.2"), Decimal("0.001")
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         budget = 4 * WAIT_S + args.clients * 1.0 + args.duration_s + 120
         asyncio.run(asyncio.wait_for(run(args, stack, results), budget))
-    except (asyncio.TimeoutError, Exception) as e:
+    except (TimeoutError, Exception) as e:
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
         log_path = stack.server.log_path

@@ -48,11 +48,11 @@ import os
 import time
 
 from bench.common import RESULTS_DIR, Stack, create_account
-from bench.measure import cpu_s, prepare_long_run, print_lines, rss_mb, write_results
 from bench.eio_workers import Workers
 from bench.fanout import P0, QTY, SYMBOL, sim_market_order, start_bare
 from bench.fanout_run import BASE, STEP, Run
 from bench.fanout_stats import delivery
+from bench.measure import cpu_s, prepare_long_run, print_lines, rss_mb, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

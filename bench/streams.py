@@ -88,11 +88,27 @@ from pathlib import Path
 
 from requests.adapters import HTTPAdapter
 
-from bench.common import (RESULTS_DIR, VENUES, Account, Listener, _expect, admin_stats, all_live,
-                          calls_at, first_events, loop_lag, per_venue, rest, row, run_pool,
-                          sampler, th, wait_states)
-from bench.measure import cpu_s, lat_s, log_problems, pct, print_lines, write_results
+from bench.common import (
+    RESULTS_DIR,
+    VENUES,
+    Account,
+    Listener,
+    _expect,
+    admin_stats,
+    all_live,
+    calls_at,
+    first_events,
+    loop_lag,
+    per_venue,
+    rest,
+    row,
+    run_pool,
+    sampler,
+    th,
+    wait_states,
+)
 from bench.gate import Gate
+from bench.measure import cpu_s, lat_s, log_problems, pct, print_lines, write_results
 from tests.support.server import start_server
 from tests.support.simulator import start_simulator
 
@@ -416,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = {"sim": sim, "gate": gate, "server": server, "url": server.url, "pool": ThreadPoolExecutor(8)}
         budget = args.clients * 1.5 + 4 * args.window_s + args.storm_timeout_s + 900
         asyncio.run(asyncio.wait_for(run(args, ctx, res), budget))
-    except (asyncio.TimeoutError, Exception) as e:
+    except (TimeoutError, Exception) as e:
         res["failure"] = f"{type(e).__name__}: {e}"
         traceback.print_exc()
     finally:

@@ -1,13 +1,12 @@
 """Engine and session factory for one database URL."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
-
 
 # A network partition can leave a transaction open on the server side, holding row
 # locks, until TCP notices (hours): the server ends such sessions itself, a lock wait

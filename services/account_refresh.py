@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ThrottledLocally

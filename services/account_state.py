@@ -19,9 +19,9 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
-from typing import Callable
 
 from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
 from exchanges.venues import venue

@@ -36,9 +36,15 @@ from collections.abc import Callable
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
-from exchanges.types import (AccountEvent, FillEvent, FundingFee, OrderEvent, ProtectionLegUpdate,
-                             StreamExpired)
-from exchanges.types import MarginCall  # risk alerts (helper protect2)
+from exchanges.types import (
+    AccountEvent,
+    FillEvent,
+    FundingFee,
+    MarginCall,  # risk alerts (helper protect2)
+    OrderEvent,
+    ProtectionLegUpdate,
+    StreamExpired,
+)
 from services.account_push import MARK_STALE_S, AccountPusher
 from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
 from services.account_state import AccountState, now_ms

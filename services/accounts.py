@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from exchanges.base import ExchangeClient
-from services.coalesce import Coalescer
 from models import Database, ExchangeKey, User, now_ms
+from services.coalesce import Coalescer
 from services.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from services.security import KeyCipher, TokenService, hash_password, verify_password
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from config import Config
 from exchanges.errors import InvalidOrder

@@ -9,9 +9,9 @@ import logging
 import subprocess
 import sys
 import time
-from decimal import Decimal
 import urllib.error
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 from config import ROOT, Config

@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +28,15 @@ from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound
 from models import (
-    HOLDING_STATUSES, Database, Exit, ExitStatus, ExchangeKey, Fill, Trade, TradeStatus, now_ms,
+    HOLDING_STATUSES,
+    Database,
+    ExchangeKey,
+    Exit,
+    ExitStatus,
+    Fill,
+    Trade,
+    TradeStatus,
+    now_ms,
 )
 from services import book, ledger
 from services.accounts import get_owned_key

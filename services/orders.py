@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -21,7 +21,11 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import (
-    ExchangeError, ExchangeRejected, ExchangeUnavailable, OrderNotFound, RateLimited,
+    ExchangeError,
+    ExchangeRejected,
+    ExchangeUnavailable,
+    OrderNotFound,
+    RateLimited,
 )
 from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
 from services import book, ledger

@@ -8,7 +8,8 @@ per connection, conflated, encoded once); ``DirectPush`` is the plain one over a
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from services.account_state import AccountState
 

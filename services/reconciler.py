@@ -34,9 +34,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from decimal import Decimal
-from typing import Callable
 
 from sqlalchemy import select, update
 
@@ -44,7 +43,15 @@ from exchanges import types as ex
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError
 from models import (
-    UNFINISHED_STATUSES, Database, ExchangeKey, Exit, ExitStatus, Fill, Trade, TradeStatus, now_ms,
+    UNFINISHED_STATUSES,
+    Database,
+    ExchangeKey,
+    Exit,
+    ExitStatus,
+    Fill,
+    Trade,
+    TradeStatus,
+    now_ms,
 )
 from services import book, funding, ledger
 from services.errors import ServiceError

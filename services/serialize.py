@@ -1,8 +1,9 @@
 """Exchange types -> CONTRACT.md ``data`` payloads (decimal strings, ms UTC)."""
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from exchanges.types import Balance, Fill, Order, Position
 

@@ -1,7 +1,6 @@
 """Account snapshots for REST: the live stream's last envelope, or one REST fetch."""
 from __future__ import annotations
 
-
 from models import ExchangeKey
 from services.account_state import AccountState, now_ms
 from services.stream_manager import StreamManager

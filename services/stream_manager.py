@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from exchanges.governor import Governors
 from exchanges.venues import venue
@@ -28,11 +28,11 @@ from models import Database
 from services.account_state import AccountState
 from services.account_stream import AccountStream, Publish, StreamSettings
 from services.accounts import get_owned_key
+from services.client_cache import TradingService
+from services.coalesce import Coalescer
 from services.leases import HEARTBEAT_S, LocalLeases
 from services.lifecycle import StopFlag
 from services.security import KeyCipher
-from services.client_cache import TradingService
-from services.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 

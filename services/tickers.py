@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from exchanges.base import MarketStream
 from exchanges.errors import ExchangeError

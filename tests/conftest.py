@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text

@@ -31,8 +31,8 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet

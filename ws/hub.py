@@ -18,8 +18,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from flask_socketio import SocketIO
 from socketio import PubSubManager

@@ -47,13 +47,12 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 import socketio
 
 from services.coalesce import Coalescer
-
 
 logger = logging.getLogger(__name__)
 

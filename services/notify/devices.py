@@ -6,9 +6,9 @@ whole (``token_hint``: the last 6 characters) and never returned.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 from decimal import Decimal
-from typing import List  # ``list`` is a method name here
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -98,7 +98,7 @@ class DeviceService:
                 continue
         raise RuntimeError("settings update raced twice")
 
-    def notifications(self, user_id: int, limit: int = 50) -> List[Notification]:
+    def notifications(self, user_id: int, limit: int = 50) -> builtins.list[Notification]:
         """The user's newest notifications, newest first."""
         with self._db.session() as s:
             return list(s.scalars(select(Notification).where(Notification.user_id == user_id)

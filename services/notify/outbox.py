@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite

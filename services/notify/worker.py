@@ -19,15 +19,16 @@ its rows end ``device_removed``; any other refusal -> ``failed`` with the error.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import socket
 import threading
 import time
-import json
 import uuid
 from collections import Counter, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 

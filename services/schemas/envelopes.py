@@ -7,12 +7,13 @@ pushes' shapes against it too.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, RootModel
 
 from services.schemas.fields import Exchange
 from services.schemas.out import DecimalText, Ms, Out, Side
+
 
 class AssetBalance(Out):
     """One asset of ``balance`` data."""
@@ -141,8 +142,7 @@ class OrdersEnvelope(_EnvelopeBase):
     data: list[OpenOrder]
 
 
-class Envelope(RootModel[Annotated[Union[BalanceEnvelope, PositionsEnvelope, PnlEnvelope,
-                                         OrdersEnvelope], Field(discriminator="type")]]):
+class Envelope(RootModel[Annotated[BalanceEnvelope | PositionsEnvelope | PnlEnvelope | OrdersEnvelope, Field(discriminator="type")]]):
     """The envelope of an account push, also GET /api/account/{kind} (by ``type``)."""
 
     @classmethod

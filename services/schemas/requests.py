@@ -7,8 +7,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.schemas.fields import (ClientOrderId, Exchange, Id, Label, LoginPassword, Password, RefreshTokenStr, Secret,
-                            Symbol, Username, check_decimal)
+from services.schemas.fields import (
+    ClientOrderId,
+    Exchange,
+    Id,
+    Label,
+    LoginPassword,
+    Password,
+    RefreshTokenStr,
+    Secret,
+    Symbol,
+    Username,
+    check_decimal,
+)
 
 
 class Strict(BaseModel):

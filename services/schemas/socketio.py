@@ -26,7 +26,7 @@ class Position(_Strict):
     time: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _complete(self) -> "Position":
+    def _complete(self) -> Position:
         if (self.epoch is None) != (self.seq is None):
             raise ValueError("give both epoch and seq")
         if self.epoch is None and self.time is None:

@@ -7,8 +7,8 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import pytest
 import requests
@@ -17,7 +17,6 @@ from cryptography.fernet import Fernet
 
 from tests.conftest import make_pg_database, simulator_fixture
 from tests.support.server import start_server
-
 
 sim = simulator_fixture("session")  # one simulator for every end-to-end test
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -20,7 +20,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 from cryptography.fernet import Fernet
 

@@ -15,7 +15,6 @@ from tests.e2e.test_push_continuity import FillsListener, _market
 from tests.support.server import start_server
 
 
-
 def _pinned_env() -> dict:
     """Secrets pinned so that a restarted server accepts the same tokens and keys."""
     return {"SECRET_KEY": uuid.uuid4().hex, "KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from services.schemas.fields import DECIMAL_PATTERN, MAX_ID
 from models import TradeStatus
+from services.schemas.fields import DECIMAL_PATTERN, MAX_ID
 from tests.server.conftest import auth_header
 
 

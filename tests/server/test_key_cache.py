@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import event
 
-from models import Database, ExchangeKey, Fill, User, now_ms
+from models import Database, ExchangeKey, User, now_ms
 from services import ledger, realized
 from services.accounts import KeyCache
 from services.coalesce import Coalescer

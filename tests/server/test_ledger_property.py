@@ -4,7 +4,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 
 from exchanges import types as ex
@@ -126,6 +127,7 @@ def test_realized_pnl_is_the_sum_of_the_trades_and_a_late_pnl_report_changes_not
 
 def test_connection_errors_are_retried_and_bad_statements_are_not() -> None:
     from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+
     from services.write_behind import database_unavailable
     assert database_unavailable(OperationalError("SELECT 1", {}, Exception("refused")))
     assert database_unavailable(InterfaceError("SELECT 1", {}, Exception("connection already closed")))

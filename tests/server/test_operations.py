@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
@@ -17,8 +16,8 @@ from cryptography.fernet import Fernet
 from app import create_app
 from config import ROOT, ConfigError, load_config
 from logsetup import JsonFormatter
-from tests.server.conftest import make_config
 from tests.e2e.conftest import redis_url  # noqa: F401 - the Redis fixture
+from tests.server.conftest import make_config
 from tests.support.server import free_port
 
 HANDSHAKE = "/socket.io/?EIO=4&transport=polling"

@@ -217,9 +217,9 @@ def test_push_envelopes_fit_the_envelope_model() -> None:
     from decimal import Decimal
 
     from exchanges.types import AssetBalance, Balance, Order, OrderStatus, Position
-    from services.schemas.responses import Envelope
     from services.account_state import AccountState
     from services.ledger import Realized
+    from services.schemas.responses import Envelope
 
     state = AccountState(4, 7, "binance", False)
     state.set_balance(Balance(Decimal("10000"), Decimal("-1.5"), Decimal("9998.5"), Decimal("9000"),

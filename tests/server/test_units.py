@@ -11,8 +11,8 @@ from config import ConfigError, load_config
 from exchanges.types import AssetBalance, Balance, Order, OrderStatus
 from services.account_state import AccountState
 from services.errors import Unauthorized
-from services.security import KeyCipher, TokenService, hash_password, verify_password
 from services.ledger import Realized
+from services.security import KeyCipher, TokenService, hash_password, verify_password
 from services.serialize import dec, pnl_data
 from tests.support.factories import btc_long as _pos
 

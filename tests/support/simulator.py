@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import requests
 import websocket
@@ -163,7 +164,7 @@ class SimulatorProcess:
         except OSError:
             pass
 
-    def __enter__(self) -> "SimulatorProcess":
+    def __enter__(self) -> SimulatorProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
