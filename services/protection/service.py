@@ -265,12 +265,28 @@ class ProtectionService:
                     owner=LegRef(row.id, row.user_id, row.key_id, row.symbol, row.kind))
         self.guard.arm((row.exchange, testnet, row.symbol), row.working_type, row.key_id, rule, mark)
 
-    def start_up(self) -> int:
+    def start_up(self, retry_s: float = 2.0) -> int:
         """Arm every ``active`` server-mode leg and reconcile the exchange-held ones
-        (start-up). Returns how many rules were armed."""
-        armed = self.resync()
+        (start-up). A database that does not answer yet is waited for (logged once,
+        retried every ``retry_s`` until ``stop()``): the rules must be armed. Returns how
+        many rules were armed (0 when stopped first)."""
+        logged = False
+        while True:
+            try:
+                armed = self.resync()
+                break
+            except Exception as e:  # the database is down at start-up: wait for it
+                if not logged:
+                    logger.warning("protection rules not armed yet, retrying error=%s",
+                                   type(e).__name__)
+                    logged = True
+                if self.stopping.wait(retry_s):
+                    return 0
         logger.info("protection rules armed count=%s", armed)
-        self.reconcile()  # exchange-held legs: what fired or changed while we were down
+        try:
+            self.reconcile()  # exchange-held legs: what fired or changed while we were down
+        except Exception:  # the periodic round reconciles again within sweep_s
+            logger.exception("protection start-up reconcile failed")
         return armed
 
     def _fired(self, rule: Rule, price: Decimal) -> None:
