@@ -110,7 +110,8 @@ processes (clients are added or dropped to reach N). Figures of one window (in
   XRPUSDT protected in server mode (``PUT /api/positions/protection``, ``"mode":
   "server"``): a stop-loss at 0.1 and a trailing stop (callback 1 %) activating at 100,
   both far from the price (~1.2), set just before the window and removed (``DELETE``)
-  after it, so that the rules cost the ticks their check only; ``protect.rules`` says
+  after it (each followed by ``settle``), so that the window measures what the rules
+  add to the ticks; ``protect.rules`` says
   how many PUT / DELETE answered 200 and how long they took. The order alternates
   (project first, then protect first, ...); ``ratio_protect`` = protect / project,
   summarised as ``summary.ratio_protect``.

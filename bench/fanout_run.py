@@ -403,13 +403,16 @@ class Run:
                 "first_error": (errors or exc or [None])[0]}
 
     def protect_window(self, n: int, rate: float) -> dict[str, Any]:
-        """A project window with every holder's rules set (``set_rules``), removed after."""
+        """A project window with every holder's rules set (``set_rules``), removed after;
+        after each, ``settle`` (the server's work for the PUTs / DELETEs is not the
+        window's)."""
         put = self.set_rules(n, True)
-        time.sleep(2.0)  # let the guard's index take the rules
+        put["settle"] = self.settle()  # the positions pushes the PUTs caused, done
         try:
             out = self.project_window(n, rate)
         finally:
             delete = self.set_rules(n, False)
+            delete["settle"] = self.settle()  # before whatever window comes next
         out["rules"] = {"put": put, "delete": delete}
         return out
 
