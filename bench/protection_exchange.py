@@ -17,6 +17,8 @@ call. Figures (ms, nearest-rank percentiles, ``{n, p50_ms, p99_ms, max_ms}``):
   whose ``reason`` is ``stop_loss`` (target p99 < 100 ms, issue 20);
 - ``exchange_fill``: from the move to that fill's exchange ``time`` (the simulator's
   part); ``server``: from the fill's exchange time to the push (the server's part);
+- ``sent``: from the move to the envelope's ``sent_at`` (the server's emit; the rest
+  of ``push`` is the socket and the client);
 - ``missing``: clients without such a push after 20 s; ``other_reasons``: BTCUSDT
   fills pushed with another ``reason`` (null: the server could not tag it live).
 
@@ -67,7 +69,7 @@ def _holder(server, sim) -> tuple[str, str]:  # type: ignore[no-untyped-def]
 async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Connect one client per token (subscribed to ``fills``), move the price across the
     stops, collect each client's first ``stop_loss`` fill push."""
-    got: list[tuple[float, dict] | None] = [None] * len(tokens)
+    got: list[tuple[float, dict[str, Any]] | None] = [None] * len(tokens)
     others: list[Any] = []
     clients = []
 
@@ -80,7 +82,8 @@ async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[s
                     continue
                 if f.get("reason") == "stop_loss":
                     if got[i] is None:
-                        got[i] = (t, f)
+                        sent = env.get("sent_at") if isinstance(env, dict) else None
+                        got[i] = (t, dict(f, _sent_at=sent))
                 elif f.get("side") == "SELL":
                     others.append(f.get("reason"))
         return on_fills
@@ -106,6 +109,7 @@ async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[s
             "push": lat_s([t - t0 for t, _ in found]),
             "exchange_fill": lat_s([f["time"] / 1000 - t0 for _, f in found]),
             "server": lat_s([t - f["time"] / 1000 for t, f in found]),
+            "sent": lat_s([f["_sent_at"] / 1000 - t0 for _, f in found if f["_sent_at"]]),
             "missing": len(tokens) - len(found),
             "other_reasons": {str(r): others.count(r) for r in set(others)}}
 
