@@ -106,6 +106,15 @@ processes (clients are added or dropped to reach N). Figures of one window (in
   server CPU per update, RSS. ``clients``: the workers' CPU (``cpu_pct`` summed, 100 =
   one core) and event-loop lag (p99/max ms, contained in every latency above);
   ``load``: ``os.getloadavg()`` before and after (2 cores shared with other work).
+- ``<cfg>.reps[i].protect`` (``--protect``): a project window with every holder's
+  XRPUSDT protected in server mode (``PUT /api/positions/protection``, ``"mode":
+  "server"``): a stop-loss at 0.1 and a trailing stop (callback 1 %) activating at 100,
+  both far from the price (~1.2), set just before the window and removed (``DELETE``)
+  after it (each followed by ``settle``), so that the window measures what the rules
+  add to the ticks; ``protect.rules`` says
+  how many PUT / DELETE answered 200 and how long they took. The order alternates
+  (project first, then protect first, ...); ``ratio_protect`` = protect / project,
+  summarised as ``summary.ratio_protect``.
 - ``events`` (configuration with N = ``--events-clients``, after its first project window):
   each client's account places a MARKET BUY 0.002 BTCUSDT through ``POST /api/orders``
   one after another (``--order-gap-ms`` apart); from just before that call to the
@@ -179,6 +188,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--setup-workers", type=int, default=16)
     p.add_argument("--ready-timeout-s", type=float, default=300.0)
     p.add_argument("--pad", type=int, default=120, help="bare message padding (about 500 bytes total)")
+    p.add_argument("--protect", action="store_true",
+                   help="each repetition also measures a project window with every holder "
+                        "holding server-mode rules far from the price (side ``protect``, "
+                        "ratio_protect = protect / project; the order alternates)")
     p.add_argument("--tag", default="run", help="names the result file")
     p.add_argument("--profile", metavar="DIR", help="py-spy the server in each window (collapsed stacks)")
     p.add_argument("--accounts-cache", default=str(RESULTS_DIR / "fanout_accounts"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from bench.common import ACCOUNT_TYPES, Account, Stack, rest
+from bench.common import ACCOUNT_TYPES, Account, Stack, rest, run_pool
 from bench.eio_workers import Workers
 from bench.fanout_stats import delivery, lag_ms, ratios, summary, watch_latency, window_counts
 from bench.measure import cpu_s, profile, rss_mb
@@ -376,6 +376,46 @@ class Run:
                 "fill": lat["fills"], "fills_supported": bool(ack.get("ok")),
                 "fills_subscribe_acks": ack}
 
+    def set_rules(self, n: int, on: bool) -> dict[str, Any]:
+        """``--protect``: holders ``0..n-1`` get (``on``) or lose their XRPUSDT server-mode
+        rules far from the price (stop-loss 0.1, trailing stop 1 % activating at 100).
+        ``{"ok", "failed", "wall_s", "statuses", "first_error"}``."""
+        url = self.stack.server.url + "/api/positions/protection"  # type: ignore[union-attr]
+        statuses: dict[str, int] = {}
+        errors: list[str] = []
+
+        def one(i: int) -> None:
+            a = self.accounts[i]
+            if on:
+                r = rest("PUT", url, a.token, {
+                    "key_id": a.key_id, "symbol": SYMBOL, "mode": "server",
+                    "stop_loss": {"trigger_price": "0.1"},
+                    "trailing_stop": {"callback_rate": "1", "activation_price": "100"}})
+            else:
+                r = rest("DELETE", f"{url}?key_id={a.key_id}&symbol={SYMBOL}", a.token)
+            statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+            if r.status_code != 200 and not errors:
+                errors.append(r.text[:200])
+        t0 = time.time()
+        _, exc = run_pool(one, n, 8)
+        return {"on": on, "ok": statuses.get("200", 0), "failed": n - statuses.get("200", 0),
+                "wall_s": round(time.time() - t0, 1), "statuses": statuses,
+                "first_error": (errors or exc or [None])[0]}
+
+    def protect_window(self, n: int, rate: float) -> dict[str, Any]:
+        """A project window with every holder's rules set (``set_rules``), removed after;
+        after each, ``settle`` (the server's work for the PUTs / DELETEs is not the
+        window's)."""
+        put = self.set_rules(n, True)
+        put["settle"] = self.settle()  # the positions pushes the PUTs caused, done
+        try:
+            out = self.project_window(n, rate)
+        finally:
+            delete = self.set_rules(n, False)
+            delete["settle"] = self.settle()  # before whatever window comes next
+        out["rules"] = {"put": put, "delete": delete}
+        return out
+
     def configuration(self, cfg: dict) -> dict:
         n, rate, hz = cfg["n"], cfg["rate"], cfg["max_hz"]
         out: dict = {"connect": self.ensure(n)}
@@ -396,7 +436,10 @@ class Run:
         for rep in range(self.args.reps):
             kinds = list(self.args.baseline_kinds)
             order = ["project", "baselines"] if rep % 2 == 0 else ["baselines", "project"]
-            one: dict[str, Any] = {"order": ["project", *kinds] if rep % 2 == 0 else [*kinds, "project"]}
+            if self.args.protect:
+                order = ["project", "protect", "baselines"] if rep % 2 == 0 \
+                    else ["baselines", "protect", "project"]
+            one: dict[str, Any] = {"order": [x for s in order for x in (kinds if s == "baselines" else [s])]}
             for side in order:
                 if side == "project":
                     time.sleep(2.0)  # let snapshot pushes and refreshes settle
@@ -405,11 +448,17 @@ class Run:
                         out["events"] = {
                             "via_server": self.events_test(n, NEW_SYMBOL, NEW_QTY, "server"),
                             "via_exchange": self.events_test(n, "ETHUSDT", "0.01", "exchange")}
+                elif side == "protect":
+                    time.sleep(2.0)
+                    one["protect"] = self.protect_window(n, rate)
                 elif kinds:
                     one.update(self.baselines(kinds, n, rate))
             for side in self.args.baseline_kinds:
                 one[f"ratio_{side}"] = ratios(one["project"], one[side])
+            if self.args.protect:
+                one["ratio_protect"] = ratios(one["protect"], one["project"])
             reps.append(one)
         out["reps"] = reps
-        out["summary"] = summary(reps, ["project", *self.args.baseline_kinds])
+        out["summary"] = summary(reps, ["project", *(["protect"] if self.args.protect else []),
+                                        *self.args.baseline_kinds])
         return out

@@ -1,0 +1,167 @@
+"""Exchange-mode protection: the venue's stop-loss fires -> each client's ``fills`` push
+carrying ``"reason": "stop_loss"``, with real processes (simulator, server, Socket.IO
+clients).
+
+    python -m bench.protection_exchange [--holders 50] [--db sqlite|postgresql] [--tag NAME]
+
+``--holders`` accounts each hold a BTCUSDT long (MARKET BUY 0.002 through
+``POST /api/orders``) with an exchange-mode stop-loss at 59000 (``PUT
+/api/positions/protection``, ``"mode": "exchange"``: the simulator holds it as a
+Binance Algo Service ``STOP_MARKET`` ``closePosition=true``). Each holder has one
+Socket.IO client (``python-socketio`` ``AsyncClient``, websocket) subscribed to
+``fills``. The price is moved from 60000 to 58900 once through ``/_sim/price`` (every
+leg fires at once, the worst case); the event time is ``time.time()`` just before that
+call. Figures (ms, nearest-rank percentiles, ``{n, p50_ms, p99_ms, max_ms}``):
+
+- ``push``: from the move to the client's first ``fills`` push holding a BTCUSDT fill
+  whose ``reason`` is ``stop_loss`` (target p99 < 100 ms, issue 20);
+- ``exchange_fill``: from the move to that fill's exchange ``time`` (the simulator's
+  part); ``server``: from the fill's exchange time to the push (the server's part);
+- ``sent``: from the move to the envelope's ``sent_at`` (the server's emit; the rest
+  of ``push`` is the socket and the client);
+- ``missing``: clients without such a push after 20 s; ``other_reasons``: BTCUSDT
+  fills pushed with another ``reason`` (null: the server could not tag it live).
+
+Prints ``figure: value`` lines and writes ``bench/results/protection_exchange_<tag>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+import socketio
+
+from bench.measure import lat_s, print_lines, write_results
+from tests.conftest import PG_ADMIN_URL, make_pg_database
+from tests.support.server import start_server
+from tests.support.simulator import start_simulator
+
+SYMBOL, QTY, TRIGGER, START, CROSS = "BTCUSDT", "0.002", "59000", "60000", "58900"
+
+
+def _holder(server, sim) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A user with a BTCUSDT long and its exchange-mode stop-loss; ``(api_key, token)``.
+    Raises AssertionError when the server refuses a step."""
+    creds = {"username": "x" + uuid.uuid4().hex[:10], "password": "pw-" + uuid.uuid4().hex}
+    api_key, secret = "key" + uuid.uuid4().hex, "sec" + uuid.uuid4().hex
+    sim.create_account(api_key, secret, balances={"USDT": "100000"})
+    requests.post(server.url + "/api/auth/register", json=creds, timeout=30).raise_for_status()
+    token = requests.post(server.url + "/api/auth/login", json=creds, timeout=30).json()["access_token"]
+    h = {"Authorization": f"Bearer {token}"}
+    key = requests.post(server.url + "/api/exchange/keys", headers=h, timeout=30, json={
+        "exchange": "binance", "api_key": api_key, "api_secret": secret}).json()["id"]
+    r = requests.post(server.url + "/api/orders", headers=h, timeout=30, json={
+        "key_id": key, "symbol": SYMBOL, "side": "BUY", "type": "MARKET", "quantity": QTY})
+    assert r.status_code == 201, r.text
+    r = requests.put(server.url + "/api/positions/protection", headers=h, timeout=30, json={
+        "key_id": key, "symbol": SYMBOL, "mode": "exchange", "stop_loss": {"trigger_price": TRIGGER}})
+    assert r.status_code == 200, r.text
+    return api_key, token
+
+
+async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Connect one client per token (subscribed to ``fills``), move the price across the
+    stops, collect each client's first ``stop_loss`` fill push."""
+    got: list[tuple[float, dict[str, Any]] | None] = [None] * len(tokens)
+    others: list[Any] = []
+    clients = []
+
+    def handler(i: int):  # type: ignore[no-untyped-def]
+        def on_fills(env: Any = None) -> None:
+            t = time.time()
+            rows = env.get("data") if isinstance(env, dict) else env
+            for f in rows or []:
+                if f.get("symbol") != SYMBOL:
+                    continue
+                if f.get("reason") == "stop_loss":
+                    if got[i] is None:
+                        sent = env.get("sent_at") if isinstance(env, dict) else None
+                        got[i] = (t, dict(f, _sent_at=sent))
+                elif f.get("side") == "SELL":
+                    others.append(f.get("reason"))
+        return on_fills
+
+    for i, tok in enumerate(tokens):
+        c = socketio.AsyncClient(reconnection=False)
+        c.on("fills", handler(i))
+        await c.connect(url, auth={"token": tok}, transports=["websocket"], wait_timeout=30)
+        ack = await c.call("subscribe", {"types": ["fills"]}, timeout=30)
+        assert isinstance(ack, dict) and ack.get("ok"), ack
+        clients.append(c)
+    await asyncio.sleep(2.0)
+    t0 = time.time()
+    await asyncio.to_thread(sim.set_price, SYMBOL, CROSS)
+    deadline = time.monotonic() + timeout_s
+    while any(g is None for g in got) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # late pushes with another reason
+    for c in clients:
+        await c.disconnect()
+    found = [g for g in got if g is not None]
+    return {"clients": len(tokens),
+            "push": lat_s([t - t0 for t, _ in found]),
+            "exchange_fill": lat_s([f["time"] / 1000 - t0 for _, f in found]),
+            "server": lat_s([t - f["time"] / 1000 for t, f in found]),
+            "sent": lat_s([f["_sent_at"] / 1000 - t0 for _, f in found if f["_sent_at"]]),
+            "missing": len(tokens) - len(found),
+            "other_reasons": {str(r): others.count(r) for r in set(others)}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.protection_exchange")
+    parser.add_argument("--holders", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=1, help="fresh holders each repetition")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
+    parser.add_argument("--tag", default="run")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-protect-x-"))
+    sim = start_simulator()
+    drop = None
+    url = f"sqlite:///{tmp / 'bench.sqlite3'}"
+    if args.db == "postgresql":
+        url, drop = make_pg_database(PG_ADMIN_URL)
+    server = start_server(url, sim.url, sim.ws_url, tmp)
+    results: dict[str, Any] = {"holders": args.holders, "db": args.db,
+                               "load_at_start": [round(x, 2) for x in os.getloadavg()], "reps": []}
+    try:
+        for rep in range(args.reps):
+            sim.set_price(SYMBOL, START)
+            t_setup = time.time()
+            holders = [_holder(server, sim) for _ in range(args.holders)]
+            setup_s = round(time.time() - t_setup, 1)
+            one = asyncio.run(_measure(server.url, sim, [t for _, t in holders], 20.0))
+            one["setup_s"] = setup_s
+            held = sum(1 for k, _ in holders for o in sim.state(k)["orders"]
+                       if o.get("type") == "STOP_MARKET" and o.get("status") == "FILLED")
+            one["legs_filled_at_sim"] = held
+            results["reps"].append(one)
+            print_lines(f"rep{rep}", one)
+    except (Exception, KeyboardInterrupt) as e:
+        results["failure"] = f"{type(e).__name__}: {e}"
+    finally:
+        results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        log = server.log()
+        results["server_log_errors"] = sum(1 for ln in log.splitlines() if " ERROR " in ln)
+        server.stop()
+        sim.stop()
+        if drop:
+            drop()
+    p99 = sorted(r["push"].get("p99_ms") for r in results["reps"] if r["push"].get("p99_ms") is not None)
+    if p99:
+        results["push_p99_ms"] = {"median": p99[len(p99) // 2], "min": p99[0], "max": p99[-1], "n": len(p99)}
+    for k in ("push_p99_ms", "failure", "load_at_start", "load_at_end", "server_log_errors"):
+        if k in results:
+            print_lines(k, results[k])
+    write_results(results, f"protection_exchange_{args.tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
