@@ -35,9 +35,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import requests
 import socketio
 
+from bench.common import create_account, rest
 from bench.measure import lat_s, print_lines, write_results
 from tests.conftest import PG_ADMIN_URL, make_pg_database
 from tests.support.server import start_server
@@ -48,22 +48,15 @@ SYMBOL, QTY, TRIGGER, START, CROSS = "BTCUSDT", "0.002", "59000", "60000", "5890
 
 def _holder(server, sim) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     """A user with a BTCUSDT long and its exchange-mode stop-loss; ``(api_key, token)``.
-    Raises AssertionError when the server refuses a step."""
-    creds = {"username": "x" + uuid.uuid4().hex[:10], "password": "pw-" + uuid.uuid4().hex}
-    api_key, secret = "key" + uuid.uuid4().hex, "sec" + uuid.uuid4().hex
-    sim.create_account(api_key, secret, balances={"USDT": "100000"})
-    requests.post(server.url + "/api/auth/register", json=creds, timeout=30).raise_for_status()
-    token = requests.post(server.url + "/api/auth/login", json=creds, timeout=30).json()["access_token"]
-    h = {"Authorization": f"Bearer {token}"}
-    key = requests.post(server.url + "/api/exchange/keys", headers=h, timeout=30, json={
-        "exchange": "binance", "api_key": api_key, "api_secret": secret}).json()["id"]
-    r = requests.post(server.url + "/api/orders", headers=h, timeout=30, json={
-        "key_id": key, "symbol": SYMBOL, "side": "BUY", "type": "MARKET", "quantity": QTY})
+    Raises RuntimeError (setup) or AssertionError when the server refuses a step."""
+    acct = create_account(server.url, sim, uuid.uuid4().hex[:10])
+    r = rest("POST", server.url + "/api/orders", acct.token, {
+        "key_id": acct.key_id, "symbol": SYMBOL, "side": "BUY", "type": "MARKET", "quantity": QTY})
     assert r.status_code == 201, r.text
-    r = requests.put(server.url + "/api/positions/protection", headers=h, timeout=30, json={
-        "key_id": key, "symbol": SYMBOL, "mode": "exchange", "stop_loss": {"trigger_price": TRIGGER}})
+    r = rest("PUT", server.url + "/api/positions/protection", acct.token, {
+        "key_id": acct.key_id, "symbol": SYMBOL, "mode": "exchange", "stop_loss": {"trigger_price": TRIGGER}})
     assert r.status_code == 200, r.text
-    return api_key, token
+    return acct.api_key, acct.token
 
 
 async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]

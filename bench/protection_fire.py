@@ -19,9 +19,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-import requests
-
+from bench.common import create_account, rest
 from tests.conftest import PG_ADMIN_URL, make_pg_database
 from tests.support.server import start_server
 from tests.support.simulator import start_simulator
@@ -29,31 +29,26 @@ from tests.support.simulator import start_simulator
 
 def _holder(server, sim, far: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     """A user with a BTCUSDT long and its rules; returns (api_key, token)."""
-    creds = {"username": "b" + uuid.uuid4().hex[:10], "password": "pw-" + uuid.uuid4().hex}
-    api_key, secret = "key" + uuid.uuid4().hex, "sec" + uuid.uuid4().hex
-    sim.create_account(api_key, secret, balances={"USDT": "100000"})
-    requests.post(server.url + "/api/auth/register", json=creds, timeout=30).raise_for_status()
-    token = requests.post(server.url + "/api/auth/login", json=creds, timeout=30).json()["access_token"]
-    h = {"Authorization": f"Bearer {token}"}
-    key = requests.post(server.url + "/api/exchange/keys", headers=h, timeout=30, json={
-        "exchange": "binance", "api_key": api_key, "api_secret": secret}).json()["id"]
-    r = requests.post(server.url + "/api/orders", headers=h, timeout=30, json={
-        "key_id": key, "symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.002"})
-    assert r.status_code == 201, r.text
-    body = {"key_id": key, "symbol": "BTCUSDT", "mode": "server", "stop_loss": {"trigger_price": "59000"}}
+    acct = create_account(server.url, sim, uuid.uuid4().hex[:10])
+
+    def call(method: str, path: str, body: dict[str, Any], status: int) -> None:
+        r = rest(method, server.url + path, acct.token, body)
+        assert r.status_code == status, r.text
+    call("POST", "/api/orders", {"key_id": acct.key_id, "symbol": "BTCUSDT", "side": "BUY",
+                                 "type": "MARKET", "quantity": "0.002"}, 201)
+    body: dict[str, Any] = {"key_id": acct.key_id, "symbol": "BTCUSDT", "mode": "server",
+            "stop_loss": {"trigger_price": "59000"}}
     if far:
         body["trailing_stop"] = {"callback_rate": "1", "activation_price": "90000"}
-    r = requests.put(server.url + "/api/positions/protection", headers=h, json=body, timeout=30)
-    assert r.status_code == 200, r.text
+    call("PUT", "/api/positions/protection", body, 200)
     for i in range(far - 1):  # more far rules on other symbols of the same key
         symbol = ("ETHUSDT", "XRPUSDT")[i % 2]
-        requests.post(server.url + "/api/orders", headers=h, timeout=30, json={
-            "key_id": key, "symbol": symbol, "side": "BUY", "type": "MARKET",
-            "quantity": "0.05" if symbol == "ETHUSDT" else "60"}).raise_for_status()
-        requests.put(server.url + "/api/positions/protection", headers=h, timeout=30, json={
-            "key_id": key, "symbol": symbol, "mode": "server",
-            "stop_loss": {"trigger_price": "1000" if symbol == "ETHUSDT" else "0.5"}}).raise_for_status()
-    return api_key, token
+        call("POST", "/api/orders", {"key_id": acct.key_id, "symbol": symbol, "side": "BUY",
+                                     "type": "MARKET", "quantity": "0.05" if symbol == "ETHUSDT" else "60"}, 201)
+        call("PUT", "/api/positions/protection", {
+            "key_id": acct.key_id, "symbol": symbol, "mode": "server",
+            "stop_loss": {"trigger_price": "1000" if symbol == "ETHUSDT" else "0.5"}}, 200)
+    return acct.api_key, acct.token
 
 
 def main() -> int:
