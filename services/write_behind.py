@@ -263,20 +263,22 @@ class LedgerWriter:
 
     def _store_dead_letters(self) -> None:
         """Write the dead letters held in memory; on failure they stay there."""
-        if not self._unstored:
+        pending = list(self._unstored)
+        if not pending:
             return
         try:
             with self._db.transaction() as s:
                 s.add_all([DeadLetter(kind=kind, key_id=key_id, payload=payload, error=error)
-                           for kind, key_id, payload, error in self._unstored])
+                           for kind, key_id, payload, error in pending])
                 count = s.scalar(select(func.count()).select_from(DeadLetter))
         except Exception:  # isolation boundary: kept in memory, tried with the next batch
-            logger.exception("dead letters not stored count=%s; kept in memory",
-                             len(self._unstored))
+            logger.exception("dead letters not stored count=%s; kept in memory", len(pending))
             return
-        self.dead_lettered += len(self._unstored)
+        # stats() sums dead_letters and len(_unstored) from another thread: drop the
+        # stored ones first, then the row count, then the total a reader waits on
+        del self._unstored[:len(pending)]
         self.dead_letters = count or 0
-        self._unstored.clear()
+        self.dead_lettered += len(pending)
 
     def retry_dead_letters(self, limit: int = 500) -> dict:
         """Try each stored dead letter again on its own (the reconciler calls this):
