@@ -31,12 +31,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask_socketio import SocketIO
 
 from api import account, admin, auth, console, health, keys, metrics, notifications, openapi, orders, protection
 from api.errors import register_error_handlers
 from appcli import config_error_app, generate_keys_command, under_flask_cli
 from config import Config, ConfigError, load_config, log_format, log_level
-from extensions import init_limiter, socketio, trust_proxies
+from extensions import init_limiter, trust_proxies
 from services.container import Services, build_services
 from services.leases import redis_client
 from ws.handlers import register_handlers
@@ -67,7 +68,8 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
                       JSON_SORT_KEYS=False)
     trust_proxies(app, cfg.TRUSTED_PROXIES)  # the rate limits' client address behind nginx
     init_limiter(app, cfg.RATELIMIT_STORAGE_URI, cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL)
-    register_handlers(socketio)  # once per process, before the first init_app (see there)
+    socketio = SocketIO()  # one per app (app.extensions["socketio"]): no state shared between apps
+    register_handlers(socketio)
     # the queue's manager (ws.relay: account pushes conflated where they are received)
     # is always given, None without a queue: Flask-SocketIO keeps the options of an
     # earlier init_app, so one app's manager must not outlive it
@@ -159,7 +161,7 @@ def serve(app: Flask, cfg: Config) -> None:
     most ``MAX_WS_CONNECTIONS`` at once) with the socket opened here, so that its
     backlog is ``LISTEN_BACKLOG`` instead of eventlet's 50."""
     if cfg.ASYNC_MODE != "eventlet":
-        socketio.run(app, host=cfg.HOST, port=cfg.PORT, log_output=False)
+        app.extensions["socketio"].run(app, host=cfg.HOST, port=cfg.PORT, log_output=False)
         return
     import eventlet
     import eventlet.green.socket
@@ -180,10 +182,7 @@ def main() -> None:
             logsetup.configure()
         logger.error("configuration error: %s", e)
         raise SystemExit(2)
-    from services import demo, schema, security
-    if cfg.ASYNC_MODE == "eventlet":
-        from eventlet import tpool
-        security.configure_offload(tpool.execute)
+    from services import demo, schema
     tune_gc(cfg.GC_THRESHOLDS)
     schema.upgrade(cfg.DATABASE_URL)
     simulator = demo.start_embedded_simulator(cfg) if cfg.EMBED_SIMULATOR else None
@@ -205,6 +204,7 @@ def main() -> None:
             logging.shutdown()
             os._exit(0)
 
+    socketio = app.extensions["socketio"]
     signal.signal(signal.SIGTERM, lambda *_: socketio.start_background_task(shutdown))
     logger.info("listening url=http://%s:%s env=%s", cfg.HOST, cfg.PORT, cfg.APP_ENV)
     try:

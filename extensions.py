@@ -1,12 +1,11 @@
-"""Unbound Flask extensions, bound in ``create_app``."""
+"""Unbound Flask extensions, bound in ``create_app`` (the Socket.IO server is made per app
+there, ``app.extensions["socketio"]``)."""
 from __future__ import annotations
 
 from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_socketio import SocketIO
 
-socketio = SocketIO()
 # Key: request.remote_addr: the TCP peer, or with TRUSTED_PROXIES > 0 the address the
 # nearest trusted proxy saw (``trust_proxies``: werkzeug's ProxyFix)
 limiter = Limiter(key_func=get_remote_address, default_limits=[])

@@ -59,13 +59,9 @@ def post_fork(server, worker) -> None:  # type: ignore[no-untyped-def]
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
-    """Argon2 hashing off the event loop (eventlet's bounded tpool), and the garbage
-    collector's thresholds and startup freeze, as in app.main."""
-    from eventlet import tpool
-
+    """The garbage collector's thresholds and startup freeze, as in app.main (Argon2
+    hashing goes to eventlet's tpool by itself: ``services.security._offload``)."""
     import app
-    from services import security
-    security.configure_offload(tpool.execute)
     app.tune_gc(load_config().GC_THRESHOLDS)
     app.freeze_startup_objects()
 

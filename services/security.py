@@ -2,6 +2,7 @@
 (Fernet). No secret handled here is ever logged."""
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,16 +17,17 @@ from services.errors import Unauthorized
 _hasher = PasswordHasher()  # Argon2id, memory-hard (RFC 9106 defaults of argon2-cffi)
 # A valid hash to verify against when the user does not exist (same cost either way).
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
-# Runs the CPU-bound KDF: directly, or in an OS thread pool so that an event hub is
-# never blocked for the ~50 ms a hash takes (argon2-cffi releases the GIL).
-_offload: Callable[..., Any] = lambda fn, *args: fn(*args)  # noqa: E731
 
 
-def configure_offload(run_in_thread: Callable[..., Any]) -> None:
-    """Route password hashing through ``run_in_thread(fn, *args)`` (e.g.
-    ``eventlet.tpool.execute``)."""
-    global _offload
-    _offload = run_in_thread
+def _offload(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run the CPU-bound KDF: in eventlet's OS thread pool (``tpool.execute``) when the
+    process is monkey-patched by eventlet, so that the event hub is never blocked for
+    the ~50 ms a hash takes (argon2-cffi releases the GIL); directly otherwise."""
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is not None and patcher.is_monkey_patched("thread"):
+        from eventlet import tpool
+        return tpool.execute(fn, *args)
+    return fn(*args)
 
 
 def hash_password(password: str) -> str:

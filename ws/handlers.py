@@ -41,23 +41,10 @@ def _error_ack(e: Exception) -> dict:
     return {"ok": False, **err.body()}
 
 
-_registered: list[SocketIO] = []  # the SocketIO objects register_handlers attached to
-
-
 def register_handlers(socketio: SocketIO) -> None:
-    """Attach the handlers to ``socketio`` once; later calls do nothing.
-
-    Call it before ``socketio.init_app``: Flask-SocketIO keeps handlers registered
-    before then in ``socketio.handlers`` and attaches them to the ``socketio.Server``
-    every ``init_app`` creates (one per app: each test app gets them). Registered
-    after an ``init_app`` they would reach only that app's server. Raises
-    RuntimeError when called first after ``init_app``."""
-    if any(s is socketio for s in _registered):
-        return
-    if socketio.server is not None:
-        raise RuntimeError("register_handlers must run before socketio.init_app")
-    _registered.append(socketio)
-
+    """Attach the Socket.IO event handlers to ``socketio`` (one per app, made by
+    ``create_app``; call before ``socketio.init_app``, which hands the handlers
+    registered so far to the ``socketio.Server`` it creates)."""
     @socketio.on("connect")
     def on_connect(auth=None):  # type: ignore[no-untyped-def]
         token = (auth or {}).get("token") if isinstance(auth, dict) else None

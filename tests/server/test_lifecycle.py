@@ -11,7 +11,6 @@ from decimal import Decimal as D
 
 from app import create_app
 from exchanges import types as ex
-from extensions import socketio
 from models import Database
 from services import schema
 from services.write_behind import LedgerWriter
@@ -108,13 +107,16 @@ def test_writer_stop_with_the_database_up_flushes_everything(tmp_path) -> None: 
     db.dispose()
 
 
-def test_socketio_handlers_are_registered_once_for_every_app(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_each_app_has_its_own_socketio_server_with_every_handler(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url, _ = _sqlite(tmp_path)
     apps = [create_app(make_config(url, RECONCILE_INTERVAL_S=0)) for _ in range(2)]
     try:
-        names = [name for name, _handler, namespace in socketio.handlers if namespace == "/"]
-        assert sorted(names) == sorted(EVENTS)  # each once, kept for every init_app
-        assert EVENTS <= set(socketio.server.handlers["/"])  # the latest app's server has them
+        first, second = (a.extensions["socketio"] for a in apps)
+        assert first is not second and first.server is not second.server
+        for sio in (first, second):
+            names = [name for name, _handler, namespace in sio.handlers if namespace == "/"]
+            assert sorted(names) == sorted(EVENTS)  # each once
+            assert EVENTS <= set(sio.server.handlers["/"])
     finally:
         for a in apps:
             a.extensions["pushsrv"].stop(timeout_s=5)

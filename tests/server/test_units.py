@@ -253,3 +253,19 @@ def test_balance_payload_shape() -> None:
                                         "margin_balance": "101"}
     assert set(env) == {"type", "user_id", "key_id", "exchange", "testnet", "epoch", "seq", "as_of",
                         "sent_at", "source", "stale", "data"}
+
+
+def test_password_hashing_runs_off_the_eventlet_hub_only_when_monkey_patched() -> None:
+    """Under eventlet's monkey patching the ~50 ms KDF runs in tpool's OS threads (the
+    hub keeps serving); in a plain process it runs in the caller's thread."""
+    import subprocess
+    import sys
+    probe = ("from eventlet.patcher import original\n"
+             "th = original('threading')\n"
+             "from services import security\n"
+             "print(security._offload(th.get_ident) != th.get_ident())\n")
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    outs = [subprocess.run([sys.executable, "-c", prefix + probe], cwd=root, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.strip()
+            for prefix in ("import eventlet; eventlet.monkey_patch()\n", "")]
+    assert outs == ["True", "False"]
