@@ -6,7 +6,7 @@ its minimum interval between two mark-driven pushes, the time the next one may g
 and the last ``seq`` it was sent). An envelope is built only when some connection
 is due to receive it, turned into one Engine.IO packet (python-socketio's own packet
 class, encoded once, cached by python-engineio), and handed to each due connection's
-send queue with ``Server._send_eio_packet``, as python-socketio's own room emit does.
+send queue (``ws.sio_private.send_packet``), as python-socketio's own room emit does.
 
 Conflation (Lightstreamer's "max frequency", centrifugo's per-subscription rate):
 a mark-driven change that finds a connection inside its interval is noted, not
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
+
+from ws.sio_private import send_packet
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Fanout:
 
     Args:
         server: the python-socketio ``Server`` (its ``packet_class`` and
-            ``_send_eio_packet``).
+            ``ws.sio_private.send_packet``).
         spawn: starts a background task (the timer task, once); sleep: cooperative
             sleep.
         on_push: called with each envelope built for delivery (counters, latency).
@@ -256,7 +258,7 @@ class Fanout:
         seq = env["seq"]
         if env.get("source") != "cache" and seq <= sub.last_seq:
             return  # never a repeat, never backwards
-        self._server._send_eio_packet(sub.eio_sid, pkt)
+        send_packet(self._server, sub.eio_sid, pkt)
         sub.last_seq = max(sub.last_seq, seq)
 
     def _snapshot_packet(self, ch: Channel, env: dict):  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 from ws.relay import KeyRelay, RemoteState
+from ws.sio_private import room_occupied
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ class PushHub:
         manager = self._sio.server.manager
         if isinstance(manager, PubSubManager):
             return True
-        return bool(manager.rooms.get("/", {}).get(room(kind, user_id)))
+        return room_occupied(self._sio.server, room(kind, user_id))
 
     def offer(self, state, kind: str, source: str, as_of: int, mark: bool) -> None:  # type: ignore[no-untyped-def]
         """An account type of ``state`` (services.account_state.AccountState)
@@ -393,7 +394,7 @@ class PushHub:
 
     def _local_room(self, name: str) -> bool:
         """True when a connection of this process is in room ``name``."""
-        return bool(self._sio.server.manager.rooms.get("/", {}).get(name))
+        return room_occupied(self._sio.server, name)
 
     def _room_emitted(self, message: dict) -> None:
         """With a message queue: a room emit of python-socketio's shared channel about
