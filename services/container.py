@@ -49,7 +49,7 @@ STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
          "market stream", "protection", "notify worker", "price alerts",
-         "notify deliveries"}  # the tasks stop() waits for (not the LIMIT timers: durable rows)
+         "notify deliveries", "limit timeout"}  # the tasks stop() waits for
 
 
 @dataclass
@@ -134,6 +134,7 @@ class Services:
         began = time.monotonic()
         deadline = began + timeout_s
         self.reconciler.stop()
+        self.orders.stop()
         self.exits.stop()
         if self.protection is not None:  # protection (helper `protect`)
             self.protection.stop()
@@ -203,7 +204,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
     leases = (RedisLeases(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, int(cfg.LEASE_TTL_S * 1000),
                           client=redis)
               if cfg.MESSAGE_QUEUE_URL else LocalLeases())
-    orders = OrderService(db, client_for, sleep, cfg.ORDER_CONFIRM_TIMEOUT_S, spawn=spawn)
+    orders = OrderService(db, client_for, sleep, cfg.ORDER_CONFIRM_TIMEOUT_S,
+                          spawn=tasks.spawner("limit timeout"))
     writer = LedgerWriter(db)  # its on_recorded is the StreamManager's, set below
     exits = ExitService(db, client_for, tasks.spawner("exit chase"), hub.publish,
                         ExitSettings(cfg.EXIT_MAX_RETRIES, cfg.EXIT_MAX_SLIPPAGE, cfg.EXIT_DEADLINE_S),

@@ -31,6 +31,7 @@ from models import Database, ExchangeKey, Trade, TradeStatus, now_ms
 from services import book, ledger
 from services.accounts import get_owned_key
 from services.errors import Conflict, NotFound, ValidationFailed
+from services.lifecycle import StopFlag
 from services.serialize import dec
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ class OrderService:
         self._sleep = sleep
         self._spawn = spawn
         self._confirm_timeout_s = confirm_timeout_s
+        self._stopping = StopFlag(sleep)
+
+    def stop(self) -> None:
+        """End the in-process LIMIT timers (within ``StopFlag.STEP_S``): their
+        deadlines are rows (``trades.cancel_at``), carried out at the next start."""
+        self._stopping.set()
 
     def place(self, user_id: int, key_id: int, symbol: str, side: str, type_: str,
               quantity: Decimal, price: Decimal | None, time_in_force: str | None,
@@ -145,9 +152,10 @@ class OrderService:
         """The in-process timer of a LIMIT ``timeout_s`` (a background task): after
         ``after_s`` seconds run ``run_timeout``. The deadline is also a row
         (``trades.cancel_at``): if this process dies first, the start-up and the
-        reconciler carry it out (``due_timeouts``)."""
-        self._sleep(after_s)
-        self.run_timeout(trade_id)
+        reconciler carry it out (``due_timeouts``). Ends early, doing nothing, when
+        ``stop()`` is called."""
+        if not self._stopping.wait(after_s):
+            self.run_timeout(trade_id)
 
     def run_timeout(self, trade_id: int) -> str | None:
         """Carry out a LIMIT entry's ``timeout_s`` once ``cancel_at`` has passed: cancel

@@ -132,3 +132,30 @@ def test_backoff_doubles_to_its_cap_with_equal_jitter_and_resets() -> None:
     assert b.failures == 6
     b.succeeded()
     assert b.failures == 0 and 0.5 <= b.failed() <= 1.0
+
+
+def test_limit_timers_are_tasks_that_end_at_stop_without_acting() -> None:
+    """A LIMIT entry's in-process timer is a registered task: ``stop()`` ends it within
+    a step and it does not act (its deadline is the trade's ``cancel_at`` row, carried
+    out at the next start)."""
+    from services.lifecycle import Tasks
+    from services.orders import OrderService
+
+    def spawn(fn):  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=fn, daemon=True)
+        t.start()
+        return t
+    tasks = Tasks(spawn, time.sleep)
+    orders = OrderService(None, None, time.sleep, spawn=tasks.spawner("limit timeout"))  # type: ignore[arg-type]
+    acted: list[int] = []
+    orders.run_timeout = acted.append  # type: ignore[method-assign,assignment]
+    orders._spawn(orders.expire, 7, 0.05)  # type: ignore[misc]
+    orders._spawn(orders.expire, 8, 30.0)  # type: ignore[misc]
+    deadline = time.monotonic() + 5
+    while tasks.running() != {"limit timeout": 1} and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert acted == [7] and tasks.running() == {"limit timeout": 1}  # 7 fired, 8 waits
+    began = time.monotonic()
+    orders.stop()
+    assert tasks.wait(time.monotonic() + 2) == {}
+    assert time.monotonic() - began < 1.0 and acted == [7]
