@@ -34,6 +34,7 @@ from services.metrics import Metrics
 from services.notify.wiring import Notify, build_notify
 from services.orders import OrderService
 from services.protection import ProtectionService
+from services.push import PushLayer
 from services.reconciler import Reconciler
 from services.resume import ResumeService
 from services.security import KeyCipher, TokenService
@@ -69,7 +70,7 @@ class Services:
     streams: StreamManager
     snapshots: SnapshotService
     ledger_writer: LedgerWriter
-    hub: object
+    hub: PushLayer
     tickers: TickerHub
     governors: Governors
     resume: ResumeService | None = None
@@ -165,22 +166,18 @@ class Services:
         self.stop()
 
 
-def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
+def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any],
                    sleep: Callable[[float], None], redis: Any = None) -> Services:
     """Build every service of one app, nothing started (``Services.start()`` does).
 
-    ``hub``: the push hub (``ws.hub.PushHub``: ``publish(envelope)``,
-    ``has_audience(user_id, kind)``, ``on_stream_latency``, and when it has them
-    ``stream_local(key_id, state)``, ``key_changed(user_id, key_id)``,
-    ``on_key_changed``); ``spawn(fn, *args)``: starts a background task and returns
+    ``hub``: the push layer (``services.push.PushLayer``; the server's is
+    ``ws.hub.PushHub``), its callbacks set here; ``spawn(fn, *args)``: starts a background task and returns
     its handle; ``sleep(seconds)``: cooperative sleep; ``redis``: the ``redis.Redis``
     of ``MESSAGE_QUEUE_URL`` for the leases (None: one of their own). The database
     must already be migrated."""
     db = Database(cfg.DATABASE_URL, cfg.DB_POOL_SIZE, cfg.DB_MAX_OVERFLOW, cfg.DB_POOL_TIMEOUT_S)
-    key_cache = KeyCache(db, ttl_s=cfg.KEY_CACHE_TTL_S, on_change=getattr(hub, "key_changed", None),
-                         sleep=sleep)
-    if hasattr(hub, "on_key_changed"):  # another process changed a key: forget our copy
-        hub.on_key_changed = key_cache.invalidate
+    key_cache = KeyCache(db, ttl_s=cfg.KEY_CACHE_TTL_S, on_change=hub.key_changed, sleep=sleep)
+    hub.on_key_changed = key_cache.invalidate  # another process changed a key: forget our copy
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
     tasks = Tasks(spawn, sleep)
@@ -229,10 +226,9 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconnected,
                             leases=leases, audience=hub.has_audience, governors=governors,
-                            push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None),
-                            on_released=getattr(hub, "stream_released", None))
-    if hasattr(hub, "on_released"):  # a key this process follows was released elsewhere
-        hub.on_released = streams.take_over
+                            push=hub, keys=key_cache, on_local=hub.stream_local,
+                            on_released=hub.stream_released)
+    hub.on_released = streams.take_over  # a key this process follows was released elsewhere
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
                       ledger_writer=writer, governors=governors, reconciler=reconciler)
