@@ -12,7 +12,6 @@ from flask import Blueprint, request
 from api.common import bearer_token, services
 from api.errors import ApiError
 from api.validation import json_object, parse_id
-from services.metrics import gc_pauses
 from services.schemas import responses as out
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -61,7 +60,8 @@ def stats():  # type: ignore[no-untyped-def]
     figures["rate_limits"] = svc.governors.stats()
     figures["reconcile"] = svc.reconciler.stats()
     figures["write_behind"] = svc.ledger_writer.stats()
-    figures["gc"] = gc_pauses().stats()
+    if svc.metrics is not None:
+        figures["gc"] = svc.metrics.gc.stats()
     if svc.notify is not None:
         figures["notifications"] = svc.notify.stats()
     return out.Stats.of(figures)

@@ -154,6 +154,8 @@ class Services:
         self.trading.close()
         if self.notify is not None:
             self.notify.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.db.dispose()
         self.stopped = {"unflushed": unflushed, "still_running": still,
                         "elapsed_s": round(time.monotonic() - began, 3)}

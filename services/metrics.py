@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -41,8 +40,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 class GcPauses:
     """The pauses of this process's garbage collector (every green thread stops while
-    it runs), by generation, recorded from ``gc.callbacks``. One per process:
-    ``gc_pauses()``. Figures since the process started; times in ms."""
+    it runs), by generation, recorded from ``gc.callbacks`` between ``install()`` and
+    ``remove()`` (``Metrics`` owns one per app: from the app's start to its stop).
+    Times in ms."""
 
     LONG_MS = 50.0  # a pause this long shows in push latency percentiles
 
@@ -52,6 +52,16 @@ class GcPauses:
         self.total_ms = [0.0, 0.0, 0.0]
         self.max_ms = [0.0, 0.0, 0.0]
         self.long = [0, 0, 0]
+
+    def install(self) -> None:
+        """Start recording (append the hook to ``gc.callbacks``; once)."""
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        """Stop recording (take the hook out of ``gc.callbacks``)."""
+        while self in gc.callbacks:
+            gc.callbacks.remove(self)
 
     def __call__(self, phase: str, info: dict) -> None:
         """The ``gc.callbacks`` hook: ``phase`` is ``"start"`` or ``"stop"``."""
@@ -77,21 +87,6 @@ class GcPauses:
                               "total_ms": round(self.total_ms[g], 1),
                               "max_ms": round(self.max_ms[g], 1), "long": self.long[g]}
         return out
-
-
-_GC_PAUSES: GcPauses | None = None
-_GC_LOCK = threading.Lock()
-
-
-def gc_pauses() -> GcPauses:
-    """This process's ``GcPauses``, its ``gc.callbacks`` hook installed on first use
-    (once per process, however many apps it builds)."""
-    global _GC_PAUSES
-    with _GC_LOCK:
-        if _GC_PAUSES is None:
-            _GC_PAUSES = GcPauses()
-            gc.callbacks.append(_GC_PAUSES)
-        return _GC_PAUSES
 
 
 class StatsSource(Protocol):
@@ -129,7 +124,9 @@ class Metrics:
                        ledger_writer=ledger_writer, governors=governors)
         if reconciler is not None:
             sources["reconciler"] = reconciler
-        sources["gc"] = gc_pauses()
+        self.gc = GcPauses()  # recording from here until close()
+        self.gc.install()
+        sources["gc"] = self.gc
         self._collector = _StatsCollector(**sources)
         self.registry.register(self._collector)
 
@@ -137,6 +134,10 @@ class Metrics:
         """Export the notification figures (``services.notify.wiring.Notify``), built
         after this object."""
         self._collector.add("notify", notify)
+
+    def close(self) -> None:
+        """Stop recording the collector's pauses (``Services.stop``)."""
+        self.gc.remove()
 
     def observe_stream_latency(self, seconds: float) -> None:
         """Record one push latency (exchange event time -> emit) in seconds; the push

@@ -40,8 +40,11 @@ def test_stop_ends_every_loop_and_no_reconcile_runs_after_it(tmp_path, caplog) -
     svc = app.extensions["pushsrv"]
     time.sleep(2.4)  # past the periodic run's first delay: it loops now
     assert {"ledger writer", "reconciler"} <= set(svc.tasks.running())
+    import gc
+    assert svc.metrics.gc in gc.callbacks  # the collector's pauses are recorded while it runs
     report = svc.stop(timeout_s=5)
     assert report["still_running"] == {} and svc.tasks.running() == {}
+    assert svc.metrics.gc not in gc.callbacks  # and its hook leaves with it
     assert svc.tasks.handles and not any(h.is_alive() for h in svc.tasks.handles)
     # the test's database goes away (as at a fixture's teardown): nothing may touch it
     os.remove(path)

@@ -174,14 +174,13 @@ def test_one_failing_source_does_not_empty_the_scrape() -> None:
     assert values[("pushsrv_ledger_queue_depth", ())] == 5
 
 
-def test_gc_pauses_counted_in_metrics_and_admin_stats(client) -> None:  # type: ignore[no-untyped-def]
-    """Every collection is timed by one process-wide hook (however many apps), and
-    both /metrics and /admin/stats show it."""
+def test_gc_pauses_counted_in_metrics_and_admin_stats(app, client) -> None:  # type: ignore[no-untyped-def]
+    """Every collection is timed by the app's hook (one, from its start to its stop),
+    and both /metrics and /admin/stats show it."""
     import gc
 
-    from services.metrics import gc_pauses
-    pauses = gc_pauses()
-    assert gc_pauses() is pauses and gc.callbacks.count(pauses) == 1
+    pauses = app.extensions["pushsrv"].metrics.gc
+    assert gc.callbacks.count(pauses) == 1
     before = client.get("/admin/stats", headers={"X-Admin-Token": "admin-token"}).get_json()["gc"]
     _, samples_before = scrape(client)
     gc.collect()  # a full collection: generation 2
