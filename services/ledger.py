@@ -1,6 +1,7 @@
 """The ledger's persistence: idempotent upserts of fills and orders, the trade
-state derived from its fills, and realized PnL. (The write-behind writer that
-calls these for stream events is ``services.write_behind``.)
+state derived from its fills, and realized PnL. Exchange events are written through
+one function, ``apply_batch`` (the write-behind writer, ``services.write_behind``,
+calls it for stream events; a single event is a batch of one).
 
 Upserts are keyed by exchange ids (``(key_id, symbol, exchange_trade_id)`` for
 fills, ``(key_id, symbol, exchange_order_id)`` for orders): a replayed event writes
@@ -72,25 +73,30 @@ def upsert_order(session: Session, key_id: int, order: ex.Order, trade_id: int |
     upsert_orders(session, [_order_row(key_id, order, trade_id)])
 
 
+def _fill_row(key_id: int, fill: ex.Fill, trade_id: int | None) -> dict:
+    """The ``fills`` row of ``fill`` (the one place it is built)."""
+    return dict(key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
+                exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
+                symbol=fill.symbol, side=fill.side, price=fill.price, quantity=fill.quantity,
+                fee=fill.fee, fee_asset=fill.fee_asset, realized_pnl=fill.realized_pnl,
+                is_maker=fill.is_maker, time=fill.time, reason=fill.reason)
+
+
 def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | None) -> bool:
     """Insert the fill unless (key, symbol, exchange trade id) exists. True if new.
 
     A stored fill that no trade holds yet takes ``trade_id`` (a link learnt later: the
     fill came first from a source without the client order id); a stored fill whose
     realized PnL is 0 takes a later report's non-zero figure (Bybit's REST execution
-    list has no PnL; its stream's execution has ``execPnl``)."""
-    stmt = _insert(session, Fill.__table__).values(
-        key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
-        exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
-        symbol=fill.symbol, side=fill.side, price=fill.price, quantity=fill.quantity,
-        fee=fill.fee, fee_asset=fill.fee_asset, realized_pnl=fill.realized_pnl,
-        is_maker=fill.is_maker, time=fill.time, reason=getattr(fill, "reason", None),
-    ).on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
+    list has no PnL; its stream's execution has ``execPnl``). Only the row: the
+    trade's state and the book are the caller's (``apply_batch`` does both)."""
+    stmt = _insert(session, Fill.__table__).values(**_fill_row(key_id, fill, trade_id)
+                                                   ).on_conflict_do_nothing(
+        index_elements=["key_id", "symbol", "exchange_trade_id"])
     if session.execute(stmt).rowcount == 1:
         _new_fills(session, [(key_id, fill)])
         return True
-    if trade_id is not None or fill.realized_pnl or fill.client_order_id or getattr(
-            fill, "reason", None):
+    if trade_id is not None or fill.realized_pnl or fill.client_order_id or fill.reason:
         stored = session.scalars(select(Fill).where(
             Fill.key_id == key_id, Fill.symbol == fill.symbol,
             Fill.exchange_trade_id == fill.trade_id)).first()
@@ -101,9 +107,8 @@ def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | No
                 stored.client_order_id = fill.client_order_id
             if fill.realized_pnl and stored.realized_pnl == 0:
                 stored.realized_pnl = fill.realized_pnl
-            reason = getattr(fill, "reason", None)
-            if reason and stored.reason is None:
-                stored.reason = reason
+            if fill.reason and stored.reason is None:
+                stored.reason = fill.reason
     return False
 
 
@@ -175,72 +180,35 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | No
         trade.closed_at = now_ms()
 
 
-def _learn_order_id(session: Session, trade: Trade, order_id: str) -> None:
-    """The entry's exchange order id became known (a send that timed out leaves it
-    unknown): store it and link the fills and orders stored without a trade."""
-    if trade.entry_order_id is None and order_id:
-        trade.entry_order_id = order_id
-    book.link_fills(session, trade)
-
-
-def _coid_of_order(session: Session, key_id: int, symbol: str, order_id: str) -> str | None:
-    return session.scalars(select(Order.client_order_id).where(
-        Order.key_id == key_id, Order.symbol == symbol,
-        Order.exchange_order_id == order_id)).first()
-
-
-def apply_order(session: Session, key_id: int, order: ex.Order) -> None:
-    """Record an order update seen on a stream, linked to its trade by client order id
-    (which also teaches the trade its exchange order id and links its stored fills)."""
-    book.lock_keys(session, [key_id])
-    trade = session.scalars(select(Trade).where(
-        Trade.client_order_id == order.client_order_id, Trade.key_id == key_id)
-        .with_for_update()).first()
-    upsert_order(session, key_id, order, trade.id if trade else None)
-    if trade is not None:
-        _learn_order_id(session, trade, order.order_id)
-        session.flush()
-        settle_trade_from_fills(session, trade, order)
-        session.flush()
-        book.settle_symbol(session, key_id, order.symbol)
-
-
-def apply_fill(session: Session, key_id: int, fill: ex.Fill) -> bool:
-    """Record one fill and move its trade and the symbol's book forward (idempotent).
-    The trade is found by the fill's client order id, else (REST fills: Binance
-    userTrades carry no clientOrderId) by the entry's exchange order id or the client
-    order id of the stored order. True if the fill was new."""
-    book.lock_keys(session, [key_id])
-    coid = fill.client_order_id or _coid_of_order(session, key_id, fill.symbol, fill.order_id)
-    match = Trade.entry_order_id == fill.order_id
-    if coid:
-        match = match | (Trade.client_order_id == coid)
-    trade = session.scalars(select(Trade).where(match, Trade.key_id == key_id,
-                                                Trade.symbol == fill.symbol)
-                            .order_by(Trade.id).with_for_update()).first()
-    if coid and not fill.client_order_id:
-        fill = replace(fill, client_order_id=coid)
-    new = upsert_fill(session, key_id, fill, trade.id if trade else None)
-    if trade is not None:
-        session.flush()
-        settle_trade_from_fills(session, trade)
-    session.flush()
-    book.settle_symbol(session, key_id, fill.symbol)
-    return new
-
-
 def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
                 fills: list[tuple[int, ex.Fill]],
                 positions: list[tuple[int, int, list[ex.Position], bool]] = (),  # type: ignore[assignment]
                 funding: list[tuple[int, FundingFeeEvent]] = ()) -> set[int]:  # type: ignore[assignment]
-    """The write-behind writer's unit of work: many stream events in a handful of
-    statements (each statement is a round trip, and under load every round trip waits
-    for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one, and
-    ``upsert_positions`` with ``positions`` (tuples of key id, as_of ms, positions,
-    complete) merged per key: the newest report of each symbol, complete if any was,
-    and ``apply_funding`` with ``funding``. Returns the key ids that got new fills or
-    funding fees. The keys whose realized figure moved are in
-    ``session.info[services.realized.CHANGED_KEYS]``."""
+    """Record order updates and fills and move their trades and the symbols' books
+    forward: the ledger's one write path for exchange events (the write-behind's
+    batches, the reconciler's fills; a single event is a batch of one). Idempotent: a
+    replayed event writes nothing twice, and any order of the same events ends in the
+    same state. Many events cost a handful of statements (each statement is a round
+    trip, and under load every round trip waits for the event hub).
+
+    ``orders`` and ``fills`` are ``(key id, event)`` pairs. The newest update of each
+    order (``updated_at`` ms UTC) is stored; an order or fill is linked to its trade by
+    client order id, else by the entry's exchange order id, and a fill without a client
+    order id (Binance REST ``userTrades``) takes its order's, from this batch or the
+    stored ``orders`` row. A trade learning its entry order id here gets the fills and
+    orders stored without a trade linked (``book.link_fills``); each touched trade is
+    settled from its fills and its order's last state (``settle_trade_from_fills``),
+    and the book of each symbol with new fills or touched trades is recomputed where
+    it can differ from "every fill opens" (``book.needing_settle``).
+
+    ``positions`` (tuples of key id, as_of ms UTC, positions, complete) are merged per
+    key, the newest report of each symbol winning, complete if any was, and stored by
+    ``upsert_positions``; ``funding`` (``(key id, FundingFee)``) by ``apply_funding``.
+
+    Returns the key ids that got new fills or funding fees (empty: nothing new). The
+    keys whose realized figure moved are in
+    ``session.info[services.realized.CHANGED_KEYS]``. Raises SQLAlchemyError (the
+    caller's transaction is then to be rolled back)."""
     book.lock_keys(session, [k for k, _ in orders] + [k for k, _ in fills]
                    + [p[0] for p in positions] + [k for k, _ in funding])
     newest: dict[int, tuple[int, dict[str, ex.Position], bool]] = {}
@@ -303,13 +271,7 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
             t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
             if t is not None:
                 touched[t.id] = t
-            values.append(dict(key_id=key_id, trade_id=t.id if t else None,
-                               exchange_trade_id=f.trade_id, exchange_order_id=f.order_id,
-                               client_order_id=f.client_order_id, symbol=f.symbol, side=f.side,
-                               price=f.price, quantity=f.quantity, fee=f.fee,
-                               fee_asset=f.fee_asset, realized_pnl=f.realized_pnl,
-                               is_maker=f.is_maker, time=f.time,
-                               reason=getattr(f, "reason", None)))
+            values.append(_fill_row(key_id, f, t.id if t else None))
         stmt = (_insert(session, Fill.__table__)
                 .on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
                 .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
@@ -320,7 +282,7 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
         symbols |= {(k, f.symbol) for k, f in fills if (k, f.trade_id) in inserted}
         for key_id, f in fills:  # a fill stored before: a late trade link or PnL (rare)
             if (key_id, f.trade_id) not in inserted and (f.realized_pnl or f.client_order_id
-                                                         or getattr(f, "reason", None)):
+                                                         or f.reason):
                 t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
                 upsert_fill(session, key_id, f, t.id if t else None)
     if touched:

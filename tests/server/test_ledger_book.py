@@ -77,7 +77,8 @@ def test_a_rest_fill_stored_before_the_order_id_was_known_is_linked_when_it_is(d
     assert (t.status, t.entry_order_id, t.filled_quantity) == ("open", "77", D("2"))
     # the same fill replayed with its trade now known changes nothing
     with db.transaction() as s:
-        assert not ledger.upsert_fill(s, 1, rest_fill, tid)
+        assert ledger.apply_batch(s, [], [(1, rest_fill)]) == set()
+    assert trade(db, tid).filled_quantity == D("2")
     with db.session() as s:
         assert s.scalars(select(Fill.trade_id)).all() == [tid]
 
@@ -85,9 +86,9 @@ def test_a_rest_fill_stored_before_the_order_id_was_known_is_linked_when_it_is(d
 def test_a_rest_fill_after_the_order_row_takes_its_client_order_id(db) -> None:  # type: ignore[no-untyped-def]
     tid = add_trade(db, "c-2")
     with db.transaction() as s:  # the stream's order update came first (NEW)
-        ledger.apply_order(s, 1, order("c-2", "78", ex.OrderStatus.NEW, "2", "0", 5))
+        ledger.apply_batch(s, [(1, order("c-2", "78", ex.OrderStatus.NEW, "2", "0", 5))], [])
     with db.transaction() as s:  # then a REST fill of that order (no clientOrderId)
-        ledger.apply_fill(s, 1, fill("78", "BUY", "1", "100", 6))
+        ledger.apply_batch(s, [], [(1, fill("78", "BUY", "1", "100", 6))])
     t = trade(db, tid)
     assert (t.status, t.filled_quantity) == ("open", D("1"))
     with db.session() as s:
@@ -113,14 +114,14 @@ def test_an_exit_recorded_before_the_entrys_fills_closes_the_trade_when_they_arr
     tid = add_trade(db, "c-4", order_id="80")
     first, second = fill("80", "BUY", "1", "100", 10), fill("80", "BUY", "1", "102", 11)
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, first)
-        ledger.apply_fill(s, 1, _exit_fill("2", "110", 20, fee="0.2"))  # exit of 2 sold
+        ledger.apply_batch(s, [], [(1, first)])
+        ledger.apply_batch(s, [], [(1, _exit_fill("2", "110", 20, fee="0.2"))])  # exit of 2 sold
     t = trade(db, tid)
     assert t.status == "closed"  # by what the ledger knows: 1 bought, 2 sold
     with db.session() as s:
         assert book.load(s, 1, "BTCUSDT")[0].owned_net == 0  # what the trade knew is closed
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, second)  # the entry's second fill (exchange time 11) comes late
+        ledger.apply_batch(s, [], [(1, second)])  # the entry's second fill (exchange time 11) comes late
     t = trade(db, tid)
     assert (t.status, t.filled_quantity, t.exit_price) == ("closed", D("2"), D("110"))
     # gross (110-100)*1 + (110-102)*1 = 18, minus the exit's fee 0.2
@@ -134,14 +135,14 @@ def test_a_fill_after_the_exit_reopens_the_lot_and_fifo_holds(db) -> None:  # ty
     old = add_trade(db, "c-5", qty="1", order_id="81")
     new = add_trade(db, "c-6", qty="2", order_id="82")
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, fill("81", "BUY", "1", "100", 10))
-        ledger.apply_fill(s, 1, fill("82", "BUY", "1", "104", 11))
-        ledger.apply_fill(s, 1, _exit_fill("1.5", "110", 20))  # FIFO: all of old, half of new
+        ledger.apply_batch(s, [], [(1, fill("81", "BUY", "1", "100", 10))])
+        ledger.apply_batch(s, [], [(1, fill("82", "BUY", "1", "104", 11))])
+        ledger.apply_batch(s, [], [(1, _exit_fill("1.5", "110", 20))])  # FIFO: all of old, half of new
     a, b = trade(db, old), trade(db, new)
     assert (a.status, a.realized_pnl) == ("closed", D("10"))
     assert b.status == "open" and b.realized_pnl == D("3")  # (110-104)*0.5
     with db.transaction() as s:  # the rest of the resting entry fills after the exit
-        ledger.apply_fill(s, 1, fill("82", "BUY", "1", "106", 30))
+        ledger.apply_batch(s, [], [(1, fill("82", "BUY", "1", "106", 30))])
     b = trade(db, new)
     assert (b.status, b.filled_quantity) == ("open", D("2"))
     with db.session() as s:
@@ -152,11 +153,11 @@ def test_a_fill_after_the_exit_reopens_the_lot_and_fifo_holds(db) -> None:  # ty
 def test_a_closed_trade_that_gets_more_fills_opens_again(db) -> None:  # type: ignore[no-untyped-def]
     tid = add_trade(db, "c-7", order_id="83")
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, fill("83", "BUY", "1", "100", 10))
-        ledger.apply_fill(s, 1, _exit_fill("1", "101", 20))
+        ledger.apply_batch(s, [], [(1, fill("83", "BUY", "1", "100", 10))])
+        ledger.apply_batch(s, [], [(1, _exit_fill("1", "101", 20))])
     assert trade(db, tid).status == "closed"
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, fill("83", "BUY", "1", "100", 25))
+        ledger.apply_batch(s, [], [(1, fill("83", "BUY", "1", "100", 25))])
     t = trade(db, tid)
     assert (t.status, t.closed_at) == ("open", None)
 
@@ -173,7 +174,7 @@ def test_any_arrival_order_ends_in_the_same_book(db) -> None:  # type: ignore[no
         t1, t2 = add_trade(db, "c-8", qty="2.5", order_id="84"), add_trade(db, "c-9", "SELL", "1", "85")
         for f in perm:
             with db.transaction() as s:
-                ledger.apply_fill(s, 1, f)
+                ledger.apply_batch(s, [], [(1, f)])
         a, b = trade(db, t1), trade(db, t2)
         results.append((a.status, a.realized_pnl, a.exit_price, b.status, b.realized_pnl))
     assert len(set(results)) == 1, results
