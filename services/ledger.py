@@ -11,11 +11,14 @@ its fills, so applying the same fill again cannot move them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from exchanges import types as ex
@@ -44,7 +47,7 @@ def _insert(session: Session, table):  # type: ignore[no-untyped-def]
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
 
 
-def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict:
+def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict[str, Any]:
     return dict(key_id=key_id, trade_id=trade_id, exchange_order_id=order.order_id,
                 client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
                 type=order.type, status=order.status.value, price=order.price,
@@ -53,7 +56,7 @@ def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict:
                 reduce_only=order.reduce_only, updated_at=order.updated_at)
 
 
-def upsert_orders(session: Session, rows: list[dict]) -> None:
+def upsert_orders(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert or update order rows (``_order_row`` dicts, at most one per order) keyed
     by (key, symbol, exchange order id); an update with an older ``updated_at`` than
     the stored one changes nothing. One cached statement executed for all rows
@@ -73,7 +76,7 @@ def upsert_order(session: Session, key_id: int, order: ex.Order, trade_id: int |
     upsert_orders(session, [_order_row(key_id, order, trade_id)])
 
 
-def _fill_row(key_id: int, fill: ex.Fill, trade_id: int | None) -> dict:
+def _fill_row(key_id: int, fill: ex.Fill, trade_id: int | None) -> dict[str, Any]:
     """The ``fills`` row of ``fill`` (the one place it is built)."""
     return dict(key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
                 exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
@@ -93,7 +96,7 @@ def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | No
     stmt = _insert(session, Fill.__table__).values(**_fill_row(key_id, fill, trade_id)
                                                    ).on_conflict_do_nothing(
         index_elements=["key_id", "symbol", "exchange_trade_id"])
-    if session.execute(stmt).rowcount == 1:
+    if cast("CursorResult[Any]", session.execute(stmt)).rowcount == 1:
         _new_fills(session, [(key_id, fill)])
         return True
     if trade_id is not None or fill.realized_pnl or fill.client_order_id or fill.reason:
@@ -146,7 +149,7 @@ NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStat
 
 
 def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | None = None,
-                            rows: list | None = None) -> None:
+                            rows: Sequence[Any] | None = None) -> None:
     """Derive the trade's filled quantity, average entry price and fees from its fills
     (``rows`` of (quantity, price, fee), read here when not given) and the order's
     last state; the state only moves forward.
@@ -155,8 +158,8 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | No
     + order final with no fill -> canceled (or failed when REJECTED/EXPIRED).
     """
     if rows is None:
-        rows = session.execute(select(Fill.quantity, Fill.price, Fill.fee)
-                               .where(Fill.trade_id == trade.id)).all()
+        rows = list(session.execute(select(Fill.quantity, Fill.price, Fill.fee)
+                                    .where(Fill.trade_id == trade.id)))
     qty = sum((r.quantity for r in rows), Decimal(0))
     if qty > 0:
         notional = sum((r.quantity * r.price for r in rows), Decimal(0))
@@ -180,10 +183,10 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | No
         trade.closed_at = now_ms()
 
 
-def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
-                fills: list[tuple[int, ex.Fill]],
-                positions: list[tuple[int, int, list[ex.Position], bool]] = (),  # type: ignore[assignment]
-                funding: list[tuple[int, FundingFeeEvent]] = ()) -> set[int]:  # type: ignore[assignment]
+def apply_batch(session: Session, orders: Sequence[tuple[int, ex.Order]],
+                fills: Sequence[tuple[int, ex.Fill]],
+                positions: Sequence[tuple[int, int, list[ex.Position], bool]] = (),
+                funding: Sequence[tuple[int, FundingFeeEvent]] = ()) -> set[int]:
     """Record order updates and fills and move their trades and the symbols' books
     forward: the ledger's one write path for exchange events (the write-behind's
     batches, the reconciler's fills; a single event is a batch of one). Idempotent: a
@@ -213,17 +216,17 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
                    + [p[0] for p in positions] + [k for k, _ in funding])
     newest: dict[int, tuple[int, dict[str, ex.Position], bool]] = {}
     for key_id, as_of, held, complete in sorted(positions, key=lambda p: p[1]):
-        _, symbols, was_complete = newest.get(key_id, (0, {}, False))
-        newest[key_id] = (as_of, {**symbols, **{p.symbol: p for p in held}},
+        _, by_symbol, was_complete = newest.get(key_id, (0, {}, False))
+        newest[key_id] = (as_of, {**by_symbol, **{p.symbol: p for p in held}},
                           complete or was_complete)
     if newest:
         upsert_positions(session, {k: (as_of, list(held.values()), complete)
                                    for k, (as_of, held, complete) in newest.items()})
-    latest: dict[tuple, tuple[int, ex.Order]] = {}
+    latest: dict[tuple[int, str, str], tuple[int, ex.Order]] = {}
     for key_id, o in orders:  # the newest update of each order wins
-        k = (key_id, o.symbol, o.order_id)
-        if k not in latest or latest[k][1].updated_at <= o.updated_at:
-            latest[k] = (key_id, o)
+        ref = (key_id, o.symbol, o.order_id)
+        if ref not in latest or latest[ref][1].updated_at <= o.updated_at:
+            latest[ref] = (key_id, o)
     # a fill without a client order id (REST) takes its order's, from this batch or stored
     coid_of = {k: o.client_order_id for k, (_, o) in latest.items()}
     unknown = {(k, f.symbol, f.order_id) for k, f in fills
@@ -290,17 +293,17 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
         for t in touched.values():
             book.link_fills(session, t)
             symbols.add((t.key_id, t.symbol))
-        rows: dict[int, list] = {tid: [] for tid in touched}
-        for r in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
-                                 .where(Fill.trade_id.in_(list(touched)))):
-            rows[r.trade_id].append(r)
+        fills_of: dict[int, list[Any]] = {tid: [] for tid in touched}
+        for row in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
+                                   .where(Fill.trade_id.in_(list(touched)))):
+            fills_of[row.trade_id].append(row)
         last_order: dict[int, ex.Order] = {}
-        for k, o in latest.values():
-            t = trade_of(k, o.client_order_id, o.symbol, o.order_id)
+        for key_id, o in latest.values():
+            t = trade_of(key_id, o.client_order_id, o.symbol, o.order_id)
             if t is not None:
                 last_order[t.id] = o
         for tid, t in touched.items():
-            settle_trade_from_fills(session, t, last_order.get(tid), rows[tid])
+            settle_trade_from_fills(session, t, last_order.get(tid), fills_of[tid])
     if symbols:
         session.flush()
         needing = book.needing_settle(session, symbols)
@@ -320,7 +323,7 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
 PROVISIONAL_FUNDING_ID = "FUNDING_FEE-"
 
 
-def apply_funding(session: Session, fees: list[tuple[int, FundingFeeEvent]]) -> set[int]:
+def apply_funding(session: Session, fees: Sequence[tuple[int, FundingFeeEvent]]) -> set[int]:
     """Store funding fees (tuples of key id, ``FundingFee``) once each, keyed by (key,
     ``id``), and add each stored one to the key's realized figure
     (``services.realized.book_change``). Binance's stream and its income history name
