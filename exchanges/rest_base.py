@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from clock import now_ms
 from exchanges.egress import bind_session
 from exchanges.errors import ClockSkew, InvalidOrder, RateLimited, ThrottledLocally
 from exchanges.governor import QUERY, RateGovernor
@@ -42,11 +43,6 @@ SHARED_CLOCK_TTL_S = 300.0   # a shared clock offset older than this is sampled 
 _shared_offsets: dict[tuple[str, str], tuple[int, float]] = {}
 _sampling: dict[tuple[str, str], threading.Event] = {}
 _shared_guard = threading.Lock()
-
-
-def now_ms() -> int:
-    """Local wall clock, ms UTC."""
-    return int(time.time() * 1000)
 
 
 def mask(secret: str | None, keep: int = 4) -> str:

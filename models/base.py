@@ -1,7 +1,6 @@
 """Declarative base with a naming convention, the exact-decimal column type, and time."""
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +9,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from clock import now_ms as now_ms  # re-exported (models.now_ms): the column defaults' clock
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -17,11 +18,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def now_ms() -> int:
-    """Current time in milliseconds since the Unix epoch, UTC."""
-    return int(time.time() * 1000)
 
 
 class Money(TypeDecorator[Decimal]):

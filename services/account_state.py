@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 
+from clock import now_ms as now_ms  # re-exported: the account modules import it from here
 from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
 from exchanges.venues import venue
 from services import serialize
@@ -32,11 +33,6 @@ from services.fill_log import FillLog
 # the epoch prefix of this process: a restart can never reuse an epoch
 _BOOT = f"{int(time.time() * 1000):x}-{os.getpid():x}-{os.urandom(3).hex()}"
 _EPOCHS = itertools.count(1)
-
-
-def now_ms() -> int:
-    """Milliseconds since the Unix epoch, UTC."""
-    return int(time.time() * 1000)
 
 
 def new_epoch() -> str:

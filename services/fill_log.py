@@ -7,18 +7,14 @@ state's ``_lock``, ``_seq``, ``_sequence`` and identity fields.
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 
+from clock import now_ms
 from exchanges.types import Fill
 from services import serialize
 
 FILLS_KEPT = 500  # fills envelopes kept per key for a resume by (epoch, seq)
 TRADE_IDS_KEPT = 5_000  # trade ids remembered per key so that a fill is pushed once
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FillLog:
@@ -79,5 +75,5 @@ class FillLog:
         current ``seq``, ``source: "cache"``: not a new push, so no seq is spent."""
         return {"type": "fills", "user_id": self.user_id, "key_id": self.key_id,
                 "exchange": self.exchange, "testnet": self.testnet, "epoch": self.epoch,
-                "seq": self._seq.get("fills", 0), "as_of": _now_ms(), "sent_at": _now_ms(),
+                "seq": self._seq.get("fills", 0), "as_of": now_ms(), "sent_at": now_ms(),
                 "source": "cache", "stale": False, "data": rows}

@@ -1,6 +1,7 @@
 """The ledger's persistence: idempotent upserts of fills and orders, the trade
-state derived from its fills, and realized PnL. (The write-behind writer that
-calls these for stream events is ``services.write_behind``.)
+state derived from its fills, and realized PnL. Exchange events are written through
+one function, ``apply_batch`` (the write-behind writer, ``services.write_behind``,
+calls it for stream events; a single event is a batch of one).
 
 Upserts are keyed by exchange ids (``(key_id, symbol, exchange_trade_id)`` for
 fills, ``(key_id, symbol, exchange_order_id)`` for orders): a replayed event writes
@@ -10,11 +11,14 @@ its fills, so applying the same fill again cannot move them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from exchanges import types as ex
@@ -43,7 +47,7 @@ def _insert(session: Session, table):  # type: ignore[no-untyped-def]
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
 
 
-def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict:
+def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict[str, Any]:
     return dict(key_id=key_id, trade_id=trade_id, exchange_order_id=order.order_id,
                 client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
                 type=order.type, status=order.status.value, price=order.price,
@@ -52,7 +56,7 @@ def _order_row(key_id: int, order: ex.Order, trade_id: int | None) -> dict:
                 reduce_only=order.reduce_only, updated_at=order.updated_at)
 
 
-def upsert_orders(session: Session, rows: list[dict]) -> None:
+def upsert_orders(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert or update order rows (``_order_row`` dicts, at most one per order) keyed
     by (key, symbol, exchange order id); an update with an older ``updated_at`` than
     the stored one changes nothing. One cached statement executed for all rows
@@ -72,25 +76,30 @@ def upsert_order(session: Session, key_id: int, order: ex.Order, trade_id: int |
     upsert_orders(session, [_order_row(key_id, order, trade_id)])
 
 
+def _fill_row(key_id: int, fill: ex.Fill, trade_id: int | None) -> dict[str, Any]:
+    """The ``fills`` row of ``fill`` (the one place it is built)."""
+    return dict(key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
+                exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
+                symbol=fill.symbol, side=fill.side, price=fill.price, quantity=fill.quantity,
+                fee=fill.fee, fee_asset=fill.fee_asset, realized_pnl=fill.realized_pnl,
+                is_maker=fill.is_maker, time=fill.time, reason=fill.reason)
+
+
 def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | None) -> bool:
     """Insert the fill unless (key, symbol, exchange trade id) exists. True if new.
 
     A stored fill that no trade holds yet takes ``trade_id`` (a link learnt later: the
     fill came first from a source without the client order id); a stored fill whose
     realized PnL is 0 takes a later report's non-zero figure (Bybit's REST execution
-    list has no PnL; its stream's execution has ``execPnl``)."""
-    stmt = _insert(session, Fill.__table__).values(
-        key_id=key_id, trade_id=trade_id, exchange_trade_id=fill.trade_id,
-        exchange_order_id=fill.order_id, client_order_id=fill.client_order_id,
-        symbol=fill.symbol, side=fill.side, price=fill.price, quantity=fill.quantity,
-        fee=fill.fee, fee_asset=fill.fee_asset, realized_pnl=fill.realized_pnl,
-        is_maker=fill.is_maker, time=fill.time, reason=getattr(fill, "reason", None),
-    ).on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
-    if session.execute(stmt).rowcount == 1:
+    list has no PnL; its stream's execution has ``execPnl``). Only the row: the
+    trade's state and the book are the caller's (``apply_batch`` does both)."""
+    stmt = _insert(session, Fill.__table__).values(**_fill_row(key_id, fill, trade_id)
+                                                   ).on_conflict_do_nothing(
+        index_elements=["key_id", "symbol", "exchange_trade_id"])
+    if cast("CursorResult[Any]", session.execute(stmt)).rowcount == 1:
         _new_fills(session, [(key_id, fill)])
         return True
-    if trade_id is not None or fill.realized_pnl or fill.client_order_id or getattr(
-            fill, "reason", None):
+    if trade_id is not None or fill.realized_pnl or fill.client_order_id or fill.reason:
         stored = session.scalars(select(Fill).where(
             Fill.key_id == key_id, Fill.symbol == fill.symbol,
             Fill.exchange_trade_id == fill.trade_id)).first()
@@ -101,9 +110,8 @@ def upsert_fill(session: Session, key_id: int, fill: ex.Fill, trade_id: int | No
                 stored.client_order_id = fill.client_order_id
             if fill.realized_pnl and stored.realized_pnl == 0:
                 stored.realized_pnl = fill.realized_pnl
-            reason = getattr(fill, "reason", None)
-            if reason and stored.reason is None:
-                stored.reason = reason
+            if fill.reason and stored.reason is None:
+                stored.reason = fill.reason
     return False
 
 
@@ -141,7 +149,7 @@ NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStat
 
 
 def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | None = None,
-                            rows: list | None = None) -> None:
+                            rows: Sequence[Any] | None = None) -> None:
     """Derive the trade's filled quantity, average entry price and fees from its fills
     (``rows`` of (quantity, price, fee), read here when not given) and the order's
     last state; the state only moves forward.
@@ -150,8 +158,8 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | No
     + order final with no fill -> canceled (or failed when REJECTED/EXPIRED).
     """
     if rows is None:
-        rows = session.execute(select(Fill.quantity, Fill.price, Fill.fee)
-                               .where(Fill.trade_id == trade.id)).all()
+        rows = list(session.execute(select(Fill.quantity, Fill.price, Fill.fee)
+                                    .where(Fill.trade_id == trade.id)))
     qty = sum((r.quantity for r in rows), Decimal(0))
     if qty > 0:
         notional = sum((r.quantity * r.price for r in rows), Decimal(0))
@@ -175,87 +183,50 @@ def settle_trade_from_fills(session: Session, trade: Trade, order: ex.Order | No
         trade.closed_at = now_ms()
 
 
-def _learn_order_id(session: Session, trade: Trade, order_id: str) -> None:
-    """The entry's exchange order id became known (a send that timed out leaves it
-    unknown): store it and link the fills and orders stored without a trade."""
-    if trade.entry_order_id is None and order_id:
-        trade.entry_order_id = order_id
-    book.link_fills(session, trade)
+def apply_batch(session: Session, orders: Sequence[tuple[int, ex.Order]],
+                fills: Sequence[tuple[int, ex.Fill]],
+                positions: Sequence[tuple[int, int, list[ex.Position], bool]] = (),
+                funding: Sequence[tuple[int, FundingFeeEvent]] = ()) -> set[int]:
+    """Record order updates and fills and move their trades and the symbols' books
+    forward: the ledger's one write path for exchange events (the write-behind's
+    batches, the reconciler's fills; a single event is a batch of one). Idempotent: a
+    replayed event writes nothing twice, and any order of the same events ends in the
+    same state. Many events cost a handful of statements (each statement is a round
+    trip, and under load every round trip waits for the event hub).
 
+    ``orders`` and ``fills`` are ``(key id, event)`` pairs. The newest update of each
+    order (``updated_at`` ms UTC) is stored; an order or fill is linked to its trade by
+    client order id, else by the entry's exchange order id, and a fill without a client
+    order id (Binance REST ``userTrades``) takes its order's, from this batch or the
+    stored ``orders`` row. A trade learning its entry order id here gets the fills and
+    orders stored without a trade linked (``book.link_fills``); each touched trade is
+    settled from its fills and its order's last state (``settle_trade_from_fills``),
+    and the book of each symbol with new fills or touched trades is recomputed where
+    it can differ from "every fill opens" (``book.needing_settle``).
 
-def _coid_of_order(session: Session, key_id: int, symbol: str, order_id: str) -> str | None:
-    return session.scalars(select(Order.client_order_id).where(
-        Order.key_id == key_id, Order.symbol == symbol,
-        Order.exchange_order_id == order_id)).first()
+    ``positions`` (tuples of key id, as_of ms UTC, positions, complete) are merged per
+    key, the newest report of each symbol winning, complete if any was, and stored by
+    ``upsert_positions``; ``funding`` (``(key id, FundingFee)``) by ``apply_funding``.
 
-
-def apply_order(session: Session, key_id: int, order: ex.Order) -> None:
-    """Record an order update seen on a stream, linked to its trade by client order id
-    (which also teaches the trade its exchange order id and links its stored fills)."""
-    book.lock_keys(session, [key_id])
-    trade = session.scalars(select(Trade).where(
-        Trade.client_order_id == order.client_order_id, Trade.key_id == key_id)
-        .with_for_update()).first()
-    upsert_order(session, key_id, order, trade.id if trade else None)
-    if trade is not None:
-        _learn_order_id(session, trade, order.order_id)
-        session.flush()
-        settle_trade_from_fills(session, trade, order)
-        session.flush()
-        book.settle_symbol(session, key_id, order.symbol)
-
-
-def apply_fill(session: Session, key_id: int, fill: ex.Fill) -> bool:
-    """Record one fill and move its trade and the symbol's book forward (idempotent).
-    The trade is found by the fill's client order id, else (REST fills: Binance
-    userTrades carry no clientOrderId) by the entry's exchange order id or the client
-    order id of the stored order. True if the fill was new."""
-    book.lock_keys(session, [key_id])
-    coid = fill.client_order_id or _coid_of_order(session, key_id, fill.symbol, fill.order_id)
-    match = Trade.entry_order_id == fill.order_id
-    if coid:
-        match = match | (Trade.client_order_id == coid)
-    trade = session.scalars(select(Trade).where(match, Trade.key_id == key_id,
-                                                Trade.symbol == fill.symbol)
-                            .order_by(Trade.id).with_for_update()).first()
-    if coid and not fill.client_order_id:
-        fill = replace(fill, client_order_id=coid)
-    new = upsert_fill(session, key_id, fill, trade.id if trade else None)
-    if trade is not None:
-        session.flush()
-        settle_trade_from_fills(session, trade)
-    session.flush()
-    book.settle_symbol(session, key_id, fill.symbol)
-    return new
-
-
-def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
-                fills: list[tuple[int, ex.Fill]],
-                positions: list[tuple[int, int, list[ex.Position], bool]] = (),  # type: ignore[assignment]
-                funding: list[tuple[int, FundingFeeEvent]] = ()) -> set[int]:  # type: ignore[assignment]
-    """The write-behind writer's unit of work: many stream events in a handful of
-    statements (each statement is a round trip, and under load every round trip waits
-    for the event hub). Same effect as ``apply_order``/``apply_fill`` one by one, and
-    ``upsert_positions`` with ``positions`` (tuples of key id, as_of ms, positions,
-    complete) merged per key: the newest report of each symbol, complete if any was,
-    and ``apply_funding`` with ``funding``. Returns the key ids that got new fills or
-    funding fees. The keys whose realized figure moved are in
-    ``session.info[services.realized.CHANGED_KEYS]``."""
+    Returns the key ids that got new fills or funding fees (empty: nothing new). The
+    keys whose realized figure moved are in
+    ``session.info[services.realized.CHANGED_KEYS]``. Raises SQLAlchemyError (the
+    caller's transaction is then to be rolled back)."""
     book.lock_keys(session, [k for k, _ in orders] + [k for k, _ in fills]
                    + [p[0] for p in positions] + [k for k, _ in funding])
     newest: dict[int, tuple[int, dict[str, ex.Position], bool]] = {}
     for key_id, as_of, held, complete in sorted(positions, key=lambda p: p[1]):
-        _, symbols, was_complete = newest.get(key_id, (0, {}, False))
-        newest[key_id] = (as_of, {**symbols, **{p.symbol: p for p in held}},
+        _, by_symbol, was_complete = newest.get(key_id, (0, {}, False))
+        newest[key_id] = (as_of, {**by_symbol, **{p.symbol: p for p in held}},
                           complete or was_complete)
     if newest:
         upsert_positions(session, {k: (as_of, list(held.values()), complete)
                                    for k, (as_of, held, complete) in newest.items()})
-    latest: dict[tuple, tuple[int, ex.Order]] = {}
+    latest: dict[tuple[int, str, str], tuple[int, ex.Order]] = {}
     for key_id, o in orders:  # the newest update of each order wins
-        k = (key_id, o.symbol, o.order_id)
-        if k not in latest or latest[k][1].updated_at <= o.updated_at:
-            latest[k] = (key_id, o)
+        ref = (key_id, o.symbol, o.order_id)
+        if ref not in latest or latest[ref][1].updated_at <= o.updated_at:
+            latest[ref] = (key_id, o)
     # a fill without a client order id (REST) takes its order's, from this batch or stored
     coid_of = {k: o.client_order_id for k, (_, o) in latest.items()}
     unknown = {(k, f.symbol, f.order_id) for k, f in fills
@@ -303,13 +274,7 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
             t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
             if t is not None:
                 touched[t.id] = t
-            values.append(dict(key_id=key_id, trade_id=t.id if t else None,
-                               exchange_trade_id=f.trade_id, exchange_order_id=f.order_id,
-                               client_order_id=f.client_order_id, symbol=f.symbol, side=f.side,
-                               price=f.price, quantity=f.quantity, fee=f.fee,
-                               fee_asset=f.fee_asset, realized_pnl=f.realized_pnl,
-                               is_maker=f.is_maker, time=f.time,
-                               reason=getattr(f, "reason", None)))
+            values.append(_fill_row(key_id, f, t.id if t else None))
         stmt = (_insert(session, Fill.__table__)
                 .on_conflict_do_nothing(index_elements=["key_id", "symbol", "exchange_trade_id"])
                 .returning(Fill.__table__.c.key_id, Fill.__table__.c.exchange_trade_id))
@@ -320,7 +285,7 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
         symbols |= {(k, f.symbol) for k, f in fills if (k, f.trade_id) in inserted}
         for key_id, f in fills:  # a fill stored before: a late trade link or PnL (rare)
             if (key_id, f.trade_id) not in inserted and (f.realized_pnl or f.client_order_id
-                                                         or getattr(f, "reason", None)):
+                                                         or f.reason):
                 t = trade_of(key_id, f.client_order_id, f.symbol, f.order_id)
                 upsert_fill(session, key_id, f, t.id if t else None)
     if touched:
@@ -328,17 +293,17 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
         for t in touched.values():
             book.link_fills(session, t)
             symbols.add((t.key_id, t.symbol))
-        rows: dict[int, list] = {tid: [] for tid in touched}
-        for r in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
-                                 .where(Fill.trade_id.in_(list(touched)))):
-            rows[r.trade_id].append(r)
+        fills_of: dict[int, list[Any]] = {tid: [] for tid in touched}
+        for row in session.execute(select(Fill.trade_id, Fill.quantity, Fill.price, Fill.fee)
+                                   .where(Fill.trade_id.in_(list(touched)))):
+            fills_of[row.trade_id].append(row)
         last_order: dict[int, ex.Order] = {}
-        for k, o in latest.values():
-            t = trade_of(k, o.client_order_id, o.symbol, o.order_id)
+        for key_id, o in latest.values():
+            t = trade_of(key_id, o.client_order_id, o.symbol, o.order_id)
             if t is not None:
                 last_order[t.id] = o
         for tid, t in touched.items():
-            settle_trade_from_fills(session, t, last_order.get(tid), rows[tid])
+            settle_trade_from_fills(session, t, last_order.get(tid), fills_of[tid])
     if symbols:
         session.flush()
         needing = book.needing_settle(session, symbols)
@@ -358,7 +323,7 @@ def apply_batch(session: Session, orders: list[tuple[int, ex.Order]],
 PROVISIONAL_FUNDING_ID = "FUNDING_FEE-"
 
 
-def apply_funding(session: Session, fees: list[tuple[int, FundingFeeEvent]]) -> set[int]:
+def apply_funding(session: Session, fees: Sequence[tuple[int, FundingFeeEvent]]) -> set[int]:
     """Store funding fees (tuples of key id, ``FundingFee``) once each, keyed by (key,
     ``id``), and add each stored one to the key's realized figure
     (``services.realized.book_change``). Binance's stream and its income history name

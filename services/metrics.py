@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -36,6 +36,16 @@ ACCOUNT_STREAM_STATES = ("starting", "live", "reconnecting", "polling", "down")
 TICKER_STREAM_STATES = ("live", "reconnecting", "down")
 # exchange event time -> emit, seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def percentile(sorted_values: Sequence[float], q: float, ndigits: int) -> float | None:
+    """The ``q`` (0..1) percentile of ``sorted_values`` (ascending), rounded to
+    ``ndigits``: the value at index ``int(q * n)``, the last one at most (p50 of an even
+    count is the upper middle value). None when empty. The figure of the services'
+    ``stats()`` latencies (write-behind, notifications)."""
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], ndigits)
 
 
 class GcPauses:

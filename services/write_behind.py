@@ -25,17 +25,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from decimal import Decimal
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_jitter
 
+from clock import now_ms
 from exchanges import types as ex
 from exchanges.types import FundingFee
-from models import Database, DeadLetter, now_ms
+from models import Database, DeadLetter
 from services import ledger, realized
+from services.metrics import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +56,43 @@ def database_unavailable(e: BaseException) -> bool:
         isinstance(e, DBAPIError) and e.connection_invalidated)
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    return round(values[min(len(values) - 1, int(q * len(values)))], 3) if values else None
+class PositionsReport(NamedTuple):
+    """A stream's positions report of one key, as queued: ``as_of`` ms UTC, the
+    positions (a closed one has ``size`` 0), ``complete`` when they are all the key's
+    open positions (``ledger.upsert_positions``)."""
+
+    as_of: int
+    positions: list[ex.Position]
+    complete: bool
+
+
+Event = ex.Fill | ex.Order | FundingFee | PositionsReport
+Kind = Literal["fill", "order", "funding", "positions"]
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """One event in the write-behind queue.
+
+    ``at`` is when it was queued (``time.monotonic()`` seconds: the write latency and
+    the oldest unwritten age are measured from it), ``key_id`` the exchange key it
+    belongs to, ``event`` the event itself. ``kind`` names the event's type (the
+    dead-letter row's ``kind``): derived from ``event``, so the two cannot disagree."""
+
+    at: float
+    key_id: int
+    event: Event
+
+    @property
+    def kind(self) -> Kind:
+        """``"fill"``, ``"order"``, ``"funding"`` or ``"positions"``."""
+        if isinstance(self.event, ex.Fill):
+            return "fill"
+        if isinstance(self.event, ex.Order):
+            return "order"
+        if isinstance(self.event, FundingFee):
+            return "funding"
+        return "positions"
 
 
 class LedgerWriter:
@@ -74,15 +112,15 @@ class LedgerWriter:
                  max_depth: int = 100_000, batch_size: int = 200) -> None:
         self._db = db
         self._on_recorded: Callable[[int], None] = on_recorded or (lambda key_id: None)
-        self._queue: queue.Queue = queue.Queue(maxsize=max_depth)
+        self._queue: queue.Queue[Queued] = queue.Queue(maxsize=max_depth)
         self._batch_size = batch_size
         self._stopping = False
         self._worker_done = threading.Event()  # set while no worker loop runs
         self._worker_done.set()
         self._give_up_at: float | None = None  # stop(): retries end at this monotonic time
         self._backoff = wait_exponential_jitter(initial=0.1, max=5.0)
-        self._unflushed: list[tuple] = []  # events stop() could not write (database down)
-        self._inflight: list[tuple] = []  # the batch being written now
+        self._unflushed: list[Queued] = []  # events stop() could not write (database down)
+        self._inflight: list[Queued] = []  # the batch being written now
         self._inflight_since: float | None = None
         self._latency_ms: deque[float] = deque(maxlen=10_000)
         self.written = 0
@@ -91,7 +129,8 @@ class LedgerWriter:
         self.backpressure_waits = 0
         self.dead_lettered = 0  # events sent to the dead-letter table since start
         self.dead_letters = 0   # rows in it now (as of the last write or retry)
-        self._unstored: list[tuple] = []  # dead letters not written yet (database down)
+        # dead letters not written yet (database down): (kind, key id, payload, error)
+        self._unstored: list[tuple[str, int, str, str]] = []
         self.last_error: str | None = None
         self._watch = realized.ChangeWatch()
         self._watch_at = 0.0
@@ -111,24 +150,24 @@ class LedgerWriter:
         if isinstance(fill, FundingFee):
             self.submit_funding(key_id, fill)
             return
-        self._put(("fill", key_id, fill))
+        self._put(key_id, fill)
 
     def submit_order(self, key_id: int, order: ex.Order) -> None:
         """Queue one order update of ``key_id``."""
-        self._put(("order", key_id, order))
+        self._put(key_id, order)
 
     def submit_funding(self, key_id: int, fee: FundingFee) -> None:
         """Queue one funding fee of ``key_id`` (``services.ledger.apply_funding``)."""
-        self._put(("funding", key_id, fee))
+        self._put(key_id, fee)
 
     def submit_positions(self, key_id: int, positions: list[ex.Position], as_of: int,
                          complete: bool = False) -> None:
         """Queue positions of ``key_id`` as reported at ``as_of`` (ms UTC); with
         ``complete`` they are all its open positions (see ``ledger.upsert_positions``)."""
-        self._put(("positions", key_id, (as_of, list(positions), complete)))
+        self._put(key_id, PositionsReport(as_of, list(positions), complete))
 
-    def _put(self, item: tuple) -> None:  # type: ignore[type-arg]
-        entry = (time.monotonic(),) + item
+    def _put(self, key_id: int, event: Event) -> None:
+        entry = Queued(time.monotonic(), key_id, event)
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
@@ -194,7 +233,7 @@ class LedgerWriter:
         # the worker's last attempt may have begun just before the deadline: a grace
         self._worker_done.wait(max(0.0, self._give_up_at - time.monotonic()) + STOP_GRACE_S)
         while drain and not self._unflushed and not self._past_deadline():
-            batch = []
+            batch: list[Queued] = []
             while len(batch) < self._batch_size:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -235,8 +274,8 @@ class LedgerWriter:
                 return
             time.sleep(min(0.1, left))
 
-    def _write_keeping(self, batch: list) -> None:
-        self._inflight_since = min(item[0] for item in batch)
+    def _write_keeping(self, batch: list[Queued]) -> None:
+        self._inflight_since = min(item.at for item in batch)
         self._inflight = batch
         try:
             if self._unstored:
@@ -253,8 +292,9 @@ class LedgerWriter:
                     self._write([item])
                 except Exception as err:  # kept as a dead letter, retried by the reconciler
                     logger.exception("write-behind event not writable kind=%s key_id=%s; "
-                                     "dead-lettered", item[1], item[2])
-                    self._unstored.append((item[1], item[2], encode_event(item[1], item[3]),
+                                     "dead-lettered", item.kind, item.key_id)
+                    self._unstored.append((item.kind, item.key_id,
+                                           encode_event(item.kind, item.event),
                                            f"{type(err).__name__}: {err}"[:255]))
             self._store_dead_letters()
         finally:
@@ -280,7 +320,7 @@ class LedgerWriter:
         self.dead_letters = count or 0
         self.dead_lettered += len(pending)
 
-    def retry_dead_letters(self, limit: int = 500) -> dict:
+    def retry_dead_letters(self, limit: int = 500) -> dict[str, int]:
         """Try each stored dead letter again on its own (the reconciler calls this):
         stored ones are deleted, the others keep their row with the new error and one
         more attempt. Returns ``{"retried", "stored", "left"}``."""
@@ -289,7 +329,7 @@ class LedgerWriter:
             rows = list(s.scalars(select(DeadLetter).order_by(DeadLetter.id).limit(limit)))
         stored = 0
         for row in rows:
-            item = (time.monotonic(), row.kind, row.key_id, decode_event(row.kind, row.payload))
+            item = Queued(time.monotonic(), row.key_id, decode_event(row.kind, row.payload))
             error = None
             try:
                 self._write([item])
@@ -311,7 +351,21 @@ class LedgerWriter:
                         len(rows), stored, self.dead_letters)
         return {"retried": len(rows), "stored": stored, "left": self.dead_letters}
 
-    def _write(self, batch: list) -> None:
+    def _write(self, batch: list[Queued]) -> None:
+        orders: list[tuple[int, ex.Order]] = []
+        fills: list[tuple[int, ex.Fill]] = []
+        positions: list[tuple[int, int, list[ex.Position], bool]] = []
+        funding: list[tuple[int, FundingFee]] = []
+        for item in batch:
+            e = item.event
+            if isinstance(e, ex.Order):
+                orders.append((item.key_id, e))
+            elif isinstance(e, ex.Fill):
+                fills.append((item.key_id, e))
+            elif isinstance(e, FundingFee):
+                funding.append((item.key_id, e))
+            else:
+                positions.append((item.key_id, e.as_of, e.positions, e.complete))
         for attempt in Retrying(retry=retry_if_exception(database_unavailable),
                                 wait=self._wait, stop=self._past_deadline, sleep=self._nap):
             with attempt:
@@ -319,20 +373,16 @@ class LedgerWriter:
                     self.retries += 1
                     self.last_error = "database unavailable"
                 with self._db.transaction() as s:
-                    keys = ledger.apply_batch(
-                        s, [(k, e) for _, kind, k, e in batch if kind == "order"],
-                        [(k, e) for _, kind, k, e in batch if kind == "fill"],
-                        [(k, *e) for _, kind, k, e in batch if kind == "positions"],
-                        [(k, e) for _, kind, k, e in batch if kind == "funding"])
+                    keys = ledger.apply_batch(s, orders, fills, positions, funding)
                     keys = keys | s.info.pop(realized.CHANGED_KEYS, set())
         done = time.monotonic()
-        self._latency_ms.extend((done - item[0]) * 1000 for item in batch)
+        self._latency_ms.extend((done - item.at) * 1000 for item in batch)
         self.written += len(batch)
         self.last_error = None
         for key_id in keys:
             self._on_recorded(key_id)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{"healthy", "depth", "written", "retries", "failures", "backpressure_waits",
         "dead_letters" (waiting for a retry now), "dead_lettered" (since start),
         "oldest_unwritten_age_ms", "write_latency_ms": {"p50", "p99"}, "last_error"}``;
@@ -340,7 +390,7 @@ class LedgerWriter:
         now = time.monotonic()
         oldest = self._inflight_since
         try:
-            head = self._queue.queue[0][0]
+            head = self._queue.queue[0].at
             oldest = head if oldest is None else min(oldest, head)
         except IndexError:
             pass
@@ -351,11 +401,12 @@ class LedgerWriter:
                 "dead_letters": self.dead_letters + len(self._unstored),
                 "dead_lettered": self.dead_lettered,
                 "oldest_unwritten_age_ms": int((now - oldest) * 1000) if oldest else 0,
-                "write_latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)},
+                "write_latency_ms": {"p50": percentile(lat, 0.5, 3),
+                                     "p99": percentile(lat, 0.99, 3)},
                 "last_error": self.last_error}
 
 
-def _jsonable(value):  # type: ignore[no-untyped-def]
+def _jsonable(value: object) -> object:
     if isinstance(value, Decimal):
         return f"{value:f}"
     if isinstance(value, ex.OrderStatus):
@@ -363,10 +414,12 @@ def _jsonable(value):  # type: ignore[no-untyped-def]
     return value
 
 
-def encode_event(kind: str, event) -> str:  # type: ignore[no-untyped-def]
-    """A queued event as JSON (decimal strings): a Fill, an Order, a FundingFee, or
-    positions as ``(as_of, [Position], complete)``."""
-    if kind == "positions":
+def encode_event(kind: str, event: Event) -> str:
+    """A queued event as JSON (decimal strings), the ``payload`` of its dead-letter row
+    (whose ``kind`` column holds ``kind``, ``Queued.kind``): a Fill, an Order, a
+    FundingFee (their fields), or a ``PositionsReport`` (a plain ``(as_of, [Position],
+    complete)`` tuple too) as ``{"as_of", "complete", "positions": [...]}``."""
+    if isinstance(event, tuple):
         as_of, held, complete = event
         body = {"as_of": as_of, "complete": complete,
                 "positions": [{k: _jsonable(v) for k, v in asdict(p).items()} for p in held]}
@@ -375,14 +428,16 @@ def encode_event(kind: str, event) -> str:  # type: ignore[no-untyped-def]
     return json.dumps(body)
 
 
-def _build(cls, data: dict):  # type: ignore[no-untyped-def]
+_T = TypeVar("_T", ex.Fill, ex.Order, FundingFee, ex.Position)
+
+
+def _build(cls: type[_T], data: dict[str, Any]) -> _T:
     out = {}
     for f in fields(cls):
-        if f.name not in data:
+        if f.name not in data:  # a field added since the row was written: its default
             continue
         v = data[f.name]
-        kind = str(f.type)
-        if v is not None and "Decimal" in kind:
+        if v is not None and "Decimal" in str(f.type):
             v = Decimal(v)
         elif f.name == "status" and cls is ex.Order:
             v = ex.OrderStatus(v)
@@ -390,10 +445,16 @@ def _build(cls, data: dict):  # type: ignore[no-untyped-def]
     return cls(**out)
 
 
-def decode_event(kind: str, payload: str):  # type: ignore[no-untyped-def]
-    """The event ``encode_event`` wrote."""
+def decode_event(kind: str, payload: str) -> Event:
+    """The event ``encode_event`` wrote (``kind`` from the dead-letter row): a
+    ``PositionsReport`` for ``"positions"``. Raises ValueError (json.JSONDecodeError
+    included), KeyError or TypeError on a payload it did not write."""
     data = json.loads(payload)
     if kind == "positions":
-        return (data["as_of"], [_build(ex.Position, p) for p in data["positions"]],
-                data["complete"])
-    return _build({"fill": ex.Fill, "funding": FundingFee}.get(kind, ex.Order), data)
+        return PositionsReport(data["as_of"], [_build(ex.Position, p) for p in data["positions"]],
+                               data["complete"])
+    if kind == "fill":
+        return _build(ex.Fill, data)
+    if kind == "funding":
+        return _build(FundingFee, data)
+    return _build(ex.Order, data)

@@ -35,6 +35,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import partial
 from typing import Any
 
+from clock import now_ms
 from exchanges.bybit import mapping
 from exchanges.bybit.errors import EXCHANGE, bybit_errors
 from exchanges.bybit.http import OffsetHTTP
@@ -49,7 +50,7 @@ from exchanges.errors import (
 )
 from exchanges.governor import ORDER
 from exchanges.legs import check_leg_args, closing_side
-from exchanges.rest_base import GovernedRestClient, now_ms, order_ref, plain
+from exchanges.rest_base import GovernedRestClient, order_ref, plain
 from exchanges.types import (
     Balance,
     Fill,

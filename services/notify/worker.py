@@ -34,6 +34,7 @@ from sqlalchemy import delete, func, or_, select, update
 
 from models import Database, Device, Notification, now_ms
 from services.lifecycle import Backoff, StopFlag
+from services.metrics import percentile
 from services.notify.fcm import FcmClient, FcmRejected, FcmRetryable, FcmTokenGone, build_message
 
 logger = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ BATCH = 50  # rows per claim
 MAX_ATTEMPTS = 12  # retryable failures before a row is failed (about 1 h of backoff)
 BACKOFF_BASE_S, BACKOFF_MAX_S = 1.0, 600.0
 POLL_S = 0.1  # due rows are looked for this often (sooner when this process wrote some)
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    return round(values[min(len(values) - 1, int(q * len(values)))], 1) if values else None
 
 
 class NotifyWorker:
@@ -270,5 +267,5 @@ class NotifyWorker:
                                                       "errors")},
                 "retries": self.retries, "pending": pending,
                 "oldest_pending_age_ms": (now - oldest) if oldest else 0,
-                "send_latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)},
+                "send_latency_ms": {"p50": percentile(lat, 0.5, 1), "p99": percentile(lat, 0.99, 1)},
                 "last_error": self.last_error}

@@ -1,4 +1,5 @@
-"""Property: any order of duplicated, reordered updates ends where the clean sequence does."""
+"""Property: any order of duplicated, reordered updates ends where the clean sequence does,
+one event per write or in batches of any size (``ledger.apply_batch``, the one write path)."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -51,15 +52,10 @@ def _replay(db: Database, events: list) -> tuple:  # type: ignore[type-arg]
         s.add(Trade(id=1, user_id=1, key_id=1, exchange="binance", symbol="BTCUSDT", side="BUY",
                     order_type="LIMIT", quantity=Decimal("3"), price=Decimal("100"),
                     client_order_id="c-1", entry_order_id="9"))
-    for kind, ev in events:
+    for kind, ev in events:  # one event per transaction: a batch of one
         with db.transaction() as s:
-            if kind == "fill":
-                ledger.apply_fill(s, 1, ev)
-            else:
-                trade = s.get(Trade, 1)
-                ledger.upsert_order(s, 1, ev, 1)
-                s.flush()
-                ledger.settle_trade_from_fills(s, trade, ev)
+            ledger.apply_batch(s, [(1, ev)] if kind == "order" else [],
+                               [(1, ev)] if kind == "fill" else [])
     with db.session() as s:
         t = s.get(Trade, 1)
         o = s.scalars(select(Order)).one()
@@ -111,8 +107,8 @@ def test_realized_pnl_is_the_sum_of_the_trades_and_a_late_pnl_report_changes_not
     close = ex.Fill("x1", "8", None, "BTCUSDT", "SELL", Decimal("105"), Decimal("1"),
                     Decimal("0.1"), "USDT", Decimal("0"), False, 2000)
     with db.transaction() as s:
-        ledger.apply_fill(s, 1, entry)
-        ledger.apply_fill(s, 1, close)
+        ledger.apply_batch(s, [], [(1, entry)])
+        ledger.apply_batch(s, [], [(1, close)])
     r = ledger.realized_pnl(db, 1)
     with db.session() as s:
         trades = s.scalars(select(Trade.realized_pnl)).all()
@@ -121,7 +117,8 @@ def test_realized_pnl_is_the_sum_of_the_trades_and_a_late_pnl_report_changes_not
     assert ledger.realized_pnl(db, 1, now=2 * 86_400_000).today == 0  # another day
     # the same execution reported again with the exchange's PnL (Bybit stream after REST)
     with db.transaction() as s:
-        assert not ledger.apply_fill(s, 1, ex.Fill(**{**close.__dict__, "realized_pnl": Decimal("5")}))
+        late = ex.Fill(**{**close.__dict__, "realized_pnl": Decimal("5")})
+        assert ledger.apply_batch(s, [], [(1, late)]) == set()  # not a new fill
     assert ledger.realized_pnl(db, 1).all_time == Decimal("4.8")
 
 
@@ -153,7 +150,7 @@ def test_periodic_reconcile_takes_pending_accounts_and_a_round_robin_batch(db) -
 
 
 def _replay_batched(db: Database, events: list, cuts: list[int]) -> tuple:  # type: ignore[type-arg]
-    """Like ``_replay``, but through the write-behind's ``apply_batch`` in chunks."""
+    """Like ``_replay``, but several events per ``apply_batch`` (chunks cut at ``cuts``)."""
     with db.transaction() as s:
         for table in (Fill, Order, Trade):
             s.execute(delete(table))

@@ -133,7 +133,7 @@ def test_the_running_sum_equals_the_trades_in_any_arrival_order(db) -> None:  # 
         random.Random(seed).shuffle(shuffled)
         for f in shuffled:
             with db.transaction() as s:
-                ledger.apply_fill(s, 1, f)
+                ledger.apply_batch(s, [], [(1, f)])
             assert ledger.realized_pnl(db, 1).all_time == trades_sum(db)
         t = trades(db)
         outcomes.add((t[a].open_quantity, t[b].open_quantity, t[a].realized_pnl,
@@ -250,8 +250,8 @@ def test_the_write_behind_tells_the_stream_of_every_change_within_a_second(db) -
 
         b = add_trade(db, "b", "2", qty="1")
         with db.transaction() as s:  # another path stores the fills first
-            ledger.apply_fill(s, 1, entry := fill("2", "BUY", "1", "100", 30, "b"))
-            ledger.apply_fill(s, 1, exit_ := fill("8", "SELL", "1", "99", 40, "exit-2"))
+            ledger.apply_batch(s, [], [(1, entry := fill("2", "BUY", "1", "100", 30, "b"))])
+            ledger.apply_batch(s, [], [(1, exit_ := fill("8", "SELL", "1", "99", 40, "exit-2"))])
         stored = time.monotonic()
         writer.submit_fill(1, entry)  # the stream's copies: nothing new to write
         writer.submit_fill(1, exit_)
