@@ -15,32 +15,22 @@ its payload is compared with the last one (``envelope_if_changed``).
 """
 from __future__ import annotations
 
-import itertools
-import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from clock import now_ms as now_ms  # re-exported: the account modules import it from here
-from exchanges.types import AccountEvent, AssetBalance, Balance, Order, Position
+from exchanges.types import AccountEvent, Balance, Order, Position
 from exchanges.venues import venue
-from services import serialize
+from services import balance_moves, serialize
 from services.account_kinds import ACCOUNT_TYPES, STATE_TYPES  # noqa: F401 (both re-exported)
 from services.fill_log import FillLog
-
-# the epoch prefix of this process: a restart can never reuse an epoch
-_BOOT = f"{int(time.time() * 1000):x}-{os.getpid():x}-{os.urandom(3).hex()}"
-_EPOCHS = itertools.count(1)
+from services.push_sequence import PushSequence, StreamPosition
 
 
-def new_epoch() -> str:
-    """A string no other state of this or any earlier process carries."""
-    return f"{_BOOT}-{next(_EPOCHS)}"
-
-
-class AccountState(FillLog):
+class AccountState:
     """Last known balance, positions, open orders and realized PnL of one key, and the
     key's push sequence (``epoch``, ``seq`` per type).
 
@@ -48,6 +38,9 @@ class AccountState(FillLog):
     type never seen is ``None`` and is not pushed. A position field an account event
     did not carry (Binance ACCOUNT_UPDATE: leverage, liquidation price) is listed in
     ``unknown[symbol]`` and pushed as ``null`` until a REST snapshot gives it.
+
+    The sequence is a ``PushSequence`` (``sequence``) shared with the key's ``fills``
+    (``fills``, a ``FillLog``). It is a ``services.push.PushSource``.
     """
 
     def __init__(self, user_id: int, key_id: int, exchange: str, testnet: bool,
@@ -56,7 +49,9 @@ class AccountState(FillLog):
         self.key_id = key_id
         self.exchange = exchange
         self.testnet = testnet
-        self.epoch = epoch or new_epoch()
+        self.sequence = PushSequence(user_id, key_id, exchange, testnet, epoch)
+        self.epoch = self.sequence.epoch
+        self.fills = FillLog(self.sequence)
         self._unrealized_moves: dict[str | None, Decimal] = {}  # margin asset -> delta
         self._balance: Balance | None = None
         self.positions: dict[str, Position] | None = None
@@ -64,19 +59,16 @@ class AccountState(FillLog):
         self.unknown: dict[str, frozenset[str]] = {}  # symbol -> fields not known yet
         self.realized_pnl = None  # services.ledger.Realized once read from the ledger
         self.resume_from_ms: int | None = None  # exchange time up to which events were seen
-        self._lock = threading.Lock()
-        self._seq: dict[str, int] = {}
-        self._last: dict[str, tuple] = {}
-        self._envelopes: dict[str, dict] = {}
+        self._lock = threading.Lock()  # taken before the sequence's, never after
+        self._last: dict[str, tuple[Any, bool]] = {}  # kind -> (data, stale) compared
         self._unseen: dict[str, tuple[str, int]] = {}  # kind -> (source, as_of) not built
-        self._order_rows: dict[str, tuple[Order, dict]] = {}  # order id -> (order, its row)
-        self._position_rows: dict[str, tuple[Position, dict]] = {}
+        self._order_rows = serialize.RowCache(serialize.order_data, lambda n: 2 * n + 16)
+        self._position_rows = serialize.RowCache(self._position_row)  # by symbol
         self._margin_assets: dict[str, str | None] = {}  # symbol -> its settle asset
         # protection (services.protection): a position row's stop_loss / take_profit /
         # trailing_stop, and the exchange-held legs as orders rows; None: rows as before
         self.protection_of: Callable[[int, str], dict] | None = None
         self.legs_of: Callable[[int], list[dict]] | None = None
-        self._init_fills()
 
     @property
     def balance(self) -> Balance | None:
@@ -174,23 +166,11 @@ class AccountState(FillLog):
         if event.wallets:
             incomplete.add("balance")  # available balance is not in the event
             b = self.balance
-            if b is not None:
-                rows = {a.asset: a for a in b.assets}
-                delta = Decimal(0)
-                for w in event.wallets:
-                    row = rows.get(w.asset)
-                    if row is None or row.wallet_balance == w.wallet_balance:
-                        continue
-                    if w.asset in venue(self.exchange).settle_assets:
-                        delta += w.wallet_balance - row.wallet_balance
-                    rows[w.asset] = replace(row, wallet_balance=w.wallet_balance,
-                                            margin_balance=w.wallet_balance + row.unrealized_pnl)
-                assets = tuple(rows[a.asset] for a in b.assets)
-                if assets != b.assets:
-                    self.balance = replace(b, assets=assets,
-                                           total_wallet_balance=b.total_wallet_balance + delta,
-                                           total_margin_balance=b.total_margin_balance + delta)
-                    changed.add("balance")
+            moved = None if b is None else balance_moves.apply_wallets(
+                b, event.wallets, venue(self.exchange).settle_assets)
+            if moved is not None:
+                self.balance = moved
+                changed.add("balance")
         if "positions" in changed and self.balance is not None:
             changed.add("balance")
         return changed, incomplete
@@ -256,14 +236,8 @@ class AccountState(FillLog):
 
     def _move_asset_unrealized(self, margin_asset: str | None, delta: Decimal) -> None:
         b = self.balance
-        if b is None or not delta:
-            return
-        assets = tuple(AssetBalance(a.asset, a.wallet_balance, a.available_balance,
-                                    a.unrealized_pnl + delta, a.margin_balance + delta)
-                       if a.asset == margin_asset else a for a in b.assets)
-        self.balance = Balance(b.total_wallet_balance, b.total_unrealized_pnl + delta,
-                               b.total_margin_balance + delta, b.available_balance, assets,
-                               b.updated_at)
+        if b is not None and delta:
+            self.balance = balance_moves.move_unrealized(b, margin_asset, delta)
 
     def position_symbols(self) -> set[str]:
         """Symbols with an open position."""
@@ -292,32 +266,27 @@ class AccountState(FillLog):
         assert self.positions is not None
         rows = []
         for p in sorted(self.positions.values(), key=lambda p: (p.symbol, p.side)):
-            held = self._position_rows.get(p.symbol)
-            if held is None or held[0] is not p:
-                row = serialize.position_row(p)
-                for name in self.unknown.get(p.symbol, ()):
-                    row[name] = None
-                held = self._position_rows[p.symbol] = (p, row)
-            rows.append(held[1] if self.protection_of is None
-                        else {**held[1], **self.protection_of(self.key_id, p.symbol)})
-        if len(self._position_rows) > len(self.positions) + 16:
-            self._position_rows = {k: v for k, v in self._position_rows.items()
-                                   if k in self.positions}
+            row = self._position_rows.row(p.symbol, p)
+            rows.append(row if self.protection_of is None
+                        else {**row, **self.protection_of(self.key_id, p.symbol)})
+        self._position_rows.trim(self.positions)
         return rows
+
+    def _position_row(self, p: Position) -> dict:
+        """A ``positions`` row; the fields not known yet are null."""
+        row = serialize.position_row(p)
+        for name in self.unknown.get(p.symbol, ()):
+            row[name] = None
+        return row
 
     def _orders_data(self) -> list[dict]:
         """CONTRACT.md ``orders`` data: the open orders, oldest update first, each
         order's row built once per update (an account with many open orders sends
         all of them again on every fill)."""
         assert self.orders is not None
-        rows = []
-        for o in sorted(self.orders.values(), key=lambda o: (o.updated_at, o.order_id)):
-            held = self._order_rows.get(o.order_id)
-            if held is None or held[0] is not o:
-                held = self._order_rows[o.order_id] = (o, serialize.order_data(o))
-            rows.append(held[1])
-        if len(self._order_rows) > 2 * len(self.orders) + 16:
-            self._order_rows = {k: v for k, v in self._order_rows.items() if k in self.orders}
+        rows = [self._order_rows.row(o.order_id, o) for o in
+                sorted(self.orders.values(), key=lambda o: (o.updated_at, o.order_id))]
+        self._order_rows.trim(self.orders)
         if self.legs_of is not None:  # plain orders have no trigger price; then the legs
             rows = [{**r, "trigger_price": None} for r in rows] + self.legs_of(self.key_id)
         return rows
@@ -350,7 +319,7 @@ class AccountState(FillLog):
             if data is None:
                 return None
             self._last.pop(kind, None)  # compared lazily, only if a REST result comes
-            return self._sequence(kind, source, as_of, False, data)
+            return self.sequence.next(kind, source, as_of, False, data)
 
     def envelope_if_changed(self, kind: str, source: str, as_of: int,
                             stale: bool = False) -> dict | None:
@@ -366,39 +335,41 @@ class AccountState(FillLog):
             return None
         with self._lock:
             last = self._last.get(kind)
-            if last is None and kind in self._envelopes:
-                held = self._envelopes[kind]
+            held = self.sequence.last(kind)
+            if last is None and held is not None:
                 last = (held["data"], held["stale"])
             if last == (data, stale):
                 return None
             self._last[kind] = (data, stale)
-            return self._sequence(kind, source, as_of, stale, data)
+            return self.sequence.next(kind, source, as_of, stale, data)
 
-    def _sequence(self, kind: str, source: str, as_of: int, stale: bool, data) -> dict:  # type: ignore[no-untyped-def]
-        """The next envelope of ``kind`` (caller holds the lock)."""
-        seq = self._seq.get(kind, 0) + 1
-        self._seq[kind] = seq
-        envelope = {"type": kind, "user_id": self.user_id, "key_id": self.key_id,
-                    "exchange": self.exchange, "testnet": self.testnet,
-                    "epoch": self.epoch, "seq": seq, "as_of": as_of, "sent_at": now_ms(),
-                    "source": source, "stale": stale, "data": data}
-        self._envelopes[kind] = envelope
-        return envelope
+    def envelope_of_change(self, kind: str, source: str, as_of: int,
+                           mark: bool) -> dict | None:
+        """The envelope of a change of ``kind`` (``services.push.PushSource``): a mark
+        price move (``mark``) is a change by construction (``envelope``); an account
+        event or a REST result only when the content differs (``envelope_if_changed``)."""
+        if mark:
+            return self.envelope(kind, source, as_of)
+        return self.envelope_if_changed(kind, source, as_of)
 
     def seq(self, kind: str) -> int:
         """The ``seq`` of the last envelope of ``kind`` (0: none yet in this epoch)."""
-        return self._seq.get(kind, 0)
+        return self.sequence.seq(kind)
+
+    def position(self, kind: str) -> StreamPosition:
+        """``(epoch, seq)`` of the last envelope of ``kind``."""
+        return self.sequence.position(kind)
 
     def last(self, kind: str) -> dict | None:
         """The last envelope built of ``kind`` (not a copy: do not change it)."""
-        return self._envelopes.get(kind)
+        return self.sequence.last(kind)
 
     def mark_stale(self, kinds: tuple[str, ...] = STATE_TYPES) -> list[dict]:
         """Envelopes of the last known values flagged ``stale`` (the exchange is
         unreachable); one per type that was not stale already."""
         out = []
         for kind in kinds:
-            held = self._envelopes.get(kind)
+            held = self.sequence.last(kind)
             if held is not None and not held["stale"]:
                 env = self.envelope_if_changed(kind, held["source"], held["as_of"], stale=True)
                 if env:
@@ -415,8 +386,7 @@ class AccountState(FillLog):
         for kind, (source, as_of) in unseen:
             self.envelope(kind, source, as_of)
         with self._lock:
-            out = [dict(self._envelopes[k], source="cache") for k in kinds
-                   if k in self._envelopes and k != "fills"]
+            out = self.sequence.cached([k for k in kinds if k != "fills"])
             if "fills" in kinds:
-                out.append(self.fills_snapshot([]))
+                out.append(self.fills.snapshot([]))
             return out

@@ -24,9 +24,13 @@ While polling, every REST endpoint is called at most once per ``poll_interval_s`
 key, and while many accounts poll at once the interval stretches so that all of them
 together stay within the StreamManager's polling budget (a share of the venue's).
 
-This file is the reconnect loop (connect, snapshot, consume, back off); its parts:
-``services.account_refresh`` (REST), ``services.account_push`` (mark ticks and
-pushes), ``services.position_report`` (positions to the ledger).
+This file is the reconnect loop (connect, snapshot, consume, back off). The stream
+owns its collaborators, each built with what it needs and used through its public
+methods: ``refresher`` (``services.account_refresh.RestRefresher``: snapshot, gap
+fill, completion, polling), ``pusher`` (``services.account_push.AccountPusher``:
+account events, REST results, fills), ``marks`` (``services.account_push.MarkFollower``:
+mark price ticks) and ``reporter`` (``services.position_report.PositionReporter``:
+positions to the ledger).
 """
 from __future__ import annotations
 
@@ -34,10 +38,13 @@ import logging
 import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
 from exchanges.types import (
     AccountEvent,
+    Fill,
     FillEvent,
     FundingFee,
     MarginCall,  # risk alerts (helper protect2)
@@ -45,8 +52,8 @@ from exchanges.types import (
     ProtectionLegUpdate,
     StreamExpired,
 )
-from services.account_push import MARK_STALE_S, AccountPusher
-from services.account_refresh import RestRefresher, StreamSettings, _held_for_s
+from services.account_push import MARK_STALE_S, AccountPusher, MarkFollower, TickerSource
+from services.account_refresh import RestRefresher, StreamSettings, held_for_s
 from services.account_state import AccountState, now_ms
 from services.lifecycle import Backoff
 from services.position_report import PositionReporter
@@ -63,7 +70,7 @@ MAX_CONNECTION_S = 23.5 * 3600
 __all__ = ["AccountStream", "StreamSettings", "Publish", "MARK_STALE_S"]
 
 
-class AccountStream(RestRefresher, AccountPusher, PositionReporter):
+class AccountStream:
     """Follows one account and publishes CONTRACT.md envelopes through ``publish``.
 
     Args:
@@ -104,7 +111,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
     def __init__(self, state: AccountState, get_client: Callable[[], ExchangeClient],
                  realized_pnl: Callable[[], object], publish: Publish,
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
-                 settings: StreamSettings = StreamSettings(), tickers=None,  # type: ignore[no-untyped-def]
+                 settings: StreamSettings = StreamSettings(), tickers: TickerSource | None = None,
                  on_reconnected: Callable[[int, list, set], None] | None = None,
                  on_order: Callable[[object], None] | None = None,
                  poll_scale: Callable[[], float] = lambda: 1.0,
@@ -115,10 +122,6 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                  on_leg: Callable[[object], None] | None = None) -> None:
         self.state = state
         self._push = push or DirectPush(publish, audience)
-        self._on_positions = on_positions
-        self._positions_shape: tuple | None = None
-        self._positions_reported: dict = {}
-        self._audience = audience
         self._get_client = get_client
         self._realized_pnl = realized_pnl
         self._publish = publish
@@ -134,21 +137,22 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         self._quiet = False
         self.stream: UserStream | None = None
         self.events_seen = 0
-        self._last_call: dict[str, float] = {}
-        self._refresh_due: set[str] = set()  # kinds an account event made stale
         self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s)
-        self._tickers = tickers
         self._on_reconnected = on_reconnected
         self._on_order = on_order
         # a funding fee (the ledger stores it); without it the fill sink gets it
         self._on_funding = on_funding or on_fill
         self._on_leg = on_leg  # a protection leg's update (services.protection)
-        self._poll_scale = poll_scale
-        self._tick_seen: dict[str, float] = {}  # symbol -> monotonic time of the last tick
         self._connected_at = self._last_event_at = 0.0
-        self._refresh_held_until = 0.0  # the rate governor held a refresh back until then
-        self._order_rounds = 0
-        self.refreshes_held = 0
+        self._keepalive_at = 0.0
+        self.pusher = AccountPusher(state, self._push)
+        self.marks = MarkFollower(state, self._push, tickers)
+        self.reporter = PositionReporter(state, on_positions)
+        self.refresher = RestRefresher(
+            state, settings, self.pusher, sleep=sleep, poll_scale=poll_scale,
+            live=lambda: self.stream is not None, running=lambda: self.running,
+            record_fill=self._fill, positions_changed=self._positions_changed,
+            on_down=lambda: self._set_status("down"))
 
     # ---- public ------------------------------------------------------------------
     def stop(self, quiet: bool = False) -> None:
@@ -156,14 +160,32 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         ``quiet``: a restart follows, so no ``stream_status`` ``down`` is pushed."""
         self.running = False
         self._quiet = quiet
-        if self._tickers is not None:
-            self._tickers.unsubscribe_all(self._subscriber)
+        self.marks.stop()
         if self.stream is not None:
             self.stream.close()
 
     @property
-    def _subscriber(self) -> str:
-        return f"key:{self.state.key_id}:{id(self):x}"
+    def refreshes_held(self) -> int:
+        """REST requests of this stream the venue's rate governor held back."""
+        return self.refresher.held
+
+    def refresh_realized(self) -> None:
+        """Re-read the ledger's realized PnL and push ``pnl`` if it changed."""
+        try:
+            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
+        except SQLAlchemyError as e:  # the database is away: keep the last value
+            logger.warning("realized pnl read failed key_id=%s kind=%s", self.state.key_id,
+                           type(e).__name__)
+            return
+        except Exception:  # isolation boundary: a ledger read failure must not kill the stream
+            logger.exception("realized pnl read failed key_id=%s", self.state.key_id)
+            return
+        self.pusher.changed(("pnl",), "rest", now_ms())
+
+    def push_changed(self, kinds: tuple[str, ...]) -> None:
+        """Push ``kinds`` when a change made by the server itself (protection legs)
+        changed their content (``source: "rest"``, now)."""
+        self.pusher.changed(kinds, "rest", now_ms())
 
     def run(self) -> None:
         """The stream loop; returns when ``stop()`` was called."""
@@ -177,10 +199,10 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                 if self.stream is not None:
                     self._consume(client)
                 else:
-                    self._poll(client)
+                    self.refresher.poll(client)
                     self._set_status("polling")
                     # wake for the next poll or the next stream attempt, whichever is first
-                    self._sleep(max(0.05, min(self._interval / 4,
+                    self._sleep(max(0.05, min(self.refresher.interval / 4,
                                               next_stream_try - time.monotonic())))
             except AuthFailed as e:
                 logger.warning("account stream auth failed key_id=%s code=%s",
@@ -195,7 +217,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                 if isinstance(e, ThrottledLocally):
                     # the venue's budget is used up: neither a poll nor a reconnect could
                     # go before it allows (counted in the governor's refused_locally)
-                    delay = _held_for_s(e)
+                    delay = held_for_s(e)
                     logger.debug("account stream held by the rate governor key_id=%s "
                                  "retry_in_s=%.1f", self.state.key_id, delay)
                     next_stream_try = max(next_stream_try, time.monotonic() + delay)
@@ -223,23 +245,22 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         then ``live``. A snapshot or gap-fill request the rate governor holds back
         waits for the venue's budget with the stream kept open (closing it would
         spend a new listenKey and a new snapshot on the next try)."""
-        symbols = self._symbols_of_interest()  # before the snapshot replaces them
+        symbols = self.refresher.symbols_of_interest()  # before the snapshot replaces them
         stream = client.user_stream()
         stream.connect()
         self.stream = stream
         now = time.monotonic()
         self._keepalive_at = now + stream.keepalive_interval_s
         self._connected_at = self._last_event_at = now
-        for kind in ("balance", "positions", "orders"):
-            self._when_allowed(lambda k=kind: self._poll(client, kinds=(k,), force=True))
+        self.refresher.snapshot(client)
         # read at every (re)connect, not once per state: a state kept across a stop
         # heard of no ledger change while no stream of it ran
         self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
-        self._emit(("pnl",), "rest", now_ms())
+        self.pusher.changed(("pnl",), "rest", now_ms())
         reconnect = self.state.resume_from_ms is not None
         if reconnect:
-            symbols |= self._symbols_of_interest()
-            self._gap_fill(client, symbols)
+            symbols |= self.refresher.symbols_of_interest()
+            self.refresher.gap_fill(client, symbols)
         self.state.resume_from_ms = now_ms()
         self._set_status("live")
         logger.info("account stream live key_id=%s exchange=%s", self.state.key_id,
@@ -250,13 +271,8 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
 
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
-        timeout = self.settings.recv_timeout_s
-        if self._refresh_due:  # wake when the rate bound lets the pending refresh go
-            now = time.monotonic()
-            timeout = min(timeout, max(0.0, self._refresh_held_until - now, min(
-                self._last_call.get(k, -1e9) + self._interval - now
-                for k in self._refresh_due)))
-        events = self.stream.recv(timeout)
+        # wake when the rate bound lets a pending refresh go
+        events = self.stream.recv(self.refresher.wait_s(self.settings.recv_timeout_s))
         # a burst: take what is already waiting (up to MAX_BATCH frames) and push each
         # changed type once for the lot instead of once per frame
         dropped: ExchangeError | None = None
@@ -293,10 +309,9 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
             elif isinstance(event, AccountEvent):  # pushed now; REST completes it later
                 applied, incomplete = self.state.apply_account_event(event)
                 changed |= applied
-                self._refresh_due |= incomplete
+                self.refresher.due |= incomplete
                 if "positions" in applied:
-                    self._report_positions()
-                    self._sync_tickers()
+                    self._positions_changed()
                 as_of = max(as_of, event.event_time)
             elif isinstance(event, FundingFee):  # a ledger row; pnl moves once stored
                 self._on_funding(event)
@@ -308,23 +323,24 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                 self._drop_stream()
                 self._set_status("reconnecting")
                 return
-        self._flush_fills(as_of or now_ms())
+        self.pusher.flush_fills(as_of or now_ms())
         if changed:
-            self._emit(tuple(changed), "stream", as_of or now_ms())
+            self.pusher.changed(tuple(changed), "stream", as_of or now_ms())
         if dropped is not None:
             raise dropped
         if as_of:
             self.state.resume_from_ms = max(self.state.resume_from_ms or 0, as_of)
-        stale_marks = self._marks_stale()
-        if (self._refresh_due or stale_marks) and now >= self._refresh_held_until:
-            kinds = ("balance", "positions") if stale_marks else tuple(sorted(self._refresh_due))
+        refresher = self.refresher
+        stale_marks = self.marks.stale()
+        if (refresher.due or stale_marks) and now >= refresher.held_until:
+            kinds = ("balance", "positions") if stale_marks else tuple(sorted(refresher.due))
             logger.debug("account refresh key_id=%s kinds=%s reason=%s", self.state.key_id,
                          ",".join(kinds), "marks_stale" if stale_marks else "event")
-            self._refresh_unless_held(client, kinds, as_of or None)
+            refresher.refresh_unless_held(client, kinds, as_of or None)
         if now - self._last_event_at > self.settings.quiet_check_s \
-                and now >= self._refresh_held_until:
+                and now >= refresher.held_until:
             logger.info("quiet account stream checked by rest key_id=%s", self.state.key_id)
-            if self._refresh_unless_held(client, ("balance", "positions", "orders"), None):
+            if refresher.refresh_unless_held(client, ("balance", "positions", "orders"), None):
                 self._last_event_at = now
         if now - self._connected_at > MAX_CONNECTION_S:
             logger.info("account stream renewed before the 24 h limit key_id=%s", self.state.key_id)
@@ -342,3 +358,25 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
         if self.stream is not None:
             stream, self.stream = self.stream, None
             stream.close()
+
+    def _fill(self, fill: Fill) -> None:
+        """A fill seen on the stream or by the gap fill: to the ledger (``on_fill``),
+        and queued for the next ``fills`` push unless this trade id was pushed
+        already."""
+        recorded = self._on_fill(fill)  # the ledger's copy: may carry a leg's reason
+        self.pusher.queue_fill(recorded if isinstance(recorded, Fill) else fill)
+
+    def _positions_changed(self) -> None:
+        """The positions' set or shape may have changed: report them to the ledger and
+        follow the mark price of exactly the symbols held."""
+        self.reporter.report()
+        self.marks.sync()
+
+    def _set_status(self, status: str) -> None:
+        """Publish ``stream_status`` when the stream's state changes."""
+        if status == self.status:
+            return
+        self.status, self.since = status, now_ms()
+        self._publish({"type": "stream_status", "user_id": self.state.user_id,
+                       "key_id": self.state.key_id, "exchange": self.state.exchange,
+                       "state": status, "since": self.since})

@@ -93,14 +93,14 @@ class ResumeService:
 
     def _fills(self, state: AccountState, pos: dict | None):  # type: ignore[no-untyped-def]
         def empty() -> list[dict]:
-            return [state.fills_snapshot([])]
+            return [state.fills.snapshot([])]
 
         if not pos:
             return False, Plan(state, "fills", empty)
         if pos.get("epoch") == state.epoch and pos.get("seq") is not None \
-                and state.fills_after(pos["seq"]) is not None:
+                and state.fills.after(pos["seq"]) is not None:
             seq = pos["seq"]
-            return True, Plan(state, "fills", lambda: state.fills_after(seq) or [])
+            return True, Plan(state, "fills", lambda: state.fills.after(seq) or [])
         if pos.get("time") is None:
             return False, Plan(state, "fills", empty)
         since_ms = pos["time"]
@@ -116,10 +116,10 @@ class ResumeService:
 
         def replay() -> list[dict]:
             rows: dict[tuple[str, str], dict] = {(r["symbol"], r["trade_id"]): r for r in durable}
-            for r in state.recent_fills():  # pushed, maybe not yet written by the ledger
+            for r in state.fills.recent():  # pushed, maybe not yet written by the ledger
                 if r["time"] >= since_ms:
                     rows.setdefault((r["symbol"], r["trade_id"]), r)
-            return [state.fills_snapshot(sorted(rows.values(),
+            return [state.fills.snapshot(sorted(rows.values(),
                                                 key=lambda r: (r["time"], r["trade_id"])))]
         plan = Plan(state, "fills", replay, prepare, wait_live=True)
         return True, plan
@@ -151,7 +151,7 @@ class ResumeService:
 
         def envelope() -> list[dict]:
             if local:
-                return [local[0].fills_snapshot(rows)]
+                return [local[0].fills.snapshot(rows)]
             epoch, seq = mirror.position("fills")
             now = int(time.time() * 1000)
             return [{"type": "fills", "user_id": mirror.user_id, "key_id": mirror.key_id,
@@ -175,7 +175,7 @@ class ResumeService:
                 return
             if state is not None:
                 local.append(state)
-                for r in state.recent_fills():
+                for r in state.fills.recent():
                     if r["time"] >= since_ms:
                         found.setdefault((r["symbol"], r["trade_id"]), r)
             rows.extend(sorted(found.values(), key=lambda r: (r["time"], r["trade_id"])))

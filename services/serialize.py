@@ -1,14 +1,42 @@
 """Exchange types -> CONTRACT.md ``data`` payloads (decimal strings, ms UTC)."""
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from exchanges.types import Balance, Fill, Order, Position
 
 if TYPE_CHECKING:
     from services.realized import Realized
+
+V = TypeVar("V")
+
+
+class RowCache(Generic[V]):
+    """Payload rows of values keyed by an id (a symbol, an order id), each built once
+    per value object (``build(value)``): the values are frozen and replaced on every
+    change, so an account with many open orders builds only the changed rows when it
+    sends them all again. Rows of ids no longer asked for are dropped once more than
+    ``spare(live)`` are held."""
+
+    def __init__(self, build: Callable[[V], dict[str, Any]],
+                 spare: Callable[[int], int] = lambda live: live + 16) -> None:
+        self._build = build
+        self._spare = spare
+        self._rows: dict[str, tuple[V, dict[str, Any]]] = {}
+
+    def row(self, ident: str, value: V) -> dict[str, Any]:
+        """The row of ``value`` (built now if ``ident`` held another value object)."""
+        held = self._rows.get(ident)
+        if held is None or held[0] is not value:
+            held = self._rows[ident] = (value, self._build(value))
+        return held[1]
+
+    def trim(self, live: Collection[str]) -> None:
+        """Forget the rows of ids not in ``live`` once too many are held."""
+        if len(self._rows) > self._spare(len(live)):
+            self._rows = {k: v for k, v in self._rows.items() if k in live}
 
 
 def dec(value: Decimal | None) -> str | None:

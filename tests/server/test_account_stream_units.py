@@ -81,7 +81,7 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
     stream._keepalive_at = clock.monotonic() + 1e9
     stream._consume(Client())                 # ACCOUNT_UPDATE -> balance refresh -> held back
     assert stream.stream is not None and stream.status == "live" and stream.refreshes_held == 1
-    assert sent == [] and "balance" in stream._refresh_due  # nothing marked stale, still due
+    assert sent == [] and "balance" in stream.refresher.due  # nothing marked stale, still due
     stream._consume(Client())                 # within the 20 s: not asked again
     assert Client.calls == 1 and stream.stream is not None
 
@@ -207,11 +207,11 @@ def test_binance_open_orders_are_asked_per_known_symbol_with_a_full_round_in_ten
         state = AccountState(1, 1, exchange, False)
         stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
                                publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None)
-        stream._open_orders(Client())        # first snapshot: everything
+        stream.refresher.open_orders(Client())        # first snapshot: everything
         state.set_orders([])
         state.set_positions([_pos("0.01")])  # BTCUSDT held
         for _ in range(10):
-            stream._open_orders(Client())
+            stream.refresher.open_orders(Client())
         want = [None] + (["BTCUSDT"] * 8 + [None, "BTCUSDT"] if per_symbol else [None] * 10)
         assert asked == want, exchange
 
@@ -252,12 +252,12 @@ def test_position_reports_carry_closed_symbols_and_the_first_is_complete() -> No
                            on_positions=lambda held, as_of, complete: reports.append(
                                ([(p.symbol, p.size) for p in held], complete)))
     state.set_positions([_pos("0.01")])
-    stream._report_positions()
-    stream._report_positions()               # unchanged: not reported again
+    stream.reporter.report()
+    stream.reporter.report()               # unchanged: not reported again
     state.set_positions([_pos("0.02", mark="102")])
-    stream._report_positions()               # the mark moved only: not reported
+    stream.reporter.report()               # the mark moved only: not reported
     state.set_positions([])
-    stream._report_positions()               # closed: reported with size 0
+    stream.reporter.report()               # closed: reported with size 0
     assert reports == [([("BTCUSDT", Decimal("0.01"))], True), ([("BTCUSDT", Decimal("0"))], False)]
 
 
@@ -283,26 +283,26 @@ def test_marks_are_stale_only_when_the_shared_stream_receives_no_ticks() -> None
                            publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None,
                            tickers=hub)
     state.set_positions([_pos("0.01")])
-    stream._sync_tickers()                       # subscribed: a grace period until a tick
+    stream.marks.sync()                       # subscribed: a grace period until a tick
     up = hub._upstreams[("binance", False, "BTCUSDT")]
-    assert not stream._marks_stale()
-    stream._tick_seen["BTCUSDT"] -= account_push.MARK_STALE_S + 1   # this holder's last tick is old
+    assert not stream.marks.stale()
+    stream.marks.tick_seen["BTCUSDT"] -= account_push.MARK_STALE_S + 1   # this holder's last tick is old
     assert hub.mark_age_s("binance", False, "BTCUSDT") == float("inf")  # no live stream
-    assert stream._marks_stale()
+    assert stream.marks.stale()
     up.state, up.frame_at = "live", time.monotonic()   # the stream receives ticks
-    assert not stream._marks_stale()
+    assert not stream.marks.stale()
     seen_during: list[bool] = []
     # only a slow holder this time (this account's own callback would refresh its tick)
-    up.subscribers = {"slow": lambda t: seen_during.append(stream._marks_stale())}
+    up.subscribers = {"slow": lambda t: seen_during.append(stream.marks.stale())}
     up.frame_at -= account_push.MARK_STALE_S + 1       # ... its last one long ago, but
-    stream._tick_seen["BTCUSDT"] -= 100                # a delivery is under way:
+    stream.marks.tick_seen["BTCUSDT"] -= 100                # a delivery is under way:
     up.delivering = True
     hub._deliver(up, Ticker("BTCUSDT", None, Decimal("101"), None, None, 1))
     up.delivering = False
     assert seen_during == [False]
     up.frame_at -= account_push.MARK_STALE_S + 1       # nothing received since: stale
-    stream._tick_seen["BTCUSDT"] -= 100
-    assert stream._marks_stale()
+    stream.marks.tick_seen["BTCUSDT"] -= 100
+    assert stream.marks.stale()
 
 
 def test_ticks_received_during_a_slow_delivery_collapse_into_the_newest() -> None:

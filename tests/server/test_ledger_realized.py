@@ -387,7 +387,7 @@ def test_the_stream_hands_funding_to_the_ledger_and_rereads_the_figure_at_each_c
                                on_funding=on_funding)
         stream._connect(Client())
         stream._consume(Client())
-        assert sink == [fee] and state.fills_envelope(0) is None  # not pushed as a fill
+        assert sink == [fee] and state.fills.envelope(0) is None  # not pushed as a fill
         sink.clear()
     assert state.realized_pnl == realized.Realized(D("2.5"), D("0.5"))  # read again
     assert state.last("pnl")["data"]["realized_pnl"] == "2.5"

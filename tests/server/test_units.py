@@ -169,17 +169,17 @@ def test_a_type_nobody_receives_is_built_when_a_subscriber_asks() -> None:
                            publish=sent.append, on_fill=lambda f: None, sleep=lambda s: None,
                            audience=lambda uid, kind: uid == 3 and kind in listening)
     state.set_positions([_pos("0.01")])
-    stream._emit(("positions",), "stream", 10)
+    stream.pusher.changed(("positions",), "stream", 10)
     assert sent == []  # not built, not sent
     state.set_positions([_pos("0.02", mark="102")])
-    stream._emit(("positions",), "stream", 11)
+    stream.pusher.changed(("positions",), "stream", 11)
     assert sent == []
     snap = state.cached(["positions"])  # a subscriber arrives: the current value, once
     assert [(e["seq"], e["as_of"], e["source"], e["data"][0]["unrealized_pnl"]) for e in snap] == [
         (1, 11, "cache", "0.02")]
     listening.add("positions")
     state.set_positions([_pos("0.03", mark="103")])
-    stream._emit(("positions",), "stream", 12)
+    stream.pusher.changed(("positions",), "stream", 12)
     assert [(e["seq"], e["data"][0]["unrealized_pnl"]) for e in sent] == [(2, "0.03")]
 
 

@@ -24,12 +24,12 @@ def _asked_open_orders(exchange: str, rounds: int) -> list:
     state = AccountState(1, 1, exchange, False)
     stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
                            publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None)
-    stream._open_orders(Client())        # first snapshot: everything
+    stream.refresher.open_orders(Client())        # first snapshot: everything
     state.set_orders([])
     state.set_positions([btc_long("0.01")])
     asked.clear()
     for _ in range(rounds):
-        stream._open_orders(Client())
+        stream.refresher.open_orders(Client())
     return asked
 
 
