@@ -5,6 +5,10 @@ and ``push.deliver(state, envelope)`` with an envelope already built (``fills``,
 ``stale`` values). The server's implementation is the push hub (``ws.hub.PushHub``:
 per connection, conflated, encoded once); ``DirectPush`` is the plain one over a
 ``publish(envelope)`` callable (snapshots, tests).
+
+``PushSource`` is what the fan-out (``ws.fanout``) reads of a key's push sequence:
+the key's ``AccountState`` in the process running its stream, a ``ws.relay.RemoteState``
+(the envelopes received from that process) elsewhere.
 """
 from __future__ import annotations
 
@@ -12,6 +16,44 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from services.account_state import AccountState
+
+
+class PushSource(Protocol):
+    """A key's push sequence as the fan-out reads it: the envelopes of each type, their
+    ``epoch`` and ``seq`` (CONTRACT.md), and a newer change held back for connections
+    inside their ``max_hz`` interval (``pending``). Envelopes are CONTRACT.md dicts;
+    ``as_of`` ms UTC; ``kind`` a state type (``services.account_kinds``)."""
+
+    @property
+    def key_id(self) -> int:
+        """The API key the envelopes are of."""
+
+    @property
+    def user_id(self) -> int:
+        """The key's owner."""
+
+    @property
+    def epoch(self) -> str | None:
+        """The epoch of the envelopes (None: none known yet)."""
+
+    def seq(self, kind: str) -> int:
+        """The newest ``seq`` of ``kind`` in ``epoch`` (0: none yet)."""
+
+    def last(self, kind: str) -> dict[str, Any] | None:
+        """The newest envelope of ``kind`` handed out (do not change it), or None."""
+
+    def pending(self, kind: str) -> bool:
+        """True while a change of ``kind`` is held, not built or not sent yet."""
+
+    def build_pending(self, kind: str) -> dict[str, Any] | None:
+        """The envelope of the held change of ``kind``, now the last one (its
+        ``sent_at`` now); None when none is held."""
+
+    def envelope_of_change(self, kind: str, source: str, as_of: int,
+                           mark: bool) -> dict[str, Any] | None:
+        """The envelope of a change of ``kind``, now the last one: by a mark price move
+        (``mark``) built without comparing; otherwise None when the content did not
+        change. ``source`` ``stream`` | ``rest``."""
 
 
 class Push(Protocol):
@@ -51,9 +93,9 @@ class PushLayer(Push, Protocol):
     def key_changed(self, user_id: int, key_id: int) -> None:
         """Tell the other processes that ``key_id`` changed (they forget their copy)."""
 
-    def stream_local(self, key_id: int, state: Any) -> None:
+    def stream_local(self, key_id: int, state: AccountState | None) -> None:
         """The stream of ``key_id`` now runs in this process (``state``: its
-        ``AccountState``)."""
+        ``AccountState``) or no longer does (None)."""
 
     def stream_released(self, key_id: int) -> None:
         """The stream of ``key_id`` stopped running in this process."""
@@ -83,8 +125,7 @@ class DirectPush:
         if self._audience is not None and not self._audience(state.user_id, kind):
             state.note_unseen(kind, source, as_of)
             return
-        env = (state.envelope(kind, source, as_of) if mark
-               else state.envelope_if_changed(kind, source, as_of))
+        env = state.envelope_of_change(kind, source, as_of, mark)
         if env is not None:
             self._publish(env)
 

@@ -22,7 +22,8 @@ once. A connection never gets a ``seq`` it already has or an older one.
 With ``MESSAGE_QUEUE_URL`` the process running a key's stream publishes every
 envelope through the queue and each process hands what it receives to its own
 Fanout (``receive``), on a ``ws.relay.RemoteState`` of the key instead of the
-``AccountState``: the same conflation, per connection of that process.
+``AccountState``: the same conflation, per connection of that process. Both are a
+``services.push.PushSource``: all a channel reads of its key.
 """
 from __future__ import annotations
 
@@ -33,10 +34,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from services.account_state import AccountState
+from services.push import PushSource
+from ws.relay import RemoteState
 from ws.sio_private import send_packet
 
 logger = logging.getLogger(__name__)
@@ -70,10 +75,10 @@ class Channel:
     kind: str
     subs: dict[str, Sub] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # never held across I/O
-    state: object = None  # the AccountState last seen (its epoch, its envelopes)
+    state: PushSource | None = None  # the source last seen (its epoch, its envelopes)
     epoch: str | None = None
-    packet: tuple[int, object] | None = None  # (seq, Engine.IO packet)
-    snapshot: tuple[int, object] | None = None  # (seq, packet) of the cached copy
+    packet: tuple[int, eio_packet.Packet] | None = None  # (seq, Engine.IO packet)
+    snapshot: tuple[int, eio_packet.Packet] | None = None  # (seq, packet) of the cached copy
     timer_at: float | None = None
 
 
@@ -91,8 +96,9 @@ class Fanout:
             ``create_event``: a green one under eventlet).
     """
 
-    def __init__(self, server, spawn: Callable, sleep: Callable[[float], None],  # type: ignore[no-untyped-def]
-                 on_push: Callable[[dict], None] = lambda env: None,
+    def __init__(self, server: Any, spawn: Callable[..., object],
+                 sleep: Callable[[float], None],
+                 on_push: Callable[[dict[str, Any]], None] = lambda env: None,
                  clock: Callable[[], float] = time.monotonic,
                  make_event: Callable[[], threading.Event] = threading.Event) -> None:
         self._clock = clock
@@ -115,8 +121,8 @@ class Fanout:
         self.relayed = 0  # of which received from another process (``ws.relay``)
 
     # ---- subscriptions -------------------------------------------------------
-    def attach(self, sid: str, eio_sid: str, state, kind: str, max_hz: float | None,  # type: ignore[no-untyped-def]
-               first: Callable[[], list[dict]]) -> None:
+    def attach(self, sid: str, eio_sid: str, state: PushSource, kind: str,
+               max_hz: float | None, first: Callable[[], list[dict[str, Any]]]) -> None:
         """Subscribe ``sid`` to ``state``'s ``kind`` and send it ``first()`` (its
         snapshot or replay) before any live push: both happen under the channel's
         lock, so a push built meanwhile is either in ``first()`` or follows it."""
@@ -166,7 +172,7 @@ class Fanout:
             return ch
 
     @staticmethod
-    def _follow(ch: Channel, state) -> None:  # type: ignore[no-untyped-def]
+    def _follow(ch: Channel, state: PushSource) -> None:
         """A new epoch (a new state object): what subscribers were sent before belongs
         to the old sequence."""
         ch.state = state
@@ -176,24 +182,27 @@ class Fanout:
                 sub.last_seq = 0
 
     # ---- pushes ----------------------------------------------------------------
-    def offer(self, state, kind: str, source: str, as_of: int, mark: bool) -> None:  # type: ignore[no-untyped-def]
+    def offer(self, state: AccountState, kind: str, source: str, as_of: int,
+              mark: bool) -> None:
         """``kind`` of ``state`` changed. ``mark``: by a mark price move (known
         changed, conflated per connection); otherwise by an account event or a REST
-        result (compared with the last envelope, sent to everyone at once)."""
+        result (compared with the last envelope, sent to everyone at once). A change
+        not built now is noted on the state (built when due or asked for)."""
         ch = self._channels.get((state.key_id, kind))
         if ch is None or not ch.subs:
             state.note_unseen(kind, source, as_of)  # built when a subscriber asks
             return
         with ch.lock:
-            self._offer(ch, state, kind, source, as_of, mark)
+            if self._offer(ch, state, kind, source, as_of, mark):
+                state.note_unseen(kind, source, as_of)
 
-    def _offer(self, ch: Channel, state, kind: str, source: str, as_of: int,  # type: ignore[no-untyped-def]
-               mark: bool) -> None:
+    def _offer(self, ch: Channel, state: PushSource, kind: str, source: str, as_of: int,
+               mark: bool) -> bool:
         """``offer`` on ``ch``; the caller holds ``ch.lock`` (a plain lock: not
-        re-entered)."""
+        re-entered). True when the change was held back unbuilt (nobody follows, or
+        every connection is inside its interval: the channel is armed)."""
         if not ch.subs:
-            state.note_unseen(kind, source, as_of)
-            return
+            return True
         if ch.epoch != state.epoch or ch.state is not state:
             self._follow(ch, state)
         subs = list(ch.subs.values())
@@ -202,22 +211,21 @@ class Fanout:
             due = subs if len(subs) == 1 and subs[0].next_at <= now + EARLY_S else [
                 s for s in subs if s.next_at <= now + EARLY_S]
             if not due:
-                state.note_unseen(kind, source, as_of)
                 self.conflated += 1
                 self._arm(ch, min(s.next_at for s in subs))
-                return
-            env = state.envelope(kind, source, as_of)
+                return True
         else:
             due = subs
-            env = state.envelope_if_changed(kind, source, as_of)
+        env = state.envelope_of_change(kind, source, as_of, mark)
         if env is None:
-            return
+            return False
         self._deliver(ch, env, due, now if mark else None)
         if mark and len(due) < len(subs):
             self.conflated += 1
             self._arm(ch, min(s.next_at for s in subs if s not in due))
+        return False
 
-    def receive(self, state, env: dict, mark: bool) -> None:  # type: ignore[no-untyped-def]
+    def receive(self, state: RemoteState, env: dict[str, Any], mark: bool) -> None:
         """An envelope received from the message queue for ``state`` (a
         ``ws.relay.RemoteState``): held there as the newest of its type, then offered
         as a change (``mark`` as in ``offer``). An older one than held is dropped."""
@@ -226,11 +234,11 @@ class Fanout:
         if ch is None:
             state.receive(env)  # nobody here follows it: only the position moves
             return
-        with ch.lock:
+        with ch.lock:  # held back: the mirror holds it as pending already
             if state.receive(env):
                 self._offer(ch, state, kind, env.get("source", "stream"), env.get("as_of", 0), mark)
 
-    def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
+    def deliver(self, state: PushSource, env: dict[str, Any]) -> None:
         """Send a built envelope (``fills``, a ``stale`` one) to every subscriber now."""
         ch = self._channels.get((state.key_id, env["type"]))
         if ch is None or not ch.subs:
@@ -239,13 +247,14 @@ class Fanout:
             self._follow(ch, state)
             self._deliver(ch, env, list(ch.subs.values()), None)
 
-    def _pushed(self, ch: Channel, env: dict) -> None:
+    def _pushed(self, ch: Channel, env: dict[str, Any]) -> None:
         self.pushed += 1
-        if getattr(ch.state, "via_relay", False):
+        if isinstance(ch.state, RemoteState) and ch.state.via_relay:
             self.relayed += 1
         self._on_push(env)
 
-    def _deliver(self, ch: Channel, env: dict, subs: list[Sub], mark_now: float | None) -> None:
+    def _deliver(self, ch: Channel, env: dict[str, Any], subs: list[Sub],
+                 mark_now: float | None) -> None:
         self._pushed(ch, env)
         pkt = self._encode(env)
         ch.packet = (env["seq"], pkt)
@@ -254,14 +263,14 @@ class Fanout:
             if mark_now is not None:
                 sub.next_at = mark_now + sub.interval_s
 
-    def _send(self, sub: Sub, env: dict, pkt) -> None:  # type: ignore[no-untyped-def]
+    def _send(self, sub: Sub, env: dict[str, Any], pkt: eio_packet.Packet) -> None:
         seq = env["seq"]
         if env.get("source") != "cache" and seq <= sub.last_seq:
             return  # never a repeat, never backwards
         send_packet(self._server, sub.eio_sid, pkt)
         sub.last_seq = max(sub.last_seq, seq)
 
-    def _snapshot_packet(self, ch: Channel, env: dict):  # type: ignore[no-untyped-def]
+    def _snapshot_packet(self, ch: Channel, env: dict[str, Any]) -> eio_packet.Packet:
         """The packet of a subscriber's first envelope; a state's cached copy is the same
         for every subscriber of that seq (a reconnect storm), so it is encoded once."""
         if env.get("source") != "cache" or env["type"] == "fills" or env.get("epoch") != ch.epoch:
@@ -270,7 +279,7 @@ class Fanout:
             ch.snapshot = (env["seq"], self._encode(env))
         return ch.snapshot[1]
 
-    def _encode(self, env: dict):  # type: ignore[no-untyped-def]
+    def _encode(self, env: dict[str, Any]) -> eio_packet.Packet:
         """One Engine.IO MESSAGE packet for the event (python-socketio's packet class,
         ``binary=False``: an envelope holds no bytes, so no scan for them)."""
         pkt = self._server.packet_class(sio_packet.EVENT, namespace="/",
@@ -372,7 +381,7 @@ class Fanout:
         if later:
             self._arm(ch, min(later))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{"channels", "subscriptions", "conflated", "timer_pushes", "pushed",
         "relayed", "relayed_fraction"}``: ``pushed`` envelopes built for delivery to
         this process's connections, ``relayed`` of them received from another process

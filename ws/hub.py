@@ -20,11 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask_socketio import SocketIO
 from socketio import PubSubManager
 
 from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES
+from services.account_state import AccountState
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 from ws.relay import KeyRelay, RemoteState
@@ -110,7 +112,7 @@ class PushHub:
         self._fanout: Fanout | None = None
         self._remote: dict[int, RemoteState] = {}  # key_id -> envelopes received from Redis
         self._mirror: dict[int, RemoteState] = {}  # key_id -> own envelopes also published
-        self._local: dict[int, object] = {}  # key_id -> AccountState of a stream running here
+        self._local: dict[int, AccountState] = {}  # key_id -> state of a stream running here
         self.on_key_changed: Callable[[int, int], None] = lambda user_id, key_id: None
         # another process released a key this one follows: take its stream over
         # (StreamManager.take_over; run as a background task)
@@ -193,7 +195,7 @@ class PushHub:
         if self._relay is not None:
             self._relay.want(key_id)
 
-    def stream_local(self, key_id: int, state) -> None:  # type: ignore[no-untyped-def]
+    def stream_local(self, key_id: int, state: AccountState | None) -> None:
         """``key_id``'s stream now runs in this process (``state``: its AccountState)
         or no longer does (None). With a message queue: its channel is no longer
         watched (its pushes are made here) and, if another process follows the key,
@@ -305,7 +307,7 @@ class PushHub:
         if state is None or relay is None:
             return
         relay.add_interest(key_id)
-        for env in state.cached(list(STATE_TYPES)):  # type: ignore[attr-defined]
+        for env in state.cached(list(STATE_TYPES)):
             relay.publish(env, False)
 
     # ---- registry -----------------------------------------------------------
@@ -361,7 +363,8 @@ class PushHub:
             return True
         return room_occupied(self._sio.server, room(kind, user_id))
 
-    def offer(self, state, kind: str, source: str, as_of: int, mark: bool) -> None:  # type: ignore[no-untyped-def]
+    def offer(self, state: AccountState, kind: str, source: str, as_of: int,
+              mark: bool) -> None:
         """An account type of ``state`` (services.account_state.AccountState)
         changed; see ``Fanout.offer`` (conflated at the source, built only when some
         connection is due). While another process follows the key: built (compared
@@ -371,13 +374,12 @@ class PushHub:
         if relay is None or not relay.interested(state.key_id):
             self.fanout.offer(state, kind, source, as_of, mark)
             return
-        env = (state.envelope(kind, source, as_of) if mark
-               else state.envelope_if_changed(kind, source, as_of))
+        env = state.envelope_of_change(kind, source, as_of, mark)
         if env is not None:
             self.fanout.receive(self._mirror_of(state.key_id, state.user_id), env, mark)
             relay.publish(env, mark)
 
-    def deliver(self, state, env: dict) -> None:  # type: ignore[no-untyped-def]
+    def deliver(self, state: AccountState, env: dict[str, Any]) -> None:
         """A built account envelope (``fills``, ``stale`` values) to its subscribers now
         (with a message queue ``fills`` go to the room, every process)."""
         relay = self._relay
@@ -459,7 +461,8 @@ class PushHub:
         """Emit one event to one connection of this process (never through Redis)."""
         self._sio.server.emit(event, data, to=sid, ignore_queue=True)
 
-    def attach(self, conn: Connection, state, kind: str, first) -> None:  # type: ignore[no-untyped-def]
+    def attach(self, conn: Connection, state: AccountState, kind: str,
+               first: Callable[[], list[dict[str, Any]]]) -> None:
         """Start ``conn``'s live pushes of ``state``'s ``kind`` (a stream running in
         this process) after ``first()`` (its snapshot or replay). With a message
         queue ``fills``: ``first()`` is sent and the room brings the live ones."""
@@ -475,7 +478,7 @@ class PushHub:
 
         def first_here() -> list[dict]:  # the channel is fed through the mirror now
             envelopes = first()
-            mirror.adopt(state.epoch, kind, state.seq(kind), state.last(kind))
+            mirror.adopt(state.position(kind), kind, state.last(kind))
             return envelopes
         self.fanout.attach(conn.sid, conn.eio_sid, mirror, kind, conn.max_hz(kind), first_here)
 

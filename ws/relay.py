@@ -38,8 +38,8 @@ only what has no key. Tickers and emits to one connection never leave the proces
 
 ``RemoteState`` is what a ``Fanout`` channel works on for such a key: a mirror of
 the envelopes received (the epoch, the ``seq`` per type, the last one sent and the
-newest one held), with the methods of ``services.account_state.AccountState`` that
-``Fanout.offer`` / ``flush`` / ``attach`` use.
+newest one held), a ``services.push.PushSource`` as the key's ``AccountState`` is in
+the process running its stream.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ import orjson
 import socketio
 
 from services.coalesce import Coalescer
+from services.push_sequence import StreamPosition
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,12 @@ class RemoteState:
             self._pending[kind] = env
             return True
 
-    def adopt(self, epoch: str, kind: str, seq: int, last: dict | None) -> None:
-        """This process's own state of the key is at ``(epoch, seq)`` of ``kind``
-        with ``last`` its envelope (a local subscriber is given its snapshot from it):
+    def adopt(self, position: StreamPosition, kind: str, last: dict | None) -> None:
+        """This process's own state of the key is at ``position`` of ``kind`` with
+        ``last`` its envelope (a local subscriber is given its snapshot from it):
         the mirror moves there if it is behind, so that the subscriber's ``seq`` and
         the channel's epoch agree with what it was sent."""
+        epoch, seq = position
         with self._lock:
             if epoch != self.epoch:
                 self._reset(epoch)
@@ -123,17 +125,17 @@ class RemoteState:
         self.epoch = epoch
         self._seq, self._last, self._pending = {}, {}, {}
 
-    def position(self, kind: str) -> tuple[str | None, int]:
+    def position(self, kind: str) -> StreamPosition:
         """``(epoch, seq)`` of the newest envelope of ``kind`` received."""
         with self._lock:
-            return self.epoch, self._seq.get(kind, 0)
+            return StreamPosition(self.epoch, self._seq.get(kind, 0))
 
     def newest(self, kind: str) -> dict | None:
         """The newest envelope of ``kind`` (held or sent), or None."""
         with self._lock:
             return self._pending.get(kind) or self._last.get(kind)
 
-    # ---- what Fanout calls (AccountState's names) ------------------------------
+    # ---- services.push.PushSource: what Fanout reads ----------------------------
     def seq(self, kind: str) -> int:
         """The newest ``seq`` of ``kind`` received in the current epoch (0: none)."""
         return self._seq.get(kind, 0)
@@ -146,23 +148,15 @@ class RemoteState:
         """True while a received envelope of ``kind`` is held, not yet sent."""
         return kind in self._pending
 
-    def note_unseen(self, kind: str, source: str, as_of: int) -> None:
-        """Nothing to note: the received envelope is held already."""
-
-    def _take(self, kind: str) -> dict | None:
+    def envelope_of_change(self, kind: str, source: str, as_of: int,
+                           mark: bool) -> dict | None:
+        """The held envelope of ``kind``, now the last one (None: none held): a
+        received envelope is a change by construction, built by the owner."""
         with self._lock:
             env = self._pending.pop(kind, None)
             if env is not None:
                 self._last[kind] = env
             return env
-
-    def envelope(self, kind: str, source: str, as_of: int) -> dict | None:
-        """The held envelope of ``kind``, now the last one (None: none held)."""
-        return self._take(kind)
-
-    def envelope_if_changed(self, kind: str, source: str, as_of: int) -> dict | None:
-        """As ``envelope``: a received envelope is a change by construction."""
-        return self._take(kind)
 
     def build_pending(self, kind: str) -> dict | None:
         """The held envelope of ``kind`` for a conflated push (the timer), with

@@ -127,7 +127,7 @@ def test_a_subscriber_of_the_process_running_the_stream_starts_from_its_snapshot
 
     def first() -> list[dict]:
         out = state.cached(["pnl"])
-        remote.adopt(state.epoch, "pnl", state.seq("pnl"), state.last("pnl"))
+        remote.adopt(state.position("pnl"), "pnl", state.last("pnl"))
         return out
     fan.attach("new", "e-new", remote, "pnl", None, first)
     fan.receive(remote, env, mark=True)          # this process's own emit, back
