@@ -67,8 +67,8 @@ class AccountState:
         self._margin_assets: dict[str, str | None] = {}  # symbol -> its settle asset
         # protection (services.protection): a position row's stop_loss / take_profit /
         # trailing_stop, and the exchange-held legs as orders rows; None: rows as before
-        self.protection_of: Callable[[int, str], dict] | None = None
-        self.legs_of: Callable[[int], list[dict]] | None = None
+        self.protection_of: Callable[[int, str], dict[str, Any]] | None = None
+        self.legs_of: Callable[[int], list[dict[str, Any]]] | None = None
 
     @property
     def balance(self) -> Balance | None:
@@ -261,7 +261,7 @@ class AccountState:
             return []
         raise ValueError(f"unknown type {kind!r}")
 
-    def _positions_data(self) -> list[dict]:
+    def _positions_data(self) -> list[dict[str, Any]]:
         """``positions`` data with each position's row built once per change of it."""
         assert self.positions is not None
         rows = []
@@ -272,14 +272,14 @@ class AccountState:
         self._position_rows.trim(self.positions)
         return rows
 
-    def _position_row(self, p: Position) -> dict:
+    def _position_row(self, p: Position) -> dict[str, Any]:
         """A ``positions`` row; the fields not known yet are null."""
         row = serialize.position_row(p)
         for name in self.unknown.get(p.symbol, ()):
             row[name] = None
         return row
 
-    def _orders_data(self) -> list[dict]:
+    def _orders_data(self) -> list[dict[str, Any]]:
         """CONTRACT.md ``orders`` data: the open orders, oldest update first, each
         order's row built once per update (an account with many open orders sends
         all of them again on every fill)."""
@@ -301,7 +301,7 @@ class AccountState:
         """True when ``kind`` changed since its last envelope was built."""
         return kind in self._unseen
 
-    def build_pending(self, kind: str) -> dict | None:
+    def build_pending(self, kind: str) -> dict[str, Any] | None:
         """Build the envelope of a change noted by ``note_unseen`` (the mark price
         moved: known changed, not compared); None when nothing is pending."""
         with self._lock:
@@ -310,7 +310,7 @@ class AccountState:
             return None
         return self.envelope(kind, noted[0], noted[1])
 
-    def envelope(self, kind: str, source: str, as_of: int) -> dict | None:
+    def envelope(self, kind: str, source: str, as_of: int) -> dict[str, Any] | None:
         """A new envelope of ``kind`` without comparing it with the last one (the
         caller knows it changed: a mark price move); None when not known yet."""
         with self._lock:
@@ -322,7 +322,7 @@ class AccountState:
             return self.sequence.next(kind, source, as_of, False, data)
 
     def envelope_if_changed(self, kind: str, source: str, as_of: int,
-                            stale: bool = False) -> dict | None:
+                            stale: bool = False) -> dict[str, Any] | None:
         """A new envelope when ``kind``'s content changed, else None.
 
         ``source`` is ``stream``, ``rest`` or ``cache``; ``as_of`` the exchange time
@@ -344,7 +344,7 @@ class AccountState:
             return self.sequence.next(kind, source, as_of, stale, data)
 
     def envelope_of_change(self, kind: str, source: str, as_of: int,
-                           mark: bool) -> dict | None:
+                           mark: bool) -> dict[str, Any] | None:
         """The envelope of a change of ``kind`` (``services.push.PushSource``): a mark
         price move (``mark``) is a change by construction (``envelope``); an account
         event or a REST result only when the content differs (``envelope_if_changed``)."""
@@ -360,11 +360,11 @@ class AccountState:
         """``(epoch, seq)`` of the last envelope of ``kind``."""
         return self.sequence.position(kind)
 
-    def last(self, kind: str) -> dict | None:
+    def last(self, kind: str) -> dict[str, Any] | None:
         """The last envelope built of ``kind`` (not a copy: do not change it)."""
         return self.sequence.last(kind)
 
-    def mark_stale(self, kinds: tuple[str, ...] = STATE_TYPES) -> list[dict]:
+    def mark_stale(self, kinds: tuple[str, ...] = STATE_TYPES) -> list[dict[str, Any]]:
         """Envelopes of the last known values flagged ``stale`` (the exchange is
         unreachable); one per type that was not stale already."""
         out = []
@@ -376,7 +376,7 @@ class AccountState:
                     out.append(env)
         return out
 
-    def cached(self, kinds: tuple[str, ...] | list[str]) -> list[dict]:
+    def cached(self, kinds: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
         """Copies of the last envelopes of ``kinds`` with ``source: "cache"`` (for a
         new subscriber); their ``seq`` is the current one. Types that changed while
         no push of them was due (``note_unseen``) are built first. ``fills``: an

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -49,6 +50,7 @@ from exchanges.types import (
     FundingFee,
     MarginCall,  # risk alerts (helper protect2)
     OrderEvent,
+    Position,
     ProtectionLegUpdate,
     StreamExpired,
 )
@@ -56,14 +58,14 @@ from services.account_push import MARK_STALE_S, AccountPusher, MarkFollower, Tic
 from services.account_refresh import RestRefresher, StreamSettings, held_for_s
 from services.account_state import AccountState, now_ms
 from services.lifecycle import Backoff
-from services.position_report import PositionReporter
+from services.position_report import OnPositions, PositionReporter
 from services.push import DirectPush, Push
 
 logger = logging.getLogger(__name__)
 
 STARTING = "starting"  # a stream's state before its first connection attempt ended
 
-Publish = Callable[[dict], None]
+Publish = Callable[[dict[str, Any]], None]
 MAX_BATCH = 200  # frames taken in one go during a burst
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
 MAX_CONNECTION_S = 23.5 * 3600
@@ -112,11 +114,11 @@ class AccountStream:
                  realized_pnl: Callable[[], object], publish: Publish,
                  on_fill: Callable[[object], None], sleep: Callable[[float], None],
                  settings: StreamSettings = StreamSettings(), tickers: TickerSource | None = None,
-                 on_reconnected: Callable[[int, list, set], None] | None = None,
+                 on_reconnected: Callable[[int, list[Position], set[str]], None] | None = None,
                  on_order: Callable[[object], None] | None = None,
                  poll_scale: Callable[[], float] = lambda: 1.0,
                  audience: Callable[[int, str], bool] | None = None,
-                 on_positions: Callable[[list, int, bool], None] | None = None,
+                 on_positions: OnPositions | None = None,
                  push: Push | None = None,
                  on_funding: Callable[[object], None] | None = None,
                  on_leg: Callable[[object], None] | None = None) -> None:
