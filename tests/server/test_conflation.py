@@ -144,17 +144,17 @@ def test_fills_go_to_every_subscriber_in_sequence_and_a_new_epoch_resets_it() ->
     fan.attach("a", "e-a", state, "fills", None, lambda: [])
     for i in range(3):
         assert state.fills.add(Fill(str(i), "9", None, "XRPUSDT", "BUY", Decimal("1"),
-                                   Decimal("1"), Decimal("0"), "USDT", Decimal("0"), False, i))
+                                    Decimal("1"), Decimal("0"), "USDT", Decimal("0"), False, i))
         fan.deliver(state, state.fills.envelope(i))
     assert not state.fills.add(Fill("1", "9", None, "XRPUSDT", "BUY", Decimal("1"), Decimal("1"),
-                                   Decimal("0"), "USDT", Decimal("0"), False, 1))  # seen already
+                                    Decimal("0"), "USDT", Decimal("0"), False, 1))  # seen already
     assert [env["seq"] for _, _, env in server.sent] == [1, 2, 3]
     assert [e["seq"] for e in state.fills.after(1)] == [2, 3]
     assert state.fills.after(5) is None
     fresh = AccountState(1, 7, "binance", False)   # continuity lost: a new epoch at seq 1
     assert fresh.epoch != state.epoch
     fresh.fills.add(Fill("x", "9", None, "XRPUSDT", "BUY", Decimal("1"), Decimal("1"),
-                        Decimal("0"), "USDT", Decimal("0"), False, 9))
+                         Decimal("0"), "USDT", Decimal("0"), False, 9))
     fan.deliver(fresh, fresh.fills.envelope(9))
     assert [(env["epoch"], env["seq"]) for _, _, env in server.sent][-1] == (fresh.epoch, 1)
 

@@ -269,3 +269,26 @@ def test_password_hashing_runs_off_the_eventlet_hub_only_when_monkey_patched() -
                            text=True, timeout=60, check=True).stdout.strip()
             for prefix in ("import eventlet; eventlet.monkey_patch()\n", "")]
     assert outs == ["True", "False"]
+
+
+def test_the_state_types_and_fills_of_a_key_share_one_epoch_with_a_seq_per_type() -> None:
+    """AccountState and its FillLog number envelopes through one PushSequence: one epoch,
+    a ``seq`` per type; a ``cache`` snapshot spends no ``seq``."""
+    from exchanges.types import Fill
+    from services.push_sequence import StreamPosition
+    state = AccountState(1, 7, "binance", False)
+    state.set_positions([_pos("0.01")])
+    positions = state.envelope("positions", "stream", 1)
+    assert state.fills.add(Fill("t1", "9", None, "BTCUSDT", "BUY", Decimal("0.01"), Decimal("100"),
+                                Decimal("0"), "USDT", Decimal("0"), False, 2))
+    fills = state.fills.envelope(2)
+    assert fills is not None and positions is not None
+    assert (positions["epoch"], positions["seq"]) == (fills["epoch"], fills["seq"]) == (state.epoch, 1)
+    assert state.position("fills") == StreamPosition(state.epoch, 1)
+    assert state.position("pnl") == StreamPosition(state.epoch, 0)
+    assert state.fills.snapshot([])["seq"] == 1 and state.seq("fills") == 1
+    assert state.fills.after(0) == [fills] and state.fills.recent() == fills["data"]
+    cached = state.cached(["positions", "fills"])
+    assert [(e["type"], e["seq"], e["source"]) for e in cached] == [
+        ("positions", 1, "cache"), ("fills", 1, "cache")]
+    assert cached[0]["data"] == positions["data"] and cached[1]["data"] == []
