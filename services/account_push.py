@@ -1,8 +1,9 @@
 """The push side of an account stream, as two collaborators the stream owns:
 
-- ``AccountPusher``: account events and REST results are offered to the push layer
-  at once (compared with the last envelope there), fills are queued and pushed as one
-  ``fills`` envelope per batch, ``stale`` envelopes are sent as built;
+- ``AccountPusher``: account events, REST results and the ledger's realized PnL are
+  offered to the push layer at once (compared with the last envelope there), fills
+  are queued and pushed as one ``fills`` envelope per batch, ``stale`` envelopes are
+  sent as built;
 - ``MarkFollower``: follows the mark price of exactly the symbols held (the shared
   ``services.tickers.TickerHub``), revalues the account on each tick and offers what
   moved as a mark-driven change (conflated per connection by the push layer).
@@ -13,6 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from exchanges.types import Fill, Ticker
 from services.account_state import AccountState, now_ms
@@ -39,6 +42,21 @@ class AccountPusher:
         listens, compared with the last envelope first."""
         for kind in kinds:
             self._push.offer(self._state, kind, source, as_of, False)
+
+    def refresh_realized(self, read: Callable[[], object]) -> None:
+        """Re-read the ledger's realized PnL (``read()``: ``services.ledger.Realized``)
+        and push ``pnl`` if it changed; a failed read keeps the last value."""
+        state = self._state
+        try:
+            state.realized_pnl = read()  # type: ignore[assignment]
+        except SQLAlchemyError as e:  # the database is away: keep the last value
+            logger.warning("realized pnl read failed key_id=%s kind=%s", state.key_id,
+                           type(e).__name__)
+            return
+        except Exception:  # isolation boundary: a ledger read failure must not kill the stream
+            logger.exception("realized pnl read failed key_id=%s", state.key_id)
+            return
+        self.changed(("pnl",), "rest", now_ms())
 
     def send(self, env: dict[str, Any]) -> None:
         """Send an envelope already built (a ``stale`` one) now, ``sent_at`` now."""

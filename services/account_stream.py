@@ -37,9 +37,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
@@ -65,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 STARTING = "starting"  # a stream's state before its first connection attempt ended
 
-Publish = Callable[[dict[str, Any]], None]
+Publish = Callable[[dict[str, object]], None]
 MAX_BATCH = 200  # frames taken in one go during a burst
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
 MAX_CONNECTION_S = 23.5 * 3600
@@ -173,16 +170,7 @@ class AccountStream:
 
     def refresh_realized(self) -> None:
         """Re-read the ledger's realized PnL and push ``pnl`` if it changed."""
-        try:
-            self.state.realized_pnl = self._realized_pnl()  # type: ignore[assignment]
-        except SQLAlchemyError as e:  # the database is away: keep the last value
-            logger.warning("realized pnl read failed key_id=%s kind=%s", self.state.key_id,
-                           type(e).__name__)
-            return
-        except Exception:  # isolation boundary: a ledger read failure must not kill the stream
-            logger.exception("realized pnl read failed key_id=%s", self.state.key_id)
-            return
-        self.pusher.changed(("pnl",), "rest", now_ms())
+        self.pusher.refresh_realized(self._realized_pnl)
 
     def push_changed(self, kinds: tuple[str, ...]) -> None:
         """Push ``kinds`` when a change made by the server itself (protection legs)
