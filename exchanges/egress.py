@@ -31,9 +31,10 @@ def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
     return addresses[zlib.crc32(api_key.encode()) % len(addresses)]
 
 
-# keep-alive connections kept per venue host and address; at most this many requests
-# from one address are in flight at once, the others wait for a connection
-POOL_MAXSIZE = 64
+# keep-alive connections kept per venue host and address (a request finding none idle
+# opens one and never waits: an order does not queue behind a storm's snapshots; beyond
+# this many at once, the extra ones are closed after use)
+POOL_MAXSIZE = 256
 
 
 class SharedSourceAdapter(SourceAddressAdapter):
@@ -54,12 +55,12 @@ def shared_adapter(source_address: str) -> SharedSourceAdapter:
     a venue host are reused by every key leaving from that address (a key's first
     request no longer opens a connection, and on ``https`` no TLS handshake, of its
     own: in a reconnect storm every stream's snapshot is a key's first request), at
-    most ``POOL_MAXSIZE`` in use at once per host (a request beyond waits for one)."""
+    most ``POOL_MAXSIZE`` kept per host."""
     with _shared_lock:
         adapter = _shared.get(source_address)
         if adapter is None:
             adapter = _shared[source_address] = SharedSourceAdapter(
-                source_address, pool_maxsize=POOL_MAXSIZE, pool_block=True)
+                source_address, pool_maxsize=POOL_MAXSIZE)
         return adapter
 
 
