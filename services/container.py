@@ -228,7 +228,8 @@ def build_services(cfg: Config, *, hub: Any, spawn: Callable[..., Any],
                             tickers=tickers, on_reconnected=reconnected,
                             leases=leases, audience=hub.has_audience, governors=governors,
                             push=hub, keys=key_cache, on_local=getattr(hub, "stream_local", None),
-                            on_released=getattr(hub, "stream_released", None))
+                            on_released=getattr(hub, "stream_released", None),
+                            connect_concurrency=cfg.STREAM_CONNECT_CONCURRENCY)
     if hasattr(hub, "on_released"):  # a key this process follows was released elsewhere
         hub.on_released = streams.take_over
     writer.set_on_recorded(streams.fills_recorded)
