@@ -37,7 +37,7 @@ def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
 POOL_MAXSIZE = 256
 
 
-class SharedSourceAdapter(SourceAddressAdapter):
+class SharedSourceAdapter(SourceAddressAdapter):  # type: ignore[misc]  # toolbelt is untyped
     """requests-toolbelt's SourceAddressAdapter shared by every session of one address
     (``shared_adapter``): its connection pool outlives any one client, so ``close()``
     (a session's, when its key's client is dropped) keeps it."""

@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
@@ -118,7 +119,7 @@ class AccountStream(RestRefresher, AccountPusher, PositionReporter):
                  push: Push | None = None,
                  on_funding: Callable[[object], None] | None = None,
                  on_leg: Callable[[object], None] | None = None,
-                 admission: AbstractContextManager | None = None) -> None:
+                 admission: AbstractContextManager[Any] | None = None) -> None:
         self.state = state
         self._admission = admission if admission is not None else nullcontext()
         self._push = push or DirectPush(publish, audience)
