@@ -48,8 +48,9 @@ connecting with ``?affinity=i`` (spread over the processes as real clients' addr
 would be). ``users.per_process``: each process's connections and running and followed
 streams (``/admin/stats``), its CPU seconds from the first connect until the last
 snapshot (``cpu_s``) and its log's errors. ``server_cpu_s`` is the sum over the
-processes and ``cpu_ms_per_user`` = ``server_cpu_s`` / N (P = 1 too): the storm's
-server CPU per user, the figure that decides how many users a core admits at once
+processes and ``cpu_ms_per_user`` = ``server_cpu_s`` / N (P = 1 too; when not every
+user got a snapshot before ``--ready-timeout-s``, ``cpu_ms_per_ready_user`` divides by
+those that did): the storm's server CPU per user, the figure that decides how many users a core admits at once
 (the wall time to all-ready, ``ready.s``, moves with whatever else the 2 cores run).
 ``--mark FILE``: the file exists from the first connect until the last snapshot (an
 external sampling profiler of the server can limit itself to the storm with it).
@@ -261,6 +262,7 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
             mark.unlink(missing_ok=True)
         out["server_cpu_s"] = round(sum(cpu), 1)
         out["cpu_ms_per_user"] = round(sum(cpu) * 1000 / n, 2)
+        out["cpu_ms_per_ready_user"] = round(sum(cpu) * 1000 / ready, 2) if ready else None
         out["client_cpu_s"] = round(sum(cpu_s(p) or 0.0 for p in workers.pids) - client_cpu0, 1)
         time.sleep(2.0)
         got = workers.all({"op": "collect", "since": time.time()})
