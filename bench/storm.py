@@ -54,6 +54,9 @@ those that did): the storm's server CPU per user, the figure that decides how ma
 (the wall time to all-ready, ``ready.s``, moves with whatever else the 2 cores run).
 ``--mark FILE``: the file exists from the first connect until the last snapshot (an
 external sampling profiler of the server can limit itself to the storm with it).
+``--profile PREFIX``: each server samples its CPU time during the storm
+(``bench/cpu_sampler``) into ``PREFIX.<pid>.txt``; ``python -m bench.cpu_sampler
+PREFIX.*.txt`` sums them up.
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--users: server processes (P > 1: behind nginx, needs --queue)")
     p.add_argument("--mark", metavar="FILE", default="",
                    help="--users: a file that exists while the storm runs (for a profiler)")
+    p.add_argument("--profile", metavar="PREFIX", default="",
+                   help="--users: CPU-time samples of each server during the storm (bench/cpu_sampler)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a server setting (repeatable), e.g. DB_POOL_SIZE=5")
     p.add_argument("--tag", default="run")
@@ -218,6 +223,10 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
     if args.queue:
         env.update(MESSAGE_QUEUE_URL=args.queue,
                    MESSAGE_QUEUE_CHANNEL=f"bench-{os.getpid()}-{int(time.time())}")
+    if args.profile:
+        args.mark = args.mark or f"{args.profile}.on"
+        env.update(PYTHONPATH=str(Path(__file__).with_name("cpu_sampler")),
+                   PUSHSRV_CPU_SAMPLES=args.profile, PUSHSRV_CPU_SAMPLES_MARK=args.mark)
     env.update(dict(item.split("=", 1) for item in args.env))
     out: dict = {"users": n, "procs": args.procs, "db": args.db, "queue": bool(args.queue),
                  "egress_ips": ips, "settings": dict(item.split("=", 1) for item in args.env)}
