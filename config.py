@@ -58,6 +58,9 @@ class Config:
     # subscribes whose first part (key lookup, stream lease and start) run at once in a
     # process; the others wait their turn (a reconnect storm is admitted, not refused)
     SUBSCRIBE_CONCURRENCY: int = 256
+    # account streams of a process that connect (user stream, REST snapshot) at once;
+    # the others wait their turn
+    STREAM_CONNECT_CONCURRENCY: int = 64
     KEY_CACHE_TTL_S: float = 300.0  # API keys read once and kept (invalidated on change)
     SECRET_KEY: str = ""
     KEY_ENCRYPTION_KEY: str = ""
@@ -313,6 +316,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("DB_POOL_SIZE", int), ("DB_MAX_OVERFLOW", int),
                        ("DB_POOL_TIMEOUT_S", float), ("REDIS_MAX_CONNECTIONS", int),
                        ("REDIS_POOL_TIMEOUT_S", float), ("SUBSCRIBE_CONCURRENCY", int),
+                       ("STREAM_CONNECT_CONCURRENCY", int),
                        ("KEY_CACHE_TTL_S", float),
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
                        ("LOGIN_RATE_LIMIT", str), ("LOGIN_USERNAME_RATE_LIMIT", str),

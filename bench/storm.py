@@ -40,6 +40,23 @@ network blip causes: every key's stream starts in the storm). ``users``: ``conne
 connect until the last one did), ``closed`` the connections the server closed,
 ``server_log`` its ERROR lines and tracebacks. ``--db postgresql`` and ``--queue
 REDIS_URL`` (``MESSAGE_QUEUE_URL``) give the production configuration.
+
+``--users N --procs P`` (P > 1, needs ``--queue``): the same storm on P server
+processes behind nginx (``deploy.nginx``, the balancer of ``make deploy``; started as
+``bench.scaleout`` starts them, after the accounts are written), client ``i``
+connecting with ``?affinity=i`` (spread over the processes as real clients' addresses
+would be). ``users.per_process``: each process's connections and running and followed
+streams (``/admin/stats``), its CPU seconds from the first connect until the last
+snapshot (``cpu_s``) and its log's errors. ``server_cpu_s`` is the sum over the
+processes and ``cpu_ms_per_user`` = ``server_cpu_s`` / N (P = 1 too; when not every
+user got a snapshot before ``--ready-timeout-s``, ``cpu_ms_per_ready_user`` divides by
+those that did): the storm's server CPU per user, the figure that decides how many users a core admits at once
+(the wall time to all-ready, ``ready.s``, moves with whatever else the 2 cores run).
+``--mark FILE``: the file exists from the first connect until the last snapshot (an
+external sampling profiler of the server can limit itself to the storm with it).
+``--profile PREFIX``: each server samples its CPU time during the storm
+(``bench/cpu_sampler``) into ``PREFIX.<pid>.txt``; ``python -m bench.cpu_sampler
+PREFIX.*.txt`` sums them up.
 """
 from __future__ import annotations
 
@@ -69,10 +86,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue", metavar="REDIS_URL", default="", help="MESSAGE_QUEUE_URL")
     p.add_argument("--accounts-per-ip", type=int, default=30, help="--users: per egress address")
     p.add_argument("--ready-timeout-s", type=float, default=180.0)
+    p.add_argument("--procs", type=int, default=1,
+                   help="--users: server processes (P > 1: behind nginx, needs --queue)")
+    p.add_argument("--mark", metavar="FILE", default="",
+                   help="--users: a file that exists while the storm runs (for a profiler)")
+    p.add_argument("--profile", metavar="PREFIX", default="",
+                   help="--users: CPU-time samples of each server during the storm (bench/cpu_sampler)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="a server setting (repeatable), e.g. DB_POOL_SIZE=5")
     p.add_argument("--tag", default="run")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.procs < 1 or (args.procs > 1 and not (args.users and args.queue)):
+        p.error("--procs P: P >= 1; P > 1 needs --users and --queue (several processes share Redis)")
+    return args
 
 
 def listen_drops() -> int | None:
@@ -182,8 +208,9 @@ def measure(target: Storm, args: argparse.Namespace, bare_url: str | None) -> di
 
 
 def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-untyped-def]
-    """``--users N``: N users with a key each connect at once (see the module doc)."""
+    """``--users N [--procs P]``: N users with a key each connect at once (see the module doc)."""
     import math
+    from pathlib import Path
 
     from bench import fanout_accounts
     from bench.fanout import log_errors
@@ -196,11 +223,16 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
     if args.queue:
         env.update(MESSAGE_QUEUE_URL=args.queue,
                    MESSAGE_QUEUE_CHANNEL=f"bench-{os.getpid()}-{int(time.time())}")
+    if args.profile:
+        args.mark = args.mark or f"{args.profile}.on"
+        env.update(PYTHONPATH=str(Path(__file__).with_name("cpu_sampler")),
+                   PUSHSRV_CPU_SAMPLES=args.profile, PUSHSRV_CPU_SAMPLES_MARK=args.mark)
     env.update(dict(item.split("=", 1) for item in args.env))
-    out: dict = {"users": n, "db": args.db, "queue": bool(args.queue), "egress_ips": ips,
-                 "settings": dict(item.split("=", 1) for item in args.env)}
+    out: dict = {"users": n, "procs": args.procs, "db": args.db, "queue": bool(args.queue),
+                 "egress_ips": ips, "settings": dict(item.split("=", 1) for item in args.env)}
     stack = Stack(args.db, log_dir, extra_env=env)
-    workers = None
+    workers = cluster = None
+    mark = Path(args.mark) if args.mark else None
     try:
         stack.sim.set_price(SYMBOL, P0)
         t0 = time.time()
@@ -208,16 +240,25 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
             stack.db_url, stack.sim, n, secrets, str(int(time.time()) % 100000),
             lambda a: sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY))
         out["setup_s"] = round(time.time() - t0, 1)
+        if args.procs > 1:
+            from bench.scaleout import Cluster
+            stack.server.stop()  # the accounts are in the database: P fresh servers instead
+            cluster = Cluster(stack, env, log_dir, args.procs, False, n + 1000)
+            servers, url = cluster.servers, cluster.url
+        else:
+            servers, url = [stack.server], stack.server.url
         workers = Workers(args.workers, log_dir / "workers.log")
         workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP)})
-        target = Storm(workers, stack.server.url, "", stack.server.proc.pid, stack.sim, 0)
-        items = [{"cid": i, "auth": {"token": a.token}, "subs": [["subscribe", {"types": ["pnl"]}]]}
+        items = [{"cid": i, "auth": {"token": a.token}, "subs": [["subscribe", {"types": ["pnl"]}]],
+                  **({"url": f"{url}/?affinity={i}"} if cluster is not None else {})}
                  for i, a in enumerate(accounts)]
-        cpu0, began = target._cpu(), time.time()
-        replies = workers.by_client("connect", items, url=stack.server.url, timeout=180.0,
+        client_cpu0 = sum(cpu_s(p) or 0.0 for p in workers.pids)
+        if mark is not None:
+            mark.touch()
+        cpu0, began = [cpu_s(s.proc.pid) or 0.0 for s in servers], time.time()
+        replies = workers.by_client("connect", items, url=url, timeout=180.0,
                                     concurrency=max(1, math.ceil(n / args.workers)))
         out["connect"] = Run._connect_summary(replies, n)
-        target.next_cid = n
         deadline = max(began + args.ready_timeout_s, time.time() + 10)
         while True:
             ready = sum(r["ready"] for r in workers.all({"op": "ready", "below": n}))
@@ -225,8 +266,13 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
                 break
             time.sleep(0.25)
         out["ready"] = {"ready": ready, "of": n, "s": round(time.time() - began, 1)}
-        cpu1 = target._cpu()
-        out["server_cpu_s"] = round(cpu1[0] - cpu0[0], 1)
+        cpu = [(cpu_s(s.proc.pid) or 0.0) - c0 for s, c0 in zip(servers, cpu0, strict=True)]
+        if mark is not None:
+            mark.unlink(missing_ok=True)
+        out["server_cpu_s"] = round(sum(cpu), 1)
+        out["cpu_ms_per_user"] = round(sum(cpu) * 1000 / n, 2)
+        out["cpu_ms_per_ready_user"] = round(sum(cpu) * 1000 / ready, 2) if ready else None
+        out["client_cpu_s"] = round(sum(cpu_s(p) or 0.0 for p in workers.pids) - client_cpu0, 1)
         time.sleep(2.0)
         got = workers.all({"op": "collect", "since": time.time()})
         out["still_connected"] = sum(g["connected"] for g in got)
@@ -235,13 +281,39 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
             for k, v in g["closed"].items():
                 closed[k] = closed.get(k, 0) + v
         out["closed"] = closed
-        out["server_log"] = log_errors(stack.server.log())
-        out["rss_mb"] = rss_mb(stack.server.proc.pid)
+        logs = [log_errors(s.log()) for s in servers]
+        out["server_log"] = {"errors": sum(g["errors"] for g in logs),
+                             "tracebacks": sum(g["tracebacks"] for g in logs),
+                             "first": next((g["first"] for g in logs if g["first"]), None)}
+        out["per_process"] = {s.url.removeprefix("http://"): {
+            **_process_stats(s), "cpu_s": round(c, 1), "log_errors": g["errors"]}
+            for s, c, g in zip(servers, cpu, logs, strict=True)}
+        out["rss_mb"] = round(sum(rss_mb(s.proc.pid) or 0.0 for s in servers), 1)
+        if cluster is not None and cluster.nginx is not None:
+            out["nginx_rss_mb"] = round(sum(rss_mb(p) or 0.0 for p in cluster.nginx.worker_pids()), 1)
     finally:
+        if mark is not None:
+            mark.unlink(missing_ok=True)
         if workers is not None:
             workers.stop()
+        if cluster is not None:
+            cluster.stop()
         stack.stop()
     return out
+
+
+def _process_stats(server) -> dict:  # type: ignore[no-untyped-def]
+    """One server's ``/admin/stats`` figures of the storm: connections, streams running
+    here and followed (run by another process); {} when it does not answer."""
+    import requests
+    try:
+        st = requests.get(server.url + "/admin/stats", headers={"X-Admin-Token": server.admin_token},
+                          timeout=30).json()
+    except (requests.RequestException, ValueError):
+        return {}
+    streams = st.get("streams") or {}
+    return {"connections": st.get("connections"), "streams_running": streams.get("running"),
+            "streams_followed": streams.get("followed")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import zlib
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -30,10 +31,44 @@ def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
     return addresses[zlib.crc32(api_key.encode()) % len(addresses)]
 
 
+# keep-alive connections kept per venue host and address (a request finding none idle
+# opens one and never waits: an order does not queue behind a storm's snapshots; beyond
+# this many at once, the extra ones are closed after use)
+POOL_MAXSIZE = 256
+
+
+class SharedSourceAdapter(SourceAddressAdapter):  # type: ignore[misc]  # toolbelt is untyped
+    """requests-toolbelt's SourceAddressAdapter shared by every session of one address
+    (``shared_adapter``): its connection pool outlives any one client, so ``close()``
+    (a session's, when its key's client is dropped) keeps it."""
+
+    def close(self) -> None:
+        """Nothing: the other keys of the address use the pool."""
+
+
+_shared: dict[str, SharedSourceAdapter] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_adapter(source_address: str) -> SharedSourceAdapter:
+    """The process's one adapter for ``source_address``: its keep-alive connections to
+    a venue host are reused by every key leaving from that address (a key's first
+    request no longer opens a connection, and on ``https`` no TLS handshake, of its
+    own: in a reconnect storm every stream's snapshot is a key's first request), at
+    most ``POOL_MAXSIZE`` kept per host."""
+    with _shared_lock:
+        adapter = _shared.get(source_address)
+        if adapter is None:
+            adapter = _shared[source_address] = SharedSourceAdapter(
+                source_address, pool_maxsize=POOL_MAXSIZE)
+        return adapter
+
+
 def bind_session(session: requests.Session, source_address: str) -> None:
-    """Make every connection ``session`` opens leave from ``source_address``
-    (requests-toolbelt's SourceAddressAdapter on ``http://`` and ``https://``)."""
-    adapter = SourceAddressAdapter(source_address)
+    """Make every connection ``session`` opens leave from ``source_address``, through
+    the address's ``shared_adapter`` on ``http://`` and ``https://`` (the session's
+    own headers, e.g. a key's API key header, stay its own)."""
+    adapter = shared_adapter(source_address)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
@@ -105,6 +107,10 @@ class AccountStream:
         tickers: the shared TickerHub; while every open position's symbol gets mark
             price ticks, positions, pnl and balance are revalued from them and no
             periodic REST polling happens. None: poll while positions are open.
+        admission: held around each connect (user stream and snapshot), e.g. a
+            semaphore shared by the process's streams, so that a storm of starting
+            streams connects a bounded number at a time; the others wait their turn
+            (None: no bound).
     """
 
     def __init__(self, state: AccountState, get_client: Callable[[], ExchangeClient],
@@ -118,8 +124,10 @@ class AccountStream:
                  on_positions: OnPositions | None = None,
                  push: Push | None = None,
                  on_funding: Callable[[object], None] | None = None,
-                 on_leg: Callable[[object], None] | None = None) -> None:
+                 on_leg: Callable[[object], None] | None = None,
+                 admission: AbstractContextManager[Any] | None = None) -> None:
         self.state = state
+        self._admission = admission if admission is not None else nullcontext()
         self._push = push or DirectPush(publish, audience)
         self._get_client = get_client
         self._realized_pnl = realized_pnl
@@ -184,7 +192,10 @@ class AccountStream:
             try:
                 client = self._get_client()
                 if self.stream is None and time.monotonic() >= next_stream_try:
-                    self._connect(client)
+                    with self._admission:  # a storm's streams connect a bounded number at once
+                        if not self.running:
+                            break
+                        self._connect(client)
                     self._backoff.succeeded()
                 if self.stream is not None:
                     self._consume(client)

@@ -229,7 +229,8 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any],
                             tickers=tickers, on_reconnected=reconnected,
                             leases=leases, audience=hub.has_audience, governors=governors,
                             push=hub, keys=key_cache, on_local=hub.stream_local,
-                            on_released=hub.stream_released)
+                            on_released=hub.stream_released,
+                            connect_concurrency=cfg.STREAM_CONNECT_CONCURRENCY)
     hub.on_released = streams.take_over  # a key this process follows was released elsewhere
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,

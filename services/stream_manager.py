@@ -44,6 +44,7 @@ RETAIN_S = 900.0  # a stopped stream's push state is kept this long for a restar
 AFTER_OUTAGE_S = 3.0  # after a Redis failure a follower takes no free lease this long
 TAKEOVER_SLACK_MS = 2000  # a taken-over stream's gap fill reaches this much further back
 RETAIN_MAX = 20_000  # push states kept at most (an AccountState of one account: ~10 KB)
+CONNECT_CONCURRENCY = 64  # streams connecting at once (STREAM_CONNECT_CONCURRENCY)
 
 
 PaceGroup = tuple[str, bool, str | None]  # (exchange, testnet, egress address)
@@ -74,6 +75,11 @@ class StreamManager:
             the push (the hub's ``has_audience``); None: always build pushes.
         governors: the venues' rate governors; the polling fallback is paced to
             ``POLLING_SHARE`` of their query budget (None: ``POLLING_KEYS_PER_S`` only).
+        connect_concurrency: streams of this process that connect (user stream and
+            REST snapshot) at once; the others wait their turn (a reconnect storm is
+            admitted at the pace the process can serve: thousands of connects at once
+            left thousands of green threads runnable, and a database connection taken
+            by one of them waited that long for its turn to be given back).
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
@@ -83,8 +89,10 @@ class StreamManager:
                  leases=None, audience: Callable[[int, str], bool] | None = None,
                  governors: Governors | None = None, push=None,  # type: ignore[no-untyped-def]
                  keys=None, on_local: Callable[[int, AccountState | None], None] | None = None,  # type: ignore[no-untyped-def]
-                 on_released: Callable[[int], None] | None = None) -> None:
+                 on_released: Callable[[int], None] | None = None,
+                 connect_concurrency: int = CONNECT_CONCURRENCY) -> None:
         self._db = db
+        self._connecting = threading.BoundedSemaphore(max(1, connect_concurrency))
         self._keys = keys  # services.accounts.KeyCache; None: read the database each time
         self._on_local = on_local
         self._on_released = on_released
@@ -241,7 +249,8 @@ class StreamManager:
             sleep=self._sleep, settings=self._settings, tickers=self._tickers,
             on_reconnected=self._reconnected if self._on_reconnected else None,
             poll_scale=lambda: self._poll_scale(group), audience=self._audience,
-            push=self._push, on_leg=lambda update: self._leg_update(key_id, update))
+            push=self._push, on_leg=lambda update: self._leg_update(key_id, update),
+            admission=self._connecting)
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:

@@ -3,7 +3,9 @@ pools set small: a few hundred sockets of many users connect and subscribe at on
 to one server process whose database pool holds 2 connections and whose Redis pools
 hold 4. Every socket gets its first snapshot, the server closes none, and its log
 holds no error: the pools make callers wait (bounded), the subscribe admission
-queues the storm, and the API keys are read in batches, not once per subscribe."""
+queues the storm, the account streams connect a few at a time (the stream connect
+admission, set to 8 here: 150 streams wait their turn), and the API keys are read in
+batches, not once per subscribe."""
 from __future__ import annotations
 
 import asyncio
@@ -92,7 +94,7 @@ def test_a_storm_with_small_pools_is_served_without_an_error(  # type: ignore[no
     env = {"MESSAGE_QUEUE_URL": redis_url, "MESSAGE_QUEUE_CHANNEL": "pushsrv-" + uuid.uuid4().hex,
            "RECONCILE_INTERVAL_S": "0", "SECRET_KEY": secret_key, "KEY_ENCRYPTION_KEY": fernet,
            "DB_POOL_SIZE": "2", "DB_MAX_OVERFLOW": "0", "REDIS_MAX_CONNECTIONS": "4",
-           "SUBSCRIBE_CONCURRENCY": "32"}
+           "SUBSCRIBE_CONCURRENCY": "32", "STREAM_CONNECT_CONCURRENCY": "8"}
     server = start_server(url, sim.url, sim.ws_url, tmp_path, extra_env=env)
     try:
         tokens = _users(url, sim, fernet, secret_key)

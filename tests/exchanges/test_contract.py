@@ -400,6 +400,34 @@ def test_rest_and_user_stream_leave_from_the_keys_egress_address(venue, account,
         c.close()
 
 
+def test_keys_of_one_egress_address_share_its_connections(venue, new_account, endpoints):
+    """Two keys leaving from one address: the second key's requests go over the
+    connection the first one opened (no connection, on https no TLS handshake, per
+    key), each signed with its own key; closing one key's client leaves the address's
+    pool to the other."""
+    from exchanges.egress import shared_adapter
+    first, second = new_account(), new_account()
+    pools = shared_adapter("127.0.0.3").poolmanager.pools
+
+    def counts() -> tuple[int, int]:  # (connections opened, requests sent) over its pools
+        return (sum(pools[k].num_connections for k in pools.keys()),
+                sum(pools[k].num_requests for k in pools.keys()))
+    a, b = (create_client(venue.name, *acc[:2], False, endpoints, timeout_s=5,
+                          governor=Governors(["127.0.0.3"]).for_key(venue.name, False, acc[0]))
+            for acc in (first, second))
+    try:
+        opened, served = counts()
+        assert a.get_balance().total_wallet_balance == FUNDS
+        assert b.get_balance().total_wallet_balance == FUNDS
+        assert counts()[1] - served >= 2  # both keys' requests went through the address's pool
+        assert counts()[0] - opened <= 1  # the first request's connection, reused by the second key
+        a.close()
+        assert b.get_positions() == [] and counts()[0] - opened <= 1
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- protection legs ---------------------------------------------------------------------
 
 def test_protection_legs_place_list_fire_and_report(client, sim):

@@ -346,3 +346,72 @@ def test_ticks_received_during_a_slow_delivery_collapse_into_the_newest() -> Non
     run_tasks()
     assert got[-1] == Decimal("1.3") and up.skipped == 1
     assert hub.stats()["skipped"] == 1
+
+
+def test_streams_sharing_an_admission_connect_one_at_a_time_and_a_stopped_one_never() -> None:
+    """A storm is admitted: with an admission of one, a second stream connects only
+    once the first one's connect (user stream and snapshot) is done, and a stream
+    stopped while it waits for its turn never connects."""
+    import threading
+
+    from services.account_stream import AccountStream
+
+    release = threading.Event()
+    connected: dict[str, threading.Event] = {n: threading.Event() for n in "abc"}
+
+    def client_of(name: str):  # type: ignore[no-untyped-def]
+        class Stream:
+            keepalive_interval_s = 1e9
+
+            def __init__(self) -> None:
+                self.closed = threading.Event()
+
+            def connect(self) -> None:
+                connected[name].set()
+                if name == "a":
+                    assert release.wait(10)
+
+            def recv(self, timeout: float) -> list:
+                self.closed.wait(timeout)
+                return []
+
+            def close(self) -> None:
+                self.closed.set()
+
+        class Client:
+            def user_stream(self) -> Stream:
+                return Stream()
+
+            def get_balance(self) -> Balance:
+                return Balance(Decimal("100"), Decimal("0"), Decimal("100"), Decimal("90"), ())
+
+            def get_positions(self) -> list:
+                return []
+
+            def get_open_orders(self, symbol=None) -> list:  # type: ignore[no-untyped-def]
+                return []
+        return Client
+
+    admission = threading.BoundedSemaphore(1)
+    streams = {n: AccountStream(AccountState(1, i, "binance", False), get_client=client_of(n),
+                                realized_pnl=lambda: None, publish=lambda env: None,  # type: ignore[arg-type]
+                                on_fill=lambda f: None, sleep=lambda s: None, admission=admission)
+               for i, n in enumerate("abc")}
+    threads = {n: threading.Thread(target=s.run, daemon=True) for n, s in streams.items()}
+    try:
+        threads["a"].start()
+        assert connected["a"].wait(5)
+        threads["b"].start()
+        threads["c"].start()
+        assert not connected["b"].wait(0.3) and not connected["c"].is_set()  # their turn waits
+        streams["c"].stop()  # stopped while waiting: never connects
+        release.set()
+        assert connected["b"].wait(5)
+    finally:
+        release.set()
+        for s in streams.values():
+            s.stop()
+        for t in threads.values():
+            t.join(5)
+    assert not connected["c"].is_set()
+    assert not any(t.is_alive() for t in threads.values())
