@@ -24,7 +24,7 @@ import requests
 import socketio
 from requests.adapters import HTTPAdapter
 
-from bench.measure import RESULTS_DIR, lat_s  # noqa: F401 - RESULTS_DIR re-exported
+from bench.measure import RESULTS_DIR, lat_s  # noqa: F401 (RESULTS_DIR: re-exported to five benchmarks)
 from tests.support.server import ServerProcess, start_server
 from tests.support.simulator import SimulatorProcess, start_simulator
 
