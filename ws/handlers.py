@@ -26,6 +26,11 @@ from ws.hub import room
 logger = logging.getLogger(__name__)
 
 LIVE_WAIT_S = 10.0  # a fills replay waits this long at most for a starting stream's gap fill
+# a subscriber of a key streamed in another process: how long its first envelope of a
+# type waits for the owner's answer to ``want`` (milliseconds when it is alive) or for
+# this process to take the stream over from a dead owner (its heartbeat outlives it by
+# leases.ALIVE_MS, 4 s, and the lease is tried every second), before a REST snapshot
+OWNER_WAIT_S = 6.0
 NOT_CONNECTED = {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
 
 
@@ -233,6 +238,42 @@ def _settler(svc, socketio: SocketIO, key_id: int, mirror):  # type: ignore[no-u
     return settle
 
 
+def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The first envelope of ``kind`` for a subscriber of ``key`` whose stream runs in
+    another process (``PushHub.follow``'s ``snapshot``), without asking the exchange
+    when the stream's own values can be had: the newest envelope already received from
+    the owner (``source: "cache"``); else, waiting at most ``OWNER_WAIT_S``, the
+    owner's answer to ``want`` (returns [] and ``follow`` sends it) or, when this
+    process took the stream over meanwhile (a dead owner), its cached envelope (or []
+    while it is still starting: its snapshot reaches the subscriber through the
+    channel). Only when none comes, a REST snapshot (``seq`` 0; raises ExchangeError).
+
+    Why: a REST snapshot per type of every such subscriber spent about 55 of the
+    venue's per-minute weight (Binance: account 5, positionRisk 5 twice, openOrders of
+    every symbol 40) on values the owner holds; in a failover those calls and the
+    survivor's take-over snapshots of the same keys share one window, and the
+    take-overs the governor held back left their clients without pushes until the
+    next minute (docs/push-stream.md, "Failover")."""
+    mirror = svc.hub.remote(key.id, user_id)
+    held = mirror.newest(kind)
+    if held is not None:
+        return [dict(held, source="cache")]
+    deadline = time.monotonic() + OWNER_WAIT_S
+    while time.monotonic() < deadline:
+        stream = svc.streams.get(key.id)
+        if stream is not None and stream.state.user_id == user_id:  # taken over here
+            cached = stream.state.cached([kind])
+            if cached or stream.status != STARTING:
+                return cached
+        elif mirror.newest(kind) is not None:
+            return []  # the owner answered: ``follow`` sends it
+        socketio.sleep(0.05)
+    stream = svc.streams.get(key.id)
+    if stream is not None and stream.state.user_id == user_id:
+        return stream.state.cached([kind])  # still starting: its snapshot follows
+    return [svc.snapshots.envelope(user_id, key, kind)]
+
+
 def _send_alerts(svc, socketio: SocketIO, conn, since: dict | None) -> None:  # type: ignore[no-untyped-def]
     """After the ack: the ``alerts`` replay (or empty snapshot) of the connection's
     user; live alerts come through the room joined before it (a client de-duplicates
@@ -271,7 +312,7 @@ def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[di
     for user_id, key, kind in remote:
         try:
             svc.hub.follow(conn, key.id, kind,
-                           lambda: [svc.snapshots.envelope(user_id, key, kind)])
+                           lambda u=user_id, k=key, t=kind: _first_of_remote(svc, socketio, u, k, t))
         except ExchangeError as e:
             svc.hub.emit_to(conn.sid, "error", {"code": "snapshot_unavailable", "message": str(e)})
     for status in statuses:
