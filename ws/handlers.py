@@ -31,6 +31,7 @@ LIVE_WAIT_S = 10.0  # a fills replay waits this long at most for a starting stre
 # this process to take the stream over from a dead owner (its heartbeat outlives it by
 # leases.ALIVE_MS, 4 s, and the lease is tried every second), before a REST snapshot
 OWNER_WAIT_S = 6.0
+OWNER_POLL_S = 0.5
 NOT_CONNECTED = {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
 
 
@@ -265,9 +266,11 @@ def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> l
             cached = stream.state.cached([kind])
             if cached or stream.status != STARTING:
                 return cached
-        elif mirror.newest(kind) is not None:
+            socketio.sleep(OWNER_POLL_S)
+        # woken by the owner's envelope, else every OWNER_POLL_S a look for a take-over
+        # (a storm's thousands of waiting subscribers: no fast polling)
+        elif mirror.wait_newest(kind, min(OWNER_POLL_S, deadline - time.monotonic())):
             return []  # the owner answered: ``follow`` sends it
-        socketio.sleep(0.05)
     stream = svc.streams.get(key.id)
     if stream is not None and stream.state.user_id == user_id:
         return stream.state.cached([kind])  # still starting: its snapshot follows
