@@ -2,7 +2,13 @@
 by the clients of ``bench.fanout`` through the balancer.
 
     .venv/bin/python -m bench.scaleout [--plan 1x100x2w,2x200x2,2x100x2w,4x100x2w]
-        [--duration-s 10] [--failover-n 100] [--storm-n 2000] [--workers 2] [--tag NAME]
+        [--duration-s 10] [--failover-n 100] [--failover-runs 1] [--storm-n 2000]
+        [--workers 2] [--tag NAME]
+
+Failover alone, three runs; 10,000 connections over two processes alone::
+
+    .venv/bin/python -m bench.scaleout --plan none --failover-n 100 --failover-runs 3 --storm-n 0
+    .venv/bin/python -m bench.scaleout --plan none --failover-n 0 --storm-n 10000
 
 The issue's full plan (long: 4,000 accounts are set up first; 400 took 473 s on this
 shared 2-core machine, register and login hashing passwords, so over an hour)::
@@ -41,21 +47,33 @@ price moves R times a second for ``--duration-s`` (as ``bench.fanout``):
   process pays about that for each key it does not serve.
 - ``rss_mb`` per process, ``nginx_cpu_pct``, ``client_cpu_pct``, ``load``.
 
-``failover`` (P = 2, ``--failover-n`` clients, R = 2, ``--lease-ttl-s``): moves for
-``--failover-window-s``; after 3 s one process gets SIGKILL. Its clients reconnect
-at once through nginx (now to the survivor) and subscribe again. A client's resume
-time: from the kill until pushes flow again (``resume_times``: the first move after
-the kill from which on every move reached it within 1.5 s; a REST snapshot followed
-by silence does not count). p50/p99/max over clients (``resume_reconnected``: those
-of the killed process; ``resume_stayed``: the survivor's own), ``missing``:
-clients with none by the end of the window. The survivor takes the dead process's
-streams over when their leases expire (``LEASE_TTL_S``).
+``failover`` (P = 2, ``--failover-n`` clients, R = 2, ``--lease-ttl-s``), ``--failover-runs``
+times on new processes (then ``summary``: median [min-max] over the runs): moves for
+``--failover-window-s``; one process gets SIGKILL ``--failover-kill-at`` s into a new
+minute (Binance counts request weight per IP per minute: a kill in the minute the
+clients' connects spent finds most of its budget gone, see docs/push-stream.md
+"Failover"; < 0: 3 s after the moves start, whatever the minute). Its clients reconnect at once
+through nginx (now to the survivor) and subscribe again; meanwhile ``--failover-orders``
+of its accounts place a MARKET BUY of ``GAP_SYMBOL`` (their streams run nowhere
+then). A client's resume time: from the kill until pushes flow again
+(``resume_times``: the first move after the kill from which on every move reached it
+within 1.5 s; a REST snapshot followed by silence does not count). p50/p99/max over
+clients (``resume_reconnected``: those of the killed process; ``resume_stayed``: the
+survivor's own), ``missing``: clients with none by the end of the window
+(``not_resumed``: which, with their pushes after the kill). ``fills``: each order in
+the ledger exactly once and filled (``lost``: not). ``survivor_streams`` and
+``survivor_rate_limits`` (calls its rate governor held back, the highest weight of
+the minute): why a take-over waited. The survivor takes the dead process's streams
+over once its heartbeat is gone (``services.leases.ALIVE_MS``).
 
-``storm`` (P = 2, ``--storm-n`` connections, the accounts' tokens round robin, each
-subscribing to ``pnl``, all connects in flight at once through nginx): ok / failed,
-connect + subscribe ack latency, ``per_s`` (ok / wall seconds), how many got their
-snapshot and when, and ``rss_kb_per_connection`` per process (VmRSS after - before,
-over the connections it holds).
+``storm`` (P = 2, ``--storm-n`` connections, the tokens of ``--storm-users`` accounts
+round robin, each subscribing to ``pnl``, all connects in flight at once through
+nginx): ok / failed, connect + subscribe ack latency, ``per_s_wall`` (ok / wall
+seconds), how many got their snapshot and when, ``rss_kb_per_connection`` per process
+(VmRSS after - before, over the connections it holds), ``closed_after_ok`` (with
+the clients' ``closed_reasons``) and nginx's error-log lines by level. The file limit
+is raised to its hard limit (``prepare_long_run``); nginx gets room for every
+connection in either worker.
 
 The machine has 2 cores shared with other work: every process of the run (servers,
 nginx, simulator, PostgreSQL, Redis, the client workers) competes for them; ``load``
