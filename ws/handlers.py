@@ -245,8 +245,8 @@ def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> l
     when the stream's own values can be had: the newest envelope already received from
     the owner (``source: "cache"``); else, waiting at most ``OWNER_WAIT_S``, the
     owner's answer to ``want`` (returns [] and ``follow`` sends it) or, when this
-    process took the stream over meanwhile (a dead owner), its cached envelope (or []
-    while it is still starting: its snapshot reaches the subscriber through the
+    process took the stream over meanwhile (a dead owner), its cached envelope ([]
+    when it is live without one yet: its snapshot reaches the subscriber through the
     channel). Only when none comes, a REST snapshot (``seq`` 0; raises ExchangeError).
 
     Why: a REST snapshot per type of every such subscriber spent about 55 of the
@@ -271,9 +271,9 @@ def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> l
         # (a storm's thousands of waiting subscribers: no fast polling)
         elif mirror.wait_newest(kind, min(OWNER_POLL_S, deadline - time.monotonic())):
             return []  # the owner answered: ``follow`` sends it
-    stream = svc.streams.get(key.id)
-    if stream is not None and stream.state.user_id == user_id:
-        return stream.state.cached([kind])  # still starting: its snapshot follows
+    # none came (or the stream taken over here is still held back by the venue's rate
+    # budget): a REST snapshot, as a subscriber of a stream running here gets nothing
+    # better meanwhile either (its stream's cached value when it has one)
     return [svc.snapshots.envelope(user_id, key, kind)]
 
 
