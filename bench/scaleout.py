@@ -564,7 +564,11 @@ class Bench:
             per: dict = {}
             for s in cluster.servers:
                 b = s.url.removeprefix("http://")
-                held = len(where.get(b, []))
+                try:  # the connections it holds (a client that failed holds none)
+                    held = requests.get(s.url + "/admin/stats", timeout=30, headers={
+                        "X-Admin-Token": s.admin_token}).json()["connections"]
+                except (requests.RequestException, ValueError, KeyError):
+                    held = len(where.get(b, []))
                 after = rss_mb(s.proc.pid)
                 per[b] = {"connections": held, "rss_mb_before": rss0[b], "rss_mb_after": after,
                           "rss_kb_per_connection": round((after - rss0[b]) * 1024 / held, 1)
