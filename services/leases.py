@@ -105,9 +105,10 @@ class RedisLeases:
                  alive_ms: int = ALIVE_MS, beat_client=None) -> None:  # type: ignore[no-untyped-def]
         self._redis = client if client is not None else redis_client(url)
         # the heartbeat's own connection (``beat_client``; None: one made from ``url``):
-        # queued behind a storm's lease and relay calls in ``client``'s bounded pool it
-        # waited longer than ``alive_ms`` (a 10,000-connection storm: 17 streams of a
-        # live process taken over by the other as if it had died)
+        # it never queues behind a storm's lease and relay calls in ``client``'s bounded
+        # pool. (It does not make the beat survive an event loop stalled past
+        # ``alive_ms``: in 10,000-connection storms at a load of 15 on 2 cores a live
+        # process still lost 6 to 97 streams to the other, docs/push-stream.md.)
         self._beat = beat_client if beat_client is not None else redis_client(
             url, max_connections=1, pool_timeout_s=HEARTBEAT_TIMEOUT_S,
             socket_timeout_s=HEARTBEAT_TIMEOUT_S)

@@ -342,9 +342,9 @@ class StreamManager:
 
     def _heartbeat(self) -> None:
         """Every ``HEARTBEAT_S`` until ``stop_all()``: say this process is alive
-        (``leases.heartbeat``). Nothing else runs in this task: a heartbeat that
-        waited behind the take-over round's Redis calls (a storm queues thousands on
-        the shared pool) let this live process's leases be taken as a dead one's."""
+        (``leases.heartbeat``). Nothing else runs in this task: a beat that waits
+        behind the take-over round's Redis calls (a pipeline of every followed key,
+        slow in a storm) lets this live process's leases be taken as a dead one's."""
         failing = False
         while not self.stopping.wait(HEARTBEAT_S):
             try:
