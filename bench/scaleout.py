@@ -89,8 +89,10 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -191,8 +193,8 @@ def resume_times(records: list[list], events: dict[int, float], t_kill: float,
     return out
 
 
-def not_resumed(records: list[list], cids: set[int], moved: set[int], t_kill: float,
-                limit: int = 10) -> list[dict]:
+def not_resumed(records: list[list[Any]], cids: set[int], moved: set[int], t_kill: float,
+                limit: int = 10) -> list[dict[str, Any]]:
     """Up to ``limit`` clients without a resume: ``cid``, ``moved`` (a client of the killed
     process), ``pnl`` pushes received after the kill, ``last_s`` (the newest one, seconds
     after the kill; None: none)."""
@@ -207,7 +209,7 @@ def not_resumed(records: list[list], cids: set[int], moved: set[int], t_kill: fl
             for c in sorted(cids)[:limit]]
 
 
-def rate_limit_summary(governors: dict) -> dict:
+def rate_limit_summary(governors: dict[str, Any]) -> dict[str, int]:
     """``/admin/stats`` ``rate_limits`` summed over the venue's egress addresses:
     ``refused_locally`` (calls held back, the query budget of a window used up),
     ``limited_by_exchange``, ``max_used_weight`` (of the current window)."""
@@ -218,10 +220,10 @@ def rate_limit_summary(governors: dict) -> dict:
             "max_used_weight": max((int(g.get("used_weight", 0)) for g in rows), default=0)}
 
 
-def failover_summary(runs: list[dict]) -> dict:
+def failover_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median [min-max] over the runs of: resume p50 / p99 (all clients and the killed
     process's), clients resumed, fills lost."""
-    def spread(values: list) -> dict:
+    def spread(values: list[Any]) -> dict[str, Any]:
         vals = sorted(v for v in values if v is not None)
         if not vals:
             return {"n": 0}
@@ -404,13 +406,13 @@ class Bench:
         return out
 
     # ---- failover --------------------------------------------------------------------------
-    def failover(self, n: int, rate: float = 2.0) -> dict:
+    def failover(self, n: int, rate: float = 2.0) -> dict[str, Any]:
         """``--failover-runs`` runs of ``failover_once`` (each on a cluster of its own);
         with more than one, ``summary``: median [min-max] of each run's figures."""
         runs = self.args.failover_runs
         if runs <= 1:
             return self.failover_once(n, rate)
-        out: dict = {}
+        out: dict[str, Any] = {}
         for i in range(runs):
             try:
                 out[f"run_{i + 1}"] = self.failover_once(n, rate)
@@ -419,12 +421,12 @@ class Bench:
         out["summary"] = failover_summary([v for v in out.values() if "error" not in v])
         return out
 
-    def _gap_orders(self, cluster: Cluster, cids: list[int], placed: list) -> None:
+    def _gap_orders(self, cluster: Cluster, cids: list[int], placed: list[tuple[int, Any, str]]) -> None:
         """A MARKET BUY of ``GAP_QTY`` ``GAP_SYMBOL`` for each of ``cids`` through nginx
         (to the survivor: the killed process refuses connections) while their keys'
         streams run nowhere; appends ``(cid, status, client_order_id or the error
         text)`` to ``placed``."""
-        def one(cid: int) -> tuple:
+        def one(cid: int) -> tuple[int, Any, str]:
             a = self.accounts[cid]
             try:
                 r = rest("POST", f"{cluster.url}/api/orders", a.token,
@@ -438,7 +440,8 @@ class Bench:
         with ThreadPoolExecutor(8) as pool:
             placed.extend(pool.map(one, cids))
 
-    def _ledger_check(self, cluster: Cluster, placed: list, timeout_s: float = 30.0) -> dict:
+    def _ledger_check(self, cluster: Cluster, placed: list[tuple[int, Any, str]],
+                      timeout_s: float = 30.0) -> dict[str, Any]:
         """Each order placed (201) in the ledger exactly once and filled (``open``), read
         with GET /api/trades through nginx: ``{"orders", "refused", "in_ledger_once",
         "lost", "lost_cids"}`` (``lost``: placed and not there as one filled row by
@@ -463,10 +466,10 @@ class Bench:
                 "in_ledger_once": len(found), "lost": len(want) - len(found),
                 "lost_cids": sorted(set(want) - found)}
 
-    def failover_once(self, n: int, rate: float = 2.0) -> dict:
+    def failover_once(self, n: int, rate: float = 2.0) -> dict[str, Any]:
         n = min(n, len(self.accounts))
         cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, n + 1000)
-        out: dict = {"processes": 2, "clients": n, "rate": rate,
+        out: dict[str, Any] = {"processes": 2, "clients": n, "rate": rate,
                      "lease_ttl_s": self.args.lease_ttl_s or 15.0}
         try:
             cids = list(range(n))
@@ -503,7 +506,7 @@ class Bench:
             out["kill_s_into_minute"] = round(t_kill % 60, 1)  # the venues' weight windows
             # orders of some of its accounts while their streams run nowhere (before the
             # survivor takes them over): each fill must reach the ledger once
-            placed: list = []
+            placed: list[tuple[int, Any, str]] = []
             orders = threading.Thread(target=self._gap_orders, daemon=True,
                                       args=(cluster, lost[:self.args.failover_orders], placed))
             orders.start()
@@ -624,7 +627,8 @@ def main(argv: list[str] | None = None) -> None:
         stack.server.stop()  # the setup server; each configuration starts its own
         workers = Workers(args.workers, log_dir / "workers.log")
         bench = Bench(args, stack, env, accounts, workers, log_dir)
-        sections = [(cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
+        sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            (cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
         if args.failover_n:
             sections.append(("failover", lambda: bench.failover(args.failover_n)))
         if args.storm_n:

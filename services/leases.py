@@ -102,7 +102,7 @@ class RedisLeases:
     distributed = True
 
     def __init__(self, url: str, prefix: str, ttl_ms: int, client=None,  # type: ignore[no-untyped-def]
-                 alive_ms: int = ALIVE_MS, beat_client=None) -> None:  # type: ignore[no-untyped-def]
+                 alive_ms: int = ALIVE_MS, beat_client=None) -> None:
         self._redis = client if client is not None else redis_client(url)
         # the heartbeat's own connection (``beat_client``; None: one made from ``url``):
         # it never queues behind a storm's lease and relay calls in ``client``'s bounded

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_room
@@ -239,7 +240,7 @@ def _settler(svc, socketio: SocketIO, key_id: int, mirror):  # type: ignore[no-u
     return settle
 
 
-def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> list[dict]:  # type: ignore[no-untyped-def]
+def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """The first envelope of ``kind`` for a subscriber of ``key`` whose stream runs in
     another process (``PushHub.follow``'s ``snapshot``), without asking the exchange
     when the stream's own values can be had: the newest envelope already received from
@@ -263,7 +264,7 @@ def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> l
     while time.monotonic() < deadline:
         stream = svc.streams.get(key.id)
         if stream is not None and stream.state.user_id == user_id:  # taken over here
-            cached = stream.state.cached([kind])
+            cached: list[dict[str, Any]] = stream.state.cached([kind])
             if cached or stream.status != STARTING:
                 return cached
             socketio.sleep(OWNER_POLL_S)
