@@ -2,7 +2,13 @@
 by the clients of ``bench.fanout`` through the balancer.
 
     .venv/bin/python -m bench.scaleout [--plan 1x100x2w,2x200x2,2x100x2w,4x100x2w]
-        [--duration-s 10] [--failover-n 100] [--storm-n 2000] [--workers 2] [--tag NAME]
+        [--duration-s 10] [--failover-n 100] [--failover-runs 1] [--storm-n 2000]
+        [--workers 2] [--tag NAME]
+
+Failover alone, three runs; 10,000 connections over two processes alone::
+
+    .venv/bin/python -m bench.scaleout --plan none --failover-n 100 --failover-runs 3 --storm-n 0
+    .venv/bin/python -m bench.scaleout --plan none --failover-n 0 --storm-n 10000
 
 The issue's full plan (long: 4,000 accounts are set up first; 400 took 473 s on this
 shared 2-core machine, register and login hashing passwords, so over an hour)::
@@ -41,21 +47,33 @@ price moves R times a second for ``--duration-s`` (as ``bench.fanout``):
   process pays about that for each key it does not serve.
 - ``rss_mb`` per process, ``nginx_cpu_pct``, ``client_cpu_pct``, ``load``.
 
-``failover`` (P = 2, ``--failover-n`` clients, R = 2, ``--lease-ttl-s``): moves for
-``--failover-window-s``; after 3 s one process gets SIGKILL. Its clients reconnect
-at once through nginx (now to the survivor) and subscribe again. A client's resume
-time: from the kill until pushes flow again (``resume_times``: the first move after
-the kill from which on every move reached it within 1.5 s; a REST snapshot followed
-by silence does not count). p50/p99/max over clients (``resume_reconnected``: those
-of the killed process; ``resume_stayed``: the survivor's own), ``missing``:
-clients with none by the end of the window. The survivor takes the dead process's
-streams over when their leases expire (``LEASE_TTL_S``).
+``failover`` (P = 2, ``--failover-n`` clients, R = 2, ``--lease-ttl-s``), ``--failover-runs``
+times on new processes (then ``summary``: median [min-max] over the runs): moves for
+``--failover-window-s``; one process gets SIGKILL ``--failover-kill-at`` s into a new
+minute (Binance counts request weight per IP per minute: a kill in the minute the
+clients' connects spent finds most of its budget gone, see docs/push-stream.md
+"Failover"; < 0: 3 s after the moves start, whatever the minute). Its clients reconnect at once
+through nginx (now to the survivor) and subscribe again; meanwhile ``--failover-orders``
+of its accounts place a MARKET BUY of ``GAP_SYMBOL`` (their streams run nowhere
+then). A client's resume time: from the kill until pushes flow again
+(``resume_times``: the first move after the kill from which on every move reached it
+within 1.5 s; a REST snapshot followed by silence does not count). p50/p99/max over
+clients (``resume_reconnected``: those of the killed process; ``resume_stayed``: the
+survivor's own), ``missing``: clients with none by the end of the window
+(``not_resumed``: which, with their pushes after the kill). ``fills``: each order in
+the ledger exactly once and filled (``lost``: not). ``survivor_streams`` and
+``survivor_rate_limits`` (calls its rate governor held back, the highest weight of
+the minute): why a take-over waited. The survivor takes the dead process's streams
+over once its heartbeat is gone (``services.leases.ALIVE_MS``).
 
-``storm`` (P = 2, ``--storm-n`` connections, the accounts' tokens round robin, each
-subscribing to ``pnl``, all connects in flight at once through nginx): ok / failed,
-connect + subscribe ack latency, ``per_s`` (ok / wall seconds), how many got their
-snapshot and when, and ``rss_kb_per_connection`` per process (VmRSS after - before,
-over the connections it holds).
+``storm`` (P = 2, ``--storm-n`` connections, the tokens of ``--storm-users`` accounts
+round robin, each subscribing to ``pnl``, all connects in flight at once through
+nginx): ok / failed, connect + subscribe ack latency, ``per_s_wall`` (ok / wall
+seconds), how many got their snapshot and when, ``rss_kb_per_connection`` per process
+(VmRSS after - before, over the connections it holds), ``closed_after_ok`` (with
+the clients' ``closed_reasons``) and nginx's error-log lines by level. The file limit
+is raised to its hard limit (``prepare_long_run``); nginx gets room for every
+connection in either worker.
 
 The machine has 2 cores shared with other work: every process of the run (servers,
 nginx, simulator, PostgreSQL, Redis, the client workers) competes for them; ``load``
@@ -67,16 +85,19 @@ import argparse
 import math
 import os
 import re
+import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from bench import fanout_accounts
-from bench.common import ACCOUNT_TYPES, RESULTS_DIR, Stack
+from bench.common import ACCOUNT_TYPES, RESULTS_DIR, Stack, rest
 from bench.eio_workers import Workers
 from bench.fanout import setup_accounts
 from bench.fanout_run import BASE, STEP, SYMBOL, Run
@@ -92,20 +113,34 @@ from bench.measure import (
 from deploy.nginx import Nginx, available
 from tests.support.server import ServerProcess, free_port, start_server
 
+# the orders placed during a failover (a symbol of its own: the clients' pnl -> move
+# mapping reads the XRPUSDT row only)
+GAP_SYMBOL, GAP_QTY = "BTCUSDT", "0.002"
+WEIGHT_WINDOW_S = 60.0  # Binance's request weight window (per IP, aligned to the minute)
 PLAN_RE = re.compile(r"^(\d+)x(\d+)x(\d+(?:\.\d+)?)(w?)$")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scaleout", description=__doc__.split("\n")[0])
     p.add_argument("--plan", default="1x100x2w,2x200x2,2x100x2w,4x100x2w",
-                   help="comma-separated <processes>x<clients>x<moves per s>[w: with a witness]")
+                   help="comma-separated <processes>x<clients>x<moves per s>[w: with a witness]; "
+                        "'' or none: no latency configuration (only failover and storm)")
     p.add_argument("--duration-s", type=float, default=10.0, help="measuring window per configuration")
     p.add_argument("--grace-s", type=float, default=10.0, help="longest wait for late pushes")
     p.add_argument("--failover-n", type=int, default=100, help="clients of the failover test; 0 = skip")
     p.add_argument("--failover-window-s", type=float, default=30.0)
+    p.add_argument("--failover-runs", type=int, default=1,
+                   help="failover runs (each on new processes); > 1 adds a median [min-max] summary")
+    p.add_argument("--failover-kill-at", type=float, default=5.0,
+                   help="kill this many seconds into a new minute (the venue's weight window), "
+                        "not in the one the clients' connects spent; < 0: 3 s after the moves start")
+    p.add_argument("--failover-orders", type=int, default=10,
+                   help="accounts of the killed process that place an order right after the kill")
     p.add_argument("--lease-ttl-s", type=float, default=None,
                    help="LEASE_TTL_S of the servers (default: the server's own, 15)")
     p.add_argument("--storm-n", type=int, default=2000, help="connections of the storm; 0 = skip")
+    p.add_argument("--storm-users", type=int, default=100,
+                   help="accounts the storm's connections log in as (round robin)")
     p.add_argument("--workers", type=int, default=2, help="client worker processes")
     p.add_argument("--redis-url", default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--accounts-per-ip", type=int, default=30, help="accounts per egress address")
@@ -116,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", default="run", help="names the result file")
     args = p.parse_args(argv)
     args.configs = []
-    for item in args.plan.split(","):
+    for item in [] if args.plan.strip() in ("", "none") else args.plan.split(","):
         m = PLAN_RE.match(item.strip())
         if not m:
             p.error(f"bad plan entry {item!r}")
@@ -156,6 +191,53 @@ def resume_times(records: list[list], events: dict[int, float], t_kill: float,
         if start is not None:
             out[cid] = lat[start] - t_kill
     return out
+
+
+def not_resumed(records: list[list[Any]], cids: set[int], moved: set[int], t_kill: float,
+                limit: int = 10) -> list[dict[str, Any]]:
+    """Up to ``limit`` clients without a resume: ``cid``, ``moved`` (a client of the killed
+    process), ``pnl`` pushes received after the kill, ``last_s`` (the newest one, seconds
+    after the kill; None: none)."""
+    last: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for cid, _k, t, _t0, _sent in records:
+        if cid in cids and t > t_kill:
+            count[cid] = count.get(cid, 0) + 1
+            last[cid] = max(last.get(cid, t), t)
+    return [{"cid": c, "moved": c in moved, "pnl": count.get(c, 0),
+             "last_s": round(last[c] - t_kill, 1) if c in last else None}
+            for c in sorted(cids)[:limit]]
+
+
+def rate_limit_summary(governors: dict[str, Any]) -> dict[str, int]:
+    """``/admin/stats`` ``rate_limits`` summed over the venue's egress addresses:
+    ``refused_locally`` (calls held back, the query budget of a window used up),
+    ``limited_by_exchange``, ``max_used_weight`` (of the current window)."""
+    rows = [g for g in governors.values() if isinstance(g, dict)] if isinstance(governors, dict) else []
+    return {"governors": len(rows),
+            "refused_locally": sum(int(g.get("refused_locally", 0)) for g in rows),
+            "limited_by_exchange": sum(int(g.get("limited_by_exchange", 0)) for g in rows),
+            "max_used_weight": max((int(g.get("used_weight", 0)) for g in rows), default=0)}
+
+
+def failover_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median [min-max] over the runs of: resume p50 / p99 (all clients and the killed
+    process's), clients resumed, fills lost."""
+    def spread(values: list[Any]) -> dict[str, Any]:
+        vals = sorted(v for v in values if v is not None)
+        if not vals:
+            return {"n": 0}
+        return {"n": len(vals), "median": statistics.median(vals), "min": vals[0], "max": vals[-1]}
+    return {
+        "resume_p50_ms": spread([r["resume"]["p50_ms"] for r in runs]),
+        "resume_p99_ms": spread([r["resume"]["p99_ms"] for r in runs]),
+        "reconnected_p99_ms": spread([r["resume_reconnected"]["p99_ms"] for r in runs]),
+        "resumed": spread([r["resume"]["n"] for r in runs]),
+        "not_resumed": spread([r["resume"]["missing"] for r in runs]),
+        "clients": spread([r["clients"] for r in runs]),
+        "fills_lost": spread([r["fills"]["lost"] for r in runs]),
+        "orders_refused": spread([r["fills"]["refused"] for r in runs]),
+    }
 
 
 class Cluster:
@@ -264,7 +346,7 @@ class Bench:
         with ThreadPoolExecutor(8) as pool:
             where = list(pool.map(lambda c: cluster.backend_of(str(c)), cids))
         out: dict[str, list[int]] = {}
-        for cid, backend in zip(cids, where):
+        for cid, backend in zip(cids, where, strict=True):
             out.setdefault(backend, []).append(cid)
         return out
 
@@ -324,10 +406,70 @@ class Bench:
         return out
 
     # ---- failover --------------------------------------------------------------------------
-    def failover(self, n: int, rate: float = 2.0) -> dict:
+    def failover(self, n: int, rate: float = 2.0) -> dict[str, Any]:
+        """``--failover-runs`` runs of ``failover_once`` (each on a cluster of its own);
+        with more than one, ``summary``: median [min-max] of each run's figures."""
+        runs = self.args.failover_runs
+        if runs <= 1:
+            return self.failover_once(n, rate)
+        out: dict[str, Any] = {}
+        for i in range(runs):
+            try:
+                out[f"run_{i + 1}"] = self.failover_once(n, rate)
+            except Exception as e:  # recorded; the next run goes on
+                out[f"run_{i + 1}"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        out["summary"] = failover_summary([v for v in out.values() if "error" not in v])
+        return out
+
+    def _gap_orders(self, cluster: Cluster, cids: list[int], placed: list[tuple[int, Any, str]]) -> None:
+        """A MARKET BUY of ``GAP_QTY`` ``GAP_SYMBOL`` for each of ``cids`` through nginx
+        (to the survivor: the killed process refuses connections) while their keys'
+        streams run nowhere; appends ``(cid, status, client_order_id or the error
+        text)`` to ``placed``."""
+        def one(cid: int) -> tuple[int, Any, str]:
+            a = self.accounts[cid]
+            try:
+                r = rest("POST", f"{cluster.url}/api/orders", a.token,
+                         {"key_id": a.key_id, "symbol": GAP_SYMBOL, "side": "BUY",
+                          "type": "MARKET", "quantity": GAP_QTY})
+            except requests.RequestException as e:
+                return cid, "error", f"{type(e).__name__}: {e}"[:200]
+            if r.status_code == 201:
+                return cid, 201, r.json()["trade"]["client_order_id"]
+            return cid, r.status_code, r.text[:200]
+        with ThreadPoolExecutor(8) as pool:
+            placed.extend(pool.map(one, cids))
+
+    def _ledger_check(self, cluster: Cluster, placed: list[tuple[int, Any, str]],
+                      timeout_s: float = 30.0) -> dict[str, Any]:
+        """Each order placed (201) in the ledger exactly once and filled (``open``), read
+        with GET /api/trades through nginx: ``{"orders", "refused", "in_ledger_once",
+        "lost", "lost_cids"}`` (``lost``: placed and not there as one filled row by
+        ``timeout_s``)."""
+        want = {cid: coid for cid, status, coid in placed if status == 201}
+        found: set[int] = set()
+        deadline = time.time() + timeout_s
+        while len(found) < len(want) and time.time() < deadline:
+            for cid, coid in want.items():
+                if cid in found:
+                    continue
+                a = self.accounts[cid]
+                r = rest("GET", f"{cluster.url}/api/trades?key_id={a.key_id}", a.token)
+                rows = [t for t in r.json() if t["client_order_id"] == coid] \
+                    if r.status_code == 200 else []
+                if len(rows) == 1 and rows[0]["status"] == "open":
+                    found.add(cid)
+            if len(found) < len(want):
+                time.sleep(1.0)
+        refused = [(cid, status, text) for cid, status, text in placed if status != 201]
+        return {"orders": len(placed), "refused": len(refused), "refused_first": refused[:3],
+                "in_ledger_once": len(found), "lost": len(want) - len(found),
+                "lost_cids": sorted(set(want) - found)}
+
+    def failover_once(self, n: int, rate: float = 2.0) -> dict[str, Any]:
         n = min(n, len(self.accounts))
         cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, n + 1000)
-        out: dict = {"processes": 2, "clients": n, "rate": rate,
+        out: dict[str, Any] = {"processes": 2, "clients": n, "rate": rate,
                      "lease_ttl_s": self.args.lease_ttl_s or 15.0}
         try:
             cids = list(range(n))
@@ -336,6 +478,11 @@ class Bench:
             out["connect"] = self.connect(cluster, cids, ACCOUNT_TYPES, self.args.connect_concurrency)
             out["ready"] = self.wait_ready(n)
             time.sleep(2.0)
+            kill_at = self.args.failover_kill_at
+            if kill_at >= 0:  # the kill kill_at s into a weight window of its own
+                t_kill_plan = (time.time() + 3.0 - kill_at) // WEIGHT_WINDOW_S * WEIGHT_WINDOW_S \
+                    + WEIGHT_WINDOW_S + kill_at
+                time.sleep(max(0.0, t_kill_plan - 3.0 - time.time()))
             self.workers.all({"op": "reset"})
             events: dict[int, float] = {}
             stop = threading.Event()
@@ -356,6 +503,13 @@ class Bench:
             lost = where.get(victim.url.removeprefix("http://"), [])
             victim.kill()                                   # SIGKILL: no lease released
             t_kill = time.time()
+            out["kill_s_into_minute"] = round(t_kill % 60, 1)  # the venues' weight windows
+            # orders of some of its accounts while their streams run nowhere (before the
+            # survivor takes them over): each fill must reach the ledger once
+            placed: list[tuple[int, Any, str]] = []
+            orders = threading.Thread(target=self._gap_orders, daemon=True,
+                                      args=(cluster, lost[:self.args.failover_orders], placed))
+            orders.start()
             # its clients reconnect at once through nginx (to the survivor now)
             reconnect = self.connect(cluster, lost, ACCOUNT_TYPES, self.args.connect_concurrency) \
                 if lost else {}
@@ -363,9 +517,11 @@ class Bench:
                 time.sleep(0.5)
             stop.set()
             th.join(5)
+            orders.join(60)
+            t_until = t_begin + self.args.failover_window_s - 2.0
             got = self.workers.all({"op": "collect", "since": t_kill})
-            first = resume_times([r for g in got for r in g["records"]], events, t_kill,
-                                 t_begin + self.args.failover_window_s - 2.0)
+            records = [r for g in got for r in g["records"]]
+            first = resume_times(records, events, t_kill, t_until)
             moved = set(lost)
             out["killed"] = victim.url.removeprefix("http://")
             out["reconnect"] = reconnect
@@ -374,10 +530,15 @@ class Bench:
                                          "missing": len(moved - set(first))}
             out["resume_stayed"] = {**lat_s([v for c, v in first.items() if c not in moved]),
                                     "missing": len(set(cids) - moved - set(first))}
+            out["not_resumed"] = not_resumed(records, set(cids) - set(first), moved, t_kill)
             survivor = cluster.servers[1]
-            st = requests.get(survivor.url + "/admin/stats", timeout=10,
-                              headers={"X-Admin-Token": survivor.admin_token}).json()["streams"]
-            out["survivor_streams"] = {k: st.get(k) for k in ("running", "followed", "takeovers")}
+            stats = requests.get(survivor.url + "/admin/stats", timeout=10,
+                                 headers={"X-Admin-Token": survivor.admin_token}).json()
+            st = stats["streams"]
+            out["survivor_streams"] = {k: st.get(k) for k in ("running", "followed", "takeovers",
+                                                              "by_state")}
+            out["survivor_rate_limits"] = rate_limit_summary(stats.get("rate_limits") or {})
+            out["fills"] = self._ledger_check(cluster, placed)
         finally:
             self.disconnect_all()
             cluster.stop()
@@ -385,8 +546,11 @@ class Bench:
 
     # ---- storm -------------------------------------------------------------------------------
     def storm(self, m: int) -> dict:
-        cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, m + 1000)
-        out: dict = {"processes": 2, "connections": m}
+        # nginx: 2 x m so that either worker could hold every connection (the kernel
+        # does not split accepts evenly), within the open-file limit (deploy.nginx)
+        cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, 2 * m + 1000)
+        users = min(len(self.accounts), self.args.storm_users)
+        out: dict = {"processes": 2, "connections": m, "users": users}
         try:
             rss0 = {s.url.removeprefix("http://"): rss_mb(s.proc.pid) for s in cluster.servers}
             cids = list(range(m))
@@ -395,7 +559,7 @@ class Bench:
             per_worker = math.ceil(m / self.args.workers)
             t0 = time.time()
             out["connect"] = self.connect(cluster, cids, ["pnl"], per_worker,
-                                          token_of=lambda c: accounts[c % len(accounts)].token)
+                                          token_of=lambda c: accounts[c % users].token)
             out["wall_s"] = round(time.time() - t0, 1)
             out["per_s_wall"] = round(out["connect"]["ok"] / (time.time() - t0), 1)
             out["ready"] = self.wait_ready(m)
@@ -403,7 +567,11 @@ class Bench:
             per: dict = {}
             for s in cluster.servers:
                 b = s.url.removeprefix("http://")
-                held = len(where.get(b, []))
+                try:  # the connections it holds (a client that failed holds none)
+                    held = requests.get(s.url + "/admin/stats", timeout=30, headers={
+                        "X-Admin-Token": s.admin_token}).json()["connections"]
+                except (requests.RequestException, ValueError, KeyError):
+                    held = len(where.get(b, []))
                 after = rss_mb(s.proc.pid)
                 per[b] = {"connections": held, "rss_mb_before": rss0[b], "rss_mb_after": after,
                           "rss_kb_per_connection": round((after - rss0[b]) * 1024 / held, 1)
@@ -412,6 +580,16 @@ class Bench:
             out["nginx_rss_mb"] = sum(rss_mb(p) or 0 for p in cluster.nginx.worker_pids())
             got = self.workers.all({"op": "collect", "since": time.time()})
             out["still_connected"] = sum(g["connected"] for g in got)
+            # connected and acknowledged, then closed (by a server, nginx or a timeout)
+            out["closed_after_ok"] = out["connect"]["ok"] - out["still_connected"]
+            closed: dict[str, int] = {}
+            for g in got:
+                for reason, k in g["closed"].items():
+                    closed[reason] = closed.get(reason, 0) + k
+            out["closed_reasons"] = closed
+            log = cluster.nginx.error_log() if cluster.nginx else ""
+            out["nginx_log"] = {level: log.count(f"[{level}]") for level in ("warn", "error", "alert", "crit")}
+            out["nginx_log"]["worker_connections_short"] = log.count("worker_connections are not enough")
             out["load"] = _load()
         finally:
             self.disconnect_all()
@@ -426,7 +604,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("bench.scaleout: nginx missing (sh scripts/install-nginx.sh)")
     log_dir = RESULTS_DIR / f"logs_scaleout_{args.tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    n_max = max([c["n"] for c in args.configs] + [args.failover_n])
+    n_max = max([c["n"] for c in args.configs] + [args.failover_n]
+                + [args.storm_users if args.storm_n else 0])
     ips = max(1, math.ceil(n_max / args.accounts_per_ip))
     results: dict = {"tag": args.tag, "plan": args.plan, "duration_s": args.duration_s,
                      "db": "postgresql", "egress_ips": ips, "nofile": hard,
@@ -448,7 +627,8 @@ def main(argv: list[str] | None = None) -> None:
         stack.server.stop()  # the setup server; each configuration starts its own
         workers = Workers(args.workers, log_dir / "workers.log")
         bench = Bench(args, stack, env, accounts, workers, log_dir)
-        sections = [(cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
+        sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            (cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
         if args.failover_n:
             sections.append(("failover", lambda: bench.failover(args.failover_n)))
         if args.storm_n:

@@ -7,9 +7,11 @@ renewing (a dead process): another process that has subscribers for the key take
 it over within one TTL. A single process uses LocalLeases (always the owner).
 
 Liveness: each process also keeps ``<prefix>:alive:<owner>`` alive (``heartbeat``,
-every second, for ``alive_ms``). A lease whose owner's heartbeat is gone (a process
-killed with -9) is taken over by ``acquire`` at once, without waiting for the
-lease's own TTL: failover within ``alive_ms`` plus a reconnect.
+every second, for ``alive_ms``, on a connection of its own and from a task of its
+own: a busy process's heartbeat must not wait behind its other Redis calls). A
+lease whose owner's heartbeat is gone (a process killed with -9) is taken over by
+``acquire`` at once, without waiting for the lease's own TTL: failover within
+``alive_ms`` plus a reconnect.
 
 Redis restarted empty: a ``renew`` that finds the lease gone takes it again
 (``SET NX`` semantics, inside the script), so the process that ran the stream keeps
@@ -69,6 +71,7 @@ end
 return 0"""
 ALIVE_MS = 4000  # a process's heartbeat key lives this long (renewed every second)
 HEARTBEAT_S = 1.0
+HEARTBEAT_TIMEOUT_S = 2.0  # one heartbeat's connect / reply wait (its own connection)
 
 
 def redis_client(url: str, max_connections: int = 32, pool_timeout_s: float = 20.0,
@@ -99,8 +102,16 @@ class RedisLeases:
     distributed = True
 
     def __init__(self, url: str, prefix: str, ttl_ms: int, client=None,  # type: ignore[no-untyped-def]
-                 alive_ms: int = ALIVE_MS) -> None:
+                 alive_ms: int = ALIVE_MS, beat_client=None) -> None:
         self._redis = client if client is not None else redis_client(url)
+        # the heartbeat's own connection (``beat_client``; None: one made from ``url``):
+        # it never queues behind a storm's lease and relay calls in ``client``'s bounded
+        # pool. (It does not make the beat survive an event loop stalled past
+        # ``alive_ms``: in 10,000-connection storms at a load of 15 on 2 cores a live
+        # process still lost 6 to 97 streams to the other, docs/push-stream.md.)
+        self._beat = beat_client if beat_client is not None else redis_client(
+            url, max_connections=1, pool_timeout_s=HEARTBEAT_TIMEOUT_S,
+            socket_timeout_s=HEARTBEAT_TIMEOUT_S)
         self._prefix = prefix
         self.ttl_ms = ttl_ms
         self.alive_ms = alive_ms
@@ -114,9 +125,10 @@ class RedisLeases:
         return f"{self._prefix}:lease:{name}"
 
     def heartbeat(self) -> None:
-        """Say this process is alive for ``alive_ms`` (call every ``HEARTBEAT_S``).
-        Raises RedisError."""
-        self._redis.set(self._alive_prefix + self.owner, b"1", px=self.alive_ms)
+        """Say this process is alive for ``alive_ms`` (call every ``HEARTBEAT_S``), on
+        the heartbeat's own connection (it never waits for the shared pool). Raises
+        RedisError."""
+        self._beat.set(self._alive_prefix + self.owner, b"1", px=self.alive_ms)
 
     def acquire(self, name: str) -> bool:
         """True if this process now holds the lease: it was free, ours, or held by

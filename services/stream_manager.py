@@ -131,10 +131,11 @@ class StreamManager:
         self.started = 0
         self.takeovers = 0
         self.stopping = StopFlag(sleep)  # set by stop_all(): the lease upkeep ends
+        self._quiet_until = 0.0  # after a Redis failure: no take-over before (monotonic s)
 
     def start(self) -> None:
-        """Start the lease upkeep and the heartbeat (several processes only:
-        ``leases.distributed``)."""
+        """Start the lease upkeep, the heartbeat and the take-over of followed keys
+        (several processes only: ``leases.distributed``)."""
         if self._leases.distributed:
             try:
                 self._leases.heartbeat()  # before any acquire: our leases are not "dead"
@@ -142,6 +143,7 @@ class StreamManager:
                 logger.warning("lease heartbeat failed error=%s", type(e).__name__)
             self._spawn(self._maintain_leases)
             self._spawn(self._heartbeat)
+            self._spawn(self._take_over_followed)
 
     def ensure(self, user_id: int, key_id: int) -> AccountStream | None:
         """The running stream of ``key_id``, started if needed; None when another
@@ -349,18 +351,32 @@ class StreamManager:
 
     def _heartbeat(self) -> None:
         """Every ``HEARTBEAT_S`` until ``stop_all()``: say this process is alive
-        (``leases.heartbeat``) and try to take over the streams we follow (a lease
-        whose owner's heartbeat is gone, or that is free, is taken at once)."""
-        quiet_until = 0.0
+        (``leases.heartbeat``). Nothing else runs in this task: a beat that waits
+        behind the take-over round's Redis calls (a pipeline of every followed key,
+        slow in a storm) lets this live process's leases be taken as a dead one's."""
+        failing = False
         while not self.stopping.wait(HEARTBEAT_S):
             try:
                 self._leases.heartbeat()
+                failing = False
+            except Exception as e:  # isolation boundary: Redis unreachable; retry
+                if not failing:  # once per outage, not every second
+                    logger.warning("lease heartbeat failed error=%s", type(e).__name__)
+                failing = True
+                self._quiet_until = time.monotonic() + AFTER_OUTAGE_S
+
+    def _take_over_followed(self) -> None:
+        """Every ``HEARTBEAT_S`` until ``stop_all()``: try to take over the streams we
+        follow (a lease whose owner's heartbeat is gone, or that is free, is taken at
+        once)."""
+        while not self.stopping.wait(HEARTBEAT_S):
+            try:
                 with self._lock:
                     followed = list(self._followed.items())
                 # just after Redis came back (perhaps empty, every lease free): the
                 # processes that ran the streams take their leases again first
                 # (``_maintain_leases`` retries every HEARTBEAT_S after a failure)
-                if not followed or time.monotonic() < quiet_until:
+                if not followed or time.monotonic() < self._quiet_until:
                     continue
                 many = getattr(self._leases, "acquire_many", None)
                 names = [_lease(k) for k, _ in followed]
@@ -376,9 +392,9 @@ class StreamManager:
                     logger.info("stream lease taken over key_id=%s", key_id)
                     self._start(user_id, key_id, takeover=True)
             except Exception as e:  # isolation boundary: Redis or a key lookup failed; retry
-                if time.monotonic() >= quiet_until:  # once per outage, not every second
-                    logger.warning("lease heartbeat failed error=%s", type(e).__name__)
-                quiet_until = time.monotonic() + AFTER_OUTAGE_S
+                if time.monotonic() >= self._quiet_until:  # once per outage, not every second
+                    logger.warning("stream take-over round failed error=%s", type(e).__name__)
+                self._quiet_until = time.monotonic() + AFTER_OUTAGE_S
 
     def _renew_all(self, key_ids: list[int]) -> list[bool]:
         """Renew the leases of ``key_ids``: in batches of one round trip each when the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import current_app, request
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room, leave_room
@@ -26,6 +27,12 @@ from ws.hub import room
 logger = logging.getLogger(__name__)
 
 LIVE_WAIT_S = 10.0  # a fills replay waits this long at most for a starting stream's gap fill
+# a subscriber of a key streamed in another process: how long its first envelope of a
+# type waits for the owner's answer to ``want`` (milliseconds when it is alive) or for
+# this process to take the stream over from a dead owner (its heartbeat outlives it by
+# leases.ALIVE_MS, 4 s, and the lease is tried every second), before a REST snapshot
+OWNER_WAIT_S = 6.0
+OWNER_POLL_S = 0.5
 NOT_CONNECTED = {"ok": False, "error": {"code": "unauthorized", "message": "not connected"}}
 
 
@@ -220,6 +227,44 @@ def _settler(svc, socketio: SocketIO, key_id: int, mirror):  # type: ignore[no-u
     return settle
 
 
+def _first_of_remote(svc, socketio: SocketIO, user_id: int, key, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The first envelope of ``kind`` for a subscriber of ``key`` whose stream runs in
+    another process (``PushHub.follow``'s ``snapshot``), without asking the exchange
+    when the stream's own values can be had: the newest envelope already received from
+    the owner (``source: "cache"``); else, waiting at most ``OWNER_WAIT_S``, the
+    owner's answer to ``want`` (returns [] and ``follow`` sends it) or, when this
+    process took the stream over meanwhile (a dead owner), its cached envelope ([]
+    when it is live without one yet: its snapshot reaches the subscriber through the
+    channel). Only when none comes, a REST snapshot (``seq`` 0; raises ExchangeError).
+
+    Why: a REST snapshot per type of every such subscriber spent about 55 of the
+    venue's per-minute weight (Binance: account 5, positionRisk 5 twice, openOrders of
+    every symbol 40) on values the owner holds; in a failover those calls and the
+    survivor's take-over snapshots of the same keys share one window, and the
+    take-overs the governor held back left their clients without pushes until the
+    next minute (docs/push-stream.md, "Failover")."""
+    mirror = svc.hub.remote(key.id, user_id)
+    held = mirror.newest(kind)
+    if held is not None:
+        return [dict(held, source="cache")]
+    deadline = time.monotonic() + OWNER_WAIT_S
+    while time.monotonic() < deadline:
+        stream = svc.streams.get(key.id)
+        if stream is not None and stream.state.user_id == user_id:  # taken over here
+            cached: list[dict[str, Any]] = stream.state.cached([kind])
+            if cached or stream.status != STARTING:
+                return cached
+            socketio.sleep(OWNER_POLL_S)
+        # woken by the owner's envelope, else every OWNER_POLL_S a look for a take-over
+        # (a storm's thousands of waiting subscribers: no fast polling)
+        elif mirror.wait_newest(kind, min(OWNER_POLL_S, deadline - time.monotonic())):
+            return []  # the owner answered: ``follow`` sends it
+    # none came (or the stream taken over here is still held back by the venue's rate
+    # budget): a REST snapshot, as a subscriber of a stream running here gets nothing
+    # better meanwhile either (its stream's cached value when it has one)
+    return [svc.snapshots.envelope(user_id, key, kind)]
+
+
 def _send_alerts(svc, socketio: SocketIO, conn, since: dict | None) -> None:  # type: ignore[no-untyped-def]
     """After the ack: the ``alerts`` replay (or empty snapshot) of the connection's
     user; live alerts come through the room joined before it (a client de-duplicates
@@ -258,7 +303,7 @@ def _send_snapshot(svc, socketio: SocketIO, conn, plans: list, statuses: list[di
     for user_id, key, kind in remote:
         try:
             svc.hub.follow(conn, key.id, kind,
-                           lambda: [svc.snapshots.envelope(user_id, key, kind)])
+                           lambda u=user_id, k=key, t=kind: _first_of_remote(svc, socketio, u, k, t))
         except ExchangeError as e:
             svc.hub.emit_to(conn.sid, "error", {"code": "snapshot_unavailable", "message": str(e)})
     for status in statuses:

@@ -83,6 +83,7 @@ class RemoteState:
         self.epoch: str | None = None
         self.received = 0  # envelopes received (any, even one not newer): the owner speaks
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # an envelope is held (``wait_newest``)
         self._seq: dict[str, int] = {}
         self._last: dict[str, dict] = {}
         self._pending: dict[str, dict] = {}
@@ -101,6 +102,7 @@ class RemoteState:
                 return False
             self._seq[kind] = seq
             self._pending[kind] = env
+            self._arrived.notify_all()
             return True
 
     def adopt(self, position: StreamPosition, kind: str, last: dict | None) -> None:
@@ -120,6 +122,7 @@ class RemoteState:
                 del self._pending[kind]
             if last is not None and last.get("seq") == seq:
                 self._last[kind] = last
+                self._arrived.notify_all()
 
     def _reset(self, epoch: str | None) -> None:
         self.epoch = epoch
@@ -129,6 +132,13 @@ class RemoteState:
         """``(epoch, seq)`` of the newest envelope of ``kind`` received."""
         with self._lock:
             return StreamPosition(self.epoch, self._seq.get(kind, 0))
+
+    def wait_newest(self, kind: str, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` seconds until an envelope of ``kind`` is held (sent
+        or not); True if one is. (A green wait in the server: threading is patched.)"""
+        with self._arrived:
+            return self._arrived.wait_for(
+                lambda: kind in self._pending or kind in self._last, timeout_s)
 
     def newest(self, kind: str) -> dict | None:
         """The newest envelope of ``kind`` (held or sent), or None."""

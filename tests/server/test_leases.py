@@ -85,6 +85,22 @@ def test_a_lease_of_a_process_whose_heartbeat_is_gone_is_taken_over_at_once(
     assert a.renew("stream:2") is False                # A (if alive after all) stops
 
 
+def test_the_heartbeat_does_not_wait_for_the_shared_pool(redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    """A storm holds every connection of the shared bounded pool: the heartbeat still
+    goes at once on its own connection (it waited longer than ``alive_ms`` in the
+    pool's queue, and the other process took this live one's streams over)."""
+    shared = redis_client(redis_url, max_connections=1, pool_timeout_s=3, socket_timeout_s=2)
+    lease = RedisLeases(redis_url, "t", 10_000, client=shared, alive_ms=4000)
+    held = shared.connection_pool.get_connection("PING")   # the storm has the only one
+    try:
+        t0 = time.monotonic()
+        lease.heartbeat()
+        assert time.monotonic() - t0 < 1.0
+        assert client.pttl(f"t:alive:{lease.owner}") > 3000
+    finally:
+        shared.connection_pool.release(held)
+
+
 class _Stream:
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
         self.state, self.status, self.stream = state, "starting", None

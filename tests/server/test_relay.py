@@ -52,6 +52,20 @@ def _got(server: FakeServer, eio_sid: str) -> list[tuple[int, str]]:
             if sid == eio_sid]
 
 
+def test_wait_newest_wakes_when_the_owners_envelope_arrives_and_times_out_without_one() -> None:
+    import threading
+    mirror, sender = RemoteState(7, 1), _sender()
+    assert mirror.wait_newest("pnl", 0.05) is False            # nothing held: times out
+    env = _move(sender, "1.10")
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(mirror.wait_newest("pnl", 10)))
+    waiter.start()
+    mirror.receive(env)                                         # the owner's answer
+    waiter.join(5)
+    assert woke == [True] and mirror.newest("pnl") == env
+    assert mirror.wait_newest("balance", 0) is False            # per type
+
+
 def test_received_mark_pushes_are_conflated_to_max_hz_and_the_newest_arrives() -> None:
     server, clock, timers, fan, remote = _setup()
     sender = _sender()
