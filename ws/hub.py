@@ -27,6 +27,7 @@ from socketio import PubSubManager
 
 from services.account_kinds import ACCOUNT_TYPES, EVENT_TYPES, STATE_TYPES
 from services.account_state import AccountState
+from services.metrics import percentile
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
 from ws.relay import KeyRelay, RemoteState
@@ -68,12 +69,6 @@ MISSED_FILLS_MARGIN_MS = 2000  # the replay starts this much before the connecti
 def room(kind: str, user_id: int) -> str:
     """The room of ``kind`` (an account type or ``user``) for ``user_id``."""
     return f"{kind}_{user_id}"
-
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 class PushHub:
@@ -545,5 +540,5 @@ class PushHub:
                 "subscriptions": subs,
                 "push": {"by_type": dict(self.pushes), "total": sum(self.pushes.values()),
                          "fanout": fanout,
-                         "stream_latency_ms": {"samples": len(lat), "p50": _percentile(lat, 0.5),
-                                               "p99": _percentile(lat, 0.99)}}}
+                         "stream_latency_ms": {"samples": len(lat), "p50": percentile(lat, 0.5, 2),
+                                               "p99": percentile(lat, 0.99, 2)}}}

@@ -52,14 +52,11 @@ from collections.abc import Callable
 import orjson
 import socketio
 
+from clock import now_ms
 from services.coalesce import Coalescer
 from services.push_sequence import StreamPosition
 
 logger = logging.getLogger(__name__)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class RemoteState:
@@ -175,7 +172,7 @@ class RemoteState:
             env = self._pending.pop(kind, None)
             if env is None:
                 return None
-            env = self._last[kind] = dict(env, sent_at=_now_ms())
+            env = self._last[kind] = dict(env, sent_at=now_ms())
             return env
 
 
@@ -292,7 +289,7 @@ class RedisBus:
                 with self._lock:
                     first = self._lost_at_ms is None
                     if first:
-                        self._lost_at_ms = _now_ms()
+                        self._lost_at_ms = now_ms()
                 self.reconnects += 1
                 # once per outage at WARNING, not once per retry
                 logger.log(logging.WARNING if first else logging.DEBUG,
