@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from clock import now_ms
 from exchanges.types import Fill, Ticker
-from services.account_state import AccountState, now_ms
+from services.account_state import AccountState
 from services.push import Push
 
 logger = logging.getLogger(__name__)

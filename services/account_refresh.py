@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
+from clock import now_ms
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ThrottledLocally
 from exchanges.types import Fill, Order
 from exchanges.venues import venue
 from services.account_kinds import STATE_TYPES
 from services.account_push import AccountPusher
-from services.account_state import AccountState, now_ms
+from services.account_state import AccountState
 
 logger = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from clock import now_ms
 from exchanges.base import ExchangeClient, UserStream
 from exchanges.errors import AuthFailed, ExchangeError, ThrottledLocally
 from exchanges.types import (
@@ -55,7 +56,7 @@ from exchanges.types import (
 )
 from services.account_push import MARK_STALE_S, AccountPusher, MarkFollower, TickerSource
 from services.account_refresh import RestRefresher, StreamSettings, held_for_s
-from services.account_state import AccountState, now_ms
+from services.account_state import AccountState
 from services.lifecycle import Backoff
 from services.position_report import OnPositions, PositionReporter
 from services.push import DirectPush, Push

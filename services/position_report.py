@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 
+from clock import now_ms
 from exchanges.types import Position
-from services.account_state import AccountState, now_ms
+from services.account_state import AccountState
 
 # ``on_positions(positions, as_of ms UTC, complete)``
 OnPositions = Callable[[list[Position], int, bool], None]

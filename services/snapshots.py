@@ -1,8 +1,9 @@
 """Account snapshots for REST: the live stream's last envelope, or one REST fetch."""
 from __future__ import annotations
 
+from clock import now_ms
 from models import ExchangeKey
-from services.account_state import AccountState, now_ms
+from services.account_state import AccountState
 from services.stream_manager import StreamManager
 
 

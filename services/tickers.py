@@ -13,10 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from clock import now_ms
 from exchanges.base import MarketStream
 from exchanges.errors import ExchangeError
 from exchanges.types import Ticker
-from services.account_state import now_ms
 from services.lifecycle import Backoff, StopFlag
 from services.serialize import dec
 
