@@ -57,9 +57,9 @@ from exchanges.types import (
 from services.account_push import MARK_STALE_S, AccountPusher, MarkFollower, TickerSource
 from services.account_refresh import RestRefresher, StreamSettings, held_for_s
 from services.account_state import AccountState
-from services.lifecycle import Backoff
 from services.position_report import OnPositions, PositionReporter
 from services.push import DirectPush, Push
+from services.retry import Policy, Retrier
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ class AccountStream:
         self._quiet = False
         self.stream: UserStream | None = None
         self.events_seen = 0
-        self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s)
+        # reconnects: services.retry's policy with this stream's base and cap
+        self._backoff = Retrier({ExchangeError: Policy(settings.backoff_base_s, settings.backoff_max_s)})
         self._on_reconnected = on_reconnected
         self._on_order = on_order
         # a funding fee (the ledger stores it); without it the fill sink gets it
@@ -225,7 +226,7 @@ class AccountStream:
                     next_stream_try = max(next_stream_try, time.monotonic() + delay)
                     self._sleep(delay)
                     continue
-                delay = self._backoff.failed()
+                delay = self._backoff.failed(e)
                 logger.warning("account stream error key_id=%s kind=%s code=%s retry_in_s=%.1f",
                                self.state.key_id, type(e).__name__, e.code, delay)
                 next_stream_try = time.monotonic() + delay

@@ -4,8 +4,6 @@
 instead of sleeping, so it ends within ``StopFlag.STEP_S`` of the stop however long
 its period. ``Tasks``: spawns the background tasks through the callable it is given
 (``socketio.start_background_task``) and knows which are still running.
-``Backoff``: the reconnect delays of the exchange stream loops (account streams,
-market streams).
 
 No Flask or Socket.IO here: ``spawn`` and ``sleep`` are passed in (threads in the
 tests' threading mode, green threads under eventlet).
@@ -13,7 +11,6 @@ tests' threading mode, green threads under eventlet).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import Counter
@@ -21,28 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Delays between reconnect attempts: exponential, ``base_s * 2 ** (failures - 1)``
-    capped at ``max_s``, with "equal jitter" (half the delay fixed, half random), so
-    streams that dropped together do not come back together (AWS Architecture Blog,
-    "Exponential Backoff And Jitter"). Seconds."""
-
-    def __init__(self, base_s: float, max_s: float) -> None:
-        self.base_s = base_s
-        self.max_s = max_s
-        self.failures = 0
-
-    def failed(self) -> float:
-        """Count one more failure in a row; returns the delay before the next try."""
-        self.failures += 1
-        delay = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
-        return delay * (0.5 + random.random() / 2)
-
-    def succeeded(self) -> None:
-        """A try worked: the next failure starts again at ``base_s``."""
-        self.failures = 0
 
 
 class StopFlag:

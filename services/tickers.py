@@ -17,7 +17,8 @@ from clock import now_ms
 from exchanges.base import MarketStream
 from exchanges.errors import ExchangeError
 from exchanges.types import Ticker
-from services.lifecycle import Backoff, StopFlag
+from services.lifecycle import StopFlag
+from services.retry import Policy, Retrier
 from services.serialize import dec
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class TickerHub:
 
     # ---- the upstream loop -----------------------------------------------------
     def _run(self, up: _Upstream) -> None:
-        backoff = Backoff(1.0, self._backoff_max_s)
+        backoff = Retrier({ExchangeError: Policy(1.0, self._backoff_max_s)})
         while up.running:
             try:
                 stream = self._open(*up.key)
@@ -166,7 +167,7 @@ class TickerHub:
                         self._offer(up, tick)
             except ExchangeError as e:
                 up.state = "reconnecting"
-                delay = backoff.failed()
+                delay = backoff.failed(e)
                 if up.running:
                     logger.warning("market stream error exchange=%s symbol=%s kind=%s retry_in_s=%.1f",
                                    up.key[0], up.key[2], type(e).__name__, delay)

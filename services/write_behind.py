@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from tenacity import RetryError, Retrying, retry_if_exception, wait_exponential_jitter
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception
 
 from clock import now_ms
 from exchanges import types as ex
@@ -39,6 +39,7 @@ from exchanges.types import FundingFee
 from models import Database, DeadLetter
 from services import ledger, realized
 from services.metrics import percentile
+from services.retry import DATABASE, policy_for
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,6 @@ class LedgerWriter:
         self._worker_done = threading.Event()  # set while no worker loop runs
         self._worker_done.set()
         self._give_up_at: float | None = None  # stop(): retries end at this monotonic time
-        self._backoff = wait_exponential_jitter(initial=0.1, max=5.0)
         self._unflushed: list[Queued] = []  # events stop() could not write (database down)
         self._inflight: list[Queued] = []  # the batch being written now
         self._inflight_since: float | None = None
@@ -259,8 +259,12 @@ class LedgerWriter:
         """True once ``stop()``'s time is up (a tenacity stop condition too)."""
         return self._give_up_at is not None and time.monotonic() >= self._give_up_at
 
-    def _wait(self, retry_state) -> float:  # type: ignore[no-untyped-def]
-        wait = self._backoff(retry_state)
+    def _wait(self, retry_state: RetryCallState) -> float:
+        """tenacity's wait: ``services.retry``'s policy of the failure (a database
+        unreachable: 0.1 s doubling to 5 s), cut to ``stop()``'s time."""
+        failure = retry_state.outcome.exception() if retry_state.outcome else None
+        policy = (policy_for(failure) if failure is not None else None) or DATABASE
+        wait = policy.delay(retry_state.attempt_number)
         if self._give_up_at is not None:
             wait = max(0.0, min(wait, self._give_up_at - time.monotonic()))
         return wait

@@ -12,7 +12,7 @@ this claim's.
 Per row: device gone -> ``device_removed``; ``skip_when_online`` and the event
 reached a socket -> ``skipped``; no FCM configuration -> ``not_configured``; else
 sent. 429 and 5xx (and no answer) are retried with exponential backoff and jitter
-(``services.lifecycle.Backoff``), never sooner than ``Retry-After``, at most
+(``services.retry``), never sooner than ``Retry-After``, at most
 ``MAX_ATTEMPTS`` times; ``UNREGISTERED`` / invalid token -> the device is deleted and
 its rows end ``device_removed``; any other refusal -> ``failed`` with the error.
 """
@@ -33,16 +33,16 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 
 from models import Database, Device, Notification, now_ms
-from services.lifecycle import Backoff, StopFlag
+from services.lifecycle import StopFlag
 from services.metrics import percentile
 from services.notify.fcm import FcmClient, FcmRejected, FcmRetryable, FcmTokenGone, build_message
+from services.retry import FCM, asked_wait_s
 
 logger = logging.getLogger(__name__)
 
 LEASE_MS = 60_000  # longer than a send with its timeout and the token refresh
 BATCH = 50  # rows per claim
 MAX_ATTEMPTS = 12  # retryable failures before a row is failed (about 1 h of backoff)
-BACKOFF_BASE_S, BACKOFF_MAX_S = 1.0, 600.0
 POLL_S = 0.1  # due rows are looked for this often (sooner when this process wrote some)
 
 
@@ -205,9 +205,7 @@ class NotifyWorker:
             if attempts >= MAX_ATTEMPTS:
                 self._outcome(token, r, "failed", error=f"{e.status} {e.code}", attempts=attempts)
                 return
-            backoff = Backoff(BACKOFF_BASE_S, BACKOFF_MAX_S)
-            backoff.failures = attempts - 1
-            delay = max(backoff.failed(), e.retry_after_s or 0.0)
+            delay = FCM.delay(attempts, asked_wait_s(e))
             if self._finish(token, r["id"], attempts=attempts, error=f"{e.status} {e.code}"[:255],
                             next_attempt_at=now_ms() + int(delay * 1000)):
                 self.retries += 1

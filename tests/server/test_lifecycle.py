@@ -125,16 +125,42 @@ def test_each_app_has_its_own_socketio_server_with_every_handler(tmp_path) -> No
             a.extensions["pushsrv"].stop(timeout_s=5)
 
 
-def test_backoff_doubles_to_its_cap_with_equal_jitter_and_resets() -> None:
+def test_retrier_doubles_to_its_cap_with_equal_jitter_and_resets() -> None:
     """Both exchange stream loops wait these delays between reconnect attempts."""
-    from services.lifecycle import Backoff
-    b = Backoff(1.0, 8.0)
-    delays = [b.failed() for _ in range(6)]
+    from exchanges.errors import ExchangeError, ExchangeUnavailable
+    from services.retry import Policy, Retrier
+    b = Retrier({ExchangeError: Policy(1.0, 8.0)})
+    delays = [b.failed(ExchangeUnavailable("binance", None, "down")) for _ in range(6)]
     for delay, full in zip(delays, (1, 2, 4, 8, 8, 8)):
         assert full / 2 <= delay <= full  # half fixed, half random
     assert b.failures == 6
     b.succeeded()
-    assert b.failures == 0 and 0.5 <= b.failed() <= 1.0
+    assert b.failures == 0 and 0.5 <= b.failed(ExchangeUnavailable("binance", None, "down")) <= 1.0
+
+
+def test_retry_policy_is_chosen_by_the_failure_class_and_honours_retry_after() -> None:
+    """The most specific class wins; what the other side asked for is a floor; a class
+    with no policy is not retried (raised again)."""
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from exchanges.errors import AuthFailed, ExchangeError, ExchangeUnavailable, InvalidOrder, RateLimited
+    from services.notify.fcm import FcmRetryable
+    from services.retry import FCM, POLICIES, Retrier, asked_wait_s, policy_for
+    assert policy_for(ExchangeUnavailable("binance", None, "x")) is POLICIES[ExchangeError]
+    assert policy_for(RateLimited("binance", -1003, "x", 429, retry_after_ms=1)) is POLICIES[RateLimited]
+    assert policy_for(OperationalError("s", {}, Exception())) is POLICIES[OperationalError]
+    assert policy_for(ValueError("bug")) is None
+    limited = RateLimited("binance", -1003, "too many", 429, retry_after_ms=45_000)
+    assert asked_wait_s(limited) == 45.0 and Retrier().failed(limited) >= 45.0
+    fcm = FcmRetryable(503, "UNAVAILABLE", "busy", retry_after_s=120.0)
+    assert asked_wait_s(fcm) == 120.0 and policy_for(fcm) is FCM and FCM.delay(1, asked_wait_s(fcm)) == 120.0
+    with pytest.raises(ValueError):
+        Retrier().failed(ValueError("bug"))
+    # a refused order or key is not retried by default; a loop's own table may say otherwise
+    assert policy_for(InvalidOrder("binance", -1111, "precision")) is None
+    assert policy_for(AuthFailed("bybit", 10003, "bad key")) is None
+    assert Retrier({ExchangeError: POLICIES[ExchangeError]}).failed(AuthFailed("bybit", 10003, "k")) <= 1.0
 
 
 def test_limit_timers_are_tasks_that_end_at_stop_without_acting() -> None:
