@@ -289,7 +289,7 @@ class _LedgerFacade:
 
     def __init__(self, db: Database, writer: LedgerWriter,
                  sleep: Callable[[float], None] = time.sleep,
-                 on_positions: Callable[[int, list], None] | None = None,
+                 on_positions: Callable[[int, list, bool], None] | None = None,
                  on_fill: Callable[[int, int, Any], Any] | None = None) -> None:
         self._db, self._writer = db, writer
         # protection: a leg's fill gets its reason before it is stored and pushed;
@@ -320,4 +320,4 @@ class _LedgerFacade:
     def record_positions(self, key_id: int, positions, as_of: int, complete: bool) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_positions(key_id, positions, as_of, complete)
         if self._on_positions is not None:
-            self._on_positions(key_id, positions)
+            self._on_positions(key_id, positions, complete)

@@ -15,8 +15,12 @@ durable, replayable; and its notification).
   ``|mark - liquidation| / mark * 100 <= pct``. Once per position until the mark moves
   back out. Evaluated on the shared market stream's mark ticks per position (a dict
   lookup and one comparison per open position of the symbol: no rule walk). A
-  position's liquidation price and the user's threshold are read (REST, database) on
-  a task when the account stream reports the position's shape changed.
+  position's liquidation price and the user's threshold are read on a task when the
+  account stream reports the position's shape changed: the threshold of every key
+  reported at the same moment in one query (a reconnect storm reports thousands), the
+  liquidation price from the report itself when it is the stream's first (its REST
+  snapshot carries the venue's figure), else from the venue (``get_positions``: a
+  shape change reported by the user data stream does not carry it).
 
 The handlers called from the account stream do no I/O: the work goes to a task.
 """
@@ -32,9 +36,10 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from exchanges.errors import ExchangeError
-from exchanges.types import FILL_REASON_ADL, FILL_REASON_LIQUIDATION, MarginCall
+from exchanges.types import FILL_REASON_ADL, FILL_REASON_LIQUIDATION, MarginCall, Position
 from models import Alert, Database, ExchangeKey
 from models.notify import NotificationSettings
+from services.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,9 @@ class RiskAlerts:
         # market -> (key_id, symbol) -> Watched
         self._watched: dict[tuple, dict[tuple[int, str], Watched]] = {}
         self._market_of: dict[tuple[int, str], tuple] = {}
+        # key_id -> (user_id, exchange, testnet, warning pct): read together for the keys
+        # whose positions were reported at the same moment
+        self._owners: Coalescer[int, tuple[int, str, bool, Decimal]] = Coalescer(self._read_owners)
         self.raised = 0
 
     # ---- margin call, liquidation, ADL ---------------------------------------------
@@ -151,10 +159,11 @@ class RiskAlerts:
                 Alert.detail.contains(needle)).limit(1)) is not None
 
     # ---- liquidation near ------------------------------------------------------------
-    def positions_seen(self, key_id: int, positions: list) -> None:
+    def positions_seen(self, key_id: int, positions: list, complete: bool = False) -> None:
         """The account stream reported a shape change of key ``key_id``'s positions
         (closed ones with size 0; no I/O here): closed ones stop being watched, open
-        ones are (re)read on a task."""
+        ones are (re)read on a task. ``complete``: the stream's first report, built from
+        its REST snapshot, whose liquidation prices are the venue's own."""
         opened = []
         for p in positions:
             if p.size == 0:
@@ -162,7 +171,19 @@ class RiskAlerts:
             else:
                 opened.append(p.symbol)
         if opened:
-            self._spawn(self._watch, key_id, opened)
+            given = {p.symbol: p for p in positions if p.size != 0} if complete else None
+            self._spawn(self._watch, key_id, opened, given)
+
+    def _read_owners(self, key_ids: list[int]) -> dict[int, tuple[int, str, bool, Decimal]]:
+        """``{key_id: (user_id, exchange, testnet, liquidation warning pct)}`` in one query."""
+        with self._db.session() as s:
+            rows = s.execute(
+                select(ExchangeKey.id, ExchangeKey.user_id, ExchangeKey.exchange,
+                       ExchangeKey.testnet, NotificationSettings.liquidation_warning_pct)
+                .outerjoin(NotificationSettings, NotificationSettings.user_id == ExchangeKey.user_id)
+                .where(ExchangeKey.id.in_(key_ids))).all()
+        return {r[0]: (r[1], r[2], bool(r[3]),
+                       Decimal(r[4]) if r[4] is not None else DEFAULT_WARNING_PCT) for r in rows}
 
     def _unwatch(self, key_id: int, symbol: str) -> None:
         with self._lock:
@@ -177,16 +198,21 @@ class RiskAlerts:
         if last:
             self._tickers.unsubscribe(*market, SUBSCRIBER)
 
-    def _watch(self, key_id: int, symbols: list[str]) -> None:
+    def _watch(self, key_id: int, symbols: list[str], given: dict[str, Position] | None = None) -> None:
         try:
-            with self._db.session() as s:
-                key = s.get(ExchangeKey, key_id)
+            owner = self._owners.get(key_id)
+            if owner is None:
+                return
+            user_id, exchange, testnet, pct = owner
+            if given is not None and all(given.get(s) is not None and given[s].liquidation_price
+                                         for s in symbols):
+                held = given
+            else:
+                with self._db.session() as s:
+                    key = s.get(ExchangeKey, key_id)
                 if key is None:
                     return
-                pct = s.scalar(select(NotificationSettings.liquidation_warning_pct).where(
-                    NotificationSettings.user_id == key.user_id))
-            pct = Decimal(pct) if pct is not None else DEFAULT_WARNING_PCT
-            held = {p.symbol: p for p in self._client_for(key).get_positions() if p.size != 0}
+                held = {p.symbol: p for p in self._client_for(key).get_positions() if p.size != 0}
         except ExchangeError as e:  # the next shape change reads them again
             logger.warning("liquidation watch could not read positions key_id=%s kind=%s",
                            key_id, type(e).__name__)
@@ -199,13 +225,13 @@ class RiskAlerts:
             if p is None or not p.liquidation_price:
                 self._unwatch(key_id, symbol)
                 continue
-            market = (key.exchange, bool(key.testnet), symbol)
+            market = (exchange, testnet, symbol)
             with self._lock:
                 peers = self._watched.setdefault(market, {})
                 old = peers.get((key_id, symbol))
                 subscribe = not any(m == market for m in self._market_of.values())
                 near = bool(old and old.near and old.side == p.side)
-                peers[(key_id, symbol)] = Watched(key.user_id, key_id, symbol, p.side,
+                peers[(key_id, symbol)] = Watched(user_id, key_id, symbol, p.side,
                                                   p.liquidation_price, pct, near)
                 self._market_of[(key_id, symbol)] = market
             if subscribe:

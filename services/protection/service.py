@@ -411,11 +411,11 @@ class ProtectionService:
                     return
                 self._reconciling[key_id] = False
 
-    def positions_seen(self, key_id: int, positions: list) -> None:
+    def positions_seen(self, key_id: int, positions: list, complete: bool = False) -> None:
         """An account stream reported position changes (closed ones with size 0): the
         legs of a position that ended are canceled at once (one-cancels-the-others) on a
         task of their own, after the venue confirms the position is gone. No I/O here."""
-        self.risk.positions_seen(key_id, positions)
+        self.risk.positions_seen(key_id, positions, complete)
         symbols = self.views.symbols(key_id)
         if not symbols:
             return

@@ -75,3 +75,77 @@ def test_liquidation_alert_once_per_venue_order() -> None:
     risk.on_fill(7, 1, _fill("10", "adl_autoclose", "adl"))
     risk.on_fill(7, 1, _fill("11", "mine", None))
     assert [c[0] for c in spawn.calls] == ["_venue_close", "_venue_close"]
+
+
+def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_must(database_url) -> None:  # type: ignore[no-untyped-def]
+    """A stream's first report (its REST snapshot) carries the venue's liquidation
+    price: no positions request. A later shape change does not: one request. The
+    users' thresholds of keys reported at the same moment are one query."""
+    import threading
+
+    from exchanges.types import Position
+    from models import Database, ExchangeKey, User
+    from models.notify import NotificationSettings
+
+    db = Database(database_url)
+    try:
+        with db.transaction() as s:
+            for uid in (1, 2):
+                s.add(User(id=uid, username=f"u{uid}", password_hash="x"))
+            s.flush()
+            s.add(NotificationSettings(user_id=2, liquidation_warning_pct=D("25")))
+            for kid, uid in ((11, 1), (12, 2)):
+                s.add(ExchangeKey(id=kid, user_id=uid, exchange="binance", api_key=f"k{kid}",
+                                  api_secret_encrypted=b"x"))
+        asked: list[int] = []
+
+        def pos(liq: str) -> Position:
+            return Position("BTCUSDT", "LONG", D("0.1"), D("60000"), D("60000"), D("0"),
+                            D("10"), D(liq), "cross")
+
+        def client_for(key):  # type: ignore[no-untyped-def]
+            asked.append(key.id)
+            return SimpleNamespace(get_positions=lambda: [pos("52000")])
+
+        class Tickers:
+            def subscribe(self, *market_and_handler):  # type: ignore[no-untyped-def]
+                return None
+
+        threads: list[threading.Thread] = []
+        alerted: list[int] = []
+
+        def spawn(fn, *args):  # type: ignore[no-untyped-def]
+            if fn.__name__ == "_near":  # a liquidation_near alert: noted, not raised
+                alerted.append(args[0].key_id)
+                return
+            threads.append(threading.Thread(target=fn, args=args))
+
+        risk = RiskAlerts(db, client_for, Tickers(), spawn, lambda *a: None)
+        from services.coalesce import Coalescer
+        risk._owners = Coalescer(risk._read_owners, wait_s=1.0)  # both join on a loaded machine
+        statements: list[str] = []
+        from sqlalchemy import event
+        event.listen(db.engine, "before_cursor_execute",
+                     lambda conn, cur, stmt, *a: statements.append(stmt)
+                     if "notification_settings" in stmt else None)
+        risk.positions_seen(11, [pos("50000")], complete=True)
+        risk.positions_seen(12, [pos("51000")], complete=True)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        market = ("binance", False, "BTCUSDT")
+        watched = risk._watched[market]
+        assert asked == []  # the snapshot's own liquidation prices
+        assert watched[(11, "BTCUSDT")].liquidation_price == D("50000")
+        assert (watched[(11, "BTCUSDT")].pct, watched[(12, "BTCUSDT")].pct) == (D("10"), D("25"))
+        assert watched[(12, "BTCUSDT")].user_id == 2
+        assert len(statements) == 1 and risk._owners.reads == 1  # one query for both keys
+        assert alerted == [12]  # 15 % from liquidation: inside user 2's 25 %, outside 10 %
+        threads.clear()
+        risk.positions_seen(11, [pos("50000")])  # a stream shape change: its figure is stale
+        threads[0].start()
+        threads[0].join(10)
+        assert asked == [11] and watched[(11, "BTCUSDT")].liquidation_price == D("52000")
+    finally:
+        db.dispose()
