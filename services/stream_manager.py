@@ -533,10 +533,11 @@ class StreamManager:
             self._realized_pending.add(key_id)
 
         def refresh() -> None:
-            self._sleep(REALIZED_REFRESH_S)
+            stopped = self.stopping.wait(REALIZED_REFRESH_S)
             with self._lock:
                 self._realized_pending.discard(key_id)
-            stream.refresh_realized()
+            if not stopped and stream.running:  # not after stop_all() or the stream's end
+                stream.refresh_realized()
         self._spawn(refresh)
 
     def stats(self) -> dict:

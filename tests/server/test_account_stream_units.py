@@ -415,3 +415,35 @@ def test_streams_sharing_an_admission_connect_one_at_a_time_and_a_stopped_one_ne
             t.join(5)
     assert not connected["c"].is_set()
     assert not any(t.is_alive() for t in threads.values())
+
+
+def test_realized_refresh_after_fills_is_skipped_once_the_manager_stops() -> None:
+    """``fills_recorded`` waits ``REALIZED_REFRESH_S`` on the manager's stop flag: a
+    refresh still waiting when ``stop_all()`` runs ends without reading the ledger."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from services.stream_manager import StreamManager
+    spawned: list[threading.Thread] = []
+
+    def spawn(fn, *args):  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=fn, args=args)
+        spawned.append(t)
+        t.start()
+        return t
+    mgr = StreamManager(None, None, None, lambda e: None, spawn,  # type: ignore[arg-type]
+                        time.sleep, None)
+    refreshed: list[int] = []
+    for key_id in (1, 2):
+        mgr._streams[key_id] = SimpleNamespace(  # type: ignore[assignment]
+            running=True, refresh_realized=lambda k=key_id: refreshed.append(k))
+    mgr.fills_recorded(1)
+    for t in spawned:
+        t.join(5)
+    assert refreshed == [1]  # a running manager refreshes
+    mgr.fills_recorded(2)
+    mgr.stopping.set()  # what stop_all() sets first
+    for t in spawned:
+        t.join(5)
+    assert refreshed == [1] and not mgr._realized_pending
