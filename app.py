@@ -40,6 +40,7 @@ from config import Config, ConfigError, load_config, log_format, log_level
 from extensions import init_limiter, trust_proxies
 from services.container import Services, build_services
 from services.leases import redis_client
+from services.lifecycle import Tasks
 from ws.handlers import register_handlers
 from ws.hub import PushHub
 from ws.packet import Packet
@@ -81,11 +82,14 @@ def create_app(config: Mapping[str, Any] | Config | None = None) -> Flask:
     # one bounded Redis pool per process for the stream leases and the per-key relay
     redis = (redis_client(cfg.MESSAGE_QUEUE_URL, cfg.REDIS_MAX_CONNECTIONS,
                           cfg.REDIS_POOL_TIMEOUT_S) if cfg.MESSAGE_QUEUE_URL else None)
+    # every background task of the app, push layer included, in one registry that
+    # Services.stop() waits for
+    tasks = Tasks(socketio.start_background_task, socketio.sleep)
     relay = make_relay(cfg.MESSAGE_QUEUE_URL, cfg.MESSAGE_QUEUE_CHANNEL, redis,
-                       socketio.start_background_task, socketio.sleep)
-    hub = PushHub(socketio, relay=relay, subscribe_concurrency=cfg.SUBSCRIBE_CONCURRENCY)
-    svc = build_services(cfg, hub=hub, spawn=socketio.start_background_task,
-                         sleep=socketio.sleep, redis=redis)
+                       tasks.spawner("relay"), socketio.sleep)
+    hub = PushHub(socketio, relay=relay, subscribe_concurrency=cfg.SUBSCRIBE_CONCURRENCY,
+                  spawn=tasks.spawner("push"), spawn_timer=tasks.spawner("push timer"))
+    svc = build_services(cfg, hub=hub, tasks=tasks, sleep=socketio.sleep, redis=redis)
     app.extensions["pushsrv"] = svc
 
     def fills_since(user_id: int, key_id: int, since_ms: int) -> tuple[str, bool, list[dict[str, object]]]:

@@ -50,7 +50,7 @@ STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
          "market stream", "protection", "notify worker", "price alerts",
-         "notify deliveries", "limit timeout"}  # the tasks stop() waits for
+         "notify deliveries", "limit timeout", "push timer"}  # the tasks stop() waits for
 
 
 @dataclass
@@ -168,8 +168,9 @@ class Services:
         self.stop()
 
 
-def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any],
-                   sleep: Callable[[float], None], redis: Any = None) -> Services:
+def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | None = None,
+                   sleep: Callable[[float], None], redis: Any = None,
+                   tasks: Tasks | None = None) -> Services:
     """Build every service of one app, nothing started (``Services.start()`` does).
 
     ``hub``: the push layer (``services.push.PushLayer``; the server's is
@@ -182,7 +183,9 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any],
     hub.on_key_changed = key_cache.invalidate  # another process changed a key: forget our copy
     cipher = KeyCipher(cfg.KEY_ENCRYPTION_KEY, *cfg.OLD_KEY_ENCRYPTION_KEYS)
     tokens = TokenService(cfg.SECRET_KEY, cfg.JWT_EXPIRES_S)
-    tasks = Tasks(spawn, sleep)
+    if tasks is None:
+        assert spawn is not None, "build_services needs spawn or tasks"
+        tasks = Tasks(spawn, sleep)
     governors = Governors(cfg.EGRESS_IPS, cfg.EXCHANGE_WEIGHT_LIMITS)
 
     def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]

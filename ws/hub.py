@@ -92,8 +92,12 @@ class PushHub:
 
     def __init__(self, socketio: SocketIO, relay: KeyRelay | None = None,
                  on_stream_latency: Callable[[float], None] | None = None,
-                 subscribe_concurrency: int = 256) -> None:
+                 subscribe_concurrency: int = 256, spawn: Callable[..., object] | None = None,
+                 spawn_timer: Callable[..., object] | None = None) -> None:
         self._sio = socketio
+        # background tasks: the app's registry (services.lifecycle.Tasks) when given
+        self._spawn = spawn or socketio.start_background_task
+        self._spawn_timer = spawn_timer or self._spawn  # the fan-out's conflation timer
         # subscribes whose key lookup and stream start run at once (SUBSCRIBE_CONCURRENCY):
         # in a reconnect storm the others wait here, not at a pool that would fail them
         self.admission = threading.BoundedSemaphore(subscribe_concurrency)
@@ -138,7 +142,7 @@ class PushHub:
         if self._fanout is None:
             with self._lock:
                 if self._fanout is None:
-                    self._fanout = Fanout(self._sio.server, self._sio.start_background_task,
+                    self._fanout = Fanout(self._sio.server, self._spawn_timer,
                                           self._sio.sleep, on_push=self._count,
                                           make_event=self._sio.server.eio.create_event)
         return self._fanout
@@ -203,7 +207,7 @@ class PushHub:
             if relay is not None:
                 relay.unwatch(key_id)
                 # off the subscribe's path: a follower that comes later says so (``want``)
-                self._sio.start_background_task(relay.check_interest, key_id)
+                self._spawn(relay.check_interest, key_id)
             return
         with self._lock:
             held = self._local.pop(key_id, None)
@@ -223,7 +227,7 @@ class PushHub:
 
     def _released(self, key_id: int) -> None:
         if key_id in self._remote:
-            self._sio.start_background_task(self.on_released, key_id)
+            self._spawn(self.on_released, key_id)
 
     def _relay_reconnected(self) -> None:
         """The relay's connection to Redis is back: for every stream running here ask
@@ -233,7 +237,7 @@ class PushHub:
         with self._lock:
             local = list(self._local)
         for key_id in local:
-            self._sio.start_background_task(self._recheck_interest, key_id)
+            self._spawn(self._recheck_interest, key_id)
 
     def _recheck_interest(self, key_id: int) -> None:
         relay = self._relay
@@ -242,7 +246,7 @@ class PushHub:
 
     def _resubscribed(self, key_id: int, lost_at_ms: int) -> None:
         if self.fills_since is not None:
-            self._sio.start_background_task(self._replay_missed_fills, key_id, lost_at_ms)
+            self._spawn(self._replay_missed_fills, key_id, lost_at_ms)
 
     def _replay_missed_fills(self, key_id: int, lost_at_ms: int) -> None:
         """``key_id``'s channel was subscribed again after the connection to Redis was

@@ -40,6 +40,9 @@ def test_stop_ends_every_loop_and_no_reconcile_runs_after_it(tmp_path, caplog) -
     svc = app.extensions["pushsrv"]
     time.sleep(2.4)  # past the periodic run's first delay: it loops now
     assert {"ledger writer", "reconciler"} <= set(svc.tasks.running())
+    fanout = svc.hub.fanout  # its conflation timer is one of the app's registered tasks
+    fanout._spawn(fanout._timer_task)
+    assert "push timer" in svc.tasks.running()
     import gc
     assert svc.metrics.gc in gc.callbacks  # the collector's pauses are recorded while it runs
     report = svc.stop(timeout_s=5)
