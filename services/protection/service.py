@@ -90,7 +90,11 @@ class ProtectionService:
         self.tags = FillTags()  # which fills are a leg's, before they are pushed
         self.views = LegViews(db, self.tags)  # what the pushes show
         self.firing = RuleFiring(db, exits, self.guard, self._on_alert, self.stopping,
-                                 self._set_status, self._refresh_key, self.tags)
+                                 self._set_status, self._refresh_key, self.tags,
+                                 client_for=client_for, spawn=spawn)
+        # the rules one tick fired, acted on together by one task (``RuleFiring.fire_many``)
+        self._batch: list[tuple[LegRef, Decimal, float]] = []
+        self._batch_lock = threading.Lock()
         self.fired = 0  # rules fired by this process
         # margin call, liquidation, ADL and liquidation-near alerts
         self.risk = RiskAlerts(db, client_for, tickers, spawn,
@@ -290,9 +294,20 @@ class ProtectionService:
         return armed
 
     def _fired(self, rule: Rule, price: Decimal) -> None:
-        """ServerGuard callback on the tick's task: the work goes to its own task."""
+        """ServerGuard callback on the tick's task: the work goes to a task, one for the
+        rules a tick fired (the guard calls this for each before the task runs)."""
         self.fired += 1
-        self._spawn(self.firing.fire, rule.owner, price, time.perf_counter())
+        with self._batch_lock:
+            self._batch.append((rule.owner, price, time.perf_counter()))  # type: ignore[arg-type]
+            if len(self._batch) > 1:
+                return  # the task spawned for the first one takes it
+        self._spawn(self._fire_batch)
+
+    def _fire_batch(self) -> None:
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self.firing.fire_many(batch)
 
     # ---- what the pushes show (``pushes.LegViews``) ---------------------------------------
     def fill_reason(self, key_id: int, fill) -> str | None:  # type: ignore[no-untyped-def]
