@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -160,39 +160,41 @@ class ExitService:
         return {(k, sym) for k, sym in s.execute(select(Exit.key_id, Exit.symbol).where(
             Exit.key_id.in_(key_ids), Exit.status == ExitStatus.WORKING.value))}
 
-    def begin_in(self, s: Session, starts: list[ExitStart], trades: list[Trade]) -> list[Exit]:
+    def begin_in(self, s: Session, starts: list[ExitStart]) -> list[Exit]:
         """Inside the caller's transaction ``s``: one ``working`` exit row per start (its
         position open, ``position.size`` > 0) with its first attempt noted (a FOK at
-        ``best``; its client order id stored before it is sent), and the position's
-        holding trades among ``trades`` (``holding_trades``, read in ``s``) marked
-        ``closing``. One flush for all (the rows get their ids); the caller commits,
-        then calls ``start_begun`` for each. A working exit of one of the positions
-        makes the flush raise IntegrityError (the duplicate-exit guard: check
+        ``best``; its client order id stored before it is sent), and the positions'
+        holding trades marked ``closing``, in a few statements whatever the count (one
+        insert, one update of the client order ids, one update of trades per symbol).
+        Returns the rows (detached copies, ``starts``' order); the caller commits, then
+        calls ``start_begun`` for each. A working exit of one of the positions makes
+        the insert raise IntegrityError (the duplicate-exit guard: check
         ``working_positions`` first)."""
-        deadline = now_ms() + int(self.settings.deadline_s * 1000)
-        exits = [Exit(user_id=st.user_id, key_id=st.key_id, symbol=st.symbol,
-                      quantity=st.position.size,
-                      side="SELL" if st.position.side == "LONG" else "BUY",
-                      status=ExitStatus.WORKING.value, attempts=1, first_price=st.best,
-                      last_price=st.best, deadline_at=deadline) for st in starts]
-        s.add_all(exits)
-        s.flush()  # the ids, for the client order ids
-        closing = {(st.key_id, st.symbol) for st in starts}
-        for e in exits:
-            e.client_order_ids = f"exit-{e.id}-0-{uuid.uuid4().hex[:8]}"
-        for t in trades:
-            if (t.key_id, t.symbol) in closing:
-                t.status = TradeStatus.CLOSING.value
-        return exits
-
-    def holding_trades(self, s: Session, key_ids: set[int]) -> list[Trade]:
-        """The holding (open or closing) trades of ``key_ids``, oldest first, locked for
-        update in the caller's transaction ``s`` (for ``begin_in``)."""
-        if not key_ids:
+        if not starts:
             return []
-        return list(s.scalars(select(Trade).where(
-            Trade.key_id.in_(key_ids), Trade.status.in_(HOLDING_STATUSES))
-            .order_by(Trade.opened_at, Trade.id).with_for_update()))
+        now = now_ms()
+        values = [{"user_id": st.user_id, "key_id": st.key_id, "symbol": st.symbol,
+                   "quantity": st.position.size,
+                   "side": "SELL" if st.position.side == "LONG" else "BUY",
+                   "status": ExitStatus.WORKING.value, "attempts": 1, "first_price": st.best,
+                   "last_price": st.best, "client_order_ids": "", "created_at": now,
+                   "updated_at": now,
+                   "deadline_at": now + int(self.settings.deadline_s * 1000)} for st in starts]
+        ids = list(s.scalars(insert(Exit).returning(Exit.id, sort_by_parameter_order=True),
+                             values))
+        for v, exit_id in zip(values, ids, strict=True):
+            v["id"], v["client_order_ids"] = exit_id, f"exit-{exit_id}-0-{uuid.uuid4().hex[:8]}"
+        s.execute(update(Exit), [{"id": v["id"], "client_order_ids": v["client_order_ids"]}
+                                 for v in values])
+        by_symbol: dict[str, set[int]] = {}
+        for st in starts:
+            by_symbol.setdefault(st.symbol, set()).add(st.key_id)
+        for symbol, key_ids in by_symbol.items():
+            s.execute(update(Trade).where(Trade.key_id.in_(key_ids), Trade.symbol == symbol,
+                                          Trade.status.in_(HOLDING_STATUSES))
+                      .values(status=TradeStatus.CLOSING.value)
+                      .execution_options(synchronize_session=False))
+        return [Exit(**v) for v in values]
 
     def start_begun(self, exit_: Exit, key: ExchangeKey) -> None:
         """Run the chase of an exit written by ``begin_in`` (committed): its noted first

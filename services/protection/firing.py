@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from exchanges.base import ExchangeClient
@@ -240,35 +240,39 @@ class RuleFiring:
         canceled: list[int] = []
         try:
             with self._db.transaction() as s:
-                legs = {r.id: r for r in s.scalars(select(ProtectionLeg).where(
-                    ProtectionLeg.id.in_(ids)).with_for_update())}
-                siblings = list(s.scalars(select(ProtectionLeg).where(
-                    ProtectionLeg.key_id.in_(key_ids), ProtectionLeg.id.notin_(ids),
-                    ProtectionLeg.status.in_(LIVE_LEG_STATUSES)).with_for_update()))
+                active = set(s.scalars(select(ProtectionLeg.id).where(
+                    ProtectionLeg.id.in_(ids), ProtectionLeg.status == LegStatus.ACTIVE.value)
+                    .with_for_update()))
                 busy = self._exits.working_positions(s, key_ids)
                 go = []
                 for item in starts:
                     ref, price, at = item[:3]
-                    row = legs.get(ref.leg_id)
-                    if row is None or row.status != LegStatus.ACTIVE.value:
+                    if ref.leg_id not in active:
                         continue  # another process's fire got there first
                     if (ref.key_id, ref.symbol) in busy:
                         per_rule.append((ref, price, at))  # joins the working exit
                         continue
                     go.append(item)
-                exits = self._exits.begin_in(s, [item[4] for item in go],
-                                             self._exits.holding_trades(s, key_ids))
-                for item, exit_ in zip(go, exits, strict=True):
-                    ref, price = item[0], item[1]
-                    row = legs[ref.leg_id]
-                    row.status, row.fired_price, row.exit_id = LegStatus.TRIGGERED.value, price, exit_.id
-                    row.error_code = row.error_message = None
-                    for other in siblings:
-                        if other.key_id == ref.key_id and other.symbol == ref.symbol:
-                            other.status = LegStatus.CANCELED.value
-                            other.error_message = f"one-cancels-the-others: {ref.kind} fired"
-                            canceled.append(other.id)
-                    begun.append((ref, price, item[2], item[3], exit_))
+                exits = self._exits.begin_in(s, [item[4] for item in go])
+                if go:
+                    s.execute(update(ProtectionLeg), [
+                        {"id": item[0].leg_id, "status": LegStatus.TRIGGERED.value,
+                         "fired_price": item[1], "exit_id": exit_.id, "error_code": None,
+                         "error_message": None}
+                        for item, exit_ in zip(go, exits, strict=True)])
+                groups: dict[tuple[str, str], set[int]] = {}  # (symbol, kind) -> keys
+                for item in go:
+                    groups.setdefault((item[0].symbol, item[0].kind), set()).add(item[0].key_id)
+                for (symbol, kind), keys in groups.items():  # one-cancels-the-others
+                    canceled += s.scalars(update(ProtectionLeg).where(
+                        ProtectionLeg.key_id.in_(keys), ProtectionLeg.symbol == symbol,
+                        ProtectionLeg.id.notin_(ids), ProtectionLeg.status.in_(LIVE_LEG_STATUSES))
+                        .values(status=LegStatus.CANCELED.value,
+                                error_message=f"one-cancels-the-others: {kind} fired")
+                        .returning(ProtectionLeg.id)
+                        .execution_options(synchronize_session=False)).all()
+                begun = [(item[0], item[1], item[2], item[3], exit_)
+                         for item, exit_ in zip(go, exits, strict=True)]
         except IntegrityError:  # a working exit appeared meanwhile: each rule on its own
             logger.info("protection batch fire met a working exit, per rule legs=%s", len(starts))
             per_rule.extend(item[:3] for item in starts)
