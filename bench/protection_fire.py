@@ -41,6 +41,7 @@ from tests.support.simulator import start_simulator
 
 SYMBOL, QTY, START, CROSS = "BTCUSDT", "0.002", "60000", "58900"
 NEAR, FAR = "59000", "30000"  # the crossed holders' stop-loss; everyone else's
+STARTED = "protection exit started"  # the server's log line per fired rule's exit
 
 
 def _call(server, acct: Account, method: str, path: str, body: dict[str, Any], status: int) -> None:  # type: ignore[no-untyped-def]
@@ -94,19 +95,21 @@ def _one(server, sim, crossed: list[Account], timeout_s: float) -> dict[str, Any
     for price in ("60010", "59990", "60005"):  # ticks that cross nothing
         sim.set_price(SYMBOL, price)
         time.sleep(0.3)
+    before = server.log().count(STARTED)
     t0 = int(time.time() * 1000)
     sim.set_price(SYMBOL, CROSS)
-    firsts: dict[str, int] = {}
+    # the simulator stamps each order: it is asked once the server logged every exit
+    # started (asking it meanwhile would load the process that handles the orders)
     deadline = time.monotonic() + timeout_s
-    while len(firsts) < len(crossed) and time.monotonic() < deadline:
+    while server.log().count(STARTED) - before < len(crossed) and time.monotonic() < deadline:
         time.sleep(0.5)
-        for acct in crossed:
-            if acct.api_key in firsts:
-                continue
-            exits = [o["time"] for o in sim.state(acct.api_key)["orders"]
-                     if (o.get("client_order_id") or "").startswith("exit-") and o["time"] >= t0]
-            if exits:
-                firsts[acct.api_key] = min(exits)
+    time.sleep(1.0)  # the last first orders reach the simulator
+    firsts: dict[str, int] = {}
+    for acct in crossed:
+        exits = [o["time"] for o in sim.state(acct.api_key)["orders"]
+                 if (o.get("client_order_id") or "").startswith("exit-") and o["time"] >= t0]
+        if exits:
+            firsts[acct.api_key] = min(exits)
     return dict(lat_ms([t - t0 for t in firsts.values()]), missing=len(crossed) - len(firsts))
 
 
@@ -168,7 +171,7 @@ def main() -> int:
             print_lines(f"k={k} p50_ms over reps", results["by_k"][str(k)]["p50_ms"])
             print_lines(f"k={k} p99_ms over reps", results["by_k"][str(k)]["p99_ms"])
         started = [float(line.rsplit("after_ms=", 1)[1]) for line in server.log().splitlines()
-                   if "protection exit started" in line]
+                   if STARTED in line]
         if started:
             results["server_fired_to_exit_row_ms"] = {"median": statistics.median(started),
                                                       "max": max(started), "n": len(started)}
