@@ -238,6 +238,7 @@ class RuleFiring:
         key_ids = {ref.key_id for ref, *_ in starts}
         begun: list[Begun] = []
         canceled: list[int] = []
+        joins: list[tuple[LegRef, Decimal, float]] = []
         try:
             with self._db.transaction() as s:
                 active = set(s.scalars(select(ProtectionLeg.id).where(
@@ -250,7 +251,7 @@ class RuleFiring:
                     if ref.leg_id not in active:
                         continue  # another process's fire got there first
                     if (ref.key_id, ref.symbol) in busy:
-                        per_rule.append((ref, price, at))  # joins the working exit
+                        joins.append((ref, price, at))  # joins the working exit
                         continue
                     go.append(item)
                 exits = self._exits.begin_in(s, [item[4] for item in go])
@@ -277,6 +278,7 @@ class RuleFiring:
             logger.info("protection batch fire met a working exit, per rule legs=%s", len(starts))
             per_rule.extend(item[:3] for item in starts)
             return []
+        per_rule.extend(joins)
         for leg_id in canceled:
             self.guard.disarm(leg_id)  # already done by the guard when the tick fired it
         return begun
