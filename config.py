@@ -98,6 +98,7 @@ class Config:
     EXIT_MAX_SLIPPAGE: int = 10  # ticks
     EXIT_MAX_RETRIES: int = 5
     EXIT_DEADLINE_S: float = 30.0
+    PROTECTION_SWEEP_S: float = 10.0  # server-mode rules re-read (set elsewhere) and swept
     RECONCILE_REPAIR: bool = False
     RECONCILE_BATCH: int = 50  # accounts without pending trades checked per period
     DEMO_USERNAME: str = "demo"
@@ -319,6 +320,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("STREAM_CONNECT_CONCURRENCY", int),
                        ("KEY_CACHE_TTL_S", float),
                        ("EXIT_MAX_RETRIES", int), ("EXIT_DEADLINE_S", float),
+                       ("PROTECTION_SWEEP_S", float),
                        ("LOGIN_RATE_LIMIT", str), ("LOGIN_USERNAME_RATE_LIMIT", str),
                        ("REFRESH_RATE_LIMIT", str), ("RATELIMIT_STORAGE_URI", str),
                        ("TRUSTED_PROXIES", int),

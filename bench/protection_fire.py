@@ -1,107 +1,194 @@
 """Server-mode protection: a tick crossing a stop -> the exit's first order, with real
 processes (simulator, server).
 
-    python -m bench.protection_fire [--holders 50] [--db sqlite|postgresql] [--far 2]
+    python -m bench.protection_fire [--holders 1000] [--crossed 1,20,100] [--reps 3]
+                                    [--db sqlite|postgresql] [--far 1] [--tag NAME]
 
-``--holders`` accounts each hold a BTCUSDT long with a server-mode stop-loss at 59000
-(all crossed by one price move, the worst case: every exit starts at once) and
-``--far`` more rules far from the price (trailing stops waiting for an activation
-price far above, which the tick must not touch). The price is moved from 60000 to
-58900 once through ``/_sim/price``; for each holder the time from that call to its
-exit's first order (the simulator's order time) is measured. Prints the count and
-p50 / p90 / p99 / max in ms, and how many rules the server's ticks touched.
+``--holders`` accounts each hold a BTCUSDT long (MARKET BUY 0.002) with a server-mode
+stop-loss, and ``--far`` more rules far from the price each (a trailing stop waiting
+for an activation price far above; more far stop-losses on ETHUSDT / XRPUSDT). For
+each K of ``--crossed`` and each repetition, K holders get their stop-loss at 59000
+(a position re-opened first when an earlier repetition closed it); every other
+holder's stop-loss sits at 30000. The price is moved from 60000 to 58900 once through
+``/_sim/price``: exactly K stops are crossed by one tick (every exit starts at once,
+the worst case) while the others are armed too. For each crossed holder the figure is
+the time from that call to its exit's first order (the simulator's order time, ms).
+
+Prints per repetition ``{n, p50_ms, p99_ms, max_ms}`` (nearest rank) and, per K, the
+median and range over the repetitions of p50 and p99 (target p99 < 100 ms at 1,000
+holders, issue 20), and the server's own part (rule fired -> exit row committed, from
+its log). Writes ``bench/results/protection_fire_<tag>.json``.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import create_account, rest
+from requests.adapters import HTTPAdapter
+
+from bench.common import Account, create_account, rest, run_pool
+from bench.measure import lat_ms, print_lines, write_results
 from tests.conftest import PG_ADMIN_URL, make_pg_database
 from tests.support.server import start_server
 from tests.support.simulator import start_simulator
 
+SYMBOL, QTY, START, CROSS = "BTCUSDT", "0.002", "60000", "58900"
+NEAR, FAR = "59000", "30000"  # the crossed holders' stop-loss; everyone else's
+STARTED = "protection exit started"  # the server's log line per fired rule's exit
 
-def _holder(server, sim, far: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    """A user with a BTCUSDT long and its rules; returns (api_key, token)."""
-    acct = create_account(server.url, sim, uuid.uuid4().hex[:10])
 
-    def call(method: str, path: str, body: dict[str, Any], status: int) -> None:
-        r = rest(method, server.url + path, acct.token, body)
-        assert r.status_code == status, r.text
-    call("POST", "/api/orders", {"key_id": acct.key_id, "symbol": "BTCUSDT", "side": "BUY",
-                                 "type": "MARKET", "quantity": "0.002"}, 201)
-    body: dict[str, Any] = {"key_id": acct.key_id, "symbol": "BTCUSDT", "mode": "server",
-            "stop_loss": {"trigger_price": "59000"}}
+def _call(server, acct: Account, method: str, path: str, body: dict[str, Any], status: int) -> None:  # type: ignore[no-untyped-def]
+    r = rest(method, server.url + path, acct.token, body)
+    if r.status_code != status:
+        raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:200]}")
+
+
+def _stop(server, acct: Account, trigger: str, far: int) -> None:  # type: ignore[no-untyped-def]
+    body: dict[str, Any] = {"key_id": acct.key_id, "symbol": SYMBOL, "mode": "server",
+                            "stop_loss": {"trigger_price": trigger}}
     if far:
         body["trailing_stop"] = {"callback_rate": "1", "activation_price": "90000"}
-    call("PUT", "/api/positions/protection", body, 200)
+    _call(server, acct, "PUT", "/api/positions/protection", body, 200)
+
+
+def _holder(server, sim, far: int) -> Account:  # type: ignore[no-untyped-def]
+    """A user with a BTCUSDT long, its far stop-loss and ``far`` far rules."""
+    acct = create_account(server.url, sim, uuid.uuid4().hex[:10])
+    _call(server, acct, "POST", "/api/orders", {"key_id": acct.key_id, "symbol": SYMBOL,
+                                                "side": "BUY", "type": "MARKET", "quantity": QTY}, 201)
+    _stop(server, acct, FAR, far)
     for i in range(far - 1):  # more far rules on other symbols of the same key
         symbol = ("ETHUSDT", "XRPUSDT")[i % 2]
-        call("POST", "/api/orders", {"key_id": acct.key_id, "symbol": symbol, "side": "BUY",
-                                     "type": "MARKET", "quantity": "0.05" if symbol == "ETHUSDT" else "60"}, 201)
-        call("PUT", "/api/positions/protection", {
+        _call(server, acct, "POST", "/api/orders", {
+            "key_id": acct.key_id, "symbol": symbol, "side": "BUY", "type": "MARKET",
+            "quantity": "0.05" if symbol == "ETHUSDT" else "60"}, 201)
+        _call(server, acct, "PUT", "/api/positions/protection", {
             "key_id": acct.key_id, "symbol": symbol, "mode": "server",
             "stop_loss": {"trigger_price": "1000" if symbol == "ETHUSDT" else "0.5"}}, 200)
-    return acct.api_key, acct.token
+    return acct
+
+
+def _arm_near(server, sim, acct: Account, far: int) -> None:  # type: ignore[no-untyped-def]
+    """Give ``acct`` a BTCUSDT long (when an earlier repetition closed it) and its
+    stop-loss at NEAR."""
+    held = [p for p in sim.state(acct.api_key).get("positions", [])
+            if p.get("symbol") == SYMBOL and float(p.get("amount") or 0)]
+    if not held:
+        _call(server, acct, "POST", "/api/orders", {"key_id": acct.key_id, "symbol": SYMBOL,
+                                                    "side": "BUY", "type": "MARKET", "quantity": QTY}, 201)
+    _stop(server, acct, NEAR, far)
+
+
+def _arm_near_at(server, sim, accts: list[Account], far: int, i: int) -> None:  # type: ignore[no-untyped-def]
+    _arm_near(server, sim, accts[i], far)
+
+
+def _one(server, sim, crossed: list[Account], timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Cross the K stops with one tick; the time to each holder's first exit order."""
+    for price in ("60010", "59990", "60005"):  # ticks that cross nothing
+        sim.set_price(SYMBOL, price)
+        time.sleep(0.3)
+    before = server.log().count(STARTED)
+    t0 = int(time.time() * 1000)
+    sim.set_price(SYMBOL, CROSS)
+    # the simulator stamps each order: it is asked once the server logged every exit
+    # started (asking it meanwhile would load the process that handles the orders)
+    deadline = time.monotonic() + timeout_s
+    while server.log().count(STARTED) - before < len(crossed) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)  # the last first orders reach the simulator
+    firsts: dict[str, int] = {}
+    for acct in crossed:
+        exits = [o["time"] for o in sim.state(acct.api_key)["orders"]
+                 if (o.get("client_order_id") or "").startswith("exit-") and o["time"] >= t0]
+        if exits:
+            firsts[acct.api_key] = min(exits)
+    return dict(lat_ms([t - t0 for t in firsts.values()]), missing=len(crossed) - len(firsts))
+
+
+def _summary(reps: list[dict[str, Any]], field: str) -> dict[str, Any]:
+    values = sorted(r[field] for r in reps if r.get(field) is not None)
+    if not values:
+        return {}
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1], "n": len(values)}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--holders", type=int, default=50)
-    parser.add_argument("--far", type=int, default=2, help="far rules per holder")
+    parser = argparse.ArgumentParser(prog="python -m bench.protection_fire")
+    parser.add_argument("--holders", type=int, default=1000)
+    parser.add_argument("--crossed", default="1,20,100", help="K values: stops crossed by one tick")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--far", type=int, default=1, help="far rules per holder besides its stop")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
+    parser.add_argument("--workers", type=int, default=8, help="setup threads")
+    parser.add_argument("--tag", default="run")
     args = parser.parse_args()
+    ks = [int(k) for k in args.crossed.split(",") if k]
+    if max(ks) > args.holders:
+        parser.error("--crossed may not exceed --holders")
     tmp = Path(tempfile.mkdtemp(prefix="bench-protect-"))
     sim = start_simulator()
+    sim._session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=64))
     drop = None
     url = f"sqlite:///{tmp / 'bench.sqlite3'}"
     if args.db == "postgresql":
         url, drop = make_pg_database(PG_ADMIN_URL)
-    server = start_server(url, sim.url, sim.ws_url, tmp, extra_env={"RECONCILE_INTERVAL_S": "0"})
+    server = start_server(url, sim.url, sim.ws_url, tmp, extra_env={
+        "RECONCILE_INTERVAL_S": "0", "LOGIN_RATE_LIMIT": "100000 per minute"})
+    results: dict[str, Any] = {"holders": args.holders, "far_rules_per_holder": args.far,
+                               "db": args.db, "load_at_start": [round(x, 2) for x in os.getloadavg()],
+                               "by_k": {}}
     try:
-        for symbol, price in (("BTCUSDT", "60000"), ("ETHUSDT", "3000"), ("XRPUSDT", "2")):
+        for symbol, price in ((SYMBOL, START), ("ETHUSDT", "3000"), ("XRPUSDT", "2")):
             sim.set_price(symbol, price)
-        holders = [_holder(server, sim, args.far) for _ in range(args.holders)]
-        time.sleep(2.0)
-        for price in ("60010", "59990", "60005"):  # ticks that cross nothing
-            sim.set_price("BTCUSDT", price)
-            time.sleep(0.3)
-        t0 = int(time.time() * 1000)
-        sim.set_price("BTCUSDT", "58900")
-        firsts: dict[str, int] = {}
-        deadline = time.monotonic() + 60
-        while len(firsts) < len(holders) and time.monotonic() < deadline:
-            time.sleep(0.5)
-            for api_key, _ in holders:
-                if api_key in firsts:
-                    continue
-                exits = [o["time"] for o in sim.state(api_key)["orders"]
-                         if (o.get("client_order_id") or "").startswith("exit-")]
-                if exits:
-                    firsts[api_key] = min(exits)
-        lat = sorted(t - t0 for t in firsts.values())
-        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else lat * 99
-        print(f"holders={len(holders)} far_rules_per_holder={args.far} db={args.db} "
-              f"exits_started={len(lat)}")
-        print(f"tick -> exit's first order ms: p50={q[49]:.0f} p90={q[89]:.0f} p99={q[98]:.0f} "
-              f"max={lat[-1]:.0f}")
+        t_setup = time.time()
+        made, errors = run_pool(lambda _: _holder(server, sim, args.far), args.holders, args.workers)
+        holders = [h for h in made if h is not None]
+        results["setup_s"], results["setup_errors"] = round(time.time() - t_setup, 1), errors[:5]
+        print(f"holders={len(holders)} setup_s={results['setup_s']} errors={len(errors)}")
+        pool = holders[:max(ks)]
+        for k in ks:
+            reps = []
+            for rep in range(args.reps):
+                sim.set_price(SYMBOL, START)
+                crossed = pool[:k]
+                run_pool(partial(_arm_near_at, server, sim, crossed, args.far), k, args.workers)
+                time.sleep(1.0)
+                one = _one(server, sim, crossed, 60.0)
+                reps.append(one)
+                print_lines(f"k={k} rep{rep}", one)
+                sim.set_price(SYMBOL, START)
+                time.sleep(2.0)  # the chases and their alerts end before the next move
+            results["by_k"][str(k)] = {"reps": reps, "p50_ms": _summary(reps, "p50_ms"),
+                                       "p99_ms": _summary(reps, "p99_ms")}
+            print_lines(f"k={k} p50_ms over reps", results["by_k"][str(k)]["p50_ms"])
+            print_lines(f"k={k} p99_ms over reps", results["by_k"][str(k)]["p99_ms"])
         started = [float(line.rsplit("after_ms=", 1)[1]) for line in server.log().splitlines()
-                   if "protection exit started" in line]
+                   if STARTED in line]
         if started:
-            print(f"in the server, rule fired -> exit row written (close_position returned) ms: "
-                  f"median={statistics.median(started):.0f} max={max(started):.0f}")
-        return 0 if len(lat) == len(holders) else 1
+            results["server_fired_to_exit_row_ms"] = {"median": statistics.median(started),
+                                                      "max": max(started), "n": len(started)}
+            print_lines("in the server, rule fired -> exit rows committed ms",
+                        results["server_fired_to_exit_row_ms"])
+    except (Exception, KeyboardInterrupt) as e:
+        results["failure"] = f"{type(e).__name__}: {e}"
     finally:
+        results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["server_log_errors"] = sum(1 for ln in server.log().splitlines() if " ERROR " in ln)
         server.stop()
         sim.stop()
         if drop:
             drop()
+    print_lines("load", {"start": results["load_at_start"], "end": results["load_at_end"]})
+    write_results(results, f"protection_fire_{args.tag}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -218,7 +218,8 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
     # closed by the exit service; exchange-held legs reconciled after a stream gap too
     raise_alert: list = [lambda *alert: None]  # the alerts service's, once it is built below
     protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
-                                   sleep, on_alert=lambda *alert: raise_alert[0](*alert))
+                                   sleep, on_alert=lambda *alert: raise_alert[0](*alert),
+                                   sweep_s=cfg.PROTECTION_SWEEP_S)
 
     def reconnected(key_id, positions, symbols):  # type: ignore[no-untyped-def]
         reconciler.reconcile_key_id(key_id, positions, symbols)

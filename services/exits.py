@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from exchanges import types as ex
 from exchanges.base import ExchangeClient
@@ -60,6 +61,19 @@ class ExitSettings:
     deadline_s: float = 30.0
 
 
+@dataclass(frozen=True)
+class ExitStart:
+    """An exit to write in the caller's transaction (``ExitService.begin_in``): the
+    open ``position`` of key ``key_id`` and the best price its first FOK is sent at
+    (bid for a LONG, ask for a SHORT)."""
+
+    user_id: int
+    key_id: int
+    symbol: str
+    position: ex.Position
+    best: Decimal
+
+
 class ExitService:
     """Starts, runs, resumes and settles exits.
 
@@ -88,6 +102,7 @@ class ExitService:
         self.orphan_after_ms = orphan_after_ms
         self._live: set[int] = set()
         self._live_lock = threading.Lock()
+        self._done: dict[int, threading.Event] = {}  # exit id -> set when its chase ends
         self.stopping = StopFlag()  # set by stop(): chases end before their next attempt
 
     def stop(self) -> None:
@@ -135,6 +150,68 @@ class ExitService:
         self._start(exit_.id, key)
         return exit_, True
 
+    # ---- an exit started inside the caller's transaction (a fired protection rule) ----
+    def working_positions(self, s: Session, key_ids: set[int]) -> set[tuple[int, str]]:
+        """``(key_id, symbol)`` of the positions of ``key_ids`` that have a ``working``
+        exit, read in the caller's session ``s`` (such a position gets no second exit:
+        the caller goes through ``close_position``, which returns or recovers it)."""
+        if not key_ids:
+            return set()
+        return {(k, sym) for k, sym in s.execute(select(Exit.key_id, Exit.symbol).where(
+            Exit.key_id.in_(key_ids), Exit.status == ExitStatus.WORKING.value))}
+
+    def begin_in(self, s: Session, starts: list[ExitStart]) -> list[Exit]:
+        """Inside the caller's transaction ``s``: one ``working`` exit row per start (its
+        position open, ``position.size`` > 0) with its first attempt noted (a FOK at
+        ``best``; its client order id stored before it is sent), and the positions'
+        holding trades marked ``closing``, in a few statements whatever the count (one
+        insert, one update of the client order ids, one update of trades per symbol).
+        Returns the rows (detached copies, ``starts``' order); the caller commits, then
+        calls ``start_begun`` for each. A working exit of one of the positions makes
+        the insert raise IntegrityError (the duplicate-exit guard: check
+        ``working_positions`` first)."""
+        if not starts:
+            return []
+        now = now_ms()
+        values = [{"user_id": st.user_id, "key_id": st.key_id, "symbol": st.symbol,
+                   "quantity": st.position.size,
+                   "side": "SELL" if st.position.side == "LONG" else "BUY",
+                   "status": ExitStatus.WORKING.value, "attempts": 1, "first_price": st.best,
+                   "last_price": st.best, "client_order_ids": "", "created_at": now,
+                   "updated_at": now,
+                   "deadline_at": now + int(self.settings.deadline_s * 1000)} for st in starts]
+        ids = list(s.scalars(insert(Exit).returning(Exit.id, sort_by_parameter_order=True),
+                             values))
+        for v, exit_id in zip(values, ids, strict=True):
+            v["id"], v["client_order_ids"] = exit_id, f"exit-{exit_id}-0-{uuid.uuid4().hex[:8]}"
+        s.execute(update(Exit), [{"id": v["id"], "client_order_ids": v["client_order_ids"]}
+                                 for v in values])
+        by_symbol: dict[str, set[int]] = {}
+        for st in starts:
+            by_symbol.setdefault(st.symbol, set()).add(st.key_id)
+        for symbol, key_ids in by_symbol.items():
+            s.execute(update(Trade).where(Trade.key_id.in_(key_ids), Trade.symbol == symbol,
+                                          Trade.status.in_(HOLDING_STATUSES))
+                      .values(status=TradeStatus.CLOSING.value)
+                      .execution_options(synchronize_session=False))
+        return [Exit(**v) for v in values]
+
+    def start_begun(self, exit_: Exit, key: ExchangeKey) -> None:
+        """Run the chase of an exit written by ``begin_in`` (committed): its noted first
+        attempt is sent at once, without reading the row again."""
+        logger.info("exit started exit_id=%s key_id=%s symbol=%s side=%s qty=%s",
+                    exit_.id, exit_.key_id, exit_.symbol, exit_.side, exit_.quantity)
+        self._start(exit_.id, key, exit_)
+
+    def wait_chase(self, exit_id: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for this process's chase of ``exit_id`` to end;
+        True when no chase of this process runs it (any more)."""
+        with self._live_lock:
+            if exit_id not in self._live:
+                return True
+            done = self._done.setdefault(exit_id, threading.Event())
+        return done.wait(timeout_s)
+
     def get(self, user_id: int, exit_id: int) -> Exit | None:
         """The user's exit or None."""
         with self._db.session() as s:
@@ -160,12 +237,15 @@ class ExitService:
     def _orphaned(self, e: Exit) -> bool:
         return not self.chasing(e.id) and now_ms() - e.updated_at >= self.orphan_after_ms
 
-    def _start(self, exit_id: int, key: ExchangeKey) -> None:
+    def _start(self, exit_id: int, key: ExchangeKey, begun: Exit | None = None) -> None:
         with self._live_lock:
             if exit_id in self._live or self.stopping.is_set():
                 return
             self._live.add(exit_id)
-        self._spawn(self.run, exit_id, key)
+        if begun is None:
+            self._spawn(self.run, exit_id, key)
+        else:
+            self._spawn(self.run, exit_id, key, begun)
 
     # ---- recovery (start-up, reconciler) ------------------------------------------
     def working_orphans(self, key_id: int | None = None) -> list[int]:
@@ -230,37 +310,68 @@ class ExitService:
         return "resumed"
 
     # ---- the chase (background task) -------------------------------------------
-    def run(self, exit_id: int, key: ExchangeKey) -> None:
-        """Chase until filled or a bound is hit; never raises."""
+    def run(self, exit_id: int, key: ExchangeKey, begun: Exit | None = None) -> None:
+        """Chase until filled or a bound is hit; never raises. ``begun``: the row as
+        ``begin_in`` wrote it (its first attempt is sent at once)."""
         try:
-            self._chase(exit_id, key)
+            self._chase(exit_id, key, begun)
         except Exception as e:  # isolation boundary: the exit must end in a final state
             logger.exception("exit crashed exit_id=%s", exit_id)
             self._finish(exit_id, key, None, f"internal error: {type(e).__name__}")
         finally:
             with self._live_lock:
                 self._live.discard(exit_id)
+                done = self._done.pop(exit_id, None)
+            if done is not None:
+                done.set()
 
-    def _chase(self, exit_id: int, key: ExchangeKey) -> None:
-        with self._db.session() as s:
-            exit_ = s.get(Exit, exit_id)
-        assert exit_ is not None
+    def _chase(self, exit_id: int, key: ExchangeKey, begun: Exit | None = None) -> None:
         client = self._client_for(key)
-        tick = client.get_symbol_rules(exit_.symbol).tick_size
-        step = -tick if exit_.side == "SELL" else tick   # one tick worse for us each time
-        coids = [c for c in exit_.client_order_ids.split(",") if c]
-        if exit_.first_price is not None and exit_.last_price is not None:  # resumed
-            best, price = exit_.first_price, exit_.last_price + step
+        if begun is not None:  # the first attempt is noted: send it before anything else
+            exit_, coids = begun, [begun.client_order_ids]
+            assert begun.first_price is not None
+            best = price = begun.first_price
+            if self.stopping.is_set():
+                logger.info("exit left working at shutdown exit_id=%s attempts=0", exit_id)
+                return  # no _finish: the next start-up recovers it
+            order = self._send(client, exit_, price, coids[0])
+            if order is not None and order.filled_quantity > 0:
+                self._record_order(key.id, client, order)
+            if order is not None and order.status == ex.OrderStatus.FILLED:
+                self._finish(exit_id, key, order, None)
+                return
+            if order is not None and order.filled_quantity > 0:
+                self._finish(exit_id, key, None, "partially filled; position changed")
+                return
+            tick = client.get_symbol_rules(exit_.symbol).tick_size
+            step = -tick if exit_.side == "SELL" else tick
+            self._chase_from(exit_id, key, client, exit_, 1, best, price + step, tick, coids)
+            return
+        with self._db.session() as s:
+            row = s.get(Exit, exit_id)
+        assert row is not None
+        tick = client.get_symbol_rules(row.symbol).tick_size
+        step = -tick if row.side == "SELL" else tick   # one tick worse for us each time
+        coids = [c for c in row.client_order_ids.split(",") if c]
+        if row.first_price is not None and row.last_price is not None:  # resumed
+            first, price = row.first_price, row.last_price + step
         else:
-            ticker = client.get_ticker(exit_.symbol)
-            best = ticker.bid if exit_.side == "SELL" else ticker.ask
-            if best is None:
+            ticker = client.get_ticker(row.symbol)
+            quoted = ticker.bid if row.side == "SELL" else ticker.ask
+            if quoted is None:
                 self._finish(exit_id, key, None, "no best bid/ask from the exchange")
                 return
-            price = best
+            first = price = quoted
+        self._chase_from(exit_id, key, client, row, row.attempts, first, price, tick, coids)
+
+    def _chase_from(self, exit_id: int, key: ExchangeKey, client: ExchangeClient, exit_: Exit,
+                    first_attempt: int, best: Decimal, price: Decimal, tick: Decimal,
+                    coids: list[str]) -> None:
+        """The chase from attempt ``first_attempt`` (0-based) at ``price``."""
+        step = -tick if exit_.side == "SELL" else tick   # one tick worse for us each time
         deadline_ms = exit_.deadline_at or now_ms() + int(self.settings.deadline_s * 1000)
         reason = "retries exhausted"
-        for attempt in range(exit_.attempts, self.settings.max_retries + 1):
+        for attempt in range(first_attempt, self.settings.max_retries + 1):
             if self.stopping.is_set():
                 logger.info("exit left working at shutdown exit_id=%s attempts=%s", exit_id, attempt)
                 return  # no _finish: the next start-up recovers it

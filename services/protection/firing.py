@@ -1,38 +1,62 @@
-"""What a fired server-mode rule does, on its own task (``RuleFiring.fire``): the
-position is closed by the exit of ``POST /api/positions/close`` (FOK with the bounded
-chase, one exit per position), then the leg is compare-and-set ``active`` ->
-``triggered`` with the exit's id and its siblings ``canceled`` (one transaction), then,
-once the exit ended, the exit's fills get the leg's ``fills.reason`` and
-``on_alert("protection_triggered", ...)`` is called.
+"""What fired server-mode rules do, on a task (``RuleFiring.fire_many``: the rules one
+tick crossed, together): the position is closed by the exit of ``POST
+/api/positions/close`` (FOK with the bounded chase, one exit per position), and the
+path to each exit's first order is kept short:
+
+1. one read of the legs and their keys (still active? the key not deleted?);
+2. the venue asked concurrently (at most ``REST_CONCURRENCY`` calls at once): each
+   key's positions (what to close) and each symbol's best bid/ask once;
+3. one transaction: the legs locked and compare-and-set ``active`` -> ``triggered``
+   with their exit's id, their siblings ``canceled`` (one-cancels-the-others), and each
+   exit row written ``working`` with its first attempt's client order id (pending-first:
+   the row is committed before the order is sent; one exit per position: a position
+   with a working exit, or a lost race on the exits' unique index, takes the per-rule
+   path ``fire``, which joins that exit);
+4. each exit's chase starts and sends its first FOK at once (concurrently); what is
+   not on that path (the push view, the alert once the exit ended, the fills' stored
+   ``reason``) comes after.
+
+A crash after the transaction leaves the legs ``triggered`` and the exits ``working``:
+the exits are recovered at start-up. A rule whose batch step fails (the venue could not
+be asked) takes ``fire``: retried closes, each leg settled on its own.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
+from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ExchangeRejected
+from exchanges.types import Position, Ticker
 from models import (
     LIVE_LEG_STATUSES,
     Database,
     ExchangeKey,
+    Exit,
     ExitStatus,
     LegStatus,
     ProtectionLeg,
 )
 from services.errors import Conflict
+from services.exits import ExitStart
 from services.lifecycle import StopFlag
 from services.protection.fill_tags import FillTags
-from services.protection.guard import ServerGuard
+from services.protection.guard import Market, ServerGuard
 from services.protection.reasons import mark_fill_reasons
 
 logger = logging.getLogger(__name__)
 
 FIRE_RETRIES = 5  # close attempts when the exchange cannot be reached at a trigger
+REST_CONCURRENCY = 32  # venue calls at once while a batch of fired rules is prepared
+BATCH_WAIT_S = 60.0  # a batch's venue calls that take longer take the per-rule path
 OnAlert = Callable[[str, int, int, str, str, dict], None]
 
 
@@ -47,6 +71,10 @@ class LegRef:
     kind: str
 
 
+# a rule whose exit was written: (ref, trigger price, fired_at, key row, exit row)
+Begun = tuple[LegRef, Decimal, float, ExchangeKey, Exit]
+
+
 class RuleFiring:
     """Acts on fired rules.
 
@@ -55,13 +83,19 @@ class RuleFiring:
         ``settings.deadline_s``); guard: the ServerGuard (siblings disarmed);
         on_alert: the alert callable; stopping: the service's stop flag;
         set_status: ``set_status(leg_id, status, code, message)``;
-        changed: ``changed(key_id)`` after a key's legs changed (the pushes).
+        changed: ``changed(key_id)`` after a key's legs changed (the pushes);
+        tags: the FillTags; client_for: the cached exchange client of a key row;
+        spawn: starts a background task (``fire_many``'s venue calls and follow-ups).
     """
 
     def __init__(self, db: Database, exits, guard: ServerGuard, on_alert: OnAlert,  # type: ignore[no-untyped-def]
                  stopping: StopFlag, set_status: Callable[[int, str, str | None, str | None], None],
-                 changed: Callable[[int], None], tags=None) -> None:  # type: ignore[no-untyped-def]
+                 changed: Callable[[int], None], tags=None,
+                 client_for: Callable[[ExchangeKey], ExchangeClient] | None = None,
+                 spawn: Callable[..., object] | None = None) -> None:
         self._db = db
+        self._client_for = client_for
+        self._spawn = spawn or (lambda fn, *args: fn(*args))
         self._tags = tags or FillTags()  # the exit's fills carry the kind when pushed
         self._exits = exits
         self.guard = guard
@@ -69,6 +103,192 @@ class RuleFiring:
         self.stopping = stopping
         self._set_status = set_status
         self._changed = changed
+
+    # ---- the rules one tick crossed, together ----------------------------------------
+    def fire_many(self, fired: list[tuple[LegRef, Decimal, float]]) -> None:
+        """Act on fired rules ``(ref, price, fired_at)`` (``fired_at``: perf_counter at
+        the tick) as one batch: see the module's steps. Each rule ends like ``fire``
+        (triggered, failed, canceled or skipped), the alert raised once its exit ended.
+        Never raises."""
+        try:
+            self._fire_many(fired)
+        except Exception:  # isolation boundary: each rule still gets the per-rule path
+            logger.exception("protection batch fire crashed legs=%s", len(fired))
+            for ref, price, at in fired:
+                self._spawn(self.fire, ref, price, at)
+
+    def _fire_many(self, fired: list[tuple[LegRef, Decimal, float]]) -> None:
+        ids = [ref.leg_id for ref, _, _ in fired]
+        with self._db.session() as s:  # the legs and their keys in one read
+            pairs = {leg.id: (leg, key) for leg, key in s.execute(
+                select(ProtectionLeg, ExchangeKey).join(ExchangeKey, ExchangeKey.id == ProtectionLeg.key_id)
+                .where(ProtectionLeg.id.in_(ids)))}
+        todo: list[tuple[LegRef, Decimal, float, ExchangeKey]] = []
+        per_rule: list[tuple[LegRef, Decimal, float]] = []
+        for ref, price, at in fired:
+            leg, key = pairs.get(ref.leg_id, (None, None))
+            if leg is None or leg.status != LegStatus.ACTIVE.value:
+                continue  # removed, or fired by another process
+            if key is None or key.status == "deleted":
+                self.settle(ref, price, LegStatus.CANCELED.value, "key_deleted", "the key is gone")
+                continue
+            if self._client_for is None:
+                per_rule.append((ref, price, at))
+                continue
+            todo.append((ref, price, at, key))
+        positions, books = self._ask_venue(todo)
+        starts: list[tuple[LegRef, Decimal, float, ExchangeKey, ExitStart]] = []
+        for ref, price, at, key in todo:
+            held = positions.get(key.id)
+            book = books.get((key.exchange, key.testnet, ref.symbol))
+            if held is None:  # the venue could not be asked: the per-rule path retries
+                per_rule.append((ref, price, at))
+                continue
+            position = next((p for p in held if p.symbol == ref.symbol), None)
+            if position is None or position.size == 0:
+                self.settle(ref, price, LegStatus.CANCELED.value, "no_position",
+                            "the position was already closed")
+                continue
+            best = None if book is None else (book.bid if position.side == "LONG" else book.ask)
+            if best is None:
+                per_rule.append((ref, price, at))
+                continue
+            starts.append((ref, price, at, key, ExitStart(ref.user_id, key.id, ref.symbol,
+                                                          position, best)))
+        begun = self._begin(starts, per_rule)
+        for ref, _, _, key, exit_ in begun:  # the first orders: nothing before them
+            self._tags.exit_started(exit_.id, ref.kind)
+            self._exits.start_begun(exit_, key)
+        for ref, price, at in per_rule:
+            self._spawn(self.fire, ref, price, at)
+        keys = set()
+        for ref, price, at, _key, exit_ in begun:
+            logger.info("protection fired leg_id=%s key_id=%s symbol=%s kind=%s price=%s "
+                        "status=triggered exit_id=%s", ref.leg_id, ref.key_id, ref.symbol,
+                        ref.kind, price, exit_.id)
+            logger.info("protection exit started leg_id=%s exit_id=%s after_ms=%.1f",
+                        ref.leg_id, exit_.id, (time.perf_counter() - at) * 1000)
+            self.guard.disarm(ref.leg_id)
+            keys.add(ref.key_id)
+            self._spawn(self._after_exit, ref, price, exit_.id)
+        for key_id in sorted(keys):
+            self._changed(key_id)
+
+    def _ask_venue(self, todo: list[tuple[LegRef, Decimal, float, ExchangeKey]]
+                   ) -> tuple[dict[int, list[Position]], dict[Market, Ticker]]:
+        """Each key's positions and each market's ticker, concurrently; a failed call
+        is left out (logged)."""
+        client_for = self._client_for
+        assert client_for is not None
+        keys = {key.id: key for *_, key in todo}
+        markets: dict[Market, ExchangeKey] = {(key.exchange, key.testnet, ref.symbol): key
+                                              for ref, _, _, key in todo}
+        key_ids, market_ids = list(keys), list(markets)
+        jobs: list[Callable[[], object]] = [
+            *[partial(lambda k: client_for(k).get_positions(), keys[i]) for i in key_ids],
+            *[partial(lambda k, sym: client_for(k).get_ticker(sym), markets[m], m[2])
+              for m in market_ids]]
+        results = self._gather(jobs)
+        positions: dict[int, list[Position]] = {}
+        books: dict[Market, Ticker] = {}
+        for name, result in zip([*key_ids, *market_ids], results, strict=True):
+            if isinstance(result, list):
+                positions[name] = result  # type: ignore[index]
+            elif isinstance(result, Ticker):
+                books[name] = result  # type: ignore[index]
+            else:  # the rules of this key or market take the per-rule path
+                logger.warning("protection fire could not ask the venue for=%s kind=%s",
+                               name, type(result).__name__)
+        return positions, books
+
+    def _gather(self, jobs: list[Callable[[], object]]) -> list[object]:
+        """Run ``jobs`` on tasks, at most ``REST_CONCURRENCY`` at once; their results
+        (an exception raised, None when unfinished after ``BATCH_WAIT_S``), in order."""
+        results: list[object] = [None] * len(jobs)
+        if not jobs:
+            return results
+        slots = threading.BoundedSemaphore(REST_CONCURRENCY)
+        lock, done, left = threading.Lock(), threading.Event(), [len(jobs)]
+
+        def run(i: int) -> None:
+            try:
+                results[i] = jobs[i]()
+            except Exception as e:  # handed back: the rule takes the per-rule path
+                results[i] = e
+            finally:
+                slots.release()
+                with lock:
+                    left[0] -= 1
+                    if not left[0]:
+                        done.set()
+        for i in range(len(jobs)):
+            slots.acquire()
+            self._spawn(run, i)
+        done.wait(BATCH_WAIT_S)
+        return list(results)
+
+    def _begin(self, starts: list[tuple[LegRef, Decimal, float, ExchangeKey, ExitStart]],
+               per_rule: list[tuple[LegRef, Decimal, float]]) -> list[Begun]:
+        """One transaction: the legs' compare-and-set, their siblings canceled and the
+        exits written. Returns ``(ref, price, fired_at, key, exit)`` of the exits begun;
+        the rules that must take the per-rule path are appended to ``per_rule``."""
+        if not starts:
+            return []
+        ids = [ref.leg_id for ref, *_ in starts]
+        key_ids = {ref.key_id for ref, *_ in starts}
+        begun: list[Begun] = []
+        canceled: list[int] = []
+        joins: list[tuple[LegRef, Decimal, float]] = []
+        try:
+            with self._db.transaction() as s:
+                active = set(s.scalars(select(ProtectionLeg.id).where(
+                    ProtectionLeg.id.in_(ids), ProtectionLeg.status == LegStatus.ACTIVE.value)
+                    .with_for_update()))
+                busy = self._exits.working_positions(s, key_ids)
+                go = []
+                for item in starts:
+                    ref, price, at = item[:3]
+                    if ref.leg_id not in active:
+                        continue  # another process's fire got there first
+                    if (ref.key_id, ref.symbol) in busy:
+                        joins.append((ref, price, at))  # joins the working exit
+                        continue
+                    go.append(item)
+                exits = self._exits.begin_in(s, [item[4] for item in go])
+                if go:
+                    s.execute(update(ProtectionLeg), [
+                        {"id": item[0].leg_id, "status": LegStatus.TRIGGERED.value,
+                         "fired_price": item[1], "exit_id": exit_.id, "error_code": None,
+                         "error_message": None}
+                        for item, exit_ in zip(go, exits, strict=True)])
+                groups: dict[tuple[str, str], set[int]] = {}  # (symbol, kind) -> keys
+                for item in go:
+                    groups.setdefault((item[0].symbol, item[0].kind), set()).add(item[0].key_id)
+                for (symbol, kind), keys in groups.items():  # one-cancels-the-others
+                    canceled += s.scalars(update(ProtectionLeg).where(
+                        ProtectionLeg.key_id.in_(keys), ProtectionLeg.symbol == symbol,
+                        ProtectionLeg.id.notin_(ids), ProtectionLeg.status.in_(LIVE_LEG_STATUSES))
+                        .values(status=LegStatus.CANCELED.value,
+                                error_message=f"one-cancels-the-others: {kind} fired")
+                        .returning(ProtectionLeg.id)
+                        .execution_options(synchronize_session=False)).all()
+                begun = [(item[0], item[1], item[2], item[3], exit_)
+                         for item, exit_ in zip(go, exits, strict=True)]
+        except IntegrityError:  # a working exit appeared meanwhile: each rule on its own
+            logger.info("protection batch fire met a working exit, per rule legs=%s", len(starts))
+            per_rule.extend(item[:3] for item in starts)
+            return []
+        per_rule.extend(joins)
+        for leg_id in canceled:
+            self.guard.disarm(leg_id)  # already done by the guard when the tick fired it
+        return begun
+
+    def _after_exit(self, ref: LegRef, price: Decimal, exit_id: int) -> None:
+        """Wait for the exit's end; then the fills' stored reason and the alert."""
+        try:
+            self._exit_ended(ref, price, exit_id)
+        except Exception:  # isolation boundary: a task's failure is logged
+            logger.exception("protection after-exit crashed leg_id=%s exit_id=%s", ref.leg_id, exit_id)
 
     def fire(self, ref: LegRef, price: Decimal, fired_at: float | None = None) -> str:
         """Act on a fired rule: mark it ``triggered`` (once, whichever process gets
@@ -131,7 +351,12 @@ class RuleFiring:
         if fired_at is not None:
             logger.info("protection exit started leg_id=%s exit_id=%s after_ms=%.1f", ref.leg_id,
                         exit_.id, (time.perf_counter() - fired_at) * 1000)
-        done = self._wait_exit(ref.user_id, exit_.id)
+        return self._exit_ended(ref, price, exit_.id)
+
+    def _exit_ended(self, ref: LegRef, price: Decimal, exit_id: int) -> str:
+        """Wait for the exit's end; mark its fills' reason; alert. ``triggered`` or
+        ``failed``."""
+        done = self._wait_exit(ref.user_id, exit_id)
         if done is not None and done.status == ExitStatus.FILLED.value:
             with self._db.transaction() as s:  # the exit's fills carry the leg's kind
                 mark_fill_reasons(s, ref.key_id, ref.kind, client_order_ids=[
@@ -142,7 +367,7 @@ class RuleFiring:
         self._on_alert("protection_triggered", ref.user_id, ref.key_id, ref.symbol,
                        f"{ref.kind.replace('_', '-')} triggered on {ref.symbol} at {price}",
                        {"leg": ref.kind, "fill_price": None if fill_price is None else f"{fill_price:f}",
-                        "trigger_price": f"{price:f}", "exit_id": exit_.id, "mode": "server",
+                        "trigger_price": f"{price:f}", "exit_id": exit_id, "mode": "server",
                         "exit_status": done.status if done is not None else "working"})
         return "failed" if done is not None and done.status == ExitStatus.FAILED.value else "triggered"
 
@@ -176,6 +401,7 @@ class RuleFiring:
         """The exit once it left ``working`` (None if still working at our shutdown or
         after its deadline and a margin)."""
         deadline = time.monotonic() + self._exits.settings.deadline_s + 10
+        self._exits.wait_chase(exit_id, deadline - time.monotonic())  # this process's chase
         while time.monotonic() < deadline:
             e = self._exits.get(user_id, exit_id)
             if e is None or e.status != ExitStatus.WORKING.value:

@@ -55,6 +55,11 @@ from services.protection.view import (
 logger = logging.getLogger(__name__)
 
 KINDS = ("stop_loss", "take_profit", "trailing_stop")
+# a leg or position event of an account stream is reconciled this long after it, not at
+# once: when many legs fire together (one price move), every stream's fills are pushed
+# before the reconcile rounds' venue calls and writes compete with them for the process;
+# the updates of a key within the delay make one round
+EVENT_RECONCILE_DELAY_S = 0.5
 
 
 def _no_alert(kind: str, user_id: int, key_id: int, symbol: str, message: str, detail: dict) -> None:
@@ -87,10 +92,16 @@ class ProtectionService:
         self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
         self._reconciling_lock = threading.Lock()
         self.stopping = StopFlag(sleep)
-        self.tags = FillTags()  # which fills are a leg's, before they are pushed
+        # which fills are a leg's, before they are pushed (a rule another process fired:
+        # its leg read by exit id)
+        self.tags = FillTags(lookup=self._exit_kind)
         self.views = LegViews(db, self.tags)  # what the pushes show
         self.firing = RuleFiring(db, exits, self.guard, self._on_alert, self.stopping,
-                                 self._set_status, self._refresh_key, self.tags)
+                                 self._set_status, self._refresh_key, self.tags,
+                                 client_for=client_for, spawn=spawn)
+        # the rules one tick fired, acted on together by one task (``RuleFiring.fire_many``)
+        self._batch: list[tuple[LegRef, Decimal, float]] = []
+        self._batch_lock = threading.Lock()
         self.fired = 0  # rules fired by this process
         # margin call, liquidation, ADL and liquidation-near alerts
         self.risk = RiskAlerts(db, client_for, tickers, spawn,
@@ -290,9 +301,20 @@ class ProtectionService:
         return armed
 
     def _fired(self, rule: Rule, price: Decimal) -> None:
-        """ServerGuard callback on the tick's task: the work goes to its own task."""
+        """ServerGuard callback on the tick's task: the work goes to a task, one for the
+        rules a tick fired (the guard calls this for each before the task runs)."""
         self.fired += 1
-        self._spawn(self.firing.fire, rule.owner, price, time.perf_counter())
+        with self._batch_lock:
+            self._batch.append((rule.owner, price, time.perf_counter()))  # type: ignore[arg-type]
+            if len(self._batch) > 1:
+                return  # the task spawned for the first one takes it
+        self._spawn(self._fire_batch)
+
+    def _fire_batch(self) -> None:
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self.firing.fire_many(batch)
 
     # ---- what the pushes show (``pushes.LegViews``) ---------------------------------------
     def fill_reason(self, key_id: int, fill) -> str | None:  # type: ignore[no-untyped-def]
@@ -311,6 +333,14 @@ class ProtectionService:
                 fill = replace(fill, reason=reason)
         self.risk.on_fill(user_id, key_id, fill)
         return fill
+
+    def _exit_kind(self, key_id: int, symbol: str, exit_id: int) -> str | None:
+        """The kind of the server-mode leg of ``key_id`` / ``symbol`` whose exit is
+        ``exit_id`` (None: a manual close). One read on the (key_id, symbol) index."""
+        with self._db.session() as s:
+            return s.scalars(select(ProtectionLeg.kind).where(
+                ProtectionLeg.key_id == key_id, ProtectionLeg.symbol == symbol,
+                ProtectionLeg.exit_id == exit_id, ProtectionLeg.mode == "server")).first()
 
     def position_fields(self, key_id: int, symbol: str) -> dict:
         """``{"stop_loss", "take_profit", "trailing_stop"}`` of a position (no I/O)."""
@@ -380,8 +410,9 @@ class ProtectionService:
 
     def on_leg_update(self, key_id: int, update) -> None:  # type: ignore[no-untyped-def]
         """A ``ProtectionLegUpdate`` from a key's account stream (its handler: no I/O
-        here): the key's legs are reconciled on a task of their own, one round at a
-        time per key (updates arriving meanwhile make one more round)."""
+        here): the key's legs are reconciled on a task of their own,
+        ``EVENT_RECONCILE_DELAY_S`` later, one round at a time per key (updates arriving
+        meanwhile make one more round)."""
         if isinstance(update, MarginCall):  # the same stream hook: a risk alert
             self.risk.on_margin_call(key_id, update)
             return
@@ -393,13 +424,19 @@ class ProtectionService:
                 self._reconciling[key_id] = True  # run again when the current round ends
                 return
             self._reconciling[key_id] = False
-        self._spawn(self._reconcile_rounds, key_id)
+        self._spawn(self._reconcile_rounds, key_id, EVENT_RECONCILE_DELAY_S)
 
     def on_stream_reconnected(self, key_id: int, *_: object) -> None:
         """After an account stream (re)connected: its legs may have changed meanwhile."""
         self.on_leg_update(key_id, None)
 
-    def _reconcile_rounds(self, key_id: int) -> None:
+    def _reconcile_rounds(self, key_id: int, delay_s: float = 0.0) -> None:
+        if delay_s > 0 and self.stopping.wait(delay_s):
+            with self._reconciling_lock:
+                self._reconciling.pop(key_id, None)
+            return
+        with self._reconciling_lock:  # the updates of the delay are this round's
+            self._reconciling[key_id] = False
         while True:
             try:
                 self.reconcile(key_id)
@@ -413,8 +450,9 @@ class ProtectionService:
 
     def positions_seen(self, key_id: int, positions: list, complete: bool = False) -> None:
         """An account stream reported position changes (closed ones with size 0): the
-        legs of a position that ended are canceled at once (one-cancels-the-others) on a
-        task of their own, after the venue confirms the position is gone. No I/O here."""
+        legs of a position that ended are canceled (one-cancels-the-others) on a task of
+        their own ``EVENT_RECONCILE_DELAY_S`` later, after the venue confirms the position
+        is gone. No I/O here. ``complete``: the stream's first report (its REST snapshot)."""
         self.risk.positions_seen(key_id, positions, complete)
         symbols = self.views.symbols(key_id)
         if not symbols:
@@ -424,6 +462,8 @@ class ProtectionService:
                 self._spawn(self._position_ended, key_id, p.symbol)
 
     def _position_ended(self, key_id: int, symbol: str) -> None:
+        if self.stopping.wait(EVENT_RECONCILE_DELAY_S):  # after the fills' pushes
+            return
         try:
             with self._db.session() as s:
                 key = s.get(ExchangeKey, key_id)
