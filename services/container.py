@@ -216,10 +216,8 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
                             dead_letters=writer)
     # ---- protection (helper `protect`): server-mode rules on the shared market stream,
     # closed by the exit service; exchange-held legs reconciled after a stream gap too
-    raise_alert: list = [lambda *alert: None]  # the alerts service's, once it is built below
     protection = ProtectionService(db, client_for, exits, tickers, tasks.spawner("protection fire"),
-                                   sleep, on_alert=lambda *alert: raise_alert[0](*alert),
-                                   sweep_s=cfg.PROTECTION_SWEEP_S)
+                                   sleep, sweep_s=cfg.PROTECTION_SWEEP_S)  # on_alert: below
 
     def reconnected(key_id, positions, symbols):  # type: ignore[no-untyped-def]
         reconciler.reconcile_key_id(key_id, positions, symbols)
@@ -271,7 +269,7 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
                           channel=cfg.MESSAGE_QUEUE_CHANNEL)
     hub.on_delivered = notify.deliveries.observe
     metrics.add_notify(notify)
-    raise_alert[0] = notify.alerts.raise_alert  # protection_triggered: an alert and its notifications
+    protection.on_alert = notify.alerts.raise_alert  # an alert and its notifications
     return Services(
         config=cfg, db=db, tokens=tokens, cipher=cipher, trading=trading,
         users=UserService(db, tokens),

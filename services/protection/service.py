@@ -73,7 +73,8 @@ class ProtectionService:
         db: the database; client_for: the cached exchange client of a key row;
         exits: the ExitService (``close_position``, ``get``); tickers: the TickerHub;
         spawn: starts a background task; sleep: cooperative sleep;
-        on_alert: ``on_alert(kind, user_id, key_id, symbol, message, detail)``;
+        on_alert: ``on_alert(kind, user_id, key_id, symbol, message, detail)`` (also the
+            public attribute, settable after construction);
         sweep_s: seconds between sweeps for positions that ended by another path.
     """
 
@@ -85,7 +86,8 @@ class ProtectionService:
         self._exits = exits
         self._spawn = spawn
         self._sleep = sleep
-        self._on_alert = on_alert or _no_alert
+        # set again by the container once the alerts service exists (built after this one)
+        self.on_alert: OnAlert = on_alert or _no_alert
         self.sweep_s = sweep_s
         self.guard = ServerGuard(tickers, self._fired)
         self._exchange = ExchangeLegs(db, client_for, self._venue_fired)
@@ -96,7 +98,8 @@ class ProtectionService:
         # its leg read by exit id)
         self.tags = FillTags(lookup=self._exit_kind)
         self.views = LegViews(db, self.tags)  # what the pushes show
-        self.firing = RuleFiring(db, exits, self.guard, self._on_alert, self.stopping,
+        self.firing = RuleFiring(db, exits, self.guard, lambda *alert: self.on_alert(*alert),
+                                 self.stopping,
                                  self._set_status, self._refresh_key, self.tags,
                                  client_for=client_for, spawn=spawn)
         # the rules one tick fired, acted on together by one task (``RuleFiring.fire_many``)
@@ -105,7 +108,7 @@ class ProtectionService:
         self.fired = 0  # rules fired by this process
         # margin call, liquidation, ADL and liquidation-near alerts
         self.risk = RiskAlerts(db, client_for, tickers, spawn,
-                               lambda *alert: self._on_alert(*alert))
+                               lambda *alert: self.on_alert(*alert))
 
     # ---- REST -----------------------------------------------------------------------
     def put(self, user_id: int, key_id: int, symbol: str, named: dict,
@@ -378,7 +381,7 @@ class ProtectionService:
         """ExchangeLegs callback: a venue-held leg fired."""
         self.fired += 1
         fill = leg.avg_price if leg.avg_price else None
-        self._on_alert("protection_triggered", row.user_id, row.key_id, row.symbol,
+        self.on_alert("protection_triggered", row.user_id, row.key_id, row.symbol,
                        f"{row.kind.replace('_', '-')} triggered on {row.symbol}",
                        {"leg": row.kind, "fill_price": None if fill is None else f"{fill:f}",
                         "trigger_price": None if leg.trigger_price is None else f"{leg.trigger_price:f}",
