@@ -1,9 +1,9 @@
 """The push side of an account stream, as two collaborators the stream owns:
 
 - ``AccountPusher``: account events, REST results and the ledger's realized PnL are
-  offered to the push layer at once (compared with the last envelope there), fills
-  are queued and pushed as one ``fills`` envelope per batch, ``stale`` envelopes are
-  sent as built;
+  offered to the push layer at once (compared with the last envelope there), the
+  fills the stream queued on the state (``state.fills``) are pushed as one ``fills``
+  envelope per batch, ``stale`` envelopes are sent as built;
 - ``MarkFollower``: follows the mark price of exactly the symbols held (the shared
   ``services.tickers.TickerHub``), revalues the account on each tick and offers what
   moved as a mark-driven change (conflated per connection by the push layer).
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import SQLAlchemyError
 
 from clock import now_ms
-from exchanges.types import Fill, Ticker
+from exchanges.types import Ticker
 from services.account_state import AccountState
 from services.push import Push
 
@@ -64,14 +64,10 @@ class AccountPusher:
         env["sent_at"] = now_ms()
         self._push.deliver(self._state, env)
 
-    def queue_fill(self, fill: Fill) -> None:
-        """Queue a fill for the next ``fills`` push unless its trade id was pushed
-        already."""
-        self._state.fills.add(fill)
-
     def flush_fills(self, as_of: int) -> None:
-        """Push the queued fills as one ``fills`` envelope (never conflated); nothing
-        when none is queued. ``as_of`` ms UTC."""
+        """Push the fills queued on the state (``state.fills.add``, once per trade id)
+        as one ``fills`` envelope (never conflated); nothing when none is queued.
+        ``as_of`` ms UTC."""
         env = self._state.fills.envelope(as_of)
         if env is not None:
             self._push.deliver(self._state, env)

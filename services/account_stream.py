@@ -367,7 +367,7 @@ class AccountStream:
         and queued for the next ``fills`` push unless this trade id was pushed
         already."""
         recorded = self._on_fill(fill)  # the ledger's copy: may carry a leg's reason
-        self.pusher.queue_fill(recorded if isinstance(recorded, Fill) else fill)
+        self.state.fills.add(recorded if isinstance(recorded, Fill) else fill)
 
     def _positions_changed(self) -> None:
         """The positions' set or shape may have changed: report them to the ledger and
