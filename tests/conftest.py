@@ -15,15 +15,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.support.pg_databases import PgDatabases
 from tests.support.simulator import SimulatorProcess, start_simulator
 
 E2E_DIRS = {"e2e", "browser"}  # every test under these is marked e2e
@@ -118,56 +117,26 @@ def migrated_templates(tmp_path_factory):  # type: ignore[no-untyped-def]
         drop()
 
 
-class PgCopies:
-    """Fresh copies of the migrated PostgreSQL template, made ``ahead`` at a time in one
-    background thread, which also drops the used ones: a test takes a copy that is
-    (usually) ready and does not wait for its drop (together about 0.3-1.5 s a test on
-    this machine). Each copy is used by one test only, as before."""
-
-    def __init__(self, admin_url: str, template: str, ahead: int = 2) -> None:
-        self._admin, self._template, self._ahead = admin_url, template, ahead
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-copies")
-        self._ready: deque[Future] = deque()
-
-    def take(self) -> tuple[str, Callable[[], None]]:
-        """``(url, release)``: a fresh database and the call that drops it (in the
-        background). Raises what ``CREATE DATABASE`` raised."""
-        while len(self._ready) <= self._ahead:
-            self._ready.append(self._pool.submit(make_pg_database, self._admin, self._template))
-        url, drop = self._ready.popleft().result()
-        return url, lambda: self._pool.submit(drop)
-
-    def close(self) -> None:
-        """Drop the copies made ahead, wait for every pending drop."""
-        for made in self._ready:
-            try:
-                made.result()[1]()
-            except Exception:  # noqa: BLE001 - a failed CREATE left nothing to drop
-                pass
-        self._ready.clear()
-        self._pool.shutdown(wait=True)
-
-
 @pytest.fixture(scope="session")
-def pg_copies(pg_server, migrated_templates):  # type: ignore[no-untyped-def]
-    """The session's ``PgCopies`` of the migrated template (closed before it is dropped)."""
-    copies = PgCopies(pg_server, migrated_templates("postgresql"))
-    yield copies
-    copies.close()
+def pg_databases(pg_server, migrated_templates):  # type: ignore[no-untyped-def]
+    """The session's ``PgDatabases``: one copy of the migrated template, emptied and
+    renamed for each test (tests/support/pg_databases.py), dropped at the end."""
+    databases = PgDatabases(pg_server, migrated_templates("postgresql"))
+    yield databases
+    databases.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path, migrated_templates):  # type: ignore[no-untyped-def]
     """A fresh, migrated database: SQLite file and a real PostgreSQL database (copies
-    of a database migrated once per test process)."""
+    of a database migrated once per test process; the PostgreSQL one is a copy emptied
+    and renamed for each test, see ``PgDatabases``)."""
     if request.param == "sqlite":
         path = tmp_path / "test.sqlite3"
         shutil.copyfile(migrated_templates("sqlite"), path)
         yield f"sqlite:///{path}"
         return
-    url, release = request.getfixturevalue("pg_copies").take()
-    yield url
-    release()
+    yield request.getfixturevalue("pg_databases").take()
 
 
 def simulator_fixture(scope: str):  # type: ignore[no-untyped-def]
