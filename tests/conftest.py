@@ -1,9 +1,9 @@
 """Shared fixtures: databases (SQLite and a real PostgreSQL), the simulator process
 and a funded simulator account.
 
-``sim``: one simulator process per test session (per xdist worker); tests share it
-through distinct accounts, and ``new_account`` clears faults after each test.
-``tests/e2e`` makes its own with ``simulator_fixture("session")``.
+``sim``: one simulator process per test session (per xdist worker), ``tests/e2e``
+included; tests share it through distinct accounts, and ``new_account`` clears faults
+after each test.
 ``account`` / ``new_account``: a funded simulator account (``SimAccount``); its
 faults are cleared after the test; a directory's conftest overrides ``sim_prices``
 to set prices when it is created. ``tests/e2e`` overrides ``account`` with a user
