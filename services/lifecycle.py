@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 class StopFlag:
     """A flag the loops watch. ``sleep``: the cooperative sleep (seconds)."""
 
-    STEP_S = 0.1  # a waiting loop notices the flag within this long
+    STEP_S = 0.05  # a waiting loop notices the flag within this long
 
     def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
         self._sleep = sleep

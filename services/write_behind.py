@@ -47,6 +47,7 @@ STOP_GRACE_S = 0.5  # stop(): how long past its time it waits for the worker's l
 # how often the worker looks for realized PnL changes written by others (one query)
 WATCH_INTERVAL_S = 0.25
 WATCH_RETRY_S = 5.0  # after a failed look (the database is away)
+IDLE_WAKE_S = 0.05  # an idle worker notices stop() within this (the watch keeps its interval)
 
 
 def database_unavailable(e: BaseException) -> bool:
@@ -185,7 +186,7 @@ class LedgerWriter:
             while not self._stopping:
                 self._watch_realized()
                 try:
-                    batch = [self._queue.get(timeout=WATCH_INTERVAL_S)]
+                    batch = [self._queue.get(timeout=IDLE_WAKE_S)]
                 except queue.Empty:
                     continue
                 while len(batch) < self._batch_size:

@@ -15,10 +15,10 @@ import requests
 import socketio
 from cryptography.fernet import Fernet
 
-from tests.conftest import make_pg_database, simulator_fixture
+from tests.conftest import make_pg_database
 from tests.support.server import start_server
 
-sim = simulator_fixture("session")  # one simulator for every end-to-end test
+# ``sim`` is tests/conftest.py's: one simulator per test process for every test
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

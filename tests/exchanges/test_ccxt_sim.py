@@ -1,5 +1,7 @@
 """CCXT 4.5's ``binanceusdm`` and ``bybit`` unified calls against the simulator, as a
-paper venue: the only change to a ccxt client is where its URLs point. Markets,
+paper venue: the only change to a ccxt client is where its URLs point (and its
+client-side throttle is off: ccxt sleeps before each call to stay under the real
+venue's limits, about 12 s over this module, and that is not under test here). Markets,
 tickers, balance, market/limit/stop orders, positions, open and closed orders (plain
 and trigger), cancel all, trades. Skipped when ccxt is not installed (it is a dev
 dependency: requirements-dev.txt)."""
@@ -32,7 +34,8 @@ def ex(request, sim):  # type: ignore[no-untyped-def]
     key, secret = "cx" + uuid.uuid4().hex[:16], "s" + uuid.uuid4().hex
     sim.create_account(key, secret)
     sim.set_price("BTCUSDT", "60000")
-    exchange = point_at(getattr(ccxt, request.param)({"apiKey": key, "secret": secret}), sim)
+    exchange = point_at(getattr(ccxt, request.param)({"apiKey": key, "secret": secret,
+                                                              "enableRateLimit": False}), sim)
     exchange.load_markets()
     yield exchange
     sim.set_price("BTCUSDT", "60000")

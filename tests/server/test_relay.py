@@ -461,7 +461,10 @@ def test_the_relay_reader_subscribes_again_within_about_a_second_of_redis_return
         proc.kill()
         proc.wait(5)
         killed_ms = int(time.time() * 1000)
-        time.sleep(3)                                  # the reader retries meanwhile
+        deadline = time.monotonic() + 10               # the reader retries meanwhile
+        while relay.bus.reconnects < 4:                # until it naps at its cap: 0.25,
+            assert time.monotonic() < deadline         # 0.5, 1.0, 1.0 s (MAX_BACKOFF_S)
+            time.sleep(0.02)
         proc = start()
         back = time.monotonic()
         while not told:

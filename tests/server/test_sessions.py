@@ -4,7 +4,6 @@ logout and the session list end sessions, refresh tokens expire and are stored h
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 from sqlalchemy import select
@@ -110,7 +109,8 @@ def test_session_list_and_delete(client, alice) -> None:  # type: ignore[no-unty
     assert client.get("/api/auth/sessions").status_code == 401
 
 
-def test_refresh_token_expires(database_url) -> None:  # type: ignore[no-untyped-def]
+def test_refresh_token_expires(database_url, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from services import sessions
     app = create_app(make_config(database_url, REFRESH_EXPIRES_S=2))
     try:
         client = app.test_client()
@@ -118,7 +118,8 @@ def test_refresh_token_expires(database_url) -> None:  # type: ignore[no-untyped
         pair = _login(client)
         assert pair["refresh_expires_in"] == 2
         fresh = _refresh(client, pair["refresh_token"]).get_json()
-        time.sleep(2.1)
+        later = sessions.now_ms() + 2_100  # the sessions' clock 2.1 s on, not a 2.1 s sleep
+        monkeypatch.setattr(sessions, "now_ms", lambda: later)
         r = _refresh(client, fresh["refresh_token"])
         assert r.status_code == 401 and r.get_json()["error"]["code"] == "invalid_refresh_token"
         # an expired rotated token is "invalid", not "reused": the session is not revoked

@@ -94,6 +94,6 @@ def start_server(database_url: str, sim_url: str, sim_ws_url: str, log_dir: Path
                 return server
         except requests.RequestException:
             pass
-        time.sleep(0.2)
+        time.sleep(0.05)  # a local GET: asking often costs little, and a start is awaited at once
     server.stop()
     raise RuntimeError(f"server did not become healthy:\n{server.log()}")
