@@ -10,8 +10,10 @@ Failover alone, three runs; 10,000 connections over two processes alone::
     .venv/bin/python -m bench.scaleout --plan none --failover-n 100 --failover-runs 3 --storm-n 0
     .venv/bin/python -m bench.scaleout --plan none --failover-n 0 --storm-n 10000
 
-The issue's full plan (long: 4,000 accounts are set up first; 400 took 473 s on this
-shared 2-core machine, register and login hashing passwords, so over an hour)::
+The issue's full plan (4,000 accounts are set up first: written straight into the
+database by default, ``--setup direct``, a few minutes; ``--setup api`` registers and
+logs each in through the API, two Argon2 hashes each: 400 took 473 s on this shared
+2-core machine, so over an hour for 4,000)::
 
     .venv/bin/python -m bench.scaleout --plan 1x2000x2w,2x4000x2,2x2000x2w,4x2000x2w \\
         --duration-s 20 --failover-n 2000 --storm-n 10000 --tag full
@@ -20,9 +22,11 @@ Prints ``section.figure: value`` lines and writes them as JSON to
 ``bench/results/scaleout_<tag>.json`` (logs in ``bench/results/logs_scaleout_<tag>/``).
 Units are in the names (``_ms``, ``_pct``: 100 = one core, ``per_s``, ``_kb``).
 
-Setup (once): the simulator, a fresh PostgreSQL database, max(N) accounts made as
-``bench.fanout`` makes them (simulator account, MARKET BUY 10 XRPUSDT, register,
-login, key; through a setup server that is stopped afterwards), Redis at
+Setup (once): the simulator, a fresh PostgreSQL database, max(N) accounts (simulator
+account, MARKET BUY 10 XRPUSDT, then the user and its key: ``--setup direct`` writes
+them into the database with tokens signed by the servers' ``SECRET_KEY``,
+``bench.fanout_accounts.direct``; ``--setup api`` registers and logs in through a
+setup server as ``bench.fanout`` does; the setup server is stopped afterwards), Redis at
 ``--redis-url`` with a channel of this run (leases and relay namespaced by it).
 
 Each plan entry ``<P>x<N>x<R>[w]`` is one configuration, on processes started for it
@@ -99,7 +103,7 @@ import requests
 from bench import fanout_accounts
 from bench.common import ACCOUNT_TYPES, RESULTS_DIR, Stack, rest
 from bench.eio_workers import Workers
-from bench.fanout import setup_accounts
+from bench.fanout import P0, QTY, setup_accounts, sim_market_order
 from bench.fanout_run import BASE, STEP, SYMBOL, Run
 from bench.fanout_stats import delivery, lag_ms
 from bench.measure import (
@@ -147,6 +151,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-concurrency", type=int, default=10,
                    help="connects in flight per worker (the storm section sends all at once)")
     p.add_argument("--setup-workers", type=int, default=16)
+    p.add_argument("--setup", choices=("direct", "api"), default="direct",
+                   help="accounts written into the database (direct) or registered through the API")
     p.add_argument("--ready-timeout-s", type=float, default=90.0)
     p.add_argument("--tag", default="run", help="names the result file")
     args = p.parse_args(argv)
@@ -622,7 +628,17 @@ def main(argv: list[str] | None = None) -> None:
         env["LEASE_TTL_S"] = str(args.lease_ttl_s)
     workers = None
     try:
-        accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
+        if args.setup == "api":
+            accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
+        else:
+            stack.sim.set_price(SYMBOL, P0)
+            t0 = time.time()
+            accounts = fanout_accounts.direct(
+                stack.db_url, stack.sim, n_max, secrets, str(int(time.time()) % 100000),
+                lambda a: sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY),
+                args.setup_workers)
+            results["setup"] = {"accounts": len(accounts), "direct": True,
+                                "wall_s": round(time.time() - t0, 1)}
         print_lines("setup", results["setup"])
         stack.server.stop()  # the setup server; each configuration starts its own
         workers = Workers(args.workers, log_dir / "workers.log")
