@@ -155,6 +155,9 @@ def main() -> None:
     p.add_argument("--message-queue", default=None, metavar="URL",
                    help="MESSAGE_QUEUE_URL of the server (Redis; a channel of this run), "
                         "the production configuration")
+    p.add_argument("--profile", metavar="PREFIX", default="",
+                   help="the server samples its CPU time while each burst drains "
+                        "(bench/cpu_sampler) into PREFIX.<pid>.txt; the top frames are printed")
     args = p.parse_args()
     prepare_long_run()
     log_dir = RESULTS_DIR / "notify-logs"
@@ -166,14 +169,18 @@ def main() -> None:
     try:
         from tests.support.simulator import start_simulator  # noqa: F401 (Stack starts it)
         # the service account must name the simulator's /token: start it first, then point
-        st = _stack(args.db, log_dir, tmp, args.lift_limits, args.message_queue)
+        profile = ({"PYTHONPATH": str(Path(__file__).with_name("cpu_sampler")),
+                    "PUSHSRV_CPU_SAMPLES": args.profile,
+                    "PUSHSRV_CPU_SAMPLES_MARK": args.profile + ".on"} if args.profile else {})
+        st = _stack(args.db, log_dir, tmp, args.lift_limits, args.message_queue, profile)
         st.sim.set_price(SYMBOL, str(PRICE))
         if args.fills:
             results["latency"] = latency(st, args.fills)
             print_lines("latency", results["latency"])
         if args.burst_users:
-            results["burst"] = notify_burst.burst(st, args.burst_users, args.bursts,
-                                                  args.burst_steps)
+            results["burst"] = notify_burst.burst(
+                st, args.burst_users, args.bursts, args.burst_steps,
+                Path(args.profile + ".on") if args.profile else None)
             print_lines("burst", results["burst"])
         if args.alerts:
             results["price_alerts"] = price_alerts(st, args.alerts, args.tick_seconds)
@@ -184,11 +191,17 @@ def main() -> None:
     finally:
         if st is not None:
             st.stop()
+        if args.profile:
+            from bench.cpu_sampler import summary
+            files = sorted(Path(args.profile).parent.glob(Path(args.profile).name + ".*.txt"))
+            results["profile"] = [f"{share * 100:5.1f} % {cpu:6.1f} s {frame}"
+                                  for frame, share, cpu in summary(files, 40)]
+            print_lines("profile.series", results["profile"])
         write_results(results, "notify")
 
 
 def _stack(db: str, log_dir: Path, tmp: Path, lift_limits: bool = False,
-           message_queue: str | None = None) -> Stack:
+           message_queue: str | None = None, extra_env: dict | None = None) -> Stack:
     """A Stack whose server's FCM is its simulator's (the simulator's port is only
     known once it runs, so the server is restarted with the service account); with
     ``message_queue`` the server uses that Redis under a channel of this run."""
@@ -204,7 +217,8 @@ def _stack(db: str, log_dir: Path, tmp: Path, lift_limits: bool = False,
                              real_limits=not lift_limits,
                              extra_env={"LOGIN_RATE_LIMIT": "100000 per minute",
                                         "GOOGLE_APPLICATION_CREDENTIALS": str(creds),
-                                        "FCM_URL": st.sim.url, **queue})
+                                        "FCM_URL": st.sim.url, **queue,
+                                        **(extra_env or {})})
     return st
 
 
