@@ -31,6 +31,7 @@ import random
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -64,19 +65,23 @@ def _limit(i: int, steps: int) -> Decimal:
     return PRICE - (i % steps + 5) * STEP
 
 
-def _server_stats(st: Stack) -> dict:
-    return rest("GET", st.server.url + "/admin/stats",
-                headers={"X-Admin-Token": st.server.admin_token}).json()
+def _server_stats(st: Stack) -> dict[str, Any]:
+    assert st.server is not None
+    stats: dict[str, Any] = rest("GET", st.server.url + "/admin/stats",
+                                 headers={"X-Admin-Token": st.server.admin_token}).json()
+    return stats
 
 
-def _server_notify(st: Stack) -> dict:
-    return _server_stats(st)["notifications"]
+def _server_notify(st: Stack) -> dict[str, Any]:
+    notify: dict[str, Any] = _server_stats(st)["notifications"]
+    return notify
 
 
 def _wait_quiet(st: Stack, seconds: float = 3.0, timeout: float = 120.0) -> float:
     """Wait until the server used under 30 % of a core for ``seconds`` (the order
     events of the placed orders are handled; a thousand idle sockets and streams take
     some); returns the seconds waited."""
+    assert st.server is not None
     t0 = time.monotonic()
     pid = st.server.proc.pid
     while time.monotonic() - t0 < timeout:
@@ -87,7 +92,7 @@ def _wait_quiet(st: Stack, seconds: float = 3.0, timeout: float = 120.0) -> floa
     return round(time.monotonic() - t0, 1)
 
 
-def _rows(db_url: str, keys: set[str]) -> list[tuple]:
+def _rows(db_url: str, keys: set[str]) -> list[tuple[Any, ...]]:
     """``(event_key, created_at, sent_at, attempts, status)`` of the outbox rows of
     ``keys`` (read straight from the table)."""
     engine = create_engine(db_url)
@@ -101,10 +106,11 @@ def _rows(db_url: str, keys: set[str]) -> list[tuple]:
 
 
 def one_burst(st: Stack, users: list[Account], tokens: set[str], steps: int,
-              seen: set[tuple[str, str]], mark: Path | None = None) -> dict:
+              seen: set[tuple[str, str]], mark: Path | None = None) -> dict[str, Any]:
     """One burst on ``users`` (each with a socket open); ``seen``: the (token, collapse
     key) pairs of earlier bursts (updated); ``mark``: a file that exists from the first
     price move until drained (the server's CPU sampler counts only then)."""
+    assert st.server is not None and st.sim is not None
     sim, n = st.sim, len(users)
     sim.set_price(SYMBOL, str(PRICE))
     _, errors = run_pool(lambda i: place_limit(sim.url, users[i], _limit(i, steps)), n, 16)
@@ -192,7 +198,8 @@ async def _open_all(url: str, listeners: list[Listener], concurrency: int = 32) 
 
 
 async def _with_sockets(st: Stack, users: list[Account], tokens: set[str], steps: int,
-                        rounds: int, out: dict, mark: Path | None) -> None:
+                        rounds: int, out: dict[str, Any], mark: Path | None) -> None:
+    assert st.server is not None
     listeners = [Listener(u) for u in users]
     t0 = time.monotonic()
     errors = await _open_all(st.server.url, listeners)
@@ -214,10 +221,11 @@ async def _with_sockets(st: Stack, users: list[Account], tokens: set[str], steps
 
 
 def burst(st: Stack, n: int, rounds: int = 3, steps: int = 10,
-          mark: Path | None = None) -> dict:
+          mark: Path | None = None) -> dict[str, Any]:
     """N users x 2 devices, each with a socket open, then ``rounds`` bursts (see the
     module docstring); returns the figures, with each figure's median [min, max] over
     the bursts under ``summary``."""
+    assert st.server is not None and st.sim is not None
     url, sim = st.server.url, st.sim
     tag = f"{os.getpid() % 10000}-{random.randrange(10**5)}"
     t0 = time.monotonic()
@@ -226,7 +234,7 @@ def burst(st: Stack, n: int, rounds: int = 3, steps: int = 10,
     devices, dev_errors = run_pool(lambda i: (_device(url, users[i]), _device(url, users[i], "ios")),
                                    len(users), 8)
     tokens = {t for pair in devices if pair for t in pair}
-    out: dict = {"users": len(users), "steps": steps, "setup_errors": (errors + dev_errors)[:3],
+    out: dict[str, Any] = {"users": len(users), "steps": steps, "setup_errors": (errors + dev_errors)[:3],
                  "setup_s": round(time.monotonic() - t0, 1)}
     asyncio.run(_with_sockets(st, users, tokens, steps, rounds, out, mark))
     out["summary"] = summary(out.get("bursts", []))
@@ -241,9 +249,9 @@ def _device(url: str, acct: Account, platform: str = "android") -> str:
     return token
 
 
-def summary(bursts: list[dict]) -> dict:
+def summary(bursts: list[dict[str, Any]]) -> dict[str, Any]:
     """Median [min, max] over the bursts of the main figures."""
-    def mr(values: list) -> str | None:
+    def mr(values: list[Any]) -> str | None:
         vals = [v for v in values if v is not None]
         if not vals:
             return None
