@@ -34,8 +34,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import eventlet
 
@@ -76,7 +77,7 @@ def _outbox(db: Database, devices: dict[int, int], tag: str) -> None:
     with db.transaction() as s:
         s.add_all([Notification(user_id=uid, device_id=dev, event_type="fills",
                                 event_key=f"fill:1:BTCUSDT:{tag}-{dev}", title="BTCUSDT BUY filled",
-                                body="0.003 @ 49950", data='{"type": "fills", "time": "%d"}' % now,
+                                body="0.003 @ 49950", data=f'{{"type": "fills", "time": "{now}"}}',
                                 skip_when_online=False, status="pending", attempts=0,
                                 next_attempt_at=now, created_at=now)
                    for dev, uid in devices.items()])
@@ -103,7 +104,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8)
     args = p.parse_args()
     from tests.conftest import PG_ADMIN_URL, make_pg_database
-    url, drop = make_pg_database(PG_ADMIN_URL)
+    url, made = make_pg_database(PG_ADMIN_URL)
+    drop = cast(Callable[[], None], made)
     sim = start_simulator()
     results: dict[str, Any] = {"rows": args.rows, "concurrency": args.concurrency, "runs": []}
     try:
