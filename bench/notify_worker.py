@@ -5,7 +5,7 @@ times each; rows a second and the worker's CPU milliseconds per row.
 
     git show 886c2e8:services/notify/worker.py > bench/results/worker_base.py
     python -m bench.notify_worker --baseline bench/results/worker_base.py [--rows 2000]
-                                  [--reps 5] [--concurrency 8]
+                                  [--reps 5] [--concurrency 8] [--baseline-concurrency N]
 
 As in the server: eventlet monkey-patched, psycopg2 made cooperative, the worker's sends
 ``--concurrency`` green threads at a time, PostgreSQL (a fresh database, dropped at the
@@ -102,12 +102,16 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--baseline-concurrency", type=int, default=None,
+                   help="the baseline's sends in flight (default: --concurrency); with "
+                        "--baseline services/notify/worker.py this compares the setting")
     args = p.parse_args()
     from tests.conftest import PG_ADMIN_URL, make_pg_database
     url, made = make_pg_database(PG_ADMIN_URL)
     drop = cast(Callable[[], None], made)
     sim = start_simulator()
-    results: dict[str, Any] = {"rows": args.rows, "concurrency": args.concurrency, "runs": []}
+    results: dict[str, Any] = {"rows": args.rows, "concurrency": args.concurrency,
+                               "baseline_concurrency": args.baseline_concurrency, "runs": []}
     try:
         schema.upgrade(url)
         db = Database(url)
@@ -124,8 +128,10 @@ def main() -> None:
             for name in order:
                 _outbox(db, owner, f"{name}{rep}")
                 sim_cpu0 = cpu_s(sim.proc.pid) or 0.0
-                run = {"variant": name, "rep": rep,
-                       **_drain(modules[name], db, client, args.concurrency),
+                conc = (args.baseline_concurrency or args.concurrency) if name == "baseline" \
+                    else args.concurrency
+                run = {"variant": name, "rep": rep, "concurrency": conc,
+                       **_drain(modules[name], db, client, conc),
                        "simulator_cpu_s": round((cpu_s(sim.proc.pid) or 0.0) - sim_cpu0, 2)}
                 results["runs"].append(run)
                 print(run, flush=True)
