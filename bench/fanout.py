@@ -216,11 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def sim_market_order(sim_url: str, acct: Account, symbol: str, side: str, qty: str) -> dict[str, Any]:
-    """A signed Binance ``POST /fapi/v1/order`` MARKET straight to the simulator (HMAC-SHA256
-    of the query string, Binance USD-M docs "SIGNED endpoint security"). Raises on refusal."""
-    params = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty,
-              "timestamp": int(time.time() * 1000), "recvWindow": 10000}
+def sim_order(sim_url: str, acct: Account, params: dict[str, Any]) -> dict[str, Any]:
+    """A signed Binance ``POST /fapi/v1/order`` of ``params`` straight to the simulator
+    (HMAC-SHA256 of the query string, Binance USD-M docs "SIGNED endpoint security").
+    Raises RuntimeError on refusal."""
+    params = {**params, "timestamp": int(time.time() * 1000), "recvWindow": 10000}
     query = urlencode(params)
     sig = hmac.new(acct.api_secret.encode(), query.encode(), hashlib.sha256).hexdigest()
     r = requests.post(f"{sim_url}/fapi/v1/order?{query}&signature={sig}",
@@ -228,6 +228,12 @@ def sim_market_order(sim_url: str, acct: Account, symbol: str, side: str, qty: s
     if r.status_code != 200:
         raise RuntimeError(f"sim order: HTTP {r.status_code}: {r.text[:200]}")
     return r.json()
+
+
+def sim_market_order(sim_url: str, acct: Account, symbol: str, side: str, qty: str) -> dict[str, Any]:
+    """A MARKET order straight to the simulator (``sim_order``). Raises on refusal."""
+    return sim_order(sim_url, acct, {"symbol": symbol, "side": side, "type": "MARKET",
+                                     "quantity": qty})
 
 
 def free_port() -> int:

@@ -1,17 +1,21 @@
 """Notifications to phones: what a fill costs until its FCM request, a burst, and what
 price alerts cost per mark tick.
 
-    python -m bench.notify [--db postgresql] [--fills 60] [--burst-users 200]
-                           [--alerts 10000] [--tick-seconds 15]
+    python -m bench.notify [--db postgresql] [--fills 60] [--burst-users 1000]
+                           [--bursts 3] [--burst-steps 10] [--alerts 10000]
+                           [--tick-seconds 15] [--lift-limits] [--message-queue URL]
 
 1. Latency: ``--fills`` MARKET fills, one every 0.15 s, spread over 10 users with one
    device each and no socket online: fill (the exchange's fill time) -> the FCM
    request accepted at the simulator (its receive time), p50/p99. Half the users keep
    ``skip_when_online`` (default: the row waits ``NOTIFY_ONLINE_GRACE_MS`` for a
    socket push of the same event), half turn it off.
-2. Burst (``--burst-users`` N, 0 to skip): N users with two devices each get one fill
-   each within about a second; time until all 2N notifications were accepted, none
-   twice, and the server's CPU seconds for it.
+2. Burst (``--burst-users`` N, 0 to skip; ``bench.notify_burst``): N users with two
+   devices each get one fill each within one second, made at the venue (resting LIMIT
+   orders placed straight at the simulator, crossed by ``--burst-steps`` price moves
+   spread over one second) and seen by the server only through its account streams;
+   ``--bursts`` rounds. All 2N notifications accepted, none twice, the drain time,
+   fill -> FCM p50/p99 and the server's CPU seconds.
 3. Price alerts (``--alerts`` A, 0 to skip): A alerts on BTCUSDT spread 5-50 % around
    the price (none fires), written straight to the table and picked up by the
    server's reload; the mark moves at 10 Hz for ``--tick-seconds``; the server's CPU
@@ -25,11 +29,13 @@ from __future__ import annotations
 import argparse
 import random
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from bench.common import Stack, create_account, rest, run_pool
-from bench.measure import RESULTS_DIR, cpu_s, lat_ms, print_lines, write_results
+from bench import notify_burst
+from bench.common import Stack, create_account, rest
+from bench.measure import RESULTS_DIR, cpu_s, lat_ms, prepare_long_run, print_lines, write_results
 from tests.support import fcm
 
 SYMBOL = "BTCUSDT"
@@ -86,37 +92,6 @@ def _server_notify(st: Stack) -> dict:
                 headers={"X-Admin-Token": st.server.admin_token}).json()["notifications"]
 
 
-def burst(st: Stack, n: int) -> dict:
-    url, sim = st.server.url, st.sim
-    users, errors = run_pool(lambda i: create_account(url, sim, f"burst{i}-{random.randrange(10**6)}"),
-                             n, 8)
-    users = [u for u in users if u is not None]
-    tokens = set()
-    for u in users:
-        tokens |= {_device(url, u), _device(url, u, "ios")}
-    pid = st.server.proc.pid
-    sent0 = _server_notify(st)["sent"]
-    cpu0, t0 = cpu_s(pid), time.monotonic()
-    _, order_errors = run_pool(lambda i: _buy(url, users[i]), len(users), 32)
-    orders_s = time.monotonic() - t0
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # the server's own count: the simulator is not polled
-        stats = _server_notify(st)
-        if stats["sent"] - sent0 >= 2 * len(users) and not stats["pending"]:
-            break
-        time.sleep(0.25)
-    drained_s = time.monotonic() - t0
-    cpu1 = cpu_s(pid)
-    got = [m for m in fcm.messages(sim.url) if m["message"]["token"] in tokens]
-    keys = [(m["message"]["token"], m["message"]["android"]["collapse_key"]) for m in got]
-    lat = [m["received_at"] - int(m["message"]["data"]["time"]) for m in got]
-    return {"users": len(users), "setup_errors": errors[:3], "order_errors": order_errors[:3],
-            "expected": 2 * len(users), "accepted": len(got), "twice": len(keys) - len(set(keys)),
-            "orders_s": round(orders_s, 2), "drained_s": round(drained_s, 2),
-            "fill_to_fcm": lat_ms(lat), "server_cpu_s": round((cpu1 or 0) - (cpu0 or 0), 2),
-            "server": {k: stats[k] for k in ("sent", "retries", "failed", "send_latency_ms")}}
-
-
 def _cpu_per_tick(st: Stack, seconds: float) -> dict:
     pid, sim = st.server.proc.pid, st.sim
     ticks, cpu0 = 0, cpu_s(pid)
@@ -168,28 +143,44 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--db", default="postgresql", choices=("sqlite", "postgresql"))
     p.add_argument("--fills", type=int, default=60)
-    p.add_argument("--burst-users", type=int, default=200)
+    p.add_argument("--burst-users", type=int, default=1000)
+    p.add_argument("--bursts", type=int, default=3, help="bursts on the same users")
+    p.add_argument("--burst-steps", type=int, default=10,
+                   help="price moves (one group of users each) spread over one second")
     p.add_argument("--alerts", type=int, default=10_000)
     p.add_argument("--tick-seconds", type=float, default=15.0)
     p.add_argument("--lift-limits", action="store_true",
                    help="lift the server's exchange weight governor (the burst's orders are "
                         "then not paced by Binance's 2400 a minute)")
+    p.add_argument("--message-queue", default=None, metavar="URL",
+                   help="MESSAGE_QUEUE_URL of the server (Redis; a channel of this run), "
+                        "the production configuration")
+    p.add_argument("--profile", metavar="PREFIX", default="",
+                   help="the server samples its CPU time while each burst drains "
+                        "(bench/cpu_sampler) into PREFIX.<pid>.txt; the top frames are printed")
     args = p.parse_args()
+    prepare_long_run()
     log_dir = RESULTS_DIR / "notify-logs"
     tmp = Path(RESULTS_DIR / "notify-tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     st = None
-    results: dict = {"db": args.db}
+    results: dict = {"db": args.db, "message_queue": bool(args.message_queue),
+                     "lift_limits": args.lift_limits}
     try:
         from tests.support.simulator import start_simulator  # noqa: F401 (Stack starts it)
         # the service account must name the simulator's /token: start it first, then point
-        st = _stack(args.db, log_dir, tmp, args.lift_limits)
+        profile = ({"PYTHONPATH": str(Path(__file__).with_name("cpu_sampler")),
+                    "PUSHSRV_CPU_SAMPLES": args.profile,
+                    "PUSHSRV_CPU_SAMPLES_MARK": args.profile + ".on"} if args.profile else {})
+        st = _stack(args.db, log_dir, tmp, args.lift_limits, args.message_queue, profile)
         st.sim.set_price(SYMBOL, str(PRICE))
         if args.fills:
             results["latency"] = latency(st, args.fills)
             print_lines("latency", results["latency"])
         if args.burst_users:
-            results["burst"] = burst(st, args.burst_users)
+            results["burst"] = notify_burst.burst(
+                st, args.burst_users, args.bursts, args.burst_steps,
+                Path(args.profile + ".on") if args.profile else None)
             print_lines("burst", results["burst"])
         if args.alerts:
             results["price_alerts"] = price_alerts(st, args.alerts, args.tick_seconds)
@@ -200,22 +191,34 @@ def main() -> None:
     finally:
         if st is not None:
             st.stop()
+        if args.profile:
+            from bench.cpu_sampler import summary
+            files = sorted(Path(args.profile).parent.glob(Path(args.profile).name + ".*.txt"))
+            results["profile"] = [f"{share * 100:5.1f} % {cpu:6.1f} s {frame}"
+                                  for frame, share, cpu in summary(files, 40)]
+            print_lines("profile.series", results["profile"])
         write_results(results, "notify")
 
 
-def _stack(db: str, log_dir: Path, tmp: Path, lift_limits: bool = False) -> Stack:
+def _stack(db: str, log_dir: Path, tmp: Path, lift_limits: bool = False,
+           message_queue: str | None = None, extra_env: dict | None = None) -> Stack:
     """A Stack whose server's FCM is its simulator's (the simulator's port is only
-    known once it runs, so the server is restarted with the service account)."""
+    known once it runs, so the server is restarted with the service account); with
+    ``message_queue`` the server uses that Redis under a channel of this run."""
     st = Stack(db, log_dir)
     assert st.server is not None and st.sim is not None
     st.server.stop()
     from tests.support.server import start_server
     creds = fcm.write_service_account(tmp, st.sim.url)
+    queue = ({"MESSAGE_QUEUE_URL": message_queue,
+              "MESSAGE_QUEUE_CHANNEL": f"bench-notify-{uuid.uuid4().hex[:8]}"}
+             if message_queue else {})
     st.server = start_server(st.db_url, st.sim.url, st.sim.ws_url, log_dir,
                              real_limits=not lift_limits,
                              extra_env={"LOGIN_RATE_LIMIT": "100000 per minute",
                                         "GOOGLE_APPLICATION_CREDENTIALS": str(creds),
-                                        "FCM_URL": st.sim.url})
+                                        "FCM_URL": st.sim.url, **queue,
+                                        **(extra_env or {})})
     return st
 
 

@@ -7,7 +7,10 @@ so several processes never claim one row; on SQLite (one writer at a time) the c
 is one conditional ``UPDATE``. A process that dies holding rows leaves them to be
 claimed again when the lease ends (the collapse key makes a repeat replace the first
 on the phone, never add to it). Every result is written only if the lease is still
-this claim's.
+this claim's. The sends of a batch run ``concurrency`` at a time; its sent, skipped
+and not-configured results are written together when the batch ends (one
+transaction, not one per row: under a burst the per-row transactions were most of
+the worker's CPU), so a process that dies mid-batch re-sends at most that batch.
 
 Per row: device gone -> ``device_removed``; ``skip_when_online`` and the event
 reached a socket -> ``skipped``; no FCM configuration -> ``not_configured``; else
@@ -30,7 +33,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 
 from models import Database, Device, Notification, now_ms
 from services.lifecycle import StopFlag
@@ -44,6 +47,9 @@ LEASE_MS = 60_000  # longer than a send with its timeout and the token refresh
 BATCH = 50  # rows per claim
 MAX_ATTEMPTS = 12  # retryable failures before a row is failed (about 1 h of backoff)
 POLL_S = 0.1  # due rows are looked for this often (sooner when this process wrote some)
+
+Row = dict[str, Any]  # a claimed row (``claim``)
+Done = list[tuple[Row, str, int]]  # a batch's results: (row, status, ms UTC of the outcome)
 
 
 class NotifyWorker:
@@ -104,39 +110,54 @@ class NotifyWorker:
         self.stopping.set()
 
     def run_once(self) -> int:
-        """Claim one batch of due rows and process it; returns how many rows."""
+        """Claim one batch of due rows, send it and write its results; returns how
+        many rows. The common results (sent, skipped, not configured) of the whole
+        batch are written in one transaction at its end (``_finish_batch``); a retry,
+        a refusal or a removed device is written when it happens."""
         token, rows = self.claim()
         if not rows:
             return 0
         delivered = self._deliveries.delivered(
             [r["event_key"] for r in rows if r["skip_when_online"]])
         work = [(r, r["event_key"] in delivered) for r in rows]
+        done: Done = []
         if self._spawn is None or self._concurrency == 1 or len(work) == 1:
             for r, online in work:
-                self._process(token, r, online)
-            return len(rows)
+                self._process(token, r, online, done)
+        else:
+            self._in_lanes(token, work, done)
+        try:
+            self._finish_batch(token, done)
+        except Exception:  # isolation boundary: the rows are claimed again after the lease
+            logger.exception("notification results not written rows=%s", len(done))
+            self.counts["errors"] += len(done)
+        return len(rows)
+
+    def _in_lanes(self, token: str, work: list[tuple[Row, bool]],
+                  done: Done) -> None:
+        """Process ``work`` in ``concurrency`` green threads; returns when all ended."""
         lanes = [work[i::self._concurrency] for i in range(min(self._concurrency, len(work)))]
         left = [len(lanes)]
         lock = threading.Lock()
-        done = threading.Event()
+        finished = threading.Event()
 
-        def lane(items: list) -> None:
+        def lane(items: list[tuple[Row, bool]]) -> None:
             try:
                 for r, online in items:
-                    self._process(token, r, online)
+                    self._process(token, r, online, done)
             finally:
                 with lock:
                     left[0] -= 1
                     if left[0] == 0:
-                        done.set()
+                        finished.set()
+        assert self._spawn is not None
         for items in lanes:
             self._spawn(lane, items)
-        while not done.is_set():
+        while not finished.is_set():
             self._sleep(0.005)
-        return len(rows)
 
     # ---- claim ------------------------------------------------------------------------
-    def claim(self, limit: int = BATCH) -> tuple[str, list[dict]]:
+    def claim(self, limit: int = BATCH) -> tuple[str, list[Row]]:
         """Lease up to ``limit`` due rows to a new claim token; returns the token and
         the rows (with the device's token and platform)."""
         token = f"{self._me}:{next(self._claims)}"
@@ -165,35 +186,65 @@ class NotifyWorker:
         return token, [dict(r._mapping) for r in rows]
 
     # ---- one row ----------------------------------------------------------------------
-    def _finish(self, token: str, row_id: int, device_id: int | None = None,
-                **values: Any) -> bool:
-        """Write a row's result if this claim still holds it; with ``device_id`` (a
-        sent row) the device's ``last_sent_at`` too, in the same transaction."""
+    def _finish(self, token: str, row_id: int, **values: Any) -> bool:
+        """Write one row's result if this claim still holds it."""
         with self._db.transaction() as s:
             res = s.execute(update(Notification).where(
                 Notification.id == row_id, Notification.claimed_by == token,
-                Notification.status == "pending").values(lease_until=None, **values))
-            if res.rowcount == 1 and device_id is not None:
-                s.execute(update(Device).where(Device.id == device_id)
-                          .values(last_sent_at=values["sent_at"]))
-            return res.rowcount == 1
+                Notification.status == "pending").values(lease_until=None, **values)
+                .returning(Notification.id))
+            return res.first() is not None
 
-    def _process(self, token: str, r: dict, online: bool) -> None:
+    def _finish_batch(self, token: str, done: Done) -> None:
+        """Write the batch's sent / skipped / not configured rows in one transaction:
+        one UPDATE per status (a sent row's ``sent_at`` is its own acceptance time),
+        only where this claim still holds the row, and the devices' ``last_sent_at``.
+        Counts the rows written; sent rows' latency (row written -> FCM accepted)."""
+        if not done:
+            return
+        n = Notification
+        by_status: dict[str, list[tuple[Row, int]]] = {}
+        for r, status, at in done:
+            by_status.setdefault(status, []).append((r, at))
+        with self._db.transaction() as s:
+            for status, items in by_status.items():
+                ids = [r["id"] for r, _ in items]
+                values: dict[str, Any] = {"status": status, "lease_until": None}
+                if status == "sent":
+                    values.update(attempts=n.attempts + 1,
+                                  sent_at=case({r["id"]: at for r, at in items}, value=n.id))
+                written = set(s.scalars(
+                    update(n).where(n.id.in_(ids), n.claimed_by == token, n.status == "pending")
+                    .values(**values).returning(n.id)))
+                self.counts[status] += len(written)
+                if status != "sent" or not written:
+                    continue
+                last: dict[int, int] = {}
+                for r, at in items:
+                    if r["id"] in written:
+                        self._latency_ms.append(at - r["created_at"])
+                        last[r["device_id"]] = max(at, last.get(r["device_id"], 0))
+                s.execute(update(Device).where(Device.id.in_(last))
+                          .values(last_sent_at=case(last, value=Device.id)))
+
+    def _process(self, token: str, r: Row, online: bool,
+                 done: Done) -> None:
         try:
-            self._process_row(token, r, online)
+            self._process_row(token, r, online, done)
         except Exception:  # isolation boundary: the next row is still sent
             logger.exception("notification not processed id=%s", r["id"])
             self.counts["errors"] += 1
 
-    def _process_row(self, token: str, r: dict, online: bool) -> None:
+    def _process_row(self, token: str, r: Row, online: bool,
+                     done: Done) -> None:
         if r["device_token"] is None:
             self._outcome(token, r, "device_removed")
             return
         if online:
-            self._outcome(token, r, "skipped")
+            done.append((r, "skipped", now_ms()))
             return
         if self._fcm is None:
-            self._outcome(token, r, "not_configured")
+            done.append((r, "not_configured", now_ms()))
             return
         message = build_message(r["device_token"], r["event_key"], r["title"], r["body"],
                                 json.loads(r["data"] or "{}"))
@@ -222,18 +273,15 @@ class NotifyWorker:
             self._outcome(token, r, "failed", error=f"{e.status} {e.code}: {e.message}"[:255],
                           attempts=r["attempts"] + 1)
             return
-        now = now_ms()
-        if self._outcome(token, r, "sent", device_id=r["device_id"], sent_at=now,
-                         attempts=r["attempts"] + 1):
-            self._latency_ms.append(now - r["created_at"])
+        done.append((r, "sent", now_ms()))
 
-    def _outcome(self, token: str, r: dict, status: str, **values: Any) -> bool:
+    def _outcome(self, token: str, r: Row, status: str, **values: Any) -> bool:
         ok = self._finish(token, r["id"], status=status, **values)
         if ok:
             self.counts[status] += 1
         return ok
 
-    def _remove_device(self, r: dict, e: Exception) -> None:
+    def _remove_device(self, r: Row, e: Exception) -> None:
         """Delete the device (its rows keep ``device_id`` null) and end its pending rows."""
         with self._db.transaction() as s:
             s.execute(update(Notification).where(Notification.device_id == r["device_id"],
@@ -246,7 +294,7 @@ class NotifyWorker:
                     r["user_id"], getattr(e, "code", type(e).__name__))
 
     # ---- figures ----------------------------------------------------------------------
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """``{"configured", "sent", "skipped", "failed", "device_removed",
         "not_configured", "devices_removed", "retries", "errors", "pending" (rows
         waiting in the database), "oldest_pending_age_ms", "send_latency_ms": {"p50",

@@ -215,3 +215,38 @@ def test_a_delivered_event_is_skipped(database_url: str, online: bool) -> None:
         assert s.query(Notification).one().status == ("skipped" if online else "sent")
     assert len(fcm.sent) == (0 if online else 1)
     db.dispose()
+
+
+def test_a_batch_is_written_at_its_end_with_each_rows_time(database_url: str) -> None:
+    """The batch's results land in one write: each sent row gets its own acceptance
+    time, the device the latest; a row whose lease another claim took meanwhile (this
+    process was too slow) is left to that claim and not counted."""
+    db = Database(database_url)
+    _, dev_id = _rows(db, 4)
+    accepted: list[int] = []
+
+    class _Slow(_Fcm):
+        def send(self, message: dict) -> str:
+            if not accepted:  # another process takes the last row over
+                with db.transaction() as s:
+                    last = s.query(Notification).order_by(Notification.id.desc()).first()
+                    last.claimed_by = "another-process:1"
+            time.sleep(0.02)
+            out = super().send(message)
+            accepted.append(int(time.time() * 1000))
+            return out
+    fcm = _Slow()
+    w = _worker(db, fcm)
+    assert w.run_once() == 4 and len(fcm.sent) == 4
+    with db.session() as s:
+        rows = s.query(Notification).order_by(Notification.id).all()
+        device = s.get(Device, dev_id)
+    assert [r.status for r in rows] == ["sent", "sent", "sent", "pending"]
+    assert rows[3].claimed_by == "another-process:1" and rows[3].sent_at is None
+    sent_at = [r.sent_at for r in rows[:3]]
+    assert all(a <= s_at <= a + 5 for a, s_at in zip(accepted, sent_at, strict=False))
+    assert sent_at[0] < sent_at[2] and all(r.attempts == 1 and r.lease_until is None
+                                          for r in rows[:3])
+    assert device.last_sent_at == max(sent_at)
+    assert w.stats()["sent"] == 3
+    db.dispose()
