@@ -131,6 +131,9 @@ class Config:
     FCM_TIMEOUT_S: float = 10.0
     NOTIFY_ONLINE_GRACE_MS: int = 200  # skip_when_online: a row waits this long for its socket push
     NOTIFY_CONCURRENCY: int = 8  # FCM requests in flight per process
+    # users with a device: their keys' streams run with no socket open, read every this
+    # many seconds (services/notify/standby.py); 0: streams only while a socket is open
+    NOTIFY_STANDBY_S: float = 30.0
 
     def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
         """REST and WS base URLs of ``exchange`` (a name in ``exchanges.venues.VENUES``),
@@ -326,7 +329,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("TRUSTED_PROXIES", int),
                        ("REFRESH_EXPIRES_S", int), ("GOOGLE_APPLICATION_CREDENTIALS", str),
                        ("FCM_URL", str), ("FCM_TIMEOUT_S", float),
-                       ("NOTIFY_ONLINE_GRACE_MS", int), ("NOTIFY_CONCURRENCY", int)):
+                       ("NOTIFY_ONLINE_GRACE_MS", int), ("NOTIFY_CONCURRENCY", int),
+                       ("NOTIFY_STANDBY_S", float)):
         if env.get(name):
             values[name] = cast(env[name])
     if values.get("TRUSTED_PROXIES", 0) < 0:

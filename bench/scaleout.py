@@ -631,12 +631,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.setup == "api":
             accounts, results["setup"] = setup_accounts(stack, n_max, args.setup_workers)
         else:
-            stack.sim.set_price(SYMBOL, P0)
+            sim = stack.sim
+            assert sim is not None
+            sim.set_price(SYMBOL, P0)
             t0 = time.time()
             accounts = fanout_accounts.direct(
-                stack.db_url, stack.sim, n_max, secrets, str(int(time.time()) % 100000),
-                lambda a: sim_market_order(stack.sim.url, a, SYMBOL, "BUY", QTY),
-                args.setup_workers)
+                stack.db_url, sim, n_max, secrets, str(int(time.time()) % 100000),
+                lambda a: sim_market_order(sim.url, a, SYMBOL, "BUY", QTY), args.setup_workers)
             results["setup"] = {"accounts": len(accounts), "direct": True,
                                 "wall_s": round(time.time() - t0, 1)}
         print_lines("setup", results["setup"])

@@ -31,6 +31,7 @@ from services.fill_feed import FillFeed
 from services.leases import LocalLeases, RedisLeases
 from services.lifecycle import Tasks
 from services.metrics import Metrics
+from services.notify.standby import StandbyStreams
 from services.notify.wiring import Notify, build_notify
 from services.orders import OrderService
 from services.protection import ProtectionService
@@ -50,7 +51,7 @@ STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
          "market stream", "protection", "notify worker", "price alerts",
-         "notify deliveries", "limit timeout", "push timer"}  # the tasks stop() waits for
+         "notify deliveries", "notify standby", "limit timeout", "push timer"}  # the tasks stop() waits for
 
 
 @dataclass
@@ -268,6 +269,9 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
                           concurrency=cfg.NOTIFY_CONCURRENCY, queue_url=cfg.MESSAGE_QUEUE_URL,
                           channel=cfg.MESSAGE_QUEUE_CHANNEL)
     hub.on_delivered = notify.deliveries.observe
+    if cfg.NOTIFY_STANDBY_S > 0:  # streams of users with a device run with no socket open
+        notify.standby = StandbyStreams(db, streams, hub.online, sleep, cfg.NOTIFY_STANDBY_S)
+        notify.devices.on_change = notify.standby.poke
     metrics.add_notify(notify)
     protection.on_alert = notify.alerts.raise_alert  # an alert and its notifications
     return Services(

@@ -90,6 +90,9 @@ class PushLayer(Push, Protocol):
     def has_audience(self, user_id: int, kind: str) -> bool:
         """False when no connection anywhere could want ``kind`` of ``user_id`` now."""
 
+    def online(self, user_id: int) -> bool:
+        """True while a connection of ``user_id`` is open in this process."""
+
     def key_changed(self, user_id: int, key_id: int) -> None:
         """Tell the other processes that ``key_id`` changed (they forget their copy)."""
 

@@ -127,6 +127,8 @@ class StreamManager:
         # key_id -> user_id: leases taken by ``ensure`` whose stream is not yet
         # registered (``_start`` may wait for the database): renewed meanwhile
         self._leased: dict[int, int] = {}
+        # key_id -> user_id: streams kept with no socket (services.notify.standby)
+        self._kept: dict[int, int] = {}
         self._realized_pending: set[int] = set()
         self.started = 0
         self.takeovers = 0
@@ -169,6 +171,26 @@ class StreamManager:
             with self._lock:
                 self._leased.pop(key_id, None)
             raise
+
+    def keep(self, keys: dict[int, int]) -> dict[int, int]:
+        """Replace the keys (``{key_id: user_id}``) whose streams run with no socket of
+        their user: ``stop_user`` leaves them (and the follow of one another process
+        runs) alone. Returns the keys no longer kept. Starts nothing (``ensure`` does)."""
+        with self._lock:
+            dropped = {k: u for k, u in self._kept.items() if keys.get(k) != u}
+            self._kept = dict(keys)
+        return dropped
+
+    def keeps(self, user_id: int) -> bool:
+        """True when a key of ``user_id`` is kept (``keep``)."""
+        with self._lock:
+            return user_id in self._kept.values()
+
+    def tracks(self, key_id: int) -> bool:
+        """True when ``key_id``'s stream runs here, is being started here, or another
+        process runs it and this one follows it."""
+        with self._lock:
+            return key_id in self._streams or key_id in self._leased or key_id in self._followed
 
     def _acquire(self, name: str) -> bool:
         """``leases.acquire``, batched with the other subscribes of the moment when the
@@ -452,11 +474,14 @@ class StreamManager:
         return True
 
     def stop_user(self, user_id: int) -> list[int]:
-        """Stop every stream of the user; returns the key ids stopped."""
+        """Stop every stream of the user but the kept ones (``keep``); returns the key
+        ids stopped."""
         with self._lock:
-            keys = [k for k, s in self._streams.items() if s.state.user_id == user_id]
+            keys = [k for k, s in self._streams.items()
+                    if s.state.user_id == user_id and self._kept.get(k) != user_id]
             streams = [self._streams.pop(k) for k in keys]
-            for k in [k for k, u in self._followed.items() if u == user_id]:
+            for k in [k for k, u in self._followed.items()
+                      if u == user_id and self._kept.get(k) != user_id]:
                 del self._followed[k]
         for stream in streams:
             stream.stop()

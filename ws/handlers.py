@@ -201,7 +201,8 @@ def register_handlers(socketio: SocketIO) -> None:
             svc.tickers.unsubscribe_all(f"sid:{request.sid}")
         if last:
             svc.streams.stop_user(conn.user_id)
-            svc.trading.clear_user_cache(conn.user_id)
+            if not svc.streams.keeps(conn.user_id):  # a kept stream still uses its client
+                svc.trading.clear_user_cache(conn.user_id)
 
 
 def _settler(svc, socketio: SocketIO, key_id: int, mirror):  # type: ignore[no-untyped-def]

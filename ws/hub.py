@@ -318,6 +318,11 @@ class PushHub:
             self._by_user.setdefault(user_id, set()).add(sid)
         return conn
 
+    def online(self, user_id: int) -> bool:
+        """True while a connection of ``user_id`` is open in this process."""
+        with self._lock:
+            return bool(self._by_user.get(user_id))
+
     def remove(self, sid: str) -> tuple[Connection | None, bool]:
         """Forget ``sid``; returns ``(connection, was_users_last)``."""
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -26,10 +27,19 @@ def token_hint(token: str) -> str:
 
 
 class DeviceService:
-    """Registers, lists and deletes a user's devices; reads and writes settings."""
+    """Registers, lists and deletes a user's devices; reads and writes settings.
+
+    ``on_change(user_id)``: called after a device of the user was registered or deleted
+    or their settings changed (``services.notify.standby``: whose streams run while the
+    app sleeps); None: nobody is told."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.on_change: Callable[[int], None] | None = None
+
+    def _changed(self, user_id: int) -> None:
+        if self.on_change is not None:
+            self.on_change(user_id)
 
     def register(self, user_id: int, token: str, platform: str, locale: str) -> tuple[Device, bool]:
         """Register ``token`` for ``user_id``: ``(device, created)``. A token known
@@ -55,6 +65,7 @@ class DeviceService:
                 if created:
                     logger.info("device registered device_id=%s user_id=%s platform=%s token=%s",
                                 dev.id, user_id, platform, token_hint(token))
+                self._changed(user_id)
                 return dev, created
             except IntegrityError:  # registered at the same moment elsewhere: update it
                 continue
@@ -73,6 +84,7 @@ class DeviceService:
             if dev is None or dev.user_id != user_id:
                 raise NotFound("device_not_found", "no such device", "id")
             s.delete(dev)
+        self._changed(user_id)
 
     def settings(self, user_id: int) -> dict:
         """The user's settings (the defaults when never set)."""
@@ -93,9 +105,11 @@ class DeviceService:
                         setattr(row, k, Decimal(v) if k == "liquidation_warning_pct" else v)
                     row.updated_at = now_ms()
                     s.flush()
-                    return {k: getattr(row, k) for k in DEFAULTS}
+                    out = {k: getattr(row, k) for k in DEFAULTS}
             except IntegrityError:  # the first write of this user's row raced another
                 continue
+            self._changed(user_id)
+            return out
         raise RuntimeError("settings update raced twice")
 
     def notifications(self, user_id: int, limit: int = 50) -> builtins.list[Notification]:

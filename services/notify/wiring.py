@@ -15,6 +15,7 @@ from services.notify.fcm import FcmClient, FcmConfig
 from services.notify.outbox import Outbox
 from services.notify.presence import FLUSH_S, LocalDeliveries, RedisDeliveries
 from services.notify.price_alerts import PriceAlertService
+from services.notify.standby import StandbyStreams
 from services.notify.worker import NotifyWorker
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,15 @@ class Notify:
     price_alerts: PriceAlertService
     worker: NotifyWorker
     fcm: FcmClient | None
+    standby: StandbyStreams | None = None  # set by the container once the streams exist
 
     def start(self, spawn: Callable[..., Any]) -> None:
         """Start the worker, the price alert loop and (with a message queue) the loop
         that writes this process's socket deliveries to Redis (``spawn(name, fn)``)."""
         spawn("notify worker", self.worker.run)
         spawn("price alerts", self.price_alerts.run)
+        if self.standby is not None:
+            spawn("notify standby", self.standby.run)
         if isinstance(self.deliveries, RedisDeliveries):
             spawn("notify deliveries", self._flush_deliveries)
 
@@ -53,9 +57,11 @@ class Notify:
                 logger.exception("deliveries flush failed")
 
     def stop(self) -> None:
-        """Ask both loops to end."""
+        """Ask the loops to end."""
         self.worker.stop()
         self.price_alerts.stop()
+        if self.standby is not None:
+            self.standby.stop()
 
     def close(self) -> None:
         """Close the FCM HTTP session."""
@@ -68,7 +74,8 @@ class Notify:
         return {**self.worker.stats(), "written": self.outbox.written,
                 "alerts_raised": self.alerts.raised,
                 "deliveries_observed": self.deliveries.observed,
-                "price_alerts": self.price_alerts.stats()}
+                "price_alerts": self.price_alerts.stats(),
+                **({"standby": self.standby.stats()} if self.standby is not None else {})}
 
 
 def fcm_client(credentials_path: str | None, url: str, timeout_s: float) -> FcmClient | None:

@@ -97,6 +97,38 @@ def test_offline_fill_is_one_message_per_device(server, sim) -> None:  # type: i
     assert android not in server.log() and ios not in server.log()  # never logged whole
 
 
+def test_a_fill_made_at_the_venue_while_the_app_sleeps_reaches_the_phone(server, sim) -> None:  # type: ignore[no-untyped-def]
+    """No socket open: the key's stream runs because its user has a device (the
+    standby streams), so an order placed elsewhere (here straight at the venue with
+    python-binance) and filled there is one message per device at once, not at the
+    next reconciliation. A socket's leaving does not stop that stream; deleting the
+    last device does."""
+    account = Account(server, sim)
+    live = f"account stream live key_id={account.key_id} "
+    assert live not in server.log()  # no device, no socket: no stream
+    token, device_id = _device(account)
+    wait_until(lambda: live in server.log())  # started soon after the registration
+    lst = EventListener(server.url, account.token)  # the app comes to the front and goes
+    try:
+        assert lst.call("subscribe", {"types": ["balance"], "key_id": account.key_id})["ok"]
+    finally:
+        lst.close()
+    time.sleep(1.0)
+    venue = sim.binance_client(account.api_key, account.api_secret)
+    venue.futures_create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01",
+                               newClientOrderId="elsewhere-" + uuid.uuid4().hex[:8])
+    got = wait_until(lambda: fcm.messages(sim.url, token), timeout=10)
+    msg = got[0]["message"]
+    assert msg["notification"]["title"] == "BTCUSDT BUY filled"
+    assert msg["android"]["collapse_key"].startswith(f"fill:{account.key_id}:BTCUSDT:")
+    # the notification row is written in the fill's ledger batch: the fill is stored
+    assert [r["status"] for r in wait_until(lambda: [
+        r for r in _notifications(account) if r["status"] != "pending"])] == ["sent"]
+    assert server.log().count(live) == 1  # the socket's leaving did not restart it
+    assert account.delete(f"/api/devices/{device_id}").status_code == 204
+    wait_until(lambda: f"account streams stopped user_id={account.user_id} " in server.log())
+
+
 def test_subscribed_socket_gets_the_fill_and_the_phone_nothing(server, sim) -> None:  # type: ignore[no-untyped-def]
     account = Account(server, sim)
     token, _ = _device(account)

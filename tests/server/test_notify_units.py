@@ -250,3 +250,61 @@ def test_a_batch_is_written_at_its_end_with_each_rows_time(database_url: str) ->
     assert device.last_sent_at == max(sent_at)
     assert w.stats()["sent"] == 3
     db.dispose()
+
+
+class _Streams:
+    """The stream manager's keep / tracks / ensure / stop_user, recorded."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, int] = {}
+        self.running: set[int] = set()
+        self.ensured: list[int] = []
+        self.stopped: list[int] = []
+
+    def keep(self, keys: dict[int, int]) -> dict[int, int]:
+        dropped = {k: u for k, u in self.kept.items() if keys.get(k) != u}
+        self.kept = dict(keys)
+        return dropped
+
+    def tracks(self, key_id: int) -> bool:
+        return key_id in self.running
+
+    def ensure(self, user_id: int, key_id: int) -> None:
+        self.ensured.append(key_id)
+        self.running.add(key_id)
+
+    def stop_user(self, user_id: int) -> list[int]:
+        self.stopped.append(user_id)
+        return []
+
+
+def test_standby_keeps_the_keys_of_users_with_a_device_and_an_account_notification_on(
+        database_url: str) -> None:
+    from models import ExchangeKey, NotificationSettings
+    from services.notify.standby import StandbyStreams
+
+    db = Database(database_url)
+    with db.transaction() as s:
+        for uid in (1, 2, 3, 4):
+            s.add(User(id=uid, username=f"s{uid}", password_hash="x"))
+        s.flush()
+        for kid, uid in ((10, 1), (11, 1), (20, 2), (30, 3), (40, 4)):
+            s.add(ExchangeKey(id=kid, user_id=uid, exchange="binance", api_key=f"k{kid}",
+                              api_secret_encrypted=b"x"))
+        for uid in (1, 3, 4):  # user 2 has no device
+            s.add(Device(user_id=uid, token=f"t{uid}", platform="android"))
+        s.add(NotificationSettings(user_id=3, fills=False, protection=False, risk=False,
+                                   price_alerts=True))  # nothing a stream would notify
+        s.add(NotificationSettings(user_id=4, fills=False, protection=False, risk=True))
+    streams, online = _Streams(), {1}
+    standby = StandbyStreams(db, streams, lambda uid: uid in online, time.sleep)
+    assert standby.round() == {"kept": 3, "started_or_followed": 3, "stopped_users": 0, "failed": 0}
+    assert streams.kept == {10: 1, 11: 1, 40: 4} and sorted(streams.ensured) == [10, 11, 40]
+    standby.round()  # running already: not asked again
+    assert sorted(streams.ensured) == [10, 11, 40]
+    with db.transaction() as s:  # users 1 (a socket open here) and 4 lose their devices
+        for dev in s.query(Device).filter(Device.user_id.in_([1, 4])):
+            s.delete(dev)
+    assert standby.round()["stopped_users"] == 1
+    assert streams.kept == {} and streams.stopped == [4]  # user 1's streams end with its socket
+    db.dispose()
