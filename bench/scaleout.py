@@ -71,7 +71,9 @@ round robin, each subscribing to ``pnl``, all connects in flight at once through
 nginx): ok / failed, connect + subscribe ack latency, ``per_s_wall`` (ok / wall
 seconds), how many got their snapshot and when, ``rss_kb_per_connection`` per process
 (VmRSS after - before, over the connections it holds), ``closed_after_ok`` (with
-the clients' ``closed_reasons``) and nginx's error-log lines by level. The file limit
+the clients' ``closed_reasons``), nginx's error-log lines by level, and the stream
+leases each process lost to the other (``leases_lost``: ``stream lease lost`` in its
+log; with it ``leases_taken_over`` and ``heartbeat_failed``). The file limit
 is raised to its hard limit (``prepare_long_run``); nginx gets room for every
 connection in either worker.
 
@@ -573,10 +575,17 @@ class Bench:
                 except (requests.RequestException, ValueError, KeyError):
                     held = len(where.get(b, []))
                 after = rss_mb(s.proc.pid)
+                log = s.log()
                 per[b] = {"connections": held, "rss_mb_before": rss0[b], "rss_mb_after": after,
                           "rss_kb_per_connection": round((after - rss0[b]) * 1024 / held, 1)
-                          if held and after and rss0[b] else None}
+                          if held and after and rss0[b] else None,
+                          # a live process's streams taken by the other (its heartbeat
+                          # seemed gone, or its lease expired unrenewed), and its take-overs
+                          "leases_lost": log.count("stream lease lost"),
+                          "leases_taken_over": log.count("stream lease taken over"),
+                          "heartbeat_failed": log.count("lease heartbeat failed")}
             out["per_process"] = per
+            out["leases_lost"] = sum(v["leases_lost"] for v in per.values())
             out["nginx_rss_mb"] = sum(rss_mb(p) or 0 for p in cluster.nginx.worker_pids())
             got = self.workers.all({"op": "collect", "since": time.time()})
             out["still_connected"] = sum(g["connected"] for g in got)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.leases import RedisLeases, redis_client
+from services.heartbeat import HeartbeatError, NativeHeartbeat
+from services.leases import ALIVE_MS, RedisLeases, redis_client
 from services.stream_manager import StreamManager
 from tests.support.server import free_port
 
@@ -156,3 +158,133 @@ def test_a_lease_taken_on_subscribe_is_renewed_while_the_stream_start_waits(
     finally:
         gate.set()
         sm.stop_all()
+
+
+# A child process monkey-patched as the server is: its lease's heartbeat (the native
+# thread, or, as the control, the former green task) beats while the parent watches
+# the key; on "block" its event loop stalls for BLOCK_S (``time.sleep`` of the
+# original module: nothing green runs), then it says "unblocked".
+_CHILD = r"""
+import eventlet
+eventlet.monkey_patch()
+import sys
+from services.heartbeat import native
+from services.leases import RedisLeases
+url, mode, block_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+lease = RedisLeases(url, "t", 60_000)
+lease.heartbeat()
+if mode == "native":
+    lease.start_heartbeat()
+else:  # the former way: a green task beating every second
+    def beat():
+        while True:
+            eventlet.sleep(1.0)
+            lease.heartbeat()
+    eventlet.spawn(beat)
+eventlet.sleep(0.2)
+print(lease.owner, flush=True)
+sys.stdin.readline()
+native("time").sleep(block_s)
+print("unblocked", flush=True)
+sys.stdin.readline()
+"""
+BLOCK_S = ALIVE_MS / 1000 + 2.0
+
+
+def _stall_child(redis_url: str, mode: str) -> tuple[subprocess.Popen, str]:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", _CHILD, redis_url, mode,
+                             str(BLOCK_S)], cwd=root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    owner = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    assert owner, "the child did not start"
+    return proc, f"t:alive:{owner}"
+
+
+def _watch_while_blocked(proc: subprocess.Popen, client, key: str) -> list[int]:  # type: ignore[no-untyped-def]
+    """The key's PTTL every 50 ms while the child's event loop is blocked."""
+    proc.stdin.write("block\n")  # type: ignore[union-attr]
+    proc.stdin.flush()  # type: ignore[union-attr]
+    seen: list[int] = []
+    done = threading.Event()
+    threading.Thread(target=lambda: (proc.stdout.readline(), done.set()),  # type: ignore[union-attr]
+                     daemon=True).start()
+    deadline = time.monotonic() + BLOCK_S + 10
+    while not done.is_set() and time.monotonic() < deadline:
+        seen.append(client.pttl(key))
+        time.sleep(0.05)
+    assert done.is_set(), "the child never unblocked"
+    return seen
+
+
+def test_the_heartbeat_thread_keeps_a_process_alive_while_its_event_loop_is_blocked(
+        redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    """The loop stalls for longer than ALIVE_MS: the key never expires (the native
+    thread renewed it meanwhile); killed with -9, the key is gone within ALIVE_MS."""
+    proc, key = _stall_child(redis_url, "native")
+    try:
+        seen = _watch_while_blocked(proc, client, key)
+        assert len(seen) > 40 and min(seen) > 0, seen  # -2: gone (a live process "dead")
+        assert max(seen[len(seen) // 2:]) > ALIVE_MS - 1100  # renewed during the block
+        proc.kill()
+        proc.wait(5)
+        killed = time.monotonic()
+        while client.exists(key) and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        assert not client.exists(key)
+        assert time.monotonic() - killed <= ALIVE_MS / 1000 + 0.3  # failover does not grow
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_control_a_green_heartbeat_dies_with_a_blocked_event_loop(redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    """The control of the test above: with the beat on a green task, the same block
+    lets the key expire (so the block really stalls the loop)."""
+    proc, key = _stall_child(redis_url, "green")
+    try:
+        seen = _watch_while_blocked(proc, client, key)
+        assert seen[0] > 0 and -2 in seen, seen
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_the_heartbeat_thread_stops_with_the_stream_manager_and_reports_failures(
+        redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    lease = RedisLeases(redis_url, "t", 10_000, client=client, alive_ms=1000,
+                        beat_interval_s=0.1)
+    sm = StreamManager(db=None, cipher=None, trading=None, publish=lambda e: None,  # type: ignore[arg-type]
+                       spawn=lambda fn, *a: threading.Thread(target=fn, args=a, daemon=True).start(),
+                       sleep=time.sleep, ledger=None, leases=lease)
+    sm.start()
+    key = f"t:alive:{lease.owner}"
+    time.sleep(0.5)
+    status = lease.heartbeat_status()
+    assert status is not None and status.running and status.beats >= 3
+    assert 0 < client.pttl(key) <= 1000
+    sm.stop_all()
+    assert not lease.heartbeat_status().running  # type: ignore[union-attr]
+    client.delete(key)
+    time.sleep(0.4)
+    assert not client.exists(key)                      # nothing beats any more
+
+    dead = NativeHeartbeat(f"redis://127.0.0.1:{free_port()}/0", "t:alive:x", 1000,
+                           interval_s=0.05, timeout_s=0.5)
+    dead.start()
+    time.sleep(0.3)
+    dead.stop()
+    status = dead.status()
+    assert status.failures >= 2 and status.beats == 0 and not status.running
+    assert status.error == "ConnectionRefusedError" and status.failed_at is not None
+
+
+def test_the_heartbeat_speaks_to_the_db_and_password_of_the_url(redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    hb = NativeHeartbeat(f"redis://127.0.0.1:{port}/3", "t:alive:db3", 5000)
+    hb.beat()
+    db3 = redis_client(f"redis://127.0.0.1:{port}/3")
+    assert 4000 < db3.pttl("t:alive:db3") <= 5000 and not client.exists("t:alive:db3")
+    wrong = NativeHeartbeat(f"redis://:nope@127.0.0.1:{port}/0", "t:alive:pw", 5000)
+    with pytest.raises(HeartbeatError):                # no password set: AUTH is refused
+        wrong.beat()
