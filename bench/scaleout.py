@@ -73,7 +73,9 @@ seconds), how many got their snapshot and when, ``rss_kb_per_connection`` per pr
 (VmRSS after - before, over the connections it holds), ``closed_after_ok`` (with
 the clients' ``closed_reasons``), nginx's error-log lines by level, and the stream
 leases each process lost to the other (``leases_lost``: ``stream lease lost`` in its
-log; with it ``leases_taken_over`` and ``heartbeat_failed``). The file limit
+log; with it ``leases_taken_over`` and ``heartbeat_failed``); ``heartbeat``: the lowest
+remaining life of each process's heartbeat key seen during the storm (sampled every
+0.1 s: ``ALIVE_MS`` minus the longest gap between two beats) and how often it was gone. The file limit
 is raised to its hard limit (``prepare_long_run``); nginx gets room for every
 connection in either worker.
 
@@ -553,6 +555,7 @@ class Bench:
         cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, 2 * m + 1000)
         users = min(len(self.accounts), self.args.storm_users)
         out: dict = {"processes": 2, "connections": m, "users": users}
+        beats = HeartbeatWatch(self.env["MESSAGE_QUEUE_URL"], self.env["MESSAGE_QUEUE_CHANNEL"])
         try:
             rss0 = {s.url.removeprefix("http://"): rss_mb(s.proc.pid) for s in cluster.servers}
             cids = list(range(m))
@@ -601,9 +604,57 @@ class Bench:
             out["nginx_log"]["worker_connections_short"] = log.count("worker_connections are not enough")
             out["load"] = _load()
         finally:
+            out["heartbeat"] = beats.stop()
             self.disconnect_all()
             cluster.stop()
         return out
+
+
+class HeartbeatWatch:
+    """Samples the remaining life (PTTL) of every process's heartbeat key
+    (``<channel>:alive:<owner>``, services.leases) every ``period_s`` on a thread of
+    its own until ``stop()``: ``min_ttl_ms`` per owner is ``ALIVE_MS`` minus the
+    longest gap between two of its beats (within ``period_s``), ``gone``: samples that
+    found a key seen before missing (its leases could then be taken as a dead
+    process's)."""
+
+    def __init__(self, url: str, channel: str, period_s: float = 0.1) -> None:
+        import redis
+        self._redis = redis.Redis.from_url(url, socket_timeout=5)
+        self._pattern = f"{channel}:alive:*"
+        self._period_s = period_s
+        self._min: dict[str, int] = {}
+        self._gone: dict[str, int] = {}
+        self._samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import redis
+        while not self._stop.wait(self._period_s):
+            try:
+                keys = set(self._redis.keys(self._pattern)) | set(self._min)
+                pipe = self._redis.pipeline(transaction=False)
+                for k in keys:
+                    pipe.pttl(k)
+                for k, ttl in zip(keys, pipe.execute(), strict=True):
+                    if ttl == -2:
+                        self._gone[k] = self._gone.get(k, 0) + 1
+                    elif ttl >= 0:
+                        self._min[k] = min(self._min.get(k, ttl), ttl)
+                self._samples += 1
+            except redis.RedisError:
+                continue
+
+    def stop(self) -> dict:
+        """``{"min_ttl_ms": [per owner, lowest first], "gone": [samples], "samples"}``
+        (the owners' order is the same in both lists)."""
+        self._stop.set()
+        self._thread.join(10)
+        owners = sorted(self._min, key=lambda k: self._min[k])
+        return {"min_ttl_ms": [self._min[k] for k in owners],
+                "gone": [self._gone.get(k, 0) for k in owners], "samples": self._samples}
 
 
 def main(argv: list[str] | None = None) -> None:
