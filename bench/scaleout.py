@@ -572,9 +572,12 @@ class Bench:
             per: dict = {}
             for s in cluster.servers:
                 b = s.url.removeprefix("http://")
+                gc_max: list | None = None
                 try:  # the connections it holds (a client that failed holds none)
-                    held = requests.get(s.url + "/admin/stats", timeout=30, headers={
-                        "X-Admin-Token": s.admin_token}).json()["connections"]
+                    st = requests.get(s.url + "/admin/stats", timeout=30, headers={
+                        "X-Admin-Token": s.admin_token}).json()
+                    held = st["connections"]
+                    gc_max = [st.get("gc", {}).get(f"gen{g}", {}).get("max_ms") for g in range(3)]
                 except (requests.RequestException, ValueError, KeyError):
                     held = len(where.get(b, []))
                 after = rss_mb(s.proc.pid)
@@ -586,7 +589,10 @@ class Bench:
                           # seemed gone, or its lease expired unrenewed), and its take-overs
                           "leases_lost": log.count("stream lease lost"),
                           "leases_taken_over": log.count("stream lease taken over"),
-                          "heartbeat_failed": log.count("lease heartbeat failed")}
+                          "heartbeat_failed": log.count("lease heartbeat failed"),
+                          # the longest collector pause per generation (every thread of
+                          # the process waits for it: the GIL is held throughout)
+                          "gc_max_ms": gc_max}
             out["per_process"] = per
             out["leases_lost"] = sum(v["leases_lost"] for v in per.values())
             out["nginx_rss_mb"] = sum(rss_mb(p) or 0 for p in cluster.nginx.worker_pids())
