@@ -572,7 +572,7 @@ class Bench:
             per: dict = {}
             for s in cluster.servers:
                 b = s.url.removeprefix("http://")
-                gc_max: list | None = None
+                gc_max: list[float | None] | None = None
                 try:  # the connections it holds (a client that failed holds none)
                     st = requests.get(s.url + "/admin/stats", timeout=30, headers={
                         "X-Admin-Token": s.admin_token}).json()
@@ -626,7 +626,7 @@ class HeartbeatWatch:
 
     def __init__(self, url: str, channel: str, period_s: float = 0.1) -> None:
         import redis
-        self._redis = redis.Redis.from_url(url, socket_timeout=5)
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
         self._pattern = f"{channel}:alive:*"
         self._period_s = period_s
         self._min: dict[str, int] = {}
@@ -640,7 +640,7 @@ class HeartbeatWatch:
         import redis
         while not self._stop.wait(self._period_s):
             try:
-                keys = set(self._redis.keys(self._pattern)) | set(self._min)
+                keys = {str(k) for k in self._redis.keys(self._pattern)} | set(self._min)
                 pipe = self._redis.pipeline(transaction=False)
                 for k in keys:
                     pipe.pttl(k)
@@ -653,7 +653,7 @@ class HeartbeatWatch:
             except redis.RedisError:
                 continue
 
-    def stop(self) -> dict:
+    def stop(self) -> dict[str, Any]:
         """``{"min_ttl_ms": [per owner, lowest first], "gone": [samples], "samples"}``
         (the owners' order is the same in both lists)."""
         self._stop.set()

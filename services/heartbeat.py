@@ -1,45 +1,50 @@
-"""A process's liveness key in Redis, kept alive from a native OS thread.
+"""A process's liveness key in Redis, kept alive by a small child process.
 
 ``RedisLeases`` takes over at once a lease whose owner's ``<prefix>:alive:<owner>`` key
-is gone (a process killed with -9). That key used to be set by a green thread: when
-the event loop stalled for seconds (5,000 connects at once on an overloaded machine)
-the beat came late, the key expired and the other process took this live one's streams
-over (17 and 97 ``stream lease lost`` in two 10,000-connection storms). Beating from a
-native thread says "the process is alive", not "its loop is": a loop that stalls for
-good is caught by the leases' own TTL (nothing renews them), a process killed with -9
-loses its thread with it and its key expires within ``alive_ms`` as before.
+is gone (a process killed with -9). That key used to be set by a green task: when the
+event loop stalled for seconds (5,000 connects at once on an overloaded machine) the
+beat came late, the key expired and the other process took this live one's streams
+over (17 and 97 ``stream lease lost`` in two 10,000-connection storms). A native
+thread survives a stalled loop but not a held GIL: the server's garbage collector
+paused one process for 5.3 s at a load of 20 (``gc_max_ms`` in ``bench.scaleout``),
+and a thread's beat waited for it. So the beat runs in a child process (``python -I
+services/heartbeat.py``, the standard library only, about 10 MB): it says "the
+process is alive", not "its loop (or its GIL) is free". A loop that stalls for good
+is caught by the leases' own TTL (nothing renews them).
 
-The thread must not touch anything of eventlet's: under monkey patching a green socket,
-a green lock (redis-py's pool, ``logging``'s handlers) or a green sleep used from
-another OS thread waits on a hub that never runs there. So it speaks RESP itself over a
-socket of the original ``socket`` module (``eventlet.patcher.original``), waits on an
-original ``threading.Event`` and logs nothing: it records its state
-(``HeartbeatStatus``) and the event loop's side reports it.
+The child ends when its parent does: it reads its standard input, whose only writer
+is the parent, and exits at end of file (the kernel closes the pipe of a process
+killed with -9), and it checks before every beat that its parent is still the same
+process. So a process killed with -9 loses its key within ``alive_ms``, as before.
+
+It speaks RESP itself over a plain socket and reports each beat on its standard output
+(``1`` or ``0 <error type>``, a line each); the parent reads what is there when asked
+(``status()``), without waiting. Its settings, the password among them, go through
+its standard input, never its command line (``ps`` shows that).
 """
 from __future__ import annotations
 
-import importlib
+import json
+import os
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 HEARTBEAT_S = 1.0  # a beat every second ...
 HEARTBEAT_TIMEOUT_S = 2.0  # ... each waiting at most this long to connect and for its reply
 
 
-_PATCHED_AS = {"threading": "thread", "ssl": "socket"}  # eventlet's name for what patches it
-
-
-def native(module: str) -> ModuleType:
-    """The module ``module`` as the standard library has it: the original one when
-    eventlet has monkey-patched the process (``eventlet.patcher.original``), else
-    the imported one."""
+def _native(module: str) -> Any:
+    """The standard library's ``module`` even when eventlet monkey-patched the process
+    (``eventlet.patcher.original``): the pipes to the child are read without waiting
+    and must not be registered with eventlet's hub."""
     patcher = sys.modules.get("eventlet.patcher")
-    if patcher is not None and patcher.is_monkey_patched(_PATCHED_AS.get(module, module)):
-        return patcher.original(module)  # type: ignore[no-any-return]
-    return importlib.import_module(module)
+    if patcher is not None and patcher.is_monkey_patched(module):
+        return patcher.original(module)
+    return __import__(module)
 
 
 class HeartbeatError(Exception):
@@ -49,10 +54,11 @@ class HeartbeatError(Exception):
 
 @dataclass(frozen=True)
 class HeartbeatStatus:
-    """What the heartbeat thread did: ``beats`` and ``failures`` since it started,
-    ``error`` the error type of the last beat when it failed (None when it
-    succeeded), ``failed_at`` the ``time.monotonic()`` seconds of the last failure
-    (None: none yet), ``running`` whether the thread is alive."""
+    """What the heartbeat did as far as its reports were read: ``beats`` and
+    ``failures`` since it started, ``error`` the error type of the last beat when it
+    failed (None when it succeeded), ``failed_at`` the parent's ``time.monotonic()``
+    seconds when the last failure was read (None: none yet), ``running`` whether the
+    child process is alive."""
 
     beats: int
     failures: int
@@ -69,99 +75,39 @@ def _command(*args: str | int) -> bytes:
     return b"".join(out)
 
 
-class NativeHeartbeat:
-    """Sets ``key`` to ``1`` for ``alive_ms`` milliseconds every ``interval_s``
-    seconds from a daemon OS thread, on a connection of its own to the Redis of
-    ``url`` (``redis://`` / ``rediss://``, user, password and db as ``redis.from_url``
-    reads them; a unix socket path is not supported: ValueError).
+class RespBeat:
+    """``SET key 1 PX alive_ms`` on a connection of its own (``settings``: the dict
+    ``beat_settings`` makes). ``beat()`` connects first when needed; a failed beat
+    closes the connection and the next one connects again. Raises OSError (Redis
+    unreachable or late) or HeartbeatError (an error reply)."""
 
-    ``start()`` once; ``stop()`` ends the thread (the key then expires by itself);
-    ``status()`` says how it went; ``beat()`` sets the key once from the calling
-    thread (raises ``OSError`` when Redis cannot be reached or answers late,
-    ``HeartbeatError`` when it answers with an error). Not for concurrent ``beat()``
-    calls from several threads.
-    """
-
-    def __init__(self, url: str, key: str, alive_ms: int, interval_s: float = HEARTBEAT_S,
-                 timeout_s: float = HEARTBEAT_TIMEOUT_S) -> None:
-        from redis.connection import parse_url  # only needed with MESSAGE_QUEUE_URL
-        opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-        if "path" in opts:
-            raise ValueError("MESSAGE_QUEUE_URL: a unix socket is not supported by the heartbeat")
-        self._host, self._port = opts.get("host") or "localhost", int(opts.get("port") or 6379)
-        self._db = int(opts.get("db") or 0)
-        self._username, self._password = opts.get("username"), opts.get("password")
-        self._tls = "connection_class" in opts  # rediss://
-        self.key, self.alive_ms = key, alive_ms
-        self.interval_s, self.timeout_s = interval_s, timeout_s
-        self._socket = native("socket")
-        self._threading = native("threading")
-        self._stop = self._threading.Event()
-        self._thread: Any = None
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.s = settings
         self._sock: Any = None
         self._buf = b""
-        self._beats = self._failures = 0
-        self._error: str | None = None
-        self._failed_at: float | None = None
-
-    def start(self) -> None:
-        """Start the thread (its first beat at once); a second call does nothing."""
-        if self._thread is not None:
-            return
-        self._thread = self._threading.Thread(target=self._run, name="lease-heartbeat",
-                                              daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = HEARTBEAT_TIMEOUT_S + 1.0) -> None:
-        """Tell the thread to end and wait up to ``timeout_s`` seconds for it (it ends
-        at once unless a beat is waiting for Redis, at most ``timeout_s`` of the
-        constructor)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def status(self) -> HeartbeatStatus:
-        """The thread's figures (see ``HeartbeatStatus``)."""
-        return HeartbeatStatus(self._beats, self._failures, self._error, self._failed_at,
-                               self._thread is not None and self._thread.is_alive())
 
     def beat(self) -> None:
-        """``SET key 1 PX alive_ms`` once (connecting first when needed; a failed beat
-        closes the connection, the next one connects again). Raises OSError or
-        HeartbeatError."""
+        """Set the key once (see the class)."""
         try:
             if self._sock is None:
                 self._connect()
-            self._call("SET", self.key, "1", "PX", self.alive_ms)
+            self._call("SET", self.s["key"], "1", "PX", self.s["alive_ms"])
         except BaseException:
-            self._close()
+            self.close()
             raise
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            try:
-                self.beat()
-                self._beats += 1
-                self._error = None
-            except Exception as e:  # isolation boundary: recorded, reported by the loop's side
-                self._failures += 1
-                self._error = type(e).__name__
-                self._failed_at = time.monotonic()
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
-        self._close()
-
     def _connect(self) -> None:
-        sock = self._socket.create_connection((self._host, self._port), timeout=self.timeout_s)
-        if self._tls:
-            ssl = native("ssl")
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
-        sock.settimeout(self.timeout_s)
+        s = self.s
+        sock = socket.create_connection((s["host"], s["port"]), timeout=s["timeout_s"])
+        if s["tls"]:
+            import ssl
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=s["host"])
+        sock.settimeout(s["timeout_s"])
         self._sock, self._buf = sock, b""
-        if self._password is not None:
-            self._call("AUTH", *([self._username] if self._username else []), self._password)
-        if self._db:
-            self._call("SELECT", self._db)
+        if s["password"] is not None:
+            self._call("AUTH", *([s["username"]] if s["username"] else []), s["password"])
+        if s["db"]:
+            self._call("SELECT", s["db"])
 
     def _call(self, *args: str | int) -> None:
         self._sock.sendall(_command(*args))
@@ -176,10 +122,163 @@ class NativeHeartbeat:
         if line[:1] != b"+":  # SET, AUTH and SELECT answer +OK; anything else: not ours
             raise HeartbeatError(f"unexpected reply {line[:40]!r}")
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the connection (the next beat connects again)."""
         sock, self._sock, self._buf = self._sock, None, b""
         if sock is not None:
             try:
                 sock.close()
             except OSError:
                 pass
+
+
+def beat_settings(url: str, key: str, alive_ms: int, interval_s: float = HEARTBEAT_S,
+                  timeout_s: float = HEARTBEAT_TIMEOUT_S) -> dict[str, Any]:
+    """The child's settings from a Redis ``url`` (``redis://`` / ``rediss://``; user,
+    password and db read as ``redis.from_url`` reads them). Raises ValueError for a
+    unix socket URL (not supported)."""
+    from redis.connection import parse_url  # only needed with MESSAGE_QUEUE_URL
+    opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    if "path" in opts:
+        raise ValueError("MESSAGE_QUEUE_URL: a unix socket is not supported by the heartbeat")
+    return {"host": opts.get("host") or "localhost", "port": int(opts.get("port") or 6379),
+            "db": int(opts.get("db") or 0), "username": opts.get("username"),
+            "password": opts.get("password"), "tls": "connection_class" in opts,
+            "key": key, "alive_ms": int(alive_ms), "interval_s": float(interval_s),
+            "timeout_s": float(timeout_s)}
+
+
+class HeartbeatProcess:
+    """Keeps ``settings["key"]`` alive from a child process (see the module doc).
+
+    ``start()`` once (the first beat at once); ``stop()`` ends the child (the key then
+    expires by itself); ``status()`` reads the child's reports so far; ``restart()``
+    starts a new child when the last one died (killed by an operator or the OOM
+    killer: the watching task calls it).
+    """
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        self._proc: Any = None
+        self._out_fd: int | None = None
+        self._pending = b""
+        self._beats = self._failures = 0
+        self._error: str | None = None
+        self._failed_at: float | None = None
+
+    def start(self) -> None:
+        """Start the child (a second call while it runs does nothing). Raises OSError
+        when it cannot be started."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        subprocess, os_ = _native("subprocess"), _native("os")
+        self._close_pipes()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-u", os.path.abspath(__file__)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            close_fds=True)
+        self._proc.stdin.write((json.dumps(self.settings) + "\n").encode())
+        self._proc.stdin.flush()  # the pipe stays open: its end is the child's end
+        self._out_fd = self._proc.stdout.fileno()
+        os_.set_blocking(self._out_fd, False)
+
+    def restart(self) -> bool:
+        """Start a new child if the last one is gone; True if one was started."""
+        if self._proc is None or self._proc.poll() is None:
+            return False
+        self.start()
+        return True
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """End the child: close its input (it exits at once) and wait up to
+        ``timeout_s`` seconds, then kill it."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout_s)
+        except Exception:  # subprocess.TimeoutExpired (of the native module)
+            proc.kill()
+            proc.wait(timeout_s)
+        self.status()  # the last reports
+        self._close_pipes()
+
+    def status(self) -> HeartbeatStatus:
+        """The child's reports read so far (see ``HeartbeatStatus``); never waits."""
+        if self._out_fd is not None:
+            os_ = _native("os")
+            while True:
+                try:
+                    chunk = os_.read(self._out_fd, 65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self._pending += chunk
+            *lines, self._pending = self._pending.split(b"\n")
+            for line in lines:
+                if line == b"1":
+                    self._beats += 1
+                    self._error = None
+                elif line.startswith(b"0"):
+                    self._failures += 1
+                    self._error = line[2:].decode(errors="replace") or "Error"
+                    self._failed_at = time.monotonic()
+        running = self._proc is not None and self._proc.poll() is None
+        return HeartbeatStatus(self._beats, self._failures, self._error, self._failed_at, running)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before ``start()``)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def _close_pipes(self) -> None:
+        if self._proc is not None:
+            for f in (self._proc.stdin, self._proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._out_fd, self._pending = None, b""
+
+
+def _report(line: bytes) -> None:
+    try:
+        os.write(1, line)
+    except (BlockingIOError, BrokenPipeError):  # the parent is not reading: drop it
+        pass
+
+
+def main() -> None:
+    """The child: beat until the parent closes our input or is gone."""
+    settings = json.loads(sys.stdin.buffer.readline())
+    parent = os.getppid()
+    done = threading.Event()
+
+    def watch_input() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        done.set()  # end of file: the parent closed it, or died
+
+    threading.Thread(target=watch_input, daemon=True).start()
+    os.set_blocking(1, False)
+    beat = RespBeat(settings)
+    while not done.is_set() and os.getppid() == parent:
+        began = time.monotonic()
+        try:
+            beat.beat()
+            _report(b"1\n")
+        except Exception as e:  # isolation boundary: reported, the next beat retries
+            _report(b"0 %s\n" % type(e).__name__.encode())
+        done.wait(max(0.0, settings["interval_s"] - (time.monotonic() - began)))
+    beat.close()
+
+
+if __name__ == "__main__":
+    main()

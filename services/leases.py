@@ -7,13 +7,14 @@ renewing (a dead process): another process that has subscribers for the key take
 it over within one TTL. A single process uses LocalLeases (always the owner).
 
 Liveness: each process also keeps ``<prefix>:alive:<owner>`` alive for ``alive_ms``,
-set every second from a native OS thread on a connection of its own
-(``start_heartbeat``, services.heartbeat): it says the process is alive, not that its
-event loop is, so a loop stalled for seconds by a storm no longer loses its leases to
-another process; a loop stalled for good stops renewing and its leases expire by
-their TTL. A lease whose owner's heartbeat is gone (a process killed with -9: the
-thread dies with it) is taken over by ``acquire`` at once, without waiting for the
-lease's own TTL: failover within ``alive_ms`` plus a reconnect.
+set every second by a child process of its own (``start_heartbeat``,
+services.heartbeat): it says the process is alive, not that its event loop (or its
+GIL) is free, so a loop stalled for seconds by a storm or a long collector pause no
+longer loses its leases to another process; a loop stalled for good stops renewing
+and its leases expire by their TTL. A lease whose owner's heartbeat is gone (a
+process killed with -9: the child sees its input closed and ends) is taken over by
+``acquire`` at once, without waiting for the lease's own TTL: failover within
+``alive_ms`` plus a reconnect.
 
 Redis restarted empty: a ``renew`` that finds the lease gone takes it again
 (``SET NX`` semantics, inside the script), so the process that ran the stream keeps
@@ -24,7 +25,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from services.heartbeat import HEARTBEAT_S, HEARTBEAT_TIMEOUT_S, HeartbeatStatus, NativeHeartbeat
+from services.heartbeat import (
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    HeartbeatProcess,
+    HeartbeatStatus,
+    beat_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ class LocalLeases:
 
     def start_heartbeat(self) -> None:
         """Nothing to do."""
+
+    def restart_heartbeat(self) -> bool:
+        """Nothing to do: False."""
+        return False
 
     def stop_heartbeat(self) -> None:
         """Nothing to do."""
@@ -128,12 +139,12 @@ class RedisLeases:
         self.alive_ms = alive_ms
         self.owner = uuid.uuid4().hex
         self._alive_prefix = f"{prefix}:alive:"
-        # the periodic beat: a native thread on a connection of its own, so that an
-        # event loop stalled past ``alive_ms`` (10,000 connects at once on 2 busy cores)
+        # the periodic beat: a child process, so that an event loop or a GIL held past
+        # ``alive_ms`` (10,000 connects at once on 2 busy cores, a 5 s collector pause)
         # does not make this live process look dead (it lost 6 to 97 streams to the
         # other process per storm when a green task beat, docs/push-stream.md)
-        self._thread_beat = NativeHeartbeat(url, self._alive_prefix + self.owner, alive_ms,
-                                            interval_s=beat_interval_s)
+        self._beater = HeartbeatProcess(beat_settings(
+            url, self._alive_prefix + self.owner, alive_ms, interval_s=beat_interval_s))
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._acquire = self._redis.register_script(_ACQUIRE)
@@ -149,18 +160,23 @@ class RedisLeases:
         self._beat.set(self._alive_prefix + self.owner, b"1", px=self.alive_ms)
 
     def start_heartbeat(self) -> None:
-        """Start saying this process is alive every ``beat_interval_s`` from a native
-        thread (services.heartbeat.NativeHeartbeat) until ``stop_heartbeat()``; its
-        failures are counted in ``heartbeat_status()``, never raised. Once."""
-        self._thread_beat.start()
+        """Start saying this process is alive every ``beat_interval_s`` from a child
+        process (services.heartbeat.HeartbeatProcess) until ``stop_heartbeat()``; its
+        failures are counted in ``heartbeat_status()``, never raised. Raises OSError
+        when the child cannot be started."""
+        self._beater.start()
+
+    def restart_heartbeat(self) -> bool:
+        """Start a new heartbeat child when the last one died; True if one was."""
+        return self._beater.restart()
 
     def stop_heartbeat(self) -> None:
-        """End the heartbeat thread (the key expires ``alive_ms`` after its last beat)."""
-        self._thread_beat.stop()
+        """End the heartbeat child (the key expires ``alive_ms`` after its last beat)."""
+        self._beater.stop()
 
     def heartbeat_status(self) -> HeartbeatStatus | None:
-        """The heartbeat thread's figures (beats, failures, the last error)."""
-        return self._thread_beat.status()
+        """The heartbeat's figures (beats, failures, the last error, running)."""
+        return self._beater.status()
 
     def acquire(self, name: str) -> bool:
         """True if this process now holds the lease: it was free, ours, or held by

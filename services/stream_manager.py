@@ -142,7 +142,7 @@ class StreamManager:
                 self._leases.heartbeat()  # before any acquire: our leases are not "dead"
             except Exception as e:  # Redis not there yet: the heartbeat loop retries
                 logger.warning("lease heartbeat failed error=%s", type(e).__name__)
-            self._leases.start_heartbeat()  # a native thread: stopped by stop_all()
+            self._leases.start_heartbeat()  # a child process: stopped by stop_all()
             self._spawn(self._maintain_leases)
             self._spawn(self._watch_heartbeat)
             self._spawn(self._take_over_followed)
@@ -352,17 +352,24 @@ class StreamManager:
                     self._local(key_id, None)
 
     def _watch_heartbeat(self) -> None:
-        """Every ``HEARTBEAT_S`` until ``stop_all()``: report the heartbeat thread's
-        failures (``leases.heartbeat_status``; the thread itself logs nothing) once per
-        outage, and take no stream over for ``AFTER_OUTAGE_S`` after one (Redis may
-        have come back empty: the processes that ran the streams take their leases
-        again first)."""
+        """Every ``HEARTBEAT_S`` until ``stop_all()``: report the heartbeat's failures
+        (``leases.heartbeat_status``; its child process logs nothing) once per outage,
+        take no stream over for ``AFTER_OUTAGE_S`` after one (Redis may have come back
+        empty: the processes that ran the streams take their leases again first), and
+        start a new child when the last one died."""
         failing = False
         seen_failures = 0
         while not self.stopping.wait(HEARTBEAT_S):
             status = self._leases.heartbeat_status()
             if status is None:
                 continue
+            if not status.running and not self.stopping.is_set():
+                try:
+                    if self._leases.restart_heartbeat():
+                        logger.warning("lease heartbeat process restarted")
+                except OSError as e:
+                    logger.warning("lease heartbeat process restart failed error=%s",
+                                   type(e).__name__)
             if status.failed_at is not None and status.failures != seen_failures:
                 seen_failures = status.failures
                 self._quiet_until = max(self._quiet_until, status.failed_at + AFTER_OUTAGE_S)
