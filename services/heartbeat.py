@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -256,7 +257,11 @@ def _report(line: bytes) -> None:
 
 
 def main() -> None:
-    """The child: beat until the parent closes our input or is gone."""
+    """The child: beat until the parent closes our input or is gone. Ctrl-C in a
+    terminal reaches the whole process group: the parent may take its time to stop
+    gracefully (its leases are still its own meanwhile), so the child ignores it and
+    ends with its parent's end of the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = json.loads(sys.stdin.buffer.readline())
     parent = os.getppid()
     done = threading.Event()
