@@ -8,7 +8,7 @@ over (17 and 97 ``stream lease lost`` in two 10,000-connection storms). A native
 thread survives a stalled loop but not a held GIL: the server's garbage collector
 paused one process for 5.3 s at a load of 20 (``gc_max_ms`` in ``bench.scaleout``),
 and a thread's beat waited for it. So the beat runs in a child process (``python -I
-services/heartbeat.py``, the standard library only, about 10 MB): it says "the
+services/heartbeat.py``, the standard library only, about 14 MB RSS): it says "the
 process is alive", not "its loop (or its GIL) is free". A loop that stalls for good
 is caught by the leases' own TTL (nothing renews them).
 
