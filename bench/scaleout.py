@@ -75,7 +75,11 @@ round robin, each subscribing to ``pnl``, all connects in flight at once through
 nginx): ok / failed, connect + subscribe ack latency, ``per_s_wall`` (ok / wall
 seconds), how many got their snapshot and when, ``rss_kb_per_connection`` per process
 (VmRSS after - before, over the connections it holds), ``closed_after_ok`` (with
-the clients' ``closed_reasons``) and nginx's error-log lines by level. The file limit
+the clients' ``closed_reasons``), nginx's error-log lines by level, and the stream
+leases each process lost to the other (``leases_lost``: ``stream lease lost`` in its
+log; with it ``leases_taken_over`` and ``heartbeat_failed``); ``heartbeat``: the lowest
+remaining life of each process's heartbeat key seen during the storm (sampled every
+0.1 s: ``ALIVE_MS`` minus the longest gap between two beats) and how often it was gone. The file limit
 is raised to its hard limit (``prepare_long_run``); nginx gets room for every
 connection in either worker.
 
@@ -557,6 +561,7 @@ class Bench:
         cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, 2 * m + 1000)
         users = min(len(self.accounts), self.args.storm_users)
         out: dict = {"processes": 2, "connections": m, "users": users}
+        beats = HeartbeatWatch(self.env["MESSAGE_QUEUE_URL"], self.env["MESSAGE_QUEUE_CHANNEL"])
         try:
             rss0 = {s.url.removeprefix("http://"): rss_mb(s.proc.pid) for s in cluster.servers}
             cids = list(range(m))
@@ -573,16 +578,29 @@ class Bench:
             per: dict = {}
             for s in cluster.servers:
                 b = s.url.removeprefix("http://")
+                gc_max: list[float | None] | None = None
                 try:  # the connections it holds (a client that failed holds none)
-                    held = requests.get(s.url + "/admin/stats", timeout=30, headers={
-                        "X-Admin-Token": s.admin_token}).json()["connections"]
+                    st = requests.get(s.url + "/admin/stats", timeout=30, headers={
+                        "X-Admin-Token": s.admin_token}).json()
+                    held = st["connections"]
+                    gc_max = [st.get("gc", {}).get(f"gen{g}", {}).get("max_ms") for g in range(3)]
                 except (requests.RequestException, ValueError, KeyError):
                     held = len(where.get(b, []))
                 after = rss_mb(s.proc.pid)
+                log = s.log()
                 per[b] = {"connections": held, "rss_mb_before": rss0[b], "rss_mb_after": after,
                           "rss_kb_per_connection": round((after - rss0[b]) * 1024 / held, 1)
-                          if held and after and rss0[b] else None}
+                          if held and after and rss0[b] else None,
+                          # a live process's streams taken by the other (its heartbeat
+                          # seemed gone, or its lease expired unrenewed), and its take-overs
+                          "leases_lost": log.count("stream lease lost"),
+                          "leases_taken_over": log.count("stream lease taken over"),
+                          "heartbeat_failed": log.count("lease heartbeat failed"),
+                          # the longest collector pause per generation (every thread of
+                          # the process waits for it: the GIL is held throughout)
+                          "gc_max_ms": gc_max}
             out["per_process"] = per
+            out["leases_lost"] = sum(v["leases_lost"] for v in per.values())
             out["nginx_rss_mb"] = sum(rss_mb(p) or 0 for p in cluster.nginx.worker_pids())
             got = self.workers.all({"op": "collect", "since": time.time()})
             out["still_connected"] = sum(g["connected"] for g in got)
@@ -598,9 +616,57 @@ class Bench:
             out["nginx_log"]["worker_connections_short"] = log.count("worker_connections are not enough")
             out["load"] = _load()
         finally:
+            out["heartbeat"] = beats.stop()
             self.disconnect_all()
             cluster.stop()
         return out
+
+
+class HeartbeatWatch:
+    """Samples the remaining life (PTTL) of every process's heartbeat key
+    (``<channel>:alive:<owner>``, services.leases) every ``period_s`` on a thread of
+    its own until ``stop()``: ``min_ttl_ms`` per owner is ``ALIVE_MS`` minus the
+    longest gap between two of its beats (within ``period_s``), ``gone``: samples that
+    found a key seen before missing (its leases could then be taken as a dead
+    process's)."""
+
+    def __init__(self, url: str, channel: str, period_s: float = 0.1) -> None:
+        import redis
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+        self._pattern = f"{channel}:alive:*"
+        self._period_s = period_s
+        self._min: dict[str, int] = {}
+        self._gone: dict[str, int] = {}
+        self._samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import redis
+        while not self._stop.wait(self._period_s):
+            try:
+                keys = {str(k) for k in self._redis.keys(self._pattern)} | set(self._min)
+                pipe = self._redis.pipeline(transaction=False)
+                for k in keys:
+                    pipe.pttl(k)
+                for k, ttl in zip(keys, pipe.execute(), strict=True):
+                    if ttl == -2:
+                        self._gone[k] = self._gone.get(k, 0) + 1
+                    elif ttl >= 0:
+                        self._min[k] = min(self._min.get(k, ttl), ttl)
+                self._samples += 1
+            except redis.RedisError:
+                continue
+
+    def stop(self) -> dict[str, Any]:
+        """``{"min_ttl_ms": [per owner, lowest first], "gone": [samples], "samples"}``
+        (the owners' order is the same in both lists)."""
+        self._stop.set()
+        self._thread.join(10)
+        owners = sorted(self._min, key=lambda k: self._min[k])
+        return {"min_ttl_ms": [self._min[k] for k in owners],
+                "gone": [self._gone.get(k, 0) for k in owners], "samples": self._samples}
 
 
 def main(argv: list[str] | None = None) -> None:

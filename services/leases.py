@@ -6,10 +6,13 @@ exactly one of them, or the exchange load doubles. The owner holds a lease in Re
 renewing (a dead process): another process that has subscribers for the key takes
 it over within one TTL. A single process uses LocalLeases (always the owner).
 
-Liveness: each process also keeps ``<prefix>:alive:<owner>`` alive (``heartbeat``,
-every second, for ``alive_ms``, on a connection of its own and from a task of its
-own: a busy process's heartbeat must not wait behind its other Redis calls). A
-lease whose owner's heartbeat is gone (a process killed with -9) is taken over by
+Liveness: each process also keeps ``<prefix>:alive:<owner>`` alive for ``alive_ms``,
+set every second by a child process of its own (``start_heartbeat``,
+services.heartbeat): it says the process is alive, not that its event loop (or its
+GIL) is free, so a loop stalled for seconds by a storm or a long collector pause no
+longer loses its leases to another process; a loop stalled for good stops renewing
+and its leases expire by their TTL. A lease whose owner's heartbeat is gone (a
+process killed with -9: the child sees its input closed and ends) is taken over by
 ``acquire`` at once, without waiting for the lease's own TTL: failover within
 ``alive_ms`` plus a reconnect.
 
@@ -21,6 +24,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+
+from services.heartbeat import (
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    HeartbeatProcess,
+    HeartbeatStatus,
+    beat_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +59,20 @@ class LocalLeases:
     def heartbeat(self) -> None:
         """Nothing to do."""
 
+    def start_heartbeat(self) -> None:
+        """Nothing to do."""
+
+    def restart_heartbeat(self) -> bool:
+        """Nothing to do: False."""
+        return False
+
+    def stop_heartbeat(self) -> None:
+        """Nothing to do."""
+
+    def heartbeat_status(self) -> HeartbeatStatus | None:
+        """None: no heartbeat."""
+        return None
+
 
 # renew: ours -> extend; gone (Redis restarted empty, or expired) -> take it again
 # (SET NX: nobody else holds it); another owner's -> 0
@@ -69,9 +94,7 @@ if cur and redis.call('exists', ARGV[3] .. cur) == 0 then
   return 1
 end
 return 0"""
-ALIVE_MS = 4000  # a process's heartbeat key lives this long (renewed every second)
-HEARTBEAT_S = 1.0
-HEARTBEAT_TIMEOUT_S = 2.0  # one heartbeat's connect / reply wait (its own connection)
+ALIVE_MS = 4000  # a process's heartbeat key lives this long (renewed every HEARTBEAT_S)
 
 
 def redis_client(url: str, max_connections: int = 32, pool_timeout_s: float = 20.0,
@@ -102,13 +125,12 @@ class RedisLeases:
     distributed = True
 
     def __init__(self, url: str, prefix: str, ttl_ms: int, client=None,  # type: ignore[no-untyped-def]
-                 alive_ms: int = ALIVE_MS, beat_client=None) -> None:
+                 alive_ms: int = ALIVE_MS, beat_client=None,
+                 beat_interval_s: float = HEARTBEAT_S) -> None:
         self._redis = client if client is not None else redis_client(url)
-        # the heartbeat's own connection (``beat_client``; None: one made from ``url``):
-        # it never queues behind a storm's lease and relay calls in ``client``'s bounded
-        # pool. (It does not make the beat survive an event loop stalled past
-        # ``alive_ms``: in 10,000-connection storms at a load of 15 on 2 cores a live
-        # process still lost 6 to 97 streams to the other, docs/push-stream.md.)
+        # ``heartbeat()``'s own connection (``beat_client``; None: one made from
+        # ``url``): it never queues behind a storm's lease and relay calls in
+        # ``client``'s bounded pool
         self._beat = beat_client if beat_client is not None else redis_client(
             url, max_connections=1, pool_timeout_s=HEARTBEAT_TIMEOUT_S,
             socket_timeout_s=HEARTBEAT_TIMEOUT_S)
@@ -117,6 +139,12 @@ class RedisLeases:
         self.alive_ms = alive_ms
         self.owner = uuid.uuid4().hex
         self._alive_prefix = f"{prefix}:alive:"
+        # the periodic beat: a child process, so that an event loop or a GIL held past
+        # ``alive_ms`` (10,000 connects at once on 2 busy cores, a 5 s collector pause)
+        # does not make this live process look dead (it lost 6 to 97 streams to the
+        # other process per storm when a green task beat, docs/push-stream.md)
+        self._beater = HeartbeatProcess(beat_settings(
+            url, self._alive_prefix + self.owner, alive_ms, interval_s=beat_interval_s))
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._acquire = self._redis.register_script(_ACQUIRE)
@@ -125,10 +153,30 @@ class RedisLeases:
         return f"{self._prefix}:lease:{name}"
 
     def heartbeat(self) -> None:
-        """Say this process is alive for ``alive_ms`` (call every ``HEARTBEAT_S``), on
-        the heartbeat's own connection (it never waits for the shared pool). Raises
-        RedisError."""
+        """Say this process is alive for ``alive_ms``, once, from the calling (green)
+        thread, on a connection of its own (it never waits for the shared pool): before
+        the first ``acquire``, so that our own leases are never taken for a dead
+        process's. Raises RedisError."""
         self._beat.set(self._alive_prefix + self.owner, b"1", px=self.alive_ms)
+
+    def start_heartbeat(self) -> None:
+        """Start saying this process is alive every ``beat_interval_s`` from a child
+        process (services.heartbeat.HeartbeatProcess) until ``stop_heartbeat()``; its
+        failures are counted in ``heartbeat_status()``, never raised. Raises OSError
+        when the child cannot be started."""
+        self._beater.start()
+
+    def restart_heartbeat(self) -> bool:
+        """Start a new heartbeat child when the last one died; True if one was."""
+        return self._beater.restart()
+
+    def stop_heartbeat(self) -> None:
+        """End the heartbeat child (the key expires ``alive_ms`` after its last beat)."""
+        self._beater.stop()
+
+    def heartbeat_status(self) -> HeartbeatStatus | None:
+        """The heartbeat's figures (beats, failures, the last error, running)."""
+        return self._beater.status()
 
     def acquire(self, name: str) -> bool:
         """True if this process now holds the lease: it was free, ours, or held by

@@ -30,7 +30,8 @@ from services.account_stream import AccountStream, Publish, StreamSettings
 from services.accounts import get_owned_key
 from services.client_cache import TradingService
 from services.coalesce import Coalescer
-from services.leases import HEARTBEAT_S, LocalLeases
+from services.heartbeat import HEARTBEAT_S
+from services.leases import LocalLeases
 from services.lifecycle import StopFlag
 from services.security import KeyCipher
 
@@ -143,8 +144,9 @@ class StreamManager:
                 self._leases.heartbeat()  # before any acquire: our leases are not "dead"
             except Exception as e:  # Redis not there yet: the heartbeat loop retries
                 logger.warning("lease heartbeat failed error=%s", type(e).__name__)
+            self._leases.start_heartbeat()  # a child process: stopped by stop_all()
             self._spawn(self._maintain_leases)
-            self._spawn(self._heartbeat)
+            self._spawn(self._watch_heartbeat)
             self._spawn(self._take_over_followed)
 
     def ensure(self, user_id: int, key_id: int) -> AccountStream | None:
@@ -371,21 +373,33 @@ class StreamManager:
                         self._followed[key_id] = stream.state.user_id
                     self._local(key_id, None)
 
-    def _heartbeat(self) -> None:
-        """Every ``HEARTBEAT_S`` until ``stop_all()``: say this process is alive
-        (``leases.heartbeat``). Nothing else runs in this task: a beat that waits
-        behind the take-over round's Redis calls (a pipeline of every followed key,
-        slow in a storm) lets this live process's leases be taken as a dead one's."""
+    def _watch_heartbeat(self) -> None:
+        """Every ``HEARTBEAT_S`` until ``stop_all()``: report the heartbeat's failures
+        (``leases.heartbeat_status``; its child process logs nothing) once per outage,
+        take no stream over for ``AFTER_OUTAGE_S`` after one (Redis may have come back
+        empty: the processes that ran the streams take their leases again first), and
+        start a new child when the last one died."""
         failing = False
+        seen_failures = 0
         while not self.stopping.wait(HEARTBEAT_S):
-            try:
-                self._leases.heartbeat()
-                failing = False
-            except Exception as e:  # isolation boundary: Redis unreachable; retry
-                if not failing:  # once per outage, not every second
-                    logger.warning("lease heartbeat failed error=%s", type(e).__name__)
-                failing = True
-                self._quiet_until = time.monotonic() + AFTER_OUTAGE_S
+            status = self._leases.heartbeat_status()
+            if status is None:
+                continue
+            if not status.running and not self.stopping.is_set():
+                try:
+                    if self._leases.restart_heartbeat():
+                        logger.warning("lease heartbeat process restarted")
+                except OSError as e:
+                    logger.warning("lease heartbeat process restart failed error=%s",
+                                   type(e).__name__)
+            if status.failed_at is not None and status.failures != seen_failures:
+                seen_failures = status.failures
+                self._quiet_until = max(self._quiet_until, status.failed_at + AFTER_OUTAGE_S)
+            if status.error is not None and not failing:
+                logger.warning("lease heartbeat failed error=%s", status.error)
+            elif status.error is None and failing:
+                logger.info("lease heartbeat recovered failures=%s", status.failures)
+            failing = status.error is not None
 
     def _take_over_followed(self) -> None:
         """Every ``HEARTBEAT_S`` until ``stop_all()``: try to take over the streams we
@@ -593,8 +607,10 @@ class StreamManager:
                 "takeovers": self.takeovers, "polling_refresh_s": refresh}
 
     def stop_all(self) -> None:
-        """Stop every stream and the lease upkeep (shutdown); the leases are released."""
+        """Stop every stream, the lease upkeep and the heartbeat thread (shutdown); the
+        leases are released."""
         self.stopping.set()
+        self._leases.stop_heartbeat()
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()

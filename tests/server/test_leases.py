@@ -3,9 +3,12 @@
 shared Redis on 6379 is left alone)."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.leases import RedisLeases, redis_client
+from services.heartbeat import HeartbeatError, HeartbeatProcess, RespBeat, beat_settings
+from services.leases import ALIVE_MS, RedisLeases, redis_client
 from services.stream_manager import StreamManager
 from tests.support.server import free_port
 
@@ -156,3 +160,186 @@ def test_a_lease_taken_on_subscribe_is_renewed_while_the_stream_start_waits(
     finally:
         gate.set()
         sm.stop_all()
+
+
+# A child process monkey-patched as the server is: its lease's heartbeat (the heartbeat
+# process, or, as controls, the former green task or a native thread) beats while the
+# parent watches the key; on "block" the child stalls for BLOCK_S: its event loop
+# (``time.sleep`` of the original module: nothing green runs) or its GIL (a regular
+# expression that backtracks: no other thread of it runs), then says "unblocked".
+_CHILD = r"""
+import eventlet
+eventlet.monkey_patch()
+import re, sys
+from eventlet.patcher import original
+from services.heartbeat import RespBeat
+from services.leases import RedisLeases
+url, mode, block, block_s = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+lease = RedisLeases(url, "t", 60_000)
+lease.heartbeat()
+if mode == "process":
+    lease.start_heartbeat()
+elif mode == "green":  # the former way: a green task beating every second
+    def beat():
+        while True:
+            eventlet.sleep(1.0)
+            lease.heartbeat()
+    eventlet.spawn(beat)
+else:  # a native thread beating every second
+    rb = RespBeat(lease._beater.settings)
+    def beat():
+        while True:
+            original("time").sleep(1.0)
+            rb.beat()
+    original("threading").Thread(target=beat, daemon=True).start()
+n, took = 18, 0.0  # the backtracking's length that holds the GIL for block_s
+t = original("time")
+while took < 0.2:
+    n += 1
+    t0 = t.monotonic(); re.match(r"(a+)+$", "a" * n + "b"); took = t.monotonic() - t0
+while took < block_s:
+    n, took = n + 1, took * 1.9
+eventlet.sleep(0.2)
+print(lease.owner, lease._beater.pid, flush=True)
+sys.stdin.readline()
+if block == "loop":
+    t.sleep(block_s)
+else:
+    re.match(r"(a+)+$", "a" * n + "b")
+print("unblocked", flush=True)
+sys.stdin.readline()
+"""
+BLOCK_S = ALIVE_MS / 1000 + 2.0
+
+
+def _stall_child(redis_url: str, mode: str, block: str) -> tuple[subprocess.Popen, str, int]:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", _CHILD, redis_url, mode, block,
+                             str(BLOCK_S)], cwd=root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    owner, _, pid = proc.stdout.readline().strip().partition(" ")  # type: ignore[union-attr]
+    assert owner, "the child did not start"
+    return proc, f"t:alive:{owner}", int(pid) if pid.isdigit() else 0
+
+
+def _watch_while_blocked(proc: subprocess.Popen, client, key: str) -> list[int]:  # type: ignore[no-untyped-def]
+    """The key's PTTL every 50 ms while the child is blocked."""
+    proc.stdin.write("block\n")  # type: ignore[union-attr]
+    proc.stdin.flush()  # type: ignore[union-attr]
+    seen: list[int] = []
+    done = threading.Event()
+    threading.Thread(target=lambda: (proc.stdout.readline(), done.set()),  # type: ignore[union-attr]
+                     daemon=True).start()
+    deadline = time.monotonic() + 6 * BLOCK_S
+    while not done.is_set() and time.monotonic() < deadline:
+        seen.append(client.pttl(key))
+        time.sleep(0.05)
+    assert done.is_set(), "the child never unblocked"
+    return seen
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("block", ["loop", "gil"])
+def test_the_heartbeat_process_keeps_a_process_alive_while_its_loop_or_gil_is_held(
+        redis_url, client, block) -> None:  # type: ignore[no-untyped-def]
+    """The event loop or the GIL is held for longer than ALIVE_MS: the key never
+    expires (the heartbeat process renewed it meanwhile); killed with -9, the process's
+    heartbeat child ends and the key is gone within ALIVE_MS."""
+    proc, key, beater = _stall_child(redis_url, "process", block)
+    try:
+        seen = _watch_while_blocked(proc, client, key)
+        assert len(seen) > 40 and min(seen) > 0, seen  # -2: gone (a live process "dead")
+        assert max(seen[len(seen) // 2:]) > ALIVE_MS - 1100  # renewed during the block
+        assert beater and _pid_alive(beater)
+        proc.kill()
+        proc.wait(5)
+        killed = time.monotonic()
+        while client.exists(key) and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        assert not client.exists(key)
+        assert time.monotonic() - killed <= ALIVE_MS / 1000 + 0.3  # failover does not grow
+        assert not _pid_alive(beater)                  # the heartbeat child ended with it
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.mark.parametrize(("mode", "block"), [("green", "loop"), ("thread", "gil")])
+def test_control_a_green_or_thread_heartbeat_dies_with_a_held_loop_or_gil(
+        redis_url, client, mode, block) -> None:  # type: ignore[no-untyped-def]
+    """The controls of the test above: a beat on a green task dies with the blocked
+    loop, a beat on a native thread with the held GIL (so each block really holds
+    what it says, and a thread would not do)."""
+    proc, key, _ = _stall_child(redis_url, mode, block)
+    try:
+        seen = _watch_while_blocked(proc, client, key)
+        assert seen[0] > 0 and -2 in seen, seen
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_the_heartbeat_process_stops_with_the_stream_manager_and_reports_failures(
+        redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    lease = RedisLeases(redis_url, "t", 10_000, client=client, alive_ms=1000,
+                        beat_interval_s=0.1)
+    sm = StreamManager(db=None, cipher=None, trading=None, publish=lambda e: None,  # type: ignore[arg-type]
+                       spawn=lambda fn, *a: threading.Thread(target=fn, args=a, daemon=True).start(),
+                       sleep=time.sleep, ledger=None, leases=lease)
+    sm.start()
+    key = f"t:alive:{lease.owner}"
+    time.sleep(0.8)
+    status = lease.heartbeat_status()
+    assert status is not None and status.running and status.beats >= 3 and status.failures == 0
+    assert 0 < client.pttl(key) <= 1000
+    sm.stop_all()
+    assert not lease.heartbeat_status().running  # type: ignore[union-attr]
+    client.delete(key)
+    time.sleep(0.4)
+    assert not client.exists(key)                      # nothing beats any more
+
+    dead = HeartbeatProcess(beat_settings(f"redis://127.0.0.1:{free_port()}/0", "t:alive:x",
+                                          1000, interval_s=0.05, timeout_s=0.5))
+    dead.start()
+    time.sleep(1.0)
+    dead.stop()
+    status = dead.status()
+    assert status.failures >= 2 and status.beats == 0 and not status.running
+    assert status.error == "ConnectionRefusedError" and status.failed_at is not None
+
+
+def test_a_heartbeat_process_that_died_is_restarted(redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    lease = RedisLeases(redis_url, "t", 10_000, client=client, alive_ms=1000,
+                        beat_interval_s=0.1)
+    lease.start_heartbeat()
+    try:
+        first = lease._beater.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.3)
+        assert not lease.heartbeat_status().running  # type: ignore[union-attr]
+        assert lease.restart_heartbeat() is True and lease._beater.pid != first
+        client.delete(f"t:alive:{lease.owner}")
+        time.sleep(0.5)
+        assert client.exists(f"t:alive:{lease.owner}")
+        assert lease.restart_heartbeat() is False      # running: nothing to do
+    finally:
+        lease.stop_heartbeat()
+
+
+def test_the_heartbeat_speaks_to_the_db_and_password_of_the_url(redis_url, client) -> None:  # type: ignore[no-untyped-def]
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    beat = RespBeat(beat_settings(f"redis://127.0.0.1:{port}/3", "t:alive:db3", 5000))
+    beat.beat()
+    db3 = redis_client(f"redis://127.0.0.1:{port}/3")
+    assert 4000 < db3.pttl("t:alive:db3") <= 5000 and not client.exists("t:alive:db3")
+    wrong = RespBeat(beat_settings(f"redis://:nope@127.0.0.1:{port}/0", "t:alive:pw", 5000))
+    with pytest.raises(HeartbeatError):                # no password set: AUTH is refused
+        wrong.beat()

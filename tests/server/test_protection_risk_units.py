@@ -147,5 +147,12 @@ def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_
         threads[0].start()
         threads[0].join(10)
         assert asked == [11] and watched[(11, "BTCUSDT")].liquidation_price == D("52000")
+        threads.clear()
+        # a snapshot whose position cannot be liquidated (the venue's "0"): not watched,
+        # and the venue is not asked again (it would say "0" again)
+        risk.positions_seen(12, [pos("0")], complete=True)
+        threads[0].start()
+        threads[0].join(10)
+        assert asked == [11] and (12, "BTCUSDT") not in watched
     finally:
         db.dispose()
