@@ -17,7 +17,7 @@ is the parent, and exits at end of file (the kernel closes the pipe of a process
 killed with -9), and it checks before every beat that its parent is still the same
 process. So a process killed with -9 loses its key within ``alive_ms``, as before.
 
-It speaks RESP itself over a plain socket and reports each beat on its standard output
+It sets the key with redis-py and reports each beat on its standard output
 (``1`` or ``0 <error type>``, a line each); the parent reads what is there when asked
 (``status()``), without waiting. Its settings, the password among them, go through
 its standard input, never its command line (``ps`` shows that).
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -48,11 +47,6 @@ def _native(module: str) -> Any:
     return __import__(module)
 
 
-class HeartbeatError(Exception):
-    """Redis answered a heartbeat command with an error (``-ERR ...``, a wrong
-    password, a read-only replica)."""
-
-
 @dataclass(frozen=True)
 class HeartbeatStatus:
     """What the heartbeat did as far as its reports were read: ``beats`` and
@@ -68,84 +62,35 @@ class HeartbeatStatus:
     running: bool
 
 
-def _command(*args: str | int) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-class RespBeat:
-    """``SET key 1 PX alive_ms`` on a connection of its own (``settings``: the dict
-    ``beat_settings`` makes). ``beat()`` connects first when needed; a failed beat
-    closes the connection and the next one connects again. Raises OSError (Redis
-    unreachable or late) or HeartbeatError (an error reply)."""
+class RedisBeat:
+    """``SET key 1 PX alive_ms`` with redis-py on a connection of its own (``settings``:
+    the dict ``beat_settings`` makes; the child is not monkey-patched, so redis-py's
+    plain sockets are what it uses). A failed beat drops the connection and the next
+    one connects again (redis-py's pool). Raises ``redis.RedisError`` (unreachable,
+    late, refused: a wrong password, a read-only replica)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        import redis  # in the child only: the parent imports this module without it
         self.s = settings
-        self._sock: Any = None
-        self._buf = b""
+        timeout_s = settings["timeout_s"]
+        self._client = redis.Redis.from_url(settings["url"], socket_timeout=timeout_s,
+                                            socket_connect_timeout=timeout_s)
 
     def beat(self) -> None:
         """Set the key once (see the class)."""
-        try:
-            if self._sock is None:
-                self._connect()
-            self._call("SET", self.s["key"], "1", "PX", self.s["alive_ms"])
-        except BaseException:
-            self.close()
-            raise
-
-    def _connect(self) -> None:
-        s = self.s
-        sock = socket.create_connection((s["host"], s["port"]), timeout=s["timeout_s"])
-        if s["tls"]:
-            import ssl
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=s["host"])
-        sock.settimeout(s["timeout_s"])
-        self._sock, self._buf = sock, b""
-        if s["password"] is not None:
-            self._call("AUTH", *([s["username"]] if s["username"] else []), s["password"])
-        if s["db"]:
-            self._call("SELECT", s["db"])
-
-    def _call(self, *args: str | int) -> None:
-        self._sock.sendall(_command(*args))
-        while b"\r\n" not in self._buf:
-            chunk = self._sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("redis closed the heartbeat connection")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\r\n")
-        if line[:1] == b"-":
-            raise HeartbeatError(line[1:].decode(errors="replace"))
-        if line[:1] != b"+":  # SET, AUTH and SELECT answer +OK; anything else: not ours
-            raise HeartbeatError(f"unexpected reply {line[:40]!r}")
+        self._client.set(self.s["key"], "1", px=self.s["alive_ms"])
 
     def close(self) -> None:
-        """Close the connection (the next beat connects again)."""
-        sock, self._sock, self._buf = self._sock, None, b""
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        """Close the connection."""
+        self._client.close()
 
 
 def beat_settings(url: str, key: str, alive_ms: int, interval_s: float = HEARTBEAT_S,
                   timeout_s: float = HEARTBEAT_TIMEOUT_S) -> dict[str, Any]:
-    """The child's settings from a Redis ``url`` (``redis://`` / ``rediss://``; user,
-    password and db read as ``redis.from_url`` reads them). Raises ValueError for a
-    unix socket URL (not supported)."""
-    from redis.connection import parse_url  # only needed with MESSAGE_QUEUE_URL
-    opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-    if "path" in opts:
-        raise ValueError("MESSAGE_QUEUE_URL: a unix socket is not supported by the heartbeat")
-    return {"host": opts.get("host") or "localhost", "port": int(opts.get("port") or 6379),
-            "db": int(opts.get("db") or 0), "username": opts.get("username"),
-            "password": opts.get("password"), "tls": "connection_class" in opts,
-            "key": key, "alive_ms": int(alive_ms), "interval_s": float(interval_s),
+    """The child's settings: the Redis ``url`` (any that ``redis.from_url`` reads; it
+    goes through the child's standard input, never its command line), the key, its
+    life in milliseconds, the beat interval and each beat's timeout in seconds."""
+    return {"url": url, "key": key, "alive_ms": int(alive_ms), "interval_s": float(interval_s),
             "timeout_s": float(timeout_s)}
 
 
@@ -273,7 +218,7 @@ def main() -> None:
 
     threading.Thread(target=watch_input, daemon=True).start()
     os.set_blocking(1, False)
-    beat = RespBeat(settings)
+    beat = RedisBeat(settings)
     while not done.is_set() and os.getppid() == parent:
         began = time.monotonic()
         try:
