@@ -60,6 +60,9 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
         def recv(self, timeout: float) -> list:
             return self.frames.pop(0) if self.frames else []
 
+        def recv_waiting(self) -> list:
+            return []
+
         def close(self) -> None:
             self.closed = True
 
@@ -373,6 +376,9 @@ def test_streams_sharing_an_admission_connect_one_at_a_time_and_a_stopped_one_ne
 
             def recv(self, timeout: float) -> list:
                 self.closed.wait(timeout)
+                return []
+
+            def recv_waiting(self) -> list:
                 return []
 
             def close(self) -> None:
