@@ -314,7 +314,7 @@ class AccountStream:
             elif isinstance(event, AccountEvent):  # pushed now; REST completes it later
                 applied, incomplete = self.state.apply_account_event(event)
                 changed |= applied
-                self.refresher.due |= incomplete
+                self.refresher.make_due(incomplete)
                 if "positions" in applied:
                     self._positions_changed()
                 as_of = max(as_of, event.event_time)
@@ -337,7 +337,8 @@ class AccountStream:
             self.state.resume_from_ms = max(self.state.resume_from_ms or 0, as_of)
         refresher = self.refresher
         stale_marks = self.marks.stale()
-        if (refresher.due or stale_marks) and now >= refresher.held_until:
+        if (stale_marks or (refresher.due and time.monotonic() >= refresher.completion_at)) \
+                and now >= refresher.held_until:
             kinds = ("balance", "positions") if stale_marks else tuple(sorted(refresher.due))
             logger.debug("account refresh key_id=%s kinds=%s reason=%s", self.state.key_id,
                          ",".join(kinds), "marks_stale" if stale_marks else "event")
