@@ -89,6 +89,10 @@ class ProtectionService:
         # set again by the container once the alerts service exists (built after this one)
         self.on_alert: OnAlert = on_alert or _no_alert
         self.sweep_s = sweep_s
+        # set by the container: ``live_positions(key_id)`` -> the ``(symbol, side)`` of
+        # the key's open positions as its account stream running here holds them, None
+        # when none is live here (``StreamManager.live_positions``)
+        self.live_positions: Callable[[int], set[tuple[str, str]] | None] | None = None
         self.guard = ServerGuard(tickers, self._fired)
         self._exchange = ExchangeLegs(db, client_for, self._venue_fired)
         self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
@@ -522,28 +526,36 @@ class ProtectionService:
 
     def sweep(self) -> int:
         """Cancel the live server-mode legs whose position ended (or turned to the other
-        side) by another path; returns how many. A key whose positions cannot be read is
+        side) by another path; returns how many. A key's positions are those its account
+        stream running in this process holds (``live_positions``: the venue's own push,
+        no request), else read from the venue; a key whose positions cannot be read is
         left for the next sweep."""
         with self._db.session() as s:
             rows = list(s.scalars(select(ProtectionLeg).where(
                 ProtectionLeg.mode == "server", ProtectionLeg.status.in_(LIVE_LEG_STATUSES))))
             keys = {k.id: k for k in s.scalars(select(ExchangeKey).where(
                 ExchangeKey.id.in_({r.key_id for r in rows})))} if rows else {}
+        by_key: dict[int, list[ProtectionLeg]] = {}
+        for row in rows:
+            by_key.setdefault(row.key_id, []).append(row)
         done = 0
-        for key_id in sorted({r.key_id for r in rows}):
+        for key_id in sorted(by_key):
             key = keys.get(key_id)
             if key is None:
                 continue
-            try:
-                held = {(p.symbol, p.side) for p in self._client_for(key).get_positions() if p.size != 0}
-            except ExchangeError as e:
-                logger.warning("protection sweep could not read positions key_id=%s kind=%s",
-                               key_id, type(e).__name__)
-                continue
-            for row in rows:
+            held = self.live_positions(key_id) if self.live_positions is not None else None
+            if held is None:
+                try:
+                    held = {(p.symbol, p.side) for p in self._client_for(key).get_positions()
+                            if p.size != 0}
+                except ExchangeError as e:
+                    logger.warning("protection sweep could not read positions key_id=%s kind=%s",
+                                   key_id, type(e).__name__)
+                    continue
+            for row in by_key[key_id]:
                 # a PUT's own position is there; a rule that fired (disarmed) is settled
                 # by its fire task
-                if row.key_id == key_id and (row.symbol, row.side) not in held and \
+                if (row.symbol, row.side) not in held and \
                         now_ms() - row.created_at > 2000 and self.guard.armed(row.id):
                     self._cancel_one(row.id, "position_closed")
                     done += 1
