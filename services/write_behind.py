@@ -214,7 +214,7 @@ class LedgerWriter:
         seen = -1
         while not self._stopping and time.monotonic() < until:
             depth = self._queue.qsize()
-            if depth == seen:
+            if depth == seen or depth + 1 >= self._batch_size:  # quiet, or a full batch
                 return
             seen = depth
             time.sleep(GATHER_S)
