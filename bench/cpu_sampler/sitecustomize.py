@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 PERIOD_S = 0.005
 
@@ -36,7 +37,7 @@ def _bucket(mark: str | None) -> str | None:
 
 def _start(out: str, mark: str | None) -> None:
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    state: dict = {"written": time.monotonic(), "checked": 0.0, "bucket": None}
+    state: dict[str, Any] = {"written": time.monotonic(), "checked": 0.0, "bucket": None}
     base = f"{out}.{os.getpid()}"
 
     def sample(signum, frame) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import or_, select
 
@@ -511,7 +512,7 @@ class ProtectionService:
                 live_server.add(leg_id)
         stale = self.views.stale_keys({k: frozenset(v) for k, v in live.items()})
         unarmed = live_server - self.guard.armed_ids()
-        pairs: list = []
+        pairs: list[Any] = []
         if stale or unarmed:
             with self._db.session() as s:
                 pairs = list(s.execute(
@@ -557,7 +558,7 @@ class ProtectionService:
                                          ProtectionLeg.symbol, ProtectionLeg.side,
                                          ProtectionLeg.created_at).where(
                 ProtectionLeg.mode == "server", ProtectionLeg.status.in_(LIVE_LEG_STATUSES))))
-        by_key: dict[int, list] = {}
+        by_key: dict[int, list[Any]] = {}
         for row in rows:
             by_key.setdefault(row.key_id, []).append(row)
         done = 0
