@@ -194,6 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "ratio_protect = protect / project; the order alternates)")
     p.add_argument("--tag", default="run", help="names the result file")
     p.add_argument("--profile", metavar="DIR", help="py-spy the server in each window (collapsed stacks)")
+    p.add_argument("--cpu-samples", metavar="PREFIX", default="",
+                   help="the server samples its own CPU time (bench/cpu_sampler) during the "
+                        "project and protect windows: PREFIX.<pid>.project.txt / .protect.txt "
+                        "(python -m bench.cpu_sampler FILE)")
     p.add_argument("--accounts-cache", default=str(RESULTS_DIR / "fanout_accounts"),
                    help="reuse/save accounts here (bench.fanout_accounts); '' = always make new ones")
     args = p.parse_args(argv)
@@ -345,6 +349,10 @@ def main(argv: list[str] | None = None) -> None:
         # must not lose its stream leases meanwhile (one process: nobody competes)
         env.update(MESSAGE_QUEUE_URL=args.queue, LEASE_TTL_S="300",
                    MESSAGE_QUEUE_CHANNEL=f"bench-{os.getpid()}-{int(time.time())}")
+    if args.cpu_samples:
+        env.update(PYTHONPATH=str(Path(__file__).with_name("cpu_sampler")),
+                   PUSHSRV_CPU_SAMPLES=args.cpu_samples,
+                   PUSHSRV_CPU_SAMPLES_MARK=args.cpu_samples + ".mark")
     if "node" in args.baseline_kinds and (why := node_available()):
         args.baseline_kinds.remove("node")
         results["node_skipped"] = why

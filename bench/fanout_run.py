@@ -204,11 +204,14 @@ class Run:
                     "max_ms_since_start": after[g]["max_ms"]}
                 for g in ("gen0", "gen1", "gen2")} | {"thresholds": after["thresholds"]}
 
-    def project_window(self, n: int, rate: float) -> dict:
+    def project_window(self, n: int, rate: float, side: str = "project") -> dict:
         self.workers.all({"op": "reset"})
         gc0 = self._gc()
         cpu0, load0 = self._cpu(), _load()
-        self._profile(f"{n}x{rate:g}_project", self.args.duration_s)
+        self._profile(f"{n}x{rate:g}_{side}", self.args.duration_s)
+        mark = Path(self.args.cpu_samples + ".mark") if self.args.cpu_samples else None
+        if mark is not None:  # the server's own sampler counts this window under `side`
+            mark.write_text(side)
         t_start = time.time() + 0.2
         events: dict[int, float] = {}
         for j in range(int(rate * self.args.duration_s)):
@@ -218,6 +221,8 @@ class Run:
             self.stack.sim.set_price(SYMBOL, BASE + STEP * k)
         t_end = t_start + self.args.duration_s
         time.sleep(max(0.0, t_end - time.time()))
+        if mark is not None:
+            mark.unlink(missing_ok=True)
         cpu1 = self._cpu()
         t_drain = self._drain(max(events.values()))
         cpu2 = self._cpu()
@@ -409,7 +414,7 @@ class Run:
         put = self.set_rules(n, True)
         put["settle"] = self.settle()  # the positions pushes the PUTs caused, done
         try:
-            out = self.project_window(n, rate)
+            out = self.project_window(n, rate, "protect")
         finally:
             delete = self.set_rules(n, False)
             delete["settle"] = self.settle()  # before whatever window comes next

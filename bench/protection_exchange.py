@@ -2,7 +2,8 @@
 carrying ``"reason": "stop_loss"``, with real processes (simulator, server, Socket.IO
 clients).
 
-    python -m bench.protection_exchange [--holders 50] [--db sqlite|postgresql] [--tag NAME]
+    python -m bench.protection_exchange [--holders 50] [--reps 1] [--modes stop_loss,plain]
+        [--db sqlite|postgresql] [--tag NAME]
 
 ``--holders`` accounts each hold a BTCUSDT long (MARKET BUY 0.002 through
 ``POST /api/orders``) with an exchange-mode stop-loss at 59000 (``PUT
@@ -21,6 +22,12 @@ call. Figures (ms, nearest-rank percentiles, ``{n, p50_ms, p99_ms, max_ms}``):
   of ``push`` is the socket and the client);
 - ``missing``: clients without such a push after 20 s; ``other_reasons``: BTCUSDT
   fills pushed with another ``reason`` (null: the server could not tag it live).
+
+``--modes stop_loss,plain`` alternates the repetitions between the stop-loss and a
+baseline without any leg: beside its long each holder has a resting LIMIT BUY of the
+same quantity at 58900, placed on the venue directly (the plain order a fall fills), so
+the same move pushes a plain fill (``reason`` null, side BUY) through the same account
+streams; the figures above then measure that fill.
 
 Prints ``figure: value`` lines and writes ``bench/results/protection_exchange_<tag>.json``.
 """
@@ -46,22 +53,30 @@ from tests.support.simulator import start_simulator
 SYMBOL, QTY, TRIGGER, START, CROSS = "BTCUSDT", "0.002", "59000", "60000", "58900"
 
 
-def _holder(server, sim) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    """A user with a BTCUSDT long and its exchange-mode stop-loss; ``(api_key, token)``.
-    Raises RuntimeError (setup) or AssertionError when the server refuses a step."""
+def _holder(server, sim, mode: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A user with a BTCUSDT long and its exchange-mode stop-loss (``mode``
+    ``stop_loss``) or a resting LIMIT BUY at ``CROSS`` placed on the venue directly
+    (``plain``); ``(api_key, token)``. Raises RuntimeError (setup) or
+    AssertionError when the server refuses a step."""
     acct = create_account(server.url, sim, uuid.uuid4().hex[:10])
     r = rest("POST", server.url + "/api/orders", acct.token, {
         "key_id": acct.key_id, "symbol": SYMBOL, "side": "BUY", "type": "MARKET", "quantity": QTY})
     assert r.status_code == 201, r.text
+    if mode == "plain":
+        sim.binance_client(acct.api_key, acct.api_secret).futures_create_order(
+            symbol=SYMBOL, side="BUY", type="LIMIT", timeInForce="GTC", quantity=QTY,
+            price=CROSS)
+        return acct.api_key, acct.token
     r = rest("PUT", server.url + "/api/positions/protection", acct.token, {
         "key_id": acct.key_id, "symbol": SYMBOL, "mode": "exchange", "stop_loss": {"trigger_price": TRIGGER}})
     assert r.status_code == 200, r.text
     return acct.api_key, acct.token
 
 
-async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+async def _measure(url: str, sim, tokens: list[str], timeout_s: float,  # type: ignore[no-untyped-def]
+                   side: str, reason: str | None) -> dict[str, Any]:
     """Connect one client per token (subscribed to ``fills``), move the price across the
-    stops, collect each client's first ``stop_loss`` fill push."""
+    stops, collect each client's first BTCUSDT ``side`` fill push with ``reason``."""
     got: list[tuple[float, dict[str, Any]] | None] = [None] * len(tokens)
     others: list[Any] = []
     clients = []
@@ -73,11 +88,11 @@ async def _measure(url: str, sim, tokens: list[str], timeout_s: float) -> dict[s
             for f in rows or []:
                 if f.get("symbol") != SYMBOL:
                     continue
-                if f.get("reason") == "stop_loss":
+                if f.get("side") == side and f.get("reason") == reason:
                     if got[i] is None:
                         sent = env.get("sent_at") if isinstance(env, dict) else None
                         got[i] = (t, dict(f, _sent_at=sent))
-                elif f.get("side") == "SELL":
+                elif f.get("side") == side:
                     others.append(f.get("reason"))
         return on_fills
 
@@ -111,9 +126,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.protection_exchange")
     parser.add_argument("--holders", type=int, default=50)
     parser.add_argument("--reps", type=int, default=1, help="fresh holders each repetition")
+    parser.add_argument("--modes", default="stop_loss",
+                        help="comma list, one per repetition in turn: stop_loss (the exchange-held "
+                             "leg) or plain (no leg: a resting LIMIT filled by the same move)")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
     parser.add_argument("--tag", default="run")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    if any(m not in ("stop_loss", "plain") for m in modes):
+        parser.error("--modes: stop_loss or plain")
     tmp = Path(tempfile.mkdtemp(prefix="bench-protect-x-"))
     sim = start_simulator()
     drop = None
@@ -125,14 +146,18 @@ def main() -> int:
                                "load_at_start": [round(x, 2) for x in os.getloadavg()], "reps": []}
     try:
         for rep in range(args.reps):
+            mode = modes[rep % len(modes)]
             sim.set_price(SYMBOL, START)
             t_setup = time.time()
-            holders = [_holder(server, sim) for _ in range(args.holders)]
+            holders = [_holder(server, sim, mode) for _ in range(args.holders)]
             setup_s = round(time.time() - t_setup, 1)
-            one = asyncio.run(_measure(server.url, sim, [t for _, t in holders], 20.0))
-            one["setup_s"] = setup_s
+            one = asyncio.run(_measure(server.url, sim, [t for _, t in holders], 20.0,
+                                       *(("SELL", "stop_loss") if mode == "stop_loss" else ("BUY", None))))
+            one["mode"], one["setup_s"] = mode, setup_s
+            one["load"] = [round(x, 2) for x in os.getloadavg()]
+            kind = "STOP_MARKET" if mode == "stop_loss" else "LIMIT"
             held = sum(1 for k, _ in holders for o in sim.state(k)["orders"]
-                       if o.get("type") == "STOP_MARKET" and o.get("status") == "FILLED")
+                       if o.get("type") == kind and o.get("status") == "FILLED")
             one["legs_filled_at_sim"] = held
             results["reps"].append(one)
             print_lines(f"rep{rep}", one)
@@ -146,10 +171,14 @@ def main() -> int:
         sim.stop()
         if drop:
             drop()
-    p99 = sorted(r["push"].get("p99_ms") for r in results["reps"] if r["push"].get("p99_ms") is not None)
-    if p99:
-        results["push_p99_ms"] = {"median": p99[len(p99) // 2], "min": p99[0], "max": p99[-1], "n": len(p99)}
-    for k in ("push_p99_ms", "failure", "load_at_start", "load_at_end", "server_log_errors"):
+    for mode in modes:
+        p99 = sorted(r["push"]["p99_ms"] for r in results["reps"]
+                     if r["mode"] == mode and r["push"].get("p99_ms") is not None)
+        if p99:
+            results[f"push_p99_ms_{mode}"] = {"median": p99[len(p99) // 2], "min": p99[0],
+                                              "max": p99[-1], "n": len(p99)}
+    for k in [f"push_p99_ms_{m}" for m in dict.fromkeys(modes)] + [
+            "failure", "load_at_start", "load_at_end", "server_log_errors"]:
         if k in results:
             print_lines(k, results[k])
     write_results(results, f"protection_exchange_{args.tag}")

@@ -45,6 +45,11 @@ class UserStream(Protocol):
         (empty list on timeout or an ignored frame). Raises ExchangeUnavailable when
         the connection is gone."""
 
+    def recv_waiting(self) -> list[StreamEvent]:
+        """The events of frames that have already arrived, without waiting for the
+        network and without yielding to other green threads when none has (``[]``):
+        the rest of a burst after a ``recv``. Raises ExchangeUnavailable like ``recv``."""
+
     def keepalive(self) -> None:
         """Extend the stream credential (Binance ``PUT /fapi/v1/listenKey``)."""
 

@@ -6,8 +6,11 @@ took a quarter of the server's CPU in the ledger benchmark, and ``json.loads``
 refuses a frame that is not valid UTF-8 anyway."""
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import logging
+import termios
 import traceback
 from typing import Any
 
@@ -90,6 +93,27 @@ class JsonWebSocket:
         except (websocket.WebSocketException, OSError) as e:
             raise ExchangeUnavailable(self._exchange, None,
                                       f"{self._what} connect failed: {type(e).__name__}") from e
+
+    def waiting(self) -> bool:
+        """True when bytes of a next frame have already arrived: in TLS's decrypted
+        buffer or in the kernel's receive buffer (``FIONREAD``; websocket-client reads
+        exactly the bytes of the frame it parses, so what the kernel holds is the next
+        frames). Asked without I/O and without yielding to other green threads, so a
+        reader can take the frames of a burst one after the other and stop when none
+        is left, instead of waiting a timeout for one more. False when not connected."""
+        ws = self._ws
+        sock = ws.sock if ws is not None else None
+        if sock is None:
+            return False
+        pending = getattr(sock, "pending", None)  # ssl.SSLSocket: decrypted, unread bytes
+        try:
+            if pending is not None and pending() > 0:
+                return True
+            count = array.array("i", [0])
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+        except (OSError, ValueError):  # closed under us: the next recv says so
+            return False
+        return count[0] > 0
 
     def send_json(self, payload: dict[str, Any]) -> None:
         """Send one text frame. Raises ExchangeUnavailable when the socket is gone."""

@@ -53,6 +53,10 @@ class StreamSettings:
     # liquidation price), at most this often per type: the events themselves are pushed
     # at once, and 2400 weight a minute per IP is shared by every Binance account
     event_refresh_s: float = 5.0
+    # ... and not before this long after the event that made it due: the other
+    # accounts' frames of the same burst (a price move filling many at once) are
+    # handled and their pushes sent before this account's REST round trip
+    completion_delay_s: float = 0.1
 
 
 class RestRefresher:
@@ -96,6 +100,7 @@ class RestRefresher:
         self._last_call: dict[str, float] = {}  # endpoint -> monotonic time of its last call
         self._order_rounds = 0
         self.due: set[str] = set()  # kinds an account event made stale
+        self._due_since = 0.0  # monotonic time ``due`` became non-empty
         self.held_until = 0.0  # the rate governor held a refresh back until then (monotonic)
         self.held = 0
 
@@ -158,13 +163,25 @@ class RestRefresher:
             return self._settings.event_refresh_s
         return self._settings.poll_interval_s * self._poll_scale()
 
+    def make_due(self, kinds: set[str]) -> None:
+        """An account event left ``kinds`` incomplete: a refresh completes them, not
+        before ``completion_delay_s`` from the first of them (see ``completion_at``)."""
+        if kinds and not self.due:
+            self._due_since = time.monotonic()
+        self.due |= kinds
+
+    @property
+    def completion_at(self) -> float:
+        """Monotonic time from which the pending completion may go (``due``)."""
+        return self._due_since + self._settings.completion_delay_s
+
     def wait_s(self, longest: float) -> float:
         """How long a live stream may wait for a frame (at most ``longest`` s) before
         the pending completion (``due``) may go."""
         if not self.due:
             return longest
         now = time.monotonic()
-        return min(longest, max(0.0, self.held_until - now, min(
+        return min(longest, max(0.0, self.held_until - now, self.completion_at - now, min(
             self._last_call.get(k, -1e9) + self.interval - now for k in self.due)))
 
     def _due(self, endpoint: str, force: bool) -> bool:

@@ -244,6 +244,7 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
     streams.on_leg_update = protection.on_leg_update
     streams.protection_of, streams.legs_of = protection.position_fields, protection.leg_orders
     protection.on_change = streams.protection_changed
+    protection.live_positions = streams.live_positions  # the sweep asks the venue less
     # ---- end protection
     # ---- notifications: devices, alerts, price alerts, the outbox and its FCM worker
     key_service = KeyService(db, cipher, build_client, trading, streams, key_cache)

@@ -249,6 +249,19 @@ class StreamManager:
             held = self._retained.get(key_id)
             return held[0] if held else None
 
+    def live_positions(self, key_id: int) -> set[tuple[str, str]] | None:
+        """``(symbol, side)`` of the open positions of ``key_id`` as its account stream
+        running in this process holds them (the venue's push; no I/O); None unless that
+        stream is ``live`` with a snapshot taken."""
+        with self._lock:
+            stream = self._streams.get(key_id)
+        if stream is None or stream.status != "live":
+            return None
+        positions = stream.state.positions
+        if positions is None:
+            return None
+        return {(p.symbol, p.side) for p in list(positions.values()) if p.size != 0}
+
     def _start(self, user_id: int, key_id: int, takeover: bool = False) -> AccountStream:
         """Start ``key_id``'s stream here. ``takeover``: another process ran it until
         now (perhaps killed): a new push state's stream gap-fills the fills of the

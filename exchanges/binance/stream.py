@@ -31,12 +31,13 @@ from exchanges.errors import ExchangeError, ExchangeUnavailable
 from exchanges.governor import ORDER, QUERY
 from exchanges.rest_base import mask
 from exchanges.types import StreamEvent
-from exchanges.wsjson import JsonWebSocket
+from exchanges.wsjson import MIN_WAIT_S, JsonWebSocket
 
 logger = logging.getLogger(__name__)
 
 LISTEN_KEY_VALIDITY_S = 60 * 60
 KEEPALIVE_INTERVAL_S = BINANCE.stream_keepalive_s   # PUT every 30 min
+WAITING_FRAMES = 8  # ignored frames skipped by one recv_waiting() at most
 
 
 def _mapped(call: Callable[[], Any], priority: str) -> Any:
@@ -155,6 +156,18 @@ class BinanceUserStream:
         event does not parse (reconnect and resnapshot).
         """
         return self._parse(self._ws.recv_json(timeout_s))
+
+    def recv_waiting(self) -> list[StreamEvent]:
+        """The events of the next frame that has already arrived (ignored frames are
+        skipped), ``[]`` when none is waiting: never waits for the network. Raises
+        ExchangeUnavailable like ``recv``."""
+        for _ in range(WAITING_FRAMES):
+            if not self._ws.waiting():
+                break
+            events = self._parse(self._ws.recv_json(MIN_WAIT_S))
+            if events:
+                return events
+        return []
 
     def _parse(self, msg: Any) -> list[StreamEvent]:
         if not isinstance(msg, dict):

@@ -34,7 +34,7 @@ from exchanges.bybit.mapping import parse_private_event
 from exchanges.bybit.spec import BYBIT
 from exchanges.errors import AuthFailed, ExchangeTimeout, ExchangeUnavailable
 from exchanges.types import StreamEvent
-from exchanges.wsjson import JsonWebSocket
+from exchanges.wsjson import MIN_WAIT_S, JsonWebSocket
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ PRIVATE_PATH = "/v5/private"
 TOPICS = ("order", "execution", "position", "wallet")
 PING_INTERVAL_S = BYBIT.stream_keepalive_s   # 20 s
 AUTH_EXPIRES_MS = 5000
+WAITING_FRAMES = 8  # ignored frames skipped by one recv_waiting() at most
 _IGNORED_OPS = frozenset({"pong", "ping", "subscribe", "unsubscribe", "auth"})
 
 
@@ -149,7 +150,25 @@ class BybitUserStream:
             self.keepalive()
             since_ping = 0.0
         wait = max(0.01, min(timeout_s, PING_INTERVAL_S - since_ping))
-        msg = self._read(wait)
+        return self._events(self._read(wait))
+
+    def recv_waiting(self) -> list[StreamEvent]:
+        """The events of the next frame that has already arrived (ignored frames are
+        skipped), ``[]`` when none is waiting: never waits for the network (nor sends
+        the heartbeat: ``recv`` does). Raises ExchangeUnavailable like ``recv``."""
+        if self._pending:
+            events, self._pending = self._pending, []
+            return events
+        for _ in range(WAITING_FRAMES):
+            if not self._ws.waiting():
+                break
+            events = self._events(self._read(MIN_WAIT_S))
+            if events:
+                return events
+        return []
+
+    @staticmethod
+    def _events(msg: dict[str, Any] | None) -> list[StreamEvent]:
         if msg is None:
             return []
         if msg.get("op") in _IGNORED_OPS or "topic" not in msg:

@@ -122,11 +122,13 @@ class Engine(MarginMixin, LegsMixin):
         price = self.prices[symbol]
         return max(price - spec.tick, spec.tick), price + spec.tick
 
-    def set_price(self, symbol: str, price: Decimal, last_price: Decimal | None = None) -> Decimal:
+    def set_price(self, symbol: str, price: Decimal, last_price: Decimal | None = None,
+                  fire_legs: bool = True) -> Decimal:
         """Set the mark price and the last price (``last_price``, default the same; both
         rounded to the tick); publishes PriceEvent, fills resting orders the new price
         crosses, then fires the legs whose trigger (mark or last per working type) it
-        reached. Returns the stored mark price."""
+        reached (``fire_legs`` False: the caller fires them, ``crossed_legs`` /
+        ``fire_leg``). Returns the stored mark price."""
         spec = self.spec(symbol)
         if price <= 0 or (last_price is not None and last_price <= 0):
             raise EngineError("invalid_price", "Price must be positive.")
@@ -135,7 +137,8 @@ class Engine(MarginMixin, LegsMixin):
         self.last_prices[symbol] = spec.round_price(last_price) if last_price else price
         self._publish(PriceEvent(symbol, price, self.now_ms()))
         self._match_resting(symbol, price)
-        self._check_legs(symbol)
+        if fire_legs:
+            self._check_legs(symbol)
         return price
 
     def _match_resting(self, symbol: str, price: Decimal) -> None:

@@ -199,6 +199,20 @@ class LegsMixin:
 
     def _check_legs(self, symbol: str) -> None:
         """Advance trailing stops and fire the legs of ``symbol`` whose condition holds."""
+        for leg in self.crossed_legs(symbol):
+            self.fire_leg(leg)
+
+    def fire_leg(self, leg: Leg) -> bool:
+        """Fire ``leg`` (one of ``crossed_legs``) unless it was fired or canceled
+        meanwhile; True if it fired."""
+        if not leg.is_open:
+            return False
+        self._fire(leg)
+        return True
+
+    def crossed_legs(self, symbol: str) -> list[Leg]:
+        """Advance the trailing stops of ``symbol`` to its price now and return the
+        open legs whose condition holds (to fire with ``fire_leg``, in this order)."""
         firing: list[Leg] = []
         for leg in list(self._open_legs[symbol].values()):
             price = self.watched_price(symbol, leg.working_type)
@@ -216,9 +230,7 @@ class LegsMixin:
             elif leg.trigger_price is not None and self._fires(leg.type, leg.side,
                                                                leg.trigger_price, price):
                 firing.append(leg)
-        for leg in firing:
-            if leg.is_open:
-                self._fire(leg)
+        return firing
 
     def _fire(self, leg: Leg) -> None:
         """TRIGGERING, then a MARKET reduce-only order (TRIGGERED once accepted), then

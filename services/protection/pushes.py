@@ -25,6 +25,8 @@ class LegViews:
         # key_id -> symbol -> positions fields; key_id -> legs as orders rows
         self._fields: dict[int, dict[str, dict]] = {}
         self._leg_orders: dict[int, list[dict]] = {}
+        # key_id -> (id, status, updated_at) of the live legs the view was built from
+        self._seen: dict[int, frozenset[tuple[int, str, int]]] = {}
         self.on_change: Callable[[int], None] | None = None
 
     def keys(self) -> set[int]:
@@ -42,6 +44,13 @@ class LegViews:
     def leg_orders(self, key_id: int) -> list[dict]:
         """The key's exchange-held active legs as ``orders`` rows (no I/O)."""
         return self._leg_orders.get(key_id, [])
+
+    def stale_keys(self, live: dict[int, frozenset[tuple[int, str, int]]]) -> set[int]:
+        """The keys whose view was not built from exactly these live legs: ``live``
+        maps each key with a live leg to its legs' ``(id, status, updated_at)``; a key the view
+        holds and ``live`` lacks is stale too (its legs ended elsewhere)."""
+        return {k for k, legs in live.items() if self._seen.get(k) != legs} | \
+            (set(self._seen) - set(live))
 
     def refresh_key(self, key_id: int) -> None:
         """Re-read a key's live legs into what the pushes show; ``on_change`` if it moved."""
@@ -62,6 +71,10 @@ class LegViews:
         changed = []
         for key_id in key_ids | set(by_key):
             legs = by_key.get(key_id, [])
+            if legs:
+                self._seen[key_id] = frozenset((r.id, r.status, r.updated_at) for r in legs)
+            else:
+                self._seen.pop(key_id, None)
             symbols = {r.symbol for r in legs}
             fields = {sym: position_fields([r for r in legs if r.symbol == sym]) for sym in symbols}
             orders = [leg_order_row(r) for r in legs

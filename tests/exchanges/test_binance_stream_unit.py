@@ -174,3 +174,26 @@ def test_a_held_listen_key_is_not_reused_once_it_is_old() -> None:
     hold.hold("LK1", posted_at=100.0)  # a reuse that failed again keeps the POST time
     now[0] += ListenKeyHold.REUSE_S + 1
     assert hold.take() is None
+
+
+def test_recv_waiting_reads_only_frames_already_here(connected):
+    """``recv_waiting`` asks the socket (FIONREAD) before reading: with nothing in the
+    kernel's buffer it returns [] without a read or a wait; with bytes there it reads
+    the next frame, skipping ignored ones."""
+    import socket
+
+    s, ws, _, _ = connected([frame({"e": "error", "m": "x"}), frame(FILLED)])
+    here, peer = socket.socketpair()
+    ws.sock = here
+    try:
+        assert s.recv_waiting() == []
+        assert ws.timeouts == [] and len(ws.script) == 2   # nothing read, no wait set
+        peer.sendall(b"x")                                  # bytes of a next frame arrived
+        [ev] = s.recv_waiting()
+        assert isinstance(ev, OrderEvent) and ev.fill.trade_id == "9"
+        assert ws.script == [] and ws.timeouts == [0.001, 0.001]
+    finally:
+        here.close()
+        peer.close()
+    ws.sock = None
+    assert s.recv_waiting() == []                           # no socket: nothing waits

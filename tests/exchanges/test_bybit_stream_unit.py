@@ -222,3 +222,29 @@ def test_connection_refused(monkeypatch):
     monkeypatch.setattr(websocket, "create_connection", refuse)
     with pytest.raises(ExchangeUnavailable):
         BybitUserStream("k", "s", "ws://x").connect()
+
+
+def test_recv_waiting_reads_only_frames_already_here(make):
+    """``recv_waiting``: a topic frame kept from the subscribe handshake first; then
+    frames only while bytes wait in the socket (FIONREAD), pongs skipped; [] without a
+    read or a wait when none has arrived."""
+    import socket
+
+    s, ws, _ = make([AUTH_OK, frame(load("ws_private_wallet.json")), "SUB_OK",
+                     frame({"req_id": "", "op": "pong", "args": ["1"], "conn_id": "c1"}),
+                     frame(load("ws_private_execution.json"))])
+    [kept] = s.recv_waiting()
+    assert isinstance(kept, AccountEvent)
+    here, peer = socket.socketpair()
+    ws.sock = here
+    try:
+        waits = len(ws.timeouts)
+        assert s.recv_waiting() == []
+        assert len(ws.timeouts) == waits and len(ws.script) == 2   # nothing read
+        peer.sendall(b"x")
+        [f] = s.recv_waiting()
+        assert isinstance(f, FillEvent) and ws.script == []
+        assert ws.timeouts[waits:] == [0.001, 0.001]
+    finally:
+        here.close()
+        peer.close()

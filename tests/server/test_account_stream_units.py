@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from exchanges.types import AssetBalance, Balance
+from services.account_refresh import StreamSettings
 from services.account_state import AccountState
 from services.ledger import Realized
 from tests.support.factories import btc_long as _pos
@@ -60,6 +61,9 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
         def recv(self, timeout: float) -> list:
             return self.frames.pop(0) if self.frames else []
 
+        def recv_waiting(self) -> list:
+            return []
+
         def close(self) -> None:
             self.closed = True
 
@@ -75,7 +79,8 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
     state.envelope_if_changed("balance", "rest", 1)
     sent: list[dict] = []
     stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
-                           publish=sent.append, on_fill=lambda f: None, sleep=lambda s: None)
+                           publish=sent.append, on_fill=lambda f: None, sleep=lambda s: None,
+                           settings=StreamSettings(completion_delay_s=0.0))
     stream.stream, stream.status = Stream(), "live"  # type: ignore[assignment]
     stream._connected_at = stream._last_event_at = clock.monotonic()
     stream._keepalive_at = clock.monotonic() + 1e9
@@ -84,6 +89,66 @@ def test_a_refresh_the_rate_governor_holds_back_keeps_the_stream_live() -> None:
     assert sent == [] and "balance" in stream.refresher.due  # nothing marked stale, still due
     stream._consume(Client())                 # within the 20 s: not asked again
     assert Client.calls == 1 and stream.stream is not None
+
+
+def test_an_event_s_rest_completion_waits_for_the_burst() -> None:
+    """An account event that leaves the available balance incomplete: its frame is
+    pushed at once, the REST completion goes ``completion_delay_s`` later (the other
+    accounts' pushes of the same burst first), and the stream's next wait ends then."""
+    import time as clock
+
+    from exchanges.types import AccountEvent, WalletUpdate
+    from services.account_stream import AccountStream
+
+    class Stream:
+        keepalive_interval_s = 1e9
+
+        def __init__(self) -> None:
+            self.frames = [[AccountEvent("ORDER", (WalletUpdate("USDT", Decimal("100"), Decimal("100")),),
+                                         (), 1_000)]]
+            self.waits: list[float] = []
+
+        def recv(self, timeout: float) -> list:
+            self.waits.append(timeout)
+            return self.frames.pop(0) if self.frames else []
+
+        def recv_waiting(self) -> list:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    class Client:
+        calls: list[float] = []
+
+        def get_balance(self) -> Balance:
+            Client.calls.append(clock.monotonic())
+            return Balance(Decimal("100"), Decimal("0"), Decimal("100"), Decimal("80"), ())
+
+    state = AccountState(1, 2, "binance", False)
+    state.set_balance(Balance(Decimal("90"), Decimal("0"), Decimal("90"), Decimal("90"),
+                              (AssetBalance("USDT", Decimal("90"), Decimal("90"), Decimal("0"),
+                                            Decimal("90")),)))
+    state.envelope_if_changed("balance", "rest", 1)
+    sent: list[dict] = []
+    stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
+                           publish=sent.append, on_fill=lambda f: None, sleep=lambda s: None,
+                           settings=StreamSettings(completion_delay_s=0.2))
+    frames = Stream()
+    stream.stream, stream.status = frames, "live"  # type: ignore[assignment]
+    stream._connected_at = stream._last_event_at = clock.monotonic()
+    stream._keepalive_at = clock.monotonic() + 1e9
+    t0 = clock.monotonic()
+    stream._consume(Client())                 # the event: pushed, its completion not yet
+    assert [e["type"] for e in sent] == ["balance"] and Client.calls == []
+    assert sent[0]["data"]["total_wallet_balance"] == "100"
+    assert stream.refresher.due == {"balance"}
+    stream._consume(Client())                 # the next wait ends when the completion may go
+    assert 0 < frames.waits[-1] <= 0.2 and Client.calls == []
+    clock.sleep(max(0.0, t0 + 0.2 - clock.monotonic()))
+    stream._consume(Client())
+    assert len(Client.calls) == 1 and Client.calls[0] - t0 >= 0.2
+    assert stream.refresher.due == set() and sent[-1]["data"]["available_balance"] == "80"
 
 
 def test_a_reconnect_whose_snapshot_is_held_back_keeps_its_stream_and_waits() -> None:
@@ -373,6 +438,9 @@ def test_streams_sharing_an_admission_connect_one_at_a_time_and_a_stopped_one_ne
 
             def recv(self, timeout: float) -> list:
                 self.closed.wait(timeout)
+                return []
+
+            def recv_waiting(self) -> list:
                 return []
 
             def close(self) -> None:

@@ -274,3 +274,34 @@ def test_dead_letters_show_in_admin_stats_and_metrics(app, client) -> None:  # t
     client.post("/admin/reconcile", headers={"X-Admin-Token": "admin-token"}, json={})
     with app.extensions["pushsrv"].db.session() as s:
         assert s.scalars(select(DeadLetter.attempts)).one() == before + 1
+
+
+def test_the_writer_lets_a_burst_finish_and_writes_it_at_once(db, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Woken by a burst's first event, the worker naps while more keep arriving (the
+    burst's pushes go first) and writes them in one transaction."""
+    import threading
+    import time
+
+    from services import write_behind
+
+    monkeypatch.setattr(write_behind, "GATHER_S", 0.05)
+    monkeypatch.setattr(write_behind, "GATHER_MAX_S", 2.0)
+    writer = LedgerWriter(db)
+    sizes: list[int] = []
+    real = writer._write
+    monkeypatch.setattr(writer, "_write", lambda batch: (sizes.append(len(batch)), real(batch)))
+    worker = threading.Thread(target=writer.run, daemon=True)
+    worker.start()
+    try:
+        for i in range(10):
+            writer.submit_fill(1, fill(f"9{i}", "BUY", "1", "100", 20 + i))
+            time.sleep(0.005)
+        deadline = time.monotonic() + 10
+        while writer.written < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        writer.stop(drain=True)
+        worker.join(5)
+    assert sum(sizes) == 10 and len(sizes) <= 2, sizes
+    with db.session() as s:
+        assert len(s.scalars(select(Fill)).all()) == 10

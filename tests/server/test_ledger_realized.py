@@ -361,6 +361,9 @@ def test_the_stream_hands_funding_to_the_ledger_and_rereads_the_figure_at_each_c
         def recv(self, timeout: float) -> list:
             return self.frames.pop(0) if self.frames else []
 
+        def recv_waiting(self) -> list:
+            return []
+
         def close(self) -> None:
             pass
 

@@ -136,3 +136,26 @@ def test_ids_increase(engine):
     assert b.order_id > a.order_id
     fills = engine.account("k").fills
     assert fills[1].trade_id > fills[0].trade_id
+
+
+def test_a_move_s_legs_can_be_fired_one_at_a_time(engine):
+    """``set_price(fire_legs=False)`` moves the price and fires nothing; ``crossed_legs``
+    lists the legs the move crossed, in the order they were placed; ``fire_leg`` fires
+    one (once): what ``POST /_sim/price`` does, writing each one's frames before the
+    next fires."""
+    engine.create_account("k2", "s", {"USDT": D("10000")})
+    legs = []
+    for key in ("k", "k2"):
+        engine.place_order(key, SYM, "BUY", "MARKET", D("0.010"))
+        legs.append(engine.place_leg(key, "binance", SYM, "SELL", "STOP_MARKET",
+                                     client_id=f"sl-{key}", trigger_price=D("59000")))
+    assert engine.set_price(SYM, D("58900"), fire_legs=False) == D("58900")
+    assert [leg.status for leg in legs] == ["NEW", "NEW"]
+    assert engine.crossed_legs(SYM) == legs
+    assert engine.fire_leg(legs[0]) is True
+    assert legs[0].status == "FINISHED" and legs[1].status == "NEW"
+    assert engine.account("k").position(SYM).amount == 0
+    assert engine.fire_leg(legs[0]) is False                  # fired already
+    assert engine.crossed_legs(SYM) == [legs[1]]
+    engine.set_price(SYM, D("58800"))                         # the default fires them
+    assert legs[1].status == "FINISHED"
