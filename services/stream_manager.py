@@ -130,6 +130,7 @@ class StreamManager:
         self._leased: dict[int, int] = {}
         # key_id -> user_id: streams kept with no socket (services.notify.standby)
         self._kept: dict[int, int] = {}
+        self._kept_users: set[int] = set()  # their users (asked at every last disconnect)
         self._realized_pending: set[int] = set()
         self.started = 0
         self.takeovers = 0
@@ -181,12 +182,13 @@ class StreamManager:
         with self._lock:
             dropped = {k: u for k, u in self._kept.items() if keys.get(k) != u}
             self._kept = dict(keys)
+            self._kept_users = set(keys.values())
         return dropped
 
     def keeps(self, user_id: int) -> bool:
         """True when a key of ``user_id`` is kept (``keep``)."""
         with self._lock:
-            return user_id in self._kept.values()
+            return user_id in self._kept_users
 
     def tracks(self, key_id: int) -> bool:
         """True when ``key_id``'s stream runs here, is being started here, or another
@@ -620,7 +622,7 @@ class StreamManager:
                 "takeovers": self.takeovers, "polling_refresh_s": refresh}
 
     def stop_all(self) -> None:
-        """Stop every stream, the lease upkeep and the heartbeat thread (shutdown); the
+        """Stop every stream, the lease upkeep and the heartbeat process (shutdown); the
         leases are released."""
         self.stopping.set()
         self._leases.stop_heartbeat()

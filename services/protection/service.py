@@ -561,12 +561,19 @@ class ProtectionService:
         by_key: dict[int, list[Any]] = {}
         for row in rows:
             by_key.setdefault(row.key_id, []).append(row)
+        live = {k: self.live_positions(k) if self.live_positions is not None else None
+                for k in by_key}
+        asked = [k for k, held in live.items() if held is None]  # from the venue
+        keys = {}
+        if asked:
+            with self._db.session() as s:
+                keys = {k.id: k for k in s.scalars(select(ExchangeKey)
+                                                   .where(ExchangeKey.id.in_(asked)))}
         done = 0
         for key_id in sorted(by_key):
-            held = self.live_positions(key_id) if self.live_positions is not None else None
+            held = live[key_id]
             if held is None:
-                with self._db.session() as s:
-                    key = s.get(ExchangeKey, key_id)
+                key = keys.get(key_id)
                 if key is None:
                     continue
                 try:
