@@ -44,7 +44,8 @@ from services.lifecycle import Tasks
 from ws.handlers import register_handlers
 from ws.hub import PushHub
 from ws.packet import Packet
-from ws.relay import make_client_manager, make_relay
+from ws.redis_bus import make_client_manager
+from ws.relay import make_relay
 
 logger = logging.getLogger("app")
 

@@ -7,7 +7,7 @@ per connection, conflated, encoded once); ``DirectPush`` is the plain one over a
 ``publish(envelope)`` callable (snapshots, tests).
 
 ``PushSource`` is what the fan-out (``ws.fanout``) reads of a key's push sequence:
-the key's ``AccountState`` in the process running its stream, a ``ws.relay.RemoteState``
+the key's ``AccountState`` in the process running its stream, a ``ws.remote_state.RemoteState``
 (the envelopes received from that process) elsewhere.
 """
 from __future__ import annotations

@@ -134,7 +134,7 @@ class ResumeService:
                      settle: Callable[[], AccountState | None] = lambda: None,
                      ) -> tuple[bool, Plan]:
         """``(resumed, plan)`` of the ``fills`` of a key whose stream runs in another
-        process. ``mirror``: the key's ``ws.relay.RemoteState`` (``key_id``,
+        process. ``mirror``: the key's ``ws.remote_state.RemoteState`` (``key_id``,
         ``user_id``, ``position(kind)``). ``pos`` with ``time`` T (ms UTC): every
         fill of the key in the ledger with exchange time >= T, oldest first, in one
         envelope (``source: "cache"``; its ``epoch`` is the owner's last received

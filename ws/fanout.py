@@ -21,7 +21,7 @@ once. A connection never gets a ``seq`` it already has or an older one.
 
 With ``MESSAGE_QUEUE_URL`` the process running a key's stream publishes every
 envelope through the queue and each process hands what it receives to its own
-Fanout (``receive``), on a ``ws.relay.RemoteState`` of the key instead of the
+Fanout (``receive``), on a ``ws.remote_state.RemoteState`` of the key instead of the
 ``AccountState``: the same conflation, per connection of that process. Both are a
 ``services.push.PushSource``: all a channel reads of its key.
 """
@@ -41,7 +41,7 @@ from socketio import packet as sio_packet
 
 from services.account_state import AccountState
 from services.push import PushSource
-from ws.relay import RemoteState
+from ws.remote_state import RemoteState
 from ws.sio_private import send_packet
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class Fanout:
 
     def receive(self, state: RemoteState, env: dict[str, Any], mark: bool) -> None:
         """An envelope received from the message queue for ``state`` (a
-        ``ws.relay.RemoteState``): held there as the newest of its type, then offered
+        ``ws.remote_state.RemoteState``): held there as the newest of its type, then offered
         as a change (``mark`` as in ``offer``). An older one than held is dropped."""
         kind = env["type"]
         ch = self._channels.get((state.key_id, kind))

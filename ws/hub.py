@@ -30,7 +30,8 @@ from services.account_state import AccountState
 from services.metrics import percentile
 from services.tickers import ticker_room
 from ws.fanout import DEFAULT_MAX_HZ, Fanout
-from ws.relay import KeyRelay, RemoteState
+from ws.relay import KeyRelay
+from ws.remote_state import RemoteState
 from ws.sio_private import room_occupied
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The fan-out writes ready-made packets straight into a connection's send queue, as
 python-socketio's own room emit does, and asks whether a room has members without
-copying it; the Redis client manager (``ws.relay.RedisRelayManager``) overrides three
+copying it; the Redis client manager (``ws.redis_bus.RedisRelayManager``) overrides three
 private methods of ``socketio.RedisManager``. None of these is public API, so each is
 pinned by ``tests/server/test_sio_private.py`` against the versions in
 ``requirements.lock`` (python-socketio 5.18.1, python-engineio 4.15.1): an upgrade that
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# the socketio.RedisManager methods ws.relay.RedisRelayManager overrides (the contract
+# the socketio.RedisManager methods ws.redis_bus.RedisRelayManager overrides (the contract
 # test checks that the pinned version still has and calls each)
 OVERRIDDEN_REDIS_MANAGER_METHODS = ("_handle_emit", "_redis_listen_with_retries", "_redis_connect")
 

@@ -20,7 +20,9 @@ from services.ledger import Realized
 from tests.server.test_conflation import Clock, FakeServer, Timers
 from ws.fanout import Fanout
 from ws.packet import Packet
-from ws.relay import KeyRelay, RedisRelayManager, RemoteState, make_client_manager
+from ws.redis_bus import RedisRelayManager, make_client_manager
+from ws.relay import KeyRelay
+from ws.remote_state import RemoteState
 
 
 def _sender() -> AccountState:
@@ -173,7 +175,7 @@ class MemoryRedis:
 
 
 class MemoryBus:
-    """``ws.relay.RedisBus``'s interface over a ``MemoryRedis`` (delivery at once)."""
+    """``ws.redis_bus.RedisBus``'s interface over a ``MemoryRedis`` (delivery at once)."""
 
     def __init__(self, redis: MemoryRedis) -> None:
         self.redis = redis
@@ -422,7 +424,7 @@ def test_the_relay_reader_subscribes_again_within_about_a_second_of_redis_return
 
     from services.leases import redis_client
     from tests.support.server import free_port
-    from ws.relay import RedisBus
+    from ws.redis_bus import RedisBus
 
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(exe).exists():

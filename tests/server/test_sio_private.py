@@ -8,7 +8,7 @@ from importlib.metadata import version
 import socketio
 from engineio import packet as eio_packet
 
-from ws.relay import RedisRelayManager
+from ws.redis_bus import RedisRelayManager
 from ws.sio_private import OVERRIDDEN_REDIS_MANAGER_METHODS, room_occupied, send_packet
 
 
