@@ -272,7 +272,8 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
                           fcm_url=cfg.FCM_URL, timeout_s=cfg.FCM_TIMEOUT_S,
                           grace_ms=cfg.NOTIFY_ONLINE_GRACE_MS,
                           concurrency=cfg.NOTIFY_CONCURRENCY, queue_url=cfg.MESSAGE_QUEUE_URL,
-                          channel=cfg.MESSAGE_QUEUE_CHANNEL)
+                          channel=cfg.MESSAGE_QUEUE_CHANNEL,
+                          price_alerts_reload_s=cfg.PRICE_ALERTS_RELOAD_S)
     hub.on_delivered = notify.deliveries.observe
     if cfg.NOTIFY_STANDBY_S > 0:  # streams of users with a device run with no socket open
         notify.standby = StandbyStreams(db, streams, hub.online, sleep, cfg.NOTIFY_STANDBY_S)
