@@ -134,6 +134,9 @@ class Config:
     # users with a device: their keys' streams run with no socket open, read every this
     # many seconds (services/notify/standby.py); 0: streams only while a socket is open
     NOTIFY_STANDBY_S: float = 30.0
+    # every process reloads the price alerts this often (seconds): alerts made or deleted
+    # through another process are watched (or dropped) here within it
+    PRICE_ALERTS_RELOAD_S: float = 10.0
 
     def venue(self, exchange: str, testnet: bool) -> VenueEndpoints:
         """REST and WS base URLs of ``exchange`` (a name in ``exchanges.venues.VENUES``),
@@ -330,7 +333,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
                        ("REFRESH_EXPIRES_S", int), ("GOOGLE_APPLICATION_CREDENTIALS", str),
                        ("FCM_URL", str), ("FCM_TIMEOUT_S", float),
                        ("NOTIFY_ONLINE_GRACE_MS", int), ("NOTIFY_CONCURRENCY", int),
-                       ("NOTIFY_STANDBY_S", float)):
+                       ("NOTIFY_STANDBY_S", float), ("PRICE_ALERTS_RELOAD_S", float)):
         if env.get(name):
             values[name] = cast(env[name])
     if values.get("TRUSTED_PROXIES", 0) < 0:

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 7.0  # SIGTERM / worker exit: with the grace waits, inside 10 s before a SIGKILL
 LOOPS_SHARE = 0.3  # of stop()'s time, waited for the loops to end before the flush
+# the periodic reconcile's first run waits this long after start (seconds; the start-up
+# recovery runs first); a module setting so that tests can shorten it
+RECONCILE_FIRST_DELAY_S = 2.0
 LOOPS = {"ledger writer", "reconciler start-up", "reconciler", "exit chase", "stream",
          "market stream", "protection", "notify worker", "price alerts",
          "notify deliveries", "notify standby", "limit timeout", "push timer"}  # the tasks stop() waits for
@@ -106,7 +109,8 @@ class Services:
         self.tasks.spawn("reconciler start-up", self.reconciler.start_up)  # left by a crash
         if cfg.RECONCILE_INTERVAL_S > 0:
             self.tasks.spawn("reconciler", self.reconciler.run_periodic, cfg.RECONCILE_INTERVAL_S,
-                             self.tasks.sleep, 2.0, self.leases, cfg.RECONCILE_BATCH)
+                             self.tasks.sleep, RECONCILE_FIRST_DELAY_S, self.leases,
+                             cfg.RECONCILE_BATCH)
         # ---- protection (helper `protect`): re-arm server-mode rules, then the periodic
         # extremes flush and ended-position sweep
         if self.protection is not None:
@@ -268,7 +272,8 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
                           fcm_url=cfg.FCM_URL, timeout_s=cfg.FCM_TIMEOUT_S,
                           grace_ms=cfg.NOTIFY_ONLINE_GRACE_MS,
                           concurrency=cfg.NOTIFY_CONCURRENCY, queue_url=cfg.MESSAGE_QUEUE_URL,
-                          channel=cfg.MESSAGE_QUEUE_CHANNEL)
+                          channel=cfg.MESSAGE_QUEUE_CHANNEL,
+                          price_alerts_reload_s=cfg.PRICE_ALERTS_RELOAD_S)
     hub.on_delivered = notify.deliveries.observe
     if cfg.NOTIFY_STANDBY_S > 0:  # streams of users with a device run with no socket open
         notify.standby = StandbyStreams(db, streams, hub.online, sleep, cfg.NOTIFY_STANDBY_S)

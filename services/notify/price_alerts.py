@@ -79,12 +79,15 @@ class PriceAlertService:
         check_symbol: ``check_symbol(user_id, exchange, symbol)`` raises a
             ValidationFailed naming ``symbol`` (or ``exchange``) when it is unknown.
         sleep: cooperative sleep.
+        reload_s: seconds between reloads of the alerts (``RELOAD_S``; the
+            ``PRICE_ALERTS_RELOAD_S`` setting).
     """
 
     def __init__(self, db: Database, raise_alert: Callable[..., dict], tickers: Any,
                  check_symbol: Callable[[int, str, str], None],
-                 sleep: Callable[[float], None]) -> None:
+                 sleep: Callable[[float], None], reload_s: float = RELOAD_S) -> None:
         self._db = db
+        self._reload_s = reload_s
         self._raise = raise_alert
         self._tickers = tickers
         self._check_symbol = check_symbol
@@ -245,14 +248,14 @@ class PriceAlertService:
         return len(ids)
 
     def run(self) -> None:
-        """Write the firings the ticks queued and reload every ``RELOAD_S``, until
+        """Write the firings the ticks queued and reload every ``reload_s``, until
         ``stop()``."""
         next_load = 0.0
         while not self.stopping.is_set():
             try:
                 if time.monotonic() >= next_load:
                     self.load()
-                    next_load = time.monotonic() + RELOAD_S
+                    next_load = time.monotonic() + self._reload_s
                 while self._queue:
                     self._apply(*self._queue.popleft())
             except Exception:  # isolation boundary: the loop goes on

@@ -14,6 +14,7 @@ from services.notify.devices import DeviceService
 from services.notify.fcm import FcmClient, FcmConfig
 from services.notify.outbox import Outbox
 from services.notify.presence import FLUSH_S, LocalDeliveries, RedisDeliveries
+from services.notify.price_alerts import RELOAD_S as PRICE_ALERTS_RELOAD_S
 from services.notify.price_alerts import PriceAlertService
 from services.notify.standby import StandbyStreams
 from services.notify.worker import NotifyWorker
@@ -108,7 +109,8 @@ def build_notify(db: Database, *, publish: Callable[[dict], None], tickers: Any,
                  check_symbol: Callable[[int, str, str], None], spawn: Callable[..., Any],
                  sleep: Callable[[float], None], credentials_path: str | None, fcm_url: str,
                  timeout_s: float, grace_ms: int, concurrency: int,
-                 queue_url: str | None, channel: str) -> Notify:
+                 queue_url: str | None, channel: str,
+                 price_alerts_reload_s: float = PRICE_ALERTS_RELOAD_S) -> Notify:
     """Build the notification services; the ledger's sessions get the outbox's fill
     hook (``Session.info[NEW_FILLS_HOOK]``)."""
     outbox = Outbox(grace_ms)
@@ -117,5 +119,6 @@ def build_notify(db: Database, *, publish: Callable[[dict], None], tickers: Any,
     alerts = AlertService(db, outbox, publish)
     fcm = fcm_client(credentials_path, fcm_url, timeout_s)
     worker = NotifyWorker(db, fcm, deliveries, outbox.wake, sleep, spawn, concurrency)
-    prices = PriceAlertService(db, alerts.raise_alert, tickers, check_symbol, sleep)
+    prices = PriceAlertService(db, alerts.raise_alert, tickers, check_symbol, sleep,
+                               price_alerts_reload_s)
     return Notify(outbox, deliveries, alerts, DeviceService(db), prices, worker, fcm)

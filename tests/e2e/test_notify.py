@@ -320,12 +320,26 @@ def test_fcm_500_while_the_server_is_killed_is_sent_once_after_restart(sim, pg_s
         drop()
 
 
+RELOAD_S = 2.0  # PRICE_ALERTS_RELOAD_S of the two-server test (the default is 10 s)
+
+
+def _following(srv) -> tuple[int, int, bool]:  # type: ignore[no-untyped-def]
+    """The server process's price alerts watched, ticker subscribers, and whether every
+    market stream it runs is live (``/admin/stats``)."""
+    stats = requests.get(srv.url + "/admin/stats", headers={"X-Admin-Token": srv.admin_token},
+                         timeout=10).json()
+    tickers = stats["tickers"]
+    return (stats["notifications"]["price_alerts"]["watched"], tickers["subscribers"],
+            tickers["streams"] > 0 and tickers["by_state"].get("live", 0) == tickers["streams"])
+
+
 def test_two_servers_on_postgresql_never_send_one_notification_twice(  # type: ignore[no-untyped-def]
         sim, pg_server, redis_url, tmp_path) -> None:
     from tests.e2e.conftest import queued_pair
     creds = fcm.write_service_account(tmp_path, sim.url)
     with queued_pair(sim, pg_server, redis_url, tmp_path, FCM_URL=sim.url,
-                     GOOGLE_APPLICATION_CREDENTIALS=str(creds)) as (a, b, listeners):
+                     GOOGLE_APPLICATION_CREDENTIALS=str(creds),
+                     PRICE_ALERTS_RELOAD_S=str(RELOAD_S)) as (a, b, listeners):
         sim.set_price("BTCUSDT", "50000")
         accounts = [Account(a, sim) for _ in range(3)]
         tokens = [_device(acct)[0] for acct in accounts for _ in range(3)]
@@ -367,6 +381,7 @@ def test_two_servers_on_postgresql_never_send_one_notification_twice(  # type: i
         # a price alert made on A, watched by both processes (B's reload), fires once;
         # its alerts push reaches a socket on B through the queue: skipped on the phone
         acct.server = a
+        before_b = _following(b)
         r = acct.post("/api/alerts/price", {"exchange": "binance", "symbol": "BTCUSDT",
                                             "above": "50100"})
         assert r.status_code == 201, r.text
@@ -374,7 +389,11 @@ def test_two_servers_on_postgresql_never_send_one_notification_twice(  # type: i
         listeners.append(lb)
         assert lb.call("subscribe", {"types": ["alerts"]})["ok"]
         lb.wait_for("alerts", lambda d: d["data"] == [])
-        time.sleep(12)  # B's reload (every 10 s) follows the alert too
+        # B's reload (every RELOAD_S) follows the alert too: B's figures say when it
+        # watches one more alert, has one more ticker subscriber and every market stream
+        # is live (this was a fixed 12 s behind the default 10 s reload)
+        wait_until(lambda: (lambda now: now[0] > before_b[0] and now[1] > before_b[1]
+                            and now[2])(_following(b)), timeout=RELOAD_S + 15)
         sim.set_price("BTCUSDT", "50200")
         alert = lb.wait_for("alerts", lambda d: len(d["data"]) == 1)["data"][0]
         assert alert["kind"] == "price_alert" and alert["detail"]["price"] == "50200"

@@ -199,7 +199,19 @@ def test_rules_and_a_trailing_extreme_outlive_a_kill(sim, restartable) -> None: 
     sim.set_price("ETHUSDT", "3150")          # activates the trailing stop
     time.sleep(0.5)
     sim.set_price("ETHUSDT", "3300")          # new high: stop at 3267
-    time.sleep(2.0)                           # the extreme is written (about every second)
+    # the extreme is written (about every second): wait for its row to say so
+    from sqlalchemy import create_engine, text
+    engine = create_engine(restartable.url)
+
+    def extreme():  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT extreme_price FROM protection_legs WHERE key_id = :k AND symbol = 'ETHUSDT' "
+                "AND kind = 'trailing_stop'"), {"k": acct.key_id}).scalar()
+    try:
+        wait_until(lambda: extreme() is not None and Decimal(extreme()) == Decimal(3300))
+    finally:
+        engine.dispose()
     server.kill()
     sim.set_price("ETHUSDT", "3280")          # while down: above the stop, nothing to do
     server = restartable()

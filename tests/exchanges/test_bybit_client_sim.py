@@ -96,11 +96,11 @@ def test_timeout_on_create_then_reconcile_by_client_id(account, endpoints, sim):
     c = BybitLinearClient(account[0], account[1], False, endpoints, timeout_s=1)
     try:
         c.validate_credentials()
-        sim.add_fault(kind="timeout", ms=2500, api_key=account[0])
+        sim.add_fault(kind="timeout", ms=1500, api_key=account[0])
         req = market("BUY", "0.010")
         with pytest.raises(ExchangeTimeout):
             c.create_order(req)
-        time.sleep(1.6)     # let the held reply go
+        time.sleep(0.6)     # let the held reply go (1.5 s after the request)
         o = c.get_order(SYMBOL, client_order_id=req.client_order_id)
         assert o.status is OrderStatus.FILLED
     finally:

@@ -60,6 +60,17 @@ def leases(redis_url: str, client, ttl_ms: int = 10_000, alive_ms: int = 4000) -
     return RedisLeases(redis_url, "t", ttl_ms, client=client, alive_ms=alive_ms)
 
 
+def wait_for(condition, timeout_s: float = 10.0, every_s: float = 0.02):  # type: ignore[no-untyped-def]
+    """Poll ``condition()`` until it is truthy (returned) or ``timeout_s`` passed (then
+    its last, falsy, value): the tests wait on what they assert, not on a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
 def test_a_renewal_that_finds_the_lease_gone_takes_it_again_and_a_rival_then_loses(
         redis_url, client) -> None:  # type: ignore[no-untyped-def]
     a, b = leases(redis_url, client), leases(redis_url, client)
@@ -82,7 +93,8 @@ def test_a_lease_of_a_process_whose_heartbeat_is_gone_is_taken_over_at_once(
     a.heartbeat(), b.heartbeat()
     assert a.acquire_many(["stream:2"]) == [True]
     assert b.acquire("stream:2") is False              # A is alive
-    time.sleep(0.5)                                    # A killed: no heartbeat
+    # A killed: no heartbeat; its key expires within alive_ms
+    assert wait_for(lambda: not client.exists(f"t:alive:{a.owner}"), timeout_s=5)
     b.heartbeat()
     assert client.pttl("t:lease:stream:2") > 50_000    # the lease itself has not expired
     assert b.acquire_many(["stream:2"]) == [True]
@@ -121,8 +133,8 @@ def test_a_lease_taken_on_subscribe_is_renewed_while_the_stream_start_waits(
     """A connect burst: ``ensure`` took the lease, ``_start`` waits for the database
     longer than the lease's TTL; the upkeep renews it meanwhile, so no other
     process can take it and the stream starts here."""
-    lease = leases(redis_url, client, ttl_ms=600)
-    rival = leases(redis_url, client, ttl_ms=600)
+    lease = leases(redis_url, client, ttl_ms=400)
+    rival = leases(redis_url, client, ttl_ms=400)
     gate = threading.Event()
     key = SimpleNamespace(id=5, exchange="binance", testnet=True, api_key="k",
                           api_secret_encrypted=b"")
@@ -151,7 +163,7 @@ def test_a_lease_taken_on_subscribe_is_renewed_while_the_stream_start_waits(
     try:
         got: list = []
         t = spawn(lambda: got.append(sm.ensure(1, 5)))
-        time.sleep(1.5)                                # 2.5 TTLs while _start waits
+        time.sleep(1.0)                                # 2.5 TTLs while _start waits
         assert rival.acquire("stream:5") is False      # still ours: it was renewed
         gate.set()
         t.join(5)
@@ -165,59 +177,62 @@ def test_a_lease_taken_on_subscribe_is_renewed_while_the_stream_start_waits(
 # A child process monkey-patched as the server is: its lease's heartbeat (the heartbeat
 # process, or, as the control, the former green task) beats while the
 # parent watches the key; on "block" the child stalls for BLOCK_S: its event loop
-# (``time.sleep`` of the original module: nothing green runs) or its GIL (a regular
-# expression that backtracks: no other thread of it runs), then says "unblocked".
+# (``time.sleep`` of the original module: nothing green runs) or its GIL (libc's
+# ``usleep`` called through ``ctypes.PyDLL``, which keeps the GIL for the whole call: no
+# other thread of it runs, as in a collector pause, for exactly BLOCK_S), then says
+# "unblocked".
 _CHILD = r"""
 import eventlet
 eventlet.monkey_patch()
-import re, sys
+import ctypes, sys
 from eventlet.patcher import original
 from services.leases import RedisLeases
 url, mode, block, block_s = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-alive_ms, beat_s = 1500, 0.25  # CHILD_ALIVE_MS; the server's 4000 and 1 s scaled down
+alive_ms, beat_s = int(sys.argv[5]), float(sys.argv[6])  # CHILD_ALIVE_MS, CHILD_BEAT_S
 lease = RedisLeases(url, "t", 60_000, alive_ms=alive_ms, beat_interval_s=beat_s)
 lease.heartbeat()
 if mode == "process":
     lease.start_heartbeat()
+    while lease.heartbeat_status().beats < 1:  # the child is up (it took 0.8 s at a load of 12)
+        eventlet.sleep(0.02)
 else:  # the former way: a green task beating every beat_s
     def beat():
         while True:
             eventlet.sleep(beat_s)
             lease.heartbeat()
     eventlet.spawn(beat)
-n, took = 18, 0.0  # the backtracking's length that holds the GIL for block_s
 t = original("time")
-while took < 0.2:
-    n += 1
-    t0 = t.monotonic(); re.match(r"(a+)+$", "a" * n + "b"); took = t.monotonic() - t0
-while took < block_s:
-    n, took = n + 1, took * 1.9
 eventlet.sleep(0.2)
 print(lease.owner, lease._beater.pid, flush=True)
 sys.stdin.readline()
 if block == "loop":
     t.sleep(block_s)
 else:
-    re.match(r"(a+)+$", "a" * n + "b")
+    ctypes.PyDLL(None).usleep(int(block_s * 1e6))  # the GIL held throughout
 print("unblocked", flush=True)
 sys.stdin.readline()
 """
-CHILD_ALIVE_MS = 1500  # the child's heartbeat key life (its beat every 0.25 s)
-BLOCK_S = CHILD_ALIVE_MS / 1000 + 1.0
+# the server's 4000 ms key life and 1 s beat scaled down (8 beats per life; the server
+# has 4): the block outlasts the key's life by half a second
+CHILD_ALIVE_MS, CHILD_BEAT_S = 800, 0.1
+BLOCK_S = CHILD_ALIVE_MS / 1000 + 0.5
+WATCH_S = 0.025  # the parent reads the key's PTTL this often
 
 
 def _stall_child(redis_url: str, mode: str, block: str) -> tuple[subprocess.Popen, str, int]:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", _CHILD, redis_url, mode, block,
-                             str(BLOCK_S)], cwd=root, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+                             str(BLOCK_S), str(CHILD_ALIVE_MS), str(CHILD_BEAT_S)], cwd=root,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     owner, _, pid = proc.stdout.readline().strip().partition(" ")  # type: ignore[union-attr]
     assert owner, "the child did not start"
     return proc, f"t:alive:{owner}", int(pid) if pid.isdigit() else 0
 
 
-def _watch_while_blocked(proc: subprocess.Popen, client, key: str) -> list[int]:  # type: ignore[no-untyped-def]
-    """The key's PTTL every 50 ms while the child is blocked."""
+def _watch_while_blocked(proc: subprocess.Popen, client, key: str,  # type: ignore[no-untyped-def]
+                         until_gone: bool = False) -> list[int]:
+    """The key's PTTL every WATCH_S while the child is blocked (``until_gone``: or
+    until the key is gone, -2)."""
     proc.stdin.write("block\n")  # type: ignore[union-attr]
     proc.stdin.flush()  # type: ignore[union-attr]
     seen: list[int] = []
@@ -227,7 +242,9 @@ def _watch_while_blocked(proc: subprocess.Popen, client, key: str) -> list[int]:
     deadline = time.monotonic() + 6 * BLOCK_S
     while not done.is_set() and time.monotonic() < deadline:
         seen.append(client.pttl(key))
-        time.sleep(0.05)
+        if until_gone and seen[-1] == -2:
+            return seen
+        time.sleep(WATCH_S)
     assert done.is_set(), "the child never unblocked"
     return seen
 
@@ -249,8 +266,9 @@ def test_the_heartbeat_process_keeps_a_process_alive_while_its_loop_or_gil_is_he
     proc, key, beater = _stall_child(redis_url, "process", block)
     try:
         seen = _watch_while_blocked(proc, client, key)
-        assert len(seen) > 20 and min(seen) > 0, seen  # -2: gone (a live process "dead")
-        assert max(seen[len(seen) // 2:]) > CHILD_ALIVE_MS - 500  # renewed during the block
+        assert len(seen) > BLOCK_S / WATCH_S / 4 and min(seen) > 0, seen  # -2: gone (a live process "dead")
+        # renewed during the block's second half (past the life of the last beat before it)
+        assert max(seen[len(seen) // 2:]) > CHILD_ALIVE_MS - 4 * CHILD_BEAT_S * 1000
         assert beater and _pid_alive(beater)
         proc.kill()
         proc.wait(5)
@@ -273,7 +291,7 @@ def test_control_a_green_heartbeat_dies_with_a_held_loop_or_gil(
     GIL (docs/push-stream.md: a 5.3 s collector pause), hence a process."""
     proc, key, _ = _stall_child(redis_url, "green", block)
     try:
-        seen = _watch_while_blocked(proc, client, key)
+        seen = _watch_while_blocked(proc, client, key, until_gone=True)
         assert seen[0] > 0 and -2 in seen, seen
     finally:
         proc.kill()
@@ -289,8 +307,8 @@ def test_the_heartbeat_process_stops_with_the_stream_manager_and_reports_failure
                        sleep=time.sleep, ledger=None, leases=lease)
     sm.start()
     key = f"t:alive:{lease.owner}"
-    time.sleep(0.8)
-    status = lease.heartbeat_status()
+    # the child's start-up (it imports redis-py) took 0.8 s at a load of 7
+    status = wait_for(lambda: (lambda st: st if st.beats >= 3 else None)(lease.heartbeat_status()))
     assert status is not None and status.running and status.beats >= 3 and status.failures == 0
     assert 0 < client.pttl(key) <= 1000
     sm.stop_all()
@@ -302,7 +320,7 @@ def test_the_heartbeat_process_stops_with_the_stream_manager_and_reports_failure
     dead = HeartbeatProcess(beat_settings(f"redis://127.0.0.1:{free_port()}/0", "t:alive:x",
                                           1000, interval_s=0.05, timeout_s=0.5))
     dead.start()
-    time.sleep(1.0)
+    assert wait_for(lambda: dead.status().failures >= 2)
     dead.stop()
     status = dead.status()
     assert status.failures >= 2 and status.beats == 0 and not status.running
@@ -317,12 +335,10 @@ def test_a_heartbeat_process_that_died_is_restarted(redis_url, client) -> None: 
         first = lease._beater.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        time.sleep(0.3)
-        assert not lease.heartbeat_status().running  # type: ignore[union-attr]
+        assert wait_for(lambda: not lease.heartbeat_status().running)  # type: ignore[union-attr]
         assert lease.restart_heartbeat() is True and lease._beater.pid != first
         client.delete(f"t:alive:{lease.owner}")
-        time.sleep(0.5)
-        assert client.exists(f"t:alive:{lease.owner}")
+        assert wait_for(lambda: client.exists(f"t:alive:{lease.owner}"))  # the new child beats
         assert lease.restart_heartbeat() is False      # running: nothing to do
     finally:
         lease.stop_heartbeat()

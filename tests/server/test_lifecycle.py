@@ -13,6 +13,7 @@ from app import create_app
 from exchanges import types as ex
 from models import Database
 from services import schema
+from services.reconciler import Reconciler
 from services.write_behind import LedgerWriter
 from tests.server.conftest import make_config
 from tests.support.server import free_port
@@ -34,11 +35,22 @@ def _fill(n: int) -> ex.Fill:
                    realized_pnl=D("0"), is_maker=False, time=1_700_000_000_000 + n)
 
 
-def test_stop_ends_every_loop_and_no_reconcile_runs_after_it(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_stop_ends_every_loop_and_no_reconcile_runs_after_it(tmp_path, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     url, path = _sqlite(tmp_path)
+    monkeypatch.setattr("services.container.RECONCILE_FIRST_DELAY_S", 0.2)
+    periods: list[int | None] = []  # the periodic runs (batch set; the start-up's is None)
+    reconcile = Reconciler.reconcile
+
+    def counted(self, user_id=None, batch=None):  # type: ignore[no-untyped-def]
+        periods.append(batch)
+        return reconcile(self, user_id, batch)
+    monkeypatch.setattr(Reconciler, "reconcile", counted)
     app = create_app(make_config(url, RECONCILE_INTERVAL_S=0.2))
     svc = app.extensions["pushsrv"]
-    time.sleep(2.4)  # past the periodic run's first delay: it loops now
+    deadline = time.monotonic() + 10
+    while sum(b is not None for b in periods) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # past the periodic run's first delay: it loops now
+    assert sum(b is not None for b in periods) >= 2, periods
     assert {"ledger writer", "reconciler"} <= set(svc.tasks.running())
     fanout = svc.hub.fanout  # its conflation timer is one of the app's registered tasks
     fanout._spawn(fanout._timer_task)

@@ -3,6 +3,7 @@ pushed) and ``RiskAlerts`` (liquidation-near once per position until it moves ou
 liquidation / ADL once per venue order), without processes."""
 from __future__ import annotations
 
+import time
 from decimal import Decimal as D
 from types import SimpleNamespace
 
@@ -122,7 +123,14 @@ def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_
 
         risk = RiskAlerts(db, client_for, Tickers(), spawn, lambda *a: None)
         from services.coalesce import Coalescer
-        risk._owners = Coalescer(risk._read_owners, wait_s=1.0)  # both join on a loaded machine
+
+        def gather(wait_s: float) -> None:
+            """The first caller's wait for others to join: until both keys of the same
+            moment asked (at most 10 s on a loaded machine), not a fixed second."""
+            deadline = time.monotonic() + 10
+            while risk._owners.asked < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        risk._owners = Coalescer(risk._read_owners, sleep=gather, wait_s=1.0)
         statements: list[str] = []
         from sqlalchemy import event
         event.listen(db.engine, "before_cursor_execute",
