@@ -112,13 +112,15 @@ class VenueSession(requests.Session):
         p = requests.PreparedRequest()
         p.prepare_method(request.method)
         p.prepare_url(request.url or "", request.params)
-        headers: MutableMapping[str, Any] = requests.structures.CaseInsensitiveDict(self.headers)
+        headers: MutableMapping[str, Any] = self.headers
         if request.headers:
+            headers = requests.structures.CaseInsensitiveDict(self.headers)
             headers.update(request.headers)
         p.prepare_headers({k: v for k, v in headers.items() if v is not None})
         p._cookies = requests.cookies.RequestsCookieJar()  # empty: no Cookie header
         p.prepare_body(request.data, None, None)
-        p.prepare_auth(None, p.url or "")  # credentials in the URL, as requests does
+        if "@" in (p.url or ""):  # credentials in the URL, as requests takes them
+            p.prepare_auth(None, p.url or "")
         return p
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,

@@ -273,3 +273,10 @@ def test_venue_session_keeps_a_cookie_the_venue_sets():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_venue_session_takes_credentials_in_the_url_as_requests_does():
+    plain, lean = requests.Session(), rest_base.VenueSession()
+    url = "http://user:p%40ss@127.0.0.1:9/x"
+    assert _prepared(lean, "get", url) == _prepared(plain, "get", url)
+    assert _prepared(lean, "get", url)[2]["Authorization"].startswith("Basic ")
