@@ -57,6 +57,10 @@ class HeaderReader:
         self._at += len(out)
         return out
 
+    def gettimeout(self) -> float | None:
+        """The socket's timeout (websocket-client asks it before every read)."""
+        return self.raw.gettimeout()  # type: ignore[no-any-return]
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
 
