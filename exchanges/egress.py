@@ -11,15 +11,20 @@ whitelist, be on it. Public market streams are not bound (they carry no weight).
 """
 from __future__ import annotations
 
+import select
 import socket
 import ssl
+import sys
 import threading
 import zlib
 from collections.abc import Sequence
+from types import ModuleType
 from urllib.parse import urlsplit
 
 import requests
 from requests_toolbelt.adapters.source import SourceAddressAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
@@ -37,10 +42,62 @@ def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
 POOL_MAXSIZE = 256
 
 
+def _native_select() -> ModuleType:
+    """The operating system's ``select`` module, also under eventlet's monkey patching
+    (whose green ``select`` parks the caller and goes through the event hub even for a
+    zero timeout)."""
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher.original("select") if patcher is not None else select
+
+
+class _PeekedIdle:
+    """urllib3's check of a kept-alive connection before it is reused (readable while
+    idle: the venue closed it, or sent what nobody asked for; then a new one is
+    opened), asked of the kernel with a zero-timeout ``poll`` instead of urllib3's
+    ``select``: under eventlet that one was a green wait, a timer and a switch through
+    the hub for every pooled request of a storm."""
+
+    sock: socket.socket | None
+
+    @property
+    def is_connected(self) -> bool:
+        """False when there is no socket or it is readable (closed or unexpected bytes)."""
+        sock = self.sock
+        if sock is None:
+            return False
+        native = _native_select()
+        poller = native.poll()
+        poller.register(sock.fileno(), native.POLLIN)
+        return not poller.poll(0)
+
+
+class _Connection(_PeekedIdle, HTTPConnection):
+    """urllib3's HTTPConnection with the ``_PeekedIdle`` check."""
+
+
+class _TLSConnection(_PeekedIdle, HTTPSConnection):
+    """urllib3's HTTPSConnection with the ``_PeekedIdle`` check."""
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class SharedSourceAdapter(SourceAddressAdapter):  # type: ignore[misc]  # toolbelt is untyped
     """requests-toolbelt's SourceAddressAdapter shared by every session of one address
     (``shared_adapter``): its connection pool outlives any one client, so ``close()``
-    (a session's, when its key's client is dropped) keeps it."""
+    (a session's, when its key's client is dropped) keeps it. Its pools check an idle
+    connection before reuse without yielding (``_PeekedIdle``)."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False) -> None:
+        """requests-toolbelt's pool manager (bound to the address), with pools of
+        ``_PeekedIdle`` connections."""
+        super().init_poolmanager(connections, maxsize, block)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
 
     def close(self) -> None:
         """Nothing: the other keys of the address use the pool."""
