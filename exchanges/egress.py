@@ -19,6 +19,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -93,11 +94,31 @@ class SharedSourceAdapter(SourceAddressAdapter):  # type: ignore[misc]  # toolbe
     (a session's, when its key's client is dropped) keeps it. Its pools check an idle
     connection before reuse without yielding (``_PeekedIdle``)."""
 
+    def __init__(self, source_address: str, **kwargs: object) -> None:
+        self._pool_keys: dict[tuple[str, object, object], tuple[dict[str, Any], dict[str, Any]]] = {}
+        super().__init__(source_address, **kwargs)
+
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False) -> None:
         """requests-toolbelt's pool manager (bound to the address), with pools of
         ``_PeekedIdle`` connections."""
         super().init_poolmanager(connections, maxsize, block)
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: object,
+                                             cert: object = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """requests' pool key for ``request`` (which pool of the manager serves it),
+        computed once per (scheme and host, ``verify``, ``cert``): requests builds it
+        for every request, including a ``stat`` of the CA bundle's path (an
+        ``isdir``) when ``verify`` names one."""
+        url = request.url or ""
+        key = ("/".join(url.split("/", 3)[:3]), verify, cert)
+        cached = self._pool_keys.get(key)
+        if cached is None:
+            cached = super().build_connection_pool_key_attributes(request, verify, cert)
+            if len(self._pool_keys) < 64:
+                self._pool_keys[key] = cached
+        host_params, pool_kwargs = cached
+        return dict(host_params), dict(pool_kwargs)
 
     def close(self) -> None:
         """Nothing: the other keys of the address use the pool."""

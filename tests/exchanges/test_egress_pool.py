@@ -85,3 +85,28 @@ def test_the_check_asks_the_kernel_even_under_eventlet() -> None:
 
     assert egress._native_select() is eventlet.patcher.original("select")
     assert hasattr(egress._native_select(), "poll")
+
+
+def test_the_pool_key_is_requests_own_computed_once_per_host(server, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """requests computes which pool serves a request (stat of the CA bundle included)
+    for every request; the shared adapter asks it once per host and settings, and
+    gets requests' answer."""
+    from requests.adapters import HTTPAdapter
+    calls: list[str] = []
+    original = HTTPAdapter.build_connection_pool_key_attributes
+
+    def counted(self, request, verify, cert=None):  # type: ignore[no-untyped-def]
+        calls.append(request.url)
+        return original(self, request, verify, cert)
+    monkeypatch.setattr(HTTPAdapter, "build_connection_pool_key_attributes", counted)
+    s, adapter = session_for("127.0.0.8")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    for path in ("/a", "/b?x=1", "/c"):
+        assert s.get(server + path, timeout=5).json() == {}
+    req = requests.Request("GET", server + "/d").prepare()
+    ours = adapter.build_connection_pool_key_attributes(req, str(bundle))
+    assert ours == original(adapter, req, str(bundle))
+    assert len(calls) == 2  # once for verify=True (the three requests), once for the bundle
+    other = requests.Request("GET", server.replace("127.0.0.1", "localhost") + "/").prepare()
+    assert adapter.build_connection_pool_key_attributes(other, True)[0]["host"] == "localhost"
