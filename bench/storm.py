@@ -52,6 +52,11 @@ processes and ``cpu_ms_per_user`` = ``server_cpu_s`` / N (P = 1 too; when not ev
 user got a snapshot before ``--ready-timeout-s``, ``cpu_ms_per_ready_user`` divides by
 those that did): the storm's server CPU per user, the figure that decides how many users a core admits at once
 (the wall time to all-ready, ``ready.s``, moves with whatever else the 2 cores run).
+``simulator_cpu_s``, ``nginx_cpu_s`` and ``client_cpu_s``: the other processes' CPU over
+the same span; ``machine_busy_s`` / ``machine_idle_s``: the whole machine's (/proc/stat,
+every core): idle near 0 means the storm waited for cores, whoever used them;
+``named_cpu_s`` the machine's ``postgres`` and ``redis-server`` processes' CPU and
+``bench_cpu_s`` this process's own.
 ``--mark FILE``: the file exists from the first connect until the last snapshot (an
 external sampling profiler of the server can limit itself to the storm with it).
 ``--profile PREFIX``: each server samples its CPU time during the storm
@@ -63,6 +68,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from bench.common import RESULTS_DIR, Stack, create_account
 from bench.eio_workers import Workers
@@ -99,6 +105,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.procs < 1 or (args.procs > 1 and not (args.users and args.queue)):
         p.error("--procs P: P >= 1; P > 1 needs --users and --queue (several processes share Redis)")
     return args
+
+
+def machine_cpu_s() -> tuple[float, float] | None:
+    """The whole machine's CPU seconds so far (/proc/stat ``cpu`` line, every core):
+    ``(busy, idle)``, idle including I/O wait; None when unreadable. Between two calls
+    it tells whether the storm's wall time waited for a core (idle near 0) or for
+    something else (idle left over)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle   # user nice system idle iowait irq softirq steal
+    return busy / tick, idle / tick
+
+
+def named_cpu_s(names: tuple[str, ...] = ("postgres", "redis-server")) -> dict[str, float]:
+    """CPU seconds so far of every process whose command name is one of ``names``
+    (``/proc/<pid>/stat``), summed per name: the machine's PostgreSQL backends and Redis,
+    shared with whatever else uses them (a process that ends between two calls drops
+    out of the difference)."""
+    out = dict.fromkeys(names, 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        name = head.split("(", 1)[-1]
+        if name in out:
+            fields = rest.split()
+            out[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def listen_drops() -> int | None:
@@ -253,6 +293,10 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
                   **({"url": f"{url}/?affinity={i}"} if cluster is not None else {})}
                  for i, a in enumerate(accounts)]
         client_cpu0 = sum(cpu_s(p) or 0.0 for p in workers.pids)
+        nginx_pids = cluster.nginx.worker_pids() if cluster is not None and cluster.nginx is not None else []
+        sim_pid = stack.sim.proc.pid if stack.sim is not None else None
+        others0 = (cpu_s(sim_pid) or 0.0, sum(cpu_s(p) or 0.0 for p in nginx_pids), machine_cpu_s())
+        named0, self0 = named_cpu_s(), sum(os.times()[:2])
         if mark is not None:
             mark.touch()
         cpu0, began = [cpu_s(s.proc.pid) or 0.0 for s in servers], time.time()
@@ -273,6 +317,14 @@ def users_storm(args: argparse.Namespace, log_dir) -> dict:  # type: ignore[no-u
         out["cpu_ms_per_user"] = round(sum(cpu) * 1000 / n, 2)
         out["cpu_ms_per_ready_user"] = round(sum(cpu) * 1000 / ready, 2) if ready else None
         out["client_cpu_s"] = round(sum(cpu_s(p) or 0.0 for p in workers.pids) - client_cpu0, 1)
+        machine1 = machine_cpu_s()
+        out["simulator_cpu_s"] = round((cpu_s(sim_pid) or 0.0) - others0[0], 1)
+        out["nginx_cpu_s"] = round(sum(cpu_s(p) or 0.0 for p in nginx_pids) - others0[1], 1)
+        out["bench_cpu_s"] = round(sum(os.times()[:2]) - self0, 1)
+        out["named_cpu_s"] = {k: round(v - named0[k], 1) for k, v in named_cpu_s().items()}
+        if machine1 is not None and others0[2] is not None:
+            out["machine_busy_s"] = round(machine1[0] - others0[2][0], 1)
+            out["machine_idle_s"] = round(machine1[1] - others0[2][1], 1)
         time.sleep(2.0)
         got = workers.all({"op": "collect", "since": time.time()})
         out["still_connected"] = sum(g["connected"] for g in got)

@@ -11,15 +11,21 @@ whitelist, be on it. Public market streams are not bound (they carry no weight).
 """
 from __future__ import annotations
 
+import select
 import socket
 import ssl
+import sys
 import threading
 import zlib
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from requests_toolbelt.adapters.source import SourceAddressAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
@@ -37,10 +43,82 @@ def egress_for(api_key: str, addresses: Sequence[str]) -> str | None:
 POOL_MAXSIZE = 256
 
 
+def _native_select() -> ModuleType:
+    """The operating system's ``select`` module, also under eventlet's monkey patching
+    (whose green ``select`` parks the caller and goes through the event hub even for a
+    zero timeout)."""
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher.original("select") if patcher is not None else select
+
+
+class _PeekedIdle:
+    """urllib3's check of a kept-alive connection before it is reused (readable while
+    idle: the venue closed it, or sent what nobody asked for; then a new one is
+    opened), asked of the kernel with a zero-timeout ``poll`` instead of urllib3's
+    ``select``: under eventlet that one was a green wait, a timer and a switch through
+    the hub for every pooled request of a storm."""
+
+    sock: socket.socket | None
+
+    @property
+    def is_connected(self) -> bool:
+        """False when there is no socket or it is readable (closed or unexpected bytes)."""
+        sock = self.sock
+        if sock is None:
+            return False
+        native = _native_select()
+        poller = native.poll()
+        poller.register(sock.fileno(), native.POLLIN)
+        return not poller.poll(0)
+
+
+class _Connection(_PeekedIdle, HTTPConnection):
+    """urllib3's HTTPConnection with the ``_PeekedIdle`` check."""
+
+
+class _TLSConnection(_PeekedIdle, HTTPSConnection):
+    """urllib3's HTTPSConnection with the ``_PeekedIdle`` check."""
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 class SharedSourceAdapter(SourceAddressAdapter):  # type: ignore[misc]  # toolbelt is untyped
     """requests-toolbelt's SourceAddressAdapter shared by every session of one address
     (``shared_adapter``): its connection pool outlives any one client, so ``close()``
-    (a session's, when its key's client is dropped) keeps it."""
+    (a session's, when its key's client is dropped) keeps it. Its pools check an idle
+    connection before reuse without yielding (``_PeekedIdle``)."""
+
+    def __init__(self, source_address: str, **kwargs: object) -> None:
+        self._pool_keys: dict[tuple[str, object, object], tuple[dict[str, Any], dict[str, Any]]] = {}
+        super().__init__(source_address, **kwargs)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False) -> None:
+        """requests-toolbelt's pool manager (bound to the address), with pools of
+        ``_PeekedIdle`` connections."""
+        super().init_poolmanager(connections, maxsize, block)
+        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: object,
+                                             cert: object = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """requests' pool key for ``request`` (which pool of the manager serves it),
+        computed once per (scheme and host, ``verify``, ``cert``): requests builds it
+        for every request, including a ``stat`` of the CA bundle's path (an
+        ``isdir``) when ``verify`` names one."""
+        url = request.url or ""
+        key = ("/".join(url.split("/", 3)[:3]), verify, cert)
+        cached = self._pool_keys.get(key)
+        if cached is None:
+            cached = super().build_connection_pool_key_attributes(request, verify, cert)
+            if len(self._pool_keys) < 64:
+                self._pool_keys[key] = cached
+        host_params, pool_kwargs = cached
+        return dict(host_params), dict(pool_kwargs)
 
     def close(self) -> None:
         """Nothing: the other keys of the address use the pool."""

@@ -24,15 +24,67 @@ logger = logging.getLogger(__name__)
 MIN_WAIT_S = 0.001
 
 
+HEADER_READ = 4096  # bytes asked of the socket at once while reading the handshake reply
+
+
+class HeaderReader:
+    """The socket websocket-client reads its handshake reply through: websocket-client
+    reads the status line and headers one byte per ``recv`` (under eventlet each one a
+    green socket call: about 5 % of a reconnect storm's server CPU went to those
+    single-byte reads), so each read here takes what has arrived (up to
+    ``HEADER_READ`` bytes) and hands it out byte by byte. Bytes read past the reply
+    (a first frame sent right behind it) stay here and are handed out first;
+    ``unwrap`` gives the plain socket back once none is left. Everything else is the
+    socket's (``__getattr__``)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.raw = sock
+        self._buf = b""
+        self._at = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the socket and not handed out yet."""
+        return len(self._buf) - self._at
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes: from what is held, else from one socket read of up to
+        ``max(bufsize, HEADER_READ)`` bytes (b"" when the peer closed). Raises what the
+        socket's ``recv`` raises (its timeout included)."""
+        if self._at >= len(self._buf):
+            self._buf, self._at = self.raw.recv(max(bufsize, HEADER_READ)), 0
+        out = self._buf[self._at:self._at + bufsize]
+        self._at += len(out)
+        return out
+
+    def gettimeout(self) -> float | None:
+        """The socket's timeout (websocket-client asks it before every read)."""
+        return self.raw.gettimeout()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def unwrap(ws: websocket.WebSocket) -> None:
+    """Give ``ws`` its plain socket back once its ``HeaderReader`` holds no byte (frames
+    are then read straight from the socket, and ``FIONREAD`` sees every unread one)."""
+    sock = getattr(ws, "sock", None)
+    if isinstance(sock, HeaderReader) and not sock.buffered:
+        ws.sock = sock.raw
+
+
 def create_connection(url: str, timeout_s: float, source_address: str | None = None,
                       **options: Any) -> websocket.WebSocket:
     """``websocket.create_connection`` with UTF-8 validation off, from
-    ``source_address`` when one is given (``exchanges.egress``). Raises what
-    websocket-client raises, and OSError from the bound connect."""
+    ``source_address`` when one is given (``exchanges.egress``; then the handshake
+    reply is read through a ``HeaderReader``). Raises what websocket-client raises, and
+    OSError from the bound connect."""
     if source_address:
-        options["socket"] = bound_socket(url, timeout_s, source_address)
-    return websocket.create_connection(url, timeout=timeout_s, skip_utf8_validation=True,
-                                       **options)
+        options["socket"] = HeaderReader(bound_socket(url, timeout_s, source_address))
+    ws = websocket.create_connection(url, timeout=timeout_s, skip_utf8_validation=True,
+                                     **options)
+    unwrap(ws)
+    return ws
 
 
 def drop_frames(exc: BaseException | None) -> None:
@@ -105,6 +157,12 @@ class JsonWebSocket:
         sock = ws.sock if ws is not None else None
         if sock is None:
             return False
+        if isinstance(sock, HeaderReader):  # bytes read along with the handshake reply
+            if sock.buffered:
+                return True
+            assert ws is not None
+            unwrap(ws)
+            sock = sock.raw
         pending = getattr(sock, "pending", None)  # ssl.SSLSocket: decrypted, unread bytes
         try:
             if pending is not None and pending() > 0:
@@ -138,6 +196,8 @@ class JsonWebSocket:
         try:
             set_wait(ws, timeout_s)
             opcode, data = ws.recv_data()
+            if isinstance(getattr(ws, "sock", None), HeaderReader):
+                unwrap(ws)
         except (TimeoutError, websocket.WebSocketTimeoutException) as e:
             drop_frames(e)
             return None

@@ -74,7 +74,7 @@ class TradingService:
                 old = self._entries.pop(key, None)
                 self._entries[key] = _Entry(client, api_key)
                 evicted = self._evict_over_bound()
-            logger.info("exchange client built user_id=%s exchange=%s testnet=%s", *key)
+            logger.debug("exchange client built user_id=%s exchange=%s testnet=%s", *key)
         for stale in ([old.client] if old else []) + evicted:
             stale.close()
         return client

@@ -16,7 +16,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
@@ -137,12 +137,23 @@ def upsert_positions(session: Session,
                                                 "liquidation_price", "margin_type", "updated_at")},
             where=table.c.updated_at <= stmt.excluded.updated_at)
         session.execute(stmt, rows)
-    for key_id, (as_of, held, complete) in snapshots.items():
-        if not complete:
-            continue
+    complete = {key_id: (as_of, {p.symbol for p in held})
+                for key_id, (as_of, held, whole) in snapshots.items() if whole}
+    if not complete:
+        return
+    # the stored symbols a complete report no longer holds: one read for every key of
+    # the batch, then only those rows updated (a storm's first reports hold what is
+    # stored: one SELECT for the batch instead of one UPDATE per key)
+    stale = [{"k": key_id, "s": symbol, "t": complete[key_id][0]}
+             for key_id, symbol, updated_at in session.execute(
+                 select(table.c.key_id, table.c.symbol, table.c.updated_at)
+                 .where(table.c.key_id.in_(list(complete))))
+             if symbol not in complete[key_id][1] and updated_at < complete[key_id][0]]
+    if stale:
         session.execute(update(table).where(
-            table.c.key_id == key_id, table.c.symbol.not_in([p.symbol for p in held]),
-            table.c.updated_at < as_of).values(size=Decimal(0), updated_at=as_of))
+            table.c.key_id == bindparam("k"), table.c.symbol == bindparam("s"),
+            table.c.updated_at < bindparam("t")).values(size=Decimal(0), updated_at=bindparam("t")),
+            stale)
 
 
 NOT_EXECUTED = (TradeStatus.PENDING.value, TradeStatus.CANCELED.value, TradeStatus.FAILED.value)

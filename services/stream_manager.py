@@ -304,7 +304,7 @@ class StreamManager:
             self.started += 1
         self._local(key_id, state)
         self._spawn(stream.run)
-        logger.info("account stream started user_id=%s key_id=%s", user_id, key_id)
+        logger.debug("account stream started user_id=%s key_id=%s", user_id, key_id)
         return stream
 
     def _takeover_gap_ms(self) -> int:

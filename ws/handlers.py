@@ -68,7 +68,7 @@ def register_handlers(socketio: SocketIO) -> None:
         _svc().hub.add(request.sid, user_id,
                        socketio.server.manager.eio_sid_from_sid(request.sid, "/"))
         join_room(room("user", user_id))
-        logger.info("socket connected user_id=%s sid=%s", user_id, request.sid)
+        logger.debug("socket connected user_id=%s sid=%s", user_id, request.sid)
 
     @socketio.on("subscribe")
     def on_subscribe(data=None):  # type: ignore[no-untyped-def]
@@ -195,7 +195,7 @@ def register_handlers(socketio: SocketIO) -> None:
         conn, last = svc.hub.remove(request.sid)
         if conn is None:
             return
-        logger.info("socket disconnected user_id=%s sid=%s last=%s", conn.user_id,
+        logger.debug("socket disconnected user_id=%s sid=%s last=%s", conn.user_id,
                     request.sid, last)
         if conn.tickers:
             svc.tickers.unsubscribe_all(f"sid:{request.sid}")

@@ -141,7 +141,7 @@ class BinanceUserStream:
             if e.http_status is None or e.http_status >= 500:
                 self._hold_key()
             raise
-        logger.info("binance user stream connected key=%s listen_key=%s",
+        logger.debug("binance user stream connected key=%s listen_key=%s",
                     self._key_hint, mask(listen_key))
 
     def _hold_key(self) -> None:
@@ -202,4 +202,4 @@ class BinanceUserStream:
             except Exception as e:  # isolation boundary: close must not raise
                 logger.debug("binance listenKey close failed key=%s listen_key=%s err=%s",
                              self._key_hint, mask(listen_key), type(e).__name__)
-        logger.info("binance user stream closed key=%s", self._key_hint)
+        logger.debug("binance user stream closed key=%s", self._key_hint)

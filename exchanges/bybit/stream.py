@@ -115,7 +115,7 @@ class BybitUserStream:
             self._drop()
             raise
         self._last_ping = time.monotonic()
-        logger.info("bybit private stream connected key=%s", self._key_hint)
+        logger.debug("bybit private stream connected key=%s", self._key_hint)
 
     def _await_op(self, op: str, req_id: str | None) -> dict[str, Any]:
         """Read frames until the reply to ``op`` (and ``req_id`` when given) arrives;
@@ -196,4 +196,4 @@ class BybitUserStream:
     def close(self) -> None:
         """Close the socket; never raises (errors are logged at debug)."""
         self._drop()
-        logger.info("bybit private stream closed key=%s", self._key_hint)
+        logger.debug("bybit private stream closed key=%s", self._key_hint)

@@ -171,9 +171,17 @@ class RiskAlerts:
                 self._unwatch(key_id, p.symbol)
             else:
                 opened.append(p.symbol)
-        if opened:
-            given = {p.symbol: p for p in positions if p.size != 0} if complete else None
-            self._spawn(self._watch, key_id, opened, given)
+        if not opened:
+            return
+        given = {p.symbol: p for p in positions if p.size != 0} if complete else None
+        if given is not None and not any(given[symbol].liquidation_price for symbol in opened):
+            # none of the snapshot's positions can be liquidated (the venue's "0"): none
+            # is watched, so no task and no read of the key's owner (in a storm of such
+            # keys that was one task and a share of a batched read per key)
+            for symbol in opened:
+                self._unwatch(key_id, symbol)
+            return
+        self._spawn(self._watch, key_id, opened, given)
 
     def _read_owners(self, key_ids: list[int]) -> dict[int, tuple[int, str, bool, Decimal]]:
         """``{key_id: (user_id, exchange, testnet, liquidation warning pct)}`` in one query."""

@@ -166,3 +166,117 @@ def test_no_proxy_is_honoured(monkeypatch):
     c = BinanceFuturesClient("key1", "secret", testnet=False, endpoints=ENDPOINTS, timeout_s=1)
     assert c._session().trust_env is False
     assert "http" not in c._session().proxies
+
+
+# ---- VenueSession: the lean request preparation ------------------------------------------
+
+def _prepared(session: requests.Session, method: str, url: str, **kw):  # type: ignore[no-untyped-def]
+    session.trust_env = False
+    req = requests.Request(method=method.upper(), url=url, headers=kw.pop("headers", None),
+                           data=kw.pop("data", None) or {}, params=kw.pop("params", None) or {}, **kw)
+    p = session.prepare_request(req)
+    return p.method, p.url, dict(p.headers), p.body
+
+
+@pytest.mark.parametrize("method,url,kw", [
+    ("get", "http://127.0.0.1:9/fapi/v1/openOrders",
+     {"params": "symbol=XRP%2FUSDT&timestamp=1&signature=ab c"}),
+    ("get", "http://127.0.0.1:9/fapi/v2/account", {"params": {"a": "1", "b": ["x", "y"]}}),
+    ("post", "http://127.0.0.1:9/fapi/v1/order",
+     {"data": [("symbol", "XRPUSDT"), ("quantity", "1.5"), ("signature", "f0")],
+      "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    ("delete", "http://127.0.0.1:9/fapi/v1/listenKey?x=1", {"data": {"listenKey": "k é"}}),
+    ("put", "http://127.0.0.1:9/fapi/v1/listenKey", {"headers": {"X-Session": None, "X-New": "2"}}),
+    ("post", "http://127.0.0.1:9/v5/order/create", {"data": '{"a": 1}'}),
+])
+def test_venue_session_prepares_what_requests_prepares(method, url, kw):  # type: ignore[no-untyped-def]
+    """Method, URL (params encoded and quoted), headers (the session's, the request's,
+    None removing one) and body are byte for byte requests' own."""
+    sessions = []
+    for cls in (requests.Session, rest_base.VenueSession):
+        s = cls()
+        s.headers.update({"X-MBX-APIKEY": "key1", "X-Session": "s"})
+        sessions.append(s)
+    plain, lean = (_prepared(s, method, url, **dict(kw)) for s in sessions)
+    assert lean == plain
+
+
+def test_clients_get_a_venue_session_and_sign_with_their_own_key_over_one_adapter():
+    """Both venues' clients get the lean session; two keys' clients sending through one
+    adapter (the egress address's shared pool) still each send their own API key and
+    signature."""
+    import hashlib
+    import hmac
+    from urllib.parse import parse_qsl, urlsplit
+
+    class Recorder(requests.adapters.BaseAdapter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[requests.PreparedRequest] = []
+
+        def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+            self.sent.append(request)
+            r = requests.Response()
+            r.status_code, r._content, r.url, r.request = 200, b"[]", request.url, request
+            return r
+
+        def close(self) -> None:
+            pass
+
+    shared = Recorder()
+    clients = [BinanceFuturesClient(f"key{n}", f"secret{n}", testnet=False, endpoints=ENDPOINTS,
+                                    timeout_s=1) for n in (1, 2)]
+    bybit = BybitLinearClient("bkey", "bsecret", testnet=False, endpoints=ENDPOINTS, timeout_s=1)
+    assert type(bybit._session()) is rest_base.VenueSession
+    for c in clients:
+        assert type(c._session()) is rest_base.VenueSession
+        c._session().mount("http://", shared)
+        c._client.timestamp_offset, c._clock_synced = 0, True
+        assert c.get_open_orders() == []
+    assert len(shared.sent) == 2
+    for n, sent in zip((1, 2), shared.sent, strict=True):
+        assert sent.headers["X-MBX-APIKEY"] == f"key{n}"
+        query = urlsplit(sent.url).query
+        unsigned, _, signature = query.rpartition("&signature=")
+        assert signature == hmac.new(f"secret{n}".encode(), unsigned.encode(), hashlib.sha256).hexdigest()
+        assert dict(parse_qsl(unsigned))["timestamp"]
+
+
+def test_venue_session_keeps_a_cookie_the_venue_sets():
+    """A reply's Set-Cookie is kept and sent back on the next request, as requests does
+    (the lean preparation steps aside while the session holds a cookie)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            self.send_header("Set-Cookie", "aws=t1; Path=/")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s = rest_base.VenueSession()
+        s.trust_env = False
+        url = f"http://127.0.0.1:{server.server_address[1]}/x"
+        assert s.get(url, timeout=5).json() == {}
+        assert s.get(url, params="a=1", timeout=5).status_code == 200
+        assert seen == [None, "aws=t1"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_venue_session_takes_credentials_in_the_url_as_requests_does():
+    plain, lean = requests.Session(), rest_base.VenueSession()
+    url = "http://user:p%40ss@127.0.0.1:9/x"
+    assert _prepared(lean, "get", url) == _prepared(plain, "get", url)
+    assert _prepared(lean, "get", url)[2]["Authorization"].startswith("Basic ")

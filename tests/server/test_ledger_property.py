@@ -238,6 +238,53 @@ def test_positions_are_stored_as_last_reported_and_never_go_back(database_url) -
     db.dispose()
 
 
+def test_a_storm_of_first_reports_closes_in_one_read_not_one_update_per_key(database_url) -> None:  # type: ignore[no-untyped-def]
+    """A batch of streams' first (complete) reports: the symbols a key no longer holds
+    are closed, each key's own only, and when every key still holds what is stored
+    (a reconnect storm) the batch writes no UPDATE at all (it used to send one per
+    key)."""
+    from sqlalchemy import event
+
+    from models import Position
+    db = Database(database_url)
+    keys = range(1, 7)
+    with db.transaction() as s:
+        s.add(User(id=1, username="p", password_hash="x"))
+        s.flush()
+        s.add_all([ExchangeKey(id=k, user_id=1, exchange="binance", api_key=f"k{k}",
+                               api_secret_encrypted=b"x") for k in keys])
+
+    def pos(symbol: str, size: str = "1") -> ex.Position:
+        return ex.Position(symbol, "LONG", Decimal(size), Decimal(100), Decimal(100),
+                           Decimal(0), Decimal(10), Decimal(0), "cross")
+
+    def stored() -> dict:
+        with db.session() as s:
+            return {(r.key_id, r.symbol): (r.size, r.updated_at) for r in s.scalars(select(Position))}
+
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute",
+                 lambda conn, cur, stmt, *a: statements.append(stmt.split()[0].upper()))
+    with db.transaction() as s:  # every key holds XRPUSDT and ETHUSDT
+        ledger.apply_batch(s, [], [], [(k, 10, [pos("XRPUSDT"), pos("ETHUSDT")], False) for k in keys])
+    statements.clear()
+    with db.transaction() as s:  # the storm: each key's first report, the same positions
+        ledger.apply_batch(s, [], [], [(k, 20, [pos("XRPUSDT"), pos("ETHUSDT")], True) for k in keys])
+    assert statements.count("UPDATE") == 0, statements
+    assert set(stored().values()) == {(Decimal(1), 20)}
+    statements.clear()
+    with db.transaction() as s:  # keys 1 and 2 closed ETHUSDT meanwhile; key 3's report is older
+        ledger.apply_batch(s, [], [], [(1, 30, [pos("XRPUSDT")], True), (2, 31, [], True),
+                                       (3, 15, [pos("XRPUSDT")], True)])
+    assert statements.count("UPDATE") == 1, statements  # one statement for the batch
+    got = stored()
+    assert got[(1, "ETHUSDT")] == (Decimal(0), 30) and got[(1, "XRPUSDT")] == (Decimal(1), 30)
+    assert got[(2, "ETHUSDT")] == (Decimal(0), 31) and got[(2, "XRPUSDT")] == (Decimal(0), 31)
+    assert got[(3, "ETHUSDT")] == (Decimal(1), 20)  # a newer report is never undone
+    assert all(got[(k, sym)] == (Decimal(1), 20) for k in (4, 5, 6) for sym in ("XRPUSDT", "ETHUSDT"))
+    db.dispose()
+
+
 def test_reconcile_after_a_reconnect_reuses_the_streams_snapshot_and_gap_fill(db) -> None:  # type: ignore[no-untyped-def]
     """The stream just fetched the positions and the fills of the gap: the reconcile
     that follows asks neither again (Binance weighs positionRisk and userTrades 5 each,

@@ -157,10 +157,11 @@ def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_
         assert asked == [11] and watched[(11, "BTCUSDT")].liquidation_price == D("52000")
         threads.clear()
         # a snapshot whose position cannot be liquidated (the venue's "0"): not watched,
-        # and the venue is not asked again (it would say "0" again)
+        # and the venue is not asked again (it would say "0" again), nor the owner read
+        reads = risk._owners.reads
         risk.positions_seen(12, [pos("0")], complete=True)
-        threads[0].start()
-        threads[0].join(10)
+        assert threads == []  # no task at all
         assert asked == [11] and (12, "BTCUSDT") not in watched
+        assert risk._owners.reads == reads
     finally:
         db.dispose()
