@@ -111,6 +111,9 @@ class AccountStream:
         tickers: the shared TickerHub; while every open position's symbol gets mark
             price ticks, positions, pnl and balance are revalued from them and no
             periodic REST polling happens. None: poll while positions are open.
+        on_positions_read: called with the positions (list[Position]) each time a REST
+            call (snapshot, event completion, poll) read them from the venue, after
+            ``on_positions`` (protection: the risk watcher takes them, no second call).
         admission: held around each connect (user stream and snapshot), e.g. a
             semaphore shared by the process's streams, so that a storm of starting
             streams connects a bounded number at a time; the others wait their turn
@@ -129,7 +132,8 @@ class AccountStream:
                  push: Push | None = None,
                  on_funding: Callable[[object], None] | None = None,
                  on_leg: Callable[[object], None] | None = None,
-                 admission: AbstractContextManager[Any] | None = None) -> None:
+                 admission: AbstractContextManager[Any] | None = None,
+                 on_positions_read: Callable[[list[Position]], None] | None = None) -> None:
         self.state = state
         self._admission = admission if admission is not None else nullcontext()
         self._push = push or DirectPush(publish, audience)
@@ -166,7 +170,7 @@ class AccountStream:
             state, settings, self.pusher, sleep=sleep, poll_scale=poll_scale,
             live=lambda: self.stream is not None, running=lambda: self.running,
             record_fill=self._fill, positions_changed=self._positions_changed,
-            on_down=lambda: self._set_status("down"))
+            on_down=lambda: self._set_status("down"), positions_read=on_positions_read)
 
     # ---- public ------------------------------------------------------------------
     def stop(self, quiet: bool = False) -> None:

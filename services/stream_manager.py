@@ -274,6 +274,8 @@ class StreamManager:
         state.protection_of, state.legs_of = self.protection_of, self.legs_of
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
+        # the positions a stream's REST call read (the ledger facade hands them on)
+        positions_read = getattr(self._ledger, "positions_read", None)
         group = self._pace_group(exchange, testnet, api_key)
         stream = AccountStream(
             state, get_client=lambda: self._trading.get_client(
@@ -288,7 +290,9 @@ class StreamManager:
             on_reconnected=self._reconnected if self._on_reconnected else None,
             poll_scale=lambda: self._poll_scale(group), audience=self._audience,
             push=self._push, on_leg=lambda update: self._leg_update(key_id, update),
-            admission=self._connecting)
+            admission=self._connecting,
+            on_positions_read=None if positions_read is None
+            else lambda read: positions_read(key_id, read))
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:

@@ -115,7 +115,7 @@ class ProtectionService:
         self.fired = 0  # rules fired by this process
         # margin call, liquidation, ADL and liquidation-near alerts
         self.risk = RiskAlerts(db, client_for, tickers, spawn,
-                               lambda *alert: self.on_alert(*alert))
+                               lambda *alert: self.on_alert(*alert), sleep)
 
     def _live_positions(self, key_id: int) -> list[Position] | None:
         return self.live_positions(key_id) if self.live_positions is not None else None
@@ -473,6 +473,11 @@ class ProtectionService:
         for p in positions:
             if p.size == 0 and p.symbol in symbols:
                 self._spawn(self._position_ended, key_id, p.symbol)
+
+    def positions_read(self, key_id: int, positions: list[Position]) -> None:
+        """An account stream read the key's positions from the venue (no I/O here):
+        the risk watcher takes them instead of asking again."""
+        self.risk.positions_read(key_id, positions)
 
     def _position_ended(self, key_id: int, symbol: str) -> None:
         if self.stopping.wait(EVENT_RECONCILE_DELAY_S):  # after the fills' pushes
