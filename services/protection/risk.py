@@ -89,6 +89,7 @@ class RiskAlerts:
         # key_id -> symbols whose shape changed, waiting for the stream's REST positions
         self._pending: dict[int, set[str]] = {}
         self.asked = 0  # venue position reads of the watcher (the fallback)
+        self._stopped = False
         self._client_for = client_for
         self._tickers = tickers
         self._spawn = spawn
@@ -208,6 +209,8 @@ class RiskAlerts:
         """The fallback: ``WATCH_FALLBACK_S`` after a shape change no read of the stream
         came (held back by the rate governor, the stream gone): ask the venue."""
         self._sleep(WATCH_FALLBACK_S)
+        if self._stopped:  # shutting down: no venue call
+            return
         with self._lock:
             waiting = self._pending.pop(key_id, None)
         if waiting:
@@ -327,5 +330,6 @@ class RiskAlerts:
             logger.exception("liquidation_near alert failed key_id=%s symbol=%s", w.key_id, w.symbol)
 
     def stop(self) -> None:
-        """Leave every market stream."""
+        """Leave every market stream; a pending fallback read is not made."""
+        self._stopped = True
         self._tickers.unsubscribe_all(SUBSCRIBER)
