@@ -21,7 +21,9 @@ call. Figures (ms, nearest-rank percentiles, ``{n, p50_ms, p99_ms, max_ms}``):
 - ``sent``: from the move to the envelope's ``sent_at`` (the server's emit; the rest
   of ``push`` is the socket and the client);
 - ``missing``: clients without such a push after 20 s; ``other_reasons``: BTCUSDT
-  fills pushed with another ``reason`` (null: the server could not tag it live).
+  fills pushed with another ``reason`` (null: the server could not tag it live);
+- ``requests_per_holder``: the venue requests (the simulator's count per endpoint) the
+  holders' keys made from just before the move to 1 s after the last push, per holder.
 
 ``--modes stop_loss,plain`` alternates the repetitions between the stop-loss and a
 baseline without any leg: beside its long each holder has a resting LIMIT BUY of the
@@ -73,7 +75,7 @@ def _holder(server, sim, mode: str) -> tuple[str, str]:  # type: ignore[no-untyp
     return acct.api_key, acct.token
 
 
-async def _measure(url: str, sim, tokens: list[str], timeout_s: float,  # type: ignore[no-untyped-def]
+async def _measure(url: str, sim, tokens: list[str], keys: list[str], timeout_s: float,  # type: ignore[no-untyped-def]
                    side: str, reason: str | None) -> dict[str, Any]:
     """Connect one client per token (subscribed to ``fills``), move the price across the
     stops, collect each client's first BTCUSDT ``side`` fill push with ``reason``."""
@@ -104,12 +106,14 @@ async def _measure(url: str, sim, tokens: list[str], timeout_s: float,  # type: 
         assert isinstance(ack, dict) and ack.get("ok"), ack
         clients.append(c)
     await asyncio.sleep(2.0)
+    before = await asyncio.to_thread(_requests, sim, keys)
     t0 = time.time()
     await asyncio.to_thread(sim.set_price, SYMBOL, CROSS)
     deadline = time.monotonic() + timeout_s
     while any(g is None for g in got) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # late pushes with another reason
+    after = await asyncio.to_thread(_requests, sim, keys)
     for c in clients:
         await c.disconnect()
     found = [g for g in got if g is not None]
@@ -119,7 +123,19 @@ async def _measure(url: str, sim, tokens: list[str], timeout_s: float,  # type: 
             "server": lat_s([t - f["time"] / 1000 for t, f in found]),
             "sent": lat_s([f["_sent_at"] / 1000 - t0 for _, f in found if f["_sent_at"]]),
             "missing": len(tokens) - len(found),
-            "other_reasons": {str(r): others.count(r) for r in set(others)}}
+            "other_reasons": {str(r): others.count(r) for r in set(others)},
+            "requests_per_holder": {ep: round((n - before.get(ep, 0)) / len(tokens), 2)
+                                    for ep, n in sorted(after.items()) if n > before.get(ep, 0)}}
+
+
+def _requests(sim, keys: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The simulator's request count per endpoint, summed over the ``keys``."""
+    counts = sim.state()["requests"]
+    out: dict[str, int] = {}
+    for key in keys:
+        for endpoint, n in (counts.get(key) or {}).items():
+            out[endpoint] = out.get(endpoint, 0) + int(n)
+    return out
 
 
 def main() -> int:
@@ -151,7 +167,8 @@ def main() -> int:
             t_setup = time.time()
             holders = [_holder(server, sim, mode) for _ in range(args.holders)]
             setup_s = round(time.time() - t_setup, 1)
-            one = asyncio.run(_measure(server.url, sim, [t for _, t in holders], 20.0,
+            one = asyncio.run(_measure(server.url, sim, [t for _, t in holders],
+                                       [k for k, _ in holders], 20.0,
                                        *(("SELL", "stop_loss") if mode == "stop_loss" else ("BUY", None))))
             one["mode"], one["setup_s"] = mode, setup_s
             one["load"] = [round(x, 2) for x in os.getloadavg()]

@@ -2,7 +2,8 @@
 processes (simulator, server).
 
     python -m bench.protection_fire [--holders 1000] [--crossed 1,20,100] [--reps 3]
-                                    [--db sqlite|postgresql] [--far 1] [--tag NAME]
+                                    [--db sqlite|postgresql] [--far 1] [--streams N]
+                                    [--tag NAME]
 
 ``--holders`` accounts each hold a BTCUSDT long (MARKET BUY 0.002) with a server-mode
 stop-loss, and ``--far`` more rules far from the price each (a trailing stop waiting
@@ -13,6 +14,13 @@ holder's stop-loss sits at 30000. The price is moved from 60000 to 58900 once th
 ``/_sim/price``: exactly K stops are crossed by one tick (every exit starts at once,
 the worst case) while the others are armed too. For each crossed holder the figure is
 the time from that call to its exit's first order (the simulator's order time, ms).
+
+``--streams N``: the first N holders (the crossed ones come first) register a device,
+so the server keeps their account streams running with no socket open (the standby
+streams of ``services.notify.standby``; their fills are notified through the
+simulator's FCM): a rule whose key's stream is live takes its positions from it
+instead of asking the venue. The measurement starts once the server logged N streams
+live. 0 (the default): no stream runs, every position is asked from the venue.
 
 Prints per repetition ``{n, p50_ms, p99_ms, max_ms}`` (nearest rank) and, per K, the
 median and range over the repetitions of p50 and p99 (target p99 < 100 ms at 1,000
@@ -36,12 +44,14 @@ from requests.adapters import HTTPAdapter
 from bench.common import Account, create_account, rest, run_pool
 from bench.measure import lat_ms, print_lines, write_results
 from tests.conftest import PG_ADMIN_URL, make_pg_database
+from tests.support import fcm
 from tests.support.server import start_server
 from tests.support.simulator import start_simulator
 
 SYMBOL, QTY, START, CROSS = "BTCUSDT", "0.002", "60000", "58900"
 NEAR, FAR = "59000", "30000"  # the crossed holders' stop-loss; everyone else's
 STARTED = "protection exit started"  # the server's log line per fired rule's exit
+LIVE = "account stream live key_id="  # the server's log line per stream gone live
 
 
 def _call(server, acct: Account, method: str, path: str, body: dict[str, Any], status: int) -> None:  # type: ignore[no-untyped-def]
@@ -73,6 +83,12 @@ def _holder(server, sim, far: int) -> Account:  # type: ignore[no-untyped-def]
             "key_id": acct.key_id, "symbol": symbol, "mode": "server",
             "stop_loss": {"trigger_price": "1000" if symbol == "ETHUSDT" else "0.5"}}, 200)
     return acct
+
+
+def _device(server, acct: Account) -> None:  # type: ignore[no-untyped-def]
+    """Register a device for ``acct``: the server keeps its account stream running."""
+    _call(server, acct, "POST", "/api/devices", {"token": fcm.new_token(),
+                                                 "platform": "android"}, 201)
 
 
 def _arm_near(server, sim, acct: Account, far: int) -> None:  # type: ignore[no-untyped-def]
@@ -128,6 +144,8 @@ def main() -> int:
     parser.add_argument("--far", type=int, default=1, help="far rules per holder besides its stop")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
     parser.add_argument("--workers", type=int, default=8, help="setup threads")
+    parser.add_argument("--streams", type=int, default=0,
+                        help="holders (the first ones) whose account streams run")
     parser.add_argument("--tag", default="run")
     args = parser.parse_args()
     ks = [int(k) for k in args.crossed.split(",") if k]
@@ -140,9 +158,12 @@ def main() -> int:
     url = f"sqlite:///{tmp / 'bench.sqlite3'}"
     if args.db == "postgresql":
         url, drop = make_pg_database(PG_ADMIN_URL)
+    creds = fcm.write_service_account(tmp, sim.url)
     server = start_server(url, sim.url, sim.ws_url, tmp, extra_env={
-        "RECONCILE_INTERVAL_S": "0", "LOGIN_RATE_LIMIT": "100000 per minute"})
+        "RECONCILE_INTERVAL_S": "0", "LOGIN_RATE_LIMIT": "100000 per minute",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(creds), "FCM_URL": sim.url})
     results: dict[str, Any] = {"holders": args.holders, "far_rules_per_holder": args.far,
+                               "streams": args.streams,
                                "db": args.db, "load_at_start": [round(x, 2) for x in os.getloadavg()],
                                "by_k": {}}
     try:
@@ -153,6 +174,15 @@ def main() -> int:
         holders = [h for h in made if h is not None]
         results["setup_s"], results["setup_errors"] = round(time.time() - t_setup, 1), errors[:5]
         print(f"holders={len(holders)} setup_s={results['setup_s']} errors={len(errors)}")
+        if args.streams:
+            run_pool(lambda i: _device(server, holders[i]), min(args.streams, len(holders)),
+                     args.workers)
+            deadline = time.monotonic() + 180
+            while server.log().count(LIVE) < min(args.streams, len(holders)) \
+                    and time.monotonic() < deadline:
+                time.sleep(1.0)
+            results["streams_live"] = server.log().count(LIVE)
+            print(f"streams live={results['streams_live']}")
         pool = holders[:max(ks)]
         for k in ks:
             reps = []
@@ -170,8 +200,24 @@ def main() -> int:
                                        "p99_ms": _summary(reps, "p99_ms")}
             print_lines(f"k={k} p50_ms over reps", results["by_k"][str(k)]["p50_ms"])
             print_lines(f"k={k} p99_ms over reps", results["by_k"][str(k)]["p99_ms"])
-        started = [float(line.rsplit("after_ms=", 1)[1]) for line in server.log().splitlines()
-                   if STARTED in line]
+        log = server.log().splitlines()
+        started = [float(line.rsplit("after_ms=", 1)[1]) for line in log if STARTED in line]
+        streamed = [line for line in log if "protection batch rules=" in line]
+        if streamed:  # keys whose positions came from their streams / from the venue
+            results["batch_keys"] = {
+                "streamed": sum(int(ln.split("keys_streamed=")[1].split()[0]) for ln in streamed),
+                "asked": sum(int(ln.split("keys_asked=")[1].split()[0]) for ln in streamed)}
+            print_lines("batch keys", results["batch_keys"])
+            steps: dict[str, list[tuple[float, float, float]]] = {}
+            for ln in streamed:  # the server's steps: legs read, venue calls, transaction
+                f = dict(kv.split("=", 1) for kv in ln.split("protection batch ")[1].split())
+                steps.setdefault(f["rules"], []).append(
+                    (float(f["read_ms"]), float(f["venue_ms"]), float(f["write_ms"])))
+            results["batch_steps_ms"] = {
+                rules: {name: statistics.median(v[i] for v in rows)
+                        for i, name in enumerate(("read", "venue", "write"))} | {"n": len(rows)}
+                for rules, rows in steps.items()}
+            print_lines("batch steps median ms by rules", results["batch_steps_ms"])
         if started:
             results["server_fired_to_exit_row_ms"] = {"median": statistics.median(started),
                                                       "max": max(started), "n": len(started)}

@@ -18,7 +18,7 @@ from typing import TypeVar
 from clock import now_ms
 from exchanges.base import ExchangeClient
 from exchanges.errors import ExchangeError, ThrottledLocally
-from exchanges.types import Fill, Order
+from exchanges.types import Fill, Order, Position
 from exchanges.venues import venue
 from services.account_kinds import STATE_TYPES
 from services.account_push import AccountPusher
@@ -76,6 +76,7 @@ class RestRefresher:
         record_fill: takes each fill the gap fill finds (the ledger, then the next
             ``fills`` push).
         positions_changed: called after a REST snapshot replaced the positions.
+        positions_read: called after that with the positions read (list[Position]).
         on_down: called when a REST call failed (the stream's state becomes ``down``).
 
     ``due``: the types an account event left incomplete (a refresh completes them);
@@ -86,8 +87,10 @@ class RestRefresher:
                  *, sleep: Callable[[float], None], poll_scale: Callable[[], float],
                  live: Callable[[], bool], running: Callable[[], bool],
                  record_fill: Callable[[Fill], None], positions_changed: Callable[[], None],
-                 on_down: Callable[[], None]) -> None:
+                 on_down: Callable[[], None],
+                 positions_read: Callable[[list[Position]], None] | None = None) -> None:
         self._state = state
+        self._positions_read = positions_read
         self._settings = settings
         self._pusher = pusher
         self._sleep = sleep
@@ -210,9 +213,12 @@ class RestRefresher:
                 self.due.discard("balance")
                 changed.append("balance")
             if "positions" in kinds and self._due("positions", force):
-                state.set_positions(client.get_positions())
+                read = client.get_positions()
+                state.set_positions(read)
                 self.due.discard("positions")
                 self._positions_changed()
+                if self._positions_read is not None:
+                    self._positions_read(read)
                 changed += ["positions", "pnl"]
             if "orders" in kinds and self._due("orders", force):
                 state.set_orders(self.open_orders(client))

@@ -69,6 +69,9 @@ Publish = Callable[[dict[str, object]], None]
 MAX_BATCH = 200  # frames taken in one go during a burst
 # Binance: "A single connection to stream.binance.com is only valid for 24 hours"
 MAX_CONNECTION_S = 23.5 * 3600
+# the loop away from its socket this long (handling a burst, a REST completion): the
+# positions it holds may lag the frames waiting there, so they are not lent out
+LIVE_STALE_S = 1.0
 __all__ = ["AccountStream", "StreamSettings", "Publish", "MARK_STALE_S"]
 
 
@@ -108,6 +111,9 @@ class AccountStream:
         tickers: the shared TickerHub; while every open position's symbol gets mark
             price ticks, positions, pnl and balance are revalued from them and no
             periodic REST polling happens. None: poll while positions are open.
+        on_positions_read: called with the positions (list[Position]) each time a REST
+            call (snapshot, event completion, poll) read them from the venue, after
+            ``on_positions`` (protection: the risk watcher takes them, no second call).
         admission: held around each connect (user stream and snapshot), e.g. a
             semaphore shared by the process's streams, so that a storm of starting
             streams connects a bounded number at a time; the others wait their turn
@@ -126,7 +132,8 @@ class AccountStream:
                  push: Push | None = None,
                  on_funding: Callable[[object], None] | None = None,
                  on_leg: Callable[[object], None] | None = None,
-                 admission: AbstractContextManager[Any] | None = None) -> None:
+                 admission: AbstractContextManager[Any] | None = None,
+                 on_positions_read: Callable[[list[Position]], None] | None = None) -> None:
         self.state = state
         self._admission = admission if admission is not None else nullcontext()
         self._push = push or DirectPush(publish, audience)
@@ -154,6 +161,8 @@ class AccountStream:
         self._on_leg = on_leg  # a protection leg's update (services.protection)
         self._connected_at = self._last_event_at = 0.0
         self._keepalive_at = 0.0
+        # monotonic time the loop last left its socket's recv (None: waiting in it)
+        self._away_since: float | None = 0.0
         self.pusher = AccountPusher(state, self._push)
         self.marks = MarkFollower(state, self._push, tickers)
         self.reporter = PositionReporter(state, on_positions)
@@ -161,7 +170,7 @@ class AccountStream:
             state, settings, self.pusher, sleep=sleep, poll_scale=poll_scale,
             live=lambda: self.stream is not None, running=lambda: self.running,
             record_fill=self._fill, positions_changed=self._positions_changed,
-            on_down=lambda: self._set_status("down"))
+            on_down=lambda: self._set_status("down"), positions_read=on_positions_read)
 
     # ---- public ------------------------------------------------------------------
     def stop(self, quiet: bool = False) -> None:
@@ -186,6 +195,23 @@ class AccountStream:
         """Push ``kinds`` when a change made by the server itself (protection legs)
         changed their content (``source: "rest"``, now)."""
         self.pusher.changed(kinds, "rest", now_ms())
+
+    def live_positions(self) -> list[Position] | None:
+        """The open positions as the venue's push reported them (no I/O), or None when
+        they may not be current: the stream is not ``live`` on its socket (connecting,
+        polling, down), has no snapshot yet, or its loop has been away from the socket
+        for more than ``LIVE_STALE_S`` (frames may be waiting unread). A list, even
+        empty, means: this is every open position the venue has pushed as of the last
+        frame handled (a frame still in flight is not in it)."""
+        if self.status != "live" or self.stream is None or not self.running:
+            return None
+        away = self._away_since
+        if away is not None and time.monotonic() - away > LIVE_STALE_S:
+            return None
+        positions = self.state.positions
+        if positions is None:
+            return None
+        return [p for p in list(positions.values()) if p.size != 0]
 
     def run(self) -> None:
         """The stream loop; returns when ``stop()`` was called."""
@@ -278,7 +304,11 @@ class AccountStream:
     def _consume(self, client: ExchangeClient) -> None:
         assert self.stream is not None
         # wake when the rate bound lets a pending refresh go
-        events = self.stream.recv(self.refresher.wait_s(self.settings.recv_timeout_s))
+        self._away_since = None  # in recv: whatever arrives is handled at once
+        try:
+            events = self.stream.recv(self.refresher.wait_s(self.settings.recv_timeout_s))
+        finally:
+            self._away_since = time.monotonic()
         # a burst: take what has already arrived (up to MAX_BATCH frames) and push each
         # changed type once for the lot instead of once per frame; never wait for one
         # more frame (that wait yields to every other green thread first: under load

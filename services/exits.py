@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -165,7 +165,7 @@ class ExitService:
         position open, ``position.size`` > 0) with its first attempt noted (a FOK at
         ``best``; its client order id stored before it is sent), and the positions'
         holding trades marked ``closing``, in a few statements whatever the count (one
-        insert, one update of the client order ids, one update of trades per symbol).
+        insert, one update of the client order ids, one update of the trades).
         Returns the rows (detached copies, ``starts``' order); the caller commits, then
         calls ``start_begun`` for each. A working exit of one of the positions makes
         the insert raise IntegrityError (the duplicate-exit guard: check
@@ -189,11 +189,12 @@ class ExitService:
         by_symbol: dict[str, set[int]] = {}
         for st in starts:
             by_symbol.setdefault(st.symbol, set()).add(st.key_id)
-        for symbol, key_ids in by_symbol.items():
-            s.execute(update(Trade).where(Trade.key_id.in_(key_ids), Trade.symbol == symbol,
-                                          Trade.status.in_(HOLDING_STATUSES))
-                      .values(status=TradeStatus.CLOSING.value)
-                      .execution_options(synchronize_session=False))
+        s.execute(update(Trade).where(
+            or_(*[and_(Trade.key_id.in_(key_ids), Trade.symbol == symbol)
+                  for symbol, key_ids in by_symbol.items()]),
+            Trade.status.in_(HOLDING_STATUSES))
+            .values(status=TradeStatus.CLOSING.value)
+            .execution_options(synchronize_session=False))
         return [Exit(**v) for v in values]
 
     def start_begun(self, exit_: Exit, key: ExchangeKey) -> None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from exchanges.governor import Governors
+from exchanges.types import Position
 from exchanges.venues import venue
 from models import Database
 from services.account_state import AccountState
@@ -251,18 +252,14 @@ class StreamManager:
             held = self._retained.get(key_id)
             return held[0] if held else None
 
-    def live_positions(self, key_id: int) -> set[tuple[str, str]] | None:
-        """``(symbol, side)`` of the open positions of ``key_id`` as its account stream
-        running in this process holds them (the venue's push; no I/O); None unless that
-        stream is ``live`` with a snapshot taken."""
+    def live_positions(self, key_id: int) -> list[Position] | None:
+        """The open positions of ``key_id`` as its account stream running in this
+        process holds them (the venue's push; no I/O): ``AccountStream.live_positions``,
+        None unless that stream is ``live`` on its socket, current (its loop not away
+        from the socket for long) and has a snapshot."""
         with self._lock:
             stream = self._streams.get(key_id)
-        if stream is None or stream.status != "live":
-            return None
-        positions = stream.state.positions
-        if positions is None:
-            return None
-        return {(p.symbol, p.side) for p in list(positions.values()) if p.size != 0}
+        return None if stream is None else stream.live_positions()
 
     def _start(self, user_id: int, key_id: int, takeover: bool = False) -> AccountStream:
         """Start ``key_id``'s stream here. ``takeover``: another process ran it until
@@ -277,6 +274,8 @@ class StreamManager:
         state.protection_of, state.legs_of = self.protection_of, self.legs_of
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
+        # the positions a stream's REST call read (the ledger facade hands them on)
+        positions_read = getattr(self._ledger, "positions_read", None)
         group = self._pace_group(exchange, testnet, api_key)
         stream = AccountStream(
             state, get_client=lambda: self._trading.get_client(
@@ -291,7 +290,9 @@ class StreamManager:
             on_reconnected=self._reconnected if self._on_reconnected else None,
             poll_scale=lambda: self._poll_scale(group), audience=self._audience,
             push=self._push, on_leg=lambda update: self._leg_update(key_id, update),
-            admission=self._connecting)
+            admission=self._connecting,
+            on_positions_read=None if positions_read is None
+            else lambda read: positions_read(key_id, read))
         with self._lock:
             existing = self._streams.get(key_id)
             if existing is not None:

@@ -4,8 +4,13 @@ tick crossed, together): the position is closed by the exit of ``POST
 path to each exit's first order is kept short:
 
 1. one read of the legs and their keys (still active? the key not deleted?);
-2. the venue asked concurrently (at most ``REST_CONCURRENCY`` calls at once): each
-   key's positions (what to close) and each symbol's best bid/ask once;
+2. each key's positions (what to close): those its account stream running in this
+   process holds when it is live and current (``live_positions``: the venue's own
+   push, no request), else asked from the venue; a rule whose position the stream
+   does not hold (gone, or turned to the other side) has its key asked too, so that a
+   stream that has not yet handled a new position's frame cancels nothing. The venue
+   calls (those positions and each symbol's best bid/ask once) run concurrently, at
+   most ``REST_CONCURRENCY`` at once;
 3. one transaction: the legs locked and compare-and-set ``active`` -> ``triggered``
    with their exit's id, their siblings ``canceled`` (one-cancels-the-others), and each
    exit row written ``working`` with its first attempt's client order id (pending-first:
@@ -15,6 +20,14 @@ path to each exit's first order is kept short:
 4. each exit's chase starts and sends its first FOK at once (concurrently); what is
    not on that path (the push view, the alert once the exit ended, the fills' stored
    ``reason``) comes after.
+
+A stream that lags the venue cannot make an exit open or flip a position: the exit's
+orders are reduce-only FOKs (a venue clamps a reduce-only quantity to the position and
+refuses it on a flat one), there is one exit per position (the exits' unique index),
+and a position the stream says is gone is not closed on its word (the venue is asked).
+A position that grew by a fill the stream had not handled yet is closed for the size
+the stream knew: the rest stays open, its rule spent (the same race as a fill landing
+between a REST read and the order).
 
 A crash after the transaction leaves the legs ``triggered`` and the exits ``working``:
 the exits are recovered at start-up. A rule whose batch step fails (the venue could not
@@ -30,7 +43,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, null, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from exchanges.base import ExchangeClient
@@ -60,6 +73,13 @@ BATCH_WAIT_S = 60.0  # a batch's venue calls that take longer take the per-rule 
 OnAlert = Callable[[str, int, int, str, str, dict], None]
 
 
+def _held(positions: list[Position], symbol: str, side: str) -> Position | None:
+    """The open ``symbol`` position of ``positions`` on ``side`` (``LONG``/``SHORT``: the
+    rule's), or None (none, flat, or turned to the other side: not this rule's)."""
+    return next((p for p in positions if p.symbol == symbol and p.size != 0
+                 and p.side == side), None)
+
+
 @dataclass(frozen=True)
 class LegRef:
     """What a fired rule needs to close its position."""
@@ -85,15 +105,23 @@ class RuleFiring:
         set_status: ``set_status(leg_id, status, code, message)``;
         changed: ``changed(key_id)`` after a key's legs changed (the pushes);
         tags: the FillTags; client_for: the cached exchange client of a key row;
-        spawn: starts a background task (``fire_many``'s venue calls and follow-ups).
+        spawn: starts a background task (``fire_many``'s venue calls and follow-ups);
+        live_positions: ``live_positions(key_id)`` -> the key's open positions as its
+        live account stream here holds them, None when there is none (the venue is
+        asked).
     """
 
     def __init__(self, db: Database, exits, guard: ServerGuard, on_alert: OnAlert,  # type: ignore[no-untyped-def]
                  stopping: StopFlag, set_status: Callable[[int, str, str | None, str | None], None],
                  changed: Callable[[int], None], tags=None,
                  client_for: Callable[[ExchangeKey], ExchangeClient] | None = None,
-                 spawn: Callable[..., object] | None = None) -> None:
+                 spawn: Callable[..., object] | None = None,
+                 live_positions: Callable[[int], list[Position] | None] | None = None) -> None:
         self._db = db
+        self._live_positions = live_positions or (lambda key_id: None)
+        # keys whose positions a batch took from a live stream / asked from the venue
+        self.keys_streamed = 0
+        self.keys_asked = 0
         self._client_for = client_for
         self._spawn = spawn or (lambda fn, *args: fn(*args))
         self._tags = tags or FillTags()  # the exit's fills carry the kind when pushed
@@ -119,11 +147,12 @@ class RuleFiring:
 
     def _fire_many(self, fired: list[tuple[LegRef, Decimal, float]]) -> None:
         ids = [ref.leg_id for ref, _, _ in fired]
+        t0 = time.perf_counter()
         with self._db.session() as s:  # the legs and their keys in one read
             pairs = {leg.id: (leg, key) for leg, key in s.execute(
                 select(ProtectionLeg, ExchangeKey).join(ExchangeKey, ExchangeKey.id == ProtectionLeg.key_id)
                 .where(ProtectionLeg.id.in_(ids)))}
-        todo: list[tuple[LegRef, Decimal, float, ExchangeKey]] = []
+        todo: list[tuple[LegRef, Decimal, float, ExchangeKey, str]] = []
         per_rule: list[tuple[LegRef, Decimal, float]] = []
         for ref, price, at in fired:
             leg, key = pairs.get(ref.leg_id, (None, None))
@@ -135,17 +164,19 @@ class RuleFiring:
             if self._client_for is None:
                 per_rule.append((ref, price, at))
                 continue
-            todo.append((ref, price, at, key))
-        positions, books = self._ask_venue(todo)
+            todo.append((ref, price, at, key, leg.side))
+        t1 = time.perf_counter()
+        positions, books, (streamed, asked, tickers) = self._ask_venue(todo)
+        t2 = time.perf_counter()
         starts: list[tuple[LegRef, Decimal, float, ExchangeKey, ExitStart]] = []
-        for ref, price, at, key in todo:
+        for ref, price, at, key, side in todo:
             held = positions.get(key.id)
             book = books.get((key.exchange, key.testnet, ref.symbol))
             if held is None:  # the venue could not be asked: the per-rule path retries
                 per_rule.append((ref, price, at))
                 continue
-            position = next((p for p in held if p.symbol == ref.symbol), None)
-            if position is None or position.size == 0:
+            position = _held(held, ref.symbol, side)
+            if position is None:  # the venue's answer (a stream's "gone" was checked)
                 self.settle(ref, price, LegStatus.CANCELED.value, "no_position",
                             "the position was already closed")
                 continue
@@ -156,9 +187,15 @@ class RuleFiring:
             starts.append((ref, price, at, key, ExitStart(ref.user_id, key.id, ref.symbol,
                                                           position, best)))
         begun = self._begin(starts, per_rule)
+        t3 = time.perf_counter()
         for ref, _, _, key, exit_ in begun:  # the first orders: nothing before them
             self._tags.exit_started(exit_.id, ref.kind)
             self._exits.start_begun(exit_, key)
+        if todo:
+            logger.info("protection batch rules=%s begun=%s keys_streamed=%s keys_asked=%s "
+                        "tickers=%s read_ms=%.1f venue_ms=%.1f write_ms=%.1f", len(todo),
+                        len(begun), streamed, asked, tickers, (t1 - t0) * 1000,
+                        (t2 - t1) * 1000, (t3 - t2) * 1000)
         for ref, price, at in per_rule:
             self._spawn(self.fire, ref, price, at)
         keys = set()
@@ -174,22 +211,36 @@ class RuleFiring:
         for key_id in sorted(keys):
             self._changed(key_id)
 
-    def _ask_venue(self, todo: list[tuple[LegRef, Decimal, float, ExchangeKey]]
-                   ) -> tuple[dict[int, list[Position]], dict[Market, Ticker]]:
-        """Each key's positions and each market's ticker, concurrently; a failed call
-        is left out (logged)."""
+    def _ask_venue(self, todo: list[tuple[LegRef, Decimal, float, ExchangeKey, str]]
+                   ) -> tuple[dict[int, list[Position]], dict[Market, Ticker], tuple[int, int, int]]:
+        """Each key's positions (from its live account stream, else from the venue),
+        each market's ticker, and ``(keys streamed, keys asked, tickers asked)``; the
+        venue calls run concurrently. A key whose stream does
+        not hold one of its rules' positions is asked too (its answer counts). A failed
+        call is left out (logged)."""
         client_for = self._client_for
         assert client_for is not None
-        keys = {key.id: key for *_, key in todo}
+        keys = {key.id: key for *_, key, _ in todo}
+        streamed: dict[int, list[Position]] = {}
+        for key_id in keys:
+            live = self._live_positions(key_id)
+            if live is not None:
+                streamed[key_id] = live
+        for ref, _, _, key, side in todo:  # gone or turned, says the stream: ask the venue
+            if key.id in streamed and _held(streamed[key.id], ref.symbol, side) is None:
+                del streamed[key.id]
         markets: dict[Market, ExchangeKey] = {(key.exchange, key.testnet, ref.symbol): key
-                                              for ref, _, _, key in todo}
-        key_ids, market_ids = list(keys), list(markets)
+                                              for ref, _, _, key, _ in todo}
+        key_ids = [k for k in keys if k not in streamed]
+        market_ids = list(markets)
+        self.keys_streamed += len(streamed)
+        self.keys_asked += len(key_ids)
         jobs: list[Callable[[], object]] = [
             *[partial(lambda k: client_for(k).get_positions(), keys[i]) for i in key_ids],
             *[partial(lambda k, sym: client_for(k).get_ticker(sym), markets[m], m[2])
               for m in market_ids]]
         results = self._gather(jobs)
-        positions: dict[int, list[Position]] = {}
+        positions: dict[int, list[Position]] = dict(streamed)
         books: dict[Market, Ticker] = {}
         for name, result in zip([*key_ids, *market_ids], results, strict=True):
             if isinstance(result, list):
@@ -199,7 +250,7 @@ class RuleFiring:
             else:  # the rules of this key or market take the per-rule path
                 logger.warning("protection fire could not ask the venue for=%s kind=%s",
                                name, type(result).__name__)
-        return positions, books
+        return positions, books, (len(streamed), len(key_ids), len(market_ids))
 
     def _gather(self, jobs: list[Callable[[], object]]) -> list[object]:
         """Run ``jobs`` on tasks, at most ``REST_CONCURRENCY`` at once; their results
@@ -231,47 +282,44 @@ class RuleFiring:
                per_rule: list[tuple[LegRef, Decimal, float]]) -> list[Begun]:
         """One transaction: the legs' compare-and-set, their siblings canceled and the
         exits written. Returns ``(ref, price, fired_at, key, exit)`` of the exits begun;
-        the rules that must take the per-rule path are appended to ``per_rule``."""
+        the rules that must take the per-rule path are appended to ``per_rule``.
+
+        Five statements whatever the count (each a round trip that, on a loaded
+        process, waits for its turn): the legs locked with whether their position has
+        a working exit (one read); the exits inserted and their first client order ids
+        (``ExitService.begin_in``: an insert, an update and the trades' update); the
+        legs set ``triggered`` and their siblings ``canceled`` (one update)."""
         if not starts:
             return []
         ids = [ref.leg_id for ref, *_ in starts]
-        key_ids = {ref.key_id for ref, *_ in starts}
         begun: list[Begun] = []
         canceled: list[int] = []
         joins: list[tuple[LegRef, Decimal, float]] = []
+        working = (select(Exit.id).where(Exit.key_id == ProtectionLeg.key_id,
+                                         Exit.symbol == ProtectionLeg.symbol,
+                                         Exit.status == ExitStatus.WORKING.value)
+                   .correlate(ProtectionLeg).exists())
         try:
             with self._db.transaction() as s:
-                active = set(s.scalars(select(ProtectionLeg.id).where(
-                    ProtectionLeg.id.in_(ids), ProtectionLeg.status == LegStatus.ACTIVE.value)
-                    .with_for_update()))
-                busy = self._exits.working_positions(s, key_ids)
+                # the legs still active, locked, each with whether its position has a
+                # working exit (a manual close, another process's fire): that one is joined
+                lock = {leg_id: bool(busy) for leg_id, busy in s.execute(
+                    select(ProtectionLeg.id, working).where(
+                        ProtectionLeg.id.in_(ids), ProtectionLeg.status == LegStatus.ACTIVE.value)
+                    .with_for_update(of=ProtectionLeg))}
                 go = []
                 for item in starts:
                     ref, price, at = item[:3]
-                    if ref.leg_id not in active:
+                    if ref.leg_id not in lock:
                         continue  # another process's fire got there first
-                    if (ref.key_id, ref.symbol) in busy:
+                    if lock[ref.leg_id]:
                         joins.append((ref, price, at))  # joins the working exit
                         continue
                     go.append(item)
                 exits = self._exits.begin_in(s, [item[4] for item in go])
                 if go:
-                    s.execute(update(ProtectionLeg), [
-                        {"id": item[0].leg_id, "status": LegStatus.TRIGGERED.value,
-                         "fired_price": item[1], "exit_id": exit_.id, "error_code": None,
-                         "error_message": None}
-                        for item, exit_ in zip(go, exits, strict=True)])
-                groups: dict[tuple[str, str], set[int]] = {}  # (symbol, kind) -> keys
-                for item in go:
-                    groups.setdefault((item[0].symbol, item[0].kind), set()).add(item[0].key_id)
-                for (symbol, kind), keys in groups.items():  # one-cancels-the-others
-                    canceled += s.scalars(update(ProtectionLeg).where(
-                        ProtectionLeg.key_id.in_(keys), ProtectionLeg.symbol == symbol,
-                        ProtectionLeg.id.notin_(ids), ProtectionLeg.status.in_(LIVE_LEG_STATUSES))
-                        .values(status=LegStatus.CANCELED.value,
-                                error_message=f"one-cancels-the-others: {kind} fired")
-                        .returning(ProtectionLeg.id)
-                        .execution_options(synchronize_session=False)).all()
+                    canceled = self._settle_legs(s, ids, [(item[0], item[1], exit_.id)
+                                                          for item, exit_ in zip(go, exits, strict=True)])
                 begun = [(item[0], item[1], item[2], item[3], exit_)
                          for item, exit_ in zip(go, exits, strict=True)]
         except IntegrityError:  # a working exit appeared meanwhile: each rule on its own
@@ -282,6 +330,40 @@ class RuleFiring:
         for leg_id in canceled:
             self.guard.disarm(leg_id)  # already done by the guard when the tick fired it
         return begun
+
+    @staticmethod
+    def _settle_legs(s, batch: list[int], fired: list[tuple[LegRef, Decimal, int]]) -> list[int]:  # type: ignore[no-untyped-def]
+        """In the caller's transaction ``s``, one update: each ``fired`` leg ``(ref,
+        trigger price, exit id)`` set ``triggered`` with its price and exit, and the live
+        legs of the same positions (same key and symbol, not one of ``batch``, the
+        batch's leg ids) ``canceled`` (one-cancels-the-others, the message naming the
+        kind that fired). Returns the ids canceled."""
+        fired_ids = [ref.leg_id for ref, _, _ in fired]
+        groups: dict[tuple[str, str], set[int]] = {}  # (symbol, kind) -> keys
+        for ref, _, _ in fired:
+            groups.setdefault((ref.symbol, ref.kind), set()).add(ref.key_id)
+        # a position whose legs of two kinds fired on one tick: its siblings name the first
+        sibling_of = [(and_(ProtectionLeg.symbol == symbol, ProtectionLeg.key_id.in_(keys)),
+                       f"one-cancels-the-others: {kind} fired")
+                      for (symbol, kind), keys in groups.items()]
+        is_fired = ProtectionLeg.id.in_(fired_ids)
+        rows = s.execute(
+            update(ProtectionLeg)
+            .where(or_(is_fired, and_(ProtectionLeg.id.notin_(batch),
+                                      ProtectionLeg.status.in_(LIVE_LEG_STATUSES),
+                                      or_(*[cond for cond, _ in sibling_of]))))
+            .values(status=case((is_fired, LegStatus.TRIGGERED.value),
+                                else_=LegStatus.CANCELED.value),
+                    fired_price=case({ref.leg_id: price for ref, price, _ in fired},
+                                     value=ProtectionLeg.id, else_=ProtectionLeg.fired_price),
+                    exit_id=case({ref.leg_id: exit_id for ref, _, exit_id in fired},
+                                 value=ProtectionLeg.id, else_=ProtectionLeg.exit_id),
+                    error_code=case((is_fired, null()), else_=ProtectionLeg.error_code),
+                    error_message=case((is_fired, null()), *sibling_of,
+                                       else_=ProtectionLeg.error_message))
+            .returning(ProtectionLeg.id, ProtectionLeg.status)
+            .execution_options(synchronize_session=False)).all()
+        return [leg_id for leg_id, status in rows if status == LegStatus.CANCELED.value]
 
     def _after_exit(self, ref: LegRef, price: Decimal, exit_id: int) -> None:
         """Wait for the exit's end; then the fills' stored reason and the alert."""

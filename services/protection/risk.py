@@ -20,8 +20,10 @@ durable, replayable; and its notification).
   reported at the same moment in one query (a reconnect storm reports thousands), the
   liquidation price from the report itself when it is the stream's first (its REST
   snapshot carries the venue's figure; none, Binance's "0", means the position is not
-  watched), else from the venue (``get_positions``: a shape change reported by the
-  user data stream does not carry it).
+  watched), else, after a shape change the user data stream reported (its frame does
+  not carry it), from the positions the stream's own REST completion of that event
+  reads (``positions_read``: no request of ours); only when no such read comes within
+  ``WATCH_FALLBACK_S`` are they asked from the venue (``get_positions``).
 
 The handlers called from the account stream do no I/O: the work goes to a task.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,6 +50,10 @@ logger = logging.getLogger(__name__)
 SUBSCRIBER = "risk:liquidation_near"
 DEFAULT_WARNING_PCT = Decimal("10")
 MAX_SEEN = 20_000  # venue orders remembered as alerted (bounded)
+# a shape change's positions are taken from the stream's REST completion of the event
+# (0.1 s after it; at most every ``event_refresh_s``, 5 s, per endpoint); without one
+# this long after the change, the venue is asked
+WATCH_FALLBACK_S = 6.0
 
 
 @dataclass
@@ -71,12 +78,18 @@ class RiskAlerts:
     Args:
         db: the database; client_for: the cached exchange client of a key row;
         tickers: the TickerHub (mark ticks); spawn: starts a background task;
-        raise_alert: ``AlertService.raise_alert`` (or a stand-in).
+        raise_alert: ``AlertService.raise_alert`` (or a stand-in); sleep: cooperative
+        sleep (the wait before a shape change's positions are asked from the venue).
     """
 
     def __init__(self, db: Database, client_for: Callable, tickers, spawn: Callable,  # type: ignore[no-untyped-def]
-                 raise_alert: RaiseAlert) -> None:
+                 raise_alert: RaiseAlert, sleep: Callable[[float], None] = time.sleep) -> None:
         self._db = db
+        self._sleep = sleep
+        # key_id -> symbols whose shape changed, waiting for the stream's REST positions
+        self._pending: dict[int, set[str]] = {}
+        self.asked = 0  # venue position reads of the watcher (the fallback)
+        self._stopped = False
         self._client_for = client_for
         self._tickers = tickers
         self._spawn = spawn
@@ -173,15 +186,43 @@ class RiskAlerts:
                 opened.append(p.symbol)
         if not opened:
             return
-        given = {p.symbol: p for p in positions if p.size != 0} if complete else None
-        if given is not None and not any(given[symbol].liquidation_price for symbol in opened):
-            # none of the snapshot's positions can be liquidated (the venue's "0"): none
-            # is watched, so no task and no read of the key's owner (in a storm of such
-            # keys that was one task and a share of a batched read per key)
-            for symbol in opened:
-                self._unwatch(key_id, symbol)
+        if complete:
+            given = {p.symbol: p for p in positions if p.size != 0}
+            if not any(given[symbol].liquidation_price for symbol in opened):
+                # none of the snapshot's positions can be liquidated (the venue's "0"):
+                # none is watched, so no task and no read of the key's owner (in a storm
+                # of such keys that was one task and a share of a batched read per key)
+                for symbol in opened:
+                    self._unwatch(key_id, symbol)
+                return
+            self._spawn(self._watch, key_id, opened, given)
             return
-        self._spawn(self._watch, key_id, opened, given)
+        with self._lock:  # the stream's completion reads them (``positions_read``)
+            first = key_id not in self._pending
+            self._pending.setdefault(key_id, set()).update(opened)
+        if first:
+            self._spawn(self._watch_unless_read, key_id)
+
+    def positions_read(self, key_id: int, positions: list[Position]) -> None:
+        """Key ``key_id``'s account stream read its positions from the venue (its REST
+        completion of an event, a poll; no I/O here): the symbols waiting since a shape
+        change are watched with these figures, without asking again."""
+        with self._lock:
+            waiting = self._pending.pop(key_id, None)
+        if waiting:
+            self._spawn(self._watch, key_id, sorted(waiting),
+                        {p.symbol: p for p in positions if p.size != 0})
+
+    def _watch_unless_read(self, key_id: int) -> None:
+        """The fallback: ``WATCH_FALLBACK_S`` after a shape change no read of the stream
+        came (held back by the rate governor, the stream gone): ask the venue."""
+        self._sleep(WATCH_FALLBACK_S)
+        if self._stopped:  # shutting down: no venue call
+            return
+        with self._lock:
+            waiting = self._pending.pop(key_id, None)
+        if waiting:
+            self._watch(key_id, sorted(waiting))
 
     def _read_owners(self, key_ids: list[int]) -> dict[int, tuple[int, str, bool, Decimal]]:
         """``{key_id: (user_id, exchange, testnet, liquidation warning pct)}`` in one query."""
@@ -225,6 +266,7 @@ class RiskAlerts:
                     key = s.get(ExchangeKey, key_id)
                 if key is None:
                     return
+                self.asked += 1
                 held = {p.symbol: p for p in self._client_for(key).get_positions() if p.size != 0}
         except ExchangeError as e:  # the next shape change reads them again
             logger.warning("liquidation watch could not read positions key_id=%s kind=%s",
@@ -296,5 +338,6 @@ class RiskAlerts:
             logger.exception("liquidation_near alert failed key_id=%s symbol=%s", w.key_id, w.symbol)
 
     def stop(self) -> None:
-        """Leave every market stream."""
+        """Leave every market stream; a pending fallback read is not made."""
+        self._stopped = True
         self._tickers.unsubscribe_all(SUBSCRIBER)

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from exchanges.errors import ExchangeError
-from exchanges.types import MarginCall
+from exchanges.types import MarginCall, Position
 from exchanges.venues import venue
 from models import (
     LIVE_LEG_STATUSES,
@@ -90,10 +90,11 @@ class ProtectionService:
         # set again by the container once the alerts service exists (built after this one)
         self.on_alert: OnAlert = on_alert or _no_alert
         self.sweep_s = sweep_s
-        # set by the container: ``live_positions(key_id)`` -> the ``(symbol, side)`` of
-        # the key's open positions as its account stream running here holds them, None
-        # when none is live here (``StreamManager.live_positions``)
-        self.live_positions: Callable[[int], set[tuple[str, str]] | None] | None = None
+        # set by the container: ``live_positions(key_id)`` -> the key's open positions
+        # (list[Position]) as its account stream running here holds them, None when none
+        # is live and current here (``StreamManager.live_positions``): the sweep and the
+        # batch fire take them instead of asking the venue
+        self.live_positions: Callable[[int], list[Position] | None] | None = None
         self.guard = ServerGuard(tickers, self._fired)
         self._exchange = ExchangeLegs(db, client_for, self._venue_fired)
         self._reconciling: dict[int, bool] = {}  # key_id -> another round wanted
@@ -106,14 +107,18 @@ class ProtectionService:
         self.firing = RuleFiring(db, exits, self.guard, lambda *alert: self.on_alert(*alert),
                                  self.stopping,
                                  self._set_status, self._refresh_key, self.tags,
-                                 client_for=client_for, spawn=spawn)
+                                 client_for=client_for, spawn=spawn,
+                                 live_positions=self._live_positions)
         # the rules one tick fired, acted on together by one task (``RuleFiring.fire_many``)
         self._batch: list[tuple[LegRef, Decimal, float]] = []
         self._batch_lock = threading.Lock()
         self.fired = 0  # rules fired by this process
         # margin call, liquidation, ADL and liquidation-near alerts
         self.risk = RiskAlerts(db, client_for, tickers, spawn,
-                               lambda *alert: self.on_alert(*alert))
+                               lambda *alert: self.on_alert(*alert), sleep)
+
+    def _live_positions(self, key_id: int) -> list[Position] | None:
+        return self.live_positions(key_id) if self.live_positions is not None else None
 
     # ---- REST -----------------------------------------------------------------------
     def put(self, user_id: int, key_id: int, symbol: str, named: dict,
@@ -469,6 +474,11 @@ class ProtectionService:
             if p.size == 0 and p.symbol in symbols:
                 self._spawn(self._position_ended, key_id, p.symbol)
 
+    def positions_read(self, key_id: int, positions: list[Position]) -> None:
+        """An account stream read the key's positions from the venue (no I/O here):
+        the risk watcher takes them instead of asking again."""
+        self.risk.positions_read(key_id, positions)
+
     def _position_ended(self, key_id: int, symbol: str) -> None:
         if self.stopping.wait(EVENT_RECONCILE_DELAY_S):  # after the fills' pushes
             return
@@ -561,8 +571,11 @@ class ProtectionService:
         by_key: dict[int, list[Any]] = {}
         for row in rows:
             by_key.setdefault(row.key_id, []).append(row)
-        live = {k: self.live_positions(k) if self.live_positions is not None else None
-                for k in by_key}
+        live: dict[int, set[tuple[str, str]] | None] = {}
+        for k in by_key:
+            streamed = self._live_positions(k)
+            live[k] = None if streamed is None else {(p.symbol, p.side) for p in streamed
+                                                     if p.size != 0}
         asked = [k for k, held in live.items() if held is None]  # from the venue
         keys = {}
         if asked:

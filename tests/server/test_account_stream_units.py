@@ -515,3 +515,27 @@ def test_realized_refresh_after_fills_is_skipped_once_the_manager_stops() -> Non
     for t in spawned:
         t.join(5)
     assert refreshed == [1] and not mgr._realized_pending
+
+
+def test_positions_read_by_rest_are_handed_on_after_the_shape_report() -> None:
+    """A REST read of the positions (an event's completion, a poll) is handed to
+    ``on_positions_read`` after ``on_positions`` reported the shape: the risk watcher
+    waiting since that report takes them instead of asking the venue again."""
+    from services.account_stream import AccountStream
+
+    seen: list[tuple[str, object]] = []
+    held = [_pos("0.01")]
+
+    class Client:
+        def get_positions(self):  # type: ignore[no-untyped-def]
+            return held
+
+    state = AccountState(1, 2, "binance", False)
+    stream = AccountStream(state, get_client=Client, realized_pnl=lambda: None,  # type: ignore[arg-type]
+                           publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None,
+                           on_positions=lambda p, as_of, complete: seen.append(("shape", complete)),
+                           on_positions_read=lambda p: seen.append(("read", p)))
+    stream.refresher.poll(Client(), kinds=("positions",), force=True)  # type: ignore[arg-type]
+    assert seen == [("shape", True), ("read", held)]
+    stream.refresher.poll(Client(), kinds=("positions",), force=True)  # type: ignore[arg-type]
+    assert seen[2:] == [("read", held)]     # same shape: not reported again, still handed on

@@ -25,6 +25,10 @@ def _sync(fn, *args):  # type: ignore[no-untyped-def]
     return fn(*args)
 
 
+def _long(size: str, side: str = "LONG") -> Position:
+    return Position("BTCUSDT", side, D(size), D("60000"), D("58900"), D(0), D(20), D(0), "cross")
+
+
 class Venue:
     """A venue client: a LONG BTCUSDT of 0.010; every order refused (the exit then
     fails after its one attempt), each noted with what the database held when it was
@@ -32,11 +36,11 @@ class Venue:
 
     def __init__(self, db: Database) -> None:
         self.db, self.sent, self.calls = db, [], []  # type: ignore[var-annotated]
+        self.held = [_long("0.010")]  # what the venue holds
 
     def get_positions(self) -> list[Position]:
         self.calls.append("positions")
-        return [Position("BTCUSDT", "LONG", D("0.010"), D("60000"), D("58900"), D(0), D(20),
-                         D(0), "cross")]
+        return list(self.held)
 
     def get_ticker(self, symbol: str) -> Ticker:
         self.calls.append("ticker")
@@ -119,3 +123,94 @@ def test_another_process_finds_the_rules_kind_of_an_exits_fill(world) -> None:  
     manual = SimpleNamespace(client_order_id=f"exit-{row.id + 1}-0-abcdef12", order_id="78",
                              symbol="BTCUSDT")
     assert stream_side.fill_reason(1, manual) is None  # no rule's exit (a manual close)
+
+
+# ---- the positions of a live account stream instead of a venue call -----------------
+
+def _fire(world) -> None:  # type: ignore[no-untyped-def]
+    world.svc.firing.fire_many([(REF, D("58900"), time.perf_counter())])
+
+
+def _legs(world) -> dict:  # type: ignore[no-untyped-def]
+    with world.db.session() as s:
+        return {leg.kind: (leg.status, leg.error_code) for leg in s.scalars(select(ProtectionLeg))}
+
+
+def test_a_live_stream_s_positions_are_taken_without_asking_the_venue(world) -> None:  # type: ignore[no-untyped-def]
+    asked: list[int] = []
+    # the stream's size differs from the venue's: the exit's quantity says whose was used
+    world.svc.live_positions = lambda key_id: asked.append(key_id) or [_long("0.007")]
+    _fire(world)
+    assert asked == [1]
+    assert world.venue.calls == ["ticker"]           # no positionRisk: only the book
+    [(req, row, _)] = world.venue.sent
+    assert req.quantity == D("0.007") and req.reduce_only and req.time_in_force == "FOK"
+    assert row is not None and row.quantity == D("0.007")
+    assert world.svc.firing.keys_streamed == 1 and world.svc.firing.keys_asked == 0
+
+
+def test_without_a_live_current_stream_the_venue_is_asked(world) -> None:  # type: ignore[no-untyped-def]
+    world.svc.live_positions = lambda key_id: None   # no stream here, or a stale one
+    _fire(world)
+    assert world.venue.calls.count("positions") == 1 and world.venue.calls.count("ticker") == 1
+    [(req, _, _)] = world.venue.sent
+    assert req.quantity == D("0.010")                 # the venue's size
+    assert world.svc.firing.keys_streamed == 0 and world.svc.firing.keys_asked == 1
+
+
+def test_a_position_the_stream_reports_gone_is_not_closed(world) -> None:  # type: ignore[no-untyped-def]
+    world.venue.held = []                             # the venue agrees: flat
+    world.svc.live_positions = lambda key_id: []      # the stream: no open position
+    _fire(world)
+    assert world.venue.sent == []                     # no order at all
+    assert world.venue.calls.count("positions") == 1  # the stream's word checked once
+    assert _legs(world) == {"stop_loss": ("canceled", "no_position"),
+                            "take_profit": ("canceled", None)}
+    with world.db.session() as s:
+        assert s.scalars(select(Exit)).all() == []
+        assert [t.status for t in s.scalars(select(Trade))] == ["open"]
+
+
+def test_a_position_turned_to_the_other_side_is_not_closed_by_the_long_s_rule(world) -> None:  # type: ignore[no-untyped-def]
+    world.venue.held = [_long("0.010", "SHORT")]
+    world.svc.live_positions = lambda key_id: [_long("0.010", "SHORT")]
+    _fire(world)
+    assert world.venue.sent == [] and world.venue.calls.count("positions") == 1
+    assert _legs(world)["stop_loss"] == ("canceled", "no_position")
+
+
+def test_a_stream_behind_the_venue_on_a_new_position_does_not_cancel_the_rule(world) -> None:  # type: ignore[no-untyped-def]
+    """The stream has not handled the frame of a position opened just before its rule
+    was set: its "gone" is checked with the venue, which holds it: it is closed."""
+    world.svc.live_positions = lambda key_id: []
+    _fire(world)
+    assert world.venue.calls.count("positions") == 1
+    [(req, row, _)] = world.venue.sent
+    assert req.quantity == D("0.010") and row is not None and row.status == "working"
+    assert _legs(world)["stop_loss"] == ("failed", "exit_failed")  # the test venue refuses
+
+
+def test_the_account_stream_lends_its_positions_only_when_live_and_current() -> None:
+    import time as clock
+
+    from services.account_state import AccountState
+    from services.account_stream import LIVE_STALE_S, AccountStream
+
+    state = AccountState(1, 1, "binance", False)
+    stream = AccountStream(state, get_client=Mock(), realized_pnl=lambda: None,  # type: ignore[arg-type]
+                           publish=lambda e: None, on_fill=lambda f: None, sleep=lambda s: None)
+    assert stream.live_positions() is None                     # starting: no stream yet
+    stream.stream, stream.status = Mock(), "live"  # type: ignore[assignment]
+    stream._away_since = None                                  # waiting in recv
+    assert stream.live_positions() is None                     # no snapshot yet
+    state.set_positions([_long("0.010"), Position("ETHUSDT", "SHORT", D(0), D(1), D(1), D(0),
+                                                  D(1), D(0), "cross")])
+    assert stream.live_positions() == [_long("0.010")]          # the open ones
+    stream._away_since = clock.monotonic() - LIVE_STALE_S - 0.5  # busy away from its socket
+    assert stream.live_positions() is None
+    stream._away_since = clock.monotonic()                     # just handled a frame
+    assert stream.live_positions() == [_long("0.010")]
+    stream.status = "polling"                                  # the socket dropped
+    assert stream.live_positions() is None
+    stream.status, stream.stream = "live", None
+    assert stream.live_positions() is None

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from exchanges.types import Fill
 from services.protection.fill_tags import FillTags
-from services.protection.risk import RiskAlerts, Watched
+from services.protection.risk import WATCH_FALLBACK_S, RiskAlerts, Watched
 
 
 def _fill(order_id: str = "1", coid: str | None = None, reason: str | None = None,
@@ -80,8 +80,10 @@ def test_liquidation_alert_once_per_venue_order() -> None:
 
 def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_must(database_url) -> None:  # type: ignore[no-untyped-def]
     """A stream's first report (its REST snapshot) carries the venue's liquidation
-    price: no positions request. A later shape change does not: one request. The
-    users' thresholds of keys reported at the same moment are one query."""
+    price: no positions request. A later shape change does not: the positions the
+    stream's REST completion reads are taken (no request of the watcher's); only when
+    none comes within the fallback wait is the venue asked (one request). The users'
+    thresholds of keys reported at the same moment are one query."""
     import threading
 
     from exchanges.types import Position
@@ -121,7 +123,8 @@ def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_
                 return
             threads.append(threading.Thread(target=fn, args=args))
 
-        risk = RiskAlerts(db, client_for, Tickers(), spawn, lambda *a: None)
+        waits: list[float] = []
+        risk = RiskAlerts(db, client_for, Tickers(), spawn, lambda *a: None, waits.append)
         from services.coalesce import Coalescer
 
         def gather(wait_s: float) -> None:
@@ -152,9 +155,23 @@ def test_liquidation_watch_reads_thresholds_together_and_the_venue_only_when_it_
         assert alerted == [12]  # 15 % from liquidation: inside user 2's 25 %, outside 10 %
         threads.clear()
         risk.positions_seen(11, [pos("50000")])  # a stream shape change: its figure is stale
-        threads[0].start()
-        threads[0].join(10)
-        assert asked == [11] and watched[(11, "BTCUSDT")].liquidation_price == D("52000")
+        risk.positions_seen(11, [pos("50000")])  # another before the completion: one wait
+        [fallback] = threads
+        risk.positions_read(11, [pos("51500")])  # the stream's REST completion read them
+        assert len(threads) == 2
+        threads[1].start()
+        threads[1].join(10)
+        assert asked == [] and watched[(11, "BTCUSDT")].liquidation_price == D("51500")
+        fallback.start()                         # its wait ends: nothing left to ask
+        fallback.join(10)
+        assert waits == [WATCH_FALLBACK_S] and asked == [] and risk.asked == 0
+        threads.clear()
+        risk.positions_seen(11, [pos("50000")])  # a shape change no completion follows
+        [fallback] = threads
+        fallback.start()
+        fallback.join(10)
+        assert asked == [11] and risk.asked == 1  # the venue asked after the wait
+        assert watched[(11, "BTCUSDT")].liquidation_price == D("52000")
         threads.clear()
         # a snapshot whose position cannot be liquidated (the venue's "0"): not watched,
         # and the venue is not asked again (it would say "0" again), nor the owner read
