@@ -136,7 +136,7 @@ class Governors:
 
     Args:
         egress_ips: the host's source addresses for exchange traffic (``EGRESS_IPS``);
-            each API key is assigned one (``exchanges.egress.egress_for``). Empty: one
+            each account is assigned one (``exchanges.egress.egress_for``). Empty: one
             governor per venue, on the default route.
         weight_limits: ``{exchange: weight per window}`` replacing the spec's figure (``EXCHANGE_WEIGHT_LIMITS``: when an exchange changes its limit, or
             in tests against a simulator that does not enforce one).
@@ -161,10 +161,11 @@ class Governors:
                     window_s=limit.window_s, egress=egress)
             return gov
 
-    def for_key(self, exchange: str, testnet: bool, api_key: str) -> RateGovernor:
-        """The governor of ``api_key``'s egress address on the venue (its
-        ``egress`` is the address the key's clients bind to)."""
-        return self.get(exchange, testnet, egress_for(api_key, self._egress_ips))
+    def for_key(self, exchange: str, testnet: bool, slot: int) -> RateGovernor:
+        """The governor of an account's egress address on the venue (``slot``: the
+        account's stable integer, its owner's user id, ``exchanges.egress.egress_for``;
+        the governor's ``egress`` is the address the account's clients bind to)."""
+        return self.get(exchange, testnet, egress_for(slot, self._egress_ips))
 
     def stats(self) -> dict[str, Any]:
         """``{"<exchange>[-testnet][@<egress address>]": governor stats}``."""

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # annotations only: stream_manager imports get_owned_key from
 logger = logging.getLogger(__name__)
 
 # (exchange, api_key, api_secret, testnet) -> a fresh, uncached client
-BuildClient = Callable[[str, str, str, bool], ExchangeClient]
+BuildClient = Callable[[str, str, str, bool, int], ExchangeClient]  # + the owner's user id
 
 
 def get_owned_key(db: Database, user_id: int, key_id: int) -> ExchangeKey:
@@ -243,8 +243,9 @@ class KeyService:
         raise ValidationFailed("key_id_required", "key_id is required when the user has "
                                "more than one key", "key_id")
 
-    def _check(self, exchange: str, api_key: str, api_secret: str, testnet: bool) -> None:
-        client = self._build(exchange, api_key, api_secret, testnet)
+    def _check(self, user_id: int, exchange: str, api_key: str, api_secret: str,
+               testnet: bool) -> None:
+        client = self._build(exchange, api_key, api_secret, testnet, user_id)
         try:
             client.validate_credentials()
         finally:
@@ -258,7 +259,7 @@ class KeyService:
         if existing:
             raise Conflict("key_exists", f"a {exchange} {'testnet' if testnet else 'mainnet'} "
                            f"key exists (id {existing[0].id}); update it instead", "exchange")
-        self._check(exchange, api_key, api_secret, testnet)
+        self._check(user_id, exchange, api_key, api_secret, testnet)
         key = ExchangeKey(user_id=user_id, exchange=exchange, testnet=testnet, label=label,
                           api_key=api_key, api_secret_encrypted=self._cipher.encrypt(api_secret))
         with self._db.transaction() as s:
@@ -279,7 +280,7 @@ class KeyService:
         credential_changed = any(k in changes for k in ("api_key", "api_secret", "testnet"))
         if credential_changed:
             secret = changes.get("api_secret") or self._cipher.decrypt(key.api_secret_encrypted)
-            self._check(key.exchange, api_key, secret, testnet)
+            self._check(user_id, key.exchange, api_key, secret, testnet)
         with self._db.transaction() as s:
             row = s.get(ExchangeKey, key_id)
             assert row is not None

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 
 CacheKey = tuple[int, str, bool]
 # (exchange, api_key, api_secret, testnet) -> client; no network I/O allowed in it.
-ClientBuilder = Callable[[str, str, str, bool], ExchangeClient]
+# ``(exchange, api_key, api_secret, testnet, user_id)``: the owner's id places the
+# client's traffic on an egress address (``exchanges.egress.egress_for``)
+ClientBuilder = Callable[[str, str, str, bool, int], ExchangeClient]
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TradingService:
             if client is not None:
                 return client
             secret = api_secret() if callable(api_secret) else api_secret
-            client = self._build(exchange, api_key, secret, testnet)
+            client = self._build(exchange, api_key, secret, testnet, user_id)
             with self._lock:
                 self.builds += 1
                 old = self._entries.pop(key, None)

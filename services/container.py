@@ -193,10 +193,11 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
         tasks = Tasks(spawn, sleep)
     governors = Governors(cfg.EGRESS_IPS, cfg.EXCHANGE_WEIGHT_LIMITS)
 
-    def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool):  # type: ignore[no-untyped-def]
+    def build_client(exchange: str, api_key: str, api_secret: str, testnet: bool,  # type: ignore[no-untyped-def]
+                     user_id: int):
         return create_client(exchange, api_key, api_secret, testnet, cfg.venue(exchange, testnet),
                              timeout_s=cfg.EXCHANGE_TIMEOUT_S,
-                             governor=governors.for_key(exchange, testnet, api_key))
+                             governor=governors.for_key(exchange, testnet, user_id))
 
     trading = TradingService(build_client, max_size=cfg.CLIENT_CACHE_MAX)
 

@@ -276,7 +276,7 @@ class StreamManager:
         encrypted = key.api_secret_encrypted
         # the positions a stream's REST call read (the ledger facade hands them on)
         positions_read = getattr(self._ledger, "positions_read", None)
-        group = self._pace_group(exchange, testnet, api_key)
+        group = self._pace_group(exchange, testnet, user_id)
         stream = AccountStream(
             state, get_client=lambda: self._trading.get_client(
                 user_id, exchange, testnet, api_key, lambda: self._cipher.decrypt(encrypted)),
@@ -312,10 +312,10 @@ class StreamManager:
         return int(getattr(self._leases, "ttl_ms", 0) + getattr(self._leases, "alive_ms", 0)
                    + TAKEOVER_SLACK_MS)
 
-    def _pace_group(self, exchange: str, testnet: bool, api_key: str) -> PaceGroup:
+    def _pace_group(self, exchange: str, testnet: bool, user_id: int) -> PaceGroup:
         """``(exchange, testnet, egress address)``: the accounts whose polling shares
         one rate governor's budget (egress None without governors or EGRESS_IPS)."""
-        egress = (self._governors.for_key(exchange, testnet, api_key).egress
+        egress = (self._governors.for_key(exchange, testnet, user_id).egress
                   if self._governors is not None else None)
         return exchange, testnet, egress
 

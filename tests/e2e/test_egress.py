@@ -23,9 +23,9 @@ def egress_server(sim, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def test_each_key_streams_and_polls_from_its_address_with_its_own_budget(egress_server, sim) -> None:  # type: ignore[no-untyped-def]
     by_address: dict[str, Account] = {}
-    while len(by_address) < len(ADDRESSES):  # random keys: about 3 for both addresses
+    while len(by_address) < len(ADDRESSES):  # consecutive users: one on each address
         acc = Account(egress_server, sim)
-        by_address.setdefault(egress_for(acc.api_key, ADDRESSES) or "", acc)
+        by_address.setdefault(egress_for(acc.user_id, ADDRESSES) or "", acc)
     listeners = []
     try:
         for acc in by_address.values():

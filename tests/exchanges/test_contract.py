@@ -384,7 +384,7 @@ def test_rest_and_user_stream_leave_from_the_keys_egress_address(venue, account,
     """With ``EGRESS_IPS`` the key's governor names its source address: the REST
     session and the private stream bind to it, so the exchange counts this key's
     weight against that address (127.0.0.2 is loopback too on Linux)."""
-    gov = Governors(["127.0.0.2"]).for_key(venue.name, False, account[0])
+    gov = Governors(["127.0.0.2"]).for_key(venue.name, False, 0)
     assert gov.egress == "127.0.0.2"
     c = create_client(venue.name, *account, False, endpoints, timeout_s=5, governor=gov)
     stream = c.user_stream()
@@ -413,7 +413,7 @@ def test_keys_of_one_egress_address_share_its_connections(venue, new_account, en
         return (sum(pools[k].num_connections for k in pools.keys()),
                 sum(pools[k].num_requests for k in pools.keys()))
     a, b = (create_client(venue.name, *acc[:2], False, endpoints, timeout_s=5,
-                          governor=Governors(["127.0.0.3"]).for_key(venue.name, False, acc[0]))
+                          governor=Governors(["127.0.0.3"]).for_key(venue.name, False, 0))
             for acc in (first, second))
     try:
         opened, served = counts()

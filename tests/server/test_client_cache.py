@@ -24,7 +24,7 @@ class FakeClient:
 
 
 def slow_builder(log: list):  # type: ignore[no-untyped-def]
-    def build(exchange, api_key, api_secret, testnet):  # type: ignore[no-untyped-def]
+    def build(exchange, api_key, api_secret, testnet, user_id):  # type: ignore[no-untyped-def]
         time.sleep(0.05)  # wide window for a racing second construction
         client = FakeClient(api_key)
         log.append(client)
@@ -96,7 +96,7 @@ def test_a_secret_callable_is_called_only_to_build() -> None:
     secrets: list[str] = []
     calls: list[int] = []
 
-    def build(exchange, api_key, api_secret, testnet):  # type: ignore[no-untyped-def]
+    def build(exchange, api_key, api_secret, testnet, user_id):  # type: ignore[no-untyped-def]
         secrets.append(api_secret)
         return FakeClient(api_key)
 

@@ -60,21 +60,24 @@ def test_one_governor_per_venue() -> None:
     assert set(govs.stats()) == {"binance", "binance-testnet"}
 
 
-def test_each_egress_address_has_its_own_governor_and_keys_stay_on_theirs() -> None:
+def test_each_egress_address_has_its_own_governor_and_accounts_stay_on_theirs() -> None:
     from exchanges.egress import egress_for
     addresses = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     govs = Governors(addresses)
-    keys = [f"key-{i}" for i in range(300)]
-    picked = [govs.for_key("binance", False, k) for k in keys]
-    assert all(g.egress == egress_for(k, addresses) for g, k in zip(picked, keys))
-    assert [govs.for_key("binance", False, k) for k in keys] == picked  # stable per key
+    users = range(1, 301)
+    picked = [govs.for_key("binance", False, u) for u in users]
+    assert all(g.egress == egress_for(u, addresses) for g, u in zip(picked, users))
+    assert [govs.for_key("binance", False, u) for u in users] == picked  # stable per account
     per_address = {a: sum(g.egress == a for g in picked) for a in addresses}
-    assert all(60 <= n <= 140 for n in per_address.values()), per_address  # spread
+    # even, not only on average: a hash of the keys put 42-48 on the busiest of 134
+    # addresses at 30 a head, over Binance's weight a minute in a reconnect storm
+    assert per_address == {a: 100 for a in addresses}, per_address
+    assert [g.egress for g in picked[:4]] == ["10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.2"]
     assert len({id(g) for g in picked}) == 3
     assert set(govs.stats()) == {"binance@10.0.0.1", "binance@10.0.0.2", "binance@10.0.0.3"}
-    assert govs.for_key("bybit", False, "key-1") is not govs.for_key("binance", False, "key-1")
-    assert Governors().for_key("binance", False, "key-1").egress is None  # default route
-    assert egress_for("key-1", []) is None
+    assert govs.for_key("bybit", False, 1) is not govs.for_key("binance", False, 1)
+    assert Governors().for_key("binance", False, 1).egress is None  # default route
+    assert egress_for(1, []) is None
 
 
 def test_egress_ips_setting_is_checked() -> None:
