@@ -20,6 +20,28 @@ def _service(database_url):  # type: ignore[no-untyped-def]
                                  time.sleep)
 
 
+def _leg(leg_id: int, key_id: int, price: str, **extra: object):  # type: ignore[no-untyped-def]
+    """An active server-mode stop-loss of user 1's LONG BTCUSDT on ``key_id``."""
+    from decimal import Decimal
+
+    from models import ProtectionLeg
+    return ProtectionLeg(id=leg_id, user_id=1, key_id=key_id, exchange="binance",
+                         symbol="BTCUSDT", side="LONG", kind="stop_loss", mode="server",
+                         working_type="MARK_PRICE", trigger_price=Decimal(price),
+                         status="active", client_order_id=f"leg-{leg_id}", **extra)
+
+
+def _user_with_two_keys(s) -> None:  # type: ignore[no-untyped-def]
+    """User 1 with Binance keys 1 and 2, in session ``s``."""
+    from models import ExchangeKey, User
+    s.add(User(id=1, username="p", password_hash="x"))
+    s.flush()
+    for key_id in (1, 2):
+        s.add(ExchangeKey(id=key_id, user_id=1, exchange="binance", api_key=f"k{key_id}",
+                          api_secret_encrypted=b"x"))
+    s.flush()
+
+
 def test_start_up_retries_until_the_database_answers(database_url, caplog) -> None:  # type: ignore[no-untyped-def]
     db, svc = _service(database_url)
     calls = []
@@ -60,22 +82,13 @@ def test_the_sweep_reads_positions_from_a_live_stream_and_asks_the_venue_only_wi
     from sqlalchemy import select
 
     from exchanges.types import Position
-    from models import ExchangeKey, ProtectionLeg, User
+    from models import ExchangeKey, ProtectionLeg
 
     db, svc = _service(database_url)
     with db.transaction() as s:
-        s.add(User(id=1, username="p", password_hash="x"))
-        s.flush()
+        _user_with_two_keys(s)
         for key_id in (1, 2):
-            s.add(ExchangeKey(id=key_id, user_id=1, exchange="binance", api_key=f"k{key_id}",
-                              api_secret_encrypted=b"x"))
-        s.flush()
-        for key_id in (1, 2):
-            s.add(ProtectionLeg(id=key_id, user_id=1, key_id=key_id, exchange="binance",
-                                symbol="BTCUSDT", side="LONG", kind="stop_loss", mode="server",
-                                working_type="MARK_PRICE", trigger_price=Decimal("59000"),
-                                status="active", client_order_id=f"leg-{key_id}",
-                                created_at=1_000))
+            s.add(_leg(key_id, key_id, "59000", created_at=1_000))
     asked: list[str] = []
 
     class Venue:
@@ -88,7 +101,7 @@ def test_the_sweep_reads_positions_from_a_live_stream_and_asks_the_venue_only_wi
                              Decimal("0"), Decimal("10"), Decimal("0"), "cross")]
 
     svc._client_for = Venue  # type: ignore[assignment]
-    svc.live_positions = lambda key_id: set() if key_id == 1 else None  # key 1: flat now
+    svc.live_positions = lambda key_id: [] if key_id == 1 else None  # key 1: flat now
     assert svc.resync() == 2
     assert svc.sweep() == 1
     assert asked == ["k2"]
@@ -103,27 +116,15 @@ def test_resync_reads_full_rows_only_for_keys_changed_elsewhere(database_url) ->
     """A quiet resync reads no leg as an object; a leg set and one canceled by another
     process (rows written straight into the database) are picked up: the new rule
     armed and shown, the canceled one disarmed and its key's view emptied."""
-    from decimal import Decimal
-
     from sqlalchemy import event, update
 
-    from models import ExchangeKey, ProtectionLeg, User
+    from models import ProtectionLeg
 
     db, svc = _service(database_url)
 
-    def leg(leg_id: int, key_id: int, price: str) -> ProtectionLeg:
-        return ProtectionLeg(id=leg_id, user_id=1, key_id=key_id, exchange="binance",
-                             symbol="BTCUSDT", side="LONG", kind="stop_loss", mode="server",
-                             working_type="MARK_PRICE", trigger_price=Decimal(price),
-                             status="active", client_order_id=f"leg-{leg_id}")
     with db.transaction() as s:
-        s.add(User(id=1, username="p", password_hash="x"))
-        s.flush()
-        for key_id in (1, 2):
-            s.add(ExchangeKey(id=key_id, user_id=1, exchange="binance", api_key=f"k{key_id}",
-                              api_secret_encrypted=b"x"))
-        s.flush()
-        s.add(leg(1, 1, "59000"))
+        _user_with_two_keys(s)
+        s.add(_leg(1, 1, "59000"))
     assert svc.resync() == 1 and svc.guard.armed(1)
     assert svc.position_fields(1, "BTCUSDT")["stop_loss"] == "59000"
     loaded: list[int] = []
@@ -134,7 +135,7 @@ def test_resync_reads_full_rows_only_for_keys_changed_elsewhere(database_url) ->
     try:
         assert svc.resync() == 0 and loaded == []                  # quiet: no object read
         with db.transaction() as s:                                # another process's work
-            s.add(leg(2, 2, "58000"))
+            s.add(_leg(2, 2, "58000"))
             s.execute(update(ProtectionLeg).where(ProtectionLeg.id == 1).values(status="canceled"))
         assert svc.resync() == 1 and loaded == [2]
     finally:
