@@ -4,14 +4,19 @@ push path is compared with, on the same library versions (the project's venv).
     python -m bench.bare_server --port P [--max-size 20000] [--json orjson|stdlib]
 
 It accepts any connection (no auth check), acks ``subscribe`` with ``{"ok": true}``,
-and on ``POST /rounds {"rate", "rounds", "k0", "pad"}`` runs ``rounds`` rounds, round
-``j`` scheduled at ``start + j / rate``: one ``pnl`` event to every connected client in
-connect order, each a fresh dict of about 500 bytes of JSON shaped like the product's
+and on ``POST /rounds {"rate", "rounds", "k0", "pad"[, "start", "mix"]}`` runs ``rounds``
+rounds, round ``j`` scheduled at ``start + j / rate`` (``start``: epoch seconds, so that
+several bare processes run their rounds at the same times; default 50 ms from now): one
+``pnl`` event to every connected client in connect order, each a fresh dict of about 500 bytes of JSON shaped like the product's
 ``pnl`` envelope, carrying ``round`` (``k0 + j``), ``t0`` (the round's scheduled start,
 ms; a round that starts late because the previous one overran keeps its scheduled
 time, as a price move happens at its time whatever the server is doing) and
 ``sent_at`` (ms, at the emit), with ``socketio.sleep(0)`` after each emit (yielding to
-the other green threads, as the product does). ``GET /stats`` answers the number of
+the other green threads, as the product does). With ``"mix": true`` a client also gets
+the other account pushes the product sends per mark price move at R = 2 with its
+defaults (``positions`` at 1 Hz, ``balance`` at 0.5 Hz): a ``positions`` message after
+the ``pnl`` of every even round and a ``balance`` one every fourth, 1.75 messages a
+round as the product's ``pnl`` costs (``bench.scaleout``). ``GET /stats`` answers the number of
 connections and rounds done. eventlet's ``max_size`` (concurrent connections) is
 raised from its default of 1,024.
 
@@ -75,8 +80,25 @@ def message(i: int, k: int, t0_ms: int, pad: str) -> dict:
             "pad": pad}
 
 
-def run_rounds(rate: float, rounds: int, k0: int, pad: str) -> None:
-    start = time.time() + 0.05
+def side_message(kind: str, i: int, k: int, t0_ms: int, pad: str) -> dict:
+    """A ``positions`` (data: a list of rows) or ``balance`` (data: an object) message
+    of about the size of the ``pnl`` one, shaped like the product's envelopes; it has
+    no ``round``: the clients time only the ``pnl``."""
+    upnl = f"{(k % 1000) * 0.01:.8f}"
+    if kind == "positions":
+        data: object = [{"symbol": "XRPUSDT", "side": "LONG", "size": "10", "entry_price": "0.5",
+                         "mark_price": "0.51", "unrealized_pnl": upnl, "leverage": "10"}]
+    else:
+        data = {"asset": "USDT", "wallet_balance": "10000.00000000", "unrealized_pnl": upnl,
+                "available_balance": "9990.00000000"}
+    return {"type": kind, "user_id": i, "key_id": i, "exchange": "binance", "testnet": False,
+            "seq": k, "as_of": t0_ms, "sent_at": int(time.time() * 1000), "source": "stream",
+            "stale": False, "data": data, "pad": pad}
+
+
+def run_rounds(rate: float, rounds: int, k0: int, pad: str, start: float | None = None,
+               mix: bool = False) -> None:
+    start = start if start is not None else time.time() + 0.05
     for j in range(rounds):
         scheduled = start + j / rate
         wait = scheduled - time.time()
@@ -86,8 +108,11 @@ def run_rounds(rate: float, rounds: int, k0: int, pad: str) -> None:
             done["late_rounds"] += 1
         t_begin = time.time()
         t0_ms = int(scheduled * 1000)
+        extra = [name for name, every in (("positions", 2), ("balance", 4)) if mix and j % every == 0]
         for sid, i in list(sids.items()):
             socketio.emit("pnl", message(i, k0 + j, t0_ms, pad), to=sid)
+            for name in extra:
+                socketio.emit(name, side_message(name, i, k0 + j, t0_ms, pad), to=sid)
             socketio.sleep(0)
         done["rounds"] += 1
         done["max_round_s"] = max(done["max_round_s"], time.time() - t_begin)
@@ -96,8 +121,10 @@ def run_rounds(rate: float, rounds: int, k0: int, pad: str) -> None:
 @app.post("/rounds")
 def rounds():  # type: ignore[no-untyped-def]
     body = request.get_json()
+    start = body.get("start")
     socketio.start_background_task(run_rounds, float(body["rate"]), int(body["rounds"]),
-                                   int(body["k0"]), "x" * int(body.get("pad", 120)))
+                                   int(body["k0"]), "x" * int(body.get("pad", 120)),
+                                   float(start) if start is not None else None, bool(body.get("mix")))
     return jsonify({"ok": True})
 
 

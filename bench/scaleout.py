@@ -50,6 +50,26 @@ price moves R times a second for ``--duration-s`` (as ``bench.fanout``):
   other processes' keys. ``cpu_ms_per_key_move`` = its CPU / (N x moves); a serving
   process pays about that for each key it does not serve.
 - ``rss_mb`` per process, ``nginx_cpu_pct``, ``client_cpu_pct``, ``load``.
+- ``cpu_ms_per_msg_sum``: the same CPU / every message the clients received from the
+  first move until deliveries stopped (``pnl``, ``positions``, ``balance``, ``orders``).
+- ``idle_cpu_pct_sum``: the servers' CPU over ``--idle-s`` before the moves, clients
+  held, nothing moving (pings, keep-alives, timers, lease upkeep);
+  ``cpu_ms_per_msg_net``: ``cpu_ms_per_msg_sum`` with that idle rate taken out.
+
+``<P>x<N>x<R>b`` is the baseline of the same job: P bare Flask-SocketIO/eventlet
+servers (``bench.bare_server``, the project's orjson codec) behind the same nginx, N
+clients connected with the same ``?affinity=i`` (so the same split), each server sending
+its clients a ``pnl`` message per round and, after it, a ``positions`` one every second
+round and a ``balance`` one every fourth (``mix``: the 1.75 messages a ``pnl`` costs the
+product at R = 2 with its defaults), R rounds a second, every process's rounds at the
+same scheduled times; no product server runs then (each configuration stops its own)
+and the simulator is suspended (SIGSTOP) for the window. Timed the same way: from the
+round's scheduled time to the receive. ``--reps K`` runs the plan K times, every other
+time in reverse order, so a product entry and its bare one alternate which runs first;
+``summary`` then gives per entry the median [min-max] of ``pnl`` p99 and
+``cpu_ms_per_msg_sum`` over the repetitions, and per repetition the ratios product /
+bare and P = 2 / P = 1 (the per-message CPU a second process adds, for the product and
+for the bare server on the same machine).
 
 ``failover`` (P = 2, ``--failover-n`` clients, R = 2, ``--lease-ttl-s``), ``--failover-runs``
 times on new processes (then ``summary``: median [min-max] over the runs): moves for
@@ -93,6 +113,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import statistics
 import threading
 import time
@@ -107,8 +128,8 @@ import requests
 from bench import fanout_accounts
 from bench.common import ACCOUNT_TYPES, RESULTS_DIR, Stack, rest
 from bench.eio_workers import Workers
-from bench.fanout import P0, QTY, setup_accounts, sim_market_order
-from bench.fanout_run import BASE, STEP, SYMBOL, Run
+from bench.fanout import P0, QTY, setup_accounts, sim_market_order, start_bare
+from bench.fanout_run import BARE, BASE, STEP, SYMBOL, Run
 from bench.fanout_stats import delivery, lag_ms
 from bench.measure import (
     cpu_s,
@@ -125,7 +146,7 @@ from tests.support.server import ServerProcess, free_port, start_server
 # mapping reads the XRPUSDT row only)
 GAP_SYMBOL, GAP_QTY = "BTCUSDT", "0.002"
 WEIGHT_WINDOW_S = 60.0  # Binance's request weight window (per IP, aligned to the minute)
-PLAN_RE = re.compile(r"^(\d+)x(\d+)x(\d+(?:\.\d+)?)(w?)$")
+PLAN_RE = re.compile(r"^(\d+)x(\d+)x(\d+(?:\.\d+)?)([wb]?)$")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,20 +179,106 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--setup", choices=("direct", "api"), default="direct",
                    help="accounts written into the database (direct) or registered through the API")
     p.add_argument("--ready-timeout-s", type=float, default=90.0)
+    p.add_argument("--idle-s", type=float, default=5.0,
+                   help="CPU of the servers measured this long with the clients held and no move "
+                        "(idle_cpu_pct_sum; cpu_ms_per_msg_net takes it out); 0 = skip")
+    p.add_argument("--reps", type=int, default=1,
+                   help="runs of the plan, every other one in reverse order (a bare entry and "
+                        "its product entry alternate which goes first)")
     p.add_argument("--tag", default="run", help="names the result file")
     args = p.parse_args(argv)
-    args.configs = []
+    plan = []
     for item in [] if args.plan.strip() in ("", "none") else args.plan.split(","):
         m = PLAN_RE.match(item.strip())
         if not m:
             p.error(f"bad plan entry {item!r}")
-        args.configs.append({"name": item.strip(), "p": int(m.group(1)), "n": int(m.group(2)),
-                             "rate": float(m.group(3)), "witness": bool(m.group(4))})
+        plan.append({"name": item.strip(), "p": int(m.group(1)), "n": int(m.group(2)),
+                     "rate": float(m.group(3)), "witness": m.group(4) == "w",
+                     "bare": m.group(4) == "b"})
+    args.configs = []
+    for rep in range(max(1, args.reps)):
+        for cfg in plan if rep % 2 == 0 else plan[::-1]:
+            args.configs.append({**cfg, "rep": rep,
+                                 "name": cfg["name"] if args.reps <= 1 else f"{cfg['name']}#{rep + 1}"})
     return args
 
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def messages(got: list[dict], t_from: float, t_to: float, bare: bool) -> int:
+    """Messages the clients received in the whole seconds from ``int(t_from)`` to
+    ``int(t_to)``, every event name, of the product's clients or (``bare``) the bare
+    ones (the workers' per-second ``buckets``)."""
+    lo, hi = int(t_from), int(t_to)
+    return sum(count for g in got for name, per_s in g["buckets"].items()
+               if name.startswith("bare:") == bare
+               for sec, count in per_s.items() if lo <= int(sec) <= hi)
+
+
+def idle_pct(cpu: Callable[[], dict[str, float]], servers: list[str], seconds: float) -> float | None:
+    """CPU of ``servers`` summed (100 = one core) over ``seconds`` with the clients
+    connected and no move: what holding them costs (Engine.IO pings, the account
+    streams' keep-alives, timers, lease upkeep). None when ``seconds`` <= 0."""
+    if seconds <= 0:
+        return None
+    c0 = cpu()
+    time.sleep(seconds)
+    c1 = cpu()
+    return round(sum(c1[s] - c0[s] for s in servers) * 100 / seconds, 1)
+
+
+def net_per_msg(used_s: float, idle: float | None, span_s: float, msgs: int) -> float | None:
+    """CPU ms per message once the idle rate ``idle`` (percent of a core) over
+    ``span_s`` is taken out of ``used_s``: the cost of the pushes themselves."""
+    if idle is None or not msgs:
+        return None
+    return round((used_s - idle / 100 * span_s) * 1000 / msgs, 4)
+
+
+def summary(configs: list[dict], results: dict) -> dict[str, Any]:
+    """Over ``--reps``: per plan entry the median [min-max] of ``pnl`` exact p99 (ms),
+    missing fraction and ``cpu_ms_per_msg_sum``; per repetition the ratios of
+    ``cpu_ms_per_msg_sum`` product / bare (same P, N, R) and P = 2 / P = 1 (the
+    smallest P of the plan, same kind), and of p99 product / bare."""
+    def spread(values: list[float]) -> list[float] | None:
+        return [round(statistics.median(values), 4), min(values), max(values)] if values else None
+
+    runs: dict[tuple, dict[int, dict]] = {}
+    for cfg in configs:
+        r = results.get(cfg["name"])
+        if isinstance(r, dict) and "pnl" in r:
+            key = (cfg["p"], cfg["n"], cfg["rate"], cfg["bare"])
+            runs.setdefault(key, {})[cfg["rep"]] = r
+    out: dict[str, Any] = {}
+    for (p, n, rate, bare), by_rep in runs.items():
+        name = f"{p}x{n}x{rate:g}{'b' if bare else ''}"
+        reps = list(by_rep.values())
+        out[name] = {"reps": len(reps),
+                     "p99_ms": spread([r["pnl"]["exact"]["p99_ms"] for r in reps if r["pnl"]["exact"].get("p99_ms") is not None]),
+                     "missing": spread([r["pnl"]["exact"]["missing_fraction"] for r in reps
+                                         if r["pnl"]["exact"]["missing_fraction"] is not None]),
+                     "cpu_ms_per_msg_sum": spread([r["cpu_ms_per_msg_sum"] for r in reps if r.get("cpu_ms_per_msg_sum")]),
+                     "cpu_ms_per_msg_net": spread([r["cpu_ms_per_msg_net"] for r in reps if r.get("cpu_ms_per_msg_net")]),
+                     "idle_cpu_pct_sum": spread([r["idle_cpu_pct_sum"] for r in reps if r.get("idle_cpu_pct_sum") is not None])}
+        other = runs.get((p, n, rate, not bare), {})
+        if not bare and other:
+            both = [rep for rep in by_rep if rep in other]
+            out[name]["cpu_per_msg_vs_bare"] = spread([
+                round(by_rep[i]["cpu_ms_per_msg_sum"] / other[i]["cpu_ms_per_msg_sum"], 3) for i in both
+                if by_rep[i].get("cpu_ms_per_msg_sum") and other[i].get("cpu_ms_per_msg_sum")])
+            out[name]["p99_vs_bare"] = spread([
+                round(by_rep[i]["pnl"]["exact"]["p99_ms"] / other[i]["pnl"]["exact"]["p99_ms"], 3) for i in both
+                if by_rep[i]["pnl"]["exact"].get("p99_ms") and other[i]["pnl"]["exact"].get("p99_ms")])
+        base = min((k for k in runs if k[3] == bare), key=lambda k: (k[0], k[1]), default=None)
+        if base is not None and base[0] < p:
+            ref = runs[base]
+            both = [rep for rep in by_rep if rep in ref]
+            out[name][f"cpu_per_msg_vs_p{base[0]}"] = spread([
+                round(by_rep[i]["cpu_ms_per_msg_sum"] / ref[i]["cpu_ms_per_msg_sum"], 3) for i in both
+                if by_rep[i].get("cpu_ms_per_msg_sum") and ref[i].get("cpu_ms_per_msg_sum")])
+    return out
 
 
 def resume_times(records: list[list], events: dict[int, float], t_kill: float,
@@ -308,7 +415,9 @@ class Bench:
         self.args, self.stack, self.env, self.accounts = args, stack, env, accounts
         self.workers, self.log_dir = workers, log_dir
         self.k = 0  # next move index (prices never repeat within a run)
-        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP)})
+        self.bare_k = 0  # next bare round (the bare clients' records are keyed by it)
+        workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP),
+                     "split": BARE})
         self.stack.sim.set_price(SYMBOL, BASE)
 
     # ---- clients -----------------------------------------------------------------------
@@ -365,14 +474,16 @@ class Bench:
         p, n, rate = cfg["p"], min(cfg["n"], len(self.accounts)), cfg["rate"]
         cluster = Cluster(self.stack, self.env, self.log_dir, p, cfg["witness"], n + 1000)
         out: dict = {"processes": p, "clients": n, "rate": rate}
+        servers = [s.url.removeprefix("http://") for s in cluster.servers]
         try:
             cids = list(range(n))
             out["clients_per_process"] = {b: len(c) for b, c in self.split(cluster, cids).items()}
             out["connect"] = self.connect(cluster, cids, ACCOUNT_TYPES, self.args.connect_concurrency)
             out["ready"] = self.wait_ready(n)
             time.sleep(2.0)  # snapshot pushes and refreshes settle
+            out["idle_cpu_pct_sum"] = idle_pct(cluster.cpu, servers, self.args.idle_s)
             self.workers.all({"op": "reset"})
-            cpu0, load0 = cluster.cpu(), _load()
+            cpu0, load0, t_cpu0 = cluster.cpu(), _load(), time.time()
             w0 = cpu_s(self.workers.pids[0]) or 0.0
             wcpu0 = sum(cpu_s(x) or 0 for x in self.workers.pids)
             t_start = time.time() + 0.2
@@ -386,19 +497,22 @@ class Bench:
             cpu1 = cluster.cpu()
             wcpu1 = sum(cpu_s(x) or 0 for x in self.workers.pids)
             t_drain = self._drain(max(events.values()))
-            cpu2 = cluster.cpu()
+            cpu2, t_cpu2 = cluster.cpu(), time.time()
             del w0
             got = self.workers.all({"op": "collect", "since": t_start - 1})
             records = [r for g in got for r in g["records"]]
             span = t_end - t_start
             delivered = sum(1 for r in records if r[0] < n and t_start <= r[2] <= t_drain)
-            servers = [s.url.removeprefix("http://") for s in cluster.servers]
             out["pnl"] = delivery(records, set(cids), events)
             out["cpu_pct"] = {b: round((cpu1[b] - cpu0[b]) * 100 / span, 1) for b in servers}
             out["cpu_pct"]["sum"] = round(sum(out["cpu_pct"][b] for b in servers), 1)
             used = sum(cpu2[b] - cpu0[b] for b in servers)
             out["cpu_ms_per_pnl_sum"] = round(used * 1000 / delivered, 3) if delivered else None
             out["delivered_until_drained"] = delivered
+            msgs = messages(got, t_start, t_drain, bare=False)
+            out["cpu_ms_per_msg_sum"] = round(used * 1000 / msgs, 4) if msgs else None
+            out["cpu_ms_per_msg_net"] = net_per_msg(used, out["idle_cpu_pct_sum"], t_cpu2 - t_cpu0, msgs)
+            out["msgs_until_drained"] = msgs
             if cluster.witness is not None:
                 w = cpu1["witness"] - cpu0["witness"]
                 out["witness"] = {"cpu_pct": round(w * 100 / span, 1),
@@ -413,6 +527,104 @@ class Bench:
         finally:
             self.disconnect_all()
             cluster.stop()
+        return out
+
+    # ---- the bare baseline of a configuration ---------------------------------------------
+    def _suspend_sim(self, stop: bool) -> None:
+        assert self.stack.sim is not None
+        try:
+            os.kill(self.stack.sim.proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def bare_configuration(self, cfg: dict) -> dict:
+        """``<P>x<N>x<R>b`` (module docstring): P ``bench.bare_server`` processes behind
+        nginx, N clients ``BARE + i`` with ``?affinity=i``, R rounds a second of the
+        product's message mix for ``--duration-s``, the simulator suspended. Figures as
+        ``configuration``'s (``pnl`` delivery, ``cpu_pct``, ``cpu_ms_per_pnl_sum``,
+        ``cpu_ms_per_msg_sum``, nginx and client CPU, ``load``)."""
+        p, n, rate = cfg["p"], cfg["n"], cfg["rate"]
+        out: dict = {"processes": p, "clients": n, "rate": rate, "baseline": "bare"}
+        procs: list[tuple[Any, str]] = []
+        nginx: Nginx | None = None
+        cids = [BARE + i for i in range(n)]
+        try:
+            for _ in range(p):
+                procs.append(start_bare(self.log_dir))
+            servers = [u.removeprefix("http://") for _, u in procs]
+            nginx = Nginx(self.log_dir / f"nginx-{free_port()}", f"127.0.0.1:{free_port()}", servers,
+                          max_connections=n + 1000, workers=2).start()
+            items = [{"cid": c, "auth": {}, "url": f"{nginx.url}/?affinity={c - BARE}",
+                      "subs": [["subscribe", {"types": ACCOUNT_TYPES}]]} for c in cids]
+            replies = self.workers.by_client("connect", items, url=nginx.url, timeout=120.0,
+                                             concurrency=self.args.connect_concurrency)
+            out["connect"] = {k: v for k, v in Run._connect_summary(replies, n).items()
+                              if k in ("asked", "ok", "failed", "per_s")}
+            out["clients_per_process"] = {s: requests.get(u + "/stats", timeout=10).json()["connections"]
+                                          for s, (_, u) in zip(servers, procs, strict=True)}
+            time.sleep(2.0)
+            rounds = int(rate * self.args.duration_s)
+            k0, self.bare_k = self.bare_k, self.bare_k + rounds
+
+            def cpu() -> dict[str, float]:
+                c = {s: cpu_s(proc.pid) or 0.0 for s, (proc, _) in zip(servers, procs, strict=True)}
+                c["nginx"] = sum(cpu_s(x) or 0.0 for x in nginx.worker_pids())  # type: ignore[union-attr]
+                c["workers"] = sum(cpu_s(x) or 0.0 for x in self.workers.pids)
+                return c
+
+            self._suspend_sim(True)
+            try:
+                out["idle_cpu_pct_sum"] = idle_pct(cpu, servers, self.args.idle_s)
+                self.workers.all({"op": "reset"})
+                cpu0, load0, t_cpu0 = cpu(), _load(), time.time()
+                t_start = time.time() + 0.3
+                for _, u in procs:
+                    requests.post(u + "/rounds", json={"rate": rate, "rounds": rounds, "k0": k0, "pad": 120,
+                                                       "start": t_start, "mix": True},
+                                  timeout=10).raise_for_status()
+                events = {k0 + j: t_start + j / rate for j in range(rounds)}
+                t_end = t_start + self.args.duration_s
+                time.sleep(max(0.0, t_end - time.time()))
+                cpu1 = cpu()
+                while time.time() < t_end + self.args.grace_s and any(
+                        requests.get(u + "/stats", timeout=10).json()["rounds"] < rounds for _, u in procs):
+                    time.sleep(0.25)
+                t_drain = self._drain(time.time() - 2)
+                cpu2, t_cpu2 = cpu(), time.time()
+                load1 = _load()
+            finally:
+                self._suspend_sim(False)
+            got = self.workers.all({"op": "collect", "since": t_start - 1})
+            records = [r for g in got for r in g["records"] if r[0] >= BARE]
+            span = t_end - t_start
+            out["pnl"] = delivery(records, set(cids), events)
+            out["cpu_pct"] = {s: round((cpu1[s] - cpu0[s]) * 100 / span, 1) for s in servers}
+            out["cpu_pct"]["sum"] = round(sum(out["cpu_pct"][s] for s in servers), 1)
+            used = sum(cpu2[s] - cpu0[s] for s in servers)
+            delivered = sum(1 for r in records if t_start <= r[2] <= t_drain)
+            out["cpu_ms_per_pnl_sum"] = round(used * 1000 / delivered, 3) if delivered else None
+            out["delivered_until_drained"] = delivered
+            msgs = messages(got, t_start, t_drain, bare=True)
+            out["cpu_ms_per_msg_sum"] = round(used * 1000 / msgs, 4) if msgs else None
+            out["cpu_ms_per_msg_net"] = net_per_msg(used, out["idle_cpu_pct_sum"], t_cpu2 - t_cpu0, msgs)
+            out["msgs_until_drained"] = msgs
+            out["nginx_cpu_pct"] = round((cpu1["nginx"] - cpu0["nginx"]) * 100 / span, 1)
+            out["client_cpu_pct"] = round((cpu1["workers"] - cpu0["workers"]) * 100 / span, 1)
+            out["rss_mb"] = {s: rss_mb(proc.pid) for s, (proc, _) in zip(servers, procs, strict=True)}
+            out["rounds_stats"] = [requests.get(u + "/stats", timeout=10).json() for _, u in procs]
+            out["client_loop_lag_ms"] = lag_ms([x for g in got for x in g["lag"] if t_start <= x[0] <= t_end])
+            out["load"] = [load0, load1]
+        finally:
+            self.workers.cids("disconnect", cids, abort=True)
+            self.workers.all({"op": "reset"})
+            if nginx is not None:
+                nginx.stop()
+            for proc, _ in procs:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except Exception:
+                    proc.kill()
         return out
 
     # ---- failover --------------------------------------------------------------------------
@@ -676,7 +888,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("bench.scaleout: nginx missing (sh scripts/install-nginx.sh)")
     log_dir = RESULTS_DIR / f"logs_scaleout_{args.tag}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    n_max = max([c["n"] for c in args.configs] + [args.failover_n]
+    n_max = max([c["n"] for c in args.configs if not c["bare"]] + [args.failover_n]
                 + [args.storm_users if args.storm_n else 0])
     ips = max(1, math.ceil(n_max / args.accounts_per_ip))
     results: dict = {"tag": args.tag, "plan": args.plan, "duration_s": args.duration_s,
@@ -711,7 +923,8 @@ def main(argv: list[str] | None = None) -> None:
         workers = Workers(args.workers, log_dir / "workers.log")
         bench = Bench(args, stack, env, accounts, workers, log_dir)
         sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            (cfg["name"], lambda cfg=cfg: bench.configuration(cfg)) for cfg in args.configs]
+            (cfg["name"], lambda cfg=cfg: (bench.bare_configuration if cfg["bare"] else bench.configuration)(cfg))
+            for cfg in args.configs]
         if args.failover_n:
             sections.append(("failover", lambda: bench.failover(args.failover_n)))
         if args.storm_n:
@@ -722,6 +935,9 @@ def main(argv: list[str] | None = None) -> None:
             except Exception as e:
                 results[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print_lines(name, results[name])
+        if args.reps > 1 or any(c["bare"] for c in args.configs):
+            results["summary"] = summary(args.configs, results)
+            print_lines("summary", results["summary"])
     except (Exception, KeyboardInterrupt) as e:
         results["failure"] = f"{type(e).__name__}: {e}"
     finally:
