@@ -27,7 +27,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
@@ -46,7 +45,9 @@ logger = logging.getLogger(__name__)
 LEASE_MS = 60_000  # longer than a send with its timeout and the token refresh
 BATCH = 50  # rows per claim
 MAX_ATTEMPTS = 12  # retryable failures before a row is failed (about 1 h of backoff)
-POLL_S = 0.1  # due rows are looked for this often (sooner when this process wrote some)
+# due rows are looked for this often: a retry whose backoff ended, rows of a process
+# that died holding them; rows this process writes wake the worker at once
+POLL_S = 1.0
 
 Row = dict[str, Any]  # a claimed row (``claim``)
 Done = list[tuple[Row, str, int]]  # a batch's results: (row, status, ms UTC of the outcome)
@@ -59,7 +60,8 @@ class NotifyWorker:
         db: the database.
         fcm: the FCM client, or None when not configured (rows end ``not_configured``).
         deliveries: ``services.notify.presence`` store (``delivered``, ``flush``).
-        wake: an event set when rows were written by this process.
+        wake: an event set when rows were written by this process (a green event
+            under eventlet: the idle worker blocks on it, at most ``POLL_S``).
         sleep: cooperative sleep; ``concurrency``: sends in flight at once per claim
             (``spawn`` starts them; None: one at a time).
     """
@@ -98,16 +100,14 @@ class NotifyWorker:
             self._wait(POLL_S)
 
     def _wait(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set() and time.monotonic() < deadline:
-            if self._wake.is_set():
-                self._wake.clear()
-                return
-            self._sleep(0.01)
+        """Until rows are written here (``wake``), ``stop()`` or ``seconds`` pass."""
+        if self._wake.wait(seconds):
+            self._wake.clear()
 
     def stop(self) -> None:
         """Ask the loop to end (rows it holds are claimed again after the lease)."""
         self.stopping.set()
+        self._wake.set()  # an idle worker notices at once
 
     def run_once(self) -> int:
         """Claim one batch of due rows, send it and write its results; returns how
@@ -153,8 +153,7 @@ class NotifyWorker:
         assert self._spawn is not None
         for items in lanes:
             self._spawn(lane, items)
-        while not finished.is_set():
-            self._sleep(0.005)
+        finished.wait()
 
     # ---- claim ------------------------------------------------------------------------
     def claim(self, limit: int = BATCH) -> tuple[str, list[Row]]:
