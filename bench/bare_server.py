@@ -14,9 +14,10 @@ time, as a price move happens at its time whatever the server is doing) and
 ``sent_at`` (ms, at the emit), with ``socketio.sleep(0)`` after each emit (yielding to
 the other green threads, as the product does). With ``"mix": true`` a client also gets
 the other account pushes the product sends per mark price move at R = 2 with its
-defaults (``positions`` at 1 Hz, ``balance`` at 0.5 Hz): a ``positions`` message after
-the ``pnl`` of every even round and a ``balance`` one every fourth, 1.75 messages a
-round as the product's ``pnl`` costs (``bench.scaleout``). ``GET /stats`` answers the number of
+defaults (``positions`` at 1 Hz, ``balance`` at 0.5 Hz): every even round, once every
+client has its ``pnl``, a ``positions`` message to each, and every fourth round a
+``balance`` one (the product, too, hands a tick's ``pnl`` pushes out first), 1.75
+messages a round as the product's ``pnl`` costs (``bench.scaleout``). ``GET /stats`` answers the number of
 connections and rounds done. eventlet's ``max_size`` (concurrent connections) is
 raised from its default of 1,024.
 
@@ -108,12 +109,14 @@ def run_rounds(rate: float, rounds: int, k0: int, pad: str, start: float | None 
             done["late_rounds"] += 1
         t_begin = time.time()
         t0_ms = int(scheduled * 1000)
-        extra = [name for name, every in (("positions", 2), ("balance", 4)) if mix and j % every == 0]
-        for sid, i in list(sids.items()):
+        clients = list(sids.items())
+        for sid, i in clients:
             socketio.emit("pnl", message(i, k0 + j, t0_ms, pad), to=sid)
-            for name in extra:
-                socketio.emit(name, side_message(name, i, k0 + j, t0_ms, pad), to=sid)
             socketio.sleep(0)
+        for name in [name for name, every in (("positions", 2), ("balance", 4)) if mix and j % every == 0]:
+            for sid, i in clients:
+                socketio.emit(name, side_message(name, i, k0 + j, t0_ms, pad), to=sid)
+                socketio.sleep(0)
         done["rounds"] += 1
         done["max_round_s"] = max(done["max_round_s"], time.time() - t_begin)
 

@@ -59,9 +59,10 @@ price moves R times a second for ``--duration-s`` (as ``bench.fanout``):
 ``<P>x<N>x<R>b`` is the baseline of the same job: P bare Flask-SocketIO/eventlet
 servers (``bench.bare_server``, the project's orjson codec) behind the same nginx, N
 clients connected with the same ``?affinity=i`` (so the same split), each server sending
-its clients a ``pnl`` message per round and, after it, a ``positions`` one every second
-round and a ``balance`` one every fourth (``mix``: the 1.75 messages a ``pnl`` costs the
-product at R = 2 with its defaults), R rounds a second, every process's rounds at the
+each of its clients a ``pnl`` message per round and, once all have theirs, a
+``positions`` one every second round and a ``balance`` one every fourth (``mix``: the
+1.75 messages a ``pnl`` costs the product at R = 2 with its defaults, in the product's
+order: a tick's ``pnl`` pushes go out first), R rounds a second, every process's rounds at the
 same scheduled times; no product server runs then (each configuration stops its own)
 and the simulator is suspended (SIGSTOP) for the window. Timed the same way: from the
 round's scheduled time to the receive. ``--reps K`` runs the plan K times, every other
@@ -182,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-s", type=float, default=5.0,
                    help="CPU of the servers measured this long with the clients held and no move "
                         "(idle_cpu_pct_sum; cpu_ms_per_msg_net takes it out); 0 = skip")
+    p.add_argument("--cpu-samples", metavar="PREFIX", default="",
+                   help="the product servers sample their own CPU time (bench/cpu_sampler): "
+                        "PREFIX.<pid>.idle.txt over the idle window, PREFIX.<pid>.moves.txt over "
+                        "the moves (python -m bench.cpu_sampler FILE)")
     p.add_argument("--reps", type=int, default=1,
                    help="runs of the plan, every other one in reverse order (a bare entry and "
                         "its product entry alternate which goes first)")
@@ -481,7 +486,9 @@ class Bench:
             out["connect"] = self.connect(cluster, cids, ACCOUNT_TYPES, self.args.connect_concurrency)
             out["ready"] = self.wait_ready(n)
             time.sleep(2.0)  # snapshot pushes and refreshes settle
+            self._mark("idle")
             out["idle_cpu_pct_sum"] = idle_pct(cluster.cpu, servers, self.args.idle_s)
+            self._mark("moves")
             self.workers.all({"op": "reset"})
             cpu0, load0, t_cpu0 = cluster.cpu(), _load(), time.time()
             w0 = cpu_s(self.workers.pids[0]) or 0.0
@@ -495,6 +502,7 @@ class Bench:
             t_end = t_start + self.args.duration_s
             time.sleep(max(0.0, t_end - time.time()))
             cpu1 = cluster.cpu()
+            self._mark(None)
             wcpu1 = sum(cpu_s(x) or 0 for x in self.workers.pids)
             t_drain = self._drain(max(events.values()))
             cpu2, t_cpu2 = cluster.cpu(), time.time()
@@ -528,6 +536,16 @@ class Bench:
             self.disconnect_all()
             cluster.stop()
         return out
+
+    def _mark(self, window: str | None) -> None:
+        """``--cpu-samples``: the servers' samples go to ``window``'s file from now
+        (None: none are counted)."""
+        if self.args.cpu_samples:
+            mark = Path(self.args.cpu_samples + ".mark")
+            if window is None:
+                mark.unlink(missing_ok=True)
+            else:
+                mark.write_text(window)
 
     # ---- the bare baseline of a configuration ---------------------------------------------
     def _suspend_sim(self, stop: bool) -> None:
@@ -904,6 +922,12 @@ def main(argv: list[str] | None = None) -> None:
                 "MESSAGE_QUEUE_CHANNEL": f"scaleout-{uuid.uuid4().hex[:8]}"})
     if args.lease_ttl_s:
         env["LEASE_TTL_S"] = str(args.lease_ttl_s)
+    if args.cpu_samples:
+        Path(args.cpu_samples).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.cpu_samples + ".mark").unlink(missing_ok=True)  # nothing counted until a window
+        env.update(PYTHONPATH=str(Path(__file__).with_name("cpu_sampler")),
+                   PUSHSRV_CPU_SAMPLES=args.cpu_samples,
+                   PUSHSRV_CPU_SAMPLES_MARK=args.cpu_samples + ".mark")
     workers = None
     try:
         if args.setup == "api":
