@@ -17,7 +17,8 @@ the other account pushes the product sends per mark price move at R = 2 with its
 defaults (``positions`` at 1 Hz, ``balance`` at 0.5 Hz): every even round, once every
 client has its ``pnl``, a ``positions`` message to each, and every fourth round a
 ``balance`` one (the product, too, hands a tick's ``pnl`` pushes out first), 1.75
-messages a round as the product's ``pnl`` costs (``bench.scaleout``). ``GET /stats`` answers the number of
+messages a round as the product's ``pnl`` costs (``bench.scaleout``), yielding every
+2 ms as the product's tick delivery does, not after each emit. ``GET /stats`` answers the number of
 connections and rounds done. eventlet's ``max_size`` (concurrent connections) is
 raised from its default of 1,024.
 
@@ -36,6 +37,7 @@ eventlet.monkey_patch()
 
 import argparse  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 from flask import Flask, jsonify, request  # noqa: E402
 from flask_socketio import SocketIO  # noqa: E402
@@ -49,6 +51,8 @@ class OrjsonPacket(packet.Packet):  # type: ignore[misc]
 
     json = OrjsonCodec
 
+
+YIELD_EVERY_S = 0.002  # the product's tick delivery yields this often (services.tickers)
 
 app = Flask(__name__)
 socketio: SocketIO = None  # made by make_socketio() in main()
@@ -97,6 +101,19 @@ def side_message(kind: str, i: int, k: int, t0_ms: int, pad: str) -> dict:
             "stale": False, "data": data, "pad": pad}
 
 
+def emit_all(clients: list[tuple[str, int]], build: Callable[[int], dict], by_time: bool) -> None:
+    """Emit ``build(i)`` to every client, yielding to the other green threads after
+    each emit or (``by_time``) every ``YIELD_EVERY_S``, as the product's tick delivery
+    does (``services.tickers``)."""
+    last = time.monotonic()
+    for sid, i in clients:
+        msg = build(i)
+        socketio.emit(msg["type"], msg, to=sid)
+        if not by_time or time.monotonic() - last >= YIELD_EVERY_S:
+            socketio.sleep(0)
+            last = time.monotonic()
+
+
 def run_rounds(rate: float, rounds: int, k0: int, pad: str, start: float | None = None,
                mix: bool = False) -> None:
     start = start if start is not None else time.time() + 0.05
@@ -110,13 +127,10 @@ def run_rounds(rate: float, rounds: int, k0: int, pad: str, start: float | None 
         t_begin = time.time()
         t0_ms = int(scheduled * 1000)
         clients = list(sids.items())
-        for sid, i in clients:
-            socketio.emit("pnl", message(i, k0 + j, t0_ms, pad), to=sid)
-            socketio.sleep(0)
+        k = k0 + j
+        emit_all(clients, lambda i, k=k, t=t0_ms: message(i, k, t, pad), mix)
         for name in [name for name, every in (("positions", 2), ("balance", 4)) if mix and j % every == 0]:
-            for sid, i in clients:
-                socketio.emit(name, side_message(name, i, k0 + j, t0_ms, pad), to=sid)
-                socketio.sleep(0)
+            emit_all(clients, lambda i, name=name, k=k, t=t0_ms: side_message(name, i, k, t, pad), True)
         done["rounds"] += 1
         done["max_round_s"] = max(done["max_round_s"], time.time() - t_begin)
 
