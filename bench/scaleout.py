@@ -45,10 +45,11 @@ price moves R times a second for ``--duration-s`` (as ``bench.fanout``):
   ``cpu_ms_per_pnl_sum``: CPU of the P processes from the first move until deliveries
   stopped / ``pnl`` pushes delivered then (their balance and positions pushes of the
   same ticks are part of that cost, as in ``bench.fanout``).
-- ``witness``: the witness's CPU over the window: every relay message it received was
-  for a key it has no subscriber for (it has none), so this is the per-process cost of
-  other processes' keys. ``cpu_ms_per_key_move`` = its CPU / (N x moves); a serving
-  process pays about that for each key it does not serve.
+- ``witness``: the witness's CPU over the window. A process receives the relay
+  messages only of keys it has subscribers for, and the witness has none: its CPU
+  over the moves less its CPU over the idle window before them
+  (``witness_idle_cpu_pct``, nothing moving) is what the other processes' key moves
+  cost it; ``cpu_ms_per_key_move`` = its whole CPU / (N x moves), an upper bound.
 - ``rss_mb`` per process, ``nginx_cpu_pct``, ``client_cpu_pct``, ``load``.
 - ``cpu_ms_per_msg_sum``: the same CPU / every message the clients received from the
   first move until deliveries stopped (``pnl``, ``positions``, ``balance``, ``orders``).
@@ -222,16 +223,19 @@ def messages(got: list[dict], t_from: float, t_to: float, bare: bool) -> int:
                for sec, count in per_s.items() if lo <= int(sec) <= hi)
 
 
-def idle_pct(cpu: Callable[[], dict[str, float]], servers: list[str], seconds: float) -> float | None:
+def idle_pct(cpu: Callable[[], dict[str, float]], servers: list[str], seconds: float,
+             each: bool = False) -> Any:
     """CPU of ``servers`` summed (100 = one core) over ``seconds`` with the clients
     connected and no move: what holding them costs (Engine.IO pings, the account
-    streams' keep-alives, timers, lease upkeep). None when ``seconds`` <= 0."""
+    streams' keep-alives, timers, lease upkeep); ``each``: ``{server: percent}``
+    instead. None when ``seconds`` <= 0."""
     if seconds <= 0:
         return None
     c0 = cpu()
     time.sleep(seconds)
     c1 = cpu()
-    return round(sum(c1[s] - c0[s] for s in servers) * 100 / seconds, 1)
+    per = {s: round((c1[s] - c0[s]) * 100 / seconds, 1) for s in servers}
+    return per if each else round(sum(per.values()), 1)
 
 
 def net_per_msg(used_s: float, idle: float | None, span_s: float, msgs: int) -> float | None:
@@ -487,7 +491,11 @@ class Bench:
             out["ready"] = self.wait_ready(n)
             time.sleep(2.0)  # snapshot pushes and refreshes settle
             self._mark("idle")
-            out["idle_cpu_pct_sum"] = idle_pct(cluster.cpu, servers, self.args.idle_s)
+            idle_keys = servers + (["witness"] if cluster.witness is not None else [])
+            idle = idle_pct(cluster.cpu, idle_keys, self.args.idle_s, each=True)
+            out["idle_cpu_pct_sum"] = None if idle is None else round(sum(idle[s] for s in servers), 1)
+            if idle is not None and cluster.witness is not None:
+                out["witness_idle_cpu_pct"] = idle["witness"]
             self._mark("moves")
             self.workers.all({"op": "reset"})
             cpu0, load0, t_cpu0 = cluster.cpu(), _load(), time.time()
