@@ -36,8 +36,10 @@ import eventlet
 eventlet.monkey_patch()
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 from flask import Flask, jsonify, request  # noqa: E402
 from flask_socketio import SocketIO  # noqa: E402
@@ -85,7 +87,12 @@ def message(i: int, k: int, t0_ms: int, pad: str) -> dict:
             "pad": pad}
 
 
-def side_message(kind: str, i: int, k: int, t0_ms: int, pad: str) -> dict:
+def pnl_of(i: int, k: int, t0_ms: int, pad: str) -> dict[str, Any]:
+    """``message`` with the client first (``emit_all``'s builder)."""
+    return message(i, k, t0_ms, pad)
+
+
+def side_message(kind: str, i: int, k: int, t0_ms: int, pad: str) -> dict[str, Any]:
     """A ``positions`` (data: a list of rows) or ``balance`` (data: an object) message
     of about the size of the ``pnl`` one, shaped like the product's envelopes; it has
     no ``round``: the clients time only the ``pnl``."""
@@ -101,7 +108,7 @@ def side_message(kind: str, i: int, k: int, t0_ms: int, pad: str) -> dict:
             "stale": False, "data": data, "pad": pad}
 
 
-def emit_all(clients: list[tuple[str, int]], build: Callable[[int], dict], by_time: bool) -> None:
+def emit_all(clients: list[tuple[str, int]], build: Callable[[int], dict[str, Any]], by_time: bool) -> None:
     """Emit ``build(i)`` to every client, yielding to the other green threads after
     each emit or (``by_time``) every ``YIELD_EVERY_S``, as the product's tick delivery
     does (``services.tickers``)."""
@@ -127,10 +134,9 @@ def run_rounds(rate: float, rounds: int, k0: int, pad: str, start: float | None 
         t_begin = time.time()
         t0_ms = int(scheduled * 1000)
         clients = list(sids.items())
-        k = k0 + j
-        emit_all(clients, lambda i, k=k, t=t0_ms: message(i, k, t, pad), mix)
+        emit_all(clients, functools.partial(pnl_of, k=k0 + j, t0_ms=t0_ms, pad=pad), mix)
         for name in [name for name, every in (("positions", 2), ("balance", 4)) if mix and j % every == 0]:
-            emit_all(clients, lambda i, name=name, k=k, t=t0_ms: side_message(name, i, k, t, pad), True)
+            emit_all(clients, functools.partial(side_message, name, k=k0 + j, t0_ms=t0_ms, pad=pad), True)
         done["rounds"] += 1
         done["max_round_s"] = max(done["max_round_s"], time.time() - t_begin)
 

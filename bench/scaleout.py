@@ -213,7 +213,7 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def messages(got: list[dict], t_from: float, t_to: float, bare: bool) -> int:
+def messages(got: list[dict[str, Any]], t_from: float, t_to: float, bare: bool) -> int:
     """Messages the clients received in the whole seconds from ``int(t_from)`` to
     ``int(t_to)``, every event name, of the product's clients or (``bare``) the bare
     ones (the workers' per-second ``buckets``)."""
@@ -246,7 +246,7 @@ def net_per_msg(used_s: float, idle: float | None, span_s: float, msgs: int) -> 
     return round((used_s - idle / 100 * span_s) * 1000 / msgs, 4)
 
 
-def summary(configs: list[dict], results: dict) -> dict[str, Any]:
+def summary(configs: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:
     """Over ``--reps``: per plan entry the median [min-max] of ``pnl`` exact p99 (ms),
     missing fraction and ``cpu_ms_per_msg_sum``; per repetition the ratios of
     ``cpu_ms_per_msg_sum`` product / bare (same P, N, R) and P = 2 / P = 1 (the
@@ -254,7 +254,7 @@ def summary(configs: list[dict], results: dict) -> dict[str, Any]:
     def spread(values: list[float]) -> list[float] | None:
         return [round(statistics.median(values), 4), min(values), max(values)] if values else None
 
-    runs: dict[tuple, dict[int, dict]] = {}
+    runs: dict[tuple[int, int, float, bool], dict[int, dict[str, Any]]] = {}
     for cfg in configs:
         r = results.get(cfg["name"])
         if isinstance(r, dict) and "pnl" in r:
@@ -370,7 +370,7 @@ class Cluster:
     """P servers (+ an optional witness) and nginx in front of the P, for one
     configuration; ``stop`` ends them all."""
 
-    def __init__(self, stack: Stack, env: dict, log_dir: Path, p: int, witness: bool,
+    def __init__(self, stack: Stack, env: dict[str, str], log_dir: Path, p: int, witness: bool,
                  max_connections: int) -> None:
         self.servers: list[ServerProcess] = []
         self.witness: ServerProcess | None = None
@@ -402,7 +402,7 @@ class Cluster:
         r = requests.get(f"{self.url}/healthz", params={"affinity": affinity}, timeout=10)
         return r.headers.get("X-Upstream", "")
 
-    def cpu(self) -> dict:
+    def cpu(self) -> dict[str, float]:
         out = {s.url.removeprefix("http://"): cpu_s(s.proc.pid) or 0.0 for s in self.servers}
         if self.witness is not None:
             out["witness"] = cpu_s(self.witness.proc.pid) or 0.0
@@ -419,7 +419,7 @@ class Cluster:
 class Bench:
     """The run: stack, accounts, client workers, results."""
 
-    def __init__(self, args: argparse.Namespace, stack: Stack, env: dict, accounts: list,
+    def __init__(self, args: argparse.Namespace, stack: Stack, env: dict[str, str], accounts: list[Any],
                  workers: Workers, log_dir: Path) -> None:
         self.args, self.stack, self.env, self.accounts = args, stack, env, accounts
         self.workers, self.log_dir = workers, log_dir
@@ -431,7 +431,7 @@ class Bench:
 
     # ---- clients -----------------------------------------------------------------------
     def connect(self, cluster: Cluster, cids: list[int], types: list[str], concurrency: int,
-                token_of=None) -> dict:  # type: ignore[no-untyped-def]
+                token_of: Callable[[int], str] | None = None) -> dict[str, Any]:
         token_of = token_of or (lambda cid: self.accounts[cid].token)
         items = [{"cid": cid, "auth": {"token": token_of(cid)},
                   "url": f"{cluster.url}/?affinity={cid}",
@@ -440,7 +440,7 @@ class Bench:
                                          concurrency=concurrency)
         return Run._connect_summary(replies, len(items))
 
-    def wait_ready(self, n: int) -> dict:
+    def wait_ready(self, n: int) -> dict[str, Any]:
         t0 = time.time()
         while True:
             ready = sum(r["ready"] for r in self.workers.all({"op": "ready"}))
@@ -479,10 +479,10 @@ class Bench:
         return out
 
     # ---- one configuration ---------------------------------------------------------------
-    def configuration(self, cfg: dict) -> dict:
+    def configuration(self, cfg: dict[str, Any]) -> dict[str, Any]:
         p, n, rate = cfg["p"], min(cfg["n"], len(self.accounts)), cfg["rate"]
         cluster = Cluster(self.stack, self.env, self.log_dir, p, cfg["witness"], n + 1000)
-        out: dict = {"processes": p, "clients": n, "rate": rate}
+        out: dict[str, Any] = {"processes": p, "clients": n, "rate": rate}
         servers = [s.url.removeprefix("http://") for s in cluster.servers]
         try:
             cids = list(range(n))
@@ -563,14 +563,14 @@ class Bench:
         except ProcessLookupError:
             pass
 
-    def bare_configuration(self, cfg: dict) -> dict:
+    def bare_configuration(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """``<P>x<N>x<R>b`` (module docstring): P ``bench.bare_server`` processes behind
         nginx, N clients ``BARE + i`` with ``?affinity=i``, R rounds a second of the
         product's message mix for ``--duration-s``, the simulator suspended. Figures as
         ``configuration``'s (``pnl`` delivery, ``cpu_pct``, ``cpu_ms_per_pnl_sum``,
         ``cpu_ms_per_msg_sum``, nginx and client CPU, ``load``)."""
         p, n, rate = cfg["p"], cfg["n"], cfg["rate"]
-        out: dict = {"processes": p, "clients": n, "rate": rate, "baseline": "bare"}
+        out: dict[str, Any] = {"processes": p, "clients": n, "rate": rate, "baseline": "bare"}
         procs: list[tuple[Any, str]] = []
         nginx: Nginx | None = None
         cids = [BARE + i for i in range(n)]
@@ -592,9 +592,11 @@ class Bench:
             rounds = int(rate * self.args.duration_s)
             k0, self.bare_k = self.bare_k, self.bare_k + rounds
 
+            proxy = nginx
+
             def cpu() -> dict[str, float]:
                 c = {s: cpu_s(proc.pid) or 0.0 for s, (proc, _) in zip(servers, procs, strict=True)}
-                c["nginx"] = sum(cpu_s(x) or 0.0 for x in nginx.worker_pids())  # type: ignore[union-attr]
+                c["nginx"] = sum(cpu_s(x) or 0.0 for x in proxy.worker_pids())
                 c["workers"] = sum(cpu_s(x) or 0.0 for x in self.workers.pids)
                 return c
 
@@ -793,12 +795,12 @@ class Bench:
         return out
 
     # ---- storm -------------------------------------------------------------------------------
-    def storm(self, m: int) -> dict:
+    def storm(self, m: int) -> dict[str, Any]:
         # nginx: 2 x m so that either worker could hold every connection (the kernel
         # does not split accepts evenly), within the open-file limit (deploy.nginx)
         cluster = Cluster(self.stack, self.env, self.log_dir, 2, False, 2 * m + 1000)
         users = min(len(self.accounts), self.args.storm_users)
-        out: dict = {"processes": 2, "connections": m, "users": users}
+        out: dict[str, Any] = {"processes": 2, "connections": m, "users": users}
         beats = HeartbeatWatch(self.env["MESSAGE_QUEUE_URL"], self.env["MESSAGE_QUEUE_CHANNEL"])
         try:
             rss0 = {s.url.removeprefix("http://"): rss_mb(s.proc.pid) for s in cluster.servers}
@@ -813,7 +815,7 @@ class Bench:
             out["per_s_wall"] = round(out["connect"]["ok"] / (time.time() - t0), 1)
             out["ready"] = self.wait_ready(m)
             time.sleep(2.0)
-            per: dict = {}
+            per: dict[str, Any] = {}
             for s in cluster.servers:
                 b = s.url.removeprefix("http://")
                 gc_max: list[float | None] | None = None

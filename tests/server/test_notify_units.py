@@ -11,6 +11,7 @@ import pytest
 
 from exchanges.types import Ticker
 from models import Database, Device, Notification, PriceAlert, User
+from services.notify import worker as notify_worker
 from services.notify.fcm import FcmRejected, FcmRetryable, FcmTokenGone, classify
 from services.notify.presence import LocalDeliveries
 from services.notify.price_alerts import PriceAlertService
@@ -146,6 +147,45 @@ class _Fcm:
 
 def _worker(db: Database, fcm) -> NotifyWorker:  # type: ignore[no-untyped-def]
     return NotifyWorker(db, fcm, LocalDeliveries(), threading.Event(), time.sleep)
+
+
+def test_an_idle_worker_wakes_on_a_write_and_ends_on_stop(database_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle worker blocks on its wake event: a row written here (the event set)
+    is sent at once, not at the next look at the table (``POLL_S``, made 30 s here),
+    and ``stop()`` ends the loop without waiting the look out."""
+    monkeypatch.setattr(notify_worker, "POLL_S", 30.0)
+    db = Database(database_url)
+    wake = threading.Event()
+    fcm = _Fcm()
+    w = NotifyWorker(db, fcm, LocalDeliveries(), wake, time.sleep)
+    looked = threading.Event()
+    claim = w.claim
+
+    def counted_claim(limit: int = 50):  # type: ignore[no-untyped-def]
+        out = claim(limit)
+        looked.set()
+        return out
+    monkeypatch.setattr(w, "claim", counted_claim)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        assert looked.wait(10)  # the first look found nothing: the worker now waits
+        time.sleep(0.2)
+        _rows(db, 1)
+        wake.set()
+        deadline = time.monotonic() + 10
+        while not fcm.sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(fcm.sent) == 1
+        t0 = time.monotonic()
+        w.stop()
+        t.join(10)
+        assert not t.is_alive() and time.monotonic() - t0 < 10
+    finally:
+        w.stop()
+        t.join(1)
+        db.dispose()
 
 
 def test_two_workers_never_claim_one_row(database_url: str) -> None:
