@@ -246,6 +246,35 @@ def net_per_msg(used_s: float, idle: float | None, span_s: float, msgs: int) -> 
     return round((used_s - idle / 100 * span_s) * 1000 / msgs, 4)
 
 
+def window_figures(got: list[dict[str, Any]], records: list[list[Any]], cids: set[int],
+                   events: dict[int, float], servers: list[str],
+                   cpu: tuple[dict[str, float], dict[str, float], dict[str, float]],
+                   times: tuple[float, float, float], idle: float | None, cpu_span_s: float,
+                   bare: bool) -> dict[str, Any]:
+    """The figures of one window of the product's clients or (``bare``) the bare ones:
+    ``pnl`` delivery of ``records`` (theirs), ``cpu_pct`` per server and summed over
+    the moves, and the servers' CPU from the first move until deliveries stopped per
+    ``pnl`` (``cpu_ms_per_pnl_sum``), per message of any type
+    (``cpu_ms_per_msg_sum``) and per message less the ``idle`` rate
+    (``cpu_ms_per_msg_net``). ``cpu``: the servers' CPU seconds at the start, the end
+    of the moves and the drain; ``times``: those instants (epoch seconds);
+    ``cpu_span_s``: from the first CPU reading to the last."""
+    cpu0, cpu1, cpu2 = cpu
+    t_start, t_end, t_drain = times
+    span = t_end - t_start
+    pct = {s: round((cpu1[s] - cpu0[s]) * 100 / span, 1) for s in servers}
+    pct["sum"] = round(sum(pct.values()), 1)
+    used = sum(cpu2[s] - cpu0[s] for s in servers)
+    delivered = sum(1 for r in records if t_start <= r[2] <= t_drain)
+    msgs = messages(got, t_start, t_drain, bare=bare)
+    return {"pnl": delivery(records, cids, events), "cpu_pct": pct,
+            "cpu_ms_per_pnl_sum": round(used * 1000 / delivered, 3) if delivered else None,
+            "delivered_until_drained": delivered,
+            "cpu_ms_per_msg_sum": round(used * 1000 / msgs, 4) if msgs else None,
+            "cpu_ms_per_msg_net": net_per_msg(used, idle, cpu_span_s, msgs),
+            "msgs_until_drained": msgs}
+
+
 def summary(configs: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:
     """Over ``--reps``: per plan entry the median [min-max] of ``pnl`` exact p99 (ms),
     missing fraction and ``cpu_ms_per_msg_sum``; per repetition the ratios of
@@ -423,7 +452,7 @@ class Bench:
                  workers: Workers, log_dir: Path) -> None:
         self.args, self.stack, self.env, self.accounts = args, stack, env, accounts
         self.workers, self.log_dir = workers, log_dir
-        self.k = 0  # next move index (prices never repeat within a run)
+        self.k = 1  # next move index (prices never repeat within a run; BASE, move 0, is set below)
         self.bare_k = 0  # next bare round (the bare clients' records are keyed by it)
         workers.all({"op": "config", "symbol": SYMBOL, "base": str(BASE), "step": str(STEP),
                      "split": BARE})
@@ -518,17 +547,9 @@ class Bench:
             got = self.workers.all({"op": "collect", "since": t_start - 1})
             records = [r for g in got for r in g["records"]]
             span = t_end - t_start
-            delivered = sum(1 for r in records if r[0] < n and t_start <= r[2] <= t_drain)
-            out["pnl"] = delivery(records, set(cids), events)
-            out["cpu_pct"] = {b: round((cpu1[b] - cpu0[b]) * 100 / span, 1) for b in servers}
-            out["cpu_pct"]["sum"] = round(sum(out["cpu_pct"][b] for b in servers), 1)
-            used = sum(cpu2[b] - cpu0[b] for b in servers)
-            out["cpu_ms_per_pnl_sum"] = round(used * 1000 / delivered, 3) if delivered else None
-            out["delivered_until_drained"] = delivered
-            msgs = messages(got, t_start, t_drain, bare=False)
-            out["cpu_ms_per_msg_sum"] = round(used * 1000 / msgs, 4) if msgs else None
-            out["cpu_ms_per_msg_net"] = net_per_msg(used, out["idle_cpu_pct_sum"], t_cpu2 - t_cpu0, msgs)
-            out["msgs_until_drained"] = msgs
+            out.update(window_figures(got, [r for r in records if r[0] < n], set(cids), events, servers,
+                                      (cpu0, cpu1, cpu2), (t_start, t_end, t_drain),
+                                      out["idle_cpu_pct_sum"], t_cpu2 - t_cpu0, bare=False))
             if cluster.witness is not None:
                 w = cpu1["witness"] - cpu0["witness"]
                 out["witness"] = {"cpu_pct": round(w * 100 / span, 1),
@@ -625,17 +646,9 @@ class Bench:
             got = self.workers.all({"op": "collect", "since": t_start - 1})
             records = [r for g in got for r in g["records"] if r[0] >= BARE]
             span = t_end - t_start
-            out["pnl"] = delivery(records, set(cids), events)
-            out["cpu_pct"] = {s: round((cpu1[s] - cpu0[s]) * 100 / span, 1) for s in servers}
-            out["cpu_pct"]["sum"] = round(sum(out["cpu_pct"][s] for s in servers), 1)
-            used = sum(cpu2[s] - cpu0[s] for s in servers)
-            delivered = sum(1 for r in records if t_start <= r[2] <= t_drain)
-            out["cpu_ms_per_pnl_sum"] = round(used * 1000 / delivered, 3) if delivered else None
-            out["delivered_until_drained"] = delivered
-            msgs = messages(got, t_start, t_drain, bare=True)
-            out["cpu_ms_per_msg_sum"] = round(used * 1000 / msgs, 4) if msgs else None
-            out["cpu_ms_per_msg_net"] = net_per_msg(used, out["idle_cpu_pct_sum"], t_cpu2 - t_cpu0, msgs)
-            out["msgs_until_drained"] = msgs
+            out.update(window_figures(got, records, set(cids), events, servers, (cpu0, cpu1, cpu2),
+                                      (t_start, t_end, t_drain), out["idle_cpu_pct_sum"],
+                                      t_cpu2 - t_cpu0, bare=True))
             out["nginx_cpu_pct"] = round((cpu1["nginx"] - cpu0["nginx"]) * 100 / span, 1)
             out["client_cpu_pct"] = round((cpu1["workers"] - cpu0["workers"]) * 100 / span, 1)
             out["rss_mb"] = {s: rss_mb(proc.pid) for s, (proc, _) in zip(servers, procs, strict=True)}
