@@ -75,7 +75,7 @@ def on_subscribe(data=None):  # type: ignore[no-untyped-def]
     return {"ok": True, "subscribed": types or []}
 
 
-def message(i: int, k: int, t0_ms: int, pad: str) -> dict:
+def message(i: int, k: int, t0_ms: int, pad: str) -> dict[str, Any]:
     """One client's round-``k`` message (about 500 bytes of JSON with the default pad)."""
     upnl = f"{(k % 1000) * 0.01:.8f}"
     return {"type": "pnl", "user_id": i, "key_id": i, "exchange": "binance", "testnet": False,
@@ -85,11 +85,6 @@ def message(i: int, k: int, t0_ms: int, pad: str) -> dict:
                      "positions": [{"symbol": "XRPUSDT", "side": "LONG", "unrealized_pnl": upnl,
                                     "roe_pct": "1.23"}]},
             "pad": pad}
-
-
-def pnl_of(i: int, k: int, t0_ms: int, pad: str) -> dict[str, Any]:
-    """``message`` with the client first (``emit_all``'s builder)."""
-    return message(i, k, t0_ms, pad)
 
 
 def side_message(kind: str, i: int, k: int, t0_ms: int, pad: str) -> dict[str, Any]:
@@ -134,7 +129,7 @@ def run_rounds(rate: float, rounds: int, k0: int, pad: str, start: float | None 
         t_begin = time.time()
         t0_ms = int(scheduled * 1000)
         clients = list(sids.items())
-        emit_all(clients, functools.partial(pnl_of, k=k0 + j, t0_ms=t0_ms, pad=pad), mix)
+        emit_all(clients, functools.partial(message, k=k0 + j, t0_ms=t0_ms, pad=pad), mix)
         for name in [name for name, every in (("positions", 2), ("balance", 4)) if mix and j % every == 0]:
             emit_all(clients, functools.partial(side_message, name, k=k0 + j, t0_ms=t0_ms, pad=pad), True)
         done["rounds"] += 1
