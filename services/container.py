@@ -18,7 +18,7 @@ from config import Config
 from exchanges.errors import InvalidOrder
 from exchanges.factory import create_client, create_market_stream
 from exchanges.governor import Governors
-from exchanges.types import FundingFee, Position
+from exchanges.types import FundingFee
 from models import Database
 from services import ledger, realized
 from services.account_stream import StreamSettings
@@ -231,14 +231,15 @@ def build_services(cfg: Config, *, hub: PushLayer, spawn: Callable[..., Any] | N
     # ---- end protection
     streams = StreamManager(db, cipher, trading, hub.publish, tasks.spawner("stream"), sleep,
                             _LedgerFacade(db, writer, sleep, protection.positions_seen,
-                                          protection.on_fill, protection.positions_read),
+                                          protection.on_fill),
                             StreamSettings(poll_interval_s=cfg.POLL_INTERVAL_S,
                                            recv_timeout_s=cfg.STREAM_RECV_TIMEOUT_S),
                             tickers=tickers, on_reconnected=reconnected,
                             leases=leases, audience=hub.has_audience, governors=governors,
                             push=hub, keys=key_cache, on_local=hub.stream_local,
                             on_released=hub.stream_released,
-                            connect_concurrency=cfg.STREAM_CONNECT_CONCURRENCY)
+                            connect_concurrency=cfg.STREAM_CONNECT_CONCURRENCY,
+                            on_positions_read=protection.positions_read)
     hub.on_released = streams.take_over  # a key this process follows was released elsewhere
     writer.set_on_recorded(streams.fills_recorded)
     metrics = Metrics(hub=hub, trading=trading, streams=streams, tickers=tickers,
@@ -303,11 +304,8 @@ class _LedgerFacade:
     def __init__(self, db: Database, writer: LedgerWriter,
                  sleep: Callable[[float], None] = time.sleep,
                  on_positions: Callable[[int, list, bool], None] | None = None,
-                 on_fill: Callable[[int, int, Any], Any] | None = None,
-                 on_positions_read: Callable[[int, list[Position]], None] | None = None) -> None:
+                 on_fill: Callable[[int, int, Any], Any] | None = None) -> None:
         self._db, self._writer = db, writer
-        # protection: the risk watcher takes the positions a stream read from the venue
-        self._on_positions_read = on_positions_read
         # protection: a leg's fill gets its reason before it is stored and pushed;
         # liquidation / ADL fills raise their alerts
         self._on_fill = on_fill
@@ -332,11 +330,6 @@ class _LedgerFacade:
 
     def record_order(self, key_id: int, order) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_order(key_id, order)
-
-    def positions_read(self, key_id: int, positions: list[Position]) -> None:
-        """A stream of ``key_id`` read its positions from the venue (no I/O here)."""
-        if self._on_positions_read is not None:
-            self._on_positions_read(key_id, positions)
 
     def record_positions(self, key_id: int, positions, as_of: int, complete: bool) -> None:  # type: ignore[no-untyped-def]
         self._writer.submit_positions(key_id, positions, as_of, complete)

@@ -82,6 +82,9 @@ class StreamManager:
             admitted at the pace the process can serve: thousands of connects at once
             left thousands of green threads runnable, and a database connection taken
             by one of them waited that long for its turn to be given back).
+        on_positions_read: ``on_positions_read(key_id, positions)`` each time a stream's
+            REST call read the key's positions (list[Position]) from the venue (no I/O
+            in it; protection's risk watcher takes them instead of asking again).
     """
 
     def __init__(self, db: Database, cipher: KeyCipher, trading: TradingService,
@@ -92,8 +95,10 @@ class StreamManager:
                  governors: Governors | None = None, push=None,  # type: ignore[no-untyped-def]
                  keys=None, on_local: Callable[[int, AccountState | None], None] | None = None,  # type: ignore[no-untyped-def]
                  on_released: Callable[[int], None] | None = None,
-                 connect_concurrency: int = CONNECT_CONCURRENCY) -> None:
+                 connect_concurrency: int = CONNECT_CONCURRENCY,
+                 on_positions_read: Callable[[int, list[Position]], None] | None = None) -> None:
         self._db = db
+        self._on_positions_read = on_positions_read
         self._connecting = threading.BoundedSemaphore(max(1, connect_concurrency))
         self._keys = keys  # services.accounts.KeyCache; None: read the database each time
         self._on_local = on_local
@@ -274,8 +279,7 @@ class StreamManager:
         state.protection_of, state.legs_of = self.protection_of, self.legs_of
         exchange, testnet, api_key = key.exchange, key.testnet, key.api_key
         encrypted = key.api_secret_encrypted
-        # the positions a stream's REST call read (the ledger facade hands them on)
-        positions_read = getattr(self._ledger, "positions_read", None)
+        positions_read = self._on_positions_read
         group = self._pace_group(exchange, testnet, user_id)
         stream = AccountStream(
             state, get_client=lambda: self._trading.get_client(

@@ -574,8 +574,7 @@ class ProtectionService:
         live: dict[int, set[tuple[str, str]] | None] = {}
         for k in by_key:
             streamed = self._live_positions(k)
-            live[k] = None if streamed is None else {(p.symbol, p.side) for p in streamed
-                                                     if p.size != 0}
+            live[k] = None if streamed is None else {(p.symbol, p.side) for p in streamed}
         asked = [k for k, held in live.items() if held is None]  # from the venue
         keys = {}
         if asked:
