@@ -202,15 +202,15 @@ def main() -> int:
             print_lines(f"k={k} p99_ms over reps", results["by_k"][str(k)]["p99_ms"])
         log = server.log().splitlines()
         started = [float(line.rsplit("after_ms=", 1)[1]) for line in log if STARTED in line]
-        streamed = [line for line in log if "protection batch rules=" in line]
-        if streamed:  # keys whose positions came from their streams / from the venue
-            results["batch_keys"] = {
-                "streamed": sum(int(ln.split("keys_streamed=")[1].split()[0]) for ln in streamed),
-                "asked": sum(int(ln.split("keys_asked=")[1].split()[0]) for ln in streamed)}
+        # the server's line per batch: its figures as name=value
+        batches = [dict(kv.split("=", 1) for kv in ln.split("protection batch ")[1].split())
+                   for ln in log if "protection batch rules=" in ln]
+        if batches:  # keys whose positions came from their streams / from the venue
+            results["batch_keys"] = {"streamed": sum(int(f["keys_streamed"]) for f in batches),
+                                     "asked": sum(int(f["keys_asked"]) for f in batches)}
             print_lines("batch keys", results["batch_keys"])
             steps: dict[str, list[tuple[float, float, float]]] = {}
-            for ln in streamed:  # the server's steps: legs read, venue calls, transaction
-                f = dict(kv.split("=", 1) for kv in ln.split("protection batch ")[1].split())
+            for f in batches:  # the server's steps: legs read, venue calls, transaction
                 steps.setdefault(f["rules"], []).append(
                     (float(f["read_ms"]), float(f["venue_ms"]), float(f["write_ms"])))
             results["batch_steps_ms"] = {

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from tests.conftest import make_pg_database
 from tests.support.server import start_server
+from tests.support.waits import wait_for
 
 # ``sim`` is tests/conftest.py's: one simulator per test process for every test
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -79,13 +80,10 @@ def server(request, sim, tmp_path_factory):  # type: ignore[no-untyped-def]
 def wait_until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` every 0.2 s until it returns something truthy; return it.
     Raises AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
+    value = wait_for(predicate, timeout, 0.2)
+    if not value:
+        raise AssertionError("condition not met in time")
+    return value
 
 
 class Account:

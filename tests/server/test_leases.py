@@ -21,6 +21,7 @@ from services.heartbeat import HeartbeatProcess, RedisBeat, beat_settings
 from services.leases import RedisLeases, redis_client
 from services.stream_manager import StreamManager
 from tests.support.server import free_port
+from tests.support.waits import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +59,6 @@ def client(redis_url):  # type: ignore[no-untyped-def]
 
 def leases(redis_url: str, client, ttl_ms: int = 10_000, alive_ms: int = 4000) -> RedisLeases:  # type: ignore[no-untyped-def]
     return RedisLeases(redis_url, "t", ttl_ms, client=client, alive_ms=alive_ms)
-
-
-def wait_for(condition, timeout_s: float = 10.0, every_s: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll ``condition()`` until it is truthy (returned) or ``timeout_s`` passed (then
-    its last, falsy, value): the tests wait on what they assert, not on a fixed time."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every_s)
 
 
 def test_a_renewal_that_finds_the_lease_gone_takes_it_again_and_a_rival_then_loses(

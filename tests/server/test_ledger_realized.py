@@ -21,6 +21,7 @@ from services import book, ledger, realized
 from services.account_state import AccountState
 from services.write_behind import LedgerWriter, decode_event, encode_event
 from tests.server.conftest import auth_header
+from tests.support.waits import wait_for
 
 D = Decimal
 _ids = itertools.count(5000)
@@ -206,13 +207,8 @@ def test_get_funding_answers_rows_since_and_refuses_bad_input(client, app) -> No
     assert client.get("/api/funding?key_id=11").status_code == 401
 
 
-def _wait(predicate, timeout: float = 3.0):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+def _wait(predicate, timeout: float = 3.0) -> bool:  # type: ignore[no-untyped-def]
+    return bool(wait_for(predicate, timeout))
 
 
 def test_the_write_behind_tells_the_stream_of_every_change_within_a_second(db) -> None:  # type: ignore[no-untyped-def]
